@@ -1,0 +1,22 @@
+//! `cairn-api`: what crosses a process boundary in Cairn.
+//!
+//! The resource model ([`model`], [`Resource`]), the type registry ([`Kind`]), validation
+//! ([`validate`]) and the manifest codec ([`codec`]). The backend, the agent and the reconciler
+//! all depend on this crate and on nothing of each other.
+
+pub mod codec;
+pub mod kind;
+#[cfg(feature = "logging")]
+pub mod logging;
+mod locate;
+pub mod meta;
+pub mod model;
+pub mod problem;
+pub mod resource;
+pub mod validate;
+
+pub use kind::Kind;
+pub use meta::ObjectMeta;
+pub use model::Spec;
+pub use problem::{FieldPath, Issue, Location, Problem, Severity};
+pub use resource::{Decoded, Resource, ResourceKey, UnsupportedType};

@@ -1,0 +1,641 @@
+//! `core/v2` monitoring types: checks, hooks, handlers, filters, mutators, assets, pipelines,
+//! entities, events, silences and namespaces.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::meta::ObjectMeta;
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
+}
+
+/// A reference to another resource, as pipelines and checks write them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourceReference {
+    /// Name of the referenced resource.
+    pub name: String,
+    /// Its type; defaults to the natural type for the field.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Its API group.
+    pub api_version: String,
+}
+
+impl Default for ResourceReference {
+    fn default() -> Self {
+        ResourceReference {
+            name: String::new(),
+            type_name: "Pipeline".to_owned(),
+            api_version: crate::kind::CORE_V2.to_owned(),
+        }
+    }
+}
+
+/// `secrets: [{name, secret}]` on checks, handlers and mutators.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretRef {
+    /// The environment variable the value is exposed as.
+    pub name: String,
+    /// The `Secret` resource in the same namespace.
+    pub secret: String,
+}
+
+/// `proxy_requests` on a check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyRequests {
+    /// Expressions selecting the proxy entities to run the check for.
+    pub entity_attributes: Vec<String>,
+    /// Spread the requests over the interval.
+    pub splay: bool,
+    /// Percentage of the interval to spread over.
+    pub splay_coverage: u32,
+}
+
+/// A `{name, value}` tag on metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricTag {
+    /// Tag name.
+    pub name: String,
+    /// Tag value.
+    pub value: String,
+}
+
+/// A threshold rule in `output_metric_thresholds`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricThreshold {
+    /// Metric name.
+    pub name: String,
+    /// Tags the metric must carry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<MetricTag>,
+    /// The limits.
+    pub thresholds: Vec<MetricThresholdRule>,
+    /// Status when the metric is missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub null_status: Option<u32>,
+}
+
+/// One `{min, max, status}` limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricThresholdRule {
+    /// Lower bound, as a string as Sensu writes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<serde_json::Value>,
+    /// Upper bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<serde_json::Value>,
+    /// Status when violated.
+    pub status: u32,
+}
+
+/// Declares the check fields once, for [`CheckConfig`] and the check inside an [`Event`].
+macro_rules! check_struct {
+    ($(#[$attr:meta])* $name:ident { $($(#[$fattr:meta])* $vis:vis $field:ident : $ty:ty,)* }) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            /// Embedded metadata (Sensu's core/v2 types carry it inside the spec).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub metadata: Option<ObjectMeta>,
+            /// Command run through the agent's shell.
+            #[serde(skip_serializing_if = "String::is_empty")]
+            pub command: String,
+            /// Seconds between runs; exclusive with `cron`.
+            pub interval: i64,
+            /// Five-field cron schedule; exclusive with `interval`.
+            #[serde(skip_serializing_if = "String::is_empty")]
+            pub cron: String,
+            /// Agents subscribed to any of these run the check.
+            pub subscriptions: Vec<String>,
+            /// Legacy handler routing.
+            pub handlers: Vec<String>,
+            /// Pipelines the events go through.
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            pub pipelines: Vec<ResourceReference>,
+            /// Seconds before the command is killed; 0 means none.
+            pub timeout: i64,
+            /// Seconds after which a missing result raises an event; 0 means off.
+            pub ttl: i64,
+            /// Only published checks are scheduled.
+            pub publish: bool,
+            /// One agent per run among the subscribers.
+            pub round_robin: bool,
+            /// Entity the results are attributed to.
+            #[serde(skip_serializing_if = "String::is_empty")]
+            pub proxy_entity_name: String,
+            /// Run once per matching proxy entity.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub proxy_requests: Option<ProxyRequests>,
+            /// Write the entity and check JSON to the command's stdin.
+            pub stdin: bool,
+            /// Assets put on the command's PATH.
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            pub runtime_assets: Vec<String>,
+            /// `KEY=VALUE` entries.
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            pub env_vars: Vec<String>,
+            /// Secrets exposed as environment variables.
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            pub secrets: Vec<SecretRef>,
+            /// `[{<status>: [hook names]}]`.
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            pub check_hooks: Vec<BTreeMap<String, Vec<String>>>,
+            /// How metrics are parsed out of the output.
+            #[serde(skip_serializing_if = "String::is_empty")]
+            pub output_metric_format: String,
+            /// Handlers for extracted metrics.
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            pub output_metric_handlers: Vec<String>,
+            /// Tags added to extracted metrics.
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            pub output_metric_tags: Vec<MetricTag>,
+            /// Thresholds evaluated on extracted metrics.
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            pub output_metric_thresholds: Vec<MetricThreshold>,
+            /// Flap detection upper bound, percent.
+            pub high_flap_threshold: u32,
+            /// Flap detection lower bound, percent.
+            pub low_flap_threshold: u32,
+            /// Stored output is cut to this many bytes.
+            #[serde(skip_serializing_if = "is_zero")]
+            pub max_output_size: i64,
+            /// Blank the output after metric extraction.
+            #[serde(skip_serializing_if = "is_false")]
+            pub discard_output: bool,
+            /// Time windows in which the check is not scheduled.
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            pub subdues: Vec<serde_json::Value>,
+            /// Legacy; accepted with a warning and dropped, as sensuctl does.
+            #[serde(skip_serializing)]
+            pub subdue: Option<serde_json::Value>,
+            /// Server-set; accepted and ignored.
+            #[serde(skip_serializing)]
+            pub scheduler: Option<serde_json::Value>,
+            $($(#[$fattr])* $vis $field: $ty,)*
+        }
+    };
+}
+
+check_struct! {
+    /// `core/v2` `CheckConfig`.
+    CheckConfig {}
+}
+
+check_struct! {
+    /// The check inside an event: the configuration plus the result.
+    Check {
+        /// Exit status.
+        pub status: u32,
+        /// Command output.
+        #[serde(skip_serializing_if = "String::is_empty")]
+        pub output: String,
+        /// When the request was issued (unix s).
+        #[serde(skip_serializing_if = "is_zero")]
+        pub issued: i64,
+        /// When the command ran (unix s).
+        #[serde(skip_serializing_if = "is_zero")]
+        pub executed: i64,
+        /// Run time in seconds.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub duration: Option<f64>,
+        /// The last 21 results.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        pub history: Vec<CheckHistory>,
+        /// Consecutive results with this status.
+        #[serde(skip_serializing_if = "is_zero")]
+        pub occurrences: i64,
+        /// Highest `occurrences` of the current incident.
+        #[serde(skip_serializing_if = "is_zero")]
+        pub occurrences_watermark: i64,
+        /// Last time the status was 0.
+        #[serde(skip_serializing_if = "is_zero")]
+        pub last_ok: i64,
+        /// `passing`, `failing` or `flapping`.
+        #[serde(skip_serializing_if = "String::is_empty")]
+        pub state: String,
+        /// Percent state change over the history.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub total_state_change: Option<u32>,
+        /// Silenced entries that matched.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        pub silenced: Vec<String>,
+        /// Whether any silenced entry matched.
+        #[serde(skip_serializing_if = "is_false")]
+        pub is_silenced: bool,
+        /// Hook results.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        pub hooks: Vec<serde_json::Value>,
+        /// Agent that ran the check.
+        #[serde(skip_serializing_if = "String::is_empty")]
+        pub processed_by: String,
+    }
+}
+
+/// One `{status, executed}` history entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckHistory {
+    /// Exit status.
+    pub status: u32,
+    /// When it ran (unix s).
+    pub executed: i64,
+}
+
+/// `core/v2` `HookConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HookConfig {
+    /// Embedded metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMeta>,
+    /// Command to run.
+    pub command: String,
+    /// Seconds before it is killed; must be positive.
+    pub timeout: i64,
+    /// Write the event JSON to stdin.
+    pub stdin: bool,
+    /// Assets put on PATH.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runtime_assets: Vec<String>,
+}
+
+/// `{host, port}` of a TCP/UDP handler.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandlerSocket {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u32,
+}
+
+/// `core/v2` `Handler`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Handler {
+    /// Embedded metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMeta>,
+    /// `pipe`, `tcp`, `udp` or `set`.
+    #[serde(rename = "type")]
+    pub handler_type: String,
+    /// Command of a `pipe` handler; the event arrives on stdin.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub command: String,
+    /// Seconds before the handler is killed.
+    pub timeout: i64,
+    /// Destination of a `tcp`/`udp` handler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<HandlerSocket>,
+    /// Members of a `set` handler.
+    pub handlers: Vec<String>,
+    /// Filters that must all pass.
+    pub filters: Vec<String>,
+    /// Mutator applied first.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub mutator: String,
+    /// `KEY=VALUE` entries.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env_vars: Vec<String>,
+    /// Assets put on PATH.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runtime_assets: Vec<String>,
+    /// Secrets exposed as environment variables.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
+}
+
+/// `core/v2` `EventFilter`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventFilter {
+    /// Embedded metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMeta>,
+    /// `allow` or `deny`.
+    pub action: String,
+    /// Expressions, all of which must hold.
+    pub expressions: Vec<String>,
+    /// JavaScript libraries.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runtime_assets: Vec<String>,
+    /// Legacy; accepted with a warning and dropped, as sensuctl does.
+    #[serde(skip_serializing)]
+    pub when: Option<serde_json::Value>,
+}
+
+/// `core/v2` `Mutator`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mutator {
+    /// Embedded metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMeta>,
+    /// Command of a `pipe` mutator.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub command: String,
+    /// Script of a `javascript` mutator.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub eval: String,
+    /// `pipe` (default) or `javascript`.
+    #[serde(rename = "type", skip_serializing_if = "String::is_empty")]
+    pub mutator_type: String,
+    /// Seconds before the mutator is killed.
+    pub timeout: i64,
+    /// `KEY=VALUE` entries.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env_vars: Vec<String>,
+    /// Assets put on PATH.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runtime_assets: Vec<String>,
+    /// Secrets exposed as environment variables.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
+}
+
+/// One build of a multi-build asset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssetBuild {
+    /// Where the archive is downloaded from.
+    pub url: String,
+    /// SHA-512 of the archive.
+    pub sha512: String,
+    /// Expressions over `entity.system` selecting this build.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+    /// Headers sent with the download.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `core/v2` `Asset`: either one build (`url`, `sha512`) or several (`builds`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Asset {
+    /// Embedded metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMeta>,
+    /// Single-build URL.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// Single-build SHA-512.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub sha512: String,
+    /// Single-build filters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+    /// Single-build headers.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Multi-build list; the first matching build wins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub builds: Vec<AssetBuild>,
+}
+
+/// One workflow of a pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineWorkflow {
+    /// Workflow name.
+    pub name: String,
+    /// Filters (type `EventFilter`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<ResourceReference>,
+    /// Mutator (type `Mutator`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mutator: Option<ResourceReference>,
+    /// Handler (type `Handler`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handler: Option<ResourceReference>,
+}
+
+/// `core/v2` `Pipeline`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Pipeline {
+    /// Embedded metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMeta>,
+    /// The workflows, run independently.
+    pub workflows: Vec<PipelineWorkflow>,
+}
+
+/// A network interface in `entity.system.network`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkInterface {
+    /// Interface name.
+    pub name: String,
+    /// MAC address.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+    /// Addresses in CIDR form.
+    pub addresses: Vec<String>,
+}
+
+/// `entity.system.network`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Network {
+    /// Interfaces.
+    pub interfaces: Vec<NetworkInterface>,
+}
+
+/// Facts about the host an agent runs on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct System {
+    /// Host name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    /// `linux`, `windows`, …
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub os: String,
+    /// Distribution.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub platform: String,
+    /// Distribution family.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub platform_family: String,
+    /// Distribution version.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub platform_version: String,
+    /// CPU architecture.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub arch: String,
+    /// ARM version, when on ARM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arm_version: Option<i64>,
+    /// `glibc`, `musl`, …
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub libc_type: String,
+    /// Virtualisation system.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub vm_system: String,
+    /// `host` or `guest`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub vm_role: String,
+    /// Cloud provider, when detected.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cloud_provider: String,
+    /// Float ABI on ARM.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub float_type: String,
+    /// Network interfaces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// Running processes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<serde_json::Value>,
+}
+
+/// `{handler}` run when an entity is deregistered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Deregistration {
+    /// Handler name.
+    pub handler: String,
+}
+
+/// `core/v2` `Entity`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Entity {
+    /// Embedded metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMeta>,
+    /// `agent`, `proxy`, `backend` or `service`.
+    pub entity_class: String,
+    /// Subscriptions; the server adds `entity:<name>`.
+    pub subscriptions: Vec<String>,
+    /// Host facts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<System>,
+    /// Unix time of the last keepalive.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub last_seen: i64,
+    /// Remove the entity when its keepalive dies.
+    pub deregister: bool,
+    /// Handler run on deregistration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deregistration: Option<Deregistration>,
+    /// The agent's user.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    /// Field names masked as `REDACTED`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
+    /// Agent version.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub sensu_agent_version: String,
+    /// Handlers for keepalive events.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keepalive_handlers: Vec<String>,
+}
+
+/// `core/v2` `Event`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Event {
+    /// Embedded metadata; events cannot be named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMeta>,
+    /// Unix time.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub timestamp: i64,
+    /// The entity the event is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity: Option<Entity>,
+    /// The check result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
+    /// Metrics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
+    /// UUID.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// Per-check counter.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub sequence: i64,
+    /// Pipelines the event goes through.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pipelines: Vec<ResourceReference>,
+}
+
+/// `core/v2` `Silenced`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Silenced {
+    /// Embedded metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMeta>,
+    /// Subscription to silence, or empty for any.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subscription: String,
+    /// Check to silence, or empty for any.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub check: String,
+    /// Unix time from which it applies.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub begin: i64,
+    /// Seconds until it expires; -1 means never.
+    pub expire: i64,
+    /// Unix time at which it expires (server-set).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub expire_at: i64,
+    /// Remove it when the check resolves.
+    pub expire_on_resolve: bool,
+    /// Who created it (server-set).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub creator: String,
+    /// Why.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+impl Default for Silenced {
+    fn default() -> Self {
+        Silenced {
+            metadata: None,
+            subscription: String::new(),
+            check: String::new(),
+            begin: 0,
+            expire: -1,
+            expire_at: 0,
+            expire_on_resolve: false,
+            creator: String::new(),
+            reason: String::new(),
+        }
+    }
+}
+
+impl Silenced {
+    /// The name Sensu gives every silenced entry: `<subscription or *>:<check or *>`.
+    pub fn canonical_name(&self) -> String {
+        let side = |value: &str| if value.is_empty() { "*".to_owned() } else { value.to_owned() };
+        format!("{}:{}", side(&self.subscription), side(&self.check))
+    }
+}
+
+/// `core/v2` `Namespace`: its spec is only `{name}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Namespace {
+    /// The namespace's name.
+    pub name: String,
+}
