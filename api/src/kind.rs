@@ -241,7 +241,11 @@ impl Kind {
     /// ignore it.
     pub fn collection_path(self, namespace: &str) -> String {
         if self.is_namespaced() {
-            format!("{}/namespaces/{namespace}/{}", self.group_prefix(), self.plural())
+            format!(
+                "{}/namespaces/{namespace}/{}",
+                self.group_prefix(),
+                self.plural()
+            )
         } else {
             format!("{}/{}", self.group_prefix(), self.plural())
         }
@@ -254,7 +258,10 @@ impl Kind {
 
     /// Position in the apply order: namespaces first, replicators last. Deletes run in reverse.
     pub fn apply_rank(self) -> usize {
-        Kind::ALL.iter().position(|kind| *kind == self).expect("every kind is listed in ALL")
+        Kind::ALL
+            .iter()
+            .position(|kind| *kind == self)
+            .expect("every kind is listed in ALL")
     }
 
     /// Resolves a document's `api_version` and `type`.
@@ -277,7 +284,9 @@ impl Kind {
         if unsupported {
             return Ok(Resolved::Unsupported);
         }
-        let known_group = Kind::ALL.iter().any(|kind| kind.api_version() == api_version)
+        let known_group = Kind::ALL
+            .iter()
+            .any(|kind| kind.api_version() == api_version)
             || UNSUPPORTED.iter().any(|(group, _)| *group == api_version);
         if known_group {
             Err(ResolveError::UnknownType {
@@ -340,15 +349,36 @@ mod tests {
 
     #[test]
     fn resolves_modelled_aliases_and_unsupported() {
-        assert_eq!(Kind::resolve("core/v2", "CheckConfig"), Ok(Resolved::Modelled(Kind::CheckConfig)));
-        assert_eq!(Kind::resolve("core/v2", "check_config"), Ok(Resolved::Modelled(Kind::CheckConfig)));
-        assert_eq!(Kind::resolve("core/v2", "role_binding"), Ok(Resolved::Modelled(Kind::RoleBinding)));
-        assert_eq!(Kind::resolve("secrets/v1", "Env"), Ok(Resolved::Modelled(Kind::EnvProvider)));
-        assert_eq!(Kind::resolve("authentication/v2", "ldap"), Ok(Resolved::Unsupported));
-        assert_eq!(Kind::resolve("core/v2", "TessenConfig"), Ok(Resolved::Unsupported));
+        assert_eq!(
+            Kind::resolve("core/v2", "CheckConfig"),
+            Ok(Resolved::Modelled(Kind::CheckConfig))
+        );
+        assert_eq!(
+            Kind::resolve("core/v2", "check_config"),
+            Ok(Resolved::Modelled(Kind::CheckConfig))
+        );
+        assert_eq!(
+            Kind::resolve("core/v2", "role_binding"),
+            Ok(Resolved::Modelled(Kind::RoleBinding))
+        );
+        assert_eq!(
+            Kind::resolve("secrets/v1", "Env"),
+            Ok(Resolved::Modelled(Kind::EnvProvider))
+        );
+        assert_eq!(
+            Kind::resolve("authentication/v2", "ldap"),
+            Ok(Resolved::Unsupported)
+        );
+        assert_eq!(
+            Kind::resolve("core/v2", "TessenConfig"),
+            Ok(Resolved::Unsupported)
+        );
         assert_eq!(
             Kind::resolve("core/v2", "Check"),
-            Err(ResolveError::UnknownType { api_version: "core/v2".into(), type_name: "Check".into() })
+            Err(ResolveError::UnknownType {
+                api_version: "core/v2".into(),
+                type_name: "Check".into()
+            })
         );
         assert_eq!(
             Kind::resolve("nope/v9", "Check"),
@@ -358,17 +388,35 @@ mod tests {
 
     #[test]
     fn paths_follow_sensu() {
-        assert_eq!(Kind::CheckConfig.item_path("default", "cpu"), "/api/core/v2/namespaces/default/checks/cpu");
-        assert_eq!(Kind::ClusterRole.item_path("ignored", "admin"), "/api/core/v2/clusterroles/admin");
-        assert_eq!(Kind::Secret.collection_path("ops"), "/api/enterprise/secrets/v1/namespaces/ops/secrets");
-        assert_eq!(Kind::VaultProvider.item_path("", "vault"), "/api/enterprise/secrets/v1/providers/vault");
-        assert_eq!(Kind::EtcdReplicator.collection_path(""), "/api/enterprise/federation/v1/etcd-replicators");
+        assert_eq!(
+            Kind::CheckConfig.item_path("default", "cpu"),
+            "/api/core/v2/namespaces/default/checks/cpu"
+        );
+        assert_eq!(
+            Kind::ClusterRole.item_path("ignored", "admin"),
+            "/api/core/v2/clusterroles/admin"
+        );
+        assert_eq!(
+            Kind::Secret.collection_path("ops"),
+            "/api/enterprise/secrets/v1/namespaces/ops/secrets"
+        );
+        assert_eq!(
+            Kind::VaultProvider.item_path("", "vault"),
+            "/api/enterprise/secrets/v1/providers/vault"
+        );
+        assert_eq!(
+            Kind::EtcdReplicator.collection_path(""),
+            "/api/enterprise/federation/v1/etcd-replicators"
+        );
     }
 
     #[test]
     fn cli_names() {
         assert_eq!(Kind::from_cli_name("checks"), Some(Kind::CheckConfig));
-        assert_eq!(Kind::from_cli_name("core/v2.CheckConfig"), Some(Kind::CheckConfig));
+        assert_eq!(
+            Kind::from_cli_name("core/v2.CheckConfig"),
+            Some(Kind::CheckConfig)
+        );
         assert_eq!(Kind::from_cli_name("secrets/v1.Secret"), Some(Kind::Secret));
         assert_eq!(Kind::from_cli_name("apikey"), Some(Kind::ApiKey));
         assert_eq!(Kind::from_cli_name("bogus"), None);

@@ -6,9 +6,9 @@
 
 pub mod codec;
 pub mod kind;
+mod locate;
 #[cfg(feature = "logging")]
 pub mod logging;
-mod locate;
 pub mod meta;
 pub mod model;
 pub mod problem;

@@ -19,12 +19,16 @@ pub fn init(default_filter: &str) -> Result<(), String> {
             .map_err(|err| format!("{ENV_LOG}={directives:?} is not a valid filter: {err}"))?,
         Err(_) => EnvFilter::new(default_filter),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match std::env::var(ENV_LOG_FORMAT).as_deref() {
         Ok("json") => builder.json().try_init(),
         Ok("plain") | Err(_) => builder.try_init(),
         Ok(other) => {
-            return Err(format!("{ENV_LOG_FORMAT}={other:?} is not one of plain, json"));
+            return Err(format!(
+                "{ENV_LOG_FORMAT}={other:?} is not one of plain, json"
+            ));
         }
     };
     result.map_err(|err| format!("failed to install the log subscriber: {err}"))

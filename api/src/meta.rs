@@ -35,7 +35,11 @@ pub struct ObjectMeta {
 impl ObjectMeta {
     /// Metadata with only a name and namespace.
     pub fn named(namespace: &str, name: &str) -> ObjectMeta {
-        ObjectMeta { name: name.to_owned(), namespace: namespace.to_owned(), ..ObjectMeta::default() }
+        ObjectMeta {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            ..ObjectMeta::default()
+        }
     }
 
     /// Merges `outer` over `self` the way Sensu merges a document's outer metadata over the

@@ -67,7 +67,11 @@ impl FieldPath {
 
     /// A path from dotted keys, e.g. `FieldPath::keys(&["spec", "interval"])`.
     pub fn keys(keys: &[&str]) -> FieldPath {
-        FieldPath(keys.iter().map(|key| Segment::Key((*key).to_owned())).collect())
+        FieldPath(
+            keys.iter()
+                .map(|key| Segment::Key((*key).to_owned()))
+                .collect(),
+        )
     }
 
     /// This path plus a key.
@@ -134,12 +138,20 @@ impl fmt::Display for FieldPath {
 impl Issue {
     /// An error at `path`.
     pub fn error(path: FieldPath, message: impl Into<String>) -> Issue {
-        Issue { severity: Severity::Error, path, message: message.into() }
+        Issue {
+            severity: Severity::Error,
+            path,
+            message: message.into(),
+        }
     }
 
     /// A warning at `path`.
     pub fn warning(path: FieldPath, message: impl Into<String>) -> Issue {
-        Issue { severity: Severity::Warning, path, message: message.into() }
+        Issue {
+            severity: Severity::Warning,
+            path,
+            message: message.into(),
+        }
     }
 
     /// Whether this refuses the document.
@@ -162,6 +174,9 @@ impl fmt::Display for Issue {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.document == 0 {
+            return write!(f, "{}", self.file);
+        }
         write!(f, "{}:{}", self.file, self.line)?;
         if let Some(column) = self.column {
             write!(f, ":{column}")?;

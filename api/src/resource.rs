@@ -105,7 +105,10 @@ impl Resource {
                 ),
             ));
         };
-        if let Some(unknown) = envelope.keys().find(|key| !ENVELOPE_KEYS.contains(&key.as_str())) {
+        if let Some(unknown) = envelope
+            .keys()
+            .find(|key| !ENVELOPE_KEYS.contains(&key.as_str()))
+        {
             return Err(Issue::error(
                 FieldPath::keys(&[unknown]),
                 format!(
@@ -116,7 +119,10 @@ impl Resource {
         let type_name = match envelope.remove("type") {
             Some(Value::String(type_name)) if !type_name.is_empty() => type_name,
             Some(Value::String(_)) | None | Some(Value::Null) => {
-                return Err(Issue::error(FieldPath::keys(&["type"]), "missing field \"type\""))
+                return Err(Issue::error(
+                    FieldPath::keys(&["type"]),
+                    "missing field \"type\"",
+                ))
             }
             Some(other) => {
                 return Err(Issue::error(
@@ -128,12 +134,18 @@ impl Resource {
         let api_version = match envelope.remove("api_version") {
             Some(Value::String(api_version)) if !api_version.is_empty() => api_version,
             None | Some(Value::Null) => {
-                return Ok(Decoded::Unsupported(UnsupportedType { api_version: None, type_name }))
+                return Ok(Decoded::Unsupported(UnsupportedType {
+                    api_version: None,
+                    type_name,
+                }))
             }
             Some(other) => {
                 return Err(Issue::error(
                     FieldPath::keys(&["api_version"]),
-                    format!("expected a string like \"core/v2\", found {}", describe(&other)),
+                    format!(
+                        "expected a string like \"core/v2\", found {}",
+                        describe(&other)
+                    ),
                 ))
             }
         };
@@ -146,7 +158,10 @@ impl Resource {
                 }))
             }
             Err(err @ crate::kind::ResolveError::UnknownApiVersion(_)) => {
-                return Err(Issue::error(FieldPath::keys(&["api_version"]), err.to_string()))
+                return Err(Issue::error(
+                    FieldPath::keys(&["api_version"]),
+                    err.to_string(),
+                ))
             }
             Err(err) => return Err(Issue::error(FieldPath::keys(&["type"]), err.to_string())),
         };
@@ -181,7 +196,8 @@ impl Resource {
                 return Err(Issue::error(FieldPath::root(), "expected a JSON object"));
             };
             // The wrapped form names its type; fill it in when a client leaves it out.
-            body.entry("type").or_insert_with(|| Value::String(kind.type_name().to_owned()));
+            body.entry("type")
+                .or_insert_with(|| Value::String(kind.type_name().to_owned()));
             body.entry("api_version")
                 .or_insert_with(|| Value::String(kind.api_version().to_owned()));
             return match Resource::from_document(Value::Object(body))? {
@@ -223,6 +239,13 @@ impl Resource {
         metadata.merge_outer(outer_metadata);
         let spec = Spec::from_value(kind, Value::Object(spec))
             .map_err(|err| serde_issue(spec_path, &err))?;
+        if let Spec::Silenced(silenced) = &spec {
+            // Sensu names every silenced entry after its subscription and check, whatever the
+            // document says.
+            if !silenced.subscription.is_empty() || !silenced.check.is_empty() {
+                metadata.name = silenced.canonical_name();
+            }
+        }
         Ok(Resource { metadata, spec })
     }
 
@@ -230,8 +253,14 @@ impl Resource {
     pub fn to_document(&self) -> Value {
         let kind = self.kind();
         let mut envelope = Map::new();
-        envelope.insert("type".to_owned(), Value::String(kind.type_name().to_owned()));
-        envelope.insert("api_version".to_owned(), Value::String(kind.api_version().to_owned()));
+        envelope.insert(
+            "type".to_owned(),
+            Value::String(kind.type_name().to_owned()),
+        );
+        envelope.insert(
+            "api_version".to_owned(),
+            Value::String(kind.api_version().to_owned()),
+        );
         envelope.insert("metadata".to_owned(), metadata_value(&self.metadata));
         envelope.insert("spec".to_owned(), self.spec.to_value());
         Value::Object(envelope)
@@ -297,8 +326,14 @@ fn namespace_from_parts(
             ),
         ));
     }
-    let metadata = ObjectMeta { name: namespace.name.clone(), ..outer_metadata };
-    Ok(Resource { metadata, spec: Spec::Namespace(namespace) })
+    let metadata = ObjectMeta {
+        name: namespace.name.clone(),
+        ..outer_metadata
+    };
+    Ok(Resource {
+        metadata,
+        spec: Spec::Namespace(namespace),
+    })
 }
 
 fn decode_metadata(value: Value, path: &FieldPath) -> Result<ObjectMeta, Issue> {
@@ -412,7 +447,10 @@ mod tests {
             "spec": {"command": "true", "intreval": 10}
         }))
         .unwrap_err();
-        assert_eq!(err, "spec.intreval: unknown field \"intreval\" (did you mean \"interval\"?)");
+        assert_eq!(
+            err,
+            "spec.intreval: unknown field \"intreval\" (did you mean \"interval\"?)"
+        );
     }
 
     #[test]
@@ -459,7 +497,9 @@ mod tests {
             "spec": {"subscription": "a", "check": "b", "expire": null}
         }))
         .unwrap();
-        let Spec::Silenced(silenced) = resource.spec else { panic!("not silenced") };
+        let Spec::Silenced(silenced) = resource.spec else {
+            panic!("not silenced")
+        };
         assert_eq!(silenced.expire, -1);
     }
 
@@ -474,7 +514,10 @@ mod tests {
         let wire = resource.to_wire();
         assert_eq!(wire["metadata"]["name"], "cpu");
         assert_eq!(wire["interval"], 10);
-        assert_eq!(Resource::from_wire(Kind::CheckConfig, wire).unwrap(), resource);
+        assert_eq!(
+            Resource::from_wire(Kind::CheckConfig, wire).unwrap(),
+            resource
+        );
 
         let secret = decode(json!({
             "type": "Secret", "api_version": "secrets/v1",

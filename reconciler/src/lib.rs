@@ -1,1 +1,6 @@
-//! tmp
+//! `cairn-reconciler`: manifest sources, diff, plan, apply, prune and watch, and the operator
+//! CLI `cairnctl` built on them.
+
+pub mod cli;
+pub mod exit;
+pub mod lint;

@@ -16,26 +16,17 @@ fn is_zero(value: &i64) -> bool {
 }
 
 /// A reference to another resource, as pipelines and checks write them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ResourceReference {
     /// Name of the referenced resource.
     pub name: String,
-    /// Its type; defaults to the natural type for the field.
-    #[serde(rename = "type")]
+    /// Its type; in a check's `pipelines` it defaults to `Pipeline`.
+    #[serde(rename = "type", skip_serializing_if = "String::is_empty")]
     pub type_name: String,
-    /// Its API group.
+    /// Its API group; defaults to `core/v2`.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub api_version: String,
-}
-
-impl Default for ResourceReference {
-    fn default() -> Self {
-        ResourceReference {
-            name: String::new(),
-            type_name: "Pipeline".to_owned(),
-            api_version: crate::kind::CORE_V2.to_owned(),
-        }
-    }
 }
 
 /// `secrets: [{name, secret}]` on checks, handlers and mutators.
@@ -184,6 +175,10 @@ macro_rules! check_struct {
             /// Server-set; accepted and ignored.
             #[serde(skip_serializing)]
             pub scheduler: Option<serde_json::Value>,
+            /// Sensu 6.14's FallbackPipeline reference, which Cairn does not model: accepted
+            /// with a warning and dropped.
+            #[serde(skip_serializing)]
+            pub fallback_pipeline: Option<serde_json::Value>,
             $($(#[$fattr])* $vis $field: $ty,)*
         }
     };
@@ -627,7 +622,13 @@ impl Default for Silenced {
 impl Silenced {
     /// The name Sensu gives every silenced entry: `<subscription or *>:<check or *>`.
     pub fn canonical_name(&self) -> String {
-        let side = |value: &str| if value.is_empty() { "*".to_owned() } else { value.to_owned() };
+        let side = |value: &str| {
+            if value.is_empty() {
+                "*".to_owned()
+            } else {
+                value.to_owned()
+            }
+        };
         format!("{}:{}", side(&self.subscription), side(&self.check))
     }
 }

@@ -10,8 +10,8 @@ use serde_json::Value;
 pub use self::core::{
     Asset, AssetBuild, Check, CheckConfig, CheckHistory, Deregistration, Entity, Event,
     EventFilter, Handler, HandlerSocket, HookConfig, MetricTag, MetricThreshold,
-    MetricThresholdRule, Mutator, Namespace, Network, NetworkInterface, Pipeline,
-    PipelineWorkflow, ProxyRequests, ResourceReference, SecretRef, Silenced, System,
+    MetricThresholdRule, Mutator, Namespace, Network, NetworkInterface, Pipeline, PipelineWorkflow,
+    ProxyRequests, ResourceReference, SecretRef, Silenced, System,
 };
 pub use self::federation::{Cluster, EtcdReplicator, Replicator};
 pub use self::rbac::{ApiKey, Role, RoleBinding, RoleRef, Rule, Subject, User};

@@ -1,0 +1,116 @@
+//! `cairnctl lint`: validates manifests and reports every problem, not just the first.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::Path;
+
+use cairn_api::codec::{self, Manifests};
+
+use crate::cli::LintArgs;
+use crate::exit::Outcome;
+
+/// What a lint run found, ready to print.
+#[derive(Debug)]
+pub struct LintReport {
+    /// One line per problem and per unsupported document, in file order.
+    pub lines: Vec<String>,
+    /// `N documents, M types, K errors`.
+    pub summary: String,
+    /// How the run ends.
+    pub outcome: Outcome,
+}
+
+/// Reads every path and validates what it holds.
+pub fn run(args: &LintArgs) -> LintReport {
+    let mut manifests = Manifests::default();
+    for path in &args.paths {
+        if path == Path::new("-") {
+            manifests.extend(read_stdin());
+        } else {
+            manifests.extend(codec::load_path(path));
+        }
+    }
+    report(&manifests, args.allow_unsupported)
+}
+
+/// Turns what was read into report lines, a summary and an outcome.
+pub fn report(manifests: &Manifests, allow_unsupported: bool) -> LintReport {
+    let mut lines: Vec<(String, usize, usize, String)> = Vec::new();
+    for problem in &manifests.problems {
+        let location = &problem.location;
+        lines.push((
+            location.file.clone(),
+            location.document,
+            location.line,
+            problem.to_string(),
+        ));
+    }
+    for document in &manifests.unsupported {
+        let location = &document.location;
+        let line = if allow_unsupported {
+            format!("warning: {location}: skipped {}", document.unsupported)
+        } else {
+            format!("{} ({location})", document.unsupported)
+        };
+        lines.push((
+            location.file.clone(),
+            location.document,
+            location.line,
+            line,
+        ));
+    }
+    lines.sort_by(|left, right| (&left.0, left.1, left.2).cmp(&(&right.0, right.1, right.2)));
+
+    let mut types = BTreeSet::new();
+    for loaded in &manifests.resources {
+        let kind = loaded.resource.kind();
+        types.insert(format!("{}/{}", kind.api_version(), kind.type_name()));
+    }
+    for document in &manifests.unsupported {
+        let unsupported = &document.unsupported;
+        types.insert(format!(
+            "{}/{}",
+            unsupported.api_version.as_deref().unwrap_or("(none)"),
+            unsupported.type_name
+        ));
+    }
+    let mut errors = manifests.error_count();
+    if !allow_unsupported {
+        errors += manifests.unsupported.len();
+    }
+    let summary = format!(
+        "{} documents, {} types, {errors} errors",
+        manifests.documents,
+        types.len()
+    );
+    LintReport {
+        lines: lines.into_iter().map(|(_, _, _, line)| line).collect(),
+        summary,
+        outcome: if errors == 0 {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        },
+    }
+}
+
+fn read_stdin() -> Manifests {
+    let mut text = String::new();
+    match std::io::stdin()
+        .take(codec::MAX_FILE_BYTES)
+        .read_to_string(&mut text)
+    {
+        Ok(_) => codec::load_str("-", &text),
+        Err(err) => {
+            let mut manifests = Manifests::default();
+            manifests.problems.push(cairn_api::Problem {
+                location: cairn_api::Location::file("-"),
+                issue: cairn_api::Issue::error(
+                    cairn_api::FieldPath::root(),
+                    format!("cannot read standard input: {err}"),
+                ),
+            });
+            manifests
+        }
+    }
+}
