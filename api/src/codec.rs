@@ -4,6 +4,7 @@
 //! Reading never fails as a whole: [`Manifests`] holds the good resources and a list of
 //! problems, each placed at its file, document, line and field.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -50,6 +51,9 @@ pub struct Manifests {
     pub problems: Vec<Problem>,
     /// Documents seen, valid or not.
     pub documents: usize,
+    /// Every `api_version/type` seen, valid or not (`(none)` when a document has no
+    /// api_version).
+    pub types: BTreeSet<String>,
     /// Files read.
     pub files: usize,
 }
@@ -71,6 +75,7 @@ impl Manifests {
         self.unsupported.extend(other.unsupported);
         self.problems.extend(other.problems);
         self.documents += other.documents;
+        self.types.extend(other.types);
         self.files += other.files;
     }
 
@@ -364,14 +369,28 @@ fn load_document(
     location: Location,
     manifests: &mut Manifests,
 ) {
-    let place = |issue: &Issue| match locate(text, &issue.path) {
-        Some((line, column)) => Location {
-            line: first_line + line - 1,
-            column: Some(column),
-            ..location.clone()
-        },
-        None => location.clone(),
+    // A missing field has no position; point at the nearest enclosing field that exists.
+    let place = |issue: &Issue| {
+        let mut path = Some(issue.path.clone());
+        while let Some(candidate) = path {
+            if let Some((line, column)) = locate(text, &candidate) {
+                return Location {
+                    line: first_line + line - 1,
+                    column: Some(column),
+                    ..location.clone()
+                };
+            }
+            path = candidate.parent();
+        }
+        location.clone()
     };
+    if let Some(type_name) = value.get("type").and_then(Value::as_str) {
+        let api_version = value
+            .get("api_version")
+            .and_then(Value::as_str)
+            .unwrap_or("(none)");
+        manifests.types.insert(format!("{api_version}/{type_name}"));
+    }
     match Resource::from_document(value) {
         Ok(Decoded::Resource(resource)) => {
             let issues = validate(&resource);

@@ -95,6 +95,12 @@ impl FieldPath {
         FieldPath(segments)
     }
 
+    /// The path one level up; `None` for the root.
+    pub fn parent(&self) -> Option<FieldPath> {
+        let (_, rest) = self.0.split_last()?;
+        Some(FieldPath(rest.to_vec()))
+    }
+
     /// The segments.
     pub fn segments(&self) -> &[Segment] {
         &self.0

@@ -388,7 +388,30 @@ fn serde_issue(prefix: &FieldPath, err: &serde_path_to_error::Error<serde_json::
         let field = rest.trim_end_matches('`');
         return Issue::error(path.key(field), format!("missing field \"{field}\""));
     }
-    Issue::error(path, message.replace('`', "\""))
+    Issue::error(path, plain_types(&message.replace('`', "\"")))
+}
+
+/// Words serde's Rust type names the way a manifest author thinks of them.
+fn plain_types(message: &str) -> String {
+    let mut out = message.to_owned();
+    for (rust, plain) in [
+        ("expected i64", "expected an integer"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected u8", "expected a non-negative integer"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        if let Some(idx) = out.find(rust) {
+            if out[idx + rust.len()..]
+                .chars()
+                .next()
+                .is_none_or(|ch| !ch.is_alphanumeric())
+            {
+                out.replace_range(idx..idx + rust.len(), plain);
+            }
+        }
+    }
+    out
 }
 
 /// The candidate within edit distance 2 of `word`, if there is exactly one best.

@@ -195,8 +195,11 @@ impl Checker {
                     );
                 }
             }
-            Kind::Namespace if resource.name().is_empty() => {
-                self.error(spec_path("name"), "must not be empty");
+            // A namespace's name is its spec.
+            Kind::Namespace => {
+                if let Some(problem) = check_name(kind, resource.name()) {
+                    self.error(spec_path("name"), problem);
+                }
             }
             _ => {
                 if let Some(problem) = check_name(kind, resource.name()) {

@@ -1,6 +1,5 @@
 //! `cairnctl lint`: validates manifests and reports every problem, not just the first.
 
-use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::Path;
 
@@ -61,19 +60,6 @@ pub fn report(manifests: &Manifests, allow_unsupported: bool) -> LintReport {
     }
     lines.sort_by(|left, right| (&left.0, left.1, left.2).cmp(&(&right.0, right.1, right.2)));
 
-    let mut types = BTreeSet::new();
-    for loaded in &manifests.resources {
-        let kind = loaded.resource.kind();
-        types.insert(format!("{}/{}", kind.api_version(), kind.type_name()));
-    }
-    for document in &manifests.unsupported {
-        let unsupported = &document.unsupported;
-        types.insert(format!(
-            "{}/{}",
-            unsupported.api_version.as_deref().unwrap_or("(none)"),
-            unsupported.type_name
-        ));
-    }
     let mut errors = manifests.error_count();
     if !allow_unsupported {
         errors += manifests.unsupported.len();
@@ -81,7 +67,7 @@ pub fn report(manifests: &Manifests, allow_unsupported: bool) -> LintReport {
     let summary = format!(
         "{} documents, {} types, {errors} errors",
         manifests.documents,
-        types.len()
+        manifests.types.len()
     );
     LintReport {
         lines: lines.into_iter().map(|(_, _, _, line)| line).collect(),
