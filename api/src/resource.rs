@@ -31,6 +31,9 @@ pub struct ResourceKey {
 }
 
 /// What one manifest document turned out to be.
+// Transient: returned once per document and unpacked at once, so boxing the common variant
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
     /// A modelled resource.

@@ -1,6 +1,7 @@
 //! The `cairnctl` binary: parses the command line, runs the subcommand, prints its report and
 //! maps the outcome to an exit code.
 
+use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -31,12 +32,24 @@ fn main() -> ExitCode {
     let outcome = match opts.command {
         Command::Lint(args) => {
             let report = lint::run(&args);
-            for line in &report.lines {
-                println!("{line}");
+            let lines = report.lines.iter().chain(std::iter::once(&report.summary));
+            if let Err(err) = print_lines(lines) {
+                eprintln!("cairnctl: cannot write the report: {err}");
+                return ExitCode::from(Outcome::Failure.code());
             }
-            println!("{}", report.summary);
             report.outcome
         }
     };
     ExitCode::from(outcome.code())
+}
+
+/// Writes report lines to stdout. A reader that went away (`cairnctl lint | head`) is not an
+/// error.
+fn print_lines<'a>(mut lines: impl Iterator<Item = &'a String>) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    let result = lines.try_for_each(|line| writeln!(stdout, "{line}"));
+    match result.and_then(|()| stdout.flush()) {
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }

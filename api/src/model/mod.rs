@@ -84,7 +84,7 @@ specs! {
     CheckConfig(CheckConfig),
     Entity(Entity),
     Silenced(Silenced),
-    Event(Event),
+    Event(Box<Event>),
     Cluster(Cluster),
     Replicator(Replicator),
     EtcdReplicator(EtcdReplicator),
