@@ -4,6 +4,8 @@
 //! ([`validate`]) and the manifest codec ([`codec`]). The backend, the agent and the reconciler
 //! all depend on this crate and on nothing of each other.
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod codec;
 pub mod kind;
 mod locate;

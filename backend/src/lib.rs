@@ -1,4 +1,15 @@
 //! `cairn-backend`: the store, the REST API, auth and RBAC, agent sessions, the scheduler, the
 //! event pipeline, secrets providers and replicators.
-//!
-//! Only the command line exists so far; the server lands with the backend issue.
+
+pub mod api;
+pub mod auth;
+pub mod authcache;
+pub mod datadir;
+pub mod events;
+pub mod pipeline;
+pub mod pki;
+pub mod rbac;
+pub mod resources;
+pub mod server;
+pub mod store;
+pub mod tls;

@@ -2,8 +2,9 @@
 //!
 //! `CARGO_BIN_EXE_*` only covers a package's own binaries, so the binaries of `cairn-backend`,
 //! `cairn-agent` and `cairn-reconciler` are found in the target directory beside the test
-//! executable; when one is missing (`cargo test` builds only the binaries of packages with
-//! integration tests) the helper builds them once with cargo.
+//! executable. `cargo test` builds only the binaries of packages with integration tests, and
+//! not at all when only this package is tested, so the helper runs `cargo build --bins` once
+//! per test process (a no-op when they are current) so that no test runs a stale binary.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,7 +24,7 @@ pub fn binary(name: &str) -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("test executables live in target/<profile>/deps");
     let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if !path.is_file() {
+    {
         BUILD_BINARIES.call_once(|| {
             let cargo = option_env!("CARGO").unwrap_or("cargo");
             let mut build = Command::new(cargo);

@@ -1,0 +1,279 @@
+//! The typed HTTP client of the Cairn (and Sensu) REST API, used by `cairnctl` and the tests.
+//!
+//! HTTPS only, trusting the cluster's CA (never the system roots): a backend's certificate is
+//! made by its own CA at `init`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{Kind, Resource};
+
+/// How long one request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a client authenticates.
+#[derive(Clone)]
+pub enum Credentials {
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+    /// `Authorization: Key <api key>`.
+    ApiKey(String),
+    /// Nothing (for `/health`, `/version`, `/auth`).
+    None,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a credential.
+        match self {
+            Credentials::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Credentials::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
+            Credentials::None => f.write_str("None"),
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The CA file is not usable. Not helped by a retry.
+    #[error("invalid CA certificate: {0}")]
+    InvalidCa(String),
+    /// The backend could not be reached or the connection broke. A retry may help.
+    #[error("request to {url} failed: {source}")]
+    RequestFailed {
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The backend answered with an error status; `message` is its `{"message"}`.
+    #[error("{status}: {message}")]
+    Status {
+        /// HTTP status.
+        status: StatusCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The backend's answer was not what the API promises.
+    #[error("unexpected response from {url}: {reason}")]
+    UnexpectedResponse {
+        /// The URL.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Result alias for this module.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Tokens from `/auth` and `/auth/token`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tokens {
+    /// The access token (JWT).
+    pub access_token: String,
+    /// Its expiry, unix seconds.
+    pub expires_at: u64,
+    /// The single-use refresh token.
+    pub refresh_token: String,
+}
+
+/// A client bound to one backend URL.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    credentials: Credentials,
+}
+
+// === impl Client ===
+
+impl Client {
+    /// A client for `base_url` (e.g. `https://127.0.0.1:8080`) trusting only `ca_pem`.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidCa`] when the PEM holds no usable certificate.
+    pub fn new(base_url: &str, ca_pem: &str, credentials: Credentials) -> Result<Client> {
+        let mut roots = rustls::RootCertStore::empty();
+        let mut reader = std::io::BufReader::new(ca_pem.as_bytes());
+        let mut added = 0;
+        for cert in rustls_pemfile::certs(&mut reader) {
+            let cert = cert.map_err(|err| ClientError::InvalidCa(err.to_string()))?;
+            roots.add(cert).map_err(|err| ClientError::InvalidCa(err.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(ClientError::InvalidCa("no certificate in the PEM".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|err| ClientError::InvalidCa(err.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|err| ClientError::InvalidCa(err.to_string()))?;
+        Ok(Client { http, base: base_url.trim_end_matches('/').to_owned(), credentials })
+    }
+
+    /// The same client with other credentials.
+    pub fn with_credentials(&self, credentials: Credentials) -> Client {
+        Client { credentials, ..self.clone() }
+    }
+
+    /// Logs in with a username and password (`GET /auth`).
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] 401 on bad credentials.
+    pub async fn login(&self, username: &str, password: &str) -> Result<Tokens> {
+        let url = format!("{}/auth", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .basic_auth(username, Some(password))
+            .send()
+            .await
+            .map_err(|source| ClientError::RequestFailed { url: url.clone(), source })?;
+        parse_json(&url, check(response).await?).await
+    }
+
+    /// Sends a request with a JSON body (or none) and returns the raw response after checking
+    /// its status.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] on a 4xx/5xx answer.
+    pub async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        request = match &self.credentials {
+            Credentials::Bearer(token) => request.bearer_auth(token),
+            Credentials::ApiKey(key) => request.header("Authorization", format!("Key {key}")),
+            Credentials::None => request,
+        };
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response =
+            request.send().await.map_err(|source| ClientError::RequestFailed { url, source })?;
+        check(response).await
+    }
+
+    /// `GET` a JSON document.
+    ///
+    /// # Errors
+    /// As [`Client::send`], or a body that is not JSON.
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        let response = self.send(Method::GET, path, None).await?;
+        let url = response.url().to_string();
+        parse_json(&url, response).await
+    }
+
+    /// Creates or replaces a resource (`PUT` at its path).
+    ///
+    /// # Errors
+    /// As [`Client::send`].
+    pub async fn put_resource(&self, resource: &Resource) -> Result<()> {
+        let kind = resource.kind();
+        let path = kind.item_path(resource.namespace(), resource.name());
+        self.send(Method::PUT, &path, Some(&resource.to_wire())).await.map(|_| ())
+    }
+
+    /// Reads one resource; `None` on 404.
+    ///
+    /// # Errors
+    /// As [`Client::send`], or a body that does not decode.
+    pub async fn get_resource(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Resource>> {
+        let path = kind.item_path(namespace, name);
+        match self.get_json(&path).await {
+            Ok(body) => decode(kind, &path, body).map(Some),
+            Err(ClientError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Lists every resource of `kind` in `namespace`, following `Sensu-Continue` pages.
+    ///
+    /// # Errors
+    /// As [`Client::send`], or a body that does not decode.
+    pub async fn list_resources(&self, kind: Kind, namespace: &str) -> Result<Vec<Resource>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut path = format!("{}?limit=500", kind.collection_path(namespace));
+            if let Some(token) = &token {
+                path.push_str(&format!("&continue={token}"));
+            }
+            let response = self.send(Method::GET, &path, None).await?;
+            token = response
+                .headers()
+                .get("sensu-continue")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            let body = parse_json(&path, response).await?;
+            let Value::Array(items) = body else {
+                return Err(ClientError::UnexpectedResponse { url: path, reason: "expected a JSON array".into() });
+            };
+            for item in items {
+                let item_kind = match item.get("type").and_then(Value::as_str) {
+                    Some("Env") => Kind::EnvProvider,
+                    Some("VaultProvider") => Kind::VaultProvider,
+                    _ => kind,
+                };
+                out.push(decode(item_kind, &path, item)?);
+            }
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Deletes a resource; `false` when it did not exist.
+    ///
+    /// # Errors
+    /// As [`Client::send`].
+    pub async fn delete_resource(&self, kind: Kind, namespace: &str, name: &str) -> Result<bool> {
+        match self.send(Method::DELETE, &kind.item_path(namespace, name), None).await {
+            Ok(_) => Ok(true),
+            Err(ClientError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+fn decode(kind: Kind, url: &str, body: Value) -> Result<Resource> {
+    Resource::from_wire(kind, body).map_err(|issue| ClientError::UnexpectedResponse {
+        url: url.to_owned(),
+        reason: issue.to_string(),
+    })
+}
+
+async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let text = response.text().await.unwrap_or_default();
+    // Sensu's middleware capitalises its keys; match either.
+    let message = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|body| {
+            body.get("message").or_else(|| body.get("Message")).and_then(Value::as_str).map(str::to_owned)
+        })
+        .unwrap_or(text);
+    Err(ClientError::Status { status, message })
+}
+
+async fn parse_json<T: serde::de::DeserializeOwned>(url: &str, response: reqwest::Response) -> Result<T> {
+    let bytes = response.bytes().await.map_err(|source| ClientError::RequestFailed { url: url.to_owned(), source })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|err| ClientError::UnexpectedResponse { url: url.to_owned(), reason: err.to_string() })
+}

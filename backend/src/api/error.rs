@@ -1,0 +1,131 @@
+//! `ApiError`: every failure of a handler as Sensu's `{"message", "code"}` body.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::resources::ResourceError;
+use crate::store::StoreError;
+
+/// Sensu's action codes, carried in the `code` field of error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// An internal fault.
+    Internal = 0,
+    /// The request is invalid.
+    InvalidArgument = 1,
+    /// The resource does not exist.
+    NotFound = 2,
+    /// The resource already exists, or the write conflicts.
+    AlreadyExists = 3,
+    /// The caller may not do this.
+    PermissionDenied = 4,
+    /// The caller is not authenticated.
+    Unauthenticated = 5,
+    /// A precondition (`If-Match`) failed.
+    PreconditionFailed = 7,
+}
+
+/// A failed request: status, code and a message that names what is wrong.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Sensu action code.
+    pub code: Code,
+    /// For the client; generic for internal faults.
+    pub message: String,
+}
+
+/// Marks a response as an internal fault so the logging middleware reports it once.
+#[derive(Debug, Clone)]
+pub struct InternalFault(pub String);
+
+// === impl ApiError ===
+
+impl ApiError {
+    /// 400, invalid argument.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, code: Code::InvalidArgument, message: message.into() }
+    }
+
+    /// 404, not found.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::NOT_FOUND, code: Code::NotFound, message: message.into() }
+    }
+
+    /// 409, already exists or conflicting version.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::CONFLICT, code: Code::AlreadyExists, message: message.into() }
+    }
+
+    /// 412, precondition failed.
+    pub fn precondition(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::PRECONDITION_FAILED,
+            code: Code::PreconditionFailed,
+            message: message.into(),
+        }
+    }
+
+    /// 403, permission denied.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::FORBIDDEN, code: Code::PermissionDenied, message: message.into() }
+    }
+
+    /// 401, unauthenticated.
+    pub fn unauthenticated(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::UNAUTHORIZED, code: Code::Unauthenticated, message: message.into() }
+    }
+
+    /// 413, body over the limit.
+    pub fn too_large(limit: usize) -> ApiError {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: Code::InvalidArgument,
+            message: format!("request body is over the {limit}-byte limit"),
+        }
+    }
+
+    /// 500 with a generic body; `detail` goes to the log only.
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: Code::Internal,
+            message: format!("internal error: {detail}"),
+        }
+    }
+}
+
+impl From<ResourceError> for ApiError {
+    fn from(err: ResourceError) -> ApiError {
+        match err {
+            ResourceError::Store(StoreError::PreconditionFailed { key, current }) => ApiError::conflict(
+                format!("{key} changed: its resource version is now {current}"),
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> ApiError {
+        ApiError::from(ResourceError::Store(err))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.code == Code::Internal {
+            let mut response = (
+                self.status,
+                Json(serde_json::json!({"message": "internal error", "code": self.code as u8})),
+            )
+                .into_response();
+            response.extensions_mut().insert(InternalFault(self.message));
+            return response;
+        }
+        (self.status, Json(serde_json::json!({"message": self.message, "code": self.code as u8})))
+            .into_response()
+    }
+}

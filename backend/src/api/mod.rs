@@ -1,0 +1,361 @@
+//! The Sensu-compatible REST API: routes, authentication, and the handlers for resources,
+//! events, users, API keys and tokens.
+
+mod error;
+mod routes;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::Value;
+
+pub use self::error::{ApiError, Code, InternalFault};
+use crate::auth::{self, TokenIssuer};
+use crate::authcache::AuthCache;
+use crate::rbac::{self, Caller, Verb};
+use crate::resources::Resources;
+use crate::store::{Precondition, Store};
+
+/// The default request body limit (Sensu's `api-request-limit`).
+pub const DEFAULT_BODY_LIMIT: usize = 512 * 1024;
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    /// Typed resources over the store.
+    pub resources: Resources,
+    /// Users, keys, roles and bindings.
+    pub auth: Arc<AuthCache>,
+    /// Signs and verifies tokens.
+    pub issuer: Arc<TokenIssuer>,
+    /// Where events go after they are stored.
+    pub events: Arc<dyn EventSink>,
+    /// Request counters.
+    pub metrics: Arc<ApiMetrics>,
+    /// Largest accepted body, bytes.
+    pub body_limit: usize,
+}
+
+/// Receives stored events for the handler pipeline. Must not block.
+pub trait EventSink: Send + Sync {
+    /// Hands over an event; a full queue is the sink's to count and report.
+    fn submit(&self, namespace: &str, event: cairn_api::model::Event);
+}
+
+/// Counters behind `/metrics`.
+#[derive(Debug, Default)]
+pub struct ApiMetrics {
+    /// Requests answered, by status class (1xx..5xx → index 1..5).
+    pub responses: [AtomicU64; 6],
+    /// Sum of request latencies, microseconds.
+    pub latency_micros_sum: AtomicU64,
+    /// Requests under each latency bucket bound (see [`LATENCY_BUCKETS_MS`]).
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
+    /// Events stored.
+    pub events_ingested: AtomicU64,
+}
+
+/// Upper bounds of the request latency histogram, milliseconds.
+pub const LATENCY_BUCKETS_MS: [u64; 8] = [1, 5, 10, 25, 50, 100, 500, 2500];
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Caller);
+
+/// The router with every route and middleware; tests call it with `oneshot`.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics_text))
+        .route("/auth", get(auth_login))
+        .route("/auth/test", get(auth_test))
+        .route("/auth/token", post(auth_refresh))
+        .route("/auth/logout", post(auth_logout))
+        .fallback(routes::dispatch)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts and times every request and logs internal faults once.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let metrics = &state.metrics;
+    let class = usize::from(response.status().as_u16() / 100).min(5);
+    metrics.responses[class].fetch_add(1, Ordering::Relaxed);
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    metrics.latency_micros_sum.fetch_add(micros, Ordering::Relaxed);
+    for (idx, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
+        if micros <= bound * 1000 {
+            metrics.latency_buckets[idx].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if let Some(InternalFault(detail)) = response.extensions().get::<InternalFault>() {
+        tracing::error!(%method, %path, error = %detail, "request failed");
+    }
+    response
+}
+
+/// Authenticates a request from its `Authorization` header: `Bearer <jwt>` or `Key <api key>`.
+///
+/// # Errors
+/// 401 when the header is missing or the credential is invalid, expired, or belongs to a
+/// disabled or deleted user.
+pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
+    let snapshot = state.auth.snapshot();
+    let username = if let Some(token) = header.strip_prefix("Bearer ") {
+        match state.issuer.verify(token.trim()) {
+            Ok(claims) => claims.sub,
+            Err(auth::AuthError::TokenExpired) => {
+                return Err(ApiError::unauthenticated("token expired"))
+            }
+            Err(_) => return Err(ApiError::unauthenticated("invalid credentials")),
+        }
+    } else if let Some(key) = header.strip_prefix("Key ") {
+        snapshot
+            .api_key_user(key.trim())
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::unauthenticated("invalid credentials"))?
+    } else {
+        return Err(ApiError::unauthenticated("bad credentials"));
+    };
+    snapshot.caller(&username).ok_or_else(|| ApiError::unauthenticated("invalid credentials"))
+}
+
+/// Checks RBAC; 403 names the verb and resource.
+///
+/// # Errors
+/// 403 when the caller's roles do not allow it.
+pub fn authorize(
+    state: &AppState,
+    caller: &Caller,
+    verb: Verb,
+    resource: &str,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<(), ApiError> {
+    let request = rbac::Request { verb, resource, namespace, name };
+    if state.auth.snapshot().authorize(caller, request) {
+        return Ok(());
+    }
+    let scope = match namespace {
+        Some(namespace) => format!(" in namespace {namespace}"),
+        None => String::new(),
+    };
+    Err(ApiError::forbidden(format!(
+        "user {} may not {verb} {resource}{}{scope}",
+        caller.username,
+        name.map(|name| format!("/{name}")).unwrap_or_default()
+    )))
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let healthy = state.resources.store().revision().await.is_ok();
+    let body = serde_json::json!({
+        "Alarms": null,
+        "ClusterHealth": [{"MemberID": 0, "MemberIDHex": "0", "Name": "cairn", "Err": "", "Healthy": healthy}],
+        "Header": {"cluster_id": 0, "member_id": 0, "raft_term": 0},
+    });
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn version() -> Json<Value> {
+    Json(serde_json::json!({
+        "sensu_backend": "6.9.2",
+        "cairn_backend": env!("CARGO_PKG_VERSION"),
+        "api_groups": {"core/v2": true, "secrets/v1": true, "federation/v1": true},
+    }))
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let metrics = &state.metrics;
+    let mut out = String::new();
+    out.push_str("# HELP cairn_http_responses_total HTTP responses by status class.\n");
+    out.push_str("# TYPE cairn_http_responses_total counter\n");
+    for class in 1..=5 {
+        out.push_str(&format!(
+            "cairn_http_responses_total{{class=\"{class}xx\"}} {}\n",
+            metrics.responses[class].load(Ordering::Relaxed)
+        ));
+    }
+    out.push_str("# HELP cairn_http_request_duration_seconds Request latency.\n");
+    out.push_str("# TYPE cairn_http_request_duration_seconds histogram\n");
+    let count: u64 = (1..=5).map(|class| metrics.responses[class].load(Ordering::Relaxed)).sum();
+    for (idx, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
+        out.push_str(&format!(
+            "cairn_http_request_duration_seconds_bucket{{le=\"{}\"}} {}\n",
+            *bound as f64 / 1000.0,
+            metrics.latency_buckets[idx].load(Ordering::Relaxed)
+        ));
+    }
+    out.push_str(&format!("cairn_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
+    out.push_str(&format!(
+        "cairn_http_request_duration_seconds_sum {}\n",
+        metrics.latency_micros_sum.load(Ordering::Relaxed) as f64 / 1e6
+    ));
+    out.push_str(&format!("cairn_http_request_duration_seconds_count {count}\n"));
+    out.push_str("# HELP cairn_events_ingested_total Events stored.\n");
+    out.push_str("# TYPE cairn_events_ingested_total counter\n");
+    out.push_str(&format!(
+        "cairn_events_ingested_total {}\n",
+        metrics.events_ingested.load(Ordering::Relaxed)
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Checks HTTP Basic credentials against the user store.
+fn basic_caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let encoded = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Basic "))
+        .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
+    let (username, password) =
+        decoded.split_once(':').ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
+    let snapshot = state.auth.snapshot();
+    let user = snapshot
+        .user(username)
+        .filter(|user| !user.disabled && auth::verify_password(password, &user.password_hash))
+        .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
+    snapshot.caller(&user.username).ok_or_else(|| ApiError::unauthenticated("bad credentials"))
+}
+
+async fn issue_tokens(state: &AppState, caller: &Caller) -> Result<Json<Value>, ApiError> {
+    let access = state.issuer.issue(&caller.username, &caller.groups).map_err(ApiError::internal)?;
+    let refresh_token = auth::random_token(32);
+    let record = serde_json::json!({
+        "username": caller.username,
+        "expires_at": auth::unix_now() + auth::REFRESH_TOKEN_TTL.as_secs(),
+    });
+    let key = refresh_key(&refresh_token);
+    let value = serde_json::to_vec(&record).expect("a JSON value always serializes");
+    state.resources.store().put(&key, value, Precondition::Absent).await?;
+    Ok(Json(serde_json::json!({
+        "access_token": access.token,
+        "expires_at": access.expires_at,
+        "refresh_token": refresh_token,
+    })))
+}
+
+fn refresh_key(token: &str) -> String {
+    format!("auth/refresh/{}", auth::token_digest(token))
+}
+
+async fn auth_login(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let caller = basic_caller(&state, &headers)?;
+    issue_tokens(&state, &caller).await
+}
+
+async fn auth_test(State(state): State<AppState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+    basic_caller(&state, &headers).map(|_| StatusCode::OK)
+}
+
+#[derive(serde::Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+/// Takes a refresh token out of the store, once: a second use finds it gone.
+async fn consume_refresh(state: &AppState, token: &str) -> Result<String, ApiError> {
+    let store = state.resources.store();
+    let key = refresh_key(token);
+    let entry = store.get(&key).await?.ok_or_else(|| ApiError::unauthenticated("invalid refresh token"))?;
+    // Guarded delete: of two concurrent uses, exactly one wins.
+    match store.delete(&key, Precondition::Revision(entry.mod_revision)).await {
+        Ok(Some(_)) => {}
+        Ok(None) | Err(crate::store::StoreError::PreconditionFailed { .. }) => {
+            return Err(ApiError::unauthenticated("invalid refresh token"))
+        }
+        Err(err) => return Err(err.into()),
+    }
+    let record: Value = serde_json::from_slice(&entry.value).map_err(ApiError::internal)?;
+    let expires_at = record["expires_at"].as_u64().unwrap_or(0);
+    if expires_at < auth::unix_now() {
+        return Err(ApiError::unauthenticated("refresh token expired"));
+    }
+    record["username"].as_str().map(str::to_owned).ok_or_else(|| ApiError::internal("refresh record without user"))
+}
+
+async fn auth_refresh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: RefreshBody = serde_json::from_slice(&body)
+        .map_err(|err| ApiError::invalid(format!("invalid request body: {err}")))?;
+    let access = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
+    let claims = state
+        .issuer
+        .verify_ignoring_expiry(access.trim())
+        .map_err(|_| ApiError::unauthenticated("invalid credentials"))?;
+    let username = consume_refresh(&state, &body.refresh_token).await?;
+    if username != claims.sub {
+        return Err(ApiError::unauthenticated("the tokens belong to different users"));
+    }
+    let caller = state
+        .auth
+        .snapshot()
+        .caller(&username)
+        .ok_or_else(|| ApiError::unauthenticated("invalid credentials"))?;
+    issue_tokens(&state, &caller).await
+}
+
+async fn auth_logout(State(state): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let body: RefreshBody = serde_json::from_slice(&body)
+        .map_err(|err| ApiError::invalid(format!("invalid request body: {err}")))?;
+    consume_refresh(&state, &body.refresh_token).await.map(|_| StatusCode::NO_CONTENT)
+}
+
+/// Reads a request body up to the limit.
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, state.body_limit).await.map_err(|_| ApiError::too_large(state.body_limit))
+}
+
+/// Parses a JSON body, naming the position of a syntax error.
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|err| {
+        ApiError::invalid(format!("malformed JSON at line {} column {}: {err}", err.line(), err.column()))
+    })
+}
+
+/// The method's RBAC verb for an item.
+fn verb_for(method: &Method) -> Verb {
+    match *method {
+        Method::GET | Method::HEAD => Verb::Get,
+        Method::DELETE => Verb::Delete,
+        Method::POST => Verb::Create,
+        _ => Verb::Update,
+    }
+}
+
+/// A handle to the store, for the server's wiring.
+pub fn store_of(state: &AppState) -> &Arc<dyn Store> {
+    state.resources.store()
+}

@@ -1,0 +1,842 @@
+//! Resource routes: Sensu's `/api/core/v2/…` and `/api/enterprise/<group>/<version>/…` paths,
+//! parsed by hand because names may hold `/` (assets, `<entity>/<check>` events).
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use serde_json::Value;
+
+use cairn_api::model::{ApiKey, Entity, Event, User};
+use cairn_api::validate::validate;
+use cairn_api::{Kind, ObjectMeta, Resource, Spec};
+
+use super::{authenticate, authorize, parse_json, read_body, verb_for, ApiError, AppState};
+use crate::auth;
+use crate::rbac::{Caller, Verb};
+use crate::resources::{Resources, Stored};
+use crate::store::Precondition;
+
+/// What a path addresses.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// A collection; `namespace` is `None` for cluster-wide kinds and all-namespace lists.
+    Collection { kind: Kind, namespace: Option<String> },
+    /// One resource.
+    Item { kind: Kind, namespace: String, name: String },
+    /// `users/{name}/{action}[/{group}]`.
+    UserAction { name: String, action: String, group: Option<String> },
+    /// `namespaces/{ns}/events/{entity}`: the events of one entity.
+    EntityEvents { namespace: String, entity: String },
+}
+
+const GROUPS: [(&str, &str); 3] = [
+    ("/api/core/v2/", cairn_api::kind::CORE_V2),
+    ("/api/enterprise/secrets/v1/", cairn_api::kind::SECRETS_V1),
+    ("/api/enterprise/federation/v1/", cairn_api::kind::FEDERATION_V1),
+];
+
+fn kind_in(group: &str, plural: &str) -> Option<Kind> {
+    // Env and VaultProvider share `providers`; the stored or sent document says which.
+    Kind::ALL.iter().copied().find(|kind| kind.api_version() == group && kind.plural() == plural)
+}
+
+fn parse(path: &str) -> Option<Target> {
+    let (prefix, group) = GROUPS.iter().find(|(prefix, _)| path.starts_with(prefix))?;
+    let rest = path[prefix.len()..].trim_end_matches('/');
+    // Segments are percent-decoded one by one, so an encoded `/` stays inside a name (and is
+    // then refused by the name rules) rather than changing the route.
+    let decoded: Vec<String> = rest.split('/').map(percent_decode).collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    match segments.as_slice() {
+        ["namespaces"] if *group == cairn_api::kind::CORE_V2 => {
+            Some(Target::Collection { kind: Kind::Namespace, namespace: None })
+        }
+        ["namespaces", name] if *group == cairn_api::kind::CORE_V2 => Some(Target::Item {
+            kind: Kind::Namespace,
+            namespace: String::new(),
+            name: (*name).to_owned(),
+        }),
+        ["namespaces", namespace, plural, name @ ..] => {
+            let kind = kind_in(group, plural).filter(|kind| kind.is_namespaced())?;
+            let namespace = (*namespace).to_owned();
+            match (kind, name) {
+                (_, []) => Some(Target::Collection { kind, namespace: Some(namespace) }),
+                (Kind::Event, [entity]) => {
+                    Some(Target::EntityEvents { namespace, entity: (*entity).to_owned() })
+                }
+                _ => Some(Target::Item { kind, namespace, name: name.join("/") }),
+            }
+        }
+        ["users", name, action, group_name @ ..] if *group == cairn_api::kind::CORE_V2 => {
+            Some(Target::UserAction {
+                name: (*name).to_owned(),
+                action: (*action).to_owned(),
+                group: group_name.first().map(|group| (*group).to_owned()),
+            })
+        }
+        [plural] => {
+            let kind = kind_in(group, plural)?;
+            Some(Target::Collection { kind, namespace: None })
+        }
+        [plural, name @ ..] => {
+            let kind = kind_in(group, plural).filter(|kind| !kind.is_namespaced())?;
+            Some(Target::Item { kind, namespace: String::new(), name: name.join("/") })
+        }
+        _ => None,
+    }
+}
+
+/// Every `/api/…` request that no fixed route took.
+pub(super) async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Some(target) = parse(parts.uri.path()) else {
+        return ApiError::not_found("not found").into_response();
+    };
+    let caller = match authenticate(&state, &parts.headers) {
+        Ok(caller) => caller,
+        Err(err) => return err.into_response(),
+    };
+    let query = parts.uri.query().unwrap_or("");
+    let result = match target {
+        Target::Collection { kind, namespace } => match parts.method {
+            Method::GET => list(&state, &caller, kind, namespace.as_deref(), query).await,
+            Method::POST if kind == Kind::Event => match namespace {
+                Some(namespace) => events_put(&state, &caller, &namespace, None, body).await,
+                None => Err(ApiError::invalid("events are created in a namespace")),
+            },
+            Method::POST if kind == Kind::ApiKey => apikeys_create(&state, &caller, body).await,
+            Method::POST => create(&state, &caller, kind, namespace.as_deref(), body).await,
+            _ => Err(method_not_allowed()),
+        },
+        Target::Item { kind: Kind::Event, namespace, name } => match parts.method {
+            Method::PUT | Method::POST => {
+                events_put(&state, &caller, &namespace, Some(&name), body).await
+            }
+            Method::GET | Method::DELETE => {
+                item(&state, &caller, &parts.method, &parts.headers, Kind::Event, &namespace, &name, body).await
+            }
+            _ => Err(method_not_allowed()),
+        },
+        Target::Item { kind, namespace, name } => {
+            item(&state, &caller, &parts.method, &parts.headers, kind, &namespace, &name, body).await
+        }
+        Target::EntityEvents { namespace, entity } => {
+            let prefix = format!("{entity}/");
+            list_filtered(&state, &caller, Kind::Event, &namespace, &prefix).await
+        }
+        Target::UserAction { name, action, group } => {
+            users_action(&state, &caller, &parts.method, &name, &action, group.as_deref(), body).await
+        }
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: super::Code::InvalidArgument,
+        message: "method not allowed".into(),
+    }
+}
+
+/// The form a resource is returned in: the wire form, with secrets of users removed.
+fn response_body(resource: &Resource) -> Value {
+    let mut resource = resource.clone();
+    if let Spec::User(user) = &mut resource.spec {
+        user.password.clear();
+        user.password_hash.clear();
+    }
+    resource.to_wire()
+}
+
+fn etag(revision: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{revision}\"")).expect("a quoted number is a valid header")
+}
+
+/// `If-Match: "<revision>"` as a precondition.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let text = value.to_str().map_err(|_| ApiError::invalid("If-Match is not text"))?;
+    text.trim()
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| ApiError::invalid(format!("If-Match {text:?} is not a resource version")))
+}
+
+async fn list(
+    state: &AppState,
+    caller: &Caller,
+    kind: Kind,
+    namespace: Option<&str>,
+    query: &str,
+) -> Result<Response, ApiError> {
+    authorize(state, caller, Verb::List, kind.plural(), namespace, None)?;
+    let params = Query::parse(query)?;
+    let start_after = params
+        .continue_token
+        .as_deref()
+        .map(|token| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or_else(|| ApiError::invalid("invalid continue token"))
+        })
+        .transpose()?;
+    let (items, more) =
+        state.resources.list(kind, namespace, start_after.as_deref(), params.limit).await?;
+    let last_key = items.last().map(|(key, _)| key.clone());
+    let body: Vec<Value> = items
+        .iter()
+        .filter(|(_, stored)| kind_matches(kind, &stored.resource))
+        .filter(|(_, stored)| params.selects(&stored.resource))
+        .map(|(_, stored)| response_body(&stored.resource))
+        .collect();
+    let mut response = Json(body).into_response();
+    if let (true, Some(last_key)) = (more, last_key) {
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last_key);
+        response.headers_mut().insert(
+            "sensu-continue",
+            HeaderValue::from_str(&token).expect("base64 is a valid header"),
+        );
+    }
+    Ok(response)
+}
+
+fn kind_matches(kind: Kind, resource: &Resource) -> bool {
+    // `providers` holds both Env and VaultProvider.
+    resource.kind() == kind || resource.kind().plural() == kind.plural()
+}
+
+async fn list_filtered(
+    state: &AppState,
+    caller: &Caller,
+    kind: Kind,
+    namespace: &str,
+    name_prefix: &str,
+) -> Result<Response, ApiError> {
+    authorize(state, caller, Verb::List, kind.plural(), Some(namespace), None)?;
+    let (items, _) = state.resources.list(kind, Some(namespace), None, 0).await?;
+    let prefix = Resources::key(kind, namespace, name_prefix);
+    let body: Vec<Value> = items
+        .iter()
+        .filter(|(key, _)| key.starts_with(&prefix))
+        .map(|(_, stored)| response_body(&stored.resource))
+        .collect();
+    Ok(Json(body).into_response())
+}
+
+/// List parameters: `limit`, `continue`, `labelSelector`.
+struct Query {
+    limit: usize,
+    continue_token: Option<String>,
+    selector: Vec<(String, bool, Vec<String>)>,
+}
+
+impl Query {
+    fn parse(query: &str) -> Result<Query, ApiError> {
+        let mut out = Query { limit: 0, continue_token: None, selector: Vec::new() };
+        for (key, value) in url_pairs(query) {
+            match key.as_str() {
+                "limit" => {
+                    out.limit = value
+                        .parse()
+                        .map_err(|_| ApiError::invalid(format!("limit {value:?} is not a number")))?;
+                }
+                "continue" => out.continue_token = Some(value),
+                "labelSelector" => out.selector = parse_selector(&value)?,
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn selects(&self, resource: &Resource) -> bool {
+        self.selector.iter().all(|(key, positive, values)| {
+            let has = resource.metadata.labels.get(key).is_some_and(|value| values.contains(value));
+            has == *positive
+        })
+    }
+}
+
+/// `a == b && c != d && e in (x, y) && f notin (z)`.
+fn parse_selector(text: &str) -> Result<Vec<(String, bool, Vec<String>)>, ApiError> {
+    let mut out = Vec::new();
+    for clause in text.split("&&").map(str::trim).filter(|clause| !clause.is_empty()) {
+        let parsed = if let Some((key, value)) = clause.split_once("!=") {
+            Some((key, false, vec![value.trim().to_owned()]))
+        } else if let Some((key, value)) = clause.split_once("==") {
+            Some((key, true, vec![value.trim().to_owned()]))
+        } else if let Some((key, values)) = clause.split_once(" notin ") {
+            Some((key, false, set_values(values)))
+        } else if let Some((key, values)) = clause.split_once(" in ") {
+            Some((key, true, set_values(values)))
+        } else {
+            None
+        };
+        let (key, positive, values) =
+            parsed.ok_or_else(|| ApiError::invalid(format!("invalid label selector clause {clause:?}")))?;
+        out.push((key.trim().to_owned(), positive, values));
+    }
+    Ok(out)
+}
+
+fn set_values(text: &str) -> Vec<String> {
+    text.trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .split(',')
+        .map(|value| value.trim().to_owned())
+        .collect()
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut idx = 0;
+    while idx < bytes.len() {
+        match bytes[idx] {
+            b'+' => out.push(b' '),
+            b'%' if idx + 2 < bytes.len() => {
+                match u8::from_str_radix(text.get(idx + 1..idx + 3).unwrap_or(""), 16) {
+                    Ok(byte) => {
+                        out.push(byte);
+                        idx += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        idx += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Decodes and checks a body for `kind` at (`namespace`, `name`) from the URL.
+fn decode_body(
+    kind: Kind,
+    namespace: Option<&str>,
+    name: Option<&str>,
+    caller: &Caller,
+    bytes: &[u8],
+) -> Result<Resource, ApiError> {
+    let body = parse_json(bytes)?;
+    let wire_kind = if kind == Kind::EnvProvider || kind == Kind::VaultProvider {
+        // `providers` takes either; the wrapped body names which.
+        match body.get("type").and_then(Value::as_str) {
+            Some("Env") => Kind::EnvProvider,
+            _ => Kind::VaultProvider,
+        }
+    } else {
+        kind
+    };
+    let mut resource = Resource::from_wire(wire_kind, body).map_err(|issue| ApiError::invalid(issue.to_string()))?;
+    if let Spec::User(user) = &resource.spec {
+        // A user is named by its username.
+        if resource.metadata.name.is_empty() {
+            resource.metadata.name = user.username.clone();
+        }
+    }
+    if let Some(namespace) = namespace.filter(|_| kind.is_namespaced()) {
+        if resource.metadata.namespace.is_empty() {
+            resource.metadata.namespace = namespace.to_owned();
+        } else if resource.metadata.namespace != namespace {
+            return Err(ApiError::invalid(format!(
+                "the namespace of the resource ({}) does not match the namespace of the URI ({namespace})",
+                resource.metadata.namespace
+            )));
+        }
+    }
+    if kind.is_namespaced() && resource.metadata.namespace.is_empty() {
+        return Err(ApiError::invalid("namespace must be set"));
+    }
+    if let Some(name) = name {
+        if resource.metadata.name.is_empty() {
+            resource.metadata.name = name.to_owned();
+            if let Spec::Namespace(namespace) = &mut resource.spec {
+                namespace.name = name.to_owned();
+            }
+        } else if resource.metadata.name != name {
+            return Err(ApiError::invalid(format!(
+                "the name of the resource ({}) does not match the name of the URI ({name})",
+                resource.metadata.name
+            )));
+        }
+    }
+    if let Some(error) = validate(&resource).into_iter().find(|issue| issue.is_error()) {
+        return Err(ApiError::invalid(error.to_string()));
+    }
+    resource.metadata.created_by = caller.username.clone();
+    Ok(resource)
+}
+
+async fn require_namespace(state: &AppState, kind: Kind, namespace: &str) -> Result<(), ApiError> {
+    if !kind.is_namespaced() {
+        return Ok(());
+    }
+    match state.resources.get(Kind::Namespace, "", namespace).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!("namespace \"{namespace}\" not found"))),
+    }
+}
+
+/// Prepares a user for storage: a clear-text password becomes a hash; without one the stored
+/// hash is kept.
+async fn prepare_user(state: &AppState, resource: &mut Resource) -> Result<(), ApiError> {
+    let Spec::User(user) = &mut resource.spec else { return Ok(()) };
+    if !user.password.is_empty() {
+        user.password_hash = auth::hash_password(&user.password).map_err(ApiError::internal)?;
+        user.password.clear();
+    } else if let Some(existing) = state.resources.get(Kind::User, "", &user.username).await? {
+        if let Spec::User(existing) = existing.resource.spec {
+            user.password_hash = existing.password_hash;
+        }
+    } else if !user.password_hash.starts_with("$argon2") {
+        return Err(ApiError::invalid("spec.password: a new user needs a password"));
+    }
+    Ok(())
+}
+
+/// Writes and, for auth resources, waits until authentication sees the write.
+async fn write(state: &AppState, resource: &Resource, precondition: Precondition) -> Result<u64, ApiError> {
+    let revision = state.resources.put(resource, precondition).await.map_err(|err| match err {
+        crate::resources::ResourceError::Store(crate::store::StoreError::PreconditionFailed {
+            current: 0,
+            ..
+        }) => ApiError::not_found(format!("{} not found", resource.key())),
+        crate::resources::ResourceError::Store(crate::store::StoreError::PreconditionFailed {
+            current,
+            ..
+        }) if precondition == Precondition::Absent => {
+            let _ = current;
+            ApiError::conflict(format!("{} already exists", resource.key()))
+        }
+        other => ApiError::from(other),
+    })?;
+    state.auth.wait_for(revision).await;
+    Ok(revision)
+}
+
+async fn create(
+    state: &AppState,
+    caller: &Caller,
+    kind: Kind,
+    namespace: Option<&str>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(state, body).await?;
+    let mut resource = decode_body(kind, namespace, None, caller, &bytes)?;
+    authorize(state, caller, Verb::Create, kind.plural(), namespace, Some(resource.name()))?;
+    require_namespace(state, kind, resource.namespace()).await?;
+    prepare_user(state, &mut resource).await?;
+    write(state, &resource, Precondition::Absent).await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn item(
+    state: &AppState,
+    caller: &Caller,
+    method: &Method,
+    headers: &HeaderMap,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let scope = Some(namespace).filter(|_| kind.is_namespaced());
+    let existing = state.resources.get(kind, namespace, name).await?;
+    match *method {
+        Method::GET => {
+            authorize(state, caller, Verb::Get, kind.plural(), scope, Some(name))?;
+            let stored = existing
+                .filter(|stored| kind_matches(kind, &stored.resource))
+                .ok_or_else(|| ApiError::not_found(format!("{} not found", key_text(kind, namespace, name))))?;
+            let mut response = Json(response_body(&stored.resource)).into_response();
+            response.headers_mut().insert(header::ETAG, etag(stored.revision));
+            Ok(response)
+        }
+        Method::PUT => {
+            let verb = if existing.is_some() { Verb::Update } else { Verb::Create };
+            authorize(state, caller, verb, kind.plural(), scope, Some(name))?;
+            let bytes = read_body(state, body).await?;
+            let mut resource = decode_body(kind, Some(namespace), Some(name), caller, &bytes)?;
+            require_namespace(state, kind, namespace).await?;
+            prepare_user(state, &mut resource).await?;
+            let precondition = match (if_match(headers)?, &existing) {
+                (Some(wanted), Some(stored)) if wanted != stored.revision => {
+                    return Err(ApiError::conflict(format!(
+                        "{} has resource version {}, not {wanted}",
+                        resource.key(),
+                        stored.revision
+                    )))
+                }
+                (Some(wanted), _) => Precondition::Revision(wanted),
+                (None, _) => Precondition::None,
+            };
+            write(state, &resource, precondition).await?;
+            Ok(StatusCode::CREATED.into_response())
+        }
+        Method::PATCH => {
+            authorize(state, caller, Verb::Update, kind.plural(), scope, Some(name))?;
+            let stored = existing.ok_or_else(|| ApiError::not_found(format!("{} not found", key_text(kind, namespace, name))))?;
+            if let Some(wanted) = if_match(headers)? {
+                if wanted != stored.revision {
+                    return Err(ApiError::precondition(format!(
+                        "resource version is {}, not {wanted}",
+                        stored.revision
+                    )));
+                }
+            }
+            let bytes = read_body(state, body).await?;
+            let patch = parse_json(&bytes)?;
+            let mut merged = stored.resource.to_wire();
+            merge_patch(&mut merged, &patch);
+            let merged_bytes = serde_json::to_vec(&merged).expect("a JSON value always serializes");
+            let mut resource = decode_body(stored.resource.kind(), Some(namespace), Some(name), caller, &merged_bytes)?;
+            prepare_user(state, &mut resource).await?;
+            write(state, &resource, Precondition::Revision(stored.revision)).await?;
+            Ok(Json(response_body(&resource)).into_response())
+        }
+        Method::DELETE => {
+            authorize(state, caller, Verb::Delete, kind.plural(), scope, Some(name))?;
+            let Some(stored) = existing else {
+                return Err(ApiError::not_found(format!("{} not found", key_text(kind, namespace, name))));
+            };
+            if kind == Kind::User {
+                // Sensu disables users rather than removing them.
+                let mut resource = stored.resource;
+                if let Spec::User(user) = &mut resource.spec {
+                    user.disabled = true;
+                }
+                write(state, &resource, Precondition::Revision(stored.revision)).await?;
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+            if kind == Kind::Namespace {
+                ensure_namespace_empty(state, name).await?;
+            }
+            let revision = state
+                .resources
+                .delete(kind, namespace, name, Precondition::Revision(stored.revision))
+                .await?;
+            if let Some(revision) = revision {
+                state.auth.wait_for(revision).await;
+            }
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        _ => {
+            let _ = verb_for(method);
+            Err(method_not_allowed())
+        }
+    }
+}
+
+fn key_text(kind: Kind, namespace: &str, name: &str) -> String {
+    if kind.is_namespaced() {
+        format!("{} {namespace}/{name}", kind.plural())
+    } else {
+        format!("{} {name}", kind.plural())
+    }
+}
+
+async fn ensure_namespace_empty(state: &AppState, namespace: &str) -> Result<(), ApiError> {
+    for kind in Kind::ALL.iter().copied().filter(|kind| kind.is_namespaced()) {
+        let (items, _) = state.resources.list(kind, Some(namespace), None, 1).await?;
+        if !items.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "namespace is not empty: it still has {}",
+                kind.plural()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    let target = target.as_object_mut().expect("made an object above");
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+async fn apikeys_create(state: &AppState, caller: &Caller, body: Body) -> Result<Response, ApiError> {
+    authorize(state, caller, Verb::Create, Kind::ApiKey.plural(), None, None)?;
+    let bytes = read_body(state, body).await?;
+    let body = parse_json(&bytes)?;
+    let username = body
+        .get("username")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid("username: missing field \"username\""))?;
+    if state.auth.snapshot().user(username).is_none() {
+        return Err(ApiError::not_found(format!("user \"{username}\" not found")));
+    }
+    let key = auth::new_uuid();
+    let mut metadata = ObjectMeta::named("", &key);
+    metadata.created_by = caller.username.clone();
+    let resource = Resource::new(
+        metadata,
+        Spec::ApiKey(ApiKey {
+            metadata: None,
+            username: username.to_owned(),
+            created_at: i64::try_from(auth::unix_now()).unwrap_or(i64::MAX),
+        }),
+    );
+    write(state, &resource, Precondition::Absent).await?;
+    let location = format!("/api/core/v2/apikeys/{key}");
+    let mut response = StatusCode::CREATED.into_response();
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("a UUID path is a valid header"),
+    );
+    Ok(response)
+}
+
+async fn users_action(
+    state: &AppState,
+    caller: &Caller,
+    method: &Method,
+    name: &str,
+    action: &str,
+    group: Option<&str>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let stored = state
+        .resources
+        .get(Kind::User, "", name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("user \"{name}\" not found")))?;
+    let Spec::User(mut user) = stored.resource.spec.clone() else {
+        return Err(ApiError::internal("a user key holds another kind"));
+    };
+    // Users may change their own password; everything else needs `update users`.
+    let own_password = action == "password" && caller.username == name;
+    if !own_password {
+        authorize(state, caller, Verb::Update, "users", None, Some(name))?;
+    }
+    match (method.clone(), action, group) {
+        (Method::PUT, "password" | "reset_password", None) => {
+            let bytes = read_body(state, body).await?;
+            let body = parse_json(&bytes)?;
+            let new_password = body
+                .get("password_new")
+                .or_else(|| body.get("password"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::invalid("password_new: missing field \"password_new\""))?;
+            if own_password {
+                if let Some(current) = body.get("password_current").and_then(Value::as_str) {
+                    if !auth::verify_password(current, &user.password_hash) {
+                        return Err(ApiError::invalid("password_current is wrong"));
+                    }
+                }
+            }
+            if new_password.chars().count() < 8 {
+                return Err(ApiError::invalid("password must be at least 8 characters"));
+            }
+            user.password_hash = auth::hash_password(new_password).map_err(ApiError::internal)?;
+        }
+        (Method::PUT, "reinstate", None) => user.disabled = false,
+        (Method::PUT, "groups", Some(group)) => {
+            if !user.groups.iter().any(|existing| existing == group) {
+                user.groups.push(group.to_owned());
+            }
+        }
+        (Method::DELETE, "groups", Some(group)) => user.groups.retain(|existing| existing != group),
+        (Method::DELETE, "groups", None) => user.groups.clear(),
+        _ => return Err(ApiError::not_found("not found")),
+    }
+    let resource = Resource::new(stored.resource.metadata.clone(), Spec::User(User { ..user }));
+    write(state, &resource, Precondition::Revision(stored.revision)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST …/events` and `PUT|POST …/events/{entity}/{check}`: store the event with its state,
+/// create the proxy entity on first sight, then hand it to the pipeline.
+async fn events_put(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    name: Option<&str>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(state, body).await?;
+    let body = parse_json(&bytes)?;
+    let resource = Resource::from_wire(Kind::Event, body).map_err(|issue| ApiError::invalid(issue.to_string()))?;
+    let Spec::Event(event) = resource.spec else {
+        return Err(ApiError::internal("decoded an event as another kind"));
+    };
+    let mut event: Event = *event;
+    if !resource.metadata.namespace.is_empty() && resource.metadata.namespace != namespace {
+        return Err(ApiError::invalid(format!(
+            "the namespace of the event ({}) does not match the namespace of the URI ({namespace})",
+            resource.metadata.namespace
+        )));
+    }
+    let (url_entity, url_check) = match name.map(|name| name.split_once('/')) {
+        Some(Some((entity, check))) => (Some(entity), Some(check)),
+        Some(None) => return Err(ApiError::not_found("events are addressed as events/{entity}/{check}")),
+        None => (None, None),
+    };
+    let entity = event.entity.get_or_insert_with(Entity::default);
+    let entity_meta = entity.metadata.get_or_insert_with(ObjectMeta::default);
+    fill_name(&mut entity_meta.name, url_entity, "entity")?;
+    entity_meta.namespace = namespace.to_owned();
+    let entity_name = entity_meta.name.clone();
+    if let Some(check) = event.check.as_mut() {
+        let check_meta = check.metadata.get_or_insert_with(ObjectMeta::default);
+        fill_name(&mut check_meta.name, url_check, "check")?;
+        check_meta.namespace = namespace.to_owned();
+    } else if url_check.is_some() {
+        return Err(ApiError::invalid("check: the URI names a check but the event has none"));
+    }
+    let check_name = event.check.as_ref().and_then(|check| check.metadata.as_ref()).map(|meta| meta.name.clone());
+    authorize(state, caller, Verb::Create, "events", Some(namespace), Some(&entity_name))?;
+    require_namespace(state, Kind::Event, namespace).await?;
+    for meta in [
+        event.entity.as_mut().and_then(|entity| entity.metadata.as_mut()),
+        event.check.as_mut().and_then(|check| check.metadata.as_mut()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        meta.created_by = caller.username.clone();
+    }
+    let event_name = format!("{entity_name}/{}", check_name.as_deref().unwrap_or("metrics"));
+    let previous = match state.resources.get(Kind::Event, namespace, &event_name).await? {
+        Some(Stored { resource: Resource { spec: Spec::Event(previous), .. }, .. }) => Some(*previous),
+        _ => None,
+    };
+    let now = i64::try_from(auth::unix_now()).unwrap_or(i64::MAX);
+    let event = crate::events::process_event(previous.as_ref(), event, now)
+        .map_err(|err| ApiError::invalid(err.to_string()))?;
+    let stored = Resource::new(
+        ObjectMeta::named(namespace, &event_name),
+        Spec::Event(Box::new(event.clone())),
+    );
+    state.resources.put(&stored, Precondition::None).await?;
+    state.metrics.events_ingested.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ensure_entity(state, namespace, &event).await?;
+    state.events.submit(namespace, event);
+    Ok(StatusCode::CREATED.into_response())
+}
+
+fn fill_name(name: &mut String, from_url: Option<&str>, what: &str) -> Result<(), ApiError> {
+    match from_url {
+        Some(url_name) if name.is_empty() => *name = url_name.to_owned(),
+        Some(url_name) if name != url_name => {
+            return Err(ApiError::invalid(format!(
+                "the {what} name of the event ({name}) does not match the URI ({url_name})"
+            )))
+        }
+        _ => {}
+    }
+    if let Some(problem) = cairn_api::validate::check_name(Kind::Entity, name) {
+        return Err(ApiError::invalid(format!("{what}.metadata.name: {problem}")));
+    }
+    Ok(())
+}
+
+/// Creates the (proxy) entity of an event the first time it is seen.
+async fn ensure_entity(state: &AppState, namespace: &str, event: &Event) -> Result<(), ApiError> {
+    let Some(entity) = &event.entity else { return Ok(()) };
+    let name = entity.metadata.as_ref().map(|meta| meta.name.as_str()).unwrap_or_default();
+    if state.resources.get(Kind::Entity, namespace, name).await?.is_some() {
+        return Ok(());
+    }
+    let mut spec = entity.clone();
+    let metadata = spec.metadata.take().unwrap_or_default();
+    if spec.entity_class.is_empty() {
+        spec.entity_class = "proxy".to_owned();
+    }
+    let implicit = format!("entity:{name}");
+    if !spec.subscriptions.contains(&implicit) {
+        spec.subscriptions.push(implicit);
+    }
+    let resource = Resource::new(ObjectMeta { namespace: namespace.to_owned(), ..metadata }, Spec::Entity(spec));
+    match state.resources.put(&resource, Precondition::Absent).await {
+        // Another event created it first.
+        Err(crate::resources::ResourceError::Store(crate::store::StoreError::PreconditionFailed { .. })) => Ok(()),
+        other => other.map(|_| ()).map_err(ApiError::from),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_paths() {
+        assert_eq!(
+            parse("/api/core/v2/namespaces/default/checks/cpu"),
+            Some(Target::Item { kind: Kind::CheckConfig, namespace: "default".into(), name: "cpu".into() })
+        );
+        assert_eq!(
+            parse("/api/core/v2/namespaces/default/assets/sensu/http-checks:0.7.0"),
+            Some(Target::Item {
+                kind: Kind::Asset,
+                namespace: "default".into(),
+                name: "sensu/http-checks:0.7.0".into()
+            })
+        );
+        assert_eq!(
+            parse("/api/core/v2/namespaces/default/events/i-1/my-app"),
+            Some(Target::Item { kind: Kind::Event, namespace: "default".into(), name: "i-1/my-app".into() })
+        );
+        assert_eq!(
+            parse("/api/core/v2/namespaces"),
+            Some(Target::Collection { kind: Kind::Namespace, namespace: None })
+        );
+        assert_eq!(
+            parse("/api/core/v2/checks"),
+            Some(Target::Collection { kind: Kind::CheckConfig, namespace: None })
+        );
+        assert_eq!(
+            parse("/api/enterprise/secrets/v1/providers/vault"),
+            Some(Target::Item { kind: Kind::EnvProvider, namespace: String::new(), name: "vault".into() })
+        );
+        assert_eq!(parse("/api/core/v2/namespaces/default/nothings"), None);
+        assert_eq!(parse("/api/core/v2/checks/cpu"), None);
+        assert_eq!(
+            parse("/api/core/v2/users/bob/groups/ops"),
+            Some(Target::UserAction { name: "bob".into(), action: "groups".into(), group: Some("ops".into()) })
+        );
+    }
+
+    #[test]
+    fn selectors_and_patches() {
+        let selector = parse_selector("team == ops && env in (prod, stage)").unwrap();
+        assert_eq!(selector.len(), 2);
+        assert!(parse_selector("bogus").is_err());
+        let mut target = serde_json::json!({"a": 1, "b": {"c": 2, "d": 3}});
+        merge_patch(&mut target, &serde_json::json!({"a": null, "b": {"c": 5}}));
+        assert_eq!(target, serde_json::json!({"b": {"c": 5, "d": 3}}));
+        assert_eq!(percent_decode("team%20%3D%3D%20ops"), "team == ops");
+    }
+}

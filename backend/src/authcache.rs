@@ -1,0 +1,160 @@
+//! The in-memory view of users, API keys, roles and bindings that every request is
+//! authenticated and authorized against, kept current by a watch on the store.
+//!
+//! One writer (the watch task) and many cheap readers. A handler that changes one of these
+//! resources waits until the view has caught up with its write, so a disabled user's next
+//! request is refused, on this backend and (through the store's watch) on every other one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use parking_lot::RwLock;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use cairn_api::Kind;
+
+use crate::rbac::AuthSnapshot;
+use crate::resources::{self, Resources, RESOURCE_PREFIX};
+use crate::store::{Revision, WatchEvent};
+
+/// The kinds the view holds.
+const AUTH_KINDS: [Kind; 6] = [
+    Kind::User,
+    Kind::ApiKey,
+    Kind::ClusterRole,
+    Kind::ClusterRoleBinding,
+    Kind::Role,
+    Kind::RoleBinding,
+];
+
+/// How long a writer waits for the view to catch up before answering anyway.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Users, keys, roles and bindings, as of `applied` revision.
+pub struct AuthCache {
+    snapshot: RwLock<Arc<AuthSnapshot>>,
+    applied: watch::Sender<Revision>,
+}
+
+// === impl AuthCache ===
+
+impl AuthCache {
+    /// Loads the view and starts the task that keeps it current.
+    ///
+    /// # Errors
+    /// When the initial load fails.
+    pub async fn start(
+        resources: Resources,
+    ) -> Result<(Arc<AuthCache>, JoinHandle<()>), resources::ResourceError> {
+        let (applied, _) = watch::channel(0);
+        let cache = Arc::new(AuthCache { snapshot: RwLock::new(Arc::default()), applied });
+        let revision = cache.reload(&resources).await?;
+        let task = tokio::spawn(run(Arc::clone(&cache), resources, revision));
+        Ok((cache, task))
+    }
+
+    /// The current view.
+    pub fn snapshot(&self) -> Arc<AuthSnapshot> {
+        Arc::clone(&self.snapshot.read())
+    }
+
+    /// Waits until the view includes `revision` (bounded; a slow view is logged, not fatal).
+    pub async fn wait_for(&self, revision: Revision) {
+        let mut applied = self.applied.subscribe();
+        let caught_up = tokio::time::timeout(CATCH_UP_TIMEOUT, applied.wait_for(|seen| *seen >= revision));
+        if caught_up.await.is_err() {
+            tracing::warn!(revision, "auth view did not catch up in time");
+        }
+    }
+
+    async fn reload(&self, resources: &Resources) -> Result<Revision, resources::ResourceError> {
+        let revision = resources.store().revision().await?;
+        let mut snapshot = AuthSnapshot::default();
+        for kind in AUTH_KINDS {
+            let (items, _) = resources.list(kind, None, None, 0).await?;
+            for (_, stored) in items {
+                snapshot.upsert(&stored.resource);
+            }
+        }
+        *self.snapshot.write() = Arc::new(snapshot);
+        self.applied.send_replace(revision);
+        Ok(revision)
+    }
+
+    fn apply(&self, event: &WatchEvent) {
+        let (key, revision) = match event {
+            WatchEvent::Put(entry) => (entry.key.as_str(), entry.mod_revision),
+            WatchEvent::Delete { key, revision } => (key.as_str(), *revision),
+        };
+        if let Some(kind) = auth_kind(key) {
+            let mut next = AuthSnapshot::clone(&self.snapshot.read());
+            match event {
+                WatchEvent::Put(entry) => match resources::decode(entry) {
+                    Ok(stored) => next.upsert(&stored.resource),
+                    Err(err) => tracing::error!(error = %err, "unreadable auth resource"),
+                },
+                WatchEvent::Delete { .. } => {
+                    let (namespace, name) = split_key(kind, key);
+                    next.remove(kind, namespace, name);
+                }
+            }
+            *self.snapshot.write() = Arc::new(next);
+        }
+        self.applied.send_replace(revision);
+    }
+}
+
+async fn run(cache: Arc<AuthCache>, resources: Resources, mut revision: Revision) {
+    loop {
+        let stream = resources.store().watch(RESOURCE_PREFIX, revision).await;
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::error!(error = %err, "auth view cannot watch the store; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(event) => {
+                    cache.apply(&event);
+                    revision = *cache.applied.borrow();
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "auth view fell behind; reloading");
+                    break;
+                }
+            }
+        }
+        match cache.reload(&resources).await {
+            Ok(reloaded) => revision = reloaded,
+            Err(err) => {
+                tracing::error!(error = %err, "auth view reload failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn auth_kind(key: &str) -> Option<Kind> {
+    let rest = key.strip_prefix(RESOURCE_PREFIX)?;
+    let plural = rest.split('/').next()?;
+    AUTH_KINDS.into_iter().find(|kind| kind.plural() == plural)
+}
+
+/// (namespace, name) of a resource key.
+fn split_key(kind: Kind, key: &str) -> (&str, &str) {
+    let rest = key
+        .strip_prefix(RESOURCE_PREFIX)
+        .and_then(|rest| rest.strip_prefix(kind.plural()))
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or("");
+    if kind.is_namespaced() {
+        rest.split_once('/').unwrap_or(("", rest))
+    } else {
+        ("", rest)
+    }
+}

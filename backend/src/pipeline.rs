@@ -1,0 +1,2427 @@
+//! The event pipeline: runs the handlers an event names (filters, then `pipe`, `tcp` and `udp`
+//! handlers) on a dispatcher task, so that ingestion never waits for a handler.
+//!
+//! The API calls [`Pipeline::submit`], which only puts the event into a bounded queue. The
+//! dispatcher takes events in order, expands `set` handlers, evaluates filters and spawns each
+//! handler run, with at most [`PipelineConfig::max_concurrent_handlers`] in flight. Handlers,
+//! filters and silences are looked up through a [`HandlerResolver`], so this module does not know
+//! the store.
+//!
+//! Stored filters are JavaScript in Sensu. Cairn embeds no JavaScript engine: a small evaluator
+//! (the private `expression` module below) covers the common forms, and a filter it cannot read
+//! never matches.
+
+use std::collections::HashSet;
+use std::error::Error as StdError;
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use cairn_api::model::{Event, EventFilter, Handler, HandlerSocket, Silenced};
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use parking_lot::{Mutex, RwLock};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::{JoinError, JoinHandle, JoinSet};
+use tracing::{debug, warn, warn_span, Instrument};
+
+use crate::events;
+
+/// Events waiting for the dispatcher by default. An event is a few KiB, so a full queue holds
+/// tens of MiB; at a thousand events a second it absorbs ten seconds of stalled handlers before
+/// [`Pipeline::submit`] starts refusing.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
+
+/// Handler runs in flight by default. Each `pipe` run is a process, so this also bounds the
+/// backend's children.
+pub const DEFAULT_MAX_CONCURRENT_HANDLERS: usize = 32;
+
+/// Timeout of a handler whose `timeout` is 0; Sensu documents 60 s for `tcp` and `udp`.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long [`Pipeline::shutdown`] lets queued events and running handlers finish by default.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Built-in filter: passes incidents and resolutions ([`events::is_incident`]).
+pub const FILTER_IS_INCIDENT: &str = "is_incident";
+/// Built-in filter: passes events no silenced entry matches.
+pub const FILTER_NOT_SILENCED: &str = "not_silenced";
+/// Built-in filter: passes events with metrics ([`events::has_metrics`]).
+pub const FILTER_HAS_METRICS: &str = "has_metrics";
+
+/// How much of a handler's stdout and of its stderr is kept for the debug log.
+const OUTPUT_LOG_LIMIT: usize = 4 * 1024;
+
+/// How long output is still read after a `pipe` handler exits: a background process that
+/// inherited its stdout can keep the pipe open long after.
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long shutdown waits for the dispatcher after killing what still runs at the end of the
+/// grace period.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Distinct warnings remembered for warn-once (broken filters, missing handlers); past this many
+/// they are logged every time, which only happens with thousands of broken resources.
+const WARN_ONCE_CAPACITY: usize = 4096;
+
+/// The backend's environment variables `pipe` handlers inherit; everything else comes from the
+/// handler's `env_vars`.
+const INHERITED_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
+
+/// Built-in mutator names, as in Sensu: `json` (the default) sends the event as JSON,
+/// `only_check_output` sends `check.output`.
+const MUTATOR_JSON: &str = "json";
+const MUTATOR_ONLY_CHECK_OUTPUT: &str = "only_check_output";
+
+/// Settings of the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineConfig {
+    /// Events that may wait for the dispatcher; when the queue is full, [`Pipeline::submit`]
+    /// refuses with [`PipelineError::QueueFull`]. At least 1.
+    pub queue_capacity: usize,
+    /// Handler runs (processes and socket sends) in flight at once; the dispatcher waits for a
+    /// free slot, so a full pool fills the queue rather than memory. At least 1.
+    pub max_concurrent_handlers: usize,
+    /// Timeout of a handler whose `timeout` is 0.
+    pub default_handler_timeout: Duration,
+    /// How long [`Pipeline::shutdown`] lets queued events and running handlers finish before it
+    /// kills what still runs.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_concurrent_handlers: DEFAULT_MAX_CONCURRENT_HANDLERS,
+            default_handler_timeout: DEFAULT_HANDLER_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// Counters for `/metrics`; all only ever grow.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Events accepted into the queue.
+    pub queued: AtomicU64,
+    /// Events refused because the queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// Handler runs started (`pipe`, `tcp` and `udp`), after filtering.
+    pub handler_runs: AtomicU64,
+    /// Handler runs that failed: spawn errors, non-zero exits, timeouts, send errors, unknown
+    /// types and unsupported mutators. Includes [`PipelineStats::handler_timeouts`].
+    pub handler_failures: AtomicU64,
+    /// Handler runs killed at their timeout.
+    pub handler_timeouts: AtomicU64,
+}
+
+/// Why the pipeline refused an event or did not stop cleanly.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PipelineError {
+    /// The queue is full because handlers fall behind. Expected under bursts: the event is not
+    /// handled (it is still stored); submitting later events may succeed once the queue drains.
+    #[error("the event pipeline queue is full")]
+    QueueFull,
+    /// The pipeline is shutting down or its dispatcher stopped; retrying does not help.
+    #[error("the event pipeline is not running")]
+    NotRunning,
+    /// Shutdown's grace period ran out: queued events were dropped and running handlers killed.
+    #[error("the event pipeline did not drain within {grace:?}")]
+    DrainTimedOut {
+        /// The grace period that ran out.
+        grace: Duration,
+    },
+}
+
+/// Looks up what the pipeline needs by name; the backend implements it over the store.
+#[async_trait]
+pub trait HandlerResolver: Send + Sync {
+    /// The handler `name` in `namespace`, if it exists.
+    async fn handler(&self, namespace: &str, name: &str) -> Option<Handler>;
+    /// The event filter `name` in `namespace`, if it exists.
+    async fn filter(&self, namespace: &str, name: &str) -> Option<EventFilter>;
+    /// Every silenced entry in `namespace`, with its name.
+    async fn silenced(&self, namespace: &str) -> Vec<(String, Silenced)>;
+}
+
+/// The running pipeline: a bounded queue in front of one dispatcher task.
+///
+/// Dropping it without [`Pipeline::shutdown`] also stops the dispatcher once the queue and the
+/// running handlers are done, with no time limit.
+pub struct Pipeline {
+    /// `None` once shutdown started.
+    sender: RwLock<Option<mpsc::Sender<Job>>>,
+    stats: Arc<PipelineStats>,
+    shutdown_grace: Duration,
+    /// Set to `true` to kill what still runs.
+    abort: watch::Sender<bool>,
+    /// Becomes `true` when the dispatcher returns.
+    finished: watch::Receiver<bool>,
+}
+
+/// One queued event.
+struct Job {
+    namespace: String,
+    event: Event,
+}
+
+// === impl Pipeline ===
+
+impl Pipeline {
+    /// Starts the dispatcher task and returns the pipeline with the task's handle.
+    ///
+    /// The handle completes when the dispatcher stops, after [`Pipeline::shutdown`] or when the
+    /// pipeline is dropped and the queue drained.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a Tokio runtime.
+    pub fn start(
+        config: PipelineConfig,
+        resolver: Arc<dyn HandlerResolver>,
+    ) -> (Pipeline, JoinHandle<()>) {
+        let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
+        let (abort, abort_receiver) = watch::channel(false);
+        let (finished_sender, finished) = watch::channel(false);
+        let stats = Arc::new(PipelineStats::default());
+        let dispatcher = Arc::new(Dispatcher {
+            resolver,
+            stats: Arc::clone(&stats),
+            slots: Arc::new(Semaphore::new(config.max_concurrent_handlers.max(1))),
+            default_timeout: config.default_handler_timeout,
+            base_env: inherited_env(),
+            warned: WarnOnce::default(),
+        });
+        let task = tokio::spawn(dispatcher.run(receiver, abort_receiver, finished_sender));
+        let pipeline = Pipeline {
+            sender: RwLock::new(Some(sender)),
+            stats,
+            shutdown_grace: config.shutdown_grace,
+            abort,
+            finished,
+        };
+        (pipeline, task)
+    }
+
+    /// Queues the event for its handlers without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`PipelineError::QueueFull`] when the queue is full (counted in
+    /// [`PipelineStats::dropped_queue_full`]), [`PipelineError::NotRunning`] after shutdown.
+    pub fn submit(&self, namespace: String, event: Event) -> Result<(), PipelineError> {
+        let sender = self.sender.read();
+        let Some(sender) = sender.as_ref() else {
+            return Err(PipelineError::NotRunning);
+        };
+        match sender.try_send(Job { namespace, event }) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(PipelineError::QueueFull)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PipelineError::NotRunning),
+        }
+    }
+
+    /// The counters, shared with the dispatcher.
+    pub fn stats(&self) -> Arc<PipelineStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Stops accepting events, then waits up to the grace period for the queued events and the
+    /// running handlers.
+    ///
+    /// # Errors
+    ///
+    /// [`PipelineError::DrainTimedOut`] when the grace period ran out; the remaining queued
+    /// events were dropped and the running handlers killed (with their process groups).
+    pub async fn shutdown(&self) -> Result<(), PipelineError> {
+        drop(self.sender.write().take());
+        let mut finished = self.finished.clone();
+        if tokio::time::timeout(self.shutdown_grace, wait_finished(&mut finished))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        self.abort.send_replace(true);
+        if tokio::time::timeout(ABORT_TIMEOUT, wait_finished(&mut finished))
+            .await
+            .is_err()
+        {
+            warn!("event pipeline dispatcher did not stop after abort");
+        }
+        Err(PipelineError::DrainTimedOut {
+            grace: self.shutdown_grace,
+        })
+    }
+}
+
+impl fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("stats", &self.stats)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn wait_finished(finished: &mut watch::Receiver<bool>) {
+    // An error means the dispatcher is gone (it panicked), which also counts as finished.
+    let _ = finished.wait_for(|finished| *finished).await;
+}
+
+/// The dispatcher's shared state; handler runs hold an `Arc` of it.
+struct Dispatcher {
+    resolver: Arc<dyn HandlerResolver>,
+    stats: Arc<PipelineStats>,
+    /// One permit per handler run in flight.
+    slots: Arc<Semaphore>,
+    default_timeout: Duration,
+    base_env: Vec<(OsString, OsString)>,
+    warned: WarnOnce,
+}
+
+/// What is computed at most once per event while its filters are evaluated.
+#[derive(Default)]
+struct EventContext {
+    silenced: Option<bool>,
+    view: Option<serde_json::Value>,
+    json: Option<Arc<[u8]>>,
+}
+
+/// Why a handler run failed.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error("failed to start sh")]
+    Spawn(#[source] io::Error),
+    #[error("failed to wait for the handler process")]
+    Wait(#[source] io::Error),
+    #[error("exited with {0}")]
+    Exit(ExitStatus),
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    #[error("handler has no socket")]
+    MissingSocket,
+    #[error("invalid socket port {0}")]
+    InvalidPort(u32),
+    #[error("failed to send the event to {address}")]
+    Send {
+        address: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unknown handler type {0:?}")]
+    UnknownType(String),
+}
+
+// === impl Dispatcher ===
+
+impl Dispatcher {
+    async fn run(
+        self: Arc<Self>,
+        mut receiver: mpsc::Receiver<Job>,
+        mut abort: watch::Receiver<bool>,
+        finished: watch::Sender<bool>,
+    ) {
+        let mut running = JoinSet::new();
+        let aborted = tokio::select! {
+            () = self.drain(&mut receiver, &mut running) => false,
+            () = wait_abort(&mut abort) => true,
+        };
+        if aborted {
+            receiver.close();
+            let mut abandoned = 0_usize;
+            while receiver.try_recv().is_ok() {
+                abandoned += 1;
+            }
+            warn!(
+                abandoned_events = abandoned,
+                running_handlers = running.len(),
+                "event pipeline shutdown grace ran out; killing running handlers"
+            );
+            // Dropping a run kills its process group (see `ProcessGroup`).
+            running.shutdown().await;
+        }
+        finished.send_replace(true);
+    }
+
+    /// Dispatches until the queue is closed and empty, then waits for the running handlers.
+    async fn drain(
+        self: &Arc<Self>,
+        receiver: &mut mpsc::Receiver<Job>,
+        running: &mut JoinSet<()>,
+    ) {
+        while let Some(job) = receiver.recv().await {
+            self.dispatch(job, running).await;
+            while let Some(result) = running.try_join_next() {
+                log_join_error(result);
+            }
+        }
+        while let Some(result) = running.join_next().await {
+            log_join_error(result);
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>, job: Job, running: &mut JoinSet<()>) {
+        let Job { namespace, event } = job;
+        let names = handler_names(&event);
+        if names.is_empty() {
+            return;
+        }
+        let handlers = self.expand(&namespace, &names).await;
+        let mut context = EventContext::default();
+        for (name, handler) in handlers {
+            if !self
+                .passes_filters(&namespace, &name, &handler, &event, &mut context)
+                .await
+            {
+                continue;
+            }
+            let Some(payload) = self.payload(&namespace, &name, &handler, &event, &mut context)
+            else {
+                continue;
+            };
+            let slot = Arc::clone(&self.slots)
+                .acquire_owned()
+                .await
+                .expect("the handler semaphore is never closed");
+            self.stats.handler_runs.fetch_add(1, Ordering::Relaxed);
+            // At WARN, not INFO, so that the handler's identity accompanies its failure warnings
+            // even when only warnings are logged.
+            let span = warn_span!(
+                "handler",
+                namespace = %namespace,
+                name = %name,
+                handler_type = %handler.handler_type,
+            );
+            let dispatcher = Arc::clone(self);
+            running.spawn(
+                async move {
+                    dispatcher.run_handler(&handler, payload).await;
+                    drop(slot);
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    /// Resolves the names, replacing each `set` handler by its members (one level, as Sensu:
+    /// nested sets are skipped) and dropping duplicates.
+    async fn expand(&self, namespace: &str, names: &[String]) -> Vec<(String, Handler)> {
+        let mut seen = HashSet::new();
+        let mut expanded = Vec::new();
+        for name in names {
+            let Some(handler) = self.resolve_handler(namespace, name).await else {
+                continue;
+            };
+            if handler.handler_type != "set" {
+                if seen.insert(name.clone()) {
+                    expanded.push((name.clone(), handler));
+                }
+                continue;
+            }
+            for member in &handler.handlers {
+                let Some(member_handler) = self.resolve_handler(namespace, member).await else {
+                    continue;
+                };
+                if member_handler.handler_type == "set" {
+                    if self.warned.first(&["nested-set", namespace, name, member]) {
+                        warn!(
+                            namespace,
+                            handler = %name,
+                            member = %member,
+                            "handler set contains another set; nested sets are not expanded"
+                        );
+                    }
+                    continue;
+                }
+                if seen.insert(member.clone()) {
+                    expanded.push((member.clone(), member_handler));
+                }
+            }
+        }
+        expanded
+    }
+
+    async fn resolve_handler(&self, namespace: &str, name: &str) -> Option<Handler> {
+        let handler = self.resolver.handler(namespace, name).await;
+        if handler.is_none() && self.warned.first(&["handler", namespace, name]) {
+            warn!(namespace, handler = %name, "event names a handler that does not exist");
+        }
+        handler
+    }
+
+    async fn passes_filters(
+        &self,
+        namespace: &str,
+        handler_name: &str,
+        handler: &Handler,
+        event: &Event,
+        context: &mut EventContext,
+    ) -> bool {
+        for filter_name in &handler.filters {
+            let passed = match filter_name.as_str() {
+                FILTER_IS_INCIDENT => events::is_incident(event),
+                FILTER_HAS_METRICS => events::has_metrics(event),
+                FILTER_NOT_SILENCED => !self.is_silenced(namespace, event, context).await,
+                _ => {
+                    self.stored_filter(namespace, filter_name, event, context)
+                        .await
+                }
+            };
+            if !passed {
+                debug!(
+                    namespace,
+                    handler = handler_name,
+                    filter = %filter_name,
+                    "event filtered"
+                );
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn is_silenced(
+        &self,
+        namespace: &str,
+        event: &Event,
+        context: &mut EventContext,
+    ) -> bool {
+        if let Some(silenced) = context.silenced {
+            return silenced;
+        }
+        let flagged = event.check.as_ref().is_some_and(|check| check.is_silenced);
+        let silenced = flagged || {
+            let entries = self.resolver.silenced(namespace).await;
+            !events::is_silenced_by(event, &entries, unix_now()).is_empty()
+        };
+        context.silenced = Some(silenced);
+        silenced
+    }
+
+    /// Evaluates a stored filter: `allow` passes when every expression matches, `deny` passes
+    /// unless every expression matches. A missing filter or an unknown action drops the event.
+    async fn stored_filter(
+        &self,
+        namespace: &str,
+        filter_name: &str,
+        event: &Event,
+        context: &mut EventContext,
+    ) -> bool {
+        let Some(filter) = self.resolver.filter(namespace, filter_name).await else {
+            if self.warned.first(&["filter", namespace, filter_name]) {
+                warn!(
+                    namespace,
+                    filter = filter_name,
+                    "handler names a filter that does not exist; events are dropped"
+                );
+            }
+            return false;
+        };
+        let view = context
+            .view
+            .get_or_insert_with(|| expression::event_view(event));
+        let mut all_match = true;
+        for (idx, source) in filter.expressions.iter().enumerate() {
+            let matched = match expression::parse(source) {
+                Ok(expression) => expression.matches(view),
+                Err(error) => {
+                    if self
+                        .warned
+                        .first(&["expression", namespace, filter_name, source])
+                    {
+                        warn!(
+                            namespace,
+                            filter = filter_name,
+                            expression = idx,
+                            %error,
+                            "filter expression is not supported; it never matches"
+                        );
+                    }
+                    false
+                }
+            };
+            if !matched {
+                all_match = false;
+                break;
+            }
+        }
+        match filter.action.as_str() {
+            "allow" => all_match,
+            "deny" => !all_match,
+            action => {
+                if self
+                    .warned
+                    .first(&["action", namespace, filter_name, action])
+                {
+                    warn!(
+                        namespace,
+                        filter = filter_name,
+                        action,
+                        "filter has an unknown action; events are dropped"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// The bytes the handler receives, after its mutator; `None` when the mutator is not one of
+    /// the built-ins (counted as a failure).
+    fn payload(
+        &self,
+        namespace: &str,
+        handler_name: &str,
+        handler: &Handler,
+        event: &Event,
+        context: &mut EventContext,
+    ) -> Option<Arc<[u8]>> {
+        match handler.mutator.as_str() {
+            "" | MUTATOR_JSON => {
+                let json = context.json.get_or_insert_with(|| {
+                    // Serialising the model cannot fail: it has string keys and no
+                    // fallible `Serialize` impls.
+                    serde_json::to_vec(event)
+                        .expect("an event always serialises to JSON")
+                        .into()
+                });
+                Some(Arc::clone(json))
+            }
+            MUTATOR_ONLY_CHECK_OUTPUT => {
+                let output = event.check.as_ref().map_or("", |check| &check.output);
+                Some(Arc::from(output.as_bytes()))
+            }
+            mutator => {
+                self.stats.handler_failures.fetch_add(1, Ordering::Relaxed);
+                if self
+                    .warned
+                    .first(&["mutator", namespace, handler_name, mutator])
+                {
+                    warn!(
+                        namespace,
+                        handler = handler_name,
+                        mutator,
+                        "handler uses a mutator Cairn does not run yet; the handler is skipped"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    async fn run_handler(&self, handler: &Handler, payload: Arc<[u8]>) {
+        let limit = match u64::try_from(handler.timeout) {
+            Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
+            _ => self.default_timeout,
+        };
+        let outcome = match handler.handler_type.as_str() {
+            "pipe" => self.run_pipe(handler, &payload, limit).await,
+            "tcp" => send_tcp(handler.socket.as_ref(), &payload, limit).await,
+            "udp" => send_udp(handler.socket.as_ref(), &payload, limit).await,
+            other => Err(RunError::UnknownType(other.to_owned())),
+        };
+        match outcome {
+            Ok(()) => debug!("handler finished"),
+            Err(error) => {
+                self.stats.handler_failures.fetch_add(1, Ordering::Relaxed);
+                if matches!(error, RunError::TimedOut(_)) {
+                    self.stats.handler_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                warn!(error = %ErrorChain(&error), "handler failed");
+            }
+        }
+    }
+
+    /// Runs `sh -c <command>` in its own process group with the payload on stdin; on timeout the
+    /// whole group is killed.
+    async fn run_pipe(
+        &self,
+        handler: &Handler,
+        payload: &Arc<[u8]>,
+        limit: Duration,
+    ) -> Result<(), RunError> {
+        let (env_vars, skipped) = parse_env_vars(&handler.env_vars);
+        if skipped > 0 {
+            // Only the count: a malformed entry may well be a secret value.
+            warn!(skipped, "ignored env_vars entries that are not KEY=VALUE");
+        }
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&handler.command)
+            .env_clear()
+            .envs(self.base_env.iter().map(|(key, value)| (key, value)))
+            .envs(env_vars)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(RunError::Spawn)?;
+        let mut group = ProcessGroup::of(&child);
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .map(|stdout| tokio::spawn(read_capped(stdout)));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|stderr| tokio::spawn(read_capped(stderr)));
+
+        let waited =
+            tokio::time::timeout(limit, wait_feeding(&mut child, stdin, Arc::clone(payload))).await;
+        let result = match waited {
+            Ok(Ok(status)) => {
+                // The leader is reaped, so its id may be reused: never signal the group again.
+                group.release();
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(RunError::Exit(status))
+                }
+            }
+            Ok(Err(error)) => {
+                group.kill();
+                reap(&mut child).await;
+                Err(RunError::Wait(error))
+            }
+            Err(_elapsed) => {
+                group.kill();
+                reap(&mut child).await;
+                Err(RunError::TimedOut(limit))
+            }
+        };
+        let stdout = collect_output(stdout).await;
+        let stderr = collect_output(stderr).await;
+        if !stdout.is_empty() || !stderr.is_empty() {
+            debug!(
+                stdout = %String::from_utf8_lossy(&stdout),
+                stderr = %String::from_utf8_lossy(&stderr),
+                "handler output"
+            );
+        }
+        result
+    }
+}
+
+/// The process group of a spawned `pipe` handler, killed on drop unless released.
+///
+/// Dropping a handler run (shutdown abort) thus kills everything the handler started, not only
+/// the shell that `kill_on_drop` covers.
+struct ProcessGroup(Option<Pid>);
+
+// === impl ProcessGroup ===
+
+impl ProcessGroup {
+    /// The child was spawned with `process_group(0)`, so its pid is the group id.
+    fn of(child: &Child) -> ProcessGroup {
+        let pgid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw);
+        ProcessGroup(pgid)
+    }
+
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            match killpg(pgid, Signal::SIGKILL) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(errno) => warn!(%errno, "failed to kill the handler's process group"),
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Remembers which warnings were logged, so a broken resource warns once, not once per event.
+#[derive(Default)]
+struct WarnOnce(Mutex<HashSet<String>>);
+
+// === impl WarnOnce ===
+
+impl WarnOnce {
+    /// Whether this is the first time for `key`.
+    fn first(&self, key: &[&str]) -> bool {
+        let key = key.join("\u{0}");
+        let mut warned = self.0.lock();
+        if warned.len() >= WARN_ONCE_CAPACITY {
+            return !warned.contains(&key);
+        }
+        warned.insert(key)
+    }
+}
+
+/// Formats an error with its sources, `outer: inner: ...`.
+struct ErrorChain<'a>(&'a dyn StdError);
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
+
+async fn wait_abort(abort: &mut watch::Receiver<bool>) {
+    if abort.wait_for(|abort| *abort).await.is_err() {
+        // The pipeline was dropped without shutdown: never abort, just drain.
+        std::future::pending::<()>().await;
+    }
+}
+
+fn log_join_error(result: Result<(), JoinError>) {
+    if let Err(error) = result {
+        if error.is_panic() {
+            warn!(%error, "handler task panicked");
+        }
+    }
+}
+
+/// The handlers an event names: `check.handlers`, then `metrics.handlers`.
+fn handler_names(event: &Event) -> Vec<String> {
+    let mut names = event
+        .check
+        .as_ref()
+        .map_or_else(Vec::new, |check| check.handlers.clone());
+    let metric_handlers = event
+        .metrics
+        .as_ref()
+        .and_then(|metrics| metrics.get("handlers"))
+        .and_then(serde_json::Value::as_array);
+    if let Some(metric_handlers) = metric_handlers {
+        names.extend(
+            metric_handlers
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .map(str::to_owned),
+        );
+    }
+    names
+}
+
+fn inherited_env() -> Vec<(OsString, OsString)> {
+    INHERITED_ENV
+        .iter()
+        .filter_map(|key| std::env::var_os(key).map(|value| (OsString::from(key), value)))
+        .collect()
+}
+
+/// Splits `KEY=VALUE` entries at the first `=`; returns the pairs and how many were skipped.
+fn parse_env_vars(entries: &[String]) -> (Vec<(&str, &str)>, usize) {
+    let mut skipped = 0;
+    let pairs = entries
+        .iter()
+        .filter_map(|entry| match entry.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Some((key, value)),
+            _ => {
+                skipped += 1;
+                None
+            }
+        })
+        .collect();
+    (pairs, skipped)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Waits for the child while writing the payload to its stdin; stops writing once it exits.
+async fn wait_feeding(
+    child: &mut Child,
+    stdin: Option<ChildStdin>,
+    payload: Arc<[u8]>,
+) -> io::Result<ExitStatus> {
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            // A handler may exit without reading its stdin; that is not a failure.
+            if let Err(error) = stdin.write_all(&payload).await {
+                debug!(%error, "handler did not read the whole event");
+            }
+        }
+    };
+    tokio::pin!(feed);
+    let mut fed = false;
+    loop {
+        tokio::select! {
+            () = &mut feed, if !fed => fed = true,
+            status = child.wait() => return status,
+        }
+    }
+}
+
+async fn reap(child: &mut Child) {
+    if let Err(error) = child.kill().await {
+        debug!(%error, "failed to reap the handler process");
+    }
+}
+
+/// Reads to the end, keeping the first [`OUTPUT_LOG_LIMIT`] bytes.
+async fn read_capped(mut reader: impl AsyncRead + Unpin) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buffer = [0_u8; 8 * 1024];
+    loop {
+        match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n_read) => {
+                let room = OUTPUT_LOG_LIMIT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buffer[..n_read.min(room)]);
+            }
+        }
+    }
+}
+
+async fn collect_output(reader: Option<JoinHandle<Vec<u8>>>) -> Vec<u8> {
+    let Some(mut reader) = reader else {
+        return Vec::new();
+    };
+    match tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, &mut reader).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(_)) => Vec::new(),
+        Err(_elapsed) => {
+            // A background process still holds the pipe open.
+            reader.abort();
+            b"<output still open after the handler exited>".to_vec()
+        }
+    }
+}
+
+fn socket_port(socket: Option<&HandlerSocket>) -> Result<(&str, u16), RunError> {
+    let socket = socket.ok_or(RunError::MissingSocket)?;
+    let port = u16::try_from(socket.port).map_err(|_| RunError::InvalidPort(socket.port))?;
+    Ok((socket.host.as_str(), port))
+}
+
+/// Connects, writes the payload and shuts the connection down, all within `limit`.
+async fn send_tcp(
+    socket: Option<&HandlerSocket>,
+    payload: &[u8],
+    limit: Duration,
+) -> Result<(), RunError> {
+    let (host, port) = socket_port(socket)?;
+    let send = async {
+        let mut stream = TcpStream::connect((host, port)).await?;
+        stream.write_all(payload).await?;
+        stream.shutdown().await
+    };
+    match tokio::time::timeout(limit, send).await {
+        Ok(result) => result.map_err(|source| RunError::Send {
+            address: format!("{host}:{port}"),
+            source,
+        }),
+        Err(_elapsed) => Err(RunError::TimedOut(limit)),
+    }
+}
+
+/// Sends the payload as one datagram within `limit`.
+async fn send_udp(
+    socket: Option<&HandlerSocket>,
+    payload: &[u8],
+    limit: Duration,
+) -> Result<(), RunError> {
+    let (host, port) = socket_port(socket)?;
+    let send = async {
+        let target = tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address for host"))?;
+        let local: SocketAddr = if target.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let udp = UdpSocket::bind(local).await?;
+        let sent = udp.send_to(payload, target).await?;
+        if sent < payload.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "datagram was truncated",
+            ));
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(limit, send).await {
+        Ok(result) => result.map_err(|source| RunError::Send {
+            address: format!("{host}:{port}"),
+            source,
+        }),
+        Err(_elapsed) => Err(RunError::TimedOut(limit)),
+    }
+}
+
+/// A small evaluator for the common forms of Sensu filter expressions (which are JavaScript).
+///
+/// Supported: `event.<path>` (dots or `["key"]`/`[0]` brackets; the `metadata` fields `name`,
+/// `namespace`, `labels`, `annotations` and `created_by` of the event, its entity and its check
+/// are also reachable directly, as in Sensu), string, number, `true`, `false`, `null` and
+/// `undefined` literals, `==`, `!=`, `===`, `!==`, `<`, `<=`, `>`, `>=`, `&&`, `||`, `!`, unary
+/// `-`, `+ - * / %` and parentheses, with JavaScript's comparison and truthiness rules for
+/// these types. A missing field is `undefined` (no `TypeError`). Function calls, other
+/// identifiers and anything else are parse errors.
+mod expression {
+    use cairn_api::model::Event;
+    use serde_json::{Map, Value as Json};
+
+    /// Longest expression, in tokens; also bounds the recursion of parsing and evaluation.
+    const MAX_TOKENS: usize = 512;
+
+    /// Why an expression is not supported.
+    #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+    pub(super) enum ParseError {
+        /// A character or token the grammar does not allow here.
+        #[error("unexpected {found:?} at byte {offset}")]
+        Unexpected { found: String, offset: usize },
+        /// The expression ended early.
+        #[error("unexpected end of expression")]
+        UnexpectedEnd,
+        /// A string literal without its closing quote.
+        #[error("unterminated string starting at byte {0}")]
+        UnterminatedString(usize),
+        /// An identifier other than `event` and the literals.
+        #[error("unsupported identifier {0:?}; only event fields and literals are supported")]
+        UnsupportedIdentifier(String),
+        /// Too many tokens.
+        #[error("longer than {MAX_TOKENS} tokens")]
+        TooLong,
+    }
+
+    /// A parsed expression.
+    #[derive(Debug, Clone, PartialEq)]
+    pub(super) struct Expression(Expr);
+
+    /// Parses one expression.
+    pub(super) fn parse(source: &str) -> Result<Expression, ParseError> {
+        let tokens = tokenize(source)?;
+        if tokens.is_empty() {
+            return Err(ParseError::UnexpectedEnd);
+        }
+        let mut parser = Parser {
+            tokens,
+            position: 0,
+        };
+        let expr = parser.or()?;
+        match parser.tokens.get(parser.position) {
+            None => Ok(Expression(expr)),
+            Some((token, offset)) => Err(ParseError::Unexpected {
+                found: token.to_string(),
+                offset: *offset,
+            }),
+        }
+    }
+
+    impl Expression {
+        /// Whether the expression is truthy for the event view.
+        pub(super) fn matches(&self, view: &Json) -> bool {
+            self.0.evaluate(view).truthy()
+        }
+    }
+
+    /// The JSON the expressions see: the event as serialised, with the metadata fields lifted
+    /// onto the event, the entity and the check, and the zero values the wire form omits put
+    /// back (so `event.check.occurrences == 0` works as in Sensu).
+    pub(super) fn event_view(event: &Event) -> Json {
+        let mut view = serde_json::to_value(event).unwrap_or(Json::Null);
+        let Some(object) = view.as_object_mut() else {
+            return view;
+        };
+        lift_metadata(object);
+        fill(
+            object,
+            &[("timestamp", Json::from(0)), ("id", Json::from(""))],
+        );
+        if let Some(entity) = object.get_mut("entity").and_then(Json::as_object_mut) {
+            lift_metadata(entity);
+            fill(entity, &[("last_seen", Json::from(0))]);
+        }
+        if let Some(check) = object.get_mut("check").and_then(Json::as_object_mut) {
+            lift_metadata(check);
+            fill(
+                check,
+                &[
+                    ("issued", Json::from(0)),
+                    ("executed", Json::from(0)),
+                    ("occurrences", Json::from(0)),
+                    ("occurrences_watermark", Json::from(0)),
+                    ("last_ok", Json::from(0)),
+                    ("total_state_change", Json::from(0)),
+                    ("output", Json::from("")),
+                    ("state", Json::from("")),
+                    ("is_silenced", Json::from(false)),
+                ],
+            );
+        }
+        view
+    }
+
+    fn lift_metadata(object: &mut Map<String, Json>) {
+        let metadata = object
+            .get("metadata")
+            .and_then(Json::as_object)
+            .cloned()
+            .unwrap_or_default();
+        for key in ["name", "namespace", "created_by"] {
+            let value = metadata.get(key).cloned().unwrap_or_else(|| Json::from(""));
+            object.entry(key).or_insert(value);
+        }
+        for key in ["labels", "annotations"] {
+            let value = metadata
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| Json::Object(Map::new()));
+            object.entry(key).or_insert(value);
+        }
+    }
+
+    fn fill(object: &mut Map<String, Json>, defaults: &[(&str, Json)]) {
+        for (key, value) in defaults {
+            object
+                .entry(key.to_string())
+                .or_insert_with(|| value.clone());
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq)]
+    enum Token {
+        Number(f64),
+        Str(String),
+        Ident(String),
+        Punct(&'static str),
+    }
+
+    impl std::fmt::Display for Token {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                Token::Number(number) => write!(f, "{number}"),
+                Token::Str(text) => write!(f, "{text:?}"),
+                Token::Ident(name) => f.write_str(name),
+                Token::Punct(punct) => f.write_str(punct),
+            }
+        }
+    }
+
+    /// Longest first, so `===` wins over `==` and `<=` over `<`.
+    const PUNCTUATION: [&str; 21] = [
+        "===", "!==", "==", "!=", "<=", ">=", "&&", "||", "<", ">", "!", "(", ")", ".", "[", "]",
+        "+", "-", "*", "/", "%",
+    ];
+
+    fn tokenize(source: &str) -> Result<Vec<(Token, usize)>, ParseError> {
+        let mut tokens = Vec::new();
+        let mut chars = source.char_indices().peekable();
+        while let Some(&(offset, c)) = chars.peek() {
+            if tokens.len() > MAX_TOKENS {
+                return Err(ParseError::TooLong);
+            }
+            if c.is_whitespace() {
+                chars.next();
+                continue;
+            }
+            let rest = &source[offset..];
+            let starts_number = c.is_ascii_digit()
+                || (c == '.' && rest[1..].starts_with(|next: char| next.is_ascii_digit()));
+            if starts_number {
+                let len = number_len(rest);
+                let text = &rest[..len];
+                let number = text.parse::<f64>().map_err(|_| ParseError::Unexpected {
+                    found: text.to_owned(),
+                    offset,
+                })?;
+                tokens.push((Token::Number(number), offset));
+                advance(&mut chars, offset + len);
+            } else if c == '"' || c == '\'' {
+                chars.next();
+                let text = string_literal(&mut chars, c, offset)?;
+                tokens.push((Token::Str(text), offset));
+            } else if c.is_ascii_alphabetic() || c == '_' || c == '$' {
+                let len = rest
+                    .find(|next: char| {
+                        !(next.is_ascii_alphanumeric() || next == '_' || next == '$')
+                    })
+                    .unwrap_or(rest.len());
+                tokens.push((Token::Ident(rest[..len].to_owned()), offset));
+                advance(&mut chars, offset + len);
+            } else if let Some(punct) = PUNCTUATION
+                .iter()
+                .copied()
+                .find(|punct| rest.starts_with(punct))
+            {
+                tokens.push((Token::Punct(punct), offset));
+                advance(&mut chars, offset + punct.len());
+            } else {
+                return Err(ParseError::Unexpected {
+                    found: c.to_string(),
+                    offset,
+                });
+            }
+        }
+        Ok(tokens)
+    }
+
+    fn advance(chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>, end: usize) {
+        while chars.peek().is_some_and(|(offset, _)| *offset < end) {
+            chars.next();
+        }
+    }
+
+    /// Length of the decimal number at the start of `text`: digits, fraction, exponent.
+    fn number_len(text: &str) -> usize {
+        let bytes = text.as_bytes();
+        let digits = |mut idx: usize| {
+            while bytes.get(idx).is_some_and(u8::is_ascii_digit) {
+                idx += 1;
+            }
+            idx
+        };
+        let mut end = digits(0);
+        if bytes.get(end) == Some(&b'.') {
+            end = digits(end + 1);
+        }
+        if matches!(bytes.get(end), Some(b'e' | b'E')) {
+            let mut exponent = end + 1;
+            if matches!(bytes.get(exponent), Some(b'+' | b'-')) {
+                exponent += 1;
+            }
+            if bytes.get(exponent).is_some_and(u8::is_ascii_digit) {
+                end = digits(exponent);
+            }
+        }
+        end
+    }
+
+    fn string_literal(
+        chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
+        quote: char,
+        start: usize,
+    ) -> Result<String, ParseError> {
+        let mut text = String::new();
+        while let Some((offset, c)) = chars.next() {
+            match c {
+                _ if c == quote => return Ok(text),
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => text.push('\n'),
+                    Some((_, 't')) => text.push('\t'),
+                    Some((_, 'r')) => text.push('\r'),
+                    Some((_, escaped @ ('\\' | '\'' | '"'))) => text.push(escaped),
+                    Some((_, other)) => {
+                        return Err(ParseError::Unexpected {
+                            found: format!("\\{other}"),
+                            offset,
+                        })
+                    }
+                    None => break,
+                },
+                _ => text.push(c),
+            }
+        }
+        Err(ParseError::UnterminatedString(start))
+    }
+
+    #[derive(Debug, Clone, PartialEq)]
+    enum Expr {
+        Literal(Value),
+        /// `event` followed by property names.
+        Path(Vec<String>),
+        Not(Box<Expr>),
+        Negate(Box<Expr>),
+        And(Box<Expr>, Box<Expr>),
+        Or(Box<Expr>, Box<Expr>),
+        Binary(BinaryOp, Box<Expr>, Box<Expr>),
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum BinaryOp {
+        Equal,
+        NotEqual,
+        StrictEqual,
+        StrictNotEqual,
+        Less,
+        LessEqual,
+        Greater,
+        GreaterEqual,
+        Add,
+        Subtract,
+        Multiply,
+        Divide,
+        Remainder,
+    }
+
+    struct Parser {
+        tokens: Vec<(Token, usize)>,
+        position: usize,
+    }
+
+    impl Parser {
+        fn peek_punct(&self) -> Option<&'static str> {
+            match self.tokens.get(self.position) {
+                Some((Token::Punct(punct), _)) => Some(punct),
+                _ => None,
+            }
+        }
+
+        fn eat(&mut self, punct: &str) -> bool {
+            if self.peek_punct() == Some(punct) {
+                self.position += 1;
+                true
+            } else {
+                false
+            }
+        }
+
+        fn bump(&mut self) -> Result<(Token, usize), ParseError> {
+            let token = self
+                .tokens
+                .get(self.position)
+                .cloned()
+                .ok_or(ParseError::UnexpectedEnd)?;
+            self.position += 1;
+            Ok(token)
+        }
+
+        fn or(&mut self) -> Result<Expr, ParseError> {
+            let mut left = self.and()?;
+            while self.eat("||") {
+                left = Expr::Or(Box::new(left), Box::new(self.and()?));
+            }
+            Ok(left)
+        }
+
+        fn and(&mut self) -> Result<Expr, ParseError> {
+            let mut left = self.equality()?;
+            while self.eat("&&") {
+                left = Expr::And(Box::new(left), Box::new(self.equality()?));
+            }
+            Ok(left)
+        }
+
+        fn binary_level(
+            &mut self,
+            operators: &[(&str, BinaryOp)],
+            next: fn(&mut Parser) -> Result<Expr, ParseError>,
+        ) -> Result<Expr, ParseError> {
+            let mut left = next(self)?;
+            'operators: loop {
+                for (punct, op) in operators {
+                    if self.eat(punct) {
+                        left = Expr::Binary(*op, Box::new(left), Box::new(next(self)?));
+                        continue 'operators;
+                    }
+                }
+                return Ok(left);
+            }
+        }
+
+        fn equality(&mut self) -> Result<Expr, ParseError> {
+            self.binary_level(
+                &[
+                    ("===", BinaryOp::StrictEqual),
+                    ("!==", BinaryOp::StrictNotEqual),
+                    ("==", BinaryOp::Equal),
+                    ("!=", BinaryOp::NotEqual),
+                ],
+                Parser::relational,
+            )
+        }
+
+        fn relational(&mut self) -> Result<Expr, ParseError> {
+            self.binary_level(
+                &[
+                    ("<=", BinaryOp::LessEqual),
+                    (">=", BinaryOp::GreaterEqual),
+                    ("<", BinaryOp::Less),
+                    (">", BinaryOp::Greater),
+                ],
+                Parser::additive,
+            )
+        }
+
+        fn additive(&mut self) -> Result<Expr, ParseError> {
+            self.binary_level(
+                &[("+", BinaryOp::Add), ("-", BinaryOp::Subtract)],
+                Parser::multiplicative,
+            )
+        }
+
+        fn multiplicative(&mut self) -> Result<Expr, ParseError> {
+            self.binary_level(
+                &[
+                    ("*", BinaryOp::Multiply),
+                    ("/", BinaryOp::Divide),
+                    ("%", BinaryOp::Remainder),
+                ],
+                Parser::unary,
+            )
+        }
+
+        fn unary(&mut self) -> Result<Expr, ParseError> {
+            if self.eat("!") {
+                return Ok(Expr::Not(Box::new(self.unary()?)));
+            }
+            if self.eat("-") {
+                return Ok(Expr::Negate(Box::new(self.unary()?)));
+            }
+            self.primary()
+        }
+
+        fn primary(&mut self) -> Result<Expr, ParseError> {
+            let (token, offset) = self.bump()?;
+            match token {
+                Token::Number(number) => Ok(Expr::Literal(Value::Number(number))),
+                Token::Str(text) => Ok(Expr::Literal(Value::Str(text))),
+                Token::Punct("(") => {
+                    let inner = self.or()?;
+                    if self.eat(")") {
+                        Ok(inner)
+                    } else {
+                        Err(self.unexpected())
+                    }
+                }
+                Token::Ident(name) => match name.as_str() {
+                    "true" => Ok(Expr::Literal(Value::Bool(true))),
+                    "false" => Ok(Expr::Literal(Value::Bool(false))),
+                    "null" => Ok(Expr::Literal(Value::Null)),
+                    "undefined" => Ok(Expr::Literal(Value::Undefined)),
+                    "event" => self.path(),
+                    _ => Err(ParseError::UnsupportedIdentifier(name)),
+                },
+                token => Err(ParseError::Unexpected {
+                    found: token.to_string(),
+                    offset,
+                }),
+            }
+        }
+
+        /// The property accesses after `event`.
+        fn path(&mut self) -> Result<Expr, ParseError> {
+            let mut segments = Vec::new();
+            loop {
+                if self.eat(".") {
+                    match self.bump()? {
+                        (Token::Ident(name), _) => segments.push(name),
+                        (token, offset) => {
+                            return Err(ParseError::Unexpected {
+                                found: token.to_string(),
+                                offset,
+                            })
+                        }
+                    }
+                } else if self.eat("[") {
+                    match self.bump()? {
+                        (Token::Str(key), _) => segments.push(key),
+                        (Token::Number(idx), _) => segments.push(Value::Number(idx).to_js_string()),
+                        (token, offset) => {
+                            return Err(ParseError::Unexpected {
+                                found: token.to_string(),
+                                offset,
+                            })
+                        }
+                    }
+                    if !self.eat("]") {
+                        return Err(self.unexpected());
+                    }
+                } else {
+                    return Ok(Expr::Path(segments));
+                }
+            }
+        }
+
+        fn unexpected(&self) -> ParseError {
+            match self.tokens.get(self.position) {
+                Some((token, offset)) => ParseError::Unexpected {
+                    found: token.to_string(),
+                    offset: *offset,
+                },
+                None => ParseError::UnexpectedEnd,
+            }
+        }
+    }
+
+    /// A JavaScript value, as far as the evaluator needs one.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Value {
+        Undefined,
+        Null,
+        Bool(bool),
+        Number(f64),
+        Str(String),
+        /// Objects and arrays: truthy, never equal to anything (JavaScript compares them by
+        /// reference).
+        Object,
+    }
+
+    impl Value {
+        fn from_json(json: &Json) -> Value {
+            match json {
+                Json::Null => Value::Null,
+                Json::Bool(flag) => Value::Bool(*flag),
+                Json::Number(number) => Value::Number(number.as_f64().unwrap_or(f64::NAN)),
+                Json::String(text) => Value::Str(text.clone()),
+                Json::Array(_) | Json::Object(_) => Value::Object,
+            }
+        }
+
+        fn truthy(&self) -> bool {
+            match self {
+                Value::Undefined | Value::Null => false,
+                Value::Bool(flag) => *flag,
+                Value::Number(number) => *number != 0.0 && !number.is_nan(),
+                Value::Str(text) => !text.is_empty(),
+                Value::Object => true,
+            }
+        }
+
+        fn to_number(&self) -> f64 {
+            match self {
+                Value::Undefined | Value::Object => f64::NAN,
+                Value::Null => 0.0,
+                Value::Bool(flag) => f64::from(u8::from(*flag)),
+                Value::Number(number) => *number,
+                Value::Str(text) => {
+                    let text = text.trim();
+                    if text.is_empty() {
+                        0.0
+                    } else {
+                        text.parse().unwrap_or(f64::NAN)
+                    }
+                }
+            }
+        }
+
+        fn to_js_string(&self) -> String {
+            match self {
+                Value::Undefined => "undefined".to_owned(),
+                Value::Null => "null".to_owned(),
+                Value::Bool(flag) => flag.to_string(),
+                Value::Number(number) if number.is_nan() => "NaN".to_owned(),
+                Value::Number(number) if number.is_infinite() => if *number > 0.0 {
+                    "Infinity"
+                } else {
+                    "-Infinity"
+                }
+                .to_owned(),
+                Value::Number(number) => format!("{number}"),
+                Value::Str(text) => text.clone(),
+                Value::Object => "[object Object]".to_owned(),
+            }
+        }
+
+        /// JavaScript's `==` for these types.
+        fn loose_equals(&self, other: &Value) -> bool {
+            use Value::*;
+            match (self, other) {
+                (Undefined | Null, Undefined | Null) => true,
+                (Undefined | Null, _) | (_, Undefined | Null) => false,
+                (Object, _) | (_, Object) => false,
+                (Str(left), Str(right)) => left == right,
+                _ => self.to_number() == other.to_number(),
+            }
+        }
+
+        /// JavaScript's `===`.
+        fn strict_equals(&self, other: &Value) -> bool {
+            use Value::*;
+            match (self, other) {
+                (Undefined, Undefined) | (Null, Null) => true,
+                (Bool(left), Bool(right)) => left == right,
+                (Number(left), Number(right)) => left == right,
+                (Str(left), Str(right)) => left == right,
+                _ => false,
+            }
+        }
+
+        /// JavaScript's `<` family: strings compare as strings, everything else as numbers,
+        /// and anything involving `NaN` is false.
+        fn compare(&self, other: &Value) -> Option<std::cmp::Ordering> {
+            match (self, other) {
+                (Value::Str(left), Value::Str(right)) => Some(left.cmp(right)),
+                _ => self.to_number().partial_cmp(&other.to_number()),
+            }
+        }
+    }
+
+    impl Expr {
+        fn evaluate(&self, view: &Json) -> Value {
+            match self {
+                Expr::Literal(value) => value.clone(),
+                Expr::Path(segments) => {
+                    let mut current = view;
+                    for segment in segments {
+                        let next = match current {
+                            Json::Object(object) => object.get(segment),
+                            Json::Array(items) => {
+                                segment.parse::<usize>().ok().and_then(|idx| items.get(idx))
+                            }
+                            _ => None,
+                        };
+                        match next {
+                            Some(next) => current = next,
+                            None => return Value::Undefined,
+                        }
+                    }
+                    Value::from_json(current)
+                }
+                Expr::Not(inner) => Value::Bool(!inner.evaluate(view).truthy()),
+                Expr::Negate(inner) => Value::Number(-inner.evaluate(view).to_number()),
+                Expr::And(left, right) => {
+                    let left = left.evaluate(view);
+                    if left.truthy() {
+                        right.evaluate(view)
+                    } else {
+                        left
+                    }
+                }
+                Expr::Or(left, right) => {
+                    let left = left.evaluate(view);
+                    if left.truthy() {
+                        left
+                    } else {
+                        right.evaluate(view)
+                    }
+                }
+                Expr::Binary(op, left, right) => {
+                    binary(*op, &left.evaluate(view), &right.evaluate(view))
+                }
+            }
+        }
+    }
+
+    fn binary(op: BinaryOp, left: &Value, right: &Value) -> Value {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        let ordering = || left.compare(right);
+        match op {
+            BinaryOp::Equal => Value::Bool(left.loose_equals(right)),
+            BinaryOp::NotEqual => Value::Bool(!left.loose_equals(right)),
+            BinaryOp::StrictEqual => Value::Bool(left.strict_equals(right)),
+            BinaryOp::StrictNotEqual => Value::Bool(!left.strict_equals(right)),
+            BinaryOp::Less => Value::Bool(ordering() == Some(Less)),
+            BinaryOp::LessEqual => Value::Bool(matches!(ordering(), Some(Less | Equal))),
+            BinaryOp::Greater => Value::Bool(ordering() == Some(Greater)),
+            BinaryOp::GreaterEqual => Value::Bool(matches!(ordering(), Some(Greater | Equal))),
+            BinaryOp::Add => match (left, right) {
+                (Value::Str(_), _) | (_, Value::Str(_)) => {
+                    Value::Str(left.to_js_string() + &right.to_js_string())
+                }
+                _ => Value::Number(left.to_number() + right.to_number()),
+            },
+            BinaryOp::Subtract => Value::Number(left.to_number() - right.to_number()),
+            BinaryOp::Multiply => Value::Number(left.to_number() * right.to_number()),
+            BinaryOp::Divide => Value::Number(left.to_number() / right.to_number()),
+            BinaryOp::Remainder => Value::Number(left.to_number() % right.to_number()),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::collections::BTreeMap;
+
+        use cairn_api::model::{Check, Entity};
+        use cairn_api::ObjectMeta;
+
+        use super::*;
+
+        fn sample_event() -> Event {
+            let labels = BTreeMap::from([("env".to_owned(), "prod".to_owned())]);
+            Event {
+                entity: Some(Entity {
+                    metadata: Some(ObjectMeta {
+                        labels: labels.clone(),
+                        ..ObjectMeta::named("default", "web-1")
+                    }),
+                    entity_class: "agent".to_owned(),
+                    subscriptions: vec!["linux".to_owned()],
+                    ..Entity::default()
+                }),
+                check: Some(Check {
+                    metadata: Some(ObjectMeta {
+                        labels,
+                        ..ObjectMeta::named("default", "check-http")
+                    }),
+                    status: 2,
+                    occurrences: 3,
+                    interval: 60,
+                    issued: 1_700_000_000,
+                    state: "failing".to_owned(),
+                    output: "CRITICAL: down".to_owned(),
+                    ..Check::default()
+                }),
+                ..Event::default()
+            }
+        }
+
+        /// `expect` is `Some(matched)` or `None` for a parse error.
+        fn check(source: &str, expect: Option<bool>) {
+            let view = event_view(&sample_event());
+            let actual = parse(source)
+                .ok()
+                .map(|expression| expression.matches(&view));
+            assert_eq!(actual, expect, "{source}");
+        }
+
+        #[test]
+        fn comparisons() {
+            check("event.check.status == 2", Some(true));
+            check("event.check.status == 1", Some(false));
+            check("event.check.status != 0", Some(true));
+            check("event.check.status === 2", Some(true));
+            check("event.check.status !== 2", Some(false));
+            check("event.check.status > 1", Some(true));
+            check("event.check.status < 2", Some(false));
+            check("event.check.status >= 2", Some(true));
+            check("event.check.status <= 1.5", Some(false));
+            check("event.check.status == '2'", Some(true));
+            check("event.check.status === '2'", Some(false));
+            check("event.check.occurrences >= 3", Some(true));
+            check("event.check.occurrences_watermark == 0", Some(true));
+            check("event.check.issued > 1600000000", Some(true));
+            check("event.check.interval == 60", Some(true));
+            check("event.check.state == \"failing\"", Some(true));
+            check("event.check.name == 'check-http'", Some(true));
+            check("event.check.metadata.name == 'check-http'", Some(true));
+            check("event.entity.name == 'web-1'", Some(true));
+            check("event.entity.entity_class == 'agent'", Some(true));
+            check("event.entity.labels.env == 'prod'", Some(true));
+            check("event.check.labels['env'] == 'prod'", Some(true));
+            check("event.entity.labels.missing == 'prod'", Some(false));
+            check("event.entity.labels.missing == undefined", Some(true));
+            check("event.entity.labels.missing != 'prod'", Some(true));
+            check("event.entity.subscriptions[0] == 'linux'", Some(true));
+            check("event.check.output == 'CRITICAL: down'", Some(true));
+            check("event.entity.name < 'web-2'", Some(true));
+        }
+
+        #[test]
+        fn logic_and_arithmetic() {
+            check(
+                "event.check.status == 2 && event.entity.entity_class == 'agent'",
+                Some(true),
+            );
+            check(
+                "event.check.status == 1 || event.check.status == 2",
+                Some(true),
+            );
+            check(
+                "event.check.status == 1 || event.check.status == 0",
+                Some(false),
+            );
+            check(
+                "(event.check.status == 1 || event.check.status == 2) && event.check.occurrences > 5",
+                Some(false),
+            );
+            check("!(event.check.status == 0)", Some(true));
+            check("event.check.is_silenced", Some(false));
+            check("!event.check.is_silenced", Some(true));
+            check(
+                "event.check.occurrences == 1 || event.check.occurrences % 3 == 0",
+                Some(true),
+            );
+            check(
+                "event.check.occurrences % (180 / event.check.interval) == 0",
+                Some(true),
+            );
+            check("event.check.status - 2 == 0", Some(true));
+            check("-event.check.status < 0", Some(true));
+            check("event.check.status * 1.5 == 3", Some(true));
+            check("event.check.name + '!' == 'check-http!'", Some(true));
+            check("event.check.status % 0 == 0", Some(false));
+            check("1e3 == 1000", Some(true));
+        }
+
+        #[test]
+        fn unsupported_forms_are_parse_errors() {
+            check("", None);
+            check("event.check.status == = 2", None);
+            check("event.check.status ==", None);
+            check("(event.check.status == 2", None);
+            check("event.check.status == 2)", None);
+            check("event.check.output.indexOf('x') >= 0", None);
+            check("hour(event.timestamp) >= 17", None);
+            check("weekday(event.timestamp) == 0", None);
+            check("event.check.status = 2", None);
+            check("'unterminated", None);
+            check("event.check.status ~ 2", None);
+            check("event.check.status == 2; process.exit()", None);
+            check("event.check.labels['x' + 'y']", None);
+            check("'\\q' == 'q'", None);
+            check(&"(".repeat(10_000), None);
+            check(&"event.check.status == 2 || ".repeat(100), None);
+        }
+
+        #[test]
+        fn parse_errors_say_where() {
+            assert_eq!(
+                parse("event.check.status == = 2"),
+                Err(ParseError::Unexpected {
+                    found: "=".to_owned(),
+                    offset: 22
+                })
+            );
+            assert_eq!(
+                parse("hour(event.timestamp)"),
+                Err(ParseError::UnsupportedIdentifier("hour".to_owned()))
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::path::{Path, PathBuf};
+
+    use cairn_api::model::{Check, Entity};
+    use cairn_api::ObjectMeta;
+    use tokio::net::TcpListener;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// How long a test waits for an outcome before failing.
+    const WAIT: Duration = Duration::from_secs(15);
+
+    #[derive(Default)]
+    struct FakeResolver {
+        handlers: HashMap<String, Handler>,
+        filters: HashMap<String, EventFilter>,
+        silenced: Vec<(String, Silenced)>,
+    }
+
+    #[async_trait]
+    impl HandlerResolver for FakeResolver {
+        async fn handler(&self, _namespace: &str, name: &str) -> Option<Handler> {
+            self.handlers.get(name).cloned()
+        }
+
+        async fn filter(&self, _namespace: &str, name: &str) -> Option<EventFilter> {
+            self.filters.get(name).cloned()
+        }
+
+        async fn silenced(&self, _namespace: &str) -> Vec<(String, Silenced)> {
+            self.silenced.clone()
+        }
+    }
+
+    impl FakeResolver {
+        fn handler(mut self, name: &str, handler: Handler) -> Self {
+            self.handlers.insert(name.to_owned(), handler);
+            self
+        }
+
+        fn filter(mut self, name: &str, action: &str, expressions: &[&str]) -> Self {
+            let filter = EventFilter {
+                action: action.to_owned(),
+                expressions: expressions
+                    .iter()
+                    .map(|source| source.to_string())
+                    .collect(),
+                ..EventFilter::default()
+            };
+            self.filters.insert(name.to_owned(), filter);
+            self
+        }
+    }
+
+    fn config() -> PipelineConfig {
+        PipelineConfig {
+            queue_capacity: 16,
+            max_concurrent_handlers: 4,
+            default_handler_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    fn start(resolver: FakeResolver) -> Pipeline {
+        start_with(config(), resolver)
+    }
+
+    fn start_with(config: PipelineConfig, resolver: FakeResolver) -> Pipeline {
+        Pipeline::start(config, Arc::new(resolver)).0
+    }
+
+    fn pipe(command: String) -> Handler {
+        Handler {
+            handler_type: "pipe".to_owned(),
+            command,
+            ..Handler::default()
+        }
+    }
+
+    fn filtered(handler: Handler, filters: &[&str]) -> Handler {
+        Handler {
+            filters: filters.iter().map(|name| name.to_string()).collect(),
+            ..handler
+        }
+    }
+
+    /// A `pipe` handler that stores each event it gets as its own `*.json` file in `dir`,
+    /// renamed into place once complete, so concurrent runs never mix.
+    fn store_in(dir: &Path) -> Handler {
+        pipe(format!(
+            "f=$(mktemp '{}/run.XXXXXX') && cat > \"$f\" && mv \"$f\" \"$f.json\"",
+            dir.display()
+        ))
+    }
+
+    /// A fresh directory for a handler's output.
+    fn out_dir(temp: &tempfile::TempDir, name: &str) -> PathBuf {
+        let dir = temp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+
+    /// The events stored in `dir` so far.
+    fn stored(dir: &Path) -> Vec<Event> {
+        let mut events = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|ext| ext == "json") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                events.push(serde_json::from_str(&text).unwrap());
+            }
+        }
+        events
+    }
+
+    fn event(status: u32, handlers: &[&str]) -> Event {
+        Event {
+            entity: Some(Entity {
+                metadata: Some(ObjectMeta::named("default", "web-1")),
+                entity_class: "agent".to_owned(),
+                subscriptions: vec!["web".to_owned()],
+                ..Entity::default()
+            }),
+            check: Some(Check {
+                metadata: Some(ObjectMeta::named("default", "check-http")),
+                status,
+                interval: 60,
+                handlers: handlers.iter().map(|name| name.to_string()).collect(),
+                ..Check::default()
+            }),
+            ..Event::default()
+        }
+    }
+
+    /// Runs the statuses through the state machine, as the API would before submitting.
+    fn processed(statuses: &[u32], handlers: &[&str]) -> Vec<Event> {
+        let mut out: Vec<Event> = Vec::new();
+        for (idx, status) in statuses.iter().enumerate() {
+            let now = 1_700_000_000 + 60 * idx as i64;
+            let next = events::process_event(out.last(), event(*status, handlers), now).unwrap();
+            out.push(next);
+        }
+        out
+    }
+
+    fn submit(pipeline: &Pipeline, event: Event) {
+        pipeline.submit("default".to_owned(), event).unwrap();
+    }
+
+    async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !condition() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {WAIT:?} waiting for {what}; is `sh` on PATH?"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `dir` holds `count` events and returns them.
+    async fn wait_for_events(dir: &Path, count: usize) -> Vec<Event> {
+        let mut events = Vec::new();
+        wait_until(&format!("{count} events in {}", dir.display()), || {
+            events = stored(dir);
+            events.len() >= count
+        })
+        .await;
+        events
+    }
+
+    fn statuses(events: &[Event]) -> Vec<u32> {
+        events
+            .iter()
+            .map(|event| event.check.as_ref().unwrap().status)
+            .collect()
+    }
+
+    fn runs(pipeline: &Pipeline) -> u64 {
+        pipeline.stats().handler_runs.load(Ordering::Relaxed)
+    }
+
+    fn temp_file(temp: &tempfile::TempDir, name: &str) -> PathBuf {
+        temp.path().join(name)
+    }
+
+    #[tokio::test]
+    async fn pipe_handler_gets_the_event_on_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = temp_file(&dir, "event.json");
+        let resolver =
+            FakeResolver::default().handler("file", pipe(format!("cat > '{}'", out.display())));
+        let pipeline = start(resolver);
+        submit(&pipeline, processed(&[2], &["file"]).remove(0));
+
+        let mut received: Option<Event> = None;
+        wait_until("the handler to write the event", || {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            received = serde_json::from_str(&text).ok();
+            received.is_some()
+        })
+        .await;
+        let received = received.unwrap();
+        let check = received.check.unwrap();
+        assert_eq!(check.metadata.unwrap().name, "check-http");
+        assert_eq!(check.status, 2);
+        pipeline.shutdown().await.unwrap();
+        let stats = pipeline.stats();
+        assert_eq!(stats.queued.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.handler_runs.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.handler_failures.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn env_vars_reach_the_handler_on_a_minimal_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = temp_file(&dir, "env.txt");
+        let handler = Handler {
+            env_vars: vec![
+                "GREETING=hello=world".to_owned(),
+                "not-an-assignment".to_owned(),
+            ],
+            ..pipe(format!(
+                "env > '{}.tmp' && mv '{}.tmp' '{}'",
+                out.display(),
+                out.display(),
+                out.display()
+            ))
+        };
+        let pipeline = start(FakeResolver::default().handler("env", handler));
+        submit(&pipeline, event(0, &["env"]));
+
+        let mut env = String::new();
+        wait_until("the handler to write its environment", || {
+            env = std::fs::read_to_string(&out).unwrap_or_default();
+            !env.is_empty()
+        })
+        .await;
+        let keys: Vec<&str> = env
+            .lines()
+            .filter_map(|line| line.split_once('=').map(|(key, _)| key))
+            .collect();
+        assert!(
+            env.lines().any(|line| line == "GREETING=hello=world"),
+            "{env}"
+        );
+        assert!(keys.contains(&"PATH"), "{env}");
+        // Cargo sets this for the test process; handlers must not inherit it.
+        assert!(!keys.contains(&"CARGO_MANIFEST_DIR"), "{env}");
+        assert!(!keys.contains(&"not-an-assignment"), "{env}");
+        pipeline.shutdown().await.unwrap();
+    }
+
+    /// Whether `/proc/<pid>` is gone or a zombie (dead, waiting for init to reap it).
+    fn is_dead(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = temp_file(&dir, "pid");
+        let handler = Handler {
+            timeout: 1,
+            ..pipe(format!(
+                "sleep 30 & echo $! > '{}'; wait",
+                pidfile.display()
+            ))
+        };
+        let pipeline = start(FakeResolver::default().handler("slow", handler));
+        submit(&pipeline, event(2, &["slow"]));
+
+        let stats = pipeline.stats();
+        wait_until("the handler to time out", || {
+            stats.handler_timeouts.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        wait_until(&format!("the handler's child {pid} to die"), || {
+            is_dead(pid)
+        })
+        .await;
+        assert_eq!(stats.handler_failures.load(Ordering::Relaxed), 1);
+        pipeline.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn is_incident_drops_ok_events_but_passes_resolutions() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = out_dir(&dir, "events");
+        let resolver = FakeResolver::default()
+            .handler("alert", filtered(store_in(&out), &[FILTER_IS_INCIDENT]));
+        let pipeline = start(resolver);
+        for processed_event in processed(&[0, 2, 0], &["alert"]) {
+            submit(&pipeline, processed_event);
+        }
+        let handled = wait_for_events(&out, 2).await;
+        let mut handled = statuses(&handled);
+        handled.sort_unstable();
+        assert_eq!(handled, [0, 2], "the critical event and the resolution");
+        pipeline.shutdown().await.unwrap();
+        assert_eq!(runs(&pipeline), 2, "the first OK event was filtered");
+    }
+
+    #[tokio::test]
+    async fn not_silenced_drops_silenced_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let silenced_out = out_dir(&dir, "silenced");
+        let plain_out = out_dir(&dir, "plain");
+        let mut resolver = FakeResolver::default()
+            .handler(
+                "quiet",
+                filtered(store_in(&silenced_out), &[FILTER_NOT_SILENCED]),
+            )
+            .handler("loud", store_in(&plain_out));
+        let entry = Silenced {
+            subscription: "web".to_owned(),
+            ..Silenced::default()
+        };
+        resolver.silenced = vec![(entry.canonical_name(), entry)];
+        let pipeline = start(resolver);
+        submit(&pipeline, event(2, &["quiet", "loud"]));
+        wait_for_events(&plain_out, 1).await;
+        pipeline.shutdown().await.unwrap();
+        assert!(stored(&silenced_out).is_empty());
+        assert_eq!(runs(&pipeline), 1);
+    }
+
+    #[tokio::test]
+    async fn set_handler_fans_out_one_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = out_dir(&dir, "first");
+        let second = out_dir(&dir, "second");
+        let nested = out_dir(&dir, "nested");
+        let set = |members: &[&str]| Handler {
+            handler_type: "set".to_owned(),
+            handlers: members.iter().map(|name| name.to_string()).collect(),
+            ..Handler::default()
+        };
+        let resolver = FakeResolver::default()
+            .handler("first", store_in(&first))
+            .handler("second", store_in(&second))
+            .handler("nested-member", store_in(&nested))
+            .handler("inner", set(&["nested-member"]))
+            .handler("all", set(&["first", "second", "inner", "missing"]));
+        let pipeline = start(resolver);
+        // `first` is also named directly: it runs once.
+        submit(&pipeline, event(2, &["all", "first"]));
+        wait_for_events(&first, 1).await;
+        wait_for_events(&second, 1).await;
+        pipeline.shutdown().await.unwrap();
+        assert!(stored(&nested).is_empty(), "nested sets are not expanded");
+        assert_eq!(runs(&pipeline), 2);
+    }
+
+    #[tokio::test]
+    async fn full_queue_refuses_at_once_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = temp_file(&dir, "gate");
+        let out = out_dir(&dir, "out");
+        let blocking = Handler {
+            command: format!(
+                "while [ ! -e '{}' ]; do sleep 0.05; done; {}",
+                gate.display(),
+                store_in(&out).command
+            ),
+            ..store_in(&out)
+        };
+        let config = PipelineConfig {
+            queue_capacity: 1,
+            max_concurrent_handlers: 1,
+            ..config()
+        };
+        let pipeline = start_with(config, FakeResolver::default().handler("block", blocking));
+
+        // One event runs, one waits for a handler slot inside the dispatcher, one waits in
+        // the queue; the next is refused.
+        let mut accepted = 0;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let started = Instant::now();
+            let result = pipeline.submit("default".to_owned(), event(2, &["block"]));
+            assert!(
+                started.elapsed() < Duration::from_millis(100),
+                "submit must not wait"
+            );
+            match result {
+                Ok(()) => accepted += 1,
+                Err(PipelineError::QueueFull) => break,
+                Err(error) => panic!("unexpected {error}"),
+            }
+            assert!(Instant::now() < deadline, "the queue never filled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(accepted >= 1, "accepted {accepted}");
+        let stats = pipeline.stats();
+        assert!(stats.dropped_queue_full.load(Ordering::Relaxed) >= 1);
+
+        std::fs::write(&gate, b"").unwrap();
+        wait_for_events(&out, accepted).await;
+        submit(&pipeline, event(2, &["block"]));
+        wait_for_events(&out, accepted + 1).await;
+        pipeline.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn allow_filter_passes_matching_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = out_dir(&dir, "critical");
+        let resolver = FakeResolver::default()
+            .filter("critical", "allow", &["event.check.status == 2"])
+            .handler("page", filtered(store_in(&out), &["critical"]));
+        let pipeline = start(resolver);
+        submit(&pipeline, event(1, &["page"]));
+        submit(&pipeline, event(2, &["page"]));
+        let handled = wait_for_events(&out, 1).await;
+        pipeline.shutdown().await.unwrap();
+        assert_eq!(statuses(&handled), [2]);
+        assert_eq!(runs(&pipeline), 1, "status 1 was dropped");
+    }
+
+    #[tokio::test]
+    async fn deny_filter_drops_matching_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = out_dir(&dir, "prod");
+        let resolver = FakeResolver::default()
+            .filter(
+                "no-dev",
+                "deny",
+                &[
+                    "event.entity.labels.env == 'dev'",
+                    "event.check.status != 0",
+                ],
+            )
+            .handler("page", filtered(store_in(&out), &["no-dev"]));
+        let pipeline = start(resolver);
+        let labelled = |env: &str| {
+            let mut labelled = event(2, &["page"]);
+            let metadata = labelled.entity.as_mut().unwrap().metadata.as_mut().unwrap();
+            metadata.labels = BTreeMap::from([("env".to_owned(), env.to_owned())]);
+            labelled
+        };
+        submit(&pipeline, labelled("dev"));
+        submit(&pipeline, labelled("prod"));
+        let handled = wait_for_events(&out, 1).await;
+        pipeline.shutdown().await.unwrap();
+        let entity = handled[0].entity.as_ref().unwrap();
+        assert_eq!(entity.metadata.as_ref().unwrap().labels["env"], "prod");
+        assert_eq!(runs(&pipeline), 1, "the dev event was denied");
+    }
+
+    #[tokio::test]
+    async fn unparseable_expressions_never_match_and_do_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = out_dir(&dir, "allowed");
+        let denied = out_dir(&dir, "denied");
+        let missing = out_dir(&dir, "missing");
+        let resolver = FakeResolver::default()
+            .filter("broken-allow", "allow", &["event.check.status == = 2"])
+            .filter("broken-deny", "deny", &["hour(event.timestamp) >= 17"])
+            .handler("allow", filtered(store_in(&allowed), &["broken-allow"]))
+            .handler("deny", filtered(store_in(&denied), &["broken-deny"]))
+            .handler("missing", filtered(store_in(&missing), &["no-such-filter"]));
+        let pipeline = start(resolver);
+        for _ in 0..2 {
+            submit(&pipeline, event(2, &["allow", "deny", "missing"]));
+        }
+        wait_for_events(&denied, 2).await;
+        pipeline.shutdown().await.unwrap();
+        assert!(
+            stored(&allowed).is_empty(),
+            "an allow filter that cannot be read drops"
+        );
+        assert!(stored(&missing).is_empty(), "a missing filter drops");
+        assert_eq!(runs(&pipeline), 2);
+    }
+
+    #[tokio::test]
+    async fn failures_are_counted_and_do_not_stop_the_dispatcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = out_dir(&dir, "after");
+        let unknown = Handler {
+            handler_type: "grpc".to_owned(),
+            ..Handler::default()
+        };
+        let resolver = FakeResolver::default()
+            .handler("fails", pipe("exit 3".to_owned()))
+            .handler("unknown", unknown)
+            .handler(
+                "mutated",
+                Handler {
+                    mutator: "custom".to_owned(),
+                    ..store_in(&out)
+                },
+            )
+            .handler("after", store_in(&out));
+        let pipeline = start(resolver);
+        submit(&pipeline, event(2, &["fails", "unknown", "mutated"]));
+        submit(&pipeline, event(2, &["after"]));
+        wait_for_events(&out, 1).await;
+        pipeline.shutdown().await.unwrap();
+        let stats = pipeline.stats();
+        assert_eq!(stats.handler_failures.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.handler_timeouts.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.handler_runs.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn tcp_and_udp_handlers_send_the_event() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let socket_handler = |handler_type: &str, port: u16| Handler {
+            handler_type: handler_type.to_owned(),
+            socket: Some(HandlerSocket {
+                host: "127.0.0.1".to_owned(),
+                port: u32::from(port),
+            }),
+            ..Handler::default()
+        };
+        let resolver = FakeResolver::default()
+            .handler(
+                "tcp",
+                socket_handler("tcp", tcp.local_addr().unwrap().port()),
+            )
+            .handler(
+                "udp",
+                socket_handler("udp", udp.local_addr().unwrap().port()),
+            );
+        let pipeline = start(resolver);
+        submit(&pipeline, event(2, &["tcp", "udp"]));
+
+        let received = tokio::time::timeout(WAIT, async {
+            let (mut stream, _) = tcp.accept().await.unwrap();
+            let mut over_tcp = Vec::new();
+            stream.read_to_end(&mut over_tcp).await.unwrap();
+            let mut datagram = vec![0_u8; 64 * 1024];
+            let len = udp.recv(&mut datagram).await.unwrap();
+            datagram.truncate(len);
+            (over_tcp, datagram)
+        })
+        .await
+        .expect("timed out waiting for the tcp and udp handlers");
+        for bytes in [received.0, received.1] {
+            let sent: Event = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(sent.check.unwrap().metadata.unwrap().name, "check-http");
+        }
+        pipeline.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_kills_handlers_past_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = temp_file(&dir, "pid");
+        let config = PipelineConfig {
+            shutdown_grace: Duration::from_millis(300),
+            ..config()
+        };
+        let handler = pipe(format!(
+            "sleep 30 & echo $! > '{}'; wait",
+            pidfile.display()
+        ));
+        let pipeline = start_with(config, FakeResolver::default().handler("slow", handler));
+        submit(&pipeline, event(2, &["slow"]));
+        wait_until("the handler to start", || {
+            std::fs::read_to_string(&pidfile).is_ok_and(|text| text.ends_with('\n'))
+        })
+        .await;
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+
+        let result = tokio::time::timeout(WAIT, pipeline.shutdown())
+            .await
+            .expect("shutdown must end");
+        assert_eq!(
+            result,
+            Err(PipelineError::DrainTimedOut {
+                grace: Duration::from_millis(300)
+            })
+        );
+        wait_until(&format!("the handler's child {pid} to die"), || {
+            is_dead(pid)
+        })
+        .await;
+        assert_eq!(
+            pipeline.submit("default".to_owned(), event(2, &["slow"])),
+            Err(PipelineError::NotRunning)
+        );
+    }
+
+    #[test]
+    fn env_vars_split_at_the_first_equals_sign() {
+        let entries = [
+            "A=1".to_owned(),
+            "B=x=y".to_owned(),
+            "C=".to_owned(),
+            "=v".to_owned(),
+            "D".to_owned(),
+        ];
+        let (pairs, skipped) = parse_env_vars(&entries);
+        assert_eq!(pairs, [("A", "1"), ("B", "x=y"), ("C", "")]);
+        assert_eq!(skipped, 2);
+    }
+
+    #[test]
+    fn warn_once_remembers_keys() {
+        let warned = WarnOnce::default();
+        assert!(warned.first(&["filter", "default", "a"]));
+        assert!(!warned.first(&["filter", "default", "a"]));
+        assert!(warned.first(&["filter", "other", "a"]));
+    }
+}

@@ -1,0 +1,377 @@
+//! Role-based access control: Sensu's roles, bindings and default cluster roles, evaluated
+//! against an in-memory snapshot of the users, keys, roles and bindings in the store.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use cairn_api::model::{ApiKey, Role, RoleBinding, RoleRef, Rule, Subject, User};
+use cairn_api::{Kind, ObjectMeta, Resource, Spec};
+
+/// The group whose members are bound to `cluster-admin`.
+pub const GROUP_CLUSTER_ADMINS: &str = "cluster-admins";
+
+/// An API action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// Read one.
+    Get,
+    /// Read many.
+    List,
+    /// Make a new one.
+    Create,
+    /// Change one.
+    Update,
+    /// Remove one.
+    Delete,
+}
+
+/// Who is asking: the user and their groups (from the live user record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Username.
+    pub username: String,
+    /// Groups, including the implicit `system:users`.
+    pub groups: Vec<String>,
+}
+
+/// What is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The action.
+    pub verb: Verb,
+    /// The RBAC resource name (`checks`, `users`, …).
+    pub resource: &'a str,
+    /// The namespace, for namespaced resources.
+    pub namespace: Option<&'a str>,
+    /// The resource name, when one is addressed.
+    pub name: Option<&'a str>,
+}
+
+/// Users, API keys, roles and bindings as of one store revision.
+#[derive(Debug, Default, Clone)]
+pub struct AuthSnapshot {
+    users: HashMap<String, User>,
+    api_keys: HashMap<String, ApiKey>,
+    cluster_roles: HashMap<String, Role>,
+    cluster_bindings: HashMap<String, RoleBinding>,
+    roles: HashMap<(String, String), Role>,
+    bindings: HashMap<(String, String), RoleBinding>,
+}
+
+// === impl Verb ===
+
+impl Verb {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::List => "list",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Delete => "delete",
+        }
+    }
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl AuthSnapshot ===
+
+impl AuthSnapshot {
+    /// Adds or replaces a resource; kinds that do not matter to auth are ignored.
+    pub fn upsert(&mut self, resource: &Resource) {
+        let name = resource.name().to_owned();
+        let namespace = resource.namespace().to_owned();
+        match &resource.spec {
+            Spec::User(user) => {
+                self.users.insert(user.username.clone(), user.clone());
+            }
+            Spec::ApiKey(key) => {
+                self.api_keys.insert(name, key.clone());
+            }
+            Spec::ClusterRole(role) => {
+                self.cluster_roles.insert(name, role.clone());
+            }
+            Spec::ClusterRoleBinding(binding) => {
+                self.cluster_bindings.insert(name, binding.clone());
+            }
+            Spec::Role(role) => {
+                self.roles.insert((namespace, name), role.clone());
+            }
+            Spec::RoleBinding(binding) => {
+                self.bindings.insert((namespace, name), binding.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes a resource by kind, namespace and name.
+    pub fn remove(&mut self, kind: Kind, namespace: &str, name: &str) {
+        let key = (namespace.to_owned(), name.to_owned());
+        match kind {
+            Kind::User => {
+                self.users.remove(name);
+            }
+            Kind::ApiKey => {
+                self.api_keys.remove(name);
+            }
+            Kind::ClusterRole => {
+                self.cluster_roles.remove(name);
+            }
+            Kind::ClusterRoleBinding => {
+                self.cluster_bindings.remove(name);
+            }
+            Kind::Role => {
+                self.roles.remove(&key);
+            }
+            Kind::RoleBinding => {
+                self.bindings.remove(&key);
+            }
+            _ => {}
+        }
+    }
+
+    /// The live user record.
+    pub fn user(&self, username: &str) -> Option<&User> {
+        self.users.get(username)
+    }
+
+    /// The user an API key acts as, when the key exists.
+    pub fn api_key_user(&self, key: &str) -> Option<&str> {
+        self.api_keys.get(key).map(|api_key| api_key.username.as_str())
+    }
+
+    /// The caller for an enabled user, with the implicit `system:users` group; `None` when the
+    /// user is missing or disabled.
+    pub fn caller(&self, username: &str) -> Option<Caller> {
+        let user = self.users.get(username).filter(|user| !user.disabled)?;
+        let mut groups = user.groups.clone();
+        groups.push(crate::auth::GROUP_SYSTEM_USERS.to_owned());
+        Some(Caller { username: user.username.clone(), groups })
+    }
+
+    /// Whether `caller` may do `request`.
+    pub fn authorize(&self, caller: &Caller, request: Request<'_>) -> bool {
+        let namespaced = is_namespaced_resource(request.resource);
+        for binding in self.cluster_bindings.values() {
+            if binds(binding, caller) {
+                if let Some(role) = self.cluster_roles.get(&binding.role_ref.name) {
+                    if role.rules.iter().any(|rule| rule_allows(rule, request, true)) {
+                        return true;
+                    }
+                }
+            }
+        }
+        let Some(namespace) = request.namespace.filter(|_| namespaced) else {
+            return false;
+        };
+        for ((binding_namespace, _), binding) in &self.bindings {
+            if binding_namespace != namespace || !binds(binding, caller) {
+                continue;
+            }
+            let role = if binding.role_ref.type_name.eq_ignore_ascii_case("clusterrole") {
+                self.cluster_roles.get(&binding.role_ref.name)
+            } else {
+                self.roles.get(&(namespace.to_owned(), binding.role_ref.name.clone()))
+            };
+            // A role granted through a namespace binding covers namespaced resources only.
+            if role.is_some_and(|role| role.rules.iter().any(|rule| rule_allows(rule, request, false)))
+            {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+fn binds(binding: &RoleBinding, caller: &Caller) -> bool {
+    binding.subjects.iter().any(|subject| {
+        if subject.type_name.eq_ignore_ascii_case("user") {
+            subject.name == caller.username
+        } else {
+            caller.groups.iter().any(|group| *group == subject.name)
+        }
+    })
+}
+
+fn rule_allows(rule: &Rule, request: Request<'_>, cluster_scope: bool) -> bool {
+    let listed = |values: &[String], wanted: &str| {
+        values.iter().flat_map(|value| value.split(',')).any(|value| value.trim() == wanted)
+    };
+    let verb_ok = listed(&rule.verbs, "*") || listed(&rule.verbs, request.verb.as_str());
+    let resource_ok = listed(&rule.resources, request.resource)
+        || (listed(&rule.resources, "*") && (cluster_scope || is_namespaced_resource(request.resource)));
+    let name_ok = rule.resource_names.is_empty()
+        || request.name.is_some_and(|name| rule.resource_names.iter().any(|allowed| allowed == name));
+    verb_ok && resource_ok && name_ok
+}
+
+fn is_namespaced_resource(resource: &str) -> bool {
+    Kind::ALL.iter().any(|kind| kind.plural() == resource && kind.is_namespaced())
+}
+
+/// Sensu's default cluster roles and the `cluster-admin` binding, plus the admin user.
+pub fn default_resources(admin_username: &str, admin_password_hash: &str) -> Vec<Resource> {
+    let namespaced: Vec<String> = Kind::ALL
+        .iter()
+        .filter(|kind| kind.is_namespaced())
+        .map(|kind| kind.plural().to_owned())
+        .collect();
+    let without = |excluded: &[&str]| -> Vec<String> {
+        namespaced.iter().filter(|plural| !excluded.contains(&plural.as_str())).cloned().collect()
+    };
+    let rule = |verbs: &[&str], resources: Vec<String>| Rule {
+        verbs: verbs.iter().map(|verb| (*verb).to_owned()).collect(),
+        resources,
+        resource_names: Vec::new(),
+    };
+    let read_namespaces = rule(&["get", "list"], vec!["namespaces".to_owned()]);
+    let cluster_role = |name: &str, rules: Vec<Rule>| {
+        Resource::new(ObjectMeta::named("", name), Spec::ClusterRole(Role { metadata: None, rules }))
+    };
+    vec![
+        cluster_role("cluster-admin", vec![rule(&["*"], vec!["*".to_owned()])]),
+        cluster_role("admin", vec![rule(&["*"], namespaced.clone()), read_namespaces.clone()]),
+        cluster_role(
+            "edit",
+            vec![rule(&["*"], without(&["roles", "rolebindings"])), read_namespaces.clone()],
+        ),
+        cluster_role(
+            "view",
+            vec![rule(&["get", "list"], without(&["roles", "rolebindings", "secrets"])), read_namespaces],
+        ),
+        Resource::new(
+            ObjectMeta::named("", "cluster-admin"),
+            Spec::ClusterRoleBinding(RoleBinding {
+                metadata: None,
+                role_ref: RoleRef { type_name: "ClusterRole".into(), name: "cluster-admin".into() },
+                subjects: vec![Subject { type_name: "Group".into(), name: GROUP_CLUSTER_ADMINS.into() }],
+            }),
+        ),
+        Resource::new(
+            ObjectMeta::named("", admin_username),
+            Spec::User(User {
+                metadata: None,
+                username: admin_username.to_owned(),
+                password: String::new(),
+                password_hash: admin_password_hash.to_owned(),
+                groups: vec![GROUP_CLUSTER_ADMINS.to_owned()],
+                disabled: false,
+            }),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot_with(extra: Vec<Resource>) -> AuthSnapshot {
+        let mut snapshot = AuthSnapshot::default();
+        for resource in default_resources("admin", "hash").iter().chain(extra.iter()) {
+            snapshot.upsert(resource);
+        }
+        snapshot
+    }
+
+    fn user(name: &str, groups: &[&str]) -> Resource {
+        Resource::new(
+            ObjectMeta::named("", name),
+            Spec::User(User {
+                username: name.into(),
+                groups: groups.iter().map(|group| (*group).to_owned()).collect(),
+                ..User::default()
+            }),
+        )
+    }
+
+    fn binding(namespace: &str, name: &str, role_type: &str, role: &str, user: &str) -> Resource {
+        let spec = RoleBinding {
+            metadata: None,
+            role_ref: RoleRef { type_name: role_type.into(), name: role.into() },
+            subjects: vec![Subject { type_name: "User".into(), name: user.into() }],
+        };
+        if namespace.is_empty() {
+            Resource::new(ObjectMeta::named("", name), Spec::ClusterRoleBinding(spec))
+        } else {
+            Resource::new(ObjectMeta::named(namespace, name), Spec::RoleBinding(spec))
+        }
+    }
+
+    fn ask<'a>(verb: Verb, resource: &'a str, namespace: Option<&'a str>) -> Request<'a> {
+        Request { verb, resource, namespace, name: None }
+    }
+
+    #[test]
+    fn cluster_admins_may_do_anything() {
+        let snapshot = snapshot_with(vec![]);
+        let admin = snapshot.caller("admin").unwrap();
+        assert!(snapshot.authorize(&admin, ask(Verb::Delete, "users", None)));
+        assert!(snapshot.authorize(&admin, ask(Verb::Create, "checks", Some("ops"))));
+    }
+
+    #[test]
+    fn view_reads_but_does_not_write() {
+        let snapshot = snapshot_with(vec![
+            user("viewer", &[]),
+            binding("", "viewer", "ClusterRole", "view", "viewer"),
+        ]);
+        let viewer = snapshot.caller("viewer").unwrap();
+        assert!(snapshot.authorize(&viewer, ask(Verb::List, "checks", Some("default"))));
+        assert!(!snapshot.authorize(&viewer, ask(Verb::Create, "checks", Some("default"))));
+        assert!(!snapshot.authorize(&viewer, ask(Verb::Get, "secrets", Some("default"))));
+        assert!(!snapshot.authorize(&viewer, ask(Verb::List, "users", None)));
+    }
+
+    #[test]
+    fn namespaced_edit_stays_in_its_namespace() {
+        let snapshot = snapshot_with(vec![
+            user("dev", &[]),
+            binding("dev", "dev-edit", "ClusterRole", "edit", "dev"),
+        ]);
+        let dev = snapshot.caller("dev").unwrap();
+        assert!(snapshot.authorize(&dev, ask(Verb::Create, "checks", Some("dev"))));
+        assert!(!snapshot.authorize(&dev, ask(Verb::Create, "checks", Some("prod"))));
+        // A namespace binding never reaches cluster-wide resources.
+        assert!(!snapshot.authorize(&dev, ask(Verb::List, "namespaces", None)));
+        assert!(!snapshot.authorize(&dev, ask(Verb::Create, "rolebindings", Some("dev"))));
+    }
+
+    #[test]
+    fn resource_names_limit_a_rule() {
+        let role = Resource::new(
+            ObjectMeta::named("ops", "one-check"),
+            Spec::Role(Role {
+                metadata: None,
+                rules: vec![Rule {
+                    verbs: vec!["get,update".into()],
+                    resources: vec!["checks".into()],
+                    resource_names: vec!["cpu".into()],
+                }],
+            }),
+        );
+        let snapshot = snapshot_with(vec![
+            user("bot", &[]),
+            role,
+            binding("ops", "bot", "Role", "one-check", "bot"),
+        ]);
+        let bot = snapshot.caller("bot").unwrap();
+        let named = |name| Request { verb: Verb::Update, resource: "checks", namespace: Some("ops"), name: Some(name) };
+        assert!(snapshot.authorize(&bot, named("cpu")));
+        assert!(!snapshot.authorize(&bot, named("disk")));
+    }
+
+    #[test]
+    fn disabled_users_are_nobody() {
+        let mut disabled = user("gone", &[GROUP_CLUSTER_ADMINS]);
+        if let Spec::User(user) = &mut disabled.spec {
+            user.disabled = true;
+        }
+        let snapshot = snapshot_with(vec![disabled]);
+        assert!(snapshot.caller("gone").is_none());
+        assert!(snapshot.caller("nobody").is_none());
+    }
+}

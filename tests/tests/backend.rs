@@ -1,0 +1,322 @@
+//! The backend as an operator meets it: `cairn-backend init`, `start` on a port-0 HTTPS
+//! listener, then the REST API over real TLS: login, users, groups, API keys, RBAC, events and
+//! a pipe handler that really runs, and bad input refused with a clear message.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_api::client::{Client, ClientError, Credentials};
+use cairn_tests::command;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const ADMIN_PASSWORD: &str = "correct-horse-battery";
+
+/// A backend process on a free port, killed on drop.
+struct Backend {
+    child: Child,
+    url: String,
+    data_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Backend {
+    fn start() -> Backend {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let output = command("cairn-backend")
+            .args(["init", "--data-dir"])
+            .arg(&data_dir)
+            .env("CAIRN_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .output()
+            .expect("run cairn-backend init");
+        assert!(output.status.success(), "init failed: {}", String::from_utf8_lossy(&output.stderr));
+        let mut child = command("cairn-backend")
+            .args(["start", "--api-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cairn-backend");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        let url = line
+            .trim()
+            .strip_prefix("api listening on ")
+            .unwrap_or_else(|| panic!("backend did not report its address; it printed {line:?}"))
+            .to_owned();
+        Backend { child, url, data_dir, _dir: dir }
+    }
+
+    fn ca(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("tls/ca.pem")).expect("read the CA")
+    }
+
+    fn client(&self, credentials: Credentials) -> Client {
+        Client::new(&self.url, &self.ca(), credentials).expect("client")
+    }
+
+    async fn admin(&self) -> Client {
+        let anonymous = self.client(Credentials::None);
+        let tokens = anonymous.login("admin", ADMIN_PASSWORD).await.expect("admin login");
+        anonymous.with_credentials(Credentials::Bearer(tokens.access_token))
+    }
+}
+
+fn status_of(result: Result<reqwest::Response, ClientError>) -> (StatusCode, String) {
+    match result {
+        Ok(response) => (response.status(), String::new()),
+        Err(ClientError::Status { status, message }) => (status, message),
+        Err(err) => panic!("request failed: {err}"),
+    }
+}
+
+/// Waits for a file to hold `needle`, naming the likely cause on timeout.
+async fn wait_for_file(path: &Path, needle: &str, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.contains(needle) {
+                return text;
+            }
+        }
+        assert!(Instant::now() < deadline, "{what}: {} never held {needle:?}", path.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_flow_with_api_key_event_and_pipe_handler() {
+    let backend = Backend::start();
+    let admin = backend.admin().await;
+    let out = tempfile::tempdir().expect("tempdir");
+
+    // A user, in cluster-admins, with an API key.
+    admin
+        .send(Method::POST, "/api/core/v2/users", Some(&json!({"username": "webinar", "password": "webinar-pw-1", "groups": []})))
+        .await
+        .expect("create user");
+    admin.send(Method::PUT, "/api/core/v2/users/webinar/groups/cluster-admins", None).await.expect("add group");
+    let response = admin
+        .send(Method::POST, "/api/core/v2/apikeys", Some(&json!({"username": "webinar"})))
+        .await
+        .expect("grant api key");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().expect("location").to_owned();
+    let key = location.rsplit('/').next().expect("key in location").to_owned();
+    let webinar = backend.client(Credentials::ApiKey(key));
+
+    // Handlers: slack appends each event to a file; pagerduty too.
+    for (name, file) in [("slack", "slack.json"), ("pagerduty", "pagerduty.json")] {
+        let path = out.path().join(file);
+        let handler = json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "type": "pipe",
+            "command": format!("cat >> {}; echo >> {}", path.display(), path.display()),
+            "filters": ["is_incident"],
+            "timeout": 10,
+        });
+        webinar
+            .send(Method::PUT, &format!("/api/core/v2/namespaces/default/handlers/{name}"), Some(&handler))
+            .await
+            .expect("put handler");
+    }
+
+    let event = |status: u32| {
+        json!({
+            "entity": {"entity_class": "proxy", "metadata": {"name": "i-424242"}},
+            "check": {"metadata": {"name": "my-app"}, "status": status, "output": "boom", "handlers": ["slack", "pagerduty"], "interval": 60},
+        })
+    };
+    let response = webinar
+        .send(Method::POST, "/api/core/v2/namespaces/default/events", Some(&event(2)))
+        .await
+        .expect("post event");
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    let stored = webinar.get_json("/api/core/v2/namespaces/default/events/i-424242/my-app").await.expect("get event");
+    assert_eq!(stored["check"]["status"], 2);
+    assert_eq!(stored["check"]["occurrences"], 1);
+    assert_eq!(stored["entity"]["metadata"]["name"], "i-424242");
+    let slack = wait_for_file(&out.path().join("slack.json"), "i-424242", "the slack handler").await;
+    assert!(slack.contains("\"status\":2"), "{slack}");
+    wait_for_file(&out.path().join("pagerduty.json"), "i-424242", "the pagerduty handler").await;
+
+    // The proxy entity was created on first sight.
+    let entity = webinar.get_json("/api/core/v2/namespaces/default/entities/i-424242").await.expect("entity");
+    assert_eq!(entity["entity_class"], "proxy");
+
+    // Resolution: status 0 runs the handler again (is_incident passes a resolution).
+    webinar
+        .send(Method::PUT, "/api/core/v2/namespaces/default/events/i-424242/my-app", Some(&event(0)))
+        .await
+        .expect("resolve");
+    wait_for_file(&out.path().join("slack.json"), "\"status\":0", "the resolution").await;
+    let stored = webinar.get_json("/api/core/v2/namespaces/default/events/i-424242/my-app").await.expect("get event");
+    assert_eq!(stored["check"]["history"].as_array().map(Vec::len), Some(2));
+
+    // Metrics count what happened.
+    let metrics = backend
+        .client(Credentials::None)
+        .send(Method::GET, "/metrics", None)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(metrics.contains("cairn_events_ingested_total 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_matrix_and_disabled_users() {
+    let backend = Backend::start();
+    let admin = backend.admin().await;
+    let user = |name: &str| json!({"username": name, "password": format!("{name}-password"), "groups": []});
+    for name in ["viewer", "dev"] {
+        admin.send(Method::POST, "/api/core/v2/users", Some(&user(name))).await.expect("create user");
+    }
+    admin
+        .send(
+            Method::PUT,
+            "/api/core/v2/clusterrolebindings/viewer",
+            Some(&json!({"metadata": {"name": "viewer"}, "role_ref": {"type": "ClusterRole", "name": "view"}, "subjects": [{"type": "User", "name": "viewer"}]})),
+        )
+        .await
+        .expect("bind viewer");
+    for namespace in ["dev", "prod"] {
+        admin
+            .send(Method::PUT, &format!("/api/core/v2/namespaces/{namespace}"), Some(&json!({"name": namespace})))
+            .await
+            .expect("namespace");
+    }
+    admin
+        .send(
+            Method::PUT,
+            "/api/core/v2/namespaces/dev/rolebindings/dev-edit",
+            Some(&json!({"metadata": {"name": "dev-edit"}, "role_ref": {"type": "ClusterRole", "name": "edit"}, "subjects": [{"type": "User", "name": "dev"}]})),
+        )
+        .await
+        .expect("bind dev");
+
+    let anonymous = backend.client(Credentials::None);
+    let login = |name: &'static str| {
+        let anonymous = anonymous.clone();
+        async move {
+            let tokens = anonymous.login(name, &format!("{name}-password")).await.expect("login");
+            anonymous.with_credentials(Credentials::Bearer(tokens.access_token))
+        }
+    };
+    let viewer = login("viewer").await;
+    let dev = login("dev").await;
+    let check = json!({"command": "true", "interval": 10, "subscriptions": ["linux"]});
+
+    assert_eq!(status_of(viewer.send(Method::GET, "/api/core/v2/namespaces/default/checks", None).await).0, StatusCode::OK);
+    let (status, message) = status_of(viewer.send(Method::PUT, "/api/core/v2/namespaces/default/checks/cpu", Some(&check)).await);
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(message, "user viewer may not create checks/cpu in namespace default");
+
+    assert_eq!(status_of(dev.send(Method::PUT, "/api/core/v2/namespaces/dev/checks/cpu", Some(&check)).await).0, StatusCode::CREATED);
+    let (status, message) = status_of(dev.send(Method::PUT, "/api/core/v2/namespaces/prod/checks/cpu", Some(&check)).await);
+    assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
+
+    // Disable the viewer: its token stops working at once; so does an API key of a deleted user.
+    admin.send(Method::DELETE, "/api/core/v2/users/viewer", None).await.expect("disable viewer");
+    let (status, _) = status_of(viewer.send(Method::GET, "/api/core/v2/namespaces/default/checks", None).await);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.login("viewer", "viewer-password").await.map(|_| ()).map_err(|err| err.to_string()), Err("401 Unauthorized: bad credentials".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_a_clear_message() {
+    let backend = Backend::start();
+    let admin = backend.admin().await;
+    let check = json!({"command": "true", "interval": 10});
+    let cases: Vec<(Method, &str, Option<Value>, StatusCode, &str)> = vec![
+        (Method::PUT, "/api/core/v2/namespaces/default/checks/a..b", Some(check.clone()), StatusCode::CREATED, ""),
+        // Clients normalise `..` out of URLs, so it arrives in a body.
+        (Method::POST, "/api/core/v2/namespaces/default/checks", Some(json!({"command": "x", "interval": 10, "metadata": {"name": ".."}})), StatusCode::BAD_REQUEST, "metadata.name: \"..\" is not a valid name"),
+        (Method::PUT, "/api/core/v2/namespaces/default/checks/a/b", Some(check.clone()), StatusCode::BAD_REQUEST, "metadata.name: \"a/b\" cannot contain spaces or special characters (allowed: letters, digits, _ . - :)"),
+        (Method::PUT, "/api/core/v2/namespaces/default/checks/a%2Fb", Some(check.clone()), StatusCode::BAD_REQUEST, "metadata.name: \"a/b\" cannot contain spaces or special characters (allowed: letters, digits, _ . - :)"),
+        (Method::PUT, "/api/core/v2/namespaces/default/checks/cpu", Some(json!({"command": "x", "intreval": 10})), StatusCode::BAD_REQUEST, "intreval: unknown field \"intreval\" (did you mean \"interval\"?)"),
+        (Method::PUT, "/api/core/v2/namespaces/default/checks/cpu", Some(json!({"command": "x", "interval": 10, "metadata": {"namespace": "prod"}})), StatusCode::BAD_REQUEST, "the namespace of the resource (prod) does not match the namespace of the URI (default)"),
+        (Method::PUT, "/api/core/v2/namespaces/nope/checks/cpu", Some(check.clone()), StatusCode::NOT_FOUND, "namespace \"nope\" not found"),
+        (Method::GET, "/api/core/v2/namespaces/default/widgets", None, StatusCode::NOT_FOUND, "not found"),
+    ];
+    for (method, path, body, expected_status, expected_message) in cases {
+        let (status, message) = status_of(admin.send(method.clone(), path, body.as_ref()).await);
+        assert_eq!((status, message.as_str()), (expected_status, expected_message), "{method} {path}");
+    }
+    // Malformed JSON and an oversized body, sent raw.
+    let http = reqwest_client(&backend);
+    let token = admin_token(&backend).await;
+    let response = http
+        .put(format!("{}/api/core/v2/namespaces/default/checks/cpu", backend.url))
+        .bearer_auth(&token)
+        .body("{\"command\": ")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.expect("json error body");
+    assert!(body["message"].as_str().unwrap_or("").starts_with("malformed JSON at line 1 column"), "{body}");
+    assert_eq!(body["code"], 1);
+    let response = http
+        .put(format!("{}/api/core/v2/namespaces/default/checks/big", backend.url))
+        .bearer_auth(&token)
+        .body(format!("{{\"command\": \"{}\", \"interval\": 10}}", "x".repeat(600 * 1024)))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Nothing of the refused writes exists.
+    assert!(admin.get_resource(cairn_api::Kind::CheckConfig, "default", "cpu").await.expect("get").is_none());
+    assert!(admin.get_resource(cairn_api::Kind::CheckConfig, "default", "big").await.expect("get").is_none());
+
+    // Stale resource version: 409.
+    let response = admin.send(Method::GET, "/api/core/v2/namespaces/default/checks/a..b", None).await.expect("get");
+    let etag = response.headers()["etag"].to_str().expect("etag").to_owned();
+    admin.send(Method::PUT, "/api/core/v2/namespaces/default/checks/a..b", Some(&check)).await.expect("update");
+    let stale = http
+        .put(format!("{}/api/core/v2/namespaces/default/checks/a..b", backend.url))
+        .bearer_auth(&token)
+        .header("If-Match", etag)
+        .json(&check)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(stale.status(), StatusCode::CONFLICT);
+
+    // Tokens that must not pass.
+    let (status, message) = status_of(backend.client(Credentials::Bearer("not.a.jwt".into())).send(Method::GET, "/api/core/v2/namespaces", None).await);
+    assert_eq!((status, message.as_str()), (StatusCode::UNAUTHORIZED, "invalid credentials"));
+    let (status, message) = status_of(backend.client(Credentials::None).send(Method::GET, "/api/core/v2/namespaces", None).await);
+    assert_eq!((status, message.as_str()), (StatusCode::UNAUTHORIZED, "bad credentials"));
+}
+
+fn reqwest_client(backend: &Backend) -> reqwest::Client {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut backend.ca().as_bytes()) {
+        roots.add(cert.expect("cert")).expect("add root");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder().use_preconfigured_tls(tls).build().expect("client")
+}
+
+async fn admin_token(backend: &Backend) -> String {
+    backend.client(Credentials::None).login("admin", ADMIN_PASSWORD).await.expect("login").access_token
+}
