@@ -228,9 +228,6 @@ impl Resource {
         spec_path: &FieldPath,
     ) -> Result<Resource, Issue> {
         strip_nulls(&mut spec);
-        if kind == Kind::Namespace {
-            return namespace_from_parts(outer_metadata, spec, spec_path);
-        }
         let mut metadata = if kind.api_version() == crate::kind::CORE_V2 {
             match spec.remove("metadata") {
                 Some(inner) => decode_metadata(inner, &spec_path.key("metadata"))?,
@@ -240,6 +237,9 @@ impl Resource {
             ObjectMeta::default()
         };
         metadata.merge_outer(outer_metadata);
+        if kind == Kind::Namespace {
+            return namespace_from_parts(metadata, spec, spec_path);
+        }
         let spec = Spec::from_value(kind, Value::Object(spec))
             .map_err(|err| serde_issue(spec_path, &err))?;
         if let Spec::Silenced(silenced) = &spec {

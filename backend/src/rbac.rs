@@ -192,7 +192,7 @@ fn binds(binding: &RoleBinding, caller: &Caller) -> bool {
         if subject.type_name.eq_ignore_ascii_case("user") {
             subject.name == caller.username
         } else {
-            caller.groups.iter().any(|group| *group == subject.name)
+            caller.groups.contains(&subject.name)
         }
     })
 }

@@ -118,7 +118,7 @@ pub async fn init(config: &InitConfig) -> Result<datadir::InitSummary, ServerErr
             jwt: config.jwt_key_files.clone(),
         },
     )?;
-    let store = RedbStore::open(&dir.store_file())?;
+    let store = RedbStore::open(dir.store_file())?;
     let resources = Resources::new(Arc::new(store));
     let hash = auth::hash_password(&config.admin_password)?;
     for resource in rbac::default_resources(&config.admin_username, &hash) {
@@ -170,7 +170,7 @@ pub async fn start(
     let private_pem = read(dir.jwt_private_key())?;
     let public_pem = read(dir.jwt_public_key())?;
     let issuer = Arc::new(TokenIssuer::from_pem(Some(&private_pem), &public_pem, &cluster.name)?);
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.store_file())?);
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.store_file())?);
     let resources = Resources::new(Arc::clone(&store));
     let (auth_cache, _auth_task) = AuthCache::start(resources.clone()).await?;
     let (pipeline, _pipeline_task) = Pipeline::start(
