@@ -105,7 +105,9 @@ impl Client {
         let mut added = 0;
         for cert in rustls_pemfile::certs(&mut reader) {
             let cert = cert.map_err(|err| ClientError::InvalidCa(err.to_string()))?;
-            roots.add(cert).map_err(|err| ClientError::InvalidCa(err.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|err| ClientError::InvalidCa(err.to_string()))?;
             added += 1;
         }
         if added == 0 {
@@ -122,12 +124,19 @@ impl Client {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|err| ClientError::InvalidCa(err.to_string()))?;
-        Ok(Client { http, base: base_url.trim_end_matches('/').to_owned(), credentials })
+        Ok(Client {
+            http,
+            base: base_url.trim_end_matches('/').to_owned(),
+            credentials,
+        })
     }
 
     /// The same client with other credentials.
     pub fn with_credentials(&self, credentials: Credentials) -> Client {
-        Client { credentials, ..self.clone() }
+        Client {
+            credentials,
+            ..self.clone()
+        }
     }
 
     /// Logs in with a username and password (`GET /auth`).
@@ -142,7 +151,31 @@ impl Client {
             .basic_auth(username, Some(password))
             .send()
             .await
-            .map_err(|source| ClientError::RequestFailed { url: url.clone(), source })?;
+            .map_err(|source| ClientError::RequestFailed {
+                url: url.clone(),
+                source,
+            })?;
+        parse_json(&url, check(response).await?).await
+    }
+
+    /// Trades a (possibly expired) access token and a refresh token for new tokens
+    /// (`POST /auth/token`). The refresh token works once.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] 401 when the refresh token is unknown, used or expired.
+    pub async fn refresh(&self, access_token: &str, refresh_token: &str) -> Result<Tokens> {
+        let url = format!("{}/auth/token", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(access_token)
+            .json(&serde_json::json!({"refresh_token": refresh_token}))
+            .send()
+            .await
+            .map_err(|source| ClientError::RequestFailed {
+                url: url.clone(),
+                source,
+            })?;
         parse_json(&url, check(response).await?).await
     }
 
@@ -151,7 +184,12 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Status`] on a 4xx/5xx answer.
-    pub async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<reqwest::Response> {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<reqwest::Response> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
         request = match &self.credentials {
@@ -162,8 +200,10 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response =
-            request.send().await.map_err(|source| ClientError::RequestFailed { url, source })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::RequestFailed { url, source })?;
         check(response).await
     }
 
@@ -184,18 +224,28 @@ impl Client {
     pub async fn put_resource(&self, resource: &Resource) -> Result<()> {
         let kind = resource.kind();
         let path = kind.item_path(resource.namespace(), resource.name());
-        self.send(Method::PUT, &path, Some(&resource.to_wire())).await.map(|_| ())
+        self.send(Method::PUT, &path, Some(&resource.to_wire()))
+            .await
+            .map(|_| ())
     }
 
     /// Reads one resource; `None` on 404.
     ///
     /// # Errors
     /// As [`Client::send`], or a body that does not decode.
-    pub async fn get_resource(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Resource>> {
+    pub async fn get_resource(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Resource>> {
         let path = kind.item_path(namespace, name);
         match self.get_json(&path).await {
             Ok(body) => decode(kind, &path, body).map(Some),
-            Err(ClientError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
+            Err(ClientError::Status {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(None),
             Err(err) => Err(err),
         }
     }
@@ -220,7 +270,10 @@ impl Client {
                 .map(str::to_owned);
             let body = parse_json(&path, response).await?;
             let Value::Array(items) = body else {
-                return Err(ClientError::UnexpectedResponse { url: path, reason: "expected a JSON array".into() });
+                return Err(ClientError::UnexpectedResponse {
+                    url: path,
+                    reason: "expected a JSON array".into(),
+                });
             };
             for item in items {
                 let item_kind = match item.get("type").and_then(Value::as_str) {
@@ -241,9 +294,15 @@ impl Client {
     /// # Errors
     /// As [`Client::send`].
     pub async fn delete_resource(&self, kind: Kind, namespace: &str, name: &str) -> Result<bool> {
-        match self.send(Method::DELETE, &kind.item_path(namespace, name), None).await {
+        match self
+            .send(Method::DELETE, &kind.item_path(namespace, name), None)
+            .await
+        {
             Ok(_) => Ok(true),
-            Err(ClientError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(false),
+            Err(ClientError::Status {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(false),
             Err(err) => Err(err),
         }
     }
@@ -266,14 +325,28 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
     let message = serde_json::from_str::<Value>(&text)
         .ok()
         .and_then(|body| {
-            body.get("message").or_else(|| body.get("Message")).and_then(Value::as_str).map(str::to_owned)
+            body.get("message")
+                .or_else(|| body.get("Message"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
         })
         .unwrap_or(text);
     Err(ClientError::Status { status, message })
 }
 
-async fn parse_json<T: serde::de::DeserializeOwned>(url: &str, response: reqwest::Response) -> Result<T> {
-    let bytes = response.bytes().await.map_err(|source| ClientError::RequestFailed { url: url.to_owned(), source })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|err| ClientError::UnexpectedResponse { url: url.to_owned(), reason: err.to_string() })
+async fn parse_json<T: serde::de::DeserializeOwned>(
+    url: &str,
+    response: reqwest::Response,
+) -> Result<T> {
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|source| ClientError::RequestFailed {
+            url: url.to_owned(),
+            source,
+        })?;
+    serde_json::from_slice(&bytes).map_err(|err| ClientError::UnexpectedResponse {
+        url: url.to_owned(),
+        reason: err.to_string(),
+    })
 }

@@ -77,7 +77,9 @@ pub struct TokenIssuer {
 impl std::fmt::Debug for TokenIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("TokenIssuer").field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("TokenIssuer")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,7 +107,12 @@ impl TokenIssuer {
         validation.set_issuer(&[issuer]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.leeway = 0;
-        Ok(TokenIssuer { encoding, decoding, validation, issuer: issuer.to_owned() })
+        Ok(TokenIssuer {
+            encoding,
+            decoding,
+            validation,
+            issuer: issuer.to_owned(),
+        })
     }
 
     /// The issuer name written into and required of every token.
@@ -182,7 +189,9 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
 /// Whether `password` matches a PHC `hash`. A malformed hash never matches.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -213,7 +222,10 @@ pub fn token_digest(token: &str) -> String {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -249,11 +261,17 @@ mod tests {
         let issuer = TokenIssuer::from_pem(Some(&private), &public, "a").unwrap();
         let foreign = TokenIssuer::from_pem(Some(&other_private), &other_public, "a").unwrap();
         let token = foreign.issue("admin", &[]).unwrap();
-        assert!(matches!(issuer.verify(&token.token), Err(AuthError::TokenInvalid(_))));
+        assert!(matches!(
+            issuer.verify(&token.token),
+            Err(AuthError::TokenInvalid(_))
+        ));
 
         let other_issuer = TokenIssuer::from_pem(Some(&private), &public, "b").unwrap();
         let token = other_issuer.issue("admin", &[]).unwrap();
-        assert!(matches!(issuer.verify(&token.token), Err(AuthError::TokenInvalid(_))));
+        assert!(matches!(
+            issuer.verify(&token.token),
+            Err(AuthError::TokenInvalid(_))
+        ));
 
         // alg: none
         let claims = serde_json::json!({"sub": "admin", "exp": unix_now() + 60, "iss": "a"});
@@ -292,7 +310,10 @@ mod tests {
             &EncodingKey::from_ec_pem(private.as_bytes()).unwrap(),
         )
         .unwrap();
-        assert!(matches!(issuer.verify(&token), Err(AuthError::TokenExpired)));
+        assert!(matches!(
+            issuer.verify(&token),
+            Err(AuthError::TokenExpired)
+        ));
         assert_eq!(issuer.verify_ignoring_expiry(&token).unwrap().sub, "admin");
     }
 

@@ -49,7 +49,10 @@ impl AuthCache {
         resources: Resources,
     ) -> Result<(Arc<AuthCache>, JoinHandle<()>), resources::ResourceError> {
         let (applied, _) = watch::channel(0);
-        let cache = Arc::new(AuthCache { snapshot: RwLock::new(Arc::default()), applied });
+        let cache = Arc::new(AuthCache {
+            snapshot: RwLock::new(Arc::default()),
+            applied,
+        });
         let revision = cache.reload(&resources).await?;
         let task = tokio::spawn(run(Arc::clone(&cache), resources, revision));
         Ok((cache, task))
@@ -63,7 +66,8 @@ impl AuthCache {
     /// Waits until the view includes `revision` (bounded; a slow view is logged, not fatal).
     pub async fn wait_for(&self, revision: Revision) {
         let mut applied = self.applied.subscribe();
-        let caught_up = tokio::time::timeout(CATCH_UP_TIMEOUT, applied.wait_for(|seen| *seen >= revision));
+        let caught_up =
+            tokio::time::timeout(CATCH_UP_TIMEOUT, applied.wait_for(|seen| *seen >= revision));
         if caught_up.await.is_err() {
             tracing::warn!(revision, "auth view did not catch up in time");
         }

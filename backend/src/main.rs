@@ -80,7 +80,10 @@ fn main() -> ExitCode {
         eprintln!("cairn-backend: {err}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cairn-backend: cannot start the runtime: {err}");
@@ -111,10 +114,16 @@ async fn run_init(args: InitArgs) -> Result<(), (u8, anyhow::Error)> {
         admin_password: args.admin_password,
         jwt_key_files: args.jwt_private_key_file.zip(args.jwt_public_key_file),
     };
-    let summary = server::init(&config).await.map_err(|err| (EXIT_CONFIG, err.into()))?;
+    let summary = server::init(&config)
+        .await
+        .map_err(|err| (EXIT_CONFIG, err.into()))?;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "initialised {}", config.data_dir.display());
-    let _ = writeln!(stdout, "ca fingerprint (sha256): {}", summary.ca_fingerprint_sha256);
+    let _ = writeln!(
+        stdout,
+        "ca fingerprint (sha256): {}",
+        summary.ca_fingerprint_sha256
+    );
     Ok(())
 }
 

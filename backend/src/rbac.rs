@@ -141,7 +141,9 @@ impl AuthSnapshot {
 
     /// The user an API key acts as, when the key exists.
     pub fn api_key_user(&self, key: &str) -> Option<&str> {
-        self.api_keys.get(key).map(|api_key| api_key.username.as_str())
+        self.api_keys
+            .get(key)
+            .map(|api_key| api_key.username.as_str())
     }
 
     /// The caller for an enabled user, with the implicit `system:users` group; `None` when the
@@ -150,7 +152,10 @@ impl AuthSnapshot {
         let user = self.users.get(username).filter(|user| !user.disabled)?;
         let mut groups = user.groups.clone();
         groups.push(crate::auth::GROUP_SYSTEM_USERS.to_owned());
-        Some(Caller { username: user.username.clone(), groups })
+        Some(Caller {
+            username: user.username.clone(),
+            groups,
+        })
     }
 
     /// Whether `caller` may do `request`.
@@ -159,7 +164,11 @@ impl AuthSnapshot {
         for binding in self.cluster_bindings.values() {
             if binds(binding, caller) {
                 if let Some(role) = self.cluster_roles.get(&binding.role_ref.name) {
-                    if role.rules.iter().any(|rule| rule_allows(rule, request, true)) {
+                    if role
+                        .rules
+                        .iter()
+                        .any(|rule| rule_allows(rule, request, true))
+                    {
                         return true;
                     }
                 }
@@ -172,14 +181,22 @@ impl AuthSnapshot {
             if binding_namespace != namespace || !binds(binding, caller) {
                 continue;
             }
-            let role = if binding.role_ref.type_name.eq_ignore_ascii_case("clusterrole") {
+            let role = if binding
+                .role_ref
+                .type_name
+                .eq_ignore_ascii_case("clusterrole")
+            {
                 self.cluster_roles.get(&binding.role_ref.name)
             } else {
-                self.roles.get(&(namespace.to_owned(), binding.role_ref.name.clone()))
+                self.roles
+                    .get(&(namespace.to_owned(), binding.role_ref.name.clone()))
             };
             // A role granted through a namespace binding covers namespaced resources only.
-            if role.is_some_and(|role| role.rules.iter().any(|rule| rule_allows(rule, request, false)))
-            {
+            if role.is_some_and(|role| {
+                role.rules
+                    .iter()
+                    .any(|rule| rule_allows(rule, request, false))
+            }) {
                 return true;
             }
         }
@@ -199,18 +216,26 @@ fn binds(binding: &RoleBinding, caller: &Caller) -> bool {
 
 fn rule_allows(rule: &Rule, request: Request<'_>, cluster_scope: bool) -> bool {
     let listed = |values: &[String], wanted: &str| {
-        values.iter().flat_map(|value| value.split(',')).any(|value| value.trim() == wanted)
+        values
+            .iter()
+            .flat_map(|value| value.split(','))
+            .any(|value| value.trim() == wanted)
     };
     let verb_ok = listed(&rule.verbs, "*") || listed(&rule.verbs, request.verb.as_str());
     let resource_ok = listed(&rule.resources, request.resource)
-        || (listed(&rule.resources, "*") && (cluster_scope || is_namespaced_resource(request.resource)));
+        || (listed(&rule.resources, "*")
+            && (cluster_scope || is_namespaced_resource(request.resource)));
     let name_ok = rule.resource_names.is_empty()
-        || request.name.is_some_and(|name| rule.resource_names.iter().any(|allowed| allowed == name));
+        || request
+            .name
+            .is_some_and(|name| rule.resource_names.iter().any(|allowed| allowed == name));
     verb_ok && resource_ok && name_ok
 }
 
 fn is_namespaced_resource(resource: &str) -> bool {
-    Kind::ALL.iter().any(|kind| kind.plural() == resource && kind.is_namespaced())
+    Kind::ALL
+        .iter()
+        .any(|kind| kind.plural() == resource && kind.is_namespaced())
 }
 
 /// Sensu's default cluster roles and the `cluster-admin` binding, plus the admin user.
@@ -221,7 +246,11 @@ pub fn default_resources(admin_username: &str, admin_password_hash: &str) -> Vec
         .map(|kind| kind.plural().to_owned())
         .collect();
     let without = |excluded: &[&str]| -> Vec<String> {
-        namespaced.iter().filter(|plural| !excluded.contains(&plural.as_str())).cloned().collect()
+        namespaced
+            .iter()
+            .filter(|plural| !excluded.contains(&plural.as_str()))
+            .cloned()
+            .collect()
     };
     let rule = |verbs: &[&str], resources: Vec<String>| Rule {
         verbs: verbs.iter().map(|verb| (*verb).to_owned()).collect(),
@@ -230,25 +259,49 @@ pub fn default_resources(admin_username: &str, admin_password_hash: &str) -> Vec
     };
     let read_namespaces = rule(&["get", "list"], vec!["namespaces".to_owned()]);
     let cluster_role = |name: &str, rules: Vec<Rule>| {
-        Resource::new(ObjectMeta::named("", name), Spec::ClusterRole(Role { metadata: None, rules }))
+        Resource::new(
+            ObjectMeta::named("", name),
+            Spec::ClusterRole(Role {
+                metadata: None,
+                rules,
+            }),
+        )
     };
     vec![
         cluster_role("cluster-admin", vec![rule(&["*"], vec!["*".to_owned()])]),
-        cluster_role("admin", vec![rule(&["*"], namespaced.clone()), read_namespaces.clone()]),
+        cluster_role(
+            "admin",
+            vec![rule(&["*"], namespaced.clone()), read_namespaces.clone()],
+        ),
         cluster_role(
             "edit",
-            vec![rule(&["*"], without(&["roles", "rolebindings"])), read_namespaces.clone()],
+            vec![
+                rule(&["*"], without(&["roles", "rolebindings"])),
+                read_namespaces.clone(),
+            ],
         ),
         cluster_role(
             "view",
-            vec![rule(&["get", "list"], without(&["roles", "rolebindings", "secrets"])), read_namespaces],
+            vec![
+                rule(
+                    &["get", "list"],
+                    without(&["roles", "rolebindings", "secrets"]),
+                ),
+                read_namespaces,
+            ],
         ),
         Resource::new(
             ObjectMeta::named("", "cluster-admin"),
             Spec::ClusterRoleBinding(RoleBinding {
                 metadata: None,
-                role_ref: RoleRef { type_name: "ClusterRole".into(), name: "cluster-admin".into() },
-                subjects: vec![Subject { type_name: "Group".into(), name: GROUP_CLUSTER_ADMINS.into() }],
+                role_ref: RoleRef {
+                    type_name: "ClusterRole".into(),
+                    name: "cluster-admin".into(),
+                },
+                subjects: vec![Subject {
+                    type_name: "Group".into(),
+                    name: GROUP_CLUSTER_ADMINS.into(),
+                }],
             }),
         ),
         Resource::new(
@@ -271,7 +324,10 @@ mod tests {
 
     fn snapshot_with(extra: Vec<Resource>) -> AuthSnapshot {
         let mut snapshot = AuthSnapshot::default();
-        for resource in default_resources("admin", "hash").iter().chain(extra.iter()) {
+        for resource in default_resources("admin", "hash")
+            .iter()
+            .chain(extra.iter())
+        {
             snapshot.upsert(resource);
         }
         snapshot
@@ -291,8 +347,14 @@ mod tests {
     fn binding(namespace: &str, name: &str, role_type: &str, role: &str, user: &str) -> Resource {
         let spec = RoleBinding {
             metadata: None,
-            role_ref: RoleRef { type_name: role_type.into(), name: role.into() },
-            subjects: vec![Subject { type_name: "User".into(), name: user.into() }],
+            role_ref: RoleRef {
+                type_name: role_type.into(),
+                name: role.into(),
+            },
+            subjects: vec![Subject {
+                type_name: "User".into(),
+                name: user.into(),
+            }],
         };
         if namespace.is_empty() {
             Resource::new(ObjectMeta::named("", name), Spec::ClusterRoleBinding(spec))
@@ -302,7 +364,12 @@ mod tests {
     }
 
     fn ask<'a>(verb: Verb, resource: &'a str, namespace: Option<&'a str>) -> Request<'a> {
-        Request { verb, resource, namespace, name: None }
+        Request {
+            verb,
+            resource,
+            namespace,
+            name: None,
+        }
     }
 
     #[test]
@@ -359,7 +426,12 @@ mod tests {
             binding("ops", "bot", "Role", "one-check", "bot"),
         ]);
         let bot = snapshot.caller("bot").unwrap();
-        let named = |name| Request { verb: Verb::Update, resource: "checks", namespace: Some("ops"), name: Some(name) };
+        let named = |name| Request {
+            verb: Verb::Update,
+            resource: "checks",
+            namespace: Some("ops"),
+            name: Some(name),
+        };
         assert!(snapshot.authorize(&bot, named("cpu")));
         assert!(!snapshot.authorize(&bot, named("disk")));
     }

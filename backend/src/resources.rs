@@ -79,7 +79,11 @@ impl Resources {
     /// # Errors
     /// Store failures, or a value that does not decode.
     pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Stored>> {
-        match self.store.get(&Resources::key(kind, namespace, name)).await? {
+        match self
+            .store
+            .get(&Resources::key(kind, namespace, name))
+            .await?
+        {
             Some(entry) => decode(&entry).map(Some),
             None => Ok(None),
         }
@@ -97,8 +101,10 @@ impl Resources {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<(String, Stored)>, bool)> {
-        let page =
-            self.store.list(&Resources::prefix(kind, namespace), start_after, limit).await?;
+        let page = self
+            .store
+            .list(&Resources::prefix(kind, namespace), start_after, limit)
+            .await?;
         let mut out = Vec::with_capacity(page.entries.len());
         for entry in &page.entries {
             out.push((entry.key.clone(), decode(entry)?));
@@ -112,8 +118,8 @@ impl Resources {
     /// [`StoreError::PreconditionFailed`] when `precondition` does not hold.
     pub async fn put(&self, resource: &Resource, precondition: Precondition) -> Result<Revision> {
         let key = Resources::key(resource.kind(), resource.namespace(), resource.name());
-        let value = serde_json::to_vec(&resource.to_document())
-            .expect("a JSON value always serializes");
+        let value =
+            serde_json::to_vec(&resource.to_document()).expect("a JSON value always serializes");
         Ok(self.store.put(&key, value, precondition).await?)
     }
 
@@ -128,7 +134,10 @@ impl Resources {
         name: &str,
         precondition: Precondition,
     ) -> Result<Option<Revision>> {
-        Ok(self.store.delete(&Resources::key(kind, namespace, name), precondition).await?)
+        Ok(self
+            .store
+            .delete(&Resources::key(kind, namespace, name), precondition)
+            .await?)
     }
 }
 
@@ -137,11 +146,17 @@ impl Resources {
 /// # Errors
 /// [`ResourceError::Corrupt`] when the value is not a resource document.
 pub fn decode(entry: &Entry) -> Result<Stored> {
-    let corrupt = |reason: String| ResourceError::Corrupt { key: entry.key.clone(), reason };
+    let corrupt = |reason: String| ResourceError::Corrupt {
+        key: entry.key.clone(),
+        reason,
+    };
     let document: serde_json::Value =
         serde_json::from_slice(&entry.value).map_err(|err| corrupt(err.to_string()))?;
     match Resource::from_document(document) {
-        Ok(Decoded::Resource(resource)) => Ok(Stored { resource, revision: entry.mod_revision }),
+        Ok(Decoded::Resource(resource)) => Ok(Stored {
+            resource,
+            revision: entry.mod_revision,
+        }),
         Ok(Decoded::Unsupported(unsupported)) => Err(corrupt(unsupported.to_string())),
         Err(issue) => Err(corrupt(issue.to_string())),
     }

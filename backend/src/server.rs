@@ -107,7 +107,9 @@ pub async fn init(config: &InitConfig) -> Result<datadir::InitSummary, ServerErr
         return Err(ServerError::Invalid(format!("--admin-user: {problem}")));
     }
     if config.admin_password.chars().count() < 8 {
-        return Err(ServerError::Invalid("the admin password must be at least 8 characters".into()));
+        return Err(ServerError::Invalid(
+            "the admin password must be at least 8 characters".into(),
+        ));
     }
     let dir = DataDir::new(&config.data_dir);
     let summary = datadir::write_init_files(
@@ -127,7 +129,9 @@ pub async fn init(config: &InitConfig) -> Result<datadir::InitSummary, ServerErr
     for namespace in ["default"] {
         let resource = cairn_api::Resource::new(
             cairn_api::ObjectMeta::named("", namespace),
-            Spec::Namespace(cairn_api::model::Namespace { name: namespace.to_owned() }),
+            Spec::Namespace(cairn_api::model::Namespace {
+                name: namespace.to_owned(),
+            }),
         );
         resources.put(&resource, Precondition::Absent).await?;
     }
@@ -169,13 +173,19 @@ pub async fn start(
     let tls_config = crate::tls::api_server_config(&dir)?;
     let private_pem = read(dir.jwt_private_key())?;
     let public_pem = read(dir.jwt_public_key())?;
-    let issuer = Arc::new(TokenIssuer::from_pem(Some(&private_pem), &public_pem, &cluster.name)?);
+    let issuer = Arc::new(TokenIssuer::from_pem(
+        Some(&private_pem),
+        &public_pem,
+        &cluster.name,
+    )?);
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.store_file())?);
     let resources = Resources::new(Arc::clone(&store));
     let (auth_cache, _auth_task) = AuthCache::start(resources.clone()).await?;
     let (pipeline, _pipeline_task) = Pipeline::start(
         PipelineConfig::default(),
-        Arc::new(StoreResolver { resources: resources.clone() }),
+        Arc::new(StoreResolver {
+            resources: resources.clone(),
+        }),
     );
     let state = AppState {
         resources,
@@ -187,13 +197,24 @@ pub async fn start(
     };
     let listener = TcpListener::bind(config.api_listen)
         .await
-        .map_err(|source| ServerError::BindFailed { addr: config.api_listen, source })?;
+        .map_err(|source| ServerError::BindFailed {
+            addr: config.api_listen,
+            source,
+        })?;
     let api_addr = listener
         .local_addr()
-        .map_err(|source| ServerError::BindFailed { addr: config.api_listen, source })?;
+        .map_err(|source| ServerError::BindFailed {
+            addr: config.api_listen,
+            source,
+        })?;
     tracing::info!(%api_addr, cluster = %cluster.name, "api listening (https)");
     let app = api::app(state);
-    let task = tokio::spawn(serve(listener, TlsAcceptor::from(tls_config), app, shutdown));
+    let task = tokio::spawn(serve(
+        listener,
+        TlsAcceptor::from(tls_config),
+        app,
+        shutdown,
+    ));
     Ok(Running { api_addr, task })
 }
 
@@ -239,7 +260,10 @@ async fn serve(
         });
     }
     tracing::info!("shutting down: draining connections");
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period");
     }
 }
@@ -280,7 +304,11 @@ impl HandlerResolver for StoreResolver {
     }
 
     async fn silenced(&self, namespace: &str) -> Vec<(String, Silenced)> {
-        match self.resources.list(Kind::Silenced, Some(namespace), None, 0).await {
+        match self
+            .resources
+            .list(Kind::Silenced, Some(namespace), None, 0)
+            .await
+        {
             Ok((items, _)) => items
                 .into_iter()
                 .filter_map(|(_, stored)| match stored.resource.spec {

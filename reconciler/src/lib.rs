@@ -2,5 +2,7 @@
 //! CLI `cairnctl` built on them.
 
 pub mod cli;
+pub mod config;
+pub mod ctl;
 pub mod exit;
 pub mod lint;

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cairn_reconciler::cli::{Command, Opts};
+use cairn_reconciler::config::ProcessEnv;
 use cairn_reconciler::exit::Outcome;
-use cairn_reconciler::lint;
+use cairn_reconciler::{ctl, lint};
 
 fn main() -> ExitCode {
     let opts = match Opts::try_parse() {
@@ -39,8 +40,73 @@ fn main() -> ExitCode {
             }
             report.outcome
         }
+        command => match run_online(command) {
+            Ok(report) => {
+                for line in &report.errors {
+                    eprintln!("{line}");
+                }
+                if let Err(err) = print_lines(report.lines.iter()) {
+                    eprintln!("cairnctl: cannot write the report: {err}");
+                    return ExitCode::from(Outcome::Failure.code());
+                }
+                report.outcome
+            }
+            Err(err) => {
+                eprintln!("cairnctl: {err:#}");
+                match err.downcast_ref::<ctl::CtlError>() {
+                    Some(ctl::CtlError::Config(_) | ctl::CtlError::Usage(_)) => Outcome::Usage,
+                    _ => Outcome::Failure,
+                }
+            }
+        },
     };
     ExitCode::from(outcome.code())
+}
+
+/// Runs a command that talks to a backend, on a runtime built here.
+fn run_online(command: Command) -> anyhow::Result<ctl::Report> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let env = ProcessEnv;
+    let report = runtime.block_on(async move {
+        match command {
+            Command::Lint(_) => unreachable!("lint runs offline"),
+            Command::Configure(args) => {
+                ctl::configure(
+                    &env,
+                    &args.url,
+                    args.ca_file,
+                    &args.username,
+                    &args.password,
+                    &args.namespace,
+                )
+                .await
+            }
+            Command::Get(args) => ctl::get(&env, &args).await,
+            Command::Delete(args) => {
+                ctl::delete(
+                    &env,
+                    &args.resource_type,
+                    &args.name,
+                    args.namespace.as_deref(),
+                )
+                .await
+            }
+            Command::Create(args) => {
+                ctl::create(
+                    &env,
+                    &args.files,
+                    args.namespace.as_deref(),
+                    args.allow_unsupported,
+                )
+                .await
+            }
+            Command::User { command } => ctl::user(&env, &command).await,
+            Command::ApiKey { command } => ctl::api_key(&env, &command).await,
+        }
+    })?;
+    Ok(report)
 }
 
 /// Writes report lines to stdout. A reader that went away (`cairnctl lint | head`) is not an

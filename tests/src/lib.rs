@@ -6,9 +6,12 @@
 //! not at all when only this package is tested, so the helper runs `cargo build --bins` once
 //! per test process (a no-op when they are current) so that no test runs a stale binary.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::Once;
+
+use cairn_api::client::{Client, Credentials};
 
 static BUILD_BINARIES: Once = Once::new();
 
@@ -53,4 +56,91 @@ pub fn command(name: &str) -> Command {
         command.env("CAIRN_LOG", "warn");
     }
     command
+}
+
+/// The admin password every test backend is initialised with.
+pub const ADMIN_PASSWORD: &str = "correct-horse-battery";
+
+/// A backend process on a free port, killed on drop.
+pub struct Backend {
+    child: Child,
+    /// The API URL, read from the process.
+    pub url: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Backend {
+    /// Initialises a data dir and starts `cairn-backend start` on 127.0.0.1:0.
+    pub fn start() -> Backend {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let output = command("cairn-backend")
+            .args(["init", "--data-dir"])
+            .arg(&data_dir)
+            .env("CAIRN_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .output()
+            .expect("run cairn-backend init");
+        assert!(
+            output.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut child = command("cairn-backend")
+            .args(["start", "--api-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cairn-backend");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let url = line
+            .trim()
+            .strip_prefix("api listening on ")
+            .unwrap_or_else(|| panic!("backend did not report its address; it printed {line:?}"))
+            .to_owned();
+        Backend {
+            child,
+            url,
+            data_dir,
+            _dir: dir,
+        }
+    }
+
+    /// The cluster CA file.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("tls/ca.pem")
+    }
+
+    /// The cluster CA, PEM.
+    pub fn ca(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("tls/ca.pem")).expect("read the CA")
+    }
+
+    /// A client of this backend.
+    pub fn client(&self, credentials: Credentials) -> Client {
+        Client::new(&self.url, &self.ca(), credentials).expect("client")
+    }
+
+    /// A client logged in as the admin.
+    pub async fn admin(&self) -> Client {
+        let anonymous = self.client(Credentials::None);
+        let tokens = anonymous
+            .login("admin", ADMIN_PASSWORD)
+            .await
+            .expect("admin login");
+        anonymous.with_credentials(Credentials::Bearer(tokens.access_token))
+    }
 }

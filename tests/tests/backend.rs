@@ -2,76 +2,13 @@
 //! listener, then the REST API over real TLS: login, users, groups, API keys, RBAC, events and
 //! a pipe handler that really runs, and bad input refused with a clear message.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cairn_api::client::{Client, ClientError, Credentials};
-use cairn_tests::command;
+use cairn_api::client::{ClientError, Credentials};
+use cairn_tests::{Backend, ADMIN_PASSWORD};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-
-const ADMIN_PASSWORD: &str = "correct-horse-battery";
-
-/// A backend process on a free port, killed on drop.
-struct Backend {
-    child: Child,
-    url: String,
-    data_dir: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Backend {
-    fn start() -> Backend {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data_dir = dir.path().join("data");
-        let output = command("cairn-backend")
-            .args(["init", "--data-dir"])
-            .arg(&data_dir)
-            .env("CAIRN_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .output()
-            .expect("run cairn-backend init");
-        assert!(output.status.success(), "init failed: {}", String::from_utf8_lossy(&output.stderr));
-        let mut child = command("cairn-backend")
-            .args(["start", "--api-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start cairn-backend");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
-        let url = line
-            .trim()
-            .strip_prefix("api listening on ")
-            .unwrap_or_else(|| panic!("backend did not report its address; it printed {line:?}"))
-            .to_owned();
-        Backend { child, url, data_dir, _dir: dir }
-    }
-
-    fn ca(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("tls/ca.pem")).expect("read the CA")
-    }
-
-    fn client(&self, credentials: Credentials) -> Client {
-        Client::new(&self.url, &self.ca(), credentials).expect("client")
-    }
-
-    async fn admin(&self) -> Client {
-        let anonymous = self.client(Credentials::None);
-        let tokens = anonymous.login("admin", ADMIN_PASSWORD).await.expect("admin login");
-        anonymous.with_credentials(Credentials::Bearer(tokens.access_token))
-    }
-}
 
 fn status_of(result: Result<reqwest::Response, ClientError>) -> (StatusCode, String) {
     match result {
@@ -90,7 +27,11 @@ async fn wait_for_file(path: &Path, needle: &str, what: &str) -> String {
                 return text;
             }
         }
-        assert!(Instant::now() < deadline, "{what}: {} never held {needle:?}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} never held {needle:?}",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -103,17 +44,39 @@ async fn operator_flow_with_api_key_event_and_pipe_handler() {
 
     // A user, in cluster-admins, with an API key.
     admin
-        .send(Method::POST, "/api/core/v2/users", Some(&json!({"username": "webinar", "password": "webinar-pw-1", "groups": []})))
+        .send(
+            Method::POST,
+            "/api/core/v2/users",
+            Some(&json!({"username": "webinar", "password": "webinar-pw-1", "groups": []})),
+        )
         .await
         .expect("create user");
-    admin.send(Method::PUT, "/api/core/v2/users/webinar/groups/cluster-admins", None).await.expect("add group");
+    admin
+        .send(
+            Method::PUT,
+            "/api/core/v2/users/webinar/groups/cluster-admins",
+            None,
+        )
+        .await
+        .expect("add group");
     let response = admin
-        .send(Method::POST, "/api/core/v2/apikeys", Some(&json!({"username": "webinar"})))
+        .send(
+            Method::POST,
+            "/api/core/v2/apikeys",
+            Some(&json!({"username": "webinar"})),
+        )
         .await
         .expect("grant api key");
     assert_eq!(response.status(), StatusCode::CREATED);
-    let location = response.headers()["location"].to_str().expect("location").to_owned();
-    let key = location.rsplit('/').next().expect("key in location").to_owned();
+    let location = response.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    let key = location
+        .rsplit('/')
+        .next()
+        .expect("key in location")
+        .to_owned();
     let webinar = backend.client(Credentials::ApiKey(key));
 
     // Handlers: slack appends each event to a file; pagerduty too.
@@ -127,7 +90,11 @@ async fn operator_flow_with_api_key_event_and_pipe_handler() {
             "timeout": 10,
         });
         webinar
-            .send(Method::PUT, &format!("/api/core/v2/namespaces/default/handlers/{name}"), Some(&handler))
+            .send(
+                Method::PUT,
+                &format!("/api/core/v2/namespaces/default/handlers/{name}"),
+                Some(&handler),
+            )
             .await
             .expect("put handler");
     }
@@ -139,30 +106,62 @@ async fn operator_flow_with_api_key_event_and_pipe_handler() {
         })
     };
     let response = webinar
-        .send(Method::POST, "/api/core/v2/namespaces/default/events", Some(&event(2)))
+        .send(
+            Method::POST,
+            "/api/core/v2/namespaces/default/events",
+            Some(&event(2)),
+        )
         .await
         .expect("post event");
     assert_eq!(response.status(), StatusCode::CREATED);
 
-    let stored = webinar.get_json("/api/core/v2/namespaces/default/events/i-424242/my-app").await.expect("get event");
+    let stored = webinar
+        .get_json("/api/core/v2/namespaces/default/events/i-424242/my-app")
+        .await
+        .expect("get event");
     assert_eq!(stored["check"]["status"], 2);
     assert_eq!(stored["check"]["occurrences"], 1);
     assert_eq!(stored["entity"]["metadata"]["name"], "i-424242");
-    let slack = wait_for_file(&out.path().join("slack.json"), "i-424242", "the slack handler").await;
+    let slack = wait_for_file(
+        &out.path().join("slack.json"),
+        "i-424242",
+        "the slack handler",
+    )
+    .await;
     assert!(slack.contains("\"status\":2"), "{slack}");
-    wait_for_file(&out.path().join("pagerduty.json"), "i-424242", "the pagerduty handler").await;
+    wait_for_file(
+        &out.path().join("pagerduty.json"),
+        "i-424242",
+        "the pagerduty handler",
+    )
+    .await;
 
     // The proxy entity was created on first sight.
-    let entity = webinar.get_json("/api/core/v2/namespaces/default/entities/i-424242").await.expect("entity");
+    let entity = webinar
+        .get_json("/api/core/v2/namespaces/default/entities/i-424242")
+        .await
+        .expect("entity");
     assert_eq!(entity["entity_class"], "proxy");
 
     // Resolution: status 0 runs the handler again (is_incident passes a resolution).
     webinar
-        .send(Method::PUT, "/api/core/v2/namespaces/default/events/i-424242/my-app", Some(&event(0)))
+        .send(
+            Method::PUT,
+            "/api/core/v2/namespaces/default/events/i-424242/my-app",
+            Some(&event(0)),
+        )
         .await
         .expect("resolve");
-    wait_for_file(&out.path().join("slack.json"), "\"status\":0", "the resolution").await;
-    let stored = webinar.get_json("/api/core/v2/namespaces/default/events/i-424242/my-app").await.expect("get event");
+    wait_for_file(
+        &out.path().join("slack.json"),
+        "\"status\":0",
+        "the resolution",
+    )
+    .await;
+    let stored = webinar
+        .get_json("/api/core/v2/namespaces/default/events/i-424242/my-app")
+        .await
+        .expect("get event");
     assert_eq!(stored["check"]["history"].as_array().map(Vec::len), Some(2));
 
     // Metrics count what happened.
@@ -174,7 +173,10 @@ async fn operator_flow_with_api_key_event_and_pipe_handler() {
         .text()
         .await
         .expect("metrics text");
-    assert!(metrics.contains("cairn_events_ingested_total 2"), "{metrics}");
+    assert!(
+        metrics.contains("cairn_events_ingested_total 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +185,10 @@ async fn rbac_matrix_and_disabled_users() {
     let admin = backend.admin().await;
     let user = |name: &str| json!({"username": name, "password": format!("{name}-password"), "groups": []});
     for name in ["viewer", "dev"] {
-        admin.send(Method::POST, "/api/core/v2/users", Some(&user(name))).await.expect("create user");
+        admin
+            .send(Method::POST, "/api/core/v2/users", Some(&user(name)))
+            .await
+            .expect("create user");
     }
     admin
         .send(
@@ -195,7 +200,11 @@ async fn rbac_matrix_and_disabled_users() {
         .expect("bind viewer");
     for namespace in ["dev", "prod"] {
         admin
-            .send(Method::PUT, &format!("/api/core/v2/namespaces/{namespace}"), Some(&json!({"name": namespace})))
+            .send(
+                Method::PUT,
+                &format!("/api/core/v2/namespaces/{namespace}"),
+                Some(&json!({"name": namespace})),
+            )
             .await
             .expect("namespace");
     }
@@ -212,7 +221,10 @@ async fn rbac_matrix_and_disabled_users() {
     let login = |name: &'static str| {
         let anonymous = anonymous.clone();
         async move {
-            let tokens = anonymous.login(name, &format!("{name}-password")).await.expect("login");
+            let tokens = anonymous
+                .login(name, &format!("{name}-password"))
+                .await
+                .expect("login");
             anonymous.with_credentials(Credentials::Bearer(tokens.access_token))
         }
     };
@@ -220,20 +232,71 @@ async fn rbac_matrix_and_disabled_users() {
     let dev = login("dev").await;
     let check = json!({"command": "true", "interval": 10, "subscriptions": ["linux"]});
 
-    assert_eq!(status_of(viewer.send(Method::GET, "/api/core/v2/namespaces/default/checks", None).await).0, StatusCode::OK);
-    let (status, message) = status_of(viewer.send(Method::PUT, "/api/core/v2/namespaces/default/checks/cpu", Some(&check)).await);
+    assert_eq!(
+        status_of(
+            viewer
+                .send(Method::GET, "/api/core/v2/namespaces/default/checks", None)
+                .await
+        )
+        .0,
+        StatusCode::OK
+    );
+    let (status, message) = status_of(
+        viewer
+            .send(
+                Method::PUT,
+                "/api/core/v2/namespaces/default/checks/cpu",
+                Some(&check),
+            )
+            .await,
+    );
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(message, "user viewer may not create checks/cpu in namespace default");
+    assert_eq!(
+        message,
+        "user viewer may not create checks/cpu in namespace default"
+    );
 
-    assert_eq!(status_of(dev.send(Method::PUT, "/api/core/v2/namespaces/dev/checks/cpu", Some(&check)).await).0, StatusCode::CREATED);
-    let (status, message) = status_of(dev.send(Method::PUT, "/api/core/v2/namespaces/prod/checks/cpu", Some(&check)).await);
+    assert_eq!(
+        status_of(
+            dev.send(
+                Method::PUT,
+                "/api/core/v2/namespaces/dev/checks/cpu",
+                Some(&check)
+            )
+            .await
+        )
+        .0,
+        StatusCode::CREATED
+    );
+    let (status, message) = status_of(
+        dev.send(
+            Method::PUT,
+            "/api/core/v2/namespaces/prod/checks/cpu",
+            Some(&check),
+        )
+        .await,
+    );
     assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
 
     // Disable the viewer: its token stops working at once; so does an API key of a deleted user.
-    admin.send(Method::DELETE, "/api/core/v2/users/viewer", None).await.expect("disable viewer");
-    let (status, _) = status_of(viewer.send(Method::GET, "/api/core/v2/namespaces/default/checks", None).await);
+    admin
+        .send(Method::DELETE, "/api/core/v2/users/viewer", None)
+        .await
+        .expect("disable viewer");
+    let (status, _) = status_of(
+        viewer
+            .send(Method::GET, "/api/core/v2/namespaces/default/checks", None)
+            .await,
+    );
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(anonymous.login("viewer", "viewer-password").await.map(|_| ()).map_err(|err| err.to_string()), Err("401 Unauthorized: bad credentials".into()));
+    assert_eq!(
+        anonymous
+            .login("viewer", "viewer-password")
+            .await
+            .map(|_| ())
+            .map_err(|err| err.to_string()),
+        Err("401 Unauthorized: bad credentials".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,13 +317,20 @@ async fn bad_input_is_refused_with_a_clear_message() {
     ];
     for (method, path, body, expected_status, expected_message) in cases {
         let (status, message) = status_of(admin.send(method.clone(), path, body.as_ref()).await);
-        assert_eq!((status, message.as_str()), (expected_status, expected_message), "{method} {path}");
+        assert_eq!(
+            (status, message.as_str()),
+            (expected_status, expected_message),
+            "{method} {path}"
+        );
     }
     // Malformed JSON and an oversized body, sent raw.
     let http = reqwest_client(&backend);
     let token = admin_token(&backend).await;
     let response = http
-        .put(format!("{}/api/core/v2/namespaces/default/checks/cpu", backend.url))
+        .put(format!(
+            "{}/api/core/v2/namespaces/default/checks/cpu",
+            backend.url
+        ))
         .bearer_auth(&token)
         .body("{\"command\": ")
         .send()
@@ -268,26 +338,66 @@ async fn bad_input_is_refused_with_a_clear_message() {
         .expect("send");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = response.json().await.expect("json error body");
-    assert!(body["message"].as_str().unwrap_or("").starts_with("malformed JSON at line 1 column"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("malformed JSON at line 1 column"),
+        "{body}"
+    );
     assert_eq!(body["code"], 1);
     let response = http
-        .put(format!("{}/api/core/v2/namespaces/default/checks/big", backend.url))
+        .put(format!(
+            "{}/api/core/v2/namespaces/default/checks/big",
+            backend.url
+        ))
         .bearer_auth(&token)
-        .body(format!("{{\"command\": \"{}\", \"interval\": 10}}", "x".repeat(600 * 1024)))
+        .body(format!(
+            "{{\"command\": \"{}\", \"interval\": 10}}",
+            "x".repeat(600 * 1024)
+        ))
         .send()
         .await
         .expect("send");
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // Nothing of the refused writes exists.
-    assert!(admin.get_resource(cairn_api::Kind::CheckConfig, "default", "cpu").await.expect("get").is_none());
-    assert!(admin.get_resource(cairn_api::Kind::CheckConfig, "default", "big").await.expect("get").is_none());
+    assert!(admin
+        .get_resource(cairn_api::Kind::CheckConfig, "default", "cpu")
+        .await
+        .expect("get")
+        .is_none());
+    assert!(admin
+        .get_resource(cairn_api::Kind::CheckConfig, "default", "big")
+        .await
+        .expect("get")
+        .is_none());
 
     // Stale resource version: 409.
-    let response = admin.send(Method::GET, "/api/core/v2/namespaces/default/checks/a..b", None).await.expect("get");
-    let etag = response.headers()["etag"].to_str().expect("etag").to_owned();
-    admin.send(Method::PUT, "/api/core/v2/namespaces/default/checks/a..b", Some(&check)).await.expect("update");
+    let response = admin
+        .send(
+            Method::GET,
+            "/api/core/v2/namespaces/default/checks/a..b",
+            None,
+        )
+        .await
+        .expect("get");
+    let etag = response.headers()["etag"]
+        .to_str()
+        .expect("etag")
+        .to_owned();
+    admin
+        .send(
+            Method::PUT,
+            "/api/core/v2/namespaces/default/checks/a..b",
+            Some(&check),
+        )
+        .await
+        .expect("update");
     let stale = http
-        .put(format!("{}/api/core/v2/namespaces/default/checks/a..b", backend.url))
+        .put(format!(
+            "{}/api/core/v2/namespaces/default/checks/a..b",
+            backend.url
+        ))
         .bearer_auth(&token)
         .header("If-Match", etag)
         .json(&check)
@@ -297,10 +407,26 @@ async fn bad_input_is_refused_with_a_clear_message() {
     assert_eq!(stale.status(), StatusCode::CONFLICT);
 
     // Tokens that must not pass.
-    let (status, message) = status_of(backend.client(Credentials::Bearer("not.a.jwt".into())).send(Method::GET, "/api/core/v2/namespaces", None).await);
-    assert_eq!((status, message.as_str()), (StatusCode::UNAUTHORIZED, "invalid credentials"));
-    let (status, message) = status_of(backend.client(Credentials::None).send(Method::GET, "/api/core/v2/namespaces", None).await);
-    assert_eq!((status, message.as_str()), (StatusCode::UNAUTHORIZED, "bad credentials"));
+    let (status, message) = status_of(
+        backend
+            .client(Credentials::Bearer("not.a.jwt".into()))
+            .send(Method::GET, "/api/core/v2/namespaces", None)
+            .await,
+    );
+    assert_eq!(
+        (status, message.as_str()),
+        (StatusCode::UNAUTHORIZED, "invalid credentials")
+    );
+    let (status, message) = status_of(
+        backend
+            .client(Credentials::None)
+            .send(Method::GET, "/api/core/v2/namespaces", None)
+            .await,
+    );
+    assert_eq!(
+        (status, message.as_str()),
+        (StatusCode::UNAUTHORIZED, "bad credentials")
+    );
 }
 
 fn reqwest_client(backend: &Backend) -> reqwest::Client {
@@ -314,9 +440,17 @@ fn reqwest_client(backend: &Backend) -> reqwest::Client {
         .expect("protocols")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    reqwest::Client::builder().use_preconfigured_tls(tls).build().expect("client")
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .expect("client")
 }
 
 async fn admin_token(backend: &Backend) -> String {
-    backend.client(Credentials::None).login("admin", ADMIN_PASSWORD).await.expect("login").access_token
+    backend
+        .client(Credentials::None)
+        .login("admin", ADMIN_PASSWORD)
+        .await
+        .expect("login")
+        .access_token
 }

@@ -46,17 +46,29 @@ pub struct InternalFault(pub String);
 impl ApiError {
     /// 400, invalid argument.
     pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, code: Code::InvalidArgument, message: message.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: Code::InvalidArgument,
+            message: message.into(),
+        }
     }
 
     /// 404, not found.
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::NOT_FOUND, code: Code::NotFound, message: message.into() }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: Code::NotFound,
+            message: message.into(),
+        }
     }
 
     /// 409, already exists or conflicting version.
     pub fn conflict(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::CONFLICT, code: Code::AlreadyExists, message: message.into() }
+        ApiError {
+            status: StatusCode::CONFLICT,
+            code: Code::AlreadyExists,
+            message: message.into(),
+        }
     }
 
     /// 412, precondition failed.
@@ -70,12 +82,20 @@ impl ApiError {
 
     /// 403, permission denied.
     pub fn forbidden(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::FORBIDDEN, code: Code::PermissionDenied, message: message.into() }
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: Code::PermissionDenied,
+            message: message.into(),
+        }
     }
 
     /// 401, unauthenticated.
     pub fn unauthenticated(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::UNAUTHORIZED, code: Code::Unauthenticated, message: message.into() }
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: Code::Unauthenticated,
+            message: message.into(),
+        }
     }
 
     /// 413, body over the limit.
@@ -100,9 +120,11 @@ impl ApiError {
 impl From<ResourceError> for ApiError {
     fn from(err: ResourceError) -> ApiError {
         match err {
-            ResourceError::Store(StoreError::PreconditionFailed { key, current }) => ApiError::conflict(
-                format!("{key} changed: its resource version is now {current}"),
-            ),
+            ResourceError::Store(StoreError::PreconditionFailed { key, current }) => {
+                ApiError::conflict(format!(
+                    "{key} changed: its resource version is now {current}"
+                ))
+            }
             other => ApiError::internal(other),
         }
     }
@@ -122,10 +144,15 @@ impl IntoResponse for ApiError {
                 Json(serde_json::json!({"message": "internal error", "code": self.code as u8})),
             )
                 .into_response();
-            response.extensions_mut().insert(InternalFault(self.message));
+            response
+                .extensions_mut()
+                .insert(InternalFault(self.message));
             return response;
         }
-        (self.status, Json(serde_json::json!({"message": self.message, "code": self.code as u8})))
+        (
+            self.status,
+            Json(serde_json::json!({"message": self.message, "code": self.code as u8})),
+        )
             .into_response()
     }
 }

@@ -97,7 +97,9 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let class = usize::from(response.status().as_u16() / 100).min(5);
     metrics.responses[class].fetch_add(1, Ordering::Relaxed);
     let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-    metrics.latency_micros_sum.fetch_add(micros, Ordering::Relaxed);
+    metrics
+        .latency_micros_sum
+        .fetch_add(micros, Ordering::Relaxed);
     for (idx, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
         if micros <= bound * 1000 {
             metrics.latency_buckets[idx].fetch_add(1, Ordering::Relaxed);
@@ -136,7 +138,9 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Api
     } else {
         return Err(ApiError::unauthenticated("bad credentials"));
     };
-    snapshot.caller(&username).ok_or_else(|| ApiError::unauthenticated("invalid credentials"))
+    snapshot
+        .caller(&username)
+        .ok_or_else(|| ApiError::unauthenticated("invalid credentials"))
 }
 
 /// Checks RBAC; 403 names the verb and resource.
@@ -151,7 +155,12 @@ pub fn authorize(
     namespace: Option<&str>,
     name: Option<&str>,
 ) -> Result<(), ApiError> {
-    let request = rbac::Request { verb, resource, namespace, name };
+    let request = rbac::Request {
+        verb,
+        resource,
+        namespace,
+        name,
+    };
     if state.auth.snapshot().authorize(caller, request) {
         return Ok(());
     }
@@ -173,7 +182,11 @@ async fn health(State(state): State<AppState>) -> Response {
         "ClusterHealth": [{"MemberID": 0, "MemberIDHex": "0", "Name": "cairn", "Err": "", "Healthy": healthy}],
         "Header": {"cluster_id": 0, "member_id": 0, "raft_term": 0},
     });
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -198,7 +211,9 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     }
     out.push_str("# HELP cairn_http_request_duration_seconds Request latency.\n");
     out.push_str("# TYPE cairn_http_request_duration_seconds histogram\n");
-    let count: u64 = (1..=5).map(|class| metrics.responses[class].load(Ordering::Relaxed)).sum();
+    let count: u64 = (1..=5)
+        .map(|class| metrics.responses[class].load(Ordering::Relaxed))
+        .sum();
     for (idx, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
         out.push_str(&format!(
             "cairn_http_request_duration_seconds_bucket{{le=\"{}\"}} {}\n",
@@ -206,12 +221,16 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             metrics.latency_buckets[idx].load(Ordering::Relaxed)
         ));
     }
-    out.push_str(&format!("cairn_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
+    out.push_str(&format!(
+        "cairn_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n"
+    ));
     out.push_str(&format!(
         "cairn_http_request_duration_seconds_sum {}\n",
         metrics.latency_micros_sum.load(Ordering::Relaxed) as f64 / 1e6
     ));
-    out.push_str(&format!("cairn_http_request_duration_seconds_count {count}\n"));
+    out.push_str(&format!(
+        "cairn_http_request_duration_seconds_count {count}\n"
+    ));
     out.push_str("# HELP cairn_events_ingested_total Events stored.\n");
     out.push_str("# TYPE cairn_events_ingested_total counter\n");
     out.push_str(&format!(
@@ -233,18 +252,24 @@ fn basic_caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
-    let (username, password) =
-        decoded.split_once(':').ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
+    let (username, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
     let snapshot = state.auth.snapshot();
     let user = snapshot
         .user(username)
         .filter(|user| !user.disabled && auth::verify_password(password, &user.password_hash))
         .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
-    snapshot.caller(&user.username).ok_or_else(|| ApiError::unauthenticated("bad credentials"))
+    snapshot
+        .caller(&user.username)
+        .ok_or_else(|| ApiError::unauthenticated("bad credentials"))
 }
 
 async fn issue_tokens(state: &AppState, caller: &Caller) -> Result<Json<Value>, ApiError> {
-    let access = state.issuer.issue(&caller.username, &caller.groups).map_err(ApiError::internal)?;
+    let access = state
+        .issuer
+        .issue(&caller.username, &caller.groups)
+        .map_err(ApiError::internal)?;
     let refresh_token = auth::random_token(32);
     let record = serde_json::json!({
         "username": caller.username,
@@ -252,7 +277,11 @@ async fn issue_tokens(state: &AppState, caller: &Caller) -> Result<Json<Value>, 
     });
     let key = refresh_key(&refresh_token);
     let value = serde_json::to_vec(&record).expect("a JSON value always serializes");
-    state.resources.store().put(&key, value, Precondition::Absent).await?;
+    state
+        .resources
+        .store()
+        .put(&key, value, Precondition::Absent)
+        .await?;
     Ok(Json(serde_json::json!({
         "access_token": access.token,
         "expires_at": access.expires_at,
@@ -264,12 +293,18 @@ fn refresh_key(token: &str) -> String {
     format!("auth/refresh/{}", auth::token_digest(token))
 }
 
-async fn auth_login(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+async fn auth_login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     let caller = basic_caller(&state, &headers)?;
     issue_tokens(&state, &caller).await
 }
 
-async fn auth_test(State(state): State<AppState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+async fn auth_test(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
     basic_caller(&state, &headers).map(|_| StatusCode::OK)
 }
 
@@ -282,9 +317,15 @@ struct RefreshBody {
 async fn consume_refresh(state: &AppState, token: &str) -> Result<String, ApiError> {
     let store = state.resources.store();
     let key = refresh_key(token);
-    let entry = store.get(&key).await?.ok_or_else(|| ApiError::unauthenticated("invalid refresh token"))?;
+    let entry = store
+        .get(&key)
+        .await?
+        .ok_or_else(|| ApiError::unauthenticated("invalid refresh token"))?;
     // Guarded delete: of two concurrent uses, exactly one wins.
-    match store.delete(&key, Precondition::Revision(entry.mod_revision)).await {
+    match store
+        .delete(&key, Precondition::Revision(entry.mod_revision))
+        .await
+    {
         Ok(Some(_)) => {}
         Ok(None) | Err(crate::store::StoreError::PreconditionFailed { .. }) => {
             return Err(ApiError::unauthenticated("invalid refresh token"))
@@ -296,7 +337,10 @@ async fn consume_refresh(state: &AppState, token: &str) -> Result<String, ApiErr
     if expires_at < auth::unix_now() {
         return Err(ApiError::unauthenticated("refresh token expired"));
     }
-    record["username"].as_str().map(str::to_owned).ok_or_else(|| ApiError::internal("refresh record without user"))
+    record["username"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::internal("refresh record without user"))
 }
 
 async fn auth_refresh(
@@ -317,7 +361,9 @@ async fn auth_refresh(
         .map_err(|_| ApiError::unauthenticated("invalid credentials"))?;
     let username = consume_refresh(&state, &body.refresh_token).await?;
     if username != claims.sub {
-        return Err(ApiError::unauthenticated("the tokens belong to different users"));
+        return Err(ApiError::unauthenticated(
+            "the tokens belong to different users",
+        ));
     }
     let caller = state
         .auth
@@ -330,18 +376,26 @@ async fn auth_refresh(
 async fn auth_logout(State(state): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
     let body: RefreshBody = serde_json::from_slice(&body)
         .map_err(|err| ApiError::invalid(format!("invalid request body: {err}")))?;
-    consume_refresh(&state, &body.refresh_token).await.map(|_| StatusCode::NO_CONTENT)
+    consume_refresh(&state, &body.refresh_token)
+        .await
+        .map(|_| StatusCode::NO_CONTENT)
 }
 
 /// Reads a request body up to the limit.
 async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, state.body_limit).await.map_err(|_| ApiError::too_large(state.body_limit))
+    axum::body::to_bytes(body, state.body_limit)
+        .await
+        .map_err(|_| ApiError::too_large(state.body_limit))
 }
 
 /// Parses a JSON body, naming the position of a syntax error.
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|err| {
-        ApiError::invalid(format!("malformed JSON at line {} column {}: {err}", err.line(), err.column()))
+        ApiError::invalid(format!(
+            "malformed JSON at line {} column {}: {err}",
+            err.line(),
+            err.column()
+        ))
     })
 }
 

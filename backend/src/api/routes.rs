@@ -23,11 +23,22 @@ use crate::store::Precondition;
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
     /// A collection; `namespace` is `None` for cluster-wide kinds and all-namespace lists.
-    Collection { kind: Kind, namespace: Option<String> },
+    Collection {
+        kind: Kind,
+        namespace: Option<String>,
+    },
     /// One resource.
-    Item { kind: Kind, namespace: String, name: String },
+    Item {
+        kind: Kind,
+        namespace: String,
+        name: String,
+    },
     /// `users/{name}/{action}[/{group}]`.
-    UserAction { name: String, action: String, group: Option<String> },
+    UserAction {
+        name: String,
+        action: String,
+        group: Option<String>,
+    },
     /// `namespaces/{ns}/events/{entity}`: the events of one entity.
     EntityEvents { namespace: String, entity: String },
 }
@@ -35,12 +46,18 @@ enum Target {
 const GROUPS: [(&str, &str); 3] = [
     ("/api/core/v2/", cairn_api::kind::CORE_V2),
     ("/api/enterprise/secrets/v1/", cairn_api::kind::SECRETS_V1),
-    ("/api/enterprise/federation/v1/", cairn_api::kind::FEDERATION_V1),
+    (
+        "/api/enterprise/federation/v1/",
+        cairn_api::kind::FEDERATION_V1,
+    ),
 ];
 
 fn kind_in(group: &str, plural: &str) -> Option<Kind> {
     // Env and VaultProvider share `providers`; the stored or sent document says which.
-    Kind::ALL.iter().copied().find(|kind| kind.api_version() == group && kind.plural() == plural)
+    Kind::ALL
+        .iter()
+        .copied()
+        .find(|kind| kind.api_version() == group && kind.plural() == plural)
 }
 
 fn parse(path: &str) -> Option<Target> {
@@ -51,9 +68,10 @@ fn parse(path: &str) -> Option<Target> {
     let decoded: Vec<String> = rest.split('/').map(percent_decode).collect();
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match segments.as_slice() {
-        ["namespaces"] if *group == cairn_api::kind::CORE_V2 => {
-            Some(Target::Collection { kind: Kind::Namespace, namespace: None })
-        }
+        ["namespaces"] if *group == cairn_api::kind::CORE_V2 => Some(Target::Collection {
+            kind: Kind::Namespace,
+            namespace: None,
+        }),
         ["namespaces", name] if *group == cairn_api::kind::CORE_V2 => Some(Target::Item {
             kind: Kind::Namespace,
             namespace: String::new(),
@@ -63,11 +81,19 @@ fn parse(path: &str) -> Option<Target> {
             let kind = kind_in(group, plural).filter(|kind| kind.is_namespaced())?;
             let namespace = (*namespace).to_owned();
             match (kind, name) {
-                (_, []) => Some(Target::Collection { kind, namespace: Some(namespace) }),
-                (Kind::Event, [entity]) => {
-                    Some(Target::EntityEvents { namespace, entity: (*entity).to_owned() })
-                }
-                _ => Some(Target::Item { kind, namespace, name: name.join("/") }),
+                (_, []) => Some(Target::Collection {
+                    kind,
+                    namespace: Some(namespace),
+                }),
+                (Kind::Event, [entity]) => Some(Target::EntityEvents {
+                    namespace,
+                    entity: (*entity).to_owned(),
+                }),
+                _ => Some(Target::Item {
+                    kind,
+                    namespace,
+                    name: name.join("/"),
+                }),
             }
         }
         ["users", name, action, group_name @ ..] if *group == cairn_api::kind::CORE_V2 => {
@@ -79,11 +105,18 @@ fn parse(path: &str) -> Option<Target> {
         }
         [plural] => {
             let kind = kind_in(group, plural)?;
-            Some(Target::Collection { kind, namespace: None })
+            Some(Target::Collection {
+                kind,
+                namespace: None,
+            })
         }
         [plural, name @ ..] => {
             let kind = kind_in(group, plural).filter(|kind| !kind.is_namespaced())?;
-            Some(Target::Item { kind, namespace: String::new(), name: name.join("/") })
+            Some(Target::Item {
+                kind,
+                namespace: String::new(),
+                name: name.join("/"),
+            })
         }
         _ => None,
     }
@@ -111,24 +144,65 @@ pub(super) async fn dispatch(State(state): State<AppState>, request: Request) ->
             Method::POST => create(&state, &caller, kind, namespace.as_deref(), body).await,
             _ => Err(method_not_allowed()),
         },
-        Target::Item { kind: Kind::Event, namespace, name } => match parts.method {
+        Target::Item {
+            kind: Kind::Event,
+            namespace,
+            name,
+        } => match parts.method {
             Method::PUT | Method::POST => {
                 events_put(&state, &caller, &namespace, Some(&name), body).await
             }
             Method::GET | Method::DELETE => {
-                item(&state, &caller, &parts.method, &parts.headers, Kind::Event, &namespace, &name, body).await
+                item(
+                    &state,
+                    &caller,
+                    &parts.method,
+                    &parts.headers,
+                    Kind::Event,
+                    &namespace,
+                    &name,
+                    body,
+                )
+                .await
             }
             _ => Err(method_not_allowed()),
         },
-        Target::Item { kind, namespace, name } => {
-            item(&state, &caller, &parts.method, &parts.headers, kind, &namespace, &name, body).await
+        Target::Item {
+            kind,
+            namespace,
+            name,
+        } => {
+            item(
+                &state,
+                &caller,
+                &parts.method,
+                &parts.headers,
+                kind,
+                &namespace,
+                &name,
+                body,
+            )
+            .await
         }
         Target::EntityEvents { namespace, entity } => {
             let prefix = format!("{entity}/");
             list_filtered(&state, &caller, Kind::Event, &namespace, &prefix).await
         }
-        Target::UserAction { name, action, group } => {
-            users_action(&state, &caller, &parts.method, &name, &action, group.as_deref(), body).await
+        Target::UserAction {
+            name,
+            action,
+            group,
+        } => {
+            users_action(
+                &state,
+                &caller,
+                &parts.method,
+                &name,
+                &action,
+                group.as_deref(),
+                body,
+            )
+            .await
         }
     };
     result.unwrap_or_else(IntoResponse::into_response)
@@ -158,8 +232,12 @@ fn etag(revision: u64) -> HeaderValue {
 
 /// `If-Match: "<revision>"` as a precondition.
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
-    let text = value.to_str().map_err(|_| ApiError::invalid("If-Match is not text"))?;
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::invalid("If-Match is not text"))?;
     text.trim()
         .trim_matches('"')
         .parse()
@@ -187,8 +265,10 @@ async fn list(
                 .ok_or_else(|| ApiError::invalid("invalid continue token"))
         })
         .transpose()?;
-    let (items, more) =
-        state.resources.list(kind, namespace, start_after.as_deref(), params.limit).await?;
+    let (items, more) = state
+        .resources
+        .list(kind, namespace, start_after.as_deref(), params.limit)
+        .await?;
     let last_key = items.last().map(|(key, _)| key.clone());
     let body: Vec<Value> = items
         .iter()
@@ -219,7 +299,14 @@ async fn list_filtered(
     namespace: &str,
     name_prefix: &str,
 ) -> Result<Response, ApiError> {
-    authorize(state, caller, Verb::List, kind.plural(), Some(namespace), None)?;
+    authorize(
+        state,
+        caller,
+        Verb::List,
+        kind.plural(),
+        Some(namespace),
+        None,
+    )?;
     let (items, _) = state.resources.list(kind, Some(namespace), None, 0).await?;
     let prefix = Resources::key(kind, namespace, name_prefix);
     let body: Vec<Value> = items
@@ -239,13 +326,17 @@ struct Query {
 
 impl Query {
     fn parse(query: &str) -> Result<Query, ApiError> {
-        let mut out = Query { limit: 0, continue_token: None, selector: Vec::new() };
+        let mut out = Query {
+            limit: 0,
+            continue_token: None,
+            selector: Vec::new(),
+        };
         for (key, value) in url_pairs(query) {
             match key.as_str() {
                 "limit" => {
-                    out.limit = value
-                        .parse()
-                        .map_err(|_| ApiError::invalid(format!("limit {value:?} is not a number")))?;
+                    out.limit = value.parse().map_err(|_| {
+                        ApiError::invalid(format!("limit {value:?} is not a number"))
+                    })?;
                 }
                 "continue" => out.continue_token = Some(value),
                 "labelSelector" => out.selector = parse_selector(&value)?,
@@ -257,7 +348,11 @@ impl Query {
 
     fn selects(&self, resource: &Resource) -> bool {
         self.selector.iter().all(|(key, positive, values)| {
-            let has = resource.metadata.labels.get(key).is_some_and(|value| values.contains(value));
+            let has = resource
+                .metadata
+                .labels
+                .get(key)
+                .is_some_and(|value| values.contains(value));
             has == *positive
         })
     }
@@ -266,7 +361,11 @@ impl Query {
 /// `a == b && c != d && e in (x, y) && f notin (z)`.
 fn parse_selector(text: &str) -> Result<Vec<(String, bool, Vec<String>)>, ApiError> {
     let mut out = Vec::new();
-    for clause in text.split("&&").map(str::trim).filter(|clause| !clause.is_empty()) {
+    for clause in text
+        .split("&&")
+        .map(str::trim)
+        .filter(|clause| !clause.is_empty())
+    {
         let parsed = if let Some((key, value)) = clause.split_once("!=") {
             Some((key, false, vec![value.trim().to_owned()]))
         } else if let Some((key, value)) = clause.split_once("==") {
@@ -278,8 +377,9 @@ fn parse_selector(text: &str) -> Result<Vec<(String, bool, Vec<String>)>, ApiErr
         } else {
             None
         };
-        let (key, positive, values) =
-            parsed.ok_or_else(|| ApiError::invalid(format!("invalid label selector clause {clause:?}")))?;
+        let (key, positive, values) = parsed.ok_or_else(|| {
+            ApiError::invalid(format!("invalid label selector clause {clause:?}"))
+        })?;
         out.push((key.trim().to_owned(), positive, values));
     }
     Ok(out)
@@ -346,7 +446,8 @@ fn decode_body(
     } else {
         kind
     };
-    let mut resource = Resource::from_wire(wire_kind, body).map_err(|issue| ApiError::invalid(issue.to_string()))?;
+    let mut resource = Resource::from_wire(wire_kind, body)
+        .map_err(|issue| ApiError::invalid(issue.to_string()))?;
     if let Spec::User(user) = &resource.spec {
         // A user is named by its username.
         if resource.metadata.name.is_empty() {
@@ -379,7 +480,10 @@ fn decode_body(
             )));
         }
     }
-    if let Some(error) = validate(&resource).into_iter().find(|issue| issue.is_error()) {
+    if let Some(error) = validate(&resource)
+        .into_iter()
+        .find(|issue| issue.is_error())
+    {
         return Err(ApiError::invalid(error.to_string()));
     }
     resource.metadata.created_by = caller.username.clone();
@@ -392,14 +496,18 @@ async fn require_namespace(state: &AppState, kind: Kind, namespace: &str) -> Res
     }
     match state.resources.get(Kind::Namespace, "", namespace).await? {
         Some(_) => Ok(()),
-        None => Err(ApiError::not_found(format!("namespace \"{namespace}\" not found"))),
+        None => Err(ApiError::not_found(format!(
+            "namespace \"{namespace}\" not found"
+        ))),
     }
 }
 
 /// Prepares a user for storage: a clear-text password becomes a hash; without one the stored
 /// hash is kept.
 async fn prepare_user(state: &AppState, resource: &mut Resource) -> Result<(), ApiError> {
-    let Spec::User(user) = &mut resource.spec else { return Ok(()) };
+    let Spec::User(user) = &mut resource.spec else {
+        return Ok(());
+    };
     if !user.password.is_empty() {
         user.password_hash = auth::hash_password(&user.password).map_err(ApiError::internal)?;
         user.password.clear();
@@ -408,27 +516,35 @@ async fn prepare_user(state: &AppState, resource: &mut Resource) -> Result<(), A
             user.password_hash = existing.password_hash;
         }
     } else if !user.password_hash.starts_with("$argon2") {
-        return Err(ApiError::invalid("spec.password: a new user needs a password"));
+        return Err(ApiError::invalid(
+            "spec.password: a new user needs a password",
+        ));
     }
     Ok(())
 }
 
 /// Writes and, for auth resources, waits until authentication sees the write.
-async fn write(state: &AppState, resource: &Resource, precondition: Precondition) -> Result<u64, ApiError> {
-    let revision = state.resources.put(resource, precondition).await.map_err(|err| match err {
-        crate::resources::ResourceError::Store(crate::store::StoreError::PreconditionFailed {
-            current: 0,
-            ..
-        }) => ApiError::not_found(format!("{} not found", resource.key())),
-        crate::resources::ResourceError::Store(crate::store::StoreError::PreconditionFailed {
-            current,
-            ..
-        }) if precondition == Precondition::Absent => {
-            let _ = current;
-            ApiError::conflict(format!("{} already exists", resource.key()))
-        }
-        other => ApiError::from(other),
-    })?;
+async fn write(
+    state: &AppState,
+    resource: &Resource,
+    precondition: Precondition,
+) -> Result<u64, ApiError> {
+    let revision = state
+        .resources
+        .put(resource, precondition)
+        .await
+        .map_err(|err| match err {
+            crate::resources::ResourceError::Store(
+                crate::store::StoreError::PreconditionFailed { current: 0, .. },
+            ) => ApiError::not_found(format!("{} not found", resource.key())),
+            crate::resources::ResourceError::Store(
+                crate::store::StoreError::PreconditionFailed { current, .. },
+            ) if precondition == Precondition::Absent => {
+                let _ = current;
+                ApiError::conflict(format!("{} already exists", resource.key()))
+            }
+            other => ApiError::from(other),
+        })?;
     state.auth.wait_for(revision).await;
     Ok(revision)
 }
@@ -442,7 +558,14 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(state, body).await?;
     let mut resource = decode_body(kind, namespace, None, caller, &bytes)?;
-    authorize(state, caller, Verb::Create, kind.plural(), namespace, Some(resource.name()))?;
+    authorize(
+        state,
+        caller,
+        Verb::Create,
+        kind.plural(),
+        namespace,
+        Some(resource.name()),
+    )?;
     require_namespace(state, kind, resource.namespace()).await?;
     prepare_user(state, &mut resource).await?;
     write(state, &resource, Precondition::Absent).await?;
@@ -467,13 +590,21 @@ async fn item(
             authorize(state, caller, Verb::Get, kind.plural(), scope, Some(name))?;
             let stored = existing
                 .filter(|stored| kind_matches(kind, &stored.resource))
-                .ok_or_else(|| ApiError::not_found(format!("{} not found", key_text(kind, namespace, name))))?;
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("{} not found", key_text(kind, namespace, name)))
+                })?;
             let mut response = Json(response_body(&stored.resource)).into_response();
-            response.headers_mut().insert(header::ETAG, etag(stored.revision));
+            response
+                .headers_mut()
+                .insert(header::ETAG, etag(stored.revision));
             Ok(response)
         }
         Method::PUT => {
-            let verb = if existing.is_some() { Verb::Update } else { Verb::Create };
+            let verb = if existing.is_some() {
+                Verb::Update
+            } else {
+                Verb::Create
+            };
             authorize(state, caller, verb, kind.plural(), scope, Some(name))?;
             let bytes = read_body(state, body).await?;
             let mut resource = decode_body(kind, Some(namespace), Some(name), caller, &bytes)?;
@@ -494,8 +625,17 @@ async fn item(
             Ok(StatusCode::CREATED.into_response())
         }
         Method::PATCH => {
-            authorize(state, caller, Verb::Update, kind.plural(), scope, Some(name))?;
-            let stored = existing.ok_or_else(|| ApiError::not_found(format!("{} not found", key_text(kind, namespace, name))))?;
+            authorize(
+                state,
+                caller,
+                Verb::Update,
+                kind.plural(),
+                scope,
+                Some(name),
+            )?;
+            let stored = existing.ok_or_else(|| {
+                ApiError::not_found(format!("{} not found", key_text(kind, namespace, name)))
+            })?;
             if let Some(wanted) = if_match(headers)? {
                 if wanted != stored.revision {
                     return Err(ApiError::precondition(format!(
@@ -509,15 +649,31 @@ async fn item(
             let mut merged = stored.resource.to_wire();
             merge_patch(&mut merged, &patch);
             let merged_bytes = serde_json::to_vec(&merged).expect("a JSON value always serializes");
-            let mut resource = decode_body(stored.resource.kind(), Some(namespace), Some(name), caller, &merged_bytes)?;
+            let mut resource = decode_body(
+                stored.resource.kind(),
+                Some(namespace),
+                Some(name),
+                caller,
+                &merged_bytes,
+            )?;
             prepare_user(state, &mut resource).await?;
             write(state, &resource, Precondition::Revision(stored.revision)).await?;
             Ok(Json(response_body(&resource)).into_response())
         }
         Method::DELETE => {
-            authorize(state, caller, Verb::Delete, kind.plural(), scope, Some(name))?;
+            authorize(
+                state,
+                caller,
+                Verb::Delete,
+                kind.plural(),
+                scope,
+                Some(name),
+            )?;
             let Some(stored) = existing else {
-                return Err(ApiError::not_found(format!("{} not found", key_text(kind, namespace, name))));
+                return Err(ApiError::not_found(format!(
+                    "{} not found",
+                    key_text(kind, namespace, name)
+                )));
             };
             if kind == Kind::User {
                 // Sensu disables users rather than removing them.
@@ -533,7 +689,12 @@ async fn item(
             }
             let revision = state
                 .resources
-                .delete(kind, namespace, name, Precondition::Revision(stored.revision))
+                .delete(
+                    kind,
+                    namespace,
+                    name,
+                    Precondition::Revision(stored.revision),
+                )
                 .await?;
             if let Some(revision) = revision {
                 state.auth.wait_for(revision).await;
@@ -556,7 +717,11 @@ fn key_text(kind: Kind, namespace: &str, name: &str) -> String {
 }
 
 async fn ensure_namespace_empty(state: &AppState, namespace: &str) -> Result<(), ApiError> {
-    for kind in Kind::ALL.iter().copied().filter(|kind| kind.is_namespaced()) {
+    for kind in Kind::ALL
+        .iter()
+        .copied()
+        .filter(|kind| kind.is_namespaced())
+    {
         let (items, _) = state.resources.list(kind, Some(namespace), None, 1).await?;
         if !items.is_empty() {
             return Err(ApiError::conflict(format!(
@@ -587,8 +752,19 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-async fn apikeys_create(state: &AppState, caller: &Caller, body: Body) -> Result<Response, ApiError> {
-    authorize(state, caller, Verb::Create, Kind::ApiKey.plural(), None, None)?;
+async fn apikeys_create(
+    state: &AppState,
+    caller: &Caller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(
+        state,
+        caller,
+        Verb::Create,
+        Kind::ApiKey.plural(),
+        None,
+        None,
+    )?;
     let bytes = read_body(state, body).await?;
     let body = parse_json(&bytes)?;
     let username = body
@@ -596,7 +772,9 @@ async fn apikeys_create(state: &AppState, caller: &Caller, body: Body) -> Result
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::invalid("username: missing field \"username\""))?;
     if state.auth.snapshot().user(username).is_none() {
-        return Err(ApiError::not_found(format!("user \"{username}\" not found")));
+        return Err(ApiError::not_found(format!(
+            "user \"{username}\" not found"
+        )));
     }
     let key = auth::new_uuid();
     let mut metadata = ObjectMeta::named("", &key);
@@ -672,7 +850,10 @@ async fn users_action(
         (Method::DELETE, "groups", None) => user.groups.clear(),
         _ => return Err(ApiError::not_found("not found")),
     }
-    let resource = Resource::new(stored.resource.metadata.clone(), Spec::User(User { ..user }));
+    let resource = Resource::new(
+        stored.resource.metadata.clone(),
+        Spec::User(User { ..user }),
+    );
     write(state, &resource, Precondition::Revision(stored.revision)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -688,7 +869,8 @@ async fn events_put(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(state, body).await?;
     let body = parse_json(&bytes)?;
-    let resource = Resource::from_wire(Kind::Event, body).map_err(|issue| ApiError::invalid(issue.to_string()))?;
+    let resource = Resource::from_wire(Kind::Event, body)
+        .map_err(|issue| ApiError::invalid(issue.to_string()))?;
     let Spec::Event(event) = resource.spec else {
         return Err(ApiError::internal("decoded an event as another kind"));
     };
@@ -701,7 +883,11 @@ async fn events_put(
     }
     let (url_entity, url_check) = match name.map(|name| name.split_once('/')) {
         Some(Some((entity, check))) => (Some(entity), Some(check)),
-        Some(None) => return Err(ApiError::not_found("events are addressed as events/{entity}/{check}")),
+        Some(None) => {
+            return Err(ApiError::not_found(
+                "events are addressed as events/{entity}/{check}",
+            ))
+        }
         None => (None, None),
     };
     let entity = event.entity.get_or_insert_with(Entity::default);
@@ -714,23 +900,56 @@ async fn events_put(
         fill_name(&mut check_meta.name, url_check, "check")?;
         check_meta.namespace = namespace.to_owned();
     } else if url_check.is_some() {
-        return Err(ApiError::invalid("check: the URI names a check but the event has none"));
+        return Err(ApiError::invalid(
+            "check: the URI names a check but the event has none",
+        ));
     }
-    let check_name = event.check.as_ref().and_then(|check| check.metadata.as_ref()).map(|meta| meta.name.clone());
-    authorize(state, caller, Verb::Create, "events", Some(namespace), Some(&entity_name))?;
+    let check_name = event
+        .check
+        .as_ref()
+        .and_then(|check| check.metadata.as_ref())
+        .map(|meta| meta.name.clone());
+    authorize(
+        state,
+        caller,
+        Verb::Create,
+        "events",
+        Some(namespace),
+        Some(&entity_name),
+    )?;
     require_namespace(state, Kind::Event, namespace).await?;
     for meta in [
-        event.entity.as_mut().and_then(|entity| entity.metadata.as_mut()),
-        event.check.as_mut().and_then(|check| check.metadata.as_mut()),
+        event
+            .entity
+            .as_mut()
+            .and_then(|entity| entity.metadata.as_mut()),
+        event
+            .check
+            .as_mut()
+            .and_then(|check| check.metadata.as_mut()),
     ]
     .into_iter()
     .flatten()
     {
         meta.created_by = caller.username.clone();
     }
-    let event_name = format!("{entity_name}/{}", check_name.as_deref().unwrap_or("metrics"));
-    let previous = match state.resources.get(Kind::Event, namespace, &event_name).await? {
-        Some(Stored { resource: Resource { spec: Spec::Event(previous), .. }, .. }) => Some(*previous),
+    let event_name = format!(
+        "{entity_name}/{}",
+        check_name.as_deref().unwrap_or("metrics")
+    );
+    let previous = match state
+        .resources
+        .get(Kind::Event, namespace, &event_name)
+        .await?
+    {
+        Some(Stored {
+            resource:
+                Resource {
+                    spec: Spec::Event(previous),
+                    ..
+                },
+            ..
+        }) => Some(*previous),
         _ => None,
     };
     let now = i64::try_from(auth::unix_now()).unwrap_or(i64::MAX);
@@ -741,7 +960,10 @@ async fn events_put(
         Spec::Event(Box::new(event.clone())),
     );
     state.resources.put(&stored, Precondition::None).await?;
-    state.metrics.events_ingested.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .metrics
+        .events_ingested
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     ensure_entity(state, namespace, &event).await?;
     state.events.submit(namespace, event);
     Ok(StatusCode::CREATED.into_response())
@@ -758,16 +980,29 @@ fn fill_name(name: &mut String, from_url: Option<&str>, what: &str) -> Result<()
         _ => {}
     }
     if let Some(problem) = cairn_api::validate::check_name(Kind::Entity, name) {
-        return Err(ApiError::invalid(format!("{what}.metadata.name: {problem}")));
+        return Err(ApiError::invalid(format!(
+            "{what}.metadata.name: {problem}"
+        )));
     }
     Ok(())
 }
 
 /// Creates the (proxy) entity of an event the first time it is seen.
 async fn ensure_entity(state: &AppState, namespace: &str, event: &Event) -> Result<(), ApiError> {
-    let Some(entity) = &event.entity else { return Ok(()) };
-    let name = entity.metadata.as_ref().map(|meta| meta.name.as_str()).unwrap_or_default();
-    if state.resources.get(Kind::Entity, namespace, name).await?.is_some() {
+    let Some(entity) = &event.entity else {
+        return Ok(());
+    };
+    let name = entity
+        .metadata
+        .as_ref()
+        .map(|meta| meta.name.as_str())
+        .unwrap_or_default();
+    if state
+        .resources
+        .get(Kind::Entity, namespace, name)
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
     let mut spec = entity.clone();
@@ -779,10 +1014,18 @@ async fn ensure_entity(state: &AppState, namespace: &str, event: &Event) -> Resu
     if !spec.subscriptions.contains(&implicit) {
         spec.subscriptions.push(implicit);
     }
-    let resource = Resource::new(ObjectMeta { namespace: namespace.to_owned(), ..metadata }, Spec::Entity(spec));
+    let resource = Resource::new(
+        ObjectMeta {
+            namespace: namespace.to_owned(),
+            ..metadata
+        },
+        Spec::Entity(spec),
+    );
     match state.resources.put(&resource, Precondition::Absent).await {
         // Another event created it first.
-        Err(crate::resources::ResourceError::Store(crate::store::StoreError::PreconditionFailed { .. })) => Ok(()),
+        Err(crate::resources::ResourceError::Store(
+            crate::store::StoreError::PreconditionFailed { .. },
+        )) => Ok(()),
         other => other.map(|_| ()).map_err(ApiError::from),
     }
 }
@@ -795,7 +1038,11 @@ mod tests {
     fn parses_paths() {
         assert_eq!(
             parse("/api/core/v2/namespaces/default/checks/cpu"),
-            Some(Target::Item { kind: Kind::CheckConfig, namespace: "default".into(), name: "cpu".into() })
+            Some(Target::Item {
+                kind: Kind::CheckConfig,
+                namespace: "default".into(),
+                name: "cpu".into()
+            })
         );
         assert_eq!(
             parse("/api/core/v2/namespaces/default/assets/sensu/http-checks:0.7.0"),
@@ -807,25 +1054,43 @@ mod tests {
         );
         assert_eq!(
             parse("/api/core/v2/namespaces/default/events/i-1/my-app"),
-            Some(Target::Item { kind: Kind::Event, namespace: "default".into(), name: "i-1/my-app".into() })
+            Some(Target::Item {
+                kind: Kind::Event,
+                namespace: "default".into(),
+                name: "i-1/my-app".into()
+            })
         );
         assert_eq!(
             parse("/api/core/v2/namespaces"),
-            Some(Target::Collection { kind: Kind::Namespace, namespace: None })
+            Some(Target::Collection {
+                kind: Kind::Namespace,
+                namespace: None
+            })
         );
         assert_eq!(
             parse("/api/core/v2/checks"),
-            Some(Target::Collection { kind: Kind::CheckConfig, namespace: None })
+            Some(Target::Collection {
+                kind: Kind::CheckConfig,
+                namespace: None
+            })
         );
         assert_eq!(
             parse("/api/enterprise/secrets/v1/providers/vault"),
-            Some(Target::Item { kind: Kind::EnvProvider, namespace: String::new(), name: "vault".into() })
+            Some(Target::Item {
+                kind: Kind::EnvProvider,
+                namespace: String::new(),
+                name: "vault".into()
+            })
         );
         assert_eq!(parse("/api/core/v2/namespaces/default/nothings"), None);
         assert_eq!(parse("/api/core/v2/checks/cpu"), None);
         assert_eq!(
             parse("/api/core/v2/users/bob/groups/ops"),
-            Some(Target::UserAction { name: "bob".into(), action: "groups".into(), group: Some("ops".into()) })
+            Some(Target::UserAction {
+                name: "bob".into(),
+                action: "groups".into(),
+                group: Some("ops".into())
+            })
         );
     }
 

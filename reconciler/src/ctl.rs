@@ -1,0 +1,409 @@
+//! The `cairnctl` commands that talk to a backend: `configure`, `get`, `delete`, `create -f`,
+//! `user …` and `api-key …`, named as sensuctl names them.
+
+use std::path::PathBuf;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use cairn_api::client::{Client, ClientError, Credentials};
+use cairn_api::codec;
+use cairn_api::{Kind, Resource};
+
+use crate::cli::{ApiKeyCommand, GetArgs, OutputFormat, UserCommand};
+use crate::config::{self, ConfigError, EnvSource, Saved};
+use crate::exit::Outcome;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// Configuration is missing or unusable; nothing was sent.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The backend refused or could not be reached.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    ReadFailed {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The command line names something that does not exist.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// What a command prints and how it ends.
+#[derive(Debug)]
+pub struct Report {
+    /// Lines for stdout.
+    pub lines: Vec<String>,
+    /// Lines for stderr (per-item failures that did not stop the command).
+    pub errors: Vec<String>,
+    /// The exit outcome.
+    pub outcome: Outcome,
+}
+
+impl Report {
+    fn ok(lines: Vec<String>) -> Report {
+        Report {
+            lines,
+            errors: Vec::new(),
+            outcome: Outcome::Success,
+        }
+    }
+}
+
+/// `cairnctl configure`: logs in and saves the URL, CA file and tokens.
+///
+/// # Errors
+/// When the CA cannot be read, login fails, or the config cannot be written.
+pub async fn configure(
+    env: &dyn EnvSource,
+    url: &str,
+    ca_file: PathBuf,
+    username: &str,
+    password: &str,
+    namespace: &str,
+) -> Result<Report, CtlError> {
+    let ca = read_file(&ca_file)?;
+    let client = Client::new(url, &ca, Credentials::None)?;
+    let tokens = client.login(username, password).await?;
+    let saved = Saved {
+        url: url.to_owned(),
+        ca_file: std::fs::canonicalize(&ca_file).unwrap_or(ca_file),
+        namespace: namespace.to_owned(),
+        access_token: tokens.access_token,
+        expires_at: tokens.expires_at,
+        refresh_token: tokens.refresh_token,
+    };
+    let path = config::config_path(env);
+    config::save(&path, &saved)?;
+    Ok(Report::ok(vec![format!(
+        "configured {url} as {username} (saved to {})",
+        path.display()
+    )]))
+}
+
+/// A client from the saved config and environment, refreshing an expired access token.
+///
+/// # Errors
+/// When nothing is configured, or the token cannot be refreshed.
+pub async fn connect(env: &dyn EnvSource) -> Result<(Client, String), CtlError> {
+    let effective = config::load(env)?;
+    let ca = read_file(&effective.saved.ca_file)?;
+    let namespace = effective.saved.namespace.clone();
+    if let Some(key) = effective.api_key {
+        return Ok((
+            Client::new(&effective.saved.url, &ca, Credentials::ApiKey(key))?,
+            namespace,
+        ));
+    }
+    let mut saved = effective.saved;
+    if saved.access_token.is_empty() {
+        return Err(ConfigError::NotConfigured.into());
+    }
+    let client = Client::new(&saved.url, &ca, Credentials::None)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0);
+    if saved.expires_at <= now + 10 {
+        let tokens = client
+            .refresh(&saved.access_token, &saved.refresh_token)
+            .await?;
+        saved.access_token = tokens.access_token;
+        saved.expires_at = tokens.expires_at;
+        saved.refresh_token = tokens.refresh_token;
+        config::save(&effective.path, &saved)?;
+    }
+    Ok((
+        client.with_credentials(Credentials::Bearer(saved.access_token)),
+        namespace,
+    ))
+}
+
+fn read_file(path: &PathBuf) -> Result<String, CtlError> {
+    std::fs::read_to_string(path).map_err(|err| CtlError::ReadFailed {
+        path: path.clone(),
+        reason: err.to_string(),
+    })
+}
+
+fn kind_named(name: &str) -> Result<Kind, CtlError> {
+    Kind::from_cli_name(name).ok_or_else(|| {
+        CtlError::Usage(format!(
+            "unknown resource type \"{name}\"; try checks, handlers, namespaces, …"
+        ))
+    })
+}
+
+/// `cairnctl get TYPE [NAME]`.
+///
+/// # Errors
+/// Unknown type, or the backend's refusal (404 for a missing name).
+pub async fn get(env: &dyn EnvSource, args: &GetArgs) -> Result<Report, CtlError> {
+    let kind = kind_named(&args.resource_type)?;
+    let (client, default_namespace) = connect(env).await?;
+    let namespace = args.namespace.clone().unwrap_or(default_namespace);
+    let resources = match &args.name {
+        Some(name) => match client.get_resource(kind, &namespace, name).await? {
+            Some(resource) => vec![resource],
+            None => {
+                return Err(CtlError::Client(ClientError::Status {
+                    status: reqwest::StatusCode::NOT_FOUND,
+                    message: format!("{} {name} not found", kind.plural()),
+                }))
+            }
+        },
+        None => client.list_resources(kind, &namespace).await?,
+    };
+    let lines = match args.output {
+        OutputFormat::Yaml => vec![codec::to_yaml(&resources).trim_end().to_owned()],
+        OutputFormat::Json => vec![codec::to_json_stream(&resources).trim_end().to_owned()],
+        OutputFormat::Table => table(kind, &resources),
+    };
+    Ok(Report::ok(lines))
+}
+
+fn table(kind: Kind, resources: &[Resource]) -> Vec<String> {
+    let mut rows = vec![(
+        String::from("NAME"),
+        String::from("NAMESPACE"),
+        String::from("CREATED BY"),
+    )];
+    for resource in resources {
+        rows.push((
+            resource.name().to_owned(),
+            if kind.is_namespaced() {
+                resource.namespace().to_owned()
+            } else {
+                String::new()
+            },
+            resource.metadata.created_by.clone(),
+        ));
+    }
+    let width = rows.iter().map(|row| row.0.len()).max().unwrap_or(4);
+    let ns_width = rows.iter().map(|row| row.1.len()).max().unwrap_or(9);
+    rows.into_iter()
+        .map(|(name, namespace, created_by)| {
+            format!("{name:<width$}  {namespace:<ns_width$}  {created_by}")
+                .trim_end()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// `cairnctl delete TYPE NAME`.
+///
+/// # Errors
+/// Unknown type, a missing resource, or the backend's refusal.
+pub async fn delete(
+    env: &dyn EnvSource,
+    resource_type: &str,
+    name: &str,
+    namespace: Option<&str>,
+) -> Result<Report, CtlError> {
+    let kind = kind_named(resource_type)?;
+    let (client, default_namespace) = connect(env).await?;
+    let namespace = namespace.map(str::to_owned).unwrap_or(default_namespace);
+    if client.delete_resource(kind, &namespace, name).await? {
+        Ok(Report::ok(vec![format!(
+            "deleted {} {name}",
+            kind.plural()
+        )]))
+    } else {
+        Err(CtlError::Client(ClientError::Status {
+            status: reqwest::StatusCode::NOT_FOUND,
+            message: format!("{} {name} not found", kind.plural()),
+        }))
+    }
+}
+
+/// `cairnctl create -f FILE…`: validates every document first (nothing is sent if any is
+/// invalid), then `PUT`s each; a failure of one is reported and the rest still applied.
+///
+/// # Errors
+/// Only configuration errors; invalid input and per-resource failures are in the report.
+pub async fn create(
+    env: &dyn EnvSource,
+    files: &[PathBuf],
+    namespace: Option<&str>,
+    allow_unsupported: bool,
+) -> Result<Report, CtlError> {
+    let mut manifests = codec::Manifests::default();
+    for file in files {
+        manifests.extend(codec::load_path(file));
+    }
+    let lint = crate::lint::report(&manifests, allow_unsupported);
+    if lint.outcome != Outcome::Success {
+        let mut errors = lint.lines;
+        errors.push(format!("{}; nothing was applied", lint.summary));
+        return Ok(Report {
+            lines: Vec::new(),
+            errors,
+            outcome: Outcome::Failure,
+        });
+    }
+    let (client, default_namespace) = connect(env).await?;
+    let namespace = namespace.map(str::to_owned).unwrap_or(default_namespace);
+    let mut resources: Vec<Resource> = manifests
+        .resources
+        .into_iter()
+        .map(|loaded| loaded.resource)
+        .collect();
+    // Namespaces first, and so on: the apply order of the registry.
+    resources.sort_by_key(|resource| resource.kind().apply_rank());
+    let mut report = Report::ok(Vec::new());
+    for mut resource in resources {
+        if resource.kind().is_namespaced() && resource.metadata.namespace.is_empty() {
+            resource.metadata.namespace = namespace.clone();
+        }
+        match client.put_resource(&resource).await {
+            Ok(()) => report.lines.push(format!("created {}", resource.key())),
+            Err(err) => {
+                report
+                    .errors
+                    .push(format!("failed to create {}: {err}", resource.key()));
+                report.outcome = Outcome::Failure;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// `cairnctl user …`.
+///
+/// # Errors
+/// The backend's refusal.
+pub async fn user(env: &dyn EnvSource, command: &UserCommand) -> Result<Report, CtlError> {
+    let (client, _) = connect(env).await?;
+    let path = |name: &str, rest: &str| format!("/api/core/v2/users/{name}{rest}");
+    let line = match command {
+        UserCommand::Create {
+            name,
+            password,
+            groups,
+        } => {
+            let body = json!({"username": name, "password": password, "groups": groups});
+            client
+                .send(Method::POST, "/api/core/v2/users", Some(&body))
+                .await?;
+            format!("created user {name}")
+        }
+        UserCommand::AddGroup { name, group } => {
+            client
+                .send(Method::PUT, &path(name, &format!("/groups/{group}")), None)
+                .await?;
+            format!("added {name} to {group}")
+        }
+        UserCommand::RemoveGroup { name, group } => {
+            client
+                .send(
+                    Method::DELETE,
+                    &path(name, &format!("/groups/{group}")),
+                    None,
+                )
+                .await?;
+            format!("removed {name} from {group}")
+        }
+        UserCommand::Disable { name } => {
+            client.send(Method::DELETE, &path(name, ""), None).await?;
+            format!("disabled user {name}")
+        }
+        UserCommand::Reinstate { name } => {
+            client
+                .send(Method::PUT, &path(name, "/reinstate"), None)
+                .await?;
+            format!("reinstated user {name}")
+        }
+        UserCommand::ChangePassword {
+            name,
+            new_password,
+            current_password,
+        } => {
+            let mut body = json!({"password_new": new_password});
+            if let Some(current) = current_password {
+                body["password_current"] = Value::String(current.clone());
+            }
+            client
+                .send(Method::PUT, &path(name, "/password"), Some(&body))
+                .await?;
+            format!("changed the password of {name}")
+        }
+        UserCommand::List => {
+            let users = client.list_resources(Kind::User, "").await?;
+            let mut lines = vec!["USERNAME  GROUPS  DISABLED".to_owned()];
+            for resource in users {
+                if let cairn_api::Spec::User(user) = resource.spec {
+                    lines.push(format!(
+                        "{}  {}  {}",
+                        user.username,
+                        user.groups.join(","),
+                        user.disabled
+                    ));
+                }
+            }
+            return Ok(Report::ok(lines));
+        }
+    };
+    Ok(Report::ok(vec![line]))
+}
+
+/// `cairnctl api-key …`.
+///
+/// # Errors
+/// The backend's refusal.
+pub async fn api_key(env: &dyn EnvSource, command: &ApiKeyCommand) -> Result<Report, CtlError> {
+    let (client, _) = connect(env).await?;
+    match command {
+        ApiKeyCommand::Grant { username } => {
+            let response = client
+                .send(
+                    Method::POST,
+                    "/api/core/v2/apikeys",
+                    Some(&json!({"username": username})),
+                )
+                .await?;
+            let key = response
+                .headers()
+                .get("location")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|location| location.rsplit('/').next())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    CtlError::Client(ClientError::UnexpectedResponse {
+                        url: "/api/core/v2/apikeys".into(),
+                        reason: "no Location header".into(),
+                    })
+                })?;
+            Ok(Report::ok(vec![format!(
+                "Created: /api/core/v2/apikeys/{key}"
+            )]))
+        }
+        ApiKeyCommand::List => {
+            let keys = client.list_resources(Kind::ApiKey, "").await?;
+            let mut lines = vec!["NAME  USERNAME  CREATED AT".to_owned()];
+            for resource in keys {
+                if let cairn_api::Spec::ApiKey(key) = &resource.spec {
+                    lines.push(format!(
+                        "{}  {}  {}",
+                        resource.name(),
+                        key.username,
+                        key.created_at
+                    ));
+                }
+            }
+            Ok(Report::ok(lines))
+        }
+        ApiKeyCommand::Revoke { key } => {
+            client
+                .send(Method::DELETE, &Kind::ApiKey.item_path("", key), None)
+                .await?;
+            Ok(Report::ok(vec![format!("revoked {key}")]))
+        }
+    }
+}
