@@ -187,12 +187,15 @@ pub async fn start(
             resources: resources.clone(),
         }),
     );
+    let metrics = Arc::new(ApiMetrics::default());
+    // Set once, right after creation, so this cannot fail.
+    let _ = metrics.pipeline.set(pipeline.stats());
     let state = AppState {
         resources,
         auth: auth_cache,
         issuer,
         events: Arc::new(PipelineSink(pipeline)),
-        metrics: Arc::new(ApiMetrics::default()),
+        metrics,
         body_limit: config.body_limit,
     };
     let listener = TcpListener::bind(config.api_listen)

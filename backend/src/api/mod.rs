@@ -62,6 +62,8 @@ pub struct ApiMetrics {
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
     /// Events stored.
     pub events_ingested: AtomicU64,
+    /// The handler pipeline's counters, once it runs.
+    pub pipeline: std::sync::OnceLock<Arc<crate::pipeline::PipelineStats>>,
 }
 
 /// Upper bounds of the request latency histogram, milliseconds.
@@ -237,6 +239,39 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         "cairn_events_ingested_total {}\n",
         metrics.events_ingested.load(Ordering::Relaxed)
     ));
+    if let Some(pipeline) = metrics.pipeline.get() {
+        let counters = [
+            (
+                "cairn_pipeline_events_queued_total",
+                "Events queued for handlers.",
+                &pipeline.queued,
+            ),
+            (
+                "cairn_pipeline_events_dropped_total",
+                "Events dropped because the handler queue was full.",
+                &pipeline.dropped_queue_full,
+            ),
+            (
+                "cairn_handler_runs_total",
+                "Handler runs started.",
+                &pipeline.handler_runs,
+            ),
+            (
+                "cairn_handler_failures_total",
+                "Handler runs that failed.",
+                &pipeline.handler_failures,
+            ),
+            (
+                "cairn_handler_timeouts_total",
+                "Handler runs killed at their timeout.",
+                &pipeline.handler_timeouts,
+            ),
+        ];
+        for (name, help, value) in counters {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            out.push_str(&format!("{name} {}\n", value.load(Ordering::Relaxed)));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -73,7 +73,7 @@ const LOG_DELETE: u8 = 1;
 ///
 /// # Caveats
 ///
-/// The file can be open in one `RedbStore` at a time (a lock file guards it).
+/// The file can be open in one `RedbStore` at a time: redb locks it.
 /// Dropping the last clone waits for the writer to finish its current batch; [`RedbStore::close`]
 /// does the same without blocking.
 #[derive(Clone)]
@@ -315,6 +315,12 @@ impl RedbStore {
             .map_err(|_| StoreError::Closed)?;
         // The writer drops the reply only when it stops without answering.
         response.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").finish_non_exhaustive()
     }
 }
 
