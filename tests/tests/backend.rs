@@ -454,3 +454,120 @@ async fn admin_token(backend: &Backend) -> String {
         .expect("login")
         .access_token
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_refresh_once_and_forged_tokens_are_refused() {
+    let backend = Backend::start();
+    let anonymous = backend.client(Credentials::None);
+    let tokens = anonymous
+        .login("admin", ADMIN_PASSWORD)
+        .await
+        .expect("login");
+
+    // A refresh token works once; reusing it is refused.
+    let renewed = anonymous
+        .refresh(&tokens.access_token, &tokens.refresh_token)
+        .await
+        .expect("refresh");
+    let reuse = anonymous
+        .refresh(&tokens.access_token, &tokens.refresh_token)
+        .await;
+    assert!(
+        matches!(
+            reuse,
+            Err(ClientError::Status {
+                status: StatusCode::UNAUTHORIZED,
+                ..
+            })
+        ),
+        "{reuse:?}"
+    );
+    // Logout invalidates the current refresh token.
+    let admin = anonymous.with_credentials(Credentials::Bearer(renewed.access_token.clone()));
+    admin
+        .send(
+            reqwest::Method::POST,
+            "/auth/logout",
+            Some(&json!({"refresh_token": renewed.refresh_token})),
+        )
+        .await
+        .expect("logout");
+    let after_logout = anonymous
+        .refresh(&renewed.access_token, &renewed.refresh_token)
+        .await;
+    assert!(
+        after_logout.is_err(),
+        "a logged-out refresh token still works"
+    );
+
+    // Forged tokens: alg none, HS256 keyed with the public key, a foreign key, wrong issuer,
+    // expired. Each is a 401 and nothing else.
+    let public_pem =
+        std::fs::read_to_string(backend.data_dir.join("jwt/public.pem")).expect("public key");
+    let private_pem =
+        std::fs::read_to_string(backend.data_dir.join("jwt/private.pem")).expect("private key");
+    let foreign = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = |iss: &str, exp: u64| json!({"sub": "admin", "iss": iss, "exp": exp, "iat": now, "jti": "x", "groups": ["cluster-admins"]});
+    let es256 = |pem: &str, claims: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).expect("ec key"),
+        )
+        .expect("sign")
+    };
+    let b64 = |bytes: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    };
+    let forged = [
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(br#"{"alg":"none","typ":"JWT"}"#),
+                b64(claims("cairn", now + 60).to_string().as_bytes())
+            ),
+        ),
+        (
+            "HS256",
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims("cairn", now + 60),
+                &jsonwebtoken::EncodingKey::from_secret(public_pem.as_bytes()),
+            )
+            .expect("sign"),
+        ),
+        (
+            "foreign key",
+            es256(&foreign.serialize_pem(), claims("cairn", now + 60)),
+        ),
+        (
+            "wrong issuer",
+            es256(&private_pem, claims("someone-else", now + 60)),
+        ),
+        ("expired", es256(&private_pem, claims("cairn", now - 60))),
+    ];
+    // The real key and issuer do work, so the refusals are about the forgery alone.
+    let genuine = es256(&private_pem, claims("cairn", now + 60));
+    let (status, _) = status_of(
+        backend
+            .client(Credentials::Bearer(genuine))
+            .send(reqwest::Method::GET, "/api/core/v2/namespaces", None)
+            .await,
+    );
+    assert_eq!(status, StatusCode::OK);
+    for (what, token) in forged {
+        let (status, message) = status_of(
+            backend
+                .client(Credentials::Bearer(token))
+                .send(reqwest::Method::GET, "/api/core/v2/namespaces", None)
+                .await,
+        );
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {message}");
+    }
+}

@@ -487,6 +487,17 @@ fn decode_body(
         return Err(ApiError::invalid(error.to_string()));
     }
     resource.metadata.created_by = caller.username.clone();
+    if let Spec::Silenced(silenced) = &mut resource.spec {
+        // As Sensu: the creator, a start (now when unset) and an absolute expiry.
+        let now = i64::try_from(auth::unix_now()).unwrap_or(i64::MAX);
+        silenced.creator = caller.username.clone();
+        if silenced.begin == 0 {
+            silenced.begin = now;
+        }
+        if silenced.expire > 0 {
+            silenced.expire_at = silenced.begin.saturating_add(silenced.expire);
+        }
+    }
     Ok(resource)
 }
 
@@ -955,10 +966,9 @@ async fn events_put(
     let now = i64::try_from(auth::unix_now()).unwrap_or(i64::MAX);
     let event = crate::events::process_event(previous.as_ref(), event, now)
         .map_err(|err| ApiError::invalid(err.to_string()))?;
-    let stored = Resource::new(
-        ObjectMeta::named(namespace, &event_name),
-        Spec::Event(Box::new(event.clone())),
-    );
+    let mut event_meta = ObjectMeta::named(namespace, &event_name);
+    event_meta.created_by = caller.username.clone();
+    let stored = Resource::new(event_meta, Spec::Event(Box::new(event.clone())));
     state.resources.put(&stored, Precondition::None).await?;
     state
         .metrics

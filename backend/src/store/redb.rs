@@ -793,10 +793,16 @@ impl<'a> Reader<'a> {
 
 fn open_database(path: &Path) -> Result<Database, ::redb::DatabaseError> {
     let path_text = path.display().to_string();
+    // redb runs its repair pass when it creates a file too; only an existing file can have been
+    // shut down uncleanly, so only then is the pass worth a warning.
+    let existed = std::fs::metadata(path).is_ok_and(|metadata| metadata.len() > 0);
     ::redb::Builder::new()
         // The v3 format is the one later redb versions read without a migration.
         .create_with_file_format_v3(true)
         .set_repair_callback(move |session| {
+            if !existed {
+                return;
+            }
             warn!(
                 path = %path_text,
                 progress = session.progress(),
