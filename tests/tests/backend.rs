@@ -571,3 +571,64 @@ async fn tokens_refresh_once_and_forged_tokens_are_refused() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {message}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silenced_checks_do_not_reach_not_silenced_handlers() {
+    let backend = Backend::start();
+    let admin = backend.admin().await;
+    let out = tempfile::tempdir().expect("tempdir");
+    let path = out.path().join("pager.json");
+    let handler = json!({
+        "metadata": {"name": "pager"},
+        "type": "pipe",
+        "command": format!("cat >> {}; echo >> {}", path.display(), path.display()),
+        "filters": ["is_incident", "not_silenced"],
+    });
+    admin
+        .send(
+            reqwest::Method::PUT,
+            "/api/core/v2/namespaces/default/handlers/pager",
+            Some(&handler),
+        )
+        .await
+        .expect("handler");
+    let silence = json!({"metadata": {"name": "*:noisy"}, "check": "noisy", "reason": "maintenance", "expire": 3600});
+    admin
+        .send(
+            reqwest::Method::PUT,
+            "/api/core/v2/namespaces/default/silenced/*:noisy",
+            Some(&silence),
+        )
+        .await
+        .expect("silence");
+    let stored = admin
+        .get_json("/api/core/v2/namespaces/default/silenced/*:noisy")
+        .await
+        .expect("get silence");
+    assert_eq!(stored["creator"], "admin");
+    assert!(
+        stored["expire_at"].as_i64().unwrap_or(0) > stored["begin"].as_i64().unwrap_or(0),
+        "{stored}"
+    );
+
+    for check in ["noisy", "real"] {
+        let event = json!({
+            "entity": {"metadata": {"name": "web-1"}},
+            "check": {"metadata": {"name": check}, "status": 2, "handlers": ["pager"], "interval": 60},
+        });
+        admin
+            .send(
+                reqwest::Method::POST,
+                "/api/core/v2/namespaces/default/events",
+                Some(&event),
+            )
+            .await
+            .expect("event");
+    }
+    // The pipeline takes events in order: once "real" is handled, "noisy" was already filtered.
+    let text = wait_for_file(&path, "\"real\"", "the pager handler").await;
+    assert!(
+        !text.contains("\"noisy\""),
+        "a silenced check reached the handler:\n{text}"
+    );
+}
