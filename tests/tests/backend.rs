@@ -631,4 +631,14 @@ async fn silenced_checks_do_not_reach_not_silenced_handlers() {
         !text.contains("\"noisy\""),
         "a silenced check reached the handler:\n{text}"
     );
+    // Runs are counted when dispatched, in order, so this is exact: only "real" ran.
+    let metrics = backend
+        .client(Credentials::None)
+        .send(reqwest::Method::GET, "/metrics", None)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(metrics.contains("cairn_handler_runs_total 1\n"), "{metrics}");
 }
