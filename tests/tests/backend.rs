@@ -640,5 +640,8 @@ async fn silenced_checks_do_not_reach_not_silenced_handlers() {
         .text()
         .await
         .expect("metrics text");
-    assert!(metrics.contains("cairn_handler_runs_total 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("cairn_handler_runs_total 1\n"),
+        "{metrics}"
+    );
 }
