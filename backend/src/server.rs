@@ -178,7 +178,9 @@ pub async fn start(
         &public_pem,
         &cluster.name,
     )?);
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.store_file())?);
+    let redb = RedbStore::open(dir.store_file())?;
+    let store_stats = redb.stats();
+    let store: Arc<dyn Store> = Arc::new(redb);
     let resources = Resources::new(Arc::clone(&store));
     let (auth_cache, _auth_task) = AuthCache::start(resources.clone()).await?;
     let (pipeline, _pipeline_task) = Pipeline::start(
@@ -190,6 +192,7 @@ pub async fn start(
     let metrics = Arc::new(ApiMetrics::default());
     // Set once, right after creation, so this cannot fail.
     let _ = metrics.pipeline.set(pipeline.stats());
+    let _ = metrics.store.set(store_stats);
     let state = AppState {
         resources,
         auth: auth_cache,

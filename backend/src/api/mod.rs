@@ -64,6 +64,8 @@ pub struct ApiMetrics {
     pub events_ingested: AtomicU64,
     /// The handler pipeline's counters, once it runs.
     pub pipeline: std::sync::OnceLock<Arc<crate::pipeline::PipelineStats>>,
+    /// The store's commit counters, when the store keeps them.
+    pub store: std::sync::OnceLock<Arc<crate::store::StoreStats>>,
 }
 
 /// Upper bounds of the request latency histogram, milliseconds.
@@ -239,6 +241,26 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         "cairn_events_ingested_total {}\n",
         metrics.events_ingested.load(Ordering::Relaxed)
     ));
+    if let Some(store) = metrics.store.get() {
+        let commits = store.commits.load(Ordering::Relaxed);
+        out.push_str("# HELP cairn_store_commits_total Store transactions committed.\n");
+        out.push_str("# TYPE cairn_store_commits_total counter\n");
+        out.push_str(&format!("cairn_store_commits_total {commits}\n"));
+        out.push_str("# HELP cairn_store_writes_total Writes in committed store transactions.\n");
+        out.push_str("# TYPE cairn_store_writes_total counter\n");
+        out.push_str(&format!(
+            "cairn_store_writes_total {}\n",
+            store.writes.load(Ordering::Relaxed)
+        ));
+        out.push_str(
+            "# HELP cairn_store_commit_seconds_total Time spent committing (with fsync).\n",
+        );
+        out.push_str("# TYPE cairn_store_commit_seconds_total counter\n");
+        out.push_str(&format!(
+            "cairn_store_commit_seconds_total {}\n",
+            store.commit_micros.load(Ordering::Relaxed) as f64 / 1e6
+        ));
+    }
     if let Some(pipeline) = metrics.pipeline.get() {
         let counters = [
             (

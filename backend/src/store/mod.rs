@@ -205,3 +205,27 @@ impl StoreError {
         Self::Backend(Box::new(error))
     }
 }
+
+/// Counters of the store's commits, shown on `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Transactions committed (or attempted).
+    pub commits: std::sync::atomic::AtomicU64,
+    /// Writes in those transactions.
+    pub writes: std::sync::atomic::AtomicU64,
+    /// Time spent committing, microseconds (includes the fsync).
+    pub commit_micros: std::sync::atomic::AtomicU64,
+}
+
+impl StoreStats {
+    pub(crate) fn record(&self, writes: usize, elapsed: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.commits.fetch_add(1, Relaxed);
+        self.writes
+            .fetch_add(u64::try_from(writes).unwrap_or(u64::MAX), Relaxed);
+        self.commit_micros.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+    }
+}

@@ -126,6 +126,7 @@ struct Inner {
     requests: mpsc::Sender<Command>,
     /// `None` once closed.
     open: Mutex<Option<Open>>,
+    stats: Arc<super::StoreStats>,
     _writer: WriterThread,
 }
 
@@ -169,6 +170,7 @@ struct Writer {
     requests: mpsc::Receiver<Command>,
     events: broadcast::Sender<Batch>,
     log_retention: u64,
+    stats: Arc<super::StoreStats>,
 }
 
 /// A value in the `kv` table.
@@ -242,11 +244,13 @@ impl RedbStore {
 
         let (request_sender, request_receiver) = mpsc::channel(tuning.write_queue);
         let (events, _) = broadcast::channel(tuning.watch_buffer);
+        let stats = Arc::new(super::StoreStats::default());
         let writer = Writer {
             database: Arc::clone(&database),
             requests: request_receiver,
             events: events.clone(),
             log_retention: tuning.log_retention,
+            stats: Arc::clone(&stats),
         };
         let handle = thread::Builder::new()
             .name("store-writer".to_owned())
@@ -257,9 +261,15 @@ impl RedbStore {
             inner: Arc::new(Inner {
                 requests: request_sender,
                 open: Mutex::new(Some(Open { database, events })),
+                stats,
                 _writer: WriterThread(Some(handle)),
             }),
         })
+    }
+
+    /// Commit counters, for `/metrics`.
+    pub fn stats(&self) -> Arc<super::StoreStats> {
+        Arc::clone(&self.inner.stats)
     }
 
     /// Stops the store for every clone: queued writes are committed and answered, later calls
@@ -518,7 +528,10 @@ impl Writer {
             .into_iter()
             .map(|request| (request.op, request.reply))
             .unzip();
-        match self.apply(ops) {
+        let started = std::time::Instant::now();
+        let applied = self.apply(ops);
+        self.stats.record(writes, started.elapsed());
+        match applied {
             Ok((outcomes, changes)) => {
                 trace!(writes, changes = changes.len(), "committed batch");
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
