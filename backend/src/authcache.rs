@@ -1,4 +1,4 @@
-//! The in-memory view of users, API keys, roles and bindings that every request is
+//! The in-memory view of users, API keys, roles, bindings and namespaces that every request is
 //! authenticated and authorized against, kept current by a watch on the store.
 //!
 //! One writer (the watch task) and many cheap readers. A handler that changes one of these
@@ -19,8 +19,9 @@ use crate::rbac::AuthSnapshot;
 use crate::resources::{self, Resources, RESOURCE_PREFIX};
 use crate::store::{Revision, WatchEvent};
 
-/// The kinds the view holds.
-const AUTH_KINDS: [Kind; 6] = [
+/// The kinds the view holds (namespaces too: every namespaced request checks one exists).
+const AUTH_KINDS: [Kind; 7] = [
+    Kind::Namespace,
     Kind::User,
     Kind::ApiKey,
     Kind::ClusterRole,

@@ -56,6 +56,7 @@ pub struct AuthSnapshot {
     cluster_bindings: HashMap<String, RoleBinding>,
     roles: HashMap<(String, String), Role>,
     bindings: HashMap<(String, String), RoleBinding>,
+    namespaces: std::collections::HashSet<String>,
 }
 
 // === impl Verb ===
@@ -104,6 +105,9 @@ impl AuthSnapshot {
             Spec::RoleBinding(binding) => {
                 self.bindings.insert((namespace, name), binding.clone());
             }
+            Spec::Namespace(_) => {
+                self.namespaces.insert(name);
+            }
             _ => {}
         }
     }
@@ -130,8 +134,16 @@ impl AuthSnapshot {
             Kind::RoleBinding => {
                 self.bindings.remove(&key);
             }
+            Kind::Namespace => {
+                self.namespaces.remove(name);
+            }
             _ => {}
         }
+    }
+
+    /// Whether a namespace exists.
+    pub fn has_namespace(&self, name: &str) -> bool {
+        self.namespaces.contains(name)
     }
 
     /// The live user record.

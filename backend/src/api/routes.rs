@@ -505,11 +505,13 @@ async fn require_namespace(state: &AppState, kind: Kind, namespace: &str) -> Res
     if !kind.is_namespaced() {
         return Ok(());
     }
-    match state.resources.get(Kind::Namespace, "", namespace).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::not_found(format!(
+    // From memory: the auth view holds the namespaces, and writers wait for it.
+    if state.auth.snapshot().has_namespace(namespace) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
             "namespace \"{namespace}\" not found"
-        ))),
+        )))
     }
 }
 
@@ -968,14 +970,17 @@ async fn events_put(
         .map_err(|err| ApiError::invalid(err.to_string()))?;
     let mut event_meta = ObjectMeta::named(namespace, &event_name);
     event_meta.created_by = caller.username.clone();
-    let stored = Resource::new(event_meta, Spec::Event(Box::new(event.clone())));
+    let stored = Resource::new(event_meta, Spec::Event(Box::new(event)));
     state.resources.put(&stored, Precondition::None).await?;
     state
         .metrics
         .events_ingested
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Spec::Event(event) = stored.spec else {
+        unreachable!("built as an event above");
+    };
     ensure_entity(state, namespace, &event).await?;
-    state.events.submit(namespace, event);
+    state.events.submit(namespace, *event);
     Ok(StatusCode::CREATED.into_response())
 }
 
@@ -1007,12 +1012,9 @@ async fn ensure_entity(state: &AppState, namespace: &str, event: &Event) -> Resu
         .as_ref()
         .map(|meta| meta.name.as_str())
         .unwrap_or_default();
-    if state
-        .resources
-        .get(Kind::Entity, namespace, name)
-        .await?
-        .is_some()
-    {
+    // Presence only: no need to decode the stored entity.
+    let key = Resources::key(Kind::Entity, namespace, name);
+    if state.resources.store().get(&key).await?.is_some() {
         return Ok(());
     }
     let mut spec = entity.clone();
