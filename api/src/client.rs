@@ -100,27 +100,8 @@ impl Client {
     /// # Errors
     /// [`ClientError::InvalidCa`] when the PEM holds no usable certificate.
     pub fn new(base_url: &str, ca_pem: &str, credentials: Credentials) -> Result<Client> {
-        let mut roots = rustls::RootCertStore::empty();
-        let mut reader = std::io::BufReader::new(ca_pem.as_bytes());
-        let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut reader) {
-            let cert = cert.map_err(|err| ClientError::InvalidCa(err.to_string()))?;
-            roots
-                .add(cert)
-                .map_err(|err| ClientError::InvalidCa(err.to_string()))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(ClientError::InvalidCa("no certificate in the PEM".into()));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|err| ClientError::InvalidCa(err.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
+            .use_preconfigured_tls(tls_config_trusting(ca_pem)?)
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|err| ClientError::InvalidCa(err.to_string()))?;
@@ -306,6 +287,30 @@ impl Client {
             Err(err) => Err(err),
         }
     }
+}
+
+/// A TLS client configuration (ring provider) that trusts only the certificates in `ca_pem`.
+///
+/// # Errors
+/// [`ClientError::InvalidCa`] when the PEM holds no usable certificate.
+pub fn tls_config_trusting(ca_pem: &str) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut reader = std::io::BufReader::new(ca_pem.as_bytes());
+    for cert in rustls_pemfile::certs(&mut reader) {
+        let cert = cert.map_err(|err| ClientError::InvalidCa(err.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|err| ClientError::InvalidCa(err.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(ClientError::InvalidCa("no certificate in the PEM".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| ClientError::InvalidCa(err.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn decode(kind: Kind, url: &str, body: Value) -> Result<Resource> {

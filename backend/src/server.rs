@@ -126,15 +126,15 @@ pub async fn init(config: &InitConfig) -> Result<datadir::InitSummary, ServerErr
     for resource in rbac::default_resources(&config.admin_username, &hash) {
         resources.put(&resource, Precondition::Absent).await?;
     }
-    for namespace in ["default"] {
-        let resource = cairn_api::Resource::new(
-            cairn_api::ObjectMeta::named("", namespace),
-            Spec::Namespace(cairn_api::model::Namespace {
-                name: namespace.to_owned(),
-            }),
-        );
-        resources.put(&resource, Precondition::Absent).await?;
-    }
+    let default_namespace = cairn_api::Resource::new(
+        cairn_api::ObjectMeta::named("", "default"),
+        Spec::Namespace(cairn_api::model::Namespace {
+            name: "default".to_owned(),
+        }),
+    );
+    resources
+        .put(&default_namespace, Precondition::Absent)
+        .await?;
     let env_provider = cairn_api::Resource::new(
         cairn_api::ObjectMeta::named("", "env"),
         Spec::EnvProvider(cairn_api::model::EnvProvider {}),

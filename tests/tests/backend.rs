@@ -430,16 +430,7 @@ async fn bad_input_is_refused_with_a_clear_message() {
 }
 
 fn reqwest_client(backend: &Backend) -> reqwest::Client {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut backend.ca().as_bytes()) {
-        roots.add(cert.expect("cert")).expect("add root");
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocols")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = cairn_api::client::tls_config_trusting(&backend.ca()).expect("tls config");
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .build()

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,7 +23,7 @@ use crate::auth::{self, TokenIssuer};
 use crate::authcache::AuthCache;
 use crate::rbac::{self, Caller, Verb};
 use crate::resources::Resources;
-use crate::store::{Precondition, Store};
+use crate::store::Precondition;
 
 /// The default request body limit (Sensu's `api-request-limit`).
 pub const DEFAULT_BODY_LIMIT: usize = 512 * 1024;
@@ -454,19 +454,4 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
             err.column()
         ))
     })
-}
-
-/// The method's RBAC verb for an item.
-fn verb_for(method: &Method) -> Verb {
-    match *method {
-        Method::GET | Method::HEAD => Verb::Get,
-        Method::DELETE => Verb::Delete,
-        Method::POST => Verb::Create,
-        _ => Verb::Update,
-    }
-}
-
-/// A handle to the store, for the server's wiring.
-pub fn store_of(state: &AppState) -> &Arc<dyn Store> {
-    state.resources.store()
 }

@@ -13,7 +13,7 @@ use cairn_api::model::{ApiKey, Entity, Event, User};
 use cairn_api::validate::validate;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
-use super::{authenticate, authorize, parse_json, read_body, verb_for, ApiError, AppState};
+use super::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
 use crate::auth;
 use crate::rbac::{Caller, Verb};
 use crate::resources::{Resources, Stored};
@@ -216,12 +216,17 @@ fn method_not_allowed() -> ApiError {
     }
 }
 
-/// The form a resource is returned in: the wire form, with secrets of users removed.
+/// The form a resource is returned in: the wire form, without credentials (a user's password
+/// and hash, a Vault provider's token), which the API never returns.
 fn response_body(resource: &Resource) -> Value {
     let mut resource = resource.clone();
-    if let Spec::User(user) = &mut resource.spec {
-        user.password.clear();
-        user.password_hash.clear();
+    match &mut resource.spec {
+        Spec::User(user) => {
+            user.password.clear();
+            user.password_hash.clear();
+        }
+        Spec::VaultProvider(vault) => vault.client.token.clear(),
+        _ => {}
     }
     resource.to_wire()
 }
@@ -551,9 +556,8 @@ async fn write(
                 crate::store::StoreError::PreconditionFailed { current: 0, .. },
             ) => ApiError::not_found(format!("{} not found", resource.key())),
             crate::resources::ResourceError::Store(
-                crate::store::StoreError::PreconditionFailed { current, .. },
+                crate::store::StoreError::PreconditionFailed { .. },
             ) if precondition == Precondition::Absent => {
-                let _ = current;
                 ApiError::conflict(format!("{} already exists", resource.key()))
             }
             other => ApiError::from(other),
@@ -714,10 +718,7 @@ async fn item(
             }
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        _ => {
-            let _ = verb_for(method);
-            Err(method_not_allowed())
-        }
+        _ => Err(method_not_allowed()),
     }
 }
 
@@ -1104,6 +1105,26 @@ mod tests {
                 group: Some("ops".into())
             })
         );
+    }
+
+    #[test]
+    fn responses_carry_no_credentials() {
+        let mut vault = cairn_api::model::VaultProvider::default();
+        vault.client.address = "https://vault:8200".into();
+        vault.client.token = "s.secret-token".into();
+        let resource = Resource::new(ObjectMeta::named("", "vault"), Spec::VaultProvider(vault));
+        assert!(!response_body(&resource)
+            .to_string()
+            .contains("s.secret-token"));
+        let user = Resource::new(
+            ObjectMeta::named("", "bob"),
+            Spec::User(User {
+                username: "bob".into(),
+                password_hash: "$argon2id$v=19$hash".into(),
+                ..User::default()
+            }),
+        );
+        assert!(!response_body(&user).to_string().contains("argon2"));
     }
 
     #[test]
