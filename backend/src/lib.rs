@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod authcache;
+pub mod checkstate;
 pub mod datadir;
 pub mod events;
 pub mod pipeline;

@@ -200,6 +200,7 @@ pub async fn start(
         events: Arc::new(PipelineSink(pipeline)),
         metrics,
         body_limit: config.body_limit,
+        check_states: Arc::new(crate::checkstate::CheckStateCache::default()),
     };
     let listener = TcpListener::bind(config.api_listen)
         .await

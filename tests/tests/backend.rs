@@ -636,3 +636,47 @@ async fn silenced_checks_do_not_reach_not_silenced_handlers() {
         "{metrics}"
     );
 }
+
+/// Results for one check that arrive at the same time each land in its history: the backend
+/// stores an event only over the revision it computed it from, and recomputes otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_results_for_one_check_all_land_in_history() {
+    let backend = Backend::start();
+    let admin = std::sync::Arc::new(backend.admin().await);
+    const RESULTS: i64 = 16;
+    let mut posts = tokio::task::JoinSet::new();
+    for executed in 1..=RESULTS {
+        let admin = std::sync::Arc::clone(&admin);
+        posts.spawn(async move {
+            let event = json!({
+                "entity": {"metadata": {"name": "web-1"}},
+                "check": {"metadata": {"name": "disk"}, "status": 1, "executed": executed, "interval": 60},
+            });
+            admin
+                .send(
+                    Method::POST,
+                    "/api/core/v2/namespaces/default/events",
+                    Some(&event),
+                )
+                .await
+                .map(|response| response.status())
+        });
+    }
+    while let Some(joined) = posts.join_next().await {
+        let status = joined.expect("post task").expect("post");
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let stored = admin
+        .get_json("/api/core/v2/namespaces/default/events/web-1/disk")
+        .await
+        .expect("get event");
+    let mut executed: Vec<i64> = stored["check"]["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|entry| entry["executed"].as_i64().expect("executed"))
+        .collect();
+    executed.sort_unstable();
+    assert_eq!(executed, (1..=RESULTS).collect::<Vec<_>>(), "{stored}");
+    assert_eq!(stored["check"]["occurrences"], RESULTS, "{stored}");
+}

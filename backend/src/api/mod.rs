@@ -43,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<ApiMetrics>,
     /// Largest accepted body, bytes.
     pub body_limit: usize,
+    /// Check state of the last stored event per entity/check, by store revision.
+    pub check_states: Arc<crate::checkstate::CheckStateCache>,
 }
 
 /// Receives stored events for the handler pipeline. Must not block.
