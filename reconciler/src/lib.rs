@@ -1,8 +1,16 @@
 //! `cairn-reconciler`: manifest sources, diff, plan, apply, prune and watch, and the operator
 //! CLI `cairnctl` built on them.
 
+pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod exit;
+pub mod fetch;
+pub mod gitops;
 pub mod lint;
+pub mod plan;
+pub mod source;
+pub mod status;
+pub mod sync;
+pub mod watch;

@@ -21,6 +21,30 @@ pub struct LintReport {
 
 /// Reads every path and validates what it holds.
 pub fn run(args: &LintArgs) -> LintReport {
+    if let (Some(git_dir), Some(reference)) = (&args.git_dir, &args.git_ref) {
+        let source = crate::source::Source::Git {
+            repo: git_dir.display().to_string(),
+            reference: reference.clone(),
+        };
+        let options = crate::source::ReadOptions {
+            subdir: args.path.clone(),
+            ..crate::source::ReadOptions::default()
+        };
+        return match source.read(&options) {
+            Ok(snapshot) => {
+                let mut report = report(&snapshot.manifests, args.allow_unsupported);
+                if let Some(commit) = &snapshot.commit {
+                    report.summary = format!("{}: {}", crate::plan::short(commit), report.summary);
+                }
+                report
+            }
+            Err(err) => LintReport {
+                lines: vec![err.to_string()],
+                summary: "0 documents, 0 types, 1 errors".to_owned(),
+                outcome: Outcome::Failure,
+            },
+        };
+    }
     let mut manifests = Manifests::default();
     for path in &args.paths {
         if path == Path::new("-") {

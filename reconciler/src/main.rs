@@ -9,7 +9,7 @@ use clap::Parser;
 use cairn_reconciler::cli::{Command, Opts};
 use cairn_reconciler::config::ProcessEnv;
 use cairn_reconciler::exit::Outcome;
-use cairn_reconciler::{ctl, lint};
+use cairn_reconciler::{ctl, gitops, lint, status, watch};
 
 fn main() -> ExitCode {
     let opts = match Opts::try_parse() {
@@ -65,13 +65,17 @@ fn main() -> ExitCode {
 
 /// Runs a command that talks to a backend, on a runtime built here.
 fn run_online(command: Command) -> anyhow::Result<ctl::Report> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let env = ProcessEnv;
     let report = runtime.block_on(async move {
         match command {
             Command::Lint(_) => unreachable!("lint runs offline"),
+            Command::Diff(args) => gitops::diff(&env, &args).await,
+            Command::Apply(args) => gitops::apply(&env, &args).await,
+            Command::Watch(args) => watch::run(&env, &args).await,
+            Command::Status(args) => status::run(&args).await,
             Command::Configure(args) => {
                 ctl::configure(
                     &env,
