@@ -92,16 +92,22 @@ pub async fn apply(client: &Client, plan: &Plan, options: ApplyOptions) -> Appli
             let name = describe(&change.key);
             match result {
                 Ok(()) => {
-                    match change.action {
-                        Action::Create => applied.created += 1,
-                        Action::Update => applied.updated += 1,
-                        Action::Delete => applied.deleted += 1,
-                        Action::Unchanged => {}
-                    }
-                    applied.lines.push(format!(
-                        "{}d {name}",
-                        change.action.as_str().trim_end_matches('e')
-                    ));
+                    let done = match change.action {
+                        Action::Create => {
+                            applied.created += 1;
+                            "created"
+                        }
+                        Action::Update => {
+                            applied.updated += 1;
+                            "updated"
+                        }
+                        Action::Delete => {
+                            applied.deleted += 1;
+                            "deleted"
+                        }
+                        Action::Unchanged => "unchanged",
+                    };
+                    applied.lines.push(format!("{done} {name}"));
                 }
                 Err(err) => {
                     applied.failed.push((
