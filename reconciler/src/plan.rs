@@ -219,9 +219,9 @@ pub async fn live_state(
         // `providers` lists both provider kinds; list it once.
         .filter(|kind| *kind != Kind::VaultProvider)
         .map(|kind| {
-            let selector = (!declared_kinds.contains(&kind)
-                && !(kind == Kind::EnvProvider && declared_kinds.contains(&Kind::VaultProvider)))
-            .then_some(owned.as_str());
+            let declared = declared_kinds.contains(&kind)
+                || (kind == Kind::EnvProvider && declared_kinds.contains(&Kind::VaultProvider));
+            let selector = (!declared).then_some(owned.as_str());
             list_kind(client, kind, selector, &namespaces)
         });
     let mut live = BTreeMap::new();
@@ -506,6 +506,136 @@ pub fn render_json(plan: &Plan, snapshot: &Snapshot) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_api::codec;
+
+    fn resources(yaml: &str) -> Vec<Resource> {
+        let manifests = codec::load_str("test.yaml", yaml);
+        assert!(manifests.problems.is_empty(), "{:?}", manifests.problems);
+        manifests
+            .resources
+            .into_iter()
+            .map(|loaded| loaded.resource)
+            .collect()
+    }
+
+    fn check(name: &str, command: &str, owner: Option<&str>) -> Resource {
+        let labels = owner
+            .map(|owner| format!("  labels:\n    {LABEL_MANAGED_BY}: {owner}\n"))
+            .unwrap_or_default();
+        resources(&format!(
+            "type: CheckConfig\napi_version: core/v2\nmetadata:\n  name: {name}\n  namespace: demo\n{labels}spec:\n  command: \"{command}\"\n  interval: 60\n"
+        ))
+        .remove(0)
+    }
+
+    fn live(items: Vec<Resource>) -> BTreeMap<ResourceKey, Resource> {
+        items
+            .into_iter()
+            .map(|resource| (resource.key(), resource))
+            .collect()
+    }
+
+    fn desired(items: Vec<Resource>) -> Vec<(Resource, String)> {
+        items
+            .into_iter()
+            .map(|mut resource| {
+                resource
+                    .metadata
+                    .labels
+                    .insert(LABEL_MANAGED_BY.to_owned(), "cairnctl".to_owned());
+                (resource, "checks.yaml".to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn actions_cover_create_update_unchanged_delete_and_leave_unowned_alone() {
+        let plan = compute(
+            desired(vec![
+                check("same", "true", None),
+                check("changed", "new", None),
+                check("new", "true", None),
+                check("handmade", "true", None),
+            ]),
+            live(vec![
+                check("same", "true", Some("cairnctl")),
+                check("changed", "old", Some("cairnctl")),
+                check("handmade", "true", None),
+                check("gone", "true", Some("cairnctl")),
+                check("other-owner", "true", Some("someone-else")),
+                check("by-hand", "true", None),
+            ]),
+            "cairnctl",
+        );
+        let actions: Vec<(&str, Action, bool)> = plan
+            .changes
+            .iter()
+            .map(|change| (change.key.name.as_str(), change.action, change.adopt))
+            .collect();
+        assert_eq!(
+            actions,
+            vec![
+                ("changed", Action::Update, false),
+                ("handmade", Action::Update, true),
+                ("new", Action::Create, false),
+                ("same", Action::Unchanged, false),
+                ("gone", Action::Delete, false),
+            ]
+        );
+        assert_eq!(plan.managed, 3);
+        let diff = plan.changes[0].unified_diff();
+        assert!(diff.contains("-  command: old"), "{diff}");
+        assert!(diff.contains("+  command: new"), "{diff}");
+        assert!(!plan.in_sync());
+    }
+
+    #[test]
+    fn prune_guard_refuses_all_and_more_than_the_limit() {
+        let owned = |names: &[&str]| {
+            live(
+                names
+                    .iter()
+                    .map(|name| check(name, "true", Some("cairnctl")))
+                    .collect(),
+            )
+        };
+        let keep =
+            |names: &[&str]| desired(names.iter().map(|name| check(name, "true", None)).collect());
+        // Deleting every managed resource is refused whatever the limit.
+        let plan = compute(Vec::new(), owned(&["a", "b"]), "cairnctl");
+        assert!(plan.prune_refusal(100).expect("refused").contains("all 2"));
+        // 2 of 4 is 50%: allowed at 50, refused at 49.
+        let plan = compute(keep(&["a", "b"]), owned(&["a", "b", "c", "d"]), "cairnctl");
+        assert_eq!(plan.prune_refusal(50), None);
+        assert!(plan.prune_refusal(49).expect("refused").contains("2 of 4"));
+        // Nothing to delete: nothing to refuse.
+        let plan = compute(keep(&["a"]), owned(&["a"]), "cairnctl");
+        assert_eq!(plan.prune_refusal(0), None);
+    }
+
+    #[test]
+    fn server_managed_fields_are_not_drift() {
+        let mut current = check("a", "true", Some("cairnctl"));
+        current.metadata.created_by = "admin".to_owned();
+        current.metadata.annotations.insert(
+            ANNOTATION_SOURCE.to_owned(),
+            "repo@0123456789abcdef0123456789abcdef01234567:checks.yaml".to_owned(),
+        );
+        let mut wanted = desired(vec![check("a", "true", None)]);
+        wanted[0].0.metadata.annotations.insert(
+            ANNOTATION_SOURCE.to_owned(),
+            "repo@89abcdef0123456789abcdef0123456789abcdef:checks.yaml".to_owned(),
+        );
+        let plan = compute(wanted.clone(), live(vec![current.clone()]), "cairnctl");
+        assert!(plan.in_sync(), "{:?}", plan.changes[0].unified_diff());
+        // The same resource moved to another file is an update.
+        wanted[0].0.metadata.annotations.insert(
+            ANNOTATION_SOURCE.to_owned(),
+            "repo@89abcdef0123456789abcdef0123456789abcdef:moved.yaml".to_owned(),
+        );
+        let plan = compute(wanted, live(vec![current]), "cairnctl");
+        assert_eq!(plan.changes[0].action, Action::Update);
+    }
 
     #[test]
     fn strip_commit_keeps_origin_and_path() {
