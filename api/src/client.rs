@@ -44,7 +44,7 @@ pub enum ClientError {
     #[error("invalid CA certificate: {0}")]
     InvalidCa(String),
     /// The backend could not be reached or the connection broke. A retry may help.
-    #[error("request to {url} failed: {source}")]
+    #[error("request to {url} failed: {}", cause_chain(source))]
     RequestFailed {
         /// The URL.
         url: String,
@@ -338,6 +338,25 @@ pub fn tls_config_trusting(ca_pem: &str) -> Result<rustls::ClientConfig> {
         .with_no_client_auth())
 }
 
+/// A client for plain `http://` endpoints on loopback (a watcher's `/status`): its TLS
+/// configuration trusts no certificate, so it can never be talked into an unverified `https://`.
+///
+/// # Errors
+/// When reqwest cannot build the client.
+pub fn plain_http_client(timeout: std::time::Duration) -> Result<reqwest::Client> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| ClientError::InvalidCa(err.to_string()))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(timeout)
+        .build()
+        .map_err(|err| ClientError::InvalidCa(err.to_string()))
+}
+
 fn decode(kind: Kind, url: &str, body: Value) -> Result<Resource> {
     Resource::from_wire(kind, body).map_err(|issue| ClientError::UnexpectedResponse {
         url: url.to_owned(),
@@ -392,4 +411,20 @@ fn percent_encode(text: &str) -> String {
         }
     }
     out
+}
+
+/// An error and its causes, innermost last (`error sending request: connection refused`);
+/// reqwest's own message leaves out why a connection failed.
+pub fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -14,3 +14,4 @@ pub mod source;
 pub mod status;
 pub mod sync;
 pub mod watch;
+pub mod webhook;

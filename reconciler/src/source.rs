@@ -146,6 +146,15 @@ impl Source {
         }
     }
 
+    /// How the source is named in records: the folder, or the repository's path or URL
+    /// (credentials removed).
+    pub fn origin(&self) -> String {
+        match self {
+            Source::Folder(path) => path.display().to_string(),
+            Source::Git { repo, .. } => fetch::redact_url(repo),
+        }
+    }
+
     /// Whether this names a remote repository (fetched into the cache).
     pub fn is_remote(&self) -> bool {
         matches!(self, Source::Git { repo, .. } if fetch::is_url(repo))
@@ -287,9 +296,11 @@ fn peel<'r>(
         reference: reference.to_owned(),
         reason,
     };
+    // A fetched remote keeps its branches under refs/remotes/origin/.
+    let branch = reference.strip_prefix("refs/heads/").unwrap_or(reference);
     let object = repository
         .revparse_single(reference)
-        .or_else(|_| repository.revparse_single(&format!("refs/remotes/origin/{reference}")))
+        .or_else(|_| repository.revparse_single(&format!("refs/remotes/origin/{branch}")))
         .map_err(|err| reference_error(err.message().to_owned()))?;
     object
         .peel_to_commit()
@@ -375,7 +386,7 @@ fn read_git(
     }
     Ok(finish(
         manifests,
-        repo.to_owned(),
+        fetch::redact_url(repo),
         Some(commit.id().to_string()),
         options,
     ))

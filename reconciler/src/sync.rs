@@ -151,7 +151,7 @@ pub async fn plan(
     let started_at = unix_now();
     let fail = |result: SyncResult, commit: Option<String>, errors: Vec<String>| {
         Box::new(SyncReport {
-            source: source.describe(),
+            source: source.origin(),
             commit,
             started_at,
             duration_ms: elapsed_ms(started),
