@@ -221,14 +221,9 @@ pub struct SourceArgs {
     /// https takes a token from CAIRN_GIT_TOKEN; ssh uses the SSH agent or CAIRN_GIT_SSH_KEY.
     #[arg(long, value_name = "REPO")]
     pub git: Option<String>,
-    /// The branch, tag or commit to read from --git.
-    #[arg(
-        long = "ref",
-        value_name = "REF",
-        default_value = "HEAD",
-        requires = "git"
-    )]
-    pub reference: String,
+    /// The branch, tag or commit to read from --git (default: HEAD).
+    #[arg(long = "ref", value_name = "REF", requires = "git")]
+    pub reference: Option<String>,
     /// Only read below this folder of the source.
     #[arg(long, value_name = "SUBDIR")]
     pub path: Option<String>,

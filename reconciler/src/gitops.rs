@@ -8,10 +8,28 @@ use crate::plan;
 use crate::source::{ReadOptions, Source};
 use crate::sync::{self, SyncOptions, SyncResult};
 
+/// Refuses source flags that do not go together (clap's `requires` does not hold across the
+/// flattened arguments): `--ref` without `--git`.
+///
+/// # Errors
+/// [`CtlError::Usage`] naming the flag.
+pub fn check_source_args(args: &SourceArgs) -> Result<(), CtlError> {
+    if args.reference.is_some() && args.git.is_none() {
+        return Err(CtlError::Usage(
+            "--ref needs --git: a folder source has no refs".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 /// The source and read options named by the command line; `namespace` is the configured
 /// default when `--namespace` is not given.
 pub fn source_of(args: &SourceArgs, default_namespace: &str) -> (Source, ReadOptions) {
-    let source = Source::from_args(args.folder.clone(), args.git.clone(), &args.reference);
+    let source = Source::from_args(
+        args.folder.clone(),
+        args.git.clone(),
+        args.reference.as_deref().unwrap_or("HEAD"),
+    );
     let read = ReadOptions {
         subdir: args.path.clone(),
         default_namespace: args
@@ -46,6 +64,7 @@ pub fn options_of(source: &SourceArgs, prune: Option<&PruneArgs>, dry_run: bool)
 /// # Errors
 /// Configuration errors; everything else is in the report.
 pub async fn diff(env: &dyn EnvSource, args: &DiffArgs) -> Result<Report, CtlError> {
+    check_source_args(&args.source)?;
     let (client, default_namespace) = ctl::connect(env).await?;
     let (source, read) = source_of(&args.source, &default_namespace);
     let options = options_of(&args.source, None, true);
@@ -96,6 +115,7 @@ fn failed(report: &sync::SyncReport, format: DiffFormat) -> Report {
 /// # Errors
 /// Configuration errors; everything else is in the report.
 pub async fn apply(env: &dyn EnvSource, args: &ApplyArgs) -> Result<Report, CtlError> {
+    check_source_args(&args.source)?;
     let (client, default_namespace) = ctl::connect(env).await?;
     let (source, read) = source_of(&args.source, &default_namespace);
     let options = options_of(&args.source, Some(&args.prune), args.dry_run);

@@ -567,6 +567,7 @@ pub async fn run(env: &dyn EnvSource, args: &WatchArgs) -> Result<Report, CtlErr
             "--self-heal must be at least 1 second".to_owned(),
         ));
     }
+    gitops::check_source_args(&args.source)?;
     // The namespace only matters to the sync, which takes the configured one.
     let (source, read) = gitops::source_of(&args.source, "default");
     if source.is_remote() && args.interval == 0 {

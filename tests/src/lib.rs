@@ -7,9 +7,10 @@
 //! per test process (a no-op when they are current) so that no test runs a stale binary.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
+use std::time::{Duration, Instant};
 
 use cairn_api::client::{Client, Credentials};
 
@@ -94,28 +95,69 @@ impl Backend {
             "init failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let mut child = command("cairn-backend")
-            .args(["start", "--api-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start cairn-backend");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let url = line
-            .trim()
-            .strip_prefix("api listening on ")
-            .unwrap_or_else(|| panic!("backend did not report its address; it printed {line:?}"))
-            .to_owned();
+        let (child, url) = spawn_backend(&data_dir, "127.0.0.1:0")
+            .unwrap_or_else(|printed| panic!("backend did not report its address; {printed}"));
         Backend {
             child,
             url,
             data_dir,
             _dir: dir,
+        }
+    }
+
+    /// The `host:port` the backend listens on.
+    pub fn addr(&self) -> &str {
+        self.url
+            .strip_prefix("https://")
+            .unwrap_or(&self.url)
+            .trim_end_matches('/')
+    }
+
+    /// Stops the backend (SIGTERM, then SIGKILL after 10 s) and waits for it to exit. Its data
+    /// directory is kept; [`Backend::restart`] starts it again on the same address.
+    pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        #[cfg(unix)]
+        {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the backend if it runs, and starts it again on the same address with the same data
+    /// directory. Retries for up to 20 s while the port cannot be bound yet.
+    ///
+    /// # Panics
+    /// When it does not come up on the same address in time.
+    pub fn restart(&mut self) {
+        self.stop();
+        let addr = self.addr().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match spawn_backend(&self.data_dir, &addr) {
+                Ok((child, url)) => {
+                    assert_eq!(url, self.url, "the backend came back on another address");
+                    self.child = child;
+                    return;
+                }
+                Err(printed) if Instant::now() < deadline => {
+                    eprintln!("backend restart on {addr} failed ({printed}); retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(printed) => panic!("backend did not restart on {addr}: {printed}"),
+            }
         }
     }
 
@@ -142,5 +184,28 @@ impl Backend {
             .await
             .expect("admin login");
         anonymous.with_credentials(Credentials::Bearer(tokens.access_token))
+    }
+}
+
+/// Starts `cairn-backend start` on `listen` and reads the address it reports. On failure (it
+/// exited without reporting one), the child has been reaped and the error says what it printed.
+fn spawn_backend(data_dir: &Path, listen: &str) -> Result<(Child, String), String> {
+    let mut child = command("cairn-backend")
+        .args(["start", "--api-listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start cairn-backend");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    let read = BufReader::new(stdout).read_line(&mut line);
+    match line.trim().strip_prefix("api listening on ") {
+        Some(url) if read.is_ok() => Ok((child, url.to_owned())),
+        _ => {
+            let _ = child.kill();
+            let status = child.wait();
+            Err(format!("it printed {line:?} and exited with {status:?}"))
+        }
     }
 }
