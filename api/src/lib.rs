@@ -4,6 +4,7 @@
 //! ([`validate`]) and the manifest codec ([`codec`]). The backend, the agent and the reconciler
 //! all depend on this crate and on nothing of each other.
 
+pub mod agent;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod codec;

@@ -951,77 +951,8 @@ async fn events_put(
         "{entity_name}/{}",
         check_name.as_deref().unwrap_or("metrics")
     );
-    let event = store_event(state, caller, namespace, &event_name, event).await?;
-    state
-        .metrics
-        .events_ingested
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    ensure_entity(state, namespace, &event).await?;
-    state.events.submit(namespace, event);
+    crate::ingest::ingest(state, namespace, &event_name, event, &caller.username).await?;
     Ok(StatusCode::CREATED.into_response())
-}
-
-/// How often [`store_event`] recomputes an event whose previous result changed under it.
-const EVENT_WRITE_ATTEMPTS: usize = 8;
-
-/// Processes `incoming` against the stored event of the same entity/check and stores the
-/// result, guarded by the stored revision so that concurrent results for one check each land in
-/// the history; returns the stored event.
-async fn store_event(
-    state: &AppState,
-    caller: &Caller,
-    namespace: &str,
-    event_name: &str,
-    incoming: Event,
-) -> Result<Event, ApiError> {
-    let key = Resources::key(Kind::Event, namespace, event_name);
-    let mut incoming = Some(incoming);
-    for attempt in 1..=EVENT_WRITE_ATTEMPTS {
-        let (previous, precondition) = match state.resources.store().get(&key).await? {
-            None => (None, Precondition::Absent),
-            Some(entry) => {
-                let previous = match state.check_states.previous(&key, entry.mod_revision) {
-                    Some(previous) => previous,
-                    None => match crate::resources::decode(&entry)?.resource.spec {
-                        Spec::Event(previous) => *previous,
-                        _ => return Err(ApiError::internal("an event key holds another kind")),
-                    },
-                };
-                (Some(previous), Precondition::Revision(entry.mod_revision))
-            }
-        };
-        // Keep the incoming event for another attempt only when one may follow.
-        let this_attempt = if attempt == EVENT_WRITE_ATTEMPTS {
-            incoming.take()
-        } else {
-            incoming.clone()
-        }
-        .ok_or_else(|| ApiError::internal("event consumed before its last attempt"))?;
-        let now = i64::try_from(auth::unix_now()).unwrap_or(i64::MAX);
-        let event = crate::events::process_event(previous.as_ref(), this_attempt, now)
-            .map_err(|err| ApiError::invalid(err.to_string()))?;
-        let mut event_meta = ObjectMeta::named(namespace, event_name);
-        event_meta.created_by = caller.username.clone();
-        let stored = Resource::new(event_meta, Spec::Event(Box::new(event)));
-        match state.resources.put(&stored, precondition).await {
-            Ok(revision) => {
-                let Spec::Event(event) = stored.spec else {
-                    unreachable!("built as an event above");
-                };
-                state.check_states.remember(&key, revision, &event);
-                return Ok(*event);
-            }
-            Err(crate::resources::ResourceError::Store(
-                crate::store::StoreError::PreconditionFailed { .. },
-            )) => {
-                tracing::debug!(%key, attempt, "event changed while processing; recomputing");
-            }
-            Err(err) => return Err(err.into()),
-        }
-    }
-    Err(ApiError::conflict(format!(
-        "event {namespace}/{event_name} kept changing under {EVENT_WRITE_ATTEMPTS} attempts to store it; retry"
-    )))
 }
 
 fn fill_name(name: &mut String, from_url: Option<&str>, what: &str) -> Result<(), ApiError> {
@@ -1040,46 +971,6 @@ fn fill_name(name: &mut String, from_url: Option<&str>, what: &str) -> Result<()
         )));
     }
     Ok(())
-}
-
-/// Creates the (proxy) entity of an event the first time it is seen.
-async fn ensure_entity(state: &AppState, namespace: &str, event: &Event) -> Result<(), ApiError> {
-    let Some(entity) = &event.entity else {
-        return Ok(());
-    };
-    let name = entity
-        .metadata
-        .as_ref()
-        .map(|meta| meta.name.as_str())
-        .unwrap_or_default();
-    // Presence only: no need to decode the stored entity.
-    let key = Resources::key(Kind::Entity, namespace, name);
-    if state.resources.store().get(&key).await?.is_some() {
-        return Ok(());
-    }
-    let mut spec = entity.clone();
-    let metadata = spec.metadata.take().unwrap_or_default();
-    if spec.entity_class.is_empty() {
-        spec.entity_class = "proxy".to_owned();
-    }
-    let implicit = format!("entity:{name}");
-    if !spec.subscriptions.contains(&implicit) {
-        spec.subscriptions.push(implicit);
-    }
-    let resource = Resource::new(
-        ObjectMeta {
-            namespace: namespace.to_owned(),
-            ..metadata
-        },
-        Spec::Entity(spec),
-    );
-    match state.resources.put(&resource, Precondition::Absent).await {
-        // Another event created it first.
-        Err(crate::resources::ResourceError::Store(
-            crate::store::StoreError::PreconditionFailed { .. },
-        )) => Ok(()),
-        other => other.map(|_| ()).map_err(ApiError::from),
-    }
 }
 
 #[cfg(test)]

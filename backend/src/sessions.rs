@@ -1,0 +1,284 @@
+//! The agent sessions connected to this backend, and the keepalive state of every agent entity
+//! that has connected since it started.
+//!
+//! The agent listener registers a session after its hello and removes it when the connection
+//! ends; the scheduler asks which sessions a check goes to and sends them requests; the
+//! keepalive watchdog reads the keepalive state, which outlives the session so that an agent
+//! that went away is noticed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use cairn_api::agent::{BackendMessage, Hello};
+
+/// How many messages may wait for one session's writer before sends fail (a slow agent never
+/// blocks the scheduler).
+pub const SESSION_QUEUE: usize = 256;
+
+/// `(namespace, entity name)`.
+pub type EntityId = (String, String);
+
+/// One connected session, as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Namespace and entity name (the certificate's CN).
+    pub id: EntityId,
+    /// Subscriptions, `entity:<name>` included.
+    pub subscriptions: Vec<String>,
+    /// Whether the peer authenticated with a client certificate (always true on the mTLS
+    /// listener; secrets are only ever sent when it is).
+    pub authenticated: bool,
+    /// A number unique to this connection, so a late unregister of an old connection does not
+    /// remove a newer one of the same agent.
+    pub connection: u64,
+    sender: mpsc::Sender<BackendMessage>,
+}
+
+/// Why a message could not be handed to a session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The session's queue is full: the agent is not reading.
+    #[error("the session of {0} is not keeping up")]
+    Full(String),
+    /// The session ended.
+    #[error("the session of {0} is closed")]
+    Closed(String),
+}
+
+impl Session {
+    /// Queues a message for the agent without waiting.
+    ///
+    /// # Errors
+    /// [`SendError`] when the queue is full or the session ended.
+    pub fn send(&self, message: BackendMessage) -> Result<(), SendError> {
+        self.sender.try_send(message).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => SendError::Full(self.id.1.clone()),
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed(self.id.1.clone()),
+        })
+    }
+
+    /// Whether the session subscribes to any of `subscriptions`.
+    pub fn subscribes_to_any(&self, subscriptions: &[String]) -> bool {
+        subscriptions
+            .iter()
+            .any(|wanted| self.subscriptions.iter().any(|have| have == wanted))
+    }
+}
+
+/// The keepalive state of one agent entity.
+#[derive(Debug, Clone)]
+pub struct Keepalive {
+    /// When the last keepalive (or the hello) arrived.
+    pub last_seen: Instant,
+    /// Seconds between keepalives the agent promised.
+    pub interval: u32,
+    /// Seconds of silence before a warning.
+    pub warning_timeout: u32,
+    /// Seconds of silence before a critical; 0 for none.
+    pub critical_timeout: u32,
+    /// Delete the entity when the keepalive goes critical.
+    pub deregister: bool,
+    /// Whether a session of this entity is connected now.
+    pub connected: bool,
+    /// The status the watchdog last raised (0 ok, 1 warning, 2 critical).
+    pub raised: u32,
+}
+
+/// The registry.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: HashMap<EntityId, Session>,
+    keepalives: HashMap<EntityId, Keepalive>,
+    next_connection: u64,
+}
+
+impl Sessions {
+    /// An empty registry.
+    pub fn new() -> Arc<Sessions> {
+        Arc::new(Sessions::default())
+    }
+
+    /// Registers a session after its hello; returns it and the receiving end of its queue.
+    /// A previous session of the same entity is replaced (its queue closes, so its writer ends).
+    pub fn register(
+        &self,
+        namespace: &str,
+        hello: &Hello,
+        authenticated: bool,
+    ) -> (Session, mpsc::Receiver<BackendMessage>) {
+        let (sender, receiver) = mpsc::channel(SESSION_QUEUE);
+        let id: EntityId = (namespace.to_owned(), hello.name.clone());
+        let mut subscriptions = hello.subscriptions.clone();
+        let implicit = format!("entity:{}", hello.name);
+        if !subscriptions.contains(&implicit) {
+            subscriptions.push(implicit);
+        }
+        let mut inner = self.lock();
+        inner.next_connection += 1;
+        let session = Session {
+            id: id.clone(),
+            subscriptions,
+            authenticated,
+            connection: inner.next_connection,
+            sender,
+        };
+        inner.sessions.insert(id.clone(), session.clone());
+        let raised = inner.keepalives.get(&id).map_or(0, |state| state.raised);
+        inner.keepalives.insert(
+            id,
+            Keepalive {
+                last_seen: Instant::now(),
+                interval: hello.keepalive_interval,
+                warning_timeout: hello.keepalive_warning_timeout,
+                critical_timeout: hello.keepalive_critical_timeout,
+                deregister: hello.deregister,
+                connected: true,
+                raised,
+            },
+        );
+        (session, receiver)
+    }
+
+    /// Removes a session when its connection ends (only if it is still the registered one).
+    pub fn unregister(&self, session: &Session) {
+        let mut inner = self.lock();
+        if inner
+            .sessions
+            .get(&session.id)
+            .is_some_and(|current| current.connection == session.connection)
+        {
+            inner.sessions.remove(&session.id);
+            if let Some(state) = inner.keepalives.get_mut(&session.id) {
+                state.connected = false;
+            }
+        }
+    }
+
+    /// Records a keepalive.
+    pub fn keepalive(&self, id: &EntityId) {
+        if let Some(state) = self.lock().keepalives.get_mut(id) {
+            state.last_seen = Instant::now();
+        }
+    }
+
+    /// Drops the session of an entity at once (revocation); returns whether there was one.
+    pub fn drop_session(&self, id: &EntityId) -> bool {
+        let mut inner = self.lock();
+        inner.keepalives.remove(id);
+        inner.sessions.remove(id).is_some()
+    }
+
+    /// The connected sessions in `namespace` that subscribe to any of `subscriptions`, in a
+    /// stable order (by entity name).
+    pub fn matching(&self, namespace: &str, subscriptions: &[String]) -> Vec<Session> {
+        let mut matching: Vec<Session> = self
+            .lock()
+            .sessions
+            .values()
+            .filter(|session| session.id.0 == namespace && session.subscribes_to_any(subscriptions))
+            .cloned()
+            .collect();
+        matching.sort_by(|left, right| left.id.cmp(&right.id));
+        matching
+    }
+
+    /// The session of one entity, if connected.
+    pub fn get(&self, id: &EntityId) -> Option<Session> {
+        self.lock().sessions.get(id).cloned()
+    }
+
+    /// How many sessions are connected.
+    pub fn len(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// Whether none is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of every keepalive state, for the watchdog.
+    pub fn keepalives(&self) -> Vec<(EntityId, Keepalive)> {
+        self.lock()
+            .keepalives
+            .iter()
+            .map(|(id, state)| (id.clone(), state.clone()))
+            .collect()
+    }
+
+    /// Records the status the watchdog raised for an entity.
+    pub fn set_raised(&self, id: &EntityId, status: u32) {
+        if let Some(state) = self.lock().keepalives.get_mut(id) {
+            state.raised = status;
+        }
+    }
+
+    /// Forgets an entity's keepalive state (after deregistration).
+    pub fn forget(&self, id: &EntityId) {
+        self.lock().keepalives.remove(id);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(name: &str, subscriptions: &[&str]) -> Hello {
+        Hello {
+            name: name.to_owned(),
+            subscriptions: subscriptions.iter().map(|s| (*s).to_owned()).collect(),
+            keepalive_interval: 20,
+            keepalive_warning_timeout: 120,
+            ..Hello::default()
+        }
+    }
+
+    #[test]
+    fn matching_by_namespace_and_subscription_and_replacement() {
+        let sessions = Sessions::new();
+        let (web, _web_rx) = sessions.register("default", &hello("web", &["linux"]), true);
+        let (_db, _db_rx) = sessions.register("default", &hello("db", &["linux", "db"]), true);
+        let (_other, _other_rx) = sessions.register("prod", &hello("x", &["linux"]), true);
+        let names = |list: Vec<Session>| list.into_iter().map(|s| s.id.1).collect::<Vec<_>>();
+        assert_eq!(
+            names(sessions.matching("default", &["linux".into()])),
+            ["db", "web"]
+        );
+        assert_eq!(names(sessions.matching("default", &["db".into()])), ["db"]);
+        assert_eq!(
+            names(sessions.matching("default", &["entity:web".into()])),
+            ["web"]
+        );
+        // A reconnect replaces the session; the old connection's unregister does not remove it.
+        let (web2, mut web2_rx) = sessions.register("default", &hello("web", &["linux"]), true);
+        sessions.unregister(&web);
+        assert!(sessions.get(&web2.id).is_some());
+        web2.send(BackendMessage::Ack { id: "1".into() })
+            .expect("send");
+        assert_eq!(
+            web2_rx.try_recv().expect("queued"),
+            BackendMessage::Ack { id: "1".into() }
+        );
+        sessions.unregister(&web2);
+        assert!(sessions.get(&web2.id).is_none());
+        let state = sessions
+            .keepalives()
+            .into_iter()
+            .find(|(id, _)| id == &web2.id)
+            .expect("kept after disconnect")
+            .1;
+        assert!(!state.connected);
+    }
+}
