@@ -107,7 +107,8 @@ pub enum TlsError {
     },
 }
 
-/// The REST API listener's configuration: the API certificate from the data directory, no
+/// The REST API listener's configuration: the API certificate (followed by the cluster CA) from
+/// the data directory, no
 /// client authentication (requests carry a token or API key), TLS 1.2 and 1.3, ALPN `h2` and
 /// `http/1.1`.
 ///
@@ -117,7 +118,7 @@ pub enum TlsError {
 /// malformed, or the two do not match.
 pub fn api_server_config(dir: &DataDir) -> Result<Arc<ServerConfig>> {
     let (cert_path, key_path) = (dir.api_cert(), dir.api_key());
-    let (certs, key) = (read_certs(&cert_path)?, read_key(&key_path)?);
+    let (certs, key) = (with_ca(dir, read_certs(&cert_path)?)?, read_key(&key_path)?);
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&API_VERSIONS)
         .map_err(TlsError::ProtocolVersionsUnsupported)?
@@ -153,7 +154,7 @@ pub fn agent_server_config(dir: &DataDir) -> Result<Arc<ServerConfig>> {
         })?;
 
     let (cert_path, key_path) = (dir.agent_listener_cert(), dir.agent_listener_key());
-    let (certs, key) = (read_certs(&cert_path)?, read_key(&key_path)?);
+    let (certs, key) = (with_ca(dir, read_certs(&cert_path)?)?, read_key(&key_path)?);
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&AGENT_VERSIONS)
         .map_err(TlsError::ProtocolVersionsUnsupported)?
@@ -183,6 +184,16 @@ pub fn client_config_trusting(ca_pem: &str) -> Result<Arc<ClientConfig>> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// The listener's chain with the cluster CA appended: a joining agent pins the CA by the
+/// fingerprint in its join token, so the CA must be in what the server presents.
+fn with_ca(
+    dir: &DataDir,
+    mut chain: Vec<CertificateDer<'static>>,
+) -> Result<Vec<CertificateDer<'static>>> {
+    chain.extend(read_certs(&dir.ca_cert())?);
+    Ok(chain)
 }
 
 fn provider() -> Arc<CryptoProvider> {
