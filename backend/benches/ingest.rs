@@ -254,6 +254,7 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
         &StartConfig {
             data_dir: data_dir.clone(),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            agent_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             body_limit: DEFAULT_BODY_LIMIT,
         },
         async move {

@@ -17,6 +17,10 @@ const ENV_ADMIN_PASSWORD: &str = "CAIRN_ADMIN_PASSWORD";
 /// Exit code for unusable configuration (nothing was started).
 const EXIT_CONFIG: u8 = 64;
 
+/// Where agents connect unless told otherwise.
+const DEFAULT_AGENT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8081);
+
 /// The Cairn backend: stores resources, serves the Sensu-compatible REST API, schedules checks
 /// and runs the event pipeline.
 #[derive(Debug, Parser)]
@@ -69,6 +73,11 @@ struct StartArgs {
     /// Where the HTTPS API listens (port 0 picks a free port).
     #[arg(long, default_value = "0.0.0.0:8080")]
     api_listen: SocketAddr,
+    /// Where agents connect (mutual TLS WebSocket; port 0 picks a free port). Default
+    /// 0.0.0.0:8081, or a free port on the API's address when --api-listen asks for port 0, so
+    /// that throwaway backends never collide.
+    #[arg(long, value_name = "ADDR")]
+    agent_listen: Option<SocketAddr>,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
     api_request_limit: usize,
@@ -131,6 +140,7 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
     let config = StartConfig {
         data_dir: args.data_dir,
         api_listen: args.api_listen,
+        agent_listen: agent_listen(args.agent_listen, args.api_listen),
         body_limit: args.api_request_limit,
     };
     let running = server::start(&config, shutdown_signal())
@@ -139,10 +149,22 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
     // Tests and scripts read the bound address from this line.
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "api listening on https://{}", running.api_addr);
+    let _ = writeln!(stdout, "agent listening on {}", running.agent_addr);
     let _ = stdout.flush();
     drop(stdout);
     running.wait().await;
     Ok(())
+}
+
+/// The agent listener's address: the one given, else [`DEFAULT_AGENT_LISTEN`], except that an
+/// API on port 0 (a test or a throwaway backend) gets its agent listener on a free port of the
+/// same address too.
+fn agent_listen(given: Option<SocketAddr>, api_listen: SocketAddr) -> SocketAddr {
+    match given {
+        Some(addr) => addr,
+        None if api_listen.port() == 0 => SocketAddr::new(api_listen.ip(), 0),
+        None => DEFAULT_AGENT_LISTEN,
+    }
 }
 
 async fn shutdown_signal() {

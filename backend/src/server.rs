@@ -1,5 +1,6 @@
 //! Wiring: `init` writes a data directory and seeds the store; `start` opens it, loads and checks
-//! the TLS and JWT material, binds, serves the API over HTTPS and drains on shutdown.
+//! the TLS and JWT material, binds, serves the API over HTTPS and the agent listener (mutual TLS
+//! WebSocket), and drains both on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use cairn_api::model::{Event, EventFilter, Handler, Silenced};
 use cairn_api::{Kind, Spec};
 
+use crate::agentd::AgentHub;
 use crate::api::{self, ApiMetrics, AppState, EventSink};
 use crate::auth::{self, TokenIssuer};
 use crate::authcache::AuthCache;
@@ -53,6 +55,8 @@ pub struct StartConfig {
     pub data_dir: PathBuf,
     /// Where the HTTPS API listens.
     pub api_listen: SocketAddr,
+    /// Where the agent listener (mutual TLS WebSocket) listens.
+    pub agent_listen: SocketAddr,
     /// Largest request body, bytes.
     pub body_limit: usize,
 }
@@ -93,6 +97,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The agent CA or the cluster CA cannot be used for bootstrap.
+    #[error(transparent)]
+    AgentPki(#[from] crate::bootstrap::AgentPkiError),
     /// A setting is unusable.
     #[error("{0}")]
     Invalid(String),
@@ -143,18 +150,23 @@ pub async fn init(config: &InitConfig) -> Result<datadir::InitSummary, ServerErr
     Ok(summary)
 }
 
-/// A running backend: its bound address and a handle to stop it.
+/// A running backend: its bound addresses and a handle to stop it.
 pub struct Running {
     /// Where the API listens.
     pub api_addr: SocketAddr,
+    /// Where the agent listener listens.
+    pub agent_addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    agent_task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     /// Waits for the server to stop (after the shutdown future passed to [`start`] resolved).
     pub async fn wait(self) {
-        if let Err(err) = self.task.await {
-            tracing::error!(error = %err, "server task failed");
+        for (task, what) in [(self.task, "api"), (self.agent_task, "agent listener")] {
+            if let Err(err) = task.await {
+                tracing::error!(error = %err, "{what} task failed");
+            }
         }
     }
 }
@@ -171,6 +183,8 @@ pub async fn start(
     let dir = DataDir::new(&config.data_dir);
     let cluster = datadir::read_cluster(&dir)?;
     let tls_config = crate::tls::api_server_config(&dir)?;
+    let agent_tls_config = crate::tls::agent_server_config(&dir)?;
+    let agent_pki = Arc::new(crate::bootstrap::AgentPki::load(&dir)?);
     let private_pem = read(dir.jwt_private_key())?;
     let public_pem = read(dir.jwt_public_key())?;
     let issuer = Arc::new(TokenIssuer::from_pem(
@@ -193,6 +207,15 @@ pub async fn start(
     // Set once, right after creation, so this cannot fail.
     let _ = metrics.pipeline.set(pipeline.stats());
     let _ = metrics.store.set(store_stats);
+    let sessions = crate::sessions::Sessions::new();
+    let hub = AgentHub::new(Arc::clone(&sessions));
+    let revocation_hook: crate::bootstrap::RevocationHook = {
+        let hub = Arc::clone(&hub);
+        Arc::new(move |id, revocation| hub.revoke(id, revocation))
+    };
+    let (revocations, _revocation_task) =
+        crate::bootstrap::Revocations::start(Arc::clone(&store), revocation_hook).await?;
+    let _token_sweeper = crate::bootstrap::spawn_token_sweeper(Arc::clone(&store));
     let state = AppState {
         resources,
         auth: auth_cache,
@@ -201,28 +224,57 @@ pub async fn start(
         metrics,
         body_limit: config.body_limit,
         check_states: Arc::new(crate::checkstate::CheckStateCache::default()),
+        sessions,
+        agent_pki,
+        revocations,
     };
-    let listener = TcpListener::bind(config.api_listen)
-        .await
-        .map_err(|source| ServerError::BindFailed {
-            addr: config.api_listen,
-            source,
-        })?;
-    let api_addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::BindFailed {
-            addr: config.api_listen,
-            source,
-        })?;
+    let (listener, api_addr) = bind(config.api_listen).await?;
+    let (agent_listener, agent_addr) = bind(config.agent_listen).await?;
     tracing::info!(%api_addr, cluster = %cluster.name, "api listening (https)");
+    tracing::info!(%agent_addr, "agent listener listening (mutual tls websocket)");
+    // One shutdown signal, seen by both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.send_replace(true);
+    });
+    let agent_task = tokio::spawn(crate::agentd::serve(
+        agent_listener,
+        TlsAcceptor::from(agent_tls_config),
+        state.clone(),
+        hub,
+        stopped.clone(),
+    ));
+    // Checks go out to this backend's own sessions; keepalives are watched for them too.
+    let (_scheduler_stats, _scheduler_task) =
+        crate::scheduler::spawn(state.clone(), Arc::clone(&state.sessions), stopped.clone());
+    let _watchdog_task =
+        crate::watchdog::spawn(state.clone(), Arc::clone(&state.sessions), stopped.clone());
     let app = api::app(state);
+    let mut api_stopped = stopped;
     let task = tokio::spawn(serve(
         listener,
         TlsAcceptor::from(tls_config),
         app,
-        shutdown,
+        async move {
+            // An error means the sender is gone, which only happens after it sent `true`.
+            let _ = api_stopped.wait_for(|stopped| *stopped).await;
+        },
     ));
-    Ok(Running { api_addr, task })
+    Ok(Running {
+        api_addr,
+        agent_addr,
+        task,
+        agent_task,
+    })
+}
+
+/// Binds a TCP listener and reports the address it got (port 0 picks a free one).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let failed = |source| ServerError::BindFailed { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok((listener, bound))
 }
 
 fn read(path: PathBuf) -> Result<String, ServerError> {

@@ -47,6 +47,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Enrol agents (join tokens) and revoke them.
+    Agent {
+        /// What to do.
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
 }
 
 /// Arguments of `cairnctl lint`.
@@ -211,6 +217,102 @@ pub enum ApiKeyCommand {
     },
 }
 
+/// `cairnctl agent` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Manage join tokens, with which `cairn-agent install` enrols a host.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Revoke an agent's certificates: its session ends at once, and it cannot connect again
+    /// until it is re-installed with a new join token.
+    Revoke {
+        /// The agent's entity name.
+        name: String,
+        /// Namespace (default: the configured one).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+}
+
+/// `cairnctl agent token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token and print it (alone, on the first line of stdout).
+    Create {
+        /// How long the token works: seconds, or a duration like 30m, 1h, 2d, 1h30m
+        /// (1 minute to 30 days).
+        #[arg(long, default_value = "1h", value_parser = parse_ttl, value_name = "DURATION")]
+        ttl: u64,
+        /// How many agents may enrol with it (1 to 10000).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        uses: u32,
+        /// Subscriptions granted to the agents, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        subscriptions: Vec<String>,
+        /// The namespace the agents join (default: the configured one).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// List join tokens (never their secrets).
+    List,
+    /// Delete a join token so that it cannot be used any more.
+    Delete {
+        /// The token's id (the part after `cairn-join.`).
+        id: String,
+    },
+}
+
+/// Parses a token lifetime: a number of seconds, or numbers with the units `s`, `m`, `h`, `d`
+/// (`90`, `90s`, `30m`, `1h`, `1h30m`, `2d`), as seconds.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn parse_ttl(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("a duration is required, e.g. 30m, 1h or 3600".to_owned());
+    }
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(seconds);
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for character in text.chars() {
+        if character.is_ascii_digit() {
+            digits.push(character);
+            continue;
+        }
+        let unit: u64 = match character {
+            's' => 1,
+            'm' => 60,
+            'h' => 60 * 60,
+            'd' => 24 * 60 * 60,
+            other => {
+                return Err(format!(
+                    "invalid duration \"{text}\": unknown unit '{other}' (use s, m, h or d)"
+                ))
+            }
+        };
+        let amount: u64 = digits.parse().map_err(|_| {
+            format!("invalid duration \"{text}\": a number must come before '{character}'")
+        })?;
+        digits.clear();
+        total = amount
+            .checked_mul(unit)
+            .and_then(|part| total.checked_add(part))
+            .ok_or_else(|| format!("invalid duration \"{text}\": too long"))?;
+    }
+    if !digits.is_empty() {
+        return Err(format!(
+            "invalid duration \"{text}\": the number {digits} has no unit (use s, m, h or d)"
+        ));
+    }
+    Ok(total)
+}
+
 /// Where manifests come from, shared by `diff`, `apply` and `watch`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SourceArgs {
@@ -340,4 +442,26 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_parse_as_seconds() {
+        assert_eq!(parse_ttl("3600"), Ok(3600));
+        assert_eq!(parse_ttl("3600s"), Ok(3600));
+        assert_eq!(parse_ttl("30m"), Ok(1800));
+        assert_eq!(parse_ttl("1h"), Ok(3600));
+        assert_eq!(parse_ttl("1h30m"), Ok(5400));
+        assert_eq!(parse_ttl("2d"), Ok(172_800));
+        assert!(parse_ttl("").is_err());
+        assert!(parse_ttl("1w").unwrap_err().contains("unknown unit 'w'"));
+        assert!(parse_ttl("h")
+            .unwrap_err()
+            .contains("a number must come before"));
+        assert!(parse_ttl("1h30").unwrap_err().contains("has no unit"));
+        assert!(parse_ttl("99999999999999999999d").is_err());
+    }
 }

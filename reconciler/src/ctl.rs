@@ -1,5 +1,6 @@
 //! The `cairnctl` commands that talk to a backend: `configure`, `get`, `delete`, `create -f`,
-//! `user …` and `api-key …`, named as sensuctl names them.
+//! `user …` and `api-key …`, named as sensuctl names them, and `agent …` (join tokens and
+//! revocation).
 
 use std::path::PathBuf;
 
@@ -10,7 +11,7 @@ use cairn_api::client::{Client, ClientError, Credentials};
 use cairn_api::codec;
 use cairn_api::{Kind, Resource};
 
-use crate::cli::{ApiKeyCommand, GetArgs, OutputFormat, UserCommand};
+use crate::cli::{AgentCommand, ApiKeyCommand, GetArgs, OutputFormat, TokenCommand, UserCommand};
 use crate::config::{self, ConfigError, EnvSource, Saved};
 use crate::exit::Outcome;
 
@@ -405,5 +406,228 @@ pub async fn api_key(env: &dyn EnvSource, command: &ApiKeyCommand) -> Result<Rep
                 .await?;
             Ok(Report::ok(vec![format!("revoked {key}")]))
         }
+    }
+}
+
+/// The join token endpoint.
+const JOIN_TOKENS_PATH: &str = "/api/cairn/v1/jointokens";
+
+/// `cairnctl agent …`: join tokens and revocation.
+///
+/// # Errors
+/// An invalid name, or the backend's refusal.
+pub async fn agent(env: &dyn EnvSource, command: &AgentCommand) -> Result<Report, CtlError> {
+    match command {
+        AgentCommand::Token { command } => join_token(env, command).await,
+        AgentCommand::Revoke { name, namespace } => {
+            if let Some(problem) = cairn_api::validate::check_name(Kind::Entity, name) {
+                return Err(CtlError::Usage(format!("agent name: {problem}")));
+            }
+            let (client, default_namespace) = connect(env).await?;
+            let namespace = namespace.clone().unwrap_or(default_namespace);
+            if let Some(problem) = cairn_api::validate::check_name(Kind::Namespace, &namespace) {
+                return Err(CtlError::Usage(format!("namespace: {problem}")));
+            }
+            let path = format!("/api/cairn/v1/agents/{namespace}/{name}/revoke");
+            let response = client.send(Method::POST, &path, Some(&json!({}))).await?;
+            let body = response_json(&path, response).await?;
+            let revoked_at = body.get("revoked_at").and_then(Value::as_i64).unwrap_or(0);
+            Ok(Report::ok(vec![format!(
+                "revoked agent {namespace}/{name}: its certificates issued up to {} are refused; \
+                 re-install it with a new join token to enrol it again",
+                format_unix_utc(revoked_at)
+            )]))
+        }
+    }
+}
+
+async fn join_token(env: &dyn EnvSource, command: &TokenCommand) -> Result<Report, CtlError> {
+    let (client, default_namespace) = connect(env).await?;
+    match command {
+        TokenCommand::Create {
+            ttl,
+            uses,
+            subscriptions,
+            namespace,
+        } => {
+            let namespace = namespace.clone().unwrap_or(default_namespace);
+            let body = json!({
+                "ttl_seconds": ttl,
+                "uses": uses,
+                "subscriptions": subscriptions,
+                "namespace": namespace,
+            });
+            let response = client
+                .send(Method::POST, JOIN_TOKENS_PATH, Some(&body))
+                .await?;
+            let created = response_json(JOIN_TOKENS_PATH, response).await?;
+            let token = created
+                .get("token")
+                .and_then(Value::as_str)
+                .ok_or_else(|| unexpected(JOIN_TOKENS_PATH, "no token in the answer"))?;
+            // The token alone, so that scripts can capture it.
+            Ok(Report::ok(vec![token.to_owned()]))
+        }
+        TokenCommand::List => {
+            let response = client.send(Method::GET, JOIN_TOKENS_PATH, None).await?;
+            let listed = response_json(JOIN_TOKENS_PATH, response).await?;
+            let tokens = listed
+                .as_array()
+                .ok_or_else(|| unexpected(JOIN_TOKENS_PATH, "the answer is not a list"))?;
+            let now = i64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|elapsed| elapsed.as_secs())
+                    .unwrap_or(0),
+            )
+            .unwrap_or(i64::MAX);
+            let mut rows = vec![[
+                "ID".to_owned(),
+                "NAMESPACE".to_owned(),
+                "USES LEFT".to_owned(),
+                "EXPIRES".to_owned(),
+                "SUBSCRIPTIONS".to_owned(),
+            ]];
+            for token in tokens {
+                let text = |field: &str| {
+                    token
+                        .get(field)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let expires_at = token.get("expires_at").and_then(Value::as_i64).unwrap_or(0);
+                let expires = if expires_at <= now {
+                    format!("{} (expired)", format_unix_utc(expires_at))
+                } else {
+                    format_unix_utc(expires_at)
+                };
+                let subscriptions = token
+                    .get("subscriptions")
+                    .and_then(Value::as_array)
+                    .map(|list| {
+                        list.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
+                rows.push([
+                    text("id"),
+                    text("namespace"),
+                    token
+                        .get("uses_left")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0)
+                        .to_string(),
+                    expires,
+                    subscriptions,
+                ]);
+            }
+            Ok(Report::ok(columns(&rows)))
+        }
+        TokenCommand::Delete { id } => {
+            if id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+            {
+                return Err(CtlError::Usage(format!(
+                    "join token id \"{id}\" is not valid: it is the alphanumeric part after cairn-join."
+                )));
+            }
+            client
+                .send(Method::DELETE, &format!("{JOIN_TOKENS_PATH}/{id}"), None)
+                .await?;
+            Ok(Report::ok(vec![format!("deleted join token {id}")]))
+        }
+    }
+}
+
+fn unexpected(path: &str, reason: &str) -> CtlError {
+    CtlError::Client(ClientError::UnexpectedResponse {
+        url: path.to_owned(),
+        reason: reason.to_owned(),
+    })
+}
+
+async fn response_json(path: &str, response: reqwest::Response) -> Result<Value, CtlError> {
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|err| unexpected(path, &format!("cannot read the answer: {err}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|err| unexpected(path, &format!("the answer is not JSON: {err}")))
+}
+
+/// Left-aligned columns two spaces apart, without trailing blanks.
+fn columns<const N: usize>(rows: &[[String; N]]) -> Vec<String> {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (idx, cell) in row.iter().enumerate() {
+                if idx + 1 < N {
+                    line.push_str(&format!("{cell:<width$}  ", width = widths[idx]));
+                } else {
+                    line.push_str(cell);
+                }
+            }
+            line.trim_end().to_owned()
+        })
+        .collect()
+}
+
+/// A unix time as `YYYY-MM-DDTHH:MM:SSZ`.
+fn format_unix_utc(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let of_day = seconds.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3_600,
+        of_day % 3_600 / 60,
+        of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_times_format_as_utc() {
+        assert_eq!(format_unix_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_unix_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_unix_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(format_unix_utc(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn columns_align() {
+        let rows = [
+            ["ID".to_owned(), "NS".to_owned()],
+            ["abcdef".to_owned(), "default".to_owned()],
+        ];
+        assert_eq!(columns(&rows), ["ID      NS", "abcdef  default"]);
     }
 }

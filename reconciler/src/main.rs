@@ -108,6 +108,7 @@ fn run_online(command: Command) -> anyhow::Result<ctl::Report> {
             }
             Command::User { command } => ctl::user(&env, &command).await,
             Command::ApiKey { command } => ctl::api_key(&env, &command).await,
+            Command::Agent { command } => ctl::agent(&env, &command).await,
         }
     })?;
     Ok(report)

@@ -13,7 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::Value;
@@ -45,6 +45,12 @@ pub struct AppState {
     pub body_limit: usize,
     /// Check state of the last stored event per entity/check, by store revision.
     pub check_states: Arc<crate::checkstate::CheckStateCache>,
+    /// The agent sessions connected to this backend (agent listener, scheduler, watchdog).
+    pub sessions: Arc<crate::sessions::Sessions>,
+    /// The agent CA and the cluster CA's fingerprint, for bootstrap and renewals.
+    pub agent_pki: Arc<crate::bootstrap::AgentPki>,
+    /// Revoked agent certificates, kept current by a store watch.
+    pub revocations: Arc<crate::bootstrap::Revocations>,
 }
 
 /// Receives stored events for the handler pipeline. Must not block.
@@ -87,6 +93,23 @@ pub fn app(state: AppState) -> Router {
         .route("/auth/test", get(auth_test))
         .route("/auth/token", post(auth_refresh))
         .route("/auth/logout", post(auth_logout))
+        // The join token is the credential: no Authorization header.
+        .route(
+            cairn_api::agent::BOOTSTRAP_PATH,
+            post(crate::bootstrap::bootstrap_handler),
+        )
+        .route(
+            "/api/cairn/v1/jointokens",
+            get(crate::bootstrap::list_tokens_handler).post(crate::bootstrap::create_token_handler),
+        )
+        .route(
+            "/api/cairn/v1/jointokens/{id}",
+            delete(crate::bootstrap::delete_token_handler),
+        )
+        .route(
+            "/api/cairn/v1/agents/{namespace}/{name}/revoke",
+            post(crate::bootstrap::revoke_handler),
+        )
         .fallback(routes::dispatch)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -441,14 +464,14 @@ async fn auth_logout(State(state): State<AppState>, body: Bytes) -> Result<Statu
 }
 
 /// Reads a request body up to the limit.
-async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, state.body_limit)
         .await
         .map_err(|_| ApiError::too_large(state.body_limit))
 }
 
 /// Parses a JSON body, naming the position of a syntax error.
-fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|err| {
         ApiError::invalid(format!(
             "malformed JSON at line {} column {}: {err}",

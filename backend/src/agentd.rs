@@ -1,0 +1,1490 @@
+//! The agent listener: TLS 1.3 with a client certificate from the agent CA, a WebSocket at
+//! [`AGENT_PATH`], and one session per connection.
+//!
+//! A connection goes through these steps, and any failure ends it without registering anything:
+//!
+//! 1. TLS ([`crate::tls::agent_server_config`]): no client certificate, one from another CA or an
+//!    expired one fails here, logged with the peer address.
+//! 2. The entity name is the verified certificate's CN ([`peer_identity`]).
+//! 3. The WebSocket upgrade, refused on any path but [`AGENT_PATH`]; messages and frames are
+//!    limited to [`MAX_MESSAGE_BYTES`].
+//! 4. The hello, first and within [`HELLO_TIMEOUT`]: protocol version, name equal to the CN,
+//!    valid names, an existing namespace (empty means `default`), a certificate that is not
+//!    revoked. A refusal is a [`BackendMessage::Refused`] with `fatal: true` and a reason,
+//!    then a close.
+//! 5. The entity is upserted (class `agent`, `entity:<name>` among its subscriptions, system
+//!    facts, `last_seen`), the session registered in [`Sessions`], and
+//!    [`BackendMessage::Welcome`] sent.
+//!
+//! Then the connection task serves, one at a time, the agent's frames and the session's queue
+//! (check requests from the scheduler, a revocation), pings the agent every
+//! [`PING_INTERVAL`] and ends the session after [`IDLE_TIMEOUT`] without a frame.
+//!
+//! # Events and acknowledgements
+//!
+//! An event is stored through [`crate::ingest::ingest`] as the entity of the session (the agent
+//! cannot report as another entity), then acknowledged with [`BackendMessage::Ack`]. An id
+//! already acknowledged (the last [`ACKED_IDS_KEPT`] per entity, remembered across reconnects
+//! for the life of the process), or equal to the id of the stored latest event of that
+//! entity/check, is acknowledged again without storing: a resend after a reconnect is never a
+//! duplicate. An event the backend refuses (a client error) gets a non-fatal
+//! [`BackendMessage::Refused`] with the reason AND an [`BackendMessage::Ack`], because sending
+//! a bad event again never helps and it would block the agent's queue; an event that could not
+//! be stored for a passing reason (a store failure, a write conflict) gets only the `Refused`,
+//! so the agent keeps it and sends it again.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use futures::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use cairn_api::agent::{
+    AgentMessage, BackendMessage, Hello, AGENT_PATH, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_WARNING_TIMEOUT, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+};
+use cairn_api::model::{Entity, Event};
+use cairn_api::validate::check_name;
+use cairn_api::{Kind, ObjectMeta, Resource, Spec};
+
+use crate::api::AppState;
+use crate::bootstrap::{self, Revocation};
+use crate::resources::{ResourceError, Resources};
+use crate::sessions::{EntityId, Session, Sessions};
+use crate::store::{Precondition, StoreError};
+
+/// How long the TLS handshake and the WebSocket upgrade may take, each.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the agent has to send its hello after the upgrade.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one write to the agent may take before the session is given up.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the backend pings a session.
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// A session that sends nothing (not even a pong) for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The entity's `last_seen` in the store is updated at most this often per entity.
+pub const LAST_SEEN_WRITE_INTERVAL: Duration = Duration::from_secs(60);
+/// How many acknowledged event ids are remembered per entity.
+pub const ACKED_IDS_KEPT: usize = 1024;
+/// The longest event id accepted.
+pub const MAX_EVENT_ID_LEN: usize = 128;
+/// The fewest seconds between two certificate renewals of one session.
+pub const RENEWAL_MIN_INTERVAL: Duration = Duration::from_secs(60);
+/// The most connections (sessions and handshakes) served at once.
+pub const MAX_CONNECTIONS: usize = 20_000;
+/// The reason sent to an agent whose certificate is revoked.
+pub const REASON_REVOKED: &str = "certificate revoked";
+/// How long connections get to close when the backend stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a close waits for the agent's close frame (so that it reads what was sent last).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Close frame reasons are limited to 123 bytes by the protocol.
+const MAX_CLOSE_REASON: usize = 120;
+
+type AgentSocket = WebSocketStream<TlsStream<TcpStream>>;
+
+// ------------------------------------------------------------------------------------------
+// Shared state across connections
+// ------------------------------------------------------------------------------------------
+
+/// What the connections of this process share: the session registry, the certificate of each
+/// live session (for revocations), and per-entity memory that outlives a connection.
+///
+/// Memory is bounded per entity (at most [`ACKED_IDS_KEPT`] 8-byte id hashes) and grows with
+/// the number of agent entities that connected since the process started, each of which needed
+/// a certificate.
+pub struct AgentHub {
+    sessions: Arc<Sessions>,
+    live: Mutex<HashMap<EntityId, Live>>,
+    memory: Mutex<HashMap<EntityId, Memory>>,
+    hasher: RandomState,
+}
+
+/// The live connection of an entity.
+struct Live {
+    connection: u64,
+    issued_at: i64,
+    stop: Option<oneshot::Sender<String>>,
+}
+
+/// What is remembered about an entity across its connections.
+#[derive(Default)]
+struct Memory {
+    /// Hashes of the last acknowledged event ids, oldest first.
+    acked: VecDeque<u64>,
+    /// When `last_seen` was last written to the store.
+    last_seen_written: Option<Instant>,
+}
+
+impl std::fmt::Debug for AgentHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHub")
+            .field("live", &self.live.lock().len())
+            .field("entities", &self.memory.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentHub {
+    /// A hub over the session registry.
+    pub fn new(sessions: Arc<Sessions>) -> Arc<AgentHub> {
+        Arc::new(AgentHub {
+            sessions,
+            live: Mutex::new(HashMap::new()),
+            memory: Mutex::new(HashMap::new()),
+            hasher: RandomState::new(),
+        })
+    }
+
+    /// The session registry.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// Records the live connection of a registered session; the returned receiver hears why
+    /// the session must end (replaced by a newer one, revoked). A previous connection of the
+    /// same entity is told to end.
+    fn attach(&self, session: &Session, issued_at: i64) -> oneshot::Receiver<String> {
+        let (stop, stopped) = oneshot::channel();
+        let previous = self.live.lock().insert(
+            session.id.clone(),
+            Live {
+                connection: session.connection,
+                issued_at,
+                stop: Some(stop),
+            },
+        );
+        if let Some(stop) = previous.and_then(|mut previous| previous.stop.take()) {
+            let _ = stop.send(format!("replaced by a newer session of {}", session.id.1));
+        }
+        stopped
+    }
+
+    /// Forgets a connection that ended and unregisters its session (if still its own).
+    fn detach(&self, session: &Session) {
+        {
+            let mut live = self.live.lock();
+            if live
+                .get(&session.id)
+                .is_some_and(|entry| entry.connection == session.connection)
+            {
+                live.remove(&session.id);
+            }
+        }
+        self.sessions.unregister(session);
+    }
+
+    /// Whether an event id of this entity was acknowledged recently.
+    pub fn was_acked(&self, entity: &EntityId, event_id: &str) -> bool {
+        let hash = self.hasher.hash_one(event_id);
+        self.memory
+            .lock()
+            .get(entity)
+            .is_some_and(|memory| memory.acked.contains(&hash))
+    }
+
+    /// Remembers an acknowledged event id (forgetting the oldest beyond [`ACKED_IDS_KEPT`]).
+    pub fn remember_ack(&self, entity: &EntityId, event_id: &str) {
+        let hash = self.hasher.hash_one(event_id);
+        let mut memory = self.memory.lock();
+        let acked = &mut memory.entry(entity.clone()).or_default().acked;
+        if acked.contains(&hash) {
+            return;
+        }
+        if acked.len() >= ACKED_IDS_KEPT {
+            acked.pop_front();
+        }
+        acked.push_back(hash);
+    }
+
+    /// Whether `last_seen` is due to be written for this entity; when it is, the write is
+    /// counted as done now.
+    fn last_seen_due(&self, entity: &EntityId, now: Instant) -> bool {
+        let mut memory = self.memory.lock();
+        let written = &mut memory.entry(entity.clone()).or_default().last_seen_written;
+        let due = written.is_none_or(|at| now.duration_since(at) >= LAST_SEEN_WRITE_INTERVAL);
+        if due {
+            *written = Some(now);
+        }
+        due
+    }
+
+    /// Drops the live session of an entity whose certificate a revocation covers: sends it a
+    /// fatal [`BackendMessage::Refused`] (its connection task closes the socket) and removes it
+    /// from the registry. A session with a certificate issued after the revocation stays.
+    pub fn revoke(&self, id: &EntityId, revocation: &Revocation) {
+        let (connection, stop) = {
+            let mut live = self.live.lock();
+            let Some(entry) = live.get_mut(id) else {
+                return;
+            };
+            if !bootstrap::is_revoked(entry.issued_at, revocation.revoked_at) {
+                return;
+            }
+            let connection = entry.connection;
+            let stop = entry.stop.take();
+            live.remove(id);
+            (connection, stop)
+        };
+        if let Some(session) = self
+            .sessions
+            .get(id)
+            .filter(|session| session.connection == connection)
+        {
+            let refused = BackendMessage::Refused {
+                reason: REASON_REVOKED.to_owned(),
+                fatal: true,
+            };
+            if let Err(err) = session.send(refused) {
+                tracing::debug!(error = %err, "revocation not queued; the connection is told directly");
+            }
+            self.sessions.drop_session(id);
+        }
+        // Also tell the connection directly, in case its queue is full.
+        if let Some(stop) = stop {
+            let _ = stop.send(REASON_REVOKED.to_owned());
+        }
+        tracing::info!(namespace = %id.0, entity = %id.1, "session of a revoked agent dropped");
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Pure checks
+// ------------------------------------------------------------------------------------------
+
+/// Who the client certificate says the peer is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The certificate's CN: the entity name.
+    pub name: String,
+    /// The certificate's `notBefore`, unix seconds.
+    pub not_before: i64,
+}
+
+impl PeerIdentity {
+    /// When the certificate was issued (see [`bootstrap::issued_at`]).
+    pub fn issued_at(&self) -> i64 {
+        bootstrap::issued_at(self.not_before)
+    }
+}
+
+/// Reads the entity name (the one CN) and `notBefore` of a DER certificate that TLS already
+/// verified.
+///
+/// # Errors
+/// A reason when the certificate does not parse or has no single, textual CN.
+pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|err| format!("the client certificate does not parse: {err}"))?;
+    let mut names = cert.subject().iter_common_name();
+    let name = names
+        .next()
+        .ok_or("the client certificate has no common name")?
+        .as_str()
+        .map_err(|_| "the client certificate's common name is not text".to_owned())?
+        .to_owned();
+    if names.next().is_some() {
+        return Err("the client certificate has more than one common name".to_owned());
+    }
+    Ok(PeerIdentity {
+        name,
+        not_before: cert.validity().not_before.timestamp(),
+    })
+}
+
+/// Checks a hello against the certificate's CN; returns the namespace (`default` when empty).
+///
+/// # Errors
+/// The reason to refuse the session with.
+pub fn check_hello(hello: &Hello, common_name: &str) -> Result<String, String> {
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} is not supported; this backend speaks version {PROTOCOL_VERSION}",
+            hello.protocol
+        ));
+    }
+    if hello.name != common_name {
+        return Err(format!(
+            "the hello names entity \"{}\" but the certificate is for \"{common_name}\"",
+            hello.name
+        ));
+    }
+    if let Some(problem) = check_name(Kind::Entity, &hello.name) {
+        return Err(format!("invalid entity name: {problem}"));
+    }
+    let namespace = if hello.namespace.is_empty() {
+        "default"
+    } else {
+        hello.namespace.as_str()
+    };
+    if let Some(problem) = check_name(Kind::Namespace, namespace) {
+        return Err(format!("invalid namespace: {problem}"));
+    }
+    for (idx, subscription) in hello.subscriptions.iter().enumerate() {
+        if let Some(problem) = check_name(Kind::Role, subscription) {
+            return Err(format!("invalid subscription {idx}: {problem}"));
+        }
+    }
+    Ok(namespace.to_owned())
+}
+
+/// The hello with Sensu's defaults for keepalive settings left at 0 (the critical timeout
+/// keeps 0, which means "none").
+fn with_defaults(mut hello: Hello) -> Hello {
+    if hello.keepalive_interval == 0 {
+        hello.keepalive_interval = DEFAULT_KEEPALIVE_INTERVAL;
+    }
+    if hello.keepalive_warning_timeout == 0 {
+        hello.keepalive_warning_timeout = DEFAULT_KEEPALIVE_WARNING_TIMEOUT;
+    }
+    hello
+}
+
+/// The entity an agent's hello describes; what an operator set on an existing entity and the
+/// hello does not carry (deregistration handler, redactions, keepalive handlers, user) is kept.
+pub fn agent_entity(
+    namespace: &str,
+    hello: &Hello,
+    existing: Option<(&ObjectMeta, &Entity)>,
+    now: i64,
+) -> Resource {
+    let mut metadata = ObjectMeta::named(namespace, &hello.name);
+    metadata.labels = hello.labels.clone();
+    metadata.annotations = hello.annotations.clone();
+    metadata.created_by = existing
+        .map(|(meta, _)| meta.created_by.clone())
+        .filter(|created_by| !created_by.is_empty())
+        .unwrap_or_else(|| format!("agent/{}", hello.name));
+    let mut entity = existing
+        .map(|(_, entity)| entity.clone())
+        .unwrap_or_default();
+    entity.metadata = None;
+    entity.entity_class = "agent".to_owned();
+    let mut subscriptions: Vec<String> = Vec::with_capacity(hello.subscriptions.len() + 1);
+    for subscription in &hello.subscriptions {
+        if !subscriptions.contains(subscription) {
+            subscriptions.push(subscription.clone());
+        }
+    }
+    let implicit = format!("entity:{}", hello.name);
+    if !subscriptions.contains(&implicit) {
+        subscriptions.push(implicit);
+    }
+    entity.subscriptions = subscriptions;
+    entity.system = Some(hello.system.clone());
+    entity.last_seen = now;
+    entity.deregister = hello.deregister;
+    entity.sensu_agent_version = hello.agent_version.clone();
+    Resource::new(metadata, Spec::Entity(entity))
+}
+
+/// The entity as events embed it (with its metadata).
+fn embedded(resource: &Resource) -> Entity {
+    let mut entity = match &resource.spec {
+        Spec::Entity(entity) => entity.clone(),
+        _ => Entity::default(),
+    };
+    entity.metadata = Some(resource.metadata.clone());
+    entity
+}
+
+/// Makes an agent's event the session entity's: the entity's name and namespace forced to the
+/// session's (other fields kept, missing ones filled from the registered entity), the check in
+/// the session's namespace, `created_by` set, and the message id as the event id when the event
+/// has none. Returns the event's name (`<entity>/<check>`, or `<entity>/metrics`).
+///
+/// # Errors
+/// Why the event is refused.
+pub fn prepare_event(
+    mut event: Event,
+    registered: &Entity,
+    namespace: &str,
+    message_id: &str,
+) -> Result<(String, Event), String> {
+    let registered_meta = registered.metadata.clone().unwrap_or_default();
+    let name = registered_meta.name.clone();
+    let created_by = format!("agent/{name}");
+    if event.check.is_none() && event.metrics.is_none() {
+        return Err("an event needs a check or metrics".to_owned());
+    }
+    let entity = match event.entity.take() {
+        None => registered.clone(),
+        Some(mut entity) => {
+            let meta = entity.metadata.get_or_insert_with(ObjectMeta::default);
+            meta.name = name.clone();
+            meta.namespace = namespace.to_owned();
+            if meta.labels.is_empty() {
+                meta.labels = registered_meta.labels.clone();
+            }
+            if meta.annotations.is_empty() {
+                meta.annotations = registered_meta.annotations.clone();
+            }
+            if entity.entity_class.is_empty() {
+                entity.entity_class = registered.entity_class.clone();
+            }
+            if entity.subscriptions.is_empty() {
+                entity.subscriptions = registered.subscriptions.clone();
+            }
+            if entity.system.is_none() {
+                entity.system = registered.system.clone();
+            }
+            if entity.sensu_agent_version.is_empty() {
+                entity.sensu_agent_version = registered.sensu_agent_version.clone();
+            }
+            if entity.last_seen == 0 {
+                entity.last_seen = registered.last_seen;
+            }
+            entity
+        }
+    };
+    event.entity = Some(entity);
+    if let Some(meta) = event
+        .entity
+        .as_mut()
+        .and_then(|entity| entity.metadata.as_mut())
+    {
+        meta.created_by = created_by.clone();
+    }
+    let check_name_part = match event.check.as_mut() {
+        Some(check) => {
+            let meta = check.metadata.get_or_insert_with(ObjectMeta::default);
+            if let Some(problem) = check_name(Kind::CheckConfig, &meta.name) {
+                return Err(format!("check.metadata.name: {problem}"));
+            }
+            meta.namespace = namespace.to_owned();
+            meta.created_by = created_by;
+            meta.name.clone()
+        }
+        None => "metrics".to_owned(),
+    };
+    if let Some(meta) = event.metadata.as_mut() {
+        meta.namespace = namespace.to_owned();
+    }
+    if event.id.is_empty() && is_uuid(message_id) {
+        event.id = message_id.to_owned();
+    }
+    Ok((format!("{name}/{check_name_part}"), event))
+}
+
+fn is_uuid(text: &str) -> bool {
+    text.len() == 36 && uuid::Uuid::try_parse(text).is_ok()
+}
+
+fn event_id_problem(id: &str) -> Option<String> {
+    (id.is_empty() || id.len() > MAX_EVENT_ID_LEN || id.chars().any(char::is_control))
+        .then(|| format!("an event id must be 1 to {MAX_EVENT_ID_LEN} bytes of printable text"))
+}
+
+fn message_type(message: &AgentMessage) -> &'static str {
+    match message {
+        AgentMessage::Hello(_) => "hello",
+        AgentMessage::Event { .. } => "event",
+        AgentMessage::Keepalive { .. } => "keepalive",
+        AgentMessage::RenewCertificate { .. } => "renew_certificate",
+    }
+}
+
+fn refused(reason: impl Into<String>) -> BackendMessage {
+    BackendMessage::Refused {
+        reason: reason.into(),
+        fatal: false,
+    }
+}
+
+fn unix_now() -> i64 {
+    i64::try_from(crate::auth::unix_now()).unwrap_or(i64::MAX)
+}
+
+// ------------------------------------------------------------------------------------------
+// The listener
+// ------------------------------------------------------------------------------------------
+
+/// Serves agent connections on `listener` until `stop` turns true, then closes every session
+/// (bounded by a short grace period).
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: AppState,
+    hub: Arc<AgentHub>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stop_for_connections = stop.clone();
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    if connections.len() >= MAX_CONNECTIONS {
+                        tracing::warn!(%peer, limit = MAX_CONNECTIONS, "agent connection refused: too many connections");
+                        continue;
+                    }
+                    connections.spawn(run_connection(
+                        socket,
+                        peer,
+                        acceptor.clone(),
+                        state.clone(),
+                        Arc::clone(&hub),
+                        stop_for_connections.clone(),
+                    ));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "agent listener: accept failed");
+                    // Out of file descriptors, say: do not spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(err) = joined {
+                    if err.is_panic() {
+                        tracing::error!(error = %err, "an agent connection task panicked");
+                    }
+                }
+            }
+            () = stopping(&mut stop) => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        sessions = connections.len(),
+        "agent listener stopping: closing sessions"
+    );
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        tracing::warn!("agent sessions still open after the grace period; dropping them");
+        connections.abort_all();
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone, which happens only after).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here.
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Logs a failed TLS handshake: certificate problems at info (an agent to fix), the rest
+/// (scanners, resets) at debug.
+fn log_tls_failure(peer: SocketAddr, err: &std::io::Error) {
+    let certificate_problem = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|inner| {
+            matches!(
+                inner,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::PeerIncompatible(_)
+                    | rustls::Error::AlertReceived(_)
+            )
+        });
+    if certificate_problem {
+        tracing::info!(%peer, error = %err, "agent tls handshake refused");
+    } else {
+        tracing::debug!(%peer, error = %err, "agent tls handshake failed");
+    }
+}
+
+/// Accepts the upgrade on [`AGENT_PATH`] only.
+#[allow(clippy::result_large_err)] // the signature tungstenite's callback requires
+fn check_path(request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+    if request.uri().path() == AGENT_PATH {
+        return Ok(response);
+    }
+    let mut refusal = ErrorResponse::new(Some(format!(
+        "not found: the agent endpoint is {AGENT_PATH}\n"
+    )));
+    *refusal.status_mut() = StatusCode::NOT_FOUND;
+    Err(refusal)
+}
+
+async fn run_connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    state: AppState,
+    hub: Arc<AgentHub>,
+    stop: watch::Receiver<bool>,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => return log_tls_failure(peer, &err),
+        Err(_) => {
+            tracing::debug!(%peer, "agent tls handshake timed out");
+            return;
+        }
+    };
+    let identity = match tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+    {
+        Some(cert) => peer_identity(cert.as_ref()),
+        None => Err("no client certificate".to_owned()),
+    };
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(reason) => {
+            tracing::info!(%peer, %reason, "agent refused: unusable client certificate");
+            return;
+        }
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(tls, check_path, Some(config));
+    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(err)) => {
+            tracing::info!(%peer, entity = %identity.name, error = %err, "agent websocket upgrade failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, entity = %identity.name, "agent websocket upgrade timed out");
+            return;
+        }
+    };
+    let mut conn = Conn { ws, peer };
+    let Some((namespace, hello)) = conn.hello(&state, &identity).await else {
+        return;
+    };
+    let registered = match upsert_entity(&state, &namespace, &hello).await {
+        Ok(entity) => entity,
+        Err(EntityFailure::Invalid(reason)) => {
+            conn.refuse(&identity.name, &reason).await;
+            return;
+        }
+        Err(EntityFailure::Store(detail)) => {
+            tracing::error!(%peer, namespace, entity = %identity.name, error = %detail, "cannot store the agent's entity");
+            conn.close(CloseCode::Again, "backend error; try again later")
+                .await;
+            return;
+        }
+    };
+    let (session, queue) = hub.sessions().register(&namespace, &hello, true);
+    let stopped = hub.attach(&session, identity.issued_at());
+    // The revocation view is updated before it drops sessions; checking it after registering
+    // means a revocation arriving meanwhile is seen by one side or the other.
+    if state
+        .revocations
+        .revokes(&namespace, &identity.name, identity.issued_at())
+    {
+        hub.detach(&session);
+        conn.refuse(&identity.name, REASON_REVOKED).await;
+        return;
+    }
+    hub.last_seen_due(&session.id, Instant::now());
+    tracing::info!(
+        %peer,
+        namespace,
+        entity = %identity.name,
+        agent_version = %hello.agent_version,
+        "agent connected"
+    );
+    let welcome = BackendMessage::Welcome {
+        entity: identity.name.clone(),
+    };
+    let reason = match conn.send(&welcome).await {
+        Ok(()) => {
+            let mut agent = AgentSession {
+                state,
+                hub: Arc::clone(&hub),
+                session: session.clone(),
+                namespace: namespace.clone(),
+                registered,
+                issued_at: identity.issued_at(),
+                last_renewal: None,
+            };
+            agent.run(&mut conn, queue, stopped, stop).await
+        }
+        Err(err) => err,
+    };
+    hub.detach(&session);
+    tracing::info!(%peer, namespace, entity = %identity.name, %reason, "agent disconnected");
+}
+
+/// Why the entity could not be upserted.
+enum EntityFailure {
+    /// The hello describes an invalid entity: refuse the session.
+    Invalid(String),
+    /// The store failed: close and let the agent retry.
+    Store(String),
+}
+
+/// Creates or updates the agent's entity from its hello; returns it as events embed it.
+async fn upsert_entity(
+    state: &AppState,
+    namespace: &str,
+    hello: &Hello,
+) -> Result<Entity, EntityFailure> {
+    const ATTEMPTS: usize = 4;
+    for _ in 0..ATTEMPTS {
+        let existing = state
+            .resources
+            .get(Kind::Entity, namespace, &hello.name)
+            .await
+            .map_err(|err| EntityFailure::Store(err.to_string()))?;
+        let (previous, precondition) = match &existing {
+            Some(stored) => (
+                match &stored.resource.spec {
+                    Spec::Entity(entity) => Some((&stored.resource.metadata, entity)),
+                    _ => None,
+                },
+                Precondition::Revision(stored.revision),
+            ),
+            None => (None, Precondition::Absent),
+        };
+        let resource = agent_entity(namespace, hello, previous, unix_now());
+        if let Some(issue) = cairn_api::validate::validate(&resource)
+            .into_iter()
+            .find(|issue| issue.is_error())
+        {
+            return Err(EntityFailure::Invalid(format!(
+                "the agent's entity is invalid: {issue}"
+            )));
+        }
+        match state.resources.put(&resource, precondition).await {
+            Ok(_) => return Ok(embedded(&resource)),
+            Err(ResourceError::Store(StoreError::PreconditionFailed { .. })) => {
+                tracing::debug!(namespace, entity = %hello.name, "entity changed while upserting; retrying");
+            }
+            Err(err) => return Err(EntityFailure::Store(err.to_string())),
+        }
+    }
+    Err(EntityFailure::Store(format!(
+        "entity {namespace}/{} kept changing under {ATTEMPTS} attempts to update it",
+        hello.name
+    )))
+}
+
+/// The id of the stored latest event at `key`, reading nothing else of it.
+async fn stored_event_id(state: &AppState, key: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Document {
+        #[serde(default)]
+        spec: IdOnly,
+    }
+    #[derive(Default, Deserialize)]
+    struct IdOnly {
+        #[serde(default)]
+        id: String,
+    }
+    match state.resources.store().get(key).await {
+        Ok(entry) => entry
+            .and_then(|entry| serde_json::from_slice::<Document>(&entry.value).ok())
+            .map(|document| document.spec.id),
+        Err(err) => {
+            tracing::warn!(key, error = %err, "cannot read the stored event for duplicate detection");
+            None
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// One connection
+// ------------------------------------------------------------------------------------------
+
+/// The WebSocket of one agent and its peer address.
+struct Conn {
+    ws: AgentSocket,
+    peer: SocketAddr,
+}
+
+/// Why no hello came.
+enum HelloFailure {
+    /// Refuse with this reason.
+    Refuse(String),
+    /// The connection is gone; nothing to send.
+    Gone(String),
+}
+
+impl Conn {
+    /// Reads and checks the hello; on any problem refuses (or notes that the agent left) and
+    /// returns `None`.
+    async fn hello(
+        &mut self,
+        state: &AppState,
+        identity: &PeerIdentity,
+    ) -> Option<(String, Hello)> {
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, self.read_hello()).await {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(HelloFailure::Refuse(reason))) => {
+                self.refuse(&identity.name, &reason).await;
+                return None;
+            }
+            Ok(Err(HelloFailure::Gone(reason))) => {
+                tracing::info!(peer = %self.peer, entity = %identity.name, %reason, "agent left before its hello");
+                return None;
+            }
+            Err(_) => {
+                let reason = format!("no hello within {} s", HELLO_TIMEOUT.as_secs());
+                self.refuse(&identity.name, &reason).await;
+                return None;
+            }
+        };
+        let namespace = match check_hello(&hello, &identity.name) {
+            Ok(namespace) => namespace,
+            Err(reason) => {
+                self.refuse(&identity.name, &reason).await;
+                return None;
+            }
+        };
+        if !state.auth.snapshot().has_namespace(&namespace) {
+            let reason = format!("namespace \"{namespace}\" does not exist");
+            self.refuse(&identity.name, &reason).await;
+            return None;
+        }
+        if state
+            .revocations
+            .revokes(&namespace, &identity.name, identity.issued_at())
+        {
+            self.refuse(&identity.name, REASON_REVOKED).await;
+            return None;
+        }
+        Some((namespace, with_defaults(hello)))
+    }
+
+    async fn read_hello(&mut self) -> Result<Hello, HelloFailure> {
+        loop {
+            let frame = match self.ws.next().await {
+                None => return Err(HelloFailure::Gone("connection closed".to_owned())),
+                Some(Err(err)) => {
+                    return Err(HelloFailure::Gone(format!("connection error: {err}")))
+                }
+                Some(Ok(frame)) => frame,
+            };
+            match frame {
+                Message::Text(text) => {
+                    return match serde_json::from_str::<AgentMessage>(text.as_str()) {
+                        Ok(AgentMessage::Hello(hello)) => Ok(*hello),
+                        Ok(other) => Err(HelloFailure::Refuse(format!(
+                            "the first message must be a hello, not a {}",
+                            message_type(&other)
+                        ))),
+                        Err(err) => Err(HelloFailure::Refuse(format!(
+                            "the first message is not a valid hello: {err}"
+                        ))),
+                    }
+                }
+                Message::Binary(_) => {
+                    return Err(HelloFailure::Refuse(
+                        "the first message must be a hello in a JSON text frame".to_owned(),
+                    ))
+                }
+                // tungstenite queued the pong; flushing sends it.
+                Message::Ping(_) => {
+                    let _ = self.ws.flush().await;
+                }
+                Message::Pong(_) | Message::Frame(_) => {}
+                Message::Close(_) => {
+                    let _ = self.ws.flush().await;
+                    return Err(HelloFailure::Gone("closed by the agent".to_owned()));
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, message: &BackendMessage) -> Result<(), String> {
+        let text = serde_json::to_string(message)
+            .map_err(|err| format!("cannot encode a message: {err}"))?;
+        self.send_frame(Message::text(text)).await
+    }
+
+    async fn send_frame(&mut self, frame: Message) -> Result<(), String> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(format!("cannot write to the agent: {err}")),
+            Err(_) => Err(format!(
+                "the agent did not read for {} s",
+                WRITE_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// Sends a fatal refusal and closes.
+    async fn refuse(&mut self, entity: &str, reason: &str) {
+        tracing::info!(peer = %self.peer, entity, reason, "agent session refused");
+        let refusal = BackendMessage::Refused {
+            reason: reason.to_owned(),
+            fatal: true,
+        };
+        if self.send(&refusal).await.is_ok() {
+            self.close(CloseCode::Policy, reason).await;
+        }
+    }
+
+    /// Sends a close frame and waits (briefly) for the agent's, so that it reads everything
+    /// sent before the socket goes.
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        let mut end = MAX_CLOSE_REASON.min(reason.len());
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let frame = CloseFrame {
+            code,
+            reason: reason[..end].into(),
+        };
+        let closing = async {
+            if self.ws.close(Some(frame)).await.is_ok() {
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
+}
+
+/// A registered session and what its messages need.
+struct AgentSession {
+    state: AppState,
+    hub: Arc<AgentHub>,
+    session: Session,
+    namespace: String,
+    /// The entity as registered at the hello, with metadata: what events fall back on.
+    registered: Entity,
+    issued_at: i64,
+    last_renewal: Option<Instant>,
+}
+
+impl AgentSession {
+    fn name(&self) -> &str {
+        &self.session.id.1
+    }
+
+    /// Serves the session until it ends; returns why.
+    async fn run(
+        &mut self,
+        conn: &mut Conn,
+        mut queue: mpsc::Receiver<BackendMessage>,
+        mut stopped: oneshot::Receiver<String>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> String {
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                frame = conn.ws.next() => {
+                    let frame = match frame {
+                        None => return "connection closed".to_owned(),
+                        Some(Err(err)) => return format!("connection error: {err}"),
+                        Some(Ok(frame)) => frame,
+                    };
+                    last_heard = Instant::now();
+                    let replies = match frame {
+                        Message::Text(text) => self.handle(text.as_str()).await,
+                        Message::Binary(_) => vec![refused(
+                            "binary frames are not part of the agent protocol; send JSON text frames",
+                        )],
+                        Message::Ping(_) => {
+                            // tungstenite queued the pong; flushing sends it.
+                            if let Err(err) = conn.ws.flush().await {
+                                return format!("cannot answer a ping: {err}");
+                            }
+                            Vec::new()
+                        }
+                        Message::Pong(_) | Message::Frame(_) => Vec::new(),
+                        Message::Close(_) => {
+                            // tungstenite queued the close reply; flushing sends it.
+                            let _ = conn.ws.flush().await;
+                            return "closed by the agent".to_owned();
+                        }
+                    };
+                    for reply in replies {
+                        if let Some(reason) = Self::deliver(conn, &reply).await {
+                            return reason;
+                        }
+                    }
+                }
+                queued = queue.recv() => {
+                    let Some(message) = queued else {
+                        return "session queue closed".to_owned();
+                    };
+                    if let Some(reason) = Self::deliver(conn, &message).await {
+                        return reason;
+                    }
+                }
+                reason = &mut stopped => {
+                    let reason = reason.unwrap_or_else(|_| "session ended".to_owned());
+                    conn.refuse(self.name(), &reason).await;
+                    return reason;
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > IDLE_TIMEOUT {
+                        conn.close(CloseCode::Away, "nothing heard from the agent").await;
+                        return format!("nothing heard for {} s", IDLE_TIMEOUT.as_secs());
+                    }
+                    if let Err(err) = conn.send_frame(Message::Ping(Default::default())).await {
+                        return err;
+                    }
+                }
+                () = stopping(&mut shutdown) => {
+                    conn.close(CloseCode::Restart, "backend shutting down").await;
+                    return "backend shutting down".to_owned();
+                }
+            }
+        }
+    }
+
+    /// Writes one message; after a fatal refusal closes the socket. Returns why the session
+    /// ends, if it does.
+    async fn deliver(conn: &mut Conn, message: &BackendMessage) -> Option<String> {
+        if let Err(err) = conn.send(message).await {
+            return Some(err);
+        }
+        if let BackendMessage::Refused {
+            reason,
+            fatal: true,
+        } = message
+        {
+            conn.close(CloseCode::Policy, reason).await;
+            return Some(reason.clone());
+        }
+        None
+    }
+
+    /// Handles one text frame; returns the replies.
+    async fn handle(&mut self, text: &str) -> Vec<BackendMessage> {
+        let message: AgentMessage = match serde_json::from_str(text) {
+            Ok(message) => message,
+            Err(err) => return vec![refused(format!("message not understood: {err}"))],
+        };
+        match message {
+            AgentMessage::Hello(_) => vec![refused(
+                "the session is already open; a hello is only the first message",
+            )],
+            AgentMessage::Event { id, event } => self.on_event(id, *event).await,
+            AgentMessage::Keepalive { .. } => {
+                self.on_keepalive().await;
+                Vec::new()
+            }
+            AgentMessage::RenewCertificate { csr_pem } => self.on_renew(&csr_pem).await,
+        }
+    }
+
+    async fn on_event(&mut self, id: String, event: Event) -> Vec<BackendMessage> {
+        if let Some(problem) = event_id_problem(&id) {
+            return vec![refused(format!("event refused: {problem}"))];
+        }
+        let entity_id = self.session.id.clone();
+        if self.hub.was_acked(&entity_id, &id) {
+            tracing::debug!(entity = %entity_id.1, event_id = %id, "duplicate event acknowledged again");
+            return vec![BackendMessage::Ack { id }];
+        }
+        let (event_name, event) = match prepare_event(event, &self.registered, &self.namespace, &id)
+        {
+            Ok(prepared) => prepared,
+            Err(reason) => {
+                tracing::info!(entity = %entity_id.1, event_id = %id, %reason, "agent event refused");
+                return vec![
+                    refused(format!("event {id} refused: {reason}")),
+                    BackendMessage::Ack { id },
+                ];
+            }
+        };
+        if !event.id.is_empty() {
+            let key = Resources::key(Kind::Event, &self.namespace, &event_name);
+            if stored_event_id(&self.state, &key).await.as_deref() == Some(event.id.as_str()) {
+                tracing::debug!(entity = %entity_id.1, event_id = %id, "event already stored; acknowledged again");
+                self.hub.remember_ack(&entity_id, &id);
+                return vec![BackendMessage::Ack { id }];
+            }
+        }
+        let created_by = format!("agent/{}", self.name());
+        match crate::ingest::ingest(
+            &self.state,
+            &self.namespace,
+            &event_name,
+            event,
+            &created_by,
+        )
+        .await
+        {
+            Ok(()) => {
+                self.hub.remember_ack(&entity_id, &id);
+                vec![BackendMessage::Ack { id }]
+            }
+            Err(err) if err.status.is_client_error() && err.status != StatusCode::CONFLICT => {
+                tracing::info!(entity = %entity_id.1, event_id = %id, reason = %err.message, "agent event refused");
+                vec![
+                    refused(format!("event {id} refused: {}", err.message)),
+                    BackendMessage::Ack { id },
+                ]
+            }
+            Err(err) => {
+                tracing::warn!(entity = %entity_id.1, event_id = %id, error = %err.message, "agent event not stored");
+                vec![refused(format!(
+                    "event {id} was not stored because of a backend error; keep it and send it again"
+                ))]
+            }
+        }
+    }
+
+    async fn on_keepalive(&mut self) {
+        self.hub.sessions().keepalive(&self.session.id);
+        if self.hub.last_seen_due(&self.session.id, Instant::now()) {
+            self.touch_last_seen().await;
+        }
+    }
+
+    /// Writes the entity's `last_seen`; recreates the entity if it was deleted meanwhile.
+    async fn touch_last_seen(&self) {
+        let now = unix_now();
+        let (namespace, name) = (&self.namespace, self.name());
+        let resources = &self.state.resources;
+        let write = match resources.get(Kind::Entity, namespace, name).await {
+            Ok(Some(stored)) => {
+                let Spec::Entity(mut entity) = stored.resource.spec else {
+                    tracing::warn!(namespace, entity = name, "an entity key holds another kind");
+                    return;
+                };
+                entity.last_seen = now;
+                let resource = Resource::new(stored.resource.metadata, Spec::Entity(entity));
+                resources
+                    .put(&resource, Precondition::Revision(stored.revision))
+                    .await
+            }
+            Ok(None) => {
+                let mut entity = self.registered.clone();
+                let metadata = entity.metadata.take().unwrap_or_default();
+                entity.last_seen = now;
+                tracing::info!(
+                    namespace,
+                    entity = name,
+                    "entity of a connected agent recreated"
+                );
+                let resource = Resource::new(metadata, Spec::Entity(entity));
+                resources.put(&resource, Precondition::Absent).await
+            }
+            Err(err) => Err(err),
+        };
+        match write {
+            Ok(_) => {}
+            // Someone else wrote it; the next keepalive's turn writes it again.
+            Err(ResourceError::Store(StoreError::PreconditionFailed { .. })) => {}
+            Err(err) => {
+                tracing::warn!(namespace, entity = name, error = %err, "cannot update last_seen")
+            }
+        }
+    }
+
+    async fn on_renew(&mut self, csr_pem: &str) -> Vec<BackendMessage> {
+        let name = self.name().to_owned();
+        if self
+            .state
+            .revocations
+            .revokes(&self.namespace, &name, self.issued_at)
+        {
+            return vec![BackendMessage::Refused {
+                reason: REASON_REVOKED.to_owned(),
+                fatal: true,
+            }];
+        }
+        if self
+            .last_renewal
+            .is_some_and(|at| at.elapsed() < RENEWAL_MIN_INTERVAL)
+        {
+            return vec![refused(format!(
+                "certificate renewal refused: at most one renewal every {} s",
+                RENEWAL_MIN_INTERVAL.as_secs()
+            ))];
+        }
+        bootstrap::wait_past_revocation(&self.state.revocations, &self.namespace, &name).await;
+        match self.state.agent_pki.sign(csr_pem, &name) {
+            Ok(cert_pem) => {
+                self.last_renewal = Some(Instant::now());
+                tracing::info!(namespace = %self.namespace, entity = %name, "agent certificate renewed");
+                vec![BackendMessage::Certificate { cert_pem }]
+            }
+            Err(err) => {
+                let reason = bootstrap::describe_pki_error(&err);
+                tracing::info!(namespace = %self.namespace, entity = %name, %reason, "certificate renewal refused");
+                vec![refused(format!("certificate renewal refused: {reason}"))]
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use cairn_api::model::{Check, System};
+
+    use super::*;
+
+    fn hello(name: &str) -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            name: name.to_owned(),
+            subscriptions: vec!["linux".into()],
+            ..Hello::default()
+        }
+    }
+
+    #[test]
+    fn the_common_name_is_the_entity_name() {
+        let ca = crate::pki::generate_ca("agent CA").unwrap();
+        let client =
+            crate::pki::issue_client_cert(&ca, "web-01", Duration::from_secs(3600)).unwrap();
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(client.cert_pem.as_bytes()).unwrap();
+        let identity = peer_identity(der.as_ref()).unwrap();
+        assert_eq!(identity.name, "web-01");
+        let now = unix_now();
+        assert!(
+            (identity.issued_at() - now).abs() <= 2,
+            "{identity:?} {now}"
+        );
+        assert!(peer_identity(b"not a certificate")
+            .unwrap_err()
+            .starts_with("the client certificate does not parse"));
+    }
+
+    use rustls::pki_types::pem::PemObject;
+
+    #[test]
+    fn hellos_are_checked_against_the_certificate() {
+        assert_eq!(check_hello(&hello("web"), "web"), Ok("default".to_owned()));
+        let mut other_namespace = hello("web");
+        other_namespace.namespace = "prod".into();
+        assert_eq!(check_hello(&other_namespace, "web"), Ok("prod".to_owned()));
+        let mut old = hello("web");
+        old.protocol = 0;
+        assert!(check_hello(&old, "web")
+            .unwrap_err()
+            .starts_with("protocol version 0 is not supported"));
+        assert_eq!(
+            check_hello(&hello("db"), "web").unwrap_err(),
+            "the hello names entity \"db\" but the certificate is for \"web\""
+        );
+        assert!(check_hello(&hello("bad name"), "bad name")
+            .unwrap_err()
+            .starts_with("invalid entity name"));
+        let mut bad_namespace = hello("web");
+        bad_namespace.namespace = "a b".into();
+        assert!(check_hello(&bad_namespace, "web")
+            .unwrap_err()
+            .starts_with("invalid namespace"));
+        let mut bad_subscription = hello("web");
+        bad_subscription.subscriptions = vec!["ok".into(), "".into()];
+        assert!(check_hello(&bad_subscription, "web")
+            .unwrap_err()
+            .starts_with("invalid subscription 1"));
+    }
+
+    #[test]
+    fn the_entity_comes_from_the_hello_and_keeps_operator_fields() {
+        let mut greeting = hello("web");
+        greeting.subscriptions = vec!["linux".into(), "linux".into()];
+        greeting.labels = BTreeMap::from([("team".to_owned(), "ops".to_owned())]);
+        greeting.system = System {
+            hostname: "web.example".into(),
+            ..System::default()
+        };
+        greeting.agent_version = "0.1.0".into();
+        greeting.deregister = true;
+        let resource = agent_entity("default", &greeting, None, 42);
+        assert_eq!(resource.metadata.created_by, "agent/web");
+        assert_eq!(resource.metadata.labels["team"], "ops");
+        let Spec::Entity(entity) = &resource.spec else {
+            panic!("not an entity");
+        };
+        assert_eq!(entity.entity_class, "agent");
+        assert_eq!(entity.subscriptions, ["linux", "entity:web"]);
+        assert_eq!(entity.last_seen, 42);
+        assert!(entity.deregister);
+        assert_eq!(entity.sensu_agent_version, "0.1.0");
+        assert_eq!(entity.system.as_ref().unwrap().hostname, "web.example");
+        assert!(cairn_api::validate::validate(&resource)
+            .iter()
+            .all(|issue| !issue.is_error()));
+
+        let mut existing = entity.clone();
+        existing.keepalive_handlers = vec!["pager".into()];
+        existing.redact = vec!["secret".into()];
+        let mut existing_meta = ObjectMeta::named("default", "web");
+        existing_meta.created_by = "admin".into();
+        let again = agent_entity("default", &greeting, Some((&existing_meta, &existing)), 50);
+        let Spec::Entity(again_entity) = &again.spec else {
+            panic!("not an entity");
+        };
+        assert_eq!(again.metadata.created_by, "admin");
+        assert_eq!(again_entity.keepalive_handlers, ["pager"]);
+        assert_eq!(again_entity.redact, ["secret"]);
+        assert_eq!(again_entity.last_seen, 50);
+    }
+
+    fn registered() -> Entity {
+        let mut greeting = hello("web");
+        greeting.agent_version = "0.1.0".into();
+        embedded(&agent_entity("prod", &greeting, None, 42))
+    }
+
+    fn check_event(check: &str) -> Event {
+        Event {
+            check: Some(Check {
+                metadata: Some(ObjectMeta::named("", check)),
+                status: 1,
+                ..Check::default()
+            }),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn events_are_made_the_sessions_own() {
+        let registered = registered();
+        let id = "0b9b4a58-4c1b-4c4f-a5e7-2d0d2f5f5e11";
+
+        // No entity: the registered one.
+        let (name, event) = prepare_event(check_event("cpu"), &registered, "prod", id).unwrap();
+        assert_eq!(name, "web/cpu");
+        assert_eq!(event.id, id);
+        let entity = event.entity.as_ref().unwrap();
+        assert_eq!(entity.metadata.as_ref().unwrap().name, "web");
+        assert_eq!(entity.metadata.as_ref().unwrap().created_by, "agent/web");
+        assert_eq!(entity.entity_class, "agent");
+        let check_meta = event.check.as_ref().unwrap().metadata.as_ref().unwrap();
+        assert_eq!(check_meta.namespace, "prod");
+        assert_eq!(check_meta.created_by, "agent/web");
+
+        // Another entity's name and namespace are overridden; its own fields are kept.
+        let mut spoofed = check_event("cpu");
+        spoofed.entity = Some(Entity {
+            metadata: Some(ObjectMeta::named("default", "db")),
+            entity_class: "proxy".into(),
+            ..Entity::default()
+        });
+        let (name, event) = prepare_event(spoofed, &registered, "prod", "not-a-uuid").unwrap();
+        assert_eq!(name, "web/cpu");
+        assert!(
+            event.id.is_empty(),
+            "a non-UUID message id is not an event id"
+        );
+        let entity = event.entity.as_ref().unwrap();
+        let meta = entity.metadata.as_ref().unwrap();
+        assert_eq!(
+            (meta.namespace.as_str(), meta.name.as_str()),
+            ("prod", "web")
+        );
+        assert_eq!(entity.entity_class, "proxy");
+        assert_eq!(entity.subscriptions, registered.subscriptions);
+        assert_eq!(entity.sensu_agent_version, "0.1.0");
+
+        // Metrics only.
+        let metrics = Event {
+            metrics: Some(serde_json::json!({"points": []})),
+            ..Event::default()
+        };
+        assert_eq!(
+            prepare_event(metrics, &registered, "prod", id).unwrap().0,
+            "web/metrics"
+        );
+
+        // Neither, or an unnamed check.
+        assert_eq!(
+            prepare_event(Event::default(), &registered, "prod", id).unwrap_err(),
+            "an event needs a check or metrics"
+        );
+        assert!(prepare_event(check_event(""), &registered, "prod", id)
+            .unwrap_err()
+            .starts_with("check.metadata.name"));
+    }
+
+    #[test]
+    fn acked_ids_are_remembered_per_entity_and_bounded() {
+        let hub = AgentHub::new(Sessions::new());
+        let web: EntityId = ("default".into(), "web".into());
+        let db: EntityId = ("default".into(), "db".into());
+        hub.remember_ack(&web, "e-0");
+        assert!(hub.was_acked(&web, "e-0"));
+        assert!(!hub.was_acked(&db, "e-0"));
+        for idx in 1..=ACKED_IDS_KEPT {
+            hub.remember_ack(&web, &format!("e-{idx}"));
+        }
+        assert!(!hub.was_acked(&web, "e-0"), "the oldest is forgotten");
+        assert!(hub.was_acked(&web, "e-1"));
+        assert!(hub.was_acked(&web, &format!("e-{ACKED_IDS_KEPT}")));
+        assert_eq!(hub.memory.lock()[&web].acked.len(), ACKED_IDS_KEPT);
+
+        let now = Instant::now();
+        assert!(hub.last_seen_due(&web, now));
+        assert!(!hub.last_seen_due(&web, now + Duration::from_secs(59)));
+        assert!(hub.last_seen_due(&web, now + LAST_SEEN_WRITE_INTERVAL));
+        assert!(event_id_problem("").is_some());
+        assert!(event_id_problem(&"x".repeat(MAX_EVENT_ID_LEN + 1)).is_some());
+        assert!(event_id_problem("a\nb").is_some());
+        assert!(event_id_problem("0b9b4a58-4c1b-4c4f-a5e7-2d0d2f5f5e11").is_none());
+    }
+
+    #[test]
+    fn revocation_drops_only_sessions_with_older_certificates() {
+        let sessions = Sessions::new();
+        let hub = AgentHub::new(Arc::clone(&sessions));
+        let (old, mut old_queue) = sessions.register("default", &hello("old"), true);
+        let mut old_stopped = hub.attach(&old, 100);
+        let (new, _new_queue) = sessions.register("default", &hello("new"), true);
+        let _new_stopped = hub.attach(&new, 300);
+        let revocation = |revoked_at| Revocation {
+            revoked_at,
+            by: "admin".into(),
+        };
+        hub.revoke(&old.id, &revocation(200));
+        hub.revoke(&new.id, &revocation(200));
+        assert!(sessions.get(&old.id).is_none());
+        assert!(sessions.get(&new.id).is_some());
+        assert_eq!(
+            old_queue.try_recv().unwrap(),
+            BackendMessage::Refused {
+                reason: REASON_REVOKED.into(),
+                fatal: true
+            }
+        );
+        assert_eq!(old_stopped.try_recv().unwrap(), REASON_REVOKED);
+
+        // A newer connection of the same entity tells the older one to end.
+        let (first, _first_queue) = sessions.register("default", &hello("twice"), true);
+        let mut first_stopped = hub.attach(&first, 100);
+        let (second, _second_queue) = sessions.register("default", &hello("twice"), true);
+        let _second_stopped = hub.attach(&second, 100);
+        assert!(first_stopped
+            .try_recv()
+            .unwrap()
+            .starts_with("replaced by a newer session"));
+        hub.detach(&first);
+        assert_eq!(
+            sessions.get(&second.id).map(|session| session.connection),
+            Some(second.connection)
+        );
+        assert!(hub.live.lock().contains_key(&second.id));
+    }
+
+    #[test]
+    fn only_the_agent_path_upgrades() {
+        let request = |path: &str| {
+            Request::builder()
+                .uri(format!("wss://backend{path}"))
+                .body(())
+                .unwrap()
+        };
+        assert!(check_path(&request(AGENT_PATH), Response::new(())).is_ok());
+        let refusal = check_path(&request("/other"), Response::new(())).unwrap_err();
+        assert_eq!(refusal.status(), StatusCode::NOT_FOUND);
+    }
+}

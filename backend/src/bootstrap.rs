@@ -1,0 +1,1451 @@
+//! Agent enrolment and revocation: join tokens, the bootstrap endpoint that trades a token and
+//! a CSR for a client certificate, and revoked certificates with the in-memory view the agent
+//! listener checks.
+//!
+//! # Endpoints
+//!
+//! - `POST /api/cairn/v1/jointokens` (RBAC: `create` on the cluster-wide resource `jointokens`),
+//!   body `{"ttl_seconds": 3600, "uses": 1, "subscriptions": [], "namespace": "default"}` (every
+//!   field optional) → `201 {"token", "id", "expires_at"}`. The token is
+//!   [`JoinToken::encode`]: its id, a random secret and the fingerprint of the cluster CA that
+//!   signs the API listener, which the agent pins while it bootstraps.
+//! - `GET /api/cairn/v1/jointokens` (`list jointokens`) → `200 [{"id", "namespace",
+//!   "subscriptions", "expires_at", "uses_left", "created_by", "created_at"}]`, never the digest.
+//! - `DELETE /api/cairn/v1/jointokens/{id}` (`delete jointokens`) → `204`, or `404`.
+//! - `POST` [`cairn_api::agent::BOOTSTRAP_PATH`], unauthenticated (the join token is the credential): a
+//!   [`BootstrapRequest`] → `200` [`BootstrapResponse`]; `401` for any problem with the token,
+//!   `400` for a bad name or CSR. A refused request writes nothing.
+//! - `POST /api/cairn/v1/agents/{namespace}/{name}/revoke` (RBAC: `delete` on the cluster-wide
+//!   resource `agents`) → `200 {"namespace", "name", "revoked_at", "revoked_by"}`.
+//!
+//! `jointokens` and `agents` are not namespaced resource kinds, so only cluster-wide grants
+//! (a `ClusterRoleBinding`; `cluster-admin`'s `*` included) allow them: minting an identity or
+//! taking one away is a cluster administrator's act, like managing users.
+//!
+//! # Store layout
+//!
+//! Outside `res/`, so that the resource API and the reconciler never see it:
+//!
+//! ```text
+//! agents/jointokens/<id>          JoinTokenRecord (JSON); only the secret's SHA-256 is kept
+//! agents/revoked/<ns>/<name>      Revocation (JSON)
+//! ```
+//!
+//! # Revocation
+//!
+//! A revocation refuses every certificate of that entity issued at or before `revoked_at`.
+//! [`crate::pki`] back-dates `notBefore` by [`PKI_NOT_BEFORE_BACKDATE_SECS`], so a
+//! certificate's issue time is its `notBefore` plus that much. Signing waits until the clock is
+//! past a same-second revocation, so a certificate issued after a revocation always works: an
+//! agent re-installed with a new token connects again. Every backend sharing the store keeps the
+//! view current through a watch, and drops a live session of a revoked certificate at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use cairn_api::agent::{BootstrapRequest, BootstrapResponse, JoinToken};
+use cairn_api::validate::check_name;
+use cairn_api::Kind;
+
+use crate::api::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
+use crate::auth::unix_now;
+use crate::datadir::DataDir;
+use crate::pki::{self, CertifiedKeyPem, PkiError};
+use crate::rbac::Verb;
+use crate::sessions::EntityId;
+use crate::store::{Precondition, Revision, Store, StoreError, WatchEvent};
+
+/// Where join tokens live in the store.
+pub const JOIN_TOKEN_PREFIX: &str = "agents/jointokens/";
+
+/// Where revocations live in the store: `agents/revoked/<namespace>/<name>`.
+pub const REVOKED_PREFIX: &str = "agents/revoked/";
+
+/// The RBAC resource of join tokens (cluster-wide).
+pub const JOIN_TOKENS_RESOURCE: &str = "jointokens";
+
+/// The RBAC resource of agent identities, whose revocation is verb `delete` (cluster-wide).
+pub const AGENTS_RESOURCE: &str = "agents";
+
+/// How long an agent certificate (from bootstrap or renewal) is valid: 90 days.
+pub const AGENT_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+
+/// How far [`crate::pki`] sets a certificate's `notBefore` before the moment it signs it
+/// (its clock-skew allowance); a unit test below keeps the two in step.
+pub const PKI_NOT_BEFORE_BACKDATE_SECS: i64 = 5 * 60;
+
+/// A join token's lifetime when the request names none, seconds.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 60 * 60;
+/// The shortest join token lifetime, seconds.
+pub const MIN_TOKEN_TTL_SECS: u64 = 60;
+/// The longest join token lifetime, seconds (30 days).
+pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 60 * 60;
+/// The most uses one join token may grant.
+pub const MAX_TOKEN_USES: u32 = 10_000;
+
+/// Length of a token's secret: 48 alphanumeric characters, about 285 bits.
+const SECRET_LEN: usize = 48;
+/// Length of a token's id: 16 lower-case alphanumeric characters.
+const ID_LEN: usize = 16;
+const SECRET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// How many times a guarded write of a token is recomputed when another writer got there first.
+const TOKEN_WRITE_ATTEMPTS: usize = 16;
+
+/// How long expired tokens are kept (so that a late use is told "expired", not "unknown").
+const EXPIRED_TOKEN_GRACE_SECS: u64 = 24 * 60 * 60;
+
+/// How often the sweeper removes tokens past their grace period.
+const TOKEN_SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// How long a revocation request waits for the local view (and so the session drop) to catch up.
+const REVOCATION_CATCH_UP: Duration = Duration::from_secs(5);
+
+// ------------------------------------------------------------------------------------------
+// Certificate authority material
+// ------------------------------------------------------------------------------------------
+
+/// The CA material that bootstrap and renewal need, loaded and checked once at start.
+pub struct AgentPki {
+    agent_ca: CertifiedKeyPem,
+    ca_pem: String,
+    ca_fingerprint: String,
+}
+
+/// Why [`AgentPki::load`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentPkiError {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadFailed {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The material is unusable (a damaged file, a key that does not match its certificate).
+    #[error("{what} is unusable: {source}")]
+    Unusable {
+        /// Which material.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: PkiError,
+    },
+}
+
+impl std::fmt::Debug for AgentPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentPki")
+            .field("agent_ca", &self.agent_ca)
+            .field("ca_fingerprint", &self.ca_fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentPki {
+    /// Reads the agent CA (certificate and key) and the cluster CA from the data directory and
+    /// checks that the agent CA can sign.
+    ///
+    /// # Errors
+    /// A missing or unreadable file, or unusable material, named.
+    pub fn load(dir: &DataDir) -> Result<AgentPki, AgentPkiError> {
+        let read = |path: std::path::PathBuf| {
+            std::fs::read_to_string(&path)
+                .map_err(|source| AgentPkiError::ReadFailed { path, source })
+        };
+        let agent_ca = CertifiedKeyPem {
+            cert_pem: read(dir.agent_ca_cert())?,
+            key_pem: read(dir.agent_ca_key())?,
+        };
+        let ca_pem = read(dir.ca_cert())?;
+        let ca_fingerprint =
+            pki::fingerprint_sha256(&ca_pem).map_err(|source| AgentPkiError::Unusable {
+                what: "the cluster CA certificate",
+                source,
+            })?;
+        // Fail at start, not at the first bootstrap, when the agent CA's key and certificate do
+        // not belong together.
+        pki::issue_client_cert(&agent_ca, "cairn-startup-check", Duration::from_secs(60)).map_err(
+            |source| AgentPkiError::Unusable {
+                what: "the agent CA",
+                source,
+            },
+        )?;
+        Ok(AgentPki::from_parts(agent_ca, ca_pem, ca_fingerprint))
+    }
+
+    /// Builds the material from PEM already in memory (tests).
+    pub fn from_parts(agent_ca: CertifiedKeyPem, ca_pem: String, ca_fingerprint: String) -> Self {
+        AgentPki {
+            agent_ca,
+            ca_pem,
+            ca_fingerprint,
+        }
+    }
+
+    /// The SHA-256 fingerprint of the cluster CA, which join tokens carry.
+    pub fn ca_fingerprint(&self) -> &str {
+        &self.ca_fingerprint
+    }
+
+    /// Signs an agent's CSR as a client certificate for `name`, valid [`AGENT_CERT_VALIDITY`].
+    ///
+    /// # Errors
+    /// [`PkiError::InvalidCsr`] for a bad CSR; other variants are internal faults.
+    pub fn sign(&self, csr_pem: &str, name: &str) -> Result<String, PkiError> {
+        pki::sign_csr(&self.agent_ca, csr_pem, name, AGENT_CERT_VALIDITY)
+    }
+}
+
+/// A [`PkiError`] with its source, for a message to an agent or an operator.
+pub fn describe_pki_error(err: &PkiError) -> String {
+    match std::error::Error::source(err) {
+        Some(source) => format!("{err}: {source}"),
+        None => err.to_string(),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Join tokens
+// ------------------------------------------------------------------------------------------
+
+/// A join token as stored: never the secret, only its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    /// SHA-256 of the secret, lowercase hex.
+    pub digest: String,
+    /// The namespace the agents join.
+    pub namespace: String,
+    /// Subscriptions the token grants.
+    pub subscriptions: Vec<String>,
+    /// When it stops working, unix seconds.
+    pub expires_at: u64,
+    /// Bootstraps it still allows.
+    pub uses_left: u32,
+    /// The user who created it.
+    pub created_by: String,
+    /// When, unix seconds.
+    pub created_at: u64,
+}
+
+/// The body of `POST /api/cairn/v1/jointokens`; every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreateJoinToken {
+    /// Lifetime in seconds ([`DEFAULT_TOKEN_TTL_SECS`] when absent).
+    pub ttl_seconds: Option<u64>,
+    /// How many agents may bootstrap with it (1 when absent).
+    pub uses: Option<u32>,
+    /// Subscriptions granted to the agents.
+    pub subscriptions: Vec<String>,
+    /// The namespace they join (`default` when absent).
+    pub namespace: Option<String>,
+}
+
+/// A validated [`CreateJoinToken`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTokenSpec {
+    /// Lifetime, seconds.
+    pub ttl_seconds: u64,
+    /// Uses.
+    pub uses: u32,
+    /// Subscriptions, without duplicates.
+    pub subscriptions: Vec<String>,
+    /// Namespace.
+    pub namespace: String,
+}
+
+/// How a join token is listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenInfo {
+    /// The token's id (the part after `cairn-join.`).
+    pub id: String,
+    /// The namespace the agents join.
+    pub namespace: String,
+    /// Subscriptions granted.
+    pub subscriptions: Vec<String>,
+    /// Expiry, unix seconds.
+    pub expires_at: u64,
+    /// Uses left.
+    pub uses_left: u32,
+    /// Who created it.
+    pub created_by: String,
+    /// When, unix seconds.
+    pub created_at: u64,
+}
+
+/// Why a join token was refused at bootstrap; every variant answers `401`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    /// The text is not a join token.
+    #[error("{0}")]
+    Malformed(String),
+    /// It carries the fingerprint of another cluster's CA.
+    #[error(
+        "join token is for another cluster: its CA fingerprint does not match this cluster's CA"
+    )]
+    OtherCluster,
+    /// No token with this id (never created here, deleted, or swept after expiring).
+    #[error("join token unknown (id {0}): it was never created on this cluster, or was deleted")]
+    Unknown(String),
+    /// The secret does not match.
+    #[error("join token secret is wrong (id {0})")]
+    WrongSecret(String),
+    /// Past its expiry.
+    #[error("join token expired (id {0})")]
+    Expired(String),
+    /// No uses left.
+    #[error("join token used up (id {0})")]
+    UsedUp(String),
+}
+
+/// Why consuming a join token failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The token is refused (401).
+    #[error(transparent)]
+    Refused(#[from] TokenRefusal),
+    /// Concurrent bootstraps kept changing the token (409; a retry helps).
+    #[error("join token {0} kept changing under concurrent bootstraps; retry")]
+    Contended(String),
+    /// The store failed or holds an unreadable record.
+    #[error("{0}")]
+    Store(String),
+}
+
+impl From<ConsumeError> for ApiError {
+    fn from(err: ConsumeError) -> ApiError {
+        match err {
+            ConsumeError::Refused(refusal) => ApiError::unauthenticated(refusal.to_string()),
+            ConsumeError::Contended(_) => ApiError::conflict(err.to_string()),
+            ConsumeError::Store(detail) => ApiError::internal(detail),
+        }
+    }
+}
+
+/// SHA-256 of a token secret, lowercase hex: what the store keeps.
+pub fn secret_digest(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    if left.len() != right.len() {
+        return false;
+    }
+    left.iter()
+        .zip(right)
+        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+        == 0
+}
+
+/// Checks a stored token against the secret presented and the time: the secret first (so that
+/// nobody without it learns whether a token expired or is used up), then the expiry, then the
+/// uses left.
+///
+/// # Errors
+/// The [`TokenRefusal`] to answer with.
+pub fn check_token(
+    id: &str,
+    record: &JoinTokenRecord,
+    secret: &str,
+    now: u64,
+) -> Result<(), TokenRefusal> {
+    if !constant_time_eq(record.digest.as_bytes(), secret_digest(secret).as_bytes()) {
+        return Err(TokenRefusal::WrongSecret(id.to_owned()));
+    }
+    if now >= record.expires_at {
+        return Err(TokenRefusal::Expired(id.to_owned()));
+    }
+    if record.uses_left == 0 {
+        return Err(TokenRefusal::UsedUp(id.to_owned()));
+    }
+    Ok(())
+}
+
+/// Validates a token request; `namespace_exists` answers for the namespace.
+///
+/// # Errors
+/// `400` naming the field, or `404` for a namespace that does not exist.
+pub fn validate_create(
+    request: CreateJoinToken,
+    namespace_exists: impl Fn(&str) -> bool,
+) -> Result<JoinTokenSpec, ApiError> {
+    let ttl_seconds = request.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
+    if !(MIN_TOKEN_TTL_SECS..=MAX_TOKEN_TTL_SECS).contains(&ttl_seconds) {
+        return Err(ApiError::invalid(format!(
+            "ttl_seconds: {ttl_seconds} is out of range; a join token lives from {MIN_TOKEN_TTL_SECS} s to {MAX_TOKEN_TTL_SECS} s (30 days)"
+        )));
+    }
+    let uses = request.uses.unwrap_or(1);
+    if !(1..=MAX_TOKEN_USES).contains(&uses) {
+        return Err(ApiError::invalid(format!(
+            "uses: {uses} is out of range; a join token allows 1 to {MAX_TOKEN_USES} uses"
+        )));
+    }
+    let namespace = request.namespace.unwrap_or_else(|| "default".to_owned());
+    if let Some(problem) = check_name(Kind::Namespace, &namespace) {
+        return Err(ApiError::invalid(format!("namespace: {problem}")));
+    }
+    if !namespace_exists(&namespace) {
+        return Err(ApiError::not_found(format!(
+            "namespace \"{namespace}\" not found"
+        )));
+    }
+    let mut subscriptions: Vec<String> = Vec::with_capacity(request.subscriptions.len());
+    for (idx, subscription) in request.subscriptions.into_iter().enumerate() {
+        if let Some(problem) = subscription_problem(&subscription) {
+            return Err(ApiError::invalid(format!(
+                "subscriptions[{idx}]: {problem}"
+            )));
+        }
+        if !subscriptions.contains(&subscription) {
+            subscriptions.push(subscription);
+        }
+    }
+    Ok(JoinTokenSpec {
+        ttl_seconds,
+        uses,
+        subscriptions,
+        namespace,
+    })
+}
+
+/// Sensu's rule for subscription names, which it shares with RBAC names.
+fn subscription_problem(subscription: &str) -> Option<String> {
+    check_name(Kind::Role, subscription)
+}
+
+/// `len` characters drawn uniformly from `alphabet` (at most 256 symbols) with the operating
+/// system's random number generator.
+fn random_string(len: usize, alphabet: &[u8]) -> Result<String, getrandom::Error> {
+    let symbols = alphabet.len().clamp(1, 256);
+    // Bytes at or above this bound are dropped so that every symbol is equally likely.
+    let bound = 256 - 256 % symbols;
+    let mut out = String::with_capacity(len);
+    let mut buffer = [0u8; 64];
+    while out.len() < len {
+        getrandom::fill(&mut buffer)?;
+        for byte in buffer {
+            let byte = usize::from(byte);
+            if byte < bound && out.len() < len {
+                out.push(char::from(alphabet[byte % symbols]));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn token_key(id: &str) -> String {
+    format!("{JOIN_TOKEN_PREFIX}{id}")
+}
+
+fn decode_record(key: &str, value: &[u8]) -> Result<JoinTokenRecord, ConsumeError> {
+    serde_json::from_slice(value)
+        .map_err(|err| ConsumeError::Store(format!("join token record {key} is unreadable: {err}")))
+}
+
+/// Reads a token and checks it without using it.
+///
+/// # Errors
+/// [`ConsumeError::Refused`] for a bad token; store failures.
+pub async fn peek_join_token(
+    store: &dyn Store,
+    token: &JoinToken,
+    now: u64,
+) -> Result<JoinTokenRecord, ConsumeError> {
+    let key = token_key(&token.id);
+    let entry = store
+        .get(&key)
+        .await
+        .map_err(|err| ConsumeError::Store(err.to_string()))?
+        .ok_or_else(|| TokenRefusal::Unknown(token.id.clone()))?;
+    let record = decode_record(&key, &entry.value)?;
+    check_token(&token.id, &record, &token.secret, now)?;
+    Ok(record)
+}
+
+/// Uses a token once: checks it and decrements its uses with a write guarded by the revision it
+/// read, so that of two concurrent bootstraps only one gets the last use. Returns the record
+/// after the decrement.
+///
+/// # Errors
+/// [`ConsumeError::Refused`] for a bad, expired or used-up token (nothing is written);
+/// [`ConsumeError::Contended`] when the token kept changing; store failures.
+pub async fn consume_join_token(
+    store: &dyn Store,
+    token: &JoinToken,
+    now: u64,
+) -> Result<JoinTokenRecord, ConsumeError> {
+    let key = token_key(&token.id);
+    for _ in 0..TOKEN_WRITE_ATTEMPTS {
+        let entry = store
+            .get(&key)
+            .await
+            .map_err(|err| ConsumeError::Store(err.to_string()))?
+            .ok_or_else(|| TokenRefusal::Unknown(token.id.clone()))?;
+        let mut record = decode_record(&key, &entry.value)?;
+        check_token(&token.id, &record, &token.secret, now)?;
+        record.uses_left -= 1;
+        let value = serde_json::to_vec(&record)
+            .map_err(|err| ConsumeError::Store(format!("cannot encode {key}: {err}")))?;
+        match store
+            .put(&key, value, Precondition::Revision(entry.mod_revision))
+            .await
+        {
+            Ok(_) => return Ok(record),
+            Err(StoreError::PreconditionFailed { .. }) => {
+                tracing::debug!(token_id = %token.id, "join token changed while in use; retrying");
+            }
+            Err(err) => return Err(ConsumeError::Store(err.to_string())),
+        }
+    }
+    Err(ConsumeError::Contended(token.id.clone()))
+}
+
+/// Removes tokens that expired more than a day ago; returns how many.
+///
+/// # Errors
+/// Store failures.
+pub async fn sweep_expired_tokens(store: &dyn Store, now: u64) -> Result<usize, StoreError> {
+    let page = store.list(JOIN_TOKEN_PREFIX, None, 0).await?;
+    let mut removed = 0;
+    for entry in page.entries {
+        let Ok(record) = serde_json::from_slice::<JoinTokenRecord>(&entry.value) else {
+            tracing::warn!(key = %entry.key, "unreadable join token record left in place");
+            continue;
+        };
+        if record.expires_at.saturating_add(EXPIRED_TOKEN_GRACE_SECS) <= now {
+            match store
+                .delete(&entry.key, Precondition::Revision(entry.mod_revision))
+                .await
+            {
+                Ok(_) => removed += 1,
+                // Changed or removed meanwhile: the next sweep looks again.
+                Err(StoreError::PreconditionFailed { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Starts the task that sweeps expired join tokens every hour.
+pub fn spawn_token_sweeper(store: Arc<dyn Store>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(TOKEN_SWEEP_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            match sweep_expired_tokens(store.as_ref(), unix_now()).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "expired join tokens removed"),
+                Err(StoreError::Closed) => return,
+                Err(err) => tracing::warn!(error = %err, "cannot sweep expired join tokens"),
+            }
+        }
+    })
+}
+
+/// `POST /api/cairn/v1/jointokens`.
+///
+/// # Errors
+/// 401/403 for the caller, 400/404 for the body, store failures.
+pub async fn create_token_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers)?;
+    authorize(
+        &state,
+        &caller,
+        Verb::Create,
+        JOIN_TOKENS_RESOURCE,
+        None,
+        None,
+    )?;
+    let bytes = read_body(&state, body).await?;
+    // An empty body asks for the defaults.
+    let request: CreateJoinToken = if bytes.iter().all(u8::is_ascii_whitespace) {
+        CreateJoinToken::default()
+    } else {
+        serde_json::from_value(parse_json(&bytes)?)
+            .map_err(|err| ApiError::invalid(format!("invalid join token request: {err}")))?
+    };
+    let snapshot = state.auth.snapshot();
+    let spec = validate_create(request, |namespace| snapshot.has_namespace(namespace))?;
+    let now = unix_now();
+    let expires_at = now + spec.ttl_seconds;
+    let store = state.resources.store();
+    for _ in 0..TOKEN_WRITE_ATTEMPTS {
+        let id = random_string(ID_LEN, ID_ALPHABET).map_err(ApiError::internal)?;
+        let secret = random_string(SECRET_LEN, SECRET_ALPHABET).map_err(ApiError::internal)?;
+        let record = JoinTokenRecord {
+            digest: secret_digest(&secret),
+            namespace: spec.namespace.clone(),
+            subscriptions: spec.subscriptions.clone(),
+            expires_at,
+            uses_left: spec.uses,
+            created_by: caller.username.clone(),
+            created_at: now,
+        };
+        let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
+        match store
+            .put(&token_key(&id), value, Precondition::Absent)
+            .await
+        {
+            Ok(_) => {}
+            // A 16-character id repeating is all but impossible; draw again.
+            Err(StoreError::PreconditionFailed { .. }) => continue,
+            Err(err) => return Err(err.into()),
+        }
+        tracing::info!(
+            token_id = %id,
+            namespace = %spec.namespace,
+            uses = spec.uses,
+            ttl_seconds = spec.ttl_seconds,
+            by = %caller.username,
+            "join token created"
+        );
+        let token = JoinToken {
+            id: id.clone(),
+            secret,
+            ca_fingerprint: state.agent_pki.ca_fingerprint().to_owned(),
+        };
+        let body = serde_json::json!({
+            "token": token.encode(),
+            "id": id,
+            "expires_at": expires_at,
+        });
+        return Ok((StatusCode::CREATED, Json(body)).into_response());
+    }
+    Err(ApiError::internal("could not draw an unused join token id"))
+}
+
+/// `GET /api/cairn/v1/jointokens`.
+///
+/// # Errors
+/// 401/403 for the caller, store failures.
+pub async fn list_tokens_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers)?;
+    authorize(
+        &state,
+        &caller,
+        Verb::List,
+        JOIN_TOKENS_RESOURCE,
+        None,
+        None,
+    )?;
+    let page = state
+        .resources
+        .store()
+        .list(JOIN_TOKEN_PREFIX, None, 0)
+        .await?;
+    let mut tokens = Vec::with_capacity(page.entries.len());
+    for entry in page.entries {
+        let id = entry.key[JOIN_TOKEN_PREFIX.len()..].to_owned();
+        let record = match decode_record(&entry.key, &entry.value) {
+            Ok(record) => record,
+            Err(err) => {
+                tracing::warn!(error = %err, "join token left out of the list");
+                continue;
+            }
+        };
+        tokens.push(JoinTokenInfo {
+            id,
+            namespace: record.namespace,
+            subscriptions: record.subscriptions,
+            expires_at: record.expires_at,
+            uses_left: record.uses_left,
+            created_by: record.created_by,
+            created_at: record.created_at,
+        });
+    }
+    Ok(Json(tokens).into_response())
+}
+
+/// `DELETE /api/cairn/v1/jointokens/{id}`.
+///
+/// # Errors
+/// 401/403 for the caller, 404 for an unknown id, store failures.
+pub async fn delete_token_handler(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers)?;
+    authorize(
+        &state,
+        &caller,
+        Verb::Delete,
+        JOIN_TOKENS_RESOURCE,
+        None,
+        Some(&id),
+    )?;
+    let deleted = if id.contains('/') {
+        None
+    } else {
+        state
+            .resources
+            .store()
+            .delete(&token_key(&id), Precondition::None)
+            .await?
+    };
+    match deleted {
+        Some(_) => {
+            tracing::info!(token_id = %id, by = %caller.username, "join token deleted");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        None => Err(ApiError::not_found(format!("join token {id} not found"))),
+    }
+}
+
+/// `POST` [`cairn_api::agent::BOOTSTRAP_PATH`]: no authentication header; the join token is the credential.
+///
+/// # Errors
+/// 401 for a token problem, 400 for a bad name, CSR or body, 409 when concurrent bootstraps
+/// keep racing for one token; nothing is written on any of them.
+pub async fn bootstrap_handler(
+    State(state): State<AppState>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&state, body).await?;
+    // Every field is a string, so a serde error never echoes the token.
+    let request: BootstrapRequest = serde_json::from_slice(&bytes)
+        .map_err(|err| ApiError::invalid(format!("invalid bootstrap request: {err}")))?;
+    let token = JoinToken::parse(&request.token).map_err(|err| {
+        ApiError::unauthenticated(TokenRefusal::Malformed(err.to_string()).to_string())
+    })?;
+    if !constant_time_eq(
+        token.ca_fingerprint.as_bytes(),
+        state.agent_pki.ca_fingerprint().as_bytes(),
+    ) {
+        tracing::info!(token_id = %token.id, "bootstrap refused: join token of another cluster");
+        return Err(ApiError::unauthenticated(
+            TokenRefusal::OtherCluster.to_string(),
+        ));
+    }
+    let name = request.name.as_str();
+    if let Some(problem) = check_name(Kind::Entity, name) {
+        return Err(ApiError::invalid(format!("name: {problem}")));
+    }
+    if request.csr_pem.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "csr_pem: a certificate signing request is required",
+        ));
+    }
+    let store = state.resources.store().as_ref();
+    let record = match peek_join_token(store, &token, unix_now()).await {
+        Ok(record) => record,
+        Err(err) => {
+            tracing::info!(token_id = %token.id, entity = name, reason = %err, "bootstrap refused");
+            return Err(err.into());
+        }
+    };
+    if !state.auth.snapshot().has_namespace(&record.namespace) {
+        return Err(ApiError::invalid(format!(
+            "the namespace \"{}\" of join token {} no longer exists",
+            record.namespace, token.id
+        )));
+    }
+    wait_past_revocation(&state.revocations, &record.namespace, name).await;
+    let cert_pem = state
+        .agent_pki
+        .sign(&request.csr_pem, name)
+        .map_err(|err| match err {
+            PkiError::InvalidCsr(_) => {
+                ApiError::invalid(format!("csr_pem: {}", describe_pki_error(&err)))
+            }
+            other => ApiError::internal(describe_pki_error(&other)),
+        })?;
+    let record = match consume_join_token(store, &token, unix_now()).await {
+        Ok(record) => record,
+        Err(err) => {
+            tracing::info!(token_id = %token.id, entity = name, reason = %err, "bootstrap refused");
+            return Err(err.into());
+        }
+    };
+    tracing::info!(
+        token_id = %token.id,
+        namespace = %record.namespace,
+        entity = name,
+        uses_left = record.uses_left,
+        "agent bootstrapped"
+    );
+    Ok(Json(BootstrapResponse {
+        cert_pem,
+        agent_ca_pem: state.agent_pki.agent_ca.cert_pem.clone(),
+        ca_pem: state.agent_pki.ca_pem.clone(),
+        subscriptions: record.subscriptions,
+        namespace: record.namespace,
+    })
+    .into_response())
+}
+
+// ------------------------------------------------------------------------------------------
+// Revocations
+// ------------------------------------------------------------------------------------------
+
+/// A revocation as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Certificates of the entity issued at or before this moment (unix seconds) are refused.
+    pub revoked_at: i64,
+    /// The user who revoked it.
+    pub by: String,
+}
+
+/// When a certificate was issued, from its `notBefore` (unix seconds).
+pub fn issued_at(not_before: i64) -> i64 {
+    not_before.saturating_add(PKI_NOT_BEFORE_BACKDATE_SECS)
+}
+
+/// Whether a revocation at `revoked_at` refuses a certificate issued at `issued_at`: every
+/// certificate issued in the same second or before is refused.
+pub fn is_revoked(issued_at: i64, revoked_at: i64) -> bool {
+    issued_at <= revoked_at
+}
+
+/// Called with every revocation the view learns (and all of them again after a reload).
+pub type RevocationHook = Arc<dyn Fn(&EntityId, &Revocation) + Send + Sync>;
+
+/// The revocations in the store, kept in memory by a watch.
+pub struct Revocations {
+    entries: RwLock<HashMap<EntityId, Revocation>>,
+    applied: watch::Sender<Revision>,
+}
+
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revocations")
+            .field("entries", &self.entries.read().len())
+            .field("applied", &*self.applied.borrow())
+            .finish()
+    }
+}
+
+impl Revocations {
+    /// A view with no revocation and no watch (tests, tools).
+    pub fn empty() -> Arc<Revocations> {
+        let (applied, _) = watch::channel(0);
+        Arc::new(Revocations {
+            entries: RwLock::new(HashMap::new()),
+            applied,
+        })
+    }
+
+    /// Loads the revocations and starts the task that keeps the view current; `hook` hears of
+    /// each one (the agent listener drops the sessions it revokes).
+    ///
+    /// # Errors
+    /// When the initial load fails.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        hook: RevocationHook,
+    ) -> Result<(Arc<Revocations>, JoinHandle<()>), StoreError> {
+        let view = Revocations::empty();
+        let revision = view.reload(store.as_ref(), &hook).await?;
+        let task = tokio::spawn(watch_revocations(Arc::clone(&view), store, hook, revision));
+        Ok((view, task))
+    }
+
+    /// The revocation of an entity, if any.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Revocation> {
+        self.entries
+            .read()
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Whether a certificate of this entity issued at `issued_at` is revoked.
+    pub fn revokes(&self, namespace: &str, name: &str, issued_at: i64) -> bool {
+        self.get(namespace, name)
+            .is_some_and(|revocation| is_revoked(issued_at, revocation.revoked_at))
+    }
+
+    /// Adds a revocation by hand (tests; the watch does this in a running backend).
+    pub fn insert(&self, id: EntityId, revocation: Revocation) {
+        self.entries.write().insert(id, revocation);
+    }
+
+    /// Waits (bounded) until the view includes `revision`.
+    pub async fn wait_for(&self, revision: Revision) {
+        let mut applied = self.applied.subscribe();
+        let caught_up = tokio::time::timeout(
+            REVOCATION_CATCH_UP,
+            applied.wait_for(|seen| *seen >= revision),
+        );
+        if caught_up.await.is_err() {
+            tracing::warn!(revision, "revocation view did not catch up in time");
+        }
+    }
+
+    async fn reload(
+        &self,
+        store: &dyn Store,
+        hook: &RevocationHook,
+    ) -> Result<Revision, StoreError> {
+        let page = store.list(REVOKED_PREFIX, None, 0).await?;
+        let mut entries = HashMap::with_capacity(page.entries.len());
+        for entry in &page.entries {
+            if let Some((id, revocation)) = decode_revocation(&entry.key, &entry.value) {
+                entries.insert(id, revocation);
+            }
+        }
+        *self.entries.write() = entries.clone();
+        self.applied.send_replace(page.revision);
+        // A revocation missed while the watch was down still drops its sessions.
+        for (id, revocation) in &entries {
+            hook(id, revocation);
+        }
+        Ok(page.revision)
+    }
+
+    fn apply(&self, event: &WatchEvent, hook: &RevocationHook) {
+        match event {
+            WatchEvent::Put(entry) => {
+                if let Some((id, revocation)) = decode_revocation(&entry.key, &entry.value) {
+                    self.entries.write().insert(id.clone(), revocation.clone());
+                    tracing::info!(
+                        namespace = %id.0,
+                        entity = %id.1,
+                        revoked_at = revocation.revoked_at,
+                        by = %revocation.by,
+                        "agent certificates revoked"
+                    );
+                    // The view first, then the hook: a session registering meanwhile checks the
+                    // view after registering, so one of the two always sees the other.
+                    hook(&id, &revocation);
+                }
+            }
+            WatchEvent::Delete { key, .. } => {
+                if let Some(id) = revocation_id(key) {
+                    self.entries.write().remove(&id);
+                }
+            }
+        }
+        self.applied.send_replace(event.revision());
+    }
+}
+
+async fn watch_revocations(
+    view: Arc<Revocations>,
+    store: Arc<dyn Store>,
+    hook: RevocationHook,
+    mut revision: Revision,
+) {
+    loop {
+        let mut stream = match store.watch(REVOKED_PREFIX, revision).await {
+            Ok(stream) => stream,
+            Err(StoreError::Closed) => return,
+            Err(err) => {
+                tracing::error!(error = %err, "revocation view cannot watch the store; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match view.reload(store.as_ref(), &hook).await {
+                    Ok(reloaded) => revision = reloaded,
+                    Err(err) => tracing::error!(error = %err, "revocation view reload failed"),
+                }
+                continue;
+            }
+        };
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(event) => {
+                    view.apply(&event, &hook);
+                    revision = event.revision();
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "revocation view fell behind; reloading");
+                    break;
+                }
+            }
+        }
+        match view.reload(store.as_ref(), &hook).await {
+            Ok(reloaded) => revision = reloaded,
+            Err(StoreError::Closed) => return,
+            Err(err) => {
+                tracing::error!(error = %err, "revocation view reload failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn revocation_key(namespace: &str, name: &str) -> String {
+    format!("{REVOKED_PREFIX}{namespace}/{name}")
+}
+
+fn revocation_id(key: &str) -> Option<EntityId> {
+    let (namespace, name) = key.strip_prefix(REVOKED_PREFIX)?.split_once('/')?;
+    (!namespace.is_empty() && !name.is_empty() && !name.contains('/'))
+        .then(|| (namespace.to_owned(), name.to_owned()))
+}
+
+fn decode_revocation(key: &str, value: &[u8]) -> Option<(EntityId, Revocation)> {
+    let Some(id) = revocation_id(key) else {
+        tracing::warn!(key, "revocation key not understood; ignored");
+        return None;
+    };
+    match serde_json::from_slice(value) {
+        Ok(revocation) => Some((id, revocation)),
+        Err(err) => {
+            tracing::error!(key, error = %err, "unreadable revocation; ignored");
+            None
+        }
+    }
+}
+
+/// Waits until the clock is past a revocation of this entity made in the current second, so
+/// that a certificate signed next is newer than the revocation (at most about a second).
+pub async fn wait_past_revocation(revocations: &Revocations, namespace: &str, name: &str) {
+    let Some(revocation) = revocations.get(namespace, name) else {
+        return;
+    };
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        if seconds > revocation.revoked_at {
+            return;
+        }
+        if revocation.revoked_at.saturating_sub(seconds) > 5 {
+            // A revocation dated in the future (another backend's clock): do not wait for it.
+            tracing::warn!(
+                namespace,
+                entity = name,
+                revoked_at = revocation.revoked_at,
+                "revocation is dated in the future; this backend's clock may be behind"
+            );
+            return;
+        }
+        let to_next_second = Duration::from_secs(1)
+            .saturating_sub(Duration::from_nanos(u64::from(now.subsec_nanos())));
+        tokio::time::sleep(to_next_second + Duration::from_millis(5)).await;
+    }
+}
+
+/// `POST /api/cairn/v1/agents/{namespace}/{name}/revoke`.
+///
+/// # Errors
+/// 401/403 for the caller, 400 for a bad name, 404 for a missing namespace, store failures.
+pub async fn revoke_handler(
+    State(state): State<AppState>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers)?;
+    authorize(
+        &state,
+        &caller,
+        Verb::Delete,
+        AGENTS_RESOURCE,
+        Some(&namespace),
+        Some(&name),
+    )?;
+    if let Some(problem) = check_name(Kind::Namespace, &namespace) {
+        return Err(ApiError::invalid(format!("namespace: {problem}")));
+    }
+    if let Some(problem) = check_name(Kind::Entity, &name) {
+        return Err(ApiError::invalid(format!("name: {problem}")));
+    }
+    if !state.auth.snapshot().has_namespace(&namespace) {
+        return Err(ApiError::not_found(format!(
+            "namespace \"{namespace}\" not found"
+        )));
+    }
+    let revocation = Revocation {
+        revoked_at: i64::try_from(unix_now()).unwrap_or(i64::MAX),
+        by: caller.username.clone(),
+    };
+    let value = serde_json::to_vec(&revocation).map_err(ApiError::internal)?;
+    let revision = state
+        .resources
+        .store()
+        .put(
+            &revocation_key(&namespace, &name),
+            value,
+            Precondition::None,
+        )
+        .await?;
+    // Answer once this backend's view (and so the drop of a live session) has it.
+    state.revocations.wait_for(revision).await;
+    tracing::info!(namespace = %namespace, entity = %name, by = %caller.username, "agent revoked");
+    Ok(Json(serde_json::json!({
+        "namespace": namespace,
+        "name": name,
+        "revoked_at": revocation.revoked_at,
+        "revoked_by": revocation.by,
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RedbStore;
+
+    fn record(secret: &str, expires_at: u64, uses_left: u32) -> JoinTokenRecord {
+        JoinTokenRecord {
+            digest: secret_digest(secret),
+            namespace: "default".into(),
+            subscriptions: vec!["linux".into()],
+            expires_at,
+            uses_left,
+            created_by: "admin".into(),
+            created_at: 1,
+        }
+    }
+
+    fn token(id: &str, secret: &str) -> JoinToken {
+        JoinToken {
+            id: id.into(),
+            secret: secret.into(),
+            ca_fingerprint: "ab".repeat(32),
+        }
+    }
+
+    #[test]
+    fn digest_is_sha256_hex_and_comparison_is_exact() {
+        assert_eq!(
+            secret_digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(constant_time_eq(b"same", b"same"));
+        assert!(!constant_time_eq(b"same", b"sane"));
+        assert!(!constant_time_eq(b"same", b"same!"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn token_rules_check_the_secret_first_then_expiry_then_uses() {
+        let secret = "s".repeat(48);
+        let good = record(&secret, 1_000, 1);
+        assert_eq!(check_token("t1", &good, &secret, 999), Ok(()));
+        // Wrong secret wins over everything else: nobody without it learns more.
+        let stale = record(&secret, 10, 0);
+        assert_eq!(
+            check_token("t1", &stale, &"x".repeat(48), 999),
+            Err(TokenRefusal::WrongSecret("t1".into()))
+        );
+        assert_eq!(
+            check_token("t1", &good, &secret, 1_000),
+            Err(TokenRefusal::Expired("t1".into()))
+        );
+        assert_eq!(
+            check_token("t1", &record(&secret, 1_000, 0), &secret, 999),
+            Err(TokenRefusal::UsedUp("t1".into()))
+        );
+        assert_eq!(
+            check_token("t1", &stale, &secret, 999),
+            Err(TokenRefusal::Expired("t1".into()))
+        );
+        for (refusal, phrase) in [
+            (TokenRefusal::Expired("t1".into()), "join token expired"),
+            (TokenRefusal::UsedUp("t1".into()), "join token used up"),
+            (
+                TokenRefusal::OtherCluster,
+                "join token is for another cluster",
+            ),
+        ] {
+            assert!(refusal.to_string().starts_with(phrase), "{refusal}");
+        }
+        assert!(!format!("{:?}", TokenRefusal::WrongSecret("t1".into())).contains(&secret));
+    }
+
+    #[test]
+    fn random_strings_use_their_alphabet_and_parse_as_tokens() {
+        let secret = random_string(SECRET_LEN, SECRET_ALPHABET).unwrap();
+        let id = random_string(ID_LEN, ID_ALPHABET).unwrap();
+        assert_eq!(secret.len(), SECRET_LEN);
+        assert_eq!(id.len(), ID_LEN);
+        assert!(secret.bytes().all(|byte| byte.is_ascii_alphanumeric()));
+        assert!(id
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit()));
+        assert_ne!(secret, random_string(SECRET_LEN, SECRET_ALPHABET).unwrap());
+        let token = JoinToken {
+            id,
+            secret,
+            ca_fingerprint: "0f".repeat(32),
+        };
+        assert_eq!(JoinToken::parse(&token.encode()).unwrap(), token);
+    }
+
+    #[test]
+    fn create_requests_are_validated() {
+        let exists = |namespace: &str| namespace == "default" || namespace == "prod";
+        let spec = validate_create(CreateJoinToken::default(), exists).unwrap();
+        assert_eq!(
+            spec,
+            JoinTokenSpec {
+                ttl_seconds: 3600,
+                uses: 1,
+                subscriptions: Vec::new(),
+                namespace: "default".into()
+            }
+        );
+        let spec = validate_create(
+            CreateJoinToken {
+                ttl_seconds: Some(60),
+                uses: Some(10_000),
+                subscriptions: vec!["linux".into(), "entity:web".into(), "linux".into()],
+                namespace: Some("prod".into()),
+            },
+            exists,
+        )
+        .unwrap();
+        assert_eq!(spec.subscriptions, ["linux", "entity:web"]);
+        let refused =
+            |request: CreateJoinToken| validate_create(request, exists).unwrap_err().message;
+        assert!(refused(CreateJoinToken {
+            ttl_seconds: Some(59),
+            ..CreateJoinToken::default()
+        })
+        .starts_with("ttl_seconds: 59 is out of range"));
+        assert!(refused(CreateJoinToken {
+            ttl_seconds: Some(MAX_TOKEN_TTL_SECS + 1),
+            ..CreateJoinToken::default()
+        })
+        .starts_with("ttl_seconds"));
+        assert!(refused(CreateJoinToken {
+            uses: Some(0),
+            ..CreateJoinToken::default()
+        })
+        .starts_with("uses: 0 is out of range"));
+        assert!(refused(CreateJoinToken {
+            uses: Some(10_001),
+            ..CreateJoinToken::default()
+        })
+        .starts_with("uses"));
+        assert_eq!(
+            refused(CreateJoinToken {
+                namespace: Some("nope".into()),
+                ..CreateJoinToken::default()
+            }),
+            "namespace \"nope\" not found"
+        );
+        assert!(refused(CreateJoinToken {
+            subscriptions: vec!["ok".into(), "not ok".into()],
+            ..CreateJoinToken::default()
+        })
+        .starts_with("subscriptions[1]: "));
+        assert!(serde_json::from_str::<CreateJoinToken>(r#"{"ttl": 5}"#).is_err());
+    }
+
+    #[test]
+    fn revocation_refuses_certificates_issued_up_to_its_second() {
+        assert!(is_revoked(100, 100));
+        assert!(is_revoked(99, 100));
+        assert!(!is_revoked(101, 100));
+        assert_eq!(issued_at(1_000), 1_300);
+        let view = Revocations::empty();
+        view.insert(
+            ("default".into(), "web".into()),
+            Revocation {
+                revoked_at: 500,
+                by: "admin".into(),
+            },
+        );
+        assert!(view.revokes("default", "web", 500));
+        assert!(!view.revokes("default", "web", 501));
+        assert!(!view.revokes("prod", "web", 1));
+        assert_eq!(
+            revocation_id("agents/revoked/default/web"),
+            Some(("default".into(), "web".into()))
+        );
+        assert_eq!(revocation_id("agents/revoked/default"), None);
+        assert_eq!(revocation_id("agents/revoked/default/a/b"), None);
+    }
+
+    /// The issue time read back from a freshly signed certificate is now: `pki` back-dates
+    /// `notBefore` by exactly [`PKI_NOT_BEFORE_BACKDATE_SECS`].
+    #[test]
+    fn signed_certificates_give_back_their_issue_time() {
+        let ca = pki::generate_ca("agent CA").unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let pki = AgentPki::from_parts(ca.clone(), ca.cert_pem.clone(), "00".repeat(32));
+        let before = i64::try_from(unix_now()).unwrap();
+        let cert = pki.sign(&csr, "web-01").unwrap();
+        let after = i64::try_from(unix_now()).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).unwrap();
+        let parsed = pem.parse_x509().unwrap();
+        let issued = issued_at(parsed.validity().not_before.timestamp());
+        assert!(
+            (before..=after).contains(&issued),
+            "{before} {issued} {after}"
+        );
+        let lifetime =
+            parsed.validity().not_after.timestamp() - parsed.validity().not_before.timestamp();
+        assert_eq!(
+            lifetime,
+            i64::try_from(AGENT_CERT_VALIDITY.as_secs()).unwrap() + PKI_NOT_BEFORE_BACKDATE_SECS
+        );
+        let err = pki.sign("garbage", "web-01").unwrap_err();
+        assert!(describe_pki_error(&err).starts_with("certificate signing request is invalid"));
+    }
+
+    #[tokio::test]
+    async fn a_token_is_used_at_most_uses_times_even_concurrently() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path().join("s.redb")).unwrap());
+        let secret = "k".repeat(48);
+        let put = |id: &str, record: JoinTokenRecord| {
+            let store = Arc::clone(&store);
+            let key = token_key(id);
+            async move {
+                store
+                    .put(
+                        &key,
+                        serde_json::to_vec(&record).unwrap(),
+                        Precondition::None,
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        put("one", record(&secret, u64::MAX, 1)).await;
+        let attempts: Vec<_> = (0..8)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                let token = token("one", &secret);
+                tokio::spawn(async move { consume_join_token(store.as_ref(), &token, 10).await })
+            })
+            .collect();
+        let mut used = 0;
+        for attempt in attempts {
+            match attempt.await.unwrap() {
+                Ok(record) => {
+                    assert_eq!(record.uses_left, 0);
+                    used += 1;
+                }
+                Err(ConsumeError::Refused(TokenRefusal::UsedUp(_))) => {}
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert_eq!(used, 1);
+
+        // Refusals write nothing.
+        put("two", record(&secret, 100, 3)).await;
+        let before = store.get(&token_key("two")).await.unwrap().unwrap();
+        for (token, now) in [
+            (token("two", &"w".repeat(48)), 10),
+            (token("two", &secret), 100),
+            (token("missing", &secret), 10),
+        ] {
+            assert!(consume_join_token(store.as_ref(), &token, now)
+                .await
+                .is_err());
+        }
+        let after = store.get(&token_key("two")).await.unwrap().unwrap();
+        assert_eq!(before, after);
+        assert!(matches!(
+            consume_join_token(store.as_ref(), &token("missing", &secret), 10).await,
+            Err(ConsumeError::Refused(TokenRefusal::Unknown(_)))
+        ));
+        let left = consume_join_token(store.as_ref(), &token("two", &secret), 10)
+            .await
+            .unwrap();
+        assert_eq!(left.uses_left, 2);
+
+        // The sweeper removes tokens a day past their expiry only.
+        assert_eq!(sweep_expired_tokens(store.as_ref(), 100).await.unwrap(), 0);
+        let removed = sweep_expired_tokens(store.as_ref(), 100 + EXPIRED_TOKEN_GRACE_SECS)
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert!(store.get(&token_key("two")).await.unwrap().is_none());
+        assert!(store.get(&token_key("one")).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_view_follows_the_store_and_calls_the_hook() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path().join("s.redb")).unwrap());
+        let early = Revocation {
+            revoked_at: 10,
+            by: "admin".into(),
+        };
+        store
+            .put(
+                &revocation_key("default", "old"),
+                serde_json::to_vec(&early).unwrap(),
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+        let heard = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let hook: RevocationHook = {
+            let heard = Arc::clone(&heard);
+            Arc::new(move |id: &EntityId, revocation: &Revocation| {
+                heard.lock().push((id.clone(), revocation.revoked_at));
+            })
+        };
+        let (view, task) = Revocations::start(Arc::clone(&store), hook).await.unwrap();
+        assert!(view.revokes("default", "old", 10));
+        let revision = store
+            .put(
+                &revocation_key("prod", "web"),
+                serde_json::to_vec(&Revocation {
+                    revoked_at: 20,
+                    by: "admin".into(),
+                })
+                .unwrap(),
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+        view.wait_for(revision).await;
+        assert!(view.revokes("prod", "web", 20));
+        assert_eq!(
+            *heard.lock(),
+            [
+                (("default".to_owned(), "old".to_owned()), 10),
+                (("prod".to_owned(), "web".to_owned()), 20)
+            ]
+        );
+        let revision = store
+            .delete(&revocation_key("prod", "web"), Precondition::None)
+            .await
+            .unwrap()
+            .unwrap();
+        view.wait_for(revision).await;
+        assert!(!view.revokes("prod", "web", 20));
+        task.abort();
+    }
+
+    #[test]
+    fn bootstrap_path_is_outside_the_resource_routes() {
+        assert!(cairn_api::agent::BOOTSTRAP_PATH.starts_with("/api/cairn/v1/"));
+        assert_eq!(token_key("abc"), "agents/jointokens/abc");
+        assert_eq!(revocation_key("ns", "n"), "agents/revoked/ns/n");
+    }
+}

@@ -1,0 +1,1685 @@
+//! The check scheduler and the check TTL watchdog.
+//!
+//! One task keeps an in-memory view of every check and hook (a list of the store, then a watch
+//! from the listed revision, listed again when the watch falls behind or ends), fires published
+//! checks on their interval or cron schedule and sends a check request to every matching agent
+//! session (one of them for a round-robin check). The same task watches stored events and raises
+//! a warning event for an entity/check whose result is overdue by more than the check's `ttl`.
+//!
+//! The timing lives in pure functions of `now` (unix seconds): `Timetable` for firings and
+//! `TtlTracker` for overdue results, so they are tested on a simulated clock. The async loop
+//! around them only reads the clock, the store and the sessions.
+//!
+//! Interval checks are spread over their interval by a splay: a check fires at the unix times `t`
+//! with `(t - offset) % interval == 0`, where `offset` is a hash of `namespace/name` modulo the
+//! interval, so the spread is the same after a restart and on every backend.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::{TimeZone, Utc};
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use cairn_api::agent::{BackendMessage, CheckRequest};
+use cairn_api::model::{CheckConfig, Event, HookConfig};
+use cairn_api::{Kind, Spec};
+
+use crate::api::AppState;
+use crate::resources::{self, Resources, RESOURCE_PREFIX};
+use crate::sessions::{Session, Sessions};
+use crate::store::{Entry, Revision, Store, StoreError, WatchEvent};
+use crate::watchdog::KEEPALIVE_CHECK;
+
+/// `created_by` of the events the TTL watchdog raises.
+pub const TTL_CREATED_BY: &str = "cairn/ttl";
+
+/// Keys read per store page when the view is (re)loaded.
+const LIST_PAGE: usize = 1000;
+
+/// TTL events stored at once: each is a guarded store write, and concurrent writes share a
+/// commit, so a burst of expiries does not take one fsync each in turn.
+const TTL_CONCURRENCY: usize = 32;
+
+/// Pause before retrying a failed load or watch.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Counters of the scheduler, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct SchedulerStats {
+    /// Check firings: one per check per scheduled time, whether or not a session matched.
+    pub firings: AtomicU64,
+    /// Check requests queued for a session.
+    pub requests_sent: AtomicU64,
+    /// Check requests not queued because the session's queue was full or the session ended.
+    pub requests_dropped: AtomicU64,
+    /// Events raised by the TTL watchdog.
+    pub ttl_events: AtomicU64,
+}
+
+/// Starts the scheduler (with its TTL watchdog); returns its counters and its task.
+///
+/// The task runs until `shutdown` holds `true`.
+///
+/// # Caveats
+///
+/// - Dropping the sender of `shutdown` does not stop the task (abort it, or send `true`).
+/// - Every backend running a scheduler raises TTL events for the results it sees, so on a store
+///   shared by several backends only one should run it (check requests are not affected: each
+///   backend only sends to its own sessions).
+pub fn spawn(
+    state: AppState,
+    sessions: Arc<Sessions>,
+    shutdown: watch::Receiver<bool>,
+) -> (Arc<SchedulerStats>, JoinHandle<()>) {
+    let stats = Arc::new(SchedulerStats::default());
+    let scheduler = Scheduler {
+        state,
+        timetable: Timetable::default(),
+        dispatcher: Dispatcher {
+            sessions,
+            stats: Arc::clone(&stats),
+            hooks: HashMap::new(),
+            warned_hooks: HashSet::new(),
+        },
+        ttl: TtlTracker::default(),
+    };
+    (stats, tokio::spawn(run(scheduler, shutdown)))
+}
+
+/// Resolves when `shutdown` holds `true`; never when its sender is gone.
+pub(crate) async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The current unix time in whole seconds.
+pub(crate) fn unix_now() -> i64 {
+    i64::try_from(crate::auth::unix_now()).unwrap_or(i64::MAX)
+}
+
+/// `(namespace, name)` of a check or hook.
+type NameKey = (String, String);
+
+/// `(namespace, entity name, check name)` of an event.
+type EventKey = (String, String, String);
+
+// === the loop ===
+
+struct Scheduler {
+    state: AppState,
+    timetable: Timetable,
+    dispatcher: Dispatcher,
+    ttl: TtlTracker,
+}
+
+async fn run(mut scheduler: Scheduler, mut shutdown: watch::Receiver<bool>) {
+    let tick = tokio::time::sleep_until(next_second());
+    tokio::pin!(tick);
+    'load: loop {
+        let revision = match scheduler.reload(unix_now()).await {
+            Ok(revision) => revision,
+            Err(err) => {
+                tracing::error!(error = %err, "scheduler cannot load checks; retrying");
+                tokio::select! {
+                    () = shutdown_requested(&mut shutdown) => return,
+                    () = tokio::time::sleep(RETRY_DELAY) => continue 'load,
+                }
+            }
+        };
+        let store = Arc::clone(scheduler.state.resources.store());
+        let mut changes = match store.watch(RESOURCE_PREFIX, revision).await {
+            Ok(changes) => changes,
+            Err(err) => {
+                tracing::warn!(error = %err, "scheduler cannot watch the store; reloading");
+                tokio::select! {
+                    () = shutdown_requested(&mut shutdown) => return,
+                    () = tokio::time::sleep(RETRY_DELAY) => continue 'load,
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown_requested(&mut shutdown) => return,
+                () = &mut tick => {
+                    scheduler.tick(unix_now()).await;
+                    tick.as_mut().reset(next_second());
+                }
+                change = changes.next() => match change {
+                    Some(Ok(change)) => scheduler.apply(&change, unix_now()),
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "scheduler fell behind the store; reloading");
+                        continue 'load;
+                    }
+                    None => {
+                        tracing::debug!("scheduler watch ended; reloading");
+                        continue 'load;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The instant just after the next whole unix second.
+fn next_second() -> tokio::time::Instant {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let to_next =
+        Duration::from_secs(1) - Duration::from_nanos(u64::from(since_epoch.subsec_nanos()));
+    // A millisecond past the boundary, so that the clock reads the new second when it fires.
+    tokio::time::Instant::now() + to_next + Duration::from_millis(1)
+}
+
+// === impl Scheduler ===
+
+impl Scheduler {
+    /// Lists checks, hooks and events afresh and returns the revision to watch from.
+    async fn reload(&mut self, now: i64) -> Result<Revision, StoreError> {
+        let store = Arc::clone(self.state.resources.store());
+        // Read before listing: the watch then replays whatever the listing may have missed, and
+        // applying a change twice leaves the view as applying it once.
+        let revision = store.revision().await?;
+
+        let mut listed = HashSet::new();
+        let mut pages = Pages::new(&*store, Resources::prefix(Kind::CheckConfig, None));
+        while let Some(page) = pages.next().await? {
+            for entry in &page {
+                if let Some(Watched::Check(namespace, name)) = classify(&entry.key) {
+                    if let Some(config) = decode_check(entry) {
+                        let key = (namespace.to_owned(), name.to_owned());
+                        listed.insert(key.clone());
+                        self.timetable.upsert(key, config, now);
+                    }
+                }
+            }
+        }
+        self.timetable.retain(|key| listed.contains(key));
+
+        let mut hooks: HashMap<String, HashMap<String, HookConfig>> = HashMap::new();
+        let mut pages = Pages::new(&*store, Resources::prefix(Kind::HookConfig, None));
+        while let Some(page) = pages.next().await? {
+            for entry in &page {
+                if let Some(Watched::Hook(namespace, name)) = classify(&entry.key) {
+                    if let Some(hook) = decode_hook(entry) {
+                        hooks
+                            .entry(namespace.to_owned())
+                            .or_default()
+                            .insert(name.to_owned(), hook);
+                    }
+                }
+            }
+        }
+        self.dispatcher.hooks = hooks;
+        self.dispatcher.warned_hooks.clear();
+
+        let mut listed = HashSet::new();
+        let mut pages = Pages::new(&*store, Resources::prefix(Kind::Event, None));
+        while let Some(page) = pages.next().await? {
+            for entry in &page {
+                if let Some(Watched::Event(namespace, entity, check)) = classify(&entry.key) {
+                    let key = (namespace.to_owned(), entity.to_owned(), check.to_owned());
+                    self.observe_event(&key, entry, now, true);
+                    listed.insert(key);
+                }
+            }
+        }
+        self.ttl.retain(|key| listed.contains(key));
+        tracing::debug!(
+            revision,
+            checks = self.timetable.checks.len(),
+            ttl_tracked = self.ttl.entries.len(),
+            "scheduler view loaded"
+        );
+        Ok(revision)
+    }
+
+    /// Applies one change seen by the watch.
+    fn apply(&mut self, change: &WatchEvent, now: i64) {
+        match change {
+            WatchEvent::Put(entry) => match classify(&entry.key) {
+                Some(Watched::Check(namespace, name)) => {
+                    if let Some(config) = decode_check(entry) {
+                        let key = (namespace.to_owned(), name.to_owned());
+                        self.timetable.upsert(key, config, now);
+                    }
+                }
+                Some(Watched::Hook(namespace, name)) => {
+                    if let Some(hook) = decode_hook(entry) {
+                        self.dispatcher
+                            .hooks
+                            .entry(namespace.to_owned())
+                            .or_default()
+                            .insert(name.to_owned(), hook);
+                        self.dispatcher.warned_hooks.clear();
+                    }
+                }
+                Some(Watched::Event(namespace, entity, check)) => {
+                    let key = (namespace.to_owned(), entity.to_owned(), check.to_owned());
+                    self.observe_event(&key, entry, now, false);
+                }
+                None => {}
+            },
+            WatchEvent::Delete { key, .. } => match classify(key) {
+                Some(Watched::Check(namespace, name)) => {
+                    self.timetable
+                        .remove(&(namespace.to_owned(), name.to_owned()));
+                    self.ttl.forget_check(namespace, name);
+                }
+                Some(Watched::Hook(namespace, name)) => {
+                    if let Some(hooks) = self.dispatcher.hooks.get_mut(namespace) {
+                        hooks.remove(name);
+                    }
+                }
+                Some(Watched::Event(namespace, entity, check)) => {
+                    self.ttl
+                        .remove(&(namespace.to_owned(), entity.to_owned(), check.to_owned()));
+                }
+                None => {}
+            },
+        }
+    }
+
+    /// Tracks (or stops tracking) the TTL of a stored event.
+    ///
+    /// `loading` is set while the view is listed: the result then arrived at some unknown time
+    /// before, taken from its `executed` time unless the view already knew it.
+    fn observe_event(&mut self, key: &EventKey, entry: &Entry, now: i64, loading: bool) {
+        if key.2 == KEEPALIVE_CHECK {
+            // The keepalive watchdog owns keepalive events.
+            return;
+        }
+        let probe = match serde_json::from_slice::<EventProbe>(&entry.value) {
+            Ok(probe) => probe,
+            Err(err) => {
+                tracing::error!(key = %entry.key, error = %err, "unreadable stored event");
+                self.ttl.remove(key);
+                return;
+            }
+        };
+        let Some(check) = probe.spec.check else {
+            self.ttl.remove(key);
+            return;
+        };
+        if probe.metadata.created_by == TTL_CREATED_BY {
+            self.ttl
+                .raised_stored(key, check.ttl, check.executed, entry.mod_revision);
+            return;
+        }
+        let config_ttl = self
+            .timetable
+            .config(&key.0, &key.2)
+            .map(|config| config.ttl);
+        if check.ttl <= 0 && config_ttl.unwrap_or(0) <= 0 {
+            self.ttl.remove(key);
+            return;
+        }
+        let seen_at = match self.ttl.entries.get(key) {
+            // Already seen: a listing, or the watch replaying what the listing had.
+            Some(tracked) if tracked.revision >= entry.mod_revision => return,
+            Some(_) => now,
+            None if loading && check.executed > 0 => check.executed.min(now),
+            None => now,
+        };
+        self.ttl.result(key, check.ttl, seen_at, entry.mod_revision);
+    }
+
+    /// One second of scheduling: fires due checks and raises overdue TTLs.
+    async fn tick(&mut self, now: i64) {
+        let firings = self.timetable.due(now);
+        if !firings.is_empty() {
+            self.dispatcher.fire(&firings, now);
+        }
+        let timetable = &self.timetable;
+        // The ttl of each check, looked up once per tick rather than once per entity.
+        let mut check_ttls: HashMap<(&str, &str), Option<i64>> = HashMap::new();
+        let due = self.ttl.due(now, |key, tracked| {
+            check_ttls
+                .entry((&key.0, &key.2))
+                .or_insert_with(|| timetable.config(&key.0, &key.2).map(|config| config.ttl))
+                .unwrap_or(tracked.event_ttl)
+        });
+        if due.is_empty() {
+            return;
+        }
+        let state = &self.state;
+        let outcomes: Vec<(EventKey, RaiseOutcome)> = futures::stream::iter(due)
+            .map(|due| async move {
+                let outcome = raise_ttl(state, &due, now).await;
+                (due.key, outcome)
+            })
+            .buffer_unordered(TTL_CONCURRENCY)
+            .collect()
+            .await;
+        for (key, outcome) in outcomes {
+            match outcome {
+                RaiseOutcome::Raised => {
+                    self.dispatcher
+                        .stats
+                        .ttl_events
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.ttl.mark_raised(&key, now);
+                }
+                // The event changed since the watch last saw it; decide again once it has.
+                RaiseOutcome::Changed => {}
+                RaiseOutcome::Failed(reason) => {
+                    tracing::warn!(
+                        namespace = %key.0,
+                        entity = %key.1,
+                        check = %key.2,
+                        error = %reason,
+                        "cannot raise the ttl event; trying again after another ttl"
+                    );
+                    self.ttl.mark_raised(&key, now);
+                }
+            }
+        }
+    }
+}
+
+/// Keys of one prefix, a page at a time.
+struct Pages<'a> {
+    store: &'a dyn Store,
+    prefix: String,
+    after: Option<String>,
+    done: bool,
+}
+
+impl<'a> Pages<'a> {
+    fn new(store: &'a dyn Store, prefix: String) -> Pages<'a> {
+        Pages {
+            store,
+            prefix,
+            after: None,
+            done: false,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Vec<Entry>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .store
+            .list(&self.prefix, self.after.as_deref(), LIST_PAGE)
+            .await?;
+        self.after = page.entries.last().map(|entry| entry.key.clone());
+        self.done = !page.more || self.after.is_none();
+        Ok(Some(page.entries))
+    }
+}
+
+/// What a watched key is.
+#[derive(Debug, PartialEq, Eq)]
+enum Watched<'a> {
+    /// `res/checks/<namespace>/<name>`.
+    Check(&'a str, &'a str),
+    /// `res/hooks/<namespace>/<name>`.
+    Hook(&'a str, &'a str),
+    /// `res/events/<namespace>/<entity>/<check>`.
+    Event(&'a str, &'a str, &'a str),
+}
+
+fn classify(key: &str) -> Option<Watched<'_>> {
+    let (plural, rest) = key.strip_prefix(RESOURCE_PREFIX)?.split_once('/')?;
+    let (namespace, name) = rest.split_once('/')?;
+    if plural == Kind::CheckConfig.plural() {
+        Some(Watched::Check(namespace, name))
+    } else if plural == Kind::HookConfig.plural() {
+        Some(Watched::Hook(namespace, name))
+    } else if plural == Kind::Event.plural() {
+        let (entity, check) = name.split_once('/')?;
+        Some(Watched::Event(namespace, entity, check))
+    } else {
+        None
+    }
+}
+
+/// A stored check with its metadata put back into the spec (as a check request carries it).
+fn decode_check(entry: &Entry) -> Option<CheckConfig> {
+    match resources::decode(entry) {
+        Ok(stored) => match stored.resource.spec {
+            Spec::CheckConfig(mut config) => {
+                config.metadata = Some(stored.resource.metadata);
+                Some(config)
+            }
+            _ => None,
+        },
+        Err(err) => {
+            tracing::error!(key = %entry.key, error = %err, "unreadable stored check");
+            None
+        }
+    }
+}
+
+/// A stored hook with its metadata put back into the spec.
+fn decode_hook(entry: &Entry) -> Option<HookConfig> {
+    match resources::decode(entry) {
+        Ok(stored) => match stored.resource.spec {
+            Spec::HookConfig(mut hook) => {
+                hook.metadata = Some(stored.resource.metadata);
+                Some(hook)
+            }
+            _ => None,
+        },
+        Err(err) => {
+            tracing::error!(key = %entry.key, error = %err, "unreadable stored hook");
+            None
+        }
+    }
+}
+
+/// The few fields of a stored event the TTL watchdog reads, decoded without building the
+/// event (results arrive at the ingest rate).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct EventProbe {
+    metadata: ProbeMeta,
+    spec: ProbeSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ProbeMeta {
+    created_by: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ProbeSpec {
+    check: Option<ProbeCheck>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ProbeCheck {
+    ttl: i64,
+    executed: i64,
+}
+
+// === schedules ===
+
+/// When a check fires.
+#[derive(Debug, Clone)]
+enum Schedule {
+    /// At the unix times `t` with `(t - offset) % interval == 0`.
+    Interval { interval: i64, offset: i64 },
+    /// At each occurrence of a cron pattern, in UTC.
+    Cron(Box<croner::Cron>),
+}
+
+impl Schedule {
+    /// The schedule of a check; `Ok(None)` when it is not scheduled (not published, no
+    /// subscriptions, or neither an interval nor a cron schedule).
+    ///
+    /// A cron schedule wins over an interval (validation refuses both).
+    fn of(namespace: &str, name: &str, config: &CheckConfig) -> Result<Option<Schedule>, String> {
+        if !config.publish || config.subscriptions.is_empty() {
+            return Ok(None);
+        }
+        if !config.cron.trim().is_empty() {
+            let cron = parse_cron(&config.cron)?;
+            return Ok(Some(Schedule::Cron(Box::new(cron))));
+        }
+        if config.interval > 0 {
+            return Ok(Some(Schedule::Interval {
+                interval: config.interval,
+                offset: splay_offset(namespace, name, config.interval),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// The first firing strictly after `after`; `None` when a cron pattern never matches again.
+    fn next_after(&self, after: i64) -> Option<i64> {
+        match self {
+            Schedule::Interval { interval, offset } => Some(next_interval_fire(
+                after.saturating_add(1),
+                *interval,
+                *offset,
+            )),
+            Schedule::Cron(cron) => next_cron_fire(cron, after),
+        }
+    }
+}
+
+/// The splay of an interval check: a hash (FNV-1a, stable across builds and platforms) of
+/// `namespace/name`, modulo the interval. `interval` must be positive.
+fn splay_offset(namespace: &str, name: &str, interval: i64) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in namespace.bytes().chain([b'/']).chain(name.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let interval = u64::try_from(interval.max(1)).expect("positive");
+    i64::try_from(hash % interval).expect("below an i64 interval")
+}
+
+/// The first `t >= at_or_after` with `(t - offset) % interval == 0`. `interval` must be positive.
+fn next_interval_fire(at_or_after: i64, interval: i64, offset: i64) -> i64 {
+    at_or_after + (offset - at_or_after).rem_euclid(interval)
+}
+
+/// The first occurrence of `cron` strictly after `after` (unix seconds, UTC).
+fn next_cron_fire(cron: &croner::Cron, after: i64) -> Option<i64> {
+    let start = Utc.timestamp_opt(after, 0).single()?;
+    cron.find_next_occurrence(&start, false)
+        .ok()
+        .map(|next| next.timestamp())
+}
+
+/// Parses a five-field cron schedule. A `TZ=`/`CRON_TZ=` prefix is accepted and ignored: Cairn
+/// evaluates every schedule in UTC.
+fn parse_cron(cron: &str) -> Result<croner::Cron, String> {
+    let cron = cron.trim();
+    let pattern = match cron.split_once(' ') {
+        Some((zone, rest)) if zone.starts_with("TZ=") || zone.starts_with("CRON_TZ=") => {
+            let zone = zone.split_once('=').map_or("", |(_, zone)| zone);
+            if !matches!(zone, "UTC" | "Etc/UTC" | "GMT" | "Z") {
+                tracing::warn!(
+                    cron,
+                    "time zones are not supported; the schedule runs in UTC"
+                );
+            }
+            rest.trim()
+        }
+        _ => cron,
+    };
+    croner::Cron::new(pattern)
+        .parse()
+        .map_err(|err| format!("invalid cron schedule \"{cron}\": {err}"))
+}
+
+/// Which of `count` sessions (sorted by entity) a round-robin firing goes to.
+fn round_robin_index(firing_number: u64, count: usize) -> usize {
+    let count = u64::try_from(count.max(1)).unwrap_or(u64::MAX);
+    usize::try_from(firing_number % count).expect("below a usize count")
+}
+
+// === impl Timetable ===
+
+/// Every check and when each scheduled one fires next: a min-heap of `(time, generation, key)`.
+///
+/// A change to a check's timing gives it a new generation; queue entries of an older generation
+/// (and of deleted checks) are skipped when they come up, and swept when they pile up.
+#[derive(Default)]
+struct Timetable {
+    checks: HashMap<NameKey, Scheduled>,
+    queue: BinaryHeap<Reverse<(i64, u64, NameKey)>>,
+    generations: u64,
+}
+
+struct Scheduled {
+    config: Arc<CheckConfig>,
+    schedule: Option<Schedule>,
+    generation: u64,
+    /// Firings so far (since the last change of timing): a cron check's round-robin turn. An
+    /// interval check's turn is its place on the interval grid, the same on every backend.
+    firings: u64,
+}
+
+/// One check due to fire.
+#[derive(Debug)]
+struct Firing {
+    key: NameKey,
+    config: Arc<CheckConfig>,
+    /// The scheduled time (the firing may run late).
+    at: i64,
+    /// Counts the check's firings; picks the round-robin session.
+    number: u64,
+}
+
+impl Timetable {
+    /// Adds or replaces a check. A change to its timing takes effect from `now` on; any other
+    /// change (subscriptions, command, ...) at its next firing.
+    fn upsert(&mut self, key: NameKey, config: CheckConfig, now: i64) {
+        if let Some(scheduled) = self.checks.get_mut(&key) {
+            if same_timing(&scheduled.config, &config) {
+                scheduled.config = Arc::new(config);
+                return;
+            }
+        }
+        let schedule = match Schedule::of(&key.0, &key.1, &config) {
+            Ok(schedule) => schedule,
+            Err(problem) => {
+                tracing::warn!(namespace = %key.0, check = %key.1, %problem, "check not scheduled");
+                None
+            }
+        };
+        self.generations += 1;
+        let generation = self.generations;
+        if let Some(at) = schedule
+            .as_ref()
+            .and_then(|schedule| schedule.next_after(now))
+        {
+            self.queue.push(Reverse((at, generation, key.clone())));
+        }
+        self.checks.insert(
+            key,
+            Scheduled {
+                config: Arc::new(config),
+                schedule,
+                generation,
+                firings: 0,
+            },
+        );
+        self.sweep();
+    }
+
+    fn remove(&mut self, key: &NameKey) {
+        self.checks.remove(key);
+        self.sweep();
+    }
+
+    /// Keeps only the checks `keep` accepts.
+    fn retain(&mut self, keep: impl Fn(&NameKey) -> bool) {
+        self.checks.retain(|key, _| keep(key));
+        self.sweep();
+    }
+
+    fn config(&self, namespace: &str, name: &str) -> Option<&CheckConfig> {
+        // A borrowed `(&str, &str)` cannot look a `(String, String)` up.
+        self.checks
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|scheduled| &*scheduled.config)
+    }
+
+    /// The firings due at `now`, each check once however late, and the next firing of each.
+    fn due(&mut self, now: i64) -> Vec<Firing> {
+        let mut firings = Vec::new();
+        while self
+            .queue
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
+        {
+            let Some(Reverse((at, generation, key))) = self.queue.pop() else {
+                break;
+            };
+            let Some(scheduled) = self.checks.get_mut(&key) else {
+                continue;
+            };
+            if scheduled.generation != generation {
+                continue;
+            }
+            let (number, next) = match &scheduled.schedule {
+                None => continue,
+                Some(schedule @ Schedule::Interval { interval, offset }) => (
+                    u64::try_from((at - offset).div_euclid(*interval)).unwrap_or(0),
+                    schedule.next_after(now.max(at)),
+                ),
+                Some(schedule @ Schedule::Cron(_)) => {
+                    (scheduled.firings, schedule.next_after(now.max(at)))
+                }
+            };
+            scheduled.firings += 1;
+            if let Some(next) = next {
+                self.queue.push(Reverse((next, generation, key.clone())));
+            }
+            firings.push(Firing {
+                config: Arc::clone(&scheduled.config),
+                key,
+                at,
+                number,
+            });
+        }
+        firings
+    }
+
+    /// Drops stale queue entries once they outnumber the checks.
+    fn sweep(&mut self) {
+        if self.queue.len() <= 2 * self.checks.len() + 1024 {
+            return;
+        }
+        let checks = &self.checks;
+        self.queue.retain(|Reverse((_, generation, key))| {
+            checks
+                .get(key)
+                .is_some_and(|scheduled| scheduled.generation == *generation)
+        });
+    }
+}
+
+/// Whether two versions of a check fire at the same times.
+fn same_timing(old: &CheckConfig, new: &CheckConfig) -> bool {
+    old.publish == new.publish
+        && old.subscriptions.is_empty() == new.subscriptions.is_empty()
+        && old.interval == new.interval
+        && old.cron == new.cron
+}
+
+// === impl Dispatcher ===
+
+/// Sends check requests to sessions.
+struct Dispatcher {
+    sessions: Arc<Sessions>,
+    stats: Arc<SchedulerStats>,
+    /// Hooks by namespace and name.
+    hooks: HashMap<String, HashMap<String, HookConfig>>,
+    /// `(namespace, check, hook)` already reported missing, so a missing hook is logged once
+    /// (until the hooks change) rather than at every firing.
+    warned_hooks: HashSet<(String, String, String)>,
+}
+
+impl Dispatcher {
+    /// Sends the requests of one tick's firings. Never waits: a session whose queue is full or
+    /// closed misses the request.
+    fn fire(&mut self, firings: &[Firing], now: i64) {
+        // Checks of one tick that share subscriptions share one look-up of the sessions.
+        let mut targets: HashMap<(String, Vec<String>), Vec<Session>> = HashMap::new();
+        for firing in firings {
+            self.stats.firings.fetch_add(1, Ordering::Relaxed);
+            let (namespace, name) = &firing.key;
+            let config = &firing.config;
+            let sessions = targets
+                .entry((namespace.clone(), config.subscriptions.clone()))
+                .or_insert_with(|| self.sessions.matching(namespace, &config.subscriptions));
+            if sessions.is_empty() {
+                tracing::debug!(%namespace, check = %name, "no session subscribes to the check");
+                continue;
+            }
+            let chosen = if config.round_robin {
+                let idx = round_robin_index(firing.number, sessions.len());
+                &sessions[idx..=idx]
+            } else {
+                &sessions[..]
+            };
+            let hooks = hooks_for(&self.hooks, &mut self.warned_hooks, namespace, config);
+            let request = CheckRequest {
+                config: CheckConfig::clone(config),
+                hooks,
+                issued: now,
+                secrets: Vec::new(),
+            };
+            tracing::debug!(
+                %namespace,
+                check = %name,
+                scheduled = firing.at,
+                sessions = chosen.len(),
+                "check fired"
+            );
+            for session in chosen {
+                let message = BackendMessage::CheckRequest(Box::new(request.clone()));
+                match session.send(message) {
+                    Ok(()) => {
+                        self.stats.requests_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        self.stats.requests_dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            %namespace,
+                            check = %name,
+                            entity = %session.id.1,
+                            error = %err,
+                            "check request dropped"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The hooks a check names (in `check_hooks` order, each once); missing ones are skipped.
+fn hooks_for(
+    hooks: &HashMap<String, HashMap<String, HookConfig>>,
+    warned: &mut HashSet<(String, String, String)>,
+    namespace: &str,
+    config: &CheckConfig,
+) -> Vec<HookConfig> {
+    let mut names: Vec<&str> = Vec::new();
+    for name in config
+        .check_hooks
+        .iter()
+        .flat_map(|by_status| by_status.values())
+        .flatten()
+    {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    let check = config
+        .metadata
+        .as_ref()
+        .map(|meta| meta.name.as_str())
+        .unwrap_or_default();
+    let in_namespace = hooks.get(namespace);
+    names
+        .into_iter()
+        .filter_map(
+            |name| match in_namespace.and_then(|hooks| hooks.get(name)) {
+                Some(hook) => Some(hook.clone()),
+                None => {
+                    if warned.insert((namespace.to_owned(), check.to_owned(), name.to_owned())) {
+                        tracing::warn!(
+                            namespace,
+                            check,
+                            hook = name,
+                            "check names a missing hook; sent without it"
+                        );
+                    }
+                    None
+                }
+            },
+        )
+        .collect()
+}
+
+// === impl TtlTracker ===
+
+/// The last result of every entity/check whose check has a ttl, and whether an overdue one was
+/// raised.
+#[derive(Default)]
+struct TtlTracker {
+    entries: HashMap<EventKey, Tracked>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Tracked {
+    /// When the last result arrived (unix s).
+    last_seen: i64,
+    /// The ttl the last result carried; used when no check of that name exists (a result
+    /// posted for a check the backend does not schedule).
+    event_ttl: i64,
+    /// When the watchdog last raised an event for this entity/check since the last result.
+    raised_at: Option<i64>,
+    /// The store revision of the stored event as the watch last saw it.
+    revision: Revision,
+}
+
+/// An overdue entity/check.
+#[derive(Debug, PartialEq)]
+struct TtlDue {
+    key: EventKey,
+    /// Seconds since the last result.
+    silence: i64,
+    /// The revision of the stored event the raise is based on.
+    revision: Revision,
+}
+
+/// Whether a TTL event is due at `now`: the last result is more than `ttl` seconds old and,
+/// after a raise, another `ttl` has passed since it (Sensu raises again each ttl while results
+/// stay away; each raise counts one more occurrence).
+fn ttl_due(last_seen: i64, ttl: i64, raised_at: Option<i64>, now: i64) -> bool {
+    if ttl <= 0 {
+        return false;
+    }
+    match raised_at {
+        None => now - last_seen > ttl,
+        Some(raised_at) => now - raised_at >= ttl,
+    }
+}
+
+impl TtlTracker {
+    /// A fresh result: clears any raise.
+    fn result(&mut self, key: &EventKey, event_ttl: i64, seen_at: i64, revision: Revision) {
+        self.entries.insert(
+            key.clone(),
+            Tracked {
+                last_seen: seen_at,
+                event_ttl,
+                raised_at: None,
+                revision,
+            },
+        );
+    }
+
+    /// A raised TTL event came back through the watch (or was listed: then, with no memory of
+    /// the last real result, it is taken to be one `ttl` before the raise).
+    fn raised_stored(&mut self, key: &EventKey, event_ttl: i64, executed: i64, revision: Revision) {
+        let tracked = self.entries.entry(key.clone()).or_insert_with(|| Tracked {
+            last_seen: executed - event_ttl,
+            event_ttl,
+            raised_at: None,
+            revision,
+        });
+        tracked.revision = revision;
+        tracked.raised_at.get_or_insert(executed);
+    }
+
+    fn mark_raised(&mut self, key: &EventKey, now: i64) {
+        if let Some(tracked) = self.entries.get_mut(key) {
+            tracked.raised_at = Some(now);
+        }
+    }
+
+    fn remove(&mut self, key: &EventKey) {
+        self.entries.remove(key);
+    }
+
+    /// Stops tracking the results of a deleted check.
+    fn forget_check(&mut self, namespace: &str, check: &str) {
+        self.entries
+            .retain(|key, _| !(key.0 == namespace && key.2 == check));
+    }
+
+    fn retain(&mut self, keep: impl Fn(&EventKey) -> bool) {
+        self.entries.retain(|key, _| keep(key));
+    }
+
+    /// The entity/checks overdue at `now`; `ttl_of` gives the ttl in force (the check's, which
+    /// may have changed since the result).
+    fn due<'a>(
+        &'a self,
+        now: i64,
+        mut ttl_of: impl FnMut(&'a EventKey, &'a Tracked) -> i64,
+    ) -> Vec<TtlDue> {
+        self.entries
+            .iter()
+            .filter(|(key, tracked)| {
+                ttl_due(
+                    tracked.last_seen,
+                    ttl_of(key, tracked),
+                    tracked.raised_at,
+                    now,
+                )
+            })
+            .map(|(key, tracked)| TtlDue {
+                key: key.clone(),
+                silence: now - tracked.last_seen,
+                revision: tracked.revision,
+            })
+            .collect()
+    }
+}
+
+enum RaiseOutcome {
+    Raised,
+    /// The stored event is not the one the decision was based on.
+    Changed,
+    Failed(String),
+}
+
+/// Stores the TTL event of an overdue entity/check: its last event, status 1, Sensu's output.
+async fn raise_ttl(state: &AppState, due: &TtlDue, now: i64) -> RaiseOutcome {
+    let (namespace, entity, check) = &due.key;
+    let event_name = format!("{entity}/{check}");
+    let key = Resources::key(Kind::Event, namespace, &event_name);
+    let entry = match state.resources.store().get(&key).await {
+        Ok(Some(entry)) if entry.mod_revision == due.revision => entry,
+        Ok(_) => return RaiseOutcome::Changed,
+        Err(err) => return RaiseOutcome::Failed(err.to_string()),
+    };
+    let previous = match resources::decode(&entry) {
+        Ok(stored) => match stored.resource.spec {
+            Spec::Event(event) => *event,
+            _ => return RaiseOutcome::Failed("an event key holds another kind".to_owned()),
+        },
+        Err(err) => return RaiseOutcome::Failed(err.to_string()),
+    };
+    let Some(event) = ttl_event(previous, due.silence, now) else {
+        return RaiseOutcome::Changed;
+    };
+    match crate::ingest::ingest(state, namespace, &event_name, event, TTL_CREATED_BY).await {
+        Ok(()) => {
+            tracing::info!(%namespace, %entity, %check, silence = due.silence, "check ttl expired");
+            RaiseOutcome::Raised
+        }
+        Err(err) => RaiseOutcome::Failed(err.message),
+    }
+}
+
+/// The event raised for an overdue result: the last event, failing with Sensu's output.
+fn ttl_event(mut event: Event, silence: i64, now: i64) -> Option<Event> {
+    let check = event.check.as_mut()?;
+    check.status = 1;
+    check.output = format!("Last check execution was {silence} seconds ago");
+    check.executed = now;
+    check.duration = None;
+    check.hooks.clear();
+    event.id.clear();
+    event.timestamp = 0;
+    event.metrics = None;
+    Some(event)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+    use std::future::Future;
+
+    use cairn_api::agent::Hello;
+    use cairn_api::model::{Check, Entity};
+    use cairn_api::{ObjectMeta, Resource};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::store::Precondition;
+
+    /// Keeps what the pipeline is handed.
+    #[derive(Default)]
+    pub(crate) struct CollectingSink(pub(crate) parking_lot::Mutex<Vec<(String, Event)>>);
+
+    impl crate::api::EventSink for CollectingSink {
+        fn submit(&self, namespace: &str, event: Event) {
+            self.0.lock().push((namespace.to_owned(), event));
+        }
+    }
+
+    /// An `AppState` over a fresh store in `dir`, and the sink its events go to.
+    pub(crate) async fn test_state(dir: &std::path::Path) -> (AppState, Arc<CollectingSink>) {
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::RedbStore::open(dir.join("store.redb")).unwrap());
+        let resources = Resources::new(store);
+        let (auth, _task) = crate::authcache::AuthCache::start(resources.clone())
+            .await
+            .unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let issuer = crate::auth::TokenIssuer::from_pem(
+            Some(&key.serialize_pem()),
+            &key.public_key_pem(),
+            "cairn-test",
+        )
+        .unwrap();
+        let sink = Arc::new(CollectingSink::default());
+        let state = AppState {
+            resources,
+            auth,
+            issuer: Arc::new(issuer),
+            events: Arc::clone(&sink) as Arc<dyn crate::api::EventSink>,
+            metrics: Arc::default(),
+            body_limit: crate::api::DEFAULT_BODY_LIMIT,
+            check_states: Arc::default(),
+            sessions: Sessions::new(),
+            // Never used here: the scheduler and the watchdog sign nothing.
+            agent_pki: Arc::new(crate::bootstrap::AgentPki::from_parts(
+                crate::pki::CertifiedKeyPem {
+                    cert_pem: String::new(),
+                    key_pem: String::new(),
+                },
+                String::new(),
+                "00".repeat(32),
+            )),
+            revocations: crate::bootstrap::Revocations::empty(),
+        };
+        (state, sink)
+    }
+
+    /// Polls `probe` every 50 ms until it gives a value; panics with `what` after `limit`.
+    pub(crate) async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(value) = probe().await {
+                return value;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The stored event `<entity>/<check>` in `default` and who wrote it.
+    pub(crate) async fn stored_event(
+        state: &AppState,
+        entity: &str,
+        check: &str,
+    ) -> Option<(Event, String)> {
+        let stored = state
+            .resources
+            .get(Kind::Event, "default", &format!("{entity}/{check}"))
+            .await
+            .unwrap()?;
+        match stored.resource.spec {
+            Spec::Event(event) => Some((*event, stored.resource.metadata.created_by)),
+            _ => None,
+        }
+    }
+
+    fn check(interval: i64, cron: &str, subscriptions: &[&str]) -> CheckConfig {
+        CheckConfig {
+            metadata: Some(ObjectMeta::named("default", "c")),
+            command: "true".into(),
+            interval,
+            cron: cron.into(),
+            subscriptions: subscriptions.iter().map(|s| (*s).to_owned()).collect(),
+            publish: true,
+            ..CheckConfig::default()
+        }
+    }
+
+    fn key(name: &str) -> NameKey {
+        ("default".to_owned(), name.to_owned())
+    }
+
+    /// Runs the timetable second by second over `from..=to` and returns the firings.
+    fn simulate(timetable: &mut Timetable, from: i64, to: i64) -> Vec<(String, i64, u64)> {
+        (from..=to)
+            .flat_map(|now| timetable.due(now))
+            .map(|firing| (firing.key.1, firing.at, firing.number))
+            .collect()
+    }
+
+    #[test]
+    fn splay_offsets_are_within_the_interval_and_deterministic() {
+        for interval in [1, 2, 7, 10, 60, 3600, 86_400] {
+            for idx in 0..200 {
+                let name = format!("check-{idx}");
+                let offset = splay_offset("default", &name, interval);
+                assert!(
+                    (0..interval).contains(&offset),
+                    "{name}/{interval}: {offset}"
+                );
+                assert_eq!(offset, splay_offset("default", &name, interval));
+            }
+        }
+        // Fixed values (FNV-1a of "default/cpu" and "prod/cpu"): a change of hash would move every
+        // check's schedule on upgrade.
+        assert_eq!(splay_offset("default", "cpu", 60), 3);
+        assert_eq!(splay_offset("prod", "cpu", 60), 37);
+        // Checks spread over the interval.
+        let distinct: HashSet<i64> = (0..100)
+            .map(|idx| splay_offset("default", &format!("check-{idx}"), 60))
+            .collect();
+        assert!(distinct.len() > 30, "{distinct:?}");
+    }
+
+    #[test]
+    fn next_interval_fire_is_on_the_grid() {
+        assert_eq!(next_interval_fire(100, 10, 3), 103);
+        assert_eq!(next_interval_fire(103, 10, 3), 103);
+        assert_eq!(next_interval_fire(104, 10, 3), 113);
+        assert_eq!(next_interval_fire(0, 10, 0), 0);
+        for now in 1_700_000_000..1_700_000_100 {
+            let next = next_interval_fire(now, 60, 14);
+            assert!(next >= now && next - now < 60);
+            assert_eq!((next - 14) % 60, 0);
+        }
+    }
+
+    #[test]
+    fn interval_check_fires_every_interval_at_its_splay() {
+        let mut timetable = Timetable::default();
+        let start = 1_700_000_000;
+        timetable.upsert(key("c"), check(10, "", &["linux"]), start);
+        let offset = splay_offset("default", "c", 10);
+        let firings = simulate(&mut timetable, start, start + 100);
+        let times: Vec<i64> = firings.iter().map(|(_, at, _)| *at).collect();
+        assert_eq!(times.len(), 10, "{times:?}");
+        assert!(times[0] > start && times[0] <= start + 10);
+        for pair in times.windows(2) {
+            assert_eq!(pair[1] - pair[0], 10);
+        }
+        for (_, at, number) in &firings {
+            assert_eq!((at - offset) % 10, 0);
+            assert_eq!(i64::try_from(*number).unwrap(), (at - offset) / 10);
+        }
+        // The same check on another "backend" (or after a restart) fires at the same times.
+        let mut other = Timetable::default();
+        other.upsert(key("c"), check(10, "", &["linux"]), start + 37);
+        let later: Vec<i64> = simulate(&mut other, start + 37, start + 100)
+            .into_iter()
+            .map(|(_, at, _)| at)
+            .collect();
+        assert!(
+            later.iter().all(|at| times.contains(at)),
+            "{later:?} {times:?}"
+        );
+    }
+
+    #[test]
+    fn a_late_tick_fires_once_and_resumes_on_the_grid() {
+        let mut timetable = Timetable::default();
+        let start = 1_000;
+        timetable.upsert(key("c"), check(10, "", &["linux"]), start);
+        // The loop stalls for 95 s: one firing, not nine.
+        let firings = timetable.due(start + 95);
+        assert_eq!(firings.len(), 1);
+        let offset = splay_offset("default", "c", 10);
+        let next = simulate(&mut timetable, start + 96, start + 110);
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert!(next[0].1 > start + 95);
+        assert_eq!((next[0].1 - offset) % 10, 0);
+    }
+
+    #[test]
+    fn changes_take_effect_and_deleted_or_unpublished_checks_stop() {
+        let mut timetable = Timetable::default();
+        let start = 5_000;
+        timetable.upsert(key("c"), check(10, "", &["linux"]), start);
+        assert_eq!(simulate(&mut timetable, start, start + 30).len(), 3);
+
+        // Same timing, other subscriptions: the queued firing stays, with the new config.
+        timetable.upsert(key("c"), check(10, "", &["db"]), start + 30);
+        let firings = timetable.due(start + 40);
+        assert_eq!(firings.len(), 1);
+        assert_eq!(firings[0].config.subscriptions, ["db"]);
+        assert_eq!(timetable.queue.len(), 1);
+
+        // A new interval: the old grid's firings are skipped.
+        timetable.upsert(key("c"), check(30, "", &["db"]), start + 40);
+        let offset = splay_offset("default", "c", 30);
+        let firings = simulate(&mut timetable, start + 41, start + 130);
+        assert_eq!(firings.len(), 3, "{firings:?}");
+        assert!(firings.iter().all(|(_, at, _)| (at - offset) % 30 == 0));
+
+        // Unpublished, then without subscriptions, then deleted: nothing fires.
+        let mut unpublished = check(30, "", &["db"]);
+        unpublished.publish = false;
+        timetable.upsert(key("c"), unpublished, start + 130);
+        assert!(simulate(&mut timetable, start + 131, start + 300).is_empty());
+        timetable.upsert(key("c"), check(30, "", &[]), start + 300);
+        assert!(simulate(&mut timetable, start + 301, start + 400).is_empty());
+        timetable.upsert(key("c"), check(30, "", &["db"]), start + 400);
+        timetable.remove(&key("c"));
+        assert!(simulate(&mut timetable, start + 401, start + 500).is_empty());
+        assert!(timetable.config("default", "c").is_none());
+    }
+
+    #[test]
+    fn stale_queue_entries_are_swept() {
+        let mut timetable = Timetable::default();
+        for round in 0..3000 {
+            // Alternating intervals: every upsert changes the timing.
+            timetable.upsert(key("c"), check(10 + round % 2, "", &["linux"]), 0);
+        }
+        assert!(timetable.queue.len() <= 2 * timetable.checks.len() + 1025);
+    }
+
+    #[test]
+    fn cron_next_fire_in_utc() {
+        // 2024-01-01T00:00:00Z, a Monday.
+        let midnight = 1_704_067_200;
+        let every_five = parse_cron("*/5 * * * *").unwrap();
+        assert_eq!(next_cron_fire(&every_five, midnight), Some(midnight + 300));
+        assert_eq!(next_cron_fire(&every_five, midnight - 1), Some(midnight));
+        assert_eq!(
+            next_cron_fire(&every_five, midnight + 299),
+            Some(midnight + 300)
+        );
+        let daily = parse_cron("CRON_TZ=UTC 30 2 * * *").unwrap();
+        assert_eq!(
+            next_cron_fire(&daily, midnight),
+            Some(midnight + 2 * 3600 + 1800)
+        );
+        let weekly = parse_cron("0 8 * * FRI").unwrap();
+        assert_eq!(
+            next_cron_fire(&weekly, midnight),
+            Some(midnight + 4 * 86_400 + 8 * 3600)
+        );
+        assert!(parse_cron("not a schedule").is_err());
+        assert!(parse_cron("61 * * * *").is_err());
+    }
+
+    #[test]
+    fn cron_check_fires_at_each_occurrence() {
+        let midnight = 1_704_067_200;
+        let mut timetable = Timetable::default();
+        timetable.upsert(key("c"), check(0, "*/5 * * * *", &["linux"]), midnight - 1);
+        let firings = simulate(&mut timetable, midnight - 1, midnight + 900);
+        let times: Vec<(i64, u64)> = firings
+            .iter()
+            .map(|(_, at, number)| (*at, *number))
+            .collect();
+        assert_eq!(
+            times,
+            [
+                (midnight, 0),
+                (midnight + 300, 1),
+                (midnight + 600, 2),
+                (midnight + 900, 3)
+            ]
+        );
+        // An invalid schedule is not scheduled (and does not panic).
+        timetable.upsert(key("bad"), check(0, "nope", &["linux"]), midnight);
+        assert!(timetable.checks[&key("bad")].schedule.is_none());
+    }
+
+    fn hello(name: &str, subscriptions: &[&str]) -> Hello {
+        Hello {
+            name: name.to_owned(),
+            subscriptions: subscriptions.iter().map(|s| (*s).to_owned()).collect(),
+            ..Hello::default()
+        }
+    }
+
+    fn dispatcher(sessions: &Arc<Sessions>) -> Dispatcher {
+        Dispatcher {
+            sessions: Arc::clone(sessions),
+            stats: Arc::new(SchedulerStats::default()),
+            hooks: HashMap::new(),
+            warned_hooks: HashSet::new(),
+        }
+    }
+
+    fn firing(config: CheckConfig, number: u64) -> Firing {
+        Firing {
+            key: key("c"),
+            config: Arc::new(config),
+            at: 0,
+            number,
+        }
+    }
+
+    fn drain(receiver: &mut mpsc::Receiver<BackendMessage>) -> Vec<CheckRequest> {
+        let mut requests = Vec::new();
+        while let Ok(message) = receiver.try_recv() {
+            match message {
+                BackendMessage::CheckRequest(request) => requests.push(*request),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        requests
+    }
+
+    #[test]
+    fn round_robin_index_rotates() {
+        let picks: Vec<usize> = (0..7).map(|number| round_robin_index(number, 3)).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(round_robin_index(5, 1), 0);
+    }
+
+    #[test]
+    fn requests_go_to_matching_sessions_and_round_robin_rotates() {
+        let sessions = Sessions::new();
+        let (_a, mut a) = sessions.register("default", &hello("a", &["linux"]), true);
+        let (_c, mut c) = sessions.register("default", &hello("c", &["linux"]), true);
+        let (_b, mut b) = sessions.register("default", &hello("b", &["linux", "db"]), true);
+        let (_x, mut x) = sessions.register("other", &hello("x", &["linux"]), true);
+        let mut dispatcher = dispatcher(&sessions);
+
+        dispatcher.fire(&[firing(check(10, "", &["linux"]), 0)], 77);
+        for receiver in [&mut a, &mut b, &mut c] {
+            let requests = drain(receiver);
+            assert_eq!(requests.len(), 1);
+            assert_eq!(requests[0].issued, 77);
+            assert_eq!(
+                requests[0].config.metadata,
+                Some(ObjectMeta::named("default", "c"))
+            );
+            assert!(requests[0].secrets.is_empty());
+        }
+        assert!(drain(&mut x).is_empty(), "another namespace");
+
+        let mut round_robin = check(10, "", &["linux"]);
+        round_robin.round_robin = true;
+        let firings: Vec<Firing> = (0..6)
+            .map(|number| firing(round_robin.clone(), number))
+            .collect();
+        dispatcher.fire(&firings, 78);
+        // Sorted by entity: a, b, c, a, b, c.
+        assert_eq!(drain(&mut a).len(), 2);
+        assert_eq!(drain(&mut b).len(), 2);
+        assert_eq!(drain(&mut c).len(), 2);
+        dispatcher.fire(&[firing(round_robin.clone(), 4)], 79);
+        assert_eq!(drain(&mut b).len(), 1);
+
+        let stats = &dispatcher.stats;
+        assert_eq!(stats.firings.load(Ordering::Relaxed), 8);
+        assert_eq!(stats.requests_sent.load(Ordering::Relaxed), 10);
+        assert_eq!(stats.requests_dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_full_or_closed_session_is_counted_not_waited_for() {
+        let sessions = Sessions::new();
+        let (_full, mut full) = sessions.register("default", &hello("full", &["linux"]), true);
+        let (_gone, gone) = sessions.register("default", &hello("gone", &["linux"]), true);
+        drop(gone);
+        let mut dispatcher = dispatcher(&sessions);
+        let firings: Vec<Firing> = (0..crate::sessions::SESSION_QUEUE + 5)
+            .map(|number| firing(check(10, "", &["linux"]), u64::try_from(number).unwrap()))
+            .collect();
+        dispatcher.fire(&firings, 1);
+        let stats = &dispatcher.stats;
+        let queue = u64::try_from(crate::sessions::SESSION_QUEUE).unwrap();
+        assert_eq!(stats.requests_sent.load(Ordering::Relaxed), queue);
+        // 5 over the queue for one session, every one for the closed session.
+        assert_eq!(
+            stats.requests_dropped.load(Ordering::Relaxed),
+            5 + queue + 5
+        );
+        assert_eq!(drain(&mut full).len(), crate::sessions::SESSION_QUEUE);
+    }
+
+    #[test]
+    fn hooks_are_resolved_and_missing_ones_skipped() {
+        let sessions = Sessions::new();
+        let (_a, mut a) = sessions.register("default", &hello("a", &["linux"]), true);
+        let mut dispatcher = dispatcher(&sessions);
+        let hook = HookConfig {
+            metadata: Some(ObjectMeta::named("default", "ps")),
+            command: "ps aux".into(),
+            timeout: 10,
+            ..HookConfig::default()
+        };
+        dispatcher
+            .hooks
+            .entry("default".into())
+            .or_default()
+            .insert("ps".into(), hook.clone());
+        let mut config = check(10, "", &["linux"]);
+        config.check_hooks = vec![
+            BTreeMap::from([(
+                "critical".to_owned(),
+                vec!["ps".to_owned(), "gone".to_owned()],
+            )]),
+            BTreeMap::from([("warning".to_owned(), vec!["ps".to_owned()])]),
+        ];
+        dispatcher.fire(&[firing(config.clone(), 0)], 1);
+        dispatcher.fire(&[firing(config, 1)], 2);
+        let requests = drain(&mut a);
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[0].hooks, [hook]);
+        assert_eq!(dispatcher.warned_hooks.len(), 1, "warned once");
+    }
+
+    #[test]
+    fn ttl_raises_once_per_expiry_then_clears_on_a_result() {
+        assert!(!ttl_due(100, 30, None, 130));
+        assert!(ttl_due(100, 30, None, 131));
+        assert!(!ttl_due(100, 0, None, 10_000));
+
+        let mut tracker = TtlTracker::default();
+        let key: EventKey = ("default".into(), "web".into(), "backup".into());
+        tracker.result(&key, 30, 100, 7);
+        let ttl_of = |_: &EventKey, tracked: &Tracked| tracked.event_ttl;
+        let due_at = |tracker: &TtlTracker, now: i64| tracker.due(now, ttl_of);
+        assert!(due_at(&tracker, 130).is_empty());
+        assert_eq!(
+            due_at(&tracker, 131),
+            [TtlDue {
+                key: key.clone(),
+                silence: 31,
+                revision: 7
+            }]
+        );
+        tracker.mark_raised(&key, 131);
+        // Our own event comes back through the watch: not a result.
+        tracker.raised_stored(&key, 30, 131, 8);
+        assert_eq!(tracker.entries[&key].last_seen, 100);
+        for now in 132..161 {
+            assert!(
+                due_at(&tracker, now).is_empty(),
+                "raised once, not at {now}"
+            );
+        }
+        // Still silent a whole ttl later: raised again.
+        assert_eq!(due_at(&tracker, 161).len(), 1);
+        assert_eq!(due_at(&tracker, 161)[0].silence, 61);
+        tracker.mark_raised(&key, 161);
+        // A fresh result clears it.
+        tracker.result(&key, 30, 170, 9);
+        assert_eq!(tracker.entries[&key].raised_at, None);
+        assert!(due_at(&tracker, 200).is_empty());
+        assert_eq!(due_at(&tracker, 201).len(), 1);
+        // The check's ttl in force wins over the result's.
+        assert!(tracker.due(201, |_, _| 0).is_empty());
+        // A deleted check stops.
+        tracker.forget_check("default", "backup");
+        assert!(due_at(&tracker, 10_000).is_empty());
+    }
+
+    #[test]
+    fn ttl_raise_listed_after_a_restart_is_not_raised_again_at_once() {
+        let mut tracker = TtlTracker::default();
+        let key: EventKey = ("default".into(), "web".into(), "backup".into());
+        tracker.raised_stored(&key, 30, 500, 3);
+        assert!(tracker.due(520, |_, tracked| tracked.event_ttl).is_empty());
+        let due = tracker.due(530, |_, tracked| tracked.event_ttl);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].silence, 60);
+    }
+
+    #[test]
+    fn ttl_event_fails_the_last_result() {
+        let event = Event {
+            id: "4a4e1a9c-0000-4000-8000-000000000000".into(),
+            timestamp: 90,
+            check: Some(Check {
+                metadata: Some(ObjectMeta::named("default", "backup")),
+                status: 0,
+                output: "ok".into(),
+                executed: 90,
+                ttl: 30,
+                handlers: vec!["mail".into()],
+                ..Check::default()
+            }),
+            ..Event::default()
+        };
+        let raised = ttl_event(event, 41, 131).unwrap();
+        let check = raised.check.unwrap();
+        assert_eq!(check.status, 1);
+        assert_eq!(check.output, "Last check execution was 41 seconds ago");
+        assert_eq!(check.executed, 131);
+        assert_eq!(check.handlers, ["mail"]);
+        assert!(raised.id.is_empty());
+        assert_eq!(raised.timestamp, 0);
+        assert!(ttl_event(Event::default(), 1, 1).is_none());
+    }
+
+    #[test]
+    fn keys_are_classified() {
+        assert_eq!(
+            classify("res/checks/default/cpu"),
+            Some(Watched::Check("default", "cpu"))
+        );
+        assert_eq!(
+            classify("res/hooks/prod/ps"),
+            Some(Watched::Hook("prod", "ps"))
+        );
+        assert_eq!(
+            classify("res/events/default/web/cpu"),
+            Some(Watched::Event("default", "web", "cpu"))
+        );
+        assert_eq!(classify("res/events/default/web"), None);
+        assert_eq!(classify("res/entities/default/web"), None);
+        assert_eq!(classify("other/checks/default/cpu"), None);
+        assert_eq!(
+            Resources::key(Kind::CheckConfig, "default", "cpu"),
+            "res/checks/default/cpu"
+        );
+    }
+
+    #[test]
+    fn event_probe_reads_ttl_and_creator() {
+        let document = serde_json::json!({
+            "type": "Event",
+            "api_version": "core/v2",
+            "metadata": {"namespace": "default", "name": "web/backup", "created_by": TTL_CREATED_BY},
+            "spec": {"check": {"ttl": 30, "executed": 12, "output": "x", "hooks": [{"ttl": 1}]},
+                     "entity": {"metadata": {"name": "web"}}}
+        });
+        let probe: EventProbe = serde_json::from_value(document).unwrap();
+        assert_eq!(probe.metadata.created_by, TTL_CREATED_BY);
+        let check = probe.spec.check.unwrap();
+        assert_eq!((check.ttl, check.executed), (30, 12));
+    }
+
+    #[tokio::test]
+    async fn the_loop_sends_requests_raises_ttls_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _sink) = test_state(dir.path()).await;
+        let sessions = Arc::clone(&state.sessions);
+        let (_web, mut web) = sessions.register("default", &hello("web", &["linux"]), true);
+        let mut config = check(1, "", &["linux"]);
+        config.metadata = None;
+        let resource = Resource::new(
+            ObjectMeta::named("default", "cpu"),
+            Spec::CheckConfig(config),
+        );
+        state
+            .resources
+            .put(&resource, Precondition::None)
+            .await
+            .unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let (stats, task) = spawn(state.clone(), Arc::clone(&sessions), shutdown);
+
+        let message = tokio::time::timeout(Duration::from_secs(5), web.recv())
+            .await
+            .expect("a check request within 5 s: is the listed check scheduled?")
+            .expect("the session is open");
+        let BackendMessage::CheckRequest(request) = message else {
+            panic!("expected a check request, got {message:?}");
+        };
+        assert_eq!(
+            request.config.metadata,
+            Some(ObjectMeta::named("default", "cpu"))
+        );
+        assert!(stats.requests_sent.load(Ordering::Relaxed) >= 1);
+
+        // A result for a check the backend does not schedule, with a ttl of its own.
+        let event = Event {
+            entity: Some(Entity {
+                metadata: Some(ObjectMeta::named("default", "web")),
+                ..Entity::default()
+            }),
+            check: Some(Check {
+                metadata: Some(ObjectMeta::named("default", "backup")),
+                ttl: 1,
+                output: "done".into(),
+                ..Check::default()
+            }),
+            ..Event::default()
+        };
+        crate::ingest::ingest(&state, "default", "web/backup", event, "test")
+            .await
+            .unwrap();
+        let raised = eventually("the ttl event", Duration::from_secs(10), || async {
+            stored_event(&state, "web", "backup")
+                .await
+                .filter(|(_, created_by)| created_by == TTL_CREATED_BY)
+        })
+        .await
+        .0;
+        let check = raised.check.unwrap();
+        assert_eq!(check.status, 1);
+        assert!(
+            check.output.starts_with("Last check execution was "),
+            "{}",
+            check.output
+        );
+        assert_eq!(check.history.len(), 2);
+        assert!(stats.ttl_events.load(Ordering::Relaxed) >= 1);
+
+        // The check is deleted: its requests stop.
+        state
+            .resources
+            .delete(Kind::CheckConfig, "default", "cpu", Precondition::None)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        while web.try_recv().is_ok() {}
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(web.try_recv().is_err(), "a deleted check still fires");
+
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the scheduler stops on shutdown")
+            .unwrap();
+    }
+}
