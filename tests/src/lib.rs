@@ -67,6 +67,8 @@ pub struct Backend {
     child: Child,
     /// The API URL, read from the process.
     pub url: String,
+    /// The agent listener's `host:port` (mutual TLS WebSocket), read from the process.
+    pub agent_addr: String,
     /// Its data directory.
     pub data_dir: PathBuf,
     _dir: tempfile::TempDir,
@@ -95,11 +97,12 @@ impl Backend {
             "init failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let (child, url) = spawn_backend(&data_dir, "127.0.0.1:0")
+        let (child, url, agent_addr) = spawn_backend(&data_dir, "127.0.0.1:0", "127.0.0.1:0")
             .unwrap_or_else(|printed| panic!("backend did not report its address; {printed}"));
         Backend {
             child,
             url,
+            agent_addr,
             data_dir,
             _dir: dir,
         }
@@ -144,11 +147,13 @@ impl Backend {
     pub fn restart(&mut self) {
         self.stop();
         let addr = self.addr().to_owned();
+        let agent_addr = self.agent_addr.clone();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match spawn_backend(&self.data_dir, &addr) {
-                Ok((child, url)) => {
+            match spawn_backend(&self.data_dir, &addr, &agent_addr) {
+                Ok((child, url, agent)) => {
                     assert_eq!(url, self.url, "the backend came back on another address");
+                    assert_eq!(agent, self.agent_addr, "the agent listener moved");
                     self.child = child;
                     return;
                 }
@@ -187,25 +192,54 @@ impl Backend {
     }
 }
 
-/// Starts `cairn-backend start` on `listen` and reads the address it reports. On failure (it
-/// exited without reporting one), the child has been reaped and the error says what it printed.
-fn spawn_backend(data_dir: &Path, listen: &str) -> Result<(Child, String), String> {
+/// Starts `cairn-backend start` on `listen` (API) and `agent_listen` and reads the addresses it
+/// reports. On failure (it exited without reporting them), the child has been reaped and the
+/// error says what it printed.
+fn spawn_backend(
+    data_dir: &Path,
+    listen: &str,
+    agent_listen: &str,
+) -> Result<(Child, String, String), String> {
     let mut child = command("cairn-backend")
-        .args(["start", "--api-listen", listen, "--data-dir"])
+        .args([
+            "start",
+            "--api-listen",
+            listen,
+            "--agent-listen",
+            agent_listen,
+        ])
+        .arg("--data-dir")
         .arg(data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start cairn-backend");
     let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    let read = BufReader::new(stdout).read_line(&mut line);
-    match line.trim().strip_prefix("api listening on ") {
-        Some(url) if read.is_ok() => Ok((child, url.to_owned())),
+    let mut reader = BufReader::new(stdout);
+    let (mut api_line, mut agent_line) = (String::new(), String::new());
+    let read = reader
+        .read_line(&mut api_line)
+        .and_then(|_| reader.read_line(&mut agent_line));
+    let api = api_line.trim().strip_prefix("api listening on ");
+    let agent = agent_line.trim().strip_prefix("agent listening on ");
+    match (api, agent) {
+        (Some(url), Some(agent)) if read.is_ok() => {
+            let (url, agent) = (url.to_owned(), agent.to_owned());
+            // Keep draining stdout so that later lines never meet a closed pipe.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while reader.read_line(&mut sink).is_ok_and(|read| read > 0) {
+                    sink.clear();
+                }
+            });
+            Ok((child, url, agent))
+        }
         _ => {
             let _ = child.kill();
             let status = child.wait();
-            Err(format!("it printed {line:?} and exited with {status:?}"))
+            Err(format!(
+                "it printed {api_line:?} {agent_line:?} and exited with {status:?}"
+            ))
         }
     }
 }
