@@ -1,4 +1,20 @@
 //! `cairn-agent`: the mTLS session to the backend, check execution, keepalives, the local event
 //! API, and install/bootstrap.
 //!
-//! Only the command line exists so far; the agent lands with the agent issue.
+//! - [`install`] enrols the host with a join token over TLS pinned by [`pin`];
+//! - [`start`] runs the agent: [`session`] (the WebSocket session, with [`backoff`] between
+//!   attempts), [`queue`] (events on disk until acknowledged), [`exec`] (checks) and
+//!   [`localapi`] (events from local scripts).
+
+pub mod backoff;
+pub mod certs;
+pub mod config;
+pub mod exec;
+pub mod facts;
+pub mod fsutil;
+pub mod install;
+pub mod localapi;
+pub mod pin;
+pub mod queue;
+pub mod session;
+pub mod start;

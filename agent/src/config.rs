@@ -1,0 +1,542 @@
+//! `agent.yaml`: the agent's configuration, written by `cairn-agent install` and read by
+//! `cairn-agent start`.
+//!
+//! Relative paths in the file are resolved against the file's directory. Every error names the
+//! file and the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+
+use cairn_api::agent::{
+    DEFAULT_KEEPALIVE_CRITICAL_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_WARNING_TIMEOUT,
+};
+use cairn_api::validate::check_name;
+use cairn_api::Kind;
+
+/// Where `install` writes and `start` reads by default.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/cairn-agent";
+/// The configuration file's name inside the configuration directory.
+pub const CONFIG_FILE_NAME: &str = "agent.yaml";
+/// The private key's file name.
+pub const KEY_FILE_NAME: &str = "agent.key";
+/// The client certificate's file name.
+pub const CERT_FILE_NAME: &str = "agent.pem";
+/// The cluster CA's file name.
+pub const CA_FILE_NAME: &str = "ca.pem";
+/// The event queue's folder name.
+pub const QUEUE_DIR_NAME: &str = "queue";
+/// The environment variable that names the configuration file for `start`.
+pub const ENV_CONFIG: &str = "CAIRN_AGENT_CONFIG";
+/// The local API's default address.
+pub const DEFAULT_LOCAL_API: &str = "127.0.0.1:3031";
+/// The namespace when the file names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// How many checks may run at once by default.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 16;
+/// The port of the agent listener, used when `install` derives the agent URL from the API URL.
+pub const DEFAULT_AGENT_PORT: u16 = 8081;
+
+/// The default configuration file: [`DEFAULT_CONFIG_DIR`]/[`CONFIG_FILE_NAME`].
+pub fn default_config_file() -> PathBuf {
+    Path::new(DEFAULT_CONFIG_DIR).join(CONFIG_FILE_NAME)
+}
+
+/// The agent's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The entity name; must equal the certificate's CN.
+    pub name: String,
+    /// The entity's namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Subscriptions.
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+    /// Entity labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Entity annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// The backends' agent WebSocket URLs (`wss://host:8081`), tried in order.
+    pub backend_urls: Vec<String>,
+    /// The backend's REST API URL (`https://host:8080`), where the agent enrolled.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_url: String,
+    /// Seconds between keepalives.
+    #[serde(default = "default_keepalive_interval")]
+    pub keepalive_interval: u32,
+    /// Seconds without a keepalive before the backend raises a warning.
+    #[serde(default = "default_keepalive_warning_timeout")]
+    pub keepalive_warning_timeout: u32,
+    /// Seconds without a keepalive before a critical; 0 for none.
+    #[serde(default = "default_keepalive_critical_timeout")]
+    pub keepalive_critical_timeout: u32,
+    /// Delete the entity when its keepalive goes critical.
+    #[serde(default)]
+    pub deregister: bool,
+    /// The private key (PEM, PKCS#8).
+    #[serde(default = "default_key_file")]
+    pub key_file: PathBuf,
+    /// The client certificate (PEM).
+    #[serde(default = "default_cert_file")]
+    pub cert_file: PathBuf,
+    /// The cluster CA, the only one trusted for the backend's agent listener (PEM).
+    #[serde(default = "default_ca_file")]
+    pub ca_file: PathBuf,
+    /// The on-disk event queue.
+    #[serde(default = "default_queue_dir")]
+    pub queue_dir: PathBuf,
+    /// The local event API's address; loopback only (port 0 picks a free port).
+    #[serde(default = "default_local_api")]
+    pub local_api: SocketAddr,
+    /// How many checks may run at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+}
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_owned()
+}
+fn default_keepalive_interval() -> u32 {
+    DEFAULT_KEEPALIVE_INTERVAL
+}
+fn default_keepalive_warning_timeout() -> u32 {
+    DEFAULT_KEEPALIVE_WARNING_TIMEOUT
+}
+fn default_keepalive_critical_timeout() -> u32 {
+    DEFAULT_KEEPALIVE_CRITICAL_TIMEOUT
+}
+fn default_key_file() -> PathBuf {
+    PathBuf::from(KEY_FILE_NAME)
+}
+fn default_cert_file() -> PathBuf {
+    PathBuf::from(CERT_FILE_NAME)
+}
+fn default_ca_file() -> PathBuf {
+    PathBuf::from(CA_FILE_NAME)
+}
+fn default_queue_dir() -> PathBuf {
+    PathBuf::from(QUEUE_DIR_NAME)
+}
+fn default_local_api() -> SocketAddr {
+    DEFAULT_LOCAL_API
+        .parse()
+        .expect("the default local API address parses")
+}
+fn default_max_concurrency() -> usize {
+    DEFAULT_MAX_CONCURRENCY
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read the agent configuration {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for the configuration (the message names the field and line).
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A field has a value the agent cannot use.
+    #[error("{}: {field}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field path, e.g. `backend_urls[1]`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A field problem found by [`AgentConfig::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    /// The field path.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+// === impl AgentConfig ===
+
+impl AgentConfig {
+    /// A configuration with the defaults for everything but the name and the backend URLs.
+    pub fn new(name: &str, backend_urls: Vec<String>) -> AgentConfig {
+        AgentConfig {
+            name: name.to_owned(),
+            namespace: default_namespace(),
+            subscriptions: Vec::new(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            backend_urls,
+            api_url: String::new(),
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_warning_timeout: default_keepalive_warning_timeout(),
+            keepalive_critical_timeout: default_keepalive_critical_timeout(),
+            deregister: false,
+            key_file: default_key_file(),
+            cert_file: default_cert_file(),
+            ca_file: default_ca_file(),
+            queue_dir: default_queue_dir(),
+            local_api: default_local_api(),
+            max_concurrency: default_max_concurrency(),
+        }
+    }
+
+    /// Reads, parses and checks `path`, resolving relative paths against its directory.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the file (and the field, when one is wrong).
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        AgentConfig::parse(&text, &base).map_err(|err| match err {
+            ParseError::Syntax(message) => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            ParseError::Field(problem) => ConfigError::Invalid {
+                path: path.to_owned(),
+                field: problem.field,
+                message: problem.message,
+            },
+        })
+    }
+
+    /// Parses the YAML text of a configuration; relative paths are resolved against `base`.
+    ///
+    /// # Errors
+    ///
+    /// [`ParseError`]: the parser's message, or the first field problem.
+    pub fn parse(text: &str, base: &Path) -> Result<AgentConfig, ParseError> {
+        if text.trim().is_empty() {
+            return Err(ParseError::Syntax("the file is empty".to_owned()));
+        }
+        let mut config: AgentConfig =
+            serde_yaml::from_str(text).map_err(|err| ParseError::Syntax(err.to_string()))?;
+        if let Some(problem) = config.validate().into_iter().next() {
+            return Err(ParseError::Field(problem));
+        }
+        for path in [
+            &mut config.key_file,
+            &mut config.cert_file,
+            &mut config.ca_file,
+            &mut config.queue_dir,
+        ] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Every field problem, in field order.
+    pub fn validate(&self) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        let mut problem = |field: String, message: String| {
+            problems.push(FieldProblem { field, message });
+        };
+        if let Some(message) = check_name(Kind::Entity, &self.name) {
+            problem("name".into(), message);
+        }
+        if let Some(message) = check_name(Kind::Namespace, &self.namespace) {
+            problem("namespace".into(), message);
+        }
+        for (index, subscription) in self.subscriptions.iter().enumerate() {
+            if let Some(message) = check_subscription(subscription) {
+                problem(format!("subscriptions[{index}]"), message);
+            }
+        }
+        if self.backend_urls.is_empty() {
+            problem(
+                "backend_urls".into(),
+                "must name at least one backend (wss://host:8081)".into(),
+            );
+        }
+        for (index, url) in self.backend_urls.iter().enumerate() {
+            if let Err(message) = parse_agent_url(url) {
+                problem(format!("backend_urls[{index}]"), message);
+            }
+        }
+        if !self.api_url.is_empty() {
+            if let Err(message) = parse_api_url(&self.api_url) {
+                problem("api_url".into(), message);
+            }
+        }
+        if self.keepalive_interval == 0 {
+            problem(
+                "keepalive_interval".into(),
+                "must be at least 1 second".into(),
+            );
+        }
+        if self.keepalive_warning_timeout < self.keepalive_interval {
+            problem(
+                "keepalive_warning_timeout".into(),
+                format!(
+                    "must be at least keepalive_interval ({} s)",
+                    self.keepalive_interval
+                ),
+            );
+        }
+        if self.keepalive_critical_timeout != 0
+            && self.keepalive_critical_timeout < self.keepalive_warning_timeout
+        {
+            problem(
+                "keepalive_critical_timeout".into(),
+                "must be 0 (none) or at least keepalive_warning_timeout".into(),
+            );
+        }
+        for (field, path) in [
+            ("key_file", &self.key_file),
+            ("cert_file", &self.cert_file),
+            ("ca_file", &self.ca_file),
+            ("queue_dir", &self.queue_dir),
+        ] {
+            if path.as_os_str().is_empty() {
+                problem(field.into(), "must not be empty".into());
+            }
+        }
+        if !self.local_api.ip().is_loopback() {
+            problem(
+                "local_api".into(),
+                format!(
+                    "{} is not a loopback address (the agent listens on 127.0.0.1 only)",
+                    self.local_api
+                ),
+            );
+        }
+        if self.max_concurrency == 0 {
+            problem("max_concurrency".into(), "must be at least 1".into());
+        }
+        problems
+    }
+
+    /// The configuration as YAML.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("the configuration is plain data and serialises")
+    }
+}
+
+/// Why configuration text does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not YAML, or not the configuration's shape (the message names the field and line).
+    #[error("{0}")]
+    Syntax(String),
+    /// A field's value is unusable.
+    #[error("{0}")]
+    Field(FieldProblem),
+}
+
+/// Checks a subscription name; `None` when it is fine.
+pub fn check_subscription(subscription: &str) -> Option<String> {
+    check_name(Kind::Role, subscription)
+}
+
+/// Parses an agent WebSocket URL: `wss://host[:port][/]`.
+///
+/// # Errors
+///
+/// A message saying what is wrong.
+pub fn parse_agent_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|err| format!("{text:?} is not a URL ({err})"))?;
+    if url.scheme() != "wss" {
+        return Err(format!(
+            "{text:?} must be a wss:// URL (the agent session always uses TLS)"
+        ));
+    }
+    if url.host().is_none() {
+        return Err(format!("{text:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{text:?} must not carry credentials"));
+    }
+    Ok(url)
+}
+
+/// Parses the REST API URL: `https://host[:port][/]`.
+///
+/// # Errors
+///
+/// A message saying what is wrong.
+pub fn parse_api_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|err| format!("{text:?} is not a URL ({err})"))?;
+    if url.scheme() != "https" {
+        return Err(format!("{text:?} must be an https:// URL"));
+    }
+    if url.host().is_none() {
+        return Err(format!("{text:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{text:?} must not carry credentials"));
+    }
+    if url.path() != "/" || url.query().is_some() {
+        return Err(format!(
+            "{text:?} must be the backend's base URL, without a path"
+        ));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name: web-01\nbackend_urls: [\"wss://cairn.example.com:8081\"]\n";
+
+    fn parse(text: &str) -> Result<AgentConfig, ParseError> {
+        AgentConfig::parse(text, Path::new("/etc/cairn-agent"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err(text).to_string()
+    }
+
+    #[test]
+    fn minimal_file_gets_the_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.name, "web-01");
+        assert_eq!(config.namespace, "default");
+        assert_eq!(config.keepalive_interval, 20);
+        assert_eq!(config.keepalive_warning_timeout, 120);
+        assert_eq!(config.keepalive_critical_timeout, 180);
+        assert_eq!(config.local_api.to_string(), "127.0.0.1:3031");
+        assert_eq!(config.key_file, Path::new("/etc/cairn-agent/agent.key"));
+        assert_eq!(config.queue_dir, Path::new("/etc/cairn-agent/queue"));
+        assert_eq!(config.max_concurrency, DEFAULT_MAX_CONCURRENCY);
+    }
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let mut config = AgentConfig::new("web-01", vec!["wss://[::1]:8081".into()]);
+        config.key_file = "/abs/agent.key".into();
+        config.cert_file = "/abs/agent.pem".into();
+        config.ca_file = "/abs/ca.pem".into();
+        config.queue_dir = "/abs/queue".into();
+        config.subscriptions = vec!["linux".into()];
+        config.labels.insert("team".into(), "ops".into());
+        assert_eq!(parse(&config.to_yaml()).unwrap(), config);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(error(""), "the file is empty");
+        let unknown = error(&format!("{MINIMAL}nmae: x\n"));
+        assert!(unknown.contains("unknown field `nmae`"), "{unknown}");
+        assert!(unknown.contains("line 3"), "{unknown}");
+        let wrong_type = error(&format!("{MINIMAL}keepalive_interval: soon\n"));
+        assert!(
+            wrong_type.starts_with("keepalive_interval: invalid type"),
+            "{wrong_type}"
+        );
+        let missing = error("name: web-01\n");
+        assert!(
+            missing.contains("missing field `backend_urls`"),
+            "{missing}"
+        );
+        assert!(error("- a\n- b\n").contains("invalid type"));
+        assert_eq!(
+            error("name: web/01\nbackend_urls: [\"wss://h:8081\"]\n"),
+            format!(
+                "name: {}",
+                check_name(Kind::Entity, "web/01").expect("invalid")
+            )
+        );
+        assert_eq!(
+            error("name: web-01\nbackend_urls: []\n"),
+            "backend_urls: must name at least one backend (wss://host:8081)"
+        );
+        assert_eq!(
+            error("name: web-01\nbackend_urls: [\"wss://h:8081\", \"https://h:8081\"]\n"),
+            "backend_urls[1]: \"https://h:8081\" must be a wss:// URL (the agent session always uses TLS)"
+        );
+        assert_eq!(
+            error(&format!("{MINIMAL}local_api: 0.0.0.0:3031\n")),
+            "local_api: 0.0.0.0:3031 is not a loopback address (the agent listens on 127.0.0.1 only)"
+        );
+        let bad_addr = error(&format!("{MINIMAL}local_api: localhost\n"));
+        assert!(bad_addr.starts_with("local_api: "), "{bad_addr}");
+        assert_eq!(
+            error(&format!("{MINIMAL}keepalive_interval: 0\n")),
+            "keepalive_interval: must be at least 1 second"
+        );
+        assert_eq!(
+            error(&format!("{MINIMAL}subscriptions: [linux, \"\"]\n")),
+            "subscriptions[1]: must not be empty"
+        );
+        assert_eq!(
+            error(&format!("{MINIMAL}max_concurrency: 0\n")),
+            "max_concurrency: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("agent.yaml");
+        let err = AgentConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "cannot read the agent configuration {}",
+                path.display()
+            )),
+            "{err}"
+        );
+        std::fs::write(&path, format!("{MINIMAL}keepalive_interval: 0\n")).unwrap();
+        let err = AgentConfig::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: keepalive_interval: must be at least 1 second",
+                path.display()
+            )
+        );
+        std::fs::write(&path, MINIMAL).unwrap();
+        let config = AgentConfig::load(&path).unwrap();
+        assert_eq!(config.ca_file, tmp.path().join("ca.pem"));
+    }
+
+    #[test]
+    fn urls() {
+        assert!(parse_agent_url("wss://10.0.0.1:8081").is_ok());
+        assert!(parse_agent_url("ws://10.0.0.1:8081").is_err());
+        assert!(parse_agent_url("wss://user:pw@h:8081").is_err());
+        assert!(parse_api_url("https://h:8080").is_ok());
+        assert!(parse_api_url("https://h:8080/").is_ok());
+        assert!(parse_api_url("https://h:8080/api").is_err());
+        assert!(parse_api_url("http://h:8080").is_err());
+        assert!(parse_api_url("h:8080").is_err());
+    }
+}
