@@ -243,3 +243,116 @@ fn spawn_backend(
         }
     }
 }
+
+/// A `cairn-agent start` process, stopped on drop (SIGTERM, then SIGKILL). Its stderr (the
+/// log, at `info` unless `CAIRN_LOG` says otherwise) is appended to a file beside its
+/// configuration.
+pub struct Agent {
+    child: Child,
+    /// The local API's `host:port`, read from the process.
+    pub local_api: String,
+    /// The configuration file it was started with.
+    pub config: PathBuf,
+    /// Where its stderr goes.
+    pub log_file: PathBuf,
+}
+
+impl Drop for Agent {
+    /// SIGTERM first, so that the agent kills the checks it runs; SIGKILL after 5 s.
+    fn drop(&mut self) {
+        self.stop_within(Duration::from_secs(5));
+    }
+}
+
+impl Agent {
+    /// Starts `cairn-agent start --config <config>` and waits for the local API's address.
+    ///
+    /// # Panics
+    /// When the agent exits before it reports the address; the message holds its log.
+    pub fn start(config: &Path) -> Agent {
+        let log_file = config.with_file_name("agent.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_file)
+            .expect("open the agent's log file");
+        let mut child = Command::new(binary("cairn-agent"))
+            .arg("start")
+            .arg("--config")
+            .arg(config)
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .env_remove("CAIRN_AGENT_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start cairn-agent");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let read = reader.read_line(&mut line);
+        match line.trim().strip_prefix("local api listening on ") {
+            Some(addr) if read.is_ok() => {
+                let local_api = addr.to_owned();
+                std::thread::spawn(move || {
+                    let mut sink = String::new();
+                    while reader.read_line(&mut sink).is_ok_and(|read| read > 0) {
+                        sink.clear();
+                    }
+                });
+                Agent {
+                    child,
+                    local_api,
+                    config: config.to_owned(),
+                    log_file,
+                }
+            }
+            _ => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "the agent printed {line:?} and exited with {status:?}; its log:\n{}",
+                    std::fs::read_to_string(&log_file).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the agent logged so far (every run with this configuration).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits up to 10 s for the agent to exit; returns its exit status, or
+    /// `None` when it had to be killed.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        self.stop_within(Duration::from_secs(10))
+    }
+
+    fn stop_within(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
