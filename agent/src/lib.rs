@@ -17,4 +17,5 @@ pub mod localapi;
 pub mod pin;
 pub mod queue;
 pub mod session;
+pub mod sim;
 pub mod start;
