@@ -444,19 +444,7 @@ fn error_message(body: &[u8]) -> String {
     }
 }
 
-/// An error and its causes, `: `-separated, without repeats.
-pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current = Some(err);
-    while let Some(err) = current {
-        let text = err.to_string();
-        if !parts.iter().any(|part| part.contains(&text)) {
-            parts.push(text);
-        }
-        current = err.source();
-    }
-    parts.join(": ")
-}
+pub use cairn_api::client::cause_chain;
 
 /// The systemd unit that runs `exe start --config <config_file>` with hardening; the agent may
 /// write only under `writable` (its certificate on renewal, its queue).

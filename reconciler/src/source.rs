@@ -138,11 +138,13 @@ impl Source {
         }
     }
 
-    /// How the source reads in messages.
+    /// How the source reads in messages (credentials removed from URLs).
     pub fn describe(&self) -> String {
         match self {
             Source::Folder(path) => path.display().to_string(),
-            Source::Git { repo, reference } => format!("{repo} at {reference}"),
+            Source::Git { repo, reference } => {
+                format!("{} at {reference}", fetch::redact_url(repo))
+            }
         }
     }
 
