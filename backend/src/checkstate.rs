@@ -6,6 +6,11 @@
 //! store revision it was written at; a lookup names the revision the store has now, so a hit is
 //! exactly what decoding the stored event would give, whoever wrote it (another request, another
 //! backend on a shared store, a DELETE). A miss costs one decode, as without the cache.
+//!
+//! It also serialises the writers of one event key inside this process ([`CheckStateCache::
+//! write_lock`]): results for one check that arrive together are stored one after the other
+//! instead of racing on the revision precondition, so a burst never exhausts the retries. Writers
+//! in other processes (backends on a shared store) are still caught by the precondition.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,7 +27,12 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 pub struct CheckStateCache {
     entries: Mutex<HashMap<String, (Revision, Check)>>,
     capacity: usize,
+    writers: Box<[tokio::sync::Mutex<()>]>,
 }
+
+/// How many write locks the event keys are spread over: enough that two busy keys rarely share
+/// one, few enough to cost nothing (a lock is a few words).
+const WRITE_STRIPES: usize = 1024;
 
 impl CheckStateCache {
     /// An empty cache holding at most `capacity` keys (at least 1).
@@ -30,7 +40,21 @@ impl CheckStateCache {
         CheckStateCache {
             entries: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
+            writers: (0..WRITE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    /// Waits for the right to read-process-write the event under `key` in this process; held
+    /// across the read of the previous event and the guarded write of the new one.
+    pub async fn write_lock(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        // The remainder is below WRITE_STRIPES, so it fits a usize on every target.
+        let stripe = usize::try_from(hasher.finish() % WRITE_STRIPES as u64).unwrap_or(0);
+        self.writers[stripe].lock().await
     }
 
     /// The previous event for `key` as [`crate::events::process_event`] needs it, when the cache
@@ -163,6 +187,20 @@ mod tests {
         );
         let kept = cache.previous("k", 7).expect("still cached");
         assert_eq!(kept.check.expect("check").state, "failing");
+    }
+
+    #[tokio::test]
+    async fn one_key_has_one_writer_at_a_time() {
+        let cache = CheckStateCache::new(10);
+        let held = cache.write_lock("k").await;
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), cache.write_lock("k"))
+                .await
+                .is_err(),
+            "a second writer of the same key got in"
+        );
+        drop(held);
+        let _again = cache.write_lock("k").await;
     }
 
     #[test]

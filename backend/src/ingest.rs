@@ -48,6 +48,8 @@ async fn store_event(
     incoming: Event,
 ) -> Result<Event, ApiError> {
     let key = Resources::key(Kind::Event, namespace, event_name);
+    // One writer per key in this process; the precondition below catches other processes.
+    let _writer = state.check_states.write_lock(&key).await;
     let mut incoming = Some(incoming);
     for attempt in 1..=EVENT_WRITE_ATTEMPTS {
         let (previous, precondition) = match state.resources.store().get(&key).await? {

@@ -643,7 +643,7 @@ async fn silenced_checks_do_not_reach_not_silenced_handlers() {
 async fn concurrent_results_for_one_check_all_land_in_history() {
     let backend = Backend::start();
     let admin = std::sync::Arc::new(backend.admin().await);
-    const RESULTS: i64 = 16;
+    const RESULTS: i64 = 21; // a full history (HISTORY_LEN)
     let mut posts = tokio::task::JoinSet::new();
     for executed in 1..=RESULTS {
         let admin = std::sync::Arc::clone(&admin);
