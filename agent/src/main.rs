@@ -84,7 +84,10 @@ fn main() -> ExitCode {
         eprintln!("cairn-agent: {err}");
         return ExitCode::from(EXIT_USAGE);
     }
+    // Two workers whatever the host's core count: the agent waits on one session and its
+    // checks' processes, and a thread per core would cost memory on big hosts for nothing.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {

@@ -33,7 +33,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use cairn_api::agent::{
     AgentMessage, BackendMessage, CheckRequest, Hello, AGENT_PATH, MAX_MESSAGE_BYTES,
-    PROTOCOL_VERSION,
+    PROTOCOL_VERSION, READ_BUFFER_BYTES,
 };
 use cairn_api::model::{Entity, Event, System};
 use cairn_api::ObjectMeta;
@@ -646,7 +646,8 @@ pub async fn connect(
         .map_err(|err| failed(err.to_string()))?;
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+        .read_buffer_size(READ_BUFFER_BYTES);
     let (ws, _response) =
         tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
             .await

@@ -36,6 +36,11 @@ pub const JOIN_TOKEN_PREFIX: &str = "cairn-join";
 /// Largest message either side accepts, bytes.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// Read buffer of a session's WebSocket on either side, bytes. Messages are small (a check
+/// request or an event is ~1–2 KiB), and the buffer is held for the whole session, so the
+/// library's 128 KiB default would be most of a backend's memory per agent.
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// `keepalive_interval` when the agent sets none, seconds (as Sensu).
 pub const DEFAULT_KEEPALIVE_INTERVAL: u32 = 20;
 /// `keepalive_warning_timeout` default, seconds (as Sensu).

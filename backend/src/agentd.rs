@@ -56,7 +56,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use cairn_api::agent::{
     AgentMessage, BackendMessage, Hello, AGENT_PATH, DEFAULT_KEEPALIVE_INTERVAL,
-    DEFAULT_KEEPALIVE_WARNING_TIMEOUT, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+    DEFAULT_KEEPALIVE_WARNING_TIMEOUT, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, READ_BUFFER_BYTES,
 };
 use cairn_api::model::{Entity, Event};
 use cairn_api::validate::check_name;
@@ -646,7 +646,8 @@ async fn run_connection(
     };
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+        .read_buffer_size(READ_BUFFER_BYTES);
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(tls, check_path, Some(config));
     let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
         Ok(Ok(ws)) => ws,

@@ -15,7 +15,7 @@
 //! interval, so the spread is the same after a restart and on every backend.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,6 +45,15 @@ const LIST_PAGE: usize = 1000;
 /// TTL events stored at once: each is a guarded store write, and concurrent writes share a
 /// commit, so a burst of expiries does not take one fsync each in turn.
 const TTL_CONCURRENCY: usize = 32;
+
+/// Check requests one firing sends per second at most. A check that matches more sessions is
+/// spread over several seconds, sessions in entity order in equal slices, one slice at each tick
+/// (each request `issued` at its own second), and over no more than half its interval (or 30 s
+/// for a cron check): 10,000 agents on one 10 s check become 2,000 requests a second for 5 s
+/// instead of a burst of 10,000 results that the store must take in one second. Sensu's
+/// `splay_coverage` does the same for proxy requests. An agent keeps its slot from firing to
+/// firing while the fleet does not change, so its results stay one interval apart.
+const FANOUT_PER_SECOND: usize = 2_000;
 
 /// Pause before retrying a failed load or watch.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -86,6 +95,7 @@ pub fn spawn(
             stats: Arc::clone(&stats),
             hooks: HashMap::new(),
             warned_hooks: HashSet::new(),
+            paced: BTreeMap::new(),
         },
         ttl: TtlTracker::default(),
     };
@@ -335,9 +345,7 @@ impl Scheduler {
     /// One second of scheduling: fires due checks and raises overdue TTLs.
     async fn tick(&mut self, now: i64) {
         let firings = self.timetable.due(now);
-        if !firings.is_empty() {
-            self.dispatcher.fire(&firings, now);
-        }
+        self.dispatcher.fire(&firings, now);
         let timetable = &self.timetable;
         // The ttl of each check, looked up once per tick rather than once per entity.
         let mut check_ttls: HashMap<(&str, &str), Option<i64>> = HashMap::new();
@@ -766,12 +774,44 @@ struct Dispatcher {
     /// `(namespace, check, hook)` already reported missing, so a missing hook is logged once
     /// (until the hooks change) rather than at every firing.
     warned_hooks: HashSet<(String, String, String)>,
+    /// Slices of large firings still to send, by the second they are due (see
+    /// [`FANOUT_PER_SECOND`]).
+    paced: BTreeMap<i64, Vec<Slice>>,
+}
+
+/// Part of a large firing, sent at a later tick.
+struct Slice {
+    namespace: String,
+    check: String,
+    request: CheckRequest,
+    sessions: Vec<Session>,
+}
+
+/// How a firing to `targets` sessions of a check with `interval` (0 for cron) is spread:
+/// `(seconds, sessions per second)`.
+fn fanout_slices(targets: usize, interval: i64) -> (usize, usize) {
+    let period = if interval > 0 { interval } else { 60 };
+    let most_seconds = usize::try_from((period / 2).max(1)).unwrap_or(1);
+    let seconds = targets.div_ceil(FANOUT_PER_SECOND).clamp(1, most_seconds);
+    (seconds, targets.div_ceil(seconds).max(1))
 }
 
 impl Dispatcher {
-    /// Sends the requests of one tick's firings. Never waits: a session whose queue is full or
-    /// closed misses the request.
+    /// Sends the requests of one tick's firings, and the slices of earlier large firings that
+    /// are due. Never waits: a session whose queue is full or closed misses the request.
     fn fire(&mut self, firings: &[Firing], now: i64) {
+        while let Some(entry) = self.paced.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            for slice in entry.remove() {
+                let request = CheckRequest {
+                    issued: now,
+                    ..slice.request
+                };
+                self.send_all(&slice.namespace, &slice.check, &request, &slice.sessions);
+            }
+        }
         // Checks of one tick that share subscriptions share one look-up of the sessions.
         let mut targets: HashMap<(String, Vec<String>), Vec<Session>> = HashMap::new();
         for firing in firings {
@@ -798,29 +838,50 @@ impl Dispatcher {
                 issued: now,
                 secrets: Vec::new(),
             };
+            let (seconds, per_second) = fanout_slices(chosen.len(), config.interval);
             tracing::debug!(
                 %namespace,
                 check = %name,
                 scheduled = firing.at,
                 sessions = chosen.len(),
+                seconds,
                 "check fired"
             );
-            for session in chosen {
-                let message = BackendMessage::CheckRequest(Box::new(request.clone()));
-                match session.send(message) {
-                    Ok(()) => {
-                        self.stats.requests_sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(err) => {
-                        self.stats.requests_dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            %namespace,
-                            check = %name,
-                            entity = %session.id.1,
-                            error = %err,
-                            "check request dropped"
-                        );
-                    }
+            let mut slices = chosen.chunks(per_second);
+            if let Some(first) = slices.next() {
+                self.send_all(namespace, name, &request, first);
+            }
+            for (later, sessions) in (1_i64..).zip(slices) {
+                self.paced
+                    .entry(now.saturating_add(later))
+                    .or_default()
+                    .push(Slice {
+                        namespace: namespace.clone(),
+                        check: name.clone(),
+                        request: request.clone(),
+                        sessions: sessions.to_vec(),
+                    });
+            }
+        }
+    }
+
+    /// Queues `request` for each of `sessions`, counting what was sent and what was dropped.
+    fn send_all(&self, namespace: &str, check: &str, request: &CheckRequest, sessions: &[Session]) {
+        for session in sessions {
+            let message = BackendMessage::CheckRequest(Box::new(request.clone()));
+            match session.send(message) {
+                Ok(()) => {
+                    self.stats.requests_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    self.stats.requests_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        namespace,
+                        check,
+                        entity = %session.id.1,
+                        error = %err,
+                        "check request dropped"
+                    );
                 }
             }
         }
@@ -1351,6 +1412,7 @@ pub(crate) mod tests {
             stats: Arc::new(SchedulerStats::default()),
             hooks: HashMap::new(),
             warned_hooks: HashSet::new(),
+            paced: BTreeMap::new(),
         }
     }
 
@@ -1372,6 +1434,70 @@ pub(crate) mod tests {
             }
         }
         requests
+    }
+
+    #[test]
+    fn large_firings_are_spread_over_at_most_half_the_interval() {
+        assert_eq!(fanout_slices(1, 10), (1, 1));
+        assert_eq!(fanout_slices(FANOUT_PER_SECOND, 10), (1, FANOUT_PER_SECOND));
+        assert_eq!(fanout_slices(FANOUT_PER_SECOND + 1, 10), (2, 1_001));
+        assert_eq!(fanout_slices(10_000, 10), (5, 2_000));
+        // Capped at half the interval: the rate goes up instead.
+        assert_eq!(fanout_slices(50_000, 10), (5, 10_000));
+        assert_eq!(fanout_slices(50_000, 1), (1, 50_000));
+        // Cron: 30 s at most.
+        assert_eq!(fanout_slices(100_000, 0), (30, 3_334));
+    }
+
+    #[test]
+    fn a_large_firing_goes_out_in_slices_at_later_ticks() {
+        let sessions = Sessions::new();
+        let total = FANOUT_PER_SECOND * 2 + 10;
+        let (mut registered, mut receivers) = (Vec::new(), Vec::new());
+        for index in 0..total {
+            let (session, receiver) = sessions.register(
+                "default",
+                &hello(&format!("agent-{index:05}"), &["linux"]),
+                true,
+            );
+            registered.push(session);
+            receivers.push(receiver);
+        }
+        let mut dispatcher = dispatcher(&sessions);
+        let issued = |receivers: &mut Vec<mpsc::Receiver<BackendMessage>>| -> Vec<Option<i64>> {
+            receivers
+                .iter_mut()
+                .map(|receiver| {
+                    let requests = drain(receiver);
+                    assert!(requests.len() <= 1);
+                    requests.first().map(|request| request.issued)
+                })
+                .collect()
+        };
+        dispatcher.fire(&[firing(check(10, "", &["linux"]), 0)], 100);
+        let first = issued(&mut receivers);
+        let sent_now = first.iter().filter(|at| **at == Some(100)).count();
+        assert_eq!(sent_now, total.div_ceil(3));
+        // Entity order: the first slice is the first names.
+        assert!(first[..sent_now].iter().all(Option::is_some));
+        dispatcher.fire(&[], 101);
+        let second = issued(&mut receivers);
+        assert_eq!(
+            second.iter().filter(|at| **at == Some(101)).count(),
+            sent_now
+        );
+        // A late tick sends everything due at once, issued then.
+        dispatcher.fire(&[], 105);
+        let third = issued(&mut receivers);
+        assert_eq!(
+            third.iter().filter(|at| **at == Some(105)).count(),
+            total - 2 * sent_now
+        );
+        assert!(dispatcher.paced.is_empty());
+        assert_eq!(
+            dispatcher.stats.requests_sent.load(Ordering::Relaxed),
+            u64::try_from(total).expect("small")
+        );
     }
 
     #[test]

@@ -43,7 +43,8 @@
 //!   answers that with a short ack: the same exchange without scheduling, parsing, the store or
 //!   the fsync. Ratios: RSS per session over its RSS per connection, and p99 over its p99
 //!   (median over rounds) at the same N.
-//! - **Real agent**: `cairn-agent install` with a join token, then `cairn-agent start`; its
+//! - **Real agent**: the binary as shipped (Cargo.toml's `agent` profile, built for size),
+//!   `cairn-agent install` with a join token, then `cairn-agent start`; its
 //!   `VmRSS` 10 s after its session is up, idle (no check subscribes it). No baseline: the
 //!   figure is absolute, against the 10 MiB goal.
 //!
@@ -381,6 +382,7 @@ fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(cairn_api::agent::MAX_MESSAGE_BYTES))
         .max_frame_size(Some(cairn_api::agent::MAX_MESSAGE_BYTES))
+        .read_buffer_size(cairn_api::agent::READ_BUFFER_BYTES)
 }
 
 /// The agent listener's TLS configuration, as `tls::agent_server_config` builds it.
@@ -738,7 +740,8 @@ fn real_agent_rss(
         created["token"].as_str().expect("a token").to_owned()
     });
     let config_dir = dir.join("real-agent");
-    let output = command("cairn-agent")
+    let shipped = cairn_tests::shipped_agent_binary();
+    let output = Command::new(&shipped)
         .args([
             "install",
             "--backend-url",
@@ -774,7 +777,8 @@ fn real_agent_rss(
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&config_file, yaml + "\n").expect("write agent.yaml");
-    let mut child = command("cairn-agent")
+    let mut child = Command::new(&shipped)
+        .env("CAIRN_LOG", "warn")
         .args(["start", "--config"])
         .arg(&config_file)
         .env_remove("CAIRN_AGENT_CONFIG")

@@ -50,6 +50,38 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The agent binary as it ships to hosts: Cargo.toml's `agent` profile (built for size), built
+/// here when missing or stale (benchmarks measure this one, not the test build).
+///
+/// # Panics
+/// When the build fails.
+pub fn shipped_agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    // target/<profile>/deps/<test> → target/
+    let target_dir = exe
+        .ancestors()
+        .nth(3)
+        .expect("test executables live in target/<profile>/deps");
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let status = Command::new(cargo)
+        .args(["build", "--profile", "agent", "-p", "cairn-agent"])
+        .status()
+        .expect("run cargo build --profile agent");
+    assert!(
+        status.success(),
+        "cargo build --profile agent -p cairn-agent failed"
+    );
+    let path = target_dir
+        .join("agent")
+        .join(format!("cairn-agent{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing after the build",
+        path.display()
+    );
+    path
+}
+
 /// A `Command` for a workspace binary, with logs kept quiet unless `CAIRN_LOG` is set.
 pub fn command(name: &str) -> Command {
     let mut command = Command::new(binary(name));
