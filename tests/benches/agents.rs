@@ -68,7 +68,7 @@ use cairn_agent::sim::{self, CheckTiming, Observer, SimAgent};
 use cairn_api::agent::AgentMessage;
 use cairn_api::model::{Check, CheckConfig, Event};
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
-use cairn_tests::{command, Backend};
+use cairn_tests::Backend;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
