@@ -92,6 +92,10 @@ pub struct CheckRequest {
     /// authenticated session; never stored or logged by either side.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretValue>,
+    /// The secrets of each hook in `hooks` that has any, by hook name; the same rules as
+    /// `secrets`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub hook_secrets: BTreeMap<String, Vec<SecretValue>>,
 }
 
 /// One resolved secret: the variable name the check asked for and its value.

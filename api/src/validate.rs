@@ -636,6 +636,7 @@ impl Checker {
             &hook.runtime_assets,
             NameRule::Asset,
         );
+        self.secrets(&spec_path("secrets"), &hook.secrets);
     }
 
     fn pipeline(&mut self, pipeline: &Pipeline) {

@@ -15,6 +15,7 @@ pub mod pki;
 pub mod rbac;
 pub mod resources;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod sessions;
 pub mod store;

@@ -837,6 +837,7 @@ impl Dispatcher {
                 hooks,
                 issued: now,
                 secrets: Vec::new(),
+                hook_secrets: std::collections::BTreeMap::new(),
             };
             let (seconds, per_second) = fanout_slices(chosen.len(), config.interval);
             tracing::debug!(

@@ -29,7 +29,7 @@ pub struct ResourceReference {
     pub api_version: String,
 }
 
-/// `secrets: [{name, secret}]` on checks, handlers and mutators.
+/// `secrets: [{name, secret}]` on checks, handlers, mutators and (a Cairn extension) hooks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecretRef {
@@ -265,6 +265,10 @@ pub struct HookConfig {
     /// Assets put on PATH.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub runtime_assets: Vec<String>,
+    /// Secrets exposed to the hook's process as environment variables (a Cairn extension:
+    /// Sensu's hooks have none, sensu-go#3197).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
 }
 
 /// `{host, port}` of a TCP/UDP handler.
