@@ -37,7 +37,8 @@
 //!   `unknown` (anything else), `non-zero`, or an exact exit code `0`…`255`; selectors are
 //!   matched against the command's real exit code, so `127` can select a hook although the
 //!   status is 3, and a timeout counts as 2. Hooks get the agent's environment only (Sensu gives
-//!   them no `env_vars` or secrets). Each result goes into `check.hooks` as the hook
+//!   them no `env_vars` or secrets; here a hook gets the secrets the backend resolved for it in
+//!   `hook_secrets`, and its output is redacted of every value of the request). Each result goes into `check.hooks` as the hook
 //!   configuration plus `duration`, `executed`, `issued`, `output` and `status`, Sensu's shape.
 //!   A selected hook the request does not carry yields a status 3 result saying so.
 //! - **Event.** The given entity, the check built from the configuration plus `status`,
@@ -82,8 +83,8 @@ pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// The check label recording how many output bytes were cut.
 pub const LABEL_OUTPUT_TRUNCATED: &str = "sensu.io/output_truncated_bytes";
 
-/// What replaces a secret value in output.
-pub const REDACTED: &str = "*****";
+use cairn_api::redact::Redactor;
+pub use cairn_api::redact::REDACTED;
 
 const STATUS_CRITICAL: u32 = 2;
 const STATUS_UNKNOWN: u32 = 3;
@@ -131,7 +132,7 @@ impl Executor {
     /// documentation).
     pub async fn run(&self, request: &CheckRequest, entity: &Entity) -> Event {
         let config = &request.config;
-        let base = check_from_config(config, request.issued);
+        let base = Check::from_config(config, request.issued);
         let (namespace, name) = config.metadata.as_ref().map_or(("", ""), |meta| {
             (meta.namespace.as_str(), meta.name.as_str())
         });
@@ -158,7 +159,7 @@ impl Executor {
         let Ok(_permit) = self.shared.slots.acquire().await else {
             return refused(entity, base, "the executor is closed".to_owned());
         };
-        let redactor = Redactor::new(&request.secrets);
+        let redactor = Redactor::of_request(request);
         if config.command.trim().is_empty() {
             return refused(entity, base, format!("check {name} has no command"));
         }
@@ -270,77 +271,6 @@ struct StdinPayload<'a, C: Serialize> {
     check: &'a C,
 }
 
-/// The check inside the event: every configuration field, plus `issued`.
-fn check_from_config(config: &CheckConfig, issued: i64) -> Check {
-    // Exhaustive on purpose: a field added to `CheckConfig` must be copied here.
-    let CheckConfig {
-        metadata,
-        command,
-        interval,
-        cron,
-        subscriptions,
-        handlers,
-        pipelines,
-        timeout,
-        ttl,
-        publish,
-        round_robin,
-        proxy_entity_name,
-        proxy_requests,
-        stdin,
-        runtime_assets,
-        env_vars,
-        secrets,
-        check_hooks,
-        output_metric_format,
-        output_metric_handlers,
-        output_metric_tags,
-        output_metric_thresholds,
-        high_flap_threshold,
-        low_flap_threshold,
-        max_output_size,
-        discard_output,
-        subdues,
-        subdue,
-        scheduler,
-        fallback_pipeline,
-    } = config.clone();
-    Check {
-        metadata,
-        command,
-        interval,
-        cron,
-        subscriptions,
-        handlers,
-        pipelines,
-        timeout,
-        ttl,
-        publish,
-        round_robin,
-        proxy_entity_name,
-        proxy_requests,
-        stdin,
-        runtime_assets,
-        env_vars,
-        secrets,
-        check_hooks,
-        output_metric_format,
-        output_metric_handlers,
-        output_metric_tags,
-        output_metric_thresholds,
-        high_flap_threshold,
-        low_flap_threshold,
-        max_output_size,
-        discard_output,
-        subdues,
-        subdue,
-        scheduler,
-        fallback_pipeline,
-        issued,
-        ..Check::default()
-    }
-}
-
 fn event(entity: &Entity, check: Check) -> Event {
     Event {
         timestamp: unix_now(),
@@ -402,65 +332,6 @@ fn check_env(
 
 fn valid_env_name(name: &str) -> bool {
     !name.is_empty() && !name.contains(['=', '\0'])
-}
-
-/// Replaces secret values in output.
-#[derive(Debug)]
-struct Redactor {
-    /// Non-empty values, longest first (so a secret containing another is replaced whole).
-    secrets: Vec<Vec<u8>>,
-}
-
-// === impl Redactor ===
-
-impl Redactor {
-    fn new(secrets: &[SecretValue]) -> Redactor {
-        let mut values: Vec<Vec<u8>> = secrets
-            .iter()
-            .filter(|secret| !secret.value.is_empty())
-            .map(|secret| secret.value.as_bytes().to_vec())
-            .collect();
-        values.sort_by(|left, right| right.len().cmp(&left.len()).then(left.cmp(right)));
-        values.dedup();
-        Redactor { secrets: values }
-    }
-
-    fn longest(&self) -> usize {
-        self.secrets.first().map_or(0, Vec::len)
-    }
-
-    /// The length of the secret starting at `bytes[0]`, if any.
-    fn match_at(&self, bytes: &[u8]) -> Option<usize> {
-        self.secrets
-            .iter()
-            .find(|secret| bytes.starts_with(secret))
-            .map(Vec::len)
-    }
-
-    fn redact_str(&self, text: &str) -> String {
-        let (redacted, _) = self.redact_cut(text.as_bytes(), text.len());
-        String::from_utf8_lossy(&redacted).into_owned()
-    }
-
-    /// `bytes[..cut]` with every secret replaced; a secret that starts before `cut` is replaced
-    /// whole even when it runs past it. Also returns how far into `bytes` it got.
-    fn redact_cut(&self, bytes: &[u8], cut: usize) -> (Vec<u8>, usize) {
-        let mut out = Vec::with_capacity(cut);
-        let mut idx = 0;
-        while idx < cut {
-            match self.match_at(&bytes[idx..]) {
-                Some(len) => {
-                    out.extend_from_slice(REDACTED.as_bytes());
-                    idx += len;
-                }
-                None => {
-                    out.push(bytes[idx]);
-                    idx += 1;
-                }
-            }
-        }
-        (out, idx)
-    }
 }
 
 /// Output read so far: the first `keep` bytes, and how many came in all.
@@ -885,10 +756,28 @@ async fn run_hooks(
             Ok(secs) if secs > 0 => secs,
             _ => DEFAULT_HOOK_TIMEOUT.as_secs(),
         };
+        let hook_secrets = request
+            .hook_secrets
+            .get(name)
+            .map_or(&[][..], Vec::as_slice);
+        let env = match check_env(&[], hook_secrets) {
+            Ok(env) => env,
+            Err(message) => {
+                results.push(hook_result(
+                    hook,
+                    request.issued,
+                    STATUS_UNKNOWN,
+                    redactor.redact_str(&message),
+                    unix_now(),
+                    0.0,
+                ));
+                continue;
+            }
+        };
         let outcome = execute(Run {
             command: &hook.command,
             timeout_secs,
-            env: &[],
+            env: &env,
             stdin,
             max_output,
             redactor,
@@ -970,7 +859,7 @@ mod tests {
             config,
             hooks: Vec::new(),
             issued: 1_700_000_000,
-            secrets: Vec::new(),
+            ..CheckRequest::default()
         }
     }
 
@@ -1308,13 +1197,16 @@ mod tests {
             hook("on-warning", "echo warning-hook"),
             hook("on-critical", "echo critical-hook; exit 1"),
             hook("on-fail", "echo fail-hook"),
-            hook("on-unknown", "echo unknown-hook"),
+            hook("on-unknown", "echo unknown-hook ${HOOK_TOKEN:-unset}"),
             hook("on-127", "echo not-found-hook"),
             HookConfig {
                 stdin: true,
                 ..hook("reads-event", "cat")
             },
-            hook("leaky", "echo hunter2-value"),
+            hook(
+                "leaky",
+                "echo hunter2-value; test \"$HOOK_TOKEN\" = hook-secret-9 && echo \"saw $HOOK_TOKEN\"",
+            ),
         ];
         let check_hooks: Vec<BTreeMap<String, Vec<String>>> = vec![
             BTreeMap::from([("0".to_owned(), vec!["on-ok".to_owned()])]),
@@ -1342,6 +1234,10 @@ mod tests {
             let mut request = request(config);
             request.hooks = hooks.clone();
             request.secrets = vec![secret("SECRET_X", "hunter2-value")];
+            request.hook_secrets = BTreeMap::from([(
+                "leaky".to_owned(),
+                vec![secret("HOOK_TOKEN", "hook-secret-9")],
+            )]);
             request
         };
         let executor = executor(1);
@@ -1383,8 +1279,12 @@ mod tests {
             ["on-fail", "on-unknown", "leaky", "on-127"]
         );
         assert_eq!(
-            check.hooks[2]["output"], "*****\n",
-            "hook output is redacted"
+            check.hooks[2]["output"], "*****\nsaw *****\n",
+            "a hook gets its own secrets, and its output is redacted"
+        );
+        assert_eq!(
+            check.hooks[1]["output"], "unknown-hook unset\n",
+            "a hook does not get another hook's secrets"
         );
 
         let mut timed_out = run_with("sleep 30");
@@ -1526,8 +1426,8 @@ mod tests {
 
     #[test]
     fn redaction_prefers_the_longest_secret() {
-        let redactor = Redactor::new(&[secret("A", "abc"), secret("B", "abcdef")]);
+        let redactor = Redactor::of_secrets(&[secret("A", "abc"), secret("B", "abcdef")]);
         assert_eq!(redactor.redact_str("xabcdefyabc"), "x*****y*****");
-        assert_eq!(Redactor::new(&[]).redact_str("plain"), "plain");
+        assert_eq!(Redactor::of_secrets(&[]).redact_str("plain"), "plain");
     }
 }

@@ -36,6 +36,7 @@ use cairn_api::agent::{
     PROTOCOL_VERSION, READ_BUFFER_BYTES,
 };
 use cairn_api::model::{Entity, Event, System};
+use cairn_api::redact::Redactor;
 use cairn_api::ObjectMeta;
 
 use crate::backoff::Backoff;
@@ -368,19 +369,14 @@ impl Live<'_> {
             .unwrap_or_default();
         tracing::debug!(%check, "check request");
         tokio::spawn(async move {
-            let secrets: Vec<String> = request
-                .secrets
-                .iter()
-                .map(|secret| secret.value.clone())
-                .filter(|value| !value.is_empty())
-                .collect();
+            let redactor = Redactor::of_request(&request);
             let mut event = executor.run(&request, &entity).await;
             drop(request);
             if let Some(check) = event.check.as_mut() {
                 check.processed_by.clone_from(&name);
             }
-            redact_secrets(&mut event, &secrets);
-            drop(secrets);
+            redact_secrets(&mut event, &redactor);
+            drop(redactor);
             if events.send(event).await.is_err() {
                 tracing::warn!(%check, "the agent is stopping; check result not queued");
             }
@@ -783,42 +779,18 @@ pub fn entity(config: &AgentConfig, system: System) -> Entity {
 /// Replaces every occurrence of a secret value in what a command wrote (the check's output,
 /// its hooks and its metrics) with `*****`. The executor already redacts output; this is the
 /// agent's own guarantee that nothing secret reaches the queue.
-pub fn redact_secrets(event: &mut Event, secrets: &[String]) {
-    if secrets.is_empty() {
+pub fn redact_secrets(event: &mut Event, redactor: &Redactor) {
+    if redactor.is_empty() {
         return;
     }
-    let redact = |text: &mut String| {
-        for secret in secrets {
-            if !secret.is_empty() && text.contains(secret.as_str()) {
-                *text = text.replace(secret.as_str(), crate::exec::REDACTED);
-            }
-        }
-    };
     if let Some(check) = event.check.as_mut() {
-        redact(&mut check.output);
+        redactor.redact_in_place(&mut check.output);
         for hook in &mut check.hooks {
-            redact_value(hook, &redact);
+            redactor.redact_json(hook);
         }
     }
     if let Some(metrics) = event.metrics.as_mut() {
-        redact_value(metrics, &redact);
-    }
-}
-
-fn redact_value(value: &mut serde_json::Value, redact: &impl Fn(&mut String)) {
-    match value {
-        serde_json::Value::String(text) => redact(text),
-        serde_json::Value::Array(items) => {
-            for item in items {
-                redact_value(item, redact);
-            }
-        }
-        serde_json::Value::Object(map) => {
-            for item in map.values_mut() {
-                redact_value(item, redact);
-            }
-        }
-        _ => {}
+        redactor.redact_json(metrics);
     }
 }
 
@@ -855,7 +827,7 @@ mod tests {
             metrics: Some(serde_json::json!({"points": [{"name": "x hunter2"}]})),
             ..Event::default()
         };
-        redact_secrets(&mut event, &["hunter2".into(), String::new()]);
+        redact_secrets(&mut event, &Redactor::new(["hunter2", ""]));
         let json = serde_json::to_string(&event).unwrap();
         assert!(!json.contains("hunter2"), "{json}");
         assert_eq!(event.check.unwrap().output, "token=***** ok");

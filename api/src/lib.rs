@@ -15,6 +15,7 @@ pub mod logging;
 pub mod meta;
 pub mod model;
 pub mod problem;
+pub mod redact;
 pub mod resource;
 pub mod validate;
 

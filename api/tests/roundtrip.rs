@@ -668,6 +668,7 @@ fn hook_config() -> Strat<HookConfig> {
             timeout,
             stdin,
             runtime_assets,
+            secrets: Vec::new(),
         })
         .boxed()
 }

@@ -256,6 +256,7 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             agent_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             body_limit: DEFAULT_BODY_LIMIT,
+            secrets: cairn_backend::secrets::SecretsConfig::default(),
         },
         async move {
             let _ = stopped_ours.await;

@@ -81,6 +81,10 @@ struct StartArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
     api_request_limit: usize,
+    /// The longest a resolved secret value is kept in memory, seconds (a shorter Vault lease
+    /// wins); a value rotated at its provider is seen after at most this long.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    secrets_cache_ttl: u64,
 }
 
 fn main() -> ExitCode {
@@ -142,6 +146,10 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
         api_listen: args.api_listen,
         agent_listen: agent_listen(args.agent_listen, args.api_listen),
         body_limit: args.api_request_limit,
+        secrets: cairn_backend::secrets::SecretsConfig {
+            max_ttl: std::time::Duration::from_secs(args.secrets_cache_ttl),
+            ..cairn_backend::secrets::SecretsConfig::default()
+        },
     };
     let running = server::start(&config, shutdown_signal())
         .await

@@ -23,7 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use cairn_api::agent::SecretValue;
+use cairn_api::model::SecretRef;
 use cairn_api::model::{Event, EventFilter, Handler, HandlerSocket, Silenced};
+use cairn_api::redact::Redactor;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -153,6 +156,25 @@ pub trait HandlerResolver: Send + Sync {
     async fn filter(&self, namespace: &str, name: &str) -> Option<EventFilter>;
     /// Every silenced entry in `namespace`, with its name.
     async fn silenced(&self, namespace: &str) -> Vec<(String, Silenced)>;
+    /// The values of a handler's `secrets` in `namespace`, all or nothing.
+    ///
+    /// # Errors
+    /// Why one could not be resolved, naming it and never a value. The default resolves
+    /// nothing: any reference is an error.
+    async fn secrets(
+        &self,
+        namespace: &str,
+        refs: &[SecretRef],
+    ) -> Result<Vec<SecretValue>, String> {
+        let _ = namespace;
+        match refs.first() {
+            None => Ok(Vec::new()),
+            Some(first) => Err(format!(
+                "secret \"{}\" (for {}): no secrets provider is configured",
+                first.secret, first.name
+            )),
+        }
+    }
 }
 
 /// The running pipeline: a bounded queue in front of one dispatcher task.
@@ -413,9 +435,10 @@ impl Dispatcher {
                 handler_type = %handler.handler_type,
             );
             let dispatcher = Arc::clone(self);
+            let namespace = namespace.clone();
             running.spawn(
                 async move {
-                    dispatcher.run_handler(&handler, payload).await;
+                    dispatcher.run_handler(&namespace, &handler, payload).await;
                     drop(slot);
                 }
                 .instrument(span),
@@ -628,13 +651,27 @@ impl Dispatcher {
         }
     }
 
-    async fn run_handler(&self, handler: &Handler, payload: Arc<[u8]>) {
+    async fn run_handler(&self, namespace: &str, handler: &Handler, payload: Arc<[u8]>) {
         let limit = match u64::try_from(handler.timeout) {
             Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
             _ => self.default_timeout,
         };
+        // Resolved per run (the secrets cache makes that one provider read per TTL); a handler
+        // whose secrets fail is not run rather than run without them.
+        let secrets = if handler.handler_type == "pipe" && !handler.secrets.is_empty() {
+            match self.resolver.secrets(namespace, &handler.secrets).await {
+                Ok(secrets) => secrets,
+                Err(reason) => {
+                    self.stats.handler_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %reason, "handler not run: its secrets could not be resolved");
+                    return;
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let outcome = match handler.handler_type.as_str() {
-            "pipe" => self.run_pipe(handler, &payload, limit).await,
+            "pipe" => self.run_pipe(handler, &secrets, &payload, limit).await,
             "tcp" => send_tcp(handler.socket.as_ref(), &payload, limit).await,
             "udp" => send_udp(handler.socket.as_ref(), &payload, limit).await,
             other => Err(RunError::UnknownType(other.to_owned())),
@@ -652,10 +689,12 @@ impl Dispatcher {
     }
 
     /// Runs `sh -c <command>` in its own process group with the payload on stdin; on timeout the
-    /// whole group is killed.
+    /// whole group is killed. The environment is the backend's, the handler's `env_vars`, then
+    /// its secrets (which win, as in Sensu); the output it logs has the secret values redacted.
     async fn run_pipe(
         &self,
         handler: &Handler,
+        secrets: &[SecretValue],
         payload: &Arc<[u8]>,
         limit: Duration,
     ) -> Result<(), RunError> {
@@ -671,6 +710,12 @@ impl Dispatcher {
             .env_clear()
             .envs(self.base_env.iter().map(|(key, value)| (key, value)))
             .envs(env_vars)
+            .envs(
+                secrets
+                    .iter()
+                    .filter(|secret| !secret.value.is_empty())
+                    .map(|secret| (&secret.name, &secret.value)),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -714,9 +759,10 @@ impl Dispatcher {
         let stdout = collect_output(stdout).await;
         let stderr = collect_output(stderr).await;
         if !stdout.is_empty() || !stderr.is_empty() {
+            let redactor = Redactor::of_secrets(secrets);
             debug!(
-                stdout = %String::from_utf8_lossy(&stdout),
-                stderr = %String::from_utf8_lossy(&stderr),
+                stdout = %redactor.redact_str(&String::from_utf8_lossy(&stdout)),
+                stderr = %redactor.redact_str(&String::from_utf8_lossy(&stderr)),
                 "handler output"
             );
         }
@@ -1819,6 +1865,8 @@ mod tests {
         handlers: HashMap<String, Handler>,
         filters: HashMap<String, EventFilter>,
         silenced: Vec<(String, Silenced)>,
+        /// Secret resource name → value; a missing one fails.
+        secrets: HashMap<String, String>,
     }
 
     #[async_trait]
@@ -1833,6 +1881,22 @@ mod tests {
 
         async fn silenced(&self, _namespace: &str) -> Vec<(String, Silenced)> {
             self.silenced.clone()
+        }
+
+        async fn secrets(
+            &self,
+            _namespace: &str,
+            refs: &[SecretRef],
+        ) -> Result<Vec<SecretValue>, String> {
+            refs.iter()
+                .map(|reference| match self.secrets.get(&reference.secret) {
+                    Some(value) => Ok(SecretValue {
+                        name: reference.name.clone(),
+                        value: value.clone(),
+                    }),
+                    None => Err(format!("secret \"{}\" not found", reference.secret)),
+                })
+                .collect()
         }
     }
 
@@ -2053,6 +2117,55 @@ mod tests {
         assert!(!keys.contains(&"CARGO_MANIFEST_DIR"), "{env}");
         assert!(!keys.contains(&"not-an-assignment"), "{env}");
         pipeline.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn secrets_reach_the_handler_environment_and_win_over_env_vars() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = temp_file(&dir, "secret.txt");
+        let handler = Handler {
+            env_vars: vec!["WEBHOOK=from-env-vars".to_owned()],
+            secrets: vec![SecretRef {
+                name: "WEBHOOK".to_owned(),
+                secret: "slack".to_owned(),
+            }],
+            ..pipe(format!(
+                "printenv WEBHOOK > '{}.tmp' && mv '{}.tmp' '{}'",
+                out.display(),
+                out.display(),
+                out.display()
+            ))
+        };
+        let missing = Handler {
+            secrets: vec![SecretRef {
+                name: "TOKEN".to_owned(),
+                secret: "absent".to_owned(),
+            }],
+            ..pipe(format!("touch '{}'", temp_file(&dir, "ran").display()))
+        };
+        let mut resolver = FakeResolver::default()
+            .handler("slack", handler)
+            .handler("missing", missing);
+        resolver.secrets.insert(
+            "slack".to_owned(),
+            "https://hooks.example/s3cr3t".to_owned(),
+        );
+        let pipeline = start(resolver);
+        submit(&pipeline, event(2, &["missing", "slack"]));
+
+        let mut seen = String::new();
+        wait_until("the handler to write the secret", || {
+            seen = std::fs::read_to_string(&out).unwrap_or_default();
+            !seen.is_empty()
+        })
+        .await;
+        assert_eq!(seen, "https://hooks.example/s3cr3t\n");
+        pipeline.shutdown().await.unwrap();
+        assert!(
+            !temp_file(&dir, "ran").exists(),
+            "a handler whose secret failed ran"
+        );
+        assert_eq!(pipeline.stats().handler_failures.load(Ordering::Relaxed), 1);
     }
 
     /// Whether `/proc/<pid>` is gone or a zombie (dead, waiting for init to reap it).

@@ -23,12 +23,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chrono::{TimeZone, Utc};
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use cairn_api::agent::{BackendMessage, CheckRequest};
-use cairn_api::model::{CheckConfig, Event, HookConfig};
-use cairn_api::{Kind, Spec};
+use cairn_api::model::{Check, CheckConfig, Entity, Event, HookConfig};
+use cairn_api::{Kind, ObjectMeta, Spec};
 
 use crate::api::AppState;
 use crate::resources::{self, Resources, RESOURCE_PREFIX};
@@ -67,6 +67,9 @@ pub struct SchedulerStats {
     pub requests_sent: AtomicU64,
     /// Check requests not queued because the session's queue was full or the session ended.
     pub requests_dropped: AtomicU64,
+    /// Check requests not sent because their secrets could not be resolved or the session is
+    /// not authenticated with a client certificate (each stores a status 3 event instead).
+    pub requests_undeliverable: AtomicU64,
     /// Events raised by the TTL watchdog.
     pub ttl_events: AtomicU64,
 }
@@ -87,6 +90,7 @@ pub fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> (Arc<SchedulerStats>, JoinHandle<()>) {
     let stats = Arc::new(SchedulerStats::default());
+    let (resolved_sender, resolved) = mpsc::unbounded_channel();
     let scheduler = Scheduler {
         state,
         timetable: Timetable::default(),
@@ -96,8 +100,11 @@ pub fn spawn(
             hooks: HashMap::new(),
             warned_hooks: HashSet::new(),
             paced: BTreeMap::new(),
+            undeliverable: Vec::new(),
         },
         ttl: TtlTracker::default(),
+        resolved,
+        resolved_sender,
     };
     (stats, tokio::spawn(run(scheduler, shutdown)))
 }
@@ -127,6 +134,9 @@ struct Scheduler {
     timetable: Timetable,
     dispatcher: Dispatcher,
     ttl: TtlTracker,
+    /// Firings whose secrets were resolved (or failed to) off the loop, back for dispatch.
+    resolved: mpsc::UnboundedReceiver<(Prepared, Result<(), String>)>,
+    resolved_sender: mpsc::UnboundedSender<(Prepared, Result<(), String>)>,
 }
 
 async fn run(mut scheduler: Scheduler, mut shutdown: watch::Receiver<bool>) {
@@ -161,6 +171,9 @@ async fn run(mut scheduler: Scheduler, mut shutdown: watch::Receiver<bool>) {
                 () = &mut tick => {
                     scheduler.tick(unix_now()).await;
                     tick.as_mut().reset(next_second());
+                }
+                Some((prepared, outcome)) = scheduler.resolved.recv() => {
+                    scheduler.resolved(prepared, outcome, unix_now());
                 }
                 change = changes.next() => match change {
                     Some(Ok(change)) => scheduler.apply(&change, unix_now()),
@@ -343,9 +356,29 @@ impl Scheduler {
     }
 
     /// One second of scheduling: fires due checks and raises overdue TTLs.
+    /// Sends a firing whose secrets were resolved, or stores why it cannot be sent.
+    fn resolved(&mut self, prepared: Prepared, outcome: Result<(), String>, now: i64) {
+        match outcome {
+            Ok(()) => self.dispatcher.dispatch(prepared, now),
+            Err(reason) => self.dispatcher.undeliverable(prepared, reason),
+        }
+        spawn_undeliverable_events(&self.state, self.dispatcher.take_undeliverable(), now);
+    }
+
     async fn tick(&mut self, now: i64) {
         let firings = self.timetable.due(now);
-        self.dispatcher.fire(&firings, now);
+        for mut prepared in self.dispatcher.fire(&firings, now) {
+            // Resolved off the loop: a slow or unreachable provider must not hold up the other
+            // checks (its own failures are answered from the secrets cache's backoff).
+            let secrets = Arc::clone(&self.state.secrets);
+            let back = self.resolved_sender.clone();
+            tokio::spawn(async move {
+                let outcome = prepared.resolve_secrets(&secrets).await;
+                // The loop only stops at shutdown, when nothing needs sending any more.
+                let _ = back.send((prepared, outcome));
+            });
+        }
+        spawn_undeliverable_events(&self.state, self.dispatcher.take_undeliverable(), now);
         let timetable = &self.timetable;
         // The ttl of each check, looked up once per tick rather than once per entity.
         let mut check_ttls: HashMap<(&str, &str), Option<i64>> = HashMap::new();
@@ -777,6 +810,8 @@ struct Dispatcher {
     /// Slices of large firings still to send, by the second they are due (see
     /// [`FANOUT_PER_SECOND`]).
     paced: BTreeMap<i64, Vec<Slice>>,
+    /// Requests that could not be sent, waiting for their failure events.
+    undeliverable: Vec<Undeliverable>,
 }
 
 /// Part of a large firing, sent at a later tick.
@@ -797,9 +832,11 @@ fn fanout_slices(targets: usize, interval: i64) -> (usize, usize) {
 }
 
 impl Dispatcher {
-    /// Sends the requests of one tick's firings, and the slices of earlier large firings that
-    /// are due. Never waits: a session whose queue is full or closed misses the request.
-    fn fire(&mut self, firings: &[Firing], now: i64) {
+    /// Handles one tick: sends the slices of earlier large firings that are due, then the
+    /// requests of `firings`. Never waits: a session whose queue is full or closed misses the
+    /// request. Returns the firings whose check or hooks name secrets, for the caller to resolve
+    /// off the loop and hand to [`Dispatcher::dispatch`] (or [`Dispatcher::undeliverable`]).
+    fn fire(&mut self, firings: &[Firing], now: i64) -> Vec<Prepared> {
         while let Some(entry) = self.paced.first_entry() {
             if *entry.key() > now {
                 break;
@@ -814,6 +851,7 @@ impl Dispatcher {
         }
         // Checks of one tick that share subscriptions share one look-up of the sessions.
         let mut targets: HashMap<(String, Vec<String>), Vec<Session>> = HashMap::new();
+        let mut with_secrets = Vec::new();
         for firing in firings {
             self.stats.firings.fetch_add(1, Ordering::Relaxed);
             let (namespace, name) = &firing.key;
@@ -832,43 +870,108 @@ impl Dispatcher {
                 &sessions[..]
             };
             let hooks = hooks_for(&self.hooks, &mut self.warned_hooks, namespace, config);
-            let request = CheckRequest {
-                config: CheckConfig::clone(config),
-                hooks,
-                issued: now,
-                secrets: Vec::new(),
-                hook_secrets: std::collections::BTreeMap::new(),
+            let prepared = Prepared {
+                namespace: namespace.clone(),
+                check: name.clone(),
+                request: CheckRequest {
+                    config: CheckConfig::clone(config),
+                    hooks,
+                    issued: now,
+                    ..CheckRequest::default()
+                },
+                sessions: chosen.to_vec(),
             };
-            let (seconds, per_second) = fanout_slices(chosen.len(), config.interval);
             tracing::debug!(
                 %namespace,
                 check = %name,
                 scheduled = firing.at,
                 sessions = chosen.len(),
-                seconds,
                 "check fired"
             );
-            let mut slices = chosen.chunks(per_second);
-            if let Some(first) = slices.next() {
-                self.send_all(namespace, name, &request, first);
+            if prepared.names_secrets() {
+                with_secrets.push(prepared);
+            } else {
+                self.dispatch(prepared, now);
             }
-            for (later, sessions) in (1_i64..).zip(slices) {
-                self.paced
-                    .entry(now.saturating_add(later))
-                    .or_default()
-                    .push(Slice {
-                        namespace: namespace.clone(),
-                        check: name.clone(),
-                        request: request.clone(),
-                        sessions: sessions.to_vec(),
-                    });
-            }
+        }
+        with_secrets
+    }
+
+    /// Sends a prepared request to its sessions: at once, or in slices over the next seconds
+    /// when there are many (see [`FANOUT_PER_SECOND`]).
+    fn dispatch(&mut self, prepared: Prepared, now: i64) {
+        let Prepared {
+            namespace,
+            check,
+            mut request,
+            sessions,
+        } = prepared;
+        request.issued = now;
+        let (_, per_second) = fanout_slices(sessions.len(), request.config.interval);
+        let mut slices = sessions.chunks(per_second);
+        if let Some(first) = slices.next() {
+            self.send_all(&namespace, &check, &request, first);
+        }
+        for (later, sessions) in (1_i64..).zip(slices) {
+            self.paced
+                .entry(now.saturating_add(later))
+                .or_default()
+                .push(Slice {
+                    namespace: namespace.clone(),
+                    check: check.clone(),
+                    request: request.clone(),
+                    sessions: sessions.to_vec(),
+                });
         }
     }
 
-    /// Queues `request` for each of `sessions`, counting what was sent and what was dropped.
-    fn send_all(&self, namespace: &str, check: &str, request: &CheckRequest, sessions: &[Session]) {
+    /// Records that `prepared` cannot be sent, for `reason`: each of its sessions gets a failure
+    /// event (see [`Dispatcher::take_undeliverable`]).
+    fn undeliverable(&mut self, prepared: Prepared, reason: String) {
+        tracing::warn!(
+            namespace = %prepared.namespace,
+            check = %prepared.check,
+            sessions = prepared.sessions.len(),
+            %reason,
+            "check not sent"
+        );
+        self.stats
+            .requests_undeliverable
+            .fetch_add(prepared.sessions.len() as u64, Ordering::Relaxed);
+        self.undeliverable.push(Undeliverable {
+            namespace: prepared.namespace,
+            config: prepared.request.config,
+            entities: prepared
+                .sessions
+                .into_iter()
+                .map(|session| session.id.1)
+                .collect(),
+            reason,
+        });
+    }
+
+    /// The requests that could not be sent since the last call.
+    fn take_undeliverable(&mut self) -> Vec<Undeliverable> {
+        std::mem::take(&mut self.undeliverable)
+    }
+
+    /// Queues `request` for each of `sessions`, counting what was sent and what was dropped. A
+    /// request carrying secret values only goes to a session authenticated with a client
+    /// certificate; any other gets a failure event instead.
+    fn send_all(
+        &mut self,
+        namespace: &str,
+        check: &str,
+        request: &CheckRequest,
+        sessions: &[Session],
+    ) {
+        let carries_secrets = !request.secrets.is_empty() || !request.hook_secrets.is_empty();
+        let mut refused = Vec::new();
         for session in sessions {
+            if carries_secrets && !session.authenticated {
+                refused.push(session.clone());
+                continue;
+            }
             let message = BackendMessage::CheckRequest(Box::new(request.clone()));
             match session.send(message) {
                 Ok(()) => {
@@ -886,6 +989,159 @@ impl Dispatcher {
                 }
             }
         }
+        if !refused.is_empty() {
+            self.undeliverable(
+                Prepared {
+                    namespace: namespace.to_owned(),
+                    check: check.to_owned(),
+                    request: CheckRequest {
+                        config: request.config.clone(),
+                        ..CheckRequest::default()
+                    },
+                    sessions: refused,
+                },
+                "the check names secrets, and secrets are only sent to an agent whose session \
+                 is authenticated with a client certificate (mutual TLS); this one is not"
+                    .to_owned(),
+            );
+        }
+    }
+}
+
+/// A firing's request and the sessions it goes to, before it is sent.
+struct Prepared {
+    namespace: String,
+    check: String,
+    request: CheckRequest,
+    sessions: Vec<Session>,
+}
+
+impl Prepared {
+    /// Whether the check or one of its hooks names secrets, to be resolved before sending.
+    fn names_secrets(&self) -> bool {
+        !self.request.config.secrets.is_empty()
+            || self
+                .request
+                .hooks
+                .iter()
+                .any(|hook| !hook.secrets.is_empty())
+    }
+
+    /// Resolves the secrets of the check and its hooks into the request; all or nothing.
+    ///
+    /// # Errors
+    /// What failed, naming the secret (never a value).
+    async fn resolve_secrets(&mut self, secrets: &crate::secrets::Secrets) -> Result<(), String> {
+        let request = &mut self.request;
+        request.secrets = secrets
+            .resolve(&self.namespace, &request.config.secrets)
+            .await
+            .map_err(|err| err.to_string())?;
+        for hook in &request.hooks {
+            if hook.secrets.is_empty() {
+                continue;
+            }
+            let name = hook
+                .metadata
+                .as_ref()
+                .map(|meta| meta.name.clone())
+                .unwrap_or_default();
+            let values = secrets
+                .resolve(&self.namespace, &hook.secrets)
+                .await
+                .map_err(|err| format!("hook {name}: {err}"))?;
+            request.hook_secrets.insert(name, values);
+        }
+        Ok(())
+    }
+}
+
+/// A check request that could not be sent to some sessions, and why.
+struct Undeliverable {
+    namespace: String,
+    config: CheckConfig,
+    entities: Vec<String>,
+    reason: String,
+}
+
+/// `created_by` of the events stored for checks that could not be sent.
+pub const UNDELIVERABLE_CREATED_BY: &str = "cairn/scheduler";
+
+/// The event stored for `entity` when its check could not be sent: status 3 (unknown), the
+/// reason as output, so the failure is seen (and handled) rather than the check going quiet.
+fn undeliverable_event(
+    namespace: &str,
+    entity: &str,
+    config: &CheckConfig,
+    reason: &str,
+    now: i64,
+) -> Event {
+    let mut check = Check::from_config(config, now);
+    check.status = 3;
+    check.executed = now;
+    check.output = format!("check not sent: {reason}");
+    Event {
+        entity: Some(Entity {
+            metadata: Some(ObjectMeta::named(namespace, entity)),
+            entity_class: "agent".to_owned(),
+            ..Entity::default()
+        }),
+        check: Some(check),
+        ..Event::default()
+    }
+}
+
+/// Stores the failure events of `undeliverable` in the background (a few at a time).
+fn spawn_undeliverable_events(state: &AppState, undeliverable: Vec<Undeliverable>, now: i64) {
+    if undeliverable.is_empty() {
+        return;
+    }
+    let jobs: Vec<(Arc<Undeliverable>, String)> = undeliverable
+        .into_iter()
+        .flat_map(|mut item| {
+            let entities = std::mem::take(&mut item.entities);
+            let item = Arc::new(item);
+            entities
+                .into_iter()
+                .map(move |entity| (Arc::clone(&item), entity))
+        })
+        .collect();
+    let state = state.clone();
+    tokio::spawn(async move {
+        futures::stream::iter(jobs)
+            .for_each_concurrent(TTL_CONCURRENCY, |(item, entity)| {
+                let state = state.clone();
+                async move { store_undeliverable_event(&state, &item, &entity, now).await }
+            })
+            .await;
+    });
+}
+
+async fn store_undeliverable_event(state: &AppState, item: &Undeliverable, entity: &str, now: i64) {
+    let check = item
+        .config
+        .metadata
+        .as_ref()
+        .map(|meta| meta.name.as_str())
+        .unwrap_or_default();
+    let event = undeliverable_event(&item.namespace, entity, &item.config, &item.reason, now);
+    let name = format!("{entity}/{check}");
+    if let Err(err) = crate::ingest::ingest(
+        state,
+        &item.namespace,
+        &name,
+        event,
+        UNDELIVERABLE_CREATED_BY,
+    )
+    .await
+    {
+        tracing::warn!(
+            namespace = %item.namespace,
+            %entity,
+            %check,
+            error = %err.message,
+            "cannot store the event of a check that was not sent"
+        );
     }
 }
 
@@ -1141,7 +1397,12 @@ pub(crate) mod tests {
         )
         .unwrap();
         let sink = Arc::new(CollectingSink::default());
+        let secrets = crate::secrets::Secrets::new(
+            resources.clone(),
+            crate::secrets::SecretsConfig::default(),
+        );
         let state = AppState {
+            secrets,
             resources,
             auth,
             issuer: Arc::new(issuer),
@@ -1414,6 +1675,7 @@ pub(crate) mod tests {
             hooks: HashMap::new(),
             warned_hooks: HashSet::new(),
             paced: BTreeMap::new(),
+            undeliverable: Vec::new(),
         }
     }
 
@@ -1499,6 +1761,130 @@ pub(crate) mod tests {
             dispatcher.stats.requests_sent.load(Ordering::Relaxed),
             u64::try_from(total).expect("small")
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn secrets_are_resolved_before_sending_and_failures_become_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _sink) = test_state(dir.path()).await;
+        let sessions = Arc::clone(&state.sessions);
+        let (_web, mut web) = sessions.register("default", &hello("web", &["linux"]), true);
+        // An unauthenticated session (no client certificate): never gets secrets.
+        let (_dev, mut dev) = sessions.register("default", &hello("dev", &["linux"]), false);
+        // Unique to this test process, so parallel tests cannot interfere.
+        let variable = format!("CAIRN_SCHEDULER_TEST_{}", std::process::id());
+        std::env::set_var(&variable, "env-secret-value");
+        let put = |resource: Resource| {
+            let state = state.clone();
+            async move {
+                state
+                    .resources
+                    .put(&resource, Precondition::None)
+                    .await
+                    .unwrap();
+            }
+        };
+        put(Resource::new(
+            ObjectMeta::named("", "env"),
+            Spec::EnvProvider(cairn_api::model::EnvProvider {}),
+        ))
+        .await;
+        put(Resource::new(
+            ObjectMeta::named("default", "token"),
+            Spec::Secret(cairn_api::model::Secret {
+                id: variable.clone(),
+                provider: "env".to_owned(),
+            }),
+        ))
+        .await;
+        let secret_ref = |name: &str, secret: &str| cairn_api::model::SecretRef {
+            name: name.to_owned(),
+            secret: secret.to_owned(),
+        };
+        let mut hook = HookConfig {
+            command: "true".to_owned(),
+            timeout: 5,
+            ..HookConfig::default()
+        };
+        hook.secrets = vec![secret_ref("HOOK_TOKEN", "token")];
+        put(Resource::new(
+            ObjectMeta::named("default", "on-fail"),
+            Spec::HookConfig(hook),
+        ))
+        .await;
+        let mut good = check(1, "", &["linux"]);
+        good.metadata = None;
+        good.secrets = vec![secret_ref("TOKEN", "token")];
+        good.check_hooks = vec![BTreeMap::from([(
+            "non-zero".to_owned(),
+            vec!["on-fail".to_owned()],
+        )])];
+        put(Resource::new(
+            ObjectMeta::named("default", "with-secret"),
+            Spec::CheckConfig(good),
+        ))
+        .await;
+        let (stop, shutdown) = watch::channel(false);
+        let (stats, task) = spawn(state.clone(), Arc::clone(&sessions), shutdown);
+
+        let message = tokio::time::timeout(Duration::from_secs(5), web.recv())
+            .await
+            .expect("a check request within 5 s")
+            .expect("the session is open");
+        let BackendMessage::CheckRequest(request) = message else {
+            panic!("expected a check request, got {message:?}");
+        };
+        assert_eq!(request.secrets.len(), 1);
+        assert_eq!(request.secrets[0].name, "TOKEN");
+        assert_eq!(request.secrets[0].value, "env-secret-value");
+        assert_eq!(request.hook_secrets["on-fail"][0].name, "HOOK_TOKEN");
+        // The unauthenticated session got nothing, and its entity a failure event instead.
+        let refused = eventually(
+            "the mTLS refusal event",
+            Duration::from_secs(10),
+            || async { stored_event(&state, "dev", "with-secret").await },
+        )
+        .await
+        .0;
+        let refused = refused.check.unwrap();
+        assert_eq!(refused.status, 3);
+        assert!(refused.output.contains("mutual TLS"), "{}", refused.output);
+        assert!(
+            dev.try_recv().is_err(),
+            "secrets went to an unauthenticated session"
+        );
+
+        // A check naming a Secret that does not exist is not sent; its entity gets an event
+        // naming the secret.
+        let mut broken = check(1, "", &["linux"]);
+        broken.metadata = None;
+        broken.secrets = vec![secret_ref("API_KEY", "no-such-secret")];
+        put(Resource::new(
+            ObjectMeta::named("default", "broken"),
+            Spec::CheckConfig(broken),
+        ))
+        .await;
+        let failed = eventually("the failure event", Duration::from_secs(10), || async {
+            stored_event(&state, "web", "broken").await
+        })
+        .await
+        .0;
+        let failed = failed.check.unwrap();
+        assert_eq!(failed.status, 3);
+        assert!(
+            failed.output.contains("check not sent") && failed.output.contains("no-such-secret"),
+            "{}",
+            failed.output
+        );
+        assert!(!failed.output.contains("env-secret-value"));
+        assert!(stats.requests_undeliverable.load(Ordering::Relaxed) >= 2);
+        std::env::remove_var(&variable);
+
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the scheduler stops on shutdown")
+            .unwrap();
     }
 
     #[test]

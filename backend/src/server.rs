@@ -59,6 +59,8 @@ pub struct StartConfig {
     pub agent_listen: SocketAddr,
     /// Largest request body, bytes.
     pub body_limit: usize,
+    /// The secrets resolver's settings.
+    pub secrets: crate::secrets::SecretsConfig,
 }
 
 /// Why the backend could not start or stopped.
@@ -197,10 +199,12 @@ pub async fn start(
     let store: Arc<dyn Store> = Arc::new(redb);
     let resources = Resources::new(Arc::clone(&store));
     let (auth_cache, _auth_task) = AuthCache::start(resources.clone()).await?;
+    let secrets = crate::secrets::Secrets::new(resources.clone(), config.secrets.clone());
     let (pipeline, _pipeline_task) = Pipeline::start(
         PipelineConfig::default(),
         Arc::new(StoreResolver {
             resources: resources.clone(),
+            secrets: Arc::clone(&secrets),
         }),
     );
     let metrics = Arc::new(ApiMetrics::default());
@@ -217,6 +221,7 @@ pub async fn start(
         crate::bootstrap::Revocations::start(Arc::clone(&store), revocation_hook).await?;
     let _token_sweeper = crate::bootstrap::spawn_token_sweeper(Arc::clone(&store));
     let state = AppState {
+        secrets,
         resources,
         auth: auth_cache,
         issuer,
@@ -246,8 +251,10 @@ pub async fn start(
         stopped.clone(),
     ));
     // Checks go out to this backend's own sessions; keepalives are watched for them too.
-    let (_scheduler_stats, _scheduler_task) =
+    let (scheduler_stats, _scheduler_task) =
         crate::scheduler::spawn(state.clone(), Arc::clone(&state.sessions), stopped.clone());
+    // Set once, right after creation, so this cannot fail.
+    let _ = state.metrics.scheduler.set(scheduler_stats);
     let _watchdog_task =
         crate::watchdog::spawn(state.clone(), Arc::clone(&state.sessions), stopped.clone());
     let app = api::app(state);
@@ -327,9 +334,11 @@ async fn serve(
     }
 }
 
-/// Looks handlers, filters and silences up in the store for the pipeline.
+/// Looks handlers, filters and silences up in the store for the pipeline, and resolves
+/// handlers' secrets.
 struct StoreResolver {
     resources: Resources,
+    secrets: Arc<crate::secrets::Secrets>,
 }
 
 #[async_trait::async_trait]
@@ -360,6 +369,17 @@ impl HandlerResolver for StoreResolver {
                 None
             }
         }
+    }
+
+    async fn secrets(
+        &self,
+        namespace: &str,
+        refs: &[cairn_api::model::SecretRef],
+    ) -> Result<Vec<cairn_api::agent::SecretValue>, String> {
+        self.secrets
+            .resolve(namespace, refs)
+            .await
+            .map_err(|err| err.to_string())
     }
 
     async fn silenced(&self, namespace: &str) -> Vec<(String, Silenced)> {

@@ -249,6 +249,79 @@ pub struct CheckHistory {
     pub executed: i64,
 }
 
+impl Check {
+    /// The check inside an event run from `config`: every configuration field, plus `issued`.
+    pub fn from_config(config: &CheckConfig, issued: i64) -> Check {
+        // Exhaustive on purpose: a field added to `CheckConfig` must be copied here.
+        let CheckConfig {
+            metadata,
+            command,
+            interval,
+            cron,
+            subscriptions,
+            handlers,
+            pipelines,
+            timeout,
+            ttl,
+            publish,
+            round_robin,
+            proxy_entity_name,
+            proxy_requests,
+            stdin,
+            runtime_assets,
+            env_vars,
+            secrets,
+            check_hooks,
+            output_metric_format,
+            output_metric_handlers,
+            output_metric_tags,
+            output_metric_thresholds,
+            high_flap_threshold,
+            low_flap_threshold,
+            max_output_size,
+            discard_output,
+            subdues,
+            subdue,
+            scheduler,
+            fallback_pipeline,
+        } = config.clone();
+        Check {
+            metadata,
+            command,
+            interval,
+            cron,
+            subscriptions,
+            handlers,
+            pipelines,
+            timeout,
+            ttl,
+            publish,
+            round_robin,
+            proxy_entity_name,
+            proxy_requests,
+            stdin,
+            runtime_assets,
+            env_vars,
+            secrets,
+            check_hooks,
+            output_metric_format,
+            output_metric_handlers,
+            output_metric_tags,
+            output_metric_thresholds,
+            high_flap_threshold,
+            low_flap_threshold,
+            max_output_size,
+            discard_output,
+            subdues,
+            subdue,
+            scheduler,
+            fallback_pipeline,
+            issued,
+            ..Check::default()
+        }
+    }
+}
+
 /// `core/v2` `HookConfig`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -51,6 +51,8 @@ pub struct AppState {
     pub agent_pki: Arc<crate::bootstrap::AgentPki>,
     /// Revoked agent certificates, kept current by a store watch.
     pub revocations: Arc<crate::bootstrap::Revocations>,
+    /// Resolves the secrets of checks, hooks, handlers and mutators (values in memory only).
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
 /// Receives stored events for the handler pipeline. Must not block.
@@ -72,6 +74,8 @@ pub struct ApiMetrics {
     pub events_ingested: AtomicU64,
     /// The handler pipeline's counters, once it runs.
     pub pipeline: std::sync::OnceLock<Arc<crate::pipeline::PipelineStats>>,
+    /// The scheduler's counters, once it runs.
+    pub scheduler: std::sync::OnceLock<Arc<crate::scheduler::SchedulerStats>>,
     /// The store's commit counters, when the store keeps them.
     pub store: std::sync::OnceLock<Arc<crate::store::StoreStats>>,
 }
@@ -318,6 +322,57 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
             out.push_str(&format!("{name} {}\n", value.load(Ordering::Relaxed)));
         }
+    }
+    let secrets = state.secrets.stats();
+    let mut counters = vec![
+        (
+            "cairn_secret_provider_reads_total",
+            "Secret values read from their provider (a Vault read, an environment look-up).",
+            &secrets.provider_reads,
+        ),
+        (
+            "cairn_secret_cache_hits_total",
+            "Secret resolutions answered from the in-memory cache.",
+            &secrets.cache_hits,
+        ),
+        (
+            "cairn_secret_failures_total",
+            "Secret resolutions that failed.",
+            &secrets.failures,
+        ),
+    ];
+    if let Some(scheduler) = metrics.scheduler.get() {
+        counters.extend([
+            (
+                "cairn_check_firings_total",
+                "Check firings (one per check per scheduled time).",
+                &scheduler.firings,
+            ),
+            (
+                "cairn_check_requests_sent_total",
+                "Check requests queued for agent sessions.",
+                &scheduler.requests_sent,
+            ),
+            (
+                "cairn_check_requests_dropped_total",
+                "Check requests not queued: the session was full or closed.",
+                &scheduler.requests_dropped,
+            ),
+            (
+                "cairn_check_requests_undeliverable_total",
+                "Check requests not sent: secrets failed or the session lacks mutual TLS.",
+                &scheduler.requests_undeliverable,
+            ),
+            (
+                "cairn_ttl_events_total",
+                "Events raised by the check TTL watchdog.",
+                &scheduler.ttl_events,
+            ),
+        ]);
+    }
+    for (name, help, value) in counters {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        out.push_str(&format!("{name} {}\n", value.load(Ordering::Relaxed)));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
