@@ -17,6 +17,7 @@ pub mod model;
 pub mod problem;
 pub mod redact;
 pub mod resource;
+pub mod selector;
 pub mod validate;
 
 pub use kind::Kind;

@@ -889,6 +889,12 @@ impl Checker {
                 );
             }
         }
+        if !cluster.ca_cert.is_empty() && !cluster.ca_cert.contains("-----BEGIN CERTIFICATE-----") {
+            self.error(
+                spec_path("ca_cert"),
+                "must be the PEM of the cluster's CA certificate (-----BEGIN CERTIFICATE-----)",
+            );
+        }
     }
 
     /// Checks the type a replicator names. Cairn's replicators must name a type it models;
@@ -917,6 +923,9 @@ impl Checker {
             self.error(spec_path("cluster"), "missing field \"cluster\"");
         }
         self.replicated_type(&replicator.api_version, &replicator.resource, true);
+        if let Err(problem) = crate::selector::LabelSelector::parse(&replicator.label_selector) {
+            self.error(spec_path("label_selector"), problem);
+        }
         if replicator.replication_interval_seconds == 0 {
             self.error(
                 spec_path("replication_interval_seconds"),

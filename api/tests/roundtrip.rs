@@ -1077,7 +1077,10 @@ fn user() -> Strat<User> {
 
 fn cluster() -> Strat<Cluster> {
     vec(http_url(), 1..4)
-        .prop_map(|api_urls| Cluster { api_urls })
+        .prop_map(|api_urls| Cluster {
+            api_urls,
+            ca_cert: String::new(),
+        })
         .boxed()
 }
 
@@ -1093,6 +1096,7 @@ fn replicator() -> Strat<Replicator> {
                 api_version: kind.api_version().to_owned(),
                 resource: kind.type_name().to_owned(),
                 namespace,
+                label_selector: String::new(),
                 replication_interval_seconds,
             },
         )

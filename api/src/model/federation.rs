@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub struct Cluster {
     /// API URLs of the cluster's backends.
     pub api_urls: Vec<String>,
+    /// PEM of the cluster's CA: the only certificate its API is trusted under.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ca_cert: String,
 }
 
 /// `federation/v1` `Replicator`: Cairn's one-way replicator to a registered `Cluster`.
@@ -23,6 +26,10 @@ pub struct Replicator {
     /// Only this namespace; empty means all.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub namespace: String,
+    /// Only resources whose labels match (Sensu's label selector syntax, e.g.
+    /// `region == eu && tier in [web, db]`); empty means all.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub label_selector: String,
     /// Seconds between full resyncs.
     pub replication_interval_seconds: u32,
 }
@@ -34,6 +41,7 @@ impl Default for Replicator {
             api_version: crate::kind::CORE_V2.to_owned(),
             resource: String::new(),
             namespace: String::new(),
+            label_selector: String::new(),
             replication_interval_seconds: 30,
         }
     }

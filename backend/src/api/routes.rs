@@ -326,7 +326,7 @@ async fn list_filtered(
 struct Query {
     limit: usize,
     continue_token: Option<String>,
-    selector: Vec<(String, bool, Vec<String>)>,
+    selector: cairn_api::selector::LabelSelector,
 }
 
 impl Query {
@@ -334,7 +334,7 @@ impl Query {
         let mut out = Query {
             limit: 0,
             continue_token: None,
-            selector: Vec::new(),
+            selector: cairn_api::selector::LabelSelector::default(),
         };
         for (key, value) in url_pairs(query) {
             match key.as_str() {
@@ -344,7 +344,10 @@ impl Query {
                     })?;
                 }
                 "continue" => out.continue_token = Some(value),
-                "labelSelector" => out.selector = parse_selector(&value)?,
+                "labelSelector" => {
+                    out.selector = cairn_api::selector::LabelSelector::parse(&value)
+                        .map_err(ApiError::invalid)?;
+                }
                 _ => {}
             }
         }
@@ -352,51 +355,8 @@ impl Query {
     }
 
     fn selects(&self, resource: &Resource) -> bool {
-        self.selector.iter().all(|(key, positive, values)| {
-            let has = resource
-                .metadata
-                .labels
-                .get(key)
-                .is_some_and(|value| values.contains(value));
-            has == *positive
-        })
+        self.selector.matches(&resource.metadata.labels)
     }
-}
-
-/// `a == b && c != d && e in (x, y) && f notin (z)`.
-fn parse_selector(text: &str) -> Result<Vec<(String, bool, Vec<String>)>, ApiError> {
-    let mut out = Vec::new();
-    for clause in text
-        .split("&&")
-        .map(str::trim)
-        .filter(|clause| !clause.is_empty())
-    {
-        let parsed = if let Some((key, value)) = clause.split_once("!=") {
-            Some((key, false, vec![value.trim().to_owned()]))
-        } else if let Some((key, value)) = clause.split_once("==") {
-            Some((key, true, vec![value.trim().to_owned()]))
-        } else if let Some((key, values)) = clause.split_once(" notin ") {
-            Some((key, false, set_values(values)))
-        } else if let Some((key, values)) = clause.split_once(" in ") {
-            Some((key, true, set_values(values)))
-        } else {
-            None
-        };
-        let (key, positive, values) = parsed.ok_or_else(|| {
-            ApiError::invalid(format!("invalid label selector clause {clause:?}"))
-        })?;
-        out.push((key.trim().to_owned(), positive, values));
-    }
-    Ok(out)
-}
-
-fn set_values(text: &str) -> Vec<String> {
-    text.trim()
-        .trim_start_matches('(')
-        .trim_end_matches(')')
-        .split(',')
-        .map(|value| value.trim().to_owned())
-        .collect()
 }
 
 fn url_pairs(query: &str) -> Vec<(String, String)> {
@@ -1059,9 +1019,8 @@ mod tests {
 
     #[test]
     fn selectors_and_patches() {
-        let selector = parse_selector("team == ops && env in (prod, stage)").unwrap();
-        assert_eq!(selector.len(), 2);
-        assert!(parse_selector("bogus").is_err());
+        assert!(Query::parse("labelSelector=team%20%3D%3D%20ops").is_ok());
+        assert!(Query::parse("labelSelector=bogus").is_err());
         let mut target = serde_json::json!({"a": 1, "b": {"c": 2, "d": 3}});
         merge_patch(&mut target, &serde_json::json!({"a": null, "b": {"c": 5}}));
         assert_eq!(target, serde_json::json!({"b": {"c": 5, "d": 3}}));
