@@ -209,3 +209,19 @@ impl fmt::Display for Problem {
         write!(f, "{severity}: {}: {}", self.location, self.issue)
     }
 }
+
+/// An error and its causes, innermost last (`error sending request: connection refused`);
+/// reqwest's own message leaves out why a connection failed.
+pub fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -125,12 +125,26 @@ impl TokenIssuer {
     /// # Errors
     /// [`AuthError::KeyInvalid`] when this issuer has no private key.
     pub fn issue(&self, username: &str, groups: &[String]) -> Result<AccessToken, AuthError> {
+        self.issue_for(username, groups, ACCESS_TOKEN_TTL)
+    }
+
+    /// Issues an access token for `username` that lives `ttl` (federation: short-lived tokens
+    /// for the replication identity).
+    ///
+    /// # Errors
+    /// [`AuthError::KeyInvalid`] when this issuer has no private key.
+    pub fn issue_for(
+        &self,
+        username: &str,
+        groups: &[String],
+        ttl: std::time::Duration,
+    ) -> Result<AccessToken, AuthError> {
         let encoding = self
             .encoding
             .as_ref()
             .ok_or_else(|| AuthError::KeyInvalid("no private key to sign with".into()))?;
         let now = unix_now();
-        let expires_at = now + ACCESS_TOKEN_TTL.as_secs();
+        let expires_at = now + ttl.as_secs().max(1);
         let claims = Claims {
             sub: username.to_owned(),
             exp: expires_at,

@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod checkstate;
 pub mod datadir;
 pub mod events;
+pub mod federation;
 pub mod ingest;
 pub mod pipeline;
 pub mod pki;

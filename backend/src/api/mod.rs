@@ -114,6 +114,7 @@ pub fn app(state: AppState) -> Router {
             "/api/cairn/v1/agents/{namespace}/{name}/revoke",
             post(crate::bootstrap::revoke_handler),
         )
+        .merge(crate::federation::routes())
         .fallback(routes::dispatch)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
