@@ -5,8 +5,13 @@
 //! executable. `cargo test` builds only the binaries of packages with integration tests, and
 //! not at all when only this package is tested, so the helper runs `cargo build --bins` once
 //! per test process (a no-op when they are current) so that no test runs a stale binary.
+//!
+//! [`openbao`] runs a real OpenBao dev server for the secrets tests.
 
-use std::io::{BufRead, BufReader};
+pub mod openbao;
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
@@ -94,6 +99,55 @@ pub fn command(name: &str) -> Command {
 /// The admin password every test backend is initialised with.
 pub const ADMIN_PASSWORD: &str = "correct-horse-battery";
 
+/// Extra settings for [`Backend::start_with`]: arguments added to `cairn-backend start`,
+/// environment variables of that process, and whether its output is kept in files.
+#[derive(Debug, Clone, Default)]
+pub struct BackendOptions {
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    capture_logs: bool,
+}
+
+impl BackendOptions {
+    /// Adds an argument to `cairn-backend start` (after the listen addresses and data dir).
+    pub fn arg(mut self, arg: impl Into<OsString>) -> BackendOptions {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Sets an environment variable of the `start` process (`CAIRN_LOG` here wins over the
+    /// quiet default of [`command`]).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> BackendOptions {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Appends the process's stdout and stderr to `stdout.log` and `stderr.log` beside its data
+    /// directory (over restarts too) instead of inheriting the test's stderr; see
+    /// [`Backend::log_files`].
+    pub fn capture_logs(mut self) -> BackendOptions {
+        self.capture_logs = true;
+        self
+    }
+}
+
+/// Where a backend started with [`BackendOptions::capture_logs`] writes.
+#[derive(Debug, Clone)]
+struct LogFiles {
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+/// The JWT key pair the backends of one federation share: a P-256 private key (PKCS#8 PEM)
+/// and its public key (SubjectPublicKeyInfo PEM), as files for `cairn-backend init`.
+#[derive(Debug, Clone)]
+pub struct FederationKeys {
+    /// The private key file.
+    pub private_key_file: PathBuf,
+    /// The public key file.
+    pub public_key_file: PathBuf,
+}
+
 /// A backend process on a free port, killed on drop.
 pub struct Backend {
     child: Child,
@@ -103,6 +157,8 @@ pub struct Backend {
     pub agent_addr: String,
     /// Its data directory.
     pub data_dir: PathBuf,
+    options: BackendOptions,
+    logs: Option<LogFiles>,
     _dir: tempfile::TempDir,
 }
 
@@ -116,11 +172,38 @@ impl Drop for Backend {
 impl Backend {
     /// Initialises a data dir and starts `cairn-backend start` on 127.0.0.1:0.
     pub fn start() -> Backend {
+        Backend::start_with(BackendOptions::default())
+    }
+
+    /// [`Backend::start`] with extra `start` arguments, environment variables and, when asked,
+    /// its output kept in files. [`Backend::restart`] uses the same options.
+    pub fn start_with(options: BackendOptions) -> Backend {
+        Backend::init_and_start(&[], options)
+    }
+
+    /// A backend of a federation: initialised as the cluster `cluster_name` with the shared
+    /// JWT key pair `keys` (`init --cluster-name --jwt-private-key-file --jwt-public-key-file`),
+    /// so that it accepts the tokens of every other backend started with the same keys.
+    pub fn start_federated(cluster_name: &str, keys: &FederationKeys) -> Backend {
+        let init_args: Vec<OsString> = vec![
+            "--cluster-name".into(),
+            cluster_name.into(),
+            "--jwt-private-key-file".into(),
+            keys.private_key_file.clone().into(),
+            "--jwt-public-key-file".into(),
+            keys.public_key_file.clone().into(),
+        ];
+        Backend::init_and_start(&init_args, BackendOptions::default())
+    }
+
+    /// Runs `cairn-backend init` with `init_args` added, then starts the backend.
+    fn init_and_start(init_args: &[OsString], options: BackendOptions) -> Backend {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
         let output = command("cairn-backend")
             .args(["init", "--data-dir"])
             .arg(&data_dir)
+            .args(init_args)
             .env("CAIRN_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .output()
             .expect("run cairn-backend init");
@@ -129,15 +212,49 @@ impl Backend {
             "init failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let (child, url, agent_addr) = spawn_backend(&data_dir, "127.0.0.1:0", "127.0.0.1:0")
-            .unwrap_or_else(|printed| panic!("backend did not report its address; {printed}"));
+        let logs = options.capture_logs.then(|| LogFiles {
+            stdout: dir.path().join("stdout.log"),
+            stderr: dir.path().join("stderr.log"),
+        });
+        let (child, url, agent_addr) = spawn_backend(
+            &data_dir,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &options,
+            logs.as_ref(),
+        )
+        .unwrap_or_else(|printed| panic!("backend did not report its address; {printed}"));
         Backend {
             child,
             url,
             agent_addr,
             data_dir,
+            options,
+            logs,
             _dir: dir,
         }
+    }
+
+    /// The process id of the running `cairn-backend start`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The files holding its stdout and stderr, when started with
+    /// [`BackendOptions::capture_logs`]; empty otherwise.
+    pub fn log_files(&self) -> Vec<PathBuf> {
+        self.logs
+            .iter()
+            .flat_map(|logs| [logs.stdout.clone(), logs.stderr.clone()])
+            .collect()
+    }
+
+    /// What it wrote to stderr so far (every run), when its logs are captured.
+    pub fn log(&self) -> String {
+        self.logs
+            .as_ref()
+            .and_then(|logs| std::fs::read_to_string(&logs.stderr).ok())
+            .unwrap_or_default()
     }
 
     /// The `host:port` the backend listens on.
@@ -182,7 +299,13 @@ impl Backend {
         let agent_addr = self.agent_addr.clone();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match spawn_backend(&self.data_dir, &addr, &agent_addr) {
+            match spawn_backend(
+                &self.data_dir,
+                &addr,
+                &agent_addr,
+                &self.options,
+                self.logs.as_ref(),
+            ) {
                 Ok((child, url, agent)) => {
                     assert_eq!(url, self.url, "the backend came back on another address");
                     assert_eq!(agent, self.agent_addr, "the agent listener moved");
@@ -231,7 +354,21 @@ fn spawn_backend(
     data_dir: &Path,
     listen: &str,
     agent_listen: &str,
+    options: &BackendOptions,
+    logs: Option<&LogFiles>,
 ) -> Result<(Child, String, String), String> {
+    let append = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap_or_else(|err| panic!("open {}: {err}", path.display()))
+    };
+    let stderr = match logs {
+        Some(logs) => Stdio::from(append(&logs.stderr)),
+        None => Stdio::inherit(),
+    };
+    let mut stdout_log = logs.map(|logs| append(&logs.stdout));
     let mut child = command("cairn-backend")
         .args([
             "start",
@@ -242,8 +379,10 @@ fn spawn_backend(
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(&options.args)
+        .envs(options.env.iter().cloned())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("start cairn-backend");
     let stdout = child.stdout.take().expect("piped stdout");
@@ -254,6 +393,9 @@ fn spawn_backend(
         .and_then(|_| reader.read_line(&mut agent_line));
     let api = api_line.trim().strip_prefix("api listening on ");
     let agent = agent_line.trim().strip_prefix("agent listening on ");
+    if let Some(file) = stdout_log.as_mut() {
+        let _ = file.write_all(format!("{api_line}{agent_line}").as_bytes());
+    }
     match (api, agent) {
         (Some(url), Some(agent)) if read.is_ok() => {
             let (url, agent) = (url.to_owned(), agent.to_owned());
@@ -261,6 +403,9 @@ fn spawn_backend(
             std::thread::spawn(move || {
                 let mut sink = String::new();
                 while reader.read_line(&mut sink).is_ok_and(|read| read > 0) {
+                    if let Some(file) = stdout_log.as_mut() {
+                        let _ = file.write_all(sink.as_bytes());
+                    }
                     sink.clear();
                 }
             });
@@ -269,8 +414,12 @@ fn spawn_backend(
         _ => {
             let _ = child.kill();
             let status = child.wait();
+            let log = logs
+                .and_then(|logs| std::fs::read_to_string(&logs.stderr).ok())
+                .map(|log| format!("; its stderr:\n{log}"))
+                .unwrap_or_default();
             Err(format!(
-                "it printed {api_line:?} {agent_line:?} and exited with {status:?}"
+                "it printed {api_line:?} {agent_line:?} and exited with {status:?}{log}"
             ))
         }
     }
@@ -302,6 +451,14 @@ impl Agent {
     /// # Panics
     /// When the agent exits before it reports the address; the message holds its log.
     pub fn start(config: &Path) -> Agent {
+        Agent::start_with_env(config, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables (`CAIRN_LOG` here wins).
+    ///
+    /// # Panics
+    /// When the agent exits before it reports the address; the message holds its log.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Agent {
         let log_file = config.with_file_name("agent.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -317,6 +474,7 @@ impl Agent {
                 std::env::var("CAIRN_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
             .env_remove("CAIRN_AGENT_CONFIG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
