@@ -89,7 +89,16 @@ pub struct Tokens {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// Put before the path of every API request (not `/auth…`): a federation gateway's proxy
+    /// to one of its clusters, or nothing.
+    path_prefix: String,
     credentials: Credentials,
+}
+
+/// The path of the federation gateway's proxy to its registered cluster `cluster`: an API path
+/// appended to it is forwarded to that cluster with the caller's own credentials.
+pub fn cluster_proxy_prefix(cluster: &str) -> String {
+    format!("/api/cairn/v1/clusters/{cluster}/proxy")
 }
 
 // === impl Client ===
@@ -108,6 +117,7 @@ impl Client {
         Ok(Client {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
+            path_prefix: String::new(),
             credentials,
         })
     }
@@ -116,6 +126,17 @@ impl Client {
     pub fn with_credentials(&self, credentials: Credentials) -> Client {
         Client {
             credentials,
+            ..self.clone()
+        }
+    }
+
+    /// The same client with every API request sent through the federation gateway's proxy to
+    /// its registered cluster `cluster` (see [`cluster_proxy_prefix`]). Logging in and
+    /// refreshing tokens ([`Client::login`], [`Client::refresh`]) still go to the gateway,
+    /// whose tokens the clusters of the federation accept.
+    pub fn via_cluster(&self, cluster: &str) -> Client {
+        Client {
+            path_prefix: cluster_proxy_prefix(cluster),
             ..self.clone()
         }
     }
@@ -161,7 +182,8 @@ impl Client {
     }
 
     /// Sends a request with a JSON body (or none) and returns the raw response after checking
-    /// its status.
+    /// its status. `path` goes through the cluster proxy when the client has one
+    /// ([`Client::via_cluster`]).
     ///
     /// # Errors
     /// [`ClientError::Status`] on a 4xx/5xx answer.
@@ -171,7 +193,7 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<reqwest::Response> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{}{path}", self.base, self.path_prefix);
         let mut request = self.http.request(method, &url);
         request = match &self.credentials {
             Credentials::Bearer(token) => request.bearer_auth(token),

@@ -1,8 +1,12 @@
 //! Authentication: ES256 access tokens, single-use refresh tokens, API keys and passwords.
 //!
 //! Access tokens are JWTs signed with the cluster's (or the federation's shared) P-256 key;
-//! verification pins ES256 and checks `exp` and `iss`. Refresh tokens are opaque random
-//! strings whose SHA-256 is kept in the store, deleted on use, so each works once.
+//! verification pins ES256, checks the signature and `exp`, and requires an `iss`. The issuer
+//! need not be this cluster: clusters initialised with the same key pair accept each other's
+//! tokens, and [`TokenIssuer::origin`] says whether a token is this cluster's own (authorised
+//! by the live user record) or another cluster's (authorised by the groups it carries).
+//! Refresh tokens are opaque random strings whose SHA-256 is kept in the store, deleted on use,
+//! so each works once; they only ever refresh this cluster's own tokens.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +29,7 @@ pub enum AuthError {
     /// The key files could not be used.
     #[error("jwt key: {0}")]
     KeyInvalid(String),
-    /// The token's signature, algorithm, issuer or shape is wrong.
+    /// The token's signature, algorithm or shape is wrong, or it names no issuer.
     #[error("invalid token")]
     TokenInvalid(#[source] jsonwebtoken::errors::Error),
     /// The token expired.
@@ -48,11 +52,12 @@ pub struct Claims {
     pub exp: u64,
     /// Issued at, unix seconds.
     pub iat: u64,
-    /// The issuing cluster.
+    /// The issuing cluster (its name). Another cluster of the federation may have issued it.
     pub iss: String,
     /// Random id.
     pub jti: String,
-    /// The user's groups at issue time (authorization reads the live user record).
+    /// The user's groups at issue time. This cluster's own tokens are authorised by the live
+    /// user record instead; another cluster's tokens by these groups.
     #[serde(default)]
     pub groups: Vec<String>,
 }
@@ -64,6 +69,19 @@ pub struct AccessToken {
     pub token: String,
     /// Its expiry, unix seconds.
     pub expires_at: u64,
+}
+
+/// Who issued a verified token, relative to this cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenOrigin {
+    /// This cluster issued it: the caller is a local user, looked up live.
+    Local,
+    /// Another cluster of the federation issued it with the shared key: the caller is
+    /// authorised by the token's groups against this cluster's bindings.
+    Federated {
+        /// The issuing cluster's name (the token's `iss`).
+        issuer: String,
+    },
 }
 
 /// Signs and verifies access tokens.
@@ -101,10 +119,10 @@ impl TokenIssuer {
             .map_err(|_| AuthError::KeyInvalid("private key is not an EC key in PEM".into()))?;
         let decoding = DecodingKey::from_ec_pem(public_pem.as_bytes())
             .map_err(|_| AuthError::KeyInvalid("public key is not an EC key in PEM".into()))?;
-        // Pinned: only ES256, whatever the token's header says.
+        // Pinned: only ES256, whatever the token's header says. The issuer is not pinned: a
+        // token of another cluster sharing our key is valid (see `origin`).
         let mut validation = Validation::new(Algorithm::ES256);
         validation.algorithms = vec![Algorithm::ES256];
-        validation.set_issuer(&[issuer]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.leeway = 0;
         Ok(TokenIssuer {
@@ -115,9 +133,21 @@ impl TokenIssuer {
         })
     }
 
-    /// The issuer name written into and required of every token.
+    /// The issuer name written into every token this cluster issues: the cluster's name.
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// Whether verified `claims` come from a token this cluster issued or another cluster of
+    /// the federation did.
+    pub fn origin(&self, claims: &Claims) -> TokenOrigin {
+        if claims.iss == self.issuer {
+            TokenOrigin::Local
+        } else {
+            TokenOrigin::Federated {
+                issuer: claims.iss.clone(),
+            }
+        }
     }
 
     /// Issues an access token for `username`.
@@ -158,7 +188,8 @@ impl TokenIssuer {
         Ok(AccessToken { token, expires_at })
     }
 
-    /// Verifies a token: ES256 signature by our key, issuer, and expiry.
+    /// Verifies a token: ES256 signature by our (possibly shared) key, expiry, and a non-empty
+    /// subject and issuer. Any issuer is accepted; [`TokenIssuer::origin`] tells them apart.
     ///
     /// # Errors
     /// [`AuthError::TokenExpired`] or [`AuthError::TokenInvalid`].
@@ -166,8 +197,9 @@ impl TokenIssuer {
         self.decode(token, &self.validation)
     }
 
-    /// Verifies a token's signature and issuer but accepts it expired: `/auth/token` takes the
-    /// expired access token with the refresh token.
+    /// Verifies a token's signature but accepts it expired: `/auth/token` takes the expired
+    /// access token with the refresh token (and refreshes only its own, see
+    /// [`TokenIssuer::origin`]).
     ///
     /// # Errors
     /// [`AuthError::TokenInvalid`].
@@ -179,12 +211,24 @@ impl TokenIssuer {
     }
 
     fn decode(&self, token: &str, validation: &Validation) -> Result<Claims, AuthError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, validation)
             .map(|data| data.claims)
             .map_err(|err| match err.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::TokenExpired,
                 _ => AuthError::TokenInvalid(err),
-            })
+            })?;
+        // Present is not enough: an empty issuer or subject names nobody.
+        if claims.iss.is_empty() {
+            return Err(AuthError::TokenInvalid(
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer.into(),
+            ));
+        }
+        if claims.sub.is_empty() {
+            return Err(AuthError::TokenInvalid(
+                jsonwebtoken::errors::ErrorKind::InvalidSubject.into(),
+            ));
+        }
+        Ok(claims)
     }
 }
 
@@ -269,32 +313,67 @@ mod tests {
     }
 
     #[test]
-    fn refuses_foreign_key_wrong_issuer_none_and_hs256() {
+    fn tokens_of_another_cluster_sharing_the_key_are_accepted_as_federated() {
+        let (private, public) = keypair();
+        let gateway = TokenIssuer::from_pem(Some(&private), &public, "gateway").unwrap();
+        // A downstream holds the same pair (it could verify only: no private key needed).
+        let alpha = TokenIssuer::from_pem(None, &public, "alpha").unwrap();
+        let token = gateway
+            .issue_for(
+                "cairn:replicator",
+                &["cluster-admins".into()],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let claims = alpha.verify(&token.token).unwrap();
+        assert_eq!(claims.sub, "cairn:replicator");
+        assert_eq!(claims.groups, ["cluster-admins"]);
+        assert_eq!(
+            alpha.origin(&claims),
+            TokenOrigin::Federated {
+                issuer: "gateway".into()
+            }
+        );
+        assert_eq!(gateway.origin(&claims), TokenOrigin::Local);
+        // Expired federated tokens are refused like any other.
+        let expired = sign_es256(&private, &claims_json("gateway", -10));
+        assert!(matches!(
+            alpha.verify(&expired),
+            Err(AuthError::TokenExpired)
+        ));
+    }
+
+    #[test]
+    fn refuses_foreign_keys_none_hs256_and_tampering() {
         let (private, public) = keypair();
         let (other_private, other_public) = keypair();
         let issuer = TokenIssuer::from_pem(Some(&private), &public, "a").unwrap();
-        let foreign = TokenIssuer::from_pem(Some(&other_private), &other_public, "a").unwrap();
-        let token = foreign.issue("admin", &[]).unwrap();
-        assert!(matches!(
-            issuer.verify(&token.token),
-            Err(AuthError::TokenInvalid(_))
-        ));
+        let check = |token: &str, what: &str| {
+            assert!(
+                matches!(issuer.verify(token), Err(AuthError::TokenInvalid(_))),
+                "{what} was accepted"
+            );
+            assert!(
+                issuer.verify_ignoring_expiry(token).is_err(),
+                "{what} was accepted for refresh"
+            );
+        };
 
-        let other_issuer = TokenIssuer::from_pem(Some(&private), &public, "b").unwrap();
-        let token = other_issuer.issue("admin", &[]).unwrap();
-        assert!(matches!(
-            issuer.verify(&token.token),
-            Err(AuthError::TokenInvalid(_))
-        ));
+        // Another key, whether it claims to be us or another cluster.
+        for name in ["a", "b"] {
+            let foreign = TokenIssuer::from_pem(Some(&other_private), &other_public, name).unwrap();
+            let token = foreign.issue("admin", &["cluster-admins".into()]).unwrap();
+            check(&token.token, &format!("a foreign-key token of {name}"));
+        }
 
         // alg: none
-        let claims = serde_json::json!({"sub": "admin", "exp": unix_now() + 60, "iss": "a"});
+        let claims = claims_json("b", 60);
         let none = format!(
             "{}.{}.",
             b64(br#"{"alg":"none","typ":"JWT"}"#),
             b64(claims.to_string().as_bytes())
         );
-        assert!(issuer.verify(&none).is_err());
+        check(&none, "alg none");
 
         // HS256 signed with the public key as the secret (the classic confusion attack).
         let hs = jsonwebtoken::encode(
@@ -303,7 +382,30 @@ mod tests {
             &EncodingKey::from_secret(public.as_bytes()),
         )
         .unwrap();
-        assert!(issuer.verify(&hs).is_err());
+        check(&hs, "HS256 with the public key");
+
+        // Claims changed after signing: groups raised to cluster-admins.
+        let good = sign_es256(&private, &claims);
+        let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+        let mut raised = claims.clone();
+        raised["groups"] = serde_json::json!(["cluster-admins"]);
+        parts[1] = b64(raised.to_string().as_bytes());
+        check(&parts.join("."), "tampered claims");
+        assert!(
+            issuer.verify(&good).is_ok(),
+            "the untampered token verifies"
+        );
+
+        // Signed by our key but naming no issuer or subject.
+        let mut anonymous = claims.clone();
+        anonymous["iss"] = serde_json::json!("");
+        check(&sign_es256(&private, &anonymous), "an empty issuer");
+        anonymous["iss"] = serde_json::json!("b");
+        anonymous["sub"] = serde_json::json!("");
+        check(&sign_es256(&private, &anonymous), "an empty subject");
+        let mut no_issuer = claims.clone();
+        no_issuer.as_object_mut().unwrap().remove("iss");
+        check(&sign_es256(&private, &no_issuer), "a missing issuer");
     }
 
     #[test]
@@ -338,6 +440,28 @@ mod tests {
         assert!(verify_password("P@ssw0rd!", &hash));
         assert!(!verify_password("wrong", &hash));
         assert!(!verify_password("P@ssw0rd!", "not a hash"));
+    }
+
+    /// Claims of a token from cluster `iss` for a viewer, expiring `expires_in` seconds from now.
+    fn claims_json(iss: &str, expires_in: i64) -> serde_json::Value {
+        let now = i64::try_from(unix_now()).unwrap();
+        serde_json::json!({
+            "sub": "viewer",
+            "exp": now + expires_in,
+            "iat": now,
+            "iss": iss,
+            "jti": "x",
+            "groups": ["viewers"],
+        })
+    }
+
+    fn sign_es256(private_pem: &str, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            claims,
+            &EncodingKey::from_ec_pem(private_pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
     }
 
     fn b64(bytes: &[u8]) -> String {

@@ -25,13 +25,19 @@ pub enum Verb {
     Delete,
 }
 
-/// Who is asking: the user and their groups (from the live user record).
+/// Who is asking: a local user and their groups (from the live user record), or the subject
+/// and groups of a token another cluster of the federation issued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// Username.
+    /// Username (a federated caller's token subject).
     pub username: String,
     /// Groups, including the implicit `system:users`.
     pub groups: Vec<String>,
+    /// The cluster that issued the caller's token when it is another cluster of the federation
+    /// (sharing our signing key); `None` for local users and API keys. A federated caller
+    /// exists only in its token: it is authorised by its groups, never by a binding that names
+    /// a user, since a user of that name here is somebody else.
+    pub federated_from: Option<String>,
 }
 
 /// What is asked for.
@@ -57,6 +63,33 @@ pub struct AuthSnapshot {
     roles: HashMap<(String, String), Role>,
     bindings: HashMap<(String, String), RoleBinding>,
     namespaces: std::collections::HashSet<String>,
+}
+
+// === impl Caller ===
+
+impl Caller {
+    /// The caller of a token issued by the cluster `issuer` (not this one) for `username` with
+    /// `groups`; the implicit `system:users` is added when the token lacks it.
+    pub fn federated(username: &str, groups: &[String], issuer: &str) -> Caller {
+        let mut groups = groups.to_vec();
+        if !groups
+            .iter()
+            .any(|group| group == crate::auth::GROUP_SYSTEM_USERS)
+        {
+            groups.push(crate::auth::GROUP_SYSTEM_USERS.to_owned());
+        }
+        Caller {
+            username: username.to_owned(),
+            groups,
+            federated_from: Some(issuer.to_owned()),
+        }
+    }
+
+    /// Whether the caller is the local user `username` (not merely somebody of that name on
+    /// another cluster).
+    pub fn is_local_user(&self, username: &str) -> bool {
+        self.federated_from.is_none() && self.username == username
+    }
 }
 
 // === impl Verb ===
@@ -167,6 +200,7 @@ impl AuthSnapshot {
         Some(Caller {
             username: user.username.clone(),
             groups,
+            federated_from: None,
         })
     }
 
@@ -219,7 +253,7 @@ impl AuthSnapshot {
 fn binds(binding: &RoleBinding, caller: &Caller) -> bool {
     binding.subjects.iter().any(|subject| {
         if subject.type_name.eq_ignore_ascii_case("user") {
-            subject.name == caller.username
+            caller.is_local_user(&subject.name)
         } else {
             caller.groups.contains(&subject.name)
         }
@@ -446,6 +480,57 @@ mod tests {
         };
         assert!(snapshot.authorize(&bot, named("cpu")));
         assert!(!snapshot.authorize(&bot, named("disk")));
+    }
+
+    #[test]
+    fn federated_callers_are_authorised_by_their_groups_only() {
+        let group_binding = Resource::new(
+            ObjectMeta::named("", "federation-viewers"),
+            Spec::ClusterRoleBinding(RoleBinding {
+                metadata: None,
+                role_ref: RoleRef {
+                    type_name: "ClusterRole".into(),
+                    name: "view".into(),
+                },
+                subjects: vec![Subject {
+                    type_name: "Group".into(),
+                    name: "federation-viewers".into(),
+                }],
+            }),
+        );
+        let snapshot = snapshot_with(vec![
+            group_binding,
+            // A local user "bob" with edit rights: a gateway's "bob" is somebody else.
+            user("bob", &[]),
+            binding("", "bob-edit", "ClusterRole", "edit", "bob"),
+        ]);
+
+        let viewer = Caller::federated("viewer", &["federation-viewers".into()], "gateway");
+        assert_eq!(viewer.groups, ["federation-viewers", "system:users"]);
+        assert!(snapshot.authorize(&viewer, ask(Verb::List, "events", Some("default"))));
+        assert!(snapshot.authorize(&viewer, ask(Verb::List, "events", None)));
+        assert!(!snapshot.authorize(&viewer, ask(Verb::Create, "checks", Some("default"))));
+
+        let bob = Caller::federated("bob", &[], "gateway");
+        assert!(!bob.is_local_user("bob"));
+        assert!(!snapshot.authorize(&bob, ask(Verb::Create, "checks", Some("default"))));
+        assert!(!snapshot.authorize(&bob, ask(Verb::List, "checks", Some("default"))));
+        let local_bob = snapshot.caller("bob").unwrap();
+        assert!(local_bob.is_local_user("bob"));
+        assert!(snapshot.authorize(&local_bob, ask(Verb::Create, "checks", Some("default"))));
+
+        // The replicators' identity: a group this cluster binds to cluster-admin.
+        let replicator = Caller::federated(
+            "cairn:replicator",
+            &[GROUP_CLUSTER_ADMINS.into()],
+            "gateway",
+        );
+        assert!(snapshot.authorize(&replicator, ask(Verb::Create, "roles", Some("ops"))));
+        assert!(snapshot.authorize(&replicator, ask(Verb::Delete, "clusterroles", None)));
+
+        // No groups this cluster binds: nothing.
+        let stranger = Caller::federated("eve", &["strangers".into()], "gateway");
+        assert!(!snapshot.authorize(&stranger, ask(Verb::List, "events", Some("default"))));
     }
 
     #[test]

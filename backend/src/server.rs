@@ -257,6 +257,8 @@ pub async fn start(
     let _ = state.metrics.scheduler.set(scheduler_stats);
     let _watchdog_task =
         crate::watchdog::spawn(state.clone(), Arc::clone(&state.sessions), stopped.clone());
+    // Federation: replicate chosen resources one way to downstream clusters (issue 7).
+    let _replicator_task = crate::federation::replicator::spawn(&state, stopped.clone());
     let app = api::app(state);
     let mut api_stopped = stopped;
     let task = tokio::spawn(serve(

@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "cairnctl", version, about)]
 pub struct Opts {
+    /// Aim every API request at this cluster registered on the configured (gateway) backend,
+    /// through the gateway's proxy and with your own login, which the cluster's RBAC judges
+    /// (default: CAIRN_CLUSTER). `configure` still logs in at the gateway.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub cluster: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -53,6 +58,19 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// The clusters registered on a federation gateway.
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+/// `cairnctl cluster` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// List the registered clusters with their health and version, each probed by the gateway.
+    List,
 }
 
 /// Arguments of `cairnctl lint`.
@@ -119,6 +137,10 @@ pub struct GetArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// List events or entities of the gateway and every cluster registered on it, each row
+    /// marked with its cluster (every cluster's RBAC judges your own login).
+    #[arg(long, conflicts_with = "name")]
+    pub all_clusters: bool,
 }
 
 /// Arguments of `cairnctl delete`.

@@ -15,6 +15,9 @@ pub const ENV_API_KEY: &str = "CAIRN_API_KEY";
 pub const ENV_NAMESPACE: &str = "CAIRN_NAMESPACE";
 /// Where the config file lives (default `$XDG_CONFIG_HOME/cairn` or `~/.config/cairn`).
 pub const ENV_CONFIG_DIR: &str = "CAIRN_CONFIG_DIR";
+/// A cluster registered on the (gateway) backend: every API request goes through the
+/// gateway's proxy to it (`--cluster` sets it too).
+pub const ENV_CLUSTER: &str = "CAIRN_CLUSTER";
 
 const CONFIG_FILE: &str = "cairnctl.json";
 
@@ -75,6 +78,44 @@ impl EnvSource for ProcessEnv {
     }
 }
 
+/// An environment with some keys set from the command line: a flag wins over the variable
+/// of the same meaning (`--cluster` over `CAIRN_CLUSTER`), without touching the process
+/// environment.
+#[derive(Debug, Clone)]
+pub struct Overlay<E> {
+    base: E,
+    values: Vec<(&'static str, String)>,
+}
+
+impl<E: EnvSource> Overlay<E> {
+    /// `base` as is, until [`Overlay::set`] adds values.
+    pub fn new(base: E) -> Overlay<E> {
+        Overlay {
+            base,
+            values: Vec::new(),
+        }
+    }
+
+    /// Answers `key` with `value` when `value` is given and not empty.
+    pub fn set(mut self, key: &'static str, value: Option<String>) -> Overlay<E> {
+        if let Some(value) = value.filter(|value| !value.is_empty()) {
+            self.values.push((key, value));
+        }
+        self
+    }
+}
+
+impl<E: EnvSource> EnvSource for Overlay<E> {
+    fn get(&self, key: &str) -> Option<String> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(set, _)| *set == key)
+            .map(|(_, value)| value.clone())
+            .or_else(|| self.base.get(key))
+    }
+}
+
 /// The effective connection: saved settings with environment overrides applied.
 #[derive(Debug, Clone)]
 pub struct Effective {
@@ -84,6 +125,9 @@ pub struct Effective {
     pub path: PathBuf,
     /// An API key from the environment, which takes precedence over tokens.
     pub api_key: Option<String>,
+    /// The registered cluster every API request is aimed at through the gateway's proxy
+    /// (`--cluster` / `CAIRN_CLUSTER`); `None` talks to the configured backend itself.
+    pub cluster: Option<String>,
 }
 
 /// The config file path.
@@ -142,6 +186,7 @@ pub fn load(env: &dyn EnvSource) -> Result<Effective, ConfigError> {
         saved,
         path,
         api_key: env.get(ENV_API_KEY),
+        cluster: env.get(ENV_CLUSTER),
     })
 }
 
@@ -174,4 +219,44 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), ConfigError> {
         file.sync_all().map_err(|err| fail(err.to_string()))?;
     }
     std::fs::rename(&temporary, path).map_err(|err| fail(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[derive(Clone)]
+    struct MapEnv(HashMap<&'static str, String>);
+
+    impl EnvSource for MapEnv {
+        fn get(&self, key: &str) -> Option<String> {
+            self.0.get(key).cloned()
+        }
+    }
+
+    #[test]
+    fn the_cluster_flag_wins_over_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = MapEnv(HashMap::from([
+            (ENV_CONFIG_DIR, dir.path().display().to_string()),
+            (ENV_URL, "https://gateway:8080".to_owned()),
+            (ENV_CA_FILE, "/ca.pem".to_owned()),
+            (ENV_CLUSTER, "from-env".to_owned()),
+        ]));
+        let check = |flag: Option<&str>, expected: Option<&str>| {
+            let overlay = Overlay::new(env.clone()).set(ENV_CLUSTER, flag.map(str::to_owned));
+            let effective = load(&overlay).unwrap();
+            assert_eq!(effective.cluster.as_deref(), expected, "flag {flag:?}");
+            assert_eq!(effective.saved.url, "https://gateway:8080");
+        };
+        check(Some("alpha"), Some("alpha"));
+        check(None, Some("from-env"));
+        // An empty flag is no flag.
+        check(Some(""), Some("from-env"));
+        let mut without = env.clone();
+        without.0.remove(ENV_CLUSTER);
+        assert_eq!(load(&Overlay::new(without)).unwrap().cluster, None);
+    }
 }

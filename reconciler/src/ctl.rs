@@ -1,6 +1,6 @@
 //! The `cairnctl` commands that talk to a backend: `configure`, `get`, `delete`, `create -f`,
-//! `user …` and `api-key …`, named as sensuctl names them, and `agent …` (join tokens and
-//! revocation).
+//! `user …` and `api-key …`, named as sensuctl names them, `agent …` (join tokens and
+//! revocation), and for a federation gateway `cluster list` and `get … --all-clusters`.
 
 use std::path::PathBuf;
 
@@ -11,7 +11,9 @@ use cairn_api::client::{Client, ClientError, Credentials};
 use cairn_api::codec;
 use cairn_api::{Kind, Resource};
 
-use crate::cli::{AgentCommand, ApiKeyCommand, GetArgs, OutputFormat, TokenCommand, UserCommand};
+use crate::cli::{
+    AgentCommand, ApiKeyCommand, ClusterCommand, GetArgs, OutputFormat, TokenCommand, UserCommand,
+};
 use crate::config::{self, ConfigError, EnvSource, Saved};
 use crate::exit::Outcome;
 
@@ -89,21 +91,37 @@ pub async fn configure(
     )]))
 }
 
-/// A client from the saved config and environment, refreshing an expired access token.
+/// A client from the saved config and environment, refreshing an expired access token. With a
+/// cluster (`--cluster` / `CAIRN_CLUSTER`) its API requests go through the gateway's proxy to
+/// that cluster; tokens are still refreshed at the gateway.
 ///
 /// # Errors
-/// When nothing is configured, or the token cannot be refreshed.
+/// When nothing is configured, the cluster name is not valid, or the token cannot be
+/// refreshed.
 pub async fn connect(env: &dyn EnvSource) -> Result<(Client, String), CtlError> {
     let effective = config::load(env)?;
+    if let Some(cluster) = &effective.cluster {
+        if let Some(problem) = cairn_api::validate::check_name(Kind::Cluster, cluster) {
+            return Err(CtlError::Usage(format!("--cluster {cluster:?}: {problem}")));
+        }
+    }
+    let aim = |client: Client| match &effective.cluster {
+        Some(cluster) => client.via_cluster(cluster),
+        None => client,
+    };
     let ca = read_file(&effective.saved.ca_file)?;
     let namespace = effective.saved.namespace.clone();
-    if let Some(key) = effective.api_key {
+    if let Some(key) = effective.api_key.clone() {
         return Ok((
-            Client::new(&effective.saved.url, &ca, Credentials::ApiKey(key))?,
+            aim(Client::new(
+                &effective.saved.url,
+                &ca,
+                Credentials::ApiKey(key),
+            )?),
             namespace,
         ));
     }
-    let mut saved = effective.saved;
+    let mut saved = effective.saved.clone();
     if saved.access_token.is_empty() {
         return Err(ConfigError::NotConfigured.into());
     }
@@ -122,7 +140,7 @@ pub async fn connect(env: &dyn EnvSource) -> Result<(Client, String), CtlError> 
         config::save(&effective.path, &saved)?;
     }
     Ok((
-        client.with_credentials(Credentials::Bearer(saved.access_token)),
+        aim(client.with_credentials(Credentials::Bearer(saved.access_token))),
         namespace,
     ))
 }
@@ -148,6 +166,9 @@ fn kind_named(name: &str) -> Result<Kind, CtlError> {
 /// Unknown type, or the backend's refusal (404 for a missing name).
 pub async fn get(env: &dyn EnvSource, args: &GetArgs) -> Result<Report, CtlError> {
     let kind = kind_named(&args.resource_type)?;
+    if args.all_clusters {
+        return get_all_clusters(env, kind, args).await;
+    }
     let (client, default_namespace) = connect(env).await?;
     let namespace = args.namespace.clone().unwrap_or(default_namespace);
     let resources = match &args.name {
@@ -165,9 +186,235 @@ pub async fn get(env: &dyn EnvSource, args: &GetArgs) -> Result<Report, CtlError
     let lines = match args.output {
         OutputFormat::Yaml => vec![codec::to_yaml(&resources).trim_end().to_owned()],
         OutputFormat::Json => vec![codec::to_json_stream(&resources).trim_end().to_owned()],
+        OutputFormat::Table if kind == Kind::Replicator => {
+            return Ok(replicator_table(&client, &resources).await);
+        }
         OutputFormat::Table => table(kind, &resources),
     };
     Ok(Report::ok(lines))
+}
+
+/// The gateway's replicator statuses (`GET`, a JSON list).
+const REPLICATOR_STATUS_PATH: &str = "/api/cairn/v1/replicators";
+
+/// Longest LAST-ERROR cell; the whole message is in the status endpoint's answer.
+const ERROR_CELL_LIMIT: usize = 120;
+
+/// Characters kept from the start of a long LAST-ERROR message; the rest of the cell is its
+/// end, which names the root cause (a message is a chain of causes, outermost first).
+const ERROR_CELL_HEAD: usize = 40;
+
+/// `cairnctl get replicators` as a table: each replicator's destination and type, and how it
+/// is doing as the gateway reports it. A status that cannot be read is reported on stderr and
+/// its columns show `unknown`.
+async fn replicator_table(client: &Client, resources: &[Resource]) -> Report {
+    let mut report = Report::ok(Vec::new());
+    let statuses: std::collections::HashMap<String, Value> = match replicator_statuses(client).await
+    {
+        Ok(statuses) => statuses
+            .into_iter()
+            .filter_map(|status| {
+                let name = status.get("name")?.as_str()?.to_owned();
+                Some((name, status))
+            })
+            .collect(),
+        Err(err) => {
+            report
+                .errors
+                .push(format!("replicator status unavailable: {err}"));
+            std::collections::HashMap::new()
+        }
+    };
+    report.lines = replicator_rows(resources, &statuses);
+    report
+}
+
+/// The lines of the replicator table, statuses by replicator name.
+fn replicator_rows(
+    resources: &[Resource],
+    statuses: &std::collections::HashMap<String, Value>,
+) -> Vec<String> {
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "CLUSTER".to_owned(),
+        "RESOURCE".to_owned(),
+        "LAST-REVISION".to_owned(),
+        "LAG".to_owned(),
+        "STATE".to_owned(),
+        "LAST-ERROR".to_owned(),
+    ]];
+    for resource in resources {
+        let cairn_api::Spec::Replicator(spec) = &resource.spec else {
+            continue;
+        };
+        let status = statuses.get(resource.name());
+        let number = |field: &str| status.and_then(|status| status.get(field));
+        let (last_revision, lag, state) = match status {
+            Some(status) => {
+                let pending = number("pending").and_then(Value::as_u64).unwrap_or(0);
+                let seconds = number("lag_seconds").and_then(Value::as_f64).unwrap_or(0.0);
+                (
+                    number("last_revision")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0)
+                        .to_string(),
+                    if pending == 0 {
+                        "0s".to_owned()
+                    } else {
+                        format!("{seconds:.1}s ({pending} pending)")
+                    },
+                    status
+                        .get("state")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown")
+                        .to_owned(),
+                )
+            }
+            None => ("-".to_owned(), "-".to_owned(), "unknown".to_owned()),
+        };
+        let last_error = status
+            .and_then(|status| status.get("last_error"))
+            .and_then(|error| error.get("message"))
+            .and_then(Value::as_str)
+            .map(error_cell)
+            .unwrap_or_default();
+        let resource_type = if spec.api_version == cairn_api::kind::CORE_V2 {
+            spec.resource.clone()
+        } else {
+            format!("{}.{}", spec.api_version, spec.resource)
+        };
+        rows.push([
+            resource.name().to_owned(),
+            spec.cluster.clone(),
+            resource_type,
+            last_revision,
+            lag,
+            state,
+            last_error,
+        ]);
+    }
+    columns(&rows)
+}
+
+/// A message for the LAST-ERROR cell: whole when short, else its start and its end.
+fn error_cell(message: &str) -> String {
+    let chars: Vec<char> = message.chars().collect();
+    if chars.len() <= ERROR_CELL_LIMIT {
+        return message.to_owned();
+    }
+    let head: String = chars[..ERROR_CELL_HEAD].iter().collect();
+    let tail_len = ERROR_CELL_LIMIT - ERROR_CELL_HEAD - 1;
+    let tail: String = chars[chars.len() - tail_len..].iter().collect();
+    format!("{head}…{tail}")
+}
+
+async fn replicator_statuses(client: &Client) -> Result<Vec<Value>, CtlError> {
+    let response = client
+        .send(Method::GET, REPLICATOR_STATUS_PATH, None)
+        .await?;
+    match response_json(REPLICATOR_STATUS_PATH, response).await? {
+        Value::Array(statuses) => Ok(statuses),
+        _ => Err(unexpected(
+            REPLICATOR_STATUS_PATH,
+            "the answer is not a list",
+        )),
+    }
+}
+
+/// The gateway's federated lists, by kind.
+const FEDERATION_PATH: &str = "/api/cairn/v1/federation";
+
+/// `cairnctl get events|entities --all-clusters`: the gateway's federated view, a CLUSTER
+/// column first. A cluster that refused or could not be reached is reported on stderr and
+/// makes the command fail, after the rows of the others.
+async fn get_all_clusters(
+    env: &dyn EnvSource,
+    kind: Kind,
+    args: &GetArgs,
+) -> Result<Report, CtlError> {
+    if !matches!(kind, Kind::Event | Kind::Entity) {
+        return Err(CtlError::Usage(format!(
+            "--all-clusters lists events or entities, not {}",
+            kind.plural()
+        )));
+    }
+    let (client, default_namespace) = connect(env).await?;
+    let namespace = args.namespace.clone().unwrap_or(default_namespace);
+    if let Some(problem) = cairn_api::validate::check_name(Kind::Namespace, &namespace) {
+        return Err(CtlError::Usage(format!("namespace: {problem}")));
+    }
+    let path = format!("{FEDERATION_PATH}/{}?namespace={namespace}", kind.plural());
+    let response = client.send(Method::GET, &path, None).await?;
+    let listed = response_json(&path, response).await?;
+    let items = listed
+        .get("items")
+        .and_then(Value::as_array)
+        .ok_or_else(|| unexpected(&path, "no items list in the answer"))?;
+    let mut report = Report::ok(Vec::new());
+    for failure in listed
+        .get("errors")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let cluster = failure
+            .get("cluster")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let message = failure
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("failed");
+        report
+            .errors
+            .push(format!("cluster {cluster} not listed: {message}"));
+        report.outcome = Outcome::Failure;
+    }
+    match args.output {
+        OutputFormat::Json => {
+            let text =
+                serde_json::to_string_pretty(&listed).expect("a JSON value always serializes");
+            report.lines.push(text);
+        }
+        OutputFormat::Yaml => {
+            let text = serde_yaml::to_string(&listed)
+                .map_err(|err| unexpected(&path, &format!("cannot render YAML: {err}")))?;
+            report.lines.push(text.trim_end().to_owned());
+        }
+        OutputFormat::Table => {
+            let mut rows = vec![[
+                "CLUSTER".to_owned(),
+                "NAME".to_owned(),
+                "NAMESPACE".to_owned(),
+                "CREATED BY".to_owned(),
+            ]];
+            for item in items {
+                let cluster = item
+                    .get("cluster")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let wire = item.get("resource").cloned().unwrap_or(Value::Null);
+                match Resource::from_wire(kind, wire) {
+                    Ok(resource) => rows.push([
+                        cluster,
+                        resource.name().to_owned(),
+                        resource.namespace().to_owned(),
+                        resource.metadata.created_by.clone(),
+                    ]),
+                    Err(issue) => {
+                        report.errors.push(format!(
+                            "cluster {cluster}: an unreadable {}: {issue}",
+                            kind.plural()
+                        ));
+                        report.outcome = Outcome::Failure;
+                    }
+                }
+            }
+            report.lines = columns(&rows);
+        }
+    }
+    Ok(report)
 }
 
 fn table(kind: Kind, resources: &[Resource]) -> Vec<String> {
@@ -411,6 +658,74 @@ pub async fn api_key(env: &dyn EnvSource, command: &ApiKeyCommand) -> Result<Rep
 
 /// The join token endpoint.
 const JOIN_TOKENS_PATH: &str = "/api/cairn/v1/jointokens";
+/// The registered clusters and their health (a federation gateway).
+const CLUSTERS_PATH: &str = "/api/cairn/v1/clusters";
+
+/// `cairnctl cluster list`: the registered clusters, probed by the gateway.
+///
+/// # Errors
+/// The backend's refusal, or an answer that is not the list it promises.
+pub async fn cluster(env: &dyn EnvSource, command: &ClusterCommand) -> Result<Report, CtlError> {
+    let (client, _) = connect(env).await?;
+    match command {
+        ClusterCommand::List => {
+            let response = client.send(Method::GET, CLUSTERS_PATH, None).await?;
+            let listed = response_json(CLUSTERS_PATH, response).await?;
+            let clusters = listed
+                .as_array()
+                .ok_or_else(|| unexpected(CLUSTERS_PATH, "the answer is not a list"))?;
+            let mut rows = vec![[
+                "NAME".to_owned(),
+                "URL".to_owned(),
+                "HEALTHY".to_owned(),
+                "VERSION".to_owned(),
+                "ERROR".to_owned(),
+            ]];
+            for cluster in clusters {
+                let urls = cluster
+                    .get("api_urls")
+                    .and_then(Value::as_array)
+                    .map(|urls| {
+                        urls.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
+                let version = cluster
+                    .get("version")
+                    .and_then(|version| {
+                        version
+                            .get("cairn_backend")
+                            .or_else(|| version.get("sensu_backend"))
+                    })
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let healthy = cluster
+                    .get("healthy")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                rows.push([
+                    cluster
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    urls,
+                    healthy.to_string(),
+                    version,
+                    cluster
+                        .get("error")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                ]);
+            }
+            Ok(Report::ok(columns(&rows)))
+        }
+    }
+}
 
 /// `cairnctl agent …`: join tokens and revocation.
 ///
@@ -620,6 +935,75 @@ mod tests {
         assert_eq!(format_unix_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(format_unix_utc(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(format_unix_utc(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn replicators_show_their_status() {
+        let replicator = |name: &str, api_version: &str, resource: &str| {
+            Resource::new(
+                cairn_api::ObjectMeta::named("", name),
+                cairn_api::Spec::Replicator(cairn_api::model::Replicator {
+                    cluster: "alpha".into(),
+                    api_version: api_version.into(),
+                    resource: resource.into(),
+                    ..cairn_api::model::Replicator::default()
+                }),
+            )
+        };
+        let resources = [
+            replicator("checks", "core/v2", "CheckConfig"),
+            replicator("secrets", "secrets/v1", "Secret"),
+            replicator("new", "core/v2", "Role"),
+        ];
+        let statuses = [
+            (
+                "checks".to_owned(),
+                json!({"name": "checks", "state": "ok", "last_revision": 42, "pending": 0,
+                       "lag_seconds": 0.0, "last_error": null}),
+            ),
+            (
+                "secrets".to_owned(),
+                json!({"name": "secrets", "state": "backing_off", "last_revision": 7,
+                       "pending": 3, "lag_seconds": 2.25,
+                       "last_error": {"message": "x".repeat(200), "at": 1}}),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let lines = replicator_rows(&resources, &statuses);
+        let long_error = format!(
+            "{}…{}",
+            "x".repeat(ERROR_CELL_HEAD),
+            "x".repeat(ERROR_CELL_LIMIT - ERROR_CELL_HEAD - 1)
+        );
+        assert_eq!(
+            lines,
+            [
+                "NAME     CLUSTER  RESOURCE           LAST-REVISION  LAG               STATE        LAST-ERROR".to_owned(),
+                "checks   alpha    CheckConfig        42             0s                ok".to_owned(),
+                format!("secrets  alpha    secrets/v1.Secret  7              2.2s (3 pending)  backing_off  {long_error}"),
+                "new      alpha    Role               -              -                 unknown".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn long_errors_keep_their_start_and_their_cause() {
+        assert_eq!(error_cell("short"), "short");
+        let message = format!(
+            "cannot list the downstream's copies: {}: invalid peer certificate: UnknownIssuer",
+            "x".repeat(200)
+        );
+        let cell = error_cell(&message);
+        assert_eq!(cell.chars().count(), ERROR_CELL_LIMIT);
+        assert!(
+            cell.starts_with("cannot list the downstream's copies"),
+            "{cell}"
+        );
+        assert!(
+            cell.ends_with("invalid peer certificate: UnknownIssuer"),
+            "{cell}"
+        );
     }
 
     #[test]

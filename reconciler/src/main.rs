@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cairn_reconciler::cli::{Command, Opts};
-use cairn_reconciler::config::ProcessEnv;
+use cairn_reconciler::config::{Overlay, ProcessEnv, ENV_CLUSTER};
 use cairn_reconciler::exit::Outcome;
 use cairn_reconciler::{ctl, gitops, lint, status, watch};
 
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
             }
             report.outcome
         }
-        command => match run_online(command) {
+        command => match run_online(command, opts.cluster) {
             Ok(report) => {
                 for line in &report.errors {
                     eprintln!("{line}");
@@ -63,12 +63,13 @@ fn main() -> ExitCode {
     ExitCode::from(outcome.code())
 }
 
-/// Runs a command that talks to a backend, on a runtime built here.
-fn run_online(command: Command) -> anyhow::Result<ctl::Report> {
+/// Runs a command that talks to a backend, on a runtime built here; `cluster` (`--cluster`)
+/// aims its API requests at a cluster registered on that backend.
+fn run_online(command: Command, cluster: Option<String>) -> anyhow::Result<ctl::Report> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let env = ProcessEnv;
+    let env = Overlay::new(ProcessEnv).set(ENV_CLUSTER, cluster);
     let report = runtime.block_on(async move {
         match command {
             Command::Lint(_) => unreachable!("lint runs offline"),
@@ -109,6 +110,7 @@ fn run_online(command: Command) -> anyhow::Result<ctl::Report> {
             Command::User { command } => ctl::user(&env, &command).await,
             Command::ApiKey { command } => ctl::api_key(&env, &command).await,
             Command::Agent { command } => ctl::agent(&env, &command).await,
+            Command::Cluster { command } => ctl::cluster(&env, &command).await,
         }
     })?;
     Ok(report)

@@ -19,7 +19,7 @@ use base64::Engine;
 use serde_json::Value;
 
 pub use self::error::{ApiError, Code, InternalFault};
-use crate::auth::{self, TokenIssuer};
+use crate::auth::{self, TokenIssuer, TokenOrigin};
 use crate::authcache::AuthCache;
 use crate::rbac::{self, Caller, Verb};
 use crate::resources::Resources;
@@ -147,9 +147,14 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
 
 /// Authenticates a request from its `Authorization` header: `Bearer <jwt>` or `Key <api key>`.
 ///
+/// A token this cluster issued, and an API key, act as the live local user: a disabled or
+/// deleted user is refused. A token another cluster of the federation issued with the shared
+/// key acts as a federated caller with the token's subject and groups (see
+/// [`Caller::federated`]); the user need not exist here.
+///
 /// # Errors
 /// 401 when the header is missing or the credential is invalid, expired, or belongs to a
-/// disabled or deleted user.
+/// disabled or deleted local user.
 pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let header = headers
         .get(header::AUTHORIZATION)
@@ -157,12 +162,18 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Api
         .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
     let snapshot = state.auth.snapshot();
     let username = if let Some(token) = header.strip_prefix("Bearer ") {
-        match state.issuer.verify(token.trim()) {
-            Ok(claims) => claims.sub,
+        let claims = match state.issuer.verify(token.trim()) {
+            Ok(claims) => claims,
             Err(auth::AuthError::TokenExpired) => {
                 return Err(ApiError::unauthenticated("token expired"))
             }
             Err(_) => return Err(ApiError::unauthenticated("invalid credentials")),
+        };
+        match state.issuer.origin(&claims) {
+            TokenOrigin::Local => claims.sub,
+            TokenOrigin::Federated { issuer } => {
+                return Ok(Caller::federated(&claims.sub, &claims.groups, &issuer))
+            }
         }
     } else if let Some(key) = header.strip_prefix("Key ") {
         snapshot
@@ -202,8 +213,12 @@ pub fn authorize(
         Some(namespace) => format!(" in namespace {namespace}"),
         None => String::new(),
     };
+    let origin = match &caller.federated_from {
+        Some(issuer) => format!(" of cluster {issuer}"),
+        None => String::new(),
+    };
     Err(ApiError::forbidden(format!(
-        "user {} may not {verb} {resource}{}{scope}",
+        "user {}{origin} may not {verb} {resource}{}{scope}",
         caller.username,
         name.map(|name| format!("/{name}")).unwrap_or_default()
     )))
@@ -497,6 +512,13 @@ async fn auth_refresh(
         .issuer
         .verify_ignoring_expiry(access.trim())
         .map_err(|_| ApiError::unauthenticated("invalid credentials"))?;
+    // Refresh tokens stay local: only this cluster's own access tokens are refreshed here, and
+    // the refresh token is left untouched for the cluster that issued it.
+    if let TokenOrigin::Federated { issuer } = state.issuer.origin(&claims) {
+        return Err(ApiError::unauthenticated(format!(
+            "the access token was issued by cluster {issuer}: refresh it there"
+        )));
+    }
     let username = consume_refresh(&state, &body.refresh_token).await?;
     if username != claims.sub {
         return Err(ApiError::unauthenticated(
@@ -535,4 +557,299 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
             err.column()
         ))
     })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use axum::http::Method;
+    use cairn_api::model::{RoleBinding, RoleRef, Subject, User};
+    use cairn_api::{ObjectMeta, Resource, Spec};
+
+    use super::*;
+    use crate::rbac::GROUP_CLUSTER_ADMINS;
+
+    /// A backend's state over a fresh store seeded as `init` seeds it (default roles, the
+    /// `admin` user, the `default` namespace), whose tokens are issued by `cluster` with a key
+    /// pair the test knows.
+    pub(crate) struct Fixture {
+        pub(crate) state: AppState,
+        /// The signing key (PKCS#8 PEM), shared with the "other clusters" of a test.
+        pub(crate) private_pem: String,
+        pub(crate) public_pem: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        pub(crate) async fn new(cluster: &str) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut state, _sink) = crate::scheduler::tests::test_state(dir.path()).await;
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let (private_pem, public_pem) = (key.serialize_pem(), key.public_key_pem());
+            state.issuer =
+                Arc::new(TokenIssuer::from_pem(Some(&private_pem), &public_pem, cluster).unwrap());
+            let fixture = Fixture {
+                state,
+                private_pem,
+                public_pem,
+                _dir: dir,
+            };
+            let hash = auth::hash_password("admin-password").unwrap();
+            for resource in rbac::default_resources("admin", &hash) {
+                fixture.put(resource).await;
+            }
+            fixture
+                .put(Resource::new(
+                    ObjectMeta::named("", "default"),
+                    Spec::Namespace(cairn_api::model::Namespace {
+                        name: "default".into(),
+                    }),
+                ))
+                .await;
+            fixture
+        }
+
+        /// Stores a resource and waits until authentication sees it.
+        pub(crate) async fn put(&self, resource: Resource) {
+            let revision = self
+                .state
+                .resources
+                .put(&resource, Precondition::None)
+                .await
+                .unwrap();
+            self.state.auth.wait_for(revision).await;
+        }
+
+        /// A token signed with this backend's (shared) key as the cluster `issuer` issues it.
+        pub(crate) fn token_from(&self, issuer: &str, username: &str, groups: &[&str]) -> String {
+            let other =
+                TokenIssuer::from_pem(Some(&self.private_pem), &self.public_pem, issuer).unwrap();
+            let groups: Vec<String> = groups.iter().map(|group| (*group).to_owned()).collect();
+            other.issue(username, &groups).unwrap().token
+        }
+
+        /// Binds `group` to the cluster role `role` with a ClusterRoleBinding.
+        pub(crate) async fn bind_group(&self, group: &str, role: &str) {
+            self.put(Resource::new(
+                ObjectMeta::named("", group),
+                Spec::ClusterRoleBinding(RoleBinding {
+                    metadata: None,
+                    role_ref: RoleRef {
+                        type_name: "ClusterRole".into(),
+                        name: role.into(),
+                    },
+                    subjects: vec![Subject {
+                        type_name: "Group".into(),
+                        name: group.into(),
+                    }],
+                }),
+            ))
+            .await;
+        }
+
+        /// Sends a request through the resource routes.
+        pub(crate) async fn call(
+            &self,
+            method: Method,
+            uri: &str,
+            token: &str,
+            body: Option<Value>,
+        ) -> (StatusCode, Value) {
+            let request = axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(body.map_or_else(Body::empty, |body| Body::from(body.to_string())))
+                .unwrap();
+            let response = routes::dispatch(State(self.state.clone()), request).await;
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    }
+
+    pub(crate) fn bearer(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        headers
+    }
+
+    fn check(name: &str) -> Value {
+        serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "command": "true",
+            "interval": 60,
+            "subscriptions": ["linux"],
+        })
+    }
+
+    fn local_user(name: &str, groups: &[&str], disabled: bool) -> Resource {
+        Resource::new(
+            ObjectMeta::named("", name),
+            Spec::User(User {
+                username: name.into(),
+                password_hash: auth::hash_password("bob-password").unwrap(),
+                groups: groups.iter().map(|group| (*group).to_owned()).collect(),
+                disabled,
+                ..User::default()
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn tokens_of_another_cluster_are_authorised_by_their_groups() {
+        let alpha = Fixture::new("alpha").await;
+        alpha.bind_group("federation-viewers", "view").await;
+        // The gateway's viewer does not exist on alpha: its token's groups speak for it.
+        let viewer = alpha.token_from("gateway", "federation-viewer", &["federation-viewers"]);
+        let caller = authenticate(&alpha.state, &bearer(&viewer)).unwrap();
+        assert_eq!(caller.username, "federation-viewer");
+        assert_eq!(caller.federated_from.as_deref(), Some("gateway"));
+
+        let events = "/api/core/v2/namespaces/default/events";
+        let (status, body) = alpha.call(Method::GET, events, &viewer, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let checks = "/api/core/v2/namespaces/default/checks";
+        let (status, body) = alpha
+            .call(Method::POST, checks, &viewer, Some(check("cpu")))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(
+            body["message"],
+            "user federation-viewer of cluster gateway may not create checks/cpu in namespace default"
+        );
+
+        // A group alpha does not bind: authenticated, but allowed nothing.
+        let stranger = alpha.token_from("gateway", "eve", &["strangers"]);
+        let (status, _) = alpha.call(Method::GET, events, &stranger, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+
+        // The replicators' identity: cluster-admins, bound on every cluster by default.
+        let replicator = alpha.token_from("gateway", "cairn:replicator", &[GROUP_CLUSTER_ADMINS]);
+        let (status, body) = alpha
+            .call(Method::POST, checks, &replicator, Some(check("cpu")))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, body) = alpha
+            .call(Method::GET, &format!("{checks}/cpu"), &replicator, None)
+            .await;
+        assert_eq!(body["metadata"]["created_by"], "cairn:replicator");
+    }
+
+    #[tokio::test]
+    async fn own_tokens_still_read_the_live_user_record() {
+        let alpha = Fixture::new("alpha").await;
+        // Claims say cluster-admins, but alpha's own tokens speak for its users as they are now.
+        alpha.put(local_user("bob", &[], false)).await;
+        let bob = alpha.token_from("alpha", "bob", &[GROUP_CLUSTER_ADMINS]);
+        let caller = authenticate(&alpha.state, &bearer(&bob)).unwrap();
+        assert_eq!(caller.federated_from, None);
+        assert_eq!(caller.groups, ["system:users"]);
+        let (status, _) = alpha
+            .call(
+                Method::POST,
+                "/api/core/v2/namespaces/default/checks",
+                &bob,
+                Some(check("cpu")),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+
+        alpha.put(local_user("bob", &[], true)).await;
+        let err = authenticate(&alpha.state, &bearer(&bob)).unwrap_err();
+        assert_eq!(err.status, StatusCode::UNAUTHORIZED);
+        let ghost = alpha.token_from("alpha", "ghost", &[GROUP_CLUSTER_ADMINS]);
+        let err = authenticate(&alpha.state, &bearer(&ghost)).unwrap_err();
+        assert_eq!(err.status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn federated_callers_are_not_local_users_of_the_same_name() {
+        let alpha = Fixture::new("alpha").await;
+        alpha.put(local_user("bob", &[], false)).await;
+        alpha
+            .put(Resource::new(
+                ObjectMeta::named("", "bob-admin"),
+                Spec::ClusterRoleBinding(RoleBinding {
+                    metadata: None,
+                    role_ref: RoleRef {
+                        type_name: "ClusterRole".into(),
+                        name: "cluster-admin".into(),
+                    },
+                    subjects: vec![Subject {
+                        type_name: "User".into(),
+                        name: "bob".into(),
+                    }],
+                }),
+            ))
+            .await;
+        let gateway_bob = alpha.token_from("gateway", "bob", &[]);
+        // Neither alpha's binding of its own bob nor bob's right to change his own password.
+        let (status, _) = alpha
+            .call(Method::GET, "/api/core/v2/users", &gateway_bob, None)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = alpha
+            .call(
+                Method::PUT,
+                "/api/core/v2/users/bob/password",
+                &gateway_bob,
+                Some(serde_json::json!({"password_new": "taken-over!"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn forged_tokens_are_refused() {
+        let alpha = Fixture::new("alpha").await;
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        for issuer in ["gateway", "alpha"] {
+            let forger = TokenIssuer::from_pem(
+                Some(&other.serialize_pem()),
+                &other.public_key_pem(),
+                issuer,
+            )
+            .unwrap();
+            let token = forger
+                .issue("admin", &[GROUP_CLUSTER_ADMINS.to_owned()])
+                .unwrap();
+            let err = authenticate(&alpha.state, &bearer(&token.token)).unwrap_err();
+            assert_eq!(err.status, StatusCode::UNAUTHORIZED, "{issuer}");
+            assert_eq!(err.message, "invalid credentials");
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_only_takes_this_clusters_own_tokens() {
+        let alpha = Fixture::new("alpha").await;
+        let admin = alpha.state.auth.snapshot().caller("admin").unwrap();
+        let Json(tokens) = issue_tokens(&alpha.state, &admin).await.unwrap();
+        let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+        let body =
+            || Bytes::from(serde_json::json!({ "refresh_token": refresh_token }).to_string());
+
+        let federated = alpha.token_from("gateway", "admin", &[GROUP_CLUSTER_ADMINS]);
+        let err = auth_refresh(State(alpha.state.clone()), bearer(&federated), body())
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            err.message,
+            "the access token was issued by cluster gateway: refresh it there"
+        );
+        // The refresh token was not spent by the refused attempt.
+        let own = tokens["access_token"].as_str().unwrap();
+        let Json(refreshed) = auth_refresh(State(alpha.state.clone()), bearer(own), body())
+            .await
+            .unwrap();
+        assert!(refreshed["access_token"].is_string());
+    }
 }

@@ -789,7 +789,8 @@ async fn users_action(
         return Err(ApiError::internal("a user key holds another kind"));
     };
     // Users may change their own password; everything else needs `update users`.
-    let own_password = action == "password" && caller.username == name;
+    // A federated caller of the same name is somebody else (see `Caller::federated_from`).
+    let own_password = action == "password" && caller.is_local_user(name);
     if !own_password {
         authorize(state, caller, Verb::Update, "users", None, Some(name))?;
     }

@@ -1,10 +1,895 @@
-//! The federated view (STUB: being implemented).
+//! The federated view: the health of the registered clusters, events and entities of every
+//! cluster in one list, and any API call aimed at a registered cluster, each with the caller's
+//! own credential so that every downstream's RBAC decides what its part shows.
+//!
+//! - `GET /api/cairn/v1/clusters` (RBAC: `list clusters`) — every registered `Cluster` with its
+//!   health, probed concurrently:
+//!   `[{"name", "api_urls", "healthy", "version", "error", "latency_ms"}]`, by name. `version`
+//!   is the downstream's `/version` document (or `null`), `error` says what failed (or is
+//!   `null`), `latency_ms` is the `/health` round trip (or `null` without an answer).
+//! - `GET /api/cairn/v1/federation/events` and `…/entities`, optional `?namespace=NS` (every
+//!   namespace without it). The caller must be allowed to list them here; each registered
+//!   cluster is asked with the caller's own `Authorization` header. The answer is one document:
+//!   `{"items": [{"cluster", "resource"}], "errors": [{"cluster", "status", "message"}]}`:
+//!   this cluster's rows first (its cluster name is its token issuer name), then each
+//!   downstream's by cluster name; `resource` is the REST wire form. A cluster that refuses
+//!   (`status` 401/403), fails, or cannot be reached (`status` `null`) adds an entry to
+//!   `errors` instead of failing the call.
+//! - `/api/cairn/v1/clusters/{name}/proxy/{*path}`, any method — forwards the method, path,
+//!   query, JSON body and the caller's `Authorization` header to the cluster and relays the
+//!   status, the headers that matter (`content-type`, `etag`, `sensu-continue`, `location`)
+//!   and the body. Here the caller only has to be authenticated; the downstream authorises.
+//!   `/auth…` is never forwarded: one logs in (and refreshes tokens) at the gateway.
 
-use axum::Router;
+use std::time::Duration;
 
-use crate::api::AppState;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use cairn_api::model::Cluster;
+use cairn_api::{Kind, Spec};
+
+use super::client::{ClusterClient, ClusterError};
+use crate::api::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
+use crate::rbac::Verb;
+
+/// The registered clusters and their health.
+pub const CLUSTERS_PATH: &str = "/api/cairn/v1/clusters";
+/// The federated list of events (`…/federation/entities` for entities).
+pub const FEDERATION_PATH: &str = "/api/cairn/v1/federation";
+
+/// How long the probe of one cluster (`/health` and `/version`) may take in all, failover
+/// over its URLs included.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long listing one downstream cluster may take in all (every page).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Items per page asked of a downstream.
+const PAGE_SIZE: usize = 500;
+/// Pages read from one downstream at most (a `Sensu-Continue` loop cannot run forever).
+const MAX_PAGES: usize = 1_000;
+/// The largest downstream answer read into memory (one page, or one proxied response).
+const RESPONSE_LIMIT: usize = 64 * 1024 * 1024;
+/// Headers of a downstream answer the proxy relays.
+const RELAYED_HEADERS: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::ETAG,
+    header::LOCATION,
+    HeaderName::from_static("sensu-continue"),
+];
 
 /// The federated view's routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route(CLUSTERS_PATH, get(clusters_list))
+        .route(
+            "/api/cairn/v1/clusters/{name}/proxy/{*path}",
+            any(clusters_proxy),
+        )
+        .route("/api/cairn/v1/federation/events", get(federation_events))
+        .route(
+            "/api/cairn/v1/federation/entities",
+            get(federation_entities),
+        )
+}
+
+/// One registered cluster's health, as `GET /api/cairn/v1/clusters` returns it.
+#[derive(Debug, Clone, Serialize)]
+struct ClusterHealth {
+    name: String,
+    api_urls: Vec<String>,
+    healthy: bool,
+    version: Option<Value>,
+    error: Option<String>,
+    latency_ms: Option<u64>,
+}
+
+/// The federated list's answer.
+#[derive(Debug, Default, Serialize)]
+struct FederatedList {
+    items: Vec<FederatedItem>,
+    errors: Vec<ClusterFailure>,
+}
+
+/// One row of the federated list.
+#[derive(Debug, Serialize)]
+struct FederatedItem {
+    cluster: String,
+    resource: Value,
+}
+
+/// A cluster that contributed no rows, and why.
+#[derive(Debug, Serialize)]
+struct ClusterFailure {
+    cluster: String,
+    /// The downstream's HTTP status; `None` when it gave no (usable) answer.
+    status: Option<u16>,
+    message: String,
+}
+
+/// The query of the federated list.
+#[derive(Debug, Deserialize)]
+struct FederationQuery {
+    namespace: Option<String>,
+}
+
+// === handlers ===
+
+async fn clusters_list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ClusterHealth>>, ApiError> {
+    let caller = authenticate(&state, &headers)?;
+    authorize(
+        &state,
+        &caller,
+        Verb::List,
+        Kind::Cluster.plural(),
+        None,
+        None,
+    )?;
+    let clusters = registered_clusters(&state).await?;
+    let probes = clusters
+        .into_iter()
+        .map(|(name, cluster)| probe(name, cluster));
+    Ok(Json(futures::future::join_all(probes).await))
+}
+
+async fn federation_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<FederationQuery>, QueryRejection>,
+) -> Result<Json<FederatedList>, ApiError> {
+    federated_list(&state, &headers, Kind::Event, query).await
+}
+
+async fn federation_entities(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<FederationQuery>, QueryRejection>,
+) -> Result<Json<FederatedList>, ApiError> {
+    federated_list(&state, &headers, Kind::Entity, query).await
+}
+
+async fn clusters_proxy(State(state): State<AppState>, request: Request) -> Response {
+    match proxy(&state, request).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+/// Why the proxy relays no downstream answer.
+#[derive(Debug)]
+enum ProxyError {
+    /// The gateway refused the request (authentication, a bad path, an unknown cluster).
+    Refused(ApiError),
+    /// The cluster could not be asked or gave no complete answer: 502. Expected while a
+    /// cluster is down or misregistered; a retry may help.
+    Downstream(ClusterError),
+}
+
+impl From<ApiError> for ProxyError {
+    fn from(err: ApiError) -> ProxyError {
+        ProxyError::Refused(err)
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        match self {
+            ProxyError::Refused(err) => err.into_response(),
+            ProxyError::Downstream(err) => (
+                StatusCode::BAD_GATEWAY,
+                Json(serde_json::json!({"message": err.to_string(), "code": 0})),
+            )
+                .into_response(),
+        }
+    }
+}
+
+// === the cluster registry ===
+
+/// Every registered `Cluster`, by name.
+async fn registered_clusters(state: &AppState) -> Result<Vec<(String, Cluster)>, ApiError> {
+    let (items, _) = state.resources.list(Kind::Cluster, None, None, 0).await?;
+    let mut clusters: Vec<(String, Cluster)> = items
+        .into_iter()
+        .filter_map(|(_, stored)| match stored.resource.spec {
+            Spec::Cluster(cluster) => Some((stored.resource.metadata.name, cluster)),
+            _ => None,
+        })
+        .collect();
+    clusters.sort_by(|left, right| left.0.cmp(&right.0));
+    Ok(clusters)
+}
+
+/// Probes `/health` and `/version` of one cluster, at the same time, within
+/// [`PROBE_TIMEOUT`].
+async fn probe(name: String, cluster: Cluster) -> ClusterHealth {
+    let mut health = ClusterHealth {
+        name,
+        api_urls: cluster.api_urls.clone(),
+        healthy: false,
+        version: None,
+        error: None,
+        latency_ms: None,
+    };
+    let client = match ClusterClient::new(&health.name, &cluster) {
+        Ok(client) => client,
+        Err(err) => {
+            health.error = Some(err.to_string());
+            return health;
+        }
+    };
+    let started = Instant::now();
+    let health_probe = async {
+        let answer = client.send(Method::GET, "/health", None, None).await;
+        (answer, started.elapsed())
+    };
+    let version_probe = client.send(Method::GET, "/version", None, None);
+    let both = tokio::time::timeout(PROBE_TIMEOUT, async {
+        tokio::join!(health_probe, version_probe)
+    });
+    let Ok(((health_answer, latency), version_answer)) = both.await else {
+        health.error = Some(format!(
+            "cluster {}: no answer within {}s",
+            health.name,
+            PROBE_TIMEOUT.as_secs()
+        ));
+        return health;
+    };
+    let mut problems = Vec::new();
+    match health_answer {
+        Ok(response) => {
+            health.latency_ms = Some(u64::try_from(latency.as_millis()).unwrap_or(u64::MAX));
+            let status = response.status();
+            health.healthy = status.is_success();
+            if !health.healthy {
+                problems.push(format!("/health answered {status}"));
+            }
+        }
+        Err(err) => problems.push(err.to_string()),
+    }
+    match version_answer {
+        Ok(response) if response.status().is_success() => {
+            match read_limited(response).await.and_then(|bytes| {
+                serde_json::from_slice::<Value>(&bytes)
+                    .map_err(|err| format!("/version is not JSON: {err}"))
+            }) {
+                Ok(version) => health.version = Some(version),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        Ok(response) => problems.push(format!("/version answered {}", response.status())),
+        // Unreachable for /health too: the same failure, said once.
+        Err(_) if health.latency_ms.is_none() => {}
+        Err(err) => problems.push(err.to_string()),
+    }
+    if !problems.is_empty() {
+        health.error = Some(problems.join("; "));
+    }
+    health
+}
+
+// === the federated list ===
+
+async fn federated_list(
+    state: &AppState,
+    headers: &HeaderMap,
+    kind: Kind,
+    query: Result<Query<FederationQuery>, QueryRejection>,
+) -> Result<Json<FederatedList>, ApiError> {
+    let caller = authenticate(state, headers)?;
+    let Query(query) = query.map_err(|err| ApiError::invalid(err.body_text()))?;
+    let namespace = query.namespace.filter(|namespace| !namespace.is_empty());
+    if let Some(namespace) = &namespace {
+        // It goes into downstream paths: only a valid name.
+        if let Some(problem) = cairn_api::validate::check_name(Kind::Namespace, namespace) {
+            return Err(ApiError::invalid(format!("namespace: {problem}")));
+        }
+    }
+    authorize(
+        state,
+        &caller,
+        Verb::List,
+        kind.plural(),
+        namespace.as_deref(),
+        None,
+    )?;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
+    let clusters = registered_clusters(state).await?;
+    let path = match &namespace {
+        Some(namespace) => kind.collection_path(namespace),
+        None => format!("{}/{}", kind.group_prefix(), kind.plural()),
+    };
+    let downstream = futures::future::join_all(clusters.into_iter().map(|(name, cluster)| {
+        let path = path.as_str();
+        async move {
+            let rows = match tokio::time::timeout(
+                FETCH_TIMEOUT,
+                fetch_all(&name, &cluster, path, authorization),
+            )
+            .await
+            {
+                Ok(rows) => rows,
+                Err(_) => Err(ClusterFailure {
+                    cluster: name.clone(),
+                    status: None,
+                    message: format!(
+                        "cluster {name}: no complete answer within {}s",
+                        FETCH_TIMEOUT.as_secs()
+                    ),
+                }),
+            };
+            (name, rows)
+        }
+    }));
+    // The downstreams are asked while the local rows are read.
+    let local = state.resources.list(kind, namespace.as_deref(), None, 0);
+    let (local, downstream) = tokio::join!(local, downstream);
+    let (local, _) = local?;
+    let local_name = state.issuer.issuer().to_owned();
+    let mut list = FederatedList::default();
+    list.items.extend(
+        local
+            .into_iter()
+            .filter(|(_, stored)| stored.resource.kind() == kind)
+            .map(|(_, stored)| FederatedItem {
+                cluster: local_name.clone(),
+                resource: stored.resource.to_wire(),
+            }),
+    );
+    for (name, rows) in downstream {
+        match rows {
+            Ok(rows) => list
+                .items
+                .extend(rows.into_iter().map(|resource| FederatedItem {
+                    cluster: name.clone(),
+                    resource,
+                })),
+            Err(failure) => list.errors.push(failure),
+        }
+    }
+    Ok(Json(list))
+}
+
+/// Lists `path` on one cluster with the caller's `authorization`, following `Sensu-Continue`.
+async fn fetch_all(
+    name: &str,
+    cluster: &Cluster,
+    path: &str,
+    authorization: &str,
+) -> Result<Vec<Value>, ClusterFailure> {
+    let failure = |status: Option<u16>, message: String| ClusterFailure {
+        cluster: name.to_owned(),
+        status,
+        message,
+    };
+    let client = ClusterClient::new(name, cluster).map_err(|err| failure(None, err.to_string()))?;
+    let mut rows = Vec::new();
+    let mut continue_token: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut page_path = format!("{path}?limit={PAGE_SIZE}");
+        if let Some(token) = &continue_token {
+            page_path.push_str("&continue=");
+            page_path.push_str(token);
+        }
+        let response = client
+            .send(Method::GET, &page_path, Some(authorization), None)
+            .await
+            .map_err(|err| failure(None, err.to_string()))?;
+        let status = response.status();
+        continue_token = response
+            .headers()
+            .get("sensu-continue")
+            .and_then(|value| value.to_str().ok())
+            // Base64url: safe in a query as is; anything else is not followed.
+            .filter(|token| {
+                token
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_'))
+            })
+            .map(str::to_owned);
+        let bytes = read_limited(response)
+            .await
+            .map_err(|problem| failure(Some(status.as_u16()), problem))?;
+        if !status.is_success() {
+            return Err(failure(
+                Some(status.as_u16()),
+                format!("cluster {name}: {status}: {}", error_message(&bytes)),
+            ));
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Array(items)) => rows.extend(items),
+            Ok(_) => {
+                return Err(failure(
+                    Some(status.as_u16()),
+                    format!("cluster {name}: {path} did not answer a list"),
+                ))
+            }
+            Err(err) => {
+                return Err(failure(
+                    Some(status.as_u16()),
+                    format!("cluster {name}: {path} did not answer JSON: {err}"),
+                ))
+            }
+        }
+        if continue_token.is_none() {
+            return Ok(rows);
+        }
+    }
+    Err(failure(
+        None,
+        format!("cluster {name}: more than {MAX_PAGES} pages of {path}"),
+    ))
+}
+
+/// The `message` of a Sensu error body (either capitalisation), or the body itself.
+fn error_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|body| {
+            body.get("message")
+                .or_else(|| body.get("Message"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(bytes).chars().take(200).collect())
+}
+
+// === the proxy ===
+
+/// Where a proxied request goes: the registered cluster and the path (with its query) there.
+#[derive(Debug, PartialEq, Eq)]
+struct ProxyTarget {
+    cluster: String,
+    path_and_query: String,
+}
+
+async fn proxy(state: &AppState, request: Request) -> Result<Response, ProxyError> {
+    let (parts, body) = request.into_parts();
+    let target = proxy_target(parts.uri.path(), parts.uri.query())?;
+    // The gateway only checks who is calling; the downstream decides what they may do.
+    authenticate(state, &parts.headers)?;
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
+    let cluster = match state
+        .resources
+        .get(Kind::Cluster, "", &target.cluster)
+        .await
+        .map_err(ApiError::from)?
+        .map(|stored| stored.resource.spec)
+    {
+        Some(Spec::Cluster(cluster)) => cluster,
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "cluster {} is not registered",
+                target.cluster
+            ))
+            .into())
+        }
+    };
+    let bytes = read_body(state, body).await?;
+    let json_body = if bytes.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(parse_json(&bytes)?)
+    };
+    let client = ClusterClient::new(&target.cluster, &cluster).map_err(ProxyError::Downstream)?;
+    let response = client
+        .send(
+            parts.method.clone(),
+            &target.path_and_query,
+            Some(authorization),
+            json_body.as_ref(),
+        )
+        .await
+        .map_err(ProxyError::Downstream)?;
+    let status = response.status();
+    tracing::debug!(
+        cluster = %target.cluster,
+        method = %parts.method,
+        path = %target.path_and_query,
+        %status,
+        "proxied"
+    );
+    let mut relayed = HeaderMap::new();
+    for name in RELAYED_HEADERS {
+        if let Some(value) = response.headers().get(&name) {
+            relayed.insert(name, value.clone());
+        }
+    }
+    let bytes = read_limited(response).await.map_err(|problem| {
+        ProxyError::Downstream(ClusterError::Unreachable {
+            cluster: target.cluster.clone(),
+            reason: problem,
+        })
+    })?;
+    let mut answer = Response::new(Body::from(bytes));
+    *answer.status_mut() = status;
+    *answer.headers_mut() = relayed;
+    Ok(answer)
+}
+
+/// Parses `/api/cairn/v1/clusters/{name}/proxy/{path}` (the raw path, still percent-encoded,
+/// so that an encoded `/` in a name stays one) into the cluster and the downstream path.
+///
+/// # Errors
+/// 400 for `/auth…` (log in at the gateway), dot segments or empty segments, which could
+/// make the downstream path differ from what was checked here.
+fn proxy_target(path: &str, query: Option<&str>) -> Result<ProxyTarget, ApiError> {
+    let not_found = || ApiError::not_found("not found");
+    let rest = path
+        .strip_prefix(CLUSTERS_PATH)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or_else(not_found)?;
+    let (cluster, downstream) = rest.split_once("/proxy/").ok_or_else(not_found)?;
+    let cluster = percent_decode(cluster);
+    if let Some(problem) = cairn_api::validate::check_name(Kind::Cluster, &cluster) {
+        return Err(ApiError::invalid(format!("cluster name: {problem}")));
+    }
+    let segments: Vec<&str> = downstream.split('/').collect();
+    for (idx, segment) in segments.iter().enumerate() {
+        let decoded = percent_decode(segment);
+        if decoded == "." || decoded == ".." {
+            return Err(ApiError::invalid(
+                "the proxied path may not hold . or .. segments",
+            ));
+        }
+        if decoded.is_empty() && idx + 1 < segments.len() {
+            return Err(ApiError::invalid(
+                "the proxied path may not hold empty segments",
+            ));
+        }
+    }
+    if segments
+        .first()
+        .is_some_and(|first| percent_decode(first).eq_ignore_ascii_case("auth"))
+    {
+        return Err(ApiError::invalid(
+            "/auth is not proxied: log in and refresh tokens at the gateway, whose tokens \
+             every cluster of the federation accepts",
+        ));
+    }
+    if segments.first().is_some_and(|first| first.is_empty()) {
+        return Err(not_found());
+    }
+    let mut path_and_query = format!("/{downstream}");
+    if let Some(query) = query.filter(|query| !query.is_empty()) {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    Ok(ProxyTarget {
+        cluster,
+        path_and_query,
+    })
+}
+
+/// Reads a downstream answer's body up to [`RESPONSE_LIMIT`].
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if bytes.len() + chunk.len() > RESPONSE_LIMIT {
+                    return Err(format!(
+                        "the answer is over the {RESPONSE_LIMIT}-byte limit"
+                    ));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(bytes),
+            Err(err) => {
+                return Err(format!(
+                    "reading the answer failed: {}",
+                    cairn_api::problem::cause_chain(&err)
+                ))
+            }
+        }
+    }
+}
+
+/// Percent-decodes one path segment (invalid escapes are kept as they are).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut idx = 0;
+    while idx < bytes.len() {
+        if bytes[idx] == b'%' {
+            if let Some(byte) = text
+                .get(idx + 1..idx + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            {
+                out.push(byte);
+                idx += 3;
+                continue;
+            }
+        }
+        out.push(bytes[idx]);
+        idx += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+    use cairn_api::{ObjectMeta, Resource};
+
+    use super::*;
+    use crate::api::tests::{bearer, Fixture};
+
+    fn target(path: &str, query: Option<&str>) -> Result<(String, String), String> {
+        proxy_target(path, query)
+            .map(|target| (target.cluster, target.path_and_query))
+            .map_err(|err| format!("{} {}", err.status.as_u16(), err.message))
+    }
+
+    #[test]
+    fn proxy_paths() {
+        let ok = |cluster: &str, path: &str| Ok((cluster.to_owned(), path.to_owned()));
+        assert_eq!(
+            target(
+                "/api/cairn/v1/clusters/alpha/proxy/api/core/v2/namespaces/default/checks",
+                Some("limit=5&continue=abc")
+            ),
+            ok(
+                "alpha",
+                "/api/core/v2/namespaces/default/checks?limit=5&continue=abc"
+            )
+        );
+        // Encoded characters stay encoded on their way down.
+        assert_eq!(
+            target(
+                "/api/cairn/v1/clusters/alpha/proxy/api/core/v2/namespaces/default/assets/a%2Fb",
+                None
+            ),
+            ok("alpha", "/api/core/v2/namespaces/default/assets/a%2Fb")
+        );
+        assert_eq!(
+            target("/api/cairn/v1/clusters/alpha/proxy/version", Some("")),
+            ok("alpha", "/version")
+        );
+        for refused in [
+            "/api/cairn/v1/clusters/alpha/proxy/auth",
+            "/api/cairn/v1/clusters/alpha/proxy/auth/token",
+            "/api/cairn/v1/clusters/alpha/proxy/%61uth/test",
+        ] {
+            let err = target(refused, None).unwrap_err();
+            assert!(
+                err.starts_with("400 /auth is not proxied"),
+                "{refused}: {err}"
+            );
+        }
+        for refused in [
+            "/api/cairn/v1/clusters/alpha/proxy/api/../auth",
+            "/api/cairn/v1/clusters/alpha/proxy/api/%2e%2e/auth",
+            "/api/cairn/v1/clusters/alpha/proxy/./auth",
+            "/api/cairn/v1/clusters/alpha/proxy//auth",
+            "/api/cairn/v1/clusters/Not%20A%20Name/proxy/version",
+        ] {
+            let err = target(refused, None).unwrap_err();
+            assert!(err.starts_with("400 "), "{refused}: {err}");
+        }
+    }
+
+    fn test_ca() -> String {
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .unwrap()
+            .cert
+            .pem()
+    }
+
+    async fn register(fixture: &Fixture, name: &str, cluster: Cluster) {
+        fixture
+            .put(Resource::new(
+                ObjectMeta::named("", name),
+                Spec::Cluster(cluster),
+            ))
+            .await;
+    }
+
+    /// A port nothing listens on: bound, then closed.
+    fn closed_port_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        format!("https://{addr}")
+    }
+
+    #[tokio::test]
+    async fn cluster_health_reports_each_failure() {
+        let gateway = Fixture::new("gateway").await;
+        register(
+            &gateway,
+            "down",
+            Cluster {
+                api_urls: vec![closed_port_url()],
+                ca_cert: test_ca(),
+            },
+        )
+        .await;
+        register(
+            &gateway,
+            "broken",
+            Cluster {
+                api_urls: vec!["https://127.0.0.1:1".to_owned()],
+                ca_cert: String::new(),
+            },
+        )
+        .await;
+        let admin = gateway.token_from("gateway", "admin", &[]);
+        let Json(clusters) = clusters_list(State(gateway.state.clone()), bearer(&admin))
+            .await
+            .unwrap();
+        let names: Vec<&str> = clusters.iter().map(|health| health.name.as_str()).collect();
+        assert_eq!(names, ["broken", "down"]);
+        let broken = &clusters[0];
+        assert!(!broken.healthy);
+        assert!(
+            broken.error.as_deref().unwrap().contains("ca_cert"),
+            "{broken:?}"
+        );
+        let down = &clusters[1];
+        assert!(!down.healthy);
+        assert_eq!(down.version, None);
+        assert_eq!(down.latency_ms, None);
+        assert!(
+            down.error.as_deref().unwrap().contains("unreachable"),
+            "{down:?}"
+        );
+        let body = serde_json::to_value(down).unwrap();
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "api_urls",
+                "error",
+                "healthy",
+                "latency_ms",
+                "name",
+                "version"
+            ]
+        );
+
+        // `list clusters` is needed: a user bound to `view` has no cluster-wide rights.
+        gateway.bind_group("viewers", "view").await;
+        let viewer = gateway.token_from("elsewhere", "viewer", &["viewers"]);
+        let err = clusters_list(State(gateway.state.clone()), bearer(&viewer))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn the_federated_list_keeps_local_rows_when_a_cluster_fails() {
+        let gateway = Fixture::new("gateway").await;
+        let admin = gateway.token_from("gateway", "admin", &[]);
+        let (status, body) = gateway
+            .call(
+                Method::PUT,
+                "/api/core/v2/namespaces/default/entities/web-1",
+                &admin,
+                Some(serde_json::json!({
+                    "metadata": {"name": "web-1", "namespace": "default"},
+                    "entity_class": "proxy",
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        register(
+            &gateway,
+            "down",
+            Cluster {
+                api_urls: vec![closed_port_url()],
+                ca_cert: test_ca(),
+            },
+        )
+        .await;
+
+        let query = |namespace: Option<&str>| {
+            Ok(Query(FederationQuery {
+                namespace: namespace.map(str::to_owned),
+            }))
+        };
+        for namespace in [Some("default"), None] {
+            let Json(list) = federation_entities(
+                State(gateway.state.clone()),
+                bearer(&admin),
+                query(namespace),
+            )
+            .await
+            .unwrap();
+            let body = serde_json::to_value(&list).unwrap();
+            assert_eq!(body["items"].as_array().unwrap().len(), 1, "{body}");
+            assert_eq!(body["items"][0]["cluster"], "gateway");
+            assert_eq!(body["items"][0]["resource"]["metadata"]["name"], "web-1");
+            assert_eq!(body["errors"].as_array().unwrap().len(), 1, "{body}");
+            assert_eq!(body["errors"][0]["cluster"], "down");
+            assert_eq!(body["errors"][0]["status"], Value::Null);
+            let message = body["errors"][0]["message"].as_str().unwrap();
+            assert!(message.contains("unreachable"), "{message}");
+        }
+
+        // The local part needs `list entities` here.
+        let stranger = gateway.token_from("elsewhere", "eve", &["strangers"]);
+        let err = federation_entities(
+            State(gateway.state.clone()),
+            bearer(&stranger),
+            query(Some("default")),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.status, StatusCode::FORBIDDEN);
+        let err = federation_events(
+            State(gateway.state.clone()),
+            bearer(&admin),
+            query(Some("../auth")),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn the_proxy_needs_a_caller_and_a_registered_cluster() {
+        let gateway = Fixture::new("gateway").await;
+        let request = |token: Option<&str>, path: &str| {
+            let mut builder = axum::http::Request::builder().method(Method::GET).uri(path);
+            if let Some(token) = token {
+                builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            builder.body(Body::empty()).unwrap()
+        };
+        let path = "/api/cairn/v1/clusters/alpha/proxy/api/core/v2/namespaces";
+        let response = clusters_proxy(State(gateway.state.clone()), request(None, path)).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let admin = gateway.token_from("gateway", "admin", &[]);
+        let response =
+            clusters_proxy(State(gateway.state.clone()), request(Some(&admin), path)).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+        register(
+            &gateway,
+            "alpha",
+            Cluster {
+                api_urls: vec![closed_port_url()],
+                ca_cert: test_ca(),
+            },
+        )
+        .await;
+        let response =
+            clusters_proxy(State(gateway.state.clone()), request(Some(&admin), path)).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("cluster alpha: unreachable"),
+            "{body}"
+        );
+    }
 }
