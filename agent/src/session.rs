@@ -39,7 +39,6 @@ use cairn_api::model::{Entity, Event, System};
 use cairn_api::redact::Redactor;
 use cairn_api::ObjectMeta;
 
-use crate::backoff::Backoff;
 use crate::certs::{self, CertInfo};
 use crate::config::AgentConfig;
 use crate::exec::Executor;
@@ -141,7 +140,7 @@ pub async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
         tracing::error!("no backend URL is configured");
         return;
     }
-    let mut backoff = Backoff::default();
+    let mut backoff = crate::backoff::reconnect();
     let mut index = 0usize;
     loop {
         if *shutdown.borrow() {

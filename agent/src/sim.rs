@@ -36,7 +36,6 @@ use tokio_tungstenite::WebSocketStream;
 use cairn_api::agent::{AgentMessage, BackendMessage, CheckRequest};
 use cairn_api::model::{Check, Entity, Event, System};
 
-use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::install::cause_chain;
 use crate::session::{
@@ -108,7 +107,7 @@ pub async fn run(
         observer.failed(&agent.config.name, "no backend URL is configured");
         return;
     }
-    let mut backoff = Backoff::default();
+    let mut backoff = crate::backoff::reconnect();
     let mut pending = Vec::new();
     let mut index = 0usize;
     loop {

@@ -5,6 +5,7 @@
 //! all depend on this crate and on nothing of each other.
 
 pub mod agent;
+pub mod backoff;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod codec;

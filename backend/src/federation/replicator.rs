@@ -66,7 +66,7 @@ pub fn spawn(state: &AppState, shutdown: watch::Receiver<bool>) -> JoinHandle<()
         connector: Arc::new(HttpConnector {
             issuer: Arc::clone(&state.issuer),
         }),
-        backoff: backoff::Backoff::default(),
+        backoff: backoff::downstream(),
     });
     tokio::spawn(manage(shared, shutdown))
 }

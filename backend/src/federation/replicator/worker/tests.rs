@@ -85,7 +85,11 @@ impl Harness {
             store: Arc::clone(&store),
             gateway: "gw".into(),
             connector: Arc::new(FakeConnector(Arc::clone(&fake))),
-            backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(100)),
+            backoff: Backoff::new(
+                Duration::from_millis(10),
+                Duration::from_millis(100),
+                cairn_api::backoff::Jitter::Equal,
+            ),
         });
         let (stop, _) = watch::channel(false);
         Harness {
