@@ -745,6 +745,40 @@ async fn install_run_check_and_timeout() {
     );
 }
 
+/// A token past its expiry is refused, and nothing is registered. Join tokens live at least
+/// 60 s, so this test waits out one minute (in parallel with the others).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_join_token_is_refused() {
+    let backend = Backend::start();
+    let admin = backend.admin().await;
+    let response = admin
+        .send(
+            Method::POST,
+            "/api/cairn/v1/jointokens",
+            Some(&json!({"ttl_seconds": 60, "uses": 5, "namespace": NS})),
+        )
+        .await
+        .expect("create a join token");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.expect("the token as JSON");
+    let token = body["token"].as_str().expect("a token").to_owned();
+    let expires_at = body["expires_at"].as_u64().expect("expires_at");
+    // A clock, not a readiness: the token expires when the backend's clock passes expires_at.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    tokio::time::sleep(Duration::from_secs(expires_at.saturating_sub(now) + 1)).await;
+    let (install, output) = run_install(&backend, &token, "expired-token");
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("join token expired"), "{text}");
+    let secret = token.split('.').nth(2).unwrap_or("-");
+    assert!(!text.contains(secret), "the secret was printed: {text}");
+    assert!(!install.wrote_anything());
+    assert_no_entity(&admin, "expired-token").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_join_tokens_register_nothing() {
     let backend = Backend::start();
