@@ -546,3 +546,71 @@ impl Agent {
         None
     }
 }
+
+/// An agent enrolled by `cairn-agent install` with a join token: its configuration directory
+/// and systemd unit live in a temporary directory, removed on drop (drop the [`Agent`] first).
+pub struct AgentInstall {
+    /// The entity name it enrolled as.
+    pub name: String,
+    /// The directory `install` wrote (`agent.yaml`, its key and certificate, the cluster CA).
+    pub config_dir: PathBuf,
+    _root: tempfile::TempDir,
+}
+
+impl AgentInstall {
+    /// Runs `cairn-agent install` as `name` against `backend` (its API for the bootstrap, its
+    /// agent listener for sessions), the join token in `CAIRN_JOIN_TOKEN`.
+    ///
+    /// # Panics
+    /// When the install fails; the message holds what it printed.
+    pub fn install(backend: &Backend, token: &str, name: &str) -> AgentInstall {
+        let root = tempfile::tempdir().expect("tempdir");
+        let config_dir = root.path().join("etc-cairn-agent");
+        let output = command("cairn-agent")
+            .arg("install")
+            .args(["--backend-url", &backend.url, "--name", name])
+            .args(["--agent-url", &format!("wss://{}", backend.agent_addr)])
+            .arg("--config-dir")
+            .arg(&config_dir)
+            .arg("--systemd-unit")
+            .arg(root.path().join("cairn-agent.service"))
+            .env("CAIRN_JOIN_TOKEN", token)
+            .env_remove("CAIRN_AGENT_CONFIG")
+            .output()
+            .expect("run cairn-agent install");
+        assert!(
+            output.status.success(),
+            "cairn-agent install {name} against {} failed: {}{}",
+            backend.url,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        AgentInstall {
+            name: name.to_owned(),
+            config_dir,
+            _root: root,
+        }
+    }
+
+    /// The configuration file `install` wrote.
+    pub fn config(&self) -> PathBuf {
+        self.config_dir.join("agent.yaml")
+    }
+
+    /// Starts the agent with its local API on a free port (`local_api: 127.0.0.1:0` written
+    /// into `agent.yaml`, replacing any other value).
+    ///
+    /// # Panics
+    /// As [`Agent::start`], or when `agent.yaml` cannot be rewritten.
+    pub fn start(&self) -> Agent {
+        let config = self.config();
+        let text = std::fs::read_to_string(&config).expect("read agent.yaml");
+        let mut lines: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with("local_api:"))
+            .collect();
+        lines.push("local_api: 127.0.0.1:0");
+        std::fs::write(&config, lines.join("\n") + "\n").expect("write agent.yaml");
+        Agent::start(&config)
+    }
+}

@@ -1,21 +1,37 @@
-//! The federated view across real backend processes that share one JWT key pair: a gateway and
-//! a downstream `alpha` registered on it. A read-only user of the gateway lists both clusters'
-//! events in one view and can create nothing anywhere; an admin known only to the gateway
-//! creates a check in alpha through the gateway's proxy; forged tokens are refused; a cluster
-//! registered with the wrong CA shows its TLS failure in `cairnctl cluster list`.
+//! The operators' federation walk-through across real backend processes that share one JWT key
+//! pair: a gateway and a downstream `alpha` registered on it (issue 7).
+//!
+//! On the gateway, a read-only user bound by a ClusterRoleBinding, and replicators that copy
+//! ClusterRoles and ClusterRoleBindings to alpha, so that alpha binds the user's group without
+//! anyone touching alpha's RBAC. That user lists both clusters' events in one view and can
+//! create nothing anywhere; an admin known only to the gateway creates a check in alpha through
+//! the gateway's proxy, mints a join token there, and an agent of alpha runs the check, whose
+//! event stays in alpha; forged tokens are refused; a cluster registered with the wrong CA
+//! shows its TLS failure in `cairnctl cluster list`.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use cairn_api::client::{Client, ClientError, Credentials};
-use cairn_api::model::Cluster;
+use cairn_api::meta::LABEL_REPLICATED_FROM;
+use cairn_api::model::{Cluster, Replicator};
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
-use cairn_tests::{command, Backend, FederationKeys};
+use cairn_tests::{command, AgentInstall, Backend, FederationKeys};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 /// The federation-viewer's demo password (see the manifest's comment).
 const VIEWER_PASSWORD: &str = "view-only-demo";
+
+/// How long a wait on replication or on the agent may take: far above a watched change's push
+/// and an agent's enrolment and first 1-second check, so that a failure means it did not
+/// happen.
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// The entity name of alpha's agent.
+const AGENT: &str = "alpha-agent";
 
 fn manifests() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests")
@@ -140,6 +156,82 @@ fn forged_token(issuer: &str) -> String {
     .expect("sign")
 }
 
+/// A replicator of the gateway copying every `core/v2` `resource` (cluster-wide) to `cluster`.
+fn replicator(name: &str, cluster: &str, resource: &str) -> Resource {
+    Resource::new(
+        ObjectMeta::named("", name),
+        Spec::Replicator(Replicator {
+            cluster: cluster.to_owned(),
+            api_version: "core/v2".into(),
+            resource: resource.to_owned(),
+            namespace: String::new(),
+            ..Replicator::default()
+        }),
+    )
+}
+
+/// Polls `probe` every 100 ms until it gives a value; past `limit`, panics naming `what` with
+/// what `probe` saw last.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let last = match probe().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}; last seen: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `entity/check` of an event in the REST wire form.
+fn event_name(event: &Value) -> String {
+    format!(
+        "{}/{}",
+        event["entity"]["metadata"]["name"].as_str().unwrap_or("?"),
+        event["check"]["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+/// The rows of a federated list of events as `(cluster, entity/check)`, in order.
+fn event_rows(view: &Value) -> Vec<(String, String)> {
+    view["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items in {view:#}"))
+        .iter()
+        .map(|item| {
+            (
+                item["cluster"].as_str().unwrap_or_default().to_owned(),
+                event_name(&item["resource"]),
+            )
+        })
+        .collect()
+}
+
+fn row(cluster: &str, event: &str) -> (String, String) {
+    (cluster.to_owned(), event.to_owned())
+}
+
+/// The `entity/check` names of a cluster's own events in `default`.
+async fn own_events(client: &Client) -> Vec<String> {
+    client
+        .get_json("/api/core/v2/namespaces/default/events")
+        .await
+        .expect("list the events of default")
+        .as_array()
+        .expect("an array of events")
+        .iter()
+        .map(event_name)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn federated_view_walk_through() {
     let keys_dir = tempfile::tempdir().expect("tempdir");
@@ -149,8 +241,7 @@ async fn federated_view_walk_through() {
     let gateway_admin = gateway.admin().await;
     let alpha_admin = alpha.admin().await;
 
-    // The read-only operator: on the gateway the manifest's user, role and binding; alpha has
-    // no such user, only the role and the binding of its group (as a replicator would copy).
+    // The read-only operator: the manifest's user, role and binding, on the gateway only.
     let viewer_manifest = manifests().join("cluster/rbac/federation-viewer.yaml");
     let loaded = cairn_api::codec::load_path(&viewer_manifest);
     assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
@@ -159,17 +250,70 @@ async fn federated_view_walk_through() {
             .put_resource(resource)
             .await
             .unwrap_or_else(|err| panic!("put {} on the gateway: {err}", resource.key()));
-        if resource.kind() != Kind::User {
-            alpha_admin
-                .put_resource(resource)
-                .await
-                .unwrap_or_else(|err| panic!("put {} on alpha: {err}", resource.key()));
-        }
     }
     gateway_admin
         .put_resource(&register("alpha", &alpha.url, alpha.ca()))
         .await
         .expect("register alpha on the gateway");
+    // Alpha gets the role and the binding of the viewer's group from the gateway's replicators
+    // (never the user: there is no such user at alpha).
+    for (name, resource) in [
+        ("clusterroles-to-alpha", "ClusterRole"),
+        ("clusterrolebindings-to-alpha", "ClusterRoleBinding"),
+    ] {
+        gateway_admin
+            .put_resource(&replicator(name, "alpha", resource))
+            .await
+            .unwrap_or_else(|err| panic!("create the replicator {name}: {err}"));
+    }
+    for (kind, replicator_name) in [
+        (Kind::ClusterRole, "clusterroles-to-alpha"),
+        (Kind::ClusterRoleBinding, "clusterrolebindings-to-alpha"),
+    ] {
+        let source = loaded
+            .resources
+            .iter()
+            .map(|loaded| &loaded.resource)
+            .find(|resource| resource.kind() == kind)
+            .unwrap_or_else(|| panic!("the manifest has a {kind}"));
+        let what = format!("the {kind} federation-viewer replicated to alpha");
+        let copy = eventually(&what, WITHIN, || async {
+            let copy = alpha_admin
+                .get_resource(kind, "", "federation-viewer")
+                .await
+                .map_err(|err| format!("read alpha: {err}"))?;
+            match copy {
+                Some(copy) if copy.metadata.labels.contains_key(LABEL_REPLICATED_FROM) => Ok(copy),
+                other => {
+                    let status = gateway_admin
+                        .get_json(&format!("/api/cairn/v1/replicators/{replicator_name}"))
+                        .await
+                        .map_or_else(|err| err.to_string(), |status| status.to_string());
+                    Err(format!("{other:?}; replicator status: {status}"))
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            copy.metadata.labels[LABEL_REPLICATED_FROM],
+            format!("gateway/{replicator_name}")
+        );
+        assert_eq!(copy.spec, source.spec, "{kind} copied as it is");
+        assert_eq!(copy.metadata.created_by, "cairn:replicator");
+    }
+    // Alpha's own roles and bindings of the same names as the gateway's built-in ones are
+    // never written over.
+    for kind in [Kind::ClusterRole, Kind::ClusterRoleBinding] {
+        let own = alpha_admin
+            .get_resource(kind, "", "cluster-admin")
+            .await
+            .expect("read alpha")
+            .unwrap_or_else(|| panic!("alpha's own {kind} cluster-admin"));
+        assert!(
+            !own.metadata.labels.contains_key(LABEL_REPLICATED_FROM),
+            "alpha's {kind} cluster-admin was overwritten: {own:?}"
+        );
+    }
     post_event(&gateway_admin, "gateway-host").await;
     post_event(&alpha_admin, "alpha-host").await;
 
@@ -180,25 +324,11 @@ async fn federated_view_walk_through() {
         .await
         .expect("the federated view of events");
     assert_eq!(view["errors"], json!([]), "{view:#}");
-    let rows: Vec<(String, String)> = view["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|item| {
-            (
-                item["cluster"].as_str().unwrap_or_default().to_owned(),
-                item["resource"]["entity"]["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
-        })
-        .collect();
     assert_eq!(
-        rows,
+        event_rows(&view),
         [
-            ("gateway".to_owned(), "gateway-host".to_owned()),
-            ("alpha".to_owned(), "alpha-host".to_owned())
+            row("gateway", "gateway-host/disk"),
+            row("alpha", "alpha-host/disk")
         ],
         "{view:#}"
     );
@@ -216,10 +346,11 @@ async fn federated_view_walk_through() {
         .expect("the gateway's token lists alpha's events");
     assert_eq!(direct.as_array().map(Vec::len), Some(1));
 
-    // It can create nothing: not on the gateway, not on alpha through the proxy.
+    // It can create nothing: not on the gateway, not on alpha through the proxy. (The check is
+    // the one alpha's agent runs later: every second, for the subscription `linux`.)
     let check = cairn_api::codec::load_str(
         "inline.yaml",
-        "type: CheckConfig\napi_version: core/v2\nmetadata:\n  name: disk-alpha\n  namespace: default\nspec:\n  command: check-disk -w 80\n  interval: 60\n  subscriptions: [linux]\n",
+        "type: CheckConfig\napi_version: core/v2\nmetadata:\n  name: disk-alpha\n  namespace: default\nspec:\n  command: echo disk fine on alpha\n  interval: 1\n  publish: true\n  subscriptions: [linux]\n",
     );
     assert!(check.problems.is_empty(), "{:?}", check.problems);
     let check = check.resources[0].resource.clone();
@@ -231,6 +362,13 @@ async fn federated_view_walk_through() {
         status_of(viewer.via_cluster("alpha").put_resource(&check).await),
         StatusCode::FORBIDDEN
     );
+    // Nor a join token (an agent identity), here or there.
+    for target in [viewer.clone(), viewer.via_cluster("alpha")] {
+        let minted = target
+            .send(Method::POST, "/api/cairn/v1/jointokens", Some(&json!({})))
+            .await;
+        assert_eq!(status_of(minted), StatusCode::FORBIDDEN);
+    }
     // Reading through the proxy is what alpha allows it.
     let proxied = viewer
         .via_cluster("alpha")
@@ -343,6 +481,94 @@ async fn federated_view_walk_through() {
         .await;
     assert_eq!(status_of(auth_via_proxy), StatusCode::BAD_REQUEST);
 
+    // An agent of alpha runs the check. The same admin mints its join token at alpha through
+    // the gateway, so the token pins alpha's CA and is recorded at alpha only.
+    let (gateway_only_admin, _) = login(&gateway, "gateway-admin", "gateway-admin-password").await;
+    let minted: Value = gateway_only_admin
+        .via_cluster("alpha")
+        .send(
+            Method::POST,
+            "/api/cairn/v1/jointokens",
+            Some(&json!({"uses": 1, "subscriptions": ["linux"], "namespace": "default"})),
+        )
+        .await
+        .expect("mint a join token at alpha through the gateway")
+        .json()
+        .await
+        .expect("the join token as JSON");
+    let token = minted["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {minted:#}"));
+    let tokens_on_alpha = alpha_admin
+        .get_json("/api/cairn/v1/jointokens")
+        .await
+        .expect("alpha's join tokens");
+    assert_eq!(
+        tokens_on_alpha[0]["id"], minted["id"],
+        "{tokens_on_alpha:#}"
+    );
+    assert_eq!(
+        tokens_on_alpha[0]["created_by"], "gateway-admin",
+        "{tokens_on_alpha:#}"
+    );
+    let tokens_on_gateway = gateway_admin
+        .get_json("/api/cairn/v1/jointokens")
+        .await
+        .expect("the gateway's join tokens");
+    assert_eq!(tokens_on_gateway, json!([]));
+    // The agent enrolls at alpha itself (its API and agent listener); it is dropped before its
+    // installation directory.
+    let install = AgentInstall::install(&alpha, token, AGENT);
+    let agent = install.start();
+    let event_path = format!("/api/core/v2/namespaces/default/events/{AGENT}/disk-alpha");
+    let event = eventually("alpha's agent running disk-alpha", WITHIN, || async {
+        match alpha_admin.get_json(&event_path).await {
+            Ok(event)
+                if event["check"]["output"]
+                    .as_str()
+                    .is_some_and(|output| output.trim() == "disk fine on alpha") =>
+            {
+                Ok(event)
+            }
+            other => Err(format!("{other:?}\nthe agent's log:\n{}", agent.log())),
+        }
+    })
+    .await;
+    assert_eq!(event["check"]["status"], 0, "{event:#}");
+    assert_eq!(event["entity"]["entity_class"], "agent", "{event:#}");
+    // The event exists in alpha only: not among the gateway's own events, yet in the
+    // federated view, marked alpha.
+    let gateway_events = own_events(&gateway_admin).await;
+    assert_eq!(gateway_events, ["gateway-host/disk"]);
+    assert_eq!(
+        status_of(gateway_admin.get_json(&event_path).await),
+        StatusCode::NOT_FOUND
+    );
+    assert!(
+        own_events(&alpha_admin)
+            .await
+            .contains(&format!("{AGENT}/disk-alpha")),
+        "alpha's events"
+    );
+    let view = viewer
+        .get_json("/api/cairn/v1/federation/events?namespace=default")
+        .await
+        .expect("the federated view of events");
+    let rows = event_rows(&view);
+    assert!(
+        rows.contains(&row("alpha", &format!("{AGENT}/disk-alpha"))),
+        "{view:#}"
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|(cluster, _)| cluster == "gateway")
+            .count(),
+        1,
+        "the gateway's one event: {view:#}"
+    );
+    drop(agent);
+    drop(install);
+
     // Tokens signed with another key are refused by alpha and by the gateway's proxy, whatever
     // issuer they claim.
     for issuer in ["gateway", "alpha"] {
@@ -401,12 +627,31 @@ async fn federated_view_walk_through() {
         .get_json("/api/cairn/v1/federation/events?namespace=default")
         .await
         .expect("the federated view with a broken cluster");
-    assert_eq!(view["items"].as_array().map(Vec::len), Some(2), "{view:#}");
+    // Each cluster's rows in key order; alpha's agent may have added its keepalive event.
+    let rows: Vec<(String, String)> = event_rows(&view)
+        .into_iter()
+        .filter(|(_, event)| !event.ends_with("/keepalive"))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            row("gateway", "gateway-host/disk"),
+            row("alpha", &format!("{AGENT}/disk-alpha")),
+            row("alpha", "alpha-host/disk")
+        ],
+        "{view:#}"
+    );
     assert_eq!(view["errors"][0]["cluster"], "alpha-wrong-ca", "{view:#}");
     let (code, stdout, stderr) =
         cairnctl(viewer_config.path(), &["get", "events", "--all-clusters"]);
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert!(stdout.contains("alpha-host/disk"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.starts_with("alpha ") && line.contains(&format!("{AGENT}/disk-alpha"))),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("cluster alpha-wrong-ca not listed"),
         "{stderr}"
