@@ -64,14 +64,16 @@ pub(crate) enum DownstreamError {
 }
 
 /// What a downstream resource of a given name is, as far as replication is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Existing {
     /// There is none.
     Missing,
     /// It carries the replication label with this value.
     Labelled(String),
-    /// It carries no replication label: the downstream's own, never touched.
-    Unlabelled,
+    /// It carries no replication label: the downstream's own, never touched. With its spec
+    /// when it could be read, so that one identical to the source (a default role every
+    /// cluster seeds) counts as in sync rather than as a conflict.
+    Unlabelled(Option<Box<cairn_api::Spec>>),
 }
 
 /// What one push did.
@@ -165,7 +167,10 @@ pub(crate) async fn push(
                             "exists on the downstream as a copy from {value}; left alone"
                         )))
                     }
-                    Existing::Unlabelled => {
+                    Existing::Unlabelled(Some(spec)) if *spec == copy.spec => {
+                        return Ok(Pushed::Nothing);
+                    }
+                    Existing::Unlabelled(_) => {
                         return Err(conflict(format!(
                             "exists on the downstream without the {LABEL_REPLICATED_FROM} label; left alone"
                         )))
@@ -392,7 +397,11 @@ impl Downstream for HttpDownstream {
         let body = answer.success()?.json()?;
         Ok(match label_in(&body) {
             Some(value) => Existing::Labelled(value),
-            None => Existing::Unlabelled,
+            None => Existing::Unlabelled(
+                Resource::from_wire(kind, body)
+                    .ok()
+                    .map(|resource| Box::new(resource.spec)),
+            ),
         })
     }
 
@@ -650,7 +659,7 @@ pub(crate) mod tests {
                     None => Existing::Missing,
                     Some(resource) => match resource.metadata.labels.get(LABEL_REPLICATED_FROM) {
                         Some(value) => Existing::Labelled(value.clone()),
-                        None => Existing::Unlabelled,
+                        None => Existing::Unlabelled(Some(Box::new(resource.spec.clone()))),
                     },
                 },
             )
@@ -772,6 +781,14 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("gw/other"), "{err}");
         assert_eq!(fake.get("res/checks/default/c").unwrap(), other);
+        // The downstream's own resource identical to the source (a default role every cluster
+        // seeds): in sync, not a conflict, and still untouched.
+        let same = check("default", "d", "same everywhere");
+        fake.insert(same.clone());
+        let copy_d = labelled(same.clone(), LABEL);
+        let pushed = push(&fake, Kind::CheckConfig, LABEL, &present(&copy_d), false).await;
+        assert_eq!(pushed, Ok(Pushed::Nothing));
+        assert_eq!(fake.get("res/checks/default/d").unwrap(), same);
     }
 
     #[tokio::test]
