@@ -2,17 +2,22 @@
 //! watches that resume from a revision without gaps.
 //!
 //! [`Store`] is the one interface the rest of the backend uses (as `Arc<dyn Store>`).
-//! [`RedbStore`] is the embedded implementation (one redb file, group commit); an etcd one lands
-//! behind the `etcd` feature.
+//! [`RedbStore`] is the embedded implementation (one redb file, group commit); `EtcdStore`
+//! (feature `etcd`) keeps the same keys under a prefix in etcd, with etcd's own revisions and
+//! watches.
 //! Both must pass the shared suite in `conformance` (compiled for tests, or public with the
 //! `conformance` feature).
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod redb;
 
 use futures::stream::BoxStream;
 
+#[cfg(feature = "etcd")]
+pub use self::etcd::{EtcdConfig, EtcdError, EtcdStore, EtcdTls};
 pub use self::redb::RedbStore;
 
 /// A global revision: strictly increasing, one per successful write.
@@ -116,7 +121,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A key/value store with a global revision, guarded writes and gap-free watches.
 ///
-/// Implementations: [`RedbStore`] (embedded). Every implementation passes the `conformance`
+/// Implementations: [`RedbStore`] (embedded) and, with the `etcd` feature, `EtcdStore`. Every implementation passes the `conformance`
 /// suite.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
