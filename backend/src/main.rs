@@ -85,6 +85,11 @@ struct StartArgs {
     /// wins); a value rotated at its provider is seen after at most this long.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     secrets_cache_ttl: u64,
+    /// The longest a failed secret read is remembered before the provider is asked again,
+    /// seconds (failures back off from 1 s, doubling): how soon a check recovers once its
+    /// Vault is back.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    secrets_retry_max: u64,
 }
 
 fn main() -> ExitCode {
@@ -148,6 +153,7 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
         body_limit: args.api_request_limit,
         secrets: cairn_backend::secrets::SecretsConfig {
             max_ttl: std::time::Duration::from_secs(args.secrets_cache_ttl),
+            failure_backoff_max: std::time::Duration::from_secs(args.secrets_retry_max),
             ..cairn_backend::secrets::SecretsConfig::default()
         },
     };

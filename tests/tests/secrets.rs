@@ -942,7 +942,15 @@ async fn agent_check_sees_vault_secret_redacted_through_rotation_and_outage() {
     let (first, second) = (distinctive("api-token"), distinctive("api-token-rotated"));
     let (first_sha, second_sha) = (sha256_hex(&first), sha256_hex(&second));
     bao.kv_put("cairn/agent", json!({"api_token": first})).await;
-    let mut backend = debug_backend(|options| options.arg("--secrets-cache-ttl").arg("1"));
+    // Failed reads are retried after at most 2 s, so recovery does not wait on a long backoff
+    // when OpenBao's restart is slow on a loaded machine.
+    let mut backend = debug_backend(|options| {
+        options
+            .arg("--secrets-cache-ttl")
+            .arg("1")
+            .arg("--secrets-retry-max")
+            .arg("2")
+    });
     let admin = backend.admin().await;
     apply_vault_provider(
         &admin,
@@ -1076,7 +1084,7 @@ async fn agent_check_sees_vault_secret_redacted_through_rotation_and_outage() {
     let event = wait_event(
         &admin,
         key,
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "the check recovering once OpenBao is back",
         logs,
         |event| event["check"]["status"] == 0,

@@ -56,7 +56,7 @@ impl Default for SecretsConfig {
         SecretsConfig {
             max_ttl: Duration::from_secs(60),
             failure_backoff: Duration::from_secs(1),
-            failure_backoff_max: Duration::from_secs(60),
+            failure_backoff_max: Duration::from_secs(30),
         }
     }
 }
