@@ -61,13 +61,17 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use cairn_agent::config::AgentConfig;
 use cairn_agent::sim::{self, CheckTiming, Observer, SimAgent};
 use cairn_api::agent::AgentMessage;
 use cairn_api::model::{Check, CheckConfig, Event};
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
+use cairn_tests::bench::{
+    cpu_seconds, env_number, median, percentile, rss_kib, sleep_until_unix, sorted, status_field,
+    unix, unix_now,
+};
 use cairn_tests::Backend;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::watch;
@@ -88,110 +92,6 @@ const GOAL_AGENT_RSS_MIB: f64 = 10.0;
 const DRAIN: Duration = Duration::from_secs(20);
 /// File descriptors this process needs beyond one per session.
 const FD_SPARE: u64 = 512;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .filter(|value| *value > 0)
-        .unwrap_or(default)
-}
-
-fn unix_now() -> f64 {
-    unix(SystemTime::now())
-}
-
-fn unix(at: SystemTime) -> f64 {
-    at.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
-fn sleep_until_unix(at: f64) {
-    let left = at - unix_now();
-    if left > 0.0 {
-        std::thread::sleep(Duration::from_secs_f64(left));
-    }
-}
-
-/// `VmRSS` of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status_field(&status, "VmRSS:")
-}
-
-fn status_field(status: &str, field: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU time of a process, seconds (clock ticks of 1/100 s, Linux's USER_HZ).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |idx: usize| {
-        fields
-            .get(idx)
-            .and_then(|text| text.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // Fields 14 and 15 of stat (utime, stime); `after_name` starts at field 3.
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
-/// The pid of the `cairn-backend start` serving `data_dir` (the helper does not expose it).
-fn backend_pid(data_dir: &Path) -> u32 {
-    let wanted = data_dir.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|byte| *byte == 0)
-            .map(|arg| String::from_utf8_lossy(arg).into_owned())
-            .collect();
-        let is_backend = args
-            .first()
-            .is_some_and(|exe| exe.ends_with("cairn-backend"));
-        if is_backend
-            && args.iter().any(|arg| arg == "start")
-            && args.iter().any(|arg| arg == &wanted)
-        {
-            return pid;
-        }
-    }
-    panic!("no cairn-backend process serves {wanted}");
-}
-
-/// The value at quantile `q` of sorted values (nearest rank).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn sorted(mut values: Vec<f64>) -> Vec<f64> {
-    values.sort_by(f64::total_cmp);
-    values
-}
 
 /// Raises the soft limit of open files to the hard limit; returns the soft limit in force.
 fn raise_nofile() -> u64 {
@@ -848,13 +748,13 @@ fn main() {
         bare_server(Path::new(&tls_dir));
         return;
     }
-    let max_agents = env_usize("CAIRN_BENCH_MAX_AGENTS", GOAL_AGENTS);
+    let max_agents = env_number("CAIRN_BENCH_MAX_AGENTS", GOAL_AGENTS);
     // Whole check intervals: every agent then owes exactly window / interval events.
-    let window_secs = env_usize("CAIRN_BENCH_WINDOW_SECS", 60) as i64;
+    let window_secs = env_number("CAIRN_BENCH_WINDOW_SECS", 60) as i64;
     let window_secs = ((window_secs + CHECK_INTERVAL - 1) / CHECK_INTERVAL).max(1) * CHECK_INTERVAL;
-    let checks = env_usize("CAIRN_BENCH_CHECKS", 1);
-    let settle = env_usize("CAIRN_BENCH_SETTLE_SECS", 15) as f64;
-    let rounds = env_usize("CAIRN_BENCH_BASELINE_ROUNDS", 5);
+    let checks = env_number("CAIRN_BENCH_CHECKS", 1);
+    let settle = env_number("CAIRN_BENCH_SETTLE_SECS", 15) as f64;
+    let rounds = env_number("CAIRN_BENCH_BASELINE_ROUNDS", 5);
     let skip_baseline = std::env::var("CAIRN_BENCH_SKIP_BASELINE").is_ok_and(|value| value == "1");
     let mut steps: Vec<usize> = std::env::var("CAIRN_BENCH_STEPS")
         .ok()
@@ -886,7 +786,7 @@ fn main() {
         .build()
         .expect("runtime");
     let backend = Backend::start();
-    let pid = backend_pid(&backend.data_dir);
+    let pid = backend.pid();
     let client = runtime.block_on(backend.admin());
     let dir = tempfile::tempdir().expect("tempdir");
 

@@ -27,12 +27,15 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use cairn_agent::config::AgentConfig;
 use cairn_agent::sim::{self, CheckTiming, Observer, SimAgent};
 use cairn_api::client::Client;
 use cairn_api::Kind;
+use cairn_tests::bench::{
+    cpu_seconds, env_number, percentile, sleep_until_unix, sorted, unix, unix_now,
+};
 use cairn_tests::openbao::{self, random_hex, OpenBaoConfig};
 use cairn_tests::{Backend, BackendOptions};
 use reqwest::Method;
@@ -45,58 +48,6 @@ const CONNECT_BATCH: usize = 500;
 /// How long after a window acknowledgements may still arrive.
 const DRAIN: Duration = Duration::from_secs(15);
 const GOAL_READS_PER_TTL: f64 = 1.0;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .filter(|value| *value > 0)
-        .unwrap_or(default)
-}
-
-fn unix_now() -> f64 {
-    unix(SystemTime::now())
-}
-
-fn unix(at: SystemTime) -> f64 {
-    at.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
-fn sleep_until_unix(at: f64) {
-    let left = at - unix_now();
-    if left > 0.0 {
-        std::thread::sleep(Duration::from_secs_f64(left));
-    }
-}
-
-/// User + system CPU time of a process, seconds (USER_HZ = 100).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |idx: usize| {
-        fields
-            .get(idx)
-            .and_then(|text| text.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn sorted(mut values: Vec<f64>) -> Vec<f64> {
-    values.sort_by(f64::total_cmp);
-    values
-}
 
 /// Raises the soft limit of open files to the hard limit; returns the soft limit in force.
 fn raise_nofile() -> u64 {
@@ -255,11 +206,11 @@ fn main() {
     if !openbao::required() {
         return;
     }
-    let agents = usize::try_from(env_u64("CAIRN_BENCH_AGENTS", 1000)).expect("a count");
-    let interval = env_u64("CAIRN_BENCH_INTERVAL_SECS", 2);
-    let ttl = env_u64("CAIRN_BENCH_TTL_SECS", 10);
-    let window = env_u64("CAIRN_BENCH_WINDOW_SECS", 30).div_ceil(interval) * interval;
-    let rounds = env_u64("CAIRN_BENCH_ROUNDS", 2);
+    let agents: usize = env_number("CAIRN_BENCH_AGENTS", 1000);
+    let interval: u64 = env_number("CAIRN_BENCH_INTERVAL_SECS", 2);
+    let ttl: u64 = env_number("CAIRN_BENCH_TTL_SECS", 10);
+    let window = env_number::<u64>("CAIRN_BENCH_WINDOW_SECS", 30).div_ceil(interval) * interval;
+    let rounds: u64 = env_number("CAIRN_BENCH_ROUNDS", 2);
     let nofile = raise_nofile();
     println!(
         "Secrets benchmark (issue 6): {agents} simulated agents, a check every {interval} s, {rounds} rounds of both phases of {window} s, secrets cache TTL {ttl} s, RLIMIT_NOFILE {nofile}, {} CPUs",

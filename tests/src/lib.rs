@@ -8,6 +8,7 @@
 //!
 //! [`openbao`] runs a real OpenBao dev server for the secrets tests.
 
+pub mod bench;
 pub mod openbao;
 
 use std::ffi::OsString;
@@ -94,6 +95,42 @@ pub fn command(name: &str) -> Command {
         command.env("CAIRN_LOG", "warn");
     }
     command
+}
+
+/// How often a [`Deadline`] wait polls.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// A deadline for a wait that polls; past it, the test fails naming what it waited for.
+pub struct Deadline {
+    until: Instant,
+    within: Duration,
+    what: String,
+}
+
+impl Deadline {
+    /// A deadline `within` from now for `what`.
+    pub fn new(within: Duration, what: impl Into<String>) -> Deadline {
+        Deadline {
+            until: Instant::now() + within,
+            within,
+            what: what.into(),
+        }
+    }
+
+    /// Waits one poll interval, or fails the test with `detail()` when the deadline passed.
+    ///
+    /// # Panics
+    /// When the deadline passed.
+    pub async fn tick(&self, detail: impl FnOnce() -> String) {
+        assert!(
+            Instant::now() < self.until,
+            "{} did not happen within {:?}\n{}",
+            self.what,
+            self.within,
+            detail()
+        );
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// The admin password every test backend is initialised with.

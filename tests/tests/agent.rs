@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use cairn_api::agent::{AgentMessage, BackendMessage, Hello, AGENT_PATH, PROTOCOL_VERSION};
 use cairn_api::client::{plain_http_client, Client, ClientError};
+use cairn_tests::Deadline;
 use cairn_tests::{command, Agent, Backend, ADMIN_PASSWORD};
 use futures::{SinkExt, StreamExt};
 use rcgen::{
@@ -26,38 +27,6 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 const NS: &str = "default";
-const POLL: Duration = Duration::from_millis(100);
-
-// === waiting ===
-
-/// A deadline for a wait that polls; past it, the test fails naming what it waited for.
-struct Deadline {
-    until: Instant,
-    within: Duration,
-    what: String,
-}
-
-impl Deadline {
-    fn new(within: Duration, what: impl Into<String>) -> Deadline {
-        Deadline {
-            until: Instant::now() + within,
-            within,
-            what: what.into(),
-        }
-    }
-
-    /// Waits one poll interval, or fails the test with `detail()` when the deadline passed.
-    async fn tick(&self, detail: impl FnOnce() -> String) {
-        assert!(
-            Instant::now() < self.until,
-            "{} did not happen within {:?}\n{}",
-            self.what,
-            self.within,
-            detail()
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 // === the REST API ===
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use cairn_api::client::{Client, ClientError, Credentials};
 use cairn_tests::openbao::{self, random_hex, OpenBao, OpenBaoConfig};
+use cairn_tests::Deadline;
 use cairn_tests::{command, Agent, Backend, BackendOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -20,38 +21,6 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NS: &str = "default";
-const POLL: Duration = Duration::from_millis(100);
-
-// === waiting ===
-
-/// A deadline for a wait that polls; past it, the test fails naming what it waited for.
-struct Deadline {
-    until: Instant,
-    within: Duration,
-    what: String,
-}
-
-impl Deadline {
-    fn new(within: Duration, what: impl Into<String>) -> Deadline {
-        Deadline {
-            until: Instant::now() + within,
-            within,
-            what: what.into(),
-        }
-    }
-
-    /// Waits one poll interval, or fails the test with `detail()` when the deadline passed.
-    async fn tick(&self, detail: impl FnOnce() -> String) {
-        assert!(
-            Instant::now() < self.until,
-            "{} did not happen within {:?}\n{}",
-            self.what,
-            self.within,
-            detail()
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 // === secret values ===
 

@@ -1,13 +1,10 @@
 //! HTTPS to a registered downstream `Cluster`: TLS that trusts only the cluster's CA (its
 //! `ca_cert` PEM), a short timeout, and failover over its `api_urls` in order.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_api::model::Cluster;
 use reqwest::{Method, Response};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 
 /// How long one request to a downstream may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,25 +62,14 @@ impl ClusterClient {
         if cluster.api_urls.is_empty() {
             return Err(config("no api_urls".to_owned()));
         }
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(cluster.ca_cert.as_bytes()) {
-            let cert = cert.map_err(|err| config(format!("ca_cert: {err}")))?;
-            roots
-                .add(cert)
-                .map_err(|err| config(format!("ca_cert: {err}")))?;
-        }
-        if roots.is_empty() {
+        if cluster.ca_cert.trim().is_empty() {
             return Err(config(
                 "ca_cert holds no certificate: register the cluster with the PEM of its CA"
                     .to_owned(),
             ));
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|err| config(err.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = cairn_api::client::tls_config_trusting(&cluster.ca_cert)
+            .map_err(|err| config(format!("ca_cert: {err}")))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(REQUEST_TIMEOUT)
