@@ -5,6 +5,9 @@
 //! ends; the scheduler asks which sessions a check goes to and sends them requests; the
 //! keepalive watchdog reads the keepalive state, which outlives the session so that an agent
 //! that went away is noticed.
+//!
+//! Every change is announced to the [`Coordinator`], so that the backends sharing a store know
+//! which of them holds each entity (see [`crate::coord`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -13,6 +16,8 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use cairn_api::agent::{BackendMessage, Hello};
+
+use crate::coord::{Coordinator, Presence};
 
 /// How many messages may wait for one session's writer before sends fail (a slow agent never
 /// blocks the scheduler).
@@ -88,9 +93,10 @@ pub struct Keepalive {
 }
 
 /// The registry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
     inner: Mutex<Inner>,
+    coordinator: Arc<Coordinator>,
 }
 
 #[derive(Debug, Default)]
@@ -101,9 +107,34 @@ struct Inner {
 }
 
 impl Sessions {
-    /// An empty registry.
+    /// An empty registry of a backend alone on its store.
     pub fn new() -> Arc<Sessions> {
-        Arc::new(Sessions::default())
+        Sessions::with_coordinator(Coordinator::single("local"))
+    }
+
+    /// An empty registry that announces its entities to `coordinator`.
+    pub fn with_coordinator(coordinator: Arc<Coordinator>) -> Arc<Sessions> {
+        Arc::new(Sessions {
+            inner: Mutex::new(Inner::default()),
+            coordinator,
+        })
+    }
+
+    /// The coordinator this registry announces to.
+    pub fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.coordinator
+    }
+
+    fn presence(&self, keepalive: &Keepalive, subscriptions: Vec<String>) -> Presence {
+        Presence {
+            backend: self.coordinator.id().to_owned(),
+            subscriptions,
+            connected: keepalive.connected,
+            keepalive_interval: keepalive.interval,
+            keepalive_warning_timeout: keepalive.warning_timeout,
+            keepalive_critical_timeout: keepalive.critical_timeout,
+            deregister: keepalive.deregister,
+        }
     }
 
     /// Registers a session after its hello; returns it and the receiving end of its queue.
@@ -132,17 +163,20 @@ impl Sessions {
         };
         inner.sessions.insert(id.clone(), session.clone());
         let raised = inner.keepalives.get(&id).map_or(0, |state| state.raised);
-        inner.keepalives.insert(
-            id,
-            Keepalive {
-                last_seen: Instant::now(),
-                interval: hello.keepalive_interval,
-                warning_timeout: hello.keepalive_warning_timeout,
-                critical_timeout: hello.keepalive_critical_timeout,
-                deregister: hello.deregister,
-                connected: true,
-                raised,
-            },
+        let keepalive = Keepalive {
+            last_seen: Instant::now(),
+            interval: hello.keepalive_interval,
+            warning_timeout: hello.keepalive_warning_timeout,
+            critical_timeout: hello.keepalive_critical_timeout,
+            deregister: hello.deregister,
+            connected: true,
+            raised,
+        };
+        inner.keepalives.insert(id.clone(), keepalive.clone());
+        drop(inner);
+        self.coordinator.claim(
+            &id,
+            self.presence(&keepalive, session.subscriptions.clone()),
         );
         (session, receiver)
     }
@@ -158,8 +192,48 @@ impl Sessions {
             inner.sessions.remove(&session.id);
             if let Some(state) = inner.keepalives.get_mut(&session.id) {
                 state.connected = false;
+                let presence = self.presence(state, session.subscriptions.clone());
+                drop(inner);
+                // Still watched here for its keepalives, unless it is connected elsewhere by
+                // now (then the coordinator leaves the other backend's claim alone).
+                self.coordinator.update(&session.id, presence);
             }
         }
+    }
+
+    /// Takes over the keepalive watch of an entity whose backend left the cluster
+    /// (see [`Coordinator::take_orphans`]); nothing when this backend already knows it.
+    /// Returns whether it was adopted.
+    pub fn adopt(&self, id: &EntityId, keepalive: Keepalive, subscriptions: Vec<String>) -> bool {
+        let presence = self.presence(&keepalive, subscriptions);
+        {
+            let mut inner = self.lock();
+            if inner.keepalives.contains_key(id) {
+                return false;
+            }
+            inner.keepalives.insert(id.clone(), keepalive);
+        }
+        self.coordinator.adopt(id, presence);
+        true
+    }
+
+    /// Stops watching the keepalives of the entities another backend holds now (their agent
+    /// connected there); returns them.
+    pub fn release_foreign(&self) -> Vec<EntityId> {
+        let me = self.coordinator.id();
+        let mut inner = self.lock();
+        let foreign: Vec<EntityId> = inner
+            .keepalives
+            .iter()
+            .filter(|(id, state)| {
+                !state.connected && self.coordinator.owner(id).is_some_and(|owner| owner != me)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &foreign {
+            inner.keepalives.remove(id);
+        }
+        foreign
     }
 
     /// Records a keepalive.
@@ -173,7 +247,10 @@ impl Sessions {
     pub fn drop_session(&self, id: &EntityId) -> bool {
         let mut inner = self.lock();
         inner.keepalives.remove(id);
-        inner.sessions.remove(id).is_some()
+        let dropped = inner.sessions.remove(id).is_some();
+        drop(inner);
+        self.coordinator.withdraw(id);
+        dropped
     }
 
     /// The connected sessions in `namespace` that subscribe to any of `subscriptions`, in a
@@ -224,6 +301,7 @@ impl Sessions {
     /// Forgets an entity's keepalive state (after deregistration).
     pub fn forget(&self, id: &EntityId) {
         self.lock().keepalives.remove(id);
+        self.coordinator.withdraw(id);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -22,6 +22,7 @@ use cairn_api::model::{Check, Entity, Event};
 use cairn_api::{Kind, ObjectMeta, Spec};
 
 use crate::api::AppState;
+use crate::coord::{Presence, Role};
 use crate::resources::{self, Resources};
 use crate::scheduler::{shutdown_requested, unix_now};
 use crate::sessions::{EntityId, Keepalive, Sessions};
@@ -70,6 +71,15 @@ async fn run(state: AppState, sessions: Arc<Sessions>, mut shutdown: watch::Rece
             biased;
             () = shutdown_requested(&mut shutdown) => return,
             _ = ticker.tick() => {}
+        }
+        for id in sessions.release_foreign() {
+            tracing::debug!(namespace = %id.0, entity = %id.1, "keepalives now watched by another backend");
+        }
+        let coordinator = Arc::clone(sessions.coordinator());
+        if coordinator.is_distributed() && coordinator.is_leader(Role::Watchdogs) {
+            for (id, presence) in coordinator.take_orphans() {
+                adopt_orphan(&state, &sessions, id, presence).await;
+            }
         }
         let now = Instant::now();
         let keepalives = sessions.keepalives();
@@ -124,6 +134,61 @@ async fn run(state: AppState, sessions: Arc<Sessions>, mut shutdown: watch::Rece
                 }
             }
         }
+    }
+}
+
+/// Takes over the keepalive watch of an entity whose backend left the cluster: from the last
+/// stored keepalive event it knows when the agent was last seen and what was raised, so a
+/// silent agent gets its warning on time and one that is already critical is not raised again.
+async fn adopt_orphan(state: &AppState, sessions: &Sessions, id: EntityId, presence: Presence) {
+    let (namespace, name) = &id;
+    match state.resources.get(Kind::Entity, namespace, name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return,
+        Err(err) => {
+            tracing::warn!(%namespace, entity = %name, error = %err, "cannot read an orphaned entity; not adopted");
+            return;
+        }
+    }
+    let unix = unix_now();
+    let event_name = format!("{name}/{KEEPALIVE_CHECK}");
+    let (last_seen, raised) = match state
+        .resources
+        .get(Kind::Event, namespace, &event_name)
+        .await
+    {
+        Ok(Some(stored)) => match stored.resource.spec {
+            Spec::Event(event) => (
+                event
+                    .entity
+                    .as_ref()
+                    .map_or(event.timestamp, |entity| entity.last_seen),
+                event.check.as_ref().map_or(0, |check| check.status.min(2)),
+            ),
+            _ => (unix, 0),
+        },
+        _ => (unix, 0),
+    };
+    let silence = Duration::from_secs(u64::try_from(unix - last_seen).unwrap_or(0));
+    let keepalive = Keepalive {
+        last_seen: Instant::now()
+            .checked_sub(silence)
+            .unwrap_or_else(Instant::now),
+        interval: presence.keepalive_interval,
+        warning_timeout: presence.keepalive_warning_timeout,
+        critical_timeout: presence.keepalive_critical_timeout,
+        deregister: presence.deregister,
+        connected: false,
+        raised,
+    };
+    if sessions.adopt(&id, keepalive, presence.subscriptions) {
+        tracing::info!(
+            %namespace,
+            entity = %name,
+            from = %presence.backend,
+            silence = silence.as_secs(),
+            "keepalive watch taken over from a backend that left"
+        );
     }
 }
 

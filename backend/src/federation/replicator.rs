@@ -54,11 +54,45 @@ pub const STATUS_LIST_PATH: &str = "/api/cairn/v1/replicators";
 /// Pause before loading the definitions again after a store failure.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// Runs the replicators on this backend while it leads [`crate::coord::Role::Replicators`]:
+/// starts their manager when it becomes the leader, stops it when it no longer is, until
+/// `shutdown` holds `true`. Of the backends sharing a store, one replicates at a time; a new
+/// leader resumes from the revisions the last one persisted.
+pub fn spawn_when_leading(
+    state: &AppState,
+    mut leading: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let state = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown_requested(&mut shutdown) => return,
+                led = leading.wait_for(|leading| *leading) => if led.is_err() { return },
+            }
+            let (stop, stopped) = watch::channel(false);
+            let manager = spawn(&state, stopped);
+            tokio::select! {
+                () = shutdown_requested(&mut shutdown) => {}
+                _ = leading.wait_for(|leading| !*leading) => {}
+            }
+            stop.send_replace(true);
+            if let Err(err) = manager.await {
+                tracing::error!(error = %err, "replicator manager failed");
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    })
+}
+
 /// Starts the replicators of this backend: their manager task, which runs until `shutdown`
 /// holds `true`.
 ///
 /// # Caveats
-/// Every backend sharing one store would replicate (harmlessly, twice); run it on one.
+/// Every backend sharing one store would replicate (harmlessly, twice); run it on one (see
+/// [`spawn_when_leading`]).
 pub fn spawn(state: &AppState, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     let shared = Arc::new(Shared {
         store: Arc::clone(state.resources.store()),
