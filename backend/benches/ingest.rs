@@ -244,6 +244,7 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
         admin_username: ADMIN.to_owned(),
         admin_password: ADMIN_PASSWORD.to_owned(),
         jwt_key_files: None,
+        store: cairn_backend::datadir::StoreSettings::Embedded,
     })
     .await
     .expect("initialise the data directory");
@@ -257,6 +258,8 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
             agent_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             body_limit: DEFAULT_BODY_LIMIT,
             secrets: cairn_backend::secrets::SecretsConfig::default(),
+            store: cairn_backend::datadir::StoreSettings::Embedded,
+            store_connect_timeout: Duration::ZERO,
         },
         async move {
             let _ = stopped_ours.await;

@@ -1,10 +1,13 @@
 //! The backend's data directory: where each file lives, and writing a new one safely for
-//! `cairn-backend init`.
+//! `cairn-backend init`; and which store the backend uses (`store.json`).
 //!
 //! ```text
 //! DIR/
 //!   cluster.json              name, creation time, CA fingerprint; written last
-//!   store.redb                the embedded store (written by `store`)
+//!   store.json                the store engine and, for etcd, its endpoints, key prefix and
+//!                             TLS file paths (never a secret); written before cluster.json;
+//!                             a data dir without it (from before store.json) is embedded
+//!   store.redb                the embedded store (written by `store`); none with etcd
 //!   tls/ca.pem, ca.key        the cluster CA: signs the API and agent-listener certificates
 //!   tls/api.pem, api.key      the REST API's server certificate
 //!   tls/agent-ca.pem, .key    the agent CA: signs agents' client certificates
@@ -14,7 +17,12 @@
 //!   jwt/public.pem            its public key (SubjectPublicKeyInfo)
 //! ```
 //!
-//! Private keys are `0600`, certificates and `cluster.json` `0644`, directories `0700`.
+//! Private keys are `0600`, certificates, `cluster.json` and `store.json` `0644`, directories
+//! `0700`.
+//!
+//! With the etcd store, the cluster's state lives in etcd and the data dir holds only
+//! certificates, keys and settings: a second backend joins the same cluster by starting with a
+//! copy of the first one's data dir.
 
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
@@ -38,8 +46,11 @@ pub const AGENT_LISTENER_COMMON_NAME: &str = "cairn-agent-listener";
 const DIR_MODE: u32 = 0o700;
 /// Mode of private keys.
 const SECRET_MODE: u32 = 0o600;
-/// Mode of certificates, public keys and `cluster.json`.
+/// Mode of certificates, public keys, `cluster.json` and `store.json`.
 const PUBLIC_MODE: u32 = 0o644;
+
+/// The etcd key prefix unless `--etcd-prefix` says otherwise.
+pub const DEFAULT_ETCD_PREFIX: &str = "/cairn/";
 
 /// `Result` with [`DataDirError`] as the default error.
 pub type Result<T, E = DataDirError> = std::result::Result<T, E>;
@@ -85,6 +96,69 @@ pub struct ClusterInfo {
     pub created_at: u64,
     /// The SHA-256 fingerprint of `tls/ca.pem`, 64 lowercase hex digits.
     pub ca_fingerprint_sha256: String,
+}
+
+/// Which engine holds the cluster's state (`--store`, and the `engine` of `store.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEngine {
+    /// redb, one file (`store.redb`) in the data dir: one backend.
+    Embedded,
+    /// An etcd cluster, shared by every backend of the cluster.
+    Etcd,
+}
+
+/// Which store a backend opens and how it reaches it: the contents of `store.json`, which
+/// `init` writes and `start` reads.
+///
+/// The JSON is flat, tagged by `engine`: `{"engine": "embedded"}`, or
+/// `{"engine": "etcd", "endpoints": [...], "prefix": "/cairn/", "tls": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "engine", rename_all = "lowercase")]
+pub enum StoreSettings {
+    /// The embedded store, `store.redb` in the data dir.
+    Embedded,
+    /// An etcd cluster.
+    Etcd(EtcdSettings),
+}
+
+/// Where the etcd store connects and which keys it owns; build with [`EtcdSettings::new`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdSettings {
+    /// Client URLs of the etcd members: all `http://`, or all `https://` with [`Self::tls`].
+    /// None carries a user name or password.
+    pub endpoints: Vec<String>,
+    /// The key prefix that holds the cluster's keys; not empty, ends with `/`.
+    pub prefix: String,
+    /// Client certificate authentication to etcd; `None` for plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EtcdTlsFiles>,
+}
+
+/// The files of client certificate TLS to etcd (`--etcd-trusted-ca-file`, `--etcd-cert-file`,
+/// `--etcd-key-file`), as absolute paths: only the paths are recorded, never the contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdTlsFiles {
+    /// The CA that signed the etcd members' certificates (PEM).
+    pub trusted_ca_file: PathBuf,
+    /// This backend's client certificate (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+}
+
+/// The store flags of `init` or `start` as given on the command line; `None` for a flag not
+/// given. [`StoreFlags::for_init`] and [`StoreFlags::for_start`] turn them into
+/// [`StoreSettings`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreFlags {
+    /// `--store`.
+    pub engine: Option<StoreEngine>,
+    /// `--etcd-endpoints`.
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// `--etcd-prefix`.
+    pub etcd_prefix: Option<String>,
+    /// `--etcd-trusted-ca-file`, `--etcd-cert-file` and `--etcd-key-file`, which come together.
+    pub etcd_tls: Option<EtcdTlsFiles>,
 }
 
 /// Why a data directory could not be written or read.
@@ -191,6 +265,56 @@ pub enum DataDirError {
         #[source]
         source: PkiError,
     },
+    /// The store flags do not describe a usable store (etcd flags without `--store etcd`, a
+    /// missing or malformed endpoint, TLS files with plain HTTP endpoints).
+    #[error("{problem}")]
+    StoreFlagsInvalid {
+        /// What is wrong, naming the flag.
+        problem: String,
+    },
+    /// `store.json` is not valid JSON or not what `init` writes.
+    #[error("cannot parse {}", path.display())]
+    StoreFileUnparsable {
+        /// `store.json`.
+        path: PathBuf,
+        /// What the JSON parser reported.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `store.json` parses but describes no usable store.
+    #[error("{} is invalid: {problem}", path.display())]
+    StoreFileInvalid {
+        /// `store.json`.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// `start` was asked for another engine than the data dir's: it would open another, empty
+    /// store rather than the cluster's.
+    #[error("data dir {} uses the {recorded} store ({recorded_in}), but --store {requested} was given: refusing to start on a store that does not hold this cluster; leave out --store, or init a new data dir for the {requested} store", root.display())]
+    StoreEngineMismatch {
+        /// The data directory.
+        root: PathBuf,
+        /// Where the engine is recorded (`store.json`, or its absence).
+        recorded_in: String,
+        /// The engine the data dir records.
+        recorded: StoreEngine,
+        /// The engine asked for.
+        requested: StoreEngine,
+    },
+    /// `start` was asked for another etcd prefix than the data dir's: another cluster's keys,
+    /// or none.
+    #[error("data dir {} uses etcd prefix {recorded} ({}), but --etcd-prefix {requested} was given: refusing to start on keys that do not hold this cluster; leave out --etcd-prefix", root.display(), store_file.display())]
+    StorePrefixMismatch {
+        /// The data directory.
+        root: PathBuf,
+        /// `store.json`.
+        store_file: PathBuf,
+        /// The prefix it records.
+        recorded: String,
+        /// The prefix asked for.
+        requested: String,
+    },
     /// `tls/ca.pem` is not the CA that `cluster.json` records, so join tokens would pin the
     /// wrong certificate.
     #[error("the ca certificate {} does not match the fingerprint recorded in {}", ca_cert.display(), cluster_file.display())]
@@ -275,6 +399,11 @@ impl DataDir {
         self.root.join("store.redb")
     }
 
+    /// `store.json`: which store the backend uses ([`StoreSettings`]).
+    pub fn store_settings_file(&self) -> PathBuf {
+        self.root.join("store.json")
+    }
+
     fn tls_dir(&self) -> PathBuf {
         self.root.join("tls")
     }
@@ -314,6 +443,281 @@ impl InitFiles {
     }
 }
 
+// === impl StoreEngine ===
+
+impl std::fmt::Display for StoreEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreEngine::Embedded => "embedded",
+            StoreEngine::Etcd => "etcd",
+        })
+    }
+}
+
+// === impl StoreSettings ===
+
+impl StoreSettings {
+    /// The engine these settings open.
+    pub fn engine(&self) -> StoreEngine {
+        match self {
+            StoreSettings::Embedded => StoreEngine::Embedded,
+            StoreSettings::Etcd(_) => StoreEngine::Etcd,
+        }
+    }
+
+    /// Refuses to open `requested` in a data dir that records `self`: another engine, or
+    /// another etcd prefix, would be another (usually empty) store.
+    ///
+    /// # Errors
+    ///
+    /// [`DataDirError::StoreEngineMismatch`] or [`DataDirError::StorePrefixMismatch`].
+    pub fn check_same_store(&self, dir: &DataDir, requested: &StoreSettings) -> Result<()> {
+        match (self, requested) {
+            (StoreSettings::Etcd(recorded), StoreSettings::Etcd(requested))
+                if recorded.prefix != requested.prefix =>
+            {
+                Err(DataDirError::StorePrefixMismatch {
+                    root: dir.root.clone(),
+                    store_file: dir.store_settings_file(),
+                    recorded: recorded.prefix.clone(),
+                    requested: requested.prefix.clone(),
+                })
+            }
+            _ if self.engine() != requested.engine() => Err(DataDirError::StoreEngineMismatch {
+                root: dir.root.clone(),
+                recorded_in: recorded_in(dir)?,
+                recorded: self.engine(),
+                requested: requested.engine(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+// === impl EtcdSettings ===
+
+impl EtcdSettings {
+    /// Checked settings: endpoints trimmed, the prefix ending with `/`, TLS paths absolute.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong, as a message naming the flag: no endpoint; an endpoint that is not an
+    /// `http://` or `https://` URL or carries a user name or password; `https://` without the
+    /// TLS files or `http://` with them; an empty prefix.
+    pub fn new(
+        endpoints: Vec<String>,
+        prefix: String,
+        tls: Option<EtcdTlsFiles>,
+    ) -> std::result::Result<EtcdSettings, String> {
+        let endpoints = endpoints
+            .into_iter()
+            .map(|endpoint| endpoint.trim().to_owned())
+            .collect();
+        let tls = match tls {
+            Some(tls) => Some(EtcdTlsFiles {
+                trusted_ca_file: absolute(tls.trusted_ca_file, "--etcd-trusted-ca-file")?,
+                cert_file: absolute(tls.cert_file, "--etcd-cert-file")?,
+                key_file: absolute(tls.key_file, "--etcd-key-file")?,
+            }),
+            None => None,
+        };
+        let prefix = match prefix.trim() {
+            "" => String::new(),
+            trimmed if trimmed.ends_with('/') => trimmed.to_owned(),
+            trimmed => format!("{trimmed}/"),
+        };
+        let settings = EtcdSettings {
+            endpoints,
+            prefix,
+            tls,
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// The endpoints comma-separated, as logs and errors show them.
+    pub fn joined_endpoints(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    /// Checks what [`EtcdSettings::new`] guarantees, for settings read from `store.json`.
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.endpoints.is_empty() {
+            return Err("no etcd endpoint given (--etcd-endpoints)".to_owned());
+        }
+        for endpoint in &self.endpoints {
+            let (scheme, rest) = if let Some(rest) = endpoint.strip_prefix("https://") {
+                ("https", rest)
+            } else if let Some(rest) = endpoint.strip_prefix("http://") {
+                ("http", rest)
+            } else {
+                return Err(format!(
+                    "etcd endpoint `{}` is not an http:// or https:// URL (--etcd-endpoints)",
+                    shown_endpoint(endpoint)
+                ));
+            };
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            if authority.contains('@') {
+                return Err(format!(
+                    "etcd endpoint `{}` carries a user name or password, which is not supported: \
+                     authenticate with --etcd-cert-file and --etcd-key-file",
+                    shown_endpoint(endpoint)
+                ));
+            }
+            if authority.is_empty() {
+                return Err(format!(
+                    "etcd endpoint `{endpoint}` names no host (--etcd-endpoints)"
+                ));
+            }
+            match (scheme, &self.tls) {
+                ("https", None) => {
+                    return Err(format!(
+                        "etcd endpoint `{endpoint}` is https: give --etcd-trusted-ca-file, \
+                         --etcd-cert-file and --etcd-key-file for client certificate TLS"
+                    ))
+                }
+                ("http", Some(_)) => {
+                    return Err(format!(
+                        "etcd endpoint `{endpoint}` is plain http, but TLS files are given: \
+                         client certificate TLS needs https:// endpoints"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if self.prefix.is_empty() {
+            return Err(
+                "the etcd prefix is empty: give one such as /cairn/ (--etcd-prefix); \
+                 the whole key space is not supported"
+                    .to_owned(),
+            );
+        }
+        if !self.prefix.ends_with('/') {
+            return Err(format!(
+                "the etcd prefix `{}` does not end with /",
+                self.prefix
+            ));
+        }
+        Ok(())
+    }
+}
+
+// === impl StoreFlags ===
+
+impl StoreFlags {
+    /// The settings `init` records: the embedded store unless `--store etcd`, which needs
+    /// `--etcd-endpoints` and takes `--etcd-prefix` (default [`DEFAULT_ETCD_PREFIX`]) and the
+    /// TLS files.
+    ///
+    /// # Errors
+    ///
+    /// [`DataDirError::StoreFlagsInvalid`]: etcd flags without `--store etcd`, `--store etcd`
+    /// without endpoints, or settings [`EtcdSettings::new`] refuses.
+    pub fn for_init(self) -> Result<StoreSettings> {
+        match self.engine.unwrap_or(StoreEngine::Embedded) {
+            StoreEngine::Embedded => {
+                self.refuse_etcd_flags("without --store etcd")?;
+                Ok(StoreSettings::Embedded)
+            }
+            StoreEngine::Etcd => {
+                let Some(endpoints) = self.etcd_endpoints else {
+                    return Err(invalid_flags(
+                        "--store etcd needs --etcd-endpoints (the etcd members' client URLs, \
+                         comma-separated)",
+                    ));
+                };
+                let prefix = self
+                    .etcd_prefix
+                    .unwrap_or_else(|| DEFAULT_ETCD_PREFIX.to_owned());
+                EtcdSettings::new(endpoints, prefix, self.etcd_tls)
+                    .map(StoreSettings::Etcd)
+                    .map_err(invalid_flags)
+            }
+        }
+    }
+
+    /// The settings `start` opens: what the data dir records (`recorded`, from
+    /// [`read_store_settings`]), with the endpoints and TLS files of the flags, when given,
+    /// instead of the recorded ones (etcd has moved).
+    ///
+    /// # Errors
+    ///
+    /// [`DataDirError::StoreEngineMismatch`] when `--store` names another engine than the
+    /// recorded one, [`DataDirError::StorePrefixMismatch`] for another `--etcd-prefix`, and
+    /// [`DataDirError::StoreFlagsInvalid`] for etcd flags on an embedded data dir or settings
+    /// [`EtcdSettings::new`] refuses.
+    pub fn for_start(self, dir: &DataDir, recorded: StoreSettings) -> Result<StoreSettings> {
+        if let Some(requested) = self.engine {
+            if requested != recorded.engine() {
+                return Err(DataDirError::StoreEngineMismatch {
+                    root: dir.root.clone(),
+                    recorded_in: recorded_in(dir)?,
+                    recorded: recorded.engine(),
+                    requested,
+                });
+            }
+        }
+        match recorded {
+            StoreSettings::Embedded => {
+                self.refuse_etcd_flags(&format!(
+                    "for data dir {}, which uses the embedded store",
+                    dir.root.display()
+                ))?;
+                Ok(StoreSettings::Embedded)
+            }
+            StoreSettings::Etcd(recorded) => {
+                let prefix = match self.etcd_prefix {
+                    Some(given) => {
+                        let given = EtcdSettings::new(
+                            recorded.endpoints.clone(),
+                            given,
+                            recorded.tls.clone(),
+                        )
+                        .map_err(invalid_flags)?
+                        .prefix;
+                        if given != recorded.prefix {
+                            return Err(DataDirError::StorePrefixMismatch {
+                                root: dir.root.clone(),
+                                store_file: dir.store_settings_file(),
+                                recorded: recorded.prefix,
+                                requested: given,
+                            });
+                        }
+                        given
+                    }
+                    None => recorded.prefix,
+                };
+                let endpoints = self.etcd_endpoints.unwrap_or(recorded.endpoints);
+                let tls = self.etcd_tls.or(recorded.tls);
+                EtcdSettings::new(endpoints, prefix, tls)
+                    .map(StoreSettings::Etcd)
+                    .map_err(invalid_flags)
+            }
+        }
+    }
+
+    /// Refuses the etcd flags that were given; `context` says why they do not apply.
+    fn refuse_etcd_flags(&self, context: &str) -> Result<()> {
+        let mut given = Vec::new();
+        if self.etcd_endpoints.is_some() {
+            given.push("--etcd-endpoints");
+        }
+        if self.etcd_prefix.is_some() {
+            given.push("--etcd-prefix");
+        }
+        if self.etcd_tls.is_some() {
+            given.push("--etcd-trusted-ca-file, --etcd-cert-file, --etcd-key-file");
+        }
+        if given.is_empty() {
+            return Ok(());
+        }
+        Err(invalid_flags(format!(
+            "{} given {context}: the etcd flags apply to the etcd store only",
+            given.join(", ")
+        )))
+    }
+}
+
 /// Creates a new data directory: the cluster CA, the API server certificate, the agent CA, the
 /// agent listener's server certificate, the JWT key pair (copied or generated) and, last,
 /// `cluster.json`.
@@ -334,6 +738,21 @@ impl InitFiles {
 ///
 /// The server certificates are valid for one year and nothing renews them yet.
 pub fn write_init_files(dir: &DataDir, init: &InitFiles) -> Result<InitSummary> {
+    write_init_files_for_store(dir, init, &StoreSettings::Embedded)
+}
+
+/// [`write_init_files`] for a data dir that uses `store`, recorded in `store.json` (written
+/// just before `cluster.json`, so that an initialised data dir always says which store it
+/// uses), with the same guarantees.
+///
+/// # Errors
+///
+/// As [`write_init_files`].
+pub fn write_init_files_for_store(
+    dir: &DataDir,
+    init: &InitFiles,
+    store: &StoreSettings,
+) -> Result<InitSummary> {
     let cluster_file = dir.cluster_file();
     if exists(&cluster_file)? {
         return Err(DataDirError::AlreadyInitialised {
@@ -392,6 +811,10 @@ pub fn write_init_files(dir: &DataDir, init: &InitFiles) -> Result<InitSummary> 
     writer.write_file(&dir.jwt_public_key(), &material.jwt.public_pem, PUBLIC_MODE)?;
     writer.sync_dir(&dir.tls_dir())?;
     writer.sync_dir(&dir.jwt_dir())?;
+    let mut store_json = serde_json::to_string_pretty(store)
+        .expect("StoreSettings has only strings and paths, which always serialize");
+    store_json.push('\n');
+    writer.write_file(&dir.store_settings_file(), &store_json, PUBLIC_MODE)?;
     writer.write_cluster_file(&cluster)?;
 
     Ok(InitSummary {
@@ -441,6 +864,105 @@ pub fn read_cluster(dir: &DataDir) -> Result<ClusterInfo> {
         });
     }
     Ok(cluster)
+}
+
+/// Reads `store.json`: which store the data dir's cluster uses. A data dir without it (from
+/// before `store.json`) uses the embedded store.
+///
+/// # Errors
+///
+/// [`DataDirError::StoreFileUnparsable`] or [`DataDirError::StoreFileInvalid`] naming the file,
+/// or [`DataDirError::ReadFailed`].
+pub fn read_store_settings(dir: &DataDir) -> Result<StoreSettings> {
+    let path = dir.store_settings_file();
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(StoreSettings::Embedded),
+        Err(source) => return Err(DataDirError::ReadFailed { path, source }),
+    };
+    let settings: StoreSettings =
+        serde_json::from_slice(&bytes).map_err(|source| DataDirError::StoreFileUnparsable {
+            path: path.clone(),
+            source,
+        })?;
+    if let StoreSettings::Etcd(etcd) = &settings {
+        etcd.check()
+            .map_err(|problem| DataDirError::StoreFileInvalid { path, problem })?;
+    }
+    Ok(settings)
+}
+
+/// Removes what [`write_init_files_for_store`] wrote (`summary.files`, `cluster.json` first so
+/// that the directory stops counting as initialised, then `tls/` and `jwt/`), for an `init`
+/// that failed after writing them. The data directory itself stays.
+///
+/// # Errors
+///
+/// [`DataDirError::WriteFailed`] naming the first file that could not be removed; the rest is
+/// still attempted.
+pub fn remove_init_files(dir: &DataDir, summary: &InitSummary) -> Result<()> {
+    let mut first_error = None;
+    let mut remove = |path: &Path, result: io::Result<()>| match result {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            first_error.get_or_insert(DataDirError::WriteFailed {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let cluster_file = dir.cluster_file();
+    remove(&cluster_file, fs::remove_file(&cluster_file));
+    for path in summary.files.iter().rev() {
+        remove(path, fs::remove_file(path));
+    }
+    for subdir in [dir.tls_dir(), dir.jwt_dir()] {
+        remove(&subdir, fs::remove_dir(&subdir));
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Where the data dir's engine is recorded, for [`DataDirError::StoreEngineMismatch`].
+fn recorded_in(dir: &DataDir) -> Result<String> {
+    let path = dir.store_settings_file();
+    Ok(if exists(&path)? {
+        format!("recorded in {}", path.display())
+    } else {
+        format!(
+            "it has no {}, which means the embedded store",
+            path.display()
+        )
+    })
+}
+
+/// `path` made absolute against the working directory, so that `start` finds it from anywhere.
+fn absolute(path: PathBuf, flag: &str) -> std::result::Result<PathBuf, String> {
+    std::path::absolute(&path).map_err(|err| {
+        format!(
+            "{flag} {}: cannot make the path absolute: {err}",
+            path.display()
+        )
+    })
+}
+
+/// An endpoint as errors show it: with any user name or password replaced by `***`.
+fn shown_endpoint(endpoint: &str) -> String {
+    let (scheme, rest) = match endpoint.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), endpoint),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => endpoint.to_owned(),
+    }
+}
+
+fn invalid_flags(problem: impl Into<String>) -> DataDirError {
+    DataDirError::StoreFlagsInvalid {
+        problem: problem.into(),
+    }
 }
 
 /// All key material of a new data directory, made before anything touches the disk.
@@ -696,6 +1218,7 @@ mod tests {
             (dir.agent_listener_cert(), 0o644),
             (dir.jwt_private_key(), 0o600),
             (dir.jwt_public_key(), 0o644),
+            (dir.store_settings_file(), 0o644),
             (dir.cluster_file(), 0o644),
         ];
         let written: Vec<_> = expected.iter().map(|(path, _)| path.clone()).collect();
@@ -734,6 +1257,11 @@ mod tests {
             &fs::read_to_string(dir.jwt_public_key()).unwrap(),
         )
         .unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.store_settings_file()).unwrap(),
+            "{\n  \"engine\": \"embedded\"\n}\n"
+        );
+        assert_eq!(read_store_settings(&dir).unwrap(), StoreSettings::Embedded);
     }
 
     #[test]
@@ -955,5 +1483,264 @@ mod tests {
             err.to_string(),
             format!("cannot parse {}", dir.cluster_file().display())
         );
+    }
+
+    fn etcd_flags(endpoints: &[&str]) -> StoreFlags {
+        StoreFlags {
+            engine: Some(StoreEngine::Etcd),
+            etcd_endpoints: Some(endpoints.iter().map(|url| (*url).to_owned()).collect()),
+            ..StoreFlags::default()
+        }
+    }
+
+    fn tls_files() -> EtcdTlsFiles {
+        EtcdTlsFiles {
+            trusted_ca_file: "/etc/cairn/etcd/ca.pem".into(),
+            cert_file: "/etc/cairn/etcd/client.pem".into(),
+            key_file: "/etc/cairn/etcd/client.key".into(),
+        }
+    }
+
+    /// Runs `for_init` and compares its error message, or `Ok` with the settings' JSON.
+    fn check_init(flags: StoreFlags, expect: &str) {
+        let got = match flags.for_init() {
+            Ok(settings) => format!("Ok {}", serde_json::to_string(&settings).unwrap()),
+            Err(err) => err.to_string(),
+        };
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn init_store_flags() {
+        check_init(StoreFlags::default(), r#"Ok {"engine":"embedded"}"#);
+        check_init(
+            StoreFlags {
+                engine: Some(StoreEngine::Embedded),
+                ..StoreFlags::default()
+            },
+            r#"Ok {"engine":"embedded"}"#,
+        );
+        check_init(
+            etcd_flags(&["http://10.0.0.1:2379", " http://10.0.0.2:2379"]),
+            r#"Ok {"engine":"etcd","endpoints":["http://10.0.0.1:2379","http://10.0.0.2:2379"],"prefix":"/cairn/"}"#,
+        );
+        check_init(
+            StoreFlags {
+                etcd_prefix: Some("/prod".to_owned()),
+                etcd_tls: Some(tls_files()),
+                ..etcd_flags(&["https://etcd.example.com:2379"])
+            },
+            r#"Ok {"engine":"etcd","endpoints":["https://etcd.example.com:2379"],"prefix":"/prod/","tls":{"trusted_ca_file":"/etc/cairn/etcd/ca.pem","cert_file":"/etc/cairn/etcd/client.pem","key_file":"/etc/cairn/etcd/client.key"}}"#,
+        );
+        check_init(
+            StoreFlags {
+                engine: Some(StoreEngine::Etcd),
+                ..StoreFlags::default()
+            },
+            "--store etcd needs --etcd-endpoints (the etcd members' client URLs, comma-separated)",
+        );
+        check_init(
+            StoreFlags {
+                engine: None,
+                ..etcd_flags(&["http://10.0.0.1:2379"])
+            },
+            "--etcd-endpoints given without --store etcd: the etcd flags apply to the etcd store only",
+        );
+        check_init(
+            etcd_flags(&["10.0.0.1:2379"]),
+            "etcd endpoint `10.0.0.1:2379` is not an http:// or https:// URL (--etcd-endpoints)",
+        );
+        check_init(
+            etcd_flags(&["http://root:hunter2@10.0.0.1:2379"]),
+            "etcd endpoint `http://***@10.0.0.1:2379` carries a user name or password, which is \
+             not supported: authenticate with --etcd-cert-file and --etcd-key-file",
+        );
+        check_init(
+            etcd_flags(&["https://10.0.0.1:2379"]),
+            "etcd endpoint `https://10.0.0.1:2379` is https: give --etcd-trusted-ca-file, \
+             --etcd-cert-file and --etcd-key-file for client certificate TLS",
+        );
+        check_init(
+            StoreFlags {
+                etcd_tls: Some(tls_files()),
+                ..etcd_flags(&["http://10.0.0.1:2379"])
+            },
+            "etcd endpoint `http://10.0.0.1:2379` is plain http, but TLS files are given: \
+             client certificate TLS needs https:// endpoints",
+        );
+        check_init(
+            etcd_flags(&[""]),
+            "etcd endpoint `` is not an http:// or https:// URL (--etcd-endpoints)",
+        );
+        check_init(
+            StoreFlags {
+                etcd_prefix: Some(" ".to_owned()),
+                ..etcd_flags(&["http://10.0.0.1:2379"])
+            },
+            "the etcd prefix is empty: give one such as /cairn/ (--etcd-prefix); the whole key \
+             space is not supported",
+        );
+    }
+
+    #[test]
+    fn relative_tls_paths_are_recorded_absolute() {
+        let settings = StoreFlags {
+            etcd_tls: Some(EtcdTlsFiles {
+                trusted_ca_file: "ca.pem".into(),
+                cert_file: "client.pem".into(),
+                key_file: "client.key".into(),
+            }),
+            ..etcd_flags(&["https://10.0.0.1:2379"])
+        }
+        .for_init()
+        .unwrap();
+        let StoreSettings::Etcd(etcd) = settings else {
+            panic!("not etcd: {settings:?}");
+        };
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(etcd.tls.unwrap().cert_file, cwd.join("client.pem"));
+    }
+
+    #[test]
+    fn etcd_init_records_the_store_and_start_reads_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let settings = etcd_flags(&["http://10.0.0.1:2379"]).for_init().unwrap();
+        let summary = write_init_files_for_store(&dir, &init_files(None), &settings).unwrap();
+        assert_eq!(summary.files.len(), 12);
+        assert!(!dir.store_file().exists(), "no embedded store with etcd");
+        assert_eq!(read_store_settings(&dir).unwrap(), settings);
+        assert_eq!(mode(&dir.store_settings_file()), 0o644);
+
+        // start: the recorded settings, or the flags' endpoints and TLS files instead.
+        let started = StoreFlags::default()
+            .for_start(&dir, settings.clone())
+            .unwrap();
+        assert_eq!(started, settings);
+        let moved = StoreFlags {
+            engine: None,
+            etcd_prefix: Some("/cairn".to_owned()),
+            etcd_tls: Some(tls_files()),
+            ..etcd_flags(&["https://10.0.0.9:2379"])
+        }
+        .for_start(&dir, settings.clone())
+        .unwrap();
+        let StoreSettings::Etcd(moved) = moved else {
+            panic!("not etcd: {moved:?}");
+        };
+        assert_eq!(moved.endpoints, ["https://10.0.0.9:2379"]);
+        assert_eq!(moved.prefix, "/cairn/");
+        assert_eq!(moved.tls, Some(tls_files()));
+    }
+
+    #[test]
+    fn start_refuses_another_store_than_the_recorded_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let settings = etcd_flags(&["http://10.0.0.1:2379"]).for_init().unwrap();
+        write_init_files_for_store(&dir, &init_files(None), &settings).unwrap();
+        let root = dir.root().display();
+        let store_file = dir.store_settings_file();
+
+        let err = StoreFlags {
+            engine: Some(StoreEngine::Embedded),
+            ..StoreFlags::default()
+        }
+        .for_start(&dir, settings.clone())
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "data dir {root} uses the etcd store (recorded in {}), but --store embedded was \
+                 given: refusing to start on a store that does not hold this cluster; leave out \
+                 --store, or init a new data dir for the embedded store",
+                store_file.display()
+            )
+        );
+        // The same check, on settings built elsewhere (as `server::start` makes it).
+        let err = settings
+            .check_same_store(&dir, &StoreSettings::Embedded)
+            .unwrap_err();
+        assert!(matches!(err, DataDirError::StoreEngineMismatch { .. }));
+
+        let err = StoreFlags {
+            etcd_prefix: Some("/other/".to_owned()),
+            ..StoreFlags::default()
+        }
+        .for_start(&dir, settings.clone())
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "data dir {root} uses etcd prefix /cairn/ ({}), but --etcd-prefix /other/ was \
+                 given: refusing to start on keys that do not hold this cluster; leave out \
+                 --etcd-prefix",
+                store_file.display()
+            )
+        );
+
+        // A data dir from before store.json is embedded.
+        fs::remove_file(&store_file).unwrap();
+        assert_eq!(read_store_settings(&dir).unwrap(), StoreSettings::Embedded);
+        let err = etcd_flags(&["http://10.0.0.1:2379"])
+            .for_start(&dir, StoreSettings::Embedded)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "data dir {root} uses the embedded store (it has no {}, which means the embedded \
+                 store), but --store etcd was given: refusing to start on a store that does not \
+                 hold this cluster; leave out --store, or init a new data dir for the etcd store",
+                store_file.display()
+            )
+        );
+        let err = StoreFlags {
+            engine: None,
+            ..etcd_flags(&["http://10.0.0.1:2379"])
+        }
+        .for_start(&dir, StoreSettings::Embedded)
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "--etcd-endpoints given for data dir {root}, which uses the embedded store: the \
+                 etcd flags apply to the etcd store only"
+            )
+        );
+    }
+
+    #[test]
+    fn bad_store_file_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let path = dir.store_settings_file();
+        fs::write(&path, r#"{"engine": "postgres"}"#).unwrap();
+        let err = read_store_settings(&dir).unwrap_err();
+        assert_eq!(err.to_string(), format!("cannot parse {}", path.display()));
+
+        fs::write(
+            &path,
+            r#"{"engine": "etcd", "endpoints": [], "prefix": "/cairn/"}"#,
+        )
+        .unwrap();
+        let err = read_store_settings(&dir).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} is invalid: no etcd endpoint given (--etcd-endpoints)",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn remove_init_files_leaves_an_empty_data_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let summary = write_init_files(&dir, &init_files(None)).unwrap();
+        remove_init_files(&dir, &summary).unwrap();
+        assert!(snapshot(dir.root()).is_empty());
+        // So init can run again.
+        write_init_files(&dir, &init_files(None)).unwrap();
     }
 }

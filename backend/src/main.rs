@@ -9,13 +9,19 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cairn_backend::api::DEFAULT_BODY_LIMIT;
-use cairn_backend::server::{self, InitConfig, StartConfig};
+use cairn_backend::datadir::{self, DataDir, EtcdTlsFiles, StoreEngine, StoreFlags};
+use cairn_backend::resources::ResourceError;
+use cairn_backend::server::{self, InitConfig, ServerError, StartConfig};
 
 /// Environment variable holding the admin password for `init`.
 const ENV_ADMIN_PASSWORD: &str = "CAIRN_ADMIN_PASSWORD";
 
 /// Exit code for unusable configuration (nothing was started).
 const EXIT_CONFIG: u8 = 64;
+
+/// Exit code when the store (etcd) could not be reached (sysexits' `EX_UNAVAILABLE`): nothing
+/// was started, and starting again once etcd is back may work.
+const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Where agents connect unless told otherwise.
 const DEFAULT_AGENT_LISTEN: SocketAddr =
@@ -33,9 +39,58 @@ struct Opts {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create the data directory: CA, certificates, JWT keys and the admin user.
+    ///
+    /// With --store etcd, the cluster's state (the admin user, roles, namespaces and everything
+    /// else the API stores) goes into etcd, under --etcd-prefix, and the data dir keeps only
+    /// certificates, keys and settings (store.json). Run init once per cluster: further
+    /// backends join it by starting with a copy of this data dir (give their host names to
+    /// --hostnames here). init refuses an etcd prefix that already holds keys.
     Init(InitArgs),
     /// Start the backend.
+    ///
+    /// Opens the store that init recorded in the data dir (store.json). With etcd, a second
+    /// backend joins the same cluster by starting with a copy of the first one's data dir
+    /// (which then holds only certificates, keys and settings; keep it as private as the
+    /// keys in it); --etcd-endpoints and the --etcd-*-file flags override the recorded ones
+    /// when etcd is reached differently from this host.
     Start(StartArgs),
+}
+
+/// The store flags of `init` and `start`.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// Where the cluster's state lives: `embedded` (a file in the data dir, for one backend)
+    /// or `etcd` (shared by every backend of a cluster). init defaults to embedded and records
+    /// the choice in the data dir; start uses the recorded one and refuses another.
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    store: Option<StoreArg>,
+    /// The etcd members' client URLs, comma-separated: http://HOST:2379, or https:// with the
+    /// --etcd-*-file flags. Required with --store etcd; on start, replaces the recorded ones.
+    #[arg(long, value_delimiter = ',', value_name = "URL,...")]
+    etcd_endpoints: Option<Vec<String>>,
+    /// The etcd key prefix that holds this cluster's keys [init default: /cairn/]; on start,
+    /// it must be the recorded one.
+    #[arg(long, value_name = "PREFIX")]
+    etcd_prefix: Option<String>,
+    /// The CA certificate (PEM) that etcd's server certificates chain to; with
+    /// --etcd-cert-file and --etcd-key-file, for client certificate TLS to etcd.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_cert_file", "etcd_key_file"])]
+    etcd_trusted_ca_file: Option<PathBuf>,
+    /// This backend's client certificate (PEM) for etcd.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_trusted_ca_file", "etcd_key_file"])]
+    etcd_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-cert-file.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_trusted_ca_file", "etcd_cert_file"])]
+    etcd_key_file: Option<PathBuf>,
+}
+
+/// The values of `--store`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StoreArg {
+    /// The embedded store: redb, one file in the data dir.
+    Embedded,
+    /// An etcd cluster, shared by every backend of the cluster.
+    Etcd,
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +118,8 @@ struct InitArgs {
     /// The matching public key.
     #[arg(long, requires = "jwt_private_key_file")]
     jwt_public_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,6 +147,12 @@ struct StartArgs {
     /// Vault is back.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     secrets_retry_max: u64,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// How long to keep trying to reach etcd at start, seconds (each failed attempt is logged);
+    /// then the backend exits with status 69.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    etcd_connect_timeout: u64,
 }
 
 fn main() -> ExitCode {
@@ -117,13 +180,17 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, err)) => {
-            eprintln!("cairn-backend: {err:#}");
+            // The error and its causes, each once (some errors repeat their cause's words).
+            eprintln!("cairn-backend: {}", cairn_api::problem::cause_chain(&*err));
             ExitCode::from(code)
         }
     }
 }
 
 async fn run_init(args: InitArgs) -> Result<(), (u8, anyhow::Error)> {
+    let store = store_flags(args.store)
+        .for_init()
+        .map_err(|err| (EXIT_CONFIG, err.into()))?;
     let config = InitConfig {
         data_dir: args.data_dir,
         cluster_name: args.cluster_name,
@@ -131,10 +198,11 @@ async fn run_init(args: InitArgs) -> Result<(), (u8, anyhow::Error)> {
         admin_username: args.admin_user,
         admin_password: args.admin_password,
         jwt_key_files: args.jwt_private_key_file.zip(args.jwt_public_key_file),
+        store,
     };
     let summary = server::init(&config)
         .await
-        .map_err(|err| (EXIT_CONFIG, err.into()))?;
+        .map_err(|err| (exit_code(&err), err.into()))?;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "initialised {}", config.data_dir.display());
     let _ = writeln!(
@@ -146,6 +214,12 @@ async fn run_init(args: InitArgs) -> Result<(), (u8, anyhow::Error)> {
 }
 
 async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
+    let dir = DataDir::new(&args.data_dir);
+    // An uninitialised data dir says so, rather than that it records no store.
+    let store = datadir::read_cluster(&dir)
+        .and_then(|_| datadir::read_store_settings(&dir))
+        .and_then(|recorded| store_flags(args.store).for_start(&dir, recorded))
+        .map_err(|err| (EXIT_CONFIG, err.into()))?;
     let config = StartConfig {
         data_dir: args.data_dir,
         api_listen: args.api_listen,
@@ -156,10 +230,12 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
             failure_backoff_max: std::time::Duration::from_secs(args.secrets_retry_max),
             ..cairn_backend::secrets::SecretsConfig::default()
         },
+        store,
+        store_connect_timeout: std::time::Duration::from_secs(args.etcd_connect_timeout),
     };
     let running = server::start(&config, shutdown_signal())
         .await
-        .map_err(|err| (EXIT_CONFIG, err.into()))?;
+        .map_err(|err| (exit_code(&err), err.into()))?;
     // Tests and scripts read the bound address from this line.
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "api listening on https://{}", running.api_addr);
@@ -168,6 +244,45 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
     drop(stdout);
     running.wait().await;
     Ok(())
+}
+
+/// The store flags as the data dir layer takes them (clap has checked that the TLS files come
+/// together).
+fn store_flags(args: StoreArgs) -> StoreFlags {
+    let etcd_tls = match (
+        args.etcd_trusted_ca_file,
+        args.etcd_cert_file,
+        args.etcd_key_file,
+    ) {
+        (Some(trusted_ca_file), Some(cert_file), Some(key_file)) => Some(EtcdTlsFiles {
+            trusted_ca_file,
+            cert_file,
+            key_file,
+        }),
+        _ => None,
+    };
+    StoreFlags {
+        engine: args.store.map(|store| match store {
+            StoreArg::Embedded => StoreEngine::Embedded,
+            StoreArg::Etcd => StoreEngine::Etcd,
+        }),
+        etcd_endpoints: args.etcd_endpoints,
+        etcd_prefix: args.etcd_prefix,
+        etcd_tls,
+    }
+}
+
+/// [`EXIT_UNAVAILABLE`] when the store could not be reached, else [`EXIT_CONFIG`].
+fn exit_code(err: &ServerError) -> u8 {
+    match err {
+        ServerError::StoreUnreachable { .. } => EXIT_UNAVAILABLE,
+        ServerError::Store(store) | ServerError::Resources(ResourceError::Store(store))
+            if store.is_unavailable() =>
+        {
+            EXIT_UNAVAILABLE
+        }
+        _ => EXIT_CONFIG,
+    }
 }
 
 /// The agent listener's address: the one given, else [`DEFAULT_AGENT_LISTEN`], except that an

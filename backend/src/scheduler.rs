@@ -379,6 +379,15 @@ impl Scheduler {
             });
         }
         spawn_undeliverable_events(&self.state, self.dispatcher.take_undeliverable(), now);
+        // Every backend tracks TTLs; the watchdog leader raises them.
+        if !self
+            .dispatcher
+            .sessions
+            .coordinator()
+            .is_leader(crate::coord::Role::Watchdogs)
+        {
+            return;
+        }
         let timetable = &self.timetable;
         // The ttl of each check, looked up once per tick rather than once per entity.
         let mut check_ttls: HashMap<(&str, &str), Option<i64>> = HashMap::new();
@@ -864,8 +873,23 @@ impl Dispatcher {
                 continue;
             }
             let chosen = if config.round_robin {
-                let idx = round_robin_index(firing.number, sessions.len());
-                &sessions[idx..=idx]
+                // Chosen among the connected agents of every backend, so that the firing runs
+                // once cluster-wide; the backend holding the chosen agent sends it.
+                let cluster = self
+                    .sessions
+                    .coordinator()
+                    .connected_matching(namespace, &config.subscriptions);
+                let Some(pick) = cluster.get(round_robin_index(firing.number, cluster.len()))
+                else {
+                    continue;
+                };
+                match sessions.iter().position(|session| &session.id == pick) {
+                    Some(idx) => &sessions[idx..=idx],
+                    None => {
+                        tracing::debug!(%namespace, check = %name, entity = %pick.1, "round-robin firing goes to an agent of another backend");
+                        continue;
+                    }
+                }
             } else {
                 &sessions[..]
             };
@@ -1421,6 +1445,7 @@ pub(crate) mod tests {
                 "00".repeat(32),
             )),
             revocations: crate::bootstrap::Revocations::empty(),
+            store_health: crate::store::StoreHealth::unprobed(),
         };
         (state, sink)
     }

@@ -1,6 +1,9 @@
 //! Wiring: `init` writes a data directory and seeds the store; `start` opens it, loads and checks
 //! the TLS and JWT material, binds, serves the API over HTTPS and the agent listener (mutual TLS
 //! WebSocket), and drains both on shutdown.
+//!
+//! The store is the embedded one (`store.redb` in the data dir) or etcd, as `store.json`
+//! records; [`open_store`] opens either.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,12 +24,14 @@ use crate::agentd::AgentHub;
 use crate::api::{self, ApiMetrics, AppState, EventSink};
 use crate::auth::{self, TokenIssuer};
 use crate::authcache::AuthCache;
-use crate::datadir::{self, DataDir, InitFiles};
+use crate::datadir::{self, DataDir, InitFiles, StoreSettings};
 use crate::pipeline::{HandlerResolver, Pipeline, PipelineConfig};
 use crate::rbac;
 use crate::resources::Resources;
 use crate::store::RedbStore;
-use crate::store::{Precondition, Store};
+#[cfg(feature = "etcd")]
+use crate::store::{EtcdConfig, EtcdStore, EtcdTls, ProbeConfig};
+use crate::store::{Precondition, Store, StoreError, StoreHealth, StoreStats};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -46,6 +51,8 @@ pub struct InitConfig {
     pub admin_password: String,
     /// A shared JWT key pair (federation), or `None` to generate one.
     pub jwt_key_files: Option<(PathBuf, PathBuf)>,
+    /// The store to seed, recorded in `store.json`.
+    pub store: StoreSettings,
 }
 
 /// Settings of `cairn-backend start`.
@@ -61,6 +68,26 @@ pub struct StartConfig {
     pub body_limit: usize,
     /// The secrets resolver's settings.
     pub secrets: crate::secrets::SecretsConfig,
+    /// The store to open: the one the data dir records (`store.json`), possibly with other etcd
+    /// endpoints or TLS files; another engine or etcd prefix is refused.
+    pub store: StoreSettings,
+    /// How long to keep trying to reach etcd before giving up.
+    pub store_connect_timeout: Duration,
+}
+
+/// The store `init` or `start` opened, from [`open_store`].
+pub(crate) struct OpenedStore {
+    /// The store, for everything that reads and writes.
+    pub(crate) store: Arc<dyn Store>,
+    /// The embedded store's commit counters, for `/metrics`; `None` for etcd.
+    pub(crate) stats: Option<Arc<StoreStats>>,
+    /// The etcd store itself, for coordination on its client (leases, elections) under the
+    /// same connection and prefix; `None` for the embedded store.
+    #[cfg(feature = "etcd")]
+    pub(crate) etcd: Option<EtcdStore>,
+    /// The store as logs name it: `embedded store at DIR/store.redb` or
+    /// `etcd at URLS (prefix P)`.
+    pub(crate) name: String,
 }
 
 /// Why the backend could not start or stopped.
@@ -105,12 +132,48 @@ pub enum ServerError {
     /// A setting is unusable.
     #[error("{0}")]
     Invalid(String),
+    /// `start` could not reach etcd within `--etcd-connect-timeout`.
+    ///
+    /// Expected while etcd is down or unreachable from here; starting again later may work.
+    #[error("{store} did not answer within {waited:?} (--etcd-connect-timeout): it is down, unreachable from here or without quorum")]
+    StoreUnreachable {
+        /// The store, with its endpoints.
+        store: String,
+        /// How long `start` kept trying.
+        waited: Duration,
+        /// The last failure.
+        #[source]
+        source: StoreError,
+    },
+    /// `init` found keys under the etcd prefix: another cluster, or an earlier `init`, is
+    /// there. Nothing was written.
+    #[error("etcd prefix {prefix} at {endpoints} already holds a cluster (key {key} exists): refusing to init over it; a second backend joins that cluster by starting with a copy of its first backend's data dir; otherwise choose another --etcd-prefix, or, if an earlier init did not finish, remove its keys (etcdctl del --prefix {prefix})")]
+    ClusterExists {
+        /// The etcd endpoints, comma-separated.
+        endpoints: String,
+        /// The prefix.
+        prefix: String,
+        /// The first key found under it.
+        key: String,
+    },
+    /// The data dir or the flags ask for etcd, and this binary was built without it.
+    #[error("this cairn-backend was built without etcd support (cargo feature `etcd`), so it cannot use the etcd store of {}", root.display())]
+    EtcdNotBuilt {
+        /// The data directory.
+        root: PathBuf,
+    },
 }
 
 /// Creates the data directory and seeds the store with the default roles and the admin.
 ///
+/// With etcd, the data dir gets the certificates, keys and settings (`store.json`, no
+/// `store.redb`) and etcd the seeded resources.
+///
 /// # Errors
-/// When the directory is already initialised, a setting is invalid, or writing fails.
+/// When the directory is already initialised, a setting is invalid, or writing fails; with
+/// etcd also when it cannot be reached or already holds keys under the prefix
+/// ([`ServerError::ClusterExists`]), before anything is written. Should seeding etcd fail
+/// afterwards, the files written are removed again.
 pub async fn init(config: &InitConfig) -> Result<datadir::InitSummary, ServerError> {
     if let Some(problem) = cairn_api::validate::check_name(Kind::User, &config.admin_username) {
         return Err(ServerError::Invalid(format!("--admin-user: {problem}")));
@@ -121,16 +184,54 @@ pub async fn init(config: &InitConfig) -> Result<datadir::InitSummary, ServerErr
         ));
     }
     let dir = DataDir::new(&config.data_dir);
-    let summary = datadir::write_init_files(
+    // etcd first, before anything is written: it must answer, and hold no cluster yet.
+    let opened = match &config.store {
+        StoreSettings::Embedded => None,
+        StoreSettings::Etcd(etcd) => {
+            let opened = open_store(&dir, &config.store, Duration::ZERO).await?;
+            let page = opened.store.list("", None, 1).await?;
+            if let Some(entry) = page.entries.first() {
+                return Err(ServerError::ClusterExists {
+                    endpoints: etcd.joined_endpoints(),
+                    prefix: etcd.prefix.clone(),
+                    key: entry.key.clone(),
+                });
+            }
+            Some(opened)
+        }
+    };
+    let summary = datadir::write_init_files_for_store(
         &dir,
         &InitFiles {
             cluster_name: config.cluster_name.clone(),
             hostnames: config.hostnames.clone(),
             jwt: config.jwt_key_files.clone(),
         },
+        &config.store,
     )?;
-    let store = RedbStore::open(dir.store_file())?;
-    let resources = Resources::new(Arc::new(store));
+    let opened = match opened {
+        Some(opened) => opened,
+        None => open_store(&dir, &config.store, Duration::ZERO).await?,
+    };
+    match seed(config, Resources::new(opened.store)).await {
+        Ok(()) => Ok(summary),
+        Err(err) => {
+            // With etcd the data dir holds only files, which init writes again.
+            if config.store != StoreSettings::Embedded {
+                if let Err(cleanup) = datadir::remove_init_files(&dir, &summary) {
+                    tracing::warn!(
+                        error = %cairn_api::problem::cause_chain(&cleanup),
+                        "cannot remove the files of the failed init"
+                    );
+                }
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Writes the default roles, the admin, the `default` namespace and the `env` secrets provider.
+async fn seed(config: &InitConfig, resources: Resources) -> Result<(), ServerError> {
     let hash = auth::hash_password(&config.admin_password)?;
     for resource in rbac::default_resources(&config.admin_username, &hash) {
         resources.put(&resource, Precondition::Absent).await?;
@@ -149,7 +250,91 @@ pub async fn init(config: &InitConfig) -> Result<datadir::InitSummary, ServerErr
         Spec::EnvProvider(cairn_api::model::EnvProvider {}),
     );
     resources.put(&env_provider, Precondition::Absent).await?;
-    Ok(summary)
+    Ok(())
+}
+
+/// Opens the store `settings` describe: the embedded store in `dir`, or etcd, tried again while
+/// it is unreachable for up to `connect_timeout` (zero: once).
+///
+/// # Errors
+///
+/// [`ServerError::StoreUnreachable`] when etcd did not answer in time (with a non-zero
+/// `connect_timeout`), [`ServerError::Store`] for other failures, and
+/// [`ServerError::EtcdNotBuilt`] for etcd without the `etcd` feature.
+pub(crate) async fn open_store(
+    dir: &DataDir,
+    settings: &StoreSettings,
+    connect_timeout: Duration,
+) -> Result<OpenedStore, ServerError> {
+    match settings {
+        StoreSettings::Embedded => {
+            let path = dir.store_file();
+            let redb = RedbStore::open(&path)?;
+            let name = format!("embedded store at {}", path.display());
+            Ok(OpenedStore {
+                stats: Some(redb.stats()),
+                store: Arc::new(redb),
+                #[cfg(feature = "etcd")]
+                etcd: None,
+                name,
+            })
+        }
+        #[cfg(feature = "etcd")]
+        StoreSettings::Etcd(etcd) => {
+            let name = format!(
+                "etcd at {} (prefix {})",
+                etcd.joined_endpoints(),
+                etcd.prefix
+            );
+            let config = EtcdConfig {
+                endpoints: etcd.endpoints.clone(),
+                prefix: etcd.prefix.clone(),
+                tls: etcd.tls.as_ref().map(|tls| EtcdTls {
+                    ca_file: tls.trusted_ca_file.clone(),
+                    cert_file: tls.cert_file.clone(),
+                    key_file: tls.key_file.clone(),
+                }),
+            };
+            let store = match EtcdStore::connect_retrying(config, connect_timeout).await {
+                Ok(store) => store,
+                Err(source) if source.is_unavailable() && !connect_timeout.is_zero() => {
+                    return Err(ServerError::StoreUnreachable {
+                        store: name,
+                        waited: connect_timeout,
+                        source,
+                    })
+                }
+                Err(source) => return Err(source.into()),
+            };
+            Ok(OpenedStore {
+                store: Arc::new(store.clone()),
+                stats: None,
+                etcd: Some(store),
+                name,
+            })
+        }
+        #[cfg(not(feature = "etcd"))]
+        StoreSettings::Etcd(_) => {
+            let _ = connect_timeout;
+            Err(ServerError::EtcdNotBuilt {
+                root: dir.root().to_owned(),
+            })
+        }
+    }
+}
+
+// === impl OpenedStore ===
+
+impl OpenedStore {
+    /// The store's health for `/health` and the API: probed in the background for etcd (which
+    /// has outages of its own), unprobed for the embedded store. The probe ends with the store.
+    pub(crate) fn spawn_health_probe(&self) -> Arc<StoreHealth> {
+        #[cfg(feature = "etcd")]
+        if self.etcd.is_some() {
+            return StoreHealth::spawn_probe(&self.store, ProbeConfig::new(self.name.clone()));
+        }
+        StoreHealth::unprobed()
+    }
 }
 
 /// A running backend: its bound addresses and a handle to stop it.
@@ -160,6 +345,8 @@ pub struct Running {
     pub agent_addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
     agent_task: tokio::task::JoinHandle<()>,
+    /// The etcd lease keeper, which leaves the cluster on shutdown.
+    coordination_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -168,6 +355,16 @@ impl Running {
         for (task, what) in [(self.task, "api"), (self.agent_task, "agent listener")] {
             if let Err(err) = task.await {
                 tracing::error!(error = %err, "{what} task failed");
+            }
+        }
+        // Leaving the cluster (revoking the lease) lets the other backends adopt this one's
+        // agents at once; it is bounded by the lease keeper's own request timeout.
+        if let Some(task) = self.coordination_task {
+            if tokio::time::timeout(Duration::from_secs(6), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("did not leave the cluster in time; the others take over after the lease expires");
             }
         }
     }
@@ -194,9 +391,11 @@ pub async fn start(
         &public_pem,
         &cluster.name,
     )?);
-    let redb = RedbStore::open(dir.store_file())?;
-    let store_stats = redb.stats();
-    let store: Arc<dyn Store> = Arc::new(redb);
+    datadir::read_store_settings(&dir)?.check_same_store(&dir, &config.store)?;
+    let opened = open_store(&dir, &config.store, config.store_connect_timeout).await?;
+    tracing::info!(store = %opened.name, "store opened");
+    let store_health = opened.spawn_health_probe();
+    let store = Arc::clone(&opened.store);
     let resources = Resources::new(Arc::clone(&store));
     let (auth_cache, _auth_task) = AuthCache::start(resources.clone()).await?;
     let secrets = crate::secrets::Secrets::new(resources.clone(), config.secrets.clone());
@@ -210,8 +409,26 @@ pub async fn start(
     let metrics = Arc::new(ApiMetrics::default());
     // Set once, right after creation, so this cannot fail.
     let _ = metrics.pipeline.set(pipeline.stats());
-    let _ = metrics.store.set(store_stats);
-    let sessions = crate::sessions::Sessions::new();
+    if let Some(store_stats) = opened.stats.clone() {
+        let _ = metrics.store.set(store_stats);
+    }
+    // One shutdown signal, seen by both listeners and the coordination tasks.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Several backends on one etcd share presence, membership and leader roles through it.
+    let backend_id = crate::coord::new_backend_id();
+    #[cfg(feature = "etcd")]
+    let (coordinator, coordination_task) = match &opened.etcd {
+        Some(etcd) => {
+            let (coordinator, task) =
+                crate::coord::etcd::start(etcd.clone(), backend_id, stopped.clone());
+            (coordinator, Some(task))
+        }
+        None => (crate::coord::Coordinator::single(backend_id), None),
+    };
+    #[cfg(not(feature = "etcd"))]
+    let (coordinator, coordination_task) = (crate::coord::Coordinator::single(backend_id), None);
+    tracing::info!(backend = %coordinator.id(), "backend id");
+    let sessions = crate::sessions::Sessions::with_coordinator(Arc::clone(&coordinator));
     let hub = AgentHub::new(Arc::clone(&sessions));
     let revocation_hook: crate::bootstrap::RevocationHook = {
         let hub = Arc::clone(&hub);
@@ -232,13 +449,12 @@ pub async fn start(
         sessions,
         agent_pki,
         revocations,
+        store_health,
     };
     let (listener, api_addr) = bind(config.api_listen).await?;
     let (agent_listener, agent_addr) = bind(config.agent_listen).await?;
     tracing::info!(%api_addr, cluster = %cluster.name, "api listening (https)");
     tracing::info!(%agent_addr, "agent listener listening (mutual tls websocket)");
-    // One shutdown signal, seen by both listeners.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         stop.send_replace(true);
@@ -258,7 +474,12 @@ pub async fn start(
     let _watchdog_task =
         crate::watchdog::spawn(state.clone(), Arc::clone(&state.sessions), stopped.clone());
     // Federation: replicate chosen resources one way to downstream clusters (issue 7).
-    let _replicator_task = crate::federation::replicator::spawn(&state, stopped.clone());
+    // On the one backend of the cluster that leads the replicators.
+    let _replicator_task = crate::federation::replicator::spawn_when_leading(
+        &state,
+        coordinator.leadership(crate::coord::Role::Replicators),
+        stopped.clone(),
+    );
     let app = api::app(state);
     let mut api_stopped = stopped;
     let task = tokio::spawn(serve(
@@ -275,6 +496,7 @@ pub async fn start(
         agent_addr,
         task,
         agent_task,
+        coordination_task,
     })
 }
 
@@ -413,5 +635,234 @@ impl EventSink for PipelineSink {
         if let Err(err) = self.0.submit(namespace.to_owned(), event) {
             tracing::warn!(error = %err, namespace, "event not handed to the pipeline");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `init` and `start` on either store: what is recorded, what is refused, and (with a real
+    //! etcd) seeding, a second `init`, and giving up on an unreachable etcd.
+
+    use crate::datadir::EtcdSettings;
+
+    use super::*;
+
+    fn init_config(data_dir: PathBuf, store: StoreSettings) -> InitConfig {
+        InitConfig {
+            data_dir,
+            cluster_name: "test".to_owned(),
+            hostnames: Vec::new(),
+            admin_username: "admin".to_owned(),
+            admin_password: "admin-password".to_owned(),
+            jwt_key_files: None,
+            store,
+        }
+    }
+
+    fn start_config(data_dir: PathBuf, store: StoreSettings, patience: Duration) -> StartConfig {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        StartConfig {
+            data_dir,
+            api_listen: loopback,
+            agent_listen: loopback,
+            body_limit: crate::api::DEFAULT_BODY_LIMIT,
+            secrets: crate::secrets::SecretsConfig::default(),
+            store,
+            store_connect_timeout: patience,
+        }
+    }
+
+    fn etcd_settings(endpoint: &str) -> StoreSettings {
+        StoreSettings::Etcd(
+            EtcdSettings::new(vec![endpoint.to_owned()], "/cairn/".to_owned(), None).unwrap(),
+        )
+    }
+
+    fn init_files() -> InitFiles {
+        InitFiles {
+            cluster_name: "test".to_owned(),
+            hostnames: Vec::new(),
+            jwt: None,
+        }
+    }
+
+    /// An endpoint where nothing listens.
+    fn dead_endpoint() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    }
+
+    async fn start_error(config: &StartConfig) -> ServerError {
+        match start(config, std::future::pending()).await {
+            Ok(_) => panic!("start succeeded"),
+            Err(err) => err,
+        }
+    }
+
+    #[tokio::test]
+    async fn start_refuses_another_store_than_the_recorded_one() {
+        let tmp = tempfile::tempdir().unwrap();
+
+        // An embedded data dir is not opened as etcd...
+        let embedded = tmp.path().join("embedded");
+        init(&init_config(embedded.clone(), StoreSettings::Embedded))
+            .await
+            .unwrap();
+        let config = start_config(
+            embedded.clone(),
+            etcd_settings(&dead_endpoint()),
+            Duration::ZERO,
+        );
+        let err = start_error(&config).await;
+        assert!(
+            matches!(
+                err,
+                ServerError::DataDir(datadir::DataDirError::StoreEngineMismatch { .. })
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("uses the embedded store") && text.contains("--store etcd"),
+            "{text}"
+        );
+
+        // ...nor an etcd data dir as embedded, which would create an empty store.redb.
+        let on_etcd = DataDir::new(tmp.path().join("etcd"));
+        datadir::write_init_files_for_store(
+            &on_etcd,
+            &init_files(),
+            &etcd_settings(&dead_endpoint()),
+        )
+        .unwrap();
+        let config = start_config(
+            on_etcd.root().to_owned(),
+            StoreSettings::Embedded,
+            Duration::ZERO,
+        );
+        let text = start_error(&config).await.to_string();
+        assert!(
+            text.contains("uses the etcd store") && text.contains("--store embedded"),
+            "{text}"
+        );
+        assert!(
+            !on_etcd.store_file().exists(),
+            "an empty store.redb appeared"
+        );
+    }
+
+    #[cfg(feature = "etcd")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn init_on_unreachable_etcd_writes_nothing() {
+        let endpoint = dead_endpoint();
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        let err = init(&init_config(data_dir.clone(), etcd_settings(&endpoint)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ServerError::Store(store) if store.is_unavailable()),
+            "{err:?}"
+        );
+        let text = cairn_api::problem::cause_chain(&err);
+        assert!(text.contains(&endpoint), "{text}");
+        assert!(!data_dir.exists(), "init wrote {}", data_dir.display());
+    }
+
+    #[cfg(feature = "etcd")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_gives_up_on_unreachable_etcd_naming_the_endpoints() {
+        let endpoint = dead_endpoint();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let settings = etcd_settings(&endpoint);
+        datadir::write_init_files_for_store(&dir, &init_files(), &settings).unwrap();
+
+        let patience = Duration::from_secs(2);
+        let started = tokio::time::Instant::now();
+        let err = start_error(&start_config(dir.root().to_owned(), settings, patience)).await;
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(err, ServerError::StoreUnreachable { .. }),
+            "{err:?}"
+        );
+        let text = cairn_api::problem::cause_chain(&err);
+        assert!(
+            text.starts_with(&format!(
+                "etcd at {endpoint} (prefix /cairn/) did not answer within 2s"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("failed to connect to etcd at"), "{text}");
+        assert!(elapsed >= patience, "gave up after {elapsed:?}");
+    }
+
+    #[cfg(feature = "etcd")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn init_seeds_etcd_once_and_start_runs_on_it() {
+        let Some(etcd) = crate::store::etcd_testing::Etcd::start().await else {
+            return;
+        };
+        let settings = etcd_settings(&etcd.client_url);
+        let tmp = tempfile::tempdir().unwrap();
+        let first = DataDir::new(tmp.path().join("first"));
+        init(&init_config(first.root().to_owned(), settings.clone()))
+            .await
+            .unwrap();
+        assert!(!first.store_file().exists(), "no embedded store with etcd");
+        assert_eq!(datadir::read_store_settings(&first).unwrap(), settings);
+        let store = etcd.store("/cairn/").await;
+        for key in [
+            Resources::key(Kind::User, "", "admin"),
+            Resources::key(Kind::Namespace, "", "default"),
+            Resources::key(Kind::EnvProvider, "", "env"),
+        ] {
+            assert!(store.get(&key).await.unwrap().is_some(), "{key} is seeded");
+        }
+
+        // The prefix holds a cluster now: a second init writes nothing, here or in etcd.
+        let revision = store.revision().await.unwrap();
+        let second = tmp.path().join("second");
+        let err = init(&init_config(second.clone(), settings.clone()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ServerError::ClusterExists { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "etcd prefix /cairn/ at {} already holds a cluster (key ",
+                etcd.client_url
+            )),
+            "{text}"
+        );
+        assert!(
+            !second.exists(),
+            "the second init wrote {}",
+            second.display()
+        );
+        assert_eq!(store.revision().await.unwrap(), revision);
+
+        // Another prefix is another cluster.
+        let other = StoreSettings::Etcd(
+            EtcdSettings::new(vec![etcd.client_url.clone()], "/other".to_owned(), None).unwrap(),
+        );
+        init(&init_config(tmp.path().join("other"), other))
+            .await
+            .unwrap();
+
+        // The first data dir starts on etcd, and stops.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = start(
+            &start_config(first.root().to_owned(), settings, Duration::from_secs(10)),
+            async move {
+                let _ = stopped.await;
+            },
+        )
+        .await
+        .unwrap_or_else(|err| panic!("start on etcd: {err:#?}"));
+        drop(stop);
+        tokio::time::timeout(SHUTDOWN_GRACE * 2, running.wait())
+            .await
+            .expect("the backend stops");
     }
 }

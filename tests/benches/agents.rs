@@ -72,7 +72,7 @@ use cairn_tests::bench::{
     cpu_seconds, env_number, median, percentile, rss_kib, sleep_until_unix, sorted, status_field,
     unix, unix_now,
 };
-use cairn_tests::Backend;
+use cairn_tests::{fleet, Backend};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -183,57 +183,15 @@ impl Observer for Recorder {
 // Certificates and configurations of the simulated agents
 // ------------------------------------------------------------------------------------------
 
-/// Signs a client certificate for each name with the agent CA, as `pki::sign_csr` would, and
-/// writes `<name>.key` and `<name>.pem` into `dir`.
-fn mint_certificates(data_dir: &Path, dir: &Path, names: &[String]) {
-    let ca_pem = std::fs::read_to_string(data_dir.join("tls/agent-ca.pem")).expect("agent CA");
-    let ca_key = std::fs::read_to_string(data_dir.join("tls/agent-ca.key")).expect("agent CA key");
-    let serial_base = cairn_agent::backoff::random_u64();
-    let threads = std::thread::available_parallelism().map_or(2, usize::from);
-    let chunk = names.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        for (part, names) in names.chunks(chunk).enumerate() {
-            let (ca_pem, ca_key) = (&ca_pem, &ca_key);
-            scope.spawn(move || {
-                let ca_key = rcgen::KeyPair::from_pem(ca_key).expect("agent CA key");
-                let issuer = rcgen::Issuer::from_ca_cert_pem(ca_pem, ca_key).expect("agent CA");
-                for (idx, name) in names.iter().enumerate() {
-                    let key = cairn_agent::certs::generate_key().expect("key");
-                    let mut params = rcgen::CertificateParams::default();
-                    let mut subject = rcgen::DistinguishedName::new();
-                    subject.push(rcgen::DnType::CommonName, name.as_str());
-                    params.distinguished_name = subject;
-                    let now = time::OffsetDateTime::now_utc();
-                    params.not_before = now - time::Duration::minutes(5);
-                    params.not_after = now + time::Duration::days(90);
-                    let serial = serial_base
-                        .wrapping_add((part * chunk + idx) as u64)
-                        .to_be_bytes();
-                    let mut bytes = vec![0x40];
-                    bytes.extend_from_slice(&serial);
-                    params.serial_number = Some(rcgen::SerialNumber::from_slice(&bytes));
-                    params.use_authority_key_identifier_extension = true;
-                    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-                    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-                    let cert = params.signed_by(&key, &issuer).expect("sign");
-                    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())
-                        .expect("write key");
-                    std::fs::write(dir.join(format!("{name}.pem")), cert.pem())
-                        .expect("write cert");
-                }
-            });
-        }
-    });
-}
-
 fn agent_config(name: &str, url: &str, dir: &Path, ca_file: &Path, group: usize) -> AgentConfig {
-    let mut config = AgentConfig::new(name, vec![url.to_owned()]);
-    config.subscriptions = vec![format!("sim-{group}")];
+    let mut config = fleet::agent_config(
+        name,
+        vec![url.to_owned()],
+        dir,
+        ca_file,
+        vec![format!("sim-{group}")],
+    );
     config.keepalive_interval = KEEPALIVE_INTERVAL;
-    config.key_file = dir.join(format!("{name}.key"));
-    config.cert_file = dir.join(format!("{name}.pem"));
-    config.ca_file = ca_file.to_owned();
-    config.queue_dir = dir.join("unused-queue");
     config
 }
 
@@ -815,7 +773,7 @@ fn main() {
     std::fs::create_dir_all(&certs_dir).expect("mkdir");
     let names: Vec<String> = (0..max_agents).map(|idx| format!("sim-{idx:05}")).collect();
     let minting = Instant::now();
-    mint_certificates(&backend.data_dir, &certs_dir, &names);
+    fleet::mint_certificates(&backend.data_dir, &certs_dir, &names);
     println!(
         "minted {} client certificates with the agent CA in {:.1} s",
         names.len(),

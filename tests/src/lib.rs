@@ -6,9 +6,12 @@
 //! not at all when only this package is tested, so the helper runs `cargo build --bins` once
 //! per test process (a no-op when they are current) so that no test runs a stale binary.
 //!
-//! [`openbao`] runs a real OpenBao dev server for the secrets tests.
+//! [`openbao`] runs a real OpenBao dev server for the secrets tests; [`etcd`] runs a real etcd
+//! cluster for the etcd store's.
 
 pub mod bench;
+pub mod etcd;
+pub mod fleet;
 pub mod openbao;
 
 use std::ffi::OsString;
@@ -136,10 +139,11 @@ impl Deadline {
 /// The admin password every test backend is initialised with.
 pub const ADMIN_PASSWORD: &str = "correct-horse-battery";
 
-/// Extra settings for [`Backend::start_with`]: arguments added to `cairn-backend start`,
-/// environment variables of that process, and whether its output is kept in files.
+/// Extra settings for [`Backend::start_with`]: arguments added to `cairn-backend start` (and
+/// to `init`), environment variables of that process, and whether its output is kept in files.
 #[derive(Debug, Clone, Default)]
 pub struct BackendOptions {
+    init_args: Vec<OsString>,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     capture_logs: bool,
@@ -150,6 +154,31 @@ impl BackendOptions {
     pub fn arg(mut self, arg: impl Into<OsString>) -> BackendOptions {
         self.args.push(arg.into());
         self
+    }
+
+    /// Adds several arguments to `cairn-backend start`, as [`BackendOptions::arg`] does.
+    pub fn args<I>(self, args: I) -> BackendOptions
+    where
+        I: IntoIterator,
+        I::Item: Into<OsString>,
+    {
+        args.into_iter().fold(self, BackendOptions::arg)
+    }
+
+    /// Adds an argument to `cairn-backend init` (after the data dir), e.g. `--store etcd`.
+    /// [`Backend::start_with`] runs `init`; [`Backend::join`] and [`Backend::restart`] do not.
+    pub fn init_arg(mut self, arg: impl Into<OsString>) -> BackendOptions {
+        self.init_args.push(arg.into());
+        self
+    }
+
+    /// Adds several arguments to `cairn-backend init`, as [`BackendOptions::init_arg`] does.
+    pub fn init_args<I>(self, args: I) -> BackendOptions
+    where
+        I: IntoIterator,
+        I::Item: Into<OsString>,
+    {
+        args.into_iter().fold(self, BackendOptions::init_arg)
     }
 
     /// Sets an environment variable of the `start` process (`CAIRN_LOG` here wins over the
@@ -233,7 +262,8 @@ impl Backend {
         Backend::init_and_start(&init_args, BackendOptions::default())
     }
 
-    /// Runs `cairn-backend init` with `init_args` added, then starts the backend.
+    /// Runs `cairn-backend init` with `init_args` and the options' init arguments added, then
+    /// starts the backend.
     fn init_and_start(init_args: &[OsString], options: BackendOptions) -> Backend {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
@@ -241,6 +271,7 @@ impl Backend {
             .args(["init", "--data-dir"])
             .arg(&data_dir)
             .args(init_args)
+            .args(&options.init_args)
             .env("CAIRN_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .output()
             .expect("run cairn-backend init");
@@ -249,6 +280,31 @@ impl Backend {
             "init failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        Backend::launch(dir, data_dir, options)
+    }
+
+    /// A second backend of `first`'s cluster (both on one shared store, such as etcd): a copy
+    /// of `first`'s data directory (recursively, file modes kept) in a new temp dir, and
+    /// `cairn-backend start` on it on 127.0.0.1:0 with `options`, without running `init`
+    /// (`options`' init arguments are not used).
+    ///
+    /// # Panics
+    /// When the copy fails or the backend does not report its addresses.
+    pub fn join(first: &Backend, options: BackendOptions) -> Backend {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        copy_dir(&first.data_dir, &data_dir).unwrap_or_else(|err| {
+            panic!(
+                "copy the data dir {} to {}: {err}",
+                first.data_dir.display(),
+                data_dir.display()
+            )
+        });
+        Backend::launch(dir, data_dir, options)
+    }
+
+    /// Starts `cairn-backend start` on the ready `data_dir` inside `dir`, on 127.0.0.1:0.
+    fn launch(dir: tempfile::TempDir, data_dir: PathBuf, options: BackendOptions) -> Backend {
         let logs = options.capture_logs.then(|| LogFiles {
             stdout: dir.path().join("stdout.log"),
             stderr: dir.path().join("stderr.log"),
@@ -325,6 +381,13 @@ impl Backend {
         let _ = self.child.wait();
     }
 
+    /// Kills the backend (SIGKILL), as a crash would end it, and waits for it; a no-op when it
+    /// has exited. Its data directory is kept; [`Backend::restart`] starts it again.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the backend if it runs, and starts it again on the same address with the same data
     /// directory. Retries for up to 20 s while the port cannot be bound yet.
     ///
@@ -382,6 +445,27 @@ impl Backend {
             .expect("admin login");
         anonymous.with_credentials(Credentials::Bearer(tokens.access_token))
     }
+}
+
+/// Copies the directory `from` to `to` (which must not exist) recursively, keeping the
+/// permission bits of files and directories and copying symbolic links as links.
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            copy_dir(&source, &target)?;
+        } else if file_type.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&source)?, &target)?;
+        } else {
+            // `fs::copy` copies the permission bits too.
+            std::fs::copy(&source, &target)?;
+        }
+    }
+    // Last, so that a directory without write permission could still be filled.
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())
 }
 
 /// Starts `cairn-backend start` on `listen` (API) and `agent_listen` and reads the addresses it

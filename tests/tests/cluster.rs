@@ -200,7 +200,13 @@ async fn stored_event(client: &Client, entity: &str, check: &str) -> Option<Valu
 async fn two_backends_share_the_store_split_the_fleet_and_take_over_from_each_other() {
     let etcd = EtcdCluster::start(3);
     let mut alpha = Backend::start_with(etcd_options(&etcd));
-    let beta = Backend::join(&alpha, BackendOptions::default().capture_logs());
+    // At info, so that its log says when it takes a keepalive watch over.
+    let beta = Backend::join(
+        &alpha,
+        BackendOptions::default()
+            .env("CAIRN_LOG", "info")
+            .capture_logs(),
+    );
     let admin_alpha = alpha.admin().await;
     let admin_beta = beta.admin().await;
 

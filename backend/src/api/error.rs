@@ -1,11 +1,14 @@
 //! `ApiError`: every failure of a handler as Sensu's `{"message", "code"}` body.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::resources::ResourceError;
 use crate::store::StoreError;
+
+/// The `Retry-After` of a 503, seconds: a few store probes' worth.
+const RETRY_AFTER_SECS: u64 = 5;
 
 /// Sensu's action codes, carried in the `code` field of error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +27,9 @@ pub enum Code {
     Unauthenticated = 5,
     /// A precondition (`If-Match`) failed.
     PreconditionFailed = 7,
+    /// The request could not finish in time: the store is unreachable or without quorum
+    /// (answered with 503 and `Retry-After`); retry later.
+    DeadlineExceeded = 8,
 }
 
 /// A failed request: status, code and a message that names what is wrong.
@@ -107,6 +113,16 @@ impl ApiError {
         }
     }
 
+    /// 503 with `Retry-After`: the store is unreachable (`reason` names the store and the
+    /// failure, never a credential). Expected during outages; not logged as a fault.
+    pub fn store_unavailable(reason: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: Code::DeadlineExceeded,
+            message: format!("the store is unreachable, retry later: {reason}"),
+        }
+    }
+
     /// 500 with a generic body; `detail` goes to the log only.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         ApiError {
@@ -124,6 +140,9 @@ impl From<ResourceError> for ApiError {
                 ApiError::conflict(format!(
                     "{key} changed: its resource version is now {current}"
                 ))
+            }
+            ResourceError::Store(StoreError::Unavailable(source)) => {
+                ApiError::store_unavailable(&cairn_api::problem::cause_chain(source.as_ref()))
             }
             other => ApiError::internal(other),
         }
@@ -149,10 +168,71 @@ impl IntoResponse for ApiError {
                 .insert(InternalFault(self.message));
             return response;
         }
-        (
+        let mut response = (
             self.status,
             Json(serde_json::json!({"message": self.message, "code": self.code as u8})),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// The etcd store's unreachable errors are `Unavailable` with an `EtcdError` inside; any
+    /// error does here.
+    fn unreachable() -> StoreError {
+        StoreError::Unavailable(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "etcd get of res/checks/default/a failed at http://10.0.0.1:2379",
+        )))
+    }
+
+    #[tokio::test]
+    async fn unreachable_store_is_503_with_retry_after() {
+        for error in [
+            ApiError::from(unreachable()),
+            ApiError::from(ResourceError::Store(unreachable())),
+        ] {
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+            assert!(response.extensions().get::<InternalFault>().is_none());
+            assert_eq!(
+                body(response).await,
+                serde_json::json!({
+                    "message": "the store is unreachable, retry later: \
+                                etcd get of res/checks/default/a failed at http://10.0.0.1:2379",
+                    "code": 8,
+                })
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn store_faults_stay_internal() {
+        let fault = StoreError::Backend(Box::new(std::io::Error::other("disk on fire")));
+        let response = ApiError::from(fault).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        assert!(response.extensions().get::<InternalFault>().is_some());
+        assert_eq!(
+            body(response).await,
+            serde_json::json!({"message": "internal error", "code": 0})
+        );
     }
 }

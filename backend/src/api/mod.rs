@@ -53,6 +53,8 @@ pub struct AppState {
     pub revocations: Arc<crate::bootstrap::Revocations>,
     /// Resolves the secrets of checks, hooks, handlers and mutators (values in memory only).
     pub secrets: Arc<crate::secrets::Secrets>,
+    /// Whether the store answers: probed for etcd, read by `/health` and by the write guard.
+    pub store_health: Arc<crate::store::StoreHealth>,
 }
 
 /// Receives stored events for the handler pipeline. Must not block.
@@ -116,6 +118,10 @@ pub fn app(state: AppState) -> Router {
         )
         .merge(crate::federation::routes())
         .fallback(routes::dispatch)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_writes_while_store_unreachable,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -143,6 +149,30 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         tracing::error!(%method, %path, error = %detail, "request failed");
     }
     response
+}
+
+/// While the store's probe finds it unreachable, answers writes (POST, PUT, PATCH, DELETE)
+/// at once with 503 and `Retry-After`, rather than letting each wait out the store's request
+/// timeout. Reads still try: they may succeed once the store is back, before the next probe.
+async fn refuse_writes_while_store_unreachable(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match write_refusal(&state, request.method()) {
+        Some(refusal) => refusal.into_response(),
+        None => next.run(request).await,
+    }
+}
+
+/// The 503 for a write while the store's probe finds it unreachable, `None` otherwise.
+fn write_refusal(state: &AppState, method: &axum::http::Method) -> Option<ApiError> {
+    use axum::http::Method;
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    let reason = state.store_health.unreachable()?;
+    Some(ApiError::store_unavailable(&reason))
 }
 
 /// Authenticates a request from its `Authorization` header: `Bearer <jwt>` or `Key <api key>`.
@@ -224,11 +254,31 @@ pub fn authorize(
     )))
 }
 
+/// `GET /health`: 200 while the store answers, 503 with the reason in `ClusterHealth[].Err`
+/// while it does not. A probed store (etcd) is judged by its last probe, so this answers at
+/// once during an outage and turns 200 again by itself; the embedded store is asked directly.
 async fn health(State(state): State<AppState>) -> Response {
-    let healthy = state.resources.store().revision().await.is_ok();
+    let problem = if state.store_health.is_probed() {
+        state.store_health.unreachable()
+    } else {
+        state
+            .resources
+            .store()
+            .revision()
+            .await
+            .err()
+            .map(|err| cairn_api::problem::cause_chain(&err))
+    };
+    let healthy = problem.is_none();
     let body = serde_json::json!({
         "Alarms": null,
-        "ClusterHealth": [{"MemberID": 0, "MemberIDHex": "0", "Name": "cairn", "Err": "", "Healthy": healthy}],
+        "ClusterHealth": [{
+            "MemberID": 0,
+            "MemberIDHex": "0",
+            "Name": "cairn",
+            "Err": problem.unwrap_or_default(),
+            "Healthy": healthy,
+        }],
         "Header": {"cluster_id": 0, "member_id": 0, "raft_term": 0},
     });
     let status = if healthy {
@@ -851,5 +901,56 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert!(refreshed["access_token"].is_string());
+    }
+
+    #[tokio::test]
+    async fn unreachable_store_fails_health_and_writes_until_it_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut state, _sink) = crate::scheduler::tests::test_state(dir.path()).await;
+        let store_health = crate::store::StoreHealth::detached();
+        state.store_health = Arc::clone(&store_health);
+        let health_of = |state: AppState| async move {
+            let response = health(State(state)).await;
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
+            (status, body["ClusterHealth"][0].clone())
+        };
+
+        let (status, member) = health_of(state.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(member["Healthy"], true);
+        assert_eq!(member["Err"], "");
+        assert!(write_refusal(&state, &Method::PUT).is_none());
+
+        let reason = "etcd at http://10.0.0.1:2379 (prefix /cairn/) did not answer within 2s";
+        store_health.record(crate::store::StoreStatus::Unreachable {
+            reason: reason.to_owned(),
+        });
+        let (status, member) = health_of(state.clone()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(member["Healthy"], false);
+        assert_eq!(member["Err"], reason);
+        for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            let refusal = write_refusal(&state, &method).expect("a write is refused");
+            let response = refusal.into_response();
+            assert_eq!(
+                response.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{method}"
+            );
+            assert!(response.headers().contains_key(header::RETRY_AFTER));
+        }
+        assert!(
+            write_refusal(&state, &Method::GET).is_none(),
+            "reads still try"
+        );
+
+        store_health.record(crate::store::StoreStatus::Reachable);
+        let (status, _) = health_of(state.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(write_refusal(&state, &Method::DELETE).is_none());
     }
 }

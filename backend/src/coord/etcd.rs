@@ -46,8 +46,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const CLAIMS_PER_TXN: usize = 64;
 
 /// Starts coordinating this backend through `store`'s etcd; the tasks run until `shutdown`
-/// holds `true`.
-pub fn start(store: EtcdStore, id: String, shutdown: watch::Receiver<bool>) -> Arc<Coordinator> {
+/// holds `true`. The handle is the lease keeper's, which revokes the lease on shutdown: await
+/// it (briefly) before the process exits, so that the other backends take over at once.
+pub fn start(
+    store: EtcdStore,
+    id: String,
+    shutdown: watch::Receiver<bool>,
+) -> (Arc<Coordinator>, tokio::task::JoinHandle<()>) {
     let (writes, pending) = mpsc::unbounded_channel();
     let coordinator = Arc::new(Coordinator::new(id, Some(writes), false));
     let lease = Arc::new(AtomicI64::new(0));
@@ -57,10 +62,10 @@ pub fn start(store: EtcdStore, id: String, shutdown: watch::Receiver<bool>) -> A
         coordinator: Arc::clone(&coordinator),
         lease: Arc::clone(&lease),
     };
-    tokio::spawn(keep_lease(etcd.clone(), pending, shutdown.clone()));
+    let keeper = tokio::spawn(keep_lease(etcd.clone(), pending, shutdown.clone()));
     tokio::spawn(elect(etcd.clone(), shutdown.clone()));
     tokio::spawn(follow(etcd, shutdown));
-    coordinator
+    (coordinator, keeper)
 }
 
 /// What the tasks share.
@@ -86,12 +91,10 @@ impl Etcd {
     }
 
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, Failure> {
-        let mut kv = self.client.kv_client();
-        match tokio::time::timeout(REQUEST_TIMEOUT, kv.txn(txn)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
-        }
+        self.store
+            .txn(txn)
+            .await
+            .map_err(|err| cairn_api::problem::cause_chain(&err))
     }
 }
 

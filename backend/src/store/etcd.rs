@@ -9,12 +9,18 @@
 //!
 //! Several clusters, or tests, can share one etcd: every key lives under the configured
 //! prefix (for example `/cairn/`), which the store adds and strips.
+//!
+//! Failures are [`StoreError::Unavailable`] when etcd could not be reached or did not answer
+//! in time (down, partitioned, without quorum: an outage, retry later), and
+//! [`StoreError::Backend`] for faults a retry does not fix (bad configuration, a refused
+//! certificate, an answer the store cannot use); both carry an [`EtcdError`].
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_api::backoff::{Backoff, Jitter};
 use etcd_client::proto::PbTxnOpResponse;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
@@ -58,6 +64,48 @@ const RESUME_DELAYS: [Duration; 6] = [
 /// etcd's event type of a put (`mvccpb.Event.EventType`); 1 is a delete.
 const EVENT_PUT: i32 = 0;
 const EVENT_DELETE: i32 = 1;
+
+/// How often one request is made when its attempts cannot connect to the member they go to
+/// (see [`request_until_sent`]): enough that, with one member of three down, a request all but
+/// surely finds one that is up.
+const SEND_ATTEMPTS: u32 = 8;
+
+/// The first and the longest wait between two attempts of [`EtcdStore::connect_retrying`].
+const CONNECT_RETRY_BASE: Duration = Duration::from_millis(500);
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// gRPC status codes that mean etcd could not be reached or could not answer in time (no
+/// leader, no quorum): an outage, [`StoreError::Unavailable`].
+const UNAVAILABLE_CODES: [i32; 2] = [
+    4,  // DEADLINE_EXCEEDED
+    14, // UNAVAILABLE (connection lost, no leader)
+];
+
+/// I/O errors of a connection that could not be made: the request was not sent.
+const CONNECT_FAILED: [std::io::ErrorKind; 4] = [
+    std::io::ErrorKind::ConnectionRefused,
+    std::io::ErrorKind::HostUnreachable,
+    std::io::ErrorKind::NetworkUnreachable,
+    std::io::ErrorKind::AddrNotAvailable,
+];
+
+/// I/O errors of a connection that could not be made or broke: the member is down or out of
+/// reach.
+const CONNECTION_LOST: [std::io::ErrorKind; 10] = [
+    std::io::ErrorKind::ConnectionRefused,
+    std::io::ErrorKind::HostUnreachable,
+    std::io::ErrorKind::NetworkUnreachable,
+    std::io::ErrorKind::AddrNotAvailable,
+    std::io::ErrorKind::ConnectionReset,
+    std::io::ErrorKind::ConnectionAborted,
+    std::io::ErrorKind::BrokenPipe,
+    std::io::ErrorKind::NotConnected,
+    std::io::ErrorKind::UnexpectedEof,
+    std::io::ErrorKind::TimedOut,
+];
+
+/// gRPC's CANCELLED, which the client reports when a connection closes under a request.
+const CANCELLED: i32 = 1;
 
 /// gRPC status codes (a stable part of the gRPC protocol) after which a broken watch is
 /// opened again: the connection or etcd's leadership failed, not the request itself.
@@ -117,7 +165,8 @@ pub struct EtcdStore {
     inner: Arc<Inner>,
 }
 
-/// Why talking to etcd failed; found in the `source()` chain of [`StoreError::Backend`].
+/// Why talking to etcd failed; found in the `source()` chain of [`StoreError::Unavailable`]
+/// (see [`EtcdError::is_unavailable`]) or [`StoreError::Backend`].
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
     /// The configuration cannot work (no endpoint, a TLS file that cannot be read).
@@ -196,6 +245,29 @@ pub enum EtcdError {
     },
 }
 
+// === impl EtcdError ===
+
+impl EtcdError {
+    /// Whether etcd could not be reached or did not answer in time (a timeout; gRPC
+    /// UNAVAILABLE or DEADLINE_EXCEEDED; a connection that failed or broke, other than by a
+    /// TLS failure): an outage that a later retry may outlast, rather than a fault.
+    ///
+    /// # Caveats
+    ///
+    /// etcd refusing this client's certificate sometimes reaches the client only as a
+    /// connection closed under the request, which counts as unavailable.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            EtcdError::TimedOut { .. } => true,
+            EtcdError::RequestFailed { source, .. } => unreachable(source),
+            EtcdError::ConnectFailed { source, .. } => source.is_unavailable(),
+            EtcdError::InvalidConfig { .. }
+            | EtcdError::InvalidResponse { .. }
+            | EtcdError::WatchCanceled { .. } => false,
+        }
+    }
+}
+
 struct Inner {
     client: Client,
     names: Arc<Names>,
@@ -250,11 +322,15 @@ struct Names {
 impl EtcdStore {
     /// Connects to etcd and checks that it answers a linearizable read.
     ///
+    /// With several endpoints, one member that answers is enough: requests are spread over
+    /// the members that are up, and a member down while the others keep quorum is no failure.
+    ///
     /// # Errors
     ///
     /// [`StoreError::Backend`] with [`EtcdError::InvalidConfig`] when there is no endpoint or
-    /// a TLS file cannot be read, and [`EtcdError::ConnectFailed`] when etcd does not answer
-    /// (down, wrong endpoints, TLS refused, no quorum) within the request timeout.
+    /// a TLS file cannot be read; [`EtcdError::ConnectFailed`] when etcd does not answer within
+    /// the request timeout, as [`StoreError::Unavailable`] when it could not be reached (down,
+    /// wrong endpoints, no quorum) and as [`StoreError::Backend`] when it refused (TLS).
     pub async fn connect(config: EtcdConfig) -> Result<EtcdStore> {
         let EtcdConfig {
             endpoints,
@@ -275,7 +351,7 @@ impl EtcdStore {
             options = options.with_tls(tls_options(&tls)?);
         }
         let connect_failed = |source: EtcdError| {
-            StoreError::backend(EtcdError::ConnectFailed {
+            store_error(EtcdError::ConnectFailed {
                 endpoints: joined.clone(),
                 source: Box::new(source),
             })
@@ -302,17 +378,86 @@ impl EtcdStore {
         };
         match store.read_revision().await {
             Ok(_) => Ok(store),
-            Err(StoreError::Backend(source)) => match source.downcast::<EtcdError>() {
-                Ok(source) => Err(connect_failed(*source)),
-                Err(source) => Err(StoreError::Backend(source)),
-            },
+            Err(StoreError::Backend(source) | StoreError::Unavailable(source)) => {
+                match source.downcast::<EtcdError>() {
+                    Ok(source) => Err(connect_failed(*source)),
+                    Err(source) => Err(StoreError::Backend(source)),
+                }
+            }
             Err(other) => Err(other),
+        }
+    }
+
+    /// [`EtcdStore::connect`], tried again with a jittered, growing delay (from 0.5 s up to
+    /// 5 s) while etcd is unreachable, for up to `patience`; each failed attempt is logged as
+    /// a WARN naming the endpoints. A `patience` of zero tries once.
+    ///
+    /// For a backend that starts before its etcd (a reboot of the whole cluster).
+    ///
+    /// # Errors
+    ///
+    /// The last [`StoreError::Unavailable`] once `patience` has run out; a
+    /// [`StoreError::Backend`] (bad configuration, a refused certificate) at once, since
+    /// trying again does not help.
+    pub async fn connect_retrying(config: EtcdConfig, patience: Duration) -> Result<EtcdStore> {
+        if patience.is_zero() {
+            return EtcdStore::connect(config).await;
+        }
+        let deadline = tokio::time::Instant::now() + patience;
+        let endpoints = config.endpoints.join(",");
+        let mut backoff = Backoff::new(CONNECT_RETRY_BASE, CONNECT_RETRY_MAX, Jitter::Equal);
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // One attempt may take the whole request timeout; it gets what is left of the
+            // patience (at least one second, so that a short patience still tries once).
+            let limit = remaining.max(Duration::from_secs(1));
+            let error = match tokio::time::timeout(limit, EtcdStore::connect(config.clone())).await
+            {
+                Ok(Ok(store)) => {
+                    if attempt > 1 {
+                        tracing::info!(%endpoints, attempt, "connected to etcd");
+                    }
+                    return Ok(store);
+                }
+                Ok(Err(error @ StoreError::Unavailable(_))) => error,
+                Ok(Err(error)) => return Err(error),
+                Err(_) => store_error(EtcdError::ConnectFailed {
+                    endpoints: endpoints.clone(),
+                    source: Box::new(EtcdError::TimedOut {
+                        operation: "read of the revision".to_owned(),
+                        endpoints: endpoints.clone(),
+                        timeout: limit,
+                    }),
+                }),
+            };
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(error);
+            }
+            let delay = backoff.next_delay().min(remaining);
+            tracing::warn!(
+                %endpoints,
+                attempt,
+                retry_in = ?delay,
+                gives_up_in = ?remaining,
+                error = %cairn_api::problem::cause_chain(&error),
+                "etcd is unreachable; retrying"
+            );
+            tokio::time::sleep(delay).await;
         }
     }
 
     /// The configured prefix as the store uses it (ending with `/`, or empty).
     pub fn prefix(&self) -> &str {
         &self.inner.names.root
+    }
+
+    /// The etcd client (a cheap clone), for coordination (leases, elections) under the same
+    /// connection and prefix; see `crate::coord`.
+    pub(crate) fn client(&self) -> Client {
+        self.inner.client.clone()
     }
 
     fn kv(&self) -> KvClient {
@@ -323,30 +468,54 @@ impl EtcdStore {
         &self.inner.names
     }
 
-    fn full_key(&self, key: &str) -> Vec<u8> {
+    /// Runs a transaction of the caller's own (coordination's presence and leader keys), sent
+    /// again like every store request while the member it went to refuses the connection.
+    ///
+    /// # Errors
+    /// As the store's own requests: [`StoreError::Unavailable`] while etcd cannot be reached.
+    pub(crate) async fn txn(&self, txn: etcd_client::Txn) -> Result<TxnResponse> {
+        self.request(
+            || "coordination transaction".to_owned(),
+            |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            },
+        )
+        .await
+    }
+
+    /// `key` under the store's prefix, as etcd sees it.
+    pub(crate) fn full_key(&self, key: &str) -> Vec<u8> {
         self.names().full_key(key)
     }
 
-    /// Runs one request under [`REQUEST_TIMEOUT`], naming `operation` in its errors.
-    async fn request<T>(
+    /// Runs one KV request under [`REQUEST_TIMEOUT`], naming `operation` in its errors; `call`
+    /// makes the request on the client it is given, again when an attempt could not connect
+    /// (see [`request_until_sent`]).
+    async fn request<T, Fut>(
         &self,
         operation: impl FnOnce() -> String,
-        call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
-        request(&self.names().endpoints, operation, call)
+        mut call: impl FnMut(KvClient) -> Fut,
+    ) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        request_until_sent(&self.names().endpoints, operation, || call(self.kv()))
             .await
-            .map_err(StoreError::backend)
+            .map_err(store_error)
     }
 
     /// The current revision: the header of a count-only read of one key.
     async fn read_revision(&self) -> Result<Revision> {
         let key = non_empty(self.names().root.as_bytes().to_vec());
         let options = GetOptions::new().with_count_only();
-        let mut kv = self.kv();
         let response = self
             .request(
                 || "read of the revision".to_owned(),
-                kv.get(key, Some(options)),
+                |mut kv| {
+                    let (key, options) = (key.clone(), options.clone());
+                    async move { kv.get(key, Some(options)).await }
+                },
             )
             .await?;
         self.names()
@@ -362,10 +531,14 @@ impl EtcdStore {
     ) -> Result<Written> {
         let full = self.full_key(key);
         let operation = || format!("put of {key}");
-        let mut kv = self.kv();
         let compare = match precondition {
             Precondition::None => {
-                let response = self.request(operation, kv.put(full, value, None)).await?;
+                let response = self
+                    .request(operation, |mut kv| {
+                        let (full, value) = (full.clone(), value.clone());
+                        async move { kv.put(full, value, None).await }
+                    })
+                    .await?;
                 let revision = self
                     .names()
                     .header_revision(response.header(), &operation())?;
@@ -382,7 +555,7 @@ impl EtcdStore {
             .when([compare])
             .and_then([TxnOp::put(full.clone(), value, None)])
             .or_else([TxnOp::get(full, None)]);
-        let response = self.request(operation, kv.txn(txn)).await?;
+        let response = self.request(operation, |kv| transact(kv, &txn)).await?;
         self.names().txn_outcome(&response, &operation())
     }
 
@@ -391,11 +564,13 @@ impl EtcdStore {
     async fn write_delete(&self, key: &str, precondition: Precondition) -> Result<Written> {
         let full = self.full_key(key);
         let operation = || format!("delete of {key}");
-        let mut kv = self.kv();
         match precondition {
             Precondition::None => {
                 let response = self
-                    .request(operation, kv.delete(full, Some(DeleteOptions::new())))
+                    .request(operation, |mut kv| {
+                        let full = full.clone();
+                        async move { kv.delete(full, Some(DeleteOptions::new())).await }
+                    })
                     .await?;
                 match response.deleted() {
                     0 => Ok(Written::Refused(0)),
@@ -410,7 +585,12 @@ impl EtcdStore {
             // Deleting a key that must be absent deletes nothing; only whether it is absent
             // matters, and one linearizable read answers that.
             Precondition::Absent | Precondition::Revision(0) => {
-                let mut response = self.request(operation, kv.get(full, None)).await?;
+                let mut response = self
+                    .request(operation, |mut kv| {
+                        let full = full.clone();
+                        async move { kv.get(full, None).await }
+                    })
+                    .await?;
                 let current = match response.take_kvs().first() {
                     Some(found) => self.names().revision(found.mod_revision(), &operation())?,
                     None => 0,
@@ -426,7 +606,7 @@ impl EtcdStore {
                     )])
                     .and_then([TxnOp::delete(full.clone(), None)])
                     .or_else([TxnOp::get(full, None)]);
-                let response = self.request(operation, kv.txn(txn)).await?;
+                let response = self.request(operation, |kv| transact(kv, &txn)).await?;
                 self.names().txn_outcome(&response, &operation())
             }
         }
@@ -446,11 +626,11 @@ impl EtcdStore {
             .with_start_revision(to_etcd(start));
         let key = non_empty(key);
         let operation = || format!("watch of {prefix} from revision {start}");
-        let mut stream = request(
-            &names.endpoints,
-            operation,
-            client.watch(key, Some(options)),
-        )
+        let mut stream = request_until_sent(&names.endpoints, operation, || {
+            let mut client = client.clone();
+            let (key, options) = (key.clone(), options.clone());
+            async move { client.watch(key, Some(options)).await }
+        })
         .await?;
         // etcd confirms the watch first; an error here (no leader, permission denied) belongs
         // to the call, not to the stream.
@@ -492,9 +672,12 @@ impl std::fmt::Debug for EtcdStore {
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
         let operation = || format!("get of {key}");
-        let mut kv = self.kv();
+        let full = self.full_key(key);
         let mut response = self
-            .request(operation, kv.get(self.full_key(key), None))
+            .request(operation, |mut kv| {
+                let full = full.clone();
+                async move { kv.get(full, None).await }
+            })
             .await?;
         let names = self.names();
         response
@@ -536,9 +719,11 @@ impl Store for EtcdStore {
         if limit != 0 {
             options = options.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
         }
-        let mut kv = self.kv();
         let mut response = self
-            .request(operation, kv.get(start, Some(options)))
+            .request(operation, |mut kv| {
+                let (start, options) = (start.clone(), options.clone());
+                async move { kv.get(start, Some(options)).await }
+            })
             .await?;
         let revision = names.header_revision(response.header(), &operation())?;
         let more = response.more();
@@ -588,7 +773,7 @@ impl Store for EtcdStore {
         let mut client = self.inner.client.watch_client();
         let stream = Self::open_watch(&mut client, &names, prefix, after)
             .await
-            .map_err(StoreError::backend)?;
+            .map_err(store_error)?;
         let watcher = Watcher {
             client,
             names,
@@ -751,7 +936,7 @@ impl Watcher {
                 }
                 WatchState::Resume { attempt, error } => {
                     let Some(delay) = RESUME_DELAYS.get(attempt) else {
-                        return Some(Err(StoreError::backend(error)));
+                        return Some(Err(store_error(error)));
                     };
                     debug!(
                         prefix = %self.prefix,
@@ -865,6 +1050,137 @@ async fn request<T>(
     }
 }
 
+/// [`request`], made again (within the same [`REQUEST_TIMEOUT`]) while an attempt could not
+/// connect to the member it went to, up to [`SEND_ATTEMPTS`] attempts.
+///
+/// The client spreads requests over every endpoint, members that are down included, and a
+/// request sent to a member that refuses the connection fails at once without reaching etcd;
+/// made again, it goes to a member that is up. So a member down while the others keep quorum
+/// costs nothing, and retrying cannot apply a write twice.
+async fn request_until_sent<T, Fut>(
+    endpoints: &str,
+    operation: impl FnOnce() -> String,
+    mut call: impl FnMut() -> Fut,
+) -> Result<T, EtcdError>
+where
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    let mut attempt = 1;
+    loop {
+        match tokio::time::timeout_at(deadline, call()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(source)) if attempt < SEND_ATTEMPTS && not_sent(&source) => {
+                debug!(%endpoints, attempt, error = %source, "etcd member refused the connection; trying another");
+                attempt += 1;
+            }
+            Ok(Err(source)) => {
+                return Err(EtcdError::RequestFailed {
+                    operation: operation(),
+                    endpoints: endpoints.to_owned(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(EtcdError::TimedOut {
+                    operation: operation(),
+                    endpoints: endpoints.to_owned(),
+                    timeout: REQUEST_TIMEOUT,
+                })
+            }
+        }
+    }
+}
+
+/// Whether a failed call never reached etcd: connecting to the member failed (refused, or no
+/// route to it), as an I/O error among its causes says.
+fn not_sent(error: &etcd_client::Error) -> bool {
+    io_failure(error, &CONNECT_FAILED)
+}
+
+/// One attempt of a transaction (the `Txn` is cloned: an attempt may be made again).
+async fn transact(mut kv: KvClient, txn: &Txn) -> Result<TxnResponse, etcd_client::Error> {
+    kv.txn(txn.clone()).await
+}
+
+/// The store error for an etcd failure: [`StoreError::Unavailable`] for an outage (see
+/// [`EtcdError::is_unavailable`]), [`StoreError::Backend`] for a fault.
+fn store_error(error: EtcdError) -> StoreError {
+    if error.is_unavailable() {
+        StoreError::unavailable(error)
+    } else {
+        StoreError::backend(error)
+    }
+}
+
+/// Whether a failed etcd call means etcd was not reachable or had no quorum: gRPC UNAVAILABLE
+/// or DEADLINE_EXCEEDED; CANCELLED by the client because the connection closed under the
+/// request (the member died); a connection that failed or broke (refused, reset, a broken
+/// pipe) whatever the code; a transport or an I/O failure. But not when TLS failed
+/// underneath (a refused or unverifiable certificate), which waiting does not fix.
+fn unreachable(error: &etcd_client::Error) -> bool {
+    if inner(error).is_some_and(tls_failed) {
+        return false;
+    }
+    match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            let code = i32::from(status.code());
+            UNAVAILABLE_CODES.contains(&code)
+                // A CANCELLED with a cause comes from the client's own transport, not etcd.
+                || (code == CANCELLED && std::error::Error::source(status).is_some())
+                || io_failure(error, &CONNECTION_LOST)
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether an I/O error of one of `kinds` is among the causes of `error`.
+fn io_failure(error: &etcd_client::Error, kinds: &[std::io::ErrorKind]) -> bool {
+    let mut next = inner(error);
+    while let Some(cause) = next {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if kinds.contains(&io.kind()) {
+                return true;
+            }
+        }
+        next = cause.source();
+    }
+    false
+}
+
+/// The error inside an `etcd_client::Error`, where its causes start (its own `source()` is
+/// always `None`).
+fn inner(error: &etcd_client::Error) -> Option<&(dyn std::error::Error + 'static)> {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => Some(status),
+        etcd_client::Error::TransportError(transport) => Some(transport),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    }
+}
+
+/// Whether a rustls error is among the causes of `error`: the chain of `source()`s, and the
+/// errors that `std::io::Error`s wrap (whose `source()` skips them).
+fn tls_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        if cause.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(inner) = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            if tls_failed(inner) {
+                return true;
+            }
+        }
+        next = cause.source();
+    }
+    false
+}
+
 /// Reads the TLS files into the client's options (a few small files, once, at connect).
 fn tls_options(tls: &EtcdTls) -> Result<TlsOptions> {
     let read = |path: &Path| {
@@ -932,39 +1248,40 @@ fn to_etcd(revision: Revision) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The conformance suite on a real etcd (Debian's `etcd` binary), one fresh member per
-    //! test, plus what only etcd has: compaction, a shared key space, restarts and TLS.
+pub(crate) mod testing {
+    //! Real etcd members for tests (Debian's `etcd` binary), on loopback ports chosen by binding
+    //! port 0, with their data in temporary directories; shared by the tests of every module
+    //! that needs etcd.
+    //!
+    //! When `etcd` is not installed the starters return `None` and the test skips, unless
+    //! `CAIRN_TEST_REQUIRE_DEPS` is set (as `scripts/test` does), in which case they fail.
 
     use std::net::TcpListener;
     use std::process::{Child, Command, Stdio};
 
-    use futures::future::BoxFuture;
     use tempfile::TempDir;
 
     use super::*;
-    use crate::store::conformance::Harness;
+
+    /// Set by `scripts/test`: tests that need `etcd` fail instead of skipping when it is
+    /// missing.
+    const ENV_REQUIRE_DEPS: &str = "CAIRN_TEST_REQUIRE_DEPS";
 
     /// How long an etcd member may take to answer its first read.
-    const START_LIMIT: Duration = Duration::from_secs(30);
+    pub(crate) const START_LIMIT: Duration = Duration::from_secs(30);
 
     /// Starts tried before giving up when the chosen ports were taken in the meantime.
     const START_ATTEMPTS: usize = 5;
 
-    /// How long a test waits for one watch item.
-    const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
-
-    /// The prefix the conformance suite runs under; the harness seeds its neighbours.
-    const PREFIX: &str = "/cairn/";
-
-    /// One etcd member on loopback ports chosen by binding port 0, with its data in a
-    /// temporary directory; killed on drop.
-    struct Etcd {
+    /// One etcd member; killed on drop.
+    pub(crate) struct Etcd {
         child: Child,
         dir: TempDir,
         args: Vec<String>,
-        client_url: String,
-        tls: Option<EtcdTls>,
+        /// The member's client URL (`http://127.0.0.1:PORT`, or `https://…` with TLS).
+        pub(crate) client_url: String,
+        /// The client's TLS files, for a member that requires client certificates.
+        pub(crate) tls: Option<EtcdTls>,
     }
 
     /// Why a start failed.
@@ -973,59 +1290,92 @@ mod tests {
         PortTaken,
     }
 
+    /// The ports and names of one member before it starts.
+    struct Plan {
+        name: String,
+        client_url: String,
+        peer_url: String,
+    }
+
     impl Etcd {
-        /// A member over plain HTTP.
-        async fn start() -> Etcd {
+        /// A member over plain HTTP; `None` when etcd is not installed (the test skips).
+        pub(crate) async fn start() -> Option<Etcd> {
             Etcd::launch(false).await
         }
 
         /// A member that requires a client certificate (`--client-cert-auth`), with a CA, a
         /// server certificate for `127.0.0.1` and a client certificate written to its
         /// directory; [`Etcd::tls`] names the client's files.
-        async fn start_tls() -> Etcd {
+        pub(crate) async fn start_tls() -> Option<Etcd> {
             Etcd::launch(true).await
         }
 
-        async fn launch(tls: bool) -> Etcd {
+        /// A cluster of `size` members over plain HTTP, every one answering.
+        pub(crate) async fn start_cluster(size: usize) -> Option<Vec<Etcd>> {
+            if !installed() {
+                return None;
+            }
+            'attempt: for _ in 0..START_ATTEMPTS {
+                let plans: Vec<Plan> = (0..size)
+                    .map(|idx| Plan {
+                        name: format!("m{idx}"),
+                        client_url: format!("http://127.0.0.1:{}", free_port()),
+                        peer_url: format!("http://127.0.0.1:{}", free_port()),
+                    })
+                    .collect();
+                let initial_cluster = plans
+                    .iter()
+                    .map(|plan| format!("{}={}", plan.name, plan.peer_url))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let mut members: Vec<Etcd> = plans
+                    .iter()
+                    .map(|plan| {
+                        let dir = tempfile::tempdir().expect("temp dir");
+                        let args = member_args(&dir, plan, &initial_cluster, None);
+                        Etcd {
+                            child: spawn(dir.path(), &args),
+                            dir,
+                            args,
+                            client_url: plan.client_url.clone(),
+                            tls: None,
+                        }
+                    })
+                    .collect();
+                for member in &mut members {
+                    if member.wait_until_ready().await.is_err() {
+                        continue 'attempt;
+                    }
+                }
+                return Some(members);
+            }
+            panic!("etcd did not start in {START_ATTEMPTS} attempts: its ports kept being taken");
+        }
+
+        async fn launch(tls: bool) -> Option<Etcd> {
+            if !installed() {
+                return None;
+            }
             let mut dir = tempfile::tempdir().expect("temp dir");
             let tls = tls.then(|| write_certificates(dir.path()));
             for _ in 0..START_ATTEMPTS {
-                let client_port = free_port();
-                let peer_port = free_port();
                 let scheme = if tls.is_some() { "https" } else { "http" };
-                let client_url = format!("{scheme}://127.0.0.1:{client_port}");
-                let peer_url = format!("http://127.0.0.1:{peer_port}");
-                let data_dir = dir.path().join("data");
-                let mut args = vec![
-                    "--name=test".to_owned(),
-                    format!("--data-dir={}", data_dir.display()),
-                    format!("--listen-client-urls={client_url}"),
-                    format!("--advertise-client-urls={client_url}"),
-                    format!("--listen-peer-urls={peer_url}"),
-                    format!("--initial-advertise-peer-urls={peer_url}"),
-                    format!("--initial-cluster=test={peer_url}"),
-                    // A single member elects itself; short ticks make that quick.
-                    "--heartbeat-interval=25".to_owned(),
-                    "--election-timeout=250".to_owned(),
-                ];
-                if tls.is_some() {
-                    let file = |name: &str| dir.path().join(name).display().to_string();
-                    args.extend([
-                        format!("--cert-file={}", file("server.pem")),
-                        format!("--key-file={}", file("server-key.pem")),
-                        format!("--trusted-ca-file={}", file("ca.pem")),
-                        "--client-cert-auth".to_owned(),
-                    ]);
-                }
+                let plan = Plan {
+                    name: "test".to_owned(),
+                    client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
+                    peer_url: format!("http://127.0.0.1:{}", free_port()),
+                };
+                let initial_cluster = format!("{}={}", plan.name, plan.peer_url);
+                let args = member_args(&dir, &plan, &initial_cluster, tls.as_ref());
                 let mut etcd = Etcd {
                     child: spawn(dir.path(), &args),
                     dir,
                     args,
-                    client_url,
+                    client_url: plan.client_url,
                     tls: tls.clone(),
                 };
                 match etcd.wait_until_ready().await {
-                    Ok(()) => return etcd,
+                    Ok(()) => return Some(etcd),
                     Err(StartFailed::PortTaken) => {
                         // Keep the directory for the next attempt, with no data from this one.
                         dir = etcd.take_dir();
@@ -1037,7 +1387,7 @@ mod tests {
         }
 
         /// Kills the member (SIGKILL) and starts it again on the same ports and data.
-        async fn restart(&mut self) {
+        pub(crate) async fn restart(&mut self) {
             self.kill();
             self.child = spawn(self.dir.path(), &self.args);
             if self.wait_until_ready().await.is_err() {
@@ -1045,7 +1395,14 @@ mod tests {
             }
         }
 
-        fn config(&self, prefix: &str) -> EtcdConfig {
+        /// Starts a killed member again, without waiting until it answers (a member of a
+        /// cluster answers only once it has a quorum again).
+        pub(crate) fn respawn(&mut self) {
+            self.kill();
+            self.child = spawn(self.dir.path(), &self.args);
+        }
+
+        pub(crate) fn config(&self, prefix: &str) -> EtcdConfig {
             EtcdConfig {
                 endpoints: vec![self.client_url.clone()],
                 prefix: prefix.to_owned(),
@@ -1053,14 +1410,14 @@ mod tests {
             }
         }
 
-        async fn store(&self, prefix: &str) -> EtcdStore {
+        pub(crate) async fn store(&self, prefix: &str) -> EtcdStore {
             EtcdStore::connect(self.config(prefix))
                 .await
                 .unwrap_or_else(|err| panic!("connect to {}: {err:#?}", self.client_url))
         }
 
         /// A plain client of the whole key space.
-        async fn client(&self) -> Client {
+        pub(crate) async fn client(&self) -> Client {
             let mut options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
             if let Some(tls) = &self.tls {
                 options = options.with_tls(tls_options(tls).expect("TLS files"));
@@ -1102,7 +1459,9 @@ mod tests {
             std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
         }
 
-        fn kill(&mut self) {
+        /// Kills the member (SIGKILL) and waits until it is gone; [`Etcd::restart`] brings it
+        /// back.
+        pub(crate) fn kill(&mut self) {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -1121,42 +1480,56 @@ mod tests {
         }
     }
 
-    /// A fresh etcd member per test, the store under [`PREFIX`], and keys just outside the
-    /// prefix that the store must never see.
-    struct EtcdHarness {
-        etcd: Etcd,
-    }
-
-    impl EtcdHarness {
-        async fn start() -> EtcdHarness {
-            let etcd = Etcd::start().await;
-            let mut client = etcd.client().await;
-            for neighbour in [
-                "/cairn",
-                "/cairn0",
-                "/cairn-other/a",
-                "/cairm/z",
-                "/cairn0/a",
-            ] {
-                client
-                    .put(neighbour, "not ours", None)
-                    .await
-                    .expect("seed a neighbour key");
-            }
-            EtcdHarness { etcd }
+    /// Whether `etcd` can run here; panics when it cannot and `CAIRN_TEST_REQUIRE_DEPS` is set.
+    pub(crate) fn installed() -> bool {
+        let found = Command::new("etcd")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            assert!(
+                std::env::var_os(ENV_REQUIRE_DEPS).is_none(),
+                "etcd is not on PATH and {ENV_REQUIRE_DEPS} is set \
+                 (apt-get install etcd-server; scripts/test installs it)"
+            );
+            eprintln!("skipping: etcd is not on PATH (apt-get install etcd-server)");
         }
+        found
     }
 
-    impl Harness for EtcdHarness {
-        fn open(&self) -> BoxFuture<'_, Result<Arc<dyn Store>>> {
-            Box::pin(async move {
-                let store = EtcdStore::connect(self.etcd.config(PREFIX)).await?;
-                Ok(Arc::new(store) as Arc<dyn Store>)
-            })
+    /// The command line of one member.
+    fn member_args(
+        dir: &TempDir,
+        plan: &Plan,
+        initial_cluster: &str,
+        tls: Option<&EtcdTls>,
+    ) -> Vec<String> {
+        let data_dir = dir.path().join("data");
+        let mut args = vec![
+            format!("--name={}", plan.name),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--listen-client-urls={}", plan.client_url),
+            format!("--advertise-client-urls={}", plan.client_url),
+            format!("--listen-peer-urls={}", plan.peer_url),
+            format!("--initial-advertise-peer-urls={}", plan.peer_url),
+            format!("--initial-cluster={initial_cluster}"),
+            // Short ticks make elections quick.
+            "--heartbeat-interval=25".to_owned(),
+            "--election-timeout=250".to_owned(),
+        ];
+        if tls.is_some() {
+            let file = |name: &str| dir.path().join(name).display().to_string();
+            args.extend([
+                format!("--cert-file={}", file("server.pem")),
+                format!("--key-file={}", file("server-key.pem")),
+                format!("--trusted-ca-file={}", file("ca.pem")),
+                "--client-cert-auth".to_owned(),
+            ]);
         }
+        args
     }
-
-    crate::store_conformance_tests!(EtcdHarness::start().await);
 
     /// Starts `etcd` with `args`, its output in `etcd.log` of `dir`.
     fn spawn(dir: &Path, args: &[String]) -> Child {
@@ -1165,30 +1538,23 @@ mod tests {
             .append(true)
             .open(dir.join("etcd.log"))
             .expect("etcd log file");
-        let spawned = Command::new("etcd")
+        Command::new("etcd")
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("etcd log file"))
             .stderr(log)
-            .spawn();
-        match spawned {
-            Ok(child) => child,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => panic!(
-                "etcd is not on PATH: the `etcd` feature's tests need it \
-                 (apt-get install etcd-server; scripts/test installs it)"
-            ),
-            Err(err) => panic!("cannot start etcd: {err}"),
-        }
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start etcd: {err}"))
     }
 
     /// A port that was free a moment ago (etcd needs explicit URLs, so it cannot bind port 0).
-    fn free_port() -> u16 {
+    pub(crate) fn free_port() -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
         listener.local_addr().expect("local address").port()
     }
 
     /// Writes a CA, a server certificate for 127.0.0.1 and a client certificate into `dir`.
-    fn write_certificates(dir: &Path) -> EtcdTls {
+    pub(crate) fn write_certificates(dir: &Path) -> EtcdTls {
         let ca = crate::pki::generate_ca("etcd test CA").expect("CA");
         let server = crate::pki::issue_server_cert(&ca, "etcd", &[]).expect("server cert");
         let client = crate::pki::issue_client_cert(&ca, "cairn", Duration::from_secs(3600))
@@ -1205,6 +1571,65 @@ mod tests {
             key_file: write("client-key.pem", &client.key_pem),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The conformance suite on a real etcd, one fresh member per test, plus what only etcd
+    //! has: compaction, a shared key space, restarts, TLS, outages and clusters.
+
+    use futures::future::BoxFuture;
+
+    use super::testing::{free_port, write_certificates, Etcd, START_LIMIT};
+    use super::*;
+    use crate::store::conformance::Harness;
+
+    /// How long a test waits for one watch item.
+    const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+    /// The prefix the conformance suite runs under; the harness seeds its neighbours.
+    const PREFIX: &str = "/cairn/";
+
+    /// A fresh etcd member per test, the store under [`PREFIX`], and keys just outside the
+    /// prefix that the store must never see.
+    struct EtcdHarness {
+        etcd: Etcd,
+    }
+
+    impl EtcdHarness {
+        /// `None` when etcd is not installed (the test skips).
+        async fn start() -> Option<EtcdHarness> {
+            let etcd = Etcd::start().await?;
+            let mut client = etcd.client().await;
+            for neighbour in [
+                "/cairn",
+                "/cairn0",
+                "/cairn-other/a",
+                "/cairm/z",
+                "/cairn0/a",
+            ] {
+                client
+                    .put(neighbour, "not ours", None)
+                    .await
+                    .expect("seed a neighbour key");
+            }
+            Some(EtcdHarness { etcd })
+        }
+    }
+
+    impl Harness for EtcdHarness {
+        fn open(&self) -> BoxFuture<'_, Result<Arc<dyn Store>>> {
+            Box::pin(async move {
+                let store = EtcdStore::connect(self.etcd.config(PREFIX)).await?;
+                Ok(Arc::new(store) as Arc<dyn Store>)
+            })
+        }
+    }
+
+    crate::store_conformance_tests!(match EtcdHarness::start().await {
+        Some(harness) => harness,
+        None => return,
+    });
 
     async fn put(store: &EtcdStore, key: &str) -> Revision {
         store
@@ -1224,10 +1649,10 @@ mod tests {
 
     fn etcd_error(error: &StoreError) -> &EtcdError {
         match error {
-            StoreError::Backend(source) => source
+            StoreError::Backend(source) | StoreError::Unavailable(source) => source
                 .downcast_ref::<EtcdError>()
                 .unwrap_or_else(|| panic!("not an etcd error: {error:?}")),
-            other => panic!("expected a backend error, got {other:?}"),
+            other => panic!("expected a backend or unavailable error, got {other:?}"),
         }
     }
 
@@ -1255,7 +1680,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keys_live_under_the_prefix_and_prefixes_are_isolated() {
-        let etcd = Etcd::start().await;
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
         let alpha = etcd.store("/alpha").await;
         let beta = etcd.store("/alpha-beta/").await;
         assert_eq!(alpha.prefix(), "/alpha/");
@@ -1282,7 +1709,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watch_from_a_compacted_revision_reports_compacted_then_ends() {
-        let etcd = Etcd::start().await;
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
         let store = etcd.store(PREFIX).await;
         let base = store.revision().await.unwrap();
         for n in 0..30 {
@@ -1311,7 +1740,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watch_resumes_without_a_gap_after_etcd_restarts() {
-        let mut etcd = Etcd::start().await;
+        let Some(mut etcd) = Etcd::start().await else {
+            return;
+        };
         let store = etcd.store(PREFIX).await;
         let base = store.revision().await.unwrap();
         let mut watch = store.watch("r/", base).await.unwrap();
@@ -1348,7 +1779,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn key_that_is_not_utf8_is_an_error_not_a_panic() {
-        let etcd = Etcd::start().await;
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
         let store = etcd.store(PREFIX).await;
         let base = store.revision().await.unwrap();
         let mut client = etcd.client().await;
@@ -1369,7 +1802,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tls_with_a_client_certificate() {
-        let etcd = Etcd::start_tls().await;
+        let Some(etcd) = Etcd::start_tls().await else {
+            return;
+        };
         let store = etcd.store(PREFIX).await;
         let revision = put(&store, "tls/a").await;
         let mut watch = store.watch("tls/", revision - 1).await.unwrap();
@@ -1393,6 +1828,24 @@ mod tests {
         ));
         let text = message(&error);
         assert!(text.contains(&etcd.client_url), "{text}");
+        // FIXME: etcd refusing the client's certificate reaches the client either as the TLS
+        // alert (a fault, `Backend`) or as a connection closed under the request, which looks
+        // like a member that died (`Unavailable`); both happen, so the class is not asserted.
+
+        // A server certificate this client does not trust is a fault, not an outage (waiting
+        // does not fix it), although the client reports it as UNAVAILABLE.
+        let config = EtcdConfig {
+            tls: Some(EtcdTls {
+                ca_file: other.path().join("ca.pem"),
+                ..etcd.tls.clone().unwrap()
+            }),
+            ..etcd.config(PREFIX)
+        };
+        let error = EtcdStore::connect(config).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::Backend(_)),
+            "an untrusted server certificate is not an outage: {error:?}"
+        );
 
         // Plain HTTP to a TLS endpoint is refused too.
         let config = EtcdConfig {
@@ -1419,6 +1872,7 @@ mod tests {
             etcd_error(&error),
             EtcdError::InvalidConfig { .. }
         ));
+        assert!(matches!(error, StoreError::Backend(_)), "{error:?}");
         assert!(message(&error).contains("/nonexistent/ca.pem"), "{error}");
     }
 
@@ -1436,6 +1890,7 @@ mod tests {
             etcd_error(&error),
             EtcdError::ConnectFailed { .. }
         ));
+        assert!(error.is_unavailable(), "an outage: {error:?}");
         let text = message(&error);
         assert!(text.contains(&endpoint), "{text}");
         assert!(started.elapsed() <= REQUEST_TIMEOUT + Duration::from_secs(5));
@@ -1451,5 +1906,152 @@ mod tests {
             etcd_error(&error),
             EtcdError::InvalidConfig { .. }
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopped_etcd_is_unavailable_until_it_is_back() {
+        let Some(mut etcd) = Etcd::start().await else {
+            return;
+        };
+        let store = etcd.store(PREFIX).await;
+        put(&store, "down/a").await;
+
+        etcd.kill();
+        let started = tokio::time::Instant::now();
+        let error = store.get("down/a").await.unwrap_err();
+        assert!(error.is_unavailable(), "a read: {error:?}");
+        assert!(etcd_error(&error).is_unavailable());
+        assert!(message(&error).contains(&etcd.client_url), "{error}");
+        assert!(started.elapsed() <= REQUEST_TIMEOUT + Duration::from_secs(5));
+        let error = store
+            .put("down/b", Vec::new(), Precondition::Absent)
+            .await
+            .unwrap_err();
+        assert!(error.is_unavailable(), "a guarded write: {error:?}");
+        let error = store.watch("down/", 0).await.err().unwrap();
+        assert!(error.is_unavailable(), "a watch: {error:?}");
+
+        etcd.restart().await;
+        let deadline = tokio::time::Instant::now() + START_LIMIT;
+        loop {
+            match store.get("down/a").await {
+                Ok(found) => break assert!(found.is_some()),
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    assert!(err.is_unavailable(), "while etcd comes back: {err:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => panic!("etcd is back, the store is not: {err:#?}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connect_retrying_gives_up_after_its_patience_naming_the_endpoints() {
+        let endpoints = [
+            format!("http://127.0.0.1:{}", free_port()),
+            format!("http://127.0.0.1:{}", free_port()),
+        ];
+        let config = EtcdConfig {
+            endpoints: endpoints.to_vec(),
+            prefix: PREFIX.to_owned(),
+            tls: None,
+        };
+        let patience = Duration::from_secs(2);
+        let started = tokio::time::Instant::now();
+        let error = EtcdStore::connect_retrying(config, patience)
+            .await
+            .unwrap_err();
+        let elapsed = started.elapsed();
+        assert!(error.is_unavailable(), "{error:?}");
+        let text = message(&error);
+        assert!(text.contains(&endpoints.join(",")), "{text}");
+        assert!(elapsed >= patience, "gave up after {elapsed:?}");
+        assert!(
+            elapsed <= patience + Duration::from_secs(5),
+            "took {elapsed:?}"
+        );
+
+        // A fault is not retried.
+        let started = tokio::time::Instant::now();
+        let error = EtcdStore::connect_retrying(
+            EtcdConfig {
+                endpoints: Vec::new(),
+                prefix: PREFIX.to_owned(),
+                tls: None,
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(error, StoreError::Backend(_)), "{error:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connect_retrying_waits_for_etcd_to_come_up() {
+        let Some(mut etcd) = Etcd::start().await else {
+            return;
+        };
+        etcd.kill();
+        let connecting = tokio::spawn(EtcdStore::connect_retrying(
+            etcd.config(PREFIX),
+            START_LIMIT,
+        ));
+        // Let it fail at least once, then bring etcd back.
+        tokio::time::sleep(CONNECT_RETRY_BASE).await;
+        assert!(!connecting.is_finished(), "connected to a stopped etcd");
+        etcd.restart().await;
+        let store = connecting
+            .await
+            .unwrap()
+            .unwrap_or_else(|err| panic!("connect once etcd is up: {err:#?}"));
+        put(&store, "up/a").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_down_is_fine_and_no_quorum_is_unavailable() {
+        let Some(mut members) = Etcd::start_cluster(3).await else {
+            return;
+        };
+        let endpoints: Vec<String> = members
+            .iter()
+            .map(|member| member.client_url.clone())
+            .collect();
+        let config = EtcdConfig {
+            endpoints: endpoints.clone(),
+            prefix: PREFIX.to_owned(),
+            tls: None,
+        };
+
+        // One of three down: the other two keep quorum, and the store connects and writes
+        // (once they have elected a leader, should the killed member have been it).
+        members[0].kill();
+        let store = EtcdStore::connect_retrying(config.clone(), START_LIMIT)
+            .await
+            .unwrap_or_else(|err| panic!("connect with a member down: {err:#?}"));
+        let written = put(&store, "quorum/a").await;
+        assert_eq!(
+            store.get("quorum/a").await.unwrap().unwrap().mod_revision,
+            written
+        );
+
+        // Two of three down: no quorum, which is an outage.
+        members[1].kill();
+        let error = store.get("quorum/a").await.unwrap_err();
+        assert!(error.is_unavailable(), "without quorum: {error:?}");
+
+        // Quorum back: the same store answers again.
+        members[1].respawn();
+        let deadline = tokio::time::Instant::now() + START_LIMIT;
+        loop {
+            match store.get("quorum/a").await {
+                Ok(found) => break assert!(found.is_some()),
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    assert!(err.is_unavailable(), "while quorum comes back: {err:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => panic!("quorum is back, the store is not: {err:#?}"),
+            }
+        }
     }
 }

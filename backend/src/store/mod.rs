@@ -7,17 +7,23 @@
 //! watches.
 //! Both must pass the shared suite in `conformance` (compiled for tests, or public with the
 //! `conformance` feature).
+//! [`StoreHealth`] tracks whether a store that can become unreachable (etcd) answers.
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod health;
 mod redb;
 
 use futures::stream::BoxStream;
 
+/// Real etcd members for the tests of other modules.
+#[cfg(all(test, feature = "etcd"))]
+pub(crate) use self::etcd::testing as etcd_testing;
 #[cfg(feature = "etcd")]
 pub use self::etcd::{EtcdConfig, EtcdError, EtcdStore, EtcdTls};
+pub use self::health::{ProbeConfig, StoreHealth, StoreStatus};
 pub use self::redb::RedbStore;
 
 /// A global revision: strictly increasing, one per successful write.
@@ -114,6 +120,13 @@ pub enum StoreError {
     /// Unexpected. A retry may help for I/O errors; walk `source()` to decide.
     #[error("storage failure: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store cannot be reached or has no quorum (etcd down, a network partition, a lost
+    /// majority of members), or it did not answer in time.
+    ///
+    /// Expected during outages; retry later, with a delay. A write that failed this way may or
+    /// may not have taken effect. The source names the endpoints and the failed request.
+    #[error("store is unreachable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The result type of store operations.
@@ -208,6 +221,17 @@ impl StoreError {
     /// Wraps an engine error.
     pub(crate) fn backend(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Backend(Box::new(error))
+    }
+
+    /// Wraps the error of a store that could not be reached.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Unavailable(Box::new(error))
+    }
+
+    /// Whether the store could not be reached: an outage, not a fault; a later retry may work.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
     }
 }
 
