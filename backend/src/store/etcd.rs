@@ -38,6 +38,10 @@ use super::{Entry, ListPage, Precondition, Result, Revision, Store, StoreError, 
 /// Long enough to ride out an etcd leader election (about a second with etcd's defaults).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The first and the longest pause before a request that found etcd unavailable is made again.
+const UNAVAILABLE_PAUSE_FIRST: Duration = Duration::from_millis(50);
+const UNAVAILABLE_PAUSE_MAX: Duration = Duration::from_secs(1);
+
 /// How long opening a TCP (and TLS) connection to one endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -491,18 +495,52 @@ impl EtcdStore {
 
     /// Runs one KV request under [`REQUEST_TIMEOUT`], naming `operation` in its errors; `call`
     /// makes the request on the client it is given, again when an attempt could not connect
-    /// (see [`request_until_sent`]).
+    /// (see [`request_until_sent`]) and while etcd is unavailable (see [`Self::request_noting`]).
     async fn request<T, Fut>(
         &self,
-        operation: impl FnOnce() -> String,
-        mut call: impl FnMut(KvClient) -> Fut,
+        operation: impl Fn() -> String,
+        call: impl FnMut(KvClient) -> Fut,
     ) -> Result<T>
     where
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        request_until_sent(&self.names().endpoints, operation, || call(self.kv()))
+        self.request_noting(operation, call)
             .await
-            .map_err(store_error)
+            .map(|(value, _)| value)
+    }
+
+    /// [`Self::request`], also telling whether an earlier attempt failed after it may have
+    /// reached etcd, so that a write may already have taken effect.
+    ///
+    /// An attempt that fails because etcd is unavailable (the member it went to died under it,
+    /// the leader changed) is made again after a pause, while [`REQUEST_TIMEOUT`] since the
+    /// first has not passed: a member lost while the others keep quorum fails no request.
+    async fn request_noting<T, Fut>(
+        &self,
+        operation: impl Fn() -> String,
+        mut call: impl FnMut(KvClient) -> Fut,
+    ) -> Result<(T, bool)>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        let mut pause = UNAVAILABLE_PAUSE_FIRST;
+        let mut uncertain = false;
+        loop {
+            match request_until_sent(&self.names().endpoints, &operation, || call(self.kv())).await
+            {
+                Ok(value) => return Ok((value, uncertain)),
+                Err(err)
+                    if err.is_unavailable() && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    debug!(operation = %operation(), error = %err, ?pause, "etcd unavailable; trying again");
+                    uncertain = true;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(UNAVAILABLE_PAUSE_MAX);
+                }
+                Err(err) => return Err(store_error(err)),
+            }
+        }
     }
 
     /// The current revision: the header of a count-only read of one key.
@@ -553,10 +591,22 @@ impl EtcdStore {
         };
         let txn = Txn::new()
             .when([compare])
-            .and_then([TxnOp::put(full.clone(), value, None)])
+            .and_then([TxnOp::put(full.clone(), value.clone(), None)])
             .or_else([TxnOp::get(full, None)]);
-        let response = self.request(operation, |kv| transact(kv, &txn)).await?;
-        self.names().txn_outcome(&response, &operation())
+        let (response, uncertain) = self
+            .request_noting(operation, |kv| transact(kv, &txn))
+            .await?;
+        let outcome = self.names().txn_outcome(&response, &operation())?;
+        if uncertain && matches!(outcome, Written::Refused(_)) {
+            // An earlier attempt may have taken effect: the key holding exactly this value
+            // means it did.
+            if let Some(entry) = Store::get(self, key).await? {
+                if entry.value == value {
+                    return Ok(Written::Done(entry.mod_revision));
+                }
+            }
+        }
+        Ok(outcome)
     }
 
     /// A delete, a read (for `Absent`), or a transaction that deletes when the key's
@@ -606,8 +656,16 @@ impl EtcdStore {
                     )])
                     .and_then([TxnOp::delete(full.clone(), None)])
                     .or_else([TxnOp::get(full, None)]);
-                let response = self.request(operation, |kv| transact(kv, &txn)).await?;
-                self.names().txn_outcome(&response, &operation())
+                let (response, uncertain) = self
+                    .request_noting(operation, |kv| transact(kv, &txn))
+                    .await?;
+                match self.names().txn_outcome(&response, &operation())? {
+                    // An earlier attempt may have deleted it: gone now means it did.
+                    Written::Refused(0) if uncertain => {
+                        Ok(Written::Done(self.read_revision().await?))
+                    }
+                    outcome => Ok(outcome),
+                }
             }
         }
     }

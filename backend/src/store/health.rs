@@ -26,7 +26,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum StoreStatus {
     /// The store answered (or is not probed).
     Reachable,
-    /// The store did not answer its last probe.
+    /// The store did not answer its last two probes.
     Unreachable {
         /// Why, naming the store (its endpoints) and the failure; never a credential.
         reason: String,
@@ -161,6 +161,7 @@ impl StoreHealth {
 /// The probe loop: asks, records, logs transitions, until the store or the health is gone.
 async fn probe(store: Weak<dyn Store>, health: Weak<StoreHealth>, config: ProbeConfig) {
     let mut unreachable_since: Option<Instant> = None;
+    let mut failures = 0u32;
     loop {
         tokio::time::sleep(config.interval).await;
         let Some(probed) = store.upgrade() else {
@@ -180,6 +181,15 @@ async fn probe(store: Weak<dyn Store>, health: Weak<StoreHealth>, config: ProbeC
         let Some(health) = health.upgrade() else {
             return;
         };
+        // One failed probe may be a leader election the store rides out (its requests are
+        // made again meanwhile); only a second one in a row is an outage.
+        failures = match status {
+            StoreStatus::Reachable => 0,
+            StoreStatus::Unreachable { .. } => failures + 1,
+        };
+        if failures == 1 {
+            continue;
+        }
         health.record(status.clone());
         match (&status, unreachable_since) {
             (StoreStatus::Unreachable { reason }, None) => {
