@@ -33,8 +33,6 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use hyper_util::service::TowerToHyperService;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
@@ -47,35 +45,25 @@ use cairn_backend::datadir::DataDir;
 use cairn_backend::resources::{self, Resources};
 use cairn_backend::server::{self, InitConfig, StartConfig};
 use cairn_backend::store::{Precondition, RedbStore, Store};
+use cairn_tests::bench::{
+    admin_api_key, event_bodies, load_average, post_load, LoadConfig, PostTarget, Round,
+    BODIES_PER_CLIENT, CHECKS, EVENTS_PATH,
+};
 
 /// Concurrent clients, each with its own keep-alive connection.
 const CLIENTS: usize = 64;
-/// Check names each client cycles over.
-const CHECKS: usize = 100;
-/// Statuses each client cycles over (0, 1, 2).
-const STATUSES: usize = 3;
-/// Distinct bodies per client: the check and status cycles repeat together after this many.
-const BODIES_PER_CLIENT: usize = CHECKS * STATUSES;
 /// Rounds per side unless `CAIRN_BENCH_ROUNDS` says otherwise.
 const DEFAULT_ROUNDS: usize = 3;
 /// Measured seconds per round unless `CAIRN_BENCH_SECONDS` says otherwise.
 const DEFAULT_SECONDS: u64 = 10;
 /// Load before the measured window of every round (connections, TLS handshakes, caches).
 const WARMUP: Duration = Duration::from_secs(2);
-/// A bound on the requests of one client in one round, far above what the time allows.
-const MAX_REQUESTS_PER_CLIENT: u64 = 10_000_000;
-/// How long one request may take before it counts as an error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Errors over all requests above this fail the bench.
 const MAX_ERROR_RATE: f64 = 0.001;
-/// Error messages kept per side for the report.
-const KEPT_ERRORS: usize = 5;
 /// The goal for ours/baseline events per second.
 const RATIO_GOAL: f64 = 0.5;
 /// The goal for durable events per second on 2 cores.
 const RATE_GOAL: f64 = 20_000.0;
-/// Where events are posted (the real API path, on both servers).
-const EVENTS_PATH: &str = "/api/core/v2/namespaces/default/events";
 /// The administrator `init` creates.
 const ADMIN: &str = "admin";
 /// Their password.
@@ -96,48 +84,9 @@ impl Side {
     }
 }
 
-/// Where one side listens and what a success looks like there.
-struct Target {
-    url: String,
-    authorization: String,
-    success: StatusCode,
-}
-
-/// The counts and latencies of one side in one round.
-#[derive(Default)]
-struct Round {
-    /// Successes completed inside the measured window.
-    ok: u64,
-    /// Failures completed inside the measured window.
-    errors: u64,
-    /// Successes over the whole round, warm-up included.
-    ok_all: u64,
-    /// Failures over the whole round, warm-up included.
-    errors_all: u64,
-    /// Latencies of the successes inside the window, microseconds.
-    latencies: Vec<u32>,
-    /// The first few failures, for the report.
-    messages: Vec<String>,
-    /// Process CPU time (user + system, every thread: servers and load generator) in the
-    /// measured window, seconds.
-    cpu_seconds: f64,
-}
-
-impl Round {
-    fn merge(&mut self, other: Round) {
-        self.ok += other.ok;
-        self.errors += other.errors;
-        self.ok_all += other.ok_all;
-        self.errors_all += other.errors_all;
-        self.latencies.extend(other.latencies);
-        self.cpu_seconds += other.cpu_seconds;
-        for message in other.messages {
-            if self.messages.len() < KEPT_ERRORS {
-                self.messages.push(message);
-            }
-        }
-    }
-}
+/// The processes whose CPU time a [`Round`] holds: only this one, which runs both servers and
+/// the load generator.
+const PROCESS_CPU: usize = 0;
 
 /// Everything one side did over all rounds.
 #[derive(Default)]
@@ -278,17 +227,19 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
     })
     .await;
 
-    let ours = Target {
+    let tls = client_tls(&ca);
+    let ours = PostTarget {
         url: format!("{ours_url}{EVENTS_PATH}"),
         authorization: format!("Key {key}"),
         success: StatusCode::CREATED,
+        tls: tls.clone(),
     };
-    let baseline = Target {
+    let baseline = PostTarget {
         url: format!("https://127.0.0.1:{}{EVENTS_PATH}", baseline_addr.port()),
         authorization: format!("Key {key}"),
         success: StatusCode::OK,
+        tls,
     };
-    let tls = client_tls(&ca);
     let bodies = Arc::new(bodies());
     let body_bytes: usize = bodies.iter().flatten().map(Bytes::len).sum();
 
@@ -322,7 +273,7 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
             };
             let before = store_counters(&metrics_client, side).await;
             let started = Instant::now();
-            let result = load(target, &tls, &bodies, duration).await;
+            let result = load(target, &bodies, duration).await;
             let elapsed = started.elapsed();
             let after = store_counters(&metrics_client, side).await;
             let rate = result.ok as f64 / duration.as_secs_f64();
@@ -417,30 +368,7 @@ async fn api_key(url: &str, ca: &str) -> String {
         .await
         .expect("admin login");
     let admin = anonymous.with_credentials(Credentials::Bearer(tokens.access_token));
-    let response = admin
-        .send(
-            reqwest::Method::POST,
-            "/api/core/v2/apikeys",
-            Some(&json!({"username": ADMIN})),
-        )
-        .await
-        .expect("create an API key");
-    assert_eq!(
-        response.status(),
-        StatusCode::CREATED,
-        "creating an API key should answer 201"
-    );
-    let location = response
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .expect("a Location header on the new API key")
-        .to_str()
-        .expect("an ASCII Location header");
-    location
-        .rsplit('/')
-        .next()
-        .expect("the key as the last segment of Location")
-        .to_owned()
+    admin_api_key(&admin).await
 }
 
 /// The client TLS configuration: the cluster CA as the only root, ring provider, HTTP/1.1.
@@ -451,184 +379,23 @@ fn client_tls(ca: &str) -> rustls::ClientConfig {
     config
 }
 
-/// For each client, the bodies it cycles through: its own entity, check `n % 100`, status
-/// `n % 3`, as a producer of proxy-entity results would send them.
+/// For each client, the bodies it cycles through ([`event_bodies`]).
 fn bodies() -> Vec<Vec<Bytes>> {
-    (0..CLIENTS)
-        .map(|client| {
-            (0..BODIES_PER_CLIENT)
-                .map(|n| {
-                    let check = n % CHECKS;
-                    let status = n % STATUSES;
-                    let output = match status {
-                        0 => format!("OK: check-{check:03} on bench-{client:02} is fine"),
-                        1 => format!("WARNING: check-{check:03} on bench-{client:02} is at 85%"),
-                        _ => format!("CRITICAL: check-{check:03} on bench-{client:02} is at 97%"),
-                    };
-                    let event = json!({
-                        "entity": {
-                            "entity_class": "proxy",
-                            "metadata": {
-                                "name": format!("bench-{client:02}"),
-                                "namespace": "default",
-                                "labels": {"team": "bench"},
-                            },
-                            "subscriptions": ["linux"],
-                        },
-                        "check": {
-                            "metadata": {"name": format!("check-{check:03}"), "namespace": "default"},
-                            "command": format!("check-{check:03} --warning 80 --critical 95"),
-                            "interval": 60,
-                            "subscriptions": ["linux"],
-                            "status": status,
-                            "output": output,
-                            "duration": 0.012,
-                        },
-                    });
-                    Bytes::from(serde_json::to_vec(&event).expect("a JSON value serializes"))
-                })
-                .collect()
-        })
+    event_bodies(CLIENTS)
+        .into_iter()
+        .map(|mine| mine.into_iter().map(Bytes::from).collect())
         .collect()
 }
 
-/// Runs the 64 clients against one target for warm-up plus `duration`.
-async fn load(
-    target: &Target,
-    tls: &rustls::ClientConfig,
-    bodies: &Arc<Vec<Vec<Bytes>>>,
-    duration: Duration,
-) -> Round {
-    let start = Instant::now();
-    let window_start = start + WARMUP;
-    let window_end = window_start + duration;
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(window_start.into()).await;
-        let before = process_cpu_seconds();
-        tokio::time::sleep_until(window_end.into()).await;
-        process_cpu_seconds() - before
-    });
-    let mut tasks = Vec::with_capacity(CLIENTS);
-    for client in 0..CLIENTS {
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls.clone())
-            .http1_only()
-            .pool_max_idle_per_host(1)
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .expect("build a load client");
-        let url = target.url.clone();
-        let authorization = target.authorization.clone();
-        let success = target.success;
-        let bodies = Arc::clone(bodies);
-        tasks.push(tokio::spawn(async move {
-            let mut round = Round {
-                latencies: Vec::with_capacity(16 * 1024),
-                ..Round::default()
-            };
-            let mine = &bodies[client];
-            let mut sent: u64 = 0;
-            while Instant::now() < window_end && sent < MAX_REQUESTS_PER_CLIENT {
-                let body = mine[(sent % BODIES_PER_CLIENT as u64) as usize].clone();
-                sent += 1;
-                let began = Instant::now();
-                let outcome = post_event(&http, &url, &authorization, body, success).await;
-                let done = Instant::now();
-                let in_window = done >= window_start && done <= window_end;
-                match outcome {
-                    Ok(()) => {
-                        round.ok_all += 1;
-                        if in_window {
-                            round.ok += 1;
-                            let micros = (done - began).as_micros();
-                            round
-                                .latencies
-                                .push(u32::try_from(micros).unwrap_or(u32::MAX));
-                        }
-                    }
-                    Err(message) => {
-                        round.errors_all += 1;
-                        if in_window {
-                            round.errors += 1;
-                        }
-                        if round.messages.len() < KEPT_ERRORS {
-                            round.messages.push(message);
-                        }
-                    }
-                }
-            }
-            round
-        }));
-    }
-    let mut total = Round::default();
-    for task in tasks {
-        total.merge(task.await.expect("a load client task panicked"));
-    }
-    total.cpu_seconds = cpu.await.expect("the CPU sampler task panicked");
-    total
-}
-
-/// User plus system CPU time of this process so far (all threads), from `/proc/self/stat`.
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
-    // The fields after the command name (which is in parentheses and may hold spaces).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("a command name in /proc/self/stat")
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 of the line: indexes 11 and 12 after the name.
-    let ticks = |index: usize| -> f64 {
-        fields[index]
-            .parse::<u64>()
-            .expect("a tick count in /proc/self/stat") as f64
+/// Runs the 64 clients against one target for warm-up plus `duration`, watching this
+/// process's CPU time.
+async fn load(target: &PostTarget, bodies: &Arc<Vec<Vec<Bytes>>>, duration: Duration) -> Round {
+    let load = LoadConfig {
+        concurrency: CLIENTS,
+        warmup: WARMUP,
+        duration,
     };
-    (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SECOND
-}
-
-/// The kernel's `USER_HZ`, the unit of `/proc/self/stat` times (100 on every Linux target).
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
-
-/// `/proc/loadavg`, to show whether something else was using the machine.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-/// One POST; `Err` names the failure.
-async fn post_event(
-    http: &reqwest::Client,
-    url: &str,
-    authorization: &str,
-    body: Bytes,
-    success: StatusCode,
-) -> Result<(), String> {
-    let response = http
-        .post(url)
-        .header(AUTHORIZATION, authorization)
-        .header(CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|err| format!("request failed: {err}"))?;
-    let status = response.status();
-    // Read the whole answer, so the connection goes back to the pool.
-    let text = response
-        .text()
-        .await
-        .map_err(|err| format!("reading the answer failed: {err}"))?;
-    if status == success {
-        Ok(())
-    } else {
-        Err(format!("{status}: {text}"))
-    }
+    post_load(load, vec![vec![std::process::id()]], target, bodies).await
 }
 
 /// Serves the baseline: one POST route on the events path that parses the body as JSON and
@@ -760,8 +527,8 @@ fn report(
             quantile_ms(&latencies, 0.99),
             totals.all.ok,
             totals.all.errors,
-            totals.all.cpu_seconds * 1e6 / totals.all.ok.max(1) as f64,
-            totals.all.cpu_seconds / windows,
+            totals.all.cpu_seconds(PROCESS_CPU) * 1e6 / totals.all.ok.max(1) as f64,
+            totals.all.cpu_seconds(PROCESS_CPU) / windows,
             ratio
         );
     }

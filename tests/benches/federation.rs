@@ -56,10 +56,11 @@ use cairn_api::client::{Client, ClientError, Credentials};
 use cairn_api::meta::LABEL_REPLICATED_FROM;
 use cairn_api::model::{CheckConfig, Cluster, Namespace, Replicator};
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
+use cairn_tests::bench::{admin_api_key, env_number};
 use cairn_tests::{Backend, FederationKeys};
 use futures::stream::StreamExt;
-use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use reqwest::StatusCode;
+use serde_json::Value;
 
 const ENV_CHANGES: &str = "CAIRN_BENCH_CHANGES";
 const ENV_RESOURCES: &str = "CAIRN_BENCH_RESOURCES";
@@ -95,14 +96,6 @@ const BASELINE_CONCURRENCY: usize = 32;
 const GOAL_P99_MS: f64 = 250.0;
 const GOAL_RESYNC_S: f64 = 5.0;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .filter(|value| *value > 0)
-        .unwrap_or(default)
-}
-
 /// A fresh P-256 key pair as the files `cairn-backend init` takes.
 fn shared_keys(dir: &Path) -> FederationKeys {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key pair");
@@ -117,22 +110,7 @@ fn shared_keys(dir: &Path) -> FederationKeys {
 
 /// A client of `backend` authenticated with a new API key of its admin.
 async fn api_key_client(backend: &Backend) -> Client {
-    let admin = backend.admin().await;
-    let response = admin
-        .send(
-            Method::POST,
-            "/api/core/v2/apikeys",
-            Some(&json!({"username": "admin"})),
-        )
-        .await
-        .expect("grant the admin an api key");
-    let key = response
-        .headers()
-        .get("location")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|location| location.rsplit('/').next())
-        .expect("the api key in the location header")
-        .to_owned();
+    let key = admin_api_key(&backend.admin().await).await;
     backend.client(Credentials::ApiKey(key))
 }
 
@@ -509,9 +487,9 @@ async fn resync_round(
 }
 
 fn main() {
-    let changes = env_usize(ENV_CHANGES, 1_000);
-    let resources = env_usize(ENV_RESOURCES, 10_000);
-    let rounds = env_usize(ENV_ROUNDS, 3);
+    let changes: usize = env_number(ENV_CHANGES, 1_000);
+    let resources: usize = env_number(ENV_RESOURCES, 10_000);
+    let rounds: usize = env_number(ENV_ROUNDS, 3);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

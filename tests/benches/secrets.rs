@@ -29,13 +29,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use cairn_agent::config::AgentConfig;
 use cairn_agent::sim::{self, CheckTiming, Observer, SimAgent};
 use cairn_api::client::Client;
 use cairn_api::Kind;
 use cairn_tests::bench::{
     cpu_seconds, env_number, percentile, sleep_until_unix, sorted, unix, unix_now,
 };
+use cairn_tests::fleet;
 use cairn_tests::openbao::{self, random_hex, OpenBaoConfig};
 use cairn_tests::{Backend, BackendOptions};
 use reqwest::Method;
@@ -117,44 +117,6 @@ impl Observer for Recorder {
     fn refused(&self, name: &str, reason: &str) {
         self.problem(name, reason);
     }
-}
-
-// === the simulated agents' certificates ===
-
-/// A client certificate per name signed by the backend's agent CA (`CN=<name>`, `clientAuth`),
-/// written as `<name>.key` and `<name>.pem` into `dir`.
-fn mint_certificates(data_dir: &std::path::Path, dir: &std::path::Path, names: &[String]) {
-    let ca_pem = std::fs::read_to_string(data_dir.join("tls/agent-ca.pem")).expect("agent CA");
-    let ca_key = std::fs::read_to_string(data_dir.join("tls/agent-ca.key")).expect("agent CA key");
-    let threads = std::thread::available_parallelism().map_or(2, usize::from);
-    let chunk = names.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        for names in names.chunks(chunk) {
-            let (ca_pem, ca_key) = (&ca_pem, &ca_key);
-            scope.spawn(move || {
-                let ca_key = rcgen::KeyPair::from_pem(ca_key).expect("agent CA key");
-                let issuer = rcgen::Issuer::from_ca_cert_pem(ca_pem, ca_key).expect("agent CA");
-                for name in names {
-                    let key = cairn_agent::certs::generate_key().expect("key");
-                    let mut params = rcgen::CertificateParams::default();
-                    let mut subject = rcgen::DistinguishedName::new();
-                    subject.push(rcgen::DnType::CommonName, name.as_str());
-                    params.distinguished_name = subject;
-                    let now = time::OffsetDateTime::now_utc();
-                    params.not_before = now - time::Duration::minutes(5);
-                    params.not_after = now + time::Duration::days(1);
-                    params.use_authority_key_identifier_extension = true;
-                    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-                    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-                    let cert = params.signed_by(&key, &issuer).expect("sign");
-                    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())
-                        .expect("write key");
-                    std::fs::write(dir.join(format!("{name}.pem")), cert.pem())
-                        .expect("write cert");
-                }
-            });
-        }
-    });
 }
 
 // === the backend ===
@@ -260,7 +222,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let names: Vec<String> = (0..agents).map(|idx| format!("sec-{idx:05}")).collect();
     let minting = Instant::now();
-    mint_certificates(&backend.data_dir, dir.path(), &names);
+    fleet::mint_certificates(&backend.data_dir, dir.path(), &names);
     println!(
         "minted {agents} client certificates in {:.1} s",
         minting.elapsed().as_secs_f64()
@@ -273,13 +235,14 @@ fn main() {
     let connecting = Instant::now();
     for (idx, batch) in names.chunks(CONNECT_BATCH).enumerate() {
         for name in batch {
-            let mut config = AgentConfig::new(name, vec![url.clone()]);
-            config.subscriptions = vec![SUBSCRIPTION.to_owned()];
+            let mut config = fleet::agent_config(
+                name,
+                vec![url.clone()],
+                dir.path(),
+                &backend.ca_file(),
+                vec![SUBSCRIPTION.to_owned()],
+            );
             config.keepalive_interval = 20;
-            config.key_file = dir.path().join(format!("{name}.key"));
-            config.cert_file = dir.path().join(format!("{name}.pem"));
-            config.ca_file = backend.ca_file();
-            config.queue_dir = dir.path().join("unused-queue");
             let agent = SimAgent {
                 config: Arc::new(config),
                 system: system.clone(),

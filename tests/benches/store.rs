@@ -37,18 +37,19 @@
 // A bench binary reports on stdout; that is its whole output.
 #![allow(clippy::print_stdout)]
 
-use std::future::Future;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cairn_tests::bench::{cpu_seconds, env_number, median, percentile, sorted};
+use cairn_tests::bench::{
+    admin_api_key, env_number, event_bodies, event_body, http_client, load_average, measure,
+    median, percentile, post_event, post_load, sorted, LoadConfig, PostTarget, Round, CHECKS,
+    EVENTS_PATH, REQUEST_TIMEOUT, STATUSES,
+};
 use cairn_tests::etcd::{self, EtcdCluster, EtcdClusterConfig};
 use cairn_tests::{Backend, BackendOptions};
 use etcd_client::GetOptions;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
 
 const ENV_SECONDS: &str = "CAIRN_BENCH_SECONDS";
 const ENV_WARMUP_SECONDS: &str = "CAIRN_BENCH_WARMUP_SECONDS";
@@ -56,25 +57,13 @@ const ENV_ROUNDS: &str = "CAIRN_BENCH_ROUNDS";
 const ENV_CONCURRENCY: &str = "CAIRN_BENCH_CONCURRENCY";
 const ENV_ROWS: &str = "CAIRN_BENCH_ROWS";
 
-/// Where events are posted.
-const EVENTS_PATH: &str = "/api/core/v2/namespaces/default/events";
-/// Check names each client cycles over: its keys.
-const CHECKS: usize = 100;
-/// Statuses each client cycles over (0, 1, 2).
-const STATUSES: usize = 3;
-/// Distinct bodies per client.
-const BODIES_PER_CLIENT: usize = CHECKS * STATUSES;
 /// Results posted for the event whose stored size sets the raw value size: more than
 /// `check.history` keeps (21), so the stored event is as large as a steady one.
 const SIZE_RESULTS: usize = 25;
 /// The prefix the etcd backend keeps its keys under (the backend's default).
 const BACKEND_PREFIX: &str = "/cairn/";
-/// How long one request may take before it counts as an error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Errors over all requests of a row above this fail the bench.
 const MAX_ERROR_RATE: f64 = 0.001;
-/// Error messages kept per row for the report.
-const KEPT_ERRORS: usize = 5;
 /// etcd's default Raft timings.
 const HEARTBEAT: Duration = Duration::from_millis(100);
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(1);
@@ -109,51 +98,10 @@ impl Row {
     }
 }
 
-/// Load settings.
-#[derive(Debug, Clone, Copy)]
-struct LoadConfig {
-    concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
-}
-
-/// The counts and latencies of one row in one round.
-#[derive(Default)]
-struct Round {
-    /// Successes completed inside the measured window.
-    ok: u64,
-    /// Failures completed inside the measured window.
-    errors: u64,
-    /// Successes over the whole round, warm-up included.
-    ok_all: u64,
-    /// Failures over the whole round, warm-up included.
-    errors_all: u64,
-    /// Latencies of the successes inside the window, microseconds.
-    latencies: Vec<u32>,
-    /// The first few failures.
-    messages: Vec<String>,
-    /// CPU seconds of the backend in the window.
-    backend_cpu: f64,
-    /// CPU seconds of the etcd members in the window.
-    etcd_cpu: f64,
-}
-
-impl Round {
-    fn merge(&mut self, other: Round) {
-        self.ok += other.ok;
-        self.errors += other.errors;
-        self.ok_all += other.ok_all;
-        self.errors_all += other.errors_all;
-        self.latencies.extend(other.latencies);
-        self.backend_cpu += other.backend_cpu;
-        self.etcd_cpu += other.etcd_cpu;
-        for message in other.messages {
-            if self.messages.len() < KEPT_ERRORS {
-                self.messages.push(message);
-            }
-        }
-    }
-}
+/// The process groups whose CPU time a [`Round`] holds: the backend's (rows (a) and (b)) and
+/// the etcd members'.
+const BACKEND_CPU: usize = 0;
+const ETCD_CPU: usize = 1;
 
 /// Everything one row did over all rounds.
 #[derive(Default)]
@@ -163,11 +111,8 @@ struct Totals {
 }
 
 /// A backend under load: where to post, with which key, and its process.
-#[derive(Clone)]
 struct HttpTarget {
-    url: String,
-    authorization: String,
-    tls: rustls::ClientConfig,
+    post: PostTarget,
     pid: u32,
 }
 
@@ -248,7 +193,7 @@ async fn run(load: LoadConfig, rounds: usize, mut rows: Vec<Row>) {
         _ => stored_event(&embedded, &embedded_target, None).await,
     };
     let raw_client = cluster.client().await;
-    let bodies = Arc::new(bodies(load.concurrency));
+    let bodies = Arc::new(event_bodies(load.concurrency));
     let body_bytes: usize = bodies.iter().flatten().map(Vec::len).sum();
 
     println!("Store: etcd vs embedded (issue 8)");
@@ -383,14 +328,14 @@ fn report(rows: &[Row], totals: &[Totals]) {
             }
         };
         let backend_cpu = if matches!(row, Row::Embedded | Row::EtcdBackend) {
-            per_event(totals.all.backend_cpu)
+            per_event(totals.all.cpu_seconds(BACKEND_CPU))
         } else {
             "–".to_owned()
         };
         let etcd_cpu = if *row == Row::Embedded {
             "–".to_owned()
         } else {
-            per_event(totals.all.etcd_cpu)
+            per_event(totals.all.cpu_seconds(ETCD_CPU))
         };
         println!(
             "| {:<42} | {:>9.0} | {:>7.2} | {:>7.2} | {:>9} | {:>6} | {:>14} | {:>11} |",
@@ -441,30 +386,17 @@ fn report(rows: &[Row], totals: &[Totals]) {
 
 /// Logs in to `backend` as the admin, creates an API key, and builds the load's TLS config.
 async fn http_target(backend: &Backend) -> HttpTarget {
-    let admin = backend.admin().await;
-    let response = admin
-        .send(
-            Method::POST,
-            "/api/core/v2/apikeys",
-            Some(&json!({"username": "admin"})),
-        )
-        .await
-        .unwrap_or_else(|err| panic!("create an API key at {}: {err}", backend.url));
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let key = response
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .and_then(|location| location.to_str().ok())
-        .and_then(|location| location.rsplit('/').next())
-        .expect("the API key as the last segment of Location")
-        .to_owned();
+    let key = admin_api_key(&backend.admin().await).await;
     let mut tls =
         cairn_api::client::tls_config_trusting(&backend.ca()).expect("a client TLS config");
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     HttpTarget {
-        url: format!("{}{EVENTS_PATH}", backend.url.trim_end_matches('/')),
-        authorization: format!("Key {key}"),
-        tls,
+        post: PostTarget {
+            url: format!("{}{EVENTS_PATH}", backend.url.trim_end_matches('/')),
+            authorization: format!("Key {key}"),
+            success: StatusCode::CREATED,
+            tls,
+        },
         pid: backend.pid(),
     }
 }
@@ -477,10 +409,10 @@ async fn stored_event(
     target: &HttpTarget,
     cluster: Option<&EtcdCluster>,
 ) -> (Vec<u8>, usize) {
-    let http = http_client(&target.tls);
+    let http = http_client(&target.post.tls);
     for n in 0..SIZE_RESULTS {
         let body = event_body("bench-size", "check-size", n % STATUSES);
-        post_event(&http, target, body)
+        post_event(&http, &target.post, body)
             .await
             .unwrap_or_else(|err| panic!("post a result of check-size: {err}"));
     }
@@ -531,78 +463,12 @@ async fn stored_event(
 
 // === loads ===
 
-/// Runs `op(worker, n)` in `load.concurrency` tasks, each one call after another, for the
-/// warm-up and the measured window; counts what completed in the window, and the CPU of
-/// `backend_pid` (if any) and `etcd_pids` in it.
-async fn measure<F, Fut>(
-    load: LoadConfig,
-    backend_pid: Option<u32>,
-    etcd_pids: &[u32],
-    op: F,
-) -> Round
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
-{
-    let start = Instant::now();
-    let window_start = start + load.warmup;
-    let window_end = window_start + load.duration;
-    let etcd_pids = etcd_pids.to_vec();
-    let cpu = tokio::spawn(async move {
-        let sample = |pids: &[u32]| pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>();
-        let backend: Vec<u32> = backend_pid.into_iter().collect();
-        tokio::time::sleep_until(window_start.into()).await;
-        let before = (sample(&backend), sample(&etcd_pids));
-        tokio::time::sleep_until(window_end.into()).await;
-        (sample(&backend) - before.0, sample(&etcd_pids) - before.1)
-    });
-    let op = Arc::new(op);
-    let mut tasks = Vec::with_capacity(load.concurrency);
-    for worker in 0..load.concurrency {
-        let op = Arc::clone(&op);
-        tasks.push(tokio::spawn(async move {
-            let mut round = Round {
-                latencies: Vec::with_capacity(16 * 1024),
-                ..Round::default()
-            };
-            let mut n: u64 = 0;
-            while Instant::now() < window_end {
-                let began = Instant::now();
-                let outcome = op(worker, n).await;
-                n += 1;
-                let done = Instant::now();
-                let in_window = done >= window_start && done <= window_end;
-                match outcome {
-                    Ok(()) => {
-                        round.ok_all += 1;
-                        if in_window {
-                            round.ok += 1;
-                            let micros = (done - began).as_micros();
-                            round
-                                .latencies
-                                .push(u32::try_from(micros).unwrap_or(u32::MAX));
-                        }
-                    }
-                    Err(message) => {
-                        round.errors_all += 1;
-                        if in_window {
-                            round.errors += 1;
-                        }
-                        if round.messages.len() < KEPT_ERRORS {
-                            round.messages.push(message);
-                        }
-                    }
-                }
-            }
-            round
-        }));
-    }
-    let mut total = Round::default();
-    for task in tasks {
-        total.merge(task.await.expect("a load task panicked"));
-    }
-    (total.backend_cpu, total.etcd_cpu) = cpu.await.expect("the CPU sampler panicked");
-    total
+/// What [`measure`] watches: the backend's process (if any) and the etcd members.
+fn watched(backend_pid: Option<u32>, etcd_pids: &[u32]) -> Vec<Vec<u32>> {
+    let mut watched = vec![Vec::new(); 2];
+    watched[BACKEND_CPU] = backend_pid.into_iter().collect();
+    watched[ETCD_CPU] = etcd_pids.to_vec();
+    watched
 }
 
 /// Rows (a) and (b): each worker posts its own bodies over its own keep-alive connection.
@@ -612,22 +478,12 @@ async fn http_load(
     load: LoadConfig,
     etcd_pids: &[u32],
 ) -> Round {
-    let clients: Arc<Vec<reqwest::Client>> = Arc::new(
-        (0..load.concurrency)
-            .map(|_| http_client(&target.tls))
-            .collect(),
-    );
-    let pid = target.pid;
-    let target = Arc::new(target.clone());
-    let bodies = Arc::clone(bodies);
-    measure(load, Some(pid), etcd_pids, move |worker, n| {
-        let (clients, target, bodies) = (clients.clone(), target.clone(), bodies.clone());
-        async move {
-            let mine = &bodies[worker];
-            let body = mine[(n % mine.len() as u64) as usize].clone();
-            post_event(&clients[worker], &target, body).await
-        }
-    })
+    post_load(
+        load,
+        watched(Some(target.pid), etcd_pids),
+        &target.post,
+        bodies,
+    )
     .await
 }
 
@@ -640,7 +496,7 @@ async fn raw_load(
 ) -> Round {
     let client = client.clone();
     let value = Arc::new(value.to_vec());
-    measure(load, None, etcd_pids, move |worker, n| {
+    measure(load, watched(None, etcd_pids), move |worker, n| {
         let mut kv = client.kv_client();
         let value = value.clone();
         async move {
@@ -659,7 +515,7 @@ async fn raw_load(
 async fn etcdctl_load(endpoints: &str, value: &[u8], load: LoadConfig, etcd_pids: &[u32]) -> Round {
     let endpoints = Arc::new(endpoints.to_owned());
     let value = Arc::new(String::from_utf8_lossy(value).into_owned());
-    measure(load, None, etcd_pids, move |worker, n| {
+    measure(load, watched(None, etcd_pids), move |worker, n| {
         let (endpoints, value) = (endpoints.clone(), value.clone());
         async move {
             let key = format!("/bench-etcdctl/{worker:02}/{:03}", n % CHECKS as u64);
@@ -688,87 +544,6 @@ async fn etcdctl_load(endpoints: &str, value: &[u8], load: LoadConfig, etcd_pids
     .await
 }
 
-/// One POST; `Err` names the failure.
-async fn post_event(
-    http: &reqwest::Client,
-    target: &HttpTarget,
-    body: Vec<u8>,
-) -> Result<(), String> {
-    let response = http
-        .post(&target.url)
-        .header(AUTHORIZATION, &target.authorization)
-        .header(CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|err| format!("request failed: {err}"))?;
-    let status = response.status();
-    // Read the whole answer, so the connection goes back to the pool.
-    let text = response
-        .text()
-        .await
-        .map_err(|err| format!("reading the answer failed: {err}"))?;
-    if status == StatusCode::CREATED {
-        Ok(())
-    } else {
-        Err(format!("{status}: {text}"))
-    }
-}
-
-fn http_client(tls: &rustls::ClientConfig) -> reqwest::Client {
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls.clone())
-        .http1_only()
-        .pool_max_idle_per_host(1)
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .expect("build a load client")
-}
-
-/// For each client, the bodies it cycles through: its own entity, check `n % 100`, status
-/// `n % 3`.
-fn bodies(clients: usize) -> Vec<Vec<Vec<u8>>> {
-    (0..clients)
-        .map(|client| {
-            (0..BODIES_PER_CLIENT)
-                .map(|n| {
-                    event_body(
-                        &format!("bench-{client:02}"),
-                        &format!("check-{:03}", n % CHECKS),
-                        n % STATUSES,
-                    )
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// A proxy entity's check result, as a producer of results would post it.
-fn event_body(entity: &str, check: &str, status: usize) -> Vec<u8> {
-    let output = match status {
-        0 => format!("OK: {check} on {entity} is fine"),
-        1 => format!("WARNING: {check} on {entity} is at 85%"),
-        _ => format!("CRITICAL: {check} on {entity} is at 97%"),
-    };
-    let event = json!({
-        "entity": {
-            "entity_class": "proxy",
-            "metadata": {"name": entity, "namespace": "default", "labels": {"team": "bench"}},
-            "subscriptions": ["linux"],
-        },
-        "check": {
-            "metadata": {"name": check, "namespace": "default"},
-            "command": format!("{check} --warning 80 --critical 95"),
-            "interval": 60,
-            "subscriptions": ["linux"],
-            "status": status,
-            "output": output,
-            "duration": 0.012,
-        },
-    });
-    serde_json::to_vec(&event).expect("a JSON value serializes")
-}
-
 /// `etcd --version`'s first line.
 fn etcd_version() -> String {
     Command::new("etcd")
@@ -782,16 +557,4 @@ fn etcd_version() -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| "etcd, version unknown".to_owned())
-}
-
-/// `/proc/loadavg`, to show whether something else was using the machine.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|_| "unknown".to_owned())
 }

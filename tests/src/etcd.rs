@@ -23,8 +23,8 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 
-use crate::openbao::{random_hex, ENV_REQUIRE_DEPS};
-use crate::Deadline;
+use crate::openbao::random_hex;
+use crate::{Deadline, ExternalProgram};
 
 /// How long a starting cluster (or a restarted member) may take to answer a linearizable read.
 const START_LIMIT: Duration = Duration::from_secs(30);
@@ -56,22 +56,15 @@ const PORT_TAKEN: &str = "address already in use";
 /// returns early, saying so) when it is missing.
 ///
 /// # Panics
-/// When `etcd` is missing and [`ENV_REQUIRE_DEPS`] is set: there, a skip would hide a test.
+/// When `etcd` is missing and [`ENV_REQUIRE_DEPS`](crate::openbao::ENV_REQUIRE_DEPS) is set:
+/// there, a skip would hide a test.
 pub fn required() -> bool {
-    let runs = Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if !runs {
-        assert!(
-            std::env::var_os(ENV_REQUIRE_DEPS).is_none(),
-            "`etcd` is not on PATH but {ENV_REQUIRE_DEPS} is set (install it with `apt-get install etcd-server`)"
-        );
-        eprintln!("skipped: `etcd` is not on PATH (apt-get install etcd-server)");
+    ExternalProgram {
+        name: "etcd",
+        version_arg: "--version",
+        install: "apt-get install etcd-server",
     }
-    runs
+    .required()
 }
 
 /// How to start an [`EtcdCluster`]: the number of members, client-certificate TLS, and the

