@@ -199,7 +199,8 @@ async fn stored_event(client: &Client, entity: &str, check: &str) -> Option<Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_backends_share_the_store_split_the_fleet_and_take_over_from_each_other() {
     let etcd = EtcdCluster::start(3);
-    let mut alpha = Backend::start_with(etcd_options(&etcd));
+    // Both at info, so that their logs say which leads the cluster-wide roles.
+    let mut alpha = Backend::start_with(etcd_options(&etcd).env("CAIRN_LOG", "info"));
     // At info, so that its log says when it takes a keepalive watch over.
     let beta = Backend::join(
         &alpha,
@@ -306,6 +307,17 @@ async fn two_backends_share_the_store_split_the_fleet_and_take_over_from_each_ot
         "the round-robin check should rotate over the agents of both backends: chose {chosen:?}"
     );
 
+    // Exactly one backend runs the replicators (and one the watchdogs).
+    for role in ["replicators", "watchdogs"] {
+        let line = format!("leading {role}");
+        let leaders = [&alpha, &beta]
+            .iter()
+            .filter(|backend| backend.log().contains(&line))
+            .count();
+        assert_eq!(leaders, 1, "{line}: {leaders} backends say so");
+    }
+    let alpha_led_replicators = alpha.log().contains("leading replicators");
+
     // Kill alpha, and one of its agents with it.
     let lost_issued = recorder.latest(std::slice::from_ref(&lost_agent));
     stop_lost.send_replace(true);
@@ -361,6 +373,13 @@ async fn two_backends_share_the_store_split_the_fleet_and_take_over_from_each_ot
                 )
             })
             .await;
+    }
+    if alpha_led_replicators {
+        assert!(
+            beta.log().contains("leading replicators"),
+            "beta should run the replicators once alpha is gone:\n{}",
+            beta.log()
+        );
     }
     assert!(
         beta.log().contains("keepalive watch taken over"),

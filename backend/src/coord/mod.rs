@@ -198,9 +198,9 @@ impl Coordinator {
         });
         if changed {
             if leading {
-                tracing::info!(role = role.name(), backend = %self.id, "leading");
+                tracing::info!(backend = %self.id, "leading {}", role.name());
             } else {
-                tracing::info!(role = role.name(), backend = %self.id, "no longer leading");
+                tracing::info!(backend = %self.id, "stepped down from {}", role.name());
             }
         }
     }
