@@ -67,10 +67,13 @@ impl Session {
 
     /// Whether the session subscribes to any of `subscriptions`.
     pub fn subscribes_to_any(&self, subscriptions: &[String]) -> bool {
-        subscriptions
-            .iter()
-            .any(|wanted| self.subscriptions.iter().any(|have| have == wanted))
+        subscribes_to_any(&self.subscriptions, subscriptions)
     }
+}
+
+/// Whether an entity subscribed to `have` subscribes to any of `wanted`.
+pub fn subscribes_to_any(have: &[String], wanted: &[String]) -> bool {
+    wanted.iter().any(|wanted| have.contains(wanted))
 }
 
 /// The keepalive state of one agent entity.
@@ -202,10 +205,20 @@ impl Sessions {
     }
 
     /// Takes over the keepalive watch of an entity whose backend left the cluster
-    /// (see [`Coordinator::take_orphans`]); nothing when this backend already knows it.
-    /// Returns whether it was adopted.
-    pub fn adopt(&self, id: &EntityId, keepalive: Keepalive, subscriptions: Vec<String>) -> bool {
-        let presence = self.presence(&keepalive, subscriptions);
+    /// (see [`Coordinator::take_orphans`]), with the settings its last presence `last` carried,
+    /// seen last at `last_seen` with `raised` raised; nothing when this backend already knows
+    /// it. Returns whether it was adopted.
+    pub fn adopt(&self, id: &EntityId, last: &Presence, last_seen: Instant, raised: u32) -> bool {
+        let keepalive = Keepalive {
+            last_seen,
+            interval: last.keepalive_interval,
+            warning_timeout: last.keepalive_warning_timeout,
+            critical_timeout: last.keepalive_critical_timeout,
+            deregister: last.deregister,
+            connected: false,
+            raised,
+        };
+        let presence = self.presence(&keepalive, last.subscriptions.clone());
         {
             let mut inner = self.lock();
             if inner.keepalives.contains_key(id) {

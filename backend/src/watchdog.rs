@@ -170,18 +170,10 @@ async fn adopt_orphan(state: &AppState, sessions: &Sessions, id: EntityId, prese
         _ => (unix, 0),
     };
     let silence = Duration::from_secs(u64::try_from(unix - last_seen).unwrap_or(0));
-    let keepalive = Keepalive {
-        last_seen: Instant::now()
-            .checked_sub(silence)
-            .unwrap_or_else(Instant::now),
-        interval: presence.keepalive_interval,
-        warning_timeout: presence.keepalive_warning_timeout,
-        critical_timeout: presence.keepalive_critical_timeout,
-        deregister: presence.deregister,
-        connected: false,
-        raised,
-    };
-    if sessions.adopt(&id, keepalive, presence.subscriptions) {
+    let last_seen = Instant::now()
+        .checked_sub(silence)
+        .unwrap_or_else(Instant::now);
+    if sessions.adopt(&id, &presence, last_seen, raised) {
         tracing::info!(
             %namespace,
             entity = %name,

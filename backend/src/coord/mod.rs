@@ -96,9 +96,7 @@ pub struct Presence {
 impl Presence {
     /// Whether the entity subscribes to any of `subscriptions`.
     pub fn subscribes_to_any(&self, subscriptions: &[String]) -> bool {
-        subscriptions
-            .iter()
-            .any(|wanted| self.subscriptions.iter().any(|have| have == wanted))
+        crate::sessions::subscribes_to_any(&self.subscriptions, subscriptions)
     }
 }
 
@@ -312,11 +310,6 @@ impl Coordinator {
         });
         orphans.sort_by(|left, right| left.0.cmp(&right.0));
         orphans
-    }
-
-    /// How many backends are members of the cluster, as far as this backend knows.
-    pub fn members(&self) -> usize {
-        self.view.lock().members.len()
     }
 
     /// Runs `change` on the view (the etcd watcher keeps it current).

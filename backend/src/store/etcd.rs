@@ -527,8 +527,10 @@ impl EtcdStore {
         let mut pause = UNAVAILABLE_PAUSE_FIRST;
         let mut uncertain = false;
         loop {
-            match request_until_sent(&self.names().endpoints, &operation, || call(self.kv())).await
-            {
+            let sent = request_until_sent(&self.names().endpoints, deadline, &operation, || {
+                call(self.kv())
+            });
+            match sent.await {
                 Ok(value) => return Ok((value, uncertain)),
                 Err(err)
                     if err.is_unavailable() && tokio::time::Instant::now() + pause < deadline =>
@@ -684,7 +686,8 @@ impl EtcdStore {
             .with_start_revision(to_etcd(start));
         let key = non_empty(key);
         let operation = || format!("watch of {prefix} from revision {start}");
-        let mut stream = request_until_sent(&names.endpoints, operation, || {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        let mut stream = request_until_sent(&names.endpoints, deadline, operation, || {
             let mut client = client.clone();
             let (key, options) = (key.clone(), options.clone());
             async move { client.watch(key, Some(options)).await }
@@ -1108,8 +1111,9 @@ async fn request<T>(
     }
 }
 
-/// [`request`], made again (within the same [`REQUEST_TIMEOUT`]) while an attempt could not
-/// connect to the member it went to, up to [`SEND_ATTEMPTS`] attempts.
+/// [`request`] with a `deadline` for all its attempts (the caller's, so that retries around
+/// it stay within one [`REQUEST_TIMEOUT`]), made again while an attempt could not connect to
+/// the member it went to, up to [`SEND_ATTEMPTS`] attempts.
 ///
 /// The client spreads requests over every endpoint, members that are down included, and a
 /// request sent to a member that refuses the connection fails at once without reaching etcd;
@@ -1117,13 +1121,13 @@ async fn request<T>(
 /// costs nothing, and retrying cannot apply a write twice.
 async fn request_until_sent<T, Fut>(
     endpoints: &str,
+    deadline: tokio::time::Instant,
     operation: impl FnOnce() -> String,
     mut call: impl FnMut() -> Fut,
 ) -> Result<T, EtcdError>
 where
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
-    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
     let mut attempt = 1;
     loop {
         match tokio::time::timeout_at(deadline, call()).await {
