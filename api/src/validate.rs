@@ -17,18 +17,23 @@ use crate::resource::Resource;
 /// The longest resource name accepted. Names become REST path segments and store keys.
 pub const MAX_NAME_LEN: usize = 64;
 
+// Sensu's name rules are Go regular expressions, whose `\w` is ASCII only: `[0-9A-Za-z_]`.
+// Rust's `\w` is Unicode, which would let look-alikes (`dеv` with a Cyrillic `е`, full-width
+// `ｐrod`) pass as names distinct from the ones they imitate, so the classes are spelled out.
+
 /// Sensu's default name rule.
 static DEFAULT_NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\A[\w.\-:]+\z").expect("static regex"));
+    LazyLock::new(|| Regex::new(r"\A[0-9A-Za-z_.\-:]+\z").expect("static regex"));
 /// Sensu's rule for user names.
 static STRICT_NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\A[a-z0-9_.\-]+\z").expect("static regex"));
 /// Sensu's rule for subscriptions and RBAC names.
-static SUBSCRIPTION_NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\A[\w.\-]+(:?[\w.\-]+)?\z").expect("static regex"));
+static SUBSCRIPTION_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\A[0-9A-Za-z_.\-]+(:?[0-9A-Za-z_.\-]+)?\z").expect("static regex")
+});
 /// Sensu's rule for asset names, which may hold `/`.
 static ASSET_NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\A[\w/.\-:]+\z").expect("static regex"));
+    LazyLock::new(|| Regex::new(r"\A[0-9A-Za-z_/.\-:]+\z").expect("static regex"));
 static ENV_NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\A[A-Za-z_][A-Za-z0-9_]*\z").expect("static regex"));
 static UUID: LazyLock<Regex> = LazyLock::new(|| {
@@ -134,10 +139,10 @@ fn name_problem(name: &str, rule: NameRule) -> Option<String> {
         ));
     }
     let (regex, allowed): (&Regex, &str) = match rule {
-        NameRule::Default => (&DEFAULT_NAME, "letters, digits, _ . - :"),
-        NameRule::Strict => (&STRICT_NAME, "lower-case letters, digits, _ . -"),
-        NameRule::Subscription => (&SUBSCRIPTION_NAME, "letters, digits, _ . - and one :"),
-        NameRule::Asset => (&ASSET_NAME, "letters, digits, _ . - : /"),
+        NameRule::Default => (&DEFAULT_NAME, "ASCII letters, digits, _ . - :"),
+        NameRule::Strict => (&STRICT_NAME, "lower-case ASCII letters, digits, _ . -"),
+        NameRule::Subscription => (&SUBSCRIPTION_NAME, "ASCII letters, digits, _ . - and one :"),
+        NameRule::Asset => (&ASSET_NAME, "ASCII letters, digits, _ . - : /"),
     };
     if regex.is_match(name) {
         None
@@ -882,11 +887,8 @@ impl Checker {
             self.error(spec_path("api_urls"), "at least one API URL is required");
         }
         for (idx, url) in cluster.api_urls.iter().enumerate() {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                self.error(
-                    spec_path("api_urls").index(idx),
-                    format!("\"{url}\" is not an http(s) URL"),
-                );
+            if let Some(problem) = cluster_url_problem(url) {
+                self.error(spec_path("api_urls").index(idx), problem);
             }
         }
         if !cluster.ca_cert.is_empty() && !cluster.ca_cert.contains("-----BEGIN CERTIFICATE-----") {
@@ -963,6 +965,25 @@ impl Checker {
 }
 
 /// Checks a five-field cron schedule, with an optional `TZ=`/`CRON_TZ=` prefix.
+/// What is wrong with a federated cluster's API URL: it must be `https://HOST[:PORT][/PATH]`,
+/// since the gateway sends tokens to it; plain `http://` would carry them in clear.
+fn cluster_url_problem(url: &str) -> Option<String> {
+    let Some(rest) = url.strip_prefix("https://") else {
+        return Some(if url.starts_with("http://") {
+            format!("\"{url}\" is plain http: a cluster's API must be served over https, since tokens are sent to it")
+        } else {
+            format!("\"{url}\" is not an https URL")
+        });
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') || url.chars().any(char::is_whitespace) {
+        return Some(format!(
+            "\"{url}\" is not an https URL with a host (https://HOST[:PORT])"
+        ));
+    }
+    None
+}
+
 fn cron_problem(cron: &str) -> Option<String> {
     let schedule = match cron.split_once(' ') {
         Some((prefix, rest)) if prefix.starts_with("TZ=") || prefix.starts_with("CRON_TZ=") => rest,

@@ -126,7 +126,7 @@ fn bad_names() {
         (
             "a/b",
             expect![[r#"
-            error: bad.yaml:4:3: document 1: metadata.name: "a/b" cannot contain spaces or special characters (allowed: letters, digits, _ . - :)
+            error: bad.yaml:4:3: document 1: metadata.name: "a/b" cannot contain spaces or special characters (allowed: ASCII letters, digits, _ . - :)
             accepted: 0"#]],
         ),
         (
@@ -138,7 +138,21 @@ fn bad_names() {
         (
             "\"check cpu\"",
             expect![[r#"
-            error: bad.yaml:4:3: document 1: metadata.name: "check cpu" cannot contain spaces or special characters (allowed: letters, digits, _ . - :)
+            error: bad.yaml:4:3: document 1: metadata.name: "check cpu" cannot contain spaces or special characters (allowed: ASCII letters, digits, _ . - :)
+            accepted: 0"#]],
+        ),
+        // Look-alikes of ASCII names (Go's `\w`, which Sensu's rule uses, is ASCII only): a
+        // Cyrillic `е` and a full-width `ｐ`.
+        (
+            "d\u{0435}v",
+            expect![[r#"
+            error: bad.yaml:4:3: document 1: metadata.name: "dеv" cannot contain spaces or special characters (allowed: ASCII letters, digits, _ . - :)
+            accepted: 0"#]],
+        ),
+        (
+            "\u{ff50}rod",
+            expect![[r#"
+            error: bad.yaml:4:3: document 1: metadata.name: "ｐrod" cannot contain spaces or special characters (allowed: ASCII letters, digits, _ . - :)
             accepted: 0"#]],
         ),
         (
@@ -154,6 +168,40 @@ fn bad_names() {
         );
         check(&input, expected);
     }
+}
+
+#[test]
+fn look_alike_namespaces_are_refused_everywhere_a_namespace_is_named() {
+    check(
+        "type: Namespace\napi_version: core/v2\nmetadata:\n  name: \u{ff50}rod\nspec: {}\n---\ntype: CheckConfig\napi_version: core/v2\nmetadata:\n  name: cpu\n  namespace: d\u{0435}v\nspec:\n  command: x\n  interval: 10\n",
+        expect![[r#"
+            error: bad.yaml:4:3: document 1: metadata.name: "ｐrod" cannot contain spaces or special characters (allowed: ASCII letters, digits, _ . - :)
+            error: bad.yaml:10:3: document 2: metadata.namespace: "dеv" cannot contain spaces or special characters (allowed: ASCII letters, digits, _ . - :)
+            accepted: 0"#]],
+    );
+}
+
+#[test]
+fn cluster_urls_must_be_https() {
+    let cluster = |url: &str| {
+        format!("type: Cluster\napi_version: federation/v1\nmetadata:\n  name: alpha\nspec:\n  api_urls:\n    - {url}\n")
+    };
+    check(
+        &cluster("http://alpha.example.com:8080"),
+        expect![[r#"
+            error: bad.yaml:7:7: document 1: spec.api_urls[0]: "http://alpha.example.com:8080" is plain http: a cluster's API must be served over https, since tokens are sent to it
+            accepted: 0"#]],
+    );
+    check(
+        &cluster("https://user@alpha.example.com"),
+        expect![[r#"
+            error: bad.yaml:7:7: document 1: spec.api_urls[0]: "https://user@alpha.example.com" is not an https URL with a host (https://HOST[:PORT])
+            accepted: 0"#]],
+    );
+    check(
+        &cluster("https://alpha.example.com:8080"),
+        expect!["accepted: 1"],
+    );
 }
 
 #[test]
@@ -262,7 +310,7 @@ fn one_bad_document_does_not_block_the_others() {
     check(
         "type: Namespace\napi_version: core/v2\nspec: {name: ok}\n---\ntype: Namespace\napi_version: core/v2\nspec: {name: \"not ok\"}\n---\ntype: Namespace\napi_version: core/v2\nspec: {name: fine}\n",
         expect![[r#"
-            error: bad.yaml:7:8: document 2: spec.name: "not ok" cannot contain spaces or special characters (allowed: letters, digits, _ . - :)
+            error: bad.yaml:7:8: document 2: spec.name: "not ok" cannot contain spaces or special characters (allowed: ASCII letters, digits, _ . - :)
             accepted: 2"#]],
     );
 }

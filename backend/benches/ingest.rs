@@ -205,6 +205,7 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
             data_dir: data_dir.clone(),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             agent_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: None,
             body_limit: DEFAULT_BODY_LIMIT,
             secrets: cairn_backend::secrets::SecretsConfig::default(),
             store: cairn_backend::datadir::StoreSettings::Embedded,
@@ -218,8 +219,9 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
     .expect("start the backend");
     let ours_url = format!("https://127.0.0.1:{}", running.api_addr.port());
     let key = api_key(&ours_url, &ca).await;
+    // `/metrics` on the API needs a credential.
     let metrics_client =
-        Client::new(&ours_url, &ca, Credentials::None).expect("client for /metrics");
+        Client::new(&ours_url, &ca, Credentials::ApiKey(key.clone())).expect("client for /metrics");
 
     let (stop_baseline, stopped_baseline) = oneshot::channel::<()>();
     let (baseline_addr, baseline_task) = start_baseline(&data_dir, async move {

@@ -13,7 +13,7 @@
 //!   tls/agent-ca.pem, .key    the agent CA: signs agents' client certificates
 //!   tls/agent-listener.pem    the agent listener's server certificate (signed by the cluster CA)
 //!   tls/agent-listener.key
-//!   jwt/private.pem           the ES256 token signing key (PKCS#8)
+//!   jwt/private.pem           the ES256 token signing key (PKCS#8; a SEC1 key given to init is converted)
 //!   jwt/public.pem            its public key (SubjectPublicKeyInfo)
 //! ```
 //!
@@ -1125,17 +1125,18 @@ fn read_jwt_keypair(private_key: &Path, public_key: &Path) -> Result<JwtKeyPair>
             source,
         })
     };
+    let invalid = |source| DataDirError::JwtKeyPairInvalid {
+        private_key: private_key.to_owned(),
+        public_key: public_key.to_owned(),
+        source,
+    };
+    // The data dir always holds PKCS#8; a SEC1 key (as `openssl ecparam` writes it) is
+    // converted on the way in.
     let pair = JwtKeyPair {
-        private_pem: read(private_key)?,
+        private_pem: pki::jwt_private_key_pkcs8(&read(private_key)?).map_err(invalid)?,
         public_pem: read(public_key)?,
     };
-    pki::check_jwt_keypair(&pair.private_pem, &pair.public_pem).map_err(|source| {
-        DataDirError::JwtKeyPairInvalid {
-            private_key: private_key.to_owned(),
-            public_key: public_key.to_owned(),
-            source,
-        }
-    })?;
+    pki::check_jwt_keypair(&pair.private_pem, &pair.public_pem).map_err(invalid)?;
     Ok(pair)
 }
 

@@ -602,9 +602,10 @@ mod tests {
         check_error(
             |event| event.entity.as_mut().unwrap().metadata = Some(ObjectMeta::named("", "a b")),
             EventError::InvalidEntityName {
-                reason: "\"a b\" cannot contain spaces or special characters (allowed: letters, \
+                reason:
+                    "\"a b\" cannot contain spaces or special characters (allowed: ASCII letters, \
                          digits, _ . - :)"
-                    .to_owned(),
+                        .to_owned(),
             },
         );
         check_error(|event| event.check = None, EventError::MissingCheck);

@@ -135,6 +135,11 @@ struct StartArgs {
     /// that throwaway backends never collide.
     #[arg(long, value_name = "ADDR")]
     agent_listen: Option<SocketAddr>,
+    /// Also serve `/metrics` here, over plain HTTP and without authentication, for a
+    /// Prometheus scraper (e.g. 127.0.0.1:9464; port 0 picks a free port). Keep it on loopback
+    /// or a private network. The API's own `/metrics` always needs a token or API key.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
     api_request_limit: usize,
@@ -224,6 +229,7 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
         data_dir: args.data_dir,
         api_listen: args.api_listen,
         agent_listen: agent_listen(args.agent_listen, args.api_listen),
+        metrics_listen: args.metrics_listen,
         body_limit: args.api_request_limit,
         secrets: cairn_backend::secrets::SecretsConfig {
             max_ttl: std::time::Duration::from_secs(args.secrets_cache_ttl),
@@ -240,6 +246,9 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "api listening on https://{}", running.api_addr);
     let _ = writeln!(stdout, "agent listening on {}", running.agent_addr);
+    if let Some(metrics_addr) = running.metrics_addr {
+        let _ = writeln!(stdout, "metrics listening on http://{metrics_addr}/metrics");
+    }
     let _ = stdout.flush();
     drop(stdout);
     running.wait().await;

@@ -114,9 +114,9 @@ pub enum PkiError {
     NoCertificate(#[source] rustls::pki_types::pem::Error),
     /// The JWT private key is not what ES256 needs. Expected.
     #[error(
-        "jwt private key is not an EC P-256 key in PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`)"
+        "jwt private key is not an EC P-256 key in PKCS#8 (`-----BEGIN PRIVATE KEY-----`) or SEC1 (`-----BEGIN EC PRIVATE KEY-----`) PEM"
     )]
-    JwtPrivateKeyInvalid(#[source] rcgen::Error),
+    JwtPrivateKeyInvalid(#[source] Option<rcgen::Error>),
     /// The JWT public key is not what ES256 needs. Expected.
     #[error("jwt public key is not an EC P-256 key in SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`)")]
     JwtPublicKeyInvalid(#[source] Option<rcgen::Error>),
@@ -277,6 +277,33 @@ pub fn generate_jwt_keypair() -> Result<JwtKeyPair> {
     })
 }
 
+/// The PKCS#8 PEM of an ES256 private key given as PKCS#8 (`BEGIN PRIVATE KEY`, returned as it
+/// is) or SEC1 (`BEGIN EC PRIVATE KEY`, converted), the form `openssl ecparam -genkey -name
+/// prime256v1` writes and Sensu's federation docs use for the shared JWT key. Other blocks in
+/// the file (`EC PARAMETERS`, which `ecparam` writes without `-noout`) are skipped.
+///
+/// # Errors
+///
+/// [`PkiError::JwtPrivateKeyInvalid`] when the text holds no such key, or a SEC1 key that is
+/// not on P-256.
+pub fn jwt_private_key_pkcs8(private_pem: &str) -> Result<String> {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    use rustls::pki_types::PrivateKeyDer;
+
+    match PrivateKeyDer::from_pem_slice(private_pem.as_bytes()) {
+        Ok(PrivateKeyDer::Pkcs8(_)) => Ok(private_pem.to_owned()),
+        Ok(PrivateKeyDer::Sec1(der)) => {
+            let key = p256::SecretKey::from_sec1_der(der.secret_sec1_der())
+                .map_err(|_| PkiError::JwtPrivateKeyInvalid(None))?;
+            let pkcs8 = key
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|_| PkiError::JwtPrivateKeyInvalid(None))?;
+            Ok(pkcs8.as_str().to_owned())
+        }
+        _ => Err(PkiError::JwtPrivateKeyInvalid(None)),
+    }
+}
+
 /// Checks that `private_pem` and `public_pem` are an ES256 key pair: a P-256 private key in
 /// PKCS#8 PEM and the SubjectPublicKeyInfo PEM of its public key.
 ///
@@ -288,7 +315,7 @@ pub fn check_jwt_keypair(private_pem: &str, public_pem: &str) -> Result<()> {
     // ring checks that the key is on P-256 and that the public point embedded in the PKCS#8
     // document belongs to the private scalar.
     let private_key = KeyPair::from_pkcs8_pem_and_sign_algo(private_pem, &PKCS_ECDSA_P256_SHA256)
-        .map_err(PkiError::JwtPrivateKeyInvalid)?;
+        .map_err(|err| PkiError::JwtPrivateKeyInvalid(Some(err)))?;
     let public_key = SubjectPublicKeyInfo::from_pem(public_pem)
         .map_err(|err| PkiError::JwtPublicKeyInvalid(Some(err)))?;
     if public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
@@ -688,6 +715,43 @@ mod tests {
     }
 
     #[test]
+    fn sec1_jwt_keys_are_converted_to_pkcs8() {
+        use p256::pkcs8::{DecodePrivateKey, LineEnding};
+        let pair = generate_jwt_keypair().unwrap();
+        // The same key as SEC1, after an `EC PARAMETERS` block, as `openssl ecparam -genkey`
+        // writes it without `-noout`.
+        let sec1 = p256::SecretKey::from_pkcs8_pem(&pair.private_pem)
+            .unwrap()
+            .to_sec1_pem(LineEnding::LF)
+            .unwrap();
+        assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        let with_params = format!(
+            "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n{}",
+            sec1.as_str()
+        );
+        for text in [sec1.as_str(), with_params.as_str()] {
+            let pkcs8 = jwt_private_key_pkcs8(text).unwrap();
+            assert!(pkcs8.starts_with("-----BEGIN PRIVATE KEY-----"));
+            check_jwt_keypair(&pkcs8, &pair.public_pem).unwrap();
+        }
+        // PKCS#8 is kept as it is; anything else is refused by name.
+        assert_eq!(
+            jwt_private_key_pkcs8(&pair.private_pem).unwrap(),
+            pair.private_pem
+        );
+        for bad in [
+            pair.public_pem.as_str(),
+            "",
+            "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+        ] {
+            assert!(jwt_private_key_pkcs8(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("or SEC1 (`-----BEGIN EC PRIVATE KEY-----`) PEM"));
+        }
+    }
+
+    #[test]
     fn jwt_keypair_problems_are_named() {
         let pair = generate_jwt_keypair().unwrap();
         let other = generate_jwt_keypair().unwrap();
@@ -703,12 +767,12 @@ mod tests {
         check(
             "garbage",
             &pair.public_pem,
-            "jwt private key is not an EC P-256 key in PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`)",
+            "jwt private key is not an EC P-256 key in PKCS#8 (`-----BEGIN PRIVATE KEY-----`) or SEC1 (`-----BEGIN EC PRIVATE KEY-----`) PEM",
         );
         check(
             &pair.public_pem,
             &pair.public_pem,
-            "jwt private key is not an EC P-256 key in PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`)",
+            "jwt private key is not an EC P-256 key in PKCS#8 (`-----BEGIN PRIVATE KEY-----`) or SEC1 (`-----BEGIN EC PRIVATE KEY-----`) PEM",
         );
         check(
             &pair.private_pem,
@@ -720,7 +784,7 @@ mod tests {
         check(
             &p384.serialize_pem(),
             &p384.public_key_pem(),
-            "jwt private key is not an EC P-256 key in PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`)",
+            "jwt private key is not an EC P-256 key in PKCS#8 (`-----BEGIN PRIVATE KEY-----`) or SEC1 (`-----BEGIN EC PRIVATE KEY-----`) PEM",
         );
         check(
             &pair.private_pem,

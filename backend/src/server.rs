@@ -64,6 +64,9 @@ pub struct StartConfig {
     pub api_listen: SocketAddr,
     /// Where the agent listener (mutual TLS WebSocket) listens.
     pub agent_listen: SocketAddr,
+    /// Where `/metrics` is served without authentication over plain HTTP, if anywhere
+    /// (`--metrics-listen`); the API's own `/metrics` needs a token or API key.
+    pub metrics_listen: Option<SocketAddr>,
     /// Largest request body, bytes.
     pub body_limit: usize,
     /// The secrets resolver's settings.
@@ -343,6 +346,8 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// Where the agent listener listens.
     pub agent_addr: SocketAddr,
+    /// Where the unauthenticated `/metrics` listens (`--metrics-listen`), if it does.
+    pub metrics_addr: Option<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
     agent_task: tokio::task::JoinHandle<()>,
     /// The etcd lease keeper, which leaves the cluster on shutdown.
@@ -453,6 +458,10 @@ pub async fn start(
     };
     let (listener, api_addr) = bind(config.api_listen).await?;
     let (agent_listener, agent_addr) = bind(config.agent_listen).await?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     tracing::info!(%api_addr, cluster = %cluster.name, "api listening (https)");
     tracing::info!(%agent_addr, "agent listener listening (mutual tls websocket)");
     tokio::spawn(async move {
@@ -480,6 +489,15 @@ pub async fn start(
         coordinator.leadership(crate::coord::Role::Replicators),
         stopped.clone(),
     );
+    let metrics_addr = metrics_listener.map(|(listener, addr)| {
+        serve_metrics(
+            listener,
+            addr,
+            api::metrics_app(state.clone()),
+            stopped.clone(),
+        );
+        addr
+    });
     let app = api::app(state);
     let mut api_stopped = stopped;
     let task = tokio::spawn(serve(
@@ -494,6 +512,7 @@ pub async fn start(
     Ok(Running {
         api_addr,
         agent_addr,
+        metrics_addr,
         task,
         agent_task,
         coordination_task,
@@ -506,6 +525,30 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError
     let listener = TcpListener::bind(addr).await.map_err(failed)?;
     let bound = listener.local_addr().map_err(failed)?;
     Ok((listener, bound))
+}
+
+/// Serves `/metrics` alone over plain HTTP on `listener` until `stopped` turns true.
+fn serve_metrics(
+    listener: TcpListener,
+    metrics_addr: SocketAddr,
+    app: axum::Router,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    if !metrics_addr.ip().is_loopback() {
+        tracing::warn!(%metrics_addr, "metrics are served without authentication on a non-loopback address; keep it on a private network");
+    }
+    tracing::info!(%metrics_addr, "metrics listening (http, no authentication, /metrics only)");
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+        };
+        if let Err(err) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %err, "metrics listener failed");
+        }
+    });
 }
 
 fn read(path: PathBuf) -> Result<String, ServerError> {
@@ -665,6 +708,7 @@ mod tests {
             data_dir,
             api_listen: loopback,
             agent_listen: loopback,
+            metrics_listen: None,
             body_limit: crate::api::DEFAULT_BODY_LIMIT,
             secrets: crate::secrets::SecretsConfig::default(),
             store,

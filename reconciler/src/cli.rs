@@ -214,8 +214,9 @@ pub enum UserCommand {
         /// The new password.
         #[arg(long, env = "CAIRN_NEW_PASSWORD", hide_env_values = true)]
         new_password: String,
-        /// The current password (required when changing your own).
-        #[arg(long)]
+        /// The current password: changes the password as its owner (`PUT /users/NAME/password`).
+        /// Without it, an administrator resets it (`PUT /users/NAME/reset_password`).
+        #[arg(long, env = "CAIRN_CURRENT_PASSWORD", hide_env_values = true)]
         current_password: Option<String>,
     },
     /// List users.

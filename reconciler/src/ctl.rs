@@ -573,14 +573,24 @@ pub async fn user(env: &dyn EnvSource, command: &UserCommand) -> Result<Report, 
             new_password,
             current_password,
         } => {
-            let mut body = json!({"password_new": new_password});
-            if let Some(current) = current_password {
-                body["password_current"] = Value::String(current.clone());
+            // Sensu's two calls: `/password` with the current password (one's own), or an
+            // administrator's `/reset_password` without it.
+            match current_password {
+                Some(current) => {
+                    let body = json!({"username": name, "password": current, "password_new": new_password});
+                    client
+                        .send(Method::PUT, &path(name, "/password"), Some(&body))
+                        .await?;
+                    format!("changed the password of {name}")
+                }
+                None => {
+                    let body = json!({"username": name, "password_new": new_password});
+                    client
+                        .send(Method::PUT, &path(name, "/reset_password"), Some(&body))
+                        .await?;
+                    format!("reset the password of {name}")
+                }
             }
-            client
-                .send(Method::PUT, &path(name, "/password"), Some(&body))
-                .await?;
-            format!("changed the password of {name}")
         }
         UserCommand::List => {
             let users = client.list_resources(Kind::User, "").await?;

@@ -166,7 +166,8 @@ async fn operator_flow_with_api_key_event_and_pipe_handler() {
 
     // Metrics count what happened.
     let metrics = backend
-        .client(Credentials::None)
+        .admin()
+        .await
         .send(Method::GET, "/metrics", None)
         .await
         .expect("metrics")
@@ -308,8 +309,8 @@ async fn bad_input_is_refused_with_a_clear_message() {
         (Method::PUT, "/api/core/v2/namespaces/default/checks/a..b", Some(check.clone()), StatusCode::CREATED, ""),
         // Clients normalise `..` out of URLs, so it arrives in a body.
         (Method::POST, "/api/core/v2/namespaces/default/checks", Some(json!({"command": "x", "interval": 10, "metadata": {"name": ".."}})), StatusCode::BAD_REQUEST, "metadata.name: \"..\" is not a valid name"),
-        (Method::PUT, "/api/core/v2/namespaces/default/checks/a/b", Some(check.clone()), StatusCode::BAD_REQUEST, "metadata.name: \"a/b\" cannot contain spaces or special characters (allowed: letters, digits, _ . - :)"),
-        (Method::PUT, "/api/core/v2/namespaces/default/checks/a%2Fb", Some(check.clone()), StatusCode::BAD_REQUEST, "metadata.name: \"a/b\" cannot contain spaces or special characters (allowed: letters, digits, _ . - :)"),
+        (Method::PUT, "/api/core/v2/namespaces/default/checks/a/b", Some(check.clone()), StatusCode::BAD_REQUEST, "metadata.name: \"a/b\" cannot contain spaces or special characters (allowed: ASCII letters, digits, _ . - :)"),
+        (Method::PUT, "/api/core/v2/namespaces/default/checks/a%2Fb", Some(check.clone()), StatusCode::BAD_REQUEST, "metadata.name: \"a/b\" cannot contain spaces or special characters (allowed: ASCII letters, digits, _ . - :)"),
         (Method::PUT, "/api/core/v2/namespaces/default/checks/cpu", Some(json!({"command": "x", "intreval": 10})), StatusCode::BAD_REQUEST, "intreval: unknown field \"intreval\" (did you mean \"interval\"?)"),
         (Method::PUT, "/api/core/v2/namespaces/default/checks/cpu", Some(json!({"command": "x", "interval": 10, "metadata": {"namespace": "prod"}})), StatusCode::BAD_REQUEST, "the namespace of the resource (prod) does not match the namespace of the URI (default)"),
         (Method::PUT, "/api/core/v2/namespaces/nope/checks/cpu", Some(check.clone()), StatusCode::NOT_FOUND, "namespace \"nope\" not found"),
@@ -631,7 +632,8 @@ async fn silenced_checks_do_not_reach_not_silenced_handlers() {
     );
     // Runs are counted when dispatched, in order, so this is exact: only "real" ran.
     let metrics = backend
-        .client(Credentials::None)
+        .admin()
+        .await
         .send(reqwest::Method::GET, "/metrics", None)
         .await
         .expect("metrics")

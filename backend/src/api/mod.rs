@@ -94,7 +94,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/version", get(version))
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get(metrics_authenticated))
         .route("/auth", get(auth_login))
         .route("/auth/test", get(auth_test))
         .route("/auth/token", post(auth_refresh))
@@ -239,6 +239,24 @@ pub fn authorize(
     if state.auth.snapshot().authorize(caller, request) {
         return Ok(());
     }
+    Err(forbidden(
+        caller,
+        &verb.to_string(),
+        resource,
+        namespace,
+        name,
+    ))
+}
+
+/// The 403 for `caller` refused `verbs` (as text, e.g. `create or update`) on a resource. It
+/// names only what the request named, never whether the resource exists.
+pub fn forbidden(
+    caller: &Caller,
+    verbs: &str,
+    resource: &str,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> ApiError {
     let scope = match namespace {
         Some(namespace) => format!(" in namespace {namespace}"),
         None => String::new(),
@@ -247,11 +265,11 @@ pub fn authorize(
         Some(issuer) => format!(" of cluster {issuer}"),
         None => String::new(),
     };
-    Err(ApiError::forbidden(format!(
-        "user {}{origin} may not {verb} {resource}{}{scope}",
+    ApiError::forbidden(format!(
+        "user {}{origin} may not {verbs} {resource}{}{scope}",
         caller.username,
         name.map(|name| format!("/{name}")).unwrap_or_default()
-    )))
+    ))
 }
 
 /// `GET /health`: 200 while the store answers, 503 with the reason in `ClusterHealth[].Err`
@@ -295,6 +313,26 @@ async fn version() -> Json<Value> {
         "cairn_backend": env!("CARGO_PKG_VERSION"),
         "api_groups": {"core/v2": true, "secrets/v1": true, "federation/v1": true},
     }))
+}
+
+/// The router of `--metrics-listen`: `/metrics` alone, without authentication, for a
+/// Prometheus scraper on an address the operator keeps private (loopback, a management
+/// network). Served over plain HTTP; nothing else of the API is reachable through it.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+/// `GET /metrics` on the API: any authenticated caller (a viewer's token or API key) may read
+/// it; the counters say how busy the cluster is and which handlers fail, so they are not for
+/// anonymous callers.
+async fn metrics_authenticated(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers)?;
+    Ok(metrics_text(State(state)).await)
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {

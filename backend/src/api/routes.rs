@@ -13,7 +13,7 @@ use cairn_api::model::{ApiKey, Entity, Event, User};
 use cairn_api::validate::validate;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
-use super::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
+use super::{authenticate, authorize, forbidden, parse_json, read_body, ApiError, AppState};
 use crate::auth;
 use crate::rbac::{Caller, Verb};
 use crate::resources::Resources;
@@ -582,7 +582,10 @@ async fn item(
             } else {
                 Verb::Create
             };
-            authorize(state, caller, verb, kind.plural(), scope, Some(name))?;
+            // One message whether the resource exists or not, so a refused caller cannot tell.
+            authorize(state, caller, verb, kind.plural(), scope, Some(name)).map_err(|_| {
+                forbidden(caller, "create or update", kind.plural(), scope, Some(name))
+            })?;
             let bytes = read_body(state, body).await?;
             let mut resource = decode_body(kind, Some(namespace), Some(name), caller, &bytes)?;
             require_namespace(state, kind, namespace).await?;
@@ -780,6 +783,13 @@ async fn users_action(
     group: Option<&str>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // Users may change their own password; everything else needs `update users`. Authorized
+    // before the lookup, so that a refused caller cannot tell which users exist.
+    // A federated caller of the same name is somebody else (see `Caller::federated_from`).
+    let own_password = action == "password" && caller.is_local_user(name);
+    if !own_password {
+        authorize(state, caller, Verb::Update, "users", None, Some(name))?;
+    }
     let stored = state
         .resources
         .get(Kind::User, "", name)
@@ -788,26 +798,31 @@ async fn users_action(
     let Spec::User(mut user) = stored.resource.spec.clone() else {
         return Err(ApiError::internal("a user key holds another kind"));
     };
-    // Users may change their own password; everything else needs `update users`.
-    // A federated caller of the same name is somebody else (see `Caller::federated_from`).
-    let own_password = action == "password" && caller.is_local_user(name);
-    if !own_password {
-        authorize(state, caller, Verb::Update, "users", None, Some(name))?;
-    }
     match (method.clone(), action, group) {
         (Method::PUT, "password" | "reset_password", None) => {
             let bytes = read_body(state, body).await?;
             let body = parse_json(&bytes)?;
             let new_password = body
                 .get("password_new")
-                .or_else(|| body.get("password"))
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::invalid("password_new: missing field \"password_new\""))?;
-            if own_password {
-                if let Some(current) = body.get("password_current").and_then(Value::as_str) {
-                    if !auth::verify_password(current, &user.password_hash) {
-                        return Err(ApiError::invalid("password_current is wrong"));
-                    }
+            // As in Sensu: `password` changes a password and needs the current one in
+            // `password`, whoever asks (so a stolen token or API key alone cannot change it);
+            // `reset_password` is an administrator's (`update users`) and needs only the new one.
+            if action == "password" {
+                let current = body
+                    .get("password")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "password: the current password is required to change a password \
+                         (an administrator sets another user's with reset_password)",
+                        )
+                    })?;
+                if !auth::verify_password(current, &user.password_hash) {
+                    return Err(ApiError::invalid(
+                        "password: does not match the current password",
+                    ));
                 }
             }
             if new_password.chars().count() < 8 {
