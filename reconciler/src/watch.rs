@@ -653,6 +653,7 @@ pub async fn run(env: &dyn EnvSource, args: &WatchArgs) -> Result<Report, CtlErr
                 triggers: Arc::clone(&triggers),
                 state: Arc::clone(&state),
                 secret,
+                deliveries: Arc::default(),
             };
             Some(webhook::serve(listener, app))
         }

@@ -3,14 +3,19 @@
 //! - `POST /webhook`: a GitHub push webhook, signed with `X-Hub-Signature-256: sha256=<hex>`,
 //!   the HMAC-SHA256 of the raw body under the shared secret. A good signature starts a sync
 //!   (202); a bad or missing one is refused (401) and starts nothing. Bodies over 1 MiB are
-//!   refused (413). Without `--webhook-secret-file` the route answers 404.
+//!   refused (413). A signed delivery seen before (the same body, whatever its
+//!   `X-GitHub-Delivery` says, since that header is not signed) is answered 200 and starts
+//!   nothing: a captured delivery cannot be replayed to make the watcher sync again and again.
+//!   [`Deliveries`] remembers them for [`REPLAY_WINDOW`], at most [`MAX_REMEMBERED_DELIVERIES`].
+//!   Without `--webhook-secret-file` the route answers 404.
 //! - `GET /status`: the watcher's state as JSON ([`crate::watch::WatchState`]).
 //! - `GET /healthz`: `ok`.
 
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
@@ -18,7 +23,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -32,6 +37,51 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// GitHub's signature header.
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
+
+/// How long a signed delivery is remembered as seen: a replay within it starts no sync.
+/// GitHub signs only the body, and every push's body differs (its `before`, `after` and
+/// commit times), so a body seen again is a replay or a manual redelivery.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The most deliveries remembered (32 bytes and an instant each, under 1 MiB in all); the
+/// oldest are forgotten first.
+pub const MAX_REMEMBERED_DELIVERIES: usize = 10_000;
+
+/// The signed deliveries seen within [`REPLAY_WINDOW`], by the SHA-256 of their body.
+#[derive(Debug, Default)]
+pub(crate) struct Deliveries {
+    seen: Mutex<SeenDeliveries>,
+}
+
+#[derive(Debug, Default)]
+struct SeenDeliveries {
+    digests: HashSet<[u8; 32]>,
+    order: VecDeque<([u8; 32], Instant)>,
+}
+
+impl Deliveries {
+    /// Records a verified body; `false` when it was already seen within the window.
+    fn first_time(&self, body: &[u8], now: Instant) -> bool {
+        let digest: [u8; 32] = Sha256::digest(body).into();
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some((oldest, at)) = seen.order.front().copied() {
+            let expired = now.saturating_duration_since(at) > REPLAY_WINDOW;
+            if !expired && seen.order.len() < MAX_REMEMBERED_DELIVERIES {
+                break;
+            }
+            seen.order.pop_front();
+            seen.digests.remove(&oldest);
+        }
+        if !seen.digests.insert(digest) {
+            return false;
+        }
+        seen.order.push_back((digest, now));
+        true
+    }
+}
 
 /// The webhook's shared secret. Its `Debug` never shows it.
 #[derive(Clone)]
@@ -116,6 +166,8 @@ pub(crate) struct App {
     pub(crate) state: SharedState,
     /// `None`: `/webhook` is off.
     pub(crate) secret: Option<Secret>,
+    /// The deliveries already acted on, so that a replay starts nothing.
+    pub(crate) deliveries: Arc<Deliveries>,
 }
 
 /// Binds the listener.
@@ -206,6 +258,10 @@ async fn receive(
     };
     let event = header_text("x-github-event");
     let delivery = header_text("x-github-delivery");
+    if !app.deliveries.first_time(&body, Instant::now()) {
+        tracing::warn!(%peer, event, delivery, "webhook replayed (this signed body was already received); not syncing");
+        return (StatusCode::OK, "already received; not syncing again\n");
+    }
     if event == "ping" {
         tracing::info!(%peer, delivery, "webhook ping");
         return (StatusCode::OK, "pong\n");
@@ -353,6 +409,7 @@ mod tests {
             triggers: Arc::clone(&triggers),
             state,
             secret: secret.map(Secret::new),
+            deliveries: Arc::default(),
         };
         Served {
             url,
@@ -405,6 +462,34 @@ mod tests {
             Some(Reasons::of(Trigger::Webhook))
         );
 
+        // The captured delivery, replayed (with or without another delivery id, which GitHub
+        // does not sign): answered, but no second sync.
+        for delivery in ["72d3162e-cc78-11e3-81ab-4c9367dc0958", "another-id"] {
+            let replayed = client
+                .post(format!("{}/webhook", served.url))
+                .header("x-github-event", "push")
+                .header("x-github-delivery", delivery)
+                .header("X-Hub-Signature-256", sign(b"s3cret", &body))
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(replayed.status(), StatusCode::OK, "replay as {delivery}");
+            assert_eq!(
+                served.triggers.next().now_or_never(),
+                None,
+                "a replayed delivery started a sync"
+            );
+        }
+        // The next push (another body) syncs.
+        let next = br#"{"ref":"refs/heads/main","after":"b"}"#.to_vec();
+        let accepted = post(Some(sign(b"s3cret", &next)), next).await.unwrap();
+        assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+        assert_eq!(
+            served.triggers.next().now_or_never(),
+            Some(Reasons::of(Trigger::Webhook))
+        );
+
         let get = client
             .get(format!("{}/webhook", served.url))
             .send()
@@ -412,6 +497,25 @@ mod tests {
             .unwrap();
         assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
         served.listener.shutdown().await;
+    }
+
+    #[test]
+    fn deliveries_are_forgotten_after_the_window_and_beyond_the_bound() {
+        let deliveries = Deliveries::default();
+        let start = Instant::now();
+        assert!(deliveries.first_time(b"a", start));
+        assert!(!deliveries.first_time(b"a", start + Duration::from_secs(60)));
+        assert!(deliveries.first_time(b"a", start + REPLAY_WINDOW + Duration::from_secs(1)));
+        let bounded = Deliveries::default();
+        for idx in 0..=MAX_REMEMBERED_DELIVERIES {
+            assert!(bounded.first_time(idx.to_string().as_bytes(), start));
+        }
+        let seen = bounded.seen.lock().unwrap();
+        assert_eq!(seen.order.len(), MAX_REMEMBERED_DELIVERIES);
+        assert_eq!(seen.digests.len(), MAX_REMEMBERED_DELIVERIES);
+        drop(seen);
+        // The oldest went first.
+        assert!(bounded.first_time(b"0", start));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
