@@ -1,6 +1,7 @@
 //! The Sensu-compatible REST API: routes, authentication, and the handlers for resources,
 //! events, users, API keys and tokens.
 
+mod drain;
 mod error;
 mod routes;
 
@@ -123,6 +124,8 @@ pub fn app(state: AppState) -> Router {
             refuse_writes_while_store_unreachable,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        // Outermost: an early answer still reaches the client whole (HTTP/2 included).
+        .layer(middleware::from_fn(drain::finish_request_body))
         .with_state(state)
 }
 
