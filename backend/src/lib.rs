@@ -12,6 +12,7 @@ pub mod datadir;
 pub mod events;
 pub mod federation;
 pub mod ingest;
+pub mod listen;
 pub mod pipeline;
 pub mod pki;
 pub mod rbac;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use cairn_backend::api::DEFAULT_BODY_LIMIT;
 use cairn_backend::datadir::{self, DataDir, EtcdTlsFiles, StoreEngine, StoreFlags};
+use cairn_backend::listen::{ConnectionLimits, API_MAX_CONNECTIONS};
 use cairn_backend::resources::ResourceError;
 use cairn_backend::server::{self, InitConfig, ServerError, StartConfig};
 
@@ -140,6 +141,18 @@ struct StartArgs {
     /// or a private network. The API's own `/metrics` always needs a token or API key.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// The most API connections open at once; further clients wait in the kernel's backlog.
+    #[arg(long, default_value_t = API_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    api_max_connections: u32,
+    /// Seconds a client may take for the TLS handshake.
+    #[arg(long, default_value_t = ConnectionLimits::API.handshake_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    api_handshake_timeout: u64,
+    /// Seconds an HTTP/1.1 client may take to send a request's headers.
+    #[arg(long, default_value_t = ConnectionLimits::API.header_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    api_header_timeout: u64,
+    /// Seconds an API connection with no request in flight and no traffic stays open.
+    #[arg(long, default_value_t = ConnectionLimits::API.idle_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    api_idle_timeout: u64,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
     api_request_limit: usize,
@@ -230,6 +243,12 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
         api_listen: args.api_listen,
         agent_listen: agent_listen(args.agent_listen, args.api_listen),
         metrics_listen: args.metrics_listen,
+        api_limits: ConnectionLimits {
+            max_connections: usize::try_from(args.api_max_connections).unwrap_or(usize::MAX),
+            handshake_timeout: std::time::Duration::from_secs(args.api_handshake_timeout),
+            header_timeout: std::time::Duration::from_secs(args.api_header_timeout),
+            idle_timeout: std::time::Duration::from_secs(args.api_idle_timeout),
+        },
         body_limit: args.api_request_limit,
         secrets: cairn_backend::secrets::SecretsConfig {
             max_ttl: std::time::Duration::from_secs(args.secrets_cache_ttl),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -25,6 +25,7 @@ use crate::api::{self, ApiMetrics, AppState, EventSink};
 use crate::auth::{self, TokenIssuer};
 use crate::authcache::AuthCache;
 use crate::datadir::{self, DataDir, InitFiles, StoreSettings};
+use crate::listen::{self, Activity, BoundedListener, ConnectionLimits, TrackedIo};
 use crate::pipeline::{HandlerResolver, Pipeline, PipelineConfig};
 use crate::rbac;
 use crate::resources::Resources;
@@ -35,6 +36,10 @@ use crate::store::{Precondition, Store, StoreError, StoreHealth, StoreStats};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How often an HTTP/2 connection is pinged, and how long the answer may take, to find peers
+/// that went away without closing.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 
 /// Settings of `cairn-backend init`.
 #[derive(Debug, Clone)]
@@ -64,6 +69,8 @@ pub struct StartConfig {
     pub api_listen: SocketAddr,
     /// Where the agent listener (mutual TLS WebSocket) listens.
     pub agent_listen: SocketAddr,
+    /// The bounds on the API's connections (count, handshake, header and idle timeouts).
+    pub api_limits: ConnectionLimits,
     /// Where `/metrics` is served without authentication over plain HTTP, if anywhere
     /// (`--metrics-listen`); the API's own `/metrics` needs a token or API key.
     pub metrics_listen: Option<SocketAddr>,
@@ -386,6 +393,10 @@ pub async fn start(
 ) -> Result<Running, ServerError> {
     let dir = DataDir::new(&config.data_dir);
     let cluster = datadir::read_cluster(&dir)?;
+    match listen::raise_fd_limit() {
+        Some(limit) => tracing::info!(limit, "open files limit"),
+        None => tracing::warn!("cannot read or raise the open files limit"),
+    }
     let tls_config = crate::tls::api_server_config(&dir)?;
     let agent_tls_config = crate::tls::agent_server_config(&dir)?;
     let agent_pki = Arc::new(crate::bootstrap::AgentPki::load(&dir)?);
@@ -502,6 +513,7 @@ pub async fn start(
     let mut api_stopped = stopped;
     let task = tokio::spawn(serve(
         listener,
+        config.api_limits,
         TlsAcceptor::from(tls_config),
         app,
         async move {
@@ -555,49 +567,116 @@ fn read(path: PathBuf) -> Result<String, ServerError> {
     std::fs::read_to_string(&path).map_err(|source| ServerError::ReadFailed { path, source })
 }
 
+/// Serves the API over TLS on `listener` within `limits` ([`crate::listen`]) until `shutdown`
+/// resolves, then closes connections gracefully for up to [`SHUTDOWN_GRACE`].
 async fn serve(
     listener: TcpListener,
+    limits: ConnectionLimits,
     acceptor: TlsAcceptor,
     app: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut listener = BoundedListener::new(listener, limits);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let (socket, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    continue;
-                }
-            },
+        let (socket, peer, slot) = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(socket).await {
-                Ok(stream) => stream,
-                Err(err) => {
-                    tracing::debug!(%peer, error = %err, "tls handshake failed");
-                    return;
-                }
-            };
-            let builder = ConnectionBuilder::new(TokioExecutor::new());
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(err) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
-        });
+        tokio::spawn(serve_connection(
+            socket,
+            peer,
+            acceptor.clone(),
+            app.clone(),
+            listener.limits(),
+            stopping.clone(),
+            slot,
+        ));
     }
     tracing::info!("shutting down: draining connections");
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    stop.send_replace(true);
+    if !listener.drained(SHUTDOWN_GRACE).await {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period");
+    }
+}
+
+/// One API connection: the TLS handshake within its timeout, then HTTP/1.1 or HTTP/2 until
+/// the client leaves, it has been idle too long, or the server stops; `slot` is given back at
+/// the end.
+async fn serve_connection(
+    socket: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _slot = slot;
+    let stream = match listen::within(limits.handshake_timeout, acceptor.accept(socket)).await {
+        Some(Ok(stream)) => stream,
+        Some(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "tls handshake failed");
+            return;
+        }
+        None => {
+            tracing::debug!(%peer, timeout = ?limits.handshake_timeout, "tls handshake timed out");
+            return;
+        }
+    };
+    let activity = Activity::new();
+    let io = TrackedIo::new(stream, Arc::clone(&activity));
+    let service = {
+        let activity = Arc::clone(&activity);
+        tower::service_fn(
+            move |request: axum::extract::Request<hyper::body::Incoming>| {
+                let in_flight = activity.request();
+                let app = app.clone();
+                async move {
+                    let response = tower::ServiceExt::oneshot(app, request).await;
+                    drop(in_flight);
+                    response
+                }
+            },
+        )
+    };
+    let mut builder = ConnectionBuilder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(H2_KEEPALIVE_INTERVAL);
+    let connection =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    tokio::pin!(connection);
+    let mut closing: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(err) = served {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            () = activity.until_idle(limits.idle_timeout), if closing.is_none() => {
+                tracing::debug!(%peer, "closing an idle connection");
+                connection.as_mut().graceful_shutdown();
+                closing = Some(Box::pin(tokio::time::sleep(SHUTDOWN_GRACE)));
+            }
+            _ = stopping.wait_for(|stopping| *stopping), if closing.is_none() => {
+                connection.as_mut().graceful_shutdown();
+                closing = Some(Box::pin(tokio::time::sleep(SHUTDOWN_GRACE)));
+            }
+            () = async { if let Some(grace) = closing.as_mut() { grace.await } }, if closing.is_some() => {
+                tracing::debug!(%peer, "connection did not close within the grace period; dropped");
+                return;
+            }
+        }
     }
 }
 
@@ -709,6 +788,7 @@ mod tests {
             api_listen: loopback,
             agent_listen: loopback,
             metrics_listen: None,
+            api_limits: ConnectionLimits::API,
             body_limit: crate::api::DEFAULT_BODY_LIMIT,
             secrets: crate::secrets::SecretsConfig::default(),
             store,

@@ -1,13 +1,15 @@
 //! The API's answers as curl sees them (curl is how Sensu's docs drive the API, and it speaks
 //! HTTP/2 over TLS by default): every refusal given before the body was read (401, 403, 404,
 //! 413) arrives as a complete response, over HTTP/2 and HTTP/1.1, one at a time and under load
-//! (issue 14, finding 1).
+//! (issue 14, finding 1); idle, slow and excess connections are bounded in count and time, and
+//! the accept loop backs off at the file-descriptor limit (finding 3).
 
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use cairn_tests::Backend;
+use cairn_tests::{Backend, BackendOptions, Deadline};
 use serde_json::json;
 
 /// One curl run: the status it printed (`000` when it got no response) and its exit code.
@@ -149,5 +151,215 @@ async fn early_refusals_arrive_whole_over_http2_and_http1() {
     });
     for (status, code, output) in results {
         assert_eq!((status.as_str(), code), ("401", 0), "under load: {output}");
+    }
+}
+
+/// A TLS connection to the backend's API, trusting only its CA.
+async fn tls_connect(backend: &Backend) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let config = cairn_api::client::tls_config_trusting(&backend.ca()).expect("a TLS config");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let socket = tokio::net::TcpStream::connect(backend.addr())
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a server name");
+    connector
+        .connect(name, socket)
+        .await
+        .expect("tls handshake")
+}
+
+/// How long until the server closes `stream` (a read gives end of file or an error), at most
+/// `within`; `None` when it stayed open that long.
+async fn closed_after<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    let reading = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, reading)
+        .await
+        .ok()
+        .map(|()| started.elapsed())
+}
+
+/// CPU seconds (user + system) the process has used, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat has the command in parentheses")
+        .1
+        .split_whitespace()
+        .collect();
+    // Fields 14 and 15 of the line, counted after the command: utime and stime, in ticks.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_slow_and_excess_connections_are_bounded_in_count_and_time() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start_with(
+        BackendOptions::default()
+            .args([
+                "--api-handshake-timeout",
+                "1",
+                "--api-header-timeout",
+                "1",
+                "--api-idle-timeout",
+                "2",
+                "--api-max-connections",
+                "64",
+            ])
+            .capture_logs(),
+    );
+    let health = || async {
+        let started = Instant::now();
+        backend
+            .client(cairn_api::client::Credentials::None)
+            .send(reqwest::Method::GET, "/health", None)
+            .await
+            .expect("/health");
+        started.elapsed()
+    };
+    health().await;
+
+    // 200 TCP connections that never start TLS: each is closed after the handshake timeout,
+    // 64 at a time (the rest wait in the backlog for a slot).
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(
+            tokio::net::TcpStream::connect(backend.addr())
+                .await
+                .expect("connect"),
+        );
+    }
+    let closing = idle
+        .iter_mut()
+        .map(|socket| closed_after(socket, Duration::from_secs(20)));
+    for (idx, closed) in futures::future::join_all(closing)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert!(
+            closed.is_some(),
+            "idle TCP connection {idx} was never closed"
+        );
+    }
+    drop(idle);
+    assert!(health().await < Duration::from_secs(2));
+
+    // Slowloris: headers one line every 300 ms, never finished: closed after the header
+    // timeout (1 s).
+    let mut slow = tls_connect(&backend).await;
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .expect("write");
+    let dripping = async {
+        for idx in 0..100 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if slow
+                .write_all(format!("X-Drip-{idx}: a\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return Instant::now();
+            }
+        }
+        Instant::now()
+    };
+    let started = Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), dripping)
+        .await
+        .expect("the slowloris connection was never closed");
+    assert!(
+        stopped - started < Duration::from_secs(8),
+        "the slowloris connection lived {:?}",
+        stopped - started
+    );
+
+    // An idle TLS connection after one request: closed once it has waited for the next
+    // request's headers longer than the header timeout (1 s; HTTP/1.1), at the latest after
+    // the idle timeout (2 s; HTTP/2 too).
+    let mut kept = tls_connect(&backend).await;
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = vec![0u8; 4096];
+    let n_bytes = tokio::io::AsyncReadExt::read(&mut kept, &mut head)
+        .await
+        .expect("read the answer");
+    assert!(String::from_utf8_lossy(&head[..n_bytes]).starts_with("HTTP/1.1 200"));
+    let lived = closed_after(&mut kept, Duration::from_secs(15))
+        .await
+        .expect("the idle TLS connection was never closed");
+    assert!(
+        lived >= Duration::from_millis(500) && lived < Duration::from_secs(5),
+        "the idle connection lived {lived:?}"
+    );
+
+    // At the file-descriptor limit the accept loop backs off: it neither spins nor floods the
+    // log, and serves again once the clients leave.
+    let pid = backend.pid();
+    // The backend raised its soft limit to the hard one it inherited from this process; only
+    // the soft limit is lowered (raising a hard limit needs privileges).
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("read the open files limit");
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile=48:{hard}")])
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit failed");
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        if let Ok(socket) = tokio::net::TcpStream::connect(backend.addr()).await {
+            flood.push(socket);
+        }
+    }
+    let log_before = backend.log().matches("accept failed").count();
+    let cpu_before = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let logged = backend.log().matches("accept failed").count() - log_before;
+    assert!(
+        cpu < 1.0,
+        "the backend used {cpu:.2} s of CPU in 3 s at the fd limit"
+    );
+    assert!(logged <= 2, "{logged} accept-failure lines in 3 s");
+    drop(flood);
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={hard}:{hard}"),
+        ])
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit failed");
+    let deadline = Deadline::new(Duration::from_secs(10), "/health after the flood");
+    loop {
+        let answered = tokio::time::timeout(
+            Duration::from_secs(2),
+            backend.client(cairn_api::client::Credentials::None).send(
+                reqwest::Method::GET,
+                "/health",
+                None,
+            ),
+        )
+        .await;
+        if matches!(answered, Ok(Ok(_))) {
+            break;
+        }
+        deadline.tick(|| format!("{answered:?}")).await;
     }
 }
