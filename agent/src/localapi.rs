@@ -9,6 +9,13 @@
 //! - `GET /healthz`: 200 `ok` while the agent is connected to a backend, else 503 `not connected
 //!   to a backend`.
 //!
+//! Only local programs may use it, never a web page the host's browser shows: every request
+//! must name a loopback host in `Host` (`127.0.0.1`, `localhost` or `[::1]`, with any port),
+//! which defeats DNS rebinding, and must carry no `Origin` header (browsers send one on
+//! cross-site requests; curl and scripts do not): 403 otherwise. `POST /events` also needs
+//! `Content-Type: application/json` (415 otherwise), as Sensu's docs send it, so that an HTML
+//! form (`text/plain`, `application/x-www-form-urlencoded`) cannot post an event.
+//!
 //! Sensu's TCP/UDP check-result socket (port 3030) is not offered.
 
 use std::io;
@@ -56,7 +63,65 @@ fn router(events: mpsc::Sender<Event>, health: Arc<AtomicBool>) -> Router {
     Router::new()
         .route("/events", post(post_event))
         .route("/healthz", get(healthz))
+        .layer(axum::middleware::from_fn(local_callers_only))
         .with_state(LocalApi { events, health })
+}
+
+/// Refuses requests a browser could make on a web page's behalf (see the module docs).
+async fn local_callers_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(refusal) = foreign_caller(request.headers()) {
+        debug!(message = %refusal.message, "local API refused a request");
+        return refusal.into_response();
+    }
+    next.run(request).await
+}
+
+/// Why a request does not come from a local program, if it does not.
+fn foreign_caller(headers: &HeaderMap) -> Option<Refusal> {
+    let forbidden = |message: String| Refusal {
+        status: StatusCode::FORBIDDEN,
+        message,
+    };
+    if headers.contains_key(header::ORIGIN) {
+        return Some(forbidden(
+            "requests with an Origin header (from a web page) are refused: the local API is for programs on this host".to_owned(),
+        ));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if !is_loopback_host(host) {
+        return Some(forbidden(format!(
+            "Host \"{host}\" is not a loopback address: use 127.0.0.1, localhost or [::1]"
+        )));
+    }
+    None
+}
+
+/// Whether a `Host` header names the loopback interface: `127.0.0.1`, `localhost` or
+/// `[::1]`, each with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((name, rest)) if rest.is_empty() || is_port(rest) => return name == "::1",
+            _ => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if is_port(&format!(":{port}")) => name,
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    name == "127.0.0.1" || name.eq_ignore_ascii_case("localhost")
+}
+
+fn is_port(text: &str) -> bool {
+    text.strip_prefix(':')
+        .is_some_and(|port| !port.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// A refused request: status and `{"message"}`.
@@ -116,6 +181,17 @@ async fn accept_event(api: &LocalApi, headers: &HeaderMap, body: Body) -> Result
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|length| length > EVENT_BODY_LIMIT as u64) {
         return Err(Refusal::too_large());
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(Refusal {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: "an event must be sent as Content-Type: application/json".to_owned(),
+        });
     }
     let bytes = axum::body::to_bytes(body, EVENT_BODY_LIMIT)
         .await
@@ -305,6 +381,99 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn browsers_cannot_post_events_cross_site_or_by_dns_rebinding() {
+        let mut server = start(8).await;
+        let body = br#"{"check": {"metadata": {"name": "forged"}, "status": 2}}"#;
+        let send = |host: &str, extra: &str, content_type: &str| {
+            format!(
+                "POST /events HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Type: {content_type}\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+        };
+        for (head, expected) in [
+            // The attack as reported: a form post from a page, through a rebound name.
+            (
+                send(
+                    "evil.example",
+                    "Origin: http://evil.example\r\n",
+                    "text/plain",
+                ),
+                403,
+            ),
+            (
+                send(
+                    "127.0.0.1:3031",
+                    "Origin: http://evil.example\r\n",
+                    "application/json",
+                ),
+                403,
+            ),
+            (
+                send("127.0.0.1:3031", "Origin: null\r\n", "application/json"),
+                403,
+            ),
+            (send("evil.example:3031", "", "application/json"), 403),
+            (send("127.0.0.1.evil.example", "", "application/json"), 403),
+            (send("localhost", "", "text/plain"), 415),
+            (
+                send("localhost", "", "application/x-www-form-urlencoded"),
+                415,
+            ),
+        ] {
+            let (status, response) = exchange(server.addr, &head, body).await;
+            assert_eq!(status, expected, "{head}: {response}");
+        }
+        assert!(
+            server.events.try_recv().is_err(),
+            "a refused request was handed on"
+        );
+        for host in [
+            "127.0.0.1:3031",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:3031",
+            "[::1]",
+        ] {
+            let (status, response) = exchange(
+                server.addr,
+                &send(host, "", "application/json; charset=utf-8"),
+                body,
+            )
+            .await;
+            assert_eq!(status, 202, "{host}: {response}");
+        }
+    }
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:3031",
+            "localhost",
+            "Localhost:80",
+            "[::1]",
+            "[::1]:3031",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "127.0.0.1.nip.io",
+            "127.0.0.2",
+            "localhost:",
+            "localhost:x",
+            "[::1]x",
+            "[::2]:1",
+            "0.0.0.0:3031",
+            "127.0.0.1:99999",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[tokio::test]
     async fn invalid_events_are_refused_with_a_message() {
         let server = start(4).await;
         for (body, expected) in [
@@ -354,12 +523,17 @@ mod tests {
             health: Arc::new(AtomicBool::new(true)),
         };
         let body = Body::from(vec![b' '; EVENT_BODY_LIMIT + 1]);
-        let response = post_event(State(api.clone()), HeaderMap::new(), body).await;
+        let mut json = HeaderMap::new();
+        json.insert(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        );
+        let response = post_event(State(api.clone()), json.clone(), body).await;
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         // At the limit is fine (and then only the JSON is wrong).
         let mut padded = vec![b' '; EVENT_BODY_LIMIT - 40];
         padded.extend_from_slice(br#"{"check":{"metadata":{"name":"x"}}}"#);
-        let response = post_event(State(api), HeaderMap::new(), Body::from(padded)).await;
+        let response = post_event(State(api), json, Body::from(padded)).await;
         assert_eq!(response.status(), StatusCode::ACCEPTED);
     }
 
