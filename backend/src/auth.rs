@@ -55,6 +55,14 @@ pub enum AuthError {
     /// elsewhere; refused rather than accepted by every cluster sharing the key.
     #[error("the token names no audience (aud)")]
     AudienceMissing,
+    /// A token for another cluster was asked for this cluster's own name: a `Cluster`
+    /// registered under this cluster's name would receive tokens valid here, so none is
+    /// minted. Expected for such a registration; a retry does not help.
+    #[error("{cluster} is this cluster's own name: no token for another cluster is minted for it")]
+    AudienceIsSelf {
+        /// This cluster's name.
+        cluster: String,
+    },
     /// Signing failed (an internal fault).
     #[error("failed to sign token")]
     SignFailed(#[source] jsonwebtoken::errors::Error),
@@ -251,7 +259,7 @@ impl TokenIssuer {
     /// # Errors
     /// [`AuthError::KeyInvalid`] when this issuer has no private key.
     pub fn issue(&self, username: &str, groups: &[String]) -> Result<AccessToken, AuthError> {
-        self.issue_for(&Grant {
+        self.sign(&Grant {
             subject: username,
             groups,
             origin: None,
@@ -264,8 +272,19 @@ impl TokenIssuer {
     /// (the replication identity's, and a caller's of the federated view and proxy).
     ///
     /// # Errors
-    /// [`AuthError::KeyInvalid`] when this issuer has no private key.
+    /// [`AuthError::AudienceIsSelf`] when the audience is this cluster itself (whoever
+    /// receives such a token could use it here); [`AuthError::KeyInvalid`] when this issuer
+    /// has no private key.
     pub fn issue_for(&self, grant: &Grant<'_>) -> Result<AccessToken, AuthError> {
+        if grant.audience == self.issuer {
+            return Err(AuthError::AudienceIsSelf {
+                cluster: self.issuer.clone(),
+            });
+        }
+        self.sign(grant)
+    }
+
+    fn sign(&self, grant: &Grant<'_>) -> Result<AccessToken, AuthError> {
         let encoding = self
             .encoding
             .as_ref()
@@ -557,6 +576,11 @@ mod tests {
         let claims = alpha.verify(&minted.token).unwrap();
         assert_eq!(claims.iss, "hub");
         assert!(claims.exp - claims.iat <= FEDERATED_TOKEN_TTL.as_secs());
+        // Never a token for another cluster that is valid here.
+        let err = gateway
+            .issue_for(&replicator_grant(&groups, "gateway"))
+            .unwrap_err();
+        assert!(matches!(err, AuthError::AudienceIsSelf { .. }), "{err:?}");
     }
 
     #[test]

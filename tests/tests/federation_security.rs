@@ -460,6 +460,37 @@ async fn issue_13_the_view_and_the_proxy_never_send_the_callers_credential() {
         .await
         .expect("read the gateway")
         .is_none());
+
+    // A cluster registered under the gateway's own name is sent nothing: a token for it
+    // would be valid at the gateway itself.
+    put(
+        &mallory,
+        &cluster_registration("gateway", &recorder.url, &recorder.ca),
+    )
+    .await;
+    let seen = recorder.requests().len();
+    let view = admin
+        .get_json("/api/cairn/v1/federation/events")
+        .await
+        .expect("the federated view");
+    let errors = view["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{view:#}");
+    assert_eq!(errors[0]["cluster"], "gateway", "{view:#}");
+    let message = errors[0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("own name"), "{message}");
+    let proxied = admin
+        .via_cluster("gateway")
+        .get_json("/api/core/v2/namespaces")
+        .await;
+    assert_eq!(error_status(proxied), StatusCode::CONFLICT);
+    let requests = recorder.requests();
+    assert_eq!(requests.len(), seen + 1, "harvest only: {requests:#?}");
+    let last = requests
+        .last()
+        .and_then(|request| request.authorization.as_deref());
+    let token = last.and_then(|header| header.strip_prefix("Bearer "));
+    let claims = claims_of(token.expect("a bearer token"), &keys, "harvest");
+    assert_eq!(claims["aud"], "harvest");
 }
 
 #[tokio::test(flavor = "multi_thread")]

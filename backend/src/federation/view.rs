@@ -450,7 +450,9 @@ async fn fetch_all(
 /// token minted for it alone (see the module's doc), never the caller's own credential.
 ///
 /// # Errors
-/// When this backend cannot sign (an internal fault: it always holds its key).
+/// [`AuthError::AudienceIsSelf`] for a `Cluster` registered under this cluster's own name
+/// (whoever serves it would get tokens valid here); otherwise only when this backend cannot
+/// sign (an internal fault: it always holds its key).
 fn downstream_authorization(
     state: &AppState,
     caller: &Caller,
@@ -517,7 +519,10 @@ async fn proxy(state: &AppState, request: Request) -> Result<Response, ProxyErro
     };
     let client = ClusterClient::new(&target.cluster, &cluster).map_err(ProxyError::Downstream)?;
     let authorization =
-        downstream_authorization(state, &caller, &target.cluster).map_err(ApiError::internal)?;
+        downstream_authorization(state, &caller, &target.cluster).map_err(|err| match err {
+            AuthError::AudienceIsSelf { .. } => ApiError::conflict(err.to_string()),
+            err => ApiError::internal(err),
+        })?;
     let response = client
         .send(
             parts.method.clone(),
