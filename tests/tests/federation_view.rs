@@ -100,15 +100,16 @@ async fn post_event(client: &Client, entity: &str) {
         .unwrap_or_else(|err| panic!("post the event of {entity}: {err}"));
 }
 
-/// A token for the gateway's cluster-admins signed with a key of nobody's federation.
-fn forged_token(issuer: &str) -> String {
+/// A token for the gateway's cluster-admins signed with a key of nobody's federation, meant
+/// for `audience` so that only the key is wrong.
+fn forged_token(issuer: &str, audience: &str) -> String {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key pair");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
         .as_secs();
     let claims = json!({
-        "sub": "admin", "exp": now + 300, "iat": now, "iss": issuer, "jti": "forged",
+        "sub": "admin", "exp": now + 300, "iat": now, "iss": issuer, "aud": audience, "jti": "forged",
         "groups": ["cluster-admins", "system:users"],
     });
     jsonwebtoken::encode(
@@ -537,14 +538,13 @@ async fn federated_view_walk_through() {
     // Tokens signed with another key are refused by alpha and by the gateway's proxy, whatever
     // issuer they claim.
     for issuer in ["gateway", "alpha"] {
-        let forged = forged_token(issuer);
         let direct = alpha
-            .client(Credentials::Bearer(forged.clone()))
+            .client(Credentials::Bearer(forged_token(issuer, "alpha")))
             .get_json("/api/core/v2/namespaces")
             .await;
         assert_eq!(error_status(direct), StatusCode::UNAUTHORIZED, "{issuer}");
         let proxied = gateway
-            .client(Credentials::Bearer(forged))
+            .client(Credentials::Bearer(forged_token(issuer, "gateway")))
             .via_cluster("alpha")
             .get_json("/api/core/v2/namespaces")
             .await;
