@@ -133,7 +133,7 @@ impl Client {
     /// The same client with every API request sent through the federation gateway's proxy to
     /// its registered cluster `cluster` (see [`cluster_proxy_prefix`]). Logging in and
     /// refreshing tokens ([`Client::login`], [`Client::refresh`]) still go to the gateway,
-    /// whose tokens the clusters of the federation accept.
+    /// which calls the cluster with a token it mints for it.
     pub fn via_cluster(&self, cluster: &str) -> Client {
         Client {
             path_prefix: cluster_proxy_prefix(cluster),

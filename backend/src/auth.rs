@@ -1,10 +1,13 @@
 //! Authentication: ES256 access tokens, single-use refresh tokens, API keys and passwords.
 //!
 //! Access tokens are JWTs signed with the cluster's (or the federation's shared) P-256 key;
-//! verification pins ES256, checks the signature and `exp`, and requires an `iss`. The issuer
-//! need not be this cluster: clusters initialised with the same key pair accept each other's
-//! tokens, and [`TokenIssuer::origin`] says whether a token is this cluster's own (authorised
-//! by the live user record) or another cluster's (authorised by the groups it carries).
+//! verification pins ES256, checks the signature and `exp`, and requires an `iss` and an `aud`
+//! naming this cluster: a token meant for another cluster, or naming none, is refused (so a
+//! token one cluster sees cannot be replayed at another). The issuer need not be this cluster:
+//! clusters initialised with the same key pair accept each other's tokens when they are meant
+//! for them (the gateway mints them, see `federation`), and [`TokenIssuer::origin`] says
+//! whether a token is this cluster's own (authorised by the live user record) or another
+//! cluster's (authorised by its groups and by the bindings that cluster replicated here).
 //! Refresh tokens are opaque random strings whose SHA-256 is kept in the store, deleted on use,
 //! so each works once; they only ever refresh this cluster's own tokens.
 
@@ -17,6 +20,9 @@ use serde::{Deserialize, Serialize};
 
 /// How long an access token lives (Sensu: 5 minutes).
 pub const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
+/// The longest life of a token the gateway mints for a caller's request to another cluster of
+/// the federation (issue 13): long enough for one call, too short to be worth stealing.
+pub const FEDERATED_TOKEN_TTL: Duration = Duration::from_secs(60);
 /// How long a refresh token lives (Sensu 6.10+: 12 hours).
 pub const REFRESH_TOKEN_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 /// Group every authenticated user implicitly has.
@@ -35,6 +41,28 @@ pub enum AuthError {
     /// The token expired.
     #[error("token expired")]
     TokenExpired,
+    /// The token is signed by the shared key but meant for another cluster (its `aud`): it was
+    /// minted for a request there, or the gateway registered that cluster under another name
+    /// than its `--cluster-name`.
+    #[error("the token is meant for cluster {audience}, not {cluster}")]
+    AudienceMismatch {
+        /// The token's audience.
+        audience: String,
+        /// This cluster's name.
+        cluster: String,
+    },
+    /// The token names no audience (`aud`): tokens of this version always do, so it was made
+    /// elsewhere; refused rather than accepted by every cluster sharing the key.
+    #[error("the token names no audience (aud)")]
+    AudienceMissing,
+    /// A token for another cluster was asked for this cluster's own name: a `Cluster`
+    /// registered under this cluster's name would receive tokens valid here, so none is
+    /// minted. Expected for such a registration; a retry does not help.
+    #[error("{cluster} is this cluster's own name: no token for another cluster is minted for it")]
+    AudienceIsSelf {
+        /// This cluster's name.
+        cluster: String,
+    },
     /// Signing failed (an internal fault).
     #[error("failed to sign token")]
     SignFailed(#[source] jsonwebtoken::errors::Error),
@@ -54,12 +82,35 @@ pub struct Claims {
     pub iat: u64,
     /// The issuing cluster (its name). Another cluster of the federation may have issued it.
     pub iss: String,
+    /// The cluster the token is meant for (its name): the issuer itself for tokens of login
+    /// and refresh, the target cluster for the tokens the gateway mints for its view, proxy
+    /// and replicators. Every cluster refuses a token meant for another one, or for none.
+    #[serde(default)]
+    pub aud: String,
     /// Random id.
     pub jti: String,
     /// The user's groups at issue time. This cluster's own tokens are authorised by the live
     /// user record instead; another cluster's tokens by these groups.
     #[serde(default)]
     pub groups: Vec<String>,
+}
+
+/// What a token minted for another cluster of the federation says (see
+/// [`TokenIssuer::issue_for`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Grant<'a> {
+    /// The username (`sub`).
+    pub subject: &'a str,
+    /// The user's groups.
+    pub groups: &'a [String],
+    /// The cluster the user belongs to (`iss`): `None` for this cluster's own users. A caller
+    /// that came with another cluster's token keeps that cluster, so the target never takes it
+    /// for a user of this one.
+    pub origin: Option<&'a str>,
+    /// The cluster the token is for (`aud`).
+    pub audience: &'a str,
+    /// How long it lives.
+    pub ttl: Duration,
 }
 
 /// A freshly issued access token.
@@ -174,6 +225,8 @@ impl TokenIssuer {
         validation.algorithms = vec![Algorithm::ES256];
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.leeway = 0;
+        // The audience is checked in `decode`, with errors that say which cluster it names.
+        validation.validate_aud = false;
         Ok(TokenIssuer {
             encoding,
             decoding,
@@ -200,49 +253,65 @@ impl TokenIssuer {
         }
     }
 
-    /// Issues an access token for `username`.
+    /// Issues an access token of this cluster for its own user `username`, meant for this
+    /// cluster (login and refresh).
     ///
     /// # Errors
     /// [`AuthError::KeyInvalid`] when this issuer has no private key.
     pub fn issue(&self, username: &str, groups: &[String]) -> Result<AccessToken, AuthError> {
-        self.issue_for(username, groups, ACCESS_TOKEN_TTL)
+        self.sign(&Grant {
+            subject: username,
+            groups,
+            origin: None,
+            audience: &self.issuer,
+            ttl: ACCESS_TOKEN_TTL,
+        })
     }
 
-    /// Issues an access token for `username` that lives `ttl` (federation: short-lived tokens
-    /// for the replication identity).
+    /// Issues a token as `grant` says: the federation's short-lived tokens for another cluster
+    /// (the replication identity's, and a caller's of the federated view and proxy).
     ///
     /// # Errors
-    /// [`AuthError::KeyInvalid`] when this issuer has no private key.
-    pub fn issue_for(
-        &self,
-        username: &str,
-        groups: &[String],
-        ttl: std::time::Duration,
-    ) -> Result<AccessToken, AuthError> {
+    /// [`AuthError::AudienceIsSelf`] when the audience is this cluster itself (whoever
+    /// receives such a token could use it here); [`AuthError::KeyInvalid`] when this issuer
+    /// has no private key.
+    pub fn issue_for(&self, grant: &Grant<'_>) -> Result<AccessToken, AuthError> {
+        if grant.audience == self.issuer {
+            return Err(AuthError::AudienceIsSelf {
+                cluster: self.issuer.clone(),
+            });
+        }
+        self.sign(grant)
+    }
+
+    fn sign(&self, grant: &Grant<'_>) -> Result<AccessToken, AuthError> {
         let encoding = self
             .encoding
             .as_ref()
             .ok_or_else(|| AuthError::KeyInvalid("no private key to sign with".into()))?;
         let now = unix_now();
-        let expires_at = now + ttl.as_secs().max(1);
+        let expires_at = now + grant.ttl.as_secs().max(1);
         let claims = Claims {
-            sub: username.to_owned(),
+            sub: grant.subject.to_owned(),
             exp: expires_at,
             iat: now,
-            iss: self.issuer.clone(),
+            iss: grant.origin.unwrap_or(&self.issuer).to_owned(),
+            aud: grant.audience.to_owned(),
             jti: random_token(16),
-            groups: groups.to_vec(),
+            groups: grant.groups.to_vec(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, encoding)
             .map_err(AuthError::SignFailed)?;
         Ok(AccessToken { token, expires_at })
     }
 
-    /// Verifies a token: ES256 signature by our (possibly shared) key, expiry, and a non-empty
-    /// subject and issuer. Any issuer is accepted; [`TokenIssuer::origin`] tells them apart.
+    /// Verifies a token: ES256 signature by our (possibly shared) key, expiry, a non-empty
+    /// subject and issuer, and this cluster as its audience. Any issuer is accepted;
+    /// [`TokenIssuer::origin`] tells them apart.
     ///
     /// # Errors
-    /// [`AuthError::TokenExpired`] or [`AuthError::TokenInvalid`].
+    /// [`AuthError::TokenExpired`], [`AuthError::AudienceMismatch`],
+    /// [`AuthError::AudienceMissing`] or [`AuthError::TokenInvalid`].
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if let Some(claims) = self.verified.get(token, unix_now()) {
             return Ok(claims);
@@ -257,7 +326,7 @@ impl TokenIssuer {
     /// [`TokenIssuer::origin`]).
     ///
     /// # Errors
-    /// [`AuthError::TokenInvalid`].
+    /// [`AuthError::TokenInvalid`], or an audience error as [`TokenIssuer::verify`].
     pub fn verify_ignoring_expiry(&self, token: &str) -> Result<Claims, AuthError> {
         let mut validation = self.validation.clone();
         validation.validate_exp = false;
@@ -282,6 +351,15 @@ impl TokenIssuer {
             return Err(AuthError::TokenInvalid(
                 jsonwebtoken::errors::ErrorKind::InvalidSubject.into(),
             ));
+        }
+        if claims.aud.is_empty() {
+            return Err(AuthError::AudienceMissing);
+        }
+        if claims.aud != self.issuer {
+            return Err(AuthError::AudienceMismatch {
+                audience: claims.aud,
+                cluster: self.issuer.clone(),
+            });
         }
         Ok(claims)
     }
@@ -364,6 +442,7 @@ mod tests {
             exp,
             iat: 0,
             iss: "c".into(),
+            aud: "c".into(),
             jti: "x".into(),
             groups: Vec::new(),
         };
@@ -387,6 +466,21 @@ mod tests {
         assert_eq!(claims.sub, "admin");
         assert_eq!(claims.groups, ["cluster-admins"]);
         assert_eq!(claims.exp, token.expires_at);
+        assert_eq!(
+            claims.aud, "cairn-test",
+            "its own tokens are meant for itself"
+        );
+    }
+
+    /// A grant of the gateway's replication identity for `audience`.
+    fn replicator_grant<'a>(groups: &'a [String], audience: &'a str) -> Grant<'a> {
+        Grant {
+            subject: "cairn:replicator",
+            groups,
+            origin: None,
+            audience,
+            ttl: Duration::from_secs(60),
+        }
     }
 
     #[test]
@@ -395,16 +489,14 @@ mod tests {
         let gateway = TokenIssuer::from_pem(Some(&private), &public, "gateway").unwrap();
         // A downstream holds the same pair (it could verify only: no private key needed).
         let alpha = TokenIssuer::from_pem(None, &public, "alpha").unwrap();
+        let groups = ["cluster-admins".to_owned()];
         let token = gateway
-            .issue_for(
-                "cairn:replicator",
-                &["cluster-admins".into()],
-                Duration::from_secs(60),
-            )
+            .issue_for(&replicator_grant(&groups, "alpha"))
             .unwrap();
         let claims = alpha.verify(&token.token).unwrap();
         assert_eq!(claims.sub, "cairn:replicator");
         assert_eq!(claims.groups, ["cluster-admins"]);
+        assert_eq!(claims.aud, "alpha");
         assert_eq!(
             alpha.origin(&claims),
             TokenOrigin::Federated {
@@ -413,11 +505,82 @@ mod tests {
         );
         assert_eq!(gateway.origin(&claims), TokenOrigin::Local);
         // Expired federated tokens are refused like any other.
-        let expired = sign_es256(&private, &claims_json("gateway", -10));
+        let expired = sign_es256(&private, &claims_json("gateway", "alpha", -10));
         assert!(matches!(
             alpha.verify(&expired),
             Err(AuthError::TokenExpired)
         ));
+    }
+
+    #[test]
+    fn tokens_meant_for_another_cluster_or_none_are_refused() {
+        let (private, public) = keypair();
+        let gateway = TokenIssuer::from_pem(Some(&private), &public, "gateway").unwrap();
+        let alpha = TokenIssuer::from_pem(Some(&private), &public, "alpha").unwrap();
+        let beta = TokenIssuer::from_pem(None, &public, "beta").unwrap();
+        let groups = ["cluster-admins".to_owned()];
+        let for_alpha = gateway
+            .issue_for(&replicator_grant(&groups, "alpha"))
+            .unwrap()
+            .token;
+        assert!(alpha.verify(&for_alpha).is_ok());
+        for (cluster, name) in [(&gateway, "gateway"), (&beta, "beta")] {
+            let err = cluster.verify(&for_alpha).unwrap_err();
+            assert!(
+                matches!(&err, AuthError::AudienceMismatch { audience, cluster }
+                    if audience == "alpha" && cluster == name),
+                "{name}: {err:?}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("the token is meant for cluster alpha, not {name}")
+            );
+            assert!(
+                cluster.verify_ignoring_expiry(&for_alpha).is_err(),
+                "{name}"
+            );
+        }
+        // A login token of the gateway is meant for the gateway only.
+        let login = gateway.issue("admin", &groups).unwrap().token;
+        assert!(gateway.verify(&login).is_ok());
+        assert!(matches!(
+            alpha.verify(&login),
+            Err(AuthError::AudienceMismatch { .. })
+        ));
+        // Without `aud` (or with an empty one): refused everywhere, the issuer included.
+        let mut claims = claims_json("gateway", "gateway", 60);
+        claims.as_object_mut().unwrap().remove("aud");
+        let no_audience = sign_es256(&private, &claims);
+        claims["aud"] = serde_json::json!("");
+        let empty_audience = sign_es256(&private, &claims);
+        for token in [&no_audience, &empty_audience] {
+            for cluster in [&gateway, &alpha] {
+                assert!(matches!(
+                    cluster.verify(token),
+                    Err(AuthError::AudienceMissing)
+                ));
+                assert!(cluster.verify_ignoring_expiry(token).is_err());
+            }
+        }
+        // A caller of another cluster keeps it as the issuer of a token minted for it.
+        let viewers = ["viewers".to_owned()];
+        let minted = gateway
+            .issue_for(&Grant {
+                subject: "viewer",
+                groups: &viewers,
+                origin: Some("hub"),
+                audience: "alpha",
+                ttl: FEDERATED_TOKEN_TTL,
+            })
+            .unwrap();
+        let claims = alpha.verify(&minted.token).unwrap();
+        assert_eq!(claims.iss, "hub");
+        assert!(claims.exp - claims.iat <= FEDERATED_TOKEN_TTL.as_secs());
+        // Never a token for another cluster that is valid here.
+        let err = gateway
+            .issue_for(&replicator_grant(&groups, "gateway"))
+            .unwrap_err();
+        assert!(matches!(err, AuthError::AudienceIsSelf { .. }), "{err:?}");
     }
 
     #[test]
@@ -444,7 +607,7 @@ mod tests {
         }
 
         // alg: none
-        let claims = claims_json("b", 60);
+        let claims = claims_json("b", "a", 60);
         let none = format!(
             "{}.{}.",
             b64(br#"{"alg":"none","typ":"JWT"}"#),
@@ -494,6 +657,7 @@ mod tests {
             exp: unix_now() - 10,
             iat: unix_now() - 100,
             iss: "a".into(),
+            aud: "a".into(),
             jti: "x".into(),
             groups: vec![],
         };
@@ -519,14 +683,16 @@ mod tests {
         assert!(!verify_password("P@ssw0rd!", "not a hash"));
     }
 
-    /// Claims of a token from cluster `iss` for a viewer, expiring `expires_in` seconds from now.
-    fn claims_json(iss: &str, expires_in: i64) -> serde_json::Value {
+    /// Claims of a token from cluster `iss` meant for `aud` for a viewer, expiring
+    /// `expires_in` seconds from now.
+    fn claims_json(iss: &str, aud: &str, expires_in: i64) -> serde_json::Value {
         let now = i64::try_from(unix_now()).unwrap();
         serde_json::json!({
             "sub": "viewer",
             "exp": now + expires_in,
             "iat": now,
             "iss": iss,
+            "aud": aud,
             "jti": "x",
             "groups": ["viewers"],
         })

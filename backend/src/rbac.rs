@@ -1,9 +1,16 @@
 //! Role-based access control: Sensu's roles, bindings and default cluster roles, evaluated
 //! against an in-memory snapshot of the users, keys, roles and bindings in the store.
+//!
+//! A binding's group subjects apply to every caller in the group. Its user subjects apply to
+//! the users of one cluster (issue 13): a binding made here, to this cluster's own users; a
+//! binding a gateway replicated here (its `cairn.io/replicated-from` names that gateway), to
+//! the users of that gateway, whose tokens name it as their issuer. A user of the same name
+//! elsewhere is somebody else.
 
 use std::collections::HashMap;
 use std::fmt;
 
+use cairn_api::meta::LABEL_REPLICATED_FROM;
 use cairn_api::model::{ApiKey, Role, RoleBinding, RoleRef, Rule, Subject, User};
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
@@ -35,7 +42,8 @@ pub struct Caller {
     pub groups: Vec<String>,
     /// The cluster that issued the caller's token when it is another cluster of the federation
     /// (sharing our signing key); `None` for local users and API keys. A federated caller
-    /// exists only in its token: it is authorised by its groups, never by a binding that names
+    /// exists only in its token: it is authorised by its groups, and by the bindings naming
+    /// its user that its own cluster replicated here; never by a binding made here that names
     /// a user, since a user of that name here is somebody else.
     pub federated_from: Option<String>,
 }
@@ -59,10 +67,30 @@ pub struct AuthSnapshot {
     users: HashMap<String, User>,
     api_keys: HashMap<String, ApiKey>,
     cluster_roles: HashMap<String, Role>,
-    cluster_bindings: HashMap<String, RoleBinding>,
+    cluster_bindings: HashMap<String, HeldBinding>,
     roles: HashMap<(String, String), Role>,
-    bindings: HashMap<(String, String), RoleBinding>,
+    bindings: HashMap<(String, String), HeldBinding>,
     namespaces: std::collections::HashSet<String>,
+}
+
+/// A (cluster) role binding as this cluster holds it: the binding, and whose users its user
+/// subjects are.
+#[derive(Debug, Clone)]
+struct HeldBinding {
+    binding: RoleBinding,
+    users_of: UsersOf,
+}
+
+/// Whose users a binding's user subjects name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UsersOf {
+    /// Made here: this cluster's own users.
+    ThisCluster,
+    /// Replicated here by the gateway of that name: the users of its tokens.
+    Gateway(String),
+    /// Labelled replicated, but not in the form a replicator writes: nobody's, so a hand-made
+    /// label can neither widen nor narrow whom it binds by mistake.
+    Nobody,
 }
 
 // === impl Caller ===
@@ -130,13 +158,15 @@ impl AuthSnapshot {
                 self.cluster_roles.insert(name, role.clone());
             }
             Spec::ClusterRoleBinding(binding) => {
-                self.cluster_bindings.insert(name, binding.clone());
+                self.cluster_bindings
+                    .insert(name, HeldBinding::of(resource, binding));
             }
             Spec::Role(role) => {
                 self.roles.insert((namespace, name), role.clone());
             }
             Spec::RoleBinding(binding) => {
-                self.bindings.insert((namespace, name), binding.clone());
+                self.bindings
+                    .insert((namespace, name), HeldBinding::of(resource, binding));
             }
             Spec::Namespace(_) => {
                 self.namespaces.insert(name);
@@ -207,8 +237,9 @@ impl AuthSnapshot {
     /// Whether `caller` may do `request`.
     pub fn authorize(&self, caller: &Caller, request: Request<'_>) -> bool {
         let namespaced = is_namespaced_resource(request.resource);
-        for binding in self.cluster_bindings.values() {
-            if binds(binding, caller) {
+        for held in self.cluster_bindings.values() {
+            if held.binds(caller) {
+                let binding = &held.binding;
                 if let Some(role) = self.cluster_roles.get(&binding.role_ref.name) {
                     if role
                         .rules
@@ -223,10 +254,11 @@ impl AuthSnapshot {
         let Some(namespace) = request.namespace.filter(|_| namespaced) else {
             return false;
         };
-        for ((binding_namespace, _), binding) in &self.bindings {
-            if binding_namespace != namespace || !binds(binding, caller) {
+        for ((binding_namespace, _), held) in &self.bindings {
+            if binding_namespace != namespace || !held.binds(caller) {
                 continue;
             }
+            let binding = &held.binding;
             let role = if binding
                 .role_ref
                 .type_name
@@ -250,14 +282,45 @@ impl AuthSnapshot {
     }
 }
 
-fn binds(binding: &RoleBinding, caller: &Caller) -> bool {
-    binding.subjects.iter().any(|subject| {
-        if subject.type_name.eq_ignore_ascii_case("user") {
-            caller.is_local_user(&subject.name)
-        } else {
-            caller.groups.contains(&subject.name)
+// === impl HeldBinding ===
+
+impl HeldBinding {
+    /// The `binding` of the stored `resource`, with whose users it names from the resource's
+    /// `cairn.io/replicated-from` label (`<gateway>/<replicator>`).
+    fn of(resource: &Resource, binding: &RoleBinding) -> HeldBinding {
+        let users_of = match resource.metadata.labels.get(LABEL_REPLICATED_FROM) {
+            None => UsersOf::ThisCluster,
+            Some(label) => crate::federation::replicator::label_gateway(label)
+                .map_or(UsersOf::Nobody, |gateway| {
+                    UsersOf::Gateway(gateway.to_owned())
+                }),
+        };
+        HeldBinding {
+            binding: binding.clone(),
+            users_of,
         }
-    })
+    }
+
+    /// Whether the binding names `caller`: one of its groups, or the caller itself as a user
+    /// of the cluster whose users the binding names.
+    fn binds(&self, caller: &Caller) -> bool {
+        self.binding.subjects.iter().any(|subject| {
+            if subject.type_name.eq_ignore_ascii_case("user") {
+                subject.name == caller.username && self.names_users_of(caller)
+            } else {
+                caller.groups.contains(&subject.name)
+            }
+        })
+    }
+
+    /// Whether the binding's user subjects are users of the caller's cluster.
+    fn names_users_of(&self, caller: &Caller) -> bool {
+        match (&self.users_of, caller.federated_from.as_deref()) {
+            (UsersOf::ThisCluster, None) => true,
+            (UsersOf::Gateway(gateway), Some(issuer)) => gateway == issuer,
+            _ => false,
+        }
+    }
 }
 
 fn rule_allows(rule: &Rule, request: Request<'_>, cluster_scope: bool) -> bool {
@@ -531,6 +594,69 @@ mod tests {
         // No groups this cluster binds: nothing.
         let stranger = Caller::federated("eve", &["strangers".into()], "gateway");
         assert!(!snapshot.authorize(&stranger, ask(Verb::List, "events", Some("default"))));
+    }
+
+    /// `binding` as a replicator of `gateway` writes its copy (`label` = the whole label
+    /// value, to try malformed ones).
+    fn replicated(mut binding: Resource, label: &str) -> Resource {
+        binding
+            .metadata
+            .labels
+            .insert(LABEL_REPLICATED_FROM.to_owned(), label.to_owned());
+        binding
+    }
+
+    #[test]
+    fn user_subjects_bind_the_users_of_the_cluster_the_binding_came_from() {
+        let snapshot = snapshot_with(vec![
+            // The gateway's binding of its viewer, replicated here.
+            replicated(
+                binding("", "viewer", "ClusterRole", "view", "viewer"),
+                "gateway/bindings",
+            ),
+            // Another gateway's binding of its `editor`, and a local one of `editor`.
+            replicated(
+                binding("", "editor-beta", "ClusterRole", "edit", "editor"),
+                "beta/bindings",
+            ),
+            binding("ops", "editor", "ClusterRole", "edit", "editor"),
+            // A label not in a replicator's form binds nobody's users.
+            replicated(
+                binding("", "odd", "ClusterRole", "cluster-admin", "odd"),
+                "gateway",
+            ),
+            user("viewer", &[]),
+            user("editor", &[]),
+            user("odd", &[]),
+        ]);
+        let list_events = ask(Verb::List, "events", Some("default"));
+        let create_checks = |namespace| ask(Verb::Create, "checks", Some(namespace));
+
+        let gateway_viewer = Caller::federated("viewer", &[], "gateway");
+        assert!(snapshot.authorize(&gateway_viewer, list_events));
+        assert!(!snapshot.authorize(&gateway_viewer, create_checks("default")));
+        // Not another cluster's viewer, nor this cluster's own.
+        let hub_viewer = Caller::federated("viewer", &[], "hub");
+        assert!(!snapshot.authorize(&hub_viewer, list_events));
+        let local_viewer = snapshot.caller("viewer").unwrap();
+        assert!(!snapshot.authorize(&local_viewer, list_events));
+
+        // beta's binding is for beta's editor; the local one for the local editor.
+        let beta_editor = Caller::federated("editor", &[], "beta");
+        assert!(snapshot.authorize(&beta_editor, create_checks("default")));
+        let gateway_editor = Caller::federated("editor", &[], "gateway");
+        assert!(!snapshot.authorize(&gateway_editor, create_checks("default")));
+        assert!(!snapshot.authorize(&gateway_editor, create_checks("ops")));
+        let local_editor = snapshot.caller("editor").unwrap();
+        assert!(snapshot.authorize(&local_editor, create_checks("ops")));
+        assert!(!snapshot.authorize(&local_editor, create_checks("default")));
+
+        for caller in [
+            Caller::federated("odd", &[], "gateway"),
+            snapshot.caller("odd").unwrap(),
+        ] {
+            assert!(!snapshot.authorize(&caller, list_events), "{caller:?}");
+        }
     }
 
     #[test]

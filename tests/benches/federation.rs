@@ -49,7 +49,6 @@
 #![allow(clippy::print_stdout)]
 
 use std::future::Future;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_api::client::{Client, ClientError, Credentials};
@@ -95,18 +94,6 @@ const BASELINE_CONCURRENCY: usize = 32;
 
 const GOAL_P99_MS: f64 = 250.0;
 const GOAL_RESYNC_S: f64 = 5.0;
-
-/// A fresh P-256 key pair as the files `cairn-backend init` takes.
-fn shared_keys(dir: &Path) -> FederationKeys {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key pair");
-    let keys = FederationKeys {
-        private_key_file: dir.join("jwt-private.pem"),
-        public_key_file: dir.join("jwt-public.pem"),
-    };
-    std::fs::write(&keys.private_key_file, key.serialize_pem()).expect("write private key");
-    std::fs::write(&keys.public_key_file, key.public_key_pem()).expect("write public key");
-    keys
-}
 
 /// A client of `backend` authenticated with a new API key of its admin.
 async fn api_key_client(backend: &Backend) -> Client {
@@ -496,7 +483,7 @@ fn main() {
         .build()
         .expect("build the tokio runtime");
     let keys_dir = tempfile::tempdir().expect("tempdir for the jwt keys");
-    let keys = shared_keys(keys_dir.path());
+    let keys = FederationKeys::generate(keys_dir.path());
     let gateway_backend = Backend::start_federated(GATEWAY, &keys);
     let alpha_backend = Backend::start_federated(ALPHA, &keys);
     let run_started = Instant::now();

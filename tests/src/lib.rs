@@ -256,6 +256,23 @@ pub struct FederationKeys {
     pub public_key_file: PathBuf,
 }
 
+impl FederationKeys {
+    /// A fresh P-256 key pair written into `dir` (`jwt-private.pem`, `jwt-public.pem`).
+    ///
+    /// # Panics
+    /// When the key cannot be made or written.
+    pub fn generate(dir: &Path) -> FederationKeys {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key pair");
+        let keys = FederationKeys {
+            private_key_file: dir.join("jwt-private.pem"),
+            public_key_file: dir.join("jwt-public.pem"),
+        };
+        std::fs::write(&keys.private_key_file, key.serialize_pem()).expect("write private key");
+        std::fs::write(&keys.public_key_file, key.public_key_pem()).expect("write public key");
+        keys
+    }
+}
+
 /// A backend process on a free port, killed on drop.
 pub struct Backend {
     child: Child,
@@ -480,12 +497,46 @@ impl Backend {
 
     /// A client logged in as the admin.
     pub async fn admin(&self) -> Client {
+        self.login("admin", ADMIN_PASSWORD).await.0
+    }
+
+    /// Logs in as `username` and returns a client with the access token, and the token.
+    ///
+    /// # Panics
+    /// When the login fails.
+    pub async fn login(&self, username: &str, password: &str) -> (Client, String) {
         let anonymous = self.client(Credentials::None);
         let tokens = anonymous
-            .login("admin", ADMIN_PASSWORD)
+            .login(username, password)
             .await
-            .expect("admin login");
-        anonymous.with_credentials(Credentials::Bearer(tokens.access_token))
+            .unwrap_or_else(|err| panic!("{username} logs in at {}: {err}", self.url));
+        let client = anonymous.with_credentials(Credentials::Bearer(tokens.access_token.clone()));
+        (client, tokens.access_token)
+    }
+}
+
+/// A federation gateway's registration of the cluster `name` at `url`, whose API is trusted
+/// under the CA `ca_cert` (PEM) only.
+pub fn cluster_registration(name: &str, url: &str, ca_cert: &str) -> cairn_api::Resource {
+    cairn_api::Resource::new(
+        cairn_api::ObjectMeta::named("", name),
+        cairn_api::Spec::Cluster(cairn_api::model::Cluster {
+            api_urls: vec![url.to_owned()],
+            ca_cert: ca_cert.to_owned(),
+        }),
+    )
+}
+
+/// The HTTP status with which a client call was refused.
+///
+/// # Panics
+/// When the call succeeded or failed without an answer.
+pub fn error_status<T: std::fmt::Debug>(
+    result: Result<T, cairn_api::client::ClientError>,
+) -> reqwest::StatusCode {
+    match result {
+        Err(cairn_api::client::ClientError::Status { status, .. }) => status,
+        other => panic!("expected an error status, got {other:?}"),
     }
 }
 

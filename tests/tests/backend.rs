@@ -504,7 +504,19 @@ async fn tokens_refresh_once_and_forged_tokens_are_refused() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    let claims = |iss: &str, exp: u64| json!({"sub": "admin", "iss": iss, "exp": exp, "iat": now, "jti": "x", "groups": ["cluster-admins"]});
+    // Every token names the cluster it is meant for (`aud`, issue 13): this one is "cairn".
+    let claims = |iss: &str, exp: u64| json!({"sub": "admin", "iss": iss, "aud": "cairn", "exp": exp, "iat": now, "jti": "x", "groups": ["cluster-admins"]});
+    // The same claims with another `aud`; `None` removes it.
+    let with_audience = |audience: Option<&str>| {
+        let mut claims = claims("cairn", now + 60);
+        match audience {
+            Some(audience) => claims["aud"] = json!(audience),
+            None => {
+                claims.as_object_mut().expect("an object").remove("aud");
+            }
+        }
+        claims
+    };
     let es256 = |pem: &str, claims: Value| {
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
@@ -540,6 +552,11 @@ async fn tokens_refresh_once_and_forged_tokens_are_refused() {
             es256(&foreign.serialize_pem(), claims("cairn", now + 60)),
         ),
         ("expired", es256(&private_pem, claims("cairn", now - 60))),
+        ("no audience", es256(&private_pem, with_audience(None))),
+        (
+            "another cluster's audience",
+            es256(&private_pem, with_audience(Some("elsewhere"))),
+        ),
     ];
     // The real key and issuer do work, so the refusals are about the forgery alone.
     let genuine = es256(&private_pem, claims("cairn", now + 60));

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use cairn_api::client::Client;
 use cairn_api::meta::LABEL_REPLICATED_FROM;
-use cairn_api::model::{CheckConfig, Cluster, Replicator};
+use cairn_api::model::{CheckConfig, Replicator};
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
-use cairn_tests::{command, Backend, FederationKeys};
+use cairn_tests::{cluster_registration, command, Backend, FederationKeys};
 use serde_json::Value;
 
 /// How long replication may take before a test gives up: far above the resync interval and
@@ -24,18 +24,6 @@ use serde_json::Value;
 const CONVERGE: Duration = Duration::from_secs(45);
 
 const REPLICATOR: &str = "checks-to-alpha";
-
-/// A fresh P-256 key pair as the files `cairn-backend init` takes.
-fn shared_keys(dir: &Path) -> FederationKeys {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key pair");
-    let keys = FederationKeys {
-        private_key_file: dir.join("jwt-private.pem"),
-        public_key_file: dir.join("jwt-public.pem"),
-    };
-    std::fs::write(&keys.private_key_file, key.serialize_pem()).expect("write private key");
-    std::fs::write(&keys.public_key_file, key.public_key_pem()).expect("write public key");
-    keys
-}
 
 /// Polls `probe` every 100 ms until it gives a value; panics naming `what` after `limit`.
 async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
@@ -78,16 +66,6 @@ fn command_of(resource: &Resource) -> &str {
         Spec::CheckConfig(check) => &check.command,
         other => panic!("not a check: {other:?}"),
     }
-}
-
-fn register(name: &str, url: &str, ca_cert: String) -> Resource {
-    Resource::new(
-        ObjectMeta::named("", name),
-        Spec::Cluster(Cluster {
-            api_urls: vec![url.to_owned()],
-            ca_cert,
-        }),
-    )
 }
 
 fn replicator(name: &str, cluster: &str) -> Resource {
@@ -160,7 +138,7 @@ fn cairnctl(config_dir: &Path, args: &[&str]) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn replication_walk_through() {
     let keys_dir = tempfile::tempdir().expect("tempdir");
-    let keys = shared_keys(keys_dir.path());
+    let keys = FederationKeys::generate(keys_dir.path());
     let gateway = Backend::start_federated("gateway", &keys);
     let mut alpha = Backend::start_federated("alpha", &keys);
     let gateway_admin = gateway.admin().await;
@@ -179,7 +157,7 @@ async fn replication_walk_through() {
         .expect("alpha's check");
 
     gateway_admin
-        .put_resource(&register("alpha", &alpha.url, alpha.ca()))
+        .put_resource(&cluster_registration("alpha", &alpha.url, &alpha.ca()))
         .await
         .expect("register alpha on the gateway");
     gateway_admin
@@ -340,7 +318,11 @@ async fn replication_walk_through() {
 
     // A cluster registered with another CA (the gateway's own): the TLS failure is the status.
     gateway_admin
-        .put_resource(&register("alpha-wrong-ca", &alpha.url, gateway.ca()))
+        .put_resource(&cluster_registration(
+            "alpha-wrong-ca",
+            &alpha.url,
+            &gateway.ca(),
+        ))
         .await
         .expect("register alpha with the wrong CA");
     gateway_admin

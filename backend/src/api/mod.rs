@@ -183,11 +183,12 @@ fn write_refusal(state: &AppState, method: &axum::http::Method) -> Option<ApiErr
 /// A token this cluster issued, and an API key, act as the live local user: a disabled or
 /// deleted user is refused. A token another cluster of the federation issued with the shared
 /// key acts as a federated caller with the token's subject and groups (see
-/// [`Caller::federated`]); the user need not exist here.
+/// [`Caller::federated`]); the user need not exist here. Every token must be meant for this
+/// cluster (its `aud`, see [`TokenIssuer::verify`]).
 ///
 /// # Errors
-/// 401 when the header is missing or the credential is invalid, expired, or belongs to a
-/// disabled or deleted local user.
+/// 401 when the header is missing or the credential is invalid, expired, meant for another
+/// cluster (or none), or belongs to a disabled or deleted local user.
 pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let header = headers
         .get(header::AUTHORIZATION)
@@ -200,6 +201,11 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Api
             Err(auth::AuthError::TokenExpired) => {
                 return Err(ApiError::unauthenticated("token expired"))
             }
+            // Signed by the shared key but not meant for this cluster: saying so helps an
+            // operator find a `Cluster` registered under another name than its cluster's.
+            Err(
+                err @ (auth::AuthError::AudienceMismatch { .. } | auth::AuthError::AudienceMissing),
+            ) => return Err(ApiError::unauthenticated(err.to_string())),
             Err(_) => return Err(ApiError::unauthenticated("invalid credentials")),
         };
         match state.issuer.origin(&claims) {
@@ -710,12 +716,25 @@ pub(crate) mod tests {
             self.state.auth.wait_for(revision).await;
         }
 
-        /// A token signed with this backend's (shared) key as the cluster `issuer` issues it.
+        /// A token signed with this backend's (shared) key as the cluster `issuer` issues it
+        /// for this backend (its audience).
         pub(crate) fn token_from(&self, issuer: &str, username: &str, groups: &[&str]) -> String {
             let other =
                 TokenIssuer::from_pem(Some(&self.private_pem), &self.public_pem, issuer).unwrap();
             let groups: Vec<String> = groups.iter().map(|group| (*group).to_owned()).collect();
-            other.issue(username, &groups).unwrap().token
+            if issuer == self.state.issuer.issuer() {
+                return other.issue(username, &groups).unwrap().token;
+            }
+            other
+                .issue_for(&auth::Grant {
+                    subject: username,
+                    groups: &groups,
+                    origin: None,
+                    audience: self.state.issuer.issuer(),
+                    ttl: auth::ACCESS_TOKEN_TTL,
+                })
+                .unwrap()
+                .token
         }
 
         /// Binds `group` to the cluster role `role` with a ClusterRoleBinding.

@@ -4,7 +4,8 @@
 //!   over its `api_urls`.
 //! - [`replicator`] — one-way replication of chosen resources to downstream clusters.
 //! - [`view`] — the federated view: cluster health, listing events/entities of every cluster,
-//!   and any API call aimed at a registered cluster with the caller's own token.
+//!   and any API call aimed at a registered cluster, as the caller, with a token minted for
+//!   that cluster (never the caller's own credential).
 
 use axum::Router;
 

@@ -37,6 +37,7 @@ use cairn_api::{Kind, Spec};
 
 use self::downstream::HttpConnector;
 pub use self::downstream::REPLICATOR_USERNAME;
+pub(crate) use self::plan::label_gateway;
 use self::status::STATUS_PREFIX;
 pub use self::status::{
     Counts, ErrorNote, ReplicatorState, ReplicatorStatus, ResourceErrorNote, ResyncNote,

@@ -1,6 +1,13 @@
 //! The federated view: the health of the registered clusters, events and entities of every
-//! cluster in one list, and any API call aimed at a registered cluster, each with the caller's
-//! own credential so that every downstream's RBAC decides what its part shows.
+//! cluster in one list, and any API call aimed at a registered cluster, each as the caller so
+//! that every downstream's RBAC decides what its part shows.
+//!
+//! The caller's own credential (token or API key) is never sent to a downstream: each
+//! downstream request carries a token minted for it (issue 13), signed with the shared key,
+//! naming the caller (username and groups; an API key's user; a caller of another cluster
+//! keeps that cluster as the issuer), meant for that one cluster (`aud` = the `Cluster`'s name,
+//! which must be the downstream's `--cluster-name`) and living [`FEDERATED_TOKEN_TTL`]. A
+//! cluster that records it can replay it nowhere else, and for a minute at most.
 //!
 //! - `GET /api/cairn/v1/clusters` (RBAC: `list clusters`) — every registered `Cluster` with its
 //!   health, probed concurrently:
@@ -9,17 +16,20 @@
 //!   `null`), `latency_ms` is the `/health` round trip (or `null` without an answer).
 //! - `GET /api/cairn/v1/federation/events` and `…/entities`, optional `?namespace=NS` (every
 //!   namespace without it). The caller must be allowed to list them here; each registered
-//!   cluster is asked with the caller's own `Authorization` header. The answer is one document:
+//!   cluster is asked as the caller. The answer is one document:
 //!   `{"items": [{"cluster", "resource"}], "errors": [{"cluster", "status", "message"}]}`:
 //!   this cluster's rows first (its cluster name is its token issuer name), then each
 //!   downstream's by cluster name; `resource` is the REST wire form. A cluster that refuses
 //!   (`status` 401/403), fails, or cannot be reached (`status` `null`) adds an entry to
 //!   `errors` instead of failing the call.
 //! - `/api/cairn/v1/clusters/{name}/proxy/{*path}`, any method — forwards the method, path,
-//!   query, JSON body and the caller's `Authorization` header to the cluster and relays the
-//!   status, the headers that matter (`content-type`, `etag`, `sensu-continue`, `location`)
-//!   and the body. Here the caller only has to be authenticated; the downstream authorises.
-//!   `/auth…` is never forwarded: one logs in (and refreshes tokens) at the gateway.
+//!   query and JSON body as the caller to the cluster and relays the status, the headers that
+//!   matter (`content-type`, `etag`, `sensu-continue`, `location`) and the body. Here the
+//!   caller only has to be authenticated; the downstream authorises. The path must be a
+//!   canonical `/api/…` path (no `\`, no encoded `.`, `/`, `\` or `%`, no `;`, no `.`, `..` or
+//!   empty segments), so that what the downstream and anything in front of it resolve is what
+//!   was checked here; anything else is refused with 400 and nothing is sent. `/auth…` is never
+//!   forwarded: one logs in (and refreshes tokens) at the gateway.
 
 use std::time::Duration;
 
@@ -39,7 +49,8 @@ use cairn_api::{Kind, Spec};
 
 use super::client::{ClusterClient, ClusterError};
 use crate::api::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
-use crate::rbac::Verb;
+use crate::auth::{AuthError, Grant, FEDERATED_TOKEN_TTL};
+use crate::rbac::{Caller, Verb};
 
 /// The registered clusters and their health.
 pub const CLUSTERS_PATH: &str = "/api/cairn/v1/clusters";
@@ -303,10 +314,6 @@ async fn federated_list(
         namespace.as_deref(),
         None,
     )?;
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
     let clusters = registered_clusters(state).await?;
     let path = match &namespace {
         Some(namespace) => kind.collection_path(namespace),
@@ -314,10 +321,11 @@ async fn federated_list(
     };
     let downstream = futures::future::join_all(clusters.into_iter().map(|(name, cluster)| {
         let path = path.as_str();
+        let caller = &caller;
         async move {
             let rows = match tokio::time::timeout(
                 FETCH_TIMEOUT,
-                fetch_all(&name, &cluster, path, authorization),
+                fetch_all(state, caller, &name, &cluster, path),
             )
             .await
             {
@@ -363,12 +371,14 @@ async fn federated_list(
     Ok(Json(list))
 }
 
-/// Lists `path` on one cluster with the caller's `authorization`, following `Sensu-Continue`.
+/// Lists `path` on one cluster as `caller` (a token minted for each page), following
+/// `Sensu-Continue`.
 async fn fetch_all(
+    state: &AppState,
+    caller: &Caller,
     name: &str,
     cluster: &Cluster,
     path: &str,
-    authorization: &str,
 ) -> Result<Vec<Value>, ClusterFailure> {
     let failure = |status: Option<u16>, message: String| ClusterFailure {
         cluster: name.to_owned(),
@@ -384,8 +394,10 @@ async fn fetch_all(
             page_path.push_str("&continue=");
             page_path.push_str(token);
         }
+        let authorization = downstream_authorization(state, caller, name)
+            .map_err(|err| failure(None, format!("cluster {name}: {err}")))?;
         let response = client
-            .send(Method::GET, &page_path, Some(authorization), None)
+            .send(Method::GET, &page_path, Some(&authorization), None)
             .await
             .map_err(|err| failure(None, err.to_string()))?;
         let status = response.status();
@@ -434,6 +446,28 @@ async fn fetch_all(
     ))
 }
 
+/// The `Authorization` header value for one request of `caller` to the cluster `cluster`: a
+/// token minted for it alone (see the module's doc), never the caller's own credential.
+///
+/// # Errors
+/// [`AuthError::AudienceIsSelf`] for a `Cluster` registered under this cluster's own name
+/// (whoever serves it would get tokens valid here); otherwise only when this backend cannot
+/// sign (an internal fault: it always holds its key).
+fn downstream_authorization(
+    state: &AppState,
+    caller: &Caller,
+    cluster: &str,
+) -> Result<String, AuthError> {
+    let token = state.issuer.issue_for(&Grant {
+        subject: &caller.username,
+        groups: &caller.groups,
+        origin: caller.federated_from.as_deref(),
+        audience: cluster,
+        ttl: FEDERATED_TOKEN_TTL,
+    })?;
+    Ok(format!("Bearer {}", token.token))
+}
+
 /// The `message` of a Sensu error body (either capitalisation), or the body itself.
 fn error_message(bytes: &[u8]) -> String {
     serde_json::from_slice::<Value>(bytes)
@@ -460,12 +494,7 @@ async fn proxy(state: &AppState, request: Request) -> Result<Response, ProxyErro
     let (parts, body) = request.into_parts();
     let target = proxy_target(parts.uri.path(), parts.uri.query())?;
     // The gateway only checks who is calling; the downstream decides what they may do.
-    authenticate(state, &parts.headers)?;
-    let authorization = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
+    let caller = authenticate(state, &parts.headers)?;
     let cluster = match state
         .resources
         .get(Kind::Cluster, "", &target.cluster)
@@ -489,11 +518,16 @@ async fn proxy(state: &AppState, request: Request) -> Result<Response, ProxyErro
         Some(parse_json(&bytes)?)
     };
     let client = ClusterClient::new(&target.cluster, &cluster).map_err(ProxyError::Downstream)?;
+    let authorization =
+        downstream_authorization(state, &caller, &target.cluster).map_err(|err| match err {
+            AuthError::AudienceIsSelf { .. } => ApiError::conflict(err.to_string()),
+            err => ApiError::internal(err),
+        })?;
     let response = client
         .send(
             parts.method.clone(),
             &target.path_and_query,
-            Some(authorization),
+            Some(&authorization),
             json_body.as_ref(),
         )
         .await
@@ -528,8 +562,8 @@ async fn proxy(state: &AppState, request: Request) -> Result<Response, ProxyErro
 /// so that an encoded `/` in a name stays one) into the cluster and the downstream path.
 ///
 /// # Errors
-/// 400 for `/auth…` (log in at the gateway), dot segments or empty segments, which could
-/// make the downstream path differ from what was checked here.
+/// 404 for a path that is no proxy path; 400 for a bad cluster name, `/auth…` (log in at the
+/// gateway) and a downstream path that is not canonical (see [`check_proxied_path`]).
 fn proxy_target(path: &str, query: Option<&str>) -> Result<ProxyTarget, ApiError> {
     let not_found = || ApiError::not_found("not found");
     let rest = path
@@ -541,32 +575,8 @@ fn proxy_target(path: &str, query: Option<&str>) -> Result<ProxyTarget, ApiError
     if let Some(problem) = cairn_api::validate::check_name(Kind::Cluster, &cluster) {
         return Err(ApiError::invalid(format!("cluster name: {problem}")));
     }
-    let segments: Vec<&str> = downstream.split('/').collect();
-    for (idx, segment) in segments.iter().enumerate() {
-        let decoded = percent_decode(segment);
-        if decoded == "." || decoded == ".." {
-            return Err(ApiError::invalid(
-                "the proxied path may not hold . or .. segments",
-            ));
-        }
-        if decoded.is_empty() && idx + 1 < segments.len() {
-            return Err(ApiError::invalid(
-                "the proxied path may not hold empty segments",
-            ));
-        }
-    }
-    if segments
-        .first()
-        .is_some_and(|first| percent_decode(first).eq_ignore_ascii_case("auth"))
-    {
-        return Err(ApiError::invalid(
-            "/auth is not proxied: log in and refresh tokens at the gateway, whose tokens \
-             every cluster of the federation accepts",
-        ));
-    }
-    if segments.first().is_some_and(|first| first.is_empty()) {
-        return Err(not_found());
-    }
+    check_proxied_path(downstream)
+        .map_err(|problem| ApiError::invalid(format!("the proxied path {problem}")))?;
     let mut path_and_query = format!("/{downstream}");
     if let Some(query) = query.filter(|query| !query.is_empty()) {
         path_and_query.push('?');
@@ -576,6 +586,69 @@ fn proxy_target(path: &str, query: Option<&str>) -> Result<ProxyTarget, ApiError
         cluster,
         path_and_query,
     })
+}
+
+/// Checks that `path` (the proxied path without its leading `/`, still percent-encoded) is a
+/// canonical `api/…` path: what a downstream, or a reverse proxy or base path in front of it,
+/// resolves must be the very path checked here, so nothing that a decoder or normaliser could
+/// turn into another path passes (issue 13): no backslash, no encoded dot, slash, backslash
+/// or percent sign, no `;` (path parameters), no control character, no `.`, `..` or empty
+/// segment.
+///
+/// # Errors
+/// What is wrong, to follow "the proxied path".
+fn check_proxied_path(path: &str) -> Result<(), String> {
+    let bytes = path.as_bytes();
+    for (idx, byte) in bytes.iter().enumerate() {
+        match byte {
+            b'\\' => return Err("may not hold a backslash (\\)".to_owned()),
+            b';' => return Err("may not hold path parameters (;)".to_owned()),
+            byte if byte.is_ascii_control() => {
+                return Err("may not hold a control character".to_owned())
+            }
+            b'%' => {
+                let decoded = path
+                    .get(idx + 1..idx + 3)
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                    .ok_or_else(|| "holds an invalid percent escape".to_owned())?;
+                let what = match decoded {
+                    b'.' => "an encoded dot (%2e)",
+                    b'/' => "an encoded slash (%2f)",
+                    b'\\' => "an encoded backslash (%5c)",
+                    b'%' => "an encoded percent sign (%25)",
+                    b';' => "an encoded semicolon (%3b)",
+                    byte if byte.is_ascii_control() => "an encoded control character",
+                    _ => continue,
+                };
+                return Err(format!("may not hold {what}"));
+            }
+            _ => {}
+        }
+    }
+    let segments: Vec<&str> = path.split('/').collect();
+    if segments.iter().any(|segment| segment.is_empty()) {
+        return Err("may not hold empty segments (// or a trailing /)".to_owned());
+    }
+    if segments
+        .iter()
+        .any(|segment| *segment == "." || *segment == "..")
+    {
+        return Err("may not hold . or .. segments".to_owned());
+    }
+    if segments
+        .first()
+        .is_some_and(|first| percent_decode(first).eq_ignore_ascii_case("auth"))
+    {
+        return Err(
+            "may not be /auth: log in and refresh tokens at the gateway, which makes every \
+             request to a cluster with a token for it"
+                .to_owned(),
+        );
+    }
+    if segments.first() != Some(&"api") || segments.len() < 2 {
+        return Err("must be an /api/... path".to_owned());
+    }
+    Ok(())
 }
 
 /// Reads a downstream answer's body up to [`RESPONSE_LIMIT`].
@@ -651,39 +724,68 @@ mod tests {
                 "/api/core/v2/namespaces/default/checks?limit=5&continue=abc"
             )
         );
-        // Encoded characters stay encoded on their way down.
+        // Harmless escapes stay encoded on their way down; silenced names keep their `:*`.
         assert_eq!(
             target(
-                "/api/cairn/v1/clusters/alpha/proxy/api/core/v2/namespaces/default/assets/a%2Fb",
+                "/api/cairn/v1/clusters/alpha/proxy/api/core/v2/namespaces/default/silenced/linux:*",
                 None
             ),
-            ok("alpha", "/api/core/v2/namespaces/default/assets/a%2Fb")
+            ok("alpha", "/api/core/v2/namespaces/default/silenced/linux:*")
         );
         assert_eq!(
-            target("/api/cairn/v1/clusters/alpha/proxy/version", Some("")),
-            ok("alpha", "/version")
+            target(
+                "/api/cairn/v1/clusters/alpha/proxy/api/core/v2/namespaces/default/entities/a%20b",
+                Some("")
+            ),
+            ok("alpha", "/api/core/v2/namespaces/default/entities/a%20b")
         );
-        for refused in [
-            "/api/cairn/v1/clusters/alpha/proxy/auth",
-            "/api/cairn/v1/clusters/alpha/proxy/auth/token",
-            "/api/cairn/v1/clusters/alpha/proxy/%61uth/test",
+        let proxy = "/api/cairn/v1/clusters/alpha/proxy/";
+        for (refused, problem) in [
+            ("auth", "may not be /auth"),
+            ("auth/token", "may not be /auth"),
+            ("%61uth/test", "may not be /auth"),
+            ("version", "must be an /api/... path"),
+            ("admin/console", "must be an /api/... path"),
+            ("api", "must be an /api/... path"),
+            ("%61pi/core/v2/namespaces", "must be an /api/... path"),
+            ("api/../auth", "may not hold . or .. segments"),
+            ("api/./core/v2/namespaces", "may not hold . or .. segments"),
+            ("api/core/v2/namespaces/..", "may not hold . or .. segments"),
+            ("api/%2e%2e/auth", "may not hold an encoded dot (%2e)"),
+            ("api/%2E%2E/auth", "may not hold an encoded dot (%2e)"),
+            ("api/.%2e/admin", "may not hold an encoded dot (%2e)"),
+            (
+                "api/core%2f..%2f..%2fadmin",
+                "may not hold an encoded slash (%2f)",
+            ),
+            (
+                "api/core%2F..%2F..%2Fadmin",
+                "may not hold an encoded slash (%2f)",
+            ),
+            ("api\\..\\..\\admin\\console", "may not hold a backslash"),
+            ("api/%5c../admin", "may not hold an encoded backslash (%5c)"),
+            ("api/%5C../admin", "may not hold an encoded backslash (%5c)"),
+            (
+                "api/%252e%252e/auth",
+                "may not hold an encoded percent sign (%25)",
+            ),
+            ("api/..;/admin", "may not hold path parameters (;)"),
+            ("api/x%3b/admin", "may not hold an encoded semicolon (%3b)"),
+            ("api/x%00", "may not hold an encoded control character"),
+            ("api/x%zz", "holds an invalid percent escape"),
+            ("api/x%2", "holds an invalid percent escape"),
+            ("/auth", "may not hold empty segments"),
+            ("api//core", "may not hold empty segments"),
+            ("api/core/v2/namespaces/", "may not hold empty segments"),
         ] {
-            let err = target(refused, None).unwrap_err();
+            let err = target(&format!("{proxy}{refused}"), None).unwrap_err();
             assert!(
-                err.starts_with("400 /auth is not proxied"),
+                err.starts_with(&format!("400 the proxied path {problem}")),
                 "{refused}: {err}"
             );
         }
-        for refused in [
-            "/api/cairn/v1/clusters/alpha/proxy/api/../auth",
-            "/api/cairn/v1/clusters/alpha/proxy/api/%2e%2e/auth",
-            "/api/cairn/v1/clusters/alpha/proxy/./auth",
-            "/api/cairn/v1/clusters/alpha/proxy//auth",
-            "/api/cairn/v1/clusters/Not%20A%20Name/proxy/version",
-        ] {
-            let err = target(refused, None).unwrap_err();
-            assert!(err.starts_with("400 "), "{refused}: {err}");
-        }
+        let err = target("/api/cairn/v1/clusters/Not%20A%20Name/proxy/api/x", None).unwrap_err();
+        assert!(err.starts_with("400 cluster name"), "{err}");
     }
 
     fn test_ca() -> String {

@@ -19,14 +19,15 @@ use cairn_api::model::Cluster;
 use cairn_api::{Kind, Resource};
 
 use super::plan::{key_of, Change, Desired};
-use crate::auth::{AccessToken, TokenIssuer};
+use crate::auth::{AccessToken, Grant, TokenIssuer};
 use crate::federation::client::{ClusterClient, ClusterError};
 
 /// The identity replicators write as: every cluster of the federation grants its group
 /// (`cluster-admins`) the `cluster-admin` role.
 pub const REPLICATOR_USERNAME: &str = "cairn:replicator";
 
-/// How long a replication token lives (Sensu's access token lifetime).
+/// How long a replication token lives (Sensu's access token lifetime). Each is meant for its
+/// one downstream (`aud`), so no other cluster accepts it.
 pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// A token is minted again when it has less than this left, so that no request carries one
@@ -212,7 +213,8 @@ pub(crate) struct HttpDownstream {
 }
 
 impl HttpDownstream {
-    /// A downstream for the cluster `name` as registered, with tokens signed by `issuer`.
+    /// A downstream for the cluster `name` as registered, with tokens signed by `issuer` and
+    /// meant for `name` (which must be the downstream's `--cluster-name`).
     ///
     /// # Errors
     /// [`ClusterError::Config`] when the registration cannot be used.
@@ -223,7 +225,7 @@ impl HttpDownstream {
     ) -> Result<HttpDownstream, ClusterError> {
         Ok(HttpDownstream {
             client: ClusterClient::new(name, cluster)?,
-            tokens: Tokens::new(issuer),
+            tokens: Tokens::new(issuer, name),
         })
     }
 
@@ -291,7 +293,8 @@ fn failure(status: StatusCode, what: &str, message: &str) -> DownstreamError {
     match status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => DownstreamError::Unavailable(format!(
             "{what}: {status}: {message} (the downstream must share this gateway's JWT signing \
-             key and grant the {REPLICATOR_USERNAME} identity's group cluster-admin)"
+             key, be named as registered here (its --cluster-name) and grant the \
+             {REPLICATOR_USERNAME} identity's group cluster-admin)"
         )),
         StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
             DownstreamError::Unavailable(format!("{what}: {status}: {message}"))
@@ -505,17 +508,22 @@ fn encode(text: &str, keep: impl Fn(u8) -> bool) -> String {
 
 // === impl Tokens ===
 
-/// Short-lived tokens of the replication identity, minted again before they expire.
+/// Short-lived tokens of the replication identity for one downstream, minted again before
+/// they expire.
 pub(crate) struct Tokens {
     issuer: Arc<TokenIssuer>,
+    /// The downstream's cluster name: the tokens' audience.
+    audience: String,
     current: Mutex<Option<AccessToken>>,
 }
 
 impl Tokens {
-    /// Tokens signed by `issuer` (the federation's shared key).
-    pub(crate) fn new(issuer: Arc<TokenIssuer>) -> Tokens {
+    /// Tokens signed by `issuer` (the federation's shared key), meant for the cluster
+    /// `audience`.
+    pub(crate) fn new(issuer: Arc<TokenIssuer>, audience: &str) -> Tokens {
         Tokens {
             issuer,
+            audience: audience.to_owned(),
             current: Mutex::new(None),
         }
     }
@@ -537,7 +545,13 @@ impl Tokens {
         let groups = [crate::rbac::GROUP_CLUSTER_ADMINS.to_owned()];
         let token = self
             .issuer
-            .issue_for(REPLICATOR_USERNAME, &groups, TOKEN_TTL)
+            .issue_for(&Grant {
+                subject: REPLICATOR_USERNAME,
+                groups: &groups,
+                origin: None,
+                audience: &self.audience,
+                ttl: TOKEN_TTL,
+            })
             .map_err(|err| {
                 DownstreamError::Unavailable(format!("cannot sign a replication token: {err}"))
             })?;
@@ -890,22 +904,28 @@ pub(crate) mod tests {
         let issuer = Arc::new(
             TokenIssuer::from_pem(Some(&key.serialize_pem()), &key.public_key_pem(), "gw").unwrap(),
         );
-        let tokens = Tokens::new(Arc::clone(&issuer));
+        let tokens = Tokens::new(Arc::clone(&issuer), "alpha");
         let first = tokens.authorization().unwrap();
         assert_eq!(tokens.authorization().unwrap(), first, "reused while fresh");
-        let claims = issuer
+        let alpha = TokenIssuer::from_pem(None, &key.public_key_pem(), "alpha").unwrap();
+        let claims = alpha
             .verify(first.strip_prefix("Bearer ").unwrap())
             .unwrap();
         assert_eq!(claims.sub, REPLICATOR_USERNAME);
+        assert_eq!(claims.aud, "alpha", "meant for its downstream only");
+        assert!(issuer
+            .verify(first.strip_prefix("Bearer ").unwrap())
+            .is_err());
         assert_eq!(claims.groups, ["cluster-admins"]);
         assert!(claims.exp <= crate::auth::unix_now() + TOKEN_TTL.as_secs());
         // One about to expire is replaced.
         tokens.current.lock().as_mut().unwrap().expires_at = crate::auth::unix_now() + 30;
         assert_ne!(tokens.authorization().unwrap(), first);
         // A verify-only issuer cannot sign: a clear error, not a panic.
-        let verify_only = Tokens::new(Arc::new(
-            TokenIssuer::from_pem(None, &key.public_key_pem(), "gw").unwrap(),
-        ));
+        let verify_only = Tokens::new(
+            Arc::new(TokenIssuer::from_pem(None, &key.public_key_pem(), "gw").unwrap()),
+            "alpha",
+        );
         let err = verify_only.authorization().unwrap_err();
         assert!(err.to_string().contains("cannot sign"), "{err}");
     }
