@@ -13,6 +13,7 @@ pub mod events;
 pub mod federation;
 pub mod ingest;
 pub mod listen;
+pub mod passwords;
 pub mod pipeline;
 pub mod pki;
 pub mod rbac;

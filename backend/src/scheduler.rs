@@ -1446,6 +1446,7 @@ pub(crate) mod tests {
             )),
             revocations: crate::bootstrap::Revocations::empty(),
             store_health: crate::store::StoreHealth::unprobed(),
+            passwords: Arc::new(crate::passwords::Passwords::with_workers(1).unwrap()),
         };
         (state, sink)
     }

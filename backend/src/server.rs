@@ -466,6 +466,7 @@ pub async fn start(
         agent_pki,
         revocations,
         store_health,
+        passwords: Arc::new(crate::passwords::Passwords::new()?),
     };
     let (listener, api_addr) = bind(config.api_listen).await?;
     let (agent_listener, agent_addr) = bind(config.agent_listen).await?;
@@ -630,7 +631,8 @@ async fn serve_connection(
     let service = {
         let activity = Arc::clone(&activity);
         tower::service_fn(
-            move |request: axum::extract::Request<hyper::body::Incoming>| {
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(api::ClientAddr(peer));
                 let in_flight = activity.request();
                 let app = app.clone();
                 async move {

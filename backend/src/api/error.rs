@@ -123,6 +123,15 @@ impl ApiError {
         }
     }
 
+    /// 503: too busy to do this now (every password worker busy); a retry later helps.
+    pub fn busy(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: Code::DeadlineExceeded,
+            message: message.into(),
+        }
+    }
+
     /// 500 with a generic body; `detail` goes to the log only.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         ApiError {
@@ -234,5 +243,14 @@ mod tests {
             body(response).await,
             serde_json::json!({"message": "internal error", "code": 0})
         );
+    }
+}
+
+impl From<crate::passwords::PasswordError> for ApiError {
+    fn from(err: crate::passwords::PasswordError) -> ApiError {
+        match err {
+            crate::passwords::PasswordError::Busy => ApiError::busy(err.to_string()),
+            crate::passwords::PasswordError::Hash(_) => ApiError::internal(err),
+        }
     }
 }

@@ -15,7 +15,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine;
 use serde_json::Value;
 
@@ -56,6 +56,8 @@ pub struct AppState {
     pub secrets: Arc<crate::secrets::Secrets>,
     /// Whether the store answers: probed for etcd, read by `/health` and by the write guard.
     pub store_health: Arc<crate::store::StoreHealth>,
+    /// Password hashing and checks, off the async workers and throttled.
+    pub passwords: Arc<crate::passwords::Passwords>,
 }
 
 /// Receives stored events for the handler pipeline. Must not block.
@@ -490,8 +492,17 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// Checks HTTP Basic credentials against the user store.
-fn basic_caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+/// The client's address, which the API listener puts into every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// Checks HTTP Basic credentials against the user store ([`crate::passwords`]: hashing off the
+/// async workers, failed logins throttled by address and user).
+async fn basic_caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: Option<Extension<ClientAddr>>,
+) -> Result<Caller, ApiError> {
     let encoded = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -506,12 +517,22 @@ fn basic_caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
         .split_once(':')
         .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
     let snapshot = state.auth.snapshot();
-    let user = snapshot
+    // An unknown or disabled user is checked against a dummy hash: the same work, the same
+    // answer, so the timing says nothing about which users exist.
+    let hash = snapshot
         .user(username)
-        .filter(|user| !user.disabled && auth::verify_password(password, &user.password_hash))
-        .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
+        .filter(|user| !user.disabled)
+        .map(|user| user.password_hash.clone());
+    let address = client.map(|Extension(ClientAddr(addr))| addr.ip());
+    if !state
+        .passwords
+        .check_login(address, username, password, hash.as_deref())
+        .await?
+    {
+        return Err(ApiError::unauthenticated("bad credentials"));
+    }
     snapshot
-        .caller(&user.username)
+        .caller(username)
         .ok_or_else(|| ApiError::unauthenticated("bad credentials"))
 }
 
@@ -545,17 +566,21 @@ fn refresh_key(token: &str) -> String {
 
 async fn auth_login(
     State(state): State<AppState>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = basic_caller(&state, &headers)?;
+    let caller = basic_caller(&state, &headers, client).await?;
     issue_tokens(&state, &caller).await
 }
 
 async fn auth_test(
     State(state): State<AppState>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    basic_caller(&state, &headers).map(|_| StatusCode::OK)
+    basic_caller(&state, &headers, client)
+        .await
+        .map(|_| StatusCode::OK)
 }
 
 #[derive(serde::Deserialize)]

@@ -487,7 +487,7 @@ async fn prepare_user(state: &AppState, resource: &mut Resource) -> Result<(), A
         return Ok(());
     };
     if !user.password.is_empty() {
-        user.password_hash = auth::hash_password(&user.password).map_err(ApiError::internal)?;
+        user.password_hash = state.passwords.hash(&user.password).await?;
         user.password.clear();
     } else if let Some(existing) = state.resources.get(Kind::User, "", &user.username).await? {
         if let Spec::User(existing) = existing.resource.spec {
@@ -819,7 +819,7 @@ async fn users_action(
                          (an administrator sets another user's with reset_password)",
                         )
                     })?;
-                if !auth::verify_password(current, &user.password_hash) {
+                if !state.passwords.verify(current, &user.password_hash).await? {
                     return Err(ApiError::invalid(
                         "password: does not match the current password",
                     ));
@@ -828,7 +828,7 @@ async fn users_action(
             if new_password.chars().count() < 8 {
                 return Err(ApiError::invalid("password must be at least 8 characters"));
             }
-            user.password_hash = auth::hash_password(new_password).map_err(ApiError::internal)?;
+            user.password_hash = state.passwords.hash(new_password).await?;
         }
         (Method::PUT, "reinstate", None) => user.disabled = false,
         (Method::PUT, "groups", Some(group)) => {
