@@ -1750,6 +1750,111 @@ mod tests {
         assert!(hub.live.lock().contains_key(&second.id));
     }
 
+    /// A session of `dev/web-01` on a backend whose revocation view has not caught up (it
+    /// stays empty), with its certificate recorded as bootstrap records it.
+    async fn renewing_session(dir: &std::path::Path) -> (AgentSession, String, bootstrap::Issued) {
+        let (mut state, _sink) = crate::scheduler::tests::test_state(dir).await;
+        let (pki, csr) = bootstrap::tests::pki_and_csr();
+        state.agent_pki = Arc::new(pki);
+        let issued = state.agent_pki.sign(&csr, "dev", "web-01").unwrap();
+        let record = issued.record("tok", Some(vec!["linux".into()]));
+        let store = state.resources.store().as_ref();
+        bootstrap::put_cert_record(store, "dev", "web-01", &record, &None)
+            .await
+            .unwrap();
+        let hub = AgentHub::new(Sessions::new());
+        let (session, _queue) = hub.sessions().register("dev", &hello("web-01"), true);
+        let agent = AgentSession {
+            hub,
+            session,
+            namespace: "dev".into(),
+            registered: registered(),
+            issued_at: issued.identity.issued_at(),
+            fingerprint: issued.identity.fingerprint.clone(),
+            recorded: Some(record.fingerprint),
+            last_renewal: None,
+            state,
+        };
+        (agent, csr, issued)
+    }
+
+    #[tokio::test]
+    async fn renewal_keeps_the_identity_and_the_pin_and_updates_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut agent, csr, issued) = renewing_session(dir.path()).await;
+        let replies = agent.on_renew(&csr).await;
+        let [BackendMessage::Certificate { cert_pem }] = replies.as_slice() else {
+            panic!("{replies:?}");
+        };
+        let renewed = peer_identity(&der(cert_pem)).unwrap();
+        assert_eq!(renewed.namespace, Ok("dev".to_owned()));
+        assert_ne!(renewed.fingerprint, issued.identity.fingerprint);
+        let store = Arc::clone(agent.state.resources.store());
+        let (record, _) = bootstrap::load_cert_record(store.as_ref(), "dev", "web-01")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.fingerprint, renewed.fingerprint);
+        assert_eq!(record.token_id, "tok");
+        assert_eq!(record.pinned_subscriptions, Some(vec!["linux".to_owned()]));
+        // At most one renewal a minute.
+        assert!(matches!(
+            agent.on_renew(&csr).await.as_slice(),
+            [BackendMessage::Refused { fatal: false, .. }]
+        ));
+
+        // A certificate that is no longer the recorded one (the entity was enrolled again).
+        let other_dir = tempfile::tempdir().unwrap();
+        let (mut other, csr, _) = renewing_session(other_dir.path()).await;
+        other.recorded = None;
+        other.fingerprint = "superseded".into();
+        let replies = other.on_renew(&csr).await;
+        assert!(
+            matches!(replies.as_slice(), [BackendMessage::Refused { reason, fatal: false }] if reason.contains("enrolled again")),
+            "{replies:?}"
+        );
+    }
+
+    /// The race a renewal must never win: a revocation already in the store that this
+    /// backend's view has not seen yet. The certificate is signed, then refused, never sent.
+    #[tokio::test]
+    async fn renewal_after_a_stored_revocation_hands_out_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut agent, csr, issued) = renewing_session(dir.path()).await;
+        let store = Arc::clone(agent.state.resources.store());
+        let store = store.as_ref();
+        // Dated before the certificate: it refuses it by name only.
+        let certificate = bootstrap::CertRef {
+            serial: issued.identity.serial.clone(),
+            fingerprint: issued.identity.fingerprint.clone(),
+        };
+        bootstrap::merge_revocation(store, "dev", "web-01", 1, "admin", &[certificate])
+            .await
+            .unwrap();
+        assert!(!agent.state.revocations.revokes(
+            "dev",
+            "web-01",
+            agent.issued_at,
+            &agent.fingerprint
+        ));
+        let replies = agent.on_renew(&csr).await;
+        assert_eq!(
+            replies,
+            [BackendMessage::Refused {
+                reason: REASON_REVOKED.into(),
+                fatal: true
+            }]
+        );
+        let (record, _) = bootstrap::load_cert_record(store, "dev", "web-01")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            record.fingerprint, issued.identity.fingerprint,
+            "the record of the refused renewal is put back"
+        );
+    }
+
     #[test]
     fn only_the_agent_path_upgrades() {
         let request = |path: &str| {

@@ -1513,9 +1513,22 @@ pub async fn revoke_handler(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::RedbStore;
+
+    /// Agent CA material over a new CA, and a CSR for a new key.
+    pub(crate) fn pki_and_csr() -> (AgentPki, String) {
+        let ca = pki::generate_ca("agent CA").unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let pki = AgentPki::from_parts(ca.clone(), ca.cert_pem.clone(), "00".repeat(32));
+        (pki, csr)
+    }
 
     fn record(secret: &str, expires_at: u64, uses_left: u32) -> JoinTokenRecord {
         JoinTokenRecord {
@@ -1725,14 +1738,7 @@ mod tests {
     /// `notBefore` by exactly [`PKI_NOT_BEFORE_BACKDATE_SECS`].
     #[test]
     fn signed_certificates_give_back_their_issue_time() {
-        let ca = pki::generate_ca("agent CA").unwrap();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap();
-        let pki = AgentPki::from_parts(ca.clone(), ca.cert_pem.clone(), "00".repeat(32));
+        let (pki, csr) = pki_and_csr();
         let before = i64::try_from(unix_now()).unwrap();
         let issued = pki.sign(&csr, "dev", "web-01").unwrap();
         let after = i64::try_from(unix_now()).unwrap();
