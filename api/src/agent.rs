@@ -4,12 +4,13 @@
 //!
 //! - **Bootstrap** (`POST` [`BOOTSTRAP_PATH`] on the API listener, HTTPS pinned by the agent to
 //!   the CA fingerprint its join token carries): a [`BootstrapRequest`] with the join token and
-//!   a CSR; the answer is a [`BootstrapResponse`] with the client certificate (CN = entity name)
-//!   and the agent CA. The private key never leaves the host.
+//!   a CSR; the answer is a [`BootstrapResponse`] with the client certificate and the agent CA.
+//!   The certificate names its identity twice: CN = entity name, and exactly one URI SAN
+//!   [`agent_uri`] `cairn:agent:<namespace>/<entity>`. The private key never leaves the host.
 //! - **Session** (WebSocket at [`AGENT_PATH`] on the agent listener, TLS 1.3 with a client
 //!   certificate from the agent CA): one JSON text frame per message, [`AgentMessage`] from the
-//!   agent and [`BackendMessage`] from the backend. The agent opens with [`Hello`]; the entity
-//!   name is the certificate's CN and a different name in the hello is refused.
+//!   agent and [`BackendMessage`] from the backend. The agent opens with [`Hello`]; namespace and
+//!   entity come from the certificate's URI SAN, and a hello naming another one is refused.
 //!
 //! Events carry an id chosen by the agent; the backend answers [`BackendMessage::Ack`] once the
 //! event is stored, and the agent keeps an event in its on-disk queue until then. The backend
@@ -32,6 +33,21 @@ pub const BOOTSTRAP_PATH: &str = "/api/cairn/v1/agents/bootstrap";
 
 /// The prefix of every join token.
 pub const JOIN_TOKEN_PREFIX: &str = "cairn-join";
+
+/// The scheme and prefix of the URI SAN that binds an agent certificate to its identity.
+pub const AGENT_URI_PREFIX: &str = "cairn:agent:";
+
+/// The URI SAN of the agent certificate of `namespace`/`name`: `cairn:agent:<namespace>/<name>`.
+pub fn agent_uri(namespace: &str, name: &str) -> String {
+    format!("{AGENT_URI_PREFIX}{namespace}/{name}")
+}
+
+/// The namespace and entity of an agent URI SAN; `None` when `uri` is not one (another scheme,
+/// no `/`, an empty part, or more than one `/`).
+pub fn parse_agent_uri(uri: &str) -> Option<(&str, &str)> {
+    let (namespace, name) = uri.strip_prefix(AGENT_URI_PREFIX)?.split_once('/')?;
+    (!namespace.is_empty() && !name.is_empty() && !name.contains('/')).then_some((namespace, name))
+}
 
 /// Largest message either side accepts, bytes.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -56,9 +72,10 @@ pub struct Hello {
     pub protocol: u32,
     /// The entity name; must equal the certificate's CN.
     pub name: String,
-    /// The entity's namespace.
+    /// The entity's namespace; must equal the certificate's (empty means the certificate's).
     pub namespace: String,
-    /// Subscriptions (the backend adds `entity:<name>`).
+    /// Subscriptions (the backend adds `entity:<name>`); a token minted with pinned
+    /// subscriptions allows only those.
     pub subscriptions: Vec<String>,
     /// Entity labels.
     pub labels: BTreeMap<String, String>,
@@ -301,6 +318,24 @@ mod tests {
         ] {
             let error = JoinToken::parse(bad).expect_err(bad).to_string();
             assert!(!error.contains(&"a".repeat(40)), "{error}");
+        }
+    }
+
+    #[test]
+    fn agent_uris_round_trip() {
+        assert_eq!(agent_uri("prod", "web-01"), "cairn:agent:prod/web-01");
+        assert_eq!(
+            parse_agent_uri("cairn:agent:prod/web-01"),
+            Some(("prod", "web-01"))
+        );
+        for bad in [
+            "cairn:agent:prod",
+            "cairn:agent:/web",
+            "cairn:agent:prod/",
+            "cairn:agent:prod/a/b",
+            "https://prod/web",
+        ] {
+            assert_eq!(parse_agent_uri(bad), None, "{bad}");
         }
     }
 

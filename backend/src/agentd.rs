@@ -5,13 +5,18 @@
 //!
 //! 1. TLS ([`crate::tls::agent_server_config`]): no client certificate, one from another CA or an
 //!    expired one fails here, logged with the peer address.
-//! 2. The entity name is the verified certificate's CN ([`peer_identity`]).
+//! 2. The identity is the verified certificate's ([`peer_identity`]): the entity is its CN, and
+//!    the namespace its one URI SAN `cairn:agent:<namespace>/<entity>` (which must name the same
+//!    entity). A certificate without that SAN (issued before certificates named their namespace)
+//!    is refused at the hello with a reason that says to re-enrol the agent with a new join token.
 //! 3. The WebSocket upgrade, refused on any path but [`AGENT_PATH`]; messages and frames are
 //!    limited to [`MAX_MESSAGE_BYTES`].
-//! 4. The hello, first and within [`HELLO_TIMEOUT`]: protocol version, name equal to the CN,
-//!    valid names, an existing namespace (empty means `default`), a certificate that is not
-//!    revoked. A refusal is a [`BackendMessage::Refused`] with `fatal: true` and a reason,
-//!    then a close.
+//! 4. The hello, first and within [`HELLO_TIMEOUT`]: protocol version, name equal to the
+//!    certificate's entity, namespace equal to the certificate's (empty means the
+//!    certificate's), valid names, an existing namespace, a certificate that is not revoked (by
+//!    issue time or by fingerprint), and, when the entity's join token pinned its
+//!    subscriptions, no subscription beyond them. A refusal is a [`BackendMessage::Refused`]
+//!    with `fatal: true` and a reason, then a close.
 //! 5. The entity is upserted (class `agent`, `entity:<name>` among its subscriptions, system
 //!    facts, `last_seen`), the session registered in [`Sessions`], and
 //!    [`BackendMessage::Welcome`] sent.
@@ -19,6 +24,13 @@
 //! Then the connection task serves, one at a time, the agent's frames and the session's queue
 //! (check requests from the scheduler, a revocation), pings the agent every
 //! [`PING_INTERVAL`] and ends the session after [`IDLE_TIMEOUT`] without a frame.
+//!
+//! # Renewal
+//!
+//! A renewal signs a certificate for the session's own namespace and entity, and is refused for
+//! a revoked certificate, for a certificate that is no longer the entity's recorded one (the
+//! entity was enrolled again), and when, after signing and recording the new certificate, the
+//! store holds a revocation that covers either certificate: the new one is then never sent.
 //!
 //! # Events and acknowledgements
 //!
@@ -43,6 +55,7 @@ use axum::http::StatusCode;
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde::Deserialize;
+use sha2::Digest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -63,7 +76,7 @@ use cairn_api::validate::check_name;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
 use crate::api::AppState;
-use crate::bootstrap::{self, Revocation};
+use crate::bootstrap::{self, CertRecord, Revocation};
 use crate::resources::{ResourceError, Resources};
 use crate::sessions::{EntityId, Session, Sessions};
 use crate::store::{Precondition, StoreError};
@@ -90,6 +103,8 @@ pub const RENEWAL_MIN_INTERVAL: Duration = Duration::from_secs(60);
 pub const MAX_CONNECTIONS: usize = 20_000;
 /// The reason sent to an agent whose certificate is revoked.
 pub const REASON_REVOKED: &str = "certificate revoked";
+/// The reason sent to an agent whose certificate does not name its namespace.
+pub const REASON_REENROL: &str = "the client certificate does not name its namespace (no cairn:agent: URI SAN): it was issued before certificates were bound to a namespace; re-enrol the agent with a new join token (cairn-agent install)";
 /// How long connections get to close when the backend stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a close waits for the agent's close frame (so that it reads what was sent last).
@@ -120,6 +135,7 @@ pub struct AgentHub {
 struct Live {
     connection: u64,
     issued_at: i64,
+    fingerprint: String,
     stop: Option<oneshot::Sender<String>>,
 }
 
@@ -160,13 +176,19 @@ impl AgentHub {
     /// Records the live connection of a registered session; the returned receiver hears why
     /// the session must end (replaced by a newer one, revoked). A previous connection of the
     /// same entity is told to end.
-    fn attach(&self, session: &Session, issued_at: i64) -> oneshot::Receiver<String> {
+    fn attach(
+        &self,
+        session: &Session,
+        issued_at: i64,
+        fingerprint: &str,
+    ) -> oneshot::Receiver<String> {
         let (stop, stopped) = oneshot::channel();
         let previous = self.live.lock().insert(
             session.id.clone(),
             Live {
                 connection: session.connection,
                 issued_at,
+                fingerprint: fingerprint.to_owned(),
                 stop: Some(stop),
             },
         );
@@ -234,7 +256,7 @@ impl AgentHub {
             let Some(entry) = live.get_mut(id) else {
                 return;
             };
-            if !bootstrap::is_revoked(entry.issued_at, revocation.revoked_at) {
+            if !revocation.refuses(entry.issued_at, &entry.fingerprint) {
                 return;
             }
             let connection = entry.connection;
@@ -273,8 +295,17 @@ impl AgentHub {
 pub struct PeerIdentity {
     /// The certificate's CN: the entity name.
     pub name: String,
+    /// The namespace its URI SAN names, or why it names none usable (the session is refused
+    /// with that reason at the hello).
+    pub namespace: Result<String, String>,
+    /// The serial number, lowercase hex.
+    pub serial: String,
+    /// SHA-256 of the DER, lowercase hex.
+    pub fingerprint: String,
     /// The certificate's `notBefore`, unix seconds.
     pub not_before: i64,
+    /// The certificate's `notAfter`, unix seconds.
+    pub not_after: i64,
 }
 
 impl PeerIdentity {
@@ -284,11 +315,17 @@ impl PeerIdentity {
     }
 }
 
-/// Reads the entity name (the one CN) and `notBefore` of a DER certificate that TLS already
-/// verified.
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Reads the identity of a DER certificate that TLS already verified: the entity name (the one
+/// CN), the namespace (the one `cairn:agent:` URI SAN, naming the same entity), the serial, the
+/// fingerprint and the validity.
 ///
 /// # Errors
-/// A reason when the certificate does not parse or has no single, textual CN.
+/// A reason when the certificate does not parse or has no single, textual CN; a missing or
+/// inconsistent URI SAN is reported in [`PeerIdentity::namespace`] instead.
 pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|err| format!("the client certificate does not parse: {err}"))?;
@@ -302,17 +339,70 @@ pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, String> {
     if names.next().is_some() {
         return Err("the client certificate has more than one common name".to_owned());
     }
+    let namespace = match cert.subject_alternative_name() {
+        Ok(sans) => {
+            let uris: Vec<&str> = sans
+                .map(|ext| {
+                    ext.value
+                        .general_names
+                        .iter()
+                        .filter_map(|san| match san {
+                            x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+                            _ => None,
+                        })
+                        .filter(|uri| uri.starts_with(cairn_api::agent::AGENT_URI_PREFIX))
+                        .collect()
+                })
+                .unwrap_or_default();
+            certificate_namespace(&uris, &name)
+        }
+        Err(err) => Err(format!(
+            "the client certificate's subject alternative names do not parse: {err}"
+        )),
+    };
     Ok(PeerIdentity {
         name,
+        namespace,
+        serial: hex_lower(cert.raw_serial()),
+        fingerprint: hex_lower(&sha2::Sha256::digest(der)),
         not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
     })
 }
 
-/// Checks a hello against the certificate's CN; returns the namespace (`default` when empty).
+/// The namespace of the agent URI SANs `uris` of a certificate whose CN is `name`.
+fn certificate_namespace(uris: &[&str], name: &str) -> Result<String, String> {
+    let [uri] = uris else {
+        return Err(if uris.is_empty() {
+            REASON_REENROL.to_owned()
+        } else {
+            "the client certificate names more than one agent identity".to_owned()
+        });
+    };
+    let Some((namespace, entity)) = cairn_api::agent::parse_agent_uri(uri) else {
+        return Err(format!(
+            "the client certificate's agent URI \"{uri}\" is malformed"
+        ));
+    };
+    if entity != name {
+        return Err(format!(
+            "the client certificate's agent URI names entity \"{entity}\" but its common name is \"{name}\""
+        ));
+    }
+    if let Some(problem) = check_name(Kind::Namespace, namespace) {
+        return Err(format!(
+            "the client certificate's namespace is invalid: {problem}"
+        ));
+    }
+    Ok(namespace.to_owned())
+}
+
+/// Checks a hello against the certificate's entity `common_name` and `namespace`; returns the
+/// namespace.
 ///
 /// # Errors
 /// The reason to refuse the session with.
-pub fn check_hello(hello: &Hello, common_name: &str) -> Result<String, String> {
+pub fn check_hello(hello: &Hello, common_name: &str, namespace: &str) -> Result<String, String> {
     if hello.protocol != PROTOCOL_VERSION {
         return Err(format!(
             "protocol version {} is not supported; this backend speaks version {PROTOCOL_VERSION}",
@@ -328,13 +418,11 @@ pub fn check_hello(hello: &Hello, common_name: &str) -> Result<String, String> {
     if let Some(problem) = check_name(Kind::Entity, &hello.name) {
         return Err(format!("invalid entity name: {problem}"));
     }
-    let namespace = if hello.namespace.is_empty() {
-        "default"
-    } else {
-        hello.namespace.as_str()
-    };
-    if let Some(problem) = check_name(Kind::Namespace, namespace) {
-        return Err(format!("invalid namespace: {problem}"));
+    if !hello.namespace.is_empty() && hello.namespace != namespace {
+        return Err(format!(
+            "the hello names namespace \"{}\" but the certificate is for namespace \"{namespace}\"",
+            hello.namespace
+        ));
     }
     for (idx, subscription) in hello.subscriptions.iter().enumerate() {
         if let Some(problem) = check_name(Kind::Role, subscription) {
@@ -342,6 +430,26 @@ pub fn check_hello(hello: &Hello, common_name: &str) -> Result<String, String> {
         }
     }
     Ok(namespace.to_owned())
+}
+
+/// Checks a hello's subscriptions against those its join token pinned (`entity:<name>` is
+/// always allowed).
+///
+/// # Errors
+/// The reason to refuse the session with, naming the first subscription not allowed.
+pub fn check_pinned(hello: &Hello, pinned: &[String]) -> Result<(), String> {
+    let own = format!("entity:{}", hello.name);
+    match hello
+        .subscriptions
+        .iter()
+        .find(|subscription| **subscription != own && !pinned.contains(subscription))
+    {
+        None => Ok(()),
+        Some(subscription) => Err(format!(
+            "subscription \"{subscription}\" is not allowed: the join token this agent enrolled with pins its subscriptions to [{}]; re-enrol it with a token that grants it",
+            pinned.join(", ")
+        )),
+    }
 }
 
 /// The hello with Sensu's defaults for keepalive settings left at 0 (the critical timeout
@@ -661,7 +769,7 @@ async fn run_connection(
         }
     };
     let mut conn = Conn { ws, peer };
-    let Some((namespace, hello)) = conn.hello(&state, &identity).await else {
+    let Some((namespace, hello, record)) = conn.hello(&state, &identity).await else {
         return;
     };
     let registered = match upsert_entity(&state, &namespace, &hello).await {
@@ -678,13 +786,15 @@ async fn run_connection(
         }
     };
     let (session, queue) = hub.sessions().register(&namespace, &hello, true);
-    let stopped = hub.attach(&session, identity.issued_at());
+    let stopped = hub.attach(&session, identity.issued_at(), &identity.fingerprint);
     // The revocation view is updated before it drops sessions; checking it after registering
     // means a revocation arriving meanwhile is seen by one side or the other.
-    if state
-        .revocations
-        .revokes(&namespace, &identity.name, identity.issued_at())
-    {
+    if state.revocations.revokes(
+        &namespace,
+        &identity.name,
+        identity.issued_at(),
+        &identity.fingerprint,
+    ) {
         hub.detach(&session);
         conn.refuse(&identity.name, REASON_REVOKED).await;
         return;
@@ -709,6 +819,8 @@ async fn run_connection(
                 namespace: namespace.clone(),
                 registered,
                 issued_at: identity.issued_at(),
+                fingerprint: identity.fingerprint.clone(),
+                recorded: record.map(|record| record.fingerprint),
                 last_renewal: None,
             };
             agent.run(&mut conn, queue, stopped, stop).await
@@ -821,7 +933,7 @@ impl Conn {
         &mut self,
         state: &AppState,
         identity: &PeerIdentity,
-    ) -> Option<(String, Hello)> {
+    ) -> Option<(String, Hello, Option<CertRecord>)> {
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, self.read_hello()).await {
             Ok(Ok(hello)) => hello,
             Ok(Err(HelloFailure::Refuse(reason))) => {
@@ -838,7 +950,11 @@ impl Conn {
                 return None;
             }
         };
-        let namespace = match check_hello(&hello, &identity.name) {
+        let checked = identity
+            .namespace
+            .clone()
+            .and_then(|namespace| check_hello(&hello, &identity.name, &namespace));
+        let namespace = match checked {
             Ok(namespace) => namespace,
             Err(reason) => {
                 self.refuse(&identity.name, &reason).await;
@@ -850,14 +966,35 @@ impl Conn {
             self.refuse(&identity.name, &reason).await;
             return None;
         }
-        if state
-            .revocations
-            .revokes(&namespace, &identity.name, identity.issued_at())
-        {
+        if state.revocations.revokes(
+            &namespace,
+            &identity.name,
+            identity.issued_at(),
+            &identity.fingerprint,
+        ) {
             self.refuse(&identity.name, REASON_REVOKED).await;
             return None;
         }
-        Some((namespace, with_defaults(hello)))
+        let store = state.resources.store().as_ref();
+        let record = match bootstrap::load_cert_record(store, &namespace, &identity.name).await {
+            Ok(record) => record.map(|(record, _)| record),
+            Err(err) => {
+                tracing::error!(peer = %self.peer, namespace, entity = %identity.name, error = %err, "cannot read the agent's certificate record");
+                self.close(CloseCode::Again, "backend error; try again later")
+                    .await;
+                return None;
+            }
+        };
+        if let Some(pinned) = record
+            .as_ref()
+            .and_then(|record| record.pinned_subscriptions.as_deref())
+        {
+            if let Err(reason) = check_pinned(&hello, pinned) {
+                self.refuse(&identity.name, &reason).await;
+                return None;
+            }
+        }
+        Some((namespace, with_defaults(hello), record))
     }
 
     async fn read_hello(&mut self) -> Result<Hello, HelloFailure> {
@@ -957,7 +1094,12 @@ struct AgentSession {
     namespace: String,
     /// The entity as registered at the hello, with metadata: what events fall back on.
     registered: Entity,
+    /// The session certificate's issue time and fingerprint.
     issued_at: i64,
+    fingerprint: String,
+    /// The fingerprint of the entity's recorded certificate as this session last knew it
+    /// (`None` when it had no record, as certificates minted outside bootstrap).
+    recorded: Option<String>,
     last_renewal: Option<Instant>,
 }
 
@@ -1186,15 +1328,25 @@ impl AgentSession {
 
     async fn on_renew(&mut self, csr_pem: &str) -> Vec<BackendMessage> {
         let name = self.name().to_owned();
+        let namespace = self.namespace.clone();
+        let revoked = || {
+            vec![BackendMessage::Refused {
+                reason: REASON_REVOKED.to_owned(),
+                fatal: true,
+            }]
+        };
+        let backend_error = |what: &str, err: &dyn std::fmt::Display| {
+            tracing::warn!(namespace = %namespace, entity = %name, error = %err, "certificate renewal failed: {what}");
+            vec![refused(
+                "certificate renewal refused: backend error; try again later",
+            )]
+        };
         if self
             .state
             .revocations
-            .revokes(&self.namespace, &name, self.issued_at)
+            .revokes(&namespace, &name, self.issued_at, &self.fingerprint)
         {
-            return vec![BackendMessage::Refused {
-                reason: REASON_REVOKED.to_owned(),
-                fatal: true,
-            }];
+            return revoked();
         }
         if self
             .last_renewal
@@ -1205,19 +1357,78 @@ impl AgentSession {
                 RENEWAL_MIN_INTERVAL.as_secs()
             ))];
         }
-        bootstrap::wait_past_revocation(&self.state.revocations, &self.namespace, &name).await;
-        match self.state.agent_pki.sign(csr_pem, &name) {
-            Ok(cert_pem) => {
-                self.last_renewal = Some(Instant::now());
-                tracing::info!(namespace = %self.namespace, entity = %name, "agent certificate renewed");
-                vec![BackendMessage::Certificate { cert_pem }]
-            }
-            Err(err) => {
-                let reason = bootstrap::describe_pki_error(&err);
-                tracing::info!(namespace = %self.namespace, entity = %name, %reason, "certificate renewal refused");
-                vec![refused(format!("certificate renewal refused: {reason}"))]
+        let store = self.state.resources.store().as_ref();
+        let previous = match bootstrap::load_cert_record(store, &namespace, &name).await {
+            Ok(previous) => previous,
+            Err(err) => return backend_error("cannot read the certificate record", &err),
+        };
+        if let Some((record, _)) = &previous {
+            let ours = record.fingerprint == self.fingerprint
+                || self.recorded.as_deref() == Some(record.fingerprint.as_str());
+            if !ours {
+                tracing::info!(namespace = %namespace, entity = %name, "certificate renewal refused: the entity was enrolled again");
+                return vec![refused(format!(
+                    "certificate renewal refused: this certificate is no longer the current one of {namespace}/{name} (the entity was enrolled again); re-enrol the agent with a new join token"
+                ))];
             }
         }
+        // No waiting past a revocation here: a renewal is never newer than a revocation of the
+        // certificate it renews.
+        let issued = match self.state.agent_pki.sign(csr_pem, &namespace, &name) {
+            Ok(issued) => issued,
+            Err(err) => {
+                let reason = bootstrap::describe_pki_error(&err);
+                tracing::info!(namespace = %namespace, entity = %name, %reason, "certificate renewal refused");
+                return vec![refused(format!("certificate renewal refused: {reason}"))];
+            }
+        };
+        let (token_id, pinned) = previous
+            .as_ref()
+            .map_or((String::new(), None), |(record, _)| {
+                (record.token_id.clone(), record.pinned_subscriptions.clone())
+            });
+        let record = issued.record(&token_id, pinned);
+        let written =
+            match bootstrap::put_cert_record(store, &namespace, &name, &record, &previous).await {
+                Ok(written) => written,
+                Err(StoreError::PreconditionFailed { .. }) => {
+                    return vec![refused(
+                "certificate renewal refused: the certificate record changed meanwhile; try again",
+            )]
+                }
+                Err(err) => return backend_error("cannot write the certificate record", &err),
+            };
+        // A revocation stored before or while this signed is in the store now (the revocation
+        // reads the record after storing itself, so it names this certificate otherwise).
+        let revocation = match bootstrap::load_revocation(store, &namespace, &name).await {
+            Ok(revocation) => revocation,
+            Err(err) => {
+                bootstrap::restore_cert_record(
+                    store,
+                    &namespace,
+                    &name,
+                    previous.as_ref(),
+                    written,
+                )
+                .await;
+                return backend_error("cannot read the revocations", &err);
+            }
+        };
+        if revocation.is_some_and(|revocation| {
+            revocation.refuses(self.issued_at, &self.fingerprint)
+                || revocation.refuses(record.issued_at, &record.fingerprint)
+        }) {
+            bootstrap::restore_cert_record(store, &namespace, &name, previous.as_ref(), written)
+                .await;
+            tracing::info!(namespace = %namespace, entity = %name, "certificate renewal refused: revoked while signing");
+            return revoked();
+        }
+        self.last_renewal = Some(Instant::now());
+        self.recorded = Some(record.fingerprint);
+        tracing::info!(namespace = %namespace, entity = %name, serial = %record.serial, "agent certificate renewed");
+        vec![BackendMessage::Certificate {
+            cert_pem: issued.cert_pem,
+        }]
     }
 }
 
@@ -1238,15 +1449,25 @@ mod tests {
         }
     }
 
+    fn der(pem: &str) -> Vec<u8> {
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
     #[test]
-    fn the_common_name_is_the_entity_name() {
+    fn the_certificate_names_entity_and_namespace() {
         let ca = crate::pki::generate_ca("agent CA").unwrap();
         let client =
-            crate::pki::issue_client_cert(&ca, "web-01", Duration::from_secs(3600)).unwrap();
-        let der =
-            rustls::pki_types::CertificateDer::from_pem_slice(client.cert_pem.as_bytes()).unwrap();
-        let identity = peer_identity(der.as_ref()).unwrap();
+            crate::pki::issue_agent_cert(&ca, "dev", "web-01", Duration::from_secs(3600)).unwrap();
+        let identity = peer_identity(&der(&client.cert_pem)).unwrap();
         assert_eq!(identity.name, "web-01");
+        assert_eq!(identity.namespace, Ok("dev".to_owned()));
+        assert_eq!(
+            identity.fingerprint,
+            crate::pki::fingerprint_sha256(&client.cert_pem).unwrap()
+        );
+        assert_eq!(identity.serial.len(), 32, "{identity:?}");
         let now = unix_now();
         assert!(
             (identity.issued_at() - now).abs() <= 2,
@@ -1255,38 +1476,84 @@ mod tests {
         assert!(peer_identity(b"not a certificate")
             .unwrap_err()
             .starts_with("the client certificate does not parse"));
+
+        // A certificate of before namespaces were bound: told to re-enrol.
+        let old = crate::pki::issue_client_cert(&ca, "web-01", Duration::from_secs(3600)).unwrap();
+        let identity = peer_identity(&der(&old.cert_pem)).unwrap();
+        assert_eq!(identity.namespace, Err(REASON_REENROL.to_owned()));
+        assert!(REASON_REENROL.contains("re-enrol"));
+
+        assert_eq!(
+            certificate_namespace(&["cairn:agent:prod/db"], "web-01").unwrap_err(),
+            "the client certificate's agent URI names entity \"db\" but its common name is \"web-01\""
+        );
+        assert!(
+            certificate_namespace(&["cairn:agent:a/web", "cairn:agent:b/web"], "web")
+                .unwrap_err()
+                .contains("more than one")
+        );
+        assert!(certificate_namespace(&["cairn:agent:web"], "web")
+            .unwrap_err()
+            .contains("malformed"));
+        assert!(certificate_namespace(&["cairn:agent:a b/web"], "web")
+            .unwrap_err()
+            .contains("namespace is invalid"));
     }
 
     use rustls::pki_types::pem::PemObject;
 
     #[test]
     fn hellos_are_checked_against_the_certificate() {
-        assert_eq!(check_hello(&hello("web"), "web"), Ok("default".to_owned()));
+        assert_eq!(
+            check_hello(&hello("web"), "web", "dev"),
+            Ok("dev".to_owned()),
+            "an empty namespace is the certificate's"
+        );
+        let mut same_namespace = hello("web");
+        same_namespace.namespace = "dev".into();
+        assert_eq!(
+            check_hello(&same_namespace, "web", "dev"),
+            Ok("dev".to_owned())
+        );
         let mut other_namespace = hello("web");
         other_namespace.namespace = "prod".into();
-        assert_eq!(check_hello(&other_namespace, "web"), Ok("prod".to_owned()));
+        assert_eq!(
+            check_hello(&other_namespace, "web", "dev").unwrap_err(),
+            "the hello names namespace \"prod\" but the certificate is for namespace \"dev\""
+        );
         let mut old = hello("web");
         old.protocol = 0;
-        assert!(check_hello(&old, "web")
+        assert!(check_hello(&old, "web", "default")
             .unwrap_err()
             .starts_with("protocol version 0 is not supported"));
         assert_eq!(
-            check_hello(&hello("db"), "web").unwrap_err(),
+            check_hello(&hello("db"), "web", "default").unwrap_err(),
             "the hello names entity \"db\" but the certificate is for \"web\""
         );
-        assert!(check_hello(&hello("bad name"), "bad name")
+        assert!(check_hello(&hello("bad name"), "bad name", "default")
             .unwrap_err()
             .starts_with("invalid entity name"));
-        let mut bad_namespace = hello("web");
-        bad_namespace.namespace = "a b".into();
-        assert!(check_hello(&bad_namespace, "web")
-            .unwrap_err()
-            .starts_with("invalid namespace"));
         let mut bad_subscription = hello("web");
         bad_subscription.subscriptions = vec!["ok".into(), "".into()];
-        assert!(check_hello(&bad_subscription, "web")
+        assert!(check_hello(&bad_subscription, "web", "default")
             .unwrap_err()
             .starts_with("invalid subscription 1"));
+    }
+
+    #[test]
+    fn pinned_subscriptions_allow_only_themselves_and_the_entity() {
+        let mut greeting = hello("web");
+        greeting.subscriptions = vec!["linux".into(), "entity:web".into()];
+        assert_eq!(check_pinned(&greeting, &["linux".into()]), Ok(()));
+        greeting.subscriptions.push("prod-db".into());
+        let reason = check_pinned(&greeting, &["linux".into(), "web".into()]).unwrap_err();
+        assert!(
+            reason.starts_with("subscription \"prod-db\" is not allowed")
+                && reason.contains("[linux, web]"),
+            "{reason}"
+        );
+        greeting.subscriptions = vec!["entity:db".into()];
+        assert!(check_pinned(&greeting, &[]).is_err());
     }
 
     #[test]
@@ -1439,13 +1706,10 @@ mod tests {
         let sessions = Sessions::new();
         let hub = AgentHub::new(Arc::clone(&sessions));
         let (old, mut old_queue) = sessions.register("default", &hello("old"), true);
-        let mut old_stopped = hub.attach(&old, 100);
+        let mut old_stopped = hub.attach(&old, 100, "f-old");
         let (new, _new_queue) = sessions.register("default", &hello("new"), true);
-        let _new_stopped = hub.attach(&new, 300);
-        let revocation = |revoked_at| Revocation {
-            revoked_at,
-            by: "admin".into(),
-        };
+        let mut new_stopped = hub.attach(&new, 300, "f-new");
+        let revocation = |revoked_at| Revocation::new(revoked_at, "admin");
         hub.revoke(&old.id, &revocation(200));
         hub.revoke(&new.id, &revocation(200));
         assert!(sessions.get(&old.id).is_none());
@@ -1459,11 +1723,21 @@ mod tests {
         );
         assert_eq!(old_stopped.try_recv().unwrap(), REASON_REVOKED);
 
+        // A revocation naming a certificate refuses it whatever its issue time.
+        let mut named = revocation(200);
+        named.certificates.push(bootstrap::CertRef {
+            serial: "01".into(),
+            fingerprint: "f-new".into(),
+        });
+        hub.revoke(&new.id, &named);
+        assert!(sessions.get(&new.id).is_none());
+        assert_eq!(new_stopped.try_recv().unwrap(), REASON_REVOKED);
+
         // A newer connection of the same entity tells the older one to end.
         let (first, _first_queue) = sessions.register("default", &hello("twice"), true);
-        let mut first_stopped = hub.attach(&first, 100);
+        let mut first_stopped = hub.attach(&first, 100, "f-1");
         let (second, _second_queue) = sessions.register("default", &hello("twice"), true);
-        let _second_stopped = hub.attach(&second, 100);
+        let _second_stopped = hub.attach(&second, 100, "f-2");
         assert!(first_stopped
             .try_recv()
             .unwrap()
@@ -1474,6 +1748,111 @@ mod tests {
             Some(second.connection)
         );
         assert!(hub.live.lock().contains_key(&second.id));
+    }
+
+    /// A session of `dev/web-01` on a backend whose revocation view has not caught up (it
+    /// stays empty), with its certificate recorded as bootstrap records it.
+    async fn renewing_session(dir: &std::path::Path) -> (AgentSession, String, bootstrap::Issued) {
+        let (mut state, _sink) = crate::scheduler::tests::test_state(dir).await;
+        let (pki, csr) = bootstrap::tests::pki_and_csr();
+        state.agent_pki = Arc::new(pki);
+        let issued = state.agent_pki.sign(&csr, "dev", "web-01").unwrap();
+        let record = issued.record("tok", Some(vec!["linux".into()]));
+        let store = state.resources.store().as_ref();
+        bootstrap::put_cert_record(store, "dev", "web-01", &record, &None)
+            .await
+            .unwrap();
+        let hub = AgentHub::new(Sessions::new());
+        let (session, _queue) = hub.sessions().register("dev", &hello("web-01"), true);
+        let agent = AgentSession {
+            hub,
+            session,
+            namespace: "dev".into(),
+            registered: registered(),
+            issued_at: issued.identity.issued_at(),
+            fingerprint: issued.identity.fingerprint.clone(),
+            recorded: Some(record.fingerprint),
+            last_renewal: None,
+            state,
+        };
+        (agent, csr, issued)
+    }
+
+    #[tokio::test]
+    async fn renewal_keeps_the_identity_and_the_pin_and_updates_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut agent, csr, issued) = renewing_session(dir.path()).await;
+        let replies = agent.on_renew(&csr).await;
+        let [BackendMessage::Certificate { cert_pem }] = replies.as_slice() else {
+            panic!("{replies:?}");
+        };
+        let renewed = peer_identity(&der(cert_pem)).unwrap();
+        assert_eq!(renewed.namespace, Ok("dev".to_owned()));
+        assert_ne!(renewed.fingerprint, issued.identity.fingerprint);
+        let store = Arc::clone(agent.state.resources.store());
+        let (record, _) = bootstrap::load_cert_record(store.as_ref(), "dev", "web-01")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.fingerprint, renewed.fingerprint);
+        assert_eq!(record.token_id, "tok");
+        assert_eq!(record.pinned_subscriptions, Some(vec!["linux".to_owned()]));
+        // At most one renewal a minute.
+        assert!(matches!(
+            agent.on_renew(&csr).await.as_slice(),
+            [BackendMessage::Refused { fatal: false, .. }]
+        ));
+
+        // A certificate that is no longer the recorded one (the entity was enrolled again).
+        let other_dir = tempfile::tempdir().unwrap();
+        let (mut other, csr, _) = renewing_session(other_dir.path()).await;
+        other.recorded = None;
+        other.fingerprint = "superseded".into();
+        let replies = other.on_renew(&csr).await;
+        assert!(
+            matches!(replies.as_slice(), [BackendMessage::Refused { reason, fatal: false }] if reason.contains("enrolled again")),
+            "{replies:?}"
+        );
+    }
+
+    /// The race a renewal must never win: a revocation already in the store that this
+    /// backend's view has not seen yet. The certificate is signed, then refused, never sent.
+    #[tokio::test]
+    async fn renewal_after_a_stored_revocation_hands_out_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut agent, csr, issued) = renewing_session(dir.path()).await;
+        let store = Arc::clone(agent.state.resources.store());
+        let store = store.as_ref();
+        // Dated before the certificate: it refuses it by name only.
+        let certificate = bootstrap::CertRef {
+            serial: issued.identity.serial.clone(),
+            fingerprint: issued.identity.fingerprint.clone(),
+        };
+        bootstrap::merge_revocation(store, "dev", "web-01", 1, "admin", &[certificate])
+            .await
+            .unwrap();
+        assert!(!agent.state.revocations.revokes(
+            "dev",
+            "web-01",
+            agent.issued_at,
+            &agent.fingerprint
+        ));
+        let replies = agent.on_renew(&csr).await;
+        assert_eq!(
+            replies,
+            [BackendMessage::Refused {
+                reason: REASON_REVOKED.into(),
+                fatal: true
+            }]
+        );
+        let (record, _) = bootstrap::load_cert_record(store, "dev", "web-01")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            record.fingerprint, issued.identity.fingerprint,
+            "the record of the refused renewal is put back"
+        );
     }
 
     #[test]

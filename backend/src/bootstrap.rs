@@ -5,8 +5,9 @@
 //! # Endpoints
 //!
 //! - `POST /api/cairn/v1/jointokens` (RBAC: `create` on the cluster-wide resource `jointokens`),
-//!   body `{"ttl_seconds": 3600, "uses": 1, "subscriptions": [], "namespace": "default"}` (every
-//!   field optional) → `201 {"token", "id", "expires_at"}`. The token is
+//!   body `{"ttl_seconds": 3600, "uses": 1, "subscriptions": [], "namespace": "default",
+//!   "replace": "NAME", "pin_subscriptions": false}` (every field optional) →
+//!   `201 {"token", "id", "expires_at"}`. The token is
 //!   [`JoinToken::encode`]: its id, a random secret and the fingerprint of the cluster CA that
 //!   signs the API listener, which the agent pins while it bootstraps.
 //! - `GET /api/cairn/v1/jointokens` (`list jointokens`) → `200 [{"id", "namespace",
@@ -14,9 +15,11 @@
 //! - `DELETE /api/cairn/v1/jointokens/{id}` (`delete jointokens`) → `204`, or `404`.
 //! - `POST` [`cairn_api::agent::BOOTSTRAP_PATH`], unauthenticated (the join token is the credential): a
 //!   [`BootstrapRequest`] → `200` [`BootstrapResponse`]; `401` for any problem with the token,
-//!   `400` for a bad name or CSR. A refused request writes nothing.
+//!   `400` for a bad name or CSR, `409` for an entity that has a live certificate (or a
+//!   concurrent bootstrap of the same name). A refused request writes nothing.
 //! - `POST /api/cairn/v1/agents/{namespace}/{name}/revoke` (RBAC: `delete` on the cluster-wide
-//!   resource `agents`) → `200 {"namespace", "name", "revoked_at", "revoked_by"}`.
+//!   resource `agents`) → `200 {"namespace", "name", "revoked_at", "revoked_by",
+//!   "certificates": [{"serial", "fingerprint"}]}`.
 //!
 //! `jointokens` and `agents` are not namespaced resource kinds, so only cluster-wide grants
 //! (a `ClusterRoleBinding`; `cluster-admin`'s `*` included) allow them: minting an identity or
@@ -28,17 +31,37 @@
 //!
 //! ```text
 //! agents/jointokens/<id>          JoinTokenRecord (JSON); only the secret's SHA-256 is kept
+//! agents/certs/<ns>/<name>        CertRecord (JSON): the entity's current certificate (serial,
+//!                                 SHA-256 fingerprint, issued_at, not_after, token id, pinned
+//!                                 subscriptions), written with guarded writes
 //! agents/revoked/<ns>/<name>      Revocation (JSON)
 //! ```
 //!
+//! # Identity
+//!
+//! A certificate names its namespace and entity (CN = entity, URI SAN
+//! `cairn:agent:<namespace>/<entity>`, both forced by [`crate::pki::sign_csr`] from the join
+//! token's namespace and the name asked for); the agent listener takes both from it. Bootstrap
+//! for an entity whose recorded certificate is still live (not expired, not revoked) is refused
+//! with `409` unless the token was minted with `replace` naming exactly that entity; such a
+//! bootstrap then revokes the certificate it replaces. Two concurrent bootstraps for one name
+//! cannot both win: the record is written with a write guarded by the revision read. A token
+//! minted with `pin_subscriptions` pins its subscriptions into the record: the agent may claim
+//! only those (and `entity:<name>`), across renewals and restarts.
+//!
 //! # Revocation
 //!
-//! A revocation refuses every certificate of that entity issued at or before `revoked_at`.
+//! A revocation refuses every certificate of that entity issued at or before `revoked_at`, and
+//! names the certificates it refuses by serial and fingerprint (the entity's recorded one when it
+//! was stored, and one renewed meanwhile), which are refused whatever their issue time.
 //! [`crate::pki`] back-dates `notBefore` by [`PKI_NOT_BEFORE_BACKDATE_SECS`], so a
 //! certificate's issue time is its `notBefore` plus that much. Signing waits until the clock is
-//! past a same-second revocation, so a certificate issued after a revocation always works: an
-//! agent re-installed with a new token connects again. Every backend sharing the store keeps the
-//! view current through a watch, and drops a live session of a revoked certificate at once.
+//! past a same-second revocation, so a certificate issued at bootstrap after a revocation works:
+//! an agent re-installed with a new token connects again. A renewal never waits: it is refused
+//! for a revoked certificate, and after signing it reads the revocation again from the store, so
+//! that a revocation stored before or while it signed is never outrun by the new certificate.
+//! Every backend sharing the store keeps the view current through a watch (and reloads it at
+//! start), and drops a live session of a revoked certificate at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +83,8 @@ use cairn_api::agent::{BootstrapRequest, BootstrapResponse, JoinToken};
 use cairn_api::validate::check_name;
 use cairn_api::Kind;
 
+use rustls::pki_types::pem::PemObject;
+
 use crate::api::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
 use crate::auth::unix_now;
 use crate::datadir::DataDir;
@@ -70,6 +95,9 @@ use crate::store::{Precondition, Revision, Store, StoreError, WatchEvent};
 
 /// Where join tokens live in the store.
 pub const JOIN_TOKEN_PREFIX: &str = "agents/jointokens/";
+
+/// Where certificate records live in the store: `agents/certs/<namespace>/<name>`.
+pub const CERT_RECORD_PREFIX: &str = "agents/certs/";
 
 /// Where revocations live in the store: `agents/revoked/<namespace>/<name>`.
 pub const REVOKED_PREFIX: &str = "agents/revoked/";
@@ -204,12 +232,52 @@ impl AgentPki {
         &self.ca_fingerprint
     }
 
-    /// Signs an agent's CSR as a client certificate for `name`, valid [`AGENT_CERT_VALIDITY`].
+    /// Signs an agent's CSR as the client certificate of `namespace`/`name` (CN and URI SAN,
+    /// see [`pki::sign_csr`]), valid [`AGENT_CERT_VALIDITY`]; returns it with the facts its
+    /// certificate record keeps.
     ///
     /// # Errors
     /// [`PkiError::InvalidCsr`] for a bad CSR; other variants are internal faults.
-    pub fn sign(&self, csr_pem: &str, name: &str) -> Result<String, PkiError> {
-        pki::sign_csr(&self.agent_ca, csr_pem, name, AGENT_CERT_VALIDITY)
+    pub fn sign(&self, csr_pem: &str, namespace: &str, name: &str) -> Result<Issued, PkiError> {
+        let cert_pem = pki::sign_csr(
+            &self.agent_ca,
+            csr_pem,
+            namespace,
+            name,
+            AGENT_CERT_VALIDITY,
+        )?;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(PkiError::NoCertificate)?;
+        // A certificate just signed here always reads back; an error is an internal fault.
+        let identity =
+            crate::agentd::peer_identity(der.as_ref()).map_err(|_| PkiError::SigningFailed {
+                common_name: name.to_owned(),
+                source: rcgen::Error::CouldNotParseCertificate,
+            })?;
+        Ok(Issued { cert_pem, identity })
+    }
+}
+
+/// A certificate just signed, with what the agent listener reads from it.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its identity, serial, fingerprint and validity.
+    pub identity: crate::agentd::PeerIdentity,
+}
+
+impl Issued {
+    /// The certificate record of this certificate, enrolled with token `token_id`.
+    pub fn record(&self, token_id: &str, pinned_subscriptions: Option<Vec<String>>) -> CertRecord {
+        CertRecord {
+            serial: self.identity.serial.clone(),
+            fingerprint: self.identity.fingerprint.clone(),
+            issued_at: self.identity.issued_at(),
+            not_after: self.identity.not_after,
+            token_id: token_id.to_owned(),
+            pinned_subscriptions,
+        }
     }
 }
 
@@ -242,6 +310,12 @@ pub struct JoinTokenRecord {
     pub created_by: String,
     /// When, unix seconds.
     pub created_at: u64,
+    /// The one entity this token may enrol over a live certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<String>,
+    /// Whether the agents may claim only `subscriptions` (and `entity:<name>`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pin_subscriptions: bool,
 }
 
 /// The body of `POST /api/cairn/v1/jointokens`; every field is optional.
@@ -256,6 +330,10 @@ pub struct CreateJoinToken {
     pub subscriptions: Vec<String>,
     /// The namespace they join (`default` when absent).
     pub namespace: Option<String>,
+    /// An entity this token may enrol although it has a live certificate (which is revoked).
+    pub replace: Option<String>,
+    /// Pin the subscriptions: the agents may claim no others.
+    pub pin_subscriptions: bool,
 }
 
 /// A validated [`CreateJoinToken`].
@@ -269,6 +347,10 @@ pub struct JoinTokenSpec {
     pub subscriptions: Vec<String>,
     /// Namespace.
     pub namespace: String,
+    /// The entity it may enrol over a live certificate.
+    pub replace: Option<String>,
+    /// Whether the subscriptions are pinned.
+    pub pin_subscriptions: bool,
 }
 
 /// How a join token is listed.
@@ -288,6 +370,12 @@ pub struct JoinTokenInfo {
     pub created_by: String,
     /// When, unix seconds.
     pub created_at: u64,
+    /// The entity it may enrol over a live certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<String>,
+    /// Whether the subscriptions are pinned.
+    #[serde(default)]
+    pub pin_subscriptions: bool,
 }
 
 /// Why a join token was refused at bootstrap; every variant answers `401`.
@@ -422,11 +510,20 @@ pub fn validate_create(
             subscriptions.push(subscription);
         }
     }
+    if let Some(problem) = request
+        .replace
+        .as_deref()
+        .and_then(|name| check_name(Kind::Entity, name))
+    {
+        return Err(ApiError::invalid(format!("replace: {problem}")));
+    }
     Ok(JoinTokenSpec {
         ttl_seconds,
         uses,
         subscriptions,
         namespace,
+        replace: request.replace,
+        pin_subscriptions: request.pin_subscriptions,
     })
 }
 
@@ -608,6 +705,8 @@ pub async fn create_token_handler(
             uses_left: spec.uses,
             created_by: caller.username.clone(),
             created_at: now,
+            replace: spec.replace.clone(),
+            pin_subscriptions: spec.pin_subscriptions,
         };
         let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
         match store
@@ -624,6 +723,8 @@ pub async fn create_token_handler(
             namespace = %spec.namespace,
             uses = spec.uses,
             ttl_seconds = spec.ttl_seconds,
+            replace = spec.replace.as_deref().unwrap_or(""),
+            pin_subscriptions = spec.pin_subscriptions,
             by = %caller.username,
             "join token created"
         );
@@ -682,6 +783,8 @@ pub async fn list_tokens_handler(
             uses_left: record.uses_left,
             created_by: record.created_by,
             created_at: record.created_at,
+            replace: record.replace,
+            pin_subscriptions: record.pin_subscriptions,
         });
     }
     Ok(Json(tokens).into_response())
@@ -771,32 +874,77 @@ pub async fn bootstrap_handler(
             record.namespace, token.id
         )));
     }
-    wait_past_revocation(&state.revocations, &record.namespace, name).await;
-    let cert_pem = state
+    let namespace = record.namespace.clone();
+    let previous = load_cert_record(store, &namespace, name).await?;
+    let now = unix_now();
+    let replacing = match &previous {
+        Some((current, _)) => {
+            let revocation = load_revocation(store, &namespace, name).await?;
+            if !current.is_live(revocation.as_ref(), i64::try_from(now).unwrap_or(i64::MAX)) {
+                None
+            } else if record.replace.as_deref() == Some(name) {
+                Some(current.clone())
+            } else {
+                tracing::info!(token_id = %token.id, namespace = %namespace, entity = name, "bootstrap refused: the entity has a live certificate");
+                return Err(ApiError::conflict(live_certificate_refusal(
+                    &namespace, name, current,
+                )));
+            }
+        }
+        None => None,
+    };
+    wait_past_revocation(&state.revocations, &namespace, name).await;
+    if let Some(replaced) = &replacing {
+        // The revocation that retires the replaced certificate covers its issue second; the new
+        // one must be younger.
+        wait_past(replaced.issued_at).await;
+    }
+    let issued = state
         .agent_pki
-        .sign(&request.csr_pem, name)
+        .sign(&request.csr_pem, &namespace, name)
         .map_err(|err| match err {
             PkiError::InvalidCsr(_) => {
                 ApiError::invalid(format!("csr_pem: {}", describe_pki_error(&err)))
             }
             other => ApiError::internal(describe_pki_error(&other)),
         })?;
+    let pinned = record
+        .pin_subscriptions
+        .then(|| record.subscriptions.clone());
+    let cert_record = issued.record(&token.id, pinned);
+    let written = match put_cert_record(store, &namespace, name, &cert_record, &previous).await {
+        Ok(written) => written,
+        Err(StoreError::PreconditionFailed { .. }) => {
+            tracing::info!(token_id = %token.id, namespace = %namespace, entity = name, "bootstrap refused: a concurrent bootstrap of the same entity won");
+            return Err(ApiError::conflict(format!(
+                "entity \"{namespace}/{name}\" was enrolled by another bootstrap at the same moment; nothing was changed by this one"
+            )));
+        }
+        Err(err) => return Err(err.into()),
+    };
     let record = match consume_join_token(store, &token, unix_now()).await {
         Ok(record) => record,
         Err(err) => {
             tracing::info!(token_id = %token.id, entity = name, reason = %err, "bootstrap refused");
+            restore_cert_record(store, &namespace, name, previous.as_ref(), written).await;
             return Err(err.into());
         }
     };
+    if let Some(replaced) = &replacing {
+        let by = format!("join token {} (replace {name})", token.id);
+        retire_replaced(state.resources.store(), &namespace, name, replaced, &by).await?;
+    }
     tracing::info!(
         token_id = %token.id,
         namespace = %record.namespace,
         entity = name,
+        serial = %cert_record.serial,
+        replaced = replacing.is_some(),
         uses_left = record.uses_left,
         "agent bootstrapped"
     );
     Ok(Json(BootstrapResponse {
-        cert_pem,
+        cert_pem: issued.cert_pem,
         agent_ca_pem: state.agent_pki.agent_ca.cert_pem.clone(),
         ca_pem: state.agent_pki.ca_pem.clone(),
         subscriptions: record.subscriptions,
@@ -805,9 +953,225 @@ pub async fn bootstrap_handler(
     .into_response())
 }
 
+/// The refusal of a bootstrap over a live certificate: what it is and the two ways forward.
+fn live_certificate_refusal(namespace: &str, name: &str, current: &CertRecord) -> String {
+    format!(
+        "entity \"{namespace}/{name}\" already has a live certificate (serial {}, valid until {}); \
+         to enrol this host in its place, revoke it first (cairnctl agent revoke {name} --namespace {namespace}) \
+         or mint a join token with --replace {name}",
+        current.serial, current.not_after
+    )
+}
+
+// ------------------------------------------------------------------------------------------
+// Certificate records
+// ------------------------------------------------------------------------------------------
+
+/// An entity's current certificate, as stored at `agents/certs/<namespace>/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// The certificate's serial number, lowercase hex.
+    pub serial: String,
+    /// SHA-256 of its DER, lowercase hex.
+    pub fingerprint: String,
+    /// When it was issued, unix seconds.
+    pub issued_at: i64,
+    /// When it expires (`notAfter`), unix seconds.
+    pub not_after: i64,
+    /// The join token the entity enrolled with.
+    pub token_id: String,
+    /// The only subscriptions the agent may claim (besides `entity:<name>`), when its token
+    /// pinned them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_subscriptions: Option<Vec<String>>,
+}
+
+impl CertRecord {
+    /// Whether the recorded certificate still works at `now`: not expired, not revoked.
+    pub fn is_live(&self, revocation: Option<&Revocation>, now: i64) -> bool {
+        self.not_after > now
+            && !revocation
+                .is_some_and(|revocation| revocation.refuses(self.issued_at, &self.fingerprint))
+    }
+
+    /// How a revocation names this certificate.
+    pub fn certificate(&self) -> CertRef {
+        CertRef {
+            serial: self.serial.clone(),
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+}
+
+fn cert_record_key(namespace: &str, name: &str) -> String {
+    format!("{CERT_RECORD_PREFIX}{namespace}/{name}")
+}
+
+/// The certificate record of an entity and its revision, if any.
+///
+/// # Errors
+/// Store failures, and an unreadable record (as [`StoreError::Backend`]).
+pub async fn load_cert_record(
+    store: &dyn Store,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<(CertRecord, Revision)>, StoreError> {
+    let key = cert_record_key(namespace, name);
+    let Some(entry) = store.get(&key).await? else {
+        return Ok(None);
+    };
+    let record = serde_json::from_slice(&entry.value).map_err(|err| {
+        StoreError::Backend(format!("certificate record {key} is unreadable: {err}").into())
+    })?;
+    Ok(Some((record, entry.mod_revision)))
+}
+
+/// Writes an entity's certificate record, guarded by the revision of `previous` (or its
+/// absence); returns the revision written.
+///
+/// # Errors
+/// [`StoreError::PreconditionFailed`] when someone else wrote it since it was read.
+pub async fn put_cert_record(
+    store: &dyn Store,
+    namespace: &str,
+    name: &str,
+    record: &CertRecord,
+    previous: &Option<(CertRecord, Revision)>,
+) -> Result<Revision, StoreError> {
+    let precondition = match previous {
+        Some((_, revision)) => Precondition::Revision(*revision),
+        None => Precondition::Absent,
+    };
+    let value = serde_json::to_vec(record).map_err(|err| {
+        StoreError::Backend(format!("cannot encode a certificate record: {err}").into())
+    })?;
+    store
+        .put(&cert_record_key(namespace, name), value, precondition)
+        .await
+}
+
+/// Puts back the record `written` replaced (or removes it), unless it changed again since.
+pub async fn restore_cert_record(
+    store: &dyn Store,
+    namespace: &str,
+    name: &str,
+    previous: Option<&(CertRecord, Revision)>,
+    written: Revision,
+) {
+    let key = cert_record_key(namespace, name);
+    let guard = Precondition::Revision(written);
+    let undone = match previous {
+        Some((record, _)) => match serde_json::to_vec(record) {
+            Ok(value) => store.put(&key, value, guard).await.map(|_| ()),
+            Err(err) => Err(StoreError::Backend(Box::new(err))),
+        },
+        None => store.delete(&key, guard).await.map(|_| ()),
+    };
+    if let Err(err) = undone {
+        tracing::warn!(namespace, entity = name, error = %err, "cannot restore the certificate record");
+    }
+}
+
+/// The stored revocation of an entity, read from the store (not the view).
+///
+/// # Errors
+/// Store failures.
+pub async fn load_revocation(
+    store: &dyn Store,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Revocation>, StoreError> {
+    let key = revocation_key(namespace, name);
+    Ok(store
+        .get(&key)
+        .await?
+        .and_then(|entry| decode_revocation(&key, &entry.value).map(|(_, revocation)| revocation)))
+}
+
+/// Adds certificates to an entity's revocation (creating it, or raising its `revoked_at` to at
+/// least `revoked_at`), with a write guarded by the revision read; returns what was stored and
+/// its revision.
+///
+/// # Errors
+/// Store failures, or a revocation that kept changing.
+pub async fn merge_revocation(
+    store: &dyn Store,
+    namespace: &str,
+    name: &str,
+    revoked_at: i64,
+    by: &str,
+    certificates: &[CertRef],
+) -> Result<(Revocation, Revision), StoreError> {
+    let key = revocation_key(namespace, name);
+    for _ in 0..TOKEN_WRITE_ATTEMPTS {
+        let entry = store.get(&key).await?;
+        let (mut revocation, precondition) = match &entry {
+            Some(entry) => match decode_revocation(&key, &entry.value) {
+                Some((_, revocation)) => (revocation, Precondition::Revision(entry.mod_revision)),
+                None => (
+                    Revocation::new(revoked_at, by),
+                    Precondition::Revision(entry.mod_revision),
+                ),
+            },
+            None => (Revocation::new(revoked_at, by), Precondition::Absent),
+        };
+        if revocation.revoked_at < revoked_at {
+            revocation.revoked_at = revoked_at;
+            by.clone_into(&mut revocation.by);
+        }
+        for certificate in certificates {
+            if !revocation.certificates.contains(certificate) {
+                revocation.certificates.push(certificate.clone());
+            }
+        }
+        let value = serde_json::to_vec(&revocation).map_err(|err| {
+            StoreError::Backend(format!("cannot encode a revocation: {err}").into())
+        })?;
+        match store.put(&key, value, precondition).await {
+            Ok(revision) => return Ok((revocation, revision)),
+            Err(StoreError::PreconditionFailed { .. }) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Err(StoreError::Backend(
+        format!("revocation {key} kept changing under concurrent writes").into(),
+    ))
+}
+
+/// Revokes the certificate a `replace` bootstrap replaced (and every older one), dropping its
+/// live session on every backend.
+async fn retire_replaced(
+    store: &Arc<dyn Store>,
+    namespace: &str,
+    name: &str,
+    replaced: &CertRecord,
+    by: &str,
+) -> Result<(), StoreError> {
+    merge_revocation(
+        store.as_ref(),
+        namespace,
+        name,
+        replaced.issued_at,
+        by,
+        &[replaced.certificate()],
+    )
+    .await?;
+    tracing::info!(namespace, entity = name, serial = %replaced.serial, "replaced agent certificate revoked");
+    Ok(())
+}
+
 // ------------------------------------------------------------------------------------------
 // Revocations
 // ------------------------------------------------------------------------------------------
+
+/// A certificate as a revocation names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRef {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// SHA-256 of the DER, lowercase hex.
+    pub fingerprint: String,
+}
 
 /// A revocation as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -816,6 +1180,29 @@ pub struct Revocation {
     pub revoked_at: i64,
     /// The user who revoked it.
     pub by: String,
+    /// The certificates it names, refused whatever their issue time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertRef>,
+}
+
+impl Revocation {
+    /// A revocation at `revoked_at` by `by`, naming no certificate yet.
+    pub fn new(revoked_at: i64, by: &str) -> Revocation {
+        Revocation {
+            revoked_at,
+            by: by.to_owned(),
+            certificates: Vec::new(),
+        }
+    }
+
+    /// Whether it refuses the certificate issued at `issued_at` with this fingerprint.
+    pub fn refuses(&self, issued_at: i64, fingerprint: &str) -> bool {
+        is_revoked(issued_at, self.revoked_at)
+            || self
+                .certificates
+                .iter()
+                .any(|certificate| certificate.fingerprint == fingerprint)
+    }
 }
 
 /// When a certificate was issued, from its `notBefore` (unix seconds).
@@ -880,10 +1267,11 @@ impl Revocations {
             .cloned()
     }
 
-    /// Whether a certificate of this entity issued at `issued_at` is revoked.
-    pub fn revokes(&self, namespace: &str, name: &str, issued_at: i64) -> bool {
+    /// Whether the certificate of this entity issued at `issued_at` with `fingerprint` is
+    /// revoked.
+    pub fn revokes(&self, namespace: &str, name: &str, issued_at: i64, fingerprint: &str) -> bool {
         self.get(namespace, name)
-            .is_some_and(|revocation| is_revoked(issued_at, revocation.revoked_at))
+            .is_some_and(|revocation| revocation.refuses(issued_at, fingerprint))
     }
 
     /// Adds a revocation by hand (tests; the watch does this in a running backend).
@@ -1021,24 +1409,27 @@ fn decode_revocation(key: &str, value: &[u8]) -> Option<(EntityId, Revocation)> 
 /// Waits until the clock is past a revocation of this entity made in the current second, so
 /// that a certificate signed next is newer than the revocation (at most about a second).
 pub async fn wait_past_revocation(revocations: &Revocations, namespace: &str, name: &str) {
-    let Some(revocation) = revocations.get(namespace, name) else {
-        return;
-    };
+    if let Some(revocation) = revocations.get(namespace, name) {
+        wait_past(revocation.revoked_at).await;
+    }
+}
+
+/// Waits until the clock is past the second `moment` (unix seconds), when that is at most a
+/// few seconds ahead.
+async fn wait_past(moment: i64) {
     loop {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        if seconds > revocation.revoked_at {
+        if seconds > moment {
             return;
         }
-        if revocation.revoked_at.saturating_sub(seconds) > 5 {
-            // A revocation dated in the future (another backend's clock): do not wait for it.
+        if moment.saturating_sub(seconds) > 5 {
+            // Dated in the future (another backend's clock): do not wait for it.
             tracing::warn!(
-                namespace,
-                entity = name,
-                revoked_at = revocation.revoked_at,
-                "revocation is dated in the future; this backend's clock may be behind"
+                moment,
+                "a revocation is dated in the future; this backend's clock may be behind"
             );
             return;
         }
@@ -1077,36 +1468,67 @@ pub async fn revoke_handler(
             "namespace \"{namespace}\" not found"
         )));
     }
-    let revocation = Revocation {
-        revoked_at: i64::try_from(unix_now()).unwrap_or(i64::MAX),
-        by: caller.username.clone(),
-    };
-    let value = serde_json::to_vec(&revocation).map_err(ApiError::internal)?;
-    let revision = state
-        .resources
-        .store()
-        .put(
-            &revocation_key(&namespace, &name),
-            value,
-            Precondition::None,
-        )
-        .await?;
+    let store = state.resources.store().as_ref();
+    let revoked_at = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+    // Name the entity's current certificate; read the record again once the revocation is
+    // stored, so that a renewal that signed meanwhile is named too (a renewal reads the
+    // revocation after writing the record, so one of the two sees the other).
+    let mut named = Vec::new();
+    if let Some((record, _)) = load_cert_record(store, &namespace, &name).await? {
+        named.push(record.certificate());
+    }
+    let (mut revocation, mut revision) = merge_revocation(
+        store,
+        &namespace,
+        &name,
+        revoked_at,
+        &caller.username,
+        &named,
+    )
+    .await?;
+    if let Some((record, _)) = load_cert_record(store, &namespace, &name).await? {
+        if !revocation.certificates.contains(&record.certificate()) {
+            (revocation, revision) = merge_revocation(
+                store,
+                &namespace,
+                &name,
+                revoked_at,
+                &caller.username,
+                &[record.certificate()],
+            )
+            .await?;
+        }
+    }
     // Answer once this backend's view (and so the drop of a live session) has it.
     state.revocations.wait_for(revision).await;
-    tracing::info!(namespace = %namespace, entity = %name, by = %caller.username, "agent revoked");
+    tracing::info!(namespace = %namespace, entity = %name, by = %caller.username, certificates = revocation.certificates.len(), "agent revoked");
     Ok(Json(serde_json::json!({
         "namespace": namespace,
         "name": name,
         "revoked_at": revocation.revoked_at,
         "revoked_by": revocation.by,
+        "certificates": revocation.certificates,
     }))
     .into_response())
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::RedbStore;
+
+    /// Agent CA material over a new CA, and a CSR for a new key.
+    pub(crate) fn pki_and_csr() -> (AgentPki, String) {
+        let ca = pki::generate_ca("agent CA").unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let pki = AgentPki::from_parts(ca.clone(), ca.cert_pem.clone(), "00".repeat(32));
+        (pki, csr)
+    }
 
     fn record(secret: &str, expires_at: u64, uses_left: u32) -> JoinTokenRecord {
         JoinTokenRecord {
@@ -1117,6 +1539,8 @@ mod tests {
             uses_left,
             created_by: "admin".into(),
             created_at: 1,
+            replace: None,
+            pin_subscriptions: false,
         }
     }
 
@@ -1205,7 +1629,9 @@ mod tests {
                 ttl_seconds: 3600,
                 uses: 1,
                 subscriptions: Vec::new(),
-                namespace: "default".into()
+                namespace: "default".into(),
+                replace: None,
+                pin_subscriptions: false,
             }
         );
         let spec = validate_create(
@@ -1214,11 +1640,15 @@ mod tests {
                 uses: Some(10_000),
                 subscriptions: vec!["linux".into(), "entity:web".into(), "linux".into()],
                 namespace: Some("prod".into()),
+                replace: Some("web".into()),
+                pin_subscriptions: true,
             },
             exists,
         )
         .unwrap();
         assert_eq!(spec.subscriptions, ["linux", "entity:web"]);
+        assert_eq!(spec.replace.as_deref(), Some("web"));
+        assert!(spec.pin_subscriptions);
         let refused =
             |request: CreateJoinToken| validate_create(request, exists).unwrap_err().message;
         assert!(refused(CreateJoinToken {
@@ -1253,6 +1683,11 @@ mod tests {
             ..CreateJoinToken::default()
         })
         .starts_with("subscriptions[1]: "));
+        assert!(refused(CreateJoinToken {
+            replace: Some("a b".into()),
+            ..CreateJoinToken::default()
+        })
+        .starts_with("replace: "));
         assert!(serde_json::from_str::<CreateJoinToken>(r#"{"ttl": 5}"#).is_err());
     }
 
@@ -1263,16 +1698,34 @@ mod tests {
         assert!(!is_revoked(101, 100));
         assert_eq!(issued_at(1_000), 1_300);
         let view = Revocations::empty();
-        view.insert(
-            ("default".into(), "web".into()),
-            Revocation {
-                revoked_at: 500,
-                by: "admin".into(),
-            },
+        let mut revocation = Revocation::new(500, "admin");
+        revocation.certificates.push(CertRef {
+            serial: "0a".into(),
+            fingerprint: "named".into(),
+        });
+        view.insert(("default".into(), "web".into()), revocation.clone());
+        assert!(view.revokes("default", "web", 500, "other"));
+        assert!(!view.revokes("default", "web", 501, "other"));
+        assert!(
+            view.revokes("default", "web", 900, "named"),
+            "a named certificate is refused whatever its issue time"
         );
-        assert!(view.revokes("default", "web", 500));
-        assert!(!view.revokes("default", "web", 501));
-        assert!(!view.revokes("prod", "web", 1));
+        assert!(!view.revokes("prod", "web", 1, "named"));
+        // A certificate record is live until it expires or a revocation covers it.
+        let record = CertRecord {
+            serial: "0b".into(),
+            fingerprint: "current".into(),
+            issued_at: 600,
+            not_after: 1_000,
+            token_id: "t".into(),
+            pinned_subscriptions: None,
+        };
+        assert!(record.is_live(None, 999));
+        assert!(!record.is_live(None, 1_000));
+        assert!(record.is_live(Some(&revocation), 999));
+        assert!(!record.is_live(Some(&Revocation::new(600, "admin")), 999));
+        revocation.certificates.push(record.certificate());
+        assert!(!record.is_live(Some(&revocation), 999));
         assert_eq!(
             revocation_id("agents/revoked/default/web"),
             Some(("default".into(), "web".into()))
@@ -1285,18 +1738,19 @@ mod tests {
     /// `notBefore` by exactly [`PKI_NOT_BEFORE_BACKDATE_SECS`].
     #[test]
     fn signed_certificates_give_back_their_issue_time() {
-        let ca = pki::generate_ca("agent CA").unwrap();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap();
-        let pki = AgentPki::from_parts(ca.clone(), ca.cert_pem.clone(), "00".repeat(32));
+        let (pki, csr) = pki_and_csr();
         let before = i64::try_from(unix_now()).unwrap();
-        let cert = pki.sign(&csr, "web-01").unwrap();
+        let issued = pki.sign(&csr, "dev", "web-01").unwrap();
         let after = i64::try_from(unix_now()).unwrap();
-        let (_, pem) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).unwrap();
+        assert_eq!(issued.identity.namespace, Ok("dev".to_owned()));
+        assert_eq!(
+            issued.identity.fingerprint,
+            pki::fingerprint_sha256(&issued.cert_pem).unwrap()
+        );
+        let record = issued.record("tok", Some(vec!["linux".into()]));
+        assert_eq!(record.issued_at, issued.identity.issued_at());
+        assert_eq!(record.token_id, "tok");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(issued.cert_pem.as_bytes()).unwrap();
         let parsed = pem.parse_x509().unwrap();
         let issued = issued_at(parsed.validity().not_before.timestamp());
         assert!(
@@ -1309,7 +1763,7 @@ mod tests {
             lifetime,
             i64::try_from(AGENT_CERT_VALIDITY.as_secs()).unwrap() + PKI_NOT_BEFORE_BACKDATE_SECS
         );
-        let err = pki.sign("garbage", "web-01").unwrap_err();
+        let err = pki.sign("garbage", "dev", "web-01").unwrap_err();
         assert!(describe_pki_error(&err).starts_with("certificate signing request is invalid"));
     }
 
@@ -1390,10 +1844,7 @@ mod tests {
     async fn the_view_follows_the_store_and_calls_the_hook() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path().join("s.redb")).unwrap());
-        let early = Revocation {
-            revoked_at: 10,
-            by: "admin".into(),
-        };
+        let early = Revocation::new(10, "admin");
         store
             .put(
                 &revocation_key("default", "old"),
@@ -1410,21 +1861,17 @@ mod tests {
             })
         };
         let (view, task) = Revocations::start(Arc::clone(&store), hook).await.unwrap();
-        assert!(view.revokes("default", "old", 10));
+        assert!(view.revokes("default", "old", 10, "f"));
         let revision = store
             .put(
                 &revocation_key("prod", "web"),
-                serde_json::to_vec(&Revocation {
-                    revoked_at: 20,
-                    by: "admin".into(),
-                })
-                .unwrap(),
+                serde_json::to_vec(&Revocation::new(20, "admin")).unwrap(),
                 Precondition::None,
             )
             .await
             .unwrap();
         view.wait_for(revision).await;
-        assert!(view.revokes("prod", "web", 20));
+        assert!(view.revokes("prod", "web", 20, "f"));
         assert_eq!(
             *heard.lock(),
             [
@@ -1438,7 +1885,7 @@ mod tests {
             .unwrap()
             .unwrap();
         view.wait_for(revision).await;
-        assert!(!view.revokes("prod", "web", 20));
+        assert!(!view.revokes("prod", "web", 20, "f"));
         task.abort();
     }
 
@@ -1447,5 +1894,6 @@ mod tests {
         assert!(cairn_api::agent::BOOTSTRAP_PATH.starts_with("/api/cairn/v1/"));
         assert_eq!(token_key("abc"), "agents/jointokens/abc");
         assert_eq!(revocation_key("ns", "n"), "agents/revoked/ns/n");
+        assert_eq!(cert_record_key("ns", "n"), "agents/certs/ns/n");
     }
 }

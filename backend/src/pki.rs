@@ -204,8 +204,8 @@ pub fn issue_server_cert(
 
 /// Issues a TLS client certificate for `common_name`, signed by `ca`, with a new key.
 ///
-/// Agents will send a CSR instead (see [`sign_csr`]); this is for tests and tools that need a
-/// whole client identity at once.
+/// This is for clients that are not agents (the store's and the secrets providers' client
+/// identities, tests); agents get [`issue_agent_cert`] or, from a CSR, [`sign_csr`].
 ///
 /// # Guarantees
 ///
@@ -216,9 +216,31 @@ pub fn issue_client_cert(
     common_name: &str,
     validity: Duration,
 ) -> Result<CertifiedKeyPem> {
+    issue_with(ca, client_params(common_name, None, validity)?, common_name)
+}
+
+/// Issues the client certificate of the agent `namespace`/`name` with a new key: the same
+/// certificate [`sign_csr`] makes, for tests and tools that need a whole identity at once.
+///
+/// # Errors
+///
+/// As [`sign_csr`], without the CSR's.
+pub fn issue_agent_cert(
+    ca: &CertifiedKeyPem,
+    namespace: &str,
+    name: &str,
+    validity: Duration,
+) -> Result<CertifiedKeyPem> {
+    issue_with(ca, agent_params(namespace, name, validity)?, name)
+}
+
+fn issue_with(
+    ca: &CertifiedKeyPem,
+    params: CertificateParams,
+    common_name: &str,
+) -> Result<CertifiedKeyPem> {
     let issuer = ca_issuer(ca)?;
     let key = generate_key()?;
-    let params = client_params(common_name, validity)?;
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(|source| signing_failed(common_name, source))?;
@@ -228,32 +250,36 @@ pub fn issue_client_cert(
     })
 }
 
-/// Signs a certificate signing request made elsewhere (an agent's) as a client certificate for
-/// `common_name`, and returns the certificate PEM.
+/// Signs an agent's certificate signing request as the client certificate of the agent
+/// `namespace`/`name`, and returns the certificate PEM.
 ///
 /// # Guarantees
 ///
 /// Only the CSR's public key is used, after its self-signature is verified. Whatever subject,
-/// alternative names, key usages or CA flag the CSR asks for are ignored: the certificate is
-/// built exactly as in [`issue_client_cert`], with subject `CN=<common_name>` and `clientAuth`,
-/// so the caller decides the entity's identity.
+/// alternative names, key usages or CA flag the CSR asks for are ignored: the subject is
+/// exactly `CN=<name>`, the only subject alternative name is the URI
+/// [`cairn_api::agent::agent_uri`] (`cairn:agent:<namespace>/<name>`) and the extended key
+/// usage is `clientAuth`, so the caller decides the entity's identity and the agent listener
+/// reads both namespace and entity from the certificate.
 ///
 /// # Errors
 ///
 /// [`PkiError::InvalidCsr`] when the CSR is not PEM, its signature does not verify, or it
-/// carries an extension rcgen cannot parse.
+/// carries an extension rcgen cannot parse; [`PkiError::SigningFailed`] for a name that cannot
+/// be written into the certificate.
 pub fn sign_csr(
     ca: &CertifiedKeyPem,
     csr_pem: &str,
-    common_name: &str,
+    namespace: &str,
+    name: &str,
     validity: Duration,
 ) -> Result<String> {
     let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::InvalidCsr)?;
     let issuer = ca_issuer(ca)?;
-    let params = client_params(common_name, validity)?;
+    let params = agent_params(namespace, name, validity)?;
     let cert = params
         .signed_by(&csr.public_key, &issuer)
-        .map_err(|source| signing_failed(common_name, source))?;
+        .map_err(|source| signing_failed(name, source))?;
     Ok(cert.pem())
 }
 
@@ -353,13 +379,28 @@ fn server_sans(hostnames: &[String]) -> Result<Vec<SanType>> {
     Ok(sans)
 }
 
-/// Parameters of a client certificate; shared by [`issue_client_cert`] and [`sign_csr`] so that
-/// the two cannot drift apart.
-fn client_params(common_name: &str, validity: Duration) -> Result<CertificateParams> {
+/// Parameters of a client certificate, with `uri` as its only subject alternative name when
+/// given; shared by every client certificate so that they cannot drift apart.
+fn client_params(
+    common_name: &str,
+    uri: Option<&str>,
+    validity: Duration,
+) -> Result<CertificateParams> {
     let mut params = base_params(common_name, validity)?;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if let Some(uri) = uri {
+        let uri = Ia5String::try_from(uri).map_err(|source| signing_failed(common_name, source))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+    }
     Ok(params)
+}
+
+/// Parameters of the agent certificate of `namespace`/`name`; shared by [`sign_csr`] and
+/// [`issue_agent_cert`].
+fn agent_params(namespace: &str, name: &str, validity: Duration) -> Result<CertificateParams> {
+    let uri = cairn_api::agent::agent_uri(namespace, name);
+    client_params(name, Some(&uri), validity)
 }
 
 /// Parameters every certificate starts from: subject `CN=<common_name>`, a random serial, and
@@ -487,6 +528,7 @@ mod tests {
                         ),
                         n => panic!("ip address of {n} bytes"),
                     },
+                    GeneralName::URI(uri) => format!("uri:{uri}"),
                     other => panic!("unexpected SAN {other:?}"),
                 })
                 .collect()
@@ -599,17 +641,21 @@ mod tests {
             .pem()
             .unwrap();
         let serial = |pem: &str| with_cert(pem, |cert| cert.raw_serial().to_vec());
-        let first = sign_csr(&ca, &csr, "web-01", DAY).unwrap();
-        let second = sign_csr(&ca, &csr, "web-01", DAY).unwrap();
+        let first = sign_csr(&ca, &csr, "default", "web-01", DAY).unwrap();
+        let second = sign_csr(&ca, &csr, "default", "web-01", DAY).unwrap();
         assert_ne!(serial(&first), serial(&second));
     }
 
     #[test]
-    fn sign_csr_forces_the_name_and_client_auth() {
+    fn sign_csr_forces_the_identity_and_client_auth() {
         let ca = generate_ca("agent CA").unwrap();
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        // The CSR asks for another name, a SAN, server auth and CA powers.
+        // The CSR asks for another name, SANs (one of them another agent's URI), server auth
+        // and CA powers.
         let mut params = CertificateParams::new(vec!["evil.example.com".to_owned()]).unwrap();
+        params.subject_alt_names.push(SanType::URI(
+            Ia5String::try_from("cairn:agent:prod/web-01").unwrap(),
+        ));
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, "admin");
         params
@@ -619,7 +665,7 @@ mod tests {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let csr = params.serialize_request(&key).unwrap().pem().unwrap();
 
-        let cert = sign_csr(&ca, &csr, "web-01", DAY).unwrap();
+        let cert = sign_csr(&ca, &csr, "dev", "web-01", DAY).unwrap();
         assert_eq!(common_name(&cert), "web-01");
         with_cert(&cert, |cert| {
             assert_eq!(
@@ -633,15 +679,20 @@ mod tests {
             );
         });
         assert_eq!(eku(&cert), (false, true));
-        assert!(sans(&cert).is_empty());
+        assert_eq!(sans(&cert), ["uri:cairn:agent:dev/web-01"]);
         assert!(!is_ca(&cert));
         assert!(issued_by(&cert, &ca.cert_pem));
+
+        let whole = issue_agent_cert(&ca, "dev", "web-01", DAY).unwrap();
+        assert_eq!(common_name(&whole.cert_pem), "web-01");
+        assert_eq!(sans(&whole.cert_pem), ["uri:cairn:agent:dev/web-01"]);
+        assert_eq!(eku(&whole.cert_pem), (false, true));
     }
 
     #[test]
     fn sign_csr_refuses_garbage_and_forged_signatures() {
         let ca = generate_ca("agent CA").unwrap();
-        let err = sign_csr(&ca, "not a csr", "web-01", DAY).unwrap_err();
+        let err = sign_csr(&ca, "not a csr", "default", "web-01", DAY).unwrap_err();
         assert!(matches!(err, PkiError::InvalidCsr(_)), "{err:?}");
 
         // The same CSR with one bit of its signature flipped.
@@ -656,9 +707,9 @@ mod tests {
             )
         };
         let mut der = csr.der().to_vec();
-        sign_csr(&ca, &to_pem(&der), "web-01", DAY).expect("the untouched CSR is fine");
+        sign_csr(&ca, &to_pem(&der), "default", "web-01", DAY).expect("the untouched CSR is fine");
         *der.last_mut().unwrap() ^= 0x01;
-        let err = sign_csr(&ca, &to_pem(&der), "web-01", DAY).unwrap_err();
+        let err = sign_csr(&ca, &to_pem(&der), "default", "web-01", DAY).unwrap_err();
         assert!(matches!(err, PkiError::InvalidCsr(_)), "{err:?}");
     }
 

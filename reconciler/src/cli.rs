@@ -278,6 +278,14 @@ pub enum TokenCommand {
         /// The namespace the agents join (default: the configured one).
         #[arg(short, long)]
         namespace: Option<String>,
+        /// Allow enrolling the entity NAME although it has a live certificate; that
+        /// certificate is revoked when the new one is issued.
+        #[arg(long, value_name = "NAME")]
+        replace: Option<String>,
+        /// The agents may claim only --subscriptions (and entity:<name>); a hello claiming
+        /// others is refused. The pin survives renewals and restarts.
+        #[arg(long)]
+        pin_subscriptions: bool,
     },
     /// List join tokens (never their secrets).
     List,

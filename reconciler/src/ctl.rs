@@ -774,14 +774,22 @@ async fn join_token(env: &dyn EnvSource, command: &TokenCommand) -> Result<Repor
             uses,
             subscriptions,
             namespace,
+            replace,
+            pin_subscriptions,
         } => {
             let namespace = namespace.clone().unwrap_or(default_namespace);
-            let body = json!({
+            let mut body = json!({
                 "ttl_seconds": ttl,
                 "uses": uses,
                 "subscriptions": subscriptions,
                 "namespace": namespace,
             });
+            if let Some(name) = replace {
+                body["replace"] = json!(name);
+            }
+            if *pin_subscriptions {
+                body["pin_subscriptions"] = json!(true);
+            }
             let response = client
                 .send(Method::POST, JOIN_TOKENS_PATH, Some(&body))
                 .await?;
@@ -827,7 +835,7 @@ async fn join_token(env: &dyn EnvSource, command: &TokenCommand) -> Result<Repor
                 } else {
                     format_unix_utc(expires_at)
                 };
-                let subscriptions = token
+                let mut subscriptions = token
                     .get("subscriptions")
                     .and_then(Value::as_array)
                     .map(|list| {
@@ -837,6 +845,9 @@ async fn join_token(env: &dyn EnvSource, command: &TokenCommand) -> Result<Repor
                             .join(",")
                     })
                     .unwrap_or_default();
+                if token.get("pin_subscriptions").and_then(Value::as_bool) == Some(true) {
+                    subscriptions.push_str(" (pinned)");
+                }
                 rows.push([
                     text("id"),
                     text("namespace"),

@@ -6,12 +6,23 @@ use std::path::Path;
 
 use cairn_agent::config::AgentConfig;
 
-/// Signs a client certificate for each name with the agent CA of the backend data dir
-/// `data_dir`, and writes `<name>.key` and `<name>.pem` into `dir` (on all cores).
+/// [`mint_certificates_in`] the namespace `default`.
+///
+/// # Panics
+/// As [`mint_certificates_in`].
+pub fn mint_certificates(data_dir: &Path, dir: &Path, names: &[String]) {
+    mint_certificates_in(data_dir, dir, "default", names);
+}
+
+/// Signs a client certificate for each name of `namespace` with the agent CA of the backend
+/// data dir `data_dir` (CN = name, URI SAN `cairn:agent:<namespace>/<name>`, as bootstrap
+/// issues them), and writes `<name>.key` and `<name>.pem` into `dir` (on all cores). No
+/// certificate record is stored: the backend treats these like certificates whose record is
+/// gone (no pinned subscriptions, renewal allowed).
 ///
 /// # Panics
 /// When the data dir has no agent CA or a file cannot be written (test set-up).
-pub fn mint_certificates(data_dir: &Path, dir: &Path, names: &[String]) {
+pub fn mint_certificates_in(data_dir: &Path, dir: &Path, namespace: &str, names: &[String]) {
     let ca_pem = std::fs::read_to_string(data_dir.join("tls/agent-ca.pem")).expect("agent CA");
     let ca_key = std::fs::read_to_string(data_dir.join("tls/agent-ca.key")).expect("agent CA key");
     let serial_base = cairn_agent::backoff::random_u64();
@@ -41,6 +52,10 @@ pub fn mint_certificates(data_dir: &Path, dir: &Path, names: &[String]) {
                     params.use_authority_key_identifier_extension = true;
                     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
                     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+                    let uri = cairn_api::agent::agent_uri(namespace, name);
+                    params.subject_alt_names = vec![rcgen::SanType::URI(
+                        rcgen::string::Ia5String::try_from(uri).expect("an ASCII agent URI"),
+                    )];
                     let cert = params.signed_by(&key, &issuer).expect("sign");
                     std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())
                         .expect("write key");

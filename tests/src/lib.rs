@@ -778,6 +778,19 @@ impl AgentInstall {
     /// # Panics
     /// When the install fails; the message holds what it printed.
     pub fn install(backend: &Backend, token: &str, name: &str) -> AgentInstall {
+        AgentInstall::try_install(backend, token, name).unwrap_or_else(|printed| {
+            panic!(
+                "cairn-agent install {name} against {} failed: {printed}",
+                backend.url
+            )
+        })
+    }
+
+    /// [`AgentInstall::install`], returning what the install printed when it fails.
+    ///
+    /// # Errors
+    /// The install's stdout and stderr when it exits unsuccessfully.
+    pub fn try_install(backend: &Backend, token: &str, name: &str) -> Result<AgentInstall, String> {
         let root = tempfile::tempdir().expect("tempdir");
         let config_dir = root.path().join("etc-cairn-agent");
         let output = command("cairn-agent")
@@ -792,18 +805,18 @@ impl AgentInstall {
             .env_remove("CAIRN_AGENT_CONFIG")
             .output()
             .expect("run cairn-agent install");
-        assert!(
-            output.status.success(),
-            "cairn-agent install {name} against {} failed: {}{}",
-            backend.url,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        AgentInstall {
+        if !output.status.success() {
+            return Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(AgentInstall {
             name: name.to_owned(),
             config_dir,
             _root: root,
-        }
+        })
     }
 
     /// The configuration file `install` wrote.

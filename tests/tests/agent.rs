@@ -414,17 +414,41 @@ async fn open_session(
         .unwrap_or_else(|_| Err("no answer within 15 s".to_owned()))
 }
 
-/// A client certificate (and its key, PEM) for `name`, signed by `issuer`, valid over
-/// `validity` (rcgen's default, 1975 to 4096, when `None`).
+/// [`open_session`], expecting TLS and the upgrade to succeed and the hello to be refused
+/// (fatally); returns the reason.
+async fn refused_hello(agent_addr: &str, tls: Arc<rustls::ClientConfig>, hello: Hello) -> String {
+    let answer = open_session(agent_addr, tls, hello)
+        .await
+        .expect("TLS and the upgrade succeed; the hello is refused");
+    match answer {
+        BackendMessage::Refused { reason, fatal } => {
+            assert!(fatal, "a non-fatal refusal: {reason}");
+            reason
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A client certificate (and its key, PEM) for `name` of the namespace [`NS`] (its URI SAN
+/// `cairn:agent:<NS>/<name>` unless `bound` is false, as certificates were before they named
+/// their namespace), signed by `issuer`, valid over `validity` (rcgen's default, 1975 to 4096,
+/// when `None`).
 fn client_cert(
     name: &str,
     issuer: &Issuer<'_, KeyPair>,
     validity: Option<(i32, i32)>,
+    bound: bool,
 ) -> (String, String) {
     let key = KeyPair::generate().expect("a key");
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);
+    if bound {
+        let uri = format!("cairn:agent:{NS}/{name}");
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from(uri).expect("an ASCII URI"),
+        )];
+    }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
@@ -855,7 +879,7 @@ async fn refused_tls_sessions_register_nothing() {
         ("intruder", "another agent CA".to_owned(), "UnknownCA"),
         ("impostor", common_name(&agent_ca_pem), "DecryptError"),
     ] {
-        let (cert, key) = client_cert(cn, &self_signed_ca(&issuer), None);
+        let (cert, key) = client_cert(cn, &self_signed_ca(&issuer), None, true);
         let failure = open_session(addr, session_tls(&ca, Some((&cert, &key))), hello(cn))
             .await
             .expect_err("a session with a certificate from another CA");
@@ -863,7 +887,7 @@ async fn refused_tls_sessions_register_nothing() {
     }
 
     // An expired certificate from the agent CA.
-    let (cert, key) = client_cert("expired-agent", &agent_ca, Some((2000, 2001)));
+    let (cert, key) = client_cert("expired-agent", &agent_ca, Some((2000, 2001)), true);
     let failure = open_session(
         addr,
         session_tls(&ca, Some((&cert, &key))),
@@ -873,8 +897,23 @@ async fn refused_tls_sessions_register_nothing() {
     .expect_err("a session with an expired certificate");
     assert!(failure.contains("CertificateExpired"), "{failure}");
 
+    // A current certificate from the agent CA that does not name its namespace (as they were
+    // issued before certificates were bound to one): told to re-enrol.
+    let (cert, key) = client_cert("unbound", &agent_ca, None, false);
+    let reason = refused_hello(
+        addr,
+        session_tls(&ca, Some((&cert, &key))),
+        hello("unbound"),
+    )
+    .await;
+    assert!(
+        reason.contains("does not name its namespace")
+            && reason.contains("re-enrol the agent with a new join token"),
+        "{reason}"
+    );
+
     // Control: the same path with a current certificate from the agent CA is welcomed.
-    let (cert, key) = client_cert("forged-ok", &agent_ca, None);
+    let (cert, key) = client_cert("forged-ok", &agent_ca, None, true);
     let welcome = open_session(
         addr,
         session_tls(&ca, Some((&cert, &key))),
@@ -892,28 +931,22 @@ async fn refused_tls_sessions_register_nothing() {
     // An installed agent's certificate with a hello for another name.
     let install = enrol(&backend, &admin, "cn-owner").await;
     let (cert, key) = (install.read("agent.pem"), install.read("agent.key"));
-    let answer = open_session(
+    let reason = refused_hello(
         addr,
         session_tls(&ca, Some((&cert, &key))),
         hello("someone-else"),
     )
-    .await
-    .expect("TLS and the upgrade succeed; the hello is refused");
-    match &answer {
-        BackendMessage::Refused { reason, fatal } => {
-            assert!(*fatal, "{answer:?}");
-            assert!(
-                reason.contains("someone-else") && reason.contains("cn-owner"),
-                "the refusal should name both names: {reason}"
-            );
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    .await;
+    assert!(
+        reason.contains("someone-else") && reason.contains("cn-owner"),
+        "the refusal should name both names: {reason}"
+    );
 
     for name in [
         "no-cert",
         "intruder",
         "expired-agent",
+        "unbound",
         "someone-else",
         "cn-owner",
     ] {
@@ -970,20 +1003,13 @@ async fn revoked_agent_is_dropped_at_once() {
 
     // A fresh connection with the same certificate is refused.
     let (cert, key) = (install.read("agent.pem"), install.read("agent.key"));
-    let answer = open_session(
+    let reason = refused_hello(
         &backend.agent_addr,
         session_tls(&backend.ca(), Some((&cert, &key))),
         hello(name),
     )
-    .await
-    .expect("TLS and the upgrade succeed; the hello is refused");
-    match &answer {
-        BackendMessage::Refused { reason, fatal } => {
-            assert!(*fatal, "{answer:?}");
-            assert!(reason.contains("revoked"), "{reason}");
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    .await;
+    assert!(reason.contains("revoked"), "{reason}");
     // And the agent stays disconnected.
     assert!(!healthy(&http, &agent).await, "{}", agent.log());
     let exit = agent.terminate();
@@ -1143,4 +1169,42 @@ async fn keepalive_warning_critical_and_resolution() {
         statuses.ends_with(&[1, 2, 0]),
         "warning, critical, resolution: {statuses:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cairnctl_mints_replace_and_pinned_tokens() {
+    let backend = Backend::start();
+    let admin = backend.admin().await;
+    let name = "cli-01";
+    enrol(&backend, &admin, name).await;
+    let ctl = Ctl::configure(&backend);
+    let output = ctl.run(&[
+        "agent",
+        "token",
+        "create",
+        "--replace",
+        name,
+        "--subscriptions",
+        "linux",
+        "--pin-subscriptions",
+    ]);
+    assert!(output.status.success(), "token create: {}", stderr(&output));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let token = printed.lines().next().expect("the token").trim().to_owned();
+    let listed = ctl.run(&["agent", "token", "list"]);
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    assert!(listing.contains("linux (pinned)"), "{listing}");
+
+    // Enrolling over the live entity works with that token only.
+    let (plain, _) = mint_token(&admin, 1, &["linux"]).await;
+    let (refused, output) = run_install(&backend, &plain, name);
+    assert!(!output.status.success() && !refused.wrote_anything());
+    assert!(
+        stderr(&output).contains("--replace cli-01"),
+        "{}",
+        stderr(&output)
+    );
+    let (replaced, output) = run_install(&backend, &token, name);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(replaced.read("agent.yaml").contains("linux"));
 }
