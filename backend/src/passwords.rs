@@ -4,7 +4,8 @@
 //!   than the cores, at least one), so the async workers that serve `/health`, agents and
 //!   every other request are never busy hashing; a check that waits more than
 //!   [`QUEUE_TIMEOUT`] for a worker is refused (503) instead of piling up.
-//! - Failed logins slow down: after [`FREE_FAILURES`] failures within [`FAILURE_WINDOW`], each
+//! - Failed logins slow down (an attempt counts as failed until it succeeds, so attempts made
+//!   at once are throttled too): after [`FREE_FAILURES`] failures within [`FAILURE_WINDOW`], each
 //!   further attempt from the same address, or for the same user, waits before its password is
 //!   even checked: 250 ms doubling, at most [`MAX_DELAY_PER_ADDRESS`] for an address and
 //!   [`MAX_DELAY_PER_USER`] for a user. Never a lockout: an attacker who fails for someone else's
@@ -109,7 +110,11 @@ impl Passwords {
         password: &str,
         hash: Option<&str>,
     ) -> Result<bool, PasswordError> {
-        let delay = self.delay(address, username, Instant::now());
+        // The attempt counts as a failure from the start, so that many attempts at once are
+        // throttled as if they came one after another; a success takes it back.
+        let now = Instant::now();
+        let delay = self.delay(address, username, now);
+        self.record(address, username, false, now);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -117,7 +122,9 @@ impl Passwords {
             .verify(password, hash.unwrap_or(&self.dummy_hash))
             .await?
             && hash.is_some();
-        self.record(address, username, matched, Instant::now());
+        if matched {
+            self.record(address, username, true, Instant::now());
+        }
         Ok(matched)
     }
 
@@ -171,10 +178,16 @@ impl Passwords {
         backoff(by_address, MAX_DELAY_PER_ADDRESS).max(backoff(by_user, MAX_DELAY_PER_USER))
     }
 
+    /// Counts a failed attempt, or takes back the attempt of a success (and forgets the user's
+    /// failures).
     fn record(&self, address: Option<IpAddr>, username: &str, matched: bool, now: Instant) {
         let mut failures = self.failures.lock();
         if matched {
             failures.by_user.remove(username);
+            if let Some(record) = address.and_then(|address| failures.by_address.get_mut(&address))
+            {
+                record.count = record.count.saturating_sub(1);
+            }
             return;
         }
         if let Some(address) = address {
