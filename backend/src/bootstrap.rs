@@ -619,48 +619,28 @@ pub async fn consume_join_token(
     Err(ConsumeError::Contended(token.id.clone()))
 }
 
-/// Removes tokens that expired more than a day ago; returns how many.
+/// Removes join tokens past their grace period; returns how many.
 ///
 /// # Errors
-/// Store failures.
+/// A store failure.
 pub async fn sweep_expired_tokens(store: &dyn Store, now: u64) -> Result<usize, StoreError> {
-    let page = store.list(JOIN_TOKEN_PREFIX, None, 0).await?;
-    let mut removed = 0;
-    for entry in page.entries {
-        let Ok(record) = serde_json::from_slice::<JoinTokenRecord>(&entry.value) else {
-            tracing::warn!(key = %entry.key, "unreadable join token record left in place");
-            continue;
-        };
-        if record.expires_at.saturating_add(EXPIRED_TOKEN_GRACE_SECS) <= now {
-            match store
-                .delete(&entry.key, Precondition::Revision(entry.mod_revision))
-                .await
-            {
-                Ok(_) => removed += 1,
-                // Changed or removed meanwhile: the next sweep looks again.
-                Err(StoreError::PreconditionFailed { .. }) => {}
-                Err(err) => return Err(err),
-            }
-        }
-    }
-    Ok(removed)
+    crate::store::sweep::delete_expired(store, JOIN_TOKEN_PREFIX, now, join_token_expired).await
+}
+
+fn join_token_expired(value: &[u8], now: u64) -> Option<bool> {
+    let record = serde_json::from_slice::<JoinTokenRecord>(value).ok()?;
+    Some(record.expires_at.saturating_add(EXPIRED_TOKEN_GRACE_SECS) <= now)
 }
 
 /// Starts the task that sweeps expired join tokens every hour.
 pub fn spawn_token_sweeper(store: Arc<dyn Store>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(TOKEN_SWEEP_INTERVAL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            interval.tick().await;
-            match sweep_expired_tokens(store.as_ref(), unix_now()).await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "expired join tokens removed"),
-                Err(StoreError::Closed) => return,
-                Err(err) => tracing::warn!(error = %err, "cannot sweep expired join tokens"),
-            }
-        }
-    })
+    crate::store::sweep::spawn_sweeper(
+        store,
+        "join tokens",
+        JOIN_TOKEN_PREFIX,
+        TOKEN_SWEEP_INTERVAL,
+        join_token_expired,
+    )
 }
 
 /// `POST /api/cairn/v1/jointokens`.

@@ -453,6 +453,7 @@ pub async fn start(
     let (revocations, _revocation_task) =
         crate::bootstrap::Revocations::start(Arc::clone(&store), revocation_hook).await?;
     let _token_sweeper = crate::bootstrap::spawn_token_sweeper(Arc::clone(&store));
+    let _refresh_sweeper = api::spawn_refresh_sweeper(Arc::clone(&store));
     let state = AppState {
         secrets,
         resources,

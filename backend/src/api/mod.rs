@@ -560,8 +560,32 @@ async fn issue_tokens(state: &AppState, caller: &Caller) -> Result<Json<Value>, 
     })))
 }
 
+/// Where refresh tokens live in the store: `auth/refresh/<sha-256 of the token>`.
+pub const REFRESH_PREFIX: &str = "auth/refresh/";
+
+/// How often expired refresh tokens are removed from the store.
+pub const REFRESH_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
 fn refresh_key(token: &str) -> String {
-    format!("auth/refresh/{}", auth::token_digest(token))
+    format!("{REFRESH_PREFIX}{}", auth::token_digest(token))
+}
+
+/// Whether a refresh token record has expired at `now`.
+fn refresh_expired(value: &[u8], now: u64) -> Option<bool> {
+    let record: Value = serde_json::from_slice(value).ok()?;
+    Some(record["expires_at"].as_u64()? < now)
+}
+
+/// Starts the task that removes expired refresh tokens every hour (a token is used at most
+/// once, but one never used stayed in the store forever).
+pub fn spawn_refresh_sweeper(store: Arc<dyn crate::store::Store>) -> tokio::task::JoinHandle<()> {
+    crate::store::sweep::spawn_sweeper(
+        store,
+        "refresh tokens",
+        REFRESH_PREFIX,
+        REFRESH_SWEEP_INTERVAL,
+        refresh_expired,
+    )
 }
 
 async fn auth_login(
@@ -1037,5 +1061,52 @@ pub(crate) mod tests {
         let (status, _) = health_of(state.clone()).await;
         assert_eq!(status, StatusCode::OK);
         assert!(write_refusal(&state, &Method::DELETE).is_none());
+    }
+
+    #[tokio::test]
+    async fn expired_refresh_tokens_are_swept_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::RedbStore::open(dir.path().join("s.redb")).unwrap());
+        let now = auth::unix_now();
+        for (token, expires_at) in [("old", now - 1), ("live", now + 3600)] {
+            let value = serde_json::to_vec(&serde_json::json!({
+                "username": "admin",
+                "expires_at": expires_at,
+            }))
+            .unwrap();
+            store
+                .put(&refresh_key(token), value, Precondition::Absent)
+                .await
+                .unwrap();
+        }
+        store
+            .put(
+                &format!("{REFRESH_PREFIX}junk"),
+                b"not json".to_vec(),
+                Precondition::Absent,
+            )
+            .await
+            .unwrap();
+        let removed = crate::store::sweep::delete_expired(
+            store.as_ref(),
+            REFRESH_PREFIX,
+            now,
+            refresh_expired,
+        )
+        .await
+        .unwrap();
+        assert_eq!(removed, 1);
+        let left: Vec<String> = store
+            .list(REFRESH_PREFIX, None, 0)
+            .await
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|entry| entry.key)
+            .collect();
+        assert_eq!(left.len(), 2);
+        assert!(left.contains(&refresh_key("live")));
+        assert!(!left.contains(&refresh_key("old")));
     }
 }
