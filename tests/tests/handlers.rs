@@ -186,17 +186,34 @@ async fn issue_13_handler_cannot_reach_the_backends_keys_store_or_environment() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_13_handler_user_runs_handlers_as_that_user() {
     if !running_as_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let init = cairn_tests::command("cairn-backend")
+            .arg("init")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("CAIRN_ADMIN_PASSWORD", cairn_tests::ADMIN_PASSWORD)
+            .output()
+            .expect("run cairn-backend init");
+        assert!(init.status.success(), "{init:?}");
         let started = cairn_tests::command("cairn-backend")
             .args([
                 "start",
-                "--data-dir",
-                "/nonexistent",
+                "--api-listen",
+                "127.0.0.1:0",
                 "--handler-user",
                 "nobody",
             ])
+            .arg("--data-dir")
+            .arg(&data_dir)
             .output()
-            .expect("run cairn-backend");
-        assert!(!started.status.success());
+            .expect("run cairn-backend start");
+        let stderr = String::from_utf8_lossy(&started.stderr);
+        assert_eq!(started.status.code(), Some(64), "{stderr}");
+        assert!(
+            stderr.contains("needs the backend to run as root"),
+            "{stderr}"
+        );
         return;
     }
     let backend = Backend::start_with(
