@@ -107,6 +107,9 @@ pub fn report(manifests: &Manifests, allow_unsupported: bool) -> LintReport {
     }
 }
 
+/// The namespace of a document that names none and is not under a `namespaces/<ns>/` folder.
+const DEFAULT_NAMESPACE: &str = "default";
+
 /// A warning for each `Env` Secret that the repository's own `Env` provider would refuse (its
 /// allow list leaves the variable out for the Secret's namespace, or the variable is a
 /// `CAIRN_*` one, issue 13). Without an `Env` provider in the repository, the live one decides,
@@ -129,7 +132,12 @@ fn refused_env_secrets(manifests: &Manifests) -> Vec<Problem> {
         else {
             continue;
         };
-        let namespace = loaded.resource.namespace();
+        // As `apply` will place it: its own namespace, else its SensuFlow folder's, else
+        // Sensu's default.
+        let namespace = Some(loaded.resource.namespace())
+            .filter(|namespace| !namespace.is_empty())
+            .or_else(|| crate::source::layout_namespace(&loaded.location.file))
+            .unwrap_or(DEFAULT_NAMESPACE);
         if let Err(refusal) = env.check(namespace, &secret.id) {
             warnings.push(Problem {
                 location: loaded.location.clone(),
@@ -200,7 +208,13 @@ api_version: secrets/v1
 metadata: {name: own, namespace: prod}
 spec: {provider: env, id: CAIRN_ADMIN_PASSWORD}
 ";
-        let report = report(&codec::load_str("repo.yaml", text), false);
+        let mut manifests = codec::load_str("repo.yaml", text);
+        // A Secret without a namespace in SensuFlow's `namespaces/prod/` folder is prod's.
+        manifests.extend(codec::load_str(
+            "namespaces/prod/secrets/slack.yaml",
+            "type: Secret\napi_version: secrets/v1\nmetadata: {name: slack-too}\nspec: {provider: env, id: SLACK_URL}\n",
+        ));
+        let report = report(&manifests, false);
         assert_eq!(report.outcome, Outcome::Success, "{:?}", report.lines);
         let warnings: Vec<&String> = report
             .lines
