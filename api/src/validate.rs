@@ -78,13 +78,14 @@ pub fn validate(resource: &Resource) -> Vec<Issue> {
                 checker.error(spec_path("username"), "missing field \"username\"");
             }
         }
-        Spec::EnvProvider(_) => {
+        Spec::EnvProvider(env) => {
             if resource.name() != "env" {
                 checker.error(
                     FieldPath::keys(&["metadata", "name"]),
                     "the env secrets provider must be named \"env\"",
                 );
             }
+            checker.env_allow_list(env);
         }
         Spec::VaultProvider(vault) => checker.vault(vault),
         Spec::Secret(secret) => {
@@ -171,6 +172,55 @@ impl Checker {
 
     fn warning(&mut self, path: FieldPath, message: impl Into<String>) {
         self.issues.push(Issue::warning(path, message));
+    }
+
+    /// The `Env` provider's `spec.allow`: variable patterns are environment variable names
+    /// with `*`; a pattern that only matches `CAIRN_*` variables (never served) is a warning,
+    /// and so is `*` (every other variable of the backend's environment).
+    fn env_allow_list(&mut self, env: &crate::model::EnvProvider) {
+        use crate::model::ENV_NEVER_SERVED_PREFIX;
+        let allow = spec_path("allow");
+        for (idx, entry) in env.allow.iter().enumerate() {
+            let item = allow.index(idx);
+            if entry.variables.is_empty() {
+                self.error(item.key("variables"), "missing field \"variables\"");
+            }
+            for (position, pattern) in entry.variables.iter().enumerate() {
+                let path = item.key("variables").index(position);
+                let valid = !pattern.is_empty()
+                    && pattern
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '*');
+                if !valid {
+                    self.error(
+                        path,
+                        format!(
+                            "\"{pattern}\" is not an environment variable name (letters, digits, `_`, and `*` for any run)"
+                        ),
+                    );
+                } else if pattern.starts_with(ENV_NEVER_SERVED_PREFIX) {
+                    self.warning(
+                        path,
+                        format!(
+                            "\"{pattern}\" allows nothing: {ENV_NEVER_SERVED_PREFIX}* variables are never served"
+                        ),
+                    );
+                } else if pattern.chars().all(|c| c == '*') {
+                    self.warning(
+                        path,
+                        "\"*\" serves every variable of the backend's environment (but CAIRN_*)",
+                    );
+                }
+            }
+            for (position, namespace) in entry.namespaces.iter().enumerate() {
+                if namespace.is_empty() {
+                    self.error(
+                        item.key("namespaces").index(position),
+                        "empty namespace (leave out `namespaces` for every namespace)",
+                    );
+                }
+            }
+        }
     }
 
     fn name(&mut self, path: FieldPath, name: &str, rule: NameRule) {

@@ -1199,7 +1199,7 @@ fn resource_of(kinds: &[Kind]) -> Strat<Resource> {
                 Kind::EnvProvider => meta(kind)
                     .prop_map(|mut metadata| {
                         metadata.name = "env".to_owned();
-                        Resource::new(metadata, Spec::EnvProvider(EnvProvider {}))
+                        Resource::new(metadata, Spec::EnvProvider(EnvProvider::default()))
                     })
                     .boxed(),
                 Kind::VaultProvider => {

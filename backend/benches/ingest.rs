@@ -121,17 +121,6 @@ impl StoreCounters {
     }
 }
 
-/// The backend's `/metrics` text.
-async fn metrics_text(client: &Client) -> String {
-    client
-        .send(reqwest::Method::GET, "/metrics", None)
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("read /metrics")
-}
-
 /// The value of an unlabelled sample in Prometheus text.
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -145,7 +134,7 @@ async fn store_counters(client: &Client, side: Side) -> Option<StoreCounters> {
     if side != Side::Ours {
         return None;
     }
-    let text = metrics_text(client).await;
+    let text = cairn_tests::metrics(client).await;
     Some(StoreCounters {
         commits: metric(&text, "cairn_store_commits_total")? as u64,
         writes: metric(&text, "cairn_store_writes_total")? as u64,
@@ -211,6 +200,8 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
             secrets: cairn_backend::secrets::SecretsConfig::default(),
             store: cairn_backend::datadir::StoreSettings::Embedded,
             store_connect_timeout: Duration::ZERO,
+            // The bench defines no handlers.
+            handlers: cairn_backend::contain::ContainConfig::default(),
         },
         async move {
             let _ = stopped_ours.await;
@@ -309,7 +300,7 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
 
     // Every 201 was a stored event: the backend's own counter must agree.
     let ingested = if sides.contains(&Side::Ours) {
-        let metrics = metrics_text(&metrics_client).await;
+        let metrics = cairn_tests::metrics(&metrics_client).await;
         let ingested = metric(&metrics, "cairn_events_ingested_total")
             .expect("cairn_events_ingested_total in /metrics");
         Some(ingested as u64)

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod authcache;
 pub mod bootstrap;
 pub mod checkstate;
+pub mod contain;
 pub mod coord;
 pub mod datadir;
 pub mod events;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cairn_backend::api::DEFAULT_BODY_LIMIT;
+use cairn_backend::contain;
 use cairn_backend::datadir::{self, DataDir, EtcdTlsFiles, StoreEngine, StoreFlags};
 use cairn_backend::listen::{ConnectionLimits, API_MAX_CONNECTIONS};
 use cairn_backend::resources::ResourceError;
@@ -171,9 +172,22 @@ struct StartArgs {
     /// then the backend exits with status 69.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     etcd_connect_timeout: u64,
+    /// Run pipe handlers as this user (name or uid; supplementary groups dropped). Needs the
+    /// backend to run as root.
+    #[arg(long, value_name = "USER")]
+    handler_user: Option<String>,
+    /// Let pipe handlers run as root when the backend runs as root without --handler-user;
+    /// otherwise the backend refuses to run them (each run fails with a logged reason).
+    #[arg(long, conflicts_with = "handler_user")]
+    allow_root_handlers: bool,
 }
 
 fn main() -> ExitCode {
+    // The handler containment helper (see `contain`): before anything else, with no logging.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|arg| arg == contain::EXEC_ARG) {
+        return contain::exec_main(args);
+    }
     let opts = Opts::parse();
     if let Err(err) = cairn_api::logging::init("info") {
         eprintln!("cairn-backend: {err}");
@@ -257,6 +271,10 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
         },
         store,
         store_connect_timeout: std::time::Duration::from_secs(args.etcd_connect_timeout),
+        handlers: contain::ContainConfig {
+            handler_user: args.handler_user,
+            allow_root_handlers: args.allow_root_handlers,
+        },
     };
     let running = server::start(&config, shutdown_signal())
         .await

@@ -13,7 +13,6 @@
 
 use std::collections::HashSet;
 use std::error::Error as StdError;
-use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -33,11 +32,12 @@ use nix::unistd::Pid;
 use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tracing::{debug, warn, warn_span, Instrument};
 
+use crate::contain::{ContainError, Containment, HANDLER_PATH};
 use crate::events;
 
 /// Events waiting for the dispatcher by default. An event is a few KiB, so a full queue holds
@@ -76,10 +76,6 @@ const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Distinct warnings remembered for warn-once (broken filters, missing handlers); past this many
 /// they are logged every time, which only happens with thousands of broken resources.
 const WARN_ONCE_CAPACITY: usize = 4096;
-
-/// The backend's environment variables `pipe` handlers inherit; everything else comes from the
-/// handler's `env_vars`.
-const INHERITED_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
 
 /// Built-in mutator names, as in Sensu: `json` (the default) sends the event as JSON,
 /// `only_check_output` sends `check.output`.
@@ -127,6 +123,10 @@ pub struct PipelineStats {
     pub handler_failures: AtomicU64,
     /// Handler runs killed at their timeout.
     pub handler_timeouts: AtomicU64,
+    /// `pipe` handler runs refused because the backend runs as root without
+    /// `--handler-user` or `--allow-root-handlers`. Included in
+    /// [`PipelineStats::handler_failures`].
+    pub handler_refused: AtomicU64,
 }
 
 /// Why the pipeline refused an event or did not stop cleanly.
@@ -211,6 +211,7 @@ impl Pipeline {
     /// When called outside a Tokio runtime.
     pub fn start(
         config: PipelineConfig,
+        containment: Arc<Containment>,
         resolver: Arc<dyn HandlerResolver>,
     ) -> (Pipeline, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
@@ -222,7 +223,7 @@ impl Pipeline {
             stats: Arc::clone(&stats),
             slots: Arc::new(Semaphore::new(config.max_concurrent_handlers.max(1))),
             default_timeout: config.default_handler_timeout,
-            base_env: inherited_env(),
+            containment,
             warned: WarnOnce::default(),
         });
         let task = tokio::spawn(dispatcher.run(receiver, abort_receiver, finished_sender));
@@ -317,7 +318,8 @@ struct Dispatcher {
     /// One permit per handler run in flight.
     slots: Arc<Semaphore>,
     default_timeout: Duration,
-    base_env: Vec<(OsString, OsString)>,
+    /// How `pipe` handler processes are contained.
+    containment: Arc<Containment>,
     warned: WarnOnce,
 }
 
@@ -352,6 +354,8 @@ enum RunError {
     },
     #[error("unknown handler type {0:?}")]
     UnknownType(String),
+    #[error("refused")]
+    Refused(#[source] ContainError),
 }
 
 // === impl Dispatcher ===
@@ -656,6 +660,12 @@ impl Dispatcher {
             Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
             _ => self.default_timeout,
         };
+        if handler.handler_type == "pipe" && self.containment.refuses_handlers() {
+            self.stats.handler_failures.fetch_add(1, Ordering::Relaxed);
+            self.stats.handler_refused.fetch_add(1, Ordering::Relaxed);
+            warn!(reason = %ContainError::RootRefused, "handler not run");
+            return;
+        }
         // Resolved per run (the secrets cache makes that one provider read per TTL); a handler
         // whose secrets fail is not run rather than run without them.
         let secrets = if handler.handler_type == "pipe" && !handler.secrets.is_empty() {
@@ -688,9 +698,10 @@ impl Dispatcher {
         }
     }
 
-    /// Runs `sh -c <command>` in its own process group with the payload on stdin; on timeout the
-    /// whole group is killed. The environment is the backend's, the handler's `env_vars`, then
-    /// its secrets (which win, as in Sensu); the output it logs has the secret values redacted.
+    /// Runs `sh -c <command>` contained ([`Containment::command`]) in its own process group with
+    /// the payload on stdin; on timeout the whole group is killed. The environment is
+    /// [`HANDLER_PATH`], the handler's `env_vars`, then its secrets (which win, as in Sensu),
+    /// nothing of the backend's; the output it logs has the secret values redacted.
     async fn run_pipe(
         &self,
         handler: &Handler,
@@ -703,19 +714,19 @@ impl Dispatcher {
             // Only the count: a malformed entry may well be a secret value.
             warn!(skipped, "ignored env_vars entries that are not KEY=VALUE");
         }
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(&handler.command)
-            .env_clear()
-            .envs(self.base_env.iter().map(|(key, value)| (key, value)))
-            .envs(env_vars)
-            .envs(
+        let env = std::iter::once(("PATH", HANDLER_PATH))
+            .chain(env_vars)
+            .chain(
                 secrets
                     .iter()
                     .filter(|secret| !secret.value.is_empty())
-                    .map(|secret| (&secret.name, &secret.value)),
-            )
+                    .map(|secret| (secret.name.as_str(), secret.value.as_str())),
+            );
+        let mut command = self
+            .containment
+            .command(&handler.command, env)
+            .map_err(RunError::Refused)?;
+        command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -876,13 +887,6 @@ fn handler_names(event: &Event) -> Vec<String> {
         );
     }
     names
-}
-
-fn inherited_env() -> Vec<(OsString, OsString)> {
-    INHERITED_ENV
-        .iter()
-        .filter_map(|key| std::env::var_os(key).map(|value| (OsString::from(key), value)))
-        .collect()
 }
 
 /// Splits `KEY=VALUE` entries at the first `=`; returns the pairs and how many were skipped.
@@ -1934,7 +1938,12 @@ mod tests {
     }
 
     fn start_with(config: PipelineConfig, resolver: FakeResolver) -> Pipeline {
-        Pipeline::start(config, Arc::new(resolver)).0
+        Pipeline::start(
+            config,
+            Arc::new(Containment::uncontained()),
+            Arc::new(resolver),
+        )
+        .0
     }
 
     fn pipe(command: String) -> Handler {

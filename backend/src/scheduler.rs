@@ -1798,7 +1798,7 @@ pub(crate) mod tests {
         // An unauthenticated session (no client certificate): never gets secrets.
         let (_dev, mut dev) = sessions.register("default", &hello("dev", &["linux"]), false);
         // Unique to this test process, so parallel tests cannot interfere.
-        let variable = format!("CAIRN_SCHEDULER_TEST_{}", std::process::id());
+        let variable = format!("SCHEDULER_TEST_{}", std::process::id());
         std::env::set_var(&variable, "env-secret-value");
         let put = |resource: Resource| {
             let state = state.clone();
@@ -1812,7 +1812,12 @@ pub(crate) mod tests {
         };
         put(Resource::new(
             ObjectMeta::named("", "env"),
-            Spec::EnvProvider(cairn_api::model::EnvProvider {}),
+            Spec::EnvProvider(cairn_api::model::EnvProvider {
+                allow: vec![cairn_api::model::EnvAllow {
+                    variables: vec!["SCHEDULER_TEST_*".to_owned()],
+                    namespaces: Vec::new(),
+                }],
+            }),
         ))
         .await;
         put(Resource::new(

@@ -24,7 +24,8 @@ use crate::agentd::AgentHub;
 use crate::api::{self, ApiMetrics, AppState, EventSink};
 use crate::auth::{self, TokenIssuer};
 use crate::authcache::AuthCache;
-use crate::datadir::{self, DataDir, InitFiles, StoreSettings};
+use crate::contain::Containment;
+use crate::datadir::{self, DataDir, EtcdSettings, InitFiles, StoreSettings};
 use crate::listen::{self, Activity, BoundedListener, ConnectionLimits, TrackedIo};
 use crate::pipeline::{HandlerResolver, Pipeline, PipelineConfig};
 use crate::rbac;
@@ -83,6 +84,8 @@ pub struct StartConfig {
     pub store: StoreSettings,
     /// How long to keep trying to reach etcd before giving up.
     pub store_connect_timeout: Duration,
+    /// Whose identity pipe handlers run with (`--handler-user`, `--allow-root-handlers`).
+    pub handlers: crate::contain::ContainConfig,
 }
 
 /// The store `init` or `start` opened, from [`open_store`].
@@ -166,6 +169,9 @@ pub enum ServerError {
         /// The first key found under it.
         key: String,
     },
+    /// Handler containment cannot be set up as asked (`--handler-user`).
+    #[error(transparent)]
+    Contain(#[from] crate::contain::ContainError),
     /// The data dir or the flags ask for etcd, and this binary was built without it.
     #[error("this cairn-backend was built without etcd support (cargo feature `etcd`), so it cannot use the etcd store of {}", root.display())]
     EtcdNotBuilt {
@@ -257,7 +263,8 @@ async fn seed(config: &InitConfig, resources: Resources) -> Result<(), ServerErr
         .await?;
     let env_provider = cairn_api::Resource::new(
         cairn_api::ObjectMeta::named("", "env"),
-        Spec::EnvProvider(cairn_api::model::EnvProvider {}),
+        // Serves nothing until the operator allows variables (issue 13).
+        Spec::EnvProvider(cairn_api::model::EnvProvider { allow: Vec::new() }),
     );
     resources.put(&env_provider, Precondition::Absent).await?;
     Ok(())
@@ -382,6 +389,20 @@ impl Running {
     }
 }
 
+/// What pipe handlers must not reach: the data dir (keys, embedded store, `store.json`) and the
+/// etcd client TLS files, wherever they are.
+fn protected_paths(config: &StartConfig) -> Vec<PathBuf> {
+    let mut protected = vec![config.data_dir.clone()];
+    if let StoreSettings::Etcd(EtcdSettings { tls: Some(tls), .. }) = &config.store {
+        protected.extend([
+            tls.key_file.clone(),
+            tls.cert_file.clone(),
+            tls.trusted_ca_file.clone(),
+        ]);
+    }
+    protected
+}
+
 /// Starts the backend: opens the store, loads TLS and JWT material (failing fast), binds, and
 /// serves until `shutdown` resolves, then drains for up to [`SHUTDOWN_GRACE`].
 ///
@@ -391,6 +412,11 @@ pub async fn start(
     config: &StartConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, ServerError> {
+    // First, before any key is read: non-dumpable, and the handler user checked.
+    let containment = Arc::new(Containment::new(
+        &config.handlers,
+        &protected_paths(config),
+    )?);
     let dir = DataDir::new(&config.data_dir);
     let cluster = datadir::read_cluster(&dir)?;
     match listen::raise_fd_limit() {
@@ -415,8 +441,10 @@ pub async fn start(
     let resources = Resources::new(Arc::clone(&store));
     let (auth_cache, _auth_task) = AuthCache::start(resources.clone()).await?;
     let secrets = crate::secrets::Secrets::new(resources.clone(), config.secrets.clone());
+    containment.log_summary();
     let (pipeline, _pipeline_task) = Pipeline::start(
         PipelineConfig::default(),
+        containment,
         Arc::new(StoreResolver {
             resources: resources.clone(),
             secrets: Arc::clone(&secrets),
@@ -796,6 +824,10 @@ mod tests {
             secrets: crate::secrets::SecretsConfig::default(),
             store,
             store_connect_timeout: patience,
+            handlers: crate::contain::ContainConfig {
+                handler_user: None,
+                allow_root_handlers: true,
+            },
         }
     }
 

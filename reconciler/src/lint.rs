@@ -4,6 +4,8 @@ use std::io::Read;
 use std::path::Path;
 
 use cairn_api::codec::{self, Manifests};
+use cairn_api::model::EnvProvider;
+use cairn_api::{FieldPath, Issue, Problem, Spec};
 
 use crate::cli::LintArgs;
 use crate::exit::Outcome;
@@ -59,7 +61,8 @@ pub fn run(args: &LintArgs) -> LintReport {
 /// Turns what was read into report lines, a summary and an outcome.
 pub fn report(manifests: &Manifests, allow_unsupported: bool) -> LintReport {
     let mut lines: Vec<(String, usize, usize, String)> = Vec::new();
-    for problem in &manifests.problems {
+    let refused = refused_env_secrets(manifests);
+    for problem in manifests.problems.iter().chain(&refused) {
         let location = &problem.location;
         lines.push((
             location.file.clone(),
@@ -104,6 +107,54 @@ pub fn report(manifests: &Manifests, allow_unsupported: bool) -> LintReport {
     }
 }
 
+/// The namespace of a document that names none and is not under a `namespaces/<ns>/` folder.
+const DEFAULT_NAMESPACE: &str = "default";
+
+/// A warning for each `Env` Secret that the repository's own `Env` provider would refuse (its
+/// allow list leaves the variable out for the Secret's namespace, or the variable is a
+/// `CAIRN_*` one, issue 13). Without an `Env` provider in the repository, the live one decides,
+/// and nothing is said.
+fn refused_env_secrets(manifests: &Manifests) -> Vec<Problem> {
+    let providers: Vec<(&str, &EnvProvider)> = manifests
+        .resources
+        .iter()
+        .filter_map(|loaded| match &loaded.resource.spec {
+            Spec::EnvProvider(env) => Some((loaded.resource.name(), env)),
+            _ => None,
+        })
+        .collect();
+    let mut warnings = Vec::new();
+    for loaded in &manifests.resources {
+        let Spec::Secret(secret) = &loaded.resource.spec else {
+            continue;
+        };
+        let Some((provider, env)) = providers.iter().find(|(name, _)| *name == secret.provider)
+        else {
+            continue;
+        };
+        // As `apply` will place it: its own namespace, else its SensuFlow folder's, else
+        // Sensu's default.
+        let namespace = Some(loaded.resource.namespace())
+            .filter(|namespace| !namespace.is_empty())
+            .or_else(|| crate::source::layout_namespace(&loaded.location.file))
+            .unwrap_or(DEFAULT_NAMESPACE);
+        if let Err(refusal) = env.check(namespace, &secret.id) {
+            warnings.push(Problem {
+                location: loaded.location.clone(),
+                issue: Issue::warning(
+                    FieldPath::keys(&["spec", "id"]),
+                    format!(
+                        "secret \"{}\" will not resolve: {}",
+                        loaded.resource.name(),
+                        refusal.reason(provider, namespace, &secret.id)
+                    ),
+                ),
+            });
+        }
+    }
+    warnings
+}
+
 fn read_stdin() -> Manifests {
     let mut text = String::new();
     match std::io::stdin()
@@ -122,5 +173,62 @@ fn read_stdin() -> Manifests {
             });
             manifests
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, finding 6: a Secret the repository's own Env provider refuses is a warning
+    /// (not an error: the live provider may differ until the repository is applied).
+    #[test]
+    fn warns_for_env_secrets_the_repositorys_provider_refuses() {
+        let text = "\
+type: Env
+api_version: secrets/v1
+metadata: {name: env}
+spec:
+  allow:
+    - variables: [SLACK_*]
+      namespaces: [prod]
+---
+type: Secret
+api_version: secrets/v1
+metadata: {name: slack, namespace: prod}
+spec: {provider: env, id: SLACK_WEBHOOK}
+---
+type: Secret
+api_version: secrets/v1
+metadata: {name: slack, namespace: dev}
+spec: {provider: env, id: SLACK_WEBHOOK}
+---
+type: Secret
+api_version: secrets/v1
+metadata: {name: own, namespace: prod}
+spec: {provider: env, id: CAIRN_ADMIN_PASSWORD}
+";
+        let mut manifests = codec::load_str("repo.yaml", text);
+        // A Secret without a namespace in SensuFlow's `namespaces/prod/` folder is prod's.
+        manifests.extend(codec::load_str(
+            "namespaces/prod/secrets/slack.yaml",
+            "type: Secret\napi_version: secrets/v1\nmetadata: {name: slack-too}\nspec: {provider: env, id: SLACK_URL}\n",
+        ));
+        let report = report(&manifests, false);
+        assert_eq!(report.outcome, Outcome::Success, "{:?}", report.lines);
+        let warnings: Vec<&String> = report
+            .lines
+            .iter()
+            .filter(|line| line.starts_with("warning:"))
+            .collect();
+        assert_eq!(warnings.len(), 2, "{:?}", report.lines);
+        assert!(
+            warnings[0].contains("secret \"slack\" will not resolve")
+                && warnings[0].contains("allow list")
+                && warnings[0].contains("namespace \"dev\""),
+            "{}",
+            warnings[0]
+        );
+        assert!(warnings[1].contains("never served"), "{}", warnings[1]);
     }
 }

@@ -189,6 +189,7 @@ pub struct BackendOptions {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     capture_logs: bool,
+    without_root_handlers: bool,
 }
 
 impl BackendOptions {
@@ -235,6 +236,14 @@ impl BackendOptions {
     /// [`Backend::log_files`].
     pub fn capture_logs(mut self) -> BackendOptions {
         self.capture_logs = true;
+        self
+    }
+
+    /// Leaves out `--allow-root-handlers`, which `start` otherwise gets when the tests run as
+    /// root (as on CI), so that the pipe handlers of the tests run as they did before the
+    /// backend refused root handlers by default (issue 13).
+    pub fn without_root_handlers(mut self) -> BackendOptions {
+        self.without_root_handlers = true;
         self
     }
 }
@@ -540,6 +549,26 @@ pub fn error_status<T: std::fmt::Debug>(
     }
 }
 
+/// The `/metrics` text of the backend `client` talks to (as a user allowed to read it).
+///
+/// # Panics
+/// When the request fails.
+pub async fn metrics(client: &Client) -> String {
+    client
+        .send(reqwest::Method::GET, "/metrics", None)
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics as text")
+}
+
+/// Whether this process runs as root (so the backends it starts do too).
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|proc| proc.uid() == 0)
+}
+
 /// Copies the directory `from` to `to` (which must not exist) recursively, keeping the
 /// permission bits of files and directories and copying symbolic links as links.
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -593,6 +622,10 @@ fn spawn_backend(
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(
+            (!options.without_root_handlers && running_as_root())
+                .then_some("--allow-root-handlers"),
+        )
         .args(&options.args)
         .envs(options.env.iter().cloned())
         .stdout(Stdio::piped())

@@ -14,13 +14,16 @@ use std::time::{Duration, Instant};
 use cairn_api::client::{Client, ClientError, Credentials};
 use cairn_tests::openbao::{self, random_hex, OpenBao, OpenBaoConfig};
 use cairn_tests::Deadline;
-use cairn_tests::{command, Agent, Backend, BackendOptions};
+use cairn_tests::{command, metrics, Agent, Backend, BackendOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NS: &str = "default";
+
+/// The `env` secrets provider's REST path.
+const ENV_PROVIDER_PATH: &str = "/api/enterprise/secrets/v1/providers/env";
 
 // === secret values ===
 
@@ -84,6 +87,16 @@ async fn apply_vault_provider(admin: &Client, name: &str, client: Value) {
 }
 
 /// Applies a `Secret` in the default namespace.
+/// The `env` provider with the allow list `allow` (`spec.allow`).
+async fn apply_env_provider(admin: &Client, allow: Value) {
+    put(
+        admin,
+        ENV_PROVIDER_PATH,
+        &json!({"type": "Env", "api_version": "secrets/v1", "metadata": {"name": "env"}, "spec": {"allow": allow}}),
+    )
+    .await;
+}
+
 async fn apply_secret(admin: &Client, name: &str, id: &str, provider: &str) {
     let secret = json!({
         "type": "Secret",
@@ -148,16 +161,6 @@ async fn post_event(admin: &Client, entity: &str, check: &str, status: u32, hand
         "PUT event {entity}/{check}: {}",
         response.status()
     );
-}
-
-async fn metrics(admin: &Client) -> String {
-    admin
-        .send(Method::GET, "/metrics", None)
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("the metrics as text")
 }
 
 /// The value of the metric `name` (summed over its label sets).
@@ -1104,7 +1107,7 @@ async fn agent_check_sees_vault_secret_redacted_through_rotation_and_outage() {
 /// Cairn extension): the hook sees it, and its output has it redacted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_secret_reaches_a_hook_redacted() {
-    const VARIABLE: &str = "CAIRN_E2E_HOOK_TOKEN";
+    const VARIABLE: &str = "E2E_HOOK_TOKEN";
     assert!(
         std::env::var_os(VARIABLE).is_none(),
         "{VARIABLE} must be set in the backend's environment only"
@@ -1113,10 +1116,9 @@ async fn env_secret_reaches_a_hook_redacted() {
     let value_sha = sha256_hex(&value);
     let mut backend = debug_backend(|options| options.env(VARIABLE, &value));
     let admin = backend.admin().await;
-    put(
+    apply_env_provider(
         &admin,
-        "/api/enterprise/secrets/v1/providers/env",
-        &json!({"type": "Env", "api_version": "secrets/v1", "metadata": {"name": "env"}, "spec": {}}),
+        json!([{"variables": ["E2E_HOOK_*"], "namespaces": [NS]}]),
     )
     .await;
     apply_secret(&admin, "hook-token", VARIABLE, "env").await;
@@ -1181,13 +1183,190 @@ async fn env_secret_reaches_a_hook_redacted() {
     assert_eq!(hook["status"], 0, "{event:#}");
     assert!(!event.to_string().contains(&value), "{event:#}");
 
+    stop_and_audit(
+        &admin,
+        &[key],
+        (&mut agent, &install),
+        &mut backend,
+        &[("the hook's value", &value)],
+    )
+    .await;
+}
+
+/// Stops `agent` (which must exit cleanly) and `backend`, then audits the API answers for
+/// `entity_checks`, the backend's logs and every file of both for `needles`.
+async fn stop_and_audit(
+    admin: &Client,
+    entity_checks: &[(&str, &str)],
+    (agent, install): (&mut Agent, &Install),
+    backend: &mut Backend,
+    needles: &[(&str, &str)],
+) {
     let mut evidence = Evidence::default();
-    evidence.api(&admin, &[key]).await;
+    evidence.api(admin, entity_checks).await;
     let exit = agent.terminate();
     assert!(exit.is_some_and(|status| status.success()), "{exit:?}");
     backend.stop();
-    backend_logs(&mut evidence, &backend);
+    backend_logs(&mut evidence, backend);
     evidence.files(&backend.data_dir);
     evidence.files(&install.dir);
-    evidence.assert_clean(&[("the hook's value", &value)]);
+    evidence.assert_clean(needles);
+}
+
+/// Issue 13, finding 6: the `env` provider served any variable of the backend's environment to
+/// any namespace. Now a variable outside the allow list, one allowed for another namespace
+/// only, and a `CAIRN_*` one (even where the list's pattern covers it) each give a status 3
+/// event naming the allow list (or the rule), and no value reaches anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_env_secrets_outside_the_allow_list_are_refused() {
+    let outside = distinctive("outside");
+    let prod_only = distinctive("prod-only");
+    let own = distinctive("own");
+    let mut backend = debug_backend(|options| {
+        options
+            .env("E2E_OUTSIDE_TOKEN", &outside)
+            .env("E2E_PROD_TOKEN", &prod_only)
+            .env("CAIRN_E2E_OWN_TOKEN", &own)
+    });
+    let admin = backend.admin().await;
+    apply_env_provider(
+        &admin,
+        json!([
+            {"variables": ["E2E_PROD_*"], "namespaces": ["prod"]},
+            {"variables": ["E2E_ALLOWED_*", "CAIRN_E2E_*"]},
+        ]),
+    )
+    .await;
+    let cases = [
+        (
+            "outside",
+            "E2E_OUTSIDE_TOKEN",
+            "environment variable \"E2E_OUTSIDE_TOKEN\" is not in the allow list of the Env provider \"env\" (spec.allow) for namespace \"default\"",
+        ),
+        (
+            "prod-only",
+            "E2E_PROD_TOKEN",
+            "environment variable \"E2E_PROD_TOKEN\" is not in the allow list of the Env provider \"env\" (spec.allow) for namespace \"default\"",
+        ),
+        (
+            "own",
+            "CAIRN_E2E_OWN_TOKEN",
+            "environment variable \"CAIRN_E2E_OWN_TOKEN\" is never served",
+        ),
+    ];
+    let name = "secrets-env-refused";
+    let install = enrol(&backend, &admin, name).await;
+    let mut agent = start_agent(&install).await;
+    for (secret, variable, _) in cases {
+        apply_secret(&admin, secret, variable, "env").await;
+        apply_core(
+            &admin,
+            "checks",
+            secret,
+            json!({
+                "command": format!("echo \"got ${variable}\""),
+                "interval": 1,
+                "timeout": 10,
+                "subscriptions": ["linux"],
+                "publish": true,
+                "secrets": [{"name": variable, "secret": secret}],
+            }),
+        )
+        .await;
+    }
+    let logs = || {
+        format!(
+            "agent log:\n{}\nbackend log:\n{}",
+            agent.log(),
+            backend.log()
+        )
+    };
+    for (secret, _, reason) in cases {
+        let event = wait_event(
+            &admin,
+            (name, secret),
+            Duration::from_secs(20),
+            "the refused secret's status 3 event",
+            logs,
+            |event| event["check"]["status"] == 3,
+        )
+        .await;
+        let output = output_of(&event);
+        assert!(output.contains(&format!("secret \"{secret}\"")), "{output}");
+        assert!(output.contains(reason), "{output}");
+    }
+
+    let keys: Vec<(&str, &str)> = cases.iter().map(|(secret, _, _)| (name, *secret)).collect();
+    stop_and_audit(
+        &admin,
+        &keys,
+        (&mut agent, &install),
+        &mut backend,
+        &[
+            ("the variable outside the list", &outside),
+            ("the variable of another namespace", &prod_only),
+            ("the CAIRN_ variable", &own),
+        ],
+    )
+    .await;
+}
+
+/// Issue 13, finding 6: providers are cluster-wide, so a namespace admin (the `admin` cluster
+/// role bound in one namespace) may manage that namespace's Secrets but cannot widen the `env`
+/// provider's allow list; a cluster admin can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_only_a_cluster_role_changes_the_env_provider() {
+    let backend = Backend::start();
+    let admin = backend.admin().await;
+    admin
+        .send(
+            Method::POST,
+            "/api/core/v2/users",
+            Some(&json!({"username": "ns-admin", "password": "ns-admin-password", "groups": []})),
+        )
+        .await
+        .expect("create user");
+    put(
+        &admin,
+        &format!("/api/core/v2/namespaces/{NS}/rolebindings/ns-admin"),
+        &json!({"metadata": {"name": "ns-admin", "namespace": NS}, "role_ref": {"type": "ClusterRole", "name": "admin"}, "subjects": [{"type": "User", "name": "ns-admin"}]}),
+    )
+    .await;
+    let anonymous = backend.client(Credentials::None);
+    let tokens = anonymous
+        .login("ns-admin", "ns-admin-password")
+        .await
+        .expect("login");
+    let ns_admin = anonymous.with_credentials(Credentials::Bearer(tokens.access_token));
+
+    // The namespace admin manages the namespace's Secrets...
+    apply_secret(&ns_admin, "mine", "HOME", "env").await;
+    let path = format!("/api/enterprise/secrets/v1/namespaces/{NS}/secrets/mine");
+    assert!(
+        get_opt(&admin, &path).await.is_some(),
+        "the namespace admin's secret"
+    );
+    // ...but not the provider that decides what they resolve to.
+    let widened = json!({"type": "Env", "api_version": "secrets/v1", "metadata": {"name": "env"}, "spec": {"allow": [{"variables": ["*"]}]}});
+    let refused = ns_admin
+        .send(Method::PUT, ENV_PROVIDER_PATH, Some(&widened))
+        .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(ClientError::Status { status, .. }) if *status == StatusCode::FORBIDDEN
+        ),
+        "{refused:?}"
+    );
+    let seeded = get_opt(&admin, ENV_PROVIDER_PATH)
+        .await
+        .expect("seeded provider");
+    assert_eq!(seeded["spec"]["allow"], json!([]), "{seeded:#}");
+    put(&admin, ENV_PROVIDER_PATH, &widened).await;
+    let widened = get_opt(&admin, ENV_PROVIDER_PATH).await.expect("provider");
+    assert_eq!(
+        widened["spec"]["allow"][0]["variables"],
+        json!(["*"]),
+        "{widened:#}"
+    );
 }

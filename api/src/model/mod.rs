@@ -15,7 +15,10 @@ pub use self::core::{
 };
 pub use self::federation::{Cluster, EtcdReplicator, Replicator};
 pub use self::rbac::{ApiKey, Role, RoleBinding, RoleRef, Rule, Subject, User};
-pub use self::secrets::{EnvProvider, RateLimiter, Secret, VaultClient, VaultProvider, VaultTls};
+pub use self::secrets::{
+    glob_matches, EnvAllow, EnvProvider, EnvRefusal, RateLimiter, Secret, VaultClient,
+    VaultProvider, VaultTls, ENV_NEVER_SERVED_PREFIX,
+};
 use crate::kind::Kind;
 
 macro_rules! specs {

@@ -432,6 +432,11 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
                 "Handler runs killed at their timeout.",
                 &pipeline.handler_timeouts,
             ),
+            (
+                "cairn_handler_refused_total",
+                "Pipe handler runs refused: the backend runs as root without a handler user.",
+                &pipeline.handler_refused,
+            ),
         ];
         for (name, help, value) in counters {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));

@@ -5,9 +5,11 @@
 //! (cluster-wide, stored under `res/providers/<name>` whichever its type) and a
 //! provider-specific `id`:
 //!
-//! - `Env`: `id` is a variable of the backend's environment. Read on every resolution and not
-//!   cached: the value is already in this process's memory, a look-up costs nothing, and a
-//!   second copy would only add a place where it lives.
+//! - `Env`: `id` is a variable of the backend's environment, served only when the provider's
+//!   allow list (`spec.allow`) names it for the Secret's namespace, and never a `CAIRN_*` one
+//!   ([`EnvProvider::check`]). Read on every resolution and not cached: the value is already
+//!   in this process's memory, a look-up costs nothing, and a second copy would only add a
+//!   place where it lives.
 //! - `VaultProvider`: `id` is a KV path and field ([`vault::SecretPath`]). Values are cached in
 //!   memory ([`cache`]) for the Vault lease when it has one, at most
 //!   [`SecretsConfig::max_ttl`]; concurrent resolutions of one value make one read, and a
@@ -30,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_api::agent::SecretValue;
-use cairn_api::model::{SecretRef, Spec, VaultClient};
+use cairn_api::model::{EnvProvider, SecretRef, Spec, VaultClient};
 use cairn_api::Kind;
 use parking_lot::Mutex;
 
@@ -102,6 +104,7 @@ pub struct Secrets {
 enum Source {
     Env {
         id: String,
+        provider: EnvProvider,
     },
     Vault {
         client: Box<VaultClient>,
@@ -188,7 +191,11 @@ impl Secrets {
             reason,
         };
         match source {
-            Source::Env { id } => {
+            Source::Env { id, provider: env } => {
+                // Checked before the variable is looked at: a refused read learns nothing,
+                // not even whether the variable is set.
+                env.check(namespace, &id)
+                    .map_err(|refusal| error(refusal.reason(&provider, namespace, &id)))?;
                 self.stats.provider_reads.fetch_add(1, Ordering::Relaxed);
                 read_env(&id).map_err(error)
             }
@@ -292,7 +299,10 @@ impl Secrets {
             ));
         };
         let source = match stored.resource.spec {
-            Spec::EnvProvider(_) => Source::Env { id: secret.id },
+            Spec::EnvProvider(env) => Source::Env {
+                id: secret.id,
+                provider: env,
+            },
             Spec::VaultProvider(vault) => Source::Vault {
                 client: Box::new(vault.client),
                 revision: stored.revision,

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_api::model::{EnvProvider, RateLimiter, Secret, SecretRef, VaultProvider};
+use cairn_api::model::{EnvAllow, EnvProvider, RateLimiter, Secret, SecretRef, VaultProvider};
 use cairn_api::{ObjectMeta, Resource};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -61,8 +61,18 @@ impl Fixture {
         self.put("default", name, spec).await;
     }
 
+    /// The `Env` provider, allowing what these tests read.
     async fn env_provider(&self) {
-        self.put("", "env", Spec::EnvProvider(EnvProvider {})).await;
+        self.env_provider_allowing(vec![EnvAllow {
+            variables: vec!["CARGO_PKG_*".to_owned(), "TEST_SURELY_UNSET_*".to_owned()],
+            namespaces: Vec::new(),
+        }])
+        .await;
+    }
+
+    async fn env_provider_allowing(&self, allow: Vec<EnvAllow>) {
+        self.put("", "env", Spec::EnvProvider(EnvProvider { allow }))
+            .await;
     }
 
     async fn vault_provider(&self, name: &str, client: VaultClient) {
@@ -130,7 +140,7 @@ async fn lookup_failures_name_the_secret_and_what_is_missing() {
     let fixture = Fixture::new().await;
     fixture.env_provider().await;
     fixture
-        .secret("unset", "env", "CAIRN_TEST_SURELY_UNSET_VARIABLE")
+        .secret("unset", "env", "TEST_SURELY_UNSET_VARIABLE")
         .await;
     fixture.secret("orphan", "gone", "X").await;
     fixture.secret("unbound", "", "X").await;
@@ -161,7 +171,7 @@ async fn lookup_failures_name_the_secret_and_what_is_missing() {
     check(
         vec![reference("TOKEN", "unset")],
         "secret \"unset\" (for TOKEN) from provider \"env\": secret not found: environment \
-         variable \"CAIRN_TEST_SURELY_UNSET_VARIABLE\" is not set in the backend",
+         variable \"TEST_SURELY_UNSET_VARIABLE\" is not set in the backend",
     )
     .await;
     // All or nothing, and the first failure in order is the one reported.
@@ -173,7 +183,7 @@ async fn lookup_failures_name_the_secret_and_what_is_missing() {
             reference("B", "nope"),
         ],
         "secret \"unset\" (for A) from provider \"env\": secret not found: environment \
-         variable \"CAIRN_TEST_SURELY_UNSET_VARIABLE\" is not set in the backend",
+         variable \"TEST_SURELY_UNSET_VARIABLE\" is not set in the backend",
     )
     .await;
     // Secrets are namespaced.
@@ -183,6 +193,70 @@ async fn lookup_failures_name_the_secret_and_what_is_missing() {
         .expect_err("not in this namespace");
     assert!(err.reason.contains("namespace \"other\""), "{err}");
     assert_eq!(count(&secrets.stats().failures), 7);
+}
+
+/// Issue 13, finding 6: the `Env` provider serves only what its allow list names for the
+/// Secret's namespace, never a `CAIRN_*` variable, and a refusal names the allow list.
+#[tokio::test]
+async fn env_provider_serves_only_its_allow_list() {
+    let fixture = Fixture::new().await;
+    // Cargo sets these for every test process; nothing here calls `set_var`.
+    fixture.secret("pkg", "env", "CARGO_PKG_NAME").await;
+    fixture.secret("dir", "env", "CARGO_MANIFEST_DIR").await;
+    fixture.secret("own", "env", "CAIRN_ANY").await;
+    let secrets = fixture.secrets(SecretsConfig::default());
+    let refused = |name: &'static str, expect: String| {
+        let secrets = Arc::clone(&secrets);
+        async move {
+            let err = secrets
+                .resolve("default", &[reference("V", name)])
+                .await
+                .expect_err(name);
+            assert_eq!(err.reason, expect, "{err}");
+        }
+    };
+    let not_allowed = |variable: &str| {
+        format!(
+            "environment variable \"{variable}\" is not in the allow list of the Env provider \
+             \"env\" (spec.allow) for namespace \"default\""
+        )
+    };
+    // What init seeds: nothing is served.
+    fixture.env_provider_allowing(Vec::new()).await;
+    refused("pkg", not_allowed("CARGO_PKG_NAME")).await;
+    // Allowed for another namespace only.
+    fixture
+        .env_provider_allowing(vec![EnvAllow {
+            variables: vec!["CARGO_*".to_owned()],
+            namespaces: vec!["prod".to_owned()],
+        }])
+        .await;
+    refused("pkg", not_allowed("CARGO_PKG_NAME")).await;
+    // Allowed here by a glob; a variable beside it is not.
+    fixture
+        .env_provider_allowing(vec![EnvAllow {
+            variables: vec!["CARGO_PKG_*".to_owned(), "*".to_owned()],
+            namespaces: vec!["def*".to_owned()],
+        }])
+        .await;
+    let values = secrets
+        .resolve(
+            "default",
+            &[reference("PKG", "pkg"), reference("DIR", "dir")],
+        )
+        .await
+        .expect("allowed");
+    assert_eq!(values.len(), 2);
+    // `*` allows everything but the backend's own variables.
+    refused(
+        "own",
+        "environment variable \"CAIRN_ANY\" is never served: CAIRN_* variables are the \
+         backend's own settings"
+            .to_owned(),
+    )
+    .await;
+    // Refusals never reached the environment.
+    assert_eq!(count(&secrets.stats().provider_reads), 2);
 }
 
 #[tokio::test]
