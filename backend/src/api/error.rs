@@ -191,6 +191,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::passwords::PasswordError> for ApiError {
+    fn from(err: crate::passwords::PasswordError) -> ApiError {
+        match err {
+            crate::passwords::PasswordError::Busy => ApiError::busy(err.to_string()),
+            crate::passwords::PasswordError::Hash(_) => ApiError::internal(err),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,14 +252,5 @@ mod tests {
             body(response).await,
             serde_json::json!({"message": "internal error", "code": 0})
         );
-    }
-}
-
-impl From<crate::passwords::PasswordError> for ApiError {
-    fn from(err: crate::passwords::PasswordError) -> ApiError {
-        match err {
-            crate::passwords::PasswordError::Busy => ApiError::busy(err.to_string()),
-            crate::passwords::PasswordError::Hash(_) => ApiError::internal(err),
-        }
     }
 }
