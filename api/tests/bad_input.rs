@@ -175,8 +175,8 @@ fn look_alike_namespaces_are_refused_everywhere_a_namespace_is_named() {
     check(
         "type: Namespace\napi_version: core/v2\nmetadata:\n  name: \u{ff50}rod\nspec: {}\n---\ntype: CheckConfig\napi_version: core/v2\nmetadata:\n  name: cpu\n  namespace: d\u{0435}v\nspec:\n  command: x\n  interval: 10\n",
         expect![[r#"
-            error: bad.yaml:4:3: document 1: metadata.name: "ｐrod" cannot contain spaces or special characters (allowed: ASCII letters, digits, _ . - :)
-            error: bad.yaml:10:3: document 2: metadata.namespace: "dеv" cannot contain spaces or special characters (allowed: ASCII letters, digits, _ . - :)
+            error: bad.yaml:5:1: document 1: spec.name: "ｐrod" cannot contain spaces or special characters (allowed: ASCII letters, digits, _ . - :)
+            error: bad.yaml:11:3: document 2: metadata.namespace: "dеv" cannot contain spaces or special characters (allowed: ASCII letters, digits, _ . - :)
             accepted: 0"#]],
     );
 }

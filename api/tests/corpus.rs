@@ -16,6 +16,9 @@ enum Rule {
     /// Sensu only warns about an unknown field and drops it; Cairn refuses it, so that typos
     /// (`intreval`) do not ship silently.
     UnknownField,
+    /// Sensu accepts it, but it would send credentials in clear: a federated cluster's API
+    /// over plain `http://` (issue 13). The error says to use https.
+    ClearText,
 }
 
 /// Files of modelled types that are refused, each with the rule it breaks.
@@ -24,6 +27,7 @@ const REFUSED: &[(&str, Rule, &str)] = &[
     ("sensu-check-multiplexer/README.md__block00.yml", Rule::Sensu, "check needs an interval or a cron"),
     ("sensu-check-multiplexer/README.md__block01.yml", Rule::Sensu, "check needs an interval or a cron"),
     ("sensu-cluster-metrics/README.md__block01.yml", Rule::Sensu, "check needs an interval or a cron"),
+    ("sensu-docs/content__sensu-go__6.14__api__enterprise__federation.md__block01.json", Rule::ClearText, "a cluster's api_urls are http://"),
     ("sensu-docs/content__sensu-go__6.14__catalog__build-private-catalog.md__block00.yml", Rule::Sensu, "asset build filters must be a list (the docs elide them as `...`)"),
     ("sensu-docs/content__sensu-go__6.14__observability-pipeline__observe-entities__auto-register-deregister.md__block02.yml", Rule::Sensu, "a pipe handler needs a command"),
     ("sensu-docs/content__sensu-go__6.14__observability-pipeline__observe-entities__entities.md__block10.yml", Rule::UnknownField, "unknown field: the docs elide fields as `...`"),
@@ -32,6 +36,8 @@ const REFUSED: &[(&str, Rule, &str)] = &[
     ("sensu-docs/content__sensu-go__6.14__observability-pipeline__observe-schedule__checks.md__block20.yml", Rule::Sensu, "check needs an interval or a cron"),
     ("sensu-docs/content__sensu-go__6.14__operations__deploy-sensu__generate-certificates.md__block00.yml", Rule::Sensu, "check needs an interval or a cron"),
     ("sensu-flow/_.sensu.prune.test__prune_test__check-cpu.yaml", Rule::Sensu, "check needs an interval or a cron"),
+    ("sensu-go-workshop/config__sensu__cluster__federated__gateway__alpha.yaml", Rule::ClearText, "a cluster's api_urls are http://"),
+    ("sensu-go-workshop/config__sensu__cluster__federated__gateway__beta.yaml", Rule::ClearText, "a cluster's api_urls are http://"),
     ("sensu-go-workshop/config__sensu__seeds__example-event.json", Rule::UnknownField, "unknown field: entities have no `deregistration_handler` (agents do)"),
     ("sensu-http-checks/README.md__block00.yml", Rule::Sensu, "check needs an interval or a cron"),
     ("sensu-http-checks/README.md__block01.yml", Rule::UnknownField, "unknown field: typo `output_metric-handlers`"),
