@@ -1075,8 +1075,13 @@ fn user() -> Strat<User> {
         .boxed()
 }
 
+/// A federated cluster's API URL: https with a host (plain http is refused: tokens go there).
+fn cluster_url() -> Strat<String> {
+    re("https://[a-z0-9]{1,12}(\\.[a-z]{2,5})?(:[0-9]{2,5})?(/[a-z]{1,8})?")
+}
+
 fn cluster() -> Strat<Cluster> {
-    vec(http_url(), 1..4)
+    vec(cluster_url(), 1..4)
         .prop_map(|api_urls| Cluster {
             api_urls,
             ca_cert: String::new(),
