@@ -254,7 +254,8 @@ async fn rbac_matrix_and_disabled_users() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         message,
-        "user viewer may not create checks/cpu in namespace default"
+        // The same words whether checks/cpu exists or not (issue 13: no existence oracle).
+        "user viewer may not create or update checks/cpu in namespace default"
     );
 
     assert_eq!(
