@@ -549,6 +549,58 @@ pub fn error_status<T: std::fmt::Debug>(
     }
 }
 
+/// The status and message of a call: the response's status (and no message) when it
+/// succeeded, the refusal's status and message when it was refused.
+///
+/// # Panics
+/// When the call failed without an answer (a transport error).
+pub fn status_of(
+    result: Result<reqwest::Response, cairn_api::client::ClientError>,
+) -> (reqwest::StatusCode, String) {
+    match result {
+        Ok(response) => (response.status(), String::new()),
+        Err(cairn_api::client::ClientError::Status { status, message }) => (status, message),
+        Err(err) => panic!("request failed: {err}"),
+    }
+}
+
+/// Creates the local user `name` with `password` and no groups, as `admin`.
+///
+/// # Panics
+/// When the backend refuses.
+pub async fn create_user(admin: &Client, name: &str, password: &str) {
+    admin
+        .send(
+            reqwest::Method::POST,
+            "/api/core/v2/users",
+            Some(&serde_json::json!({"username": name, "password": password, "groups": []})),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("create user {name}: {err}"));
+}
+
+/// Grants an API key for `username`, as `admin`, and returns it (from the `Location` header).
+///
+/// # Panics
+/// When the backend refuses or names no key.
+pub async fn grant_api_key(admin: &Client, username: &str) -> String {
+    let response = admin
+        .send(
+            reqwest::Method::POST,
+            "/api/core/v2/apikeys",
+            Some(&serde_json::json!({"username": username})),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("grant an API key to {username}: {err}"));
+    response
+        .headers()
+        .get("location")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|location| location.rsplit('/').next())
+        .expect("the key in the Location header")
+        .to_owned()
+}
+
 /// The `/metrics` text of the backend `client` talks to (as a user allowed to read it).
 ///
 /// # Panics

@@ -6,17 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_api::client::{ClientError, Credentials};
-use cairn_tests::{Backend, ADMIN_PASSWORD};
+use cairn_tests::{status_of, Backend, ADMIN_PASSWORD};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-
-fn status_of(result: Result<reqwest::Response, ClientError>) -> (StatusCode, String) {
-    match result {
-        Ok(response) => (response.status(), String::new()),
-        Err(ClientError::Status { status, message }) => (status, message),
-        Err(err) => panic!("request failed: {err}"),
-    }
-}
 
 /// Waits for a file to hold `needle`, naming the likely cause on timeout.
 async fn wait_for_file(path: &Path, needle: &str, what: &str) -> String {

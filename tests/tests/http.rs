@@ -10,7 +10,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_tests::{Backend, BackendOptions, Deadline};
-use serde_json::json;
 
 /// One curl run: the status it printed (`000` when it got no response) and its exit code.
 fn curl(backend: &Backend, args: &[&str], body_file: &Path, path: &str) -> (String, i32, String) {
@@ -44,29 +43,8 @@ fn body_file(dir: &Path, name: &str, n_bytes: usize) -> std::path::PathBuf {
 async fn early_refusals_arrive_whole_over_http2_and_http1() {
     let backend = Backend::start();
     let admin = backend.admin().await;
-    admin
-        .send(
-            reqwest::Method::POST,
-            "/api/core/v2/users",
-            Some(&json!({"username": "viewer", "password": "viewer-pw-1", "groups": []})),
-        )
-        .await
-        .expect("create a user without roles");
-    let key = admin
-        .send(
-            reqwest::Method::POST,
-            "/api/core/v2/apikeys",
-            Some(&json!({"username": "viewer"})),
-        )
-        .await
-        .expect("grant a key");
-    let key = key
-        .headers()
-        .get("location")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|location| location.rsplit('/').next())
-        .expect("the key in Location")
-        .to_owned();
+    cairn_tests::create_user(&admin, "viewer", "viewer-pw-1").await;
+    let key = cairn_tests::grant_api_key(&admin, "viewer").await;
     let admin_token = backend
         .client(cairn_api::client::Credentials::None)
         .login("admin", cairn_tests::ADMIN_PASSWORD)

@@ -6,53 +6,10 @@
 
 use std::process::Command;
 
-use cairn_api::client::{ClientError, Credentials};
-use cairn_tests::{Backend, BackendOptions, Deadline};
+use cairn_api::client::Credentials;
+use cairn_tests::{create_user, grant_api_key, status_of, Backend, BackendOptions, Deadline};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-
-fn status_of(result: Result<reqwest::Response, ClientError>) -> (StatusCode, String) {
-    match result {
-        Ok(response) => (response.status(), String::new()),
-        Err(ClientError::Status { status, message }) => (status, message),
-        Err(err) => panic!("request failed: {err}"),
-    }
-}
-
-/// Creates a local user with `password` and no groups.
-async fn create_user(admin: &cairn_api::client::Client, name: &str, password: &str) {
-    admin
-        .send(
-            Method::POST,
-            "/api/core/v2/users",
-            Some(&json!({"username": name, "password": password, "groups": []})),
-        )
-        .await
-        .unwrap_or_else(|err| panic!("create user {name}: {err}"));
-}
-
-/// An API key for `username`, granted by the admin.
-async fn api_key_for(admin: &cairn_api::client::Client, username: &str) -> String {
-    let response = admin
-        .send(
-            Method::POST,
-            "/api/core/v2/apikeys",
-            Some(&json!({"username": username})),
-        )
-        .await
-        .expect("grant an API key");
-    let location = response
-        .headers()
-        .get("location")
-        .and_then(|value| value.to_str().ok())
-        .expect("a Location header")
-        .to_owned();
-    location
-        .rsplit('/')
-        .next()
-        .expect("a key in the location")
-        .to_owned()
-}
 
 /// Binds `user` to the cluster role `role` in namespace `default`.
 async fn bind_in_default(admin: &cairn_api::client::Client, user: &str, role: &str) {
@@ -83,7 +40,7 @@ async fn a_password_changes_only_with_the_current_one_and_an_api_key_alone_canno
         .expect("alice logs in")
         .access_token;
     let alice = backend.client(Credentials::Bearer(alice_token));
-    let alice_key = backend.client(Credentials::ApiKey(api_key_for(&admin, "alice").await));
+    let alice_key = backend.client(Credentials::ApiKey(grant_api_key(&admin, "alice").await));
     let path = "/api/core/v2/users/alice/password";
 
     // A stolen token or API key alone: the new password without the current one. Before the
@@ -254,7 +211,7 @@ async fn metrics_need_a_credential_unless_served_on_their_own_address() {
         StatusCode::UNAUTHORIZED,
         "/metrics with a bad token"
     );
-    let viewer = backend.client(Credentials::ApiKey(api_key_for(&admin, "watcher").await));
+    let viewer = backend.client(Credentials::ApiKey(grant_api_key(&admin, "watcher").await));
     let text = viewer
         .send(Method::GET, "/metrics", None)
         .await
