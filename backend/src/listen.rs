@@ -8,7 +8,6 @@
 //! with the count it stood for. [`raise_fd_limit`] lifts the soft `RLIMIT_NOFILE` to the hard
 //! one at start.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -75,10 +74,6 @@ impl BoundedListener {
             limits,
             accept_errors: RepeatedLog::new(REPEAT_LOG_INTERVAL),
         }
-    }
-
-    pub(crate) fn limits(&self) -> ConnectionLimits {
-        self.limits
     }
 
     /// The next connection, once a slot is free; the slot is held by the returned permit.
@@ -287,11 +282,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
-}
-
-/// Runs `future` (a TLS handshake) within `timeout`; `None` when it took longer.
-pub(crate) async fn within<T>(timeout: Duration, future: impl Future<Output = T>) -> Option<T> {
-    tokio::time::timeout(timeout, future).await.ok()
 }
 
 #[cfg(test)]

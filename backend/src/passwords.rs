@@ -1,7 +1,7 @@
 //! Password checks that an anonymous client cannot turn into a denial of service or an oracle.
 //!
-//! - argon2 runs on tokio's blocking pool, at most [`Passwords::workers`] at once (one fewer
-//!   than the cores, at least one), so the async workers that serve `/health`, agents and
+//! - argon2 runs on tokio's blocking pool, at most one check per core but one (at least one)
+//!   at once, so the async workers that serve `/health`, agents and
 //!   every other request are never busy hashing; a check that waits more than
 //!   [`QUEUE_TIMEOUT`] for a worker is refused (503) instead of piling up.
 //! - Failed logins slow down (an attempt counts as failed until it succeeds, so attempts made
@@ -52,7 +52,6 @@ pub enum PasswordError {
 #[derive(Debug)]
 pub struct Passwords {
     workers: Arc<Semaphore>,
-    n_workers: usize,
     dummy_hash: String,
     failures: Mutex<Failures>,
 }
@@ -86,15 +85,9 @@ impl Passwords {
     pub fn with_workers(n_workers: usize) -> Result<Passwords, AuthError> {
         Ok(Passwords {
             workers: Arc::new(Semaphore::new(n_workers.max(1))),
-            n_workers: n_workers.max(1),
             dummy_hash: auth::hash_password(&auth::random_token(16))?,
             failures: Mutex::new(Failures::default()),
         })
-    }
-
-    /// How many passwords are hashed at once at most.
-    pub fn workers(&self) -> usize {
-        self.n_workers
     }
 
     /// Checks a login: waits out the throttle for `address` and `username`, then compares

@@ -619,7 +619,7 @@ async fn serve(
             peer,
             acceptor.clone(),
             app.clone(),
-            listener.limits(),
+            limits,
             stopping.clone(),
             slot,
         ));
@@ -644,13 +644,14 @@ async fn serve_connection(
     slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _slot = slot;
-    let stream = match listen::within(limits.handshake_timeout, acceptor.accept(socket)).await {
-        Some(Ok(stream)) => stream,
-        Some(Err(err)) => {
+    let stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(socket)).await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
             tracing::debug!(%peer, error = %err, "tls handshake failed");
             return;
         }
-        None => {
+        Err(_) => {
             tracing::debug!(%peer, timeout = ?limits.handshake_timeout, "tls handshake timed out");
             return;
         }
