@@ -196,6 +196,7 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
             agent_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: None,
             api_limits: cairn_backend::listen::ConnectionLimits::API,
+            agent_limits: cairn_backend::listen::ConnectionLimits::AGENT,
             body_limit: DEFAULT_BODY_LIMIT,
             secrets: cairn_backend::secrets::SecretsConfig::default(),
             store: cairn_backend::datadir::StoreSettings::Embedded,

@@ -3,8 +3,12 @@
 //!
 //! A connection goes through these steps, and any failure ends it without registering anything:
 //!
-//! 1. TLS ([`crate::tls::agent_server_config`]): no client certificate, one from another CA or an
-//!    expired one fails here, logged with the peer address.
+//! 0. The listener ([`crate::listen`], `--agent-max-connections`, `--agent-handshake-timeout`):
+//!    at most 20,000 connections by default (the rest wait in the kernel's backlog), accept
+//!    errors back off, and the lines about refused connections are rate-limited (one per 10 s).
+//! 1. TLS ([`crate::tls::agent_server_config`]) within the handshake timeout (10 s): no client
+//!    certificate, one from another CA or an expired one fails here, logged with the peer
+//!    address.
 //! 2. The identity is the verified certificate's ([`peer_identity`]): the entity is its CN, and
 //!    the namespace its one URI SAN `cairn:agent:<namespace>/<entity>` (which must name the same
 //!    entity). A certificate without that SAN (issued before certificates named their namespace)
@@ -57,7 +61,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use sha2::Digest;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -77,12 +81,11 @@ use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
 use crate::api::AppState;
 use crate::bootstrap::{self, CertRecord, Revocation};
+use crate::listen::{BoundedListener, ConnectionLimits, RepeatedLog, REPEAT_LOG_INTERVAL};
 use crate::resources::{ResourceError, Resources};
 use crate::sessions::{EntityId, Session, Sessions};
 use crate::store::{Precondition, StoreError};
 
-/// How long the TLS handshake and the WebSocket upgrade may take, each.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the agent has to send its hello after the upgrade.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one write to the agent may take before the session is given up.
@@ -99,8 +102,6 @@ pub const ACKED_IDS_KEPT: usize = 1024;
 pub const MAX_EVENT_ID_LEN: usize = 128;
 /// The fewest seconds between two certificate renewals of one session.
 pub const RENEWAL_MIN_INTERVAL: Duration = Duration::from_secs(60);
-/// The most connections (sessions and handshakes) served at once.
-pub const MAX_CONNECTIONS: usize = 20_000;
 /// The reason sent to an agent whose certificate is revoked.
 pub const REASON_REVOKED: &str = "certificate revoked";
 /// The reason sent to an agent whose certificate does not name its namespace.
@@ -623,59 +624,92 @@ fn unix_now() -> i64 {
 // The listener
 // ------------------------------------------------------------------------------------------
 
-/// Serves agent connections on `listener` until `stop` turns true, then closes every session
-/// (bounded by a short grace period).
+/// Serves agent connections on `listener` within `limits` ([`crate::listen`]: a connection
+/// cap, handshake and upgrade timeouts, accept back-off) until `stop` turns true, then closes
+/// every session (bounded by a short grace period).
 pub async fn serve(
     listener: TcpListener,
+    limits: ConnectionLimits,
     acceptor: TlsAcceptor,
     state: AppState,
     hub: Arc<AgentHub>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut listener = BoundedListener::new(listener, limits, "agent");
+    let refusals = Arc::new(Refusals::default());
     let stop_for_connections = stop.clone();
     let mut connections = JoinSet::new();
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    if connections.len() >= MAX_CONNECTIONS {
-                        tracing::warn!(%peer, limit = MAX_CONNECTIONS, "agent connection refused: too many connections");
-                        continue;
-                    }
-                    connections.spawn(run_connection(
-                        socket,
-                        peer,
-                        acceptor.clone(),
-                        state.clone(),
-                        Arc::clone(&hub),
-                        stop_for_connections.clone(),
-                    ));
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "agent listener: accept failed");
-                    // Out of file descriptors, say: do not spin.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(joined) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(err) = joined {
-                    if err.is_panic() {
-                        tracing::error!(error = %err, "an agent connection task panicked");
-                    }
-                }
-            }
+        let (socket, peer, slot) = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = stopping(&mut stop) => break,
+        };
+        // Reap the sessions that ended (at most `max_connections` wait here).
+        while let Some(joined) = connections.try_join_next() {
+            report_panic(joined);
         }
+        connections.spawn(run_connection(
+            Accepted {
+                socket,
+                peer,
+                slot,
+                limits,
+            },
+            acceptor.clone(),
+            state.clone(),
+            Arc::clone(&hub),
+            stop_for_connections.clone(),
+            Arc::clone(&refusals),
+        ));
     }
     drop(listener);
     tracing::info!(
         sessions = connections.len(),
         "agent listener stopping: closing sessions"
     );
-    let drain = async { while connections.join_next().await.is_some() {} };
+    let drain = async {
+        while let Some(joined) = connections.join_next().await {
+            report_panic(joined);
+        }
+    };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         tracing::warn!("agent sessions still open after the grace period; dropping them");
         connections.abort_all();
+    }
+}
+
+fn report_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = joined {
+        if err.is_panic() {
+            tracing::error!(error = %err, "an agent connection task panicked");
+        }
+    }
+}
+
+/// A connection the listener accepted, with its slot (given back when it drops).
+struct Accepted {
+    socket: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+    limits: ConnectionLimits,
+}
+
+/// Rate-limits the lines about connections refused before a session exists (failed handshakes,
+/// unusable certificates, failed upgrades): anyone who can reach the port can cause them, so
+/// at most one line per [`REPEAT_LOG_INTERVAL`], with the count of those not logged.
+#[derive(Debug)]
+struct Refusals(Mutex<RepeatedLog>);
+
+impl Default for Refusals {
+    fn default() -> Refusals {
+        Refusals(Mutex::new(RepeatedLog::new(REPEAT_LOG_INTERVAL)))
+    }
+}
+
+impl Refusals {
+    /// `Some(lines not logged since the last one)` when a line is due now.
+    fn due(&self) -> Option<u64> {
+        self.0.lock().due(Instant::now())
     }
 }
 
@@ -685,9 +719,9 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-/// Logs a failed TLS handshake: certificate problems at info (an agent to fix), the rest
-/// (scanners, resets) at debug.
-fn log_tls_failure(peer: SocketAddr, err: &std::io::Error) {
+/// Logs a failed TLS handshake: certificate problems at info (an agent to fix; rate-limited
+/// by `refusals`), the rest (scanners, resets) at debug.
+fn log_tls_failure(peer: SocketAddr, err: &std::io::Error, refusals: &Refusals) {
     let certificate_problem = err
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -701,7 +735,9 @@ fn log_tls_failure(peer: SocketAddr, err: &std::io::Error) {
             )
         });
     if certificate_problem {
-        tracing::info!(%peer, error = %err, "agent tls handshake refused");
+        if let Some(repeated) = refusals.due() {
+            tracing::info!(%peer, error = %err, repeated, "agent tls handshake refused");
+        }
     } else {
         tracing::debug!(%peer, error = %err, "agent tls handshake failed");
     }
@@ -721,16 +757,22 @@ fn check_path(request: &Request, response: Response) -> Result<Response, ErrorRe
 }
 
 async fn run_connection(
-    socket: TcpStream,
-    peer: SocketAddr,
+    accepted: Accepted,
     acceptor: TlsAcceptor,
     state: AppState,
     hub: Arc<AgentHub>,
     stop: watch::Receiver<bool>,
+    refusals: Arc<Refusals>,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+    let Accepted {
+        socket,
+        peer,
+        slot: _slot,
+        limits,
+    } = accepted;
+    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(socket)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(err)) => return log_tls_failure(peer, &err),
+        Ok(Err(err)) => return log_tls_failure(peer, &err, &refusals),
         Err(_) => {
             tracing::debug!(%peer, "agent tls handshake timed out");
             return;
@@ -748,7 +790,9 @@ async fn run_connection(
     let identity = match identity {
         Ok(identity) => identity,
         Err(reason) => {
-            tracing::info!(%peer, %reason, "agent refused: unusable client certificate");
+            if let Some(repeated) = refusals.due() {
+                tracing::info!(%peer, %reason, repeated, "agent refused: unusable client certificate");
+            }
             return;
         }
     };
@@ -757,14 +801,18 @@ async fn run_connection(
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
         .read_buffer_size(READ_BUFFER_BYTES);
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(tls, check_path, Some(config));
-    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
+    let ws = match tokio::time::timeout(limits.header_timeout, upgrade).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(err)) => {
-            tracing::info!(%peer, entity = %identity.name, error = %err, "agent websocket upgrade failed");
+            if let Some(repeated) = refusals.due() {
+                tracing::info!(%peer, entity = %identity.name, error = %err, repeated, "agent websocket upgrade failed");
+            }
             return;
         }
         Err(_) => {
-            tracing::info!(%peer, entity = %identity.name, "agent websocket upgrade timed out");
+            if let Some(repeated) = refusals.due() {
+                tracing::info!(%peer, entity = %identity.name, repeated, "agent websocket upgrade timed out");
+            }
             return;
         }
     };

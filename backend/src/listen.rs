@@ -1,4 +1,4 @@
-//! Accepting connections within bounds, for the HTTPS API: at most
+//! Accepting connections within bounds, for the HTTPS API and the agent listener: at most
 //! [`ConnectionLimits::max_connections`] at once (the listener stops accepting while full, so
 //! the kernel's backlog holds the rest), a TLS handshake within `handshake_timeout`, request
 //! headers within `header_timeout` (HTTP/1.1), and a connection with no request in flight and
@@ -27,7 +27,8 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// The longest a TLS handshake may take.
     pub handshake_timeout: Duration,
-    /// The longest an HTTP/1.1 client may take to send a request's headers.
+    /// The longest an HTTP/1.1 client may take to send a request's headers (on the agent
+    /// listener: the WebSocket upgrade request).
     pub header_timeout: Duration,
     /// How long a connection with no request in flight and no traffic stays open.
     pub idle_timeout: Duration,
@@ -42,11 +43,25 @@ impl ConnectionLimits {
         header_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
     };
+
+    /// The agent listener's defaults: 20,000 connections (sessions and handshakes), 10 s to
+    /// shake hands, 10 s for the WebSocket upgrade; a session is closed after
+    /// [`crate::agentd::IDLE_TIMEOUT`] without a frame (the backend pings every 30 s).
+    pub const AGENT: ConnectionLimits = ConnectionLimits {
+        max_connections: AGENT_MAX_CONNECTIONS as usize,
+        handshake_timeout: Duration::from_secs(10),
+        header_timeout: Duration::from_secs(10),
+        idle_timeout: crate::agentd::IDLE_TIMEOUT,
+    };
 }
 
 /// The API's default connection cap ([`ConnectionLimits::API`]), as `--api-max-connections`
 /// takes it.
 pub const API_MAX_CONNECTIONS: u32 = 4096;
+
+/// The agent listener's default connection cap ([`ConnectionLimits::AGENT`]), as
+/// `--agent-max-connections` takes it.
+pub const AGENT_MAX_CONNECTIONS: u32 = 20_000;
 
 /// The shortest time between two log lines about the same repeated problem.
 pub const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -64,15 +79,22 @@ pub(crate) struct BoundedListener {
     slots: Arc<Semaphore>,
     limits: ConnectionLimits,
     accept_errors: RepeatedLog,
+    /// The listener as log lines name it: `api` or `agent`.
+    name: &'static str,
 }
 
 impl BoundedListener {
-    pub(crate) fn new(listener: TcpListener, limits: ConnectionLimits) -> BoundedListener {
+    pub(crate) fn new(
+        listener: TcpListener,
+        limits: ConnectionLimits,
+        name: &'static str,
+    ) -> BoundedListener {
         BoundedListener {
             listener,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
             accept_errors: RepeatedLog::new(REPEAT_LOG_INTERVAL),
+            name,
         }
     }
 
@@ -93,7 +115,8 @@ impl BoundedListener {
                             error = %err,
                             repeated = suppressed,
                             open = self.limits.max_connections - self.slots.available_permits(),
-                            "api listener: accept failed; backing off"
+                            "{} listener: accept failed; backing off",
+                            self.name
                         );
                     }
                     tokio::time::sleep(pause).await;

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use cairn_backend::api::DEFAULT_BODY_LIMIT;
 use cairn_backend::contain;
 use cairn_backend::datadir::{self, DataDir, EtcdTlsFiles, StoreEngine, StoreFlags};
-use cairn_backend::listen::{ConnectionLimits, API_MAX_CONNECTIONS};
+use cairn_backend::listen::{ConnectionLimits, AGENT_MAX_CONNECTIONS, API_MAX_CONNECTIONS};
 use cairn_backend::resources::ResourceError;
 use cairn_backend::server::{self, InitConfig, ServerError, StartConfig};
 
@@ -154,6 +154,13 @@ struct StartArgs {
     /// Seconds an API connection with no request in flight and no traffic stays open.
     #[arg(long, default_value_t = ConnectionLimits::API.idle_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     api_idle_timeout: u64,
+    /// The most agent connections (sessions and handshakes) open at once; further agents
+    /// wait in the kernel's backlog.
+    #[arg(long, default_value_t = AGENT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    agent_max_connections: u32,
+    /// Seconds an agent may take for the TLS handshake, and again for the WebSocket upgrade.
+    #[arg(long, default_value_t = ConnectionLimits::AGENT.handshake_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    agent_handshake_timeout: u64,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
     api_request_limit: usize,
@@ -262,6 +269,12 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
             handshake_timeout: std::time::Duration::from_secs(args.api_handshake_timeout),
             header_timeout: std::time::Duration::from_secs(args.api_header_timeout),
             idle_timeout: std::time::Duration::from_secs(args.api_idle_timeout),
+        },
+        agent_limits: ConnectionLimits {
+            max_connections: usize::try_from(args.agent_max_connections).unwrap_or(usize::MAX),
+            handshake_timeout: std::time::Duration::from_secs(args.agent_handshake_timeout),
+            header_timeout: std::time::Duration::from_secs(args.agent_handshake_timeout),
+            ..ConnectionLimits::AGENT
         },
         body_limit: args.api_request_limit,
         secrets: cairn_backend::secrets::SecretsConfig {

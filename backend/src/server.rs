@@ -72,6 +72,9 @@ pub struct StartConfig {
     pub agent_listen: SocketAddr,
     /// The bounds on the API's connections (count, handshake, header and idle timeouts).
     pub api_limits: ConnectionLimits,
+    /// The bounds on the agent listener's connections (count, handshake and upgrade
+    /// timeouts).
+    pub agent_limits: ConnectionLimits,
     /// Where `/metrics` is served without authentication over plain HTTP, if anywhere
     /// (`--metrics-listen`); the API's own `/metrics` needs a token or API key.
     pub metrics_listen: Option<SocketAddr>,
@@ -511,6 +514,7 @@ pub async fn start(
     });
     let agent_task = tokio::spawn(crate::agentd::serve(
         agent_listener,
+        config.agent_limits,
         TlsAcceptor::from(agent_tls_config),
         state.clone(),
         hub,
@@ -606,7 +610,7 @@ async fn serve(
     app: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let mut listener = BoundedListener::new(listener, limits);
+    let mut listener = BoundedListener::new(listener, limits, "api");
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -821,6 +825,7 @@ mod tests {
             agent_listen: loopback,
             metrics_listen: None,
             api_limits: ConnectionLimits::API,
+            agent_limits: ConnectionLimits::AGENT,
             body_limit: crate::api::DEFAULT_BODY_LIMIT,
             secrets: crate::secrets::SecretsConfig::default(),
             store,

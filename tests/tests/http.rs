@@ -2,7 +2,8 @@
 //! HTTP/2 over TLS by default): every refusal given before the body was read (401, 403, 404,
 //! 413) arrives as a complete response, over HTTP/2 and HTTP/1.1, one at a time and under load
 //! (issue 14, finding 1); idle, slow and excess connections are bounded in count and time, and
-//! the accept loop backs off at the file-descriptor limit (finding 3).
+//! the accept loop backs off at the file-descriptor limit, on the API and the agent listener
+//! (finding 3).
 
 use std::io::Write;
 use std::path::Path;
@@ -169,6 +170,28 @@ async fn closed_after<S: tokio::io::AsyncRead + Unpin>(
         .map(|()| started.elapsed())
 }
 
+/// Opens `count` TCP connections to `addr` that never start TLS, and asserts that the server
+/// closes each within 20 s.
+async fn idle_connections_are_closed(addr: &str, count: usize) {
+    let mut idle = Vec::new();
+    for _ in 0..count {
+        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    let closing = idle
+        .iter_mut()
+        .map(|socket| closed_after(socket, Duration::from_secs(20)));
+    for (idx, closed) in futures::future::join_all(closing)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert!(
+            closed.is_some(),
+            "idle TCP connection {idx} to {addr} was never closed"
+        );
+    }
+}
+
 /// CPU seconds (user + system) the process has used, from `/proc/PID/stat`.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
@@ -213,28 +236,7 @@ async fn idle_slow_and_excess_connections_are_bounded_in_count_and_time() {
 
     // 200 TCP connections that never start TLS: each is closed after the handshake timeout,
     // 64 at a time (the rest wait in the backlog for a slot).
-    let mut idle = Vec::new();
-    for _ in 0..200 {
-        idle.push(
-            tokio::net::TcpStream::connect(backend.addr())
-                .await
-                .expect("connect"),
-        );
-    }
-    let closing = idle
-        .iter_mut()
-        .map(|socket| closed_after(socket, Duration::from_secs(20)));
-    for (idx, closed) in futures::future::join_all(closing)
-        .await
-        .into_iter()
-        .enumerate()
-    {
-        assert!(
-            closed.is_some(),
-            "idle TCP connection {idx} was never closed"
-        );
-    }
-    drop(idle);
+    idle_connections_are_closed(backend.addr(), 200).await;
     assert!(health().await < Duration::from_secs(2));
 
     // Slowloris: headers one line every 300 ms, never finished: closed after the header
@@ -288,42 +290,7 @@ async fn idle_slow_and_excess_connections_are_bounded_in_count_and_time() {
 
     // At the file-descriptor limit the accept loop backs off: it neither spins nor floods the
     // log, and serves again once the clients leave.
-    let pid = backend.pid();
-    // The backend raised its soft limit to the hard one it inherited from this process; only
-    // the soft limit is lowered (raising a hard limit needs privileges).
-    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .expect("read the open files limit");
-    let status = std::process::Command::new("prlimit")
-        .args(["--pid", &pid.to_string(), &format!("--nofile=48:{hard}")])
-        .status()
-        .expect("run prlimit");
-    assert!(status.success(), "prlimit failed");
-    let mut flood = Vec::new();
-    for _ in 0..100 {
-        if let Ok(socket) = tokio::net::TcpStream::connect(backend.addr()).await {
-            flood.push(socket);
-        }
-    }
-    let log_before = backend.log().matches("accept failed").count();
-    let cpu_before = cpu_seconds(pid);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let cpu = cpu_seconds(pid) - cpu_before;
-    let logged = backend.log().matches("accept failed").count() - log_before;
-    assert!(
-        cpu < 1.0,
-        "the backend used {cpu:.2} s of CPU in 3 s at the fd limit"
-    );
-    assert!(logged <= 2, "{logged} accept-failure lines in 3 s");
-    drop(flood);
-    let status = std::process::Command::new("prlimit")
-        .args([
-            "--pid",
-            &pid.to_string(),
-            &format!("--nofile={hard}:{hard}"),
-        ])
-        .status()
-        .expect("run prlimit");
-    assert!(status.success(), "prlimit failed");
+    at_the_fd_limit(&backend, backend.addr(), "api listener: accept failed").await;
     let deadline = Deadline::new(Duration::from_secs(10), "/health after the flood");
     loop {
         let answered = tokio::time::timeout(
@@ -339,5 +306,113 @@ async fn idle_slow_and_excess_connections_are_bounded_in_count_and_time() {
             break;
         }
         deadline.tick(|| format!("{answered:?}")).await;
+    }
+}
+
+/// Lowers the backend's soft open-files limit to 48, floods `addr` with 100 connections for
+/// 3 s, and asserts that the accept loop neither spun (< 1 s of CPU) nor logged `failure` more
+/// than twice; then restores the limit.
+async fn at_the_fd_limit(backend: &Backend, addr: &str, failure: &str) {
+    let pid = backend.pid();
+    // The backend raised its soft limit to the hard one it inherited from this process; only
+    // the soft limit is lowered (raising a hard limit needs privileges).
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("read the open files limit");
+    let set_limit = |soft: u64| {
+        let status = std::process::Command::new("prlimit")
+            .args([
+                "--pid",
+                &pid.to_string(),
+                &format!("--nofile={soft}:{hard}"),
+            ])
+            .status()
+            .expect("run prlimit");
+        assert!(status.success(), "prlimit failed");
+    };
+    set_limit(48);
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        if let Ok(socket) = tokio::net::TcpStream::connect(addr).await {
+            flood.push(socket);
+        }
+    }
+    let log_before = backend.log().matches(failure).count();
+    let cpu_before = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let logged = backend.log().matches(failure).count() - log_before;
+    assert!(
+        cpu < 1.0,
+        "the backend used {cpu:.2} s of CPU in 3 s at the fd limit"
+    );
+    assert!(logged <= 2, "{logged} lines '{failure}' in 3 s");
+    drop(flood);
+    set_limit(hard);
+}
+
+/// The agent listener is bounded like the API's: idle TCP connections are closed after the
+/// handshake timeout, the cap holds the rest in the backlog, the lines about refused
+/// handshakes (anyone who reaches the port can cause them) are rate-limited, and at the
+/// file-descriptor limit the accept loop backs off and then serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_listener_is_bounded_in_count_time_and_log() {
+    use tokio::io::AsyncReadExt;
+    let backend = Backend::start_with(
+        BackendOptions::default()
+            .args([
+                "--agent-handshake-timeout",
+                "1",
+                "--agent-max-connections",
+                "32",
+            ])
+            // Refused handshakes are logged at info.
+            .env("CAIRN_LOG", "info")
+            .capture_logs(),
+    );
+    let addr = backend.agent_addr.clone();
+
+    // 100 TCP connections that never start TLS: each closed after the handshake timeout, 32 at
+    // a time.
+    idle_connections_are_closed(&addr, 100).await;
+
+    // 100 handshakes without a client certificate: each refused, but logged at most twice.
+    let refused = || async {
+        let config = cairn_api::client::tls_config_trusting(&backend.ca()).expect("a TLS config");
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let socket = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("a server name");
+        // TLS 1.3: the client finishes first; the server's refusal comes on the first read.
+        if let Ok(mut tls) = connector.connect(name, socket).await {
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
+            assert!(
+                matches!(read, Ok(Ok(0) | Err(_))),
+                "a session without a client certificate was not refused: {read:?}"
+            );
+        }
+    };
+    let log_before = backend.log().matches("agent tls handshake refused").count();
+    for _ in 0..100 {
+        refused().await;
+    }
+    let logged = backend.log().matches("agent tls handshake refused").count() - log_before;
+    assert!(
+        (1..=2).contains(&logged),
+        "{logged} lines about 100 refused handshakes"
+    );
+
+    at_the_fd_limit(&backend, &addr, "agent listener: accept failed").await;
+    // It serves again: a handshake is answered (and refused, having no certificate).
+    let deadline = Deadline::new(
+        Duration::from_secs(10),
+        "the agent listener after the flood",
+    );
+    while tokio::time::timeout(Duration::from_secs(2), refused())
+        .await
+        .is_err()
+    {
+        deadline.tick(|| "no answer".to_owned()).await;
     }
 }
