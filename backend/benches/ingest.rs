@@ -198,9 +198,11 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
             api_limits: cairn_backend::listen::ConnectionLimits::API,
             agent_limits: cairn_backend::listen::ConnectionLimits::AGENT,
             body_limit: DEFAULT_BODY_LIMIT,
+            pipeline: cairn_backend::pipeline::PipelineConfig::default(),
             secrets: cairn_backend::secrets::SecretsConfig::default(),
             store: cairn_backend::datadir::StoreSettings::Embedded,
             store_connect_timeout: Duration::ZERO,
+            store_cache_bytes: cairn_backend::store::DEFAULT_CACHE_BYTES,
             // The bench defines no handlers.
             handlers: cairn_backend::contain::ContainConfig::default(),
         },

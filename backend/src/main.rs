@@ -161,6 +161,18 @@ struct StartArgs {
     /// Seconds an agent may take for the TLS handshake, and again for the WebSocket upgrade.
     #[arg(long, default_value_t = ConnectionLimits::AGENT.handshake_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     agent_handshake_timeout: u64,
+    /// Events that may wait for handlers; beyond it an event is stored but not handled
+    /// (counted in `cairn_pipeline_events_dropped_total`).
+    #[arg(long, default_value_t = cairn_backend::pipeline::DEFAULT_QUEUE_CAPACITY as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pipeline_queue_events: u32,
+    /// MiB of events (their JSON) the pipeline holds at once, queued or read by running
+    /// handlers; beyond it an event is stored but not handled (counted in
+    /// `cairn_pipeline_events_dropped_bytes_total`).
+    #[arg(long, default_value_t = (cairn_backend::pipeline::DEFAULT_QUEUE_BYTES >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pipeline_queue_mib: u32,
+    /// MiB of memory the embedded store may use to cache its file's pages.
+    #[arg(long, default_value_t = (cairn_backend::store::DEFAULT_CACHE_BYTES >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    store_cache_mib: u32,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
     api_request_limit: usize,
@@ -277,6 +289,13 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
             ..ConnectionLimits::AGENT
         },
         body_limit: args.api_request_limit,
+        pipeline: cairn_backend::pipeline::PipelineConfig {
+            queue_capacity: usize::try_from(args.pipeline_queue_events).unwrap_or(usize::MAX),
+            queue_bytes: usize::try_from(args.pipeline_queue_mib)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(1024 * 1024),
+            ..cairn_backend::pipeline::PipelineConfig::default()
+        },
         secrets: cairn_backend::secrets::SecretsConfig {
             max_ttl: std::time::Duration::from_secs(args.secrets_cache_ttl),
             failure_backoff_max: std::time::Duration::from_secs(args.secrets_retry_max),
@@ -284,6 +303,9 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
         },
         store,
         store_connect_timeout: std::time::Duration::from_secs(args.etcd_connect_timeout),
+        store_cache_bytes: usize::try_from(args.store_cache_mib)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1024 * 1024),
         handlers: contain::ContainConfig {
             handler_user: args.handler_user,
             allow_root_handlers: args.allow_root_handlers,

@@ -17,7 +17,7 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +44,13 @@ use crate::events;
 /// tens of MiB; at a thousand events a second it absorbs ten seconds of stalled handlers before
 /// [`Pipeline::submit`] starts refusing.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
+
+/// Bytes of events (counted as their JSON) the pipeline holds by default: those waiting in the
+/// queue and those the running handlers still read. 64 MiB suits a small host; in memory an
+/// event takes about its JSON size again, so this bounds the pipeline near 128 MiB however
+/// large the events are (with only the count bounded, 1,000 events of 400 KiB behind a slow
+/// handler took the backend from 57 to 887 MiB). `--pipeline-queue-mib` sets it.
+pub const DEFAULT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Handler runs in flight by default. Each `pipe` run is a process, so this also bounds the
 /// backend's children.
@@ -88,6 +95,9 @@ pub struct PipelineConfig {
     /// Events that may wait for the dispatcher; when the queue is full, [`Pipeline::submit`]
     /// refuses with [`PipelineError::QueueFull`]. At least 1.
     pub queue_capacity: usize,
+    /// Bytes of events (their JSON size) held at once, queued or read by running handlers;
+    /// beyond it [`Pipeline::submit`] refuses with [`PipelineError::QueueBytes`].
+    pub queue_bytes: usize,
     /// Handler runs (processes and socket sends) in flight at once; the dispatcher waits for a
     /// free slot, so a full pool fills the queue rather than memory. At least 1.
     pub max_concurrent_handlers: usize,
@@ -102,6 +112,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             max_concurrent_handlers: DEFAULT_MAX_CONCURRENT_HANDLERS,
             default_handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -114,8 +125,10 @@ impl Default for PipelineConfig {
 pub struct PipelineStats {
     /// Events accepted into the queue.
     pub queued: AtomicU64,
-    /// Events refused because the queue was full.
+    /// Events refused because the queue was full (by count).
     pub dropped_queue_full: AtomicU64,
+    /// Events refused because the pipeline held its limit in bytes.
+    pub dropped_queue_bytes: AtomicU64,
     /// Handler runs started (`pipe`, `tcp` and `udp`), after filtering.
     pub handler_runs: AtomicU64,
     /// Handler runs that failed: spawn errors, non-zero exits, timeouts, send errors, unknown
@@ -136,6 +149,17 @@ pub enum PipelineError {
     /// handled (it is still stored); submitting later events may succeed once the queue drains.
     #[error("the event pipeline queue is full")]
     QueueFull,
+    /// The events held (queued or being handled) would exceed the pipeline's limit in bytes.
+    /// As with [`PipelineError::QueueFull`], the event is stored but not handled.
+    #[error(
+        "the event pipeline holds its limit of {limit} bytes of events; this event has {size}"
+    )]
+    QueueBytes {
+        /// The limit ([`PipelineConfig::queue_bytes`]).
+        limit: usize,
+        /// The refused event's JSON size.
+        size: usize,
+    },
     /// The pipeline is shutting down or its dispatcher stopped; retrying does not help.
     #[error("the event pipeline is not running")]
     NotRunning,
@@ -184,6 +208,9 @@ pub trait HandlerResolver: Send + Sync {
 pub struct Pipeline {
     /// `None` once shutdown started.
     sender: RwLock<Option<mpsc::Sender<Job>>>,
+    /// Bytes of events held now (queued and being handled), at most `queue_bytes`.
+    held_bytes: Arc<AtomicUsize>,
+    queue_bytes: usize,
     stats: Arc<PipelineStats>,
     shutdown_grace: Duration,
     /// Set to `true` to kill what still runs.
@@ -196,6 +223,54 @@ pub struct Pipeline {
 struct Job {
     namespace: String,
     event: Event,
+    /// Its share of the pipeline's bytes, given back when the event and every handler run
+    /// reading it are done.
+    charge: Charge,
+}
+
+/// Bytes counted against [`PipelineConfig::queue_bytes`], given back on drop.
+struct Charge {
+    held: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Counts `bytes` more in `held`, unless that would pass `limit`.
+    fn take(held: &Arc<AtomicUsize>, bytes: usize, limit: usize) -> Option<Charge> {
+        held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+            now.checked_add(bytes).filter(|total| *total <= limit)
+        })
+        .ok()
+        .map(|_| Charge {
+            held: Arc::clone(held),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// The size of `event` as JSON, counted without building it.
+fn json_size(event: &Event) -> usize {
+    struct Counter(usize);
+    impl io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Serialising the model cannot fail (see `payload`); a failure would count what was
+    // written so far.
+    let _ = serde_json::to_writer(&mut counter, event);
+    counter.0
 }
 
 // === impl Pipeline ===
@@ -229,6 +304,8 @@ impl Pipeline {
         let task = tokio::spawn(dispatcher.run(receiver, abort_receiver, finished_sender));
         let pipeline = Pipeline {
             sender: RwLock::new(Some(sender)),
+            held_bytes: Arc::new(AtomicUsize::new(0)),
+            queue_bytes: config.queue_bytes,
             stats,
             shutdown_grace: config.shutdown_grace,
             abort,
@@ -242,13 +319,29 @@ impl Pipeline {
     /// # Errors
     ///
     /// [`PipelineError::QueueFull`] when the queue is full (counted in
-    /// [`PipelineStats::dropped_queue_full`]), [`PipelineError::NotRunning`] after shutdown.
+    /// [`PipelineStats::dropped_queue_full`]), [`PipelineError::QueueBytes`] when the events
+    /// held would pass the limit in bytes (counted in [`PipelineStats::dropped_queue_bytes`]),
+    /// [`PipelineError::NotRunning`] after shutdown.
     pub fn submit(&self, namespace: String, event: Event) -> Result<(), PipelineError> {
         let sender = self.sender.read();
         let Some(sender) = sender.as_ref() else {
             return Err(PipelineError::NotRunning);
         };
-        match sender.try_send(Job { namespace, event }) {
+        let size = json_size(&event);
+        let Some(charge) = Charge::take(&self.held_bytes, size, self.queue_bytes) else {
+            self.stats
+                .dropped_queue_bytes
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(PipelineError::QueueBytes {
+                limit: self.queue_bytes,
+                size,
+            });
+        };
+        match sender.try_send(Job {
+            namespace,
+            event,
+            charge,
+        }) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -407,7 +500,13 @@ impl Dispatcher {
     }
 
     async fn dispatch(self: &Arc<Self>, job: Job, running: &mut JoinSet<()>) {
-        let Job { namespace, event } = job;
+        let Job {
+            namespace,
+            event,
+            charge,
+        } = job;
+        // Shared by the handler runs: the event's bytes count until the last one is done.
+        let charge = Arc::new(charge);
         let names = handler_names(&event);
         if names.is_empty() {
             return;
@@ -440,10 +539,12 @@ impl Dispatcher {
             );
             let dispatcher = Arc::clone(self);
             let namespace = namespace.clone();
+            let charge = Arc::clone(&charge);
             running.spawn(
                 async move {
                     dispatcher.run_handler(&namespace, &handler, payload).await;
                     drop(slot);
+                    drop(charge);
                 }
                 .instrument(span),
             );
@@ -1927,6 +2028,7 @@ mod tests {
     fn config() -> PipelineConfig {
         PipelineConfig {
             queue_capacity: 16,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             max_concurrent_handlers: 4,
             default_handler_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
@@ -2288,19 +2390,80 @@ mod tests {
         assert_eq!(runs(&pipeline), 2);
     }
 
+    /// A handler that waits until the file `gate` exists, then stores its event in `out`.
+    fn gated(gate: &Path, out: &Path) -> Handler {
+        Handler {
+            command: format!(
+                "while [ ! -e '{}' ]; do sleep 0.05; done; {}",
+                gate.display(),
+                store_in(out).command
+            ),
+            ..store_in(out)
+        }
+    }
+
+    #[tokio::test]
+    async fn events_held_are_bounded_in_bytes_running_ones_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = temp_file(&dir, "gate");
+        let out = out_dir(&dir, "out");
+        let blocking = gated(&gate, &out);
+        let big = |handlers: &[&str]| {
+            let mut event = event(2, handlers);
+            if let Some(check) = event.check.as_mut() {
+                check.output = "x".repeat(100 * 1024);
+            }
+            event
+        };
+        let size = json_size(&big(&["block"]));
+        assert_eq!(size, serde_json::to_vec(&big(&["block"])).unwrap().len());
+        // Room for three events; the count limit and the handler slots are far above.
+        let config = PipelineConfig {
+            queue_capacity: 1_000,
+            queue_bytes: 3 * size + size / 2,
+            max_concurrent_handlers: 100,
+            ..config()
+        };
+        let pipeline = start_with(config, FakeResolver::default().handler("block", blocking));
+        for _ in 0..3 {
+            submit(&pipeline, big(&["block"]));
+        }
+        // Three handler runs are blocked, holding their events: the fourth is refused, though
+        // the queue itself is empty.
+        match pipeline.submit("default".to_owned(), big(&["block"])) {
+            Err(PipelineError::QueueBytes {
+                limit,
+                size: refused,
+            }) => {
+                assert_eq!((limit, refused), (3 * size + size / 2, size));
+            }
+            other => panic!("expected QueueBytes, got {other:?}"),
+        }
+        let stats = pipeline.stats();
+        assert_eq!(stats.dropped_queue_bytes.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.dropped_queue_full.load(Ordering::Relaxed), 0);
+
+        // Once the runs finish their bytes are given back.
+        std::fs::write(&gate, b"").unwrap();
+        wait_for_events(&out, 3).await;
+        let deadline = Instant::now() + WAIT;
+        while pipeline.held_bytes.load(Ordering::Acquire) != 0 {
+            assert!(Instant::now() < deadline, "the bytes were never given back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..3 {
+            submit(&pipeline, big(&["block"]));
+        }
+        wait_for_events(&out, 6).await;
+        pipeline.shutdown().await.unwrap();
+    }
+
     #[tokio::test]
     async fn full_queue_refuses_at_once_and_recovers() {
         let dir = tempfile::tempdir().unwrap();
         let gate = temp_file(&dir, "gate");
         let out = out_dir(&dir, "out");
-        let blocking = Handler {
-            command: format!(
-                "while [ ! -e '{}' ]; do sleep 0.05; done; {}",
-                gate.display(),
-                store_in(&out).command
-            ),
-            ..store_in(&out)
-        };
+        let blocking = gated(&gate, &out);
         let config = PipelineConfig {
             queue_capacity: 1,
             max_concurrent_handlers: 1,

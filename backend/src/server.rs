@@ -30,10 +30,10 @@ use crate::listen::{self, Activity, BoundedListener, ConnectionLimits, TrackedIo
 use crate::pipeline::{HandlerResolver, Pipeline, PipelineConfig};
 use crate::rbac;
 use crate::resources::Resources;
-use crate::store::RedbStore;
 #[cfg(feature = "etcd")]
 use crate::store::{EtcdConfig, EtcdStore, EtcdTls, ProbeConfig};
 use crate::store::{Precondition, Store, StoreError, StoreHealth, StoreStats};
+use crate::store::{RedbStore, DEFAULT_CACHE_BYTES};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -80,6 +80,8 @@ pub struct StartConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Largest request body, bytes.
     pub body_limit: usize,
+    /// The event pipeline's bounds (queue count and bytes, handler concurrency).
+    pub pipeline: PipelineConfig,
     /// The secrets resolver's settings.
     pub secrets: crate::secrets::SecretsConfig,
     /// The store to open: the one the data dir records (`store.json`), possibly with other etcd
@@ -87,6 +89,8 @@ pub struct StartConfig {
     pub store: StoreSettings,
     /// How long to keep trying to reach etcd before giving up.
     pub store_connect_timeout: Duration,
+    /// The embedded store's page cache, bytes (`--store-cache-mib`).
+    pub store_cache_bytes: usize,
     /// Whose identity pipe handlers run with (`--handler-user`, `--allow-root-handlers`).
     pub handlers: crate::contain::ContainConfig,
 }
@@ -207,7 +211,8 @@ pub async fn init(config: &InitConfig) -> Result<datadir::InitSummary, ServerErr
     let opened = match &config.store {
         StoreSettings::Embedded => None,
         StoreSettings::Etcd(etcd) => {
-            let opened = open_store(&dir, &config.store, Duration::ZERO).await?;
+            let opened =
+                open_store(&dir, &config.store, Duration::ZERO, DEFAULT_CACHE_BYTES).await?;
             let page = opened.store.list("", None, 1).await?;
             if let Some(entry) = page.entries.first() {
                 return Err(ServerError::ClusterExists {
@@ -230,7 +235,7 @@ pub async fn init(config: &InitConfig) -> Result<datadir::InitSummary, ServerErr
     )?;
     let opened = match opened {
         Some(opened) => opened,
-        None => open_store(&dir, &config.store, Duration::ZERO).await?,
+        None => open_store(&dir, &config.store, Duration::ZERO, DEFAULT_CACHE_BYTES).await?,
     };
     match seed(config, Resources::new(opened.store)).await {
         Ok(()) => Ok(summary),
@@ -285,11 +290,12 @@ pub(crate) async fn open_store(
     dir: &DataDir,
     settings: &StoreSettings,
     connect_timeout: Duration,
+    cache_bytes: usize,
 ) -> Result<OpenedStore, ServerError> {
     match settings {
         StoreSettings::Embedded => {
             let path = dir.store_file();
-            let redb = RedbStore::open(&path)?;
+            let redb = RedbStore::open_with_cache(&path, cache_bytes)?;
             let name = format!("embedded store at {}", path.display());
             Ok(OpenedStore {
                 stats: Some(redb.stats()),
@@ -437,7 +443,13 @@ pub async fn start(
         &cluster.name,
     )?);
     datadir::read_store_settings(&dir)?.check_same_store(&dir, &config.store)?;
-    let opened = open_store(&dir, &config.store, config.store_connect_timeout).await?;
+    let opened = open_store(
+        &dir,
+        &config.store,
+        config.store_connect_timeout,
+        config.store_cache_bytes,
+    )
+    .await?;
     tracing::info!(store = %opened.name, "store opened");
     let store_health = opened.spawn_health_probe();
     let store = Arc::clone(&opened.store);
@@ -446,7 +458,7 @@ pub async fn start(
     let secrets = crate::secrets::Secrets::new(resources.clone(), config.secrets.clone());
     containment.log_summary();
     let (pipeline, _pipeline_task) = Pipeline::start(
-        PipelineConfig::default(),
+        config.pipeline.clone(),
         containment,
         Arc::new(StoreResolver {
             resources: resources.clone(),
@@ -490,7 +502,7 @@ pub async fn start(
         resources,
         auth: auth_cache,
         issuer,
-        events: Arc::new(PipelineSink(pipeline)),
+        events: Arc::new(PipelineSink::new(pipeline)),
         metrics,
         body_limit: config.body_limit,
         check_states: Arc::new(crate::checkstate::CheckStateCache::default()),
@@ -785,13 +797,29 @@ impl HandlerResolver for StoreResolver {
     }
 }
 
-/// Hands stored events to the pipeline; a full queue is counted there.
-struct PipelineSink(Pipeline);
+/// Hands stored events to the pipeline; a full queue is counted there, and said in the log at
+/// most once per [`listen::REPEAT_LOG_INTERVAL`] (with the count), since a flood of events is
+/// exactly when it happens.
+struct PipelineSink {
+    pipeline: Pipeline,
+    refused: parking_lot::Mutex<listen::RepeatedLog>,
+}
+
+impl PipelineSink {
+    fn new(pipeline: Pipeline) -> PipelineSink {
+        PipelineSink {
+            pipeline,
+            refused: parking_lot::Mutex::new(listen::RepeatedLog::new(listen::REPEAT_LOG_INTERVAL)),
+        }
+    }
+}
 
 impl EventSink for PipelineSink {
     fn submit(&self, namespace: &str, event: Event) {
-        if let Err(err) = self.0.submit(namespace.to_owned(), event) {
-            tracing::warn!(error = %err, namespace, "event not handed to the pipeline");
+        if let Err(err) = self.pipeline.submit(namespace.to_owned(), event) {
+            if let Some(repeated) = self.refused.lock().due(std::time::Instant::now()) {
+                tracing::warn!(error = %err, namespace, repeated, "event not handed to the pipeline");
+            }
         }
     }
 }
@@ -827,6 +855,8 @@ mod tests {
             api_limits: ConnectionLimits::API,
             agent_limits: ConnectionLimits::AGENT,
             body_limit: crate::api::DEFAULT_BODY_LIMIT,
+            pipeline: PipelineConfig::default(),
+            store_cache_bytes: DEFAULT_CACHE_BYTES,
             secrets: crate::secrets::SecretsConfig::default(),
             store,
             store_connect_timeout: patience,

@@ -414,8 +414,13 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             ),
             (
                 "cairn_pipeline_events_dropped_total",
-                "Events dropped because the handler queue was full.",
+                "Events not handled because the handler queue was full (by count).",
                 &pipeline.dropped_queue_full,
+            ),
+            (
+                "cairn_pipeline_events_dropped_bytes_total",
+                "Events not handled because the pipeline held its limit in bytes.",
+                &pipeline.dropped_queue_bytes,
             ),
             (
                 "cairn_handler_runs_total",

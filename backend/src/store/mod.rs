@@ -25,7 +25,7 @@ pub(crate) use self::etcd::testing as etcd_testing;
 #[cfg(feature = "etcd")]
 pub use self::etcd::{EtcdConfig, EtcdError, EtcdStore, EtcdTls};
 pub use self::health::{ProbeConfig, StoreHealth, StoreStatus};
-pub use self::redb::RedbStore;
+pub use self::redb::{RedbStore, DEFAULT_CACHE_BYTES};
 
 /// A global revision: strictly increasing, one per successful write.
 ///

@@ -37,6 +37,11 @@ const MAX_BATCH: usize = 256;
 /// change log, and gets `Compacted` only once the log no longer has it.
 const WATCH_BUFFER_BATCHES: usize = 1024;
 
+/// The memory redb may use to cache the file's pages by default (redb's own default is
+/// 1 GiB): 128 MiB suits a small host and holds the working set of thousands of entities.
+/// `cairn-backend start --store-cache-mib` sets it.
+pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
+
 /// Revisions kept in the change log; a watch from an older revision gets `Compacted`.
 const LOG_RETENTION: u64 = 100_000;
 
@@ -84,6 +89,7 @@ pub struct RedbStore {
 /// The settings that tests shrink; production uses [`Tuning::DEFAULT`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Tuning {
+    pub(crate) cache_bytes: usize,
     pub(crate) write_queue: usize,
     pub(crate) watch_buffer: usize,
     pub(crate) log_retention: u64,
@@ -231,6 +237,22 @@ impl RedbStore {
         Self::open_with(path.as_ref(), Tuning::DEFAULT)
     }
 
+    /// [`RedbStore::open`] with a page cache of `cache_bytes` (instead of
+    /// [`DEFAULT_CACHE_BYTES`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`RedbStore::open`].
+    pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: usize) -> Result<RedbStore> {
+        Self::open_with(
+            path.as_ref(),
+            Tuning {
+                cache_bytes,
+                ..Tuning::DEFAULT
+            },
+        )
+    }
+
     pub(crate) fn open_with(path: &Path, tuning: Tuning) -> Result<RedbStore> {
         let open_failed = |source: Box<dyn std::error::Error + Send + Sync>| {
             StoreError::backend(OpenFailed {
@@ -238,7 +260,8 @@ impl RedbStore {
                 source,
             })
         };
-        let database = open_database(path).map_err(|error| open_failed(error.into()))?;
+        let database =
+            open_database(path, tuning.cache_bytes).map_err(|error| open_failed(error.into()))?;
         init_tables(&database).map_err(open_failed)?;
         let database = Arc::new(database);
 
@@ -479,6 +502,7 @@ impl From<EngineError> for StoreError {
 
 impl Tuning {
     pub(crate) const DEFAULT: Tuning = Tuning {
+        cache_bytes: DEFAULT_CACHE_BYTES,
         write_queue: WRITE_QUEUE_CAPACITY,
         watch_buffer: WATCH_BUFFER_BATCHES,
         log_retention: LOG_RETENTION,
@@ -816,7 +840,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn open_database(path: &Path) -> Result<Database, ::redb::DatabaseError> {
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, ::redb::DatabaseError> {
     let path_text = path.display().to_string();
     // redb runs its repair pass when it creates a file too; only an existing file can have been
     // shut down uncleanly, so only then is the pass worth a warning.
@@ -824,6 +848,7 @@ fn open_database(path: &Path) -> Result<Database, ::redb::DatabaseError> {
     ::redb::Builder::new()
         // The v3 format is the one later redb versions read without a migration.
         .create_with_file_format_v3(true)
+        .set_cache_size(cache_bytes)
         .set_repair_callback(move |session| {
             if !existed {
                 return;
