@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cairn_tests::bench::cpu_seconds;
 use cairn_tests::{Backend, BackendOptions, Deadline};
 
 /// One curl run: the status it printed (`000` when it got no response) and its exit code.
@@ -190,20 +191,6 @@ async fn idle_connections_are_closed(addr: &str, count: usize) {
             "idle TCP connection {idx} to {addr} was never closed"
         );
     }
-}
-
-/// CPU seconds (user + system) the process has used, from `/proc/PID/stat`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("stat has the command in parentheses")
-        .1
-        .split_whitespace()
-        .collect();
-    // Fields 14 and 15 of the line, counted after the command: utime and stime, in ticks.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
