@@ -392,17 +392,19 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
         return Ok(response);
     }
     let text = response.text().await.unwrap_or_default();
-    // Sensu's middleware capitalises its keys; match either.
-    let message = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|body| {
-            body.get("message")
-                .or_else(|| body.get("Message"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .unwrap_or(text);
+    let message = error_message_of(&text).unwrap_or(text);
     Err(ClientError::Status { status, message })
+}
+
+/// The `message` of an error body (`{"message", "code"}`; Sensu's middleware capitalises its
+/// keys, so either), or `None` when the body is not one.
+pub fn error_message_of(body: &str) -> Option<String> {
+    serde_json::from_str::<Value>(body).ok().and_then(|body| {
+        body.get("message")
+            .or_else(|| body.get("Message"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    })
 }
 
 async fn parse_json<T: serde::de::DeserializeOwned>(

@@ -1447,6 +1447,9 @@ pub(crate) mod tests {
             revocations: crate::bootstrap::Revocations::empty(),
             store_health: crate::store::StoreHealth::unprobed(),
             passwords: Arc::new(crate::passwords::Passwords::with_workers(1).unwrap()),
+            downstream_budget: crate::federation::budget::Budget::new(
+                crate::federation::budget::DOWNSTREAM_BUDGET,
+            ),
         };
         (state, sink)
     }

@@ -511,6 +511,9 @@ pub async fn start(
         revocations,
         store_health,
         passwords: Arc::new(crate::passwords::Passwords::new()?),
+        downstream_budget: crate::federation::budget::Budget::new(
+            crate::federation::budget::DOWNSTREAM_BUDGET,
+        ),
     };
     let (listener, api_addr) = bind(config.api_listen).await?;
     let (agent_listener, agent_addr) = bind(config.agent_listen).await?;

@@ -7,10 +7,12 @@
 //! per test process (a no-op when they are current) so that no test runs a stale binary.
 //!
 //! [`openbao`] runs a real OpenBao dev server for the secrets tests; [`etcd`] runs a real etcd
-//! cluster for the etcd store's.
+//! cluster for the etcd store's; [`fake_cluster`] serves scripted downstream clusters for the
+//! federation tests.
 
 pub mod bench;
 pub mod etcd;
+pub mod fake_cluster;
 pub mod fleet;
 pub mod openbao;
 
@@ -532,6 +534,22 @@ pub fn cluster_registration(name: &str, url: &str, ca_cert: &str) -> cairn_api::
         cairn_api::Spec::Cluster(cairn_api::model::Cluster {
             api_urls: vec![url.to_owned()],
             ca_cert: ca_cert.to_owned(),
+        }),
+    )
+}
+
+/// A Replicator `name` of the checks of `default` to the cluster `cluster`, resyncing every
+/// second.
+pub fn check_replicator(name: &str, cluster: &str) -> cairn_api::Resource {
+    cairn_api::Resource::new(
+        cairn_api::ObjectMeta::named("", name),
+        cairn_api::Spec::Replicator(cairn_api::model::Replicator {
+            cluster: cluster.to_owned(),
+            api_version: "core/v2".into(),
+            resource: "CheckConfig".into(),
+            namespace: "default".into(),
+            replication_interval_seconds: 1,
+            ..cairn_api::model::Replicator::default()
         }),
     )
 }

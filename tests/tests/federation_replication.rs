@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use cairn_api::client::Client;
 use cairn_api::meta::LABEL_REPLICATED_FROM;
-use cairn_api::model::{CheckConfig, Replicator};
+use cairn_api::model::CheckConfig;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
-use cairn_tests::{cluster_registration, command, Backend, FederationKeys};
+use cairn_tests::{check_replicator, cluster_registration, command, Backend, FederationKeys};
 use serde_json::Value;
 
 /// How long replication may take before a test gives up: far above the resync interval and
@@ -66,20 +66,6 @@ fn command_of(resource: &Resource) -> &str {
         Spec::CheckConfig(check) => &check.command,
         other => panic!("not a check: {other:?}"),
     }
-}
-
-fn replicator(name: &str, cluster: &str) -> Resource {
-    Resource::new(
-        ObjectMeta::named("", name),
-        Spec::Replicator(Replicator {
-            cluster: cluster.to_owned(),
-            api_version: "core/v2".into(),
-            resource: "CheckConfig".into(),
-            namespace: "default".into(),
-            replication_interval_seconds: 1,
-            ..Replicator::default()
-        }),
-    )
 }
 
 /// The check `name` in alpha's `default`, or `None`; a failed read is `None` too (alpha may be
@@ -161,7 +147,7 @@ async fn replication_walk_through() {
         .await
         .expect("register alpha on the gateway");
     gateway_admin
-        .put_resource(&replicator(REPLICATOR, "alpha"))
+        .put_resource(&check_replicator(REPLICATOR, "alpha"))
         .await
         .expect("create the replicator");
 
@@ -326,7 +312,7 @@ async fn replication_walk_through() {
         .await
         .expect("register alpha with the wrong CA");
     gateway_admin
-        .put_resource(&replicator("to-wrong-ca", "alpha-wrong-ca"))
+        .put_resource(&check_replicator("to-wrong-ca", "alpha-wrong-ca"))
         .await
         .expect("create the replicator to the wrong CA");
     let failing = eventually("the TLS failure in the status", CONVERGE, || async {

@@ -18,20 +18,18 @@ use cairn_api::client::{Client, Credentials};
 use cairn_api::meta::LABEL_REPLICATED_FROM;
 use cairn_api::model::{Replicator, Role, RoleBinding, RoleRef, Rule, Subject};
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
+use cairn_tests::fake_cluster::{read_head, FakeCluster};
 use cairn_tests::{
     cluster_registration, error_status, Backend, Deadline, FederationKeys, ADMIN_PASSWORD,
 };
 use reqwest::{Method, StatusCode};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long replication may take: far above a watched change's push.
 const WITHIN: Duration = Duration::from_secs(30);
-
-/// The largest request head the recording server reads.
-const HEAD_LIMIT: usize = 64 * 1024;
 
 /// One request the recording server received.
 #[derive(Debug, Clone)]
@@ -41,61 +39,37 @@ struct Recorded {
     authorization: Option<String>,
 }
 
-/// An HTTPS server on 127.0.0.1:0 under a CA the test makes, recording every request and
-/// answering each with `200 []`; stopped on drop.
+/// A fake cluster recording every request and answering each with `200 []`.
 struct Recorder {
     url: String,
     ca: String,
     requests: Arc<std::sync::Mutex<Vec<Recorded>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: FakeCluster,
 }
 
 impl Recorder {
     async fn start() -> Recorder {
-        let (ca, chain, key) = server_identity();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("the server certificate");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the recording server");
-        let url = format!("https://{}", listener.local_addr().expect("its address"));
         let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorded = Arc::clone(&requests);
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (acceptor, recorded) = (acceptor.clone(), Arc::clone(&recorded));
-                tokio::spawn(async move {
-                    let Ok(mut stream) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let Some(request) = read_request(&mut stream).await else {
-                        return;
-                    };
-                    recorded.lock().expect("not poisoned").push(request);
-                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                                  content-length: 2\r\nconnection: close\r\n\r\n[]";
-                    let _ = stream.write_all(answer.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
+        let server = FakeCluster::start(move |mut stream| {
+            let recorded = Arc::clone(&recorded);
+            async move {
+                let Some(request) = read_request(&mut stream).await else {
+                    return;
+                };
+                recorded.lock().expect("not poisoned").push(request);
+                let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                              content-length: 2\r\nconnection: close\r\n\r\n[]";
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
             }
-        });
+        })
+        .await;
         Recorder {
-            url,
-            ca,
+            url: server.url.clone(),
+            ca: server.ca.clone(),
             requests,
-            task,
+            _server: server,
         }
     }
 
@@ -104,60 +78,16 @@ impl Recorder {
     }
 }
 
-/// A CA (PEM) and a certificate chain and key for `127.0.0.1` issued by it.
-fn server_identity() -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca_params = rcgen::CertificateParams::default();
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "recording server CA");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_pem = ca_params.self_signed(&ca_key).expect("CA").pem();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().expect("server key");
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
-    let cert = params.signed_by(&key, &issuer).expect("server certificate");
-    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).expect("key");
-    (ca_pem, vec![cert.der().clone()], key)
-}
-
 /// Reads one HTTP/1.1 request (head and a `content-length` body) and records its request
 /// line and `Authorization` header.
 async fn read_request<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<Recorded> {
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(end) = bytes.windows(4).position(|window| window == b"\r\n\r\n") {
-            break end;
-        }
-        if bytes.len() > HEAD_LIMIT {
-            return None;
-        }
-        let read = stream.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        bytes.extend_from_slice(&chunk[..read]);
-    };
-    let head = String::from_utf8_lossy(&bytes[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next()?.split(' ');
-    let (method, target) = (request_line.next()?, request_line.next()?);
-    let header = |name: &str| {
-        head.split("\r\n").skip(1).find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case(name)
-                .then(|| value.trim().to_owned())
-        })
-    };
-    let length: usize = header("content-length")
+    let head = read_head(stream).await?;
+    let length: usize = head
+        .header("content-length")
         .and_then(|length| length.parse().ok())
         .unwrap_or(0);
-    let mut body = bytes.len() - (head_end + 4);
+    let mut body = head.body_read;
+    let mut chunk = [0u8; 4096];
     while body < length {
         let read = stream.read(&mut chunk).await.ok()?;
         if read == 0 {
@@ -166,9 +96,9 @@ async fn read_request<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option
         body += read;
     }
     Some(Recorded {
-        method: method.to_owned(),
-        target: target.to_owned(),
-        authorization: header("authorization"),
+        method: head.method.clone(),
+        target: head.target.clone(),
+        authorization: head.header("authorization"),
     })
 }
 

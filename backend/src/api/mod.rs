@@ -58,6 +58,9 @@ pub struct AppState {
     pub store_health: Arc<crate::store::StoreHealth>,
     /// Password hashing and checks, off the async workers and throttled.
     pub passwords: Arc<crate::passwords::Passwords>,
+    /// The bytes of downstream clusters' answers the gateway may hold at once (the federated
+    /// view, the proxy, the replicators).
+    pub downstream_budget: crate::federation::budget::Budget,
 }
 
 /// Receives stored events for the handler pipeline. Must not block.

@@ -100,6 +100,7 @@ pub fn spawn(state: &AppState, shutdown: watch::Receiver<bool>) -> JoinHandle<()
         gateway: state.issuer.issuer().to_owned(),
         connector: Arc::new(HttpConnector {
             issuer: Arc::clone(&state.issuer),
+            budget: state.downstream_budget.clone(),
         }),
         backoff: backoff::downstream(),
     });

@@ -30,7 +30,18 @@
 //!   empty segments), so that what the downstream and anything in front of it resolve is what
 //!   was checked here; anything else is refused with 400 and nothing is sent. `/auth…` is never
 //!   forwarded: one logs in (and refreshes tokens) at the gateway.
+//!
+//! What a downstream answers is bounded (issue 14, finding 5; see [`super::client`] and
+//! [`super::budget`]): one answer at most [`RESPONSE_LIMIT`] (a listing's page over it is
+//! asked again with half as many items), one listing at most
+//! [`super::client::PAGES_LIMIT`] pages, one federated request at most [`REQUEST_LIMIT`] over
+//! all its clusters, and all requests together at most
+//! [`super::budget::DOWNSTREAM_BUDGET`] at once. A cluster that goes over a bound is an entry
+//! of `errors` naming it, the bound and the limit, and the other clusters keep their rows; the
+//! proxy answers 502 with that message (503 when the gateway's budget is full). A federated
+//! request's rows are relayed as the JSON text they came as, never parsed into a tree.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -41,13 +52,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use cairn_api::model::Cluster;
 use cairn_api::{Kind, Spec};
 
-use super::client::{ClusterClient, ClusterError};
+use super::budget::{Allowance, Exceeded, REQUEST_LIMIT};
+use super::client::{path_of, ClusterClient, ClusterError, Listing, RESPONSE_LIMIT};
 use crate::api::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
 use crate::auth::{AuthError, Grant, FEDERATED_TOKEN_TTL};
 use crate::rbac::{Caller, Verb};
@@ -62,12 +75,9 @@ pub const FEDERATION_PATH: &str = "/api/cairn/v1/federation";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long listing one downstream cluster may take in all (every page).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Items per page asked of a downstream.
+/// Items per page asked of a downstream (fewer for a page over
+/// [`super::client::RESPONSE_LIMIT`]).
 const PAGE_SIZE: usize = 500;
-/// Pages read from one downstream at most (a `Sensu-Continue` loop cannot run forever).
-const MAX_PAGES: usize = 1_000;
-/// The largest downstream answer read into memory (one page, or one proxied response).
-const RESPONSE_LIMIT: usize = 64 * 1024 * 1024;
 /// Headers of a downstream answer the proxy relays.
 const RELAYED_HEADERS: [HeaderName; 4] = [
     header::CONTENT_TYPE,
@@ -107,13 +117,34 @@ struct ClusterHealth {
 struct FederatedList {
     items: Vec<FederatedItem>,
     errors: Vec<ClusterFailure>,
+    /// The downstream bytes its rows stand for, charged to the gateway's budget until the
+    /// answer has been written out (it is dropped with the list).
+    #[serde(skip)]
+    held: Option<Allowance>,
 }
 
 /// One row of the federated list.
 #[derive(Debug, Serialize)]
 struct FederatedItem {
-    cluster: String,
-    resource: Value,
+    /// Shared by the cluster's rows.
+    #[serde(serialize_with = "serialize_name")]
+    cluster: Arc<str>,
+    resource: Row,
+}
+
+fn serialize_name<S: serde::Serializer>(name: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(name)
+}
+
+/// A resource of the federated list in its REST wire form.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Row {
+    /// One of this cluster's.
+    Local(Value),
+    /// A downstream's, relayed as it came (its JSON text, checked but not parsed into a
+    /// tree: several times smaller).
+    Relayed(Box<RawValue>),
 }
 
 /// A cluster that contributed no rows, and why.
@@ -149,7 +180,7 @@ async fn clusters_list(
     let clusters = registered_clusters(&state).await?;
     let probes = clusters
         .into_iter()
-        .map(|(name, cluster)| probe(name, cluster));
+        .map(|(name, cluster)| probe(&state, name, cluster));
     Ok(Json(futures::future::join_all(probes).await))
 }
 
@@ -196,11 +227,21 @@ impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         match self {
             ProxyError::Refused(err) => err.into_response(),
-            ProxyError::Downstream(err) => (
-                StatusCode::BAD_GATEWAY,
-                Json(serde_json::json!({"message": err.to_string(), "code": 0})),
-            )
-                .into_response(),
+            ProxyError::Downstream(err) => {
+                // A full budget is the gateway's own state, not the cluster's.
+                let status = match &err {
+                    ClusterError::OverLimit {
+                        exceeded: Exceeded::Budget(_),
+                        ..
+                    } => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                (
+                    status,
+                    Json(serde_json::json!({"message": err.to_string(), "code": 0})),
+                )
+                    .into_response()
+            }
         }
     }
 }
@@ -223,7 +264,7 @@ async fn registered_clusters(state: &AppState) -> Result<Vec<(String, Cluster)>,
 
 /// Probes `/health` and `/version` of one cluster, at the same time, within
 /// [`PROBE_TIMEOUT`].
-async fn probe(name: String, cluster: Cluster) -> ClusterHealth {
+async fn probe(state: &AppState, name: String, cluster: Cluster) -> ClusterHealth {
     let mut health = ClusterHealth {
         name,
         api_urls: cluster.api_urls.clone(),
@@ -270,10 +311,15 @@ async fn probe(name: String, cluster: Cluster) -> ClusterHealth {
     }
     match version_answer {
         Ok(response) if response.status().is_success() => {
-            match read_limited(response).await.and_then(|bytes| {
-                serde_json::from_slice::<Value>(&bytes)
-                    .map_err(|err| format!("/version is not JSON: {err}"))
-            }) {
+            let mut share = state.downstream_budget.allowance(RESPONSE_LIMIT).share();
+            match client
+                .read(response, "GET /version", &mut share)
+                .await
+                .map_err(|err| err.to_string())
+                .and_then(|bytes| {
+                    serde_json::from_slice::<Value>(&bytes)
+                        .map_err(|err| format!("/version is not JSON: {err}"))
+                }) {
                 Ok(version) => health.version = Some(version),
                 Err(problem) => problems.push(problem),
             }
@@ -319,13 +365,16 @@ async fn federated_list(
         Some(namespace) => kind.collection_path(namespace),
         None => format!("{}/{}", kind.group_prefix(), kind.plural()),
     };
+    // Every cluster's pages count against one allowance: the request's whole downstream read.
+    let allowance = state.downstream_budget.allowance(REQUEST_LIMIT);
     let downstream = futures::future::join_all(clusters.into_iter().map(|(name, cluster)| {
         let path = path.as_str();
         let caller = &caller;
+        let allowance = &allowance;
         async move {
             let rows = match tokio::time::timeout(
                 FETCH_TIMEOUT,
-                fetch_all(state, caller, &name, &cluster, path),
+                fetch_all(state, caller, &name, &cluster, path, allowance),
             )
             .await
             {
@@ -346,104 +395,73 @@ async fn federated_list(
     let local = state.resources.list(kind, namespace.as_deref(), None, 0);
     let (local, downstream) = tokio::join!(local, downstream);
     let (local, _) = local?;
-    let local_name = state.issuer.issuer().to_owned();
+    let local_name: Arc<str> = Arc::from(state.issuer.issuer());
     let mut list = FederatedList::default();
     list.items.extend(
         local
             .into_iter()
             .filter(|(_, stored)| stored.resource.kind() == kind)
             .map(|(_, stored)| FederatedItem {
-                cluster: local_name.clone(),
-                resource: stored.resource.to_wire(),
+                cluster: Arc::clone(&local_name),
+                resource: Row::Local(stored.resource.to_wire()),
             }),
     );
     for (name, rows) in downstream {
         match rows {
-            Ok(rows) => list
-                .items
-                .extend(rows.into_iter().map(|resource| FederatedItem {
-                    cluster: name.clone(),
-                    resource,
-                })),
-            Err(failure) => list.errors.push(failure),
+            Ok(rows) => {
+                let name: Arc<str> = Arc::from(name);
+                list.items
+                    .extend(rows.into_iter().map(|resource| FederatedItem {
+                        cluster: Arc::clone(&name),
+                        resource: Row::Relayed(resource),
+                    }));
+            }
+            Err(failure) => {
+                tracing::debug!(cluster = %failure.cluster, error = %failure.message, "cluster left out of the federated list");
+                list.errors.push(failure);
+            }
         }
     }
+    list.held = Some(allowance);
     Ok(Json(list))
 }
 
 /// Lists `path` on one cluster as `caller` (a token minted for each page), following
-/// `Sensu-Continue`.
+/// `Sensu-Continue`, within the bounds of [`ClusterClient::list`] and `allowance`. The rows'
+/// bytes stay charged to `allowance` when it succeeds; a failed cluster's are given back.
 async fn fetch_all(
     state: &AppState,
     caller: &Caller,
     name: &str,
     cluster: &Cluster,
     path: &str,
-) -> Result<Vec<Value>, ClusterFailure> {
-    let failure = |status: Option<u16>, message: String| ClusterFailure {
+    allowance: &Allowance,
+) -> Result<Vec<Box<RawValue>>, ClusterFailure> {
+    let failure = |err: ClusterError| ClusterFailure {
         cluster: name.to_owned(),
-        status,
-        message,
+        status: match &err {
+            ClusterError::Status { status, .. } => Some(status.as_u16()),
+            _ => None,
+        },
+        message: err.to_string(),
     };
-    let client = ClusterClient::new(name, cluster).map_err(|err| failure(None, err.to_string()))?;
+    let client = ClusterClient::new(name, cluster).map_err(failure)?;
+    let mut share = allowance.share();
     let mut rows = Vec::new();
-    let mut continue_token: Option<String> = None;
-    for _ in 0..MAX_PAGES {
-        let mut page_path = format!("{path}?limit={PAGE_SIZE}");
-        if let Some(token) = &continue_token {
-            page_path.push_str("&continue=");
-            page_path.push_str(token);
-        }
-        let authorization = downstream_authorization(state, caller, name)
-            .map_err(|err| failure(None, format!("cluster {name}: {err}")))?;
-        let response = client
-            .send(Method::GET, &page_path, Some(&authorization), None)
-            .await
-            .map_err(|err| failure(None, err.to_string()))?;
-        let status = response.status();
-        continue_token = response
-            .headers()
-            .get("sensu-continue")
-            .and_then(|value| value.to_str().ok())
-            // Base64url: safe in a query as is; anything else is not followed.
-            .filter(|token| {
-                token
-                    .bytes()
-                    .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_'))
-            })
-            .map(str::to_owned);
-        let bytes = read_limited(response)
-            .await
-            .map_err(|problem| failure(Some(status.as_u16()), problem))?;
-        if !status.is_success() {
-            return Err(failure(
-                Some(status.as_u16()),
-                format!("cluster {name}: {status}: {}", error_message(&bytes)),
-            ));
-        }
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Array(items)) => rows.extend(items),
-            Ok(_) => {
-                return Err(failure(
-                    Some(status.as_u16()),
-                    format!("cluster {name}: {path} did not answer a list"),
-                ))
-            }
-            Err(err) => {
-                return Err(failure(
-                    Some(status.as_u16()),
-                    format!("cluster {name}: {path} did not answer JSON: {err}"),
-                ))
-            }
-        }
-        if continue_token.is_none() {
-            return Ok(rows);
-        }
-    }
-    Err(failure(
-        None,
-        format!("cluster {name}: more than {MAX_PAGES} pages of {path}"),
-    ))
+    client
+        .list(
+            Listing {
+                path,
+                page_size: PAGE_SIZE,
+            },
+            &mut share,
+            || downstream_authorization(state, caller, name).map_err(|err| err.to_string()),
+            |page| rows.extend(page),
+        )
+        .await
+        .map_err(failure)?;
+    share.keep();
+    Ok(rows)
 }
 
 /// The `Authorization` header value for one request of `caller` to the cluster `cluster`: a
@@ -466,19 +484,6 @@ fn downstream_authorization(
         ttl: FEDERATED_TOKEN_TTL,
     })?;
     Ok(format!("Bearer {}", token.token))
-}
-
-/// The `message` of a Sensu error body (either capitalisation), or the body itself.
-fn error_message(bytes: &[u8]) -> String {
-    serde_json::from_slice::<Value>(bytes)
-        .ok()
-        .and_then(|body| {
-            body.get("message")
-                .or_else(|| body.get("Message"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| String::from_utf8_lossy(bytes).chars().take(200).collect())
 }
 
 // === the proxy ===
@@ -546,12 +551,12 @@ async fn proxy(state: &AppState, request: Request) -> Result<Response, ProxyErro
             relayed.insert(name, value.clone());
         }
     }
-    let bytes = read_limited(response).await.map_err(|problem| {
-        ProxyError::Downstream(ClusterError::Unreachable {
-            cluster: target.cluster.clone(),
-            reason: problem,
-        })
-    })?;
+    let what = format!("{} {}", parts.method, path_of(&target.path_and_query));
+    let mut share = state.downstream_budget.allowance(RESPONSE_LIMIT).share();
+    let bytes = client
+        .read(response, &what, &mut share)
+        .await
+        .map_err(ProxyError::Downstream)?;
     let mut answer = Response::new(Body::from(bytes));
     *answer.status_mut() = status;
     *answer.headers_mut() = relayed;
@@ -649,30 +654,6 @@ fn check_proxied_path(path: &str) -> Result<(), String> {
         return Err("must be an /api/... path".to_owned());
     }
     Ok(())
-}
-
-/// Reads a downstream answer's body up to [`RESPONSE_LIMIT`].
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if bytes.len() + chunk.len() > RESPONSE_LIMIT {
-                    return Err(format!(
-                        "the answer is over the {RESPONSE_LIMIT}-byte limit"
-                    ));
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(bytes),
-            Err(err) => {
-                return Err(format!(
-                    "reading the answer failed: {}",
-                    cairn_api::problem::cause_chain(&err)
-                ))
-            }
-        }
-    }
 }
 
 /// Percent-decodes one path segment (invalid escapes are kept as they are).

@@ -20,7 +20,10 @@ use cairn_api::{Kind, Resource};
 
 use super::plan::{key_of, Change, Desired};
 use crate::auth::{AccessToken, Grant, TokenIssuer};
-use crate::federation::client::{ClusterClient, ClusterError};
+use crate::federation::budget::{Budget, Share, REQUEST_LIMIT};
+use crate::federation::client::{
+    encode, encode_query, error_message, ClusterClient, ClusterError, Listing, RESPONSE_LIMIT,
+};
 
 /// The identity replicators write as: every cluster of the federation grants its group
 /// (`cluster-admins`) the `cluster-admin` role.
@@ -34,11 +37,9 @@ pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
 /// that expires on the way.
 const TOKEN_RENEW_BEFORE: Duration = Duration::from_secs(60);
 
-/// Resources per page when listing the downstream's copies.
+/// Resources per page when listing the downstream's copies (fewer for a page over
+/// [`RESPONSE_LIMIT`]: see [`ClusterClient::list`]).
 const LIST_PAGE: usize = 1000;
-
-/// Longest downstream message kept in an error.
-const MESSAGE_LIMIT: usize = 300;
 
 /// Why a downstream request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -210,6 +211,9 @@ fn conflict(message: String) -> DownstreamError {
 pub(crate) struct HttpDownstream {
     client: ClusterClient,
     tokens: Tokens,
+    /// The gateway's budget of downstream bytes held at once: a listing holds up to
+    /// [`REQUEST_LIMIT`] of it, any other answer up to [`RESPONSE_LIMIT`].
+    budget: Budget,
 }
 
 impl HttpDownstream {
@@ -222,10 +226,12 @@ impl HttpDownstream {
         name: &str,
         cluster: &Cluster,
         issuer: Arc<TokenIssuer>,
+        budget: Budget,
     ) -> Result<HttpDownstream, ClusterError> {
         Ok(HttpDownstream {
             client: ClusterClient::new(name, cluster)?,
             tokens: Tokens::new(issuer, name),
+            budget,
         })
     }
 
@@ -244,22 +250,18 @@ impl HttpDownstream {
             .await
             .map_err(|err| DownstreamError::Unavailable(err.to_string()))?;
         let status = response.status();
-        let continue_token = response
-            .headers()
-            .get("sensu-continue")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        let bytes = response.bytes().await.map_err(|err| {
-            DownstreamError::Unavailable(format!(
-                "{method} {path}: cannot read the answer: {}",
-                cairn_api::problem::cause_chain(&err)
-            ))
-        })?;
+        let what = format!("{method} {path}");
+        let mut share = self.budget.allowance(RESPONSE_LIMIT).share();
+        let bytes = self
+            .client
+            .read(response, &what, &mut share)
+            .await
+            .map_err(|err| DownstreamError::Unavailable(err.to_string()))?;
         Ok(Answer {
             status,
-            bytes: bytes.to_vec(),
-            continue_token,
-            what: format!("{method} {path}"),
+            bytes,
+            what,
+            _share: share,
         })
     }
 }
@@ -268,8 +270,9 @@ impl HttpDownstream {
 struct Answer {
     status: StatusCode,
     bytes: Vec<u8>,
-    continue_token: Option<String>,
     what: String,
+    /// The budget `bytes` holds.
+    _share: Share,
 }
 
 impl Answer {
@@ -278,10 +281,14 @@ impl Answer {
         if self.status.is_success() {
             return Ok(self);
         }
-        Err(failure(self.status, &self.what, &message_of(&self.bytes)))
+        Err(failure(
+            self.status,
+            &self.what,
+            &error_message(&self.bytes),
+        ))
     }
 
-    fn json(&self) -> Result<Value, DownstreamError> {
+    fn to_value(&self) -> Result<Value, DownstreamError> {
         serde_json::from_slice(&self.bytes).map_err(|err| {
             DownstreamError::Unavailable(format!("{}: the answer is not JSON: {err}", self.what))
         })
@@ -307,26 +314,6 @@ fn failure(status: StatusCode, what: &str, message: &str) -> DownstreamError {
     }
 }
 
-/// The `message` of an error body (`{"message", "code"}`), or the start of the text.
-fn message_of(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let message = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|body| {
-            body.get("message")
-                .or_else(|| body.get("Message"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| text.trim().to_owned());
-    if message.chars().count() > MESSAGE_LIMIT {
-        let cut: String = message.chars().take(MESSAGE_LIMIT).collect();
-        format!("{cut}…")
-    } else {
-        message
-    }
-}
-
 #[async_trait::async_trait]
 impl Downstream for HttpDownstream {
     async fn list_copies(
@@ -335,53 +322,46 @@ impl Downstream for HttpDownstream {
         label: &str,
     ) -> Result<BTreeMap<String, Option<Resource>>, DownstreamError> {
         let selector = format!("{LABEL_REPLICATED_FROM} == {label}");
-        let query = format!(
-            "limit={LIST_PAGE}&labelSelector={}",
+        let path = format!(
+            "{}/{}?labelSelector={}",
+            kind.group_prefix(),
+            kind.plural(),
             encode_query(&selector)
         );
-        let collection = format!("{}/{}", kind.group_prefix(), kind.plural());
         let mut copies = BTreeMap::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut path = format!("{collection}?{query}");
-            if let Some(token) = &token {
-                path.push_str("&continue=");
-                path.push_str(&encode_query(token));
-            }
-            let answer = self.send(Method::GET, &path, None).await?.success()?;
-            let Value::Array(items) = answer.json()? else {
-                return Err(DownstreamError::Unavailable(format!(
-                    "{}: the answer is not a list",
-                    answer.what
-                )));
-            };
-            for item in items {
-                // Never trust the filter alone: a downstream that ignores `labelSelector`
-                // must not make its own resources look like copies.
-                if label_in(&item).as_deref() != Some(label) {
-                    continue;
-                }
-                let Some((namespace, name)) = identity_in(&item, kind) else {
-                    continue;
-                };
-                let key = key_of(kind, &namespace, &name);
-                let item_kind = match item.get("type").and_then(Value::as_str) {
-                    Some("Env") if kind.plural() == Kind::EnvProvider.plural() => Kind::EnvProvider,
-                    Some("VaultProvider") if kind.plural() == Kind::VaultProvider.plural() => {
-                        Kind::VaultProvider
+        // The listing's pages hold the budget until the copies are decoded and the listing
+        // returns.
+        let mut share = self.budget.allowance(REQUEST_LIMIT).share();
+        let listed = self
+            .client
+            .list(
+                Listing {
+                    path: &path,
+                    page_size: LIST_PAGE,
+                },
+                &mut share,
+                || self.tokens.authorization().map_err(|err| err.to_string()),
+                |page| {
+                    // One row at a time: a page is never a tree of values as a whole. Each row
+                    // was checked as JSON already, so none fails here.
+                    for item in page
+                        .iter()
+                        .filter_map(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+                    {
+                        copy_in(kind, label, item, &mut copies);
                     }
-                    _ => kind,
-                };
-                if item_kind != kind {
-                    // The other provider type shares the collection: not ours to list.
-                    continue;
-                }
-                copies.insert(key, Resource::from_wire(kind, item).ok());
-            }
-            match answer.continue_token {
-                Some(next) if !next.is_empty() => token = Some(next),
-                _ => return Ok(copies),
-            }
+                },
+            )
+            .await;
+        match listed {
+            Ok(()) => Ok(copies),
+            Err(ClusterError::Status {
+                what,
+                status,
+                message,
+                ..
+            }) => Err(failure(status, &what, &message)),
+            Err(err) => Err(DownstreamError::Unavailable(err.to_string())),
         }
     }
 
@@ -397,7 +377,7 @@ impl Downstream for HttpDownstream {
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(Existing::Missing);
         }
-        let body = answer.success()?.json()?;
+        let body = answer.success()?.to_value()?;
         Ok(match label_in(&body) {
             Some(value) => Existing::Labelled(value),
             None => Existing::Unlabelled(
@@ -449,6 +429,34 @@ impl Downstream for HttpDownstream {
     }
 }
 
+/// Adds `item` (a row of the listing of `kind` with `label`) to `copies` when it is one of
+/// this replicator's copies (as `None` when it does not decode: it is rewritten or deleted).
+fn copy_in(kind: Kind, label: &str, item: Value, copies: &mut BTreeMap<String, Option<Resource>>) {
+    // Never trust the filter alone: a downstream that ignores `labelSelector` must not make
+    // its own resources look like copies.
+    if label_in(&item).as_deref() != Some(label) {
+        return;
+    }
+    let Some((namespace, name)) = identity_in(&item, kind) else {
+        return;
+    };
+    let item_kind = match item.get("type").and_then(Value::as_str) {
+        Some("Env") if kind.plural() == Kind::EnvProvider.plural() => Kind::EnvProvider,
+        Some("VaultProvider") if kind.plural() == Kind::VaultProvider.plural() => {
+            Kind::VaultProvider
+        }
+        _ => kind,
+    };
+    if item_kind != kind {
+        // The other provider type shares the collection: not ours to list.
+        return;
+    }
+    copies.insert(
+        key_of(kind, &namespace, &name),
+        Resource::from_wire(kind, item).ok(),
+    );
+}
+
 /// The replication label of a wire-form resource (wrapped or not: `metadata` is at the top
 /// level in both).
 fn label_in(item: &Value) -> Option<String> {
@@ -486,24 +494,6 @@ fn encode_segment(text: &str) -> String {
     encode(text, |byte| {
         byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b':' | b'@')
     })
-}
-
-fn encode_query(text: &str) -> String {
-    encode(text, |byte| {
-        byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
-    })
-}
-
-fn encode(text: &str, keep: impl Fn(u8) -> bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if keep(byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 // === impl Tokens ===
@@ -566,11 +556,13 @@ impl Tokens {
 pub(crate) struct HttpConnector {
     /// Signs the replication tokens.
     pub(crate) issuer: Arc<TokenIssuer>,
+    /// The gateway's budget of downstream bytes held at once, shared with the federated view.
+    pub(crate) budget: Budget,
 }
 
 impl Connector for HttpConnector {
     fn connect(&self, name: &str, cluster: &Cluster) -> Result<Arc<dyn Downstream>, String> {
-        HttpDownstream::new(name, cluster, Arc::clone(&self.issuer))
+        HttpDownstream::new(name, cluster, Arc::clone(&self.issuer), self.budget.clone())
             .map(|downstream| Arc::new(downstream) as Arc<dyn Downstream>)
             .map_err(|err| err.to_string())
     }
@@ -855,11 +847,11 @@ pub(crate) mod tests {
         let unauthorized = failure(StatusCode::UNAUTHORIZED, what, "invalid credentials");
         assert!(unauthorized.to_string().contains("JWT signing key"));
         assert_eq!(
-            message_of(br#"{"message":"namespace not found","code":5}"#),
+            error_message(br#"{"message":"namespace not found","code":5}"#),
             "namespace not found"
         );
-        assert_eq!(message_of(b"plain text"), "plain text");
-        assert!(message_of("x".repeat(1000).as_bytes()).chars().count() <= MESSAGE_LIMIT + 1);
+        assert_eq!(error_message(b"plain text"), "plain text");
+        assert!(error_message("x".repeat(1000).as_bytes()).chars().count() <= 301);
     }
 
     #[test]
