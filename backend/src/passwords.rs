@@ -1,9 +1,13 @@
 //! Password checks that an anonymous client cannot turn into a denial of service or an oracle.
 //!
-//! - argon2 runs on tokio's blocking pool, at most one check per core but one (at least one)
-//!   at once, so the async workers that serve `/health`, agents and
-//!   every other request are never busy hashing; a check that waits more than
-//!   [`QUEUE_TIMEOUT`] for a worker is refused (503) instead of piling up.
+//! - argon2 runs on hashing threads of its own, one per core but one (at least one), so the
+//!   async workers that serve `/health`, agents and every other request are never busy
+//!   hashing; a check that waits more than [`QUEUE_TIMEOUT`] for a worker is refused (503)
+//!   instead of piling up. The threads live as long as the checker: argon2 takes 19 MiB per
+//!   hash, and on tokio's blocking pool, whose threads come and go, each new thread got a
+//!   malloc arena of its own that kept its freed 19 MiB (the soak benchmark's RSS grew by
+//!   hundreds of MiB under wrong-password logins). Here that memory is at most 19 MiB per
+//!   hashing thread.
 //! - Failed logins slow down (an attempt counts as failed until it succeeds, so attempts made
 //!   at once are throttled too): after [`FREE_FAILURES`] failures within [`FAILURE_WINDOW`], each
 //!   further attempt from the same address, or for the same user, waits before its password is
@@ -52,9 +56,15 @@ pub enum PasswordError {
 #[derive(Debug)]
 pub struct Passwords {
     workers: Arc<Semaphore>,
+    /// Hands work to the hashing threads; as many places as threads (a permit of `workers`
+    /// is taken first, so sending never waits).
+    jobs: std::sync::mpsc::SyncSender<Job>,
     dummy_hash: String,
     failures: Mutex<Failures>,
 }
+
+/// Work for a hashing thread.
+type Job = Box<dyn FnOnce() + Send>;
 
 #[derive(Debug, Default)]
 struct Failures {
@@ -83,8 +93,27 @@ impl Passwords {
     /// # Errors
     /// When the dummy hash cannot be made (an internal fault).
     pub fn with_workers(n_workers: usize) -> Result<Passwords, AuthError> {
+        let n_workers = n_workers.max(1);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(n_workers);
+        let queue = Arc::new(Mutex::new(queue));
+        for idx in 0..n_workers {
+            let queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name(format!("password-hash-{idx}"))
+                .spawn(move || loop {
+                    // The lock is held only while waiting for the next job; the threads end
+                    // when the checker (the sender) is dropped.
+                    let job = queue.lock().recv();
+                    let Ok(job) = job else { return };
+                    // A panicking job loses its answer (the caller sees `HashFailed`), not
+                    // the thread.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                })
+                .map_err(|_| AuthError::HashFailed)?;
+        }
         Ok(Passwords {
-            workers: Arc::new(Semaphore::new(n_workers.max(1))),
+            workers: Arc::new(Semaphore::new(n_workers)),
+            jobs,
             dummy_hash: auth::hash_password(&auth::random_token(16))?,
             failures: Mutex::new(Failures::default()),
         })
@@ -121,7 +150,7 @@ impl Passwords {
         Ok(matched)
     }
 
-    /// Compares `password` with a PHC `hash` on the blocking pool (no throttle; for callers
+    /// Compares `password` with a PHC `hash` on a hashing thread (no throttle; for callers
     /// that are already authenticated, as a password change is).
     ///
     /// # Errors
@@ -132,7 +161,7 @@ impl Passwords {
             .await
     }
 
-    /// Hashes a new password on the blocking pool.
+    /// Hashes a new password on a hashing thread.
     ///
     /// # Errors
     /// [`PasswordError::Busy`], or [`PasswordError::Hash`] for an internal fault.
@@ -150,12 +179,18 @@ impl Passwords {
             .await
             .map_err(|_| PasswordError::Busy)?
             .expect("the workers' semaphore is never closed");
-        tokio::task::spawn_blocking(move || {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
             let _permit = permit;
-            work()
-        })
-        .await
-        .map_err(|_| PasswordError::Hash(AuthError::HashFailed))?
+            let _ = answer.send(work());
+        });
+        // Never full: a permit is held for each job queued or running.
+        self.jobs
+            .try_send(job)
+            .map_err(|_| PasswordError::Hash(AuthError::HashFailed))?;
+        answered
+            .await
+            .map_err(|_| PasswordError::Hash(AuthError::HashFailed))?
     }
 
     /// The wait before the next attempt from `address` for `username`.

@@ -33,7 +33,8 @@
 //! Run with `cargo bench -p cairn-tests --bench soak`. Knobs: `CAIRN_SOAK_SECONDS` (default
 //! 600), `CAIRN_SOAK_EVENTS_PER_SECOND`, `CAIRN_SOAK_EVENT_CLIENTS`, and `CAIRN_SOAK_LOADS`
 //! (default `events,handler,reads,logins,idle,slow`: leave one out to see what it costs;
-//! without `handler` the events name no handler).
+//! without `handler` the events name no handler), `CAIRN_SOAK_BACKEND_ARGS` (more arguments
+//! of `cairn-backend start`, split at spaces).
 
 #![allow(clippy::print_stdout)]
 
@@ -239,7 +240,12 @@ async fn main() {
     let load = |name: &str| loads.split(',').any(|one| one.trim() == name);
     let handler_name = if load("handler") { "sink" } else { "" };
 
-    let backend = Backend::start();
+    let backend_args: Vec<String> = std::env::var("CAIRN_SOAK_BACKEND_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let backend = Backend::start_with(cairn_tests::BackendOptions::default().args(backend_args));
     let pid = backend.pid();
     let admin = backend.admin().await;
     let key = admin_api_key(&admin).await;
