@@ -81,7 +81,7 @@ use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
 use crate::api::AppState;
 use crate::bootstrap::{self, CertRecord, Revocation};
-use crate::listen::{BoundedListener, ConnectionLimits, RepeatedLog, REPEAT_LOG_INTERVAL};
+use crate::listen::{BoundedListener, ConnectionLimits, SharedRepeatedLog, REPEAT_LOG_INTERVAL};
 use crate::resources::{ResourceError, Resources};
 use crate::sessions::{EntityId, Session, Sessions};
 use crate::store::{Precondition, StoreError};
@@ -636,7 +636,10 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut listener = BoundedListener::new(listener, limits, "agent");
-    let refusals = Arc::new(Refusals::default());
+    // The lines about connections refused before a session exists (failed handshakes,
+    // unusable certificates, failed upgrades): anyone who can reach the port can cause them,
+    // so at most one per 10 s, with the count of those not logged.
+    let refusals = Arc::new(SharedRepeatedLog::new(REPEAT_LOG_INTERVAL));
     let stop_for_connections = stop.clone();
     let mut connections = JoinSet::new();
     loop {
@@ -694,25 +697,6 @@ struct Accepted {
     limits: ConnectionLimits,
 }
 
-/// Rate-limits the lines about connections refused before a session exists (failed handshakes,
-/// unusable certificates, failed upgrades): anyone who can reach the port can cause them, so
-/// at most one line per [`REPEAT_LOG_INTERVAL`], with the count of those not logged.
-#[derive(Debug)]
-struct Refusals(Mutex<RepeatedLog>);
-
-impl Default for Refusals {
-    fn default() -> Refusals {
-        Refusals(Mutex::new(RepeatedLog::new(REPEAT_LOG_INTERVAL)))
-    }
-}
-
-impl Refusals {
-    /// `Some(lines not logged since the last one)` when a line is due now.
-    fn due(&self) -> Option<u64> {
-        self.0.lock().due(Instant::now())
-    }
-}
-
 /// Resolves once `stop` turns true (or its sender is gone, which happens only after).
 async fn stopping(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`: drop it here.
@@ -721,7 +705,7 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
 
 /// Logs a failed TLS handshake: certificate problems at info (an agent to fix; rate-limited
 /// by `refusals`), the rest (scanners, resets) at debug.
-fn log_tls_failure(peer: SocketAddr, err: &std::io::Error, refusals: &Refusals) {
+fn log_tls_failure(peer: SocketAddr, err: &std::io::Error, refusals: &SharedRepeatedLog) {
     let certificate_problem = err
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -762,7 +746,7 @@ async fn run_connection(
     state: AppState,
     hub: Arc<AgentHub>,
     stop: watch::Receiver<bool>,
-    refusals: Arc<Refusals>,
+    refusals: Arc<SharedRepeatedLog>,
 ) {
     let Accepted {
         socket,

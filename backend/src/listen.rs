@@ -180,6 +180,22 @@ impl RepeatedLog {
     }
 }
 
+/// A [`RepeatedLog`] shared by tasks (the agent listener's connections, the event sinks), on
+/// the clock of now.
+#[derive(Debug)]
+pub(crate) struct SharedRepeatedLog(parking_lot::Mutex<RepeatedLog>);
+
+impl SharedRepeatedLog {
+    pub(crate) fn new(every: Duration) -> SharedRepeatedLog {
+        SharedRepeatedLog(parking_lot::Mutex::new(RepeatedLog::new(every)))
+    }
+
+    /// `Some(lines not logged since the last one)` when a line is due now.
+    pub(crate) fn due(&self) -> Option<u64> {
+        self.0.lock().due(Instant::now())
+    }
+}
+
 /// What a connection's idle check reads: requests in flight, and when bytes last moved.
 #[derive(Debug)]
 pub(crate) struct Activity {

@@ -805,14 +805,14 @@ impl HandlerResolver for StoreResolver {
 /// exactly when it happens.
 struct PipelineSink {
     pipeline: Pipeline,
-    refused: parking_lot::Mutex<listen::RepeatedLog>,
+    refused: listen::SharedRepeatedLog,
 }
 
 impl PipelineSink {
     fn new(pipeline: Pipeline) -> PipelineSink {
         PipelineSink {
             pipeline,
-            refused: parking_lot::Mutex::new(listen::RepeatedLog::new(listen::REPEAT_LOG_INTERVAL)),
+            refused: listen::SharedRepeatedLog::new(listen::REPEAT_LOG_INTERVAL),
         }
     }
 }
@@ -820,7 +820,7 @@ impl PipelineSink {
 impl EventSink for PipelineSink {
     fn submit(&self, namespace: &str, event: Event) {
         if let Err(err) = self.pipeline.submit(namespace.to_owned(), event) {
-            if let Some(repeated) = self.refused.lock().due(std::time::Instant::now()) {
+            if let Some(repeated) = self.refused.due() {
                 tracing::warn!(error = %err, namespace, repeated, "event not handed to the pipeline");
             }
         }
