@@ -93,7 +93,9 @@ impl Resource {
     ///
     /// Follows Sensu's rules: for core/v2 types metadata may also sit inside the spec and the
     /// outer metadata is merged over it; a `Namespace`'s spec is just `{name}`; `null` fields
-    /// mean "use the default".
+    /// mean "use the default", and so does the all-default object of a struct Sensu holds by
+    /// value (`system`, `system.network`, `deregistration`), which the wire form writes for an
+    /// unset one.
     ///
     /// # Errors
     /// An [`Issue`] naming the field that is wrong. Validation beyond the shape of the document
@@ -252,8 +254,28 @@ impl Resource {
         Ok(Resource { metadata, spec })
     }
 
-    /// The wrapped manifest form: `{type, api_version, metadata, spec}`.
+    /// The wrapped manifest form: `{type, api_version, metadata, spec}`, with empty fields
+    /// left out (the store's encoding and what `cairnctl get -o yaml` writes).
     pub fn to_document(&self) -> Value {
+        self.wrapped(self.spec.to_value())
+    }
+
+    /// The form the REST API speaks for this kind (see [`Resource::from_wire`]), with every
+    /// field Sensu's JSON has (see [`crate::model::Wire`]).
+    pub fn to_wire(&self) -> Value {
+        let spec = self.spec.to_wire_value();
+        if self.kind().is_wrapped_on_wire() {
+            return self.wrapped(spec);
+        }
+        let Value::Object(mut body) = spec else {
+            unreachable!("every spec serializes to a JSON object")
+        };
+        body.insert("metadata".to_owned(), metadata_value(&self.metadata));
+        Value::Object(body)
+    }
+
+    /// `{type, api_version, metadata, spec}` around `spec`.
+    fn wrapped(&self, spec: Value) -> Value {
         let kind = self.kind();
         let mut envelope = Map::new();
         envelope.insert(
@@ -265,22 +287,8 @@ impl Resource {
             Value::String(kind.api_version().to_owned()),
         );
         envelope.insert("metadata".to_owned(), metadata_value(&self.metadata));
-        envelope.insert("spec".to_owned(), self.spec.to_value());
+        envelope.insert("spec".to_owned(), spec);
         Value::Object(envelope)
-    }
-
-    /// The form the REST API speaks for this kind (see [`Resource::from_wire`]).
-    pub fn to_wire(&self) -> Value {
-        let kind = self.kind();
-        if kind.is_wrapped_on_wire() {
-            return self.to_document();
-        }
-        let mut body = match self.spec.to_value() {
-            Value::Object(body) => body,
-            _ => unreachable!("every spec serializes to a JSON object"),
-        };
-        body.insert("metadata".to_owned(), metadata_value(&self.metadata));
-        Value::Object(body)
     }
 }
 

@@ -710,7 +710,13 @@ fn system() -> Strat<System> {
             mac,
             addresses,
         });
-    let network = vec(interface, 0..3).prop_map(|interfaces| Network { interfaces });
+    // An all-default network or system is the object the wire form writes for an unset one
+    // (Sensu holds them by value), and reads back as unset: never generate one.
+    let network = vec(interface, 0..3)
+        .prop_map(|interfaces| Network { interfaces })
+        .prop_filter_map("an all-default network is unset", |network| {
+            (network != Network::default()).then_some(network)
+        });
     (names, more, option::of(network), vec(json_object(), 0..2))
         .prop_map(
             |(
@@ -742,7 +748,11 @@ fn entity() -> Strat<Entity> {
     (
         select(&["agent", "proxy", "backend", "service"][..]),
         vec(non_empty_text(), 0..3),
-        option::of(system()),
+        option::of(
+            system().prop_filter_map("an all-default system is unset", |system| {
+                (system != System::default()).then_some(system)
+            }),
+        ),
         any::<i64>(),
         any::<bool>(),
         option::of(name().prop_map(|handler| Deregistration { handler })),

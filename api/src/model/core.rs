@@ -3,8 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
 
+use super::form;
 use crate::meta::ObjectMeta;
 
 fn is_false(value: &bool) -> bool {
@@ -22,10 +25,10 @@ pub struct ResourceReference {
     /// Name of the referenced resource.
     pub name: String,
     /// Its type; in a check's `pipelines` it defaults to `Pipeline`.
-    #[serde(rename = "type", skip_serializing_if = "String::is_empty")]
+    #[serde(rename = "type", skip_serializing_if = "form::manifest_omits")]
     pub type_name: String,
     /// Its API group; defaults to `core/v2`.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub api_version: String,
 }
 
@@ -34,8 +37,10 @@ pub struct ResourceReference {
 #[serde(default, deny_unknown_fields)]
 pub struct SecretRef {
     /// The environment variable the value is exposed as.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub name: String,
     /// The `Secret` resource in the same namespace.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub secret: String,
 }
 
@@ -44,6 +49,7 @@ pub struct SecretRef {
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyRequests {
     /// Expressions selecting the proxy entities to run the check for.
+    #[serde(serialize_with = "form::null_when_empty")]
     pub entity_attributes: Vec<String>,
     /// Spread the requests over the interval.
     pub splay: bool,
@@ -56,8 +62,10 @@ pub struct ProxyRequests {
 #[serde(default, deny_unknown_fields)]
 pub struct MetricTag {
     /// Tag name.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub name: String,
     /// Tag value.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub value: String,
 }
 
@@ -68,12 +76,16 @@ pub struct MetricThreshold {
     /// Metric name.
     pub name: String,
     /// Tags the metric must carry.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub tags: Vec<MetricTag>,
     /// The limits.
+    #[serde(serialize_with = "form::null_when_empty")]
     pub thresholds: Vec<MetricThresholdRule>,
     /// Status when the metric is missing.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub null_status: Option<u32>,
 }
 
@@ -82,16 +94,19 @@ pub struct MetricThreshold {
 #[serde(default, deny_unknown_fields)]
 pub struct MetricThresholdRule {
     /// Lower bound, as a string as Sensu writes it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub min: Option<serde_json::Value>,
     /// Upper bound.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub max: Option<serde_json::Value>,
     /// Status when violated.
     pub status: u32,
 }
 
 /// Declares the check fields once, for [`CheckConfig`] and the check inside an [`Event`].
+///
+/// The serde attributes follow Sensu's json tags (see `form`): `CheckConfig` and `Check`
+/// always write `subscriptions` and `handlers` as lists, never `null` (their `MarshalJSON`).
 macro_rules! check_struct {
     ($(#[$attr:meta])* $name:ident { $($(#[$fattr:meta])* $vis:vis $field:ident : $ty:ty,)* }) => {
         $(#[$attr])*
@@ -114,7 +129,10 @@ macro_rules! check_struct {
             /// Legacy handler routing.
             pub handlers: Vec<String>,
             /// Pipelines the events go through.
-            #[serde(skip_serializing_if = "Vec::is_empty")]
+            #[serde(
+                skip_serializing_if = "form::manifest_omits",
+                serialize_with = "form::null_when_empty"
+            )]
             pub pipelines: Vec<ResourceReference>,
             /// Seconds before the command is killed; 0 means none.
             pub timeout: i64,
@@ -125,7 +143,7 @@ macro_rules! check_struct {
             /// One agent per run among the subscribers.
             pub round_robin: bool,
             /// Entity the results are attributed to.
-            #[serde(skip_serializing_if = "String::is_empty")]
+            #[serde(skip_serializing_if = "form::manifest_omits")]
             pub proxy_entity_name: String,
             /// Run once per matching proxy entity.
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,22 +151,37 @@ macro_rules! check_struct {
             /// Write the entity and check JSON to the command's stdin.
             pub stdin: bool,
             /// Assets put on the command's PATH.
-            #[serde(skip_serializing_if = "Vec::is_empty")]
+            #[serde(
+                skip_serializing_if = "form::manifest_omits",
+                serialize_with = "form::null_when_empty"
+            )]
             pub runtime_assets: Vec<String>,
             /// `KEY=VALUE` entries.
-            #[serde(skip_serializing_if = "Vec::is_empty")]
+            #[serde(
+                skip_serializing_if = "form::manifest_omits",
+                serialize_with = "form::null_when_empty"
+            )]
             pub env_vars: Vec<String>,
             /// Secrets exposed as environment variables.
-            #[serde(skip_serializing_if = "Vec::is_empty")]
+            #[serde(
+                skip_serializing_if = "form::manifest_omits",
+                serialize_with = "form::null_when_empty"
+            )]
             pub secrets: Vec<SecretRef>,
             /// `[{<status>: [hook names]}]`.
-            #[serde(skip_serializing_if = "Vec::is_empty")]
+            #[serde(
+                skip_serializing_if = "form::manifest_omits",
+                serialize_with = "form::null_when_empty"
+            )]
             pub check_hooks: Vec<BTreeMap<String, Vec<String>>>,
             /// How metrics are parsed out of the output.
-            #[serde(skip_serializing_if = "String::is_empty")]
+            #[serde(skip_serializing_if = "form::manifest_omits")]
             pub output_metric_format: String,
             /// Handlers for extracted metrics.
-            #[serde(skip_serializing_if = "Vec::is_empty")]
+            #[serde(
+                skip_serializing_if = "form::manifest_omits",
+                serialize_with = "form::null_when_empty"
+            )]
             pub output_metric_handlers: Vec<String>,
             /// Tags added to extracted metrics.
             #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -169,12 +202,10 @@ macro_rules! check_struct {
             /// Time windows in which the check is not scheduled.
             #[serde(skip_serializing_if = "Vec::is_empty")]
             pub subdues: Vec<serde_json::Value>,
-            /// Legacy; accepted with a warning and dropped, as sensuctl does.
-            #[serde(skip_serializing)]
+            /// Legacy; accepted with a warning and dropped, as sensuctl does (`null` on the
+            /// wire, where Sensu always writes it).
+            #[serde(skip_serializing_if = "form::in_manifest", serialize_with = "form::null")]
             pub subdue: Option<serde_json::Value>,
-            /// Server-set; accepted and ignored.
-            #[serde(skip_serializing)]
-            pub scheduler: Option<serde_json::Value>,
             /// Sensu 6.14's FallbackPipeline reference, which Cairn does not model: accepted
             /// with a warning and dropped.
             #[serde(skip_serializing)]
@@ -186,49 +217,59 @@ macro_rules! check_struct {
 
 check_struct! {
     /// `core/v2` `CheckConfig`.
-    CheckConfig {}
+    CheckConfig {
+        /// Server-set; accepted and ignored (`json:"-"` in Sensu's check configuration).
+        #[serde(skip_serializing)]
+        pub scheduler: Option<serde_json::Value>,
+    }
 }
 
 check_struct! {
     /// The check inside an event: the configuration plus the result.
     Check {
+        /// Server-set; accepted and ignored (`null` on the wire, where Sensu writes it).
+        #[serde(skip_serializing_if = "form::in_manifest", serialize_with = "form::null")]
+        pub scheduler: Option<serde_json::Value>,
         /// Exit status.
         pub status: u32,
         /// Command output.
-        #[serde(skip_serializing_if = "String::is_empty")]
+        #[serde(skip_serializing_if = "form::manifest_omits")]
         pub output: String,
         /// When the request was issued (unix s).
-        #[serde(skip_serializing_if = "is_zero")]
+        #[serde(skip_serializing_if = "form::manifest_omits")]
         pub issued: i64,
         /// When the command ran (unix s).
-        #[serde(skip_serializing_if = "is_zero")]
+        #[serde(skip_serializing_if = "form::manifest_omits")]
         pub executed: i64,
         /// Run time in seconds.
         #[serde(skip_serializing_if = "Option::is_none")]
         pub duration: Option<f64>,
         /// The last 21 results.
-        #[serde(skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            skip_serializing_if = "form::manifest_omits",
+            serialize_with = "form::null_when_empty"
+        )]
         pub history: Vec<CheckHistory>,
         /// Consecutive results with this status.
-        #[serde(skip_serializing_if = "is_zero")]
+        #[serde(skip_serializing_if = "form::manifest_omits")]
         pub occurrences: i64,
         /// Highest `occurrences` of the current incident.
-        #[serde(skip_serializing_if = "is_zero")]
+        #[serde(skip_serializing_if = "form::manifest_omits")]
         pub occurrences_watermark: i64,
         /// Last time the status was 0.
-        #[serde(skip_serializing_if = "is_zero")]
+        #[serde(skip_serializing_if = "form::manifest_omits")]
         pub last_ok: i64,
         /// `passing`, `failing` or `flapping`.
         #[serde(skip_serializing_if = "String::is_empty")]
         pub state: String,
         /// Percent state change over the history.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "form::manifest_omits")]
         pub total_state_change: Option<u32>,
         /// Silenced entries that matched.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         pub silenced: Vec<String>,
         /// Whether any silenced entry matched.
-        #[serde(skip_serializing_if = "is_false")]
+        #[serde(skip_serializing_if = "form::manifest_omits")]
         pub is_silenced: bool,
         /// Hook results.
         #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -330,13 +371,17 @@ pub struct HookConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<ObjectMeta>,
     /// Command to run.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub command: String,
     /// Seconds before it is killed; must be positive.
     pub timeout: i64,
     /// Write the event JSON to stdin.
     pub stdin: bool,
     /// Assets put on PATH.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub runtime_assets: Vec<String>,
     /// Secrets exposed to the hook's process as environment variables (a Cairn extension:
     /// Sensu's hooks have none, sensu-go#3197).
@@ -349,6 +394,7 @@ pub struct HookConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HandlerSocket {
     /// Host name or address.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub host: String,
     /// Port.
     pub port: u32,
@@ -362,7 +408,7 @@ pub struct Handler {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<ObjectMeta>,
     /// `pipe`, `tcp`, `udp` or `set`.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", skip_serializing_if = "form::wire_omits")]
     pub handler_type: String,
     /// Command of a `pipe` handler; the event arrives on stdin.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -373,20 +419,31 @@ pub struct Handler {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<HandlerSocket>,
     /// Members of a `set` handler.
+    #[serde(serialize_with = "form::null_when_empty")]
     pub handlers: Vec<String>,
     /// Filters that must all pass.
+    #[serde(serialize_with = "form::null_when_empty")]
     pub filters: Vec<String>,
     /// Mutator applied first.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub mutator: String,
     /// `KEY=VALUE` entries.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub env_vars: Vec<String>,
     /// Assets put on PATH.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub runtime_assets: Vec<String>,
     /// Secrets exposed as environment variables.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub secrets: Vec<SecretRef>,
 }
 
@@ -398,11 +455,16 @@ pub struct EventFilter {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<ObjectMeta>,
     /// `allow` or `deny`.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub action: String,
     /// Expressions, all of which must hold.
+    #[serde(serialize_with = "form::null_when_empty")]
     pub expressions: Vec<String>,
     /// JavaScript libraries.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub runtime_assets: Vec<String>,
     /// Legacy; accepted with a warning and dropped, as sensuctl does.
     #[serde(skip_serializing)]
@@ -428,13 +490,22 @@ pub struct Mutator {
     /// Seconds before the mutator is killed.
     pub timeout: i64,
     /// `KEY=VALUE` entries.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub env_vars: Vec<String>,
     /// Assets put on PATH.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub runtime_assets: Vec<String>,
     /// Secrets exposed as environment variables.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub secrets: Vec<SecretRef>,
 }
 
@@ -443,14 +514,22 @@ pub struct Mutator {
 #[serde(default, deny_unknown_fields)]
 pub struct AssetBuild {
     /// Where the archive is downloaded from.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub url: String,
     /// SHA-512 of the archive.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub sha512: String,
     /// Expressions over `entity.system` selecting this build.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub filters: Vec<String>,
     /// Headers sent with the download.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub headers: BTreeMap<String, String>,
 }
 
@@ -468,13 +547,22 @@ pub struct Asset {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub sha512: String,
     /// Single-build filters.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub filters: Vec<String>,
     /// Single-build headers.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub headers: BTreeMap<String, String>,
     /// Multi-build list; the first matching build wins.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub builds: Vec<AssetBuild>,
 }
 
@@ -491,7 +579,7 @@ pub struct PipelineWorkflow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mutator: Option<ResourceReference>,
     /// Handler (type `Handler`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub handler: Option<ResourceReference>,
 }
 
@@ -503,6 +591,7 @@ pub struct Pipeline {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<ObjectMeta>,
     /// The workflows, run independently.
+    #[serde(serialize_with = "form::null_when_empty")]
     pub workflows: Vec<PipelineWorkflow>,
 }
 
@@ -511,11 +600,13 @@ pub struct Pipeline {
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkInterface {
     /// Interface name.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub name: String,
     /// MAC address.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub mac: String,
     /// Addresses in CIDR form.
+    #[serde(serialize_with = "form::null_when_empty")]
     pub addresses: Vec<String>,
 }
 
@@ -524,6 +615,7 @@ pub struct NetworkInterface {
 #[serde(default, deny_unknown_fields)]
 pub struct Network {
     /// Interfaces.
+    #[serde(serialize_with = "form::null_when_empty")]
     pub interfaces: Vec<NetworkInterface>,
 }
 
@@ -553,25 +645,32 @@ pub struct System {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arm_version: Option<i64>,
     /// `glibc`, `musl`, …
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub libc_type: String,
     /// Virtualisation system.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub vm_system: String,
     /// `host` or `guest`.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub vm_role: String,
     /// Cloud provider, when detected.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub cloud_provider: String,
     /// Float ABI on ARM.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub float_type: String,
     /// Network interfaces.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::object_when_none",
+        deserialize_with = "form::none_if_default"
+    )]
     pub network: Option<Network>,
     /// Running processes.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub processes: Vec<serde_json::Value>,
 }
 
@@ -580,6 +679,7 @@ pub struct System {
 #[serde(default, deny_unknown_fields)]
 pub struct Deregistration {
     /// Handler name.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub handler: String,
 }
 
@@ -593,17 +693,26 @@ pub struct Entity {
     /// `agent`, `proxy`, `backend` or `service`.
     pub entity_class: String,
     /// Subscriptions; the server adds `entity:<name>`.
+    #[serde(serialize_with = "form::null_when_empty")]
     pub subscriptions: Vec<String>,
     /// Host facts.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::object_when_none",
+        deserialize_with = "form::none_if_default"
+    )]
     pub system: Option<System>,
     /// Unix time of the last keepalive.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub last_seen: i64,
     /// Remove the entity when its keepalive dies.
     pub deregister: bool,
     /// Handler run on deregistration.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::object_when_none",
+        deserialize_with = "form::none_if_default"
+    )]
     pub deregistration: Option<Deregistration>,
     /// The agent's user.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -612,7 +721,7 @@ pub struct Entity {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub redact: Vec<String>,
     /// Agent version.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub sensu_agent_version: String,
     /// Handlers for keepalive events.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -635,18 +744,103 @@ pub struct Event {
     /// The check result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<Check>,
-    /// Metrics.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Metrics, as sent; on the wire with Sensu's keys filled in (`wire_metrics`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "wire_metrics"
+    )]
     pub metrics: Option<serde_json::Value>,
-    /// UUID.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    /// UUID (`null` on the wire when unset, as Sensu writes its empty byte slice).
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub id: String,
     /// Per-check counter.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub sequence: i64,
     /// Pipelines the event goes through.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub pipelines: Vec<ResourceReference>,
+}
+
+/// `metrics` in the wire form: the keys of Sensu's `Metrics` the sender left out written as
+/// `null` (`handlers`, `points`, and each point's `value`, `timestamp` and `tags`), in the same
+/// pass. `null`, not Go's `0`, so that the body reads back as what was stored.
+fn wire_metrics<S: Serializer>(metrics: &Option<Value>, serializer: S) -> Result<S::Ok, S::Error> {
+    match metrics {
+        Some(Value::Object(fields)) if form::in_wire() => Filled {
+            fields,
+            keys: METRICS_KEYS,
+        }
+        .serialize(serializer),
+        other => other.serialize(serializer),
+    }
+}
+
+/// The keys Sensu always writes in `Metrics`.
+const METRICS_KEYS: &[&str] = &["handlers", "points"];
+/// The keys Sensu always writes in a `MetricPoint` (its `name` is `omitempty`).
+const POINT_KEYS: &[&str] = &["value", "timestamp", "tags"];
+
+/// A JSON object written with `null` for those of `keys` it lacks; the objects of its `points`
+/// list likewise with a point's keys.
+struct Filled<'a> {
+    fields: &'a serde_json::Map<String, Value>,
+    keys: &'static [&'static str],
+}
+
+/// The `points` of a `Metrics`.
+struct Points<'a>(&'a [Value]);
+
+/// One item of `points`: an object gets its keys, anything else is written as sent.
+enum PointRef<'a> {
+    Filled(Filled<'a>),
+    Other(&'a Value),
+}
+
+impl Serialize for Filled<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.fields {
+            match value {
+                Value::Array(points) if key == "points" && self.keys == METRICS_KEYS => {
+                    map.serialize_entry(key, &Points(points))?;
+                }
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        for key in self.keys {
+            if !self.fields.contains_key(*key) {
+                map.serialize_entry(key, &Value::Null)?;
+            }
+        }
+        map.end()
+    }
+}
+
+impl Serialize for Points<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|point| match point {
+            Value::Object(fields) => PointRef::Filled(Filled {
+                fields,
+                keys: POINT_KEYS,
+            }),
+            other => PointRef::Other(other),
+        }))
+    }
+}
+
+impl Serialize for PointRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PointRef::Filled(filled) => filled.serialize(serializer),
+            PointRef::Other(value) => value.serialize(serializer),
+        }
+    }
 }
 
 /// `core/v2` `Silenced`.
@@ -663,12 +857,12 @@ pub struct Silenced {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub check: String,
     /// Unix time from which it applies.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub begin: i64,
     /// Seconds until it expires; -1 means never.
     pub expire: i64,
     /// Unix time at which it expires (server-set).
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub expire_at: i64,
     /// Remove it when the check resolves.
     pub expire_on_resolve: bool,

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::form;
+
 /// `federation/v1` `Cluster`: the REST API URLs of one downstream cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -52,13 +54,13 @@ impl Default for Replicator {
 #[serde(default, deny_unknown_fields)]
 pub struct EtcdReplicator {
     /// CA certificate file of the destination etcd.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub ca_cert: String,
     /// Client certificate file.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub cert: String,
     /// Client key file.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub key: String,
     /// Skip TLS (only for testing).
     pub insecure: bool,

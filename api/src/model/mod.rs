@@ -2,9 +2,11 @@
 
 mod core;
 mod federation;
+mod form;
 mod rbac;
 mod secrets;
 
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 pub use self::core::{
@@ -14,6 +16,7 @@ pub use self::core::{
     ProxyRequests, ResourceReference, SecretRef, Silenced, System,
 };
 pub use self::federation::{Cluster, EtcdReplicator, Replicator};
+pub use self::form::Wire;
 pub use self::rbac::{ApiKey, Role, RoleBinding, RoleRef, Rule, Subject, User};
 pub use self::secrets::{
     glob_matches, EnvAllow, EnvProvider, EnvRefusal, RateLimiter, Secret, VaultClient,
@@ -48,19 +51,30 @@ macro_rules! specs {
                 }
             }
 
-            /// The spec as JSON.
+            /// The spec as JSON, in the manifest form (empty fields left out).
             pub fn to_value(&self) -> Value {
-                match self {
-                    $(Spec::$variant(spec) => {
-                        serde_json::to_value(spec).expect("specs have string keys and serialize to JSON")
-                    })*
-                }
+                serde_json::to_value(self).expect("specs have string keys and serialize to JSON")
+            }
+
+            /// The spec as JSON, in Sensu's full wire form (see [`Wire`]).
+            pub fn to_wire_value(&self) -> Value {
+                serde_json::to_value(Wire(self))
+                    .expect("specs have string keys and serialize to JSON")
             }
 
             /// The default spec of `kind`, with every default Sensu applies.
             pub fn default_for(kind: Kind) -> Spec {
                 match kind {
                     $(Kind::$variant => Spec::$variant(<$ty>::default()),)*
+                }
+            }
+        }
+
+        /// The inner spec's fields, in the form being written (see [`Wire`]).
+        impl Serialize for Spec {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $(Spec::$variant(spec) => spec.serialize(serializer),)*
                 }
             }
         }
@@ -92,3 +106,6 @@ specs! {
     Replicator(Replicator),
     EtcdReplicator(EtcdReplicator),
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::form;
 use crate::meta::ObjectMeta;
 
 /// One rule of a role: which verbs on which resources (and optionally which names).
@@ -9,11 +10,16 @@ use crate::meta::ObjectMeta;
 #[serde(default, deny_unknown_fields)]
 pub struct Rule {
     /// `get`, `list`, `create`, `update`, `delete` or `*`.
+    #[serde(serialize_with = "form::null_when_empty")]
     pub verbs: Vec<String>,
     /// RBAC resource names (`checks`, …) or `*`.
+    #[serde(serialize_with = "form::null_when_empty")]
     pub resources: Vec<String>,
     /// Names the rule is limited to; empty means all.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "form::manifest_omits",
+        serialize_with = "form::null_when_empty"
+    )]
     pub resource_names: Vec<String>,
 }
 
@@ -25,6 +31,7 @@ pub struct Role {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<ObjectMeta>,
     /// At least one rule.
+    #[serde(serialize_with = "form::null_when_empty")]
     pub rules: Vec<Rule>,
 }
 
@@ -60,6 +67,7 @@ pub struct RoleBinding {
     /// The role granted.
     pub role_ref: RoleRef,
     /// At least one subject.
+    #[serde(serialize_with = "form::null_when_empty")]
     pub subjects: Vec<Subject>,
 }
 
@@ -71,14 +79,16 @@ pub struct User {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<ObjectMeta>,
     /// Lower-case name.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub username: String,
     /// Write-only clear-text password (at least 8 characters); never returned.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub password: String,
-    /// Password hash; safe to return.
+    /// Password hash (argon2); the API never returns it.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub password_hash: String,
     /// Groups, which RBAC bindings name.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub groups: Vec<String>,
     /// A disabled user can no longer authenticate.
     pub disabled: bool,
@@ -92,7 +102,9 @@ pub struct ApiKey {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<ObjectMeta>,
     /// The user the key acts as.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub username: String,
     /// Unix time of creation.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub created_at: i64,
 }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::form;
+
 /// `secrets/v1` `Secret`: a named pointer into a provider.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -30,7 +32,9 @@ pub const ENV_NEVER_SERVED_PREFIX: &str = "CAIRN_";
 #[serde(default, deny_unknown_fields)]
 pub struct EnvProvider {
     /// Which variables Secrets may read, and from which namespaces. Empty (the default, and
-    /// what `init` seeds): none.
+    /// what `init` seeds): none. Left out of the wire form when empty, where Sensu's spec is
+    /// `{}`.
+    #[serde(skip_serializing_if = "form::wire_omits")]
     pub allow: Vec<EnvAllow>,
 }
 
@@ -141,15 +145,15 @@ pub struct VaultClient {
     pub token: String,
     /// KV engine version: `v1` or `v2`.
     pub version: String,
-    /// TLS settings.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// TLS settings (`null` on the wire when unset, as Sensu writes it).
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub tls: Option<VaultTls>,
     /// Retries per request.
     pub max_retries: u32,
     /// Request timeout as a duration string (`60s`).
     pub timeout: String,
-    /// Client-side rate limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Client-side rate limit (`null` on the wire when unset).
+    #[serde(skip_serializing_if = "form::manifest_omits")]
     pub rate_limiter: Option<RateLimiter>,
 }
 
