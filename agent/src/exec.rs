@@ -57,7 +57,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_api::agent::{CheckRequest, SecretValue};
-use cairn_api::model::{Check, CheckConfig, Entity, Event, HookConfig};
+use cairn_api::model::{Check, CheckConfig, Entity, Event, HookConfig, Wire};
 use cairn_api::ObjectMeta;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -175,7 +175,7 @@ impl Executor {
                     ..config.clone()
                 },
             };
-            match serde_json::to_vec(&payload) {
+            match serde_json::to_vec(&Wire(&payload)) {
                 Ok(json) => Some(json),
                 Err(error) => {
                     return refused(
@@ -264,7 +264,7 @@ impl Drop for Claim {
     }
 }
 
-/// What a check command with `stdin: true` reads.
+/// What a check command with `stdin: true` reads, written in Sensu's full form (`Wire`).
 #[derive(Serialize)]
 struct StdinPayload<'a, C: Serialize> {
     entity: &'a Entity,
@@ -735,7 +735,7 @@ async fn run_hooks(
             continue;
         }
         let stdin = if hook.stdin {
-            match serde_json::to_vec(&StdinPayload { entity, check }) {
+            match serde_json::to_vec(&Wire(&StdinPayload { entity, check })) {
                 Ok(json) => Some(json),
                 Err(error) => {
                     results.push(hook_result(
@@ -1165,7 +1165,15 @@ mod tests {
         assert_eq!(json["check"]["metadata"]["name"], "reader");
         assert_eq!(json["check"]["command"], "cat");
         assert_eq!(json["check"]["stdin"], true);
-        assert!(json["check"].get("secrets").is_none(), "{json}");
+        // Sensu's full form: the secret references are cleared, unset lists are null.
+        assert_eq!(json["check"]["secrets"], serde_json::Value::Null, "{json}");
+        assert_eq!(json["check"]["env_vars"], serde_json::Value::Null, "{json}");
+        assert_eq!(
+            json["check"]["runtime_assets"],
+            serde_json::Value::Null,
+            "{json}"
+        );
+        assert!(json["entity"]["system"].is_object(), "{json}");
 
         let check = run_command("cat; echo end").await;
         assert_eq!(check.output, "end\n", "stdin is /dev/null");

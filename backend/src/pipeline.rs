@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use cairn_api::agent::SecretValue;
 use cairn_api::model::SecretRef;
-use cairn_api::model::{Event, EventFilter, Handler, HandlerSocket, Silenced};
+use cairn_api::model::{Event, EventFilter, Handler, HandlerSocket, Silenced, Wire};
 use cairn_api::redact::Redactor;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -254,7 +254,8 @@ impl Drop for Charge {
     }
 }
 
-/// The size of `event` as JSON, counted without building it.
+/// The size of `event` as the JSON handlers get (Sensu's full form), counted without building
+/// it.
 fn json_size(event: &Event) -> usize {
     struct Counter(usize);
     impl io::Write for Counter {
@@ -269,7 +270,7 @@ fn json_size(event: &Event) -> usize {
     let mut counter = Counter(0);
     // Serialising the model cannot fail (see `payload`); a failure would count what was
     // written so far.
-    let _ = serde_json::to_writer(&mut counter, event);
+    let _ = serde_json::to_writer(&mut counter, &Wire(event));
     counter.0
 }
 
@@ -726,9 +727,10 @@ impl Dispatcher {
         match handler.mutator.as_str() {
             "" | MUTATOR_JSON => {
                 let json = context.json.get_or_insert_with(|| {
-                    // Serialising the model cannot fail: it has string keys and no
+                    // Sensu's full form, as its handlers read it (`.check.handlers` even when
+                    // empty). Serialising the model cannot fail: it has string keys and no
                     // fallible `Serialize` impls.
-                    serde_json::to_vec(event)
+                    serde_json::to_vec(&Wire(event))
                         .expect("an event always serialises to JSON")
                         .into()
                 });
@@ -2086,10 +2088,24 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|ext| ext == "json") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                events.push(serde_json::from_str(&text).unwrap());
+                events.push(handled_event(text.as_bytes()).expect("a whole event"));
             }
         }
         events
+    }
+
+    /// The event a handler got (Sensu's full JSON form, `null` for unset lists), read the way
+    /// the API reads a body; `None` when it is not (yet) a whole event.
+    fn handled_event(bytes: &[u8]) -> Option<Event> {
+        let body: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        let resource = cairn_api::Resource::from_wire(cairn_api::Kind::Event, body).ok()?;
+        let cairn_api::Spec::Event(event) = resource.spec else {
+            return None;
+        };
+        Some(Event {
+            metadata: Some(resource.metadata),
+            ..*event
+        })
     }
 
     fn event(status: u32, handlers: &[&str]) -> Event {
@@ -2175,10 +2191,16 @@ mod tests {
         let mut received: Option<Event> = None;
         wait_until("the handler to write the event", || {
             let text = std::fs::read_to_string(&out).unwrap_or_default();
-            received = serde_json::from_str(&text).ok();
+            received = handled_event(text.as_bytes());
             received.is_some()
         })
         .await;
+        // Sensu's full form: every field of the check and the entity, unset lists as null.
+        let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(raw["check"]["handlers"], serde_json::json!(["file"]));
+        assert_eq!(raw["check"]["env_vars"], serde_json::Value::Null);
+        assert!(raw["check"].get("runtime_assets").is_some(), "{raw}");
+        assert!(raw["entity"]["system"].is_object(), "{raw}");
         let received = received.unwrap();
         let check = received.check.unwrap();
         assert_eq!(check.metadata.unwrap().name, "check-http");
@@ -2416,7 +2438,10 @@ mod tests {
             event
         };
         let size = json_size(&big(&["block"]));
-        assert_eq!(size, serde_json::to_vec(&big(&["block"])).unwrap().len());
+        assert_eq!(
+            size,
+            serde_json::to_vec(&Wire(&big(&["block"]))).unwrap().len()
+        );
         // Room for three events; the count limit and the handler slots are far above.
         let config = PipelineConfig {
             queue_capacity: 1_000,
@@ -2639,7 +2664,7 @@ mod tests {
         .await
         .expect("timed out waiting for the tcp and udp handlers");
         for bytes in [received.0, received.1] {
-            let sent: Event = serde_json::from_slice(&bytes).unwrap();
+            let sent = handled_event(&bytes).expect("a whole event");
             assert_eq!(sent.check.unwrap().metadata.unwrap().name, "check-http");
         }
         pipeline.shutdown().await.unwrap();
