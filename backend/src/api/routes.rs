@@ -41,6 +41,8 @@ enum Target {
     },
     /// `namespaces/{ns}/events/{entity}`: the events of one entity.
     EntityEvents { namespace: String, entity: String },
+    /// `tessen`: Sensu's telemetry opt-out, kept for playbooks that set it.
+    Tessen,
 }
 
 const GROUPS: [(&str, &str); 3] = [
@@ -96,6 +98,7 @@ fn parse(path: &str) -> Option<Target> {
                 }),
             }
         }
+        ["tessen"] if *group == cairn_api::kind::CORE_V2 => Some(Target::Tessen),
         ["users", name, action, group_name @ ..] if *group == cairn_api::kind::CORE_V2 => {
             Some(Target::UserAction {
                 name: (*name).to_owned(),
@@ -188,6 +191,11 @@ pub(super) async fn dispatch(State(state): State<AppState>, request: Request) ->
             let prefix = format!("{entity}/");
             list_filtered(&state, &caller, Kind::Event, &namespace, &prefix).await
         }
+        Target::Tessen => match parts.method {
+            Method::GET => tessen_get(&state, &caller).await,
+            Method::PUT => tessen_put(&state, &caller, body).await,
+            _ => Err(method_not_allowed()),
+        },
         Target::UserAction {
             name,
             action,
@@ -257,7 +265,16 @@ async fn list(
     namespace: Option<&str>,
     query: &str,
 ) -> Result<Response, ApiError> {
-    authorize(state, caller, Verb::List, kind.plural(), namespace, None)?;
+    // A caller who may not list namespaces sees those where a binding names it, as on Sensu
+    // (so a namespaced user's client finds its namespaces instead of a 403).
+    let visible_namespaces =
+        match authorize(state, caller, Verb::List, kind.plural(), namespace, None) {
+            Ok(()) => None,
+            Err(_) if kind == Kind::Namespace => {
+                Some(state.auth.snapshot().bound_namespaces(caller))
+            }
+            Err(refused) => return Err(refused),
+        };
     let params = Query::parse(query)?;
     let start_after = params
         .continue_token
@@ -279,6 +296,11 @@ async fn list(
         .iter()
         .filter(|(_, stored)| kind_matches(kind, &stored.resource))
         .filter(|(_, stored)| params.selects(&stored.resource))
+        .filter(|(_, stored)| {
+            visible_namespaces
+                .as_ref()
+                .is_none_or(|visible| visible.contains(stored.resource.name()))
+        })
         .map(|(_, stored)| response_body(&stored.resource))
         .collect();
     let mut response = Json(body).into_response();
@@ -480,8 +502,10 @@ async fn require_namespace(state: &AppState, kind: Kind, namespace: &str) -> Res
     }
 }
 
-/// Prepares a user for storage: a clear-text password becomes a hash; without one the stored
-/// hash is kept.
+/// Prepares a user for storage: a clear-text `password` becomes an argon2 hash; a
+/// `password_hash` alone (Sensu's bcrypt from `sensuctl user hash-password`, or argon2) is
+/// checked and kept as given, to be upgraded to argon2 at the user's next login; with neither,
+/// the stored hash is kept, and a new user needs one of them.
 async fn prepare_user(state: &AppState, resource: &mut Resource) -> Result<(), ApiError> {
     let Spec::User(user) = &mut resource.spec else {
         return Ok(());
@@ -489,16 +513,49 @@ async fn prepare_user(state: &AppState, resource: &mut Resource) -> Result<(), A
     if !user.password.is_empty() {
         user.password_hash = state.passwords.hash(&user.password).await?;
         user.password.clear();
+    } else if !user.password_hash.is_empty() {
+        auth::check_password_hash(&user.password_hash)
+            .map_err(|message| ApiError::invalid(format!("password_hash: {message}")))?;
     } else if let Some(existing) = state.resources.get(Kind::User, "", &user.username).await? {
         if let Spec::User(existing) = existing.resource.spec {
             user.password_hash = existing.password_hash;
         }
-    } else if !user.password_hash.starts_with("$argon2") {
+    } else {
         return Err(ApiError::invalid(
-            "spec.password: a new user needs a password",
+            "password: a new user needs a password or a password_hash",
         ));
     }
     Ok(())
+}
+
+/// Sensu's pseudo-resource for a user's own record: `get` reads it and `update` changes its
+/// password. The seeded `system:user` ClusterRole grants both to every local user (group
+/// `system:users`).
+const LOCAL_SELF_USER: &str = "localselfuser";
+
+/// Authorizes `verb` on the user `name`: as `users`, or as `localselfuser` when the caller is
+/// that user of this cluster (a federated caller of the same name is somebody else).
+fn authorize_user(
+    state: &AppState,
+    caller: &Caller,
+    verb: Verb,
+    name: &str,
+) -> Result<(), ApiError> {
+    if caller.is_local_user(name)
+        && authorize(state, caller, verb, LOCAL_SELF_USER, None, Some(name)).is_ok()
+    {
+        return Ok(());
+    }
+    authorize(state, caller, verb, Kind::User.plural(), None, Some(name))
+}
+
+/// A string field of a JSON body that may be absent (or `null`), but not of another type.
+fn optional_str<'a>(body: &'a Value, field: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(ApiError::invalid(format!("{field}: must be a string"))),
+    }
 }
 
 /// Writes and, for auth resources, waits until authentication sees the write.
@@ -564,7 +621,11 @@ async fn item(
     let existing = state.resources.get(kind, namespace, name).await?;
     match *method {
         Method::GET => {
-            authorize(state, caller, Verb::Get, kind.plural(), scope, Some(name))?;
+            if kind == Kind::User {
+                authorize_user(state, caller, Verb::Get, name)?;
+            } else {
+                authorize(state, caller, Verb::Get, kind.plural(), scope, Some(name))?;
+            }
             let stored = existing
                 .filter(|stored| kind_matches(kind, &stored.resource))
                 .ok_or_else(|| {
@@ -613,6 +674,7 @@ async fn item(
                 scope,
                 Some(name),
             )?;
+            patch_content_type(headers)?;
             let stored = existing.ok_or_else(|| {
                 ApiError::not_found(format!("{} not found", key_text(kind, namespace, name)))
             })?;
@@ -710,6 +772,32 @@ async fn ensure_namespace_empty(state: &AppState, namespace: &str) -> Result<(),
     Ok(())
 }
 
+/// The `Content-Type` of a PATCH: a JSON merge patch (`application/merge-patch+json`, or
+/// none, as Sensu takes it; `application/json` too). JSON Patch is refused as Sensu does.
+fn patch_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media_type = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media_type.as_str() {
+        "" | "application/merge-patch+json" | "application/json" => Ok(()),
+        "application/json-patch+json" => Err(ApiError::invalid(
+            "Content-Type: JSON Patch is not supported; send a JSON merge patch \
+             (application/merge-patch+json)",
+        )),
+        other => Err(ApiError::invalid(format!(
+            "Content-Type: {other:?} is not accepted; send application/merge-patch+json"
+        ))),
+    }
+}
+
 /// RFC 7386 JSON merge patch.
 fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
@@ -783,11 +871,12 @@ async fn users_action(
     group: Option<&str>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // Users may change their own password; everything else needs `update users`. Authorized
-    // before the lookup, so that a refused caller cannot tell which users exist.
-    // A federated caller of the same name is somebody else (see `Caller::federated_from`).
-    let own_password = action == "password" && caller.is_local_user(name);
-    if !own_password {
+    // Users may change their own password (`update localselfuser`, which the seeded
+    // `system:user` role grants); everything else needs `update users`. Authorized before the
+    // lookup, so that a refused caller cannot tell which users exist.
+    if action == "password" {
+        authorize_user(state, caller, Verb::Update, name)?;
+    } else {
         authorize(state, caller, Verb::Update, "users", None, Some(name))?;
     }
     let stored = state
@@ -802,33 +891,57 @@ async fn users_action(
         (Method::PUT, "password" | "reset_password", None) => {
             let bytes = read_body(state, body).await?;
             let body = parse_json(&bytes)?;
-            let new_password = body
-                .get("password_new")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::invalid("password_new: missing field \"password_new\""))?;
+            if let Some(named) = optional_str(&body, "username")? {
+                if named != name {
+                    return Err(ApiError::invalid(format!(
+                        "username: \"{named}\" does not match the user of the URI ({name})"
+                    )));
+                }
+            }
             // As in Sensu: `password` changes a password and needs the current one in
             // `password`, whoever asks (so a stolen token or API key alone cannot change it);
-            // `reset_password` is an administrator's (`update users`) and needs only the new one.
+            // `reset_password` is an administrator's (`update users`) and needs only the new
+            // one. The new one comes in clear (`password_new`, the web UI's way) or as a hash
+            // (`password_hash`, what sensuctl 6 sends after hashing it with bcrypt).
             if action == "password" {
-                let current = body
-                    .get("password")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "password: the current password is required to change a password \
+                let current = optional_str(&body, "password")?.ok_or_else(|| {
+                    ApiError::invalid(
+                        "password: the current password is required to change a password \
                          (an administrator sets another user's with reset_password)",
-                        )
-                    })?;
+                    )
+                })?;
                 if !state.passwords.verify(current, &user.password_hash).await? {
                     return Err(ApiError::invalid(
                         "password: does not match the current password",
                     ));
                 }
             }
-            if new_password.chars().count() < 8 {
-                return Err(ApiError::invalid("password must be at least 8 characters"));
-            }
-            user.password_hash = state.passwords.hash(new_password).await?;
+            let new_password = optional_str(&body, "password_new")?;
+            let new_hash = optional_str(&body, "password_hash")?;
+            user.password_hash =
+                match (new_password, new_hash) {
+                    (Some(new_password), None) => {
+                        if new_password.chars().count() < 8 {
+                            return Err(ApiError::invalid(
+                                "password_new: must be at least 8 characters",
+                            ));
+                        }
+                        state.passwords.hash(new_password).await?
+                    }
+                    (None, Some(new_hash)) => {
+                        auth::check_password_hash(new_hash).map_err(|message| {
+                            ApiError::invalid(format!("password_hash: {message}"))
+                        })?;
+                        new_hash.to_owned()
+                    }
+                    (Some(_), Some(_)) => return Err(ApiError::invalid(
+                        "password_new and password_hash: give the new password one way, not both",
+                    )),
+                    (None, None) => return Err(ApiError::invalid(
+                        "password_hash: missing; the new password is required, as password_hash \
+                         (bcrypt, from `sensuctl user hash-password`) or password_new (clear text)",
+                    )),
+                };
         }
         (Method::PUT, "reinstate", None) => user.disabled = false,
         (Method::PUT, "groups", Some(group)) => {
@@ -845,7 +958,48 @@ async fn users_action(
         Spec::User(User { ..user }),
     );
     write(state, &resource, Precondition::Revision(stored.revision)).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    // As Sensu answers an action without a body: 201 for a PUT, 204 for a DELETE.
+    if *method == Method::PUT {
+        Ok(StatusCode::CREATED.into_response())
+    } else {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+}
+
+/// Where the Tessen opt-out is kept.
+const TESSEN_KEY: &str = "config/tessen";
+
+/// Sensu's `TessenConfig`. Cairn sends no telemetry whatever it says; the endpoint exists so
+/// that the "disable Tessen" step of Sensu playbooks succeeds and reads back what it wrote.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TessenConfig {
+    opt_out: bool,
+}
+
+/// `GET /api/core/v2/tessen`: `{"opt_out": …}`, false until set (as Sensu).
+async fn tessen_get(state: &AppState, caller: &Caller) -> Result<Response, ApiError> {
+    authorize(state, caller, Verb::Get, "tessen", None, None)?;
+    let config = match state.resources.store().get(TESSEN_KEY).await? {
+        Some(entry) => serde_json::from_slice(&entry.value).map_err(ApiError::internal)?,
+        None => TessenConfig::default(),
+    };
+    Ok(Json(config).into_response())
+}
+
+/// `PUT /api/core/v2/tessen` `{"opt_out": true}`: 201, as Sensu.
+async fn tessen_put(state: &AppState, caller: &Caller, body: Body) -> Result<Response, ApiError> {
+    authorize(state, caller, Verb::Update, "tessen", None, None)?;
+    let bytes = read_body(state, body).await?;
+    let config: TessenConfig = serde_json::from_slice(&bytes)
+        .map_err(|err| ApiError::invalid(format!("invalid TessenConfig: {err}")))?;
+    let value = serde_json::to_vec(&config).expect("a TessenConfig always serializes");
+    state
+        .resources
+        .store()
+        .put(TESSEN_KEY, value, Precondition::None)
+        .await?;
+    Ok(StatusCode::CREATED.into_response())
 }
 
 /// `POST …/events` and `PUT|POST …/events/{entity}/{check}`: store the event with its state,
@@ -955,6 +1109,8 @@ mod tests {
 
     #[test]
     fn parses_paths() {
+        assert_eq!(parse("/api/core/v2/tessen"), Some(Target::Tessen));
+        assert_eq!(parse("/api/enterprise/secrets/v1/tessen"), None);
         assert_eq!(
             parse("/api/core/v2/namespaces/default/checks/cpu"),
             Some(Target::Item {
