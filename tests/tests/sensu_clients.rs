@@ -297,6 +297,31 @@ async fn user_actions_answer_sensu_status_codes_and_seeded_roles_are_sensus() {
         send(Method::PUT, "/api/core/v2/users/nobody/reinstate").await,
         404
     );
+    // `sensuctl logout`: 200, and the refresh token is spent.
+    let tokens: Value = raw
+        .http
+        .get(format!("{}/auth", raw.url))
+        .basic_auth("carol", Some("carol-password"))
+        .send()
+        .await
+        .expect("GET /auth")
+        .json()
+        .await
+        .expect("tokens");
+    let body = json!({"refresh_token": tokens["refresh_token"]}).to_string();
+    let access = tokens["access_token"].as_str().unwrap_or_default();
+    assert_eq!(
+        raw.send(Method::POST, "/auth/logout", access, Some(&body))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        raw.send(Method::POST, "/auth/token", access, Some(&body))
+            .await
+            .0,
+        401
+    );
 
     // PATCH takes a merge patch; JSON Patch is refused as Sensu does, and changes nothing.
     raw.put(

@@ -733,9 +733,10 @@ async fn auth_refresh(
 async fn auth_logout(State(state): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
     let body: RefreshBody = serde_json::from_slice(&body)
         .map_err(|err| ApiError::invalid(format!("invalid request body: {err}")))?;
+    // 200 with no body, as Sensu's logout answers.
     consume_refresh(&state, &body.refresh_token)
         .await
-        .map(|_| StatusCode::NO_CONTENT)
+        .map(|_| StatusCode::OK)
 }
 
 /// Reads a request body up to the limit.
