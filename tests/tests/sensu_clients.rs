@@ -447,6 +447,57 @@ async fn hooks_tessen_and_the_namespaces_a_user_can_reach() {
         check["check_hooks"],
         json!([{"error": ["restart"]}, {"non-zero": ["dump"]}])
     );
+    // `sensuctl check set-hooks`: Sensu's hooks subresource of a check.
+    let hooks_path = "/api/core/v2/namespaces/default/checks/with-hooks/hooks";
+    let (status, message) = raw
+        .put(
+            &format!("{hooks_path}/non-zero"),
+            &admin,
+            r#"{"type":"non-zero","hooks":["dump","page"]}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{message}");
+    let (status, message) = raw
+        .put(
+            &format!("{hooks_path}/critical"),
+            &admin,
+            r#"{"type":"critical","hooks":["page"]}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{message}");
+    let (status, _) = raw
+        .send(
+            Method::DELETE,
+            &format!("{hooks_path}/non-zero/hook/dump"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, check) = raw
+        .get("/api/core/v2/namespaces/default/checks/with-hooks", &admin)
+        .await;
+    assert_eq!(
+        check["check_hooks"],
+        json!([{"error": ["restart"]}, {"non-zero": ["page"]}, {"critical": ["page"]}])
+    );
+    // The body's type must be the URI's; a hook name must be a name.
+    let (status, message) = raw
+        .put(
+            &format!("{hooks_path}/ok"),
+            &admin,
+            r#"{"type":"critical","hooks":["x"]}"#,
+        )
+        .await;
+    assert_eq!(status, 400, "{message}");
+    let (status, message) = raw
+        .put(
+            &format!("{hooks_path}/ok"),
+            &admin,
+            r#"{"type":"ok","hooks":["a b"]}"#,
+        )
+        .await;
+    assert_eq!(status, 400, "{message}");
 
     // Tessen: the "disable Tessen" step of Sensu playbooks.
     assert_eq!(
@@ -473,6 +524,16 @@ async fn hooks_tessen_and_the_namespaces_a_user_can_reach() {
         raw.put("/api/core/v2/tessen", &dave, r#"{"opt_out":false}"#)
             .await
             .0,
+        403
+    );
+    assert_eq!(
+        raw.put(
+            &format!("{hooks_path}/ok"),
+            &dave,
+            r#"{"type":"ok","hooks":["x"]}"#
+        )
+        .await
+        .0,
         403
     );
     assert_eq!(

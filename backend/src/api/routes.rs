@@ -43,6 +43,14 @@ enum Target {
     EntityEvents { namespace: String, entity: String },
     /// `tessen`: Sensu's telemetry opt-out, kept for playbooks that set it.
     Tessen,
+    /// `namespaces/{ns}/checks/{check}/hooks/{type}[/hook/{hook}]`: Sensu's way to add hooks to
+    /// a check (`PUT`) or remove one (`DELETE`).
+    CheckHooks {
+        namespace: String,
+        check: String,
+        hook_type: String,
+        hook: Option<String>,
+    },
 }
 
 const GROUPS: [(&str, &str); 3] = [
@@ -79,6 +87,21 @@ fn parse(path: &str) -> Option<Target> {
             namespace: String::new(),
             name: (*name).to_owned(),
         }),
+        ["namespaces", namespace, "checks", check, "hooks", hook_type, rest @ ..]
+            if *group == cairn_api::kind::CORE_V2 =>
+        {
+            let hook = match rest {
+                [] => None,
+                ["hook", hook] => Some((*hook).to_owned()),
+                _ => return None,
+            };
+            Some(Target::CheckHooks {
+                namespace: (*namespace).to_owned(),
+                check: (*check).to_owned(),
+                hook_type: (*hook_type).to_owned(),
+                hook,
+            })
+        }
         ["namespaces", namespace, plural, name @ ..] => {
             let kind = kind_in(group, plural).filter(|kind| kind.is_namespaced())?;
             let namespace = (*namespace).to_owned();
@@ -191,6 +214,20 @@ pub(super) async fn dispatch(State(state): State<AppState>, request: Request) ->
             let prefix = format!("{entity}/");
             list_filtered(&state, &caller, Kind::Event, &namespace, &prefix).await
         }
+        Target::CheckHooks {
+            namespace,
+            check,
+            hook_type,
+            hook,
+        } => match (&parts.method, hook) {
+            (&Method::PUT, None) => {
+                check_hooks_add(&state, &caller, &namespace, &check, &hook_type, body).await
+            }
+            (&Method::DELETE, Some(hook)) => {
+                check_hooks_remove(&state, &caller, &namespace, &check, &hook_type, &hook).await
+            }
+            _ => Err(method_not_allowed()),
+        },
         Target::Tessen => match parts.method {
             Method::GET => tessen_get(&state, &caller).await,
             Method::PUT => tessen_put(&state, &caller, body).await,
@@ -966,6 +1003,122 @@ async fn users_action(
     }
 }
 
+/// Sensu's `HookList`, the body of `PUT …/checks/{check}/hooks/{type}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookList {
+    #[serde(rename = "type", default)]
+    hook_type: String,
+    #[serde(default)]
+    hooks: Vec<String>,
+}
+
+/// `PUT …/checks/{check}/hooks/{type}` with `{"type", "hooks"}`: adds the hooks to the check's
+/// list of that type (each once), or adds the list; 201, as Sensu.
+async fn check_hooks_add(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    check: &str,
+    hook_type: &str,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(
+        state,
+        caller,
+        Verb::Update,
+        Kind::CheckConfig.plural(),
+        Some(namespace),
+        Some(check),
+    )?;
+    let bytes = read_body(state, body).await?;
+    let list: HookList = serde_json::from_slice(&bytes)
+        .map_err(|err| ApiError::invalid(format!("invalid HookList: {err}")))?;
+    if !list.hook_type.is_empty() && list.hook_type != hook_type {
+        return Err(ApiError::invalid(format!(
+            "type: \"{}\" does not match the hook type of the URI ({hook_type})",
+            list.hook_type
+        )));
+    }
+    update_check(state, caller, namespace, check, |hooks| {
+        match hooks.iter_mut().find_map(|entry| entry.get_mut(hook_type)) {
+            Some(names) => {
+                for hook in &list.hooks {
+                    if !names.contains(hook) {
+                        names.push(hook.clone());
+                    }
+                }
+            }
+            None => hooks.push(std::collections::BTreeMap::from([(
+                hook_type.to_owned(),
+                list.hooks.clone(),
+            )])),
+        }
+    })
+    .await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+/// `DELETE …/checks/{check}/hooks/{type}/hook/{hook}`: removes the hook from the check's list
+/// of that type (and the list once empty); 204.
+async fn check_hooks_remove(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    check: &str,
+    hook_type: &str,
+    hook: &str,
+) -> Result<Response, ApiError> {
+    authorize(
+        state,
+        caller,
+        Verb::Update,
+        Kind::CheckConfig.plural(),
+        Some(namespace),
+        Some(check),
+    )?;
+    update_check(state, caller, namespace, check, |hooks| {
+        for entry in hooks.iter_mut() {
+            if let Some(names) = entry.get_mut(hook_type) {
+                names.retain(|name| name != hook);
+            }
+        }
+        hooks.retain(|entry| entry.values().any(|names| !names.is_empty()));
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Changes the `check_hooks` of a stored check, validates the result and writes it guarded by
+/// the revision it read.
+async fn update_check(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    check: &str,
+    change: impl FnOnce(&mut Vec<std::collections::BTreeMap<String, Vec<String>>>),
+) -> Result<(), ApiError> {
+    let stored = state
+        .resources
+        .get(Kind::CheckConfig, namespace, check)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("checks {namespace}/{check} not found")))?;
+    let mut resource = stored.resource;
+    let Spec::CheckConfig(config) = &mut resource.spec else {
+        return Err(ApiError::internal("a check key holds another kind"));
+    };
+    change(&mut config.check_hooks);
+    if let Some(error) = validate(&resource)
+        .into_iter()
+        .find(|issue| issue.is_error())
+    {
+        return Err(ApiError::invalid(error.to_string()));
+    }
+    resource.metadata.created_by = caller.username.clone();
+    write(state, &resource, Precondition::Revision(stored.revision)).await?;
+    Ok(())
+}
+
 /// Where the Tessen opt-out is kept.
 const TESSEN_KEY: &str = "config/tessen";
 
@@ -1110,6 +1263,19 @@ mod tests {
     #[test]
     fn parses_paths() {
         assert_eq!(parse("/api/core/v2/tessen"), Some(Target::Tessen));
+        assert_eq!(
+            parse("/api/core/v2/namespaces/default/checks/cpu/hooks/non-zero/hook/dump"),
+            Some(Target::CheckHooks {
+                namespace: "default".into(),
+                check: "cpu".into(),
+                hook_type: "non-zero".into(),
+                hook: Some("dump".into()),
+            })
+        );
+        assert_eq!(
+            parse("/api/core/v2/namespaces/default/checks/cpu/hooks/non-zero/extra"),
+            None
+        );
         assert_eq!(parse("/api/enterprise/secrets/v1/tessen"), None);
         assert_eq!(
             parse("/api/core/v2/namespaces/default/checks/cpu"),
