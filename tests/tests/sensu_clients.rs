@@ -499,6 +499,48 @@ async fn hooks_tessen_and_the_namespaces_a_user_can_reach() {
         .await;
     assert_eq!(status, 400, "{message}");
 
+    // Silenced entries by subscription and by check, as Sensu's extra routes list them.
+    for body in [
+        r#"{"subscription":"linux","check":"cpu","metadata":{"namespace":"default"}}"#,
+        r#"{"subscription":"linux","metadata":{"namespace":"default"}}"#,
+        r#"{"check":"cpu","metadata":{"namespace":"default"}}"#,
+    ] {
+        let (status, message) = raw
+            .send(
+                Method::POST,
+                "/api/core/v2/namespaces/default/silenced",
+                &admin,
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 201, "{message}");
+    }
+    let silenced_names = |list: Value| -> Vec<String> {
+        let mut names: Vec<String> = list
+            .as_array()
+            .unwrap_or_else(|| panic!("a list: {list}"))
+            .iter()
+            .map(|entry| {
+                entry["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let (status, list) = raw
+        .get(
+            "/api/core/v2/namespaces/default/silenced/subscriptions/linux",
+            &admin,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(silenced_names(list), ["linux:*", "linux:cpu"]);
+    let (_, list) = raw.get("/api/core/v2/silenced/checks/cpu", &admin).await;
+    assert_eq!(silenced_names(list), ["*:cpu", "linux:cpu"]);
+
     // Tessen: the "disable Tessen" step of Sensu playbooks.
     assert_eq!(
         raw.get("/api/core/v2/tessen", &admin).await,

@@ -41,6 +41,13 @@ enum Target {
     },
     /// `namespaces/{ns}/events/{entity}`: the events of one entity.
     EntityEvents { namespace: String, entity: String },
+    /// `[namespaces/{ns}/]silenced/{subscriptions|checks}/{value}`: the silenced entries of a
+    /// subscription or a check.
+    SilencedBy {
+        namespace: Option<String>,
+        by_check: bool,
+        value: String,
+    },
     /// `tessen`: Sensu's telemetry opt-out, kept for playbooks that set it.
     Tessen,
     /// `namespaces/{ns}/checks/{check}/hooks/{type}[/hook/{hook}]`: Sensu's way to add hooks to
@@ -87,6 +94,24 @@ fn parse(path: &str) -> Option<Target> {
             namespace: String::new(),
             name: (*name).to_owned(),
         }),
+        ["namespaces", namespace, "silenced", field @ ("subscriptions" | "checks"), value]
+            if *group == cairn_api::kind::CORE_V2 =>
+        {
+            Some(Target::SilencedBy {
+                namespace: Some((*namespace).to_owned()),
+                by_check: *field == "checks",
+                value: (*value).to_owned(),
+            })
+        }
+        ["silenced", field @ ("subscriptions" | "checks"), value]
+            if *group == cairn_api::kind::CORE_V2 =>
+        {
+            Some(Target::SilencedBy {
+                namespace: None,
+                by_check: *field == "checks",
+                value: (*value).to_owned(),
+            })
+        }
         ["namespaces", namespace, "checks", check, "hooks", hook_type, rest @ ..]
             if *group == cairn_api::kind::CORE_V2 =>
         {
@@ -225,6 +250,16 @@ pub(super) async fn dispatch(State(state): State<AppState>, request: Request) ->
             }
             (&Method::DELETE, Some(hook)) => {
                 check_hooks_remove(&state, &caller, &namespace, &check, &hook_type, &hook).await
+            }
+            _ => Err(method_not_allowed()),
+        },
+        Target::SilencedBy {
+            namespace,
+            by_check,
+            value,
+        } => match parts.method {
+            Method::GET => {
+                silenced_by(&state, &caller, namespace.as_deref(), by_check, &value).await
             }
             _ => Err(method_not_allowed()),
         },
@@ -1003,6 +1038,33 @@ async fn users_action(
     }
 }
 
+/// `GET [namespaces/{ns}/]silenced/{subscriptions|checks}/{value}`: the silenced entries for
+/// one subscription or one check, as Sensu lists them.
+async fn silenced_by(
+    state: &AppState,
+    caller: &Caller,
+    namespace: Option<&str>,
+    by_check: bool,
+    value: &str,
+) -> Result<Response, ApiError> {
+    let plural = Kind::Silenced.plural();
+    authorize(state, caller, Verb::List, plural, namespace, None)?;
+    let (items, _) = state
+        .resources
+        .list(Kind::Silenced, namespace, None, 0)
+        .await?;
+    let body: Vec<Value> = items
+        .iter()
+        .filter(|(_, stored)| match &stored.resource.spec {
+            Spec::Silenced(silenced) if by_check => silenced.check == value,
+            Spec::Silenced(silenced) => silenced.subscription == value,
+            _ => false,
+        })
+        .map(|(_, stored)| response_body(&stored.resource))
+        .collect();
+    Ok(Json(body).into_response())
+}
+
 /// Sensu's `HookList`, the body of `PUT …/checks/{check}/hooks/{type}`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1263,6 +1325,30 @@ mod tests {
     #[test]
     fn parses_paths() {
         assert_eq!(parse("/api/core/v2/tessen"), Some(Target::Tessen));
+        assert_eq!(
+            parse("/api/core/v2/namespaces/default/silenced/subscriptions/linux"),
+            Some(Target::SilencedBy {
+                namespace: Some("default".into()),
+                by_check: false,
+                value: "linux".into(),
+            })
+        );
+        assert_eq!(
+            parse("/api/core/v2/silenced/checks/cpu"),
+            Some(Target::SilencedBy {
+                namespace: None,
+                by_check: true,
+                value: "cpu".into(),
+            })
+        );
+        assert_eq!(
+            parse("/api/core/v2/namespaces/default/silenced/linux:cpu"),
+            Some(Target::Item {
+                kind: Kind::Silenced,
+                namespace: "default".into(),
+                name: "linux:cpu".into(),
+            })
+        );
         assert_eq!(
             parse("/api/core/v2/namespaces/default/checks/cpu/hooks/non-zero/hook/dump"),
             Some(Target::CheckHooks {
