@@ -1,6 +1,7 @@
 //! `cairnctl`'s tables: the one renderer (left-aligned columns) and the rows of `get`, which
-//! for events and entities are sensuctl's columns (`sensuctl event list`, `sensuctl entity
-//! list`).
+//! for events and entities show what sensuctl users look for (`sensuctl event list`,
+//! `sensuctl entity list`): for an event its entity, check, status, when it was last seen and
+//! the first line of its output; for an entity its class, OS, subscriptions and last seen.
 
 use cairn_api::{Kind, Resource, Spec};
 
@@ -46,14 +47,7 @@ fn printable(cell: &str) -> String {
 /// The headings of `cairnctl get`'s table of `kind`.
 pub fn headings(kind: Kind) -> Vec<String> {
     let names: &[&str] = match kind {
-        Kind::Event => &[
-            "ENTITY",
-            "CHECK",
-            "OUTPUT",
-            "STATUS",
-            "SILENCED",
-            "TIMESTAMP",
-        ],
+        Kind::Event => &["ENTITY", "CHECK", "STATUS", "LAST SEEN", "OUTPUT"],
         Kind::Entity => &["ID", "CLASS", "OS", "SUBSCRIPTIONS", "LAST SEEN"],
         _ => &["NAME", "NAMESPACE", "CREATED BY"],
     };
@@ -81,17 +75,15 @@ pub fn row(kind: Kind, resource: &Resource) -> Vec<String> {
                 .map(|metadata| metadata.name.as_str())
                 .filter(|name| !name.is_empty())
                 .unwrap_or(check_part);
+            // The output last: it is the widest cell, and the others stay aligned before it.
             vec![
                 entity.to_owned(),
                 check_name.to_owned(),
-                output_cell(check.map(|check| check.output.as_str()).unwrap_or_default()),
                 check
                     .map(|check| check.status.to_string())
                     .unwrap_or_default(),
-                check
-                    .is_some_and(|check| check.is_silenced || !check.silenced.is_empty())
-                    .to_string(),
                 human_timestamp(event.timestamp),
+                output_cell(check.map(|check| check.output.as_str()).unwrap_or_default()),
             ]
         }
         Spec::Entity(entity) => vec![
@@ -244,7 +236,7 @@ mod tests {
     }
 
     #[test]
-    fn events_and_entities_have_sensuctl_columns() {
+    fn events_and_entities_have_the_columns_sensuctl_users_read() {
         let event = Resource::new(
             ObjectMeta::named("default", "web-01/disk"),
             Spec::Event(Box::new(Event {
@@ -266,8 +258,8 @@ mod tests {
         assert_eq!(
             resources(Kind::Event, &[event]),
             [
-                "ENTITY  CHECK  OUTPUT               STATUS  SILENCED  TIMESTAMP",
-                "web-01  disk   CRITICAL: 95% used…  2       true      2023-11-14 22:13:20 +0000 UTC",
+                "ENTITY  CHECK  STATUS  LAST SEEN                      OUTPUT",
+                "web-01  disk   2       2023-11-14 22:13:20 +0000 UTC  CRITICAL: 95% used…",
             ]
         );
         let entity = Resource::new(

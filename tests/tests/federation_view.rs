@@ -359,7 +359,7 @@ async fn federated_view_walk_through() {
     let table = ok(viewer_config.path(), &["get", "events", "--all-clusters"]);
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("CLUSTER"), "{table}");
-    // The events table has sensuctl's columns: ENTITY and CHECK after CLUSTER.
+    // The events table: ENTITY and CHECK after CLUSTER.
     let has_row = |cells: [&str; 3]| {
         lines
             .iter()
