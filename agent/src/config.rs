@@ -365,26 +365,9 @@ pub fn check_subscription(subscription: &str) -> Option<String> {
     check_name(Kind::Role, subscription)
 }
 
-/// Parses an agent WebSocket URL: `wss://host[:port][/]`.
-///
-/// # Errors
-///
-/// A message saying what is wrong.
-pub fn parse_agent_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|err| format!("{text:?} is not a URL ({err})"))?;
-    if url.scheme() != "wss" {
-        return Err(format!(
-            "{text:?} must be a wss:// URL (the agent session always uses TLS)"
-        ));
-    }
-    if url.host().is_none() {
-        return Err(format!("{text:?} has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("{text:?} must not carry credentials"));
-    }
-    Ok(url)
-}
+/// Parses an agent WebSocket URL: `wss://host[:port][/]` (the one check, shared with the
+/// backend's `--agent-advertise-url`).
+pub use cairn_api::agent::parse_agent_url;
 
 /// Parses the REST API URL: `https://host[:port][/]`.
 ///
@@ -533,6 +516,10 @@ mod tests {
         assert!(parse_agent_url("wss://10.0.0.1:8081").is_ok());
         assert!(parse_agent_url("ws://10.0.0.1:8081").is_err());
         assert!(parse_agent_url("wss://user:pw@h:8081").is_err());
+        let long = format!("wss://{}.example:8081", "a".repeat(1024));
+        let err = parse_agent_url(&long).unwrap_err();
+        assert!(err.ends_with("is longer than 1024 bytes"), "{err}");
+        assert!(err.len() < 200, "{err}");
         assert!(parse_api_url("https://h:8080").is_ok());
         assert!(parse_api_url("https://h:8080/").is_ok());
         assert!(parse_api_url("https://h:8080/api").is_err());

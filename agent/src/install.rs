@@ -3,7 +3,9 @@
 //! The key is made here and never leaves the host; the backend gets a CSR over HTTPS pinned to
 //! the CA fingerprint in the token, and answers with the client certificate and the cluster CA.
 //! Then the key (0600 from the moment it exists), the certificates, `agent.yaml` and the
-//! systemd unit are written. Nothing is written before the backend has answered, and the
+//! systemd unit are written. The agent URLs in `agent.yaml` are those given with `--agent-url`,
+//! else those the answer names (taken only from this pinned answer, checked and bounded), else,
+//! from a backend that names none, a guess: the backend URL's host on port 8081. Nothing is written before the backend has answered, and the
 //! token's secret is never printed or logged.
 
 use std::fmt;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use rustls::ClientConfig;
 
 use cairn_api::agent::{
-    BootstrapRequest, BootstrapResponse, JoinToken, JoinTokenError, BOOTSTRAP_PATH,
+    BootstrapRequest, BootstrapResponse, JoinToken, JoinTokenError, BOOTSTRAP_PATH, MAX_AGENT_URLS,
 };
 use cairn_api::validate::check_name;
 use cairn_api::Kind;
@@ -43,7 +45,8 @@ pub struct InstallOptions {
     pub name: Option<String>,
     /// Subscriptions, added to those the token grants.
     pub subscriptions: Vec<String>,
-    /// The agent WebSocket URLs; `wss://<backend host>:8081` when empty.
+    /// The agent WebSocket URLs; when empty, those the backend's answer names, else
+    /// `wss://<backend host>:8081`.
     pub agent_urls: Vec<String>,
     /// Where the configuration, key and certificates go.
     pub config_dir: PathBuf,
@@ -79,12 +82,27 @@ pub struct InstallReport {
     pub namespace: String,
     /// The subscriptions configured.
     pub subscriptions: Vec<String>,
+    /// The agent URLs configured.
+    pub agent_urls: Vec<String>,
+    /// Where they came from.
+    pub agent_urls_from: AgentUrlSource,
     /// When the certificate expires, unix seconds.
     pub cert_not_after: i64,
     /// Where the unit was written, if it was.
     pub unit_file: Option<PathBuf>,
     /// The unit's text.
     pub unit: String,
+}
+
+/// Where the agent URLs of an installation came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentUrlSource {
+    /// `--agent-url`.
+    Given,
+    /// The backend's bootstrap answer.
+    Backend,
+    /// Guessed from the backend URL: the backend's answer named none.
+    Guessed,
 }
 
 /// Why `install` failed. No variant carries the token's secret.
@@ -186,7 +204,7 @@ pub async fn install(options: &InstallOptions) -> Result<InstallReport, InstallE
     let token = JoinToken::parse(&options.token)?;
     let api_url = config::parse_api_url(&options.backend_url)
         .map_err(|message| InstallError::Usage(format!("--backend-url: {message}")))?;
-    let agent_urls = agent_urls(&api_url, &options.agent_urls)?;
+    let given_urls = given_agent_urls(&options.agent_urls)?;
     let name = match &options.name {
         Some(name) => name.clone(),
         None => hostname::get()
@@ -265,7 +283,14 @@ pub async fn install(options: &InstallOptions) -> Result<InstallReport, InstallE
             subscriptions.push(subscription.clone());
         }
     }
-    let mut config = AgentConfig::new(&name, agent_urls);
+    let (agent_urls, agent_urls_from) = match given_urls {
+        Some(urls) => (urls, AgentUrlSource::Given),
+        None => match answer_agent_urls(&response.agent_urls)? {
+            Some(urls) => (urls, AgentUrlSource::Backend),
+            None => (guessed_agent_urls(&api_url)?, AgentUrlSource::Guessed),
+        },
+    };
+    let mut config = AgentConfig::new(&name, agent_urls.clone());
     config.namespace.clone_from(&namespace);
     config.subscriptions.clone_from(&subscriptions);
     config.api_url = api_url.as_str().trim_end_matches('/').to_owned();
@@ -304,6 +329,7 @@ pub async fn install(options: &InstallOptions) -> Result<InstallReport, InstallE
         entity = %name,
         namespace = %namespace,
         config = %layout.config.display(),
+        agent_urls = %agent_urls.join(", "),
         "installed"
     );
     Ok(InstallReport {
@@ -311,19 +337,18 @@ pub async fn install(options: &InstallOptions) -> Result<InstallReport, InstallE
         name,
         namespace,
         subscriptions,
+        agent_urls,
+        agent_urls_from,
         cert_not_after: issued.not_after,
         unit_file,
         unit,
     })
 }
 
-/// The agent URLs given, checked, or the default derived from the API URL's host.
-fn agent_urls(api_url: &reqwest::Url, given: &[String]) -> Result<Vec<String>, InstallError> {
+/// The `--agent-url` values checked (without a trailing `/`); `None` when there are none.
+fn given_agent_urls(given: &[String]) -> Result<Option<Vec<String>>, InstallError> {
     if given.is_empty() {
-        let host = api_url
-            .host_str()
-            .ok_or_else(|| InstallError::Usage("--backend-url has no host".into()))?;
-        return Ok(vec![format!("wss://{host}:{DEFAULT_AGENT_PORT}")]);
+        return Ok(None);
     }
     given
         .iter()
@@ -332,7 +357,46 @@ fn agent_urls(api_url: &reqwest::Url, given: &[String]) -> Result<Vec<String>, I
                 .map(|_| url.trim_end_matches('/').to_owned())
                 .map_err(|message| InstallError::Usage(format!("--agent-url: {message}")))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The agent URLs of the backend's answer, checked (at most [`MAX_AGENT_URLS`], each a
+/// `wss://` URL as [`config::parse_agent_url`] takes it); `None` when it names none (a backend
+/// that predates them, or one that could not tell).
+fn answer_agent_urls(answer: &[String]) -> Result<Option<Vec<String>>, InstallError> {
+    if answer.is_empty() {
+        return Ok(None);
+    }
+    if answer.len() > MAX_AGENT_URLS {
+        return Err(InstallError::UnexpectedResponse(format!(
+            "the answer names {} agent URLs, more than {MAX_AGENT_URLS}; pass --agent-url",
+            answer.len()
+        )));
+    }
+    answer
+        .iter()
+        .enumerate()
+        .map(|(index, url)| {
+            config::parse_agent_url(url)
+                .map(|_| url.trim_end_matches('/').to_owned())
+                .map_err(|message| {
+                    InstallError::UnexpectedResponse(format!(
+                        "agent_urls[{index}]: {message}; pass --agent-url"
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The guess for a backend whose answer names no agent URL: its API host on port
+/// [`DEFAULT_AGENT_PORT`].
+fn guessed_agent_urls(api_url: &reqwest::Url) -> Result<Vec<String>, InstallError> {
+    let host = api_url
+        .host_str()
+        .ok_or_else(|| InstallError::Usage("--backend-url has no host".into()))?;
+    Ok(vec![format!("wss://{host}:{DEFAULT_AGENT_PORT}")])
 }
 
 /// `POST`s the bootstrap request over TLS pinned to the token's CA fingerprint.
@@ -610,18 +674,66 @@ mod tests {
     }
 
     #[test]
-    fn agent_urls_default_to_the_backend_host() {
+    fn agent_urls_are_given_or_the_answers_or_guessed() {
         let url = reqwest::Url::parse("https://cairn.example.com:8080").unwrap();
         assert_eq!(
-            agent_urls(&url, &[]).unwrap(),
+            guessed_agent_urls(&url).unwrap(),
             ["wss://cairn.example.com:8081"]
         );
         let url = reqwest::Url::parse("https://[::1]:8080").unwrap();
-        assert_eq!(agent_urls(&url, &[]).unwrap(), ["wss://[::1]:8081"]);
+        assert_eq!(guessed_agent_urls(&url).unwrap(), ["wss://[::1]:8081"]);
+        assert_eq!(given_agent_urls(&[]).unwrap(), None);
         assert_eq!(
-            agent_urls(&url, &["wss://a:1/".into(), "wss://b:2".into()]).unwrap(),
-            ["wss://a:1", "wss://b:2"]
+            given_agent_urls(&["wss://a:1/".into(), "wss://b:2".into()]).unwrap(),
+            Some(vec!["wss://a:1".to_owned(), "wss://b:2".to_owned()])
         );
+        assert_eq!(answer_agent_urls(&[]).unwrap(), None);
+        assert_eq!(
+            answer_agent_urls(&["wss://10.0.0.1:40123/".into()]).unwrap(),
+            Some(vec!["wss://10.0.0.1:40123".to_owned()])
+        );
+    }
+
+    #[test]
+    fn a_bad_answer_is_refused_naming_the_url() {
+        for (answer, phrase) in [
+            (
+                vec!["wss://good:1".to_owned(), "ws://plain:1".to_owned()],
+                "agent_urls[1]: \"ws://plain:1\" must be a wss:// URL",
+            ),
+            (
+                vec!["wss://user:pw@h:1".to_owned()],
+                "agent_urls[0]: \"wss://user:pw@h:1\" must not carry credentials",
+            ),
+            (
+                vec![format!("wss://{}:1", "a".repeat(2000))],
+                "is longer than 1024 bytes",
+            ),
+            (
+                vec!["wss://h:1".to_owned(); MAX_AGENT_URLS + 1],
+                "the answer names 17 agent URLs, more than 16",
+            ),
+        ] {
+            let err = answer_agent_urls(&answer).unwrap_err();
+            assert!(
+                matches!(err, InstallError::UnexpectedResponse(_)),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(phrase), "{text}");
+            assert!(text.ends_with("pass --agent-url"), "{text}");
+            assert!(text.len() < 400, "{text}");
+        }
+    }
+
+    #[test]
+    fn an_old_backends_answer_without_agent_urls_still_parses() {
+        let old = r#"{"cert_pem":"c","agent_ca_pem":"a","ca_pem":"p","subscriptions":[],"namespace":"ns"}"#;
+        let answer: BootstrapResponse = serde_json::from_str(old).unwrap();
+        assert!(answer.agent_urls.is_empty());
+        let newer = r#"{"cert_pem":"c","agent_urls":["wss://h:1"],"some_later_field":1}"#;
+        let answer: BootstrapResponse = serde_json::from_str(newer).unwrap();
+        assert_eq!(answer.agent_urls, ["wss://h:1"]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use cairn_agent::config::{self, DEFAULT_CONFIG_DIR, ENV_CONFIG};
-use cairn_agent::install::{self, InstallOptions};
+use cairn_agent::install::{self, AgentUrlSource, InstallOptions};
 use cairn_agent::start;
 
 /// Exit code for a usage or configuration error.
@@ -49,8 +49,9 @@ struct InstallArgs {
     /// Subscriptions, comma-separated (added to those the token grants).
     #[arg(long, value_delimiter = ',')]
     subscriptions: Vec<String>,
-    /// A backend agent URL, wss://HOST:8081; repeat for several backends, tried in order
-    /// (default: the backend URL's host on port 8081).
+    /// A backend agent URL, wss://HOST:PORT; repeat for several backends, tried in order
+    /// (default: the URLs the backend's answer names; from a backend that names none, the
+    /// backend URL's host on port 8081).
     #[arg(long = "agent-url", value_name = "URL")]
     agent_urls: Vec<String>,
     /// Where the configuration, key and certificates go.
@@ -146,6 +147,14 @@ async fn run_install(args: InstallArgs) -> ExitCode {
         expires
     );
     eprintln!("configuration: {}", report.config_file.display());
+    let from = match report.agent_urls_from {
+        AgentUrlSource::Given => "--agent-url",
+        AgentUrlSource::Backend => "named by the backend",
+        AgentUrlSource::Guessed => {
+            "guessed: the backend named none; pass --agent-url if agents connect elsewhere"
+        }
+    };
+    eprintln!("agent urls: {} ({from})", report.agent_urls.join(", "));
     let printed = match &report.unit_file {
         Some(path) => {
             eprintln!(

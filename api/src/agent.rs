@@ -202,8 +202,11 @@ pub struct BootstrapRequest {
 }
 
 /// The answer to a [`BootstrapRequest`].
+///
+/// Unknown fields are ignored, so that a backend may add to the answer without breaking the
+/// agents already deployed; an agent older than a field never sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct BootstrapResponse {
     /// The client certificate, PEM.
     pub cert_pem: String,
@@ -215,6 +218,49 @@ pub struct BootstrapResponse {
     pub subscriptions: Vec<String>,
     /// The entity namespace.
     pub namespace: String,
+    /// The agent listener's URLs (`wss://host:port`), at most [`MAX_AGENT_URLS`] of at most
+    /// [`MAX_AGENT_URL_BYTES`] each: those the backend was told to advertise, else one made of
+    /// the listener's own address, or of the host name the bootstrap request reached and the
+    /// listener's port. Empty when the backend does not know (or predates the field): the
+    /// agent then guesses.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub agent_urls: Vec<String>,
+}
+
+/// The most agent URLs a [`BootstrapResponse`] carries, and an agent takes from one.
+pub const MAX_AGENT_URLS: usize = 16;
+
+/// The longest agent URL either side accepts, bytes.
+pub const MAX_AGENT_URL_BYTES: usize = 1024;
+
+/// Parses an agent listener URL, `wss://host[:port][/path]`: scheme `wss`, a host, no user
+/// name or password, at most [`MAX_AGENT_URL_BYTES`]. The one check of these URLs wherever
+/// they come from (`agent.yaml`, `--agent-url`, `--agent-advertise-url`, a bootstrap answer).
+///
+/// # Errors
+///
+/// A message saying what is wrong (quoting at most the first 100 characters of `text`).
+#[cfg(feature = "client")]
+pub fn parse_agent_url(text: &str) -> Result<reqwest::Url, String> {
+    if text.len() > MAX_AGENT_URL_BYTES {
+        let start: String = text.chars().take(100).collect();
+        return Err(format!(
+            "{start:?}... is longer than {MAX_AGENT_URL_BYTES} bytes"
+        ));
+    }
+    let url = reqwest::Url::parse(text).map_err(|err| format!("{text:?} is not a URL ({err})"))?;
+    if url.scheme() != "wss" {
+        return Err(format!(
+            "{text:?} must be a wss:// URL (the agent session always uses TLS)"
+        ));
+    }
+    if url.host().is_none() {
+        return Err(format!("{text:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{text:?} must not carry credentials"));
+    }
+    Ok(url)
 }
 
 /// A parsed join token: `cairn-join.<id>.<secret>.<ca-sha256-hex>`.

@@ -79,6 +79,17 @@ pub enum ResolveError {
     },
 }
 
+/// Why a name typed on the command line names no modelled type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CliNameError {
+    /// Neither Sensu nor Cairn has a type of that name.
+    #[error("unknown resource type \"{0}\"; use one of: {names}", names = accepted_cli_names())]
+    Unknown(String),
+    /// A real Sensu type that Cairn knowingly does not model.
+    #[error("\"{0}\" is a Sensu type that Cairn does not model")]
+    Unsupported(String),
+}
+
 /// API groups Cairn serves.
 pub const CORE_V2: &str = "core/v2";
 /// The secrets API group.
@@ -298,19 +309,88 @@ impl Kind {
         }
     }
 
-    /// Finds a kind by a name an operator types on the command line: the plural (`checks`),
-    /// the type name (`CheckConfig`) or the fully qualified name (`core/v2.CheckConfig`).
-    pub fn from_cli_name(name: &str) -> Option<Kind> {
-        let (group, type_name) = match name.rsplit_once('.') {
-            Some((group, type_name)) if group.contains('/') => (Some(group), type_name),
-            _ => (None, name),
-        };
-        Kind::ALL.iter().copied().find(|kind| {
-            group.is_none_or(|group| group == kind.api_version())
-                && (kind.matches_type(type_name)
-                    || kind.plural() == type_name
-                    || kind.type_name().eq_ignore_ascii_case(type_name))
-        })
+    /// The name sensuctl's command for this kind has (`sensuctl check list`,
+    /// `sensuctl role-binding list`), the singular `cairnctl get` takes. Both secrets providers
+    /// are `provider`: they share one REST collection.
+    pub fn cli_singular(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespace",
+            Kind::ClusterRole => "cluster-role",
+            Kind::ClusterRoleBinding => "cluster-role-binding",
+            Kind::Role => "role",
+            Kind::RoleBinding => "role-binding",
+            Kind::User => "user",
+            Kind::ApiKey => "api-key",
+            Kind::EnvProvider | Kind::VaultProvider => "provider",
+            Kind::Secret => "secret",
+            Kind::Asset => "asset",
+            Kind::EventFilter => "filter",
+            Kind::Mutator => "mutator",
+            Kind::HookConfig => "hook",
+            Kind::Handler => "handler",
+            Kind::Pipeline => "pipeline",
+            Kind::CheckConfig => "check",
+            Kind::Entity => "entity",
+            Kind::Silenced => "silenced",
+            Kind::Event => "event",
+            Kind::Cluster => "cluster",
+            Kind::Replicator => "replicator",
+            Kind::EtcdReplicator => "etcd-replicator",
+        }
+    }
+
+    /// Finds a kind by a name an operator types on the command line, as sensuctl's commands
+    /// and `sensuctl dump` take them: the singular (`check`, `role-binding`), the plural
+    /// (`checks`, `rolebindings`, `role-bindings`), the type name (`CheckConfig`, Sensu's
+    /// `check_config`), or the type qualified by its API group (`core/v2.CheckConfig`,
+    /// `secrets/v1.Secret`). Case, `-` and `_` do not matter; a group must be the kind's own.
+    /// `provider(s)` names the secrets providers' shared collection (as [`Kind::EnvProvider`];
+    /// the `type` of each answer tells the two apart).
+    ///
+    /// # Errors
+    /// [`CliNameError`], whose message lists the accepted names, or says that the name is a
+    /// Sensu type Cairn does not model.
+    pub fn from_cli_name(name: &str) -> Result<Kind, CliNameError> {
+        let unknown = || CliNameError::Unknown(name.to_owned());
+        if let Some((group, type_name)) = name
+            .rsplit_once('.')
+            .filter(|(group, _)| group.contains('/'))
+        {
+            let wanted = cli_normal(type_name);
+            if let Some(kind) = Kind::ALL
+                .iter()
+                .copied()
+                .find(|kind| kind.api_version() == group && cli_normal(kind.type_name()) == wanted)
+            {
+                return Ok(kind);
+            }
+            return match Kind::resolve(group, type_name) {
+                Ok(Resolved::Unsupported) => Err(CliNameError::Unsupported(name.to_owned())),
+                _ => Err(unknown()),
+            };
+        }
+        let wanted = cli_normal(name);
+        if wanted.is_empty() {
+            return Err(unknown());
+        }
+        if let Some(kind) = Kind::ALL.iter().copied().find(|kind| {
+            [kind.cli_singular(), kind.plural(), kind.type_name()]
+                .iter()
+                .any(|form| cli_normal(form) == wanted)
+        }) {
+            return Ok(kind);
+        }
+        let unsupported = UNSUPPORTED
+            .iter()
+            .filter(|(group, type_name)| *group == CORE_V2 && *type_name != "*")
+            .map(|(_, type_name)| *type_name)
+            .chain(["tessen"])
+            .any(|type_name| cli_normal(type_name) == wanted);
+        if unsupported {
+            Err(CliNameError::Unsupported(name.to_owned()))
+        } else {
+            Err(unknown())
+        }
     }
 
     fn matches_type(self, type_name: &str) -> bool {
@@ -341,6 +421,37 @@ fn snake_case(name: &str) -> String {
         }
     }
     out
+}
+
+/// A command-line type name as compared: ASCII lowercase, without `-` and `_`.
+fn cli_normal(name: &str) -> String {
+    name.chars()
+        .filter(|ch| *ch != '-' && *ch != '_')
+        .map(|ch| ch.to_ascii_lowercase())
+        .collect()
+}
+
+/// The names [`Kind::from_cli_name`] takes, for an error message: each kind's singular and
+/// plural (`check(s)`, `entity/entities`), then the forms of type names.
+fn accepted_cli_names() -> String {
+    let mut names: Vec<String> = Vec::new();
+    for kind in Kind::ALL {
+        let (singular, plural) = (kind.cli_singular(), kind.plural());
+        let shown = if singular == plural {
+            singular.to_owned()
+        } else if cli_normal(plural) == format!("{}s", cli_normal(singular)) {
+            format!("{singular}(s)")
+        } else {
+            format!("{singular}/{plural}")
+        };
+        if !names.contains(&shown) {
+            names.push(shown);
+        }
+    }
+    format!(
+        "{}; or a type name as manifests write it (CheckConfig, check_config, core/v2.CheckConfig, secrets/v1.Secret)",
+        names.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -411,14 +522,132 @@ mod tests {
     }
 
     #[test]
-    fn cli_names() {
-        assert_eq!(Kind::from_cli_name("checks"), Some(Kind::CheckConfig));
-        assert_eq!(
-            Kind::from_cli_name("core/v2.CheckConfig"),
-            Some(Kind::CheckConfig)
+    fn cli_names_take_sensuctl_forms() {
+        let cases = [
+            ("check", Kind::CheckConfig),
+            ("checks", Kind::CheckConfig),
+            ("CheckConfig", Kind::CheckConfig),
+            ("checkconfig", Kind::CheckConfig),
+            ("check_config", Kind::CheckConfig),
+            ("core/v2.CheckConfig", Kind::CheckConfig),
+            ("core/v2.check_config", Kind::CheckConfig),
+            ("handler", Kind::Handler),
+            ("handlers", Kind::Handler),
+            ("Handler", Kind::Handler),
+            ("core/v2.Handler", Kind::Handler),
+            ("entity", Kind::Entity),
+            ("entities", Kind::Entity),
+            ("Entity", Kind::Entity),
+            ("event", Kind::Event),
+            ("events", Kind::Event),
+            ("role", Kind::Role),
+            ("rolebinding", Kind::RoleBinding),
+            ("rolebindings", Kind::RoleBinding),
+            ("role-binding", Kind::RoleBinding),
+            ("role-bindings", Kind::RoleBinding),
+            ("role_binding", Kind::RoleBinding),
+            ("cluster-role", Kind::ClusterRole),
+            ("clusterroles", Kind::ClusterRole),
+            ("cluster-role-binding", Kind::ClusterRoleBinding),
+            ("ClusterRoleBinding", Kind::ClusterRoleBinding),
+            ("silenced", Kind::Silenced),
+            ("asset", Kind::Asset),
+            ("hook", Kind::HookConfig),
+            ("hooks", Kind::HookConfig),
+            ("HookConfig", Kind::HookConfig),
+            ("filter", Kind::EventFilter),
+            ("filters", Kind::EventFilter),
+            ("EventFilter", Kind::EventFilter),
+            ("mutator", Kind::Mutator),
+            ("namespace", Kind::Namespace),
+            ("namespaces", Kind::Namespace),
+            ("user", Kind::User),
+            ("apikey", Kind::ApiKey),
+            ("api-key", Kind::ApiKey),
+            ("apikeys", Kind::ApiKey),
+            ("APIKey", Kind::ApiKey),
+            ("pipeline", Kind::Pipeline),
+            ("secret", Kind::Secret),
+            ("secrets", Kind::Secret),
+            ("secrets/v1.Secret", Kind::Secret),
+            ("provider", Kind::EnvProvider),
+            ("providers", Kind::EnvProvider),
+            ("secrets/v1.Env", Kind::EnvProvider),
+            ("secrets/v1.VaultProvider", Kind::VaultProvider),
+            ("VaultProvider", Kind::VaultProvider),
+            ("cluster", Kind::Cluster),
+            ("federation/v1.Cluster", Kind::Cluster),
+            ("replicators", Kind::Replicator),
+            ("etcd-replicator", Kind::EtcdReplicator),
+            ("etcd-replicators", Kind::EtcdReplicator),
+        ];
+        for (name, kind) in cases {
+            assert_eq!(Kind::from_cli_name(name), Ok(kind), "{name}");
+        }
+    }
+
+    #[test]
+    fn cli_names_refuse_what_names_no_kind() {
+        for name in [
+            "bogus",
+            "",
+            "-",
+            "check config",
+            "checks.yaml",
+            // A group must be the kind's own, and takes a type name, not a plural.
+            "secrets/v1.CheckConfig",
+            "core/v2.Secret",
+            "core/v2.checks",
+            "nope/v9.CheckConfig",
+            "core/v2.",
+        ] {
+            assert_eq!(
+                Kind::from_cli_name(name),
+                Err(CliNameError::Unknown(name.to_owned())),
+                "{name:?}"
+            );
+        }
+        for name in [
+            "tessen",
+            "TessenConfig",
+            "core/v2.TessenConfig",
+            "core/v3.EntityConfig",
+        ] {
+            assert_eq!(
+                Kind::from_cli_name(name),
+                Err(CliNameError::Unsupported(name.to_owned())),
+                "{name}"
+            );
+        }
+        let message = Kind::from_cli_name("chekcs").unwrap_err().to_string();
+        assert!(
+            message.starts_with("unknown resource type \"chekcs\""),
+            "{message}"
         );
-        assert_eq!(Kind::from_cli_name("secrets/v1.Secret"), Some(Kind::Secret));
-        assert_eq!(Kind::from_cli_name("apikey"), Some(Kind::ApiKey));
-        assert_eq!(Kind::from_cli_name("bogus"), None);
+        for listed in [
+            "check(s)",
+            "entity/entities",
+            "role-binding(s)",
+            "silenced",
+            "provider(s)",
+        ] {
+            assert!(message.contains(listed), "{listed} in {message}");
+        }
+        assert_eq!(message.matches("provider(s)").count(), 1, "{message}");
+    }
+
+    #[test]
+    fn every_cli_name_names_one_kind() {
+        // Only the two secrets providers share names: they share one REST collection.
+        for kind in Kind::ALL {
+            for form in [kind.cli_singular(), kind.plural(), kind.type_name()] {
+                let found = Kind::from_cli_name(form).expect("a kind's own name resolves");
+                let shared = matches!(kind, Kind::EnvProvider | Kind::VaultProvider)
+                    && found == Kind::EnvProvider;
+                assert!(found == kind || shared, "{form} names {found}, not {kind}");
+            }
+            let qualified = format!("{}.{}", kind.api_version(), kind.type_name());
+            assert_eq!(Kind::from_cli_name(&qualified), Ok(kind), "{qualified}");
+        }
     }
 }

@@ -398,13 +398,19 @@ impl Checker {
                 );
             }
             for (severity, names) in hooks {
+                // As the agent reads it (`exec::hook_selected`): trimmed, any case.
+                let normal = severity.trim().to_ascii_lowercase();
                 let known =
-                    HOOK_SEVERITIES.contains(&severity.as_str()) || severity.parse::<u8>().is_ok();
-                if !known {
-                    self.error(
+                    HOOK_SEVERITIES.contains(&normal.as_str()) || normal.parse::<u8>().is_ok();
+                // Sensu accepts any type here; one that names no status never selects its
+                // hooks, which is worth a warning but not a refusal.
+                if severity.trim().is_empty() {
+                    self.error(item.key(severity), "the hook type must not be empty");
+                } else if !known {
+                    self.warning(
                         item.key(severity),
                         format!(
-                            "unknown hook type \"{severity}\"; use 0-255, ok, warning, critical, unknown or non-zero"
+                            "hook type \"{severity}\" matches no check status, so these hooks never run; the types that do are 0-255, ok, warning, critical, unknown and non-zero"
                         ),
                     );
                 }

@@ -111,6 +111,26 @@ fn legacy_fields_are_accepted_with_a_warning() {
 }
 
 #[test]
+fn any_hook_type_is_accepted_as_sensu_does_with_a_warning_when_it_matches_no_status() {
+    // A Sensu API client's test creates a check with the hook type `error`: Sensu 6.9 takes
+    // it (its hooks never run), so Cairn does too, and says so.
+    check(
+        &check_with(
+            "  command: check-cpu\n  interval: 10\n  check_hooks:\n  - error: [restart]\n  - NON-ZERO: [dump]\n  - 2: [page]\n",
+        ),
+        expect![[r#"
+            warning: bad.yaml:10:5: document 1: spec.check_hooks[0].error: hook type "error" matches no check status, so these hooks never run; the types that do are 0-255, ok, warning, critical, unknown and non-zero
+            accepted: 1"#]],
+    );
+    check(
+        &check_with("  command: check-cpu\n  interval: 10\n  check_hooks:\n  - ' ': [restart]\n"),
+        expect![[r#"
+            error: bad.yaml:10:5: document 1: spec.check_hooks[0]. : the hook type must not be empty
+            accepted: 0"#]],
+    );
+}
+
+#[test]
 fn missing_name() {
     check(
         "type: Handler\napi_version: core/v2\nmetadata:\n  namespace: default\nspec:\n  type: pipe\n  command: cat\n",

@@ -194,6 +194,7 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
             data_dir: data_dir.clone(),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             agent_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            agent_advertise_urls: Vec::new(),
             metrics_listen: None,
             api_limits: cairn_backend::listen::ConnectionLimits::API,
             agent_limits: cairn_backend::listen::ConnectionLimits::AGENT,

@@ -365,6 +365,26 @@ impl TokenIssuer {
     }
 }
 
+/// The most expensive bcrypt hash accepted (`$2b$14$…`, about a second of one core per check):
+/// Sensu writes cost 10 (`sensuctl user hash-password`), and a higher cost set by whoever may
+/// write users would make every login with it a denial of service.
+pub const MAX_BCRYPT_COST: u32 = 14;
+/// The most memory (KiB), passes and lanes an argon2 hash given by a client may ask for; ours
+/// are `m=19456,t=2,p=1`.
+pub const MAX_ARGON2_PARAMS: (u32, u32, u32) = (65_536, 10, 4);
+/// The PHC prefix of the hashes [`hash_password`] makes (argon2id with the crate's defaults);
+/// a stored hash without it is replaced at the next successful login ([`needs_rehash`]).
+const CURRENT_HASH_PREFIX: &str = "$argon2id$v=19$m=19456,t=2,p=1$";
+
+/// The schemes of stored password hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashScheme {
+    /// A PHC argon2 string (`$argon2id$…`): what Cairn makes.
+    Argon2,
+    /// A bcrypt hash (`$2a$`, `$2b$`, `$2x$`, `$2y$`): what Sensu makes; verified, never made.
+    Bcrypt,
+}
+
 /// Hashes a password with Argon2id and a random salt, as a PHC string.
 ///
 /// # Errors
@@ -377,14 +397,83 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
         .map_err(|_| AuthError::HashFailed)
 }
 
-/// Whether `password` matches a PHC `hash`. A malformed hash never matches.
+/// Which scheme `hash` is, when it is a well-formed hash within the cost bounds
+/// ([`MAX_BCRYPT_COST`], [`MAX_ARGON2_PARAMS`]); otherwise a message saying what is wrong, for
+/// the client that sent it.
+///
+/// # Errors
+/// A lower-case message naming the problem (never echoing the hash).
+pub fn check_password_hash(hash: &str) -> Result<HashScheme, String> {
+    if hash.starts_with("$argon2") {
+        let parsed = PasswordHash::new(hash)
+            .map_err(|err| format!("not a valid argon2 PHC string: {err}"))?;
+        if parsed.algorithm.as_str() != "argon2id" && parsed.algorithm.as_str() != "argon2i" {
+            return Err(format!(
+                "argon2 variant {} is not accepted; use argon2id",
+                parsed.algorithm
+            ));
+        }
+        let param = |name: &str| {
+            parsed
+                .params
+                .get_decimal(name)
+                .ok_or_else(|| format!("the argon2 parameter {name} is missing"))
+        };
+        let (max_memory, max_passes, max_lanes) = MAX_ARGON2_PARAMS;
+        let (memory, passes, lanes) = (param("m")?, param("t")?, param("p")?);
+        if memory > max_memory || passes > max_passes || lanes > max_lanes {
+            return Err(format!(
+                "argon2 parameters m={memory},t={passes},p={lanes} exceed the limit \
+                 m={max_memory},t={max_passes},p={max_lanes}"
+            ));
+        }
+        if parsed.hash.is_none() {
+            return Err("the argon2 string has no hash".to_owned());
+        }
+        return Ok(HashScheme::Argon2);
+    }
+    if ["$2a$", "$2b$", "$2x$", "$2y$"]
+        .iter()
+        .any(|prefix| hash.starts_with(prefix))
+    {
+        // The crate's parse error quotes the hash; this message does not.
+        let parts: bcrypt::HashParts = hash.parse().map_err(|_| {
+            "not a valid bcrypt hash: expected $2b$COST$ and 53 characters of salt and hash"
+                .to_owned()
+        })?;
+        if parts.get_cost() > MAX_BCRYPT_COST {
+            return Err(format!(
+                "bcrypt cost {} exceeds the limit {MAX_BCRYPT_COST}",
+                parts.get_cost()
+            ));
+        }
+        return Ok(HashScheme::Bcrypt);
+    }
+    Err(
+        "not a password hash: expected bcrypt ($2b$…, as `sensuctl user hash-password` makes) \
+         or argon2 ($argon2id$…)"
+            .to_owned(),
+    )
+}
+
+/// Whether `password` matches `hash` (argon2 or bcrypt, see [`check_password_hash`]). A
+/// malformed hash, or one beyond the cost bounds, never matches.
 pub fn verify_password(password: &str, hash: &str) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
+    match check_password_hash(hash) {
+        Ok(HashScheme::Argon2) => PasswordHash::new(hash).is_ok_and(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        }),
+        Ok(HashScheme::Bcrypt) => bcrypt::verify(password, hash).unwrap_or(false),
         Err(_) => false,
     }
+}
+
+/// Whether a stored hash should be replaced by a fresh [`hash_password`] once its password is
+/// known (a successful login): a bcrypt hash from Sensu, or argon2 with other parameters.
+pub fn needs_rehash(hash: &str) -> bool {
+    !hash.starts_with(CURRENT_HASH_PREFIX)
 }
 
 /// A random URL-safe token of `n_bytes` bytes of entropy, hex encoded.
@@ -681,6 +770,32 @@ mod tests {
         assert!(verify_password("P@ssw0rd!", &hash));
         assert!(!verify_password("wrong", &hash));
         assert!(!verify_password("P@ssw0rd!", "not a hash"));
+        assert!(!needs_rehash(&hash));
+        assert_eq!(check_password_hash(&hash), Ok(HashScheme::Argon2));
+    }
+
+    #[test]
+    fn sensu_bcrypt_hashes_are_verified_and_marked_for_rehash() {
+        // What `sensuctl user hash-password 'P@ssw0rd!'` prints (Go's bcrypt, cost 10).
+        let sensu = bcrypt::hash_with_result("P@ssw0rd!", 10)
+            .unwrap()
+            .format_for_version(bcrypt::Version::TwoA);
+        assert_eq!(check_password_hash(&sensu), Ok(HashScheme::Bcrypt));
+        assert!(verify_password("P@ssw0rd!", &sensu));
+        assert!(!verify_password("P@ssw0rd?", &sensu));
+        assert!(needs_rehash(&sensu));
+        // A cost that would make each login take minutes is refused, and never verified.
+        let costly = sensu.replacen("$10$", "$20$", 1);
+        assert!(check_password_hash(&costly)
+            .unwrap_err()
+            .contains("cost 20"));
+        assert!(!verify_password("P@ssw0rd!", &costly));
+        // So is argon2 asking for 4 GiB per check.
+        let heavy = "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+        assert!(check_password_hash(heavy).unwrap_err().contains("exceed"));
+        assert!(!verify_password("anything", heavy));
+        assert!(check_password_hash("plain text").is_err());
+        assert!(check_password_hash("$2b$10$short").is_err());
     }
 
     /// Claims of a token from cluster `iss` meant for `aud` for a viewer, expiring

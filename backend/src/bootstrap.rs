@@ -14,7 +14,8 @@
 //!   "subscriptions", "expires_at", "uses_left", "created_by", "created_at"}]`, never the digest.
 //! - `DELETE /api/cairn/v1/jointokens/{id}` (`delete jointokens`) → `204`, or `404`.
 //! - `POST` [`cairn_api::agent::BOOTSTRAP_PATH`], unauthenticated (the join token is the credential): a
-//!   [`BootstrapRequest`] → `200` [`BootstrapResponse`]; `401` for any problem with the token,
+//!   [`BootstrapRequest`] → `200` [`BootstrapResponse`] (with the agent listener's URLs, see
+//!   [`AgentUrls`]); `401` for any problem with the token,
 //!   `400` for a bad name or CSR, `409` for an entity that has a live certificate (or a
 //!   concurrent bootstrap of the same name). A refused request writes nothing.
 //! - `POST /api/cairn/v1/agents/{namespace}/{name}/revoke` (RBAC: `delete` on the cluster-wide
@@ -64,12 +65,13 @@
 //! start), and drops a live session of a revoked certificate at once.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
@@ -79,7 +81,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use cairn_api::agent::{BootstrapRequest, BootstrapResponse, JoinToken};
+use cairn_api::agent::{
+    parse_agent_url, BootstrapRequest, BootstrapResponse, JoinToken, MAX_AGENT_URLS,
+};
 use cairn_api::validate::check_name;
 use cairn_api::Kind;
 
@@ -147,11 +151,13 @@ const REVOCATION_CATCH_UP: Duration = Duration::from_secs(5);
 // Certificate authority material
 // ------------------------------------------------------------------------------------------
 
-/// The CA material that bootstrap and renewal need, loaded and checked once at start.
+/// The CA material that bootstrap and renewal need, loaded and checked once at start, and the
+/// agent URLs the bootstrap answer names.
 pub struct AgentPki {
     agent_ca: CertifiedKeyPem,
     ca_pem: String,
     ca_fingerprint: String,
+    agent_urls: AgentUrls,
 }
 
 /// Why [`AgentPki::load`] failed.
@@ -182,6 +188,7 @@ impl std::fmt::Debug for AgentPki {
         f.debug_struct("AgentPki")
             .field("agent_ca", &self.agent_ca)
             .field("ca_fingerprint", &self.ca_fingerprint)
+            .field("agent_urls", &self.agent_urls)
             .finish_non_exhaustive()
     }
 }
@@ -218,13 +225,25 @@ impl AgentPki {
         Ok(AgentPki::from_parts(agent_ca, ca_pem, ca_fingerprint))
     }
 
-    /// Builds the material from PEM already in memory (tests).
+    /// Builds the material from PEM already in memory (tests), with [`AgentUrls::Unknown`].
     pub fn from_parts(agent_ca: CertifiedKeyPem, ca_pem: String, ca_fingerprint: String) -> Self {
         AgentPki {
             agent_ca,
             ca_pem,
             ca_fingerprint,
+            agent_urls: AgentUrls::Unknown,
         }
+    }
+
+    /// The same material, the bootstrap answer naming `agent_urls`.
+    #[must_use]
+    pub fn with_agent_urls(self, agent_urls: AgentUrls) -> Self {
+        AgentPki { agent_urls, ..self }
+    }
+
+    /// Where the bootstrap answer tells agents to connect.
+    pub fn agent_urls(&self) -> &AgentUrls {
+        &self.agent_urls
     }
 
     /// The SHA-256 fingerprint of the cluster CA, which join tokens carry.
@@ -287,6 +306,199 @@ pub fn describe_pki_error(err: &PkiError) -> String {
         Some(source) => format!("{err}: {source}"),
         None => err.to_string(),
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Agent URLs in the bootstrap answer
+// ------------------------------------------------------------------------------------------
+
+/// The longest request authority (`host:port`) an agent URL is derived from, bytes: a DNS
+/// name's 253, a colon and a port.
+const MAX_AUTHORITY_BYTES: usize = 253 + 6;
+
+/// Where the bootstrap answer tells agents to connect ([`BootstrapResponse::agent_urls`]).
+///
+/// # Who controls what
+///
+/// With `--agent-advertise-url`, or an agent listener bound to one address, the URLs are fixed
+/// at start. With a listener on every address (`0.0.0.0`, `[::]`) the host is the one the
+/// bootstrap request reached (HTTP/2's `:authority`, else `Host`), which the sender of the
+/// request chooses freely. So it is taken only when it is an IP address or a DNS name
+/// ([`request_host`]; anything else names no URL, and the agent falls back to its own guess),
+/// the port is always the listener's, and the URL only ever goes back to that sender, in the
+/// answer to its own request, which its join token authenticates. An agent takes the URLs only
+/// from an answer over TLS pinned to the CA fingerprint of its join token, and opens its
+/// sessions trusting only that CA with its own client certificate; so neither a forged header
+/// nor anyone on the path can make an agent trust a listener that is not the cluster's, and the
+/// worst a URL can do is point an agent at an address where its session then fails. Bounded:
+/// at most [`MAX_AGENT_URLS`] URLs of at most [`cairn_api::agent::MAX_AGENT_URL_BYTES`] each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AgentUrls {
+    /// Not known (a backend built in tests): the answer names none, and the agent guesses.
+    #[default]
+    Unknown,
+    /// These URLs, whatever the request.
+    Fixed(Vec<String>),
+    /// `wss://<the host the request reached>:<port>`.
+    RequestHost {
+        /// The agent listener's bound port.
+        port: u16,
+    },
+}
+
+impl AgentUrls {
+    /// Checks the `--agent-advertise-url` values ([`parse_agent_url`], at most
+    /// [`MAX_AGENT_URLS`]); returns them without a trailing `/`.
+    ///
+    /// # Errors
+    /// A message naming the flag and the URL that is wrong.
+    pub fn check_advertised(urls: &[String]) -> Result<Vec<String>, String> {
+        if urls.len() > MAX_AGENT_URLS {
+            return Err(format!(
+                "--agent-advertise-url: at most {MAX_AGENT_URLS} URLs, got {}",
+                urls.len()
+            ));
+        }
+        urls.iter()
+            .map(|url| {
+                parse_agent_url(url)
+                    .map(|_| url.trim_end_matches('/').to_owned())
+                    .map_err(|message| format!("--agent-advertise-url: {message}"))
+            })
+            .collect()
+    }
+
+    /// The URLs of an agent listener bound at `bound` (its real port, also when port 0 was
+    /// asked for): `advertised` when there are any (checked by [`AgentUrls::check_advertised`]);
+    /// else `wss://<ip>:<port>` for a listener on one address, and the request's host on the
+    /// listener's port for one on every address.
+    pub fn new(advertised: Vec<String>, bound: SocketAddr) -> AgentUrls {
+        if !advertised.is_empty() {
+            AgentUrls::Fixed(advertised)
+        } else if bound.ip().is_unspecified() {
+            AgentUrls::RequestHost { port: bound.port() }
+        } else {
+            AgentUrls::Fixed(vec![agent_url(&url_host(bound.ip()), bound.port())])
+        }
+    }
+
+    /// The URLs to answer a bootstrap request with that reached `authority` (its `:authority`
+    /// or `Host`, `None` when it had neither); empty when they cannot be known.
+    pub fn for_request(&self, authority: Option<&str>) -> Vec<String> {
+        match self {
+            AgentUrls::Unknown => Vec::new(),
+            AgentUrls::Fixed(urls) => urls.clone(),
+            AgentUrls::RequestHost { port } => authority
+                .and_then(request_host)
+                .map(|host| agent_url(&host, *port))
+                // Built from a checked host, so this holds; checked all the same.
+                .filter(|url| parse_agent_url(url).is_ok())
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// What the start log says of them.
+    pub fn describe(&self) -> String {
+        match self {
+            AgentUrls::Unknown => "none (agents guess)".to_owned(),
+            AgentUrls::Fixed(urls) => urls.join(", "),
+            AgentUrls::RequestHost { port } => {
+                format!("wss://<the host each bootstrap request reached>:{port}")
+            }
+        }
+    }
+}
+
+/// `wss://host:port`; `host` is already in URL form (an IPv6 address in brackets).
+fn agent_url(host: &str, port: u16) -> String {
+    format!("wss://{host}:{port}")
+}
+
+/// An IP address as the host of a URL.
+fn url_host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    }
+}
+
+/// The authority a request reached: HTTP/2's `:authority` (in the URI), else the `Host` header;
+/// `None` when there is neither, or the header is not visible ASCII.
+fn request_authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    match uri.authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => headers.get(header::HOST)?.to_str().ok(),
+    }
+}
+
+/// The host of a request's authority (`host`, `host:port`, `[v6]` or `[v6]:port`) in URL form,
+/// lower-case, when it is usable for an agent URL: an IP address that is not unspecified,
+/// multicast or broadcast, or a DNS name (labels of ASCII letters, digits and `-`, no `-` at
+/// either end of one, at most 63 bytes each and 253 in all, one trailing `.` dropped, a last
+/// label that is not all digits, so that nothing reads as a malformed IPv4 address); the port,
+/// if any, must be decimal digits of a `u16`. `None` for anything else (user info, a path,
+/// other characters, empty parts, too long).
+fn request_host(authority: &str) -> Option<String> {
+    if authority.is_empty() || authority.len() > MAX_AUTHORITY_BYTES {
+        return None;
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => {
+            let (inner, port) = rest.split_once(']')?;
+            let ip: Ipv6Addr = inner.parse().ok()?;
+            (usable_ip(IpAddr::V6(ip))?, port)
+        }
+        None => {
+            let (host, port) = match authority.find(':') {
+                Some(colon) => authority.split_at(colon),
+                None => (authority, ""),
+            };
+            let host = match host.parse::<Ipv4Addr>() {
+                Ok(ip) => usable_ip(IpAddr::V4(ip))?,
+                Err(_) => dns_name(host)?,
+            };
+            (host, port)
+        }
+    };
+    if !port.is_empty() {
+        let digits = port.strip_prefix(':')?;
+        if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse::<u16>().ok()?;
+    }
+    Some(host)
+}
+
+/// `ip` in URL form, unless no agent could reach a listener there.
+fn usable_ip(ip: IpAddr) -> Option<String> {
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    (!ip.is_unspecified() && !ip.is_multicast() && !broadcast).then(|| url_host(ip))
+}
+
+/// `name` lower-cased when it is a DNS host name (see [`request_host`]).
+fn dns_name(name: &str) -> Option<String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || name.len() > 253 {
+        return None;
+    }
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if !name.split('.').all(label_ok) {
+        return None;
+    }
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if last.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    Some(name.to_ascii_lowercase())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -813,6 +1025,8 @@ pub async fn delete_token_handler(
 /// keep racing for one token; nothing is written on any of them.
 pub async fn bootstrap_handler(
     State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&state, body).await?;
@@ -914,6 +1128,14 @@ pub async fn bootstrap_handler(
         let by = format!("join token {} (replace {name})", token.id);
         retire_replaced(state.resources.store(), &namespace, name, replaced, &by).await?;
     }
+    let agent_urls = state
+        .agent_pki
+        .agent_urls
+        .for_request(request_authority(&uri, &headers));
+    if agent_urls.is_empty() && state.agent_pki.agent_urls != AgentUrls::Unknown {
+        // The request's own host was unusable; the agent falls back to its guess.
+        tracing::debug!(token_id = %token.id, entity = name, "bootstrap answer names no agent URL: the request named no usable host");
+    }
     tracing::info!(
         token_id = %token.id,
         namespace = %record.namespace,
@@ -929,6 +1151,7 @@ pub async fn bootstrap_handler(
         ca_pem: state.agent_pki.ca_pem.clone(),
         subscriptions: record.subscriptions,
         namespace: record.namespace,
+        agent_urls,
     })
     .into_response())
 }
@@ -1867,6 +2090,176 @@ pub(crate) mod tests {
         view.wait_for(revision).await;
         assert!(!view.revokes("prod", "web", 20, "f"));
         task.abort();
+    }
+
+    #[test]
+    fn agent_urls_come_from_the_flag_the_bound_address_or_the_request_host() {
+        let bound = |text: &str| text.parse::<SocketAddr>().unwrap();
+        // --agent-advertise-url wins over everything, whatever the request says.
+        let advertised = AgentUrls::check_advertised(&[
+            "wss://agents.example.com:443/".into(),
+            "wss://10.0.0.9:8081".into(),
+        ])
+        .unwrap();
+        let urls = AgentUrls::new(advertised, bound("0.0.0.0:40000"));
+        let expected = ["wss://agents.example.com:443", "wss://10.0.0.9:8081"];
+        assert_eq!(urls.for_request(Some("evil.example:1")), expected);
+        assert_eq!(urls.for_request(None), expected);
+        // A listener on one address: that address and its real port.
+        let urls = AgentUrls::new(Vec::new(), bound("127.0.0.1:41234"));
+        assert_eq!(urls, AgentUrls::Fixed(vec!["wss://127.0.0.1:41234".into()]));
+        assert_eq!(
+            urls.for_request(Some("localhost:8080")),
+            ["wss://127.0.0.1:41234"]
+        );
+        let urls = AgentUrls::new(Vec::new(), bound("[fd00::5]:8081"));
+        assert_eq!(urls.for_request(None), ["wss://[fd00::5]:8081"]);
+        // On every address: the host the request reached, the port replaced by the listener's.
+        for any in ["0.0.0.0:39001", "[::]:39001"] {
+            let urls = AgentUrls::new(Vec::new(), bound(any));
+            assert_eq!(urls, AgentUrls::RequestHost { port: 39001 });
+            assert_eq!(
+                urls.for_request(Some("Cairn.Example.COM:8080")),
+                ["wss://cairn.example.com:39001"]
+            );
+            assert_eq!(
+                urls.for_request(Some("cairn.example.com.")),
+                ["wss://cairn.example.com:39001"]
+            );
+            assert_eq!(
+                urls.for_request(Some("192.0.2.7:8080")),
+                ["wss://192.0.2.7:39001"]
+            );
+            assert_eq!(
+                urls.for_request(Some("[2001:DB8::1]:8080")),
+                ["wss://[2001:db8::1]:39001"]
+            );
+            assert_eq!(urls.for_request(Some("[::1]")), ["wss://[::1]:39001"]);
+            // No host, or an unusable one: no URL, and the agent guesses.
+            assert!(urls.for_request(None).is_empty());
+            assert!(urls.for_request(Some("user@host:8080")).is_empty());
+        }
+        assert!(AgentUrls::Unknown.for_request(Some("h:1")).is_empty());
+        assert!(AgentUrls::RequestHost { port: 1 }
+            .describe()
+            .ends_with(":1"));
+    }
+
+    #[test]
+    fn forged_hosts_name_no_agent_url() {
+        let urls = AgentUrls::RequestHost { port: 8081 };
+        let long_label = format!("{}.example", "a".repeat(64));
+        let long_name = vec!["abcdefghi"; 26].join(".");
+        let long_authority = format!("{}:8080", "a".repeat(300));
+        for bad in [
+            "",
+            ":8080",
+            "host:",
+            "host:port",
+            "host:+80",
+            "host:65536",
+            "host:80:80",
+            "user@host",
+            "user:pw@host:8080",
+            "a b",
+            "host/path",
+            "host?x",
+            "host#x",
+            "-host",
+            "host-",
+            "ho_st",
+            "a..b",
+            ".host",
+            "1.2.3",
+            "999.1.1.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "[::]",
+            "[ff02::1]:80",
+            "[::1",
+            "[::1]x",
+            "[not-ip]:80",
+            "::1",
+            "hôst.example",
+            "host\u{0}x",
+            "%68ost",
+            long_label.as_str(),
+            long_name.as_str(),
+            long_authority.as_str(),
+        ] {
+            assert_eq!(request_host(bad), None, "{bad:?}");
+            assert!(urls.for_request(Some(bad)).is_empty(), "{bad:?}");
+        }
+        // The longest legal name still fits.
+        let longest = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        assert_eq!(longest.len(), 253);
+        assert_eq!(
+            request_host(&format!("{longest}:8080")),
+            Some(longest.clone())
+        );
+        assert_eq!(request_host(&format!("{longest}x")), None);
+        assert_eq!(
+            request_host("xn--bcher-kva.example:443").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
+    }
+
+    #[test]
+    fn advertised_urls_are_checked() {
+        let check = |urls: &[&str]| {
+            AgentUrls::check_advertised(
+                &urls.iter().map(|url| (*url).to_owned()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(check(&[]), Ok(Vec::new()));
+        for (bad, phrase) in [
+            ("https://h:8081", "must be a wss:// URL"),
+            ("wss://user:pw@h:8081", "must not carry credentials"),
+            ("not a url", "is not a URL"),
+        ] {
+            let err = check(&["wss://good:1", bad]).unwrap_err();
+            assert!(err.starts_with("--agent-advertise-url: "), "{err}");
+            assert!(err.contains(phrase), "{err}");
+        }
+        let long = format!("wss://{}:1", "a".repeat(2000));
+        assert!(check(&[&long])
+            .unwrap_err()
+            .contains("longer than 1024 bytes"));
+        let many = vec!["wss://h:1"; MAX_AGENT_URLS + 1];
+        assert!(check(&many).unwrap_err().contains("at most 16 URLs"));
+        assert_eq!(check(&vec!["wss://h:1"; MAX_AGENT_URLS]).unwrap().len(), 16);
+    }
+
+    #[test]
+    fn the_authority_is_http2s_then_the_host_header() {
+        let mut headers = HeaderMap::new();
+        let origin_form: Uri = "/api/cairn/v1/agents/bootstrap".parse().unwrap();
+        assert_eq!(request_authority(&origin_form, &headers), None);
+        headers.insert(header::HOST, "cairn.example.com:8080".parse().unwrap());
+        assert_eq!(
+            request_authority(&origin_form, &headers),
+            Some("cairn.example.com:8080")
+        );
+        let absolute: Uri = "https://other.example:8080/api/cairn/v1/agents/bootstrap"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            request_authority(&absolute, &headers),
+            Some("other.example:8080")
+        );
+        // A header that is not visible ASCII is no authority.
+        headers.insert(
+            header::HOST,
+            axum::http::HeaderValue::from_bytes(b"h\xc3\xb4st").unwrap(),
+        );
+        assert_eq!(request_authority(&origin_form, &headers), None);
     }
 
     #[test]

@@ -137,6 +137,14 @@ struct StartArgs {
     /// that throwaway backends never collide.
     #[arg(long, value_name = "ADDR")]
     agent_listen: Option<SocketAddr>,
+    /// The agent URL (wss://HOST:PORT) that the bootstrap answer tells `cairn-agent install` to
+    /// connect to; repeat for several, tried in order. Give it when agents reach the agent
+    /// listener under another name or port (a load balancer, NAT, a certificate naming only a
+    /// DNS name). Default: wss://IP:PORT of the --agent-listen address when it is one address;
+    /// when it is 0.0.0.0 or [::], the host name each bootstrap request reached with the
+    /// listener's port.
+    #[arg(long = "agent-advertise-url", value_name = "URL")]
+    agent_advertise_urls: Vec<String>,
     /// Also serve `/metrics` here, over plain HTTP and without authentication, for a
     /// Prometheus scraper (e.g. 127.0.0.1:9464; port 0 picks a free port). Keep it on loopback
     /// or a private network. The API's own `/metrics` always needs a token or API key.
@@ -275,6 +283,7 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
         data_dir: args.data_dir,
         api_listen: args.api_listen,
         agent_listen: agent_listen(args.agent_listen, args.api_listen),
+        agent_advertise_urls: args.agent_advertise_urls,
         metrics_listen: args.metrics_listen,
         api_limits: ConnectionLimits {
             max_connections: usize::try_from(args.api_max_connections).unwrap_or(usize::MAX),

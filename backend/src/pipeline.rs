@@ -35,7 +35,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
-use tracing::{debug, warn, warn_span, Instrument};
+use tracing::{debug, info, warn, warn_span, Instrument};
 
 use crate::contain::{ContainError, Containment, HANDLER_PATH};
 use crate::events;
@@ -558,7 +558,7 @@ impl Dispatcher {
         let mut seen = HashSet::new();
         let mut expanded = Vec::new();
         for name in names {
-            let Some(handler) = self.resolve_handler(namespace, name).await else {
+            let Some(handler) = self.resolve_handler(namespace, name, None).await else {
                 continue;
             };
             if handler.handler_type != "set" {
@@ -568,7 +568,9 @@ impl Dispatcher {
                 continue;
             }
             for member in &handler.handlers {
-                let Some(member_handler) = self.resolve_handler(namespace, member).await else {
+                let Some(member_handler) =
+                    self.resolve_handler(namespace, member, Some(name)).await
+                else {
                     continue;
                 };
                 if member_handler.handler_type == "set" {
@@ -590,10 +592,26 @@ impl Dispatcher {
         expanded
     }
 
-    async fn resolve_handler(&self, namespace: &str, name: &str) -> Option<Handler> {
+    /// The handler `name`, directly named by the event or a member of the set `set`. A missing
+    /// one is logged once as Sensu logs it: at info when the event names it (every keepalive
+    /// event names `keepalive`, which need not exist), as a warning when a set names it.
+    async fn resolve_handler(
+        &self,
+        namespace: &str,
+        name: &str,
+        set: Option<&str>,
+    ) -> Option<Handler> {
         let handler = self.resolver.handler(namespace, name).await;
-        if handler.is_none() && self.warned.first(&["handler", namespace, name]) {
-            warn!(namespace, handler = %name, "event names a handler that does not exist");
+        if handler.is_none() {
+            match set {
+                None if self.warned.first(&["handler", namespace, name]) => {
+                    info!(namespace, handler = %name, "handler does not exist, will be ignored");
+                }
+                Some(set) if self.warned.first(&["set-member", namespace, set, name]) => {
+                    warn!(namespace, handler = %set, member = %name, "handler set names a handler that does not exist");
+                }
+                _ => {}
+            }
         }
         handler
     }

@@ -16,6 +16,8 @@ use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
 /// The group whose members are bound to `cluster-admin`.
 pub const GROUP_CLUSTER_ADMINS: &str = "cluster-admins";
+/// The group Sensu's agents log in with, bound to the `system:agent` ClusterRole.
+pub const GROUP_SYSTEM_AGENTS: &str = "system:agents";
 
 /// An API action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +211,18 @@ impl AuthSnapshot {
         self.namespaces.contains(name)
     }
 
+    /// The existing namespaces where a RoleBinding names `caller`: what Sensu lists at
+    /// `GET /namespaces` for a caller who may not list namespaces cluster-wide.
+    pub fn bound_namespaces(&self, caller: &Caller) -> std::collections::BTreeSet<String> {
+        self.bindings
+            .iter()
+            .filter(|((namespace, _), held)| {
+                self.namespaces.contains(namespace) && held.binds(caller)
+            })
+            .map(|((namespace, _), _)| namespace.clone())
+            .collect()
+    }
+
     /// The live user record.
     pub fn user(&self, username: &str) -> Option<&User> {
         self.users.get(username)
@@ -347,7 +361,8 @@ fn is_namespaced_resource(resource: &str) -> bool {
         .any(|kind| kind.plural() == resource && kind.is_namespaced())
 }
 
-/// Sensu's default cluster roles and the `cluster-admin` binding, plus the admin user.
+/// Sensu's default cluster roles and their bindings (`cluster-admin`, `system:agent`,
+/// `system:user`), plus the admin user.
 pub fn default_resources(admin_username: &str, admin_password_hash: &str) -> Vec<Resource> {
     let namespaced: Vec<String> = Kind::ALL
         .iter()
@@ -399,19 +414,24 @@ pub fn default_resources(admin_username: &str, admin_password_hash: &str) -> Vec
                 read_namespaces,
             ],
         ),
-        Resource::new(
-            ObjectMeta::named("", "cluster-admin"),
-            Spec::ClusterRoleBinding(RoleBinding {
-                metadata: None,
-                role_ref: RoleRef {
-                    type_name: "ClusterRole".into(),
-                    name: "cluster-admin".into(),
-                },
-                subjects: vec![Subject {
-                    type_name: "Group".into(),
-                    name: GROUP_CLUSTER_ADMINS.into(),
-                }],
-            }),
+        // Sensu's roles for agents (events) and for every local user (their own record and
+        // password, `localselfuser`). Cairn's agents authenticate by certificate and need no
+        // binding, and no `agent` user is made; the role and its binding to `system:agents`
+        // exist so that scripts that read or bind them work as on Sensu.
+        cluster_role(
+            "system:agent",
+            vec![rule(&["*"], vec!["events".to_owned()])],
+        ),
+        cluster_role(
+            "system:user",
+            vec![rule(&["get", "update"], vec!["localselfuser".to_owned()])],
+        ),
+        cluster_role_binding("cluster-admin", "cluster-admin", GROUP_CLUSTER_ADMINS),
+        cluster_role_binding("system:agent", "system:agent", GROUP_SYSTEM_AGENTS),
+        cluster_role_binding(
+            "system:user",
+            "system:user",
+            crate::auth::GROUP_SYSTEM_USERS,
         ),
         Resource::new(
             ObjectMeta::named("", admin_username),
@@ -425,6 +445,24 @@ pub fn default_resources(admin_username: &str, admin_password_hash: &str) -> Vec
             }),
         ),
     ]
+}
+
+/// A ClusterRoleBinding `name` of the ClusterRole `role` to `group`.
+pub(crate) fn cluster_role_binding(name: &str, role: &str, group: &str) -> Resource {
+    Resource::new(
+        ObjectMeta::named("", name),
+        Spec::ClusterRoleBinding(RoleBinding {
+            metadata: None,
+            role_ref: RoleRef {
+                type_name: "ClusterRole".into(),
+                name: role.into(),
+            },
+            subjects: vec![Subject {
+                type_name: "Group".into(),
+                name: group.into(),
+            }],
+        }),
+    )
 }
 
 #[cfg(test)]

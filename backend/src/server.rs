@@ -70,6 +70,9 @@ pub struct StartConfig {
     pub api_listen: SocketAddr,
     /// Where the agent listener (mutual TLS WebSocket) listens.
     pub agent_listen: SocketAddr,
+    /// The agent URLs the bootstrap answer names (`--agent-advertise-url`, `wss://…`); when
+    /// empty, derived from the bound agent listener (see [`crate::bootstrap::AgentUrls`]).
+    pub agent_advertise_urls: Vec<String>,
     /// The bounds on the API's connections (count, handshake, header and idle timeouts).
     pub api_limits: ConnectionLimits,
     /// The bounds on the agent listener's connections (count, handshake and upgrade
@@ -434,7 +437,9 @@ pub async fn start(
     }
     let tls_config = crate::tls::api_server_config(&dir)?;
     let agent_tls_config = crate::tls::agent_server_config(&dir)?;
-    let agent_pki = Arc::new(crate::bootstrap::AgentPki::load(&dir)?);
+    let agent_pki = crate::bootstrap::AgentPki::load(&dir)?;
+    let advertised = crate::bootstrap::AgentUrls::check_advertised(&config.agent_advertise_urls)
+        .map_err(ServerError::Invalid)?;
     let private_pem = read(dir.jwt_private_key())?;
     let public_pem = read(dir.jwt_public_key())?;
     let issuer = Arc::new(TokenIssuer::from_pem(
@@ -497,6 +502,16 @@ pub async fn start(
         crate::bootstrap::Revocations::start(Arc::clone(&store), revocation_hook).await?;
     let _token_sweeper = crate::bootstrap::spawn_token_sweeper(Arc::clone(&store));
     let _refresh_sweeper = api::spawn_refresh_sweeper(Arc::clone(&store));
+    let (listener, api_addr) = bind(config.api_listen).await?;
+    let (agent_listener, agent_addr) = bind(config.agent_listen).await?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    // The real port, also when port 0 was asked for.
+    let agent_urls = crate::bootstrap::AgentUrls::new(advertised, agent_addr);
+    tracing::info!(agent_urls = %agent_urls.describe(), "bootstrap answers name these agent urls");
+    let agent_pki = Arc::new(agent_pki.with_agent_urls(agent_urls));
     let state = AppState {
         secrets,
         resources,
@@ -514,12 +529,6 @@ pub async fn start(
         downstream_budget: crate::federation::budget::Budget::new(
             crate::federation::budget::DOWNSTREAM_BUDGET,
         ),
-    };
-    let (listener, api_addr) = bind(config.api_listen).await?;
-    let (agent_listener, agent_addr) = bind(config.agent_listen).await?;
-    let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
     };
     tracing::info!(%api_addr, cluster = %cluster.name, "api listening (https)");
     tracing::info!(%agent_addr, "agent listener listening (mutual tls websocket)");
@@ -854,6 +863,7 @@ mod tests {
             data_dir,
             api_listen: loopback,
             agent_listen: loopback,
+            agent_advertise_urls: Vec::new(),
             metrics_listen: None,
             api_limits: ConnectionLimits::API,
             agent_limits: ConnectionLimits::AGENT,

@@ -34,7 +34,11 @@ pub const KEEPALIVE_CHECK: &str = "keepalive";
 /// `created_by` of the events the watchdog stores.
 pub const KEEPALIVE_CREATED_BY: &str = "cairn/keepalive";
 
-/// The handler of keepalive events when the entity names none (as Sensu).
+/// The handler of keepalive events when the entity names none. As Sensu's
+/// `createKeepaliveEvent`: every keepalive event names the entity's `keepalive_handlers`, or
+/// `keepalive` when they are empty (their default), whether or not such a handler exists; the
+/// pipeline ignores one that does not, with an info line as Sensu's does, and runs it once it
+/// is defined.
 const DEFAULT_KEEPALIVE_HANDLER: &str = "keepalive";
 
 /// How often the watchdog looks.

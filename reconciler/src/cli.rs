@@ -64,6 +64,23 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Print a shell completion script, e.g. `source <(cairnctl completion bash)`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The completion script of `cairnctl` for `shell`.
+pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut <Opts as clap::CommandFactory>::command(),
+        "cairnctl",
+        &mut script,
+    );
+    script
 }
 
 /// `cairnctl cluster` subcommands.
@@ -113,29 +130,36 @@ pub struct ConfigureArgs {
     pub namespace: String,
 }
 
-/// Output formats of `get`.
+/// Output formats of `get`, as sensuctl's `--format` names them.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OutputFormat {
-    /// Aligned columns.
+    /// Aligned columns (sensuctl's `tabular`).
+    #[value(alias = "tabular")]
     Table,
-    /// Multi-document YAML that `create -f` takes back.
-    Yaml,
-    /// A stream of JSON objects that `create -f` takes back.
+    /// The REST API's own JSON: for core/v2 the unwrapped form (spec fields and `metadata`);
+    /// an object for one name, an array for a list.
     Json,
+    /// A stream of wrapped `{type, api_version, metadata, spec}` objects that `create -f`
+    /// takes back.
+    WrappedJson,
+    /// Multi-document YAML, wrapped, that `create -f` takes back.
+    Yaml,
 }
 
 /// Arguments of `cairnctl get`.
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// The type: a plural (`checks`), a type name (`CheckConfig`) or `core/v2.CheckConfig`.
+    /// The type, as sensuctl names it: `check`, `checks`, `CheckConfig`, `check_config` or
+    /// `core/v2.CheckConfig` (and so for every type: `entity`, `role-binding`, `silenced`,
+    /// `secrets/v1.Secret`, …).
     pub resource_type: String,
-    /// One resource's name; all of them when left out.
+    /// One resource's name (an event's is ENTITY/CHECK); all of them when left out.
     pub name: Option<String>,
     /// Namespace (default: the configured one).
     #[arg(short, long)]
     pub namespace: Option<String>,
-    /// Output format.
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    /// Output format (`--format`, as with sensuctl).
+    #[arg(short, long, visible_alias = "format", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
     /// List events or entities of the gateway and every cluster registered on it, each row
     /// marked with its cluster (every cluster's RBAC judges your own login).

@@ -16,6 +16,7 @@ use crate::cli::{
 };
 use crate::config::{self, ConfigError, EnvSource, Saved};
 use crate::exit::Outcome;
+use crate::table::{self, columns, format_unix_utc};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -153,26 +154,107 @@ fn read_file(path: &PathBuf) -> Result<String, CtlError> {
 }
 
 fn kind_named(name: &str) -> Result<Kind, CtlError> {
-    Kind::from_cli_name(name).ok_or_else(|| {
-        CtlError::Usage(format!(
-            "unknown resource type \"{name}\"; try checks, handlers, namespaces, …"
-        ))
-    })
+    Kind::from_cli_name(name).map_err(|err| CtlError::Usage(err.to_string()))
 }
 
-/// `cairnctl get TYPE [NAME]`.
+/// Refuses a resource name that would change the request's path rather than name a resource
+/// in it (`../users`, `a?b`); an event's name is `ENTITY/CHECK`, two such names.
+fn path_name(kind: Kind, name: &str) -> Result<(), CtlError> {
+    let plain = |part: &str| {
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && !part
+                .chars()
+                .any(|ch| ch.is_control() || ch.is_whitespace() || "/\\?#%".contains(ch))
+    };
+    let fine = match kind {
+        Kind::Event => name
+            .split_once('/')
+            .is_some_and(|(entity, check)| plain(entity) && plain(check)),
+        _ => plain(name),
+    };
+    if fine {
+        Ok(())
+    } else if kind == Kind::Event {
+        Err(CtlError::Usage(format!(
+            "event name {name:?} is not valid: an event is named ENTITY/CHECK"
+        )))
+    } else {
+        Err(CtlError::Usage(format!(
+            "{} name {name:?} is not valid: it may not be empty, \".\" or \"..\", nor hold \
+             a space, a control character or any of / \\ ? # %",
+            kind.cli_singular()
+        )))
+    }
+}
+
+/// One resource; `None` when there is none of that name. The two secrets providers share a
+/// collection, so a provider is decoded as the type its answer names.
+async fn get_one(
+    client: &Client,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Resource>, CtlError> {
+    if !matches!(kind, Kind::EnvProvider | Kind::VaultProvider) {
+        return Ok(client.get_resource(kind, namespace, name).await?);
+    }
+    let path = kind.item_path(namespace, name);
+    let body = match client.get_json(&path).await {
+        Ok(body) => body,
+        Err(ClientError::Status {
+            status: reqwest::StatusCode::NOT_FOUND,
+            ..
+        }) => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    let kind = match body
+        .get("type")
+        .and_then(Value::as_str)
+        .map(|type_name| Kind::resolve(cairn_api::kind::SECRETS_V1, type_name))
+    {
+        Some(Ok(cairn_api::kind::Resolved::Modelled(named))) => named,
+        _ => kind,
+    };
+    Resource::from_wire(kind, body)
+        .map(Some)
+        .map_err(|issue| unexpected(&path, &issue.to_string()))
+}
+
+/// Report lines of a text that ends with a newline, or none for an empty text.
+fn text_lines(text: &str) -> Vec<String> {
+    let text = text.trim_end();
+    if text.is_empty() {
+        Vec::new()
+    } else {
+        vec![text.to_owned()]
+    }
+}
+
+fn pretty_json(value: &Value) -> String {
+    serde_json::to_string_pretty(value).expect("a JSON value always serializes")
+}
+
+/// `cairnctl get TYPE [NAME]`, in sensuctl's formats: a table; `json`, the REST API's own
+/// form (core/v2 unwrapped), an object for a name and an array for a list; `wrapped-json`, a
+/// stream of `{type, api_version, metadata, spec}` objects; `yaml`, wrapped documents.
+/// `wrapped-json` and `yaml` are what `create -f` takes back.
 ///
 /// # Errors
 /// Unknown type, or the backend's refusal (404 for a missing name).
 pub async fn get(env: &dyn EnvSource, args: &GetArgs) -> Result<Report, CtlError> {
     let kind = kind_named(&args.resource_type)?;
+    if let Some(name) = &args.name {
+        path_name(kind, name)?;
+    }
     if args.all_clusters {
         return get_all_clusters(env, kind, args).await;
     }
     let (client, default_namespace) = connect(env).await?;
     let namespace = args.namespace.clone().unwrap_or(default_namespace);
     let resources = match &args.name {
-        Some(name) => match client.get_resource(kind, &namespace, name).await? {
+        Some(name) => match get_one(&client, kind, &namespace, name).await? {
             Some(resource) => vec![resource],
             None => {
                 return Err(CtlError::Client(ClientError::Status {
@@ -184,12 +266,19 @@ pub async fn get(env: &dyn EnvSource, args: &GetArgs) -> Result<Report, CtlError
         None => client.list_resources(kind, &namespace).await?,
     };
     let lines = match args.output {
-        OutputFormat::Yaml => vec![codec::to_yaml(&resources).trim_end().to_owned()],
-        OutputFormat::Json => vec![codec::to_json_stream(&resources).trim_end().to_owned()],
+        OutputFormat::Yaml => text_lines(&codec::to_yaml(&resources)),
+        OutputFormat::WrappedJson => text_lines(&codec::to_json_stream(&resources)),
+        OutputFormat::Json => {
+            let value = match (&args.name, resources.as_slice()) {
+                (Some(_), [resource]) => resource.to_wire(),
+                _ => Value::Array(resources.iter().map(Resource::to_wire).collect()),
+            };
+            vec![pretty_json(&value)]
+        }
         OutputFormat::Table if kind == Kind::Replicator => {
             return Ok(replicator_table(&client, &resources).await);
         }
-        OutputFormat::Table => table(kind, &resources),
+        OutputFormat::Table => table::resources(kind, &resources),
     };
     Ok(Report::ok(lines))
 }
@@ -321,6 +410,16 @@ async fn replicator_statuses(client: &Client) -> Result<Vec<Value>, CtlError> {
     }
 }
 
+/// `--all-clusters -o wrapped-json`: wrapped documents have no place for the cluster each
+/// item comes from.
+fn no_wrapped_all_clusters() -> CtlError {
+    CtlError::Usage(
+        "--all-clusters prints a table, json or yaml (the federated list, each item with its \
+         cluster), not wrapped-json"
+            .to_owned(),
+    )
+}
+
 /// The gateway's federated lists, by kind.
 const FEDERATION_PATH: &str = "/api/cairn/v1/federation";
 
@@ -337,6 +436,9 @@ async fn get_all_clusters(
             "--all-clusters lists events or entities, not {}",
             kind.plural()
         )));
+    }
+    if matches!(args.output, OutputFormat::WrappedJson) {
+        return Err(no_wrapped_all_clusters());
     }
     let (client, default_namespace) = connect(env).await?;
     let namespace = args.namespace.clone().unwrap_or(default_namespace);
@@ -371,23 +473,15 @@ async fn get_all_clusters(
         report.outcome = Outcome::Failure;
     }
     match args.output {
-        OutputFormat::Json => {
-            let text =
-                serde_json::to_string_pretty(&listed).expect("a JSON value always serializes");
-            report.lines.push(text);
-        }
+        OutputFormat::Json => report.lines.push(pretty_json(&listed)),
+        OutputFormat::WrappedJson => return Err(no_wrapped_all_clusters()),
         OutputFormat::Yaml => {
             let text = serde_yaml::to_string(&listed)
                 .map_err(|err| unexpected(&path, &format!("cannot render YAML: {err}")))?;
             report.lines.push(text.trim_end().to_owned());
         }
         OutputFormat::Table => {
-            let mut rows = vec![[
-                "CLUSTER".to_owned(),
-                "NAME".to_owned(),
-                "NAMESPACE".to_owned(),
-                "CREATED BY".to_owned(),
-            ]];
+            let mut rows = vec![[vec!["CLUSTER".to_owned()], table::headings(kind)].concat()];
             for item in items {
                 let cluster = item
                     .get("cluster")
@@ -396,12 +490,9 @@ async fn get_all_clusters(
                     .to_owned();
                 let wire = item.get("resource").cloned().unwrap_or(Value::Null);
                 match Resource::from_wire(kind, wire) {
-                    Ok(resource) => rows.push([
-                        cluster,
-                        resource.name().to_owned(),
-                        resource.namespace().to_owned(),
-                        resource.metadata.created_by.clone(),
-                    ]),
+                    Ok(resource) => {
+                        rows.push([vec![cluster], table::row(kind, &resource)].concat());
+                    }
                     Err(issue) => {
                         report.errors.push(format!(
                             "cluster {cluster}: an unreadable {}: {issue}",
@@ -417,34 +508,6 @@ async fn get_all_clusters(
     Ok(report)
 }
 
-fn table(kind: Kind, resources: &[Resource]) -> Vec<String> {
-    let mut rows = vec![(
-        String::from("NAME"),
-        String::from("NAMESPACE"),
-        String::from("CREATED BY"),
-    )];
-    for resource in resources {
-        rows.push((
-            resource.name().to_owned(),
-            if kind.is_namespaced() {
-                resource.namespace().to_owned()
-            } else {
-                String::new()
-            },
-            resource.metadata.created_by.clone(),
-        ));
-    }
-    let width = rows.iter().map(|row| row.0.len()).max().unwrap_or(4);
-    let ns_width = rows.iter().map(|row| row.1.len()).max().unwrap_or(9);
-    rows.into_iter()
-        .map(|(name, namespace, created_by)| {
-            format!("{name:<width$}  {namespace:<ns_width$}  {created_by}")
-                .trim_end()
-                .to_owned()
-        })
-        .collect()
-}
-
 /// `cairnctl delete TYPE NAME`.
 ///
 /// # Errors
@@ -456,6 +519,7 @@ pub async fn delete(
     namespace: Option<&str>,
 ) -> Result<Report, CtlError> {
     let kind = kind_named(resource_type)?;
+    path_name(kind, name)?;
     let (client, default_namespace) = connect(env).await?;
     let namespace = namespace.map(str::to_owned).unwrap_or(default_namespace);
     if client.delete_resource(kind, &namespace, name).await? {
@@ -896,67 +960,9 @@ async fn response_json(path: &str, response: reqwest::Response) -> Result<Value,
         .map_err(|err| unexpected(path, &format!("the answer is not JSON: {err}")))
 }
 
-/// Left-aligned columns two spaces apart, without trailing blanks.
-fn columns<const N: usize>(rows: &[[String; N]]) -> Vec<String> {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    rows.iter()
-        .map(|row| {
-            let mut line = String::new();
-            for (idx, cell) in row.iter().enumerate() {
-                if idx + 1 < N {
-                    line.push_str(&format!("{cell:<width$}  ", width = widths[idx]));
-                } else {
-                    line.push_str(cell);
-                }
-            }
-            line.trim_end().to_owned()
-        })
-        .collect()
-}
-
-/// A unix time as `YYYY-MM-DDTHH:MM:SSZ`.
-fn format_unix_utc(seconds: i64) -> String {
-    let days = seconds.div_euclid(86_400);
-    let of_day = seconds.rem_euclid(86_400);
-    // Howard Hinnant's civil-from-days.
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        of_day / 3_600,
-        of_day % 3_600 / 60,
-        of_day % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unix_times_format_as_utc() {
-        assert_eq!(format_unix_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_unix_utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(format_unix_utc(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(format_unix_utc(4_102_444_799), "2099-12-31T23:59:59Z");
-    }
 
     #[test]
     fn replicators_show_their_status() {
@@ -1025,14 +1031,5 @@ mod tests {
             cell.ends_with("invalid peer certificate: UnknownIssuer"),
             "{cell}"
         );
-    }
-
-    #[test]
-    fn columns_align() {
-        let rows = [
-            ["ID".to_owned(), "NS".to_owned()],
-            ["abcdef".to_owned(), "default".to_owned()],
-        ];
-        assert_eq!(columns(&rows), ["ID      NS", "abcdef  default"]);
     }
 }

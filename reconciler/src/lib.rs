@@ -13,5 +13,6 @@ pub mod plan;
 pub mod source;
 pub mod status;
 pub mod sync;
+pub mod table;
 pub mod watch;
 pub mod webhook;

@@ -40,6 +40,17 @@ fn main() -> ExitCode {
             }
             report.outcome
         }
+        Command::Completion { shell } => {
+            let script = cairn_reconciler::cli::completion_script(shell);
+            let mut stdout = io::stdout().lock();
+            match stdout.write_all(&script).and_then(|()| stdout.flush()) {
+                Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
+                    eprintln!("cairnctl: cannot write the completion script: {err}");
+                    return ExitCode::from(Outcome::Failure.code());
+                }
+                _ => Outcome::Success,
+            }
+        }
         command => match run_online(command, opts.cluster) {
             Ok(report) => {
                 for line in &report.errors {
@@ -72,7 +83,9 @@ fn run_online(command: Command, cluster: Option<String>) -> anyhow::Result<ctl::
     let env = Overlay::new(ProcessEnv).set(ENV_CLUSTER, cluster);
     let report = runtime.block_on(async move {
         match command {
-            Command::Lint(_) => unreachable!("lint runs offline"),
+            Command::Lint(_) | Command::Completion { .. } => {
+                unreachable!("lint and completion run offline")
+            }
             Command::Diff(args) => gitops::diff(&env, &args).await,
             Command::Apply(args) => gitops::apply(&env, &args).await,
             Command::Watch(args) => watch::run(&env, &args).await,

@@ -192,9 +192,17 @@ pub struct BackendOptions {
     env: Vec<(OsString, OsString)>,
     capture_logs: bool,
     without_root_handlers: bool,
+    agent_listen: Option<String>,
 }
 
 impl BackendOptions {
+    /// Where the agent listener binds (`--agent-listen`) instead of 127.0.0.1:0, e.g.
+    /// `0.0.0.0:0`.
+    pub fn agent_listen(mut self, addr: &str) -> BackendOptions {
+        self.agent_listen = Some(addr.to_owned());
+        self
+    }
+
     /// Adds an argument to `cairn-backend start` (after the listen addresses and data dir).
     pub fn arg(mut self, arg: impl Into<OsString>) -> BackendOptions {
         self.args.push(arg.into());
@@ -382,7 +390,7 @@ impl Backend {
         let (child, url, agent_addr) = spawn_backend(
             &data_dir,
             "127.0.0.1:0",
-            "127.0.0.1:0",
+            options.agent_listen.as_deref().unwrap_or("127.0.0.1:0"),
             &options,
             logs.as_ref(),
         )

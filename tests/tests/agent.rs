@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use cairn_api::agent::{AgentMessage, BackendMessage, Hello, AGENT_PATH, PROTOCOL_VERSION};
 use cairn_api::client::{plain_http_client, Client, ClientError};
 use cairn_tests::Deadline;
-use cairn_tests::{command, Agent, Backend, ADMIN_PASSWORD};
+use cairn_tests::{command, Agent, Backend, BackendOptions, ADMIN_PASSWORD};
 use futures::{SinkExt, StreamExt};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -38,10 +38,6 @@ fn event_path(entity: &str, check: &str) -> String {
     format!("/api/core/v2/namespaces/{NS}/events/{entity}/{check}")
 }
 
-fn check_path(name: &str) -> String {
-    format!("/api/core/v2/namespaces/{NS}/checks/{name}")
-}
-
 /// `GET` a document; `None` for a 404.
 async fn get_opt(client: &Client, path: &str) -> Option<Value> {
     match client.get_json(path).await {
@@ -60,12 +56,21 @@ async fn assert_no_entity(client: &Client, name: &str) {
 }
 
 async fn put_check(client: &Client, name: &str, spec: Value) {
+    put_resource(client, "checks", name, spec).await;
+}
+
+/// `PUT`s the core/v2 resource `plural/name` of [`NS`] with `spec` (its metadata added).
+async fn put_resource(client: &Client, plural: &str, name: &str, spec: Value) {
     let mut body = spec;
     body["metadata"] = json!({"name": name, "namespace": NS});
     client
-        .send(Method::PUT, &check_path(name), Some(&body))
+        .send(
+            Method::PUT,
+            &format!("/api/core/v2/namespaces/{NS}/{plural}/{name}"),
+            Some(&body),
+        )
         .await
-        .unwrap_or_else(|err| panic!("PUT check {name}: {err}"));
+        .unwrap_or_else(|err| panic!("PUT {plural}/{name}: {err}"));
 }
 
 /// Mints a join token through the API; returns the token and its id.
@@ -167,6 +172,25 @@ fn run_install_with(
     name: &str,
     token_flag: bool,
 ) -> (Install, Output) {
+    let agent_url = format!("wss://{}", backend.agent_addr);
+    install_against(
+        &backend.url,
+        token,
+        name,
+        token_flag,
+        &["--agent-url", &agent_url],
+    )
+}
+
+/// Runs `cairn-agent install` for `name` against the API at `backend_url` into a new temp dir,
+/// with `args` added; the token in `CAIRN_JOIN_TOKEN`, or with `--token` when `token_flag`.
+fn install_against(
+    backend_url: &str,
+    token: &str,
+    name: &str,
+    token_flag: bool,
+    args: &[&str],
+) -> (Install, Output) {
     let root = tempfile::tempdir().expect("tempdir");
     let install = Install {
         name: name.to_owned(),
@@ -182,8 +206,8 @@ fn run_install_with(
     }
     let output = install_command
         .arg("install")
-        .args(["--backend-url", &backend.url, "--name", name])
-        .args(["--agent-url", &format!("wss://{}", backend.agent_addr)])
+        .args(["--backend-url", backend_url, "--name", name])
+        .args(args)
         .arg("--config-dir")
         .arg(&install.dir)
         .arg("--systemd-unit")
@@ -1207,4 +1231,300 @@ async fn cairnctl_mints_replace_and_pinned_tokens() {
     let (replaced, output) = run_install(&backend, &token, name);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(replaced.read("agent.yaml").contains("linux"));
+}
+
+// === agent URLs from the bootstrap answer (issue 15, item 9) ===
+
+/// The agent URLs `install` wrote into `agent.yaml`.
+fn configured_urls(install: &Install) -> Vec<String> {
+    cairn_agent::config::AgentConfig::load(&install.config())
+        .expect("agent.yaml loads")
+        .backend_urls
+}
+
+/// The port of a `host:port` or URL.
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit_once(':')
+        .and_then(|(_, port)| port.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr}"))
+}
+
+/// Waits until the agent `name` has an entity and a passing keepalive event in the API: its
+/// mutual-TLS session is up and the watchdog stored its keepalive. Returns the event.
+async fn wait_keepalive(admin: &Client, agent: &Agent, name: &str) -> Value {
+    let event = wait_event(
+        admin,
+        Some(agent),
+        (name, "keepalive"),
+        Duration::from_secs(20),
+        "a passing keepalive over the session",
+        |event| event["check"]["status"] == 0,
+    )
+    .await;
+    assert!(get_opt(admin, &entity_path(name)).await.is_some());
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_connects_to_the_agent_url_the_backend_names() {
+    // The agent listener on a free port of its own (127.0.0.1:0), unrelated to the API's.
+    let backend = Backend::start();
+    let api_port = port_of(&backend.url);
+    let agent_port = port_of(&backend.agent_addr);
+    assert_ne!(api_port, agent_port);
+    let admin = backend.admin().await;
+    let name = "urls-01";
+    let (token, _) = mint_token(&admin, 1, &["linux"]).await;
+    let (install, output) = install_against(&backend.url, &token, name, false, &[]);
+    assert!(output.status.success(), "install: {}", stderr(&output));
+    let expected = format!("wss://127.0.0.1:{agent_port}");
+    assert_eq!(configured_urls(&install), [expected.as_str()]);
+    assert!(
+        stderr(&output).contains(&format!("agent urls: {expected} (named by the backend)")),
+        "{}",
+        stderr(&output)
+    );
+    let agent = start_agent(&install, &[("keepalive_interval", "1")]);
+    wait_keepalive(&admin, &agent, name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_on_every_address_names_the_host_the_agent_used() {
+    let backend = Backend::start_with(BackendOptions::default().agent_listen("0.0.0.0:0"));
+    let agent_port = port_of(&backend.agent_addr);
+    let admin = backend.admin().await;
+    let name = "urls-any";
+    let (token, _) = mint_token(&admin, 1, &["linux"]).await;
+    // The host name the agent reaches the API by (the certificates name localhost), with the
+    // agent listener's port.
+    let api_url = format!("https://localhost:{}", port_of(&backend.url));
+    let (install, output) = install_against(&api_url, &token, name, false, &[]);
+    assert!(output.status.success(), "install: {}", stderr(&output));
+    assert_eq!(
+        configured_urls(&install),
+        [format!("wss://localhost:{agent_port}")]
+    );
+    let agent = start_agent(&install, &[("keepalive_interval", "1")]);
+    wait_keepalive(&admin, &agent, name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advertised_agent_urls_are_the_answer_and_agent_url_overrides_them() {
+    // Nothing listens at the advertised URL: an agent that used it would never connect.
+    let advertised = "wss://agents.example.invalid:9443";
+    let backend =
+        Backend::start_with(BackendOptions::default().args(["--agent-advertise-url", advertised]));
+    let admin = backend.admin().await;
+    let (token, _) = mint_token(&admin, 2, &["linux"]).await;
+
+    let (told, output) = install_against(&backend.url, &token, "adv-01", false, &[]);
+    assert!(output.status.success(), "install: {}", stderr(&output));
+    assert_eq!(configured_urls(&told), [advertised]);
+
+    let real = format!("wss://{}", backend.agent_addr);
+    let (overridden, output) = install_against(
+        &backend.url,
+        &token,
+        "adv-02",
+        false,
+        &["--agent-url", &real],
+    );
+    assert!(output.status.success(), "install: {}", stderr(&output));
+    assert_eq!(configured_urls(&overridden), [real.as_str()]);
+    assert!(
+        stderr(&output).contains(&format!("agent urls: {real} (--agent-url)")),
+        "{}",
+        stderr(&output)
+    );
+    let agent = start_agent(&overridden, &[("keepalive_interval", "1")]);
+    wait_keepalive(&admin, &agent, "adv-02").await;
+
+    // A bad --agent-advertise-url stops `start` before it binds or opens the store.
+    let refused = command("cairn-backend")
+        .args(["start", "--api-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&backend.data_dir)
+        .args([
+            "--agent-advertise-url",
+            "https://agents.example.invalid:9443",
+        ])
+        .output()
+        .expect("run cairn-backend start");
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains(
+            "--agent-advertise-url: \"https://agents.example.invalid:9443\" must be a wss:// URL"
+        ),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+/// A bootstrap request with the `Host` header `host`, over HTTP/1.1 (where the header is the
+/// authority); returns the status and the answer.
+async fn bootstrap_with_host(
+    backend: &Backend,
+    host: &str,
+    token: &str,
+    name: &str,
+) -> (StatusCode, Value) {
+    let mut tls = cairn_api::client::tls_config_trusting(&backend.ca()).expect("the cluster CA");
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .http1_only()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP/1.1 client");
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a key");
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|csr| csr.pem())
+        .expect("a CSR");
+    let response = http
+        .post(format!(
+            "{}{}",
+            backend.url,
+            cairn_api::agent::BOOTSTRAP_PATH
+        ))
+        .header(reqwest::header::HOST, host)
+        .json(&json!({"token": token, "name": name, "csr_pem": csr}))
+        .send()
+        .await
+        .expect("the bootstrap request");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_host_headers_never_become_agent_urls() {
+    let backend = Backend::start_with(BackendOptions::default().agent_listen("0.0.0.0:0"));
+    let agent_port = port_of(&backend.agent_addr);
+    let admin = backend.admin().await;
+    let (token, _) = mint_token(&admin, 20, &["linux"]).await;
+
+    // A well-formed host the sender chose comes back to that sender only, on the listener's
+    // port whatever port it named.
+    let (status, answer) =
+        bootstrap_with_host(&backend, "attacker.example:1", &token, "host-ok").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["agent_urls"],
+        json!([format!("wss://attacker.example:{agent_port}")])
+    );
+
+    let long = format!("{}.example", "a".repeat(250));
+    for (index, host) in [
+        "user:pw@cairn.example:8080",
+        "cairn.example/evil",
+        "cairn.example:80:80",
+        "cairn.example:99999",
+        "1.2.3",
+        "0.0.0.0",
+        "[::]",
+        "[::1",
+        "-bad-.example",
+        "a_b.example",
+        long.as_str(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("host-bad-{index}");
+        let (status, answer) = bootstrap_with_host(&backend, host, &token, &name).await;
+        // Refused by the HTTP layer, or enrolled with no agent URL: never a URL made of it.
+        assert!(
+            status == StatusCode::OK || status == StatusCode::BAD_REQUEST,
+            "{host}: {status} {answer}"
+        );
+        assert!(
+            answer.get("agent_urls").is_none(),
+            "{host}: {status} {answer}"
+        );
+    }
+    // Still serving.
+    let (status, answer) = bootstrap_with_host(&backend, "localhost", &token, "host-last").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["agent_urls"],
+        json!([format!("wss://localhost:{agent_port}")])
+    );
+}
+
+// === the keepalive handler (issue 15, item 10) ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_events_need_no_keepalive_handler_and_run_one_that_exists() {
+    let backend = Backend::start_with(
+        BackendOptions::default()
+            .capture_logs()
+            .env("CAIRN_LOG", "info")
+            .env("CAIRN_LOG_FORMAT", "json"),
+    );
+    // The log lines (JSON) as (level, message, handler field).
+    let lines = |log: &str| -> Vec<(String, String, String)> {
+        log.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .map(|line| {
+                let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+                (
+                    text(&line["level"]),
+                    text(&line["fields"]["message"]),
+                    text(&line["fields"]["handler"]),
+                )
+            })
+            .collect()
+    };
+    let admin = backend.admin().await;
+    let name = "ka-01";
+    let install = enrol(&backend, &admin, name).await;
+    let agent = start_agent(&install, &[("keepalive_interval", "1")]);
+    let event = wait_keepalive(&admin, &agent, name).await;
+    // As Sensu: the event names `keepalive`, defined or not.
+    assert_eq!(event["check"]["handlers"], json!(["keepalive"]));
+    // The pipeline saw it and ignored the missing handler with an info line, not a warning.
+    let ignored = |log: &str| {
+        lines(log).iter().any(|(level, message, handler)| {
+            level == "INFO"
+                && message == "handler does not exist, will be ignored"
+                && handler == "keepalive"
+        })
+    };
+    let deadline = Deadline::new(Duration::from_secs(10), "the pipeline ignoring `keepalive`");
+    while !ignored(&backend.log()) {
+        deadline.tick(|| backend.log()).await;
+    }
+    let warned = |log: &str| {
+        lines(log)
+            .into_iter()
+            .filter(|(level, message, _)| level == "WARN" && message.contains("does not exist"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(warned(&backend.log()), []);
+
+    // Once a `keepalive` handler exists, the next keepalive event runs it.
+    let out = install.root.path().join("keepalive-event.json");
+    let command = format!(
+        "cat > '{0}.tmp' && mv '{0}.tmp' '{0}'",
+        out.to_string_lossy()
+    );
+    put_resource(
+        &admin,
+        "handlers",
+        "keepalive",
+        json!({"type": "pipe", "command": command, "timeout": 10}),
+    )
+    .await;
+    let deadline = Deadline::new(Duration::from_secs(15), "the keepalive handler running");
+    let handled: Value = loop {
+        if let Some(value) = std::fs::read_to_string(&out)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+        {
+            break value;
+        }
+        deadline.tick(|| backend.log()).await;
+    };
+    assert_eq!(handled["check"]["metadata"]["name"], "keepalive");
+    assert_eq!(handled["entity"]["metadata"]["name"], name);
+    assert_eq!(warned(&backend.log()), []);
 }

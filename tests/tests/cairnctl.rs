@@ -67,20 +67,7 @@ fn operator_flow_through_cairnctl() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("401"), "{stderr}");
 
-    ok(
-        config_dir,
-        &[
-            "configure",
-            "--url",
-            &backend.url,
-            "--ca-file",
-            ca,
-            "--username",
-            "admin",
-            "--password",
-            ADMIN_PASSWORD,
-        ],
-    );
+    configure_admin(&backend, config_dir);
     let saved = config_dir.join("cairnctl.json");
     #[cfg(unix)]
     {
@@ -186,4 +173,285 @@ fn operator_flow_through_cairnctl() {
         .expect("run get");
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+}
+
+/// Logs cairnctl in to `backend` as the admin, its config in `config_dir`.
+fn configure_admin(backend: &Backend, config_dir: &Path) {
+    let ca_file = backend.ca_file();
+    ok(
+        config_dir,
+        &[
+            "configure",
+            "--url",
+            &backend.url,
+            "--ca-file",
+            ca_file.to_str().expect("utf-8 path"),
+            "--username",
+            "admin",
+            "--password",
+            ADMIN_PASSWORD,
+        ],
+    );
+}
+
+fn parse_json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|err| panic!("not one JSON value ({err}):\n{text}"))
+}
+
+/// The objects of a stream of JSON objects written one after another.
+fn json_stream(text: &str) -> Vec<serde_json::Value> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<serde_json::Value>()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|err| panic!("not a JSON stream ({err}):\n{text}"))
+}
+
+/// The cells of the table row whose first cell is `first`.
+fn table_row<'a>(table: &'a str, first: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(first))
+        .unwrap_or_else(|| panic!("no row {first} in\n{table}"))
+        .split("  ")
+        .map(str::trim)
+        .filter(|cell| !cell.is_empty())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sensuctl_names_formats_and_tables() {
+    use cairn_api::client::Client;
+    use reqwest::Method;
+    use serde_json::json;
+
+    let backend = Backend::start();
+    let admin: Client = backend.admin().await;
+    let config = tempfile::tempdir().expect("tempdir");
+    let config_dir = config.path();
+    configure_admin(&backend, config_dir);
+
+    for (name, command) in [("disk", "df -h"), ("cpu", "uptime")] {
+        admin
+            .send(
+                Method::PUT,
+                &format!("/api/core/v2/namespaces/default/checks/{name}"),
+                Some(&json!({
+                    "metadata": {"name": name, "namespace": "default", "labels": {"team": "ops"}},
+                    "command": command, "interval": 60, "subscriptions": ["linux"],
+                    "handlers": [], "publish": true,
+                })),
+            )
+            .await
+            .unwrap_or_else(|err| panic!("create the check {name}: {err}"));
+    }
+
+    // Every way sensuctl names a type.
+    for type_name in [
+        "check",
+        "checks",
+        "CheckConfig",
+        "check_config",
+        "core/v2.CheckConfig",
+    ] {
+        let table = ok(config_dir, &["get", type_name, "disk"]);
+        assert_eq!(
+            table_row(&table, "disk"),
+            ["disk", "default", "admin"],
+            "{type_name}"
+        );
+        assert!(!table.contains("cpu"), "{type_name}: {table}");
+    }
+    let table = ok(config_dir, &["get", "role-bindings"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    let table = ok(config_dir, &["get", "cluster-role", "cluster-admin"]);
+    assert_eq!(table_row(&table, "cluster-admin")[0], "cluster-admin");
+
+    // -o json: the bare REST object (spec fields at the top), an array for a list.
+    let disk = parse_json(&ok(
+        config_dir,
+        &["get", "core/v2.CheckConfig", "disk", "-o", "json"],
+    ));
+    assert_eq!(disk["command"], "df -h", "{disk:#}");
+    assert_eq!(disk["metadata"]["name"], "disk", "{disk:#}");
+    assert_eq!(disk["metadata"]["labels"]["team"], "ops", "{disk:#}");
+    assert!(
+        disk.get("spec").is_none() && disk.get("type").is_none(),
+        "{disk:#}"
+    );
+    let listed = parse_json(&ok(config_dir, &["get", "checks", "--format", "json"]));
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap_or_else(|| panic!("a list is an array: {listed:#}"))
+        .iter()
+        .filter_map(|check| check["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 2, "{listed:#}");
+    assert!(
+        names.contains(&"disk") && names.contains(&"cpu"),
+        "{listed:#}"
+    );
+    assert!(listed
+        .as_array()
+        .is_some_and(|checks| checks.iter().any(|check| check == &disk)));
+    // Non-core groups speak the wrapped form on the wire, so their json is wrapped too.
+    let env = parse_json(&ok(config_dir, &["get", "provider", "env", "-o", "json"]));
+    assert_eq!(env["type"], "Env", "{env:#}");
+    let tabular = ok(config_dir, &["get", "providers", "-o", "tabular"]);
+    assert_eq!(table_row(&tabular, "env")[0], "env");
+
+    // -o wrapped-json: what create -f takes back; for several, objects one after another.
+    let wrapped = ok(config_dir, &["get", "checks", "-o", "wrapped-json"]);
+    let documents = json_stream(&wrapped);
+    assert_eq!(documents.len(), 2, "{wrapped}");
+    for document in &documents {
+        assert_eq!(document["type"], "CheckConfig", "{document:#}");
+        assert_eq!(document["api_version"], "core/v2", "{document:#}");
+        assert!(document["spec"]["command"].is_string(), "{document:#}");
+        assert!(document["spec"].get("metadata").is_none(), "{document:#}");
+    }
+    let yaml = ok(config_dir, &["get", "check", "disk", "-o", "yaml"]);
+    assert!(
+        yaml.contains("type: CheckConfig") && yaml.contains("spec:"),
+        "{yaml}"
+    );
+    let dumped = config_dir.join("checks.json");
+    std::fs::write(&dumped, &wrapped).expect("write");
+    for name in ["disk", "cpu"] {
+        ok(config_dir, &["delete", "check", name]);
+    }
+    let (code, _, stderr) = cairnctl(config_dir, &["get", "check", "disk"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(parse_json(&ok(config_dir, &["get", "checks", "-o", "json"])) == json!([]));
+    let created = ok(
+        config_dir,
+        &["create", "-f", dumped.to_str().expect("utf-8")],
+    );
+    assert!(created.contains("created checks/default/disk"), "{created}");
+    assert!(created.contains("created checks/default/cpu"), "{created}");
+    let restored = parse_json(&ok(config_dir, &["get", "check", "disk", "-o", "json"]));
+    assert_eq!(restored, disk);
+    assert_eq!(
+        json_stream(&ok(config_dir, &["get", "checks", "-o", "wrapped-json"])),
+        documents
+    );
+
+    // Events and entities as sensuctl lists them; only the first line of an output.
+    admin
+        .send(
+            Method::POST,
+            "/api/core/v2/namespaces/default/events",
+            Some(&json!({
+                "entity": {"entity_class": "proxy", "metadata": {"name": "web-01"},
+                           "subscriptions": ["linux"]},
+                "check": {"metadata": {"name": "disk"}, "status": 2, "interval": 60,
+                          "output": "CRITICAL: 95% used\nsda1 95% /var\n"},
+            })),
+        )
+        .await
+        .expect("post an event");
+    let events = ok(config_dir, &["get", "events"]);
+    let headings: Vec<&str> = table_row(&events, "ENTITY");
+    assert_eq!(
+        headings,
+        ["ENTITY", "CHECK", "STATUS", "LAST SEEN", "OUTPUT"],
+        "{events}"
+    );
+    let row = table_row(&events, "web-01");
+    assert_eq!(row[..3], ["web-01", "disk", "2"], "{events}");
+    assert!(row[3].ends_with("+0000 UTC"), "{events}");
+    assert_eq!(row[4], "CRITICAL: 95% used…", "{events}");
+    assert!(!events.contains("sda1"), "{events}");
+    let event = parse_json(&ok(
+        config_dir,
+        &["get", "event", "web-01/disk", "-o", "json"],
+    ));
+    assert_eq!(
+        event["check"]["output"], "CRITICAL: 95% used\nsda1 95% /var\n",
+        "{event:#}"
+    );
+    let entities = ok(config_dir, &["get", "entities"]);
+    assert_eq!(
+        table_row(&entities, "ID"),
+        ["ID", "CLASS", "OS", "SUBSCRIPTIONS", "LAST SEEN"],
+        "{entities}"
+    );
+    let row = table_row(&entities, "web-01");
+    assert_eq!(row[1], "proxy", "{entities}");
+    assert!(
+        row.iter()
+            .any(|cell| cell.split(',').any(|sub| sub == "linux")),
+        "{entities}"
+    );
+    let last_seen = row.last().copied().unwrap_or_default();
+    assert!(
+        last_seen == "N/A" || last_seen.ends_with("+0000 UTC"),
+        "{entities}"
+    );
+
+    // Names that name nothing: a usage error naming the name and what is accepted.
+    let (code, stdout, stderr) = cairnctl(config_dir, &["get", "chekcs"]);
+    assert_eq!(code, 64, "{stdout}\n{stderr}");
+    assert!(stderr.contains("\"chekcs\""), "{stderr}");
+    assert!(
+        stderr.contains("check(s)") && stderr.contains("entity/entities"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = cairnctl(config_dir, &["delete", "core/v2.Secret", "x"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("core/v2.Secret"), "{stderr}");
+    let (code, _, stderr) = cairnctl(config_dir, &["get", "tessen"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("does not model"), "{stderr}");
+    // A name cannot walk the request to another path: this would read the user list.
+    let (code, stdout, stderr) = cairnctl(config_dir, &["get", "check", "../../../users"]);
+    assert_eq!(code, 64, "{stdout}\n{stderr}");
+    assert!(!stdout.contains("admin"), "{stdout}");
+    let (code, _, stderr) = cairnctl(config_dir, &["get", "event", "web-01"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("ENTITY/CHECK"), "{stderr}");
+    let (code, _, stderr) = cairnctl(config_dir, &["get", "checks", "-o", "xml"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("wrapped-json"), "{stderr}");
+}
+
+#[test]
+fn completion_scripts() {
+    let config = tempfile::tempdir().expect("tempdir");
+    let bash = ok(config.path(), &["completion", "bash"]);
+    assert!(bash.contains("cairnctl"), "{bash}");
+    for word in ["completion", "wrapped-json", "--namespace"] {
+        assert!(bash.contains(word), "{word} not completed");
+    }
+    let script = config.path().join("cairnctl.bash");
+    std::fs::write(&script, &bash).expect("write");
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("run bash -n");
+    assert!(
+        checked.status.success(),
+        "bash -n refused the script: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // And a real bash sources it and registers the completion.
+    let sourced = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p cairnctl",
+            script.display()
+        ))
+        .output()
+        .expect("run bash");
+    assert!(
+        sourced.status.success() && String::from_utf8_lossy(&sourced.stdout).contains("cairnctl"),
+        "{}",
+        String::from_utf8_lossy(&sourced.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let script = ok(config.path(), &["completion", shell]);
+        assert!(script.contains("cairnctl"), "{shell}: {script}");
+    }
+    let (code, _, stderr) = cairnctl(config.path(), &["completion", "tcsh"]);
+    assert_eq!(code, 64, "{stderr}");
 }

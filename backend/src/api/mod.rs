@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use base64::Engine;
+use cairn_api::{Kind, Resource, Spec};
 use serde_json::Value;
 
 pub use self::error::{ApiError, Code, InternalFault};
@@ -544,9 +545,46 @@ async fn basic_caller(
     {
         return Err(ApiError::unauthenticated("bad credentials"));
     }
+    if let Some(hash) = hash.filter(|hash| auth::needs_rehash(hash)) {
+        upgrade_password_hash(state, username, password, &hash).await;
+    }
     snapshot
         .caller(username)
         .ok_or_else(|| ApiError::unauthenticated("bad credentials"))
+}
+
+/// Replaces a user's hash that is not current argon2 (a bcrypt hash brought from Sensu, say)
+/// with a fresh one, now that a login proved the password. The write is guarded by the stored
+/// revision and the hash that was checked, so a password changed meanwhile is never
+/// overwritten; a failure is logged and the login succeeds all the same.
+async fn upgrade_password_hash(state: &AppState, username: &str, password: &str, checked: &str) {
+    let upgraded: Result<bool, ApiError> = async {
+        let Some(stored) = state.resources.get(Kind::User, "", username).await? else {
+            return Ok(false);
+        };
+        let Spec::User(mut user) = stored.resource.spec.clone() else {
+            return Ok(false);
+        };
+        if user.password_hash != checked {
+            return Ok(false);
+        }
+        user.password_hash = state.passwords.hash(password).await?;
+        let resource = Resource::new(stored.resource.metadata.clone(), Spec::User(user));
+        let revision = state
+            .resources
+            .put(&resource, Precondition::Revision(stored.revision))
+            .await?;
+        state.auth.wait_for(revision).await;
+        Ok(true)
+    }
+    .await;
+    match upgraded {
+        Ok(true) => tracing::info!(user = %username, "password hash upgraded to argon2"),
+        Ok(false) => {}
+        Err(err) => {
+            tracing::warn!(user = %username, error = %err.message, "failed to upgrade the password hash");
+        }
+    }
 }
 
 async fn issue_tokens(state: &AppState, caller: &Caller) -> Result<Json<Value>, ApiError> {
@@ -695,9 +733,10 @@ async fn auth_refresh(
 async fn auth_logout(State(state): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
     let body: RefreshBody = serde_json::from_slice(&body)
         .map_err(|err| ApiError::invalid(format!("invalid request body: {err}")))?;
+    // 200 with no body, as Sensu's logout answers.
     consume_refresh(&state, &body.refresh_token)
         .await
-        .map(|_| StatusCode::NO_CONTENT)
+        .map(|_| StatusCode::OK)
 }
 
 /// Reads a request body up to the limit.
@@ -801,21 +840,8 @@ pub(crate) mod tests {
 
         /// Binds `group` to the cluster role `role` with a ClusterRoleBinding.
         pub(crate) async fn bind_group(&self, group: &str, role: &str) {
-            self.put(Resource::new(
-                ObjectMeta::named("", group),
-                Spec::ClusterRoleBinding(RoleBinding {
-                    metadata: None,
-                    role_ref: RoleRef {
-                        type_name: "ClusterRole".into(),
-                        name: role.into(),
-                    },
-                    subjects: vec![Subject {
-                        type_name: "Group".into(),
-                        name: group.into(),
-                    }],
-                }),
-            ))
-            .await;
+            self.put(crate::rbac::cluster_role_binding(group, role, group))
+                .await;
         }
 
         /// Sends a request through the resource routes.

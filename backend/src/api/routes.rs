@@ -41,6 +41,23 @@ enum Target {
     },
     /// `namespaces/{ns}/events/{entity}`: the events of one entity.
     EntityEvents { namespace: String, entity: String },
+    /// `[namespaces/{ns}/]silenced/{subscriptions|checks}/{value}`: the silenced entries of a
+    /// subscription or a check.
+    SilencedBy {
+        namespace: Option<String>,
+        by_check: bool,
+        value: String,
+    },
+    /// `tessen`: Sensu's telemetry opt-out, kept for playbooks that set it.
+    Tessen,
+    /// `namespaces/{ns}/checks/{check}/hooks/{type}[/hook/{hook}]`: Sensu's way to add hooks to
+    /// a check (`PUT`) or remove one (`DELETE`).
+    CheckHooks {
+        namespace: String,
+        check: String,
+        hook_type: String,
+        hook: Option<String>,
+    },
 }
 
 const GROUPS: [(&str, &str); 3] = [
@@ -77,6 +94,39 @@ fn parse(path: &str) -> Option<Target> {
             namespace: String::new(),
             name: (*name).to_owned(),
         }),
+        ["namespaces", namespace, "silenced", field @ ("subscriptions" | "checks"), value]
+            if *group == cairn_api::kind::CORE_V2 =>
+        {
+            Some(Target::SilencedBy {
+                namespace: Some((*namespace).to_owned()),
+                by_check: *field == "checks",
+                value: (*value).to_owned(),
+            })
+        }
+        ["silenced", field @ ("subscriptions" | "checks"), value]
+            if *group == cairn_api::kind::CORE_V2 =>
+        {
+            Some(Target::SilencedBy {
+                namespace: None,
+                by_check: *field == "checks",
+                value: (*value).to_owned(),
+            })
+        }
+        ["namespaces", namespace, "checks", check, "hooks", hook_type, rest @ ..]
+            if *group == cairn_api::kind::CORE_V2 =>
+        {
+            let hook = match rest {
+                [] => None,
+                ["hook", hook] => Some((*hook).to_owned()),
+                _ => return None,
+            };
+            Some(Target::CheckHooks {
+                namespace: (*namespace).to_owned(),
+                check: (*check).to_owned(),
+                hook_type: (*hook_type).to_owned(),
+                hook,
+            })
+        }
         ["namespaces", namespace, plural, name @ ..] => {
             let kind = kind_in(group, plural).filter(|kind| kind.is_namespaced())?;
             let namespace = (*namespace).to_owned();
@@ -96,6 +146,7 @@ fn parse(path: &str) -> Option<Target> {
                 }),
             }
         }
+        ["tessen"] if *group == cairn_api::kind::CORE_V2 => Some(Target::Tessen),
         ["users", name, action, group_name @ ..] if *group == cairn_api::kind::CORE_V2 => {
             Some(Target::UserAction {
                 name: (*name).to_owned(),
@@ -188,6 +239,35 @@ pub(super) async fn dispatch(State(state): State<AppState>, request: Request) ->
             let prefix = format!("{entity}/");
             list_filtered(&state, &caller, Kind::Event, &namespace, &prefix).await
         }
+        Target::CheckHooks {
+            namespace,
+            check,
+            hook_type,
+            hook,
+        } => match (&parts.method, hook) {
+            (&Method::PUT, None) => {
+                check_hooks_add(&state, &caller, &namespace, &check, &hook_type, body).await
+            }
+            (&Method::DELETE, Some(hook)) => {
+                check_hooks_remove(&state, &caller, &namespace, &check, &hook_type, &hook).await
+            }
+            _ => Err(method_not_allowed()),
+        },
+        Target::SilencedBy {
+            namespace,
+            by_check,
+            value,
+        } => match parts.method {
+            Method::GET => {
+                silenced_by(&state, &caller, namespace.as_deref(), by_check, &value).await
+            }
+            _ => Err(method_not_allowed()),
+        },
+        Target::Tessen => match parts.method {
+            Method::GET => tessen_get(&state, &caller).await,
+            Method::PUT => tessen_put(&state, &caller, body).await,
+            _ => Err(method_not_allowed()),
+        },
         Target::UserAction {
             name,
             action,
@@ -257,7 +337,16 @@ async fn list(
     namespace: Option<&str>,
     query: &str,
 ) -> Result<Response, ApiError> {
-    authorize(state, caller, Verb::List, kind.plural(), namespace, None)?;
+    // A caller who may not list namespaces sees those where a binding names it, as on Sensu
+    // (so a namespaced user's client finds its namespaces instead of a 403).
+    let visible_namespaces =
+        match authorize(state, caller, Verb::List, kind.plural(), namespace, None) {
+            Ok(()) => None,
+            Err(_) if kind == Kind::Namespace => {
+                Some(state.auth.snapshot().bound_namespaces(caller))
+            }
+            Err(refused) => return Err(refused),
+        };
     let params = Query::parse(query)?;
     let start_after = params
         .continue_token
@@ -279,6 +368,11 @@ async fn list(
         .iter()
         .filter(|(_, stored)| kind_matches(kind, &stored.resource))
         .filter(|(_, stored)| params.selects(&stored.resource))
+        .filter(|(_, stored)| {
+            visible_namespaces
+                .as_ref()
+                .is_none_or(|visible| visible.contains(stored.resource.name()))
+        })
         .map(|(_, stored)| response_body(&stored.resource))
         .collect();
     let mut response = Json(body).into_response();
@@ -480,8 +574,10 @@ async fn require_namespace(state: &AppState, kind: Kind, namespace: &str) -> Res
     }
 }
 
-/// Prepares a user for storage: a clear-text password becomes a hash; without one the stored
-/// hash is kept.
+/// Prepares a user for storage: a clear-text `password` becomes an argon2 hash; a
+/// `password_hash` alone (Sensu's bcrypt from `sensuctl user hash-password`, or argon2) is
+/// checked and kept as given, to be upgraded to argon2 at the user's next login; with neither,
+/// the stored hash is kept, and a new user needs one of them.
 async fn prepare_user(state: &AppState, resource: &mut Resource) -> Result<(), ApiError> {
     let Spec::User(user) = &mut resource.spec else {
         return Ok(());
@@ -489,16 +585,49 @@ async fn prepare_user(state: &AppState, resource: &mut Resource) -> Result<(), A
     if !user.password.is_empty() {
         user.password_hash = state.passwords.hash(&user.password).await?;
         user.password.clear();
+    } else if !user.password_hash.is_empty() {
+        auth::check_password_hash(&user.password_hash)
+            .map_err(|message| ApiError::invalid(format!("password_hash: {message}")))?;
     } else if let Some(existing) = state.resources.get(Kind::User, "", &user.username).await? {
         if let Spec::User(existing) = existing.resource.spec {
             user.password_hash = existing.password_hash;
         }
-    } else if !user.password_hash.starts_with("$argon2") {
+    } else {
         return Err(ApiError::invalid(
-            "spec.password: a new user needs a password",
+            "password: a new user needs a password or a password_hash",
         ));
     }
     Ok(())
+}
+
+/// Sensu's pseudo-resource for a user's own record: `get` reads it and `update` changes its
+/// password. The seeded `system:user` ClusterRole grants both to every local user (group
+/// `system:users`).
+const LOCAL_SELF_USER: &str = "localselfuser";
+
+/// Authorizes `verb` on the user `name`: as `users`, or as `localselfuser` when the caller is
+/// that user of this cluster (a federated caller of the same name is somebody else).
+fn authorize_user(
+    state: &AppState,
+    caller: &Caller,
+    verb: Verb,
+    name: &str,
+) -> Result<(), ApiError> {
+    if caller.is_local_user(name)
+        && authorize(state, caller, verb, LOCAL_SELF_USER, None, Some(name)).is_ok()
+    {
+        return Ok(());
+    }
+    authorize(state, caller, verb, Kind::User.plural(), None, Some(name))
+}
+
+/// A string field of a JSON body that may be absent (or `null`), but not of another type.
+fn optional_str<'a>(body: &'a Value, field: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(ApiError::invalid(format!("{field}: must be a string"))),
+    }
 }
 
 /// Writes and, for auth resources, waits until authentication sees the write.
@@ -564,7 +693,11 @@ async fn item(
     let existing = state.resources.get(kind, namespace, name).await?;
     match *method {
         Method::GET => {
-            authorize(state, caller, Verb::Get, kind.plural(), scope, Some(name))?;
+            if kind == Kind::User {
+                authorize_user(state, caller, Verb::Get, name)?;
+            } else {
+                authorize(state, caller, Verb::Get, kind.plural(), scope, Some(name))?;
+            }
             let stored = existing
                 .filter(|stored| kind_matches(kind, &stored.resource))
                 .ok_or_else(|| {
@@ -613,6 +746,7 @@ async fn item(
                 scope,
                 Some(name),
             )?;
+            patch_content_type(headers)?;
             let stored = existing.ok_or_else(|| {
                 ApiError::not_found(format!("{} not found", key_text(kind, namespace, name)))
             })?;
@@ -710,6 +844,32 @@ async fn ensure_namespace_empty(state: &AppState, namespace: &str) -> Result<(),
     Ok(())
 }
 
+/// The `Content-Type` of a PATCH: a JSON merge patch (`application/merge-patch+json`, or
+/// none, as Sensu takes it; `application/json` too). JSON Patch is refused as Sensu does.
+fn patch_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media_type = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media_type.as_str() {
+        "" | "application/merge-patch+json" | "application/json" => Ok(()),
+        "application/json-patch+json" => Err(ApiError::invalid(
+            "Content-Type: JSON Patch is not supported; send a JSON merge patch \
+             (application/merge-patch+json)",
+        )),
+        other => Err(ApiError::invalid(format!(
+            "Content-Type: {other:?} is not accepted; send application/merge-patch+json"
+        ))),
+    }
+}
+
 /// RFC 7386 JSON merge patch.
 fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
@@ -783,11 +943,12 @@ async fn users_action(
     group: Option<&str>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // Users may change their own password; everything else needs `update users`. Authorized
-    // before the lookup, so that a refused caller cannot tell which users exist.
-    // A federated caller of the same name is somebody else (see `Caller::federated_from`).
-    let own_password = action == "password" && caller.is_local_user(name);
-    if !own_password {
+    // Users may change their own password (`update localselfuser`, which the seeded
+    // `system:user` role grants); everything else needs `update users`. Authorized before the
+    // lookup, so that a refused caller cannot tell which users exist.
+    if action == "password" {
+        authorize_user(state, caller, Verb::Update, name)?;
+    } else {
         authorize(state, caller, Verb::Update, "users", None, Some(name))?;
     }
     let stored = state
@@ -802,33 +963,57 @@ async fn users_action(
         (Method::PUT, "password" | "reset_password", None) => {
             let bytes = read_body(state, body).await?;
             let body = parse_json(&bytes)?;
-            let new_password = body
-                .get("password_new")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::invalid("password_new: missing field \"password_new\""))?;
+            if let Some(named) = optional_str(&body, "username")? {
+                if named != name {
+                    return Err(ApiError::invalid(format!(
+                        "username: \"{named}\" does not match the user of the URI ({name})"
+                    )));
+                }
+            }
             // As in Sensu: `password` changes a password and needs the current one in
             // `password`, whoever asks (so a stolen token or API key alone cannot change it);
-            // `reset_password` is an administrator's (`update users`) and needs only the new one.
+            // `reset_password` is an administrator's (`update users`) and needs only the new
+            // one. The new one comes in clear (`password_new`, the web UI's way) or as a hash
+            // (`password_hash`, what sensuctl 6 sends after hashing it with bcrypt).
             if action == "password" {
-                let current = body
-                    .get("password")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "password: the current password is required to change a password \
+                let current = optional_str(&body, "password")?.ok_or_else(|| {
+                    ApiError::invalid(
+                        "password: the current password is required to change a password \
                          (an administrator sets another user's with reset_password)",
-                        )
-                    })?;
+                    )
+                })?;
                 if !state.passwords.verify(current, &user.password_hash).await? {
                     return Err(ApiError::invalid(
                         "password: does not match the current password",
                     ));
                 }
             }
-            if new_password.chars().count() < 8 {
-                return Err(ApiError::invalid("password must be at least 8 characters"));
-            }
-            user.password_hash = state.passwords.hash(new_password).await?;
+            let new_password = optional_str(&body, "password_new")?;
+            let new_hash = optional_str(&body, "password_hash")?;
+            user.password_hash =
+                match (new_password, new_hash) {
+                    (Some(new_password), None) => {
+                        if new_password.chars().count() < 8 {
+                            return Err(ApiError::invalid(
+                                "password_new: must be at least 8 characters",
+                            ));
+                        }
+                        state.passwords.hash(new_password).await?
+                    }
+                    (None, Some(new_hash)) => {
+                        auth::check_password_hash(new_hash).map_err(|message| {
+                            ApiError::invalid(format!("password_hash: {message}"))
+                        })?;
+                        new_hash.to_owned()
+                    }
+                    (Some(_), Some(_)) => return Err(ApiError::invalid(
+                        "password_new and password_hash: give the new password one way, not both",
+                    )),
+                    (None, None) => return Err(ApiError::invalid(
+                        "password_hash: missing; the new password is required, as password_hash \
+                         (bcrypt, from `sensuctl user hash-password`) or password_new (clear text)",
+                    )),
+                };
         }
         (Method::PUT, "reinstate", None) => user.disabled = false,
         (Method::PUT, "groups", Some(group)) => {
@@ -845,7 +1030,191 @@ async fn users_action(
         Spec::User(User { ..user }),
     );
     write(state, &resource, Precondition::Revision(stored.revision)).await?;
+    // As Sensu answers an action without a body: 201 for a PUT, 204 for a DELETE.
+    if *method == Method::PUT {
+        Ok(StatusCode::CREATED.into_response())
+    } else {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+}
+
+/// `GET [namespaces/{ns}/]silenced/{subscriptions|checks}/{value}`: the silenced entries for
+/// one subscription or one check, as Sensu lists them.
+async fn silenced_by(
+    state: &AppState,
+    caller: &Caller,
+    namespace: Option<&str>,
+    by_check: bool,
+    value: &str,
+) -> Result<Response, ApiError> {
+    let plural = Kind::Silenced.plural();
+    authorize(state, caller, Verb::List, plural, namespace, None)?;
+    let (items, _) = state
+        .resources
+        .list(Kind::Silenced, namespace, None, 0)
+        .await?;
+    let body: Vec<Value> = items
+        .iter()
+        .filter(|(_, stored)| match &stored.resource.spec {
+            Spec::Silenced(silenced) if by_check => silenced.check == value,
+            Spec::Silenced(silenced) => silenced.subscription == value,
+            _ => false,
+        })
+        .map(|(_, stored)| response_body(&stored.resource))
+        .collect();
+    Ok(Json(body).into_response())
+}
+
+/// Sensu's `HookList`, the body of `PUT …/checks/{check}/hooks/{type}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookList {
+    #[serde(rename = "type", default)]
+    hook_type: String,
+    #[serde(default)]
+    hooks: Vec<String>,
+}
+
+/// `PUT …/checks/{check}/hooks/{type}` with `{"type", "hooks"}`: adds the hooks to the check's
+/// list of that type (each once), or adds the list; 201, as Sensu.
+async fn check_hooks_add(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    check: &str,
+    hook_type: &str,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(
+        state,
+        caller,
+        Verb::Update,
+        Kind::CheckConfig.plural(),
+        Some(namespace),
+        Some(check),
+    )?;
+    let bytes = read_body(state, body).await?;
+    let list: HookList = serde_json::from_slice(&bytes)
+        .map_err(|err| ApiError::invalid(format!("invalid HookList: {err}")))?;
+    if !list.hook_type.is_empty() && list.hook_type != hook_type {
+        return Err(ApiError::invalid(format!(
+            "type: \"{}\" does not match the hook type of the URI ({hook_type})",
+            list.hook_type
+        )));
+    }
+    update_check(state, caller, namespace, check, |hooks| {
+        match hooks.iter_mut().find_map(|entry| entry.get_mut(hook_type)) {
+            Some(names) => {
+                for hook in &list.hooks {
+                    if !names.contains(hook) {
+                        names.push(hook.clone());
+                    }
+                }
+            }
+            None => hooks.push(std::collections::BTreeMap::from([(
+                hook_type.to_owned(),
+                list.hooks.clone(),
+            )])),
+        }
+    })
+    .await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+/// `DELETE …/checks/{check}/hooks/{type}/hook/{hook}`: removes the hook from the check's list
+/// of that type (and the list once empty); 204.
+async fn check_hooks_remove(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    check: &str,
+    hook_type: &str,
+    hook: &str,
+) -> Result<Response, ApiError> {
+    authorize(
+        state,
+        caller,
+        Verb::Update,
+        Kind::CheckConfig.plural(),
+        Some(namespace),
+        Some(check),
+    )?;
+    update_check(state, caller, namespace, check, |hooks| {
+        for entry in hooks.iter_mut() {
+            if let Some(names) = entry.get_mut(hook_type) {
+                names.retain(|name| name != hook);
+            }
+        }
+        hooks.retain(|entry| entry.values().any(|names| !names.is_empty()));
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Changes the `check_hooks` of a stored check, validates the result and writes it guarded by
+/// the revision it read.
+async fn update_check(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    check: &str,
+    change: impl FnOnce(&mut Vec<std::collections::BTreeMap<String, Vec<String>>>),
+) -> Result<(), ApiError> {
+    let stored = state
+        .resources
+        .get(Kind::CheckConfig, namespace, check)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("checks {namespace}/{check} not found")))?;
+    let mut resource = stored.resource;
+    let Spec::CheckConfig(config) = &mut resource.spec else {
+        return Err(ApiError::internal("a check key holds another kind"));
+    };
+    change(&mut config.check_hooks);
+    if let Some(error) = validate(&resource)
+        .into_iter()
+        .find(|issue| issue.is_error())
+    {
+        return Err(ApiError::invalid(error.to_string()));
+    }
+    resource.metadata.created_by = caller.username.clone();
+    write(state, &resource, Precondition::Revision(stored.revision)).await?;
+    Ok(())
+}
+
+/// Where the Tessen opt-out is kept.
+const TESSEN_KEY: &str = "config/tessen";
+
+/// Sensu's `TessenConfig`. Cairn sends no telemetry whatever it says; the endpoint exists so
+/// that the "disable Tessen" step of Sensu playbooks succeeds and reads back what it wrote.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TessenConfig {
+    opt_out: bool,
+}
+
+/// `GET /api/core/v2/tessen`: `{"opt_out": …}`, false until set (as Sensu).
+async fn tessen_get(state: &AppState, caller: &Caller) -> Result<Response, ApiError> {
+    authorize(state, caller, Verb::Get, "tessen", None, None)?;
+    let config = match state.resources.store().get(TESSEN_KEY).await? {
+        Some(entry) => serde_json::from_slice(&entry.value).map_err(ApiError::internal)?,
+        None => TessenConfig::default(),
+    };
+    Ok(Json(config).into_response())
+}
+
+/// `PUT /api/core/v2/tessen` `{"opt_out": true}`: 201, as Sensu.
+async fn tessen_put(state: &AppState, caller: &Caller, body: Body) -> Result<Response, ApiError> {
+    authorize(state, caller, Verb::Update, "tessen", None, None)?;
+    let bytes = read_body(state, body).await?;
+    let config: TessenConfig = serde_json::from_slice(&bytes)
+        .map_err(|err| ApiError::invalid(format!("invalid TessenConfig: {err}")))?;
+    let value = serde_json::to_vec(&config).expect("a TessenConfig always serializes");
+    state
+        .resources
+        .store()
+        .put(TESSEN_KEY, value, Precondition::None)
+        .await?;
+    Ok(StatusCode::CREATED.into_response())
 }
 
 /// `POST …/events` and `PUT|POST …/events/{entity}/{check}`: store the event with its state,
@@ -955,6 +1324,45 @@ mod tests {
 
     #[test]
     fn parses_paths() {
+        assert_eq!(parse("/api/core/v2/tessen"), Some(Target::Tessen));
+        assert_eq!(
+            parse("/api/core/v2/namespaces/default/silenced/subscriptions/linux"),
+            Some(Target::SilencedBy {
+                namespace: Some("default".into()),
+                by_check: false,
+                value: "linux".into(),
+            })
+        );
+        assert_eq!(
+            parse("/api/core/v2/silenced/checks/cpu"),
+            Some(Target::SilencedBy {
+                namespace: None,
+                by_check: true,
+                value: "cpu".into(),
+            })
+        );
+        assert_eq!(
+            parse("/api/core/v2/namespaces/default/silenced/linux:cpu"),
+            Some(Target::Item {
+                kind: Kind::Silenced,
+                namespace: "default".into(),
+                name: "linux:cpu".into(),
+            })
+        );
+        assert_eq!(
+            parse("/api/core/v2/namespaces/default/checks/cpu/hooks/non-zero/hook/dump"),
+            Some(Target::CheckHooks {
+                namespace: "default".into(),
+                check: "cpu".into(),
+                hook_type: "non-zero".into(),
+                hook: Some("dump".into()),
+            })
+        );
+        assert_eq!(
+            parse("/api/core/v2/namespaces/default/checks/cpu/hooks/non-zero/extra"),
+            None
+        );
+        assert_eq!(parse("/api/enterprise/secrets/v1/tessen"), None);
         assert_eq!(
             parse("/api/core/v2/namespaces/default/checks/cpu"),
             Some(Target::Item {
