@@ -969,6 +969,60 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_vault_provider_sent_back_as_read_keeps_its_token() {
+        let alpha = Fixture::new("alpha").await;
+        let admin = alpha.token_from("alpha", "admin", &[]);
+        let path = "/api/enterprise/secrets/v1/providers/vault";
+        let provider = serde_json::json!({
+            "type": "VaultProvider", "api_version": "secrets/v1", "metadata": {"name": "vault"},
+            "spec": {"client": {"address": "https://vault.example.com:8200",
+                                "token": "s.stored-token", "version": "v2"}},
+        });
+        let (status, _) = alpha.call(Method::PUT, path, &admin, Some(provider)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, read) = alpha.call(Method::GET, path, &admin, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!read.to_string().contains("stored-token"), "{read}");
+        // What a client read, sent back unchanged (no token): the stored token stays.
+        let (status, _) = alpha.call(Method::PUT, path, &admin, Some(read)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let token = |stored: Option<crate::resources::Stored>| match stored.map(|s| s.resource.spec)
+        {
+            Some(Spec::VaultProvider(vault)) => vault.client.token,
+            other => panic!("not a vault provider: {other:?}"),
+        };
+        let stored = alpha
+            .state
+            .resources
+            .get(Kind::VaultProvider, "", "vault")
+            .await
+            .unwrap();
+        assert_eq!(token(stored), "s.stored-token");
+        // A new token replaces it.
+        let (status, _) = alpha
+            .call(
+                Method::PUT,
+                path,
+                &admin,
+                Some(serde_json::json!({
+                    "type": "VaultProvider", "api_version": "secrets/v1",
+                    "metadata": {"name": "vault"},
+                    "spec": {"client": {"address": "https://vault.example.com:8200",
+                                        "token": "s.new-token", "version": "v2"}},
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let stored = alpha
+            .state
+            .resources
+            .get(Kind::VaultProvider, "", "vault")
+            .await
+            .unwrap();
+        assert_eq!(token(stored), "s.new-token");
+    }
+
+    #[tokio::test]
     async fn federated_callers_are_not_local_users_of_the_same_name() {
         let alpha = Fixture::new("alpha").await;
         alpha.put(local_user("bob", &[], false)).await;

@@ -574,11 +574,28 @@ async fn require_namespace(state: &AppState, kind: Kind, namespace: &str) -> Res
     }
 }
 
-/// Prepares a user for storage: a clear-text `password` becomes an argon2 hash; a
+/// Prepares a user or a Vault provider for storage (a provider sent without its token keeps
+/// the stored one). For a user: a clear-text `password` becomes an argon2 hash; a
 /// `password_hash` alone (Sensu's bcrypt from `sensuctl user hash-password`, or argon2) is
 /// checked and kept as given, to be upgraded to argon2 at the user's next login; with neither,
 /// the stored hash is kept, and a new user needs one of them.
 async fn prepare_user(state: &AppState, resource: &mut Resource) -> Result<(), ApiError> {
+    if let Spec::VaultProvider(vault) = &mut resource.spec {
+        // The API never returns a Vault provider's token, so a client that sends back what it
+        // read sends none: the stored token is kept, as a user's stored hash is.
+        if vault.client.token.is_empty() {
+            if let Some(existing) = state
+                .resources
+                .get(Kind::VaultProvider, "", resource.metadata.name.as_str())
+                .await?
+            {
+                if let Spec::VaultProvider(existing) = existing.resource.spec {
+                    vault.client.token = existing.client.token;
+                }
+            }
+        }
+        return Ok(());
+    }
     let Spec::User(user) = &mut resource.spec else {
         return Ok(());
     };
