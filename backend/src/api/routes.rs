@@ -539,12 +539,7 @@ fn decode_body(
             )));
         }
     }
-    if let Some(error) = validate(&resource)
-        .into_iter()
-        .find(|issue| issue.is_error())
-    {
-        return Err(ApiError::invalid(error.to_string()));
-    }
+    refuse_invalid(&resource)?;
     resource.metadata.created_by = caller.username.clone();
     if let Spec::Silenced(silenced) = &mut resource.spec {
         // As Sensu: the creator, a start (now when unset) and an absolute expiry.
@@ -558,6 +553,17 @@ fn decode_body(
         }
     }
     Ok(resource)
+}
+
+/// A 400 naming the first error Sensu's rules (and Cairn's) find in `resource`.
+fn refuse_invalid(resource: &Resource) -> Result<(), ApiError> {
+    match validate(resource)
+        .into_iter()
+        .find(|issue| issue.is_error())
+    {
+        Some(error) => Err(ApiError::invalid(error.to_string())),
+        None => Ok(()),
+    }
 }
 
 async fn require_namespace(state: &AppState, kind: Kind, namespace: &str) -> Result<(), ApiError> {
@@ -1187,12 +1193,7 @@ async fn update_check(
         return Err(ApiError::internal("a check key holds another kind"));
     };
     change(&mut config.check_hooks);
-    if let Some(error) = validate(&resource)
-        .into_iter()
-        .find(|issue| issue.is_error())
-    {
-        return Err(ApiError::invalid(error.to_string()));
-    }
+    refuse_invalid(&resource)?;
     resource.metadata.created_by = caller.username.clone();
     write(state, &resource, Precondition::Revision(stored.revision)).await?;
     Ok(())
