@@ -34,7 +34,8 @@ pub enum ReplicatorState {
     Syncing,
     /// Caught up: every change seen was pushed.
     Ok,
-    /// The downstream failed; waiting before the next attempt (`next_retry_at`).
+    /// The downstream failed; waiting before the next attempt (`next_retry_at`), or making
+    /// it (the state stays until an attempt succeeds).
     BackingOff,
     /// The replicator cannot run as defined (its cluster is not registered or unusable); it
     /// starts again when the definition changes.

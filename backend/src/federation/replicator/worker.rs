@@ -360,8 +360,12 @@ impl Worker {
     /// copies, and pushes the difference. Returns the snapshot's revision.
     async fn resync(&mut self) -> Result<Revision, Stop> {
         let started = Instant::now();
-        self.book.set_state(ReplicatorState::Syncing);
-        self.book.flush().await;
+        // A retry after a failure stays `backing_off` (with its error) until it succeeds, so
+        // a reader never sees a failing replicator as merely `syncing` between attempts.
+        if !self.backoff.failing() {
+            self.book.set_state(ReplicatorState::Syncing);
+            self.book.flush().await;
+        }
         // One snapshot, so that the watch goes on from its revision with nothing missed.
         let page = match self.store.list(&self.scope.prefix(), None, 0).await {
             Ok(page) => page,
