@@ -40,10 +40,10 @@ use tokio_rustls::TlsAcceptor;
 use cairn_api::client::{Client, Credentials};
 use cairn_api::model::{Event, Namespace};
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
-use cairn_backend::api::DEFAULT_BODY_LIMIT;
+use cairn_backend::app::{self, InitConfig, StartConfig};
 use cairn_backend::datadir::DataDir;
-use cairn_backend::resources::{self, Resources};
-use cairn_backend::server::{self, InitConfig, StartConfig};
+use cairn_backend::http::DEFAULT_BODY_LIMIT;
+use cairn_backend::store::resources::{self, Resources};
 use cairn_backend::store::{Precondition, RedbStore, Store};
 use cairn_tests::bench::{
     admin_api_key, event_bodies, load_average, post_load, LoadConfig, PostTarget, Round,
@@ -175,7 +175,7 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
         .tempdir()
         .expect("create a temp dir for the data directory");
     let data_dir = dir.path().join("data");
-    server::init(&InitConfig {
+    app::init(&InitConfig {
         data_dir: data_dir.clone(),
         cluster_name: "bench".to_owned(),
         hostnames: Vec::new(),
@@ -189,7 +189,7 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
     let ca = std::fs::read_to_string(data_dir.join("tls/ca.pem")).expect("read the cluster CA");
 
     let (stop_ours, stopped_ours) = oneshot::channel::<()>();
-    let running = server::start(
+    let running = app::start(
         &StartConfig {
             data_dir: data_dir.clone(),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -199,13 +199,13 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
             api_limits: cairn_backend::listen::ConnectionLimits::API,
             agent_limits: cairn_backend::listen::ConnectionLimits::AGENT,
             body_limit: DEFAULT_BODY_LIMIT,
-            pipeline: cairn_backend::pipeline::PipelineConfig::default(),
+            pipeline: cairn_backend::events::pipeline::PipelineConfig::default(),
             secrets: cairn_backend::secrets::SecretsConfig::default(),
             store: cairn_backend::datadir::StoreSettings::Embedded,
             store_connect_timeout: Duration::ZERO,
             store_cache_bytes: cairn_backend::store::DEFAULT_CACHE_BYTES,
             // The bench defines no handlers.
-            handlers: cairn_backend::contain::ContainConfig::default(),
+            handlers: cairn_backend::events::pipeline::contain::ContainConfig::default(),
         },
         async move {
             let _ = stopped_ours.await;
@@ -371,7 +371,8 @@ async fn api_key(url: &str, ca: &str) -> String {
 
 /// The client TLS configuration: the cluster CA as the only root, ring provider, HTTP/1.1.
 fn client_tls(ca: &str) -> rustls::ClientConfig {
-    let config = cairn_backend::tls::client_config_trusting(ca).expect("a client TLS config");
+    let config =
+        cairn_backend::datadir::tls::client_config_trusting(ca).expect("a client TLS config");
     let mut config = (*config).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config
@@ -402,7 +403,7 @@ async fn start_baseline(
     data_dir: &Path,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let tls = cairn_backend::tls::api_server_config(&DataDir::new(data_dir))
+    let tls = cairn_backend::datadir::tls::api_server_config(&DataDir::new(data_dir))
         .expect("the API's TLS config for the baseline");
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
@@ -456,7 +457,7 @@ async fn serve(
             let _ = watcher.watch(connection.into_owned()).await;
         });
     }
-    let _ = tokio::time::timeout(server::SHUTDOWN_GRACE, graceful.shutdown()).await;
+    let _ = tokio::time::timeout(app::SHUTDOWN_GRACE, graceful.shutdown()).await;
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -625,8 +626,9 @@ async fn phases(dir: &Path, bodies: &[Vec<Bytes>]) {
     let mut previous: Option<Event> = None;
     for n in 0..PHASE_HISTORY {
         let event = incoming(results[n % results.len()]);
-        let event = cairn_backend::events::process_event(previous.as_ref(), event, now + n as i64)
-            .expect("a valid event");
+        let event =
+            cairn_backend::events::rules::process_event(previous.as_ref(), event, now + n as i64)
+                .expect("a valid event");
         resources
             .put(&stored_event(&event), Precondition::None)
             .await
@@ -730,7 +732,7 @@ async fn phases(dir: &Path, bodies: &[Vec<Bytes>]) {
         "events::process_event",
         timed!(
             PHASE_ITERATIONS,
-            cairn_backend::events::process_event(Some(&previous), incoming(body), now)
+            cairn_backend::events::rules::process_event(Some(&previous), incoming(body), now)
                 .expect("a valid event")
         ),
     ));

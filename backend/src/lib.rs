@@ -1,28 +1,21 @@
 //! `cairn-backend`: the store, the REST API, auth and RBAC, agent sessions, the scheduler, the
 //! event pipeline, secrets providers and replicators.
+//!
+//! The modules form layers, each depending only on those below it (`tests/tidy.rs`… see
+//! `ARCHITECTURE.md`):
+//!
+//! `app` > `http` > {`agents`, `federation`} > {`events`, `auth`} > {`secrets`, `coord`,
+//! `datadir`} > `store` > {`clock`, `shutdown`, `entity`, `pki`, `listen`}.
 
-pub mod agentd;
-pub mod api;
+pub mod agents;
+pub mod app;
 pub mod auth;
-pub mod authcache;
-pub mod bootstrap;
-pub mod checkstate;
-pub mod contain;
 pub mod coord;
 pub mod datadir;
 pub mod events;
 pub mod federation;
-pub mod ingest;
+pub mod http;
 pub mod listen;
-pub mod passwords;
-pub mod pipeline;
 pub mod pki;
-pub mod rbac;
-pub mod resources;
-pub mod scheduler;
 pub mod secrets;
-pub mod server;
-pub mod sessions;
 pub mod store;
-pub mod tls;
-pub mod watchdog;

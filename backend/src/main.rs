@@ -8,12 +8,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use cairn_backend::api::DEFAULT_BODY_LIMIT;
-use cairn_backend::contain;
+use cairn_backend::app::{self, InitConfig, ServerError, StartConfig};
 use cairn_backend::datadir::{self, DataDir, EtcdTlsFiles, StoreEngine, StoreFlags};
+use cairn_backend::events::pipeline::contain;
+use cairn_backend::http::DEFAULT_BODY_LIMIT;
 use cairn_backend::listen::{ConnectionLimits, AGENT_MAX_CONNECTIONS, API_MAX_CONNECTIONS};
-use cairn_backend::resources::ResourceError;
-use cairn_backend::server::{self, InitConfig, ServerError, StartConfig};
+use cairn_backend::store::resources::ResourceError;
 
 /// Environment variable holding the admin password for `init`.
 const ENV_ADMIN_PASSWORD: &str = "CAIRN_ADMIN_PASSWORD";
@@ -171,12 +171,12 @@ struct StartArgs {
     agent_handshake_timeout: u64,
     /// Events that may wait for handlers; beyond it an event is stored but not handled
     /// (counted in `cairn_pipeline_events_dropped_total`).
-    #[arg(long, default_value_t = cairn_backend::pipeline::DEFAULT_QUEUE_CAPACITY as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = cairn_backend::events::pipeline::DEFAULT_QUEUE_CAPACITY as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pipeline_queue_events: u32,
     /// MiB of events (their JSON) the pipeline holds at once, queued or read by running
     /// handlers; beyond it an event is stored but not handled (counted in
     /// `cairn_pipeline_events_dropped_bytes_total`).
-    #[arg(long, default_value_t = (cairn_backend::pipeline::DEFAULT_QUEUE_BYTES >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = (cairn_backend::events::pipeline::DEFAULT_QUEUE_BYTES >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pipeline_queue_mib: u32,
     /// MiB of memory the embedded store may use to cache its file's pages.
     #[arg(long, default_value_t = (cairn_backend::store::DEFAULT_CACHE_BYTES >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..))]
@@ -259,7 +259,7 @@ async fn run_init(args: InitArgs) -> Result<(), (u8, anyhow::Error)> {
         jwt_key_files: args.jwt_private_key_file.zip(args.jwt_public_key_file),
         store,
     };
-    let summary = server::init(&config)
+    let summary = app::init(&config)
         .await
         .map_err(|err| (exit_code(&err), err.into()))?;
     let mut stdout = std::io::stdout().lock();
@@ -298,12 +298,12 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
             ..ConnectionLimits::AGENT
         },
         body_limit: args.api_request_limit,
-        pipeline: cairn_backend::pipeline::PipelineConfig {
+        pipeline: cairn_backend::events::pipeline::PipelineConfig {
             queue_capacity: usize::try_from(args.pipeline_queue_events).unwrap_or(usize::MAX),
             queue_bytes: usize::try_from(args.pipeline_queue_mib)
                 .unwrap_or(usize::MAX)
                 .saturating_mul(1024 * 1024),
-            ..cairn_backend::pipeline::PipelineConfig::default()
+            ..cairn_backend::events::pipeline::PipelineConfig::default()
         },
         secrets: cairn_backend::secrets::SecretsConfig {
             max_ttl: std::time::Duration::from_secs(args.secrets_cache_ttl),
@@ -320,7 +320,7 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
             allow_root_handlers: args.allow_root_handlers,
         },
     };
-    let running = server::start(&config, shutdown_signal())
+    let running = app::start(&config, shutdown_signal())
         .await
         .map_err(|err| (exit_code(&err), err.into()))?;
     // Tests and scripts read the bound address from this line.

@@ -25,7 +25,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{Coordinator, Presence, Role, Write, LEADERS_PREFIX, MEMBERS_PREFIX, PRESENCE_PREFIX};
-use crate::sessions::EntityId;
+use crate::agents::sessions::EntityId;
 use crate::store::{EtcdStore, Store, WatchEvent};
 use cairn_api::backoff::{Backoff, Jitter};
 
@@ -179,7 +179,7 @@ async fn keep_lease(
         loop {
             tokio::select! {
                 biased;
-                () = crate::scheduler::shutdown_requested(&mut shutdown) => {
+                () = crate::agents::scheduler::shutdown_requested(&mut shutdown) => {
                     // Leave at once: the others adopt this backend's agents now, not after
                     // the TTL.
                     let mut leases = etcd.client.lease_client();
@@ -248,7 +248,7 @@ async fn wait(
     tokio::pin!(until);
     loop {
         tokio::select! {
-            () = crate::scheduler::shutdown_requested(shutdown) => return true,
+            () = crate::agents::scheduler::shutdown_requested(shutdown) => return true,
             () = &mut until => return false,
             Some(write) = pending.recv() => remember(mine, write),
         }
@@ -257,7 +257,7 @@ async fn wait(
 
 async fn wait_quietly(shutdown: &mut watch::Receiver<bool>, delay: Duration) -> bool {
     tokio::select! {
-        () = crate::scheduler::shutdown_requested(shutdown) => true,
+        () = crate::agents::scheduler::shutdown_requested(shutdown) => true,
         () = tokio::time::sleep(delay) => false,
     }
 }
@@ -384,7 +384,7 @@ async fn elect(etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             biased;
-            () = crate::scheduler::shutdown_requested(&mut shutdown) => {
+            () = crate::agents::scheduler::shutdown_requested(&mut shutdown) => {
                 for role in Role::ALL {
                     etcd.coordinator.set_leader(role, false);
                 }
@@ -505,7 +505,7 @@ async fn follow(etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 biased;
-                () = crate::scheduler::shutdown_requested(&mut shutdown) => return,
+                () = crate::agents::scheduler::shutdown_requested(&mut shutdown) => return,
                 change = changes.next() => match change {
                     Some(Ok(WatchEvent::Put(entry))) => etcd
                         .coordinator

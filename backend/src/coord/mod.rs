@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::sessions::EntityId;
+use crate::agents::sessions::EntityId;
 
 /// Key prefix of everything coordination keeps in the store.
 pub const PREFIX: &str = "coord/";
@@ -96,7 +96,7 @@ pub struct Presence {
 impl Presence {
     /// Whether the entity subscribes to any of `subscriptions`.
     pub fn subscribes_to_any(&self, subscriptions: &[String]) -> bool {
-        crate::sessions::subscribes_to_any(&self.subscriptions, subscriptions)
+        crate::agents::sessions::subscribes_to_any(&self.subscriptions, subscriptions)
     }
 }
 

@@ -11,7 +11,7 @@
 
 use axum::Router;
 
-use crate::api::AppState;
+use crate::http::AppState;
 
 pub mod budget;
 pub mod client;

@@ -43,10 +43,10 @@ pub use self::status::{
     Counts, ErrorNote, ReplicatorState, ReplicatorStatus, ResourceErrorNote, ResyncNote,
 };
 use self::worker::{Shared, WorkerConfig};
-use crate::api::{authenticate, authorize, ApiError, AppState};
-use crate::rbac::Verb;
-use crate::resources::{self, Resources};
-use crate::scheduler::shutdown_requested;
+use crate::agents::scheduler::shutdown_requested;
+use crate::auth::rbac::Verb;
+use crate::http::{authenticate, authorize, ApiError, AppState};
+use crate::store::resources::{self, Resources};
 use crate::store::{Revision, Store, StoreError, WatchEvent};
 
 /// `GET`: the status of every replicator (`[ReplicatorStatus]`).
@@ -558,7 +558,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_status_routes_authorise_and_report_definition_and_record() {
-        use crate::api::tests::{bearer, Fixture};
+        use crate::http::tests::{bearer, Fixture};
         let fixture = Fixture::new("gw").await;
         let state = fixture.state.clone();
         fixture.put(replicator("checks", "alpha")).await;

@@ -61,9 +61,9 @@ use cairn_api::{Kind, Spec};
 
 use super::budget::{Allowance, Exceeded, REQUEST_LIMIT};
 use super::client::{path_of, ClusterClient, ClusterError, Listing, RESPONSE_LIMIT};
-use crate::api::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
+use crate::auth::rbac::{Caller, Verb};
 use crate::auth::{AuthError, Grant, FEDERATED_TOKEN_TTL};
-use crate::rbac::{Caller, Verb};
+use crate::http::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
 
 /// The registered clusters and their health.
 pub const CLUSTERS_PATH: &str = "/api/cairn/v1/clusters";
@@ -684,7 +684,7 @@ mod tests {
     use cairn_api::{ObjectMeta, Resource};
 
     use super::*;
-    use crate::api::tests::{bearer, Fixture};
+    use crate::http::tests::{bearer, Fixture};
 
     fn target(path: &str, query: Option<&str>) -> Result<(String, String), String> {
         proxy_target(path, query)

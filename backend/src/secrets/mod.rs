@@ -38,7 +38,7 @@ use parking_lot::Mutex;
 
 use self::cache::{Backoff, Cache, CacheKey, Fetched, Outcome};
 use self::vault::{KvVersion, SecretPath, Vault, VaultError};
-use crate::resources::Resources;
+use crate::store::resources::Resources;
 use crate::store::Revision;
 
 /// Settings of the secrets resolver.

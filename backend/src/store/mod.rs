@@ -15,6 +15,7 @@ pub mod conformance;
 mod etcd;
 mod health;
 mod redb;
+pub mod resources;
 pub mod sweep;
 
 use futures::stream::BoxStream;

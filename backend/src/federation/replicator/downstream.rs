@@ -532,7 +532,7 @@ impl Tokens {
         {
             return Ok(format!("Bearer {}", token.token));
         }
-        let groups = [crate::rbac::GROUP_CLUSTER_ADMINS.to_owned()];
+        let groups = [crate::auth::rbac::GROUP_CLUSTER_ADMINS.to_owned()];
         let token = self
             .issuer
             .issue_for(&Grant {

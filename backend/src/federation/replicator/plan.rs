@@ -10,7 +10,7 @@ use cairn_api::model::Replicator;
 use cairn_api::selector::LabelSelector;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
-use crate::resources::{Resources, RESOURCE_PREFIX};
+use crate::store::resources::{Resources, RESOURCE_PREFIX};
 use crate::store::Revision;
 
 /// The resources one replicator selects on the gateway.

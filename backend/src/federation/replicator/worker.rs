@@ -24,8 +24,8 @@ use super::backoff::Backoff;
 use super::downstream::{push, Connector, Downstream, DownstreamError, Pushed};
 use super::plan::{self, label_value, Change, Desired, Scope};
 use super::status::{self, Record, ReplicatorState, ResyncNote, StatusBook, FLUSH_INTERVAL};
-use crate::resources::{self, Resources};
-use crate::scheduler::shutdown_requested;
+use crate::agents::scheduler::shutdown_requested;
+use crate::store::resources::{self, Resources};
 use crate::store::{Revision, Store, StoreError, WatchEvent};
 
 /// Pushes of the watch's changes in flight at once (never two for one resource).

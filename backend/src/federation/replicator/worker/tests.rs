@@ -6,8 +6,8 @@ use cairn_api::meta::LABEL_REPLICATED_FROM;
 use cairn_api::{ObjectMeta, Resource};
 
 use super::*;
+use crate::agents::scheduler::tests::eventually;
 use crate::federation::replicator::downstream::tests::{check, FakeDownstream};
-use crate::scheduler::tests::eventually;
 use crate::store::Precondition;
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -4,7 +4,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::resources::ResourceError;
+use crate::store::resources::ResourceError;
 use crate::store::StoreError;
 
 /// The `Retry-After` of a 503, seconds: a few store probes' worth.
@@ -191,11 +191,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::passwords::PasswordError> for ApiError {
-    fn from(err: crate::passwords::PasswordError) -> ApiError {
+impl From<crate::auth::passwords::PasswordError> for ApiError {
+    fn from(err: crate::auth::passwords::PasswordError) -> ApiError {
         match err {
-            crate::passwords::PasswordError::Busy => ApiError::busy(err.to_string()),
-            crate::passwords::PasswordError::Hash(_) => ApiError::internal(err),
+            crate::auth::passwords::PasswordError::Busy => ApiError::busy(err.to_string()),
+            crate::auth::passwords::PasswordError::Hash(_) => ApiError::internal(err),
         }
     }
 }

@@ -89,12 +89,12 @@ use cairn_api::Kind;
 
 use rustls::pki_types::pem::PemObject;
 
-use crate::api::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
+use crate::agents::sessions::EntityId;
+use crate::auth::rbac::Verb;
 use crate::auth::unix_now;
 use crate::datadir::DataDir;
+use crate::http::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
 use crate::pki::{self, CertifiedKeyPem, PkiError};
-use crate::rbac::Verb;
-use crate::sessions::EntityId;
 use crate::store::{Precondition, Revision, Store, StoreError, WatchEvent};
 
 /// Where join tokens live in the store.
@@ -268,11 +268,12 @@ impl AgentPki {
         let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(PkiError::NoCertificate)?;
         // A certificate just signed here always reads back; an error is an internal fault.
-        let identity =
-            crate::agentd::peer_identity(der.as_ref()).map_err(|_| PkiError::SigningFailed {
+        let identity = crate::agents::connection::peer_identity(der.as_ref()).map_err(|_| {
+            PkiError::SigningFailed {
                 common_name: name.to_owned(),
                 source: rcgen::Error::CouldNotParseCertificate,
-            })?;
+            }
+        })?;
         Ok(Issued { cert_pem, identity })
     }
 }
@@ -283,7 +284,7 @@ pub struct Issued {
     /// The certificate, PEM.
     pub cert_pem: String,
     /// Its identity, serial, fingerprint and validity.
-    pub identity: crate::agentd::PeerIdentity,
+    pub identity: crate::agents::connection::PeerIdentity,
 }
 
 impl Issued {

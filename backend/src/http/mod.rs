@@ -3,7 +3,7 @@
 
 mod drain;
 mod error;
-mod routes;
+mod resources;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,10 +21,10 @@ use cairn_api::{Kind, Resource, Spec};
 use serde_json::Value;
 
 pub use self::error::{ApiError, Code, InternalFault};
+use crate::auth::cache::AuthCache;
+use crate::auth::rbac::{self, Caller, Verb};
 use crate::auth::{self, TokenIssuer, TokenOrigin};
-use crate::authcache::AuthCache;
-use crate::rbac::{self, Caller, Verb};
-use crate::resources::Resources;
+use crate::store::resources::Resources;
 use crate::store::Precondition;
 
 /// The default request body limit (Sensu's `api-request-limit`).
@@ -46,19 +46,19 @@ pub struct AppState {
     /// Largest accepted body, bytes.
     pub body_limit: usize,
     /// Check state of the last stored event per entity/check, by store revision.
-    pub check_states: Arc<crate::checkstate::CheckStateCache>,
+    pub check_states: Arc<crate::events::checkstate::CheckStateCache>,
     /// The agent sessions connected to this backend (agent listener, scheduler, watchdog).
-    pub sessions: Arc<crate::sessions::Sessions>,
+    pub sessions: Arc<crate::agents::sessions::Sessions>,
     /// The agent CA and the cluster CA's fingerprint, for bootstrap and renewals.
-    pub agent_pki: Arc<crate::bootstrap::AgentPki>,
+    pub agent_pki: Arc<crate::agents::join::AgentPki>,
     /// Revoked agent certificates, kept current by a store watch.
-    pub revocations: Arc<crate::bootstrap::Revocations>,
+    pub revocations: Arc<crate::agents::join::Revocations>,
     /// Resolves the secrets of checks, hooks, handlers and mutators (values in memory only).
     pub secrets: Arc<crate::secrets::Secrets>,
     /// Whether the store answers: probed for etcd, read by `/health` and by the write guard.
     pub store_health: Arc<crate::store::StoreHealth>,
     /// Password hashing and checks, off the async workers and throttled.
-    pub passwords: Arc<crate::passwords::Passwords>,
+    pub passwords: Arc<crate::auth::passwords::Passwords>,
     /// The bytes of downstream clusters' answers the gateway may hold at once (the federated
     /// view, the proxy, the replicators).
     pub downstream_budget: crate::federation::budget::Budget,
@@ -82,9 +82,9 @@ pub struct ApiMetrics {
     /// Events stored.
     pub events_ingested: AtomicU64,
     /// The handler pipeline's counters, once it runs.
-    pub pipeline: std::sync::OnceLock<Arc<crate::pipeline::PipelineStats>>,
+    pub pipeline: std::sync::OnceLock<Arc<crate::events::pipeline::PipelineStats>>,
     /// The scheduler's counters, once it runs.
-    pub scheduler: std::sync::OnceLock<Arc<crate::scheduler::SchedulerStats>>,
+    pub scheduler: std::sync::OnceLock<Arc<crate::agents::scheduler::SchedulerStats>>,
     /// The store's commit counters, when the store keeps them.
     pub store: std::sync::OnceLock<Arc<crate::store::StoreStats>>,
 }
@@ -109,22 +109,23 @@ pub fn app(state: AppState) -> Router {
         // The join token is the credential: no Authorization header.
         .route(
             cairn_api::agent::BOOTSTRAP_PATH,
-            post(crate::bootstrap::bootstrap_handler),
+            post(crate::agents::join::bootstrap_handler),
         )
         .route(
             "/api/cairn/v1/jointokens",
-            get(crate::bootstrap::list_tokens_handler).post(crate::bootstrap::create_token_handler),
+            get(crate::agents::join::list_tokens_handler)
+                .post(crate::agents::join::create_token_handler),
         )
         .route(
             "/api/cairn/v1/jointokens/{id}",
-            delete(crate::bootstrap::delete_token_handler),
+            delete(crate::agents::join::delete_token_handler),
         )
         .route(
             "/api/cairn/v1/agents/{namespace}/{name}/revoke",
-            post(crate::bootstrap::revoke_handler),
+            post(crate::agents::join::revoke_handler),
         )
         .merge(crate::federation::routes())
-        .fallback(routes::dispatch)
+        .fallback(resources::dispatch)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             refuse_writes_while_store_unreachable,
@@ -510,7 +511,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
-/// Checks HTTP Basic credentials against the user store ([`crate::passwords`]: hashing off the
+/// Checks HTTP Basic credentials against the user store ([`crate::auth::passwords`]: hashing off the
 /// async workers, failed logins throttled by address and user).
 async fn basic_caller(
     state: &AppState,
@@ -764,7 +765,7 @@ pub(crate) mod tests {
     use cairn_api::{ObjectMeta, Resource, Spec};
 
     use super::*;
-    use crate::rbac::GROUP_CLUSTER_ADMINS;
+    use crate::auth::rbac::GROUP_CLUSTER_ADMINS;
 
     /// A backend's state over a fresh store seeded as `init` seeds it (default roles, the
     /// `admin` user, the `default` namespace), whose tokens are issued by `cluster` with a key
@@ -780,7 +781,7 @@ pub(crate) mod tests {
     impl Fixture {
         pub(crate) async fn new(cluster: &str) -> Fixture {
             let dir = tempfile::tempdir().unwrap();
-            let (mut state, _sink) = crate::scheduler::tests::test_state(dir.path()).await;
+            let (mut state, _sink) = crate::agents::scheduler::tests::test_state(dir.path()).await;
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
             let (private_pem, public_pem) = (key.serialize_pem(), key.public_key_pem());
             state.issuer =
@@ -840,7 +841,7 @@ pub(crate) mod tests {
 
         /// Binds `group` to the cluster role `role` with a ClusterRoleBinding.
         pub(crate) async fn bind_group(&self, group: &str, role: &str) {
-            self.put(crate::rbac::cluster_role_binding(group, role, group))
+            self.put(crate::auth::rbac::cluster_role_binding(group, role, group))
                 .await;
         }
 
@@ -858,7 +859,7 @@ pub(crate) mod tests {
                 .header(header::AUTHORIZATION, format!("Bearer {token}"))
                 .body(body.map_or_else(Body::empty, |body| Body::from(body.to_string())))
                 .unwrap();
-            let response = routes::dispatch(State(self.state.clone()), request).await;
+            let response = resources::dispatch(State(self.state.clone()), request).await;
             let status = response.status();
             let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
                 .await
@@ -986,7 +987,8 @@ pub(crate) mod tests {
         // What a client read, sent back unchanged (no token): the stored token stays.
         let (status, _) = alpha.call(Method::PUT, path, &admin, Some(read)).await;
         assert_eq!(status, StatusCode::CREATED);
-        let token = |stored: Option<crate::resources::Stored>| match stored.map(|s| s.resource.spec)
+        let token = |stored: Option<crate::store::resources::Stored>| match stored
+            .map(|s| s.resource.spec)
         {
             Some(Spec::VaultProvider(vault)) => vault.client.token,
             other => panic!("not a vault provider: {other:?}"),
@@ -1108,7 +1110,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn unreachable_store_fails_health_and_writes_until_it_answers() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut state, _sink) = crate::scheduler::tests::test_state(dir.path()).await;
+        let (mut state, _sink) = crate::agents::scheduler::tests::test_state(dir.path()).await;
         let store_health = crate::store::StoreHealth::detached();
         state.store_health = Arc::clone(&store_health);
         let health_of = |state: AppState| async move {

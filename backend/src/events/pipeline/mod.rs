@@ -11,6 +11,8 @@
 //! (the private `expression` module below) covers the common forms, and a filter it cannot read
 //! never matches.
 
+pub mod contain;
+
 use std::collections::HashSet;
 use std::error::Error as StdError;
 use std::fmt;
@@ -37,8 +39,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tracing::{debug, info, warn, warn_span, Instrument};
 
-use crate::contain::{ContainError, Containment, HANDLER_PATH};
-use crate::events;
+use crate::events::pipeline::contain::{ContainError, Containment, HANDLER_PATH};
+use crate::events::rules;
 
 /// Events waiting for the dispatcher by default. An event is a few KiB, so a full queue holds
 /// tens of MiB; at a thousand events a second it absorbs ten seconds of stalled handlers before
@@ -62,11 +64,11 @@ pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long [`Pipeline::shutdown`] lets queued events and running handlers finish by default.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Built-in filter: passes incidents and resolutions ([`events::is_incident`]).
+/// Built-in filter: passes incidents and resolutions ([`rules::is_incident`]).
 pub const FILTER_IS_INCIDENT: &str = "is_incident";
 /// Built-in filter: passes events no silenced entry matches.
 pub const FILTER_NOT_SILENCED: &str = "not_silenced";
-/// Built-in filter: passes events with metrics ([`events::has_metrics`]).
+/// Built-in filter: passes events with metrics ([`rules::has_metrics`]).
 pub const FILTER_HAS_METRICS: &str = "has_metrics";
 
 /// How much of a handler's stdout and of its stderr is kept for the debug log.
@@ -626,8 +628,8 @@ impl Dispatcher {
     ) -> bool {
         for filter_name in &handler.filters {
             let passed = match filter_name.as_str() {
-                FILTER_IS_INCIDENT => events::is_incident(event),
-                FILTER_HAS_METRICS => events::has_metrics(event),
+                FILTER_IS_INCIDENT => rules::is_incident(event),
+                FILTER_HAS_METRICS => rules::has_metrics(event),
                 FILTER_NOT_SILENCED => !self.is_silenced(namespace, event, context).await,
                 _ => {
                     self.stored_filter(namespace, filter_name, event, context)
@@ -659,7 +661,7 @@ impl Dispatcher {
         let flagged = event.check.as_ref().is_some_and(|check| check.is_silenced);
         let silenced = flagged || {
             let entries = self.resolver.silenced(namespace).await;
-            !events::is_silenced_by(event, &entries, unix_now()).is_empty()
+            !rules::is_silenced_by(event, &entries, unix_now()).is_empty()
         };
         context.silenced = Some(silenced);
         silenced
@@ -2150,7 +2152,7 @@ mod tests {
         let mut out: Vec<Event> = Vec::new();
         for (idx, status) in statuses.iter().enumerate() {
             let now = 1_700_000_000 + 60 * idx as i64;
-            let next = events::process_event(out.last(), event(*status, handlers), now).unwrap();
+            let next = rules::process_event(out.last(), event(*status, handlers), now).unwrap();
             out.push(next);
         }
         out

@@ -20,16 +20,16 @@ use tokio_rustls::TlsAcceptor;
 use cairn_api::model::{Event, EventFilter, Handler, Silenced};
 use cairn_api::{Kind, Spec};
 
-use crate::agentd::AgentHub;
-use crate::api::{self, ApiMetrics, AppState, EventSink};
+use crate::agents::connection::AgentHub;
+use crate::auth::cache::AuthCache;
+use crate::auth::rbac;
 use crate::auth::{self, TokenIssuer};
-use crate::authcache::AuthCache;
-use crate::contain::Containment;
 use crate::datadir::{self, DataDir, EtcdSettings, InitFiles, StoreSettings};
+use crate::events::pipeline::contain::Containment;
+use crate::events::pipeline::{HandlerResolver, Pipeline, PipelineConfig};
+use crate::http::{self, ApiMetrics, AppState, EventSink};
 use crate::listen::{self, Activity, BoundedListener, ConnectionLimits, TrackedIo};
-use crate::pipeline::{HandlerResolver, Pipeline, PipelineConfig};
-use crate::rbac;
-use crate::resources::Resources;
+use crate::store::resources::Resources;
 #[cfg(feature = "etcd")]
 use crate::store::{EtcdConfig, EtcdStore, EtcdTls, ProbeConfig};
 use crate::store::{Precondition, Store, StoreError, StoreHealth, StoreStats};
@@ -71,7 +71,7 @@ pub struct StartConfig {
     /// Where the agent listener (mutual TLS WebSocket) listens.
     pub agent_listen: SocketAddr,
     /// The agent URLs the bootstrap answer names (`--agent-advertise-url`, `wss://…`); when
-    /// empty, derived from the bound agent listener (see [`crate::bootstrap::AgentUrls`]).
+    /// empty, derived from the bound agent listener (see [`crate::agents::join::AgentUrls`]).
     pub agent_advertise_urls: Vec<String>,
     /// The bounds on the API's connections (count, handshake, header and idle timeouts).
     pub api_limits: ConnectionLimits,
@@ -95,7 +95,7 @@ pub struct StartConfig {
     /// The embedded store's page cache, bytes (`--store-cache-mib`).
     pub store_cache_bytes: usize,
     /// Whose identity pipe handlers run with (`--handler-user`, `--allow-root-handlers`).
-    pub handlers: crate::contain::ContainConfig,
+    pub handlers: crate::events::pipeline::contain::ContainConfig,
 }
 
 /// The store `init` or `start` opened, from [`open_store`].
@@ -121,13 +121,13 @@ pub enum ServerError {
     DataDir(#[from] datadir::DataDirError),
     /// TLS material could not be loaded.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::datadir::tls::TlsError),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     /// Resources in the store could not be read.
     #[error("store: {0}")]
-    Resources(#[from] crate::resources::ResourceError),
+    Resources(#[from] crate::store::resources::ResourceError),
     /// JWT keys could not be used.
     #[error("jwt keys: {0}")]
     Jwt(#[from] auth::AuthError),
@@ -151,7 +151,7 @@ pub enum ServerError {
     },
     /// The agent CA or the cluster CA cannot be used for bootstrap.
     #[error(transparent)]
-    AgentPki(#[from] crate::bootstrap::AgentPkiError),
+    AgentPki(#[from] crate::agents::join::AgentPkiError),
     /// A setting is unusable.
     #[error("{0}")]
     Invalid(String),
@@ -181,7 +181,7 @@ pub enum ServerError {
     },
     /// Handler containment cannot be set up as asked (`--handler-user`).
     #[error(transparent)]
-    Contain(#[from] crate::contain::ContainError),
+    Contain(#[from] crate::events::pipeline::contain::ContainError),
     /// The data dir or the flags ask for etcd, and this binary was built without it.
     #[error("this cairn-backend was built without etcd support (cargo feature `etcd`), so it cannot use the etcd store of {}", root.display())]
     EtcdNotBuilt {
@@ -435,10 +435,10 @@ pub async fn start(
         Some(limit) => tracing::info!(limit, "open files limit"),
         None => tracing::warn!("cannot read or raise the open files limit"),
     }
-    let tls_config = crate::tls::api_server_config(&dir)?;
-    let agent_tls_config = crate::tls::agent_server_config(&dir)?;
-    let agent_pki = crate::bootstrap::AgentPki::load(&dir)?;
-    let advertised = crate::bootstrap::AgentUrls::check_advertised(&config.agent_advertise_urls)
+    let tls_config = crate::datadir::tls::api_server_config(&dir)?;
+    let agent_tls_config = crate::datadir::tls::agent_server_config(&dir)?;
+    let agent_pki = crate::agents::join::AgentPki::load(&dir)?;
+    let advertised = crate::agents::join::AgentUrls::check_advertised(&config.agent_advertise_urls)
         .map_err(ServerError::Invalid)?;
     let private_pem = read(dir.jwt_private_key())?;
     let public_pem = read(dir.jwt_public_key())?;
@@ -492,16 +492,16 @@ pub async fn start(
     #[cfg(not(feature = "etcd"))]
     let (coordinator, coordination_task) = (crate::coord::Coordinator::single(backend_id), None);
     tracing::info!(backend = %coordinator.id(), "backend id");
-    let sessions = crate::sessions::Sessions::with_coordinator(Arc::clone(&coordinator));
+    let sessions = crate::agents::sessions::Sessions::with_coordinator(Arc::clone(&coordinator));
     let hub = AgentHub::new(Arc::clone(&sessions));
-    let revocation_hook: crate::bootstrap::RevocationHook = {
+    let revocation_hook: crate::agents::join::RevocationHook = {
         let hub = Arc::clone(&hub);
         Arc::new(move |id, revocation| hub.revoke(id, revocation))
     };
     let (revocations, _revocation_task) =
-        crate::bootstrap::Revocations::start(Arc::clone(&store), revocation_hook).await?;
-    let _token_sweeper = crate::bootstrap::spawn_token_sweeper(Arc::clone(&store));
-    let _refresh_sweeper = api::spawn_refresh_sweeper(Arc::clone(&store));
+        crate::agents::join::Revocations::start(Arc::clone(&store), revocation_hook).await?;
+    let _token_sweeper = crate::agents::join::spawn_token_sweeper(Arc::clone(&store));
+    let _refresh_sweeper = http::spawn_refresh_sweeper(Arc::clone(&store));
     let (listener, api_addr) = bind(config.api_listen).await?;
     let (agent_listener, agent_addr) = bind(config.agent_listen).await?;
     let metrics_listener = match config.metrics_listen {
@@ -509,7 +509,7 @@ pub async fn start(
         None => None,
     };
     // The real port, also when port 0 was asked for.
-    let agent_urls = crate::bootstrap::AgentUrls::new(advertised, agent_addr);
+    let agent_urls = crate::agents::join::AgentUrls::new(advertised, agent_addr);
     tracing::info!(agent_urls = %agent_urls.describe(), "bootstrap answers name these agent urls");
     let agent_pki = Arc::new(agent_pki.with_agent_urls(agent_urls));
     let state = AppState {
@@ -520,12 +520,12 @@ pub async fn start(
         events: Arc::new(PipelineSink::new(pipeline)),
         metrics,
         body_limit: config.body_limit,
-        check_states: Arc::new(crate::checkstate::CheckStateCache::default()),
+        check_states: Arc::new(crate::events::checkstate::CheckStateCache::default()),
         sessions,
         agent_pki,
         revocations,
         store_health,
-        passwords: Arc::new(crate::passwords::Passwords::new()?),
+        passwords: Arc::new(crate::auth::passwords::Passwords::new()?),
         downstream_budget: crate::federation::budget::Budget::new(
             crate::federation::budget::DOWNSTREAM_BUDGET,
         ),
@@ -536,7 +536,7 @@ pub async fn start(
         shutdown.await;
         stop.send_replace(true);
     });
-    let agent_task = tokio::spawn(crate::agentd::serve(
+    let agent_task = tokio::spawn(crate::agents::connection::serve(
         agent_listener,
         config.agent_limits,
         TlsAcceptor::from(agent_tls_config),
@@ -545,12 +545,15 @@ pub async fn start(
         stopped.clone(),
     ));
     // Checks go out to this backend's own sessions; keepalives are watched for them too.
-    let (scheduler_stats, _scheduler_task) =
-        crate::scheduler::spawn(state.clone(), Arc::clone(&state.sessions), stopped.clone());
+    let (scheduler_stats, _scheduler_task) = crate::agents::scheduler::spawn(
+        state.clone(),
+        Arc::clone(&state.sessions),
+        stopped.clone(),
+    );
     // Set once, right after creation, so this cannot fail.
     let _ = state.metrics.scheduler.set(scheduler_stats);
     let _watchdog_task =
-        crate::watchdog::spawn(state.clone(), Arc::clone(&state.sessions), stopped.clone());
+        crate::agents::watchdog::spawn(state.clone(), Arc::clone(&state.sessions), stopped.clone());
     // Federation: replicate chosen resources one way to downstream clusters (issue 7).
     // On the one backend of the cluster that leads the replicators.
     let _replicator_task = crate::federation::replicator::spawn_when_leading(
@@ -562,12 +565,12 @@ pub async fn start(
         serve_metrics(
             listener,
             addr,
-            api::metrics_app(state.clone()),
+            http::metrics_app(state.clone()),
             stopped.clone(),
         );
         addr
     });
-    let app = api::app(state);
+    let app = http::app(state);
     let mut api_stopped = stopped;
     let task = tokio::spawn(serve(
         listener,
@@ -690,7 +693,7 @@ async fn serve_connection(
         let activity = Arc::clone(&activity);
         tower::service_fn(
             move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(api::ClientAddr(peer));
+                request.extensions_mut().insert(http::ClientAddr(peer));
                 let in_flight = activity.request();
                 let app = app.clone();
                 async move {
@@ -867,13 +870,13 @@ mod tests {
             metrics_listen: None,
             api_limits: ConnectionLimits::API,
             agent_limits: ConnectionLimits::AGENT,
-            body_limit: crate::api::DEFAULT_BODY_LIMIT,
+            body_limit: crate::http::DEFAULT_BODY_LIMIT,
             pipeline: PipelineConfig::default(),
             store_cache_bytes: DEFAULT_CACHE_BYTES,
             secrets: crate::secrets::SecretsConfig::default(),
             store,
             store_connect_timeout: patience,
-            handlers: crate::contain::ContainConfig {
+            handlers: crate::events::pipeline::contain::ContainConfig {
                 handler_user: None,
                 allow_root_handlers: true,
             },

@@ -6,7 +6,7 @@
 //! its last stage.
 //!
 //! The decisions are pure functions (`keepalive_transition`, `plan`); the loop around them
-//! reads the clock and the registry and writes through [`crate::ingest::ingest`], like the REST
+//! reads the clock and the registry and writes through [`crate::events::ingest::ingest`], like the REST
 //! API.
 
 use std::collections::{HashMap, HashSet};
@@ -21,11 +21,11 @@ use cairn_api::agent::{DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_WARNING_TIM
 use cairn_api::model::{Check, Entity, Event};
 use cairn_api::{Kind, ObjectMeta, Spec};
 
-use crate::api::AppState;
+use crate::agents::scheduler::{shutdown_requested, unix_now};
+use crate::agents::sessions::{EntityId, Keepalive, Sessions};
 use crate::coord::{Presence, Role};
-use crate::resources::{self, Resources};
-use crate::scheduler::{shutdown_requested, unix_now};
-use crate::sessions::{EntityId, Keepalive, Sessions};
+use crate::http::AppState;
+use crate::store::resources::{self, Resources};
 use crate::store::Precondition;
 
 /// The check name of keepalive events.
@@ -363,7 +363,7 @@ async fn execute(
     };
     let event = keepalive_event(entity, keepalive, status, output, last_seen, unix);
     let event_name = format!("{name}/{KEEPALIVE_CHECK}");
-    crate::ingest::ingest(state, namespace, &event_name, event, KEEPALIVE_CREATED_BY)
+    crate::events::ingest::ingest(state, namespace, &event_name, event, KEEPALIVE_CREATED_BY)
         .await
         .map_err(|err| err.message)?;
     if status > 0 {
@@ -517,7 +517,7 @@ async fn deregister(state: &AppState, id: &EntityId, now: i64) -> Result<(), Str
             }),
             ..Event::default()
         };
-        match crate::events::process_event(None, event, now) {
+        match crate::events::rules::process_event(None, event, now) {
             Ok(event) => state.events.submit(namespace, event),
             Err(err) => tracing::warn!(error = %err, "deregistration event refused"),
         }
@@ -535,7 +535,7 @@ fn resolution_event(previous: &Event, now: i64) -> Option<Event> {
     check.hooks.clear();
     incoming.id.clear();
     incoming.timestamp = 0;
-    crate::events::process_event(Some(previous), incoming, now).ok()
+    crate::events::rules::process_event(Some(previous), incoming, now).ok()
 }
 
 #[cfg(test)]
@@ -543,7 +543,7 @@ mod tests {
     use cairn_api::agent::Hello;
 
     use super::*;
-    use crate::scheduler::tests::{eventually, stored_event, test_state};
+    use crate::agents::scheduler::tests::{eventually, stored_event, test_state};
 
     fn keepalive(last_seen: Instant, warning: u32, critical: u32, raised: u32) -> Keepalive {
         Keepalive {
@@ -727,7 +727,7 @@ mod tests {
 
     #[test]
     fn resolution_of_a_deregistered_entitys_event() {
-        let previous = crate::events::process_event(
+        let previous = crate::events::rules::process_event(
             None,
             Event {
                 entity: Some(Entity {
@@ -766,7 +766,7 @@ mod tests {
     }
 
     /// The keepalive statuses the pipeline was handed for `entity`, in order.
-    fn statuses(sink: &crate::scheduler::tests::CollectingSink, entity: &str) -> Vec<u32> {
+    fn statuses(sink: &crate::agents::scheduler::tests::CollectingSink, entity: &str) -> Vec<u32> {
         sink.0
             .lock()
             .iter()

@@ -24,6 +24,8 @@
 //! certificates, keys and settings: a second backend joins the same cluster by starting with a
 //! copy of the first one's data dir.
 
+pub mod tls;
+
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};

@@ -6,7 +6,7 @@
 //! 0. The listener ([`crate::listen`], `--agent-max-connections`, `--agent-handshake-timeout`):
 //!    at most 20,000 connections by default (the rest wait in the kernel's backlog), accept
 //!    errors back off, and the lines about refused connections are rate-limited (one per 10 s).
-//! 1. TLS ([`crate::tls::agent_server_config`]) within the handshake timeout (10 s): no client
+//! 1. TLS ([`crate::datadir::tls::agent_server_config`]) within the handshake timeout (10 s): no client
 //!    certificate, one from another CA or an expired one fails here, logged with the peer
 //!    address.
 //! 2. The identity is the verified certificate's ([`peer_identity`]): the entity is its CN, and
@@ -38,7 +38,7 @@
 //!
 //! # Events and acknowledgements
 //!
-//! An event is stored through [`crate::ingest::ingest`] as the entity of the session (the agent
+//! An event is stored through [`crate::events::ingest::ingest`] as the entity of the session (the agent
 //! cannot report as another entity), then acknowledged with [`BackendMessage::Ack`]. An id
 //! already acknowledged (the last [`ACKED_IDS_KEPT`] per entity, remembered across reconnects
 //! for the life of the process), or equal to the id of the stored latest event of that
@@ -79,11 +79,11 @@ use cairn_api::model::{Entity, Event};
 use cairn_api::validate::check_name;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
-use crate::api::AppState;
-use crate::bootstrap::{self, CertRecord, Revocation};
+use crate::agents::join::{self, CertRecord, Revocation};
+use crate::agents::sessions::{EntityId, Session, Sessions};
+use crate::http::AppState;
 use crate::listen::{BoundedListener, ConnectionLimits, SharedRepeatedLog, REPEAT_LOG_INTERVAL};
-use crate::resources::{ResourceError, Resources};
-use crate::sessions::{EntityId, Session, Sessions};
+use crate::store::resources::{ResourceError, Resources};
 use crate::store::{Precondition, StoreError};
 
 /// How long the agent has to send its hello after the upgrade.
@@ -310,9 +310,9 @@ pub struct PeerIdentity {
 }
 
 impl PeerIdentity {
-    /// When the certificate was issued (see [`bootstrap::issued_at`]).
+    /// When the certificate was issued (see [`join::issued_at`]).
     pub fn issued_at(&self) -> i64 {
-        bootstrap::issued_at(self.not_before)
+        join::issued_at(self.not_before)
     }
 }
 
@@ -1008,7 +1008,7 @@ impl Conn {
             return None;
         }
         let store = state.resources.store().as_ref();
-        let record = match bootstrap::load_cert_record(store, &namespace, &identity.name).await {
+        let record = match join::load_cert_record(store, &namespace, &identity.name).await {
             Ok(record) => record.map(|(record, _)| record),
             Err(err) => {
                 tracing::error!(peer = %self.peer, namespace, entity = %identity.name, error = %err, "cannot read the agent's certificate record");
@@ -1281,7 +1281,7 @@ impl AgentSession {
             }
         }
         let created_by = format!("agent/{}", self.name());
-        match crate::ingest::ingest(
+        match crate::events::ingest::ingest(
             &self.state,
             &self.namespace,
             &event_name,
@@ -1390,7 +1390,7 @@ impl AgentSession {
             ))];
         }
         let store = self.state.resources.store().as_ref();
-        let previous = match bootstrap::load_cert_record(store, &namespace, &name).await {
+        let previous = match join::load_cert_record(store, &namespace, &name).await {
             Ok(previous) => previous,
             Err(err) => return backend_error("cannot read the certificate record", &err),
         };
@@ -1409,7 +1409,7 @@ impl AgentSession {
         let issued = match self.state.agent_pki.sign(csr_pem, &namespace, &name) {
             Ok(issued) => issued,
             Err(err) => {
-                let reason = bootstrap::describe_pki_error(&err);
+                let reason = join::describe_pki_error(&err);
                 tracing::info!(namespace = %namespace, entity = %name, %reason, "certificate renewal refused");
                 return vec![refused(format!("certificate renewal refused: {reason}"))];
             }
@@ -1421,7 +1421,7 @@ impl AgentSession {
             });
         let record = issued.record(&token_id, pinned);
         let written =
-            match bootstrap::put_cert_record(store, &namespace, &name, &record, &previous).await {
+            match join::put_cert_record(store, &namespace, &name, &record, &previous).await {
                 Ok(written) => written,
                 Err(StoreError::PreconditionFailed { .. }) => {
                     return vec![refused(
@@ -1432,17 +1432,11 @@ impl AgentSession {
             };
         // A revocation stored before or while this signed is in the store now (the revocation
         // reads the record after storing itself, so it names this certificate otherwise).
-        let revocation = match bootstrap::load_revocation(store, &namespace, &name).await {
+        let revocation = match join::load_revocation(store, &namespace, &name).await {
             Ok(revocation) => revocation,
             Err(err) => {
-                bootstrap::restore_cert_record(
-                    store,
-                    &namespace,
-                    &name,
-                    previous.as_ref(),
-                    written,
-                )
-                .await;
+                join::restore_cert_record(store, &namespace, &name, previous.as_ref(), written)
+                    .await;
                 return backend_error("cannot read the revocations", &err);
             }
         };
@@ -1450,8 +1444,7 @@ impl AgentSession {
             revocation.refuses(self.issued_at, &self.fingerprint)
                 || revocation.refuses(record.issued_at, &record.fingerprint)
         }) {
-            bootstrap::restore_cert_record(store, &namespace, &name, previous.as_ref(), written)
-                .await;
+            join::restore_cert_record(store, &namespace, &name, previous.as_ref(), written).await;
             tracing::info!(namespace = %namespace, entity = %name, "certificate renewal refused: revoked while signing");
             return revoked();
         }
@@ -1757,7 +1750,7 @@ mod tests {
 
         // A revocation naming a certificate refuses it whatever its issue time.
         let mut named = revocation(200);
-        named.certificates.push(bootstrap::CertRef {
+        named.certificates.push(join::CertRef {
             serial: "01".into(),
             fingerprint: "f-new".into(),
         });
@@ -1784,14 +1777,14 @@ mod tests {
 
     /// A session of `dev/web-01` on a backend whose revocation view has not caught up (it
     /// stays empty), with its certificate recorded as bootstrap records it.
-    async fn renewing_session(dir: &std::path::Path) -> (AgentSession, String, bootstrap::Issued) {
-        let (mut state, _sink) = crate::scheduler::tests::test_state(dir).await;
-        let (pki, csr) = bootstrap::tests::pki_and_csr();
+    async fn renewing_session(dir: &std::path::Path) -> (AgentSession, String, join::Issued) {
+        let (mut state, _sink) = crate::agents::scheduler::tests::test_state(dir).await;
+        let (pki, csr) = join::tests::pki_and_csr();
         state.agent_pki = Arc::new(pki);
         let issued = state.agent_pki.sign(&csr, "dev", "web-01").unwrap();
         let record = issued.record("tok", Some(vec!["linux".into()]));
         let store = state.resources.store().as_ref();
-        bootstrap::put_cert_record(store, "dev", "web-01", &record, &None)
+        join::put_cert_record(store, "dev", "web-01", &record, &None)
             .await
             .unwrap();
         let hub = AgentHub::new(Sessions::new());
@@ -1822,7 +1815,7 @@ mod tests {
         assert_eq!(renewed.namespace, Ok("dev".to_owned()));
         assert_ne!(renewed.fingerprint, issued.identity.fingerprint);
         let store = Arc::clone(agent.state.resources.store());
-        let (record, _) = bootstrap::load_cert_record(store.as_ref(), "dev", "web-01")
+        let (record, _) = join::load_cert_record(store.as_ref(), "dev", "web-01")
             .await
             .unwrap()
             .unwrap();
@@ -1856,11 +1849,11 @@ mod tests {
         let store = Arc::clone(agent.state.resources.store());
         let store = store.as_ref();
         // Dated before the certificate: it refuses it by name only.
-        let certificate = bootstrap::CertRef {
+        let certificate = join::CertRef {
             serial: issued.identity.serial.clone(),
             fingerprint: issued.identity.fingerprint.clone(),
         };
-        bootstrap::merge_revocation(store, "dev", "web-01", 1, "admin", &[certificate])
+        join::merge_revocation(store, "dev", "web-01", 1, "admin", &[certificate])
             .await
             .unwrap();
         assert!(!agent.state.revocations.revokes(
@@ -1877,7 +1870,7 @@ mod tests {
                 fatal: true
             }]
         );
-        let (record, _) = bootstrap::load_cert_record(store, "dev", "web-01")
+        let (record, _) = join::load_cert_record(store, "dev", "web-01")
             .await
             .unwrap()
             .unwrap();

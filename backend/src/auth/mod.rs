@@ -11,6 +11,10 @@
 //! Refresh tokens are opaque random strings whose SHA-256 is kept in the store, deleted on use,
 //! so each works once; they only ever refresh this cluster's own tokens.
 
+pub mod cache;
+pub mod passwords;
+pub mod rbac;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};

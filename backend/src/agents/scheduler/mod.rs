@@ -30,11 +30,11 @@ use cairn_api::agent::{BackendMessage, CheckRequest};
 use cairn_api::model::{Check, CheckConfig, Entity, Event, HookConfig};
 use cairn_api::{Kind, ObjectMeta, Spec};
 
-use crate::api::AppState;
-use crate::resources::{self, Resources, RESOURCE_PREFIX};
-use crate::sessions::{Session, Sessions};
+use crate::agents::sessions::{Session, Sessions};
+use crate::agents::watchdog::KEEPALIVE_CHECK;
+use crate::http::AppState;
+use crate::store::resources::{self, Resources, RESOURCE_PREFIX};
 use crate::store::{Entry, Revision, Store, StoreError, WatchEvent};
-use crate::watchdog::KEEPALIVE_CHECK;
 
 /// `created_by` of the events the TTL watchdog raises.
 pub const TTL_CREATED_BY: &str = "cairn/ttl";
@@ -1150,7 +1150,7 @@ async fn store_undeliverable_event(state: &AppState, item: &Undeliverable, entit
         .unwrap_or_default();
     let event = undeliverable_event(&item.namespace, entity, &item.config, &item.reason, now);
     let name = format!("{entity}/{check}");
-    if let Err(err) = crate::ingest::ingest(
+    if let Err(err) = crate::events::ingest::ingest(
         state,
         &item.namespace,
         &name,
@@ -1359,7 +1359,8 @@ async fn raise_ttl(state: &AppState, due: &TtlDue, now: i64) -> RaiseOutcome {
     let Some(event) = ttl_event(previous, due.silence, now) else {
         return RaiseOutcome::Changed;
     };
-    match crate::ingest::ingest(state, namespace, &event_name, event, TTL_CREATED_BY).await {
+    match crate::events::ingest::ingest(state, namespace, &event_name, event, TTL_CREATED_BY).await
+    {
         Ok(()) => {
             tracing::info!(%namespace, %entity, %check, silence = due.silence, "check ttl expired");
             RaiseOutcome::Raised
@@ -1399,7 +1400,7 @@ pub(crate) mod tests {
     #[derive(Default)]
     pub(crate) struct CollectingSink(pub(crate) parking_lot::Mutex<Vec<(String, Event)>>);
 
-    impl crate::api::EventSink for CollectingSink {
+    impl crate::http::EventSink for CollectingSink {
         fn submit(&self, namespace: &str, event: Event) {
             self.0.lock().push((namespace.to_owned(), event));
         }
@@ -1410,7 +1411,7 @@ pub(crate) mod tests {
         let store: Arc<dyn Store> =
             Arc::new(crate::store::RedbStore::open(dir.join("store.redb")).unwrap());
         let resources = Resources::new(store);
-        let (auth, _task) = crate::authcache::AuthCache::start(resources.clone())
+        let (auth, _task) = crate::auth::cache::AuthCache::start(resources.clone())
             .await
             .unwrap();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -1430,13 +1431,13 @@ pub(crate) mod tests {
             resources,
             auth,
             issuer: Arc::new(issuer),
-            events: Arc::clone(&sink) as Arc<dyn crate::api::EventSink>,
+            events: Arc::clone(&sink) as Arc<dyn crate::http::EventSink>,
             metrics: Arc::default(),
-            body_limit: crate::api::DEFAULT_BODY_LIMIT,
+            body_limit: crate::http::DEFAULT_BODY_LIMIT,
             check_states: Arc::default(),
             sessions: Sessions::new(),
             // Never used here: the scheduler and the watchdog sign nothing.
-            agent_pki: Arc::new(crate::bootstrap::AgentPki::from_parts(
+            agent_pki: Arc::new(crate::agents::join::AgentPki::from_parts(
                 crate::pki::CertifiedKeyPem {
                     cert_pem: String::new(),
                     key_pem: String::new(),
@@ -1444,9 +1445,9 @@ pub(crate) mod tests {
                 String::new(),
                 "00".repeat(32),
             )),
-            revocations: crate::bootstrap::Revocations::empty(),
+            revocations: crate::agents::join::Revocations::empty(),
             store_health: crate::store::StoreHealth::unprobed(),
-            passwords: Arc::new(crate::passwords::Passwords::with_workers(1).unwrap()),
+            passwords: Arc::new(crate::auth::passwords::Passwords::with_workers(1).unwrap()),
             downstream_budget: crate::federation::budget::Budget::new(
                 crate::federation::budget::DOWNSTREAM_BUDGET,
             ),
@@ -1976,19 +1977,22 @@ pub(crate) mod tests {
         let (_gone, gone) = sessions.register("default", &hello("gone", &["linux"]), true);
         drop(gone);
         let mut dispatcher = dispatcher(&sessions);
-        let firings: Vec<Firing> = (0..crate::sessions::SESSION_QUEUE + 5)
+        let firings: Vec<Firing> = (0..crate::agents::sessions::SESSION_QUEUE + 5)
             .map(|number| firing(check(10, "", &["linux"]), u64::try_from(number).unwrap()))
             .collect();
         dispatcher.fire(&firings, 1);
         let stats = &dispatcher.stats;
-        let queue = u64::try_from(crate::sessions::SESSION_QUEUE).unwrap();
+        let queue = u64::try_from(crate::agents::sessions::SESSION_QUEUE).unwrap();
         assert_eq!(stats.requests_sent.load(Ordering::Relaxed), queue);
         // 5 over the queue for one session, every one for the closed session.
         assert_eq!(
             stats.requests_dropped.load(Ordering::Relaxed),
             5 + queue + 5
         );
-        assert_eq!(drain(&mut full).len(), crate::sessions::SESSION_QUEUE);
+        assert_eq!(
+            drain(&mut full).len(),
+            crate::agents::sessions::SESSION_QUEUE
+        );
     }
 
     #[test]
@@ -2192,7 +2196,7 @@ pub(crate) mod tests {
             }),
             ..Event::default()
         };
-        crate::ingest::ingest(&state, "default", "web/backup", event, "test")
+        crate::events::ingest::ingest(&state, "default", "web/backup", event, "test")
             .await
             .unwrap();
         let raised = eventually("the ttl event", Duration::from_secs(10), || async {

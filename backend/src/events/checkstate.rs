@@ -1,7 +1,7 @@
 //! What the next result of a check needs from the last stored one, kept in memory by store
 //! revision so that ingestion does not decode the stored event every time.
 //!
-//! [`crate::events::process_event`] reads only the previous check's history, occurrences,
+//! [`crate::events::rules::process_event`] reads only the previous check's history, occurrences,
 //! watermark, `last_ok` and state. The cache holds that much per event key together with the
 //! store revision it was written at; a lookup names the revision the store has now, so a hit is
 //! exactly what decoding the stored event would give, whoever wrote it (another request, another
@@ -57,7 +57,7 @@ impl CheckStateCache {
         self.writers[stripe].lock().await
     }
 
-    /// The previous event for `key` as [`crate::events::process_event`] needs it, when the cache
+    /// The previous event for `key` as [`crate::events::rules::process_event`] needs it, when the cache
     /// holds it at exactly `revision`.
     pub fn previous(&self, key: &str, revision: Revision) -> Option<Event> {
         let entries = self.lock();
@@ -126,7 +126,7 @@ impl Default for CheckStateCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::process_event;
+    use crate::events::rules::process_event;
     use cairn_api::meta::ObjectMeta;
     use cairn_api::model::Entity;
 

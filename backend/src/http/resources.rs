@@ -15,8 +15,8 @@ use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
 use super::{authenticate, authorize, forbidden, parse_json, read_body, ApiError, AppState};
 use crate::auth;
-use crate::rbac::{Caller, Verb};
-use crate::resources::Resources;
+use crate::auth::rbac::{Caller, Verb};
+use crate::store::resources::Resources;
 use crate::store::Precondition;
 
 /// What a path addresses.
@@ -664,10 +664,10 @@ async fn write(
         .put(resource, precondition)
         .await
         .map_err(|err| match err {
-            crate::resources::ResourceError::Store(
+            crate::store::resources::ResourceError::Store(
                 crate::store::StoreError::PreconditionFailed { current: 0, .. },
             ) => ApiError::not_found(format!("{} not found", resource.key())),
-            crate::resources::ResourceError::Store(
+            crate::store::resources::ResourceError::Store(
                 crate::store::StoreError::PreconditionFailed { .. },
             ) if precondition == Precondition::Absent => {
                 ApiError::conflict(format!("{} already exists", resource.key()))
@@ -1314,7 +1314,7 @@ async fn events_put(
         "{entity_name}/{}",
         check_name.as_deref().unwrap_or("metrics")
     );
-    crate::ingest::ingest(state, namespace, &event_name, event, &caller.username).await?;
+    crate::events::ingest::ingest(state, namespace, &event_name, event, &caller.username).await?;
     Ok(StatusCode::CREATED.into_response())
 }
 

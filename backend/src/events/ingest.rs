@@ -1,13 +1,13 @@
 //! Storing an event, from the REST API or an agent session alike: the state machine of
-//! [`crate::events`] applied against the stored event of the same entity/check, a write guarded by
+//! [`crate::events::rules`] applied against the stored event of the same entity/check, a write guarded by
 //! that event's revision, the proxy entity created on first sight, then the pipeline.
 
 use cairn_api::model::Event;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
-use crate::api::{ApiError, AppState};
 use crate::auth;
-use crate::resources::Resources;
+use crate::http::{ApiError, AppState};
+use crate::store::resources::Resources;
 use crate::store::Precondition;
 
 /// Stores `event` (already checked for shape: entity and check named, namespace set) as
@@ -57,7 +57,7 @@ async fn store_event(
             Some(entry) => {
                 let previous = match state.check_states.previous(&key, entry.mod_revision) {
                     Some(previous) => previous,
-                    None => match crate::resources::decode(&entry)?.resource.spec {
+                    None => match crate::store::resources::decode(&entry)?.resource.spec {
                         Spec::Event(previous) => *previous,
                         _ => return Err(ApiError::internal("an event key holds another kind")),
                     },
@@ -73,7 +73,7 @@ async fn store_event(
         }
         .ok_or_else(|| ApiError::internal("event consumed before its last attempt"))?;
         let now = i64::try_from(auth::unix_now()).unwrap_or(i64::MAX);
-        let event = crate::events::process_event(previous.as_ref(), this_attempt, now)
+        let event = crate::events::rules::process_event(previous.as_ref(), this_attempt, now)
             .map_err(|err| ApiError::invalid(err.to_string()))?;
         let mut event_meta = ObjectMeta::named(namespace, event_name);
         event_meta.created_by = created_by.to_owned();
@@ -86,7 +86,7 @@ async fn store_event(
                 state.check_states.remember(&key, revision, &event);
                 return Ok(*event);
             }
-            Err(crate::resources::ResourceError::Store(
+            Err(crate::store::resources::ResourceError::Store(
                 crate::store::StoreError::PreconditionFailed { .. },
             )) => {
                 tracing::debug!(%key, attempt, "event changed while processing; recomputing");
@@ -132,7 +132,7 @@ async fn ensure_entity(state: &AppState, namespace: &str, event: &Event) -> Resu
     );
     match state.resources.put(&resource, Precondition::Absent).await {
         // Another event created it first.
-        Err(crate::resources::ResourceError::Store(
+        Err(crate::store::resources::ResourceError::Store(
             crate::store::StoreError::PreconditionFailed { .. },
         )) => Ok(()),
         other => other.map(|_| ()).map_err(ApiError::from),

@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 
 use cairn_api::Kind;
 
-use crate::rbac::AuthSnapshot;
-use crate::resources::{self, Resources, RESOURCE_PREFIX};
+use crate::auth::rbac::AuthSnapshot;
+use crate::store::resources::{self, Resources, RESOURCE_PREFIX};
 use crate::store::{Revision, WatchEvent};
 
 /// The kinds the view holds (namespaces too: every namespaced request checks one exists).
