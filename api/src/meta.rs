@@ -11,6 +11,21 @@ pub const ANNOTATION_SOURCE: &str = "cairn.io/source";
 /// Label written on what a replicator writes downstream.
 pub const LABEL_REPLICATED_FROM: &str = "cairn.io/replicated-from";
 
+/// The label value on every copy one replicator writes: `<gateway cluster>/<replicator>`, so
+/// that a resync lists exactly this replicator's copies, and a copy says where it came from.
+pub fn replicated_from_label(gateway: &str, replicator: &str) -> String {
+    format!("{gateway}/{replicator}")
+}
+
+/// The gateway a [`replicated_from_label`] names; `None` for a value not of that form. A downstream's
+/// RBAC reads it to know whose users a replicated binding's user subjects are.
+pub fn replicated_from_gateway(label: &str) -> Option<&str> {
+    label
+        .split_once('/')
+        .map(|(gateway, _)| gateway)
+        .filter(|gateway| !gateway.is_empty())
+}
+
 /// Sensu's `ObjectMeta`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -10,12 +10,15 @@
 pub mod agents;
 pub mod app;
 pub mod auth;
+pub mod clock;
 pub mod coord;
 pub mod datadir;
+pub mod entity;
 pub mod events;
 pub mod federation;
 pub mod http;
 pub mod listen;
 pub mod pki;
 pub mod secrets;
+pub mod shutdown;
 pub mod store;

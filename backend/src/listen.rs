@@ -45,13 +45,13 @@ impl ConnectionLimits {
     };
 
     /// The agent listener's defaults: 20,000 connections (sessions and handshakes), 10 s to
-    /// shake hands, 10 s for the WebSocket upgrade; a session is closed after
-    /// [`crate::agents::connection::IDLE_TIMEOUT`] without a frame (the backend pings every 30 s).
+    /// shake hands, 10 s for the WebSocket upgrade; a session is closed after 90 s without a
+    /// frame (the backend pings every 30 s; the agent connection reads this bound).
     pub const AGENT: ConnectionLimits = ConnectionLimits {
         max_connections: AGENT_MAX_CONNECTIONS as usize,
         handshake_timeout: Duration::from_secs(10),
         header_timeout: Duration::from_secs(10),
-        idle_timeout: crate::agents::connection::IDLE_TIMEOUT,
+        idle_timeout: Duration::from_secs(90),
     };
 }
 

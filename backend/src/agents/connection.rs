@@ -80,7 +80,9 @@ use cairn_api::validate::check_name;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
 use crate::agents::join::{self, CertRecord, Revocation};
-use crate::agents::sessions::{EntityId, Session, Sessions};
+use crate::agents::sessions::{Session, Sessions};
+use crate::clock::unix_now;
+use crate::entity::EntityId;
 use crate::http::AppState;
 use crate::listen::{BoundedListener, ConnectionLimits, SharedRepeatedLog, REPEAT_LOG_INTERVAL};
 use crate::store::resources::{ResourceError, Resources};
@@ -93,7 +95,7 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the backend pings a session.
 pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// A session that sends nothing (not even a pong) for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const IDLE_TIMEOUT: Duration = ConnectionLimits::AGENT.idle_timeout;
 /// The entity's `last_seen` in the store is updated at most this often per entity.
 pub const LAST_SEEN_WRITE_INTERVAL: Duration = Duration::from_secs(60);
 /// How many acknowledged event ids are remembered per entity.
@@ -194,7 +196,10 @@ impl AgentHub {
             },
         );
         if let Some(stop) = previous.and_then(|mut previous| previous.stop.take()) {
-            let _ = stop.send(format!("replaced by a newer session of {}", session.id.1));
+            let _ = stop.send(format!(
+                "replaced by a newer session of {}",
+                session.id.name
+            ));
         }
         stopped
     }
@@ -283,7 +288,7 @@ impl AgentHub {
         if let Some(stop) = stop {
             let _ = stop.send(REASON_REVOKED.to_owned());
         }
-        tracing::info!(namespace = %id.0, entity = %id.1, "session of a revoked agent dropped");
+        tracing::info!(namespace = %id.namespace, entity = %id.name, "session of a revoked agent dropped");
     }
 }
 
@@ -616,10 +621,6 @@ fn refused(reason: impl Into<String>) -> BackendMessage {
     }
 }
 
-fn unix_now() -> i64 {
-    i64::try_from(crate::auth::unix_now()).unwrap_or(i64::MAX)
-}
-
 // ------------------------------------------------------------------------------------------
 // The listener
 // ------------------------------------------------------------------------------------------
@@ -645,7 +646,7 @@ pub async fn serve(
     loop {
         let (socket, peer, slot) = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = stopping(&mut stop) => break,
+            () = crate::shutdown::requested(&mut stop) => break,
         };
         // Reap the sessions that ended (at most `max_connections` wait here).
         while let Some(joined) = connections.try_join_next() {
@@ -695,12 +696,6 @@ struct Accepted {
     peer: SocketAddr,
     slot: OwnedSemaphorePermit,
     limits: ConnectionLimits,
-}
-
-/// Resolves once `stop` turns true (or its sender is gone, which happens only after).
-async fn stopping(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not `Send`: drop it here.
-    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// Logs a failed TLS handshake: certificate problems at info (an agent to fix; rate-limited
@@ -1137,7 +1132,7 @@ struct AgentSession {
 
 impl AgentSession {
     fn name(&self) -> &str {
-        &self.session.id.1
+        &self.session.id.name
     }
 
     /// Serves the session until it ends; returns why.
@@ -1208,7 +1203,7 @@ impl AgentSession {
                         return err;
                     }
                 }
-                () = stopping(&mut shutdown) => {
+                () = crate::shutdown::requested(&mut shutdown) => {
                     conn.close(CloseCode::Restart, "backend shutting down").await;
                     return "backend shutting down".to_owned();
                 }
@@ -1258,14 +1253,14 @@ impl AgentSession {
         }
         let entity_id = self.session.id.clone();
         if self.hub.was_acked(&entity_id, &id) {
-            tracing::debug!(entity = %entity_id.1, event_id = %id, "duplicate event acknowledged again");
+            tracing::debug!(entity = %entity_id.name, event_id = %id, "duplicate event acknowledged again");
             return vec![BackendMessage::Ack { id }];
         }
         let (event_name, event) = match prepare_event(event, &self.registered, &self.namespace, &id)
         {
             Ok(prepared) => prepared,
             Err(reason) => {
-                tracing::info!(entity = %entity_id.1, event_id = %id, %reason, "agent event refused");
+                tracing::info!(entity = %entity_id.name, event_id = %id, %reason, "agent event refused");
                 return vec![
                     refused(format!("event {id} refused: {reason}")),
                     BackendMessage::Ack { id },
@@ -1275,7 +1270,7 @@ impl AgentSession {
         if !event.id.is_empty() {
             let key = Resources::key(Kind::Event, &self.namespace, &event_name);
             if stored_event_id(&self.state, &key).await.as_deref() == Some(event.id.as_str()) {
-                tracing::debug!(entity = %entity_id.1, event_id = %id, "event already stored; acknowledged again");
+                tracing::debug!(entity = %entity_id.name, event_id = %id, "event already stored; acknowledged again");
                 self.hub.remember_ack(&entity_id, &id);
                 return vec![BackendMessage::Ack { id }];
             }
@@ -1295,14 +1290,14 @@ impl AgentSession {
                 vec![BackendMessage::Ack { id }]
             }
             Err(err) if err.status.is_client_error() && err.status != StatusCode::CONFLICT => {
-                tracing::info!(entity = %entity_id.1, event_id = %id, reason = %err.message, "agent event refused");
+                tracing::info!(entity = %entity_id.name, event_id = %id, reason = %err.message, "agent event refused");
                 vec![
                     refused(format!("event {id} refused: {}", err.message)),
                     BackendMessage::Ack { id },
                 ]
             }
             Err(err) => {
-                tracing::warn!(entity = %entity_id.1, event_id = %id, error = %err.message, "agent event not stored");
+                tracing::warn!(entity = %entity_id.name, event_id = %id, error = %err.message, "agent event not stored");
                 vec![refused(format!(
                     "event {id} was not stored because of a backend error; keep it and send it again"
                 ))]
@@ -1703,8 +1698,8 @@ mod tests {
     #[test]
     fn acked_ids_are_remembered_per_entity_and_bounded() {
         let hub = AgentHub::new(Sessions::new());
-        let web: EntityId = ("default".into(), "web".into());
-        let db: EntityId = ("default".into(), "db".into());
+        let web = EntityId::new("default", "web");
+        let db = EntityId::new("default", "db");
         hub.remember_ack(&web, "e-0");
         assert!(hub.was_acked(&web, "e-0"));
         assert!(!hub.was_acked(&db, "e-0"));

@@ -89,10 +89,10 @@ use cairn_api::Kind;
 
 use rustls::pki_types::pem::PemObject;
 
-use crate::agents::sessions::EntityId;
 use crate::auth::rbac::Verb;
-use crate::auth::unix_now;
+use crate::clock::unix_now_u64 as unix_now;
 use crate::datadir::DataDir;
+use crate::entity::EntityId;
 use crate::http::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
 use crate::pki::{self, CertifiedKeyPem, PkiError};
 use crate::store::{Precondition, Revision, Store, StoreError, WatchEvent};
@@ -1467,7 +1467,7 @@ impl Revocations {
     pub fn get(&self, namespace: &str, name: &str) -> Option<Revocation> {
         self.entries
             .read()
-            .get(&(namespace.to_owned(), name.to_owned()))
+            .get(&EntityId::new(namespace, name))
             .cloned()
     }
 
@@ -1522,8 +1522,8 @@ impl Revocations {
                 if let Some((id, revocation)) = decode_revocation(&entry.key, &entry.value) {
                     self.entries.write().insert(id.clone(), revocation.clone());
                     tracing::info!(
-                        namespace = %id.0,
-                        entity = %id.1,
+                        namespace = %id.namespace,
+                        entity = %id.name,
                         revoked_at = revocation.revoked_at,
                         by = %revocation.by,
                         "agent certificates revoked"
@@ -1593,7 +1593,7 @@ fn revocation_key(namespace: &str, name: &str) -> String {
 fn revocation_id(key: &str) -> Option<EntityId> {
     let (namespace, name) = key.strip_prefix(REVOKED_PREFIX)?.split_once('/')?;
     (!namespace.is_empty() && !name.is_empty() && !name.contains('/'))
-        .then(|| (namespace.to_owned(), name.to_owned()))
+        .then(|| EntityId::new(namespace, name))
 }
 
 fn decode_revocation(key: &str, value: &[u8]) -> Option<(EntityId, Revocation)> {
@@ -1907,7 +1907,7 @@ pub(crate) mod tests {
             serial: "0a".into(),
             fingerprint: "named".into(),
         });
-        view.insert(("default".into(), "web".into()), revocation.clone());
+        view.insert(EntityId::new("default", "web"), revocation.clone());
         assert!(view.revokes("default", "web", 500, "other"));
         assert!(!view.revokes("default", "web", 501, "other"));
         assert!(
@@ -1932,7 +1932,7 @@ pub(crate) mod tests {
         assert!(!record.is_live(Some(&revocation), 999));
         assert_eq!(
             revocation_id("agents/revoked/default/web"),
-            Some(("default".into(), "web".into()))
+            Some(EntityId::new("default", "web"))
         );
         assert_eq!(revocation_id("agents/revoked/default"), None);
         assert_eq!(revocation_id("agents/revoked/default/a/b"), None);
@@ -2079,8 +2079,8 @@ pub(crate) mod tests {
         assert_eq!(
             *heard.lock(),
             [
-                (("default".to_owned(), "old".to_owned()), 10),
-                (("prod".to_owned(), "web".to_owned()), 20)
+                (EntityId::new("default", "old"), 10),
+                (EntityId::new("prod", "web"), 20)
             ]
         );
         let revision = store

@@ -18,13 +18,11 @@ use tokio::sync::mpsc;
 use cairn_api::agent::{BackendMessage, Hello};
 
 use crate::coord::{Coordinator, Presence};
+use crate::entity::EntityId;
 
 /// How many messages may wait for one session's writer before sends fail (a slow agent never
 /// blocks the scheduler).
 pub const SESSION_QUEUE: usize = 256;
-
-/// `(namespace, entity name)`.
-pub type EntityId = (String, String);
 
 /// One connected session, as the scheduler sees it.
 #[derive(Debug, Clone)]
@@ -60,20 +58,15 @@ impl Session {
     /// [`SendError`] when the queue is full or the session ended.
     pub fn send(&self, message: BackendMessage) -> Result<(), SendError> {
         self.sender.try_send(message).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(_) => SendError::Full(self.id.1.clone()),
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed(self.id.1.clone()),
+            mpsc::error::TrySendError::Full(_) => SendError::Full(self.id.name.clone()),
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed(self.id.name.clone()),
         })
     }
 
     /// Whether the session subscribes to any of `subscriptions`.
     pub fn subscribes_to_any(&self, subscriptions: &[String]) -> bool {
-        subscribes_to_any(&self.subscriptions, subscriptions)
+        crate::entity::subscribes_to_any(&self.subscriptions, subscriptions)
     }
-}
-
-/// Whether an entity subscribed to `have` subscribes to any of `wanted`.
-pub fn subscribes_to_any(have: &[String], wanted: &[String]) -> bool {
-    wanted.iter().any(|wanted| have.contains(wanted))
 }
 
 /// The keepalive state of one agent entity.
@@ -149,7 +142,7 @@ impl Sessions {
         authenticated: bool,
     ) -> (Session, mpsc::Receiver<BackendMessage>) {
         let (sender, receiver) = mpsc::channel(SESSION_QUEUE);
-        let id: EntityId = (namespace.to_owned(), hello.name.clone());
+        let id = EntityId::new(namespace, hello.name.clone());
         let mut subscriptions = hello.subscriptions.clone();
         let implicit = format!("entity:{}", hello.name);
         if !subscriptions.contains(&implicit) {
@@ -273,7 +266,9 @@ impl Sessions {
             .lock()
             .sessions
             .values()
-            .filter(|session| session.id.0 == namespace && session.subscribes_to_any(subscriptions))
+            .filter(|session| {
+                session.id.namespace == namespace && session.subscribes_to_any(subscriptions)
+            })
             .cloned()
             .collect();
         matching.sort_by(|left, right| left.id.cmp(&right.id));
@@ -342,7 +337,7 @@ mod tests {
         let (web, _web_rx) = sessions.register("default", &hello("web", &["linux"]), true);
         let (_db, _db_rx) = sessions.register("default", &hello("db", &["linux", "db"]), true);
         let (_other, _other_rx) = sessions.register("prod", &hello("x", &["linux"]), true);
-        let names = |list: Vec<Session>| list.into_iter().map(|s| s.id.1).collect::<Vec<_>>();
+        let names = |list: Vec<Session>| list.into_iter().map(|s| s.id.name).collect::<Vec<_>>();
         assert_eq!(
             names(sessions.matching("default", &["linux".into()])),
             ["db", "web"]

@@ -21,9 +21,10 @@ use cairn_api::agent::{DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_WARNING_TIM
 use cairn_api::model::{Check, Entity, Event};
 use cairn_api::{Kind, ObjectMeta, Spec};
 
-use crate::agents::scheduler::{shutdown_requested, unix_now};
-use crate::agents::sessions::{EntityId, Keepalive, Sessions};
+use crate::agents::sessions::{Keepalive, Sessions};
+use crate::clock::unix_now;
 use crate::coord::{Presence, Role};
+use crate::entity::EntityId;
 use crate::http::AppState;
 use crate::store::resources::{self, Resources};
 use crate::store::Precondition;
@@ -73,11 +74,11 @@ async fn run(state: AppState, sessions: Arc<Sessions>, mut shutdown: watch::Rece
     loop {
         tokio::select! {
             biased;
-            () = shutdown_requested(&mut shutdown) => return,
+            () = crate::shutdown::requested(&mut shutdown) => return,
             _ = ticker.tick() => {}
         }
         for id in sessions.release_foreign() {
-            tracing::debug!(namespace = %id.0, entity = %id.1, "keepalives now watched by another backend");
+            tracing::debug!(namespace = %id.namespace, entity = %id.name, "keepalives now watched by another backend");
         }
         let coordinator = Arc::clone(sessions.coordinator());
         if coordinator.is_distributed() && coordinator.is_leader(Role::Watchdogs) {
@@ -115,7 +116,7 @@ async fn run(state: AppState, sessions: Arc<Sessions>, mut shutdown: watch::Rece
         for (id, keepalive, plan, result) in outcomes {
             match (plan, result) {
                 (Plan::Deregister, Ok(())) => {
-                    tracing::info!(namespace = %id.0, entity = %id.1, "entity deregistered");
+                    tracing::info!(namespace = %id.namespace, entity = %id.name, "entity deregistered");
                     sessions.forget(&id);
                     memories.remove(&id);
                 }
@@ -128,8 +129,8 @@ async fn run(state: AppState, sessions: Arc<Sessions>, mut shutdown: watch::Rece
                 }
                 (plan, Err(reason)) => {
                     tracing::warn!(
-                        namespace = %id.0,
-                        entity = %id.1,
+                        namespace = %id.namespace,
+                        entity = %id.name,
                         ?plan,
                         error = %reason,
                         "keepalive event not stored; trying again later"
@@ -145,7 +146,7 @@ async fn run(state: AppState, sessions: Arc<Sessions>, mut shutdown: watch::Rece
 /// stored keepalive event it knows when the agent was last seen and what was raised, so a
 /// silent agent gets its warning on time and one that is already critical is not raised again.
 async fn adopt_orphan(state: &AppState, sessions: &Sessions, id: EntityId, presence: Presence) {
-    let (namespace, name) = &id;
+    let EntityId { namespace, name } = &id;
     match state.resources.get(Kind::Entity, namespace, name).await {
         Ok(Some(_)) => {}
         Ok(None) => return,
@@ -331,7 +332,7 @@ async fn execute(
     let silence = now.saturating_duration_since(keepalive.last_seen).as_secs();
     let last_seen = unix - i64::try_from(silence).unwrap_or(i64::MAX).min(unix);
     let timeouts = Timeouts::of(keepalive);
-    let (namespace, name) = id;
+    let EntityId { namespace, name } = id;
     let (status, output) = match plan {
         Plan::Deregister => return deregister(state, id, unix).await,
         Plan::Refresh => (0, alive_output(name, last_seen)),
@@ -452,7 +453,7 @@ fn go_time(unix: i64) -> String {
 /// the pipeline a `deregistration` event when the entity names a deregistration handler.
 /// The resolutions are not stored: the entity is gone.
 async fn deregister(state: &AppState, id: &EntityId, now: i64) -> Result<(), String> {
-    let (namespace, name) = id;
+    let EntityId { namespace, name } = id;
     let entity = match state.resources.get(Kind::Entity, namespace, name).await {
         Ok(Some(stored)) => match stored.resource.spec {
             Spec::Entity(mut entity) => {

@@ -15,7 +15,7 @@ pub mod cache;
 pub mod passwords;
 pub mod rbac;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -293,7 +293,7 @@ impl TokenIssuer {
             .encoding
             .as_ref()
             .ok_or_else(|| AuthError::KeyInvalid("no private key to sign with".into()))?;
-        let now = unix_now();
+        let now = crate::clock::unix_now_u64();
         let expires_at = now + grant.ttl.as_secs().max(1);
         let claims = Claims {
             sub: grant.subject.to_owned(),
@@ -317,7 +317,7 @@ impl TokenIssuer {
     /// [`AuthError::TokenExpired`], [`AuthError::AudienceMismatch`],
     /// [`AuthError::AudienceMissing`] or [`AuthError::TokenInvalid`].
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        if let Some(claims) = self.verified.get(token, unix_now()) {
+        if let Some(claims) = self.verified.get(token, crate::clock::unix_now_u64()) {
             return Ok(claims);
         }
         let claims = self.decode(token, &self.validation)?;
@@ -502,14 +502,6 @@ pub fn token_digest(token: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(token.as_bytes());
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or(0)
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -747,8 +739,8 @@ mod tests {
         let issuer = TokenIssuer::from_pem(Some(&private), &public, "a").unwrap();
         let claims = Claims {
             sub: "admin".into(),
-            exp: unix_now() - 10,
-            iat: unix_now() - 100,
+            exp: crate::clock::unix_now_u64() - 10,
+            iat: crate::clock::unix_now_u64() - 100,
             iss: "a".into(),
             aud: "a".into(),
             jti: "x".into(),
@@ -805,7 +797,7 @@ mod tests {
     /// Claims of a token from cluster `iss` meant for `aud` for a viewer, expiring
     /// `expires_in` seconds from now.
     fn claims_json(iss: &str, aud: &str, expires_in: i64) -> serde_json::Value {
-        let now = i64::try_from(unix_now()).unwrap();
+        let now = i64::try_from(crate::clock::unix_now_u64()).unwrap();
         serde_json::json!({
             "sub": "viewer",
             "exp": now + expires_in,

@@ -304,7 +304,7 @@ impl HeldBinding {
     fn of(resource: &Resource, binding: &RoleBinding) -> HeldBinding {
         let users_of = match resource.metadata.labels.get(LABEL_REPLICATED_FROM) {
             None => UsersOf::ThisCluster,
-            Some(label) => crate::federation::replicator::label_gateway(label)
+            Some(label) => cairn_api::meta::replicated_from_gateway(label)
                 .map_or(UsersOf::Nobody, |gateway| {
                     UsersOf::Gateway(gateway.to_owned())
                 }),

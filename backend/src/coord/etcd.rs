@@ -25,7 +25,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{Coordinator, Presence, Role, Write, LEADERS_PREFIX, MEMBERS_PREFIX, PRESENCE_PREFIX};
-use crate::agents::sessions::EntityId;
+use crate::entity::EntityId;
 use crate::store::{EtcdStore, Store, WatchEvent};
 use cairn_api::backoff::{Backoff, Jitter};
 
@@ -87,7 +87,7 @@ impl Etcd {
     }
 
     fn presence_key(&self, id: &EntityId) -> Vec<u8> {
-        self.key(&format!("{PRESENCE_PREFIX}{}/{}", id.0, id.1))
+        self.key(&format!("{PRESENCE_PREFIX}{}/{}", id.namespace, id.name))
     }
 
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, Failure> {
@@ -179,7 +179,7 @@ async fn keep_lease(
         loop {
             tokio::select! {
                 biased;
-                () = crate::agents::scheduler::shutdown_requested(&mut shutdown) => {
+                () = crate::shutdown::requested(&mut shutdown) => {
                     // Leave at once: the others adopt this backend's agents now, not after
                     // the TTL.
                     let mut leases = etcd.client.lease_client();
@@ -248,7 +248,7 @@ async fn wait(
     tokio::pin!(until);
     loop {
         tokio::select! {
-            () = crate::agents::scheduler::shutdown_requested(shutdown) => return true,
+            () = crate::shutdown::requested(shutdown) => return true,
             () = &mut until => return false,
             Some(write) = pending.recv() => remember(mine, write),
         }
@@ -257,7 +257,7 @@ async fn wait(
 
 async fn wait_quietly(shutdown: &mut watch::Receiver<bool>, delay: Duration) -> bool {
     tokio::select! {
-        () = crate::agents::scheduler::shutdown_requested(shutdown) => true,
+        () = crate::shutdown::requested(shutdown) => true,
         () = tokio::time::sleep(delay) => false,
     }
 }
@@ -384,7 +384,7 @@ async fn elect(etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             biased;
-            () = crate::agents::scheduler::shutdown_requested(&mut shutdown) => {
+            () = crate::shutdown::requested(&mut shutdown) => {
                 for role in Role::ALL {
                     etcd.coordinator.set_leader(role, false);
                 }
@@ -505,7 +505,7 @@ async fn follow(etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 biased;
-                () = crate::agents::scheduler::shutdown_requested(&mut shutdown) => return,
+                () = crate::shutdown::requested(&mut shutdown) => return,
                 change = changes.next() => match change {
                     Some(Ok(WatchEvent::Put(entry))) => etcd
                         .coordinator
@@ -529,7 +529,7 @@ async fn follow(etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
 fn presence_id(key: &str) -> Option<EntityId> {
     let rest = key.strip_prefix(PRESENCE_PREFIX)?;
     let (namespace, name) = rest.split_once('/')?;
-    Some((namespace.to_owned(), name.to_owned()))
+    Some(EntityId::new(namespace, name))
 }
 
 fn apply_put(view: &mut super::View, key: &str, value: &[u8]) {

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::agents::sessions::EntityId;
+use crate::entity::EntityId;
 
 /// Key prefix of everything coordination keeps in the store.
 pub const PREFIX: &str = "coord/";
@@ -96,7 +96,7 @@ pub struct Presence {
 impl Presence {
     /// Whether the entity subscribes to any of `subscriptions`.
     pub fn subscribes_to_any(&self, subscriptions: &[String]) -> bool {
-        crate::agents::sessions::subscribes_to_any(&self.subscriptions, subscriptions)
+        crate::entity::subscribes_to_any(&self.subscriptions, subscriptions)
     }
 }
 
@@ -274,7 +274,9 @@ impl Coordinator {
             .presence
             .iter()
             .filter(|(id, presence)| {
-                id.0 == namespace && presence.connected && presence.subscribes_to_any(subscriptions)
+                id.namespace == namespace
+                    && presence.connected
+                    && presence.subscribes_to_any(subscriptions)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -352,7 +354,7 @@ mod tests {
     }
 
     fn id(name: &str) -> EntityId {
-        ("default".to_owned(), name.to_owned())
+        EntityId::new("default", name)
     }
 
     #[test]
@@ -411,7 +413,7 @@ mod tests {
         assert_eq!(
             orphans
                 .iter()
-                .map(|(id, _)| id.1.as_str())
+                .map(|(id, _)| id.name.as_str())
                 .collect::<Vec<_>>(),
             ["lost"]
         );

@@ -5,7 +5,6 @@
 use cairn_api::model::Event;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
-use crate::auth;
 use crate::http::{ApiError, AppState};
 use crate::store::resources::Resources;
 use crate::store::Precondition;
@@ -72,7 +71,7 @@ async fn store_event(
             incoming.clone()
         }
         .ok_or_else(|| ApiError::internal("event consumed before its last attempt"))?;
-        let now = i64::try_from(auth::unix_now()).unwrap_or(i64::MAX);
+        let now = crate::clock::unix_now();
         let event = crate::events::rules::process_event(previous.as_ref(), this_attempt, now)
             .map_err(|err| ApiError::invalid(err.to_string()))?;
         let mut event_meta = ObjectMeta::named(namespace, event_name);

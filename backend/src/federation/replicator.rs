@@ -37,13 +37,11 @@ use cairn_api::{Kind, Spec};
 
 use self::downstream::HttpConnector;
 pub use self::downstream::REPLICATOR_USERNAME;
-pub(crate) use self::plan::label_gateway;
 use self::status::STATUS_PREFIX;
 pub use self::status::{
     Counts, ErrorNote, ReplicatorState, ReplicatorStatus, ResourceErrorNote, ResyncNote,
 };
 use self::worker::{Shared, WorkerConfig};
-use crate::agents::scheduler::shutdown_requested;
 use crate::auth::rbac::Verb;
 use crate::http::{authenticate, authorize, ApiError, AppState};
 use crate::store::resources::{self, Resources};
@@ -68,13 +66,13 @@ pub fn spawn_when_leading(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                () = shutdown_requested(&mut shutdown) => return,
+                () = crate::shutdown::requested(&mut shutdown) => return,
                 led = leading.wait_for(|leading| *leading) => if led.is_err() { return },
             }
             let (stop, stopped) = watch::channel(false);
             let manager = spawn(&state, stopped);
             tokio::select! {
-                () = shutdown_requested(&mut shutdown) => {}
+                () = crate::shutdown::requested(&mut shutdown) => {}
                 _ = leading.wait_for(|leading| !*leading) => {}
             }
             stop.send_replace(true);
@@ -255,7 +253,7 @@ async fn manage(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             Err(err) => {
                 tracing::error!(error = %err, "cannot load the replicators; retrying");
                 tokio::select! {
-                    () = shutdown_requested(&mut shutdown) => return,
+                    () = crate::shutdown::requested(&mut shutdown) => return,
                     () = tokio::time::sleep(RETRY_DELAY) => continue 'load,
                 }
             }
@@ -282,14 +280,14 @@ async fn manage(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             Err(err) => {
                 tracing::warn!(error = %err, "cannot watch the replicators; reloading");
                 tokio::select! {
-                    () = shutdown_requested(&mut shutdown) => return,
+                    () = crate::shutdown::requested(&mut shutdown) => return,
                     () = tokio::time::sleep(RETRY_DELAY) => continue 'load,
                 }
             }
         };
         loop {
             let change = tokio::select! {
-                () = shutdown_requested(&mut shutdown) => return,
+                () = crate::shutdown::requested(&mut shutdown) => return,
                 change = replicator_changes.next() => change,
                 change = cluster_changes.next() => change,
             };

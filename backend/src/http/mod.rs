@@ -596,7 +596,7 @@ async fn issue_tokens(state: &AppState, caller: &Caller) -> Result<Json<Value>, 
     let refresh_token = auth::random_token(32);
     let record = serde_json::json!({
         "username": caller.username,
-        "expires_at": auth::unix_now() + auth::REFRESH_TOKEN_TTL.as_secs(),
+        "expires_at": crate::clock::unix_now_u64() + auth::REFRESH_TOKEN_TTL.as_secs(),
     });
     let key = refresh_key(&refresh_token);
     let value = serde_json::to_vec(&record).expect("a JSON value always serializes");
@@ -685,7 +685,7 @@ async fn consume_refresh(state: &AppState, token: &str) -> Result<String, ApiErr
     }
     let record: Value = serde_json::from_slice(&entry.value).map_err(ApiError::internal)?;
     let expires_at = record["expires_at"].as_u64().unwrap_or(0);
-    if expires_at < auth::unix_now() {
+    if expires_at < crate::clock::unix_now_u64() {
         return Err(ApiError::unauthenticated("refresh token expired"));
     }
     record["username"]
@@ -1163,7 +1163,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn crate::store::Store> =
             Arc::new(crate::store::RedbStore::open(dir.path().join("s.redb")).unwrap());
-        let now = auth::unix_now();
+        let now = crate::clock::unix_now_u64();
         for (token, expires_at) in [("old", now - 1), ("live", now + 3600)] {
             let value = serde_json::to_vec(&serde_json::json!({
                 "username": "admin",

@@ -543,7 +543,7 @@ fn decode_body(
     resource.metadata.created_by = caller.username.clone();
     if let Spec::Silenced(silenced) = &mut resource.spec {
         // As Sensu: the creator, a start (now when unset) and an absolute expiry.
-        let now = i64::try_from(auth::unix_now()).unwrap_or(i64::MAX);
+        let now = crate::clock::unix_now();
         silenced.creator = caller.username.clone();
         if silenced.begin == 0 {
             silenced.begin = now;
@@ -944,7 +944,7 @@ async fn apikeys_create(
         Spec::ApiKey(ApiKey {
             metadata: None,
             username: username.to_owned(),
-            created_at: i64::try_from(auth::unix_now()).unwrap_or(i64::MAX),
+            created_at: crate::clock::unix_now(),
         }),
     );
     write(state, &resource, Precondition::Absent).await?;

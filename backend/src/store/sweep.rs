@@ -62,7 +62,13 @@ pub fn spawn_sweeper(
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            match delete_expired(store.as_ref(), prefix, crate::auth::unix_now(), is_expired).await
+            match delete_expired(
+                store.as_ref(),
+                prefix,
+                crate::clock::unix_now_u64(),
+                is_expired,
+            )
+            .await
             {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(removed, what, "expired records removed"),

@@ -32,6 +32,7 @@ use cairn_api::{Kind, ObjectMeta, Spec};
 
 use crate::agents::sessions::{Session, Sessions};
 use crate::agents::watchdog::KEEPALIVE_CHECK;
+use crate::clock::unix_now;
 use crate::http::AppState;
 use crate::store::resources::{self, Resources, RESOURCE_PREFIX};
 use crate::store::{Entry, Revision, Store, StoreError, WatchEvent};
@@ -109,18 +110,6 @@ pub fn spawn(
     (stats, tokio::spawn(run(scheduler, shutdown)))
 }
 
-/// Resolves when `shutdown` holds `true`; never when its sender is gone.
-pub(crate) async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
-    if shutdown.wait_for(|stop| *stop).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// The current unix time in whole seconds.
-pub(crate) fn unix_now() -> i64 {
-    i64::try_from(crate::auth::unix_now()).unwrap_or(i64::MAX)
-}
-
 /// `(namespace, name)` of a check or hook.
 type NameKey = (String, String);
 
@@ -148,7 +137,7 @@ async fn run(mut scheduler: Scheduler, mut shutdown: watch::Receiver<bool>) {
             Err(err) => {
                 tracing::error!(error = %err, "scheduler cannot load checks; retrying");
                 tokio::select! {
-                    () = shutdown_requested(&mut shutdown) => return,
+                    () = crate::shutdown::requested(&mut shutdown) => return,
                     () = tokio::time::sleep(RETRY_DELAY) => continue 'load,
                 }
             }
@@ -159,7 +148,7 @@ async fn run(mut scheduler: Scheduler, mut shutdown: watch::Receiver<bool>) {
             Err(err) => {
                 tracing::warn!(error = %err, "scheduler cannot watch the store; reloading");
                 tokio::select! {
-                    () = shutdown_requested(&mut shutdown) => return,
+                    () = crate::shutdown::requested(&mut shutdown) => return,
                     () = tokio::time::sleep(RETRY_DELAY) => continue 'load,
                 }
             }
@@ -167,7 +156,7 @@ async fn run(mut scheduler: Scheduler, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 biased;
-                () = shutdown_requested(&mut shutdown) => return,
+                () = crate::shutdown::requested(&mut shutdown) => return,
                 () = &mut tick => {
                     scheduler.tick(unix_now()).await;
                     tick.as_mut().reset(next_second());
@@ -886,7 +875,7 @@ impl Dispatcher {
                 match sessions.iter().position(|session| &session.id == pick) {
                     Some(idx) => &sessions[idx..=idx],
                     None => {
-                        tracing::debug!(%namespace, check = %name, entity = %pick.1, "round-robin firing goes to an agent of another backend");
+                        tracing::debug!(%namespace, check = %name, entity = %pick.name, "round-robin firing goes to an agent of another backend");
                         continue;
                     }
                 }
@@ -968,7 +957,7 @@ impl Dispatcher {
             entities: prepared
                 .sessions
                 .into_iter()
-                .map(|session| session.id.1)
+                .map(|session| session.id.name)
                 .collect(),
             reason,
         });
@@ -1006,7 +995,7 @@ impl Dispatcher {
                     tracing::warn!(
                         namespace,
                         check,
-                        entity = %session.id.1,
+                        entity = %session.id.name,
                         error = %err,
                         "check request dropped"
                     );

@@ -21,7 +21,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_api::agent::SecretValue;
@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tracing::{debug, info, warn, warn_span, Instrument};
 
+use crate::clock::unix_now;
 use crate::events::pipeline::contain::{ContainError, Containment, HANDLER_PATH};
 use crate::events::rules;
 
@@ -466,7 +467,7 @@ impl Dispatcher {
         let mut running = JoinSet::new();
         let aborted = tokio::select! {
             () = self.drain(&mut receiver, &mut running) => false,
-            () = wait_abort(&mut abort) => true,
+            () = crate::shutdown::requested(&mut abort) => true,
         };
         if aborted {
             receiver.close();
@@ -975,13 +976,6 @@ impl fmt::Display for ErrorChain<'_> {
     }
 }
 
-async fn wait_abort(abort: &mut watch::Receiver<bool>) {
-    if abort.wait_for(|abort| *abort).await.is_err() {
-        // The pipeline was dropped without shutdown: never abort, just drain.
-        std::future::pending::<()>().await;
-    }
-}
-
 fn log_join_error(result: Result<(), JoinError>) {
     if let Err(error) = result {
         if error.is_panic() {
@@ -1026,14 +1020,6 @@ fn parse_env_vars(entries: &[String]) -> (Vec<(&str, &str)>, usize) {
         })
         .collect();
     (pairs, skipped)
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
-        })
 }
 
 /// Waits for the child while writing the payload to its stdin; stops writing once it exits.

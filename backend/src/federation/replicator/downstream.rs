@@ -524,7 +524,7 @@ impl Tokens {
     /// # Errors
     /// [`DownstreamError::Unavailable`] when this backend cannot sign (it has no private key).
     pub(crate) fn authorization(&self) -> Result<String, DownstreamError> {
-        let now = crate::auth::unix_now();
+        let now = crate::clock::unix_now_u64();
         let mut current = self.current.lock();
         if let Some(token) = current
             .as_ref()
@@ -909,9 +909,9 @@ pub(crate) mod tests {
             .verify(first.strip_prefix("Bearer ").unwrap())
             .is_err());
         assert_eq!(claims.groups, ["cluster-admins"]);
-        assert!(claims.exp <= crate::auth::unix_now() + TOKEN_TTL.as_secs());
+        assert!(claims.exp <= crate::clock::unix_now_u64() + TOKEN_TTL.as_secs());
         // One about to expire is replaced.
-        tokens.current.lock().as_mut().unwrap().expires_at = crate::auth::unix_now() + 30;
+        tokens.current.lock().as_mut().unwrap().expires_at = crate::clock::unix_now_u64() + 30;
         assert_ne!(tokens.authorization().unwrap(), first);
         // A verify-only issuer cannot sign: a clear error, not a panic.
         let verify_only = Tokens::new(

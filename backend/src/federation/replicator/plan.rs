@@ -80,21 +80,6 @@ pub(crate) struct Plan {
     pub(crate) unchanged: usize,
 }
 
-/// The label value on every copy one replicator writes: `<gateway cluster>/<replicator>`, so
-/// that a resync lists exactly this replicator's copies, and a copy says where it came from.
-pub(crate) fn label_value(gateway: &str, replicator: &str) -> String {
-    format!("{gateway}/{replicator}")
-}
-
-/// The gateway a [`label_value`] names; `None` for a value not of that form. A downstream's
-/// RBAC reads it to know whose users a replicated binding's user subjects are.
-pub(crate) fn label_gateway(label: &str) -> Option<&str> {
-    label
-        .split_once('/')
-        .map(|(gateway, _)| gateway)
-        .filter(|gateway| !gateway.is_empty())
-}
-
 // === impl Scope ===
 
 impl Scope {
@@ -384,10 +369,16 @@ mod tests {
         assert_eq!(copy.metadata.annotations["note"], "kept");
         assert_eq!(copy.metadata.created_by, "");
         assert_eq!(copy.spec, source.spec);
-        assert_eq!(label_value("gateway", "checks"), LABEL);
-        assert_eq!(label_gateway(LABEL), Some("gateway"));
-        assert_eq!(label_gateway("gateway"), None);
-        assert_eq!(label_gateway("/checks"), None);
+        assert_eq!(
+            cairn_api::meta::replicated_from_label("gateway", "checks"),
+            LABEL
+        );
+        assert_eq!(
+            cairn_api::meta::replicated_from_gateway(LABEL),
+            Some("gateway")
+        );
+        assert_eq!(cairn_api::meta::replicated_from_gateway("gateway"), None);
+        assert_eq!(cairn_api::meta::replicated_from_gateway("/checks"), None);
     }
 
     #[test]

@@ -291,7 +291,7 @@ impl StatusBook {
         self.record.counts.errors += 1;
         self.record.last_error = Some(ErrorNote {
             message,
-            at: crate::auth::unix_now(),
+            at: crate::clock::unix_now_u64(),
         });
         self.dirty = true;
     }
@@ -300,12 +300,12 @@ impl StatusBook {
     pub(crate) fn backing_off(&mut self, message: String, delay: Duration) {
         self.error(message);
         self.set_state(ReplicatorState::BackingOff);
-        self.record.next_retry_at = Some(crate::auth::unix_now() + delay.as_secs().max(1));
+        self.record.next_retry_at = Some(crate::clock::unix_now_u64() + delay.as_secs().max(1));
     }
 
     /// Records the downstream's refusal of one resource (replacing an earlier one for it).
     pub(crate) fn resource_error(&mut self, resource: &str, message: String) {
-        let at = crate::auth::unix_now();
+        let at = crate::clock::unix_now_u64();
         self.record.counts.errors += 1;
         self.record.last_error = Some(ErrorNote {
             message: format!("{resource}: {message}"),
@@ -396,7 +396,7 @@ impl StatusBook {
         if !self.dirty {
             return;
         }
-        self.record.updated_at = crate::auth::unix_now();
+        self.record.updated_at = crate::clock::unix_now_u64();
         let value = serde_json::to_vec(&self.record).expect("a record always serializes");
         match self.store.put(&self.key, value, Precondition::None).await {
             Ok(_) => {
@@ -495,7 +495,7 @@ mod tests {
         book.backing_off("alpha unreachable".into(), Duration::from_secs(4));
         assert_eq!(book.record.state, ReplicatorState::BackingOff);
         let retry = book.record.next_retry_at.unwrap();
-        assert!(retry >= crate::auth::unix_now() + 3, "{retry}");
+        assert!(retry >= crate::clock::unix_now_u64() + 3, "{retry}");
         assert_eq!(
             book.record.last_error.as_ref().unwrap().message,
             "alpha unreachable"

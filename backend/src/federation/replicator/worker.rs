@@ -22,9 +22,8 @@ use cairn_api::{Kind, Spec};
 
 use super::backoff::Backoff;
 use super::downstream::{push, Connector, Downstream, DownstreamError, Pushed};
-use super::plan::{self, label_value, Change, Desired, Scope};
+use super::plan::{self, Change, Desired, Scope};
 use super::status::{self, Record, ReplicatorState, ResyncNote, StatusBook, FLUSH_INTERVAL};
-use crate::agents::scheduler::shutdown_requested;
 use crate::store::resources::{self, Resources};
 use crate::store::{Revision, Store, StoreError, WatchEvent};
 
@@ -87,7 +86,7 @@ async fn start(shared: Arc<Shared>, config: WorkerConfig, mut shutdown: watch::R
     let Some(previous) = load_record(&shared, &config.name, &mut shutdown).await else {
         return;
     };
-    let label = label_value(&shared.gateway, &config.name);
+    let label = cairn_api::meta::replicated_from_label(&shared.gateway, &config.name);
     let record = previous.clone().unwrap_or_else(|| Record {
         name: config.name.clone(),
         spec: config.spec.clone(),
@@ -113,7 +112,7 @@ async fn start(shared: Arc<Shared>, config: WorkerConfig, mut shutdown: watch::R
             book.set_state(ReplicatorState::Error);
             book.flush().await;
             // The manager starts a new worker when the definition or the cluster changes.
-            shutdown_requested(&mut shutdown).await;
+            crate::shutdown::requested(&mut shutdown).await;
             return;
         }
     };
@@ -200,7 +199,7 @@ async fn remove_previous(
                 );
                 book.flush().await;
                 tokio::select! {
-                    () = shutdown_requested(shutdown) => return false,
+                    () = crate::shutdown::requested(shutdown) => return false,
                     () = tokio::time::sleep(delay) => {}
                 }
             }
@@ -221,7 +220,7 @@ async fn load_record(
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the replicator's record; retrying");
                 tokio::select! {
-                    () = shutdown_requested(shutdown) => return None,
+                    () = crate::shutdown::requested(shutdown) => return None,
                     () = tokio::time::sleep(STORE_RETRY) => {}
                 }
             }
@@ -347,7 +346,7 @@ impl Worker {
         self.book.backing_off(message, delay);
         self.book.flush().await;
         tokio::select! {
-            () = shutdown_requested(&mut self.shutdown) => false,
+            () = crate::shutdown::requested(&mut self.shutdown) => false,
             () = tokio::time::sleep(delay) => true,
         }
     }
@@ -400,7 +399,7 @@ impl Worker {
             }
         }
         let listed = tokio::select! {
-            () = shutdown_requested(&mut self.shutdown) => return Err(Stop::Shutdown),
+            () = crate::shutdown::requested(&mut self.shutdown) => return Err(Stop::Shutdown),
             listed = self.downstream.list_copies(self.kind, &self.label) => listed,
         };
         let live = listed
@@ -442,7 +441,7 @@ impl Worker {
             }
             let joined = tokio::select! {
                 biased;
-                () = shutdown_requested(&mut self.shutdown) => return Err(Stop::Shutdown),
+                () = crate::shutdown::requested(&mut self.shutdown) => return Err(Stop::Shutdown),
                 joined = running.join_next() => joined,
             };
             let Some(joined) = joined else { break };
@@ -470,7 +469,7 @@ impl Worker {
             return Err(Stop::Failed(message));
         }
         let duration = started.elapsed();
-        note.at = crate::auth::unix_now();
+        note.at = crate::clock::unix_now_u64();
         note.duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         tracing::info!(
             revision = page.revision,
@@ -538,7 +537,7 @@ impl Worker {
             }
             tokio::select! {
                 biased;
-                () = shutdown_requested(&mut self.shutdown) => return End::Shutdown,
+                () = crate::shutdown::requested(&mut self.shutdown) => return End::Shutdown,
                 Some(joined) = running.join_next(), if !running.is_empty() => match joined {
                     Ok((change, result)) => match self.outcome(&change, result) {
                         Outcome::Unavailable(message) => {
@@ -916,7 +915,7 @@ pub(crate) async fn remove(shared: Arc<Shared>, name: String, mut shutdown: watc
                     book.record.state = ReplicatorState::Deleting;
                     book.flush().await;
                     tokio::select! {
-                        () = shutdown_requested(&mut shutdown) => return,
+                        () = crate::shutdown::requested(&mut shutdown) => return,
                         () = tokio::time::sleep(delay) => {}
                     }
                 }

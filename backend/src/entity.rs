@@ -1,0 +1,33 @@
+//! Which agent entity: a namespace and a name (an agent certificate proves both).
+
+use std::fmt;
+
+/// An entity of one namespace, as sessions, presence, revocations and keepalives key it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityId {
+    /// The namespace (the certificate's `O`).
+    pub namespace: String,
+    /// The entity name (the certificate's CN).
+    pub name: String,
+}
+
+impl EntityId {
+    /// The entity `name` of `namespace`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        EntityId {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for EntityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Whether an entity subscribed to `have` subscribes to any of `wanted`.
+pub fn subscribes_to_any(have: &[String], wanted: &[String]) -> bool {
+    wanted.iter().any(|wanted| have.contains(wanted))
+}
