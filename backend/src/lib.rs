@@ -22,3 +22,5 @@ pub mod pki;
 pub mod secrets;
 pub mod shutdown;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;

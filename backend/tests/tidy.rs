@@ -30,6 +30,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("entity", 1),
     ("pki", 1),
     ("listen", 1),
+    ("testing", 1),
 ];
 
 /// Modules that may speak HTTP.

@@ -55,7 +55,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -66,6 +65,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -81,9 +81,9 @@ use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
 use crate::agents::join::{self, CertRecord, Revocation};
 use crate::agents::sessions::{Session, Sessions};
+use crate::agents::Agents;
 use crate::clock::unix_now;
 use crate::entity::EntityId;
-use crate::http::AppState;
 use crate::listen::{BoundedListener, ConnectionLimits, SharedRepeatedLog, REPEAT_LOG_INTERVAL};
 use crate::store::resources::{ResourceError, Resources};
 use crate::store::{Precondition, StoreError};
@@ -632,7 +632,7 @@ pub async fn serve(
     listener: TcpListener,
     limits: ConnectionLimits,
     acceptor: TlsAcceptor,
-    state: AppState,
+    state: Agents,
     hub: Arc<AgentHub>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -738,7 +738,7 @@ fn check_path(request: &Request, response: Response) -> Result<Response, ErrorRe
 async fn run_connection(
     accepted: Accepted,
     acceptor: TlsAcceptor,
-    state: AppState,
+    state: Agents,
     hub: Arc<AgentHub>,
     stop: watch::Receiver<bool>,
     refusals: Arc<SharedRepeatedLog>,
@@ -868,7 +868,7 @@ enum EntityFailure {
 
 /// Creates or updates the agent's entity from its hello; returns it as events embed it.
 async fn upsert_entity(
-    state: &AppState,
+    state: &Agents,
     namespace: &str,
     hello: &Hello,
 ) -> Result<Entity, EntityFailure> {
@@ -913,7 +913,7 @@ async fn upsert_entity(
 }
 
 /// The id of the stored latest event at `key`, reading nothing else of it.
-async fn stored_event_id(state: &AppState, key: &str) -> Option<String> {
+async fn stored_event_id(state: &Agents, key: &str) -> Option<String> {
     #[derive(Deserialize)]
     struct Document {
         #[serde(default)]
@@ -958,7 +958,7 @@ impl Conn {
     /// returns `None`.
     async fn hello(
         &mut self,
-        state: &AppState,
+        state: &Agents,
         identity: &PeerIdentity,
     ) -> Option<(String, Hello, Option<CertRecord>)> {
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, self.read_hello()).await {
@@ -1115,7 +1115,7 @@ impl Conn {
 
 /// A registered session and what its messages need.
 struct AgentSession {
-    state: AppState,
+    state: Agents,
     hub: Arc<AgentHub>,
     session: Session,
     namespace: String,
@@ -1276,28 +1276,25 @@ impl AgentSession {
             }
         }
         let created_by = format!("agent/{}", self.name());
-        match crate::events::ingest::ingest(
-            &self.state,
-            &self.namespace,
-            &event_name,
-            event,
-            &created_by,
-        )
-        .await
+        match self
+            .state
+            .ingest
+            .ingest(&self.namespace, &event_name, event, &created_by)
+            .await
         {
             Ok(()) => {
                 self.hub.remember_ack(&entity_id, &id);
                 vec![BackendMessage::Ack { id }]
             }
-            Err(err) if err.status.is_client_error() && err.status != StatusCode::CONFLICT => {
-                tracing::info!(entity = %entity_id.name, event_id = %id, reason = %err.message, "agent event refused");
+            Err(err) if err.is_permanent() => {
+                tracing::info!(entity = %entity_id.name, event_id = %id, reason = %err, "agent event refused");
                 vec![
-                    refused(format!("event {id} refused: {}", err.message)),
+                    refused(format!("event {id} refused: {err}")),
                     BackendMessage::Ack { id },
                 ]
             }
             Err(err) => {
-                tracing::warn!(entity = %entity_id.name, event_id = %id, error = %err.message, "agent event not stored");
+                tracing::warn!(entity = %entity_id.name, event_id = %id, error = %err, "agent event not stored");
                 vec![refused(format!(
                     "event {id} was not stored because of a backend error; keep it and send it again"
                 ))]

@@ -69,11 +69,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use futures::StreamExt;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -81,19 +76,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use cairn_api::agent::{
-    parse_agent_url, BootstrapRequest, BootstrapResponse, JoinToken, MAX_AGENT_URLS,
-};
+use cairn_api::agent::{parse_agent_url, JoinToken, MAX_AGENT_URLS};
 use cairn_api::validate::check_name;
 use cairn_api::Kind;
 
 use rustls::pki_types::pem::PemObject;
 
-use crate::auth::rbac::Verb;
-use crate::clock::unix_now_u64 as unix_now;
 use crate::datadir::DataDir;
 use crate::entity::EntityId;
-use crate::http::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
 use crate::pki::{self, CertifiedKeyPem, PkiError};
 use crate::store::{Precondition, Revision, Store, StoreError, WatchEvent};
 
@@ -129,14 +119,15 @@ pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 60 * 60;
 pub const MAX_TOKEN_USES: u32 = 10_000;
 
 /// Length of a token's secret: 48 alphanumeric characters, about 285 bits.
-const SECRET_LEN: usize = 48;
+pub(crate) const SECRET_LEN: usize = 48;
 /// Length of a token's id: 16 lower-case alphanumeric characters.
-const ID_LEN: usize = 16;
-const SECRET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+pub(crate) const ID_LEN: usize = 16;
+pub(crate) const SECRET_ALPHABET: &[u8] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+pub(crate) const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
 /// How many times a guarded write of a token is recomputed when another writer got there first.
-const TOKEN_WRITE_ATTEMPTS: usize = 16;
+pub(crate) const TOKEN_WRITE_ATTEMPTS: usize = 16;
 
 /// How long expired tokens are kept (so that a late use is told "expired", not "unknown").
 const EXPIRED_TOKEN_GRACE_SECS: u64 = 24 * 60 * 60;
@@ -145,7 +136,7 @@ const EXPIRED_TOKEN_GRACE_SECS: u64 = 24 * 60 * 60;
 const TOKEN_SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 /// How long a revocation request waits for the local view (and so the session drop) to catch up.
-const REVOCATION_CATCH_UP: Duration = Duration::from_secs(5);
+pub(crate) const REVOCATION_CATCH_UP: Duration = Duration::from_secs(5);
 
 // ------------------------------------------------------------------------------------------
 // Certificate authority material
@@ -154,10 +145,10 @@ const REVOCATION_CATCH_UP: Duration = Duration::from_secs(5);
 /// The CA material that bootstrap and renewal need, loaded and checked once at start, and the
 /// agent URLs the bootstrap answer names.
 pub struct AgentPki {
-    agent_ca: CertifiedKeyPem,
-    ca_pem: String,
+    pub(crate) agent_ca: CertifiedKeyPem,
+    pub(crate) ca_pem: String,
     ca_fingerprint: String,
-    agent_urls: AgentUrls,
+    pub(crate) agent_urls: AgentUrls,
 }
 
 /// Why [`AgentPki::load`] failed.
@@ -424,15 +415,6 @@ fn url_host(ip: IpAddr) -> String {
     }
 }
 
-/// The authority a request reached: HTTP/2's `:authority` (in the URI), else the `Host` header;
-/// `None` when there is neither, or the header is not visible ASCII.
-fn request_authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    match uri.authority() {
-        Some(authority) => Some(authority.as_str()),
-        None => headers.get(header::HOST)?.to_str().ok(),
-    }
-}
-
 /// The host of a request's authority (`host`, `host:port`, `[v6]` or `[v6]:port`) in URL form,
 /// lower-case, when it is usable for an agent URL: an IP address that is not unspecified,
 /// multicast or broadcast, or a DNS name (labels of ASCII letters, digits and `-`, no `-` at
@@ -440,7 +422,7 @@ fn request_authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str
 /// label that is not all digits, so that nothing reads as a malformed IPv4 address); the port,
 /// if any, must be decimal digits of a `u16`. `None` for anything else (user info, a path,
 /// other characters, empty parts, too long).
-fn request_host(authority: &str) -> Option<String> {
+pub(crate) fn request_host(authority: &str) -> Option<String> {
     if authority.is_empty() || authority.len() > MAX_AUTHORITY_BYTES {
         return None;
     }
@@ -630,16 +612,6 @@ pub enum ConsumeError {
     Store(String),
 }
 
-impl From<ConsumeError> for ApiError {
-    fn from(err: ConsumeError) -> ApiError {
-        match err {
-            ConsumeError::Refused(refusal) => ApiError::unauthenticated(refusal.to_string()),
-            ConsumeError::Contended(_) => ApiError::conflict(err.to_string()),
-            ConsumeError::Store(detail) => ApiError::internal(detail),
-        }
-    }
-}
-
 /// SHA-256 of a token secret, lowercase hex: what the store keeps.
 pub fn secret_digest(secret: &str) -> String {
     Sha256::digest(secret.as_bytes())
@@ -683,39 +655,48 @@ pub fn check_token(
     Ok(())
 }
 
+/// Why a join token request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRequestError {
+    /// A field is out of bounds or malformed (the message names it).
+    #[error("{0}")]
+    Invalid(String),
+    /// The namespace does not exist.
+    #[error("namespace \"{0}\" not found")]
+    UnknownNamespace(String),
+}
+
 /// Validates a token request; `namespace_exists` answers for the namespace.
 ///
 /// # Errors
-/// `400` naming the field, or `404` for a namespace that does not exist.
+/// [`TokenRequestError`]: a field out of bounds (named), or a namespace that does not exist.
 pub fn validate_create(
     request: CreateJoinToken,
     namespace_exists: impl Fn(&str) -> bool,
-) -> Result<JoinTokenSpec, ApiError> {
+) -> Result<JoinTokenSpec, TokenRequestError> {
     let ttl_seconds = request.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
     if !(MIN_TOKEN_TTL_SECS..=MAX_TOKEN_TTL_SECS).contains(&ttl_seconds) {
-        return Err(ApiError::invalid(format!(
+        return Err(TokenRequestError::Invalid(format!(
             "ttl_seconds: {ttl_seconds} is out of range; a join token lives from {MIN_TOKEN_TTL_SECS} s to {MAX_TOKEN_TTL_SECS} s (30 days)"
         )));
     }
     let uses = request.uses.unwrap_or(1);
     if !(1..=MAX_TOKEN_USES).contains(&uses) {
-        return Err(ApiError::invalid(format!(
+        return Err(TokenRequestError::Invalid(format!(
             "uses: {uses} is out of range; a join token allows 1 to {MAX_TOKEN_USES} uses"
         )));
     }
     let namespace = request.namespace.unwrap_or_else(|| "default".to_owned());
     if let Some(problem) = check_name(Kind::Namespace, &namespace) {
-        return Err(ApiError::invalid(format!("namespace: {problem}")));
+        return Err(TokenRequestError::Invalid(format!("namespace: {problem}")));
     }
     if !namespace_exists(&namespace) {
-        return Err(ApiError::not_found(format!(
-            "namespace \"{namespace}\" not found"
-        )));
+        return Err(TokenRequestError::UnknownNamespace(namespace));
     }
     let mut subscriptions: Vec<String> = Vec::with_capacity(request.subscriptions.len());
     for (idx, subscription) in request.subscriptions.into_iter().enumerate() {
         if let Some(problem) = subscription_problem(&subscription) {
-            return Err(ApiError::invalid(format!(
+            return Err(TokenRequestError::Invalid(format!(
                 "subscriptions[{idx}]: {problem}"
             )));
         }
@@ -728,7 +709,7 @@ pub fn validate_create(
         .as_deref()
         .and_then(|name| check_name(Kind::Entity, name))
     {
-        return Err(ApiError::invalid(format!("replace: {problem}")));
+        return Err(TokenRequestError::Invalid(format!("replace: {problem}")));
     }
     Ok(JoinTokenSpec {
         ttl_seconds,
@@ -747,7 +728,7 @@ fn subscription_problem(subscription: &str) -> Option<String> {
 
 /// `len` characters drawn uniformly from `alphabet` (at most 256 symbols) with the operating
 /// system's random number generator.
-fn random_string(len: usize, alphabet: &[u8]) -> Result<String, getrandom::Error> {
+pub(crate) fn random_string(len: usize, alphabet: &[u8]) -> Result<String, getrandom::Error> {
     let symbols = alphabet.len().clamp(1, 256);
     // Bytes at or above this bound are dropped so that every symbol is equally likely.
     let bound = 256 - 256 % symbols;
@@ -765,11 +746,11 @@ fn random_string(len: usize, alphabet: &[u8]) -> Result<String, getrandom::Error
     Ok(out)
 }
 
-fn token_key(id: &str) -> String {
+pub(crate) fn token_key(id: &str) -> String {
     format!("{JOIN_TOKEN_PREFIX}{id}")
 }
 
-fn decode_record(key: &str, value: &[u8]) -> Result<JoinTokenRecord, ConsumeError> {
+pub(crate) fn decode_record(key: &str, value: &[u8]) -> Result<JoinTokenRecord, ConsumeError> {
     serde_json::from_slice(value)
         .map_err(|err| ConsumeError::Store(format!("join token record {key} is unreadable: {err}")))
 }
@@ -856,309 +837,12 @@ pub fn spawn_token_sweeper(store: Arc<dyn Store>) -> JoinHandle<()> {
     )
 }
 
-/// `POST /api/cairn/v1/jointokens`.
-///
-/// # Errors
-/// 401/403 for the caller, 400/404 for the body, store failures.
-pub async fn create_token_handler(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers)?;
-    authorize(
-        &state,
-        &caller,
-        Verb::Create,
-        JOIN_TOKENS_RESOURCE,
-        None,
-        None,
-    )?;
-    let bytes = read_body(&state, body).await?;
-    // An empty body asks for the defaults.
-    let request: CreateJoinToken = if bytes.iter().all(u8::is_ascii_whitespace) {
-        CreateJoinToken::default()
-    } else {
-        serde_json::from_value(parse_json(&bytes)?)
-            .map_err(|err| ApiError::invalid(format!("invalid join token request: {err}")))?
-    };
-    let snapshot = state.auth.snapshot();
-    let spec = validate_create(request, |namespace| snapshot.has_namespace(namespace))?;
-    let now = unix_now();
-    let expires_at = now + spec.ttl_seconds;
-    let store = state.resources.store();
-    for _ in 0..TOKEN_WRITE_ATTEMPTS {
-        let id = random_string(ID_LEN, ID_ALPHABET).map_err(ApiError::internal)?;
-        let secret = random_string(SECRET_LEN, SECRET_ALPHABET).map_err(ApiError::internal)?;
-        let record = JoinTokenRecord {
-            digest: secret_digest(&secret),
-            namespace: spec.namespace.clone(),
-            subscriptions: spec.subscriptions.clone(),
-            expires_at,
-            uses_left: spec.uses,
-            created_by: caller.username.clone(),
-            created_at: now,
-            replace: spec.replace.clone(),
-            pin_subscriptions: spec.pin_subscriptions,
-        };
-        let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
-        match store
-            .put(&token_key(&id), value, Precondition::Absent)
-            .await
-        {
-            Ok(_) => {}
-            // A 16-character id repeating is all but impossible; draw again.
-            Err(StoreError::PreconditionFailed { .. }) => continue,
-            Err(err) => return Err(err.into()),
-        }
-        tracing::info!(
-            token_id = %id,
-            namespace = %spec.namespace,
-            uses = spec.uses,
-            ttl_seconds = spec.ttl_seconds,
-            replace = spec.replace.as_deref().unwrap_or(""),
-            pin_subscriptions = spec.pin_subscriptions,
-            by = %caller.username,
-            "join token created"
-        );
-        let token = JoinToken {
-            id: id.clone(),
-            secret,
-            ca_fingerprint: state.agent_pki.ca_fingerprint().to_owned(),
-        };
-        let body = serde_json::json!({
-            "token": token.encode(),
-            "id": id,
-            "expires_at": expires_at,
-        });
-        return Ok((StatusCode::CREATED, Json(body)).into_response());
-    }
-    Err(ApiError::internal("could not draw an unused join token id"))
-}
-
-/// `GET /api/cairn/v1/jointokens`.
-///
-/// # Errors
-/// 401/403 for the caller, store failures.
-pub async fn list_tokens_handler(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers)?;
-    authorize(
-        &state,
-        &caller,
-        Verb::List,
-        JOIN_TOKENS_RESOURCE,
-        None,
-        None,
-    )?;
-    let page = state
-        .resources
-        .store()
-        .list(JOIN_TOKEN_PREFIX, None, 0)
-        .await?;
-    let mut tokens = Vec::with_capacity(page.entries.len());
-    for entry in page.entries {
-        let id = entry.key[JOIN_TOKEN_PREFIX.len()..].to_owned();
-        let record = match decode_record(&entry.key, &entry.value) {
-            Ok(record) => record,
-            Err(err) => {
-                tracing::warn!(error = %err, "join token left out of the list");
-                continue;
-            }
-        };
-        tokens.push(JoinTokenInfo {
-            id,
-            namespace: record.namespace,
-            subscriptions: record.subscriptions,
-            expires_at: record.expires_at,
-            uses_left: record.uses_left,
-            created_by: record.created_by,
-            created_at: record.created_at,
-            replace: record.replace,
-            pin_subscriptions: record.pin_subscriptions,
-        });
-    }
-    Ok(Json(tokens).into_response())
-}
-
-/// `DELETE /api/cairn/v1/jointokens/{id}`.
-///
-/// # Errors
-/// 401/403 for the caller, 404 for an unknown id, store failures.
-pub async fn delete_token_handler(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers)?;
-    authorize(
-        &state,
-        &caller,
-        Verb::Delete,
-        JOIN_TOKENS_RESOURCE,
-        None,
-        Some(&id),
-    )?;
-    let deleted = if id.contains('/') {
-        None
-    } else {
-        state
-            .resources
-            .store()
-            .delete(&token_key(&id), Precondition::None)
-            .await?
-    };
-    match deleted {
-        Some(_) => {
-            tracing::info!(token_id = %id, by = %caller.username, "join token deleted");
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
-        None => Err(ApiError::not_found(format!("join token {id} not found"))),
-    }
-}
-
-/// `POST` [`cairn_api::agent::BOOTSTRAP_PATH`]: no authentication header; the join token is the credential.
-///
-/// # Errors
-/// 401 for a token problem, 400 for a bad name, CSR or body, 409 when concurrent bootstraps
-/// keep racing for one token; nothing is written on any of them.
-pub async fn bootstrap_handler(
-    State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let bytes = read_body(&state, body).await?;
-    // Every field is a string, so a serde error never echoes the token.
-    let request: BootstrapRequest = serde_json::from_slice(&bytes)
-        .map_err(|err| ApiError::invalid(format!("invalid bootstrap request: {err}")))?;
-    let token = JoinToken::parse(&request.token).map_err(|err| {
-        ApiError::unauthenticated(TokenRefusal::Malformed(err.to_string()).to_string())
-    })?;
-    if !constant_time_eq(
-        token.ca_fingerprint.as_bytes(),
-        state.agent_pki.ca_fingerprint().as_bytes(),
-    ) {
-        tracing::info!(token_id = %token.id, "bootstrap refused: join token of another cluster");
-        return Err(ApiError::unauthenticated(
-            TokenRefusal::OtherCluster.to_string(),
-        ));
-    }
-    let name = request.name.as_str();
-    if let Some(problem) = check_name(Kind::Entity, name) {
-        return Err(ApiError::invalid(format!("name: {problem}")));
-    }
-    if request.csr_pem.trim().is_empty() {
-        return Err(ApiError::invalid(
-            "csr_pem: a certificate signing request is required",
-        ));
-    }
-    let store = state.resources.store().as_ref();
-    let record = match peek_join_token(store, &token, unix_now()).await {
-        Ok(record) => record,
-        Err(err) => {
-            tracing::info!(token_id = %token.id, entity = name, reason = %err, "bootstrap refused");
-            return Err(err.into());
-        }
-    };
-    if !state.auth.snapshot().has_namespace(&record.namespace) {
-        return Err(ApiError::invalid(format!(
-            "the namespace \"{}\" of join token {} no longer exists",
-            record.namespace, token.id
-        )));
-    }
-    let namespace = record.namespace.clone();
-    let previous = load_cert_record(store, &namespace, name).await?;
-    let now = unix_now();
-    let replacing = match &previous {
-        Some((current, _)) => {
-            let revocation = load_revocation(store, &namespace, name).await?;
-            if !current.is_live(revocation.as_ref(), i64::try_from(now).unwrap_or(i64::MAX)) {
-                None
-            } else if record.replace.as_deref() == Some(name) {
-                Some(current.clone())
-            } else {
-                tracing::info!(token_id = %token.id, namespace = %namespace, entity = name, "bootstrap refused: the entity has a live certificate");
-                return Err(ApiError::conflict(live_certificate_refusal(
-                    &namespace, name, current,
-                )));
-            }
-        }
-        None => None,
-    };
-    wait_past_revocation(&state.revocations, &namespace, name).await;
-    if let Some(replaced) = &replacing {
-        // The revocation that retires the replaced certificate covers its issue second; the new
-        // one must be younger.
-        wait_past(replaced.issued_at).await;
-    }
-    let issued = state
-        .agent_pki
-        .sign(&request.csr_pem, &namespace, name)
-        .map_err(|err| match err {
-            PkiError::InvalidCsr(_) => {
-                ApiError::invalid(format!("csr_pem: {}", describe_pki_error(&err)))
-            }
-            other => ApiError::internal(describe_pki_error(&other)),
-        })?;
-    let pinned = record
-        .pin_subscriptions
-        .then(|| record.subscriptions.clone());
-    let cert_record = issued.record(&token.id, pinned);
-    let written = match put_cert_record(store, &namespace, name, &cert_record, &previous).await {
-        Ok(written) => written,
-        Err(StoreError::PreconditionFailed { .. }) => {
-            tracing::info!(token_id = %token.id, namespace = %namespace, entity = name, "bootstrap refused: a concurrent bootstrap of the same entity won");
-            return Err(ApiError::conflict(format!(
-                "entity \"{namespace}/{name}\" was enrolled by another bootstrap at the same moment; nothing was changed by this one"
-            )));
-        }
-        Err(err) => return Err(err.into()),
-    };
-    let record = match consume_join_token(store, &token, unix_now()).await {
-        Ok(record) => record,
-        Err(err) => {
-            tracing::info!(token_id = %token.id, entity = name, reason = %err, "bootstrap refused");
-            restore_cert_record(store, &namespace, name, previous.as_ref(), written).await;
-            return Err(err.into());
-        }
-    };
-    if let Some(replaced) = &replacing {
-        let by = format!("join token {} (replace {name})", token.id);
-        retire_replaced(state.resources.store(), &namespace, name, replaced, &by).await?;
-    }
-    let agent_urls = state
-        .agent_pki
-        .agent_urls
-        .for_request(request_authority(&uri, &headers));
-    if agent_urls.is_empty() && state.agent_pki.agent_urls != AgentUrls::Unknown {
-        // The request's own host was unusable; the agent falls back to its guess.
-        tracing::debug!(token_id = %token.id, entity = name, "bootstrap answer names no agent URL: the request named no usable host");
-    }
-    tracing::info!(
-        token_id = %token.id,
-        namespace = %record.namespace,
-        entity = name,
-        serial = %cert_record.serial,
-        replaced = replacing.is_some(),
-        uses_left = record.uses_left,
-        "agent bootstrapped"
-    );
-    Ok(Json(BootstrapResponse {
-        cert_pem: issued.cert_pem,
-        agent_ca_pem: state.agent_pki.agent_ca.cert_pem.clone(),
-        ca_pem: state.agent_pki.ca_pem.clone(),
-        subscriptions: record.subscriptions,
-        namespace: record.namespace,
-        agent_urls,
-    })
-    .into_response())
-}
-
 /// The refusal of a bootstrap over a live certificate: what it is and the two ways forward.
-fn live_certificate_refusal(namespace: &str, name: &str, current: &CertRecord) -> String {
+pub(crate) fn live_certificate_refusal(
+    namespace: &str,
+    name: &str,
+    current: &CertRecord,
+) -> String {
     format!(
         "entity \"{namespace}/{name}\" already has a live certificate (serial {}, valid until {}); \
          to enrol this host in its place, revoke it first (cairnctl agent revoke {name} --namespace {namespace}) \
@@ -1344,7 +1028,7 @@ pub async fn merge_revocation(
 
 /// Revokes the certificate a `replace` bootstrap replaced (and every older one), dropping its
 /// live session on every backend.
-async fn retire_replaced(
+pub(crate) async fn retire_replaced(
     store: &Arc<dyn Store>,
     namespace: &str,
     name: &str,
@@ -1620,7 +1304,7 @@ pub async fn wait_past_revocation(revocations: &Revocations, namespace: &str, na
 
 /// Waits until the clock is past the second `moment` (unix seconds), when that is at most a
 /// few seconds ahead.
-async fn wait_past(moment: i64) {
+pub(crate) async fn wait_past(moment: i64) {
     loop {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1641,79 +1325,6 @@ async fn wait_past(moment: i64) {
             .saturating_sub(Duration::from_nanos(u64::from(now.subsec_nanos())));
         tokio::time::sleep(to_next_second + Duration::from_millis(5)).await;
     }
-}
-
-/// `POST /api/cairn/v1/agents/{namespace}/{name}/revoke`.
-///
-/// # Errors
-/// 401/403 for the caller, 400 for a bad name, 404 for a missing namespace, store failures.
-pub async fn revoke_handler(
-    State(state): State<AppState>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers)?;
-    authorize(
-        &state,
-        &caller,
-        Verb::Delete,
-        AGENTS_RESOURCE,
-        Some(&namespace),
-        Some(&name),
-    )?;
-    if let Some(problem) = check_name(Kind::Namespace, &namespace) {
-        return Err(ApiError::invalid(format!("namespace: {problem}")));
-    }
-    if let Some(problem) = check_name(Kind::Entity, &name) {
-        return Err(ApiError::invalid(format!("name: {problem}")));
-    }
-    if !state.auth.snapshot().has_namespace(&namespace) {
-        return Err(ApiError::not_found(format!(
-            "namespace \"{namespace}\" not found"
-        )));
-    }
-    let store = state.resources.store().as_ref();
-    let revoked_at = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-    // Name the entity's current certificate; read the record again once the revocation is
-    // stored, so that a renewal that signed meanwhile is named too (a renewal reads the
-    // revocation after writing the record, so one of the two sees the other).
-    let mut named = Vec::new();
-    if let Some((record, _)) = load_cert_record(store, &namespace, &name).await? {
-        named.push(record.certificate());
-    }
-    let (mut revocation, mut revision) = merge_revocation(
-        store,
-        &namespace,
-        &name,
-        revoked_at,
-        &caller.username,
-        &named,
-    )
-    .await?;
-    if let Some((record, _)) = load_cert_record(store, &namespace, &name).await? {
-        if !revocation.certificates.contains(&record.certificate()) {
-            (revocation, revision) = merge_revocation(
-                store,
-                &namespace,
-                &name,
-                revoked_at,
-                &caller.username,
-                &[record.certificate()],
-            )
-            .await?;
-        }
-    }
-    // Answer once this backend's view (and so the drop of a live session) has it.
-    state.revocations.wait_for(revision).await;
-    tracing::info!(namespace = %namespace, entity = %name, by = %caller.username, certificates = revocation.certificates.len(), "agent revoked");
-    Ok(Json(serde_json::json!({
-        "namespace": namespace,
-        "name": name,
-        "revoked_at": revocation.revoked_at,
-        "revoked_by": revocation.by,
-        "certificates": revocation.certificates,
-    }))
-    .into_response())
 }
 
 #[cfg(test)]
@@ -1854,7 +1465,7 @@ pub(crate) mod tests {
         assert_eq!(spec.replace.as_deref(), Some("web"));
         assert!(spec.pin_subscriptions);
         let refused =
-            |request: CreateJoinToken| validate_create(request, exists).unwrap_err().message;
+            |request: CreateJoinToken| validate_create(request, exists).unwrap_err().to_string();
         assert!(refused(CreateJoinToken {
             ttl_seconds: Some(59),
             ..CreateJoinToken::default()
@@ -1943,9 +1554,9 @@ pub(crate) mod tests {
     #[test]
     fn signed_certificates_give_back_their_issue_time() {
         let (pki, csr) = pki_and_csr();
-        let before = i64::try_from(unix_now()).unwrap();
+        let before = i64::try_from(crate::clock::unix_now_u64()).unwrap();
         let issued = pki.sign(&csr, "dev", "web-01").unwrap();
-        let after = i64::try_from(unix_now()).unwrap();
+        let after = i64::try_from(crate::clock::unix_now_u64()).unwrap();
         assert_eq!(issued.identity.namespace, Ok("dev".to_owned()));
         assert_eq!(
             issued.identity.fingerprint,
@@ -2236,31 +1847,6 @@ pub(crate) mod tests {
         let many = vec!["wss://h:1"; MAX_AGENT_URLS + 1];
         assert!(check(&many).unwrap_err().contains("at most 16 URLs"));
         assert_eq!(check(&vec!["wss://h:1"; MAX_AGENT_URLS]).unwrap().len(), 16);
-    }
-
-    #[test]
-    fn the_authority_is_http2s_then_the_host_header() {
-        let mut headers = HeaderMap::new();
-        let origin_form: Uri = "/api/cairn/v1/agents/bootstrap".parse().unwrap();
-        assert_eq!(request_authority(&origin_form, &headers), None);
-        headers.insert(header::HOST, "cairn.example.com:8080".parse().unwrap());
-        assert_eq!(
-            request_authority(&origin_form, &headers),
-            Some("cairn.example.com:8080")
-        );
-        let absolute: Uri = "https://other.example:8080/api/cairn/v1/agents/bootstrap"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            request_authority(&absolute, &headers),
-            Some("other.example:8080")
-        );
-        // A header that is not visible ASCII is no authority.
-        headers.insert(
-            header::HOST,
-            axum::http::HeaderValue::from_bytes(b"h\xc3\xb4st").unwrap(),
-        );
-        assert_eq!(request_authority(&origin_form, &headers), None);
     }
 
     #[test]

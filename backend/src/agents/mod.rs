@@ -6,3 +6,30 @@ pub mod join;
 pub mod scheduler;
 pub mod sessions;
 pub mod watchdog;
+
+use std::sync::Arc;
+
+use crate::auth::cache::AuthCache;
+use crate::events::ingest::Ingest;
+use crate::secrets::Secrets;
+use crate::store::resources::Resources;
+
+/// What the agent side of the backend works with: the listener's connections, the scheduler,
+/// the watchdog and joining all take one of these (built once, in `app`).
+#[derive(Clone)]
+pub struct Agents {
+    /// Typed resources over the store.
+    pub resources: Resources,
+    /// Users, keys, roles and bindings (an agent's certificate binds it to `system:agent`).
+    pub auth: Arc<AuthCache>,
+    /// Stores events and hands them to the pipeline.
+    pub ingest: Ingest,
+    /// The agent sessions connected to this backend.
+    pub sessions: Arc<sessions::Sessions>,
+    /// The agent CA and the cluster CA's fingerprint, for joining and renewals.
+    pub agent_pki: Arc<join::AgentPki>,
+    /// Revoked agent certificates, kept current by a store watch.
+    pub revocations: Arc<join::Revocations>,
+    /// Resolves the secrets of checks and hooks (values in memory only, sent over mTLS).
+    pub secrets: Arc<Secrets>,
+}

@@ -22,10 +22,10 @@ use cairn_api::model::{Check, Entity, Event};
 use cairn_api::{Kind, ObjectMeta, Spec};
 
 use crate::agents::sessions::{Keepalive, Sessions};
+use crate::agents::Agents;
 use crate::clock::unix_now;
 use crate::coord::{Presence, Role};
 use crate::entity::EntityId;
-use crate::http::AppState;
 use crate::store::resources::{self, Resources};
 use crate::store::Precondition;
 
@@ -60,14 +60,14 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// - Keepalive state lives in the session registry, so an agent that never reconnects after a
 ///   backend restart is not noticed by this backend.
 pub fn spawn(
-    state: AppState,
+    state: Agents,
     sessions: Arc<Sessions>,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(run(state, sessions, shutdown))
 }
 
-async fn run(state: AppState, sessions: Arc<Sessions>, mut shutdown: watch::Receiver<bool>) {
+async fn run(state: Agents, sessions: Arc<Sessions>, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut memories: HashMap<EntityId, Memory> = HashMap::new();
@@ -145,7 +145,7 @@ async fn run(state: AppState, sessions: Arc<Sessions>, mut shutdown: watch::Rece
 /// Takes over the keepalive watch of an entity whose backend left the cluster: from the last
 /// stored keepalive event it knows when the agent was last seen and what was raised, so a
 /// silent agent gets its warning on time and one that is already critical is not raised again.
-async fn adopt_orphan(state: &AppState, sessions: &Sessions, id: EntityId, presence: Presence) {
+async fn adopt_orphan(state: &Agents, sessions: &Sessions, id: EntityId, presence: Presence) {
     let EntityId { namespace, name } = &id;
     match state.resources.get(Kind::Entity, namespace, name).await {
         Ok(Some(_)) => {}
@@ -321,7 +321,7 @@ fn refresh_due(keepalive: &Keepalive, memory: Option<&Memory>, now: Instant) -> 
 
 /// Carries out a plan.
 async fn execute(
-    state: &AppState,
+    state: &Agents,
     sessions: &Sessions,
     id: &EntityId,
     keepalive: &Keepalive,
@@ -364,9 +364,11 @@ async fn execute(
     };
     let event = keepalive_event(entity, keepalive, status, output, last_seen, unix);
     let event_name = format!("{name}/{KEEPALIVE_CHECK}");
-    crate::events::ingest::ingest(state, namespace, &event_name, event, KEEPALIVE_CREATED_BY)
+    state
+        .ingest
+        .ingest(namespace, &event_name, event, KEEPALIVE_CREATED_BY)
         .await
-        .map_err(|err| err.message)?;
+        .map_err(|err| err.to_string())?;
     if status > 0 {
         tracing::info!(%namespace, entity = %name, status, silence, "keepalive overdue");
     } else if plan != Plan::Refresh {
@@ -452,7 +454,7 @@ fn go_time(unix: i64) -> String {
 /// resolution of it (`Resolving due to entity deregistering`), deletes the entity, and hands
 /// the pipeline a `deregistration` event when the entity names a deregistration handler.
 /// The resolutions are not stored: the entity is gone.
-async fn deregister(state: &AppState, id: &EntityId, now: i64) -> Result<(), String> {
+async fn deregister(state: &Agents, id: &EntityId, now: i64) -> Result<(), String> {
     let EntityId { namespace, name } = id;
     let entity = match state.resources.get(Kind::Entity, namespace, name).await {
         Ok(Some(stored)) => match stored.resource.spec {
@@ -492,7 +494,7 @@ async fn deregister(state: &AppState, id: &EntityId, now: i64) -> Result<(), Str
             }
         };
         if let Some(resolution) = resolution_event(&previous, now) {
-            state.events.submit(namespace, resolution);
+            state.ingest.sink.submit(namespace, resolution);
         }
     }
     state
@@ -519,7 +521,7 @@ async fn deregister(state: &AppState, id: &EntityId, now: i64) -> Result<(), Str
             ..Event::default()
         };
         match crate::events::rules::process_event(None, event, now) {
-            Ok(event) => state.events.submit(namespace, event),
+            Ok(event) => state.ingest.sink.submit(namespace, event),
             Err(err) => tracing::warn!(error = %err, "deregistration event refused"),
         }
     }
@@ -544,7 +546,8 @@ mod tests {
     use cairn_api::agent::Hello;
 
     use super::*;
-    use crate::agents::scheduler::tests::{eventually, stored_event, test_state};
+    use crate::agents::scheduler::tests::{stored_event, test_state};
+    use crate::testing::eventually;
 
     fn keepalive(last_seen: Instant, warning: u32, critical: u32, raised: u32) -> Keepalive {
         Keepalive {

@@ -25,9 +25,10 @@ use crate::auth::cache::AuthCache;
 use crate::auth::rbac;
 use crate::auth::{self, TokenIssuer};
 use crate::datadir::{self, DataDir, EtcdSettings, InitFiles, StoreSettings};
+use crate::events::ingest::EventSink;
 use crate::events::pipeline::contain::Containment;
 use crate::events::pipeline::{HandlerResolver, Pipeline, PipelineConfig};
-use crate::http::{self, ApiMetrics, AppState, EventSink};
+use crate::http::{self, ApiMetrics, AppState};
 use crate::listen::{self, Activity, BoundedListener, ConnectionLimits, TrackedIo};
 use crate::store::resources::Resources;
 #[cfg(feature = "etcd")]
@@ -512,18 +513,29 @@ pub async fn start(
     let agent_urls = crate::agents::join::AgentUrls::new(advertised, agent_addr);
     tracing::info!(agent_urls = %agent_urls.describe(), "bootstrap answers name these agent urls");
     let agent_pki = Arc::new(agent_pki.with_agent_urls(agent_urls));
-    let state = AppState {
-        secrets,
-        resources,
-        auth: auth_cache,
-        issuer,
-        events: Arc::new(PipelineSink::new(pipeline)),
-        metrics,
-        body_limit: config.body_limit,
+    let ingest = crate::events::ingest::Ingest {
+        resources: resources.clone(),
         check_states: Arc::new(crate::events::checkstate::CheckStateCache::default()),
+        sink: Arc::new(PipelineSink::new(pipeline)),
+        stored: Arc::clone(&metrics.events_ingested),
+    };
+    let agents = crate::agents::Agents {
+        resources: resources.clone(),
+        auth: Arc::clone(&auth_cache),
+        ingest: ingest.clone(),
         sessions,
         agent_pki,
         revocations,
+        secrets,
+    };
+    let state = AppState {
+        resources,
+        auth: auth_cache,
+        issuer,
+        ingest,
+        agents,
+        metrics,
+        body_limit: config.body_limit,
         store_health,
         passwords: Arc::new(crate::auth::passwords::Passwords::new()?),
         downstream_budget: crate::federation::budget::Budget::new(
@@ -540,20 +552,23 @@ pub async fn start(
         agent_listener,
         config.agent_limits,
         TlsAcceptor::from(agent_tls_config),
-        state.clone(),
+        state.agents.clone(),
         hub,
         stopped.clone(),
     ));
     // Checks go out to this backend's own sessions; keepalives are watched for them too.
     let (scheduler_stats, _scheduler_task) = crate::agents::scheduler::spawn(
-        state.clone(),
-        Arc::clone(&state.sessions),
+        state.agents.clone(),
+        Arc::clone(&state.agents.sessions),
         stopped.clone(),
     );
     // Set once, right after creation, so this cannot fail.
     let _ = state.metrics.scheduler.set(scheduler_stats);
-    let _watchdog_task =
-        crate::agents::watchdog::spawn(state.clone(), Arc::clone(&state.sessions), stopped.clone());
+    let _watchdog_task = crate::agents::watchdog::spawn(
+        state.agents.clone(),
+        Arc::clone(&state.agents.sessions),
+        stopped.clone(),
+    );
     // Federation: replicate chosen resources one way to downstream clusters (issue 7).
     // On the one backend of the cluster that leads the replicators.
     let _replicator_task = crate::federation::replicator::spawn_when_leading(

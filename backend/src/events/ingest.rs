@@ -1,36 +1,85 @@
 //! Storing an event, from the REST API or an agent session alike: the state machine of
-//! [`crate::events::rules`] applied against the stored event of the same entity/check, a write guarded by
-//! that event's revision, the proxy entity created on first sight, then the pipeline.
+//! [`crate::events::rules`] applied against the stored event of the same entity/check, a write
+//! guarded by that event's revision, the proxy entity created on first sight, then the
+//! pipeline (an [`EventSink`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use cairn_api::model::Event;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
-use crate::http::{ApiError, AppState};
-use crate::store::resources::Resources;
-use crate::store::Precondition;
+use crate::events::checkstate::CheckStateCache;
+use crate::store::resources::{ResourceError, Resources};
+use crate::store::{Precondition, StoreError};
 
-/// Stores `event` (already checked for shape: entity and check named, namespace set) as
-/// `event_name` (`<entity>/<check>`) in `namespace`, creates its proxy entity when new, counts it
-/// and hands it to the pipeline.
-///
-/// # Errors
-/// The API error to answer with: an invalid event (400), a conflict after repeated concurrent
-/// writes (409), or a store failure.
-pub async fn ingest(
-    state: &AppState,
-    namespace: &str,
-    event_name: &str,
-    event: Event,
-    created_by: &str,
-) -> Result<(), ApiError> {
-    let event = store_event(state, created_by, namespace, event_name, event).await?;
-    state
-        .metrics
-        .events_ingested
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    ensure_entity(state, namespace, &event).await?;
-    state.events.submit(namespace, event);
-    Ok(())
+/// Receives stored events for the handler pipeline. Must not block.
+pub trait EventSink: Send + Sync {
+    /// Hands over an event; a full queue is the sink's to count and report.
+    fn submit(&self, namespace: &str, event: Event);
+}
+
+/// What storing an event needs: the store, the check-state cache and where stored events go.
+#[derive(Clone)]
+pub struct Ingest {
+    /// Typed resources over the store.
+    pub resources: Resources,
+    /// Check state of the last stored event per entity/check, by store revision.
+    pub check_states: Arc<CheckStateCache>,
+    /// Where events go after they are stored (the pipeline).
+    pub sink: Arc<dyn EventSink>,
+    /// Events stored so far (`cairn_events_ingested_total`).
+    pub stored: Arc<AtomicU64>,
+}
+
+/// Why an event was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The event itself is wrong (Sensu's rules refuse it): sending it again cannot help.
+    #[error("{0}")]
+    Invalid(String),
+    /// Concurrent writes of the same entity/check kept winning; another attempt may succeed.
+    #[error("{0}")]
+    Contended(String),
+    /// The store failed (unreachable, or a record that does not decode).
+    #[error(transparent)]
+    Store(#[from] ResourceError),
+}
+
+impl From<StoreError> for IngestError {
+    fn from(err: StoreError) -> IngestError {
+        IngestError::Store(ResourceError::Store(err))
+    }
+}
+
+impl IngestError {
+    /// Whether sending the same event again is pointless (the event is at fault, not the
+    /// backend): an agent drops such an event instead of keeping it for the next session.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, IngestError::Invalid(_))
+    }
+}
+
+impl Ingest {
+    /// Stores `event` (already checked for shape: entity and check named, namespace set) as
+    /// `event_name` (`<entity>/<check>`) in `namespace`, creates its proxy entity when new,
+    /// counts it and hands it to the pipeline.
+    ///
+    /// # Errors
+    /// [`IngestError`]: an invalid event, repeated concurrent writes, or a store failure.
+    pub async fn ingest(
+        &self,
+        namespace: &str,
+        event_name: &str,
+        event: Event,
+        created_by: &str,
+    ) -> Result<(), IngestError> {
+        let event = store_event(self, created_by, namespace, event_name, event).await?;
+        self.stored.fetch_add(1, Ordering::Relaxed);
+        ensure_entity(&self.resources, namespace, &event).await?;
+        self.sink.submit(namespace, event);
+        Ok(())
+    }
 }
 
 /// How often [`store_event`] recomputes an event whose previous result changed under it.
@@ -40,12 +89,12 @@ const EVENT_WRITE_ATTEMPTS: usize = 8;
 /// result, guarded by the stored revision so that concurrent results for one check each land in
 /// the history; returns the stored event.
 async fn store_event(
-    state: &AppState,
+    state: &Ingest,
     created_by: &str,
     namespace: &str,
     event_name: &str,
     incoming: Event,
-) -> Result<Event, ApiError> {
+) -> Result<Event, IngestError> {
     let key = Resources::key(Kind::Event, namespace, event_name);
     // One writer per key in this process; the precondition below catches other processes.
     let _writer = state.check_states.write_lock(&key).await;
@@ -58,7 +107,13 @@ async fn store_event(
                     Some(previous) => previous,
                     None => match crate::store::resources::decode(&entry)?.resource.spec {
                         Spec::Event(previous) => *previous,
-                        _ => return Err(ApiError::internal("an event key holds another kind")),
+                        _ => {
+                            return Err(ResourceError::Corrupt {
+                                key: key.clone(),
+                                reason: "an event key holds another kind".into(),
+                            }
+                            .into())
+                        }
                     },
                 };
                 (Some(previous), Precondition::Revision(entry.mod_revision))
@@ -70,10 +125,10 @@ async fn store_event(
         } else {
             incoming.clone()
         }
-        .ok_or_else(|| ApiError::internal("event consumed before its last attempt"))?;
+        .expect("the event is kept until the last attempt takes it");
         let now = crate::clock::unix_now();
         let event = crate::events::rules::process_event(previous.as_ref(), this_attempt, now)
-            .map_err(|err| ApiError::invalid(err.to_string()))?;
+            .map_err(|err| IngestError::Invalid(err.to_string()))?;
         let mut event_meta = ObjectMeta::named(namespace, event_name);
         event_meta.created_by = created_by.to_owned();
         let stored = Resource::new(event_meta, Spec::Event(Box::new(event)));
@@ -85,21 +140,23 @@ async fn store_event(
                 state.check_states.remember(&key, revision, &event);
                 return Ok(*event);
             }
-            Err(crate::store::resources::ResourceError::Store(
-                crate::store::StoreError::PreconditionFailed { .. },
-            )) => {
+            Err(ResourceError::Store(StoreError::PreconditionFailed { .. })) => {
                 tracing::debug!(%key, attempt, "event changed while processing; recomputing");
             }
             Err(err) => return Err(err.into()),
         }
     }
-    Err(ApiError::conflict(format!(
+    Err(IngestError::Contended(format!(
         "event {namespace}/{event_name} kept changing under {EVENT_WRITE_ATTEMPTS} attempts to store it; retry"
     )))
 }
 
 /// Creates the (proxy) entity of an event the first time it is seen.
-async fn ensure_entity(state: &AppState, namespace: &str, event: &Event) -> Result<(), ApiError> {
+async fn ensure_entity(
+    resources: &Resources,
+    namespace: &str,
+    event: &Event,
+) -> Result<(), ResourceError> {
     let Some(entity) = &event.entity else {
         return Ok(());
     };
@@ -110,7 +167,7 @@ async fn ensure_entity(state: &AppState, namespace: &str, event: &Event) -> Resu
         .unwrap_or_default();
     // Presence only: no need to decode the stored entity.
     let key = Resources::key(Kind::Entity, namespace, name);
-    if state.resources.store().get(&key).await?.is_some() {
+    if resources.store().get(&key).await?.is_some() {
         return Ok(());
     }
     let mut spec = entity.clone();
@@ -129,11 +186,9 @@ async fn ensure_entity(state: &AppState, namespace: &str, event: &Event) -> Resu
         },
         Spec::Entity(spec),
     );
-    match state.resources.put(&resource, Precondition::Absent).await {
+    match resources.put(&resource, Precondition::Absent).await {
         // Another event created it first.
-        Err(crate::store::resources::ResourceError::Store(
-            crate::store::StoreError::PreconditionFailed { .. },
-        )) => Ok(()),
-        other => other.map(|_| ()).map_err(ApiError::from),
+        Err(ResourceError::Store(StoreError::PreconditionFailed { .. })) => Ok(()),
+        other => other.map(|_| ()),
     }
 }

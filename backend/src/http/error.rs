@@ -158,6 +158,17 @@ impl From<ResourceError> for ApiError {
     }
 }
 
+impl From<crate::events::ingest::IngestError> for ApiError {
+    fn from(err: crate::events::ingest::IngestError) -> ApiError {
+        use crate::events::ingest::IngestError;
+        match err {
+            IngestError::Invalid(message) => ApiError::invalid(message),
+            IngestError::Contended(message) => ApiError::conflict(message),
+            IngestError::Store(err) => ApiError::from(err),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         ApiError::from(ResourceError::Store(err))

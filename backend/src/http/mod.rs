@@ -3,6 +3,7 @@
 
 mod drain;
 mod error;
+mod join;
 mod resources;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,22 +40,14 @@ pub struct AppState {
     pub auth: Arc<AuthCache>,
     /// Signs and verifies tokens.
     pub issuer: Arc<TokenIssuer>,
-    /// Where events go after they are stored.
-    pub events: Arc<dyn EventSink>,
+    /// Stores events (`POST`/`PUT` of events) and hands them to the pipeline.
+    pub ingest: crate::events::ingest::Ingest,
+    /// The agent side: sessions, joining, the agent CA, revocations, secrets.
+    pub agents: crate::agents::Agents,
     /// Request counters.
     pub metrics: Arc<ApiMetrics>,
     /// Largest accepted body, bytes.
     pub body_limit: usize,
-    /// Check state of the last stored event per entity/check, by store revision.
-    pub check_states: Arc<crate::events::checkstate::CheckStateCache>,
-    /// The agent sessions connected to this backend (agent listener, scheduler, watchdog).
-    pub sessions: Arc<crate::agents::sessions::Sessions>,
-    /// The agent CA and the cluster CA's fingerprint, for bootstrap and renewals.
-    pub agent_pki: Arc<crate::agents::join::AgentPki>,
-    /// Revoked agent certificates, kept current by a store watch.
-    pub revocations: Arc<crate::agents::join::Revocations>,
-    /// Resolves the secrets of checks, hooks, handlers and mutators (values in memory only).
-    pub secrets: Arc<crate::secrets::Secrets>,
     /// Whether the store answers: probed for etcd, read by `/health` and by the write guard.
     pub store_health: Arc<crate::store::StoreHealth>,
     /// Password hashing and checks, off the async workers and throttled.
@@ -62,12 +55,6 @@ pub struct AppState {
     /// The bytes of downstream clusters' answers the gateway may hold at once (the federated
     /// view, the proxy, the replicators).
     pub downstream_budget: crate::federation::budget::Budget,
-}
-
-/// Receives stored events for the handler pipeline. Must not block.
-pub trait EventSink: Send + Sync {
-    /// Hands over an event; a full queue is the sink's to count and report.
-    fn submit(&self, namespace: &str, event: cairn_api::model::Event);
 }
 
 /// Counters behind `/metrics`.
@@ -79,8 +66,8 @@ pub struct ApiMetrics {
     pub latency_micros_sum: AtomicU64,
     /// Requests under each latency bucket bound (see [`LATENCY_BUCKETS_MS`]).
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
-    /// Events stored.
-    pub events_ingested: AtomicU64,
+    /// Events stored (shared with [`crate::events::ingest::Ingest::stored`]).
+    pub events_ingested: Arc<AtomicU64>,
     /// The handler pipeline's counters, once it runs.
     pub pipeline: std::sync::OnceLock<Arc<crate::events::pipeline::PipelineStats>>,
     /// The scheduler's counters, once it runs.
@@ -109,20 +96,19 @@ pub fn app(state: AppState) -> Router {
         // The join token is the credential: no Authorization header.
         .route(
             cairn_api::agent::BOOTSTRAP_PATH,
-            post(crate::agents::join::bootstrap_handler),
+            post(join::bootstrap_handler),
         )
         .route(
             "/api/cairn/v1/jointokens",
-            get(crate::agents::join::list_tokens_handler)
-                .post(crate::agents::join::create_token_handler),
+            get(join::list_tokens_handler).post(join::create_token_handler),
         )
         .route(
             "/api/cairn/v1/jointokens/{id}",
-            delete(crate::agents::join::delete_token_handler),
+            delete(join::delete_token_handler),
         )
         .route(
             "/api/cairn/v1/agents/{namespace}/{name}/revoke",
-            post(crate::agents::join::revoke_handler),
+            post(join::revoke_handler),
         )
         .merge(crate::federation::routes())
         .fallback(resources::dispatch)
@@ -453,7 +439,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             out.push_str(&format!("{name} {}\n", value.load(Ordering::Relaxed)));
         }
     }
-    let secrets = state.secrets.stats();
+    let secrets = state.agents.secrets.stats();
     let mut counters = vec![
         (
             "cairn_secret_provider_reads_total",
@@ -760,6 +746,39 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+
+    /// An `AppState` over a fresh store in `dir` (the agents' test state, a throwaway JWT key),
+    /// and the sink its events go to.
+    pub(crate) async fn test_state(
+        dir: &std::path::Path,
+    ) -> (
+        AppState,
+        Arc<crate::agents::scheduler::tests::CollectingSink>,
+    ) {
+        let (agents, sink) = crate::agents::scheduler::tests::test_state(dir).await;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let issuer = TokenIssuer::from_pem(
+            Some(&key.serialize_pem()),
+            &key.public_key_pem(),
+            "cairn-test",
+        )
+        .unwrap();
+        let state = AppState {
+            resources: agents.resources.clone(),
+            auth: Arc::clone(&agents.auth),
+            issuer: Arc::new(issuer),
+            ingest: agents.ingest.clone(),
+            metrics: Arc::default(),
+            body_limit: DEFAULT_BODY_LIMIT,
+            store_health: crate::store::StoreHealth::unprobed(),
+            passwords: Arc::new(crate::auth::passwords::Passwords::with_workers(1).unwrap()),
+            downstream_budget: crate::federation::budget::Budget::new(
+                crate::federation::budget::DOWNSTREAM_BUDGET,
+            ),
+            agents,
+        };
+        (state, sink)
+    }
     use axum::http::Method;
     use cairn_api::model::{RoleBinding, RoleRef, Subject, User};
     use cairn_api::{ObjectMeta, Resource, Spec};
@@ -781,7 +800,7 @@ pub(crate) mod tests {
     impl Fixture {
         pub(crate) async fn new(cluster: &str) -> Fixture {
             let dir = tempfile::tempdir().unwrap();
-            let (mut state, _sink) = crate::agents::scheduler::tests::test_state(dir.path()).await;
+            let (mut state, _sink) = tests::test_state(dir.path()).await;
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
             let (private_pem, public_pem) = (key.serialize_pem(), key.public_key_pem());
             state.issuer =
@@ -1110,7 +1129,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn unreachable_store_fails_health_and_writes_until_it_answers() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut state, _sink) = crate::agents::scheduler::tests::test_state(dir.path()).await;
+        let (mut state, _sink) = tests::test_state(dir.path()).await;
         let store_health = crate::store::StoreHealth::detached();
         state.store_health = Arc::clone(&store_health);
         let health_of = |state: AppState| async move {

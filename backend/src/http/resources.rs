@@ -1314,7 +1314,10 @@ async fn events_put(
         "{entity_name}/{}",
         check_name.as_deref().unwrap_or("metrics")
     );
-    crate::events::ingest::ingest(state, namespace, &event_name, event, &caller.username).await?;
+    state
+        .ingest
+        .ingest(namespace, &event_name, event, &caller.username)
+        .await?;
     Ok(StatusCode::CREATED.into_response())
 }
 

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::store::{Precondition, RedbStore, Store};
+use crate::testing::eventually;
 
 /// Set by `scripts/test`: tests that need `bao` fail instead of skipping when it is missing.
 const ENV_REQUIRE_DEPS: &str = "CAIRN_TEST_REQUIRE_DEPS";
@@ -776,25 +777,6 @@ fn listening_ports(pid: u32) -> Vec<u16> {
         }
     }
     ports
-}
-
-/// Polls `probe` every 100 ms until it gives a value; panics with `what` after `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

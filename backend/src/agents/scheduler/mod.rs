@@ -32,8 +32,8 @@ use cairn_api::{Kind, ObjectMeta, Spec};
 
 use crate::agents::sessions::{Session, Sessions};
 use crate::agents::watchdog::KEEPALIVE_CHECK;
+use crate::agents::Agents;
 use crate::clock::unix_now;
-use crate::http::AppState;
 use crate::store::resources::{self, Resources, RESOURCE_PREFIX};
 use crate::store::{Entry, Revision, Store, StoreError, WatchEvent};
 
@@ -86,7 +86,7 @@ pub struct SchedulerStats {
 ///   shared by several backends only one should run it (check requests are not affected: each
 ///   backend only sends to its own sessions).
 pub fn spawn(
-    state: AppState,
+    state: Agents,
     sessions: Arc<Sessions>,
     shutdown: watch::Receiver<bool>,
 ) -> (Arc<SchedulerStats>, JoinHandle<()>) {
@@ -119,7 +119,7 @@ type EventKey = (String, String, String);
 // === the loop ===
 
 struct Scheduler {
-    state: AppState,
+    state: Agents,
     timetable: Timetable,
     dispatcher: Dispatcher,
     ttl: TtlTracker,
@@ -1105,7 +1105,7 @@ fn undeliverable_event(
 }
 
 /// Stores the failure events of `undeliverable` in the background (a few at a time).
-fn spawn_undeliverable_events(state: &AppState, undeliverable: Vec<Undeliverable>, now: i64) {
+fn spawn_undeliverable_events(state: &Agents, undeliverable: Vec<Undeliverable>, now: i64) {
     if undeliverable.is_empty() {
         return;
     }
@@ -1130,7 +1130,7 @@ fn spawn_undeliverable_events(state: &AppState, undeliverable: Vec<Undeliverable
     });
 }
 
-async fn store_undeliverable_event(state: &AppState, item: &Undeliverable, entity: &str, now: i64) {
+async fn store_undeliverable_event(state: &Agents, item: &Undeliverable, entity: &str, now: i64) {
     let check = item
         .config
         .metadata
@@ -1139,20 +1139,16 @@ async fn store_undeliverable_event(state: &AppState, item: &Undeliverable, entit
         .unwrap_or_default();
     let event = undeliverable_event(&item.namespace, entity, &item.config, &item.reason, now);
     let name = format!("{entity}/{check}");
-    if let Err(err) = crate::events::ingest::ingest(
-        state,
-        &item.namespace,
-        &name,
-        event,
-        UNDELIVERABLE_CREATED_BY,
-    )
-    .await
+    if let Err(err) = state
+        .ingest
+        .ingest(&item.namespace, &name, event, UNDELIVERABLE_CREATED_BY)
+        .await
     {
         tracing::warn!(
             namespace = %item.namespace,
             %entity,
             %check,
-            error = %err.message,
+            error = %err,
             "cannot store the event of a check that was not sent"
         );
     }
@@ -1329,7 +1325,7 @@ enum RaiseOutcome {
 }
 
 /// Stores the TTL event of an overdue entity/check: its last event, status 1, Sensu's output.
-async fn raise_ttl(state: &AppState, due: &TtlDue, now: i64) -> RaiseOutcome {
+async fn raise_ttl(state: &Agents, due: &TtlDue, now: i64) -> RaiseOutcome {
     let (namespace, entity, check) = &due.key;
     let event_name = format!("{entity}/{check}");
     let key = Resources::key(Kind::Event, namespace, &event_name);
@@ -1348,13 +1344,16 @@ async fn raise_ttl(state: &AppState, due: &TtlDue, now: i64) -> RaiseOutcome {
     let Some(event) = ttl_event(previous, due.silence, now) else {
         return RaiseOutcome::Changed;
     };
-    match crate::events::ingest::ingest(state, namespace, &event_name, event, TTL_CREATED_BY).await
+    match state
+        .ingest
+        .ingest(namespace, &event_name, event, TTL_CREATED_BY)
+        .await
     {
         Ok(()) => {
             tracing::info!(%namespace, %entity, %check, silence = due.silence, "check ttl expired");
             RaiseOutcome::Raised
         }
-        Err(err) => RaiseOutcome::Failed(err.message),
+        Err(err) => RaiseOutcome::Failed(err.to_string()),
     }
 }
 
@@ -1375,7 +1374,6 @@ fn ttl_event(mut event: Event, silence: i64, now: i64) -> Option<Event> {
 #[cfg(test)]
 pub(crate) mod tests {
     use std::collections::BTreeMap;
-    use std::future::Future;
 
     use cairn_api::agent::Hello;
     use cairn_api::model::{Check, Entity};
@@ -1384,46 +1382,42 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::store::Precondition;
+    use crate::testing::eventually;
 
     /// Keeps what the pipeline is handed.
     #[derive(Default)]
     pub(crate) struct CollectingSink(pub(crate) parking_lot::Mutex<Vec<(String, Event)>>);
 
-    impl crate::http::EventSink for CollectingSink {
+    impl crate::events::ingest::EventSink for CollectingSink {
         fn submit(&self, namespace: &str, event: Event) {
             self.0.lock().push((namespace.to_owned(), event));
         }
     }
 
-    /// An `AppState` over a fresh store in `dir`, and the sink its events go to.
-    pub(crate) async fn test_state(dir: &std::path::Path) -> (AppState, Arc<CollectingSink>) {
+    /// An `Agents` over a fresh store in `dir`, and the sink its events go to.
+    pub(crate) async fn test_state(dir: &std::path::Path) -> (Agents, Arc<CollectingSink>) {
         let store: Arc<dyn Store> =
             Arc::new(crate::store::RedbStore::open(dir.join("store.redb")).unwrap());
         let resources = Resources::new(store);
         let (auth, _task) = crate::auth::cache::AuthCache::start(resources.clone())
             .await
             .unwrap();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let issuer = crate::auth::TokenIssuer::from_pem(
-            Some(&key.serialize_pem()),
-            &key.public_key_pem(),
-            "cairn-test",
-        )
-        .unwrap();
         let sink = Arc::new(CollectingSink::default());
         let secrets = crate::secrets::Secrets::new(
             resources.clone(),
             crate::secrets::SecretsConfig::default(),
         );
-        let state = AppState {
+        let ingest = crate::events::ingest::Ingest {
+            resources: resources.clone(),
+            check_states: Arc::default(),
+            sink: Arc::clone(&sink) as Arc<dyn crate::events::ingest::EventSink>,
+            stored: Arc::default(),
+        };
+        let state = Agents {
             secrets,
             resources,
             auth,
-            issuer: Arc::new(issuer),
-            events: Arc::clone(&sink) as Arc<dyn crate::http::EventSink>,
-            metrics: Arc::default(),
-            body_limit: crate::http::DEFAULT_BODY_LIMIT,
-            check_states: Arc::default(),
+            ingest,
             sessions: Sessions::new(),
             // Never used here: the scheduler and the watchdog sign nothing.
             agent_pki: Arc::new(crate::agents::join::AgentPki::from_parts(
@@ -1435,37 +1429,13 @@ pub(crate) mod tests {
                 "00".repeat(32),
             )),
             revocations: crate::agents::join::Revocations::empty(),
-            store_health: crate::store::StoreHealth::unprobed(),
-            passwords: Arc::new(crate::auth::passwords::Passwords::with_workers(1).unwrap()),
-            downstream_budget: crate::federation::budget::Budget::new(
-                crate::federation::budget::DOWNSTREAM_BUDGET,
-            ),
         };
         (state, sink)
     }
 
-    /// Polls `probe` every 50 ms until it gives a value; panics with `what` after `limit`.
-    pub(crate) async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Option<T>>,
-    {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(value) = probe().await {
-                return value;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {limit:?} waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// The stored event `<entity>/<check>` in `default` and who wrote it.
     pub(crate) async fn stored_event(
-        state: &AppState,
+        state: &Agents,
         entity: &str,
         check: &str,
     ) -> Option<(Event, String)> {
@@ -2185,7 +2155,9 @@ pub(crate) mod tests {
             }),
             ..Event::default()
         };
-        crate::events::ingest::ingest(&state, "default", "web/backup", event, "test")
+        state
+            .ingest
+            .ingest("default", "web/backup", event, "test")
             .await
             .unwrap();
         let raised = eventually("the ttl event", Duration::from_secs(10), || async {

@@ -6,9 +6,9 @@ use cairn_api::meta::LABEL_REPLICATED_FROM;
 use cairn_api::{ObjectMeta, Resource};
 
 use super::*;
-use crate::agents::scheduler::tests::eventually;
 use crate::federation::replicator::downstream::tests::{check, FakeDownstream};
 use crate::store::Precondition;
+use crate::testing::eventually;
 
 const WAIT: Duration = Duration::from_secs(10);
 const LABEL: &str = "gw/checks";
