@@ -571,8 +571,13 @@ pub async fn start(
     );
     // Federation: replicate chosen resources one way to downstream clusters (issue 7).
     // On the one backend of the cluster that leads the replicators.
+    let federation = crate::federation::Federation {
+        resources: state.resources.clone(),
+        issuer: Arc::clone(&state.issuer),
+        budget: state.downstream_budget.clone(),
+    };
     let _replicator_task = crate::federation::replicator::spawn_when_leading(
-        &state,
+        &federation,
         coordinator.leadership(crate::coord::Role::Replicators),
         stopped.clone(),
     );

@@ -5,22 +5,26 @@
 //! - [`client`] — HTTPS to a registered `Cluster`: TLS trusting only the cluster's CA, failover
 //!   over its `api_urls`, and the one bounded reader of its answers.
 //! - [`replicator`] — one-way replication of chosen resources to downstream clusters.
-//! - [`view`] — the federated view: cluster health, listing events/entities of every cluster,
-//!   and any API call aimed at a registered cluster, as the caller, with a token minted for
-//!   that cluster (never the caller's own credential).
+//!
+//! The federated view (cluster health, listing every cluster's events and entities, the proxy
+//! to a registered cluster) is HTTP through and through: it is `crate::http::federation`.
 
-use axum::Router;
+use std::sync::Arc;
 
-use crate::http::AppState;
+use crate::auth::TokenIssuer;
+use crate::store::resources::Resources;
 
 pub mod budget;
 pub mod client;
 pub mod replicator;
-pub mod view;
 
-/// The federation routes, merged into the API router.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .merge(replicator::routes())
-        .merge(view::routes())
+/// What the replicators work with (built once, in `app`).
+#[derive(Clone)]
+pub struct Federation {
+    /// Typed resources over the store (definitions, copies' sources, status records).
+    pub resources: Resources,
+    /// Mints the short-lived tokens the replicators present downstream.
+    pub issuer: Arc<TokenIssuer>,
+    /// The bytes of downstream answers held at once, shared with the federated view.
+    pub budget: budget::Budget,
 }

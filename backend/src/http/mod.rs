@@ -3,7 +3,10 @@
 
 mod drain;
 mod error;
+mod federation;
 mod join;
+mod percent;
+mod replicators;
 mod resources;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,7 +113,8 @@ pub fn app(state: AppState) -> Router {
             "/api/cairn/v1/agents/{namespace}/{name}/revoke",
             post(join::revoke_handler),
         )
-        .merge(crate::federation::routes())
+        .merge(replicators::routes())
+        .merge(federation::routes())
         .fallback(resources::dispatch)
         .layer(middleware::from_fn_with_state(
             state.clone(),

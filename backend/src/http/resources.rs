@@ -82,7 +82,10 @@ fn parse(path: &str) -> Option<Target> {
     let rest = path[prefix.len()..].trim_end_matches('/');
     // Segments are percent-decoded one by one, so an encoded `/` stays inside a name (and is
     // then refused by the name rules) rather than changing the route.
-    let decoded: Vec<String> = rest.split('/').map(percent_decode).collect();
+    let decoded: Vec<String> = rest
+        .split('/')
+        .map(crate::http::percent::decode_path_segment)
+        .collect();
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match segments.as_slice() {
         ["namespaces"] if *group == cairn_api::kind::CORE_V2 => Some(Target::Collection {
@@ -459,32 +462,12 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key), percent_decode(value))
+            (
+                crate::http::percent::decode_query_component(key),
+                crate::http::percent::decode_query_component(value),
+            )
         })
         .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut idx = 0;
-    while idx < bytes.len() {
-        match bytes[idx] {
-            b'+' => out.push(b' '),
-            b'%' if idx + 2 < bytes.len() => {
-                match u8::from_str_radix(text.get(idx + 1..idx + 3).unwrap_or(""), 16) {
-                    Ok(byte) => {
-                        out.push(byte);
-                        idx += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            byte => out.push(byte),
-        }
-        idx += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Decodes and checks a body for `kind` at (`namespace`, `name`) from the URL.
@@ -1469,6 +1452,9 @@ mod tests {
         let mut target = serde_json::json!({"a": 1, "b": {"c": 2, "d": 3}});
         merge_patch(&mut target, &serde_json::json!({"a": null, "b": {"c": 5}}));
         assert_eq!(target, serde_json::json!({"b": {"c": 5, "d": 3}}));
-        assert_eq!(percent_decode("team%20%3D%3D%20ops"), "team == ops");
+        assert_eq!(
+            crate::http::percent::decode_query_component("team%20%3D%3D%20ops"),
+            "team == ops"
+        );
     }
 }

@@ -59,16 +59,14 @@ use tokio::time::Instant;
 use cairn_api::model::Cluster;
 use cairn_api::{Kind, Spec};
 
-use super::budget::{Allowance, Exceeded, REQUEST_LIMIT};
-use super::client::{path_of, ClusterClient, ClusterError, Listing, RESPONSE_LIMIT};
 use crate::auth::rbac::{Caller, Verb};
 use crate::auth::{AuthError, Grant, FEDERATED_TOKEN_TTL};
+use crate::federation::budget::{Allowance, Exceeded, REQUEST_LIMIT};
+use crate::federation::client::{path_of, ClusterClient, ClusterError, Listing, RESPONSE_LIMIT};
 use crate::http::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
 
 /// The registered clusters and their health.
-pub const CLUSTERS_PATH: &str = "/api/cairn/v1/clusters";
-/// The federated list of events (`…/federation/entities` for entities).
-pub const FEDERATION_PATH: &str = "/api/cairn/v1/federation";
+pub(crate) const CLUSTERS_PATH: &str = "/api/cairn/v1/clusters";
 
 /// How long the probe of one cluster (`/health` and `/version`) may take in all, failover
 /// over its URLs included.
@@ -87,7 +85,7 @@ const RELAYED_HEADERS: [HeaderName; 4] = [
 ];
 
 /// The federated view's routes.
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route(CLUSTERS_PATH, get(clusters_list))
         .route(
@@ -576,7 +574,7 @@ fn proxy_target(path: &str, query: Option<&str>) -> Result<ProxyTarget, ApiError
         .and_then(|rest| rest.strip_prefix('/'))
         .ok_or_else(not_found)?;
     let (cluster, downstream) = rest.split_once("/proxy/").ok_or_else(not_found)?;
-    let cluster = percent_decode(cluster);
+    let cluster = crate::http::percent::decode_path_segment(cluster);
     if let Some(problem) = cairn_api::validate::check_name(Kind::Cluster, &cluster) {
         return Err(ApiError::invalid(format!("cluster name: {problem}")));
     }
@@ -640,10 +638,9 @@ fn check_proxied_path(path: &str) -> Result<(), String> {
     {
         return Err("may not hold . or .. segments".to_owned());
     }
-    if segments
-        .first()
-        .is_some_and(|first| percent_decode(first).eq_ignore_ascii_case("auth"))
-    {
+    if segments.first().is_some_and(|first| {
+        crate::http::percent::decode_path_segment(first).eq_ignore_ascii_case("auth")
+    }) {
         return Err(
             "may not be /auth: log in and refresh tokens at the gateway, which makes every \
              request to a cluster with a token for it"
@@ -654,28 +651,6 @@ fn check_proxied_path(path: &str) -> Result<(), String> {
         return Err("must be an /api/... path".to_owned());
     }
     Ok(())
-}
-
-/// Percent-decodes one path segment (invalid escapes are kept as they are).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut idx = 0;
-    while idx < bytes.len() {
-        if bytes[idx] == b'%' {
-            if let Some(byte) = text
-                .get(idx + 1..idx + 3)
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-            {
-                out.push(byte);
-                idx += 3;
-                continue;
-            }
-        }
-        out.push(bytes[idx]);
-        idx += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
