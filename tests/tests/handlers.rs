@@ -274,3 +274,43 @@ async fn issue_13_root_pipe_handlers_are_refused_without_a_flag() {
         "{metrics}"
     );
 }
+
+/// Issue 16: a backend asked to stop (SIGTERM) lets the handlers of the events it stored
+/// finish, within the pipeline's grace period (10 s), instead of killing them with the
+/// process: the handler here is still sleeping when the signal comes, and its output is there
+/// after the backend exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_16_shutdown_drains_the_handler_pipeline() {
+    let mut backend = Backend::start_with(
+        BackendOptions::default()
+            .env("CAIRN_LOG", "info")
+            .capture_logs(),
+    );
+    let admin = backend.admin().await;
+    let out = tempfile::tempdir().expect("tempdir");
+    let dir = out.path().display();
+    put_handler(
+        &admin,
+        "slow",
+        &format!(
+            "touch {dir}/started; sleep 2; cat > {dir}/event.tmp; mv {dir}/event.tmp {dir}/event"
+        ),
+    )
+    .await;
+    fire(&admin, "slow").await;
+    wait_file(&out.path().join("started"), &backend).await;
+    assert!(
+        !out.path().join("event").exists(),
+        "the handler finished before the backend was asked to stop; the test proves nothing"
+    );
+    backend.stop();
+    let event = std::fs::read_to_string(out.path().join("event")).unwrap_or_else(|err| {
+        panic!(
+            "the handler's output is missing after shutdown ({err}); backend log:\n{}",
+            backend.log()
+        )
+    });
+    assert!(event.contains("\"output\":\"down\""), "{event}");
+    let log = backend.log();
+    assert!(log.contains("event pipeline drained"), "{log}");
+}

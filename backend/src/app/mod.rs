@@ -377,9 +377,20 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
     agent_task: tokio::task::JoinHandle<()>,
+    /// The tasks that stop on the shutdown signal by themselves: the scheduler, the keepalive
+    /// watchdog, the replicators.
+    stopping: Vec<(tokio::task::JoinHandle<()>, &'static str)>,
+    /// The handler pipeline, drained once nothing feeds it any more.
+    pipeline: Arc<Pipeline>,
+    /// The tasks that run until aborted: store watches (auth view, revocations), sweepers, the
+    /// pipeline's dispatcher (after its drain).
+    background: Vec<(tokio::task::JoinHandle<()>, &'static str)>,
     /// The etcd lease keeper, which leaves the cluster on shutdown.
     coordination_task: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// How long each self-stopping task gets after the listeners closed before it is aborted.
+const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Running {
     /// Waits for the server to stop (after the shutdown future passed to [`start`] resolved).
@@ -387,6 +398,30 @@ impl Running {
         for (task, what) in [(self.task, "api"), (self.agent_task, "agent listener")] {
             if let Err(err) = task.await {
                 tracing::error!(error = %err, "{what} task failed");
+            }
+        }
+        // Nothing new reaches the pipeline once the listeners, the scheduler and the watchdog
+        // are done: then the events it holds are handled, within its grace period.
+        for (mut task, what) in self.stopping {
+            match tokio::time::timeout(TASK_STOP_TIMEOUT, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::error!(error = %err, "{what} task failed"),
+                Err(_) => {
+                    tracing::warn!(timeout = ?TASK_STOP_TIMEOUT, "{what} did not stop in time; aborted");
+                    task.abort();
+                }
+            }
+        }
+        match self.pipeline.shutdown().await {
+            Ok(()) => tracing::info!("event pipeline drained"),
+            Err(err) => tracing::warn!(error = %err, "event pipeline not drained"),
+        }
+        for (task, what) in self.background {
+            task.abort();
+            if let Err(err) = task.await {
+                if !err.is_cancelled() {
+                    tracing::error!(error = %err, "{what} task failed");
+                }
             }
         }
         // Leaving the cluster (revoking the lease) lets the other backends adopt this one's
@@ -460,10 +495,10 @@ pub async fn start(
     let store_health = opened.spawn_health_probe();
     let store = Arc::clone(&opened.store);
     let resources = Resources::new(Arc::clone(&store));
-    let (auth_cache, _auth_task) = AuthCache::start(resources.clone()).await?;
+    let (auth_cache, auth_task) = AuthCache::start(resources.clone()).await?;
     let secrets = crate::secrets::Secrets::new(resources.clone(), config.secrets.clone());
     containment.log_summary();
-    let (pipeline, _pipeline_task) = Pipeline::start(
+    let (pipeline, pipeline_task) = Pipeline::start(
         config.pipeline.clone(),
         containment,
         Arc::new(StoreResolver {
@@ -471,6 +506,7 @@ pub async fn start(
             secrets: Arc::clone(&secrets),
         }),
     );
+    let pipeline = Arc::new(pipeline);
     let metrics = Arc::new(ApiMetrics::default());
     // Set once, right after creation, so this cannot fail.
     let _ = metrics.pipeline.set(pipeline.stats());
@@ -499,10 +535,10 @@ pub async fn start(
         let hub = Arc::clone(&hub);
         Arc::new(move |id, revocation| hub.revoke(id, revocation))
     };
-    let (revocations, _revocation_task) =
+    let (revocations, revocation_task) =
         crate::agents::join::Revocations::start(Arc::clone(&store), revocation_hook).await?;
-    let _token_sweeper = crate::agents::join::spawn_token_sweeper(Arc::clone(&store));
-    let _refresh_sweeper = http::spawn_refresh_sweeper(Arc::clone(&store));
+    let token_sweeper = crate::agents::join::spawn_token_sweeper(Arc::clone(&store));
+    let refresh_sweeper = http::spawn_refresh_sweeper(Arc::clone(&store));
     let (listener, api_addr) = bind(config.api_listen).await?;
     let (agent_listener, agent_addr) = bind(config.agent_listen).await?;
     let metrics_listener = match config.metrics_listen {
@@ -516,7 +552,7 @@ pub async fn start(
     let ingest = crate::events::ingest::Ingest {
         resources: resources.clone(),
         check_states: Arc::new(crate::events::checkstate::CheckStateCache::default()),
-        sink: Arc::new(PipelineSink::new(pipeline)),
+        sink: Arc::new(PipelineSink::new(Arc::clone(&pipeline))),
         stored: Arc::clone(&metrics.events_ingested),
     };
     let agents = crate::agents::Agents {
@@ -557,14 +593,14 @@ pub async fn start(
         stopped.clone(),
     ));
     // Checks go out to this backend's own sessions; keepalives are watched for them too.
-    let (scheduler_stats, _scheduler_task) = crate::agents::scheduler::spawn(
+    let (scheduler_stats, scheduler_task) = crate::agents::scheduler::spawn(
         state.agents.clone(),
         Arc::clone(&state.agents.sessions),
         stopped.clone(),
     );
     // Set once, right after creation, so this cannot fail.
     let _ = state.metrics.scheduler.set(scheduler_stats);
-    let _watchdog_task = crate::agents::watchdog::spawn(
+    let watchdog_task = crate::agents::watchdog::spawn(
         state.agents.clone(),
         Arc::clone(&state.agents.sessions),
         stopped.clone(),
@@ -576,7 +612,7 @@ pub async fn start(
         issuer: Arc::clone(&state.issuer),
         budget: state.downstream_budget.clone(),
     };
-    let _replicator_task = crate::federation::replicator::spawn_when_leading(
+    let replicator_task = crate::federation::replicator::spawn_when_leading(
         &federation,
         coordinator.leadership(crate::coord::Role::Replicators),
         stopped.clone(),
@@ -608,6 +644,19 @@ pub async fn start(
         metrics_addr,
         task,
         agent_task,
+        stopping: vec![
+            (scheduler_task, "scheduler"),
+            (watchdog_task, "keepalive watchdog"),
+            (replicator_task, "replicators"),
+        ],
+        pipeline,
+        background: vec![
+            (auth_task, "auth view"),
+            (revocation_task, "revocations view"),
+            (token_sweeper, "join token sweeper"),
+            (refresh_sweeper, "refresh token sweeper"),
+            (pipeline_task, "pipeline dispatcher"),
+        ],
         coordination_task,
     })
 }
@@ -836,12 +885,12 @@ impl HandlerResolver for StoreResolver {
 /// most once per [`listen::REPEAT_LOG_INTERVAL`] (with the count), since a flood of events is
 /// exactly when it happens.
 struct PipelineSink {
-    pipeline: Pipeline,
+    pipeline: Arc<Pipeline>,
     refused: listen::SharedRepeatedLog,
 }
 
 impl PipelineSink {
-    fn new(pipeline: Pipeline) -> PipelineSink {
+    fn new(pipeline: Arc<Pipeline>) -> PipelineSink {
         PipelineSink {
             pipeline,
             refused: listen::SharedRepeatedLog::new(listen::REPEAT_LOG_INTERVAL),
