@@ -1660,7 +1660,7 @@ mod tests {
                 store_file.display()
             )
         );
-        // The same check, on settings built elsewhere (as `server::start` makes it).
+        // The same check, on settings built elsewhere (as `app::start` makes it).
         let err = settings
             .check_same_store(&dir, &StoreSettings::Embedded)
             .unwrap_err();
