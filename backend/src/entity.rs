@@ -1,7 +1,5 @@
 //! Which agent entity: a namespace and a name (an agent certificate proves both).
 
-use std::fmt;
-
 /// An entity of one namespace, as sessions, presence, revocations and keepalives key it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntityId {
@@ -18,12 +16,6 @@ impl EntityId {
             namespace: namespace.into(),
             name: name.into(),
         }
-    }
-}
-
-impl fmt::Display for EntityId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
     }
 }
 

@@ -514,7 +514,7 @@ pub async fn start(
         let _ = metrics.store.set(store_stats);
     }
     // One shutdown signal, seen by both listeners and the coordination tasks.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (stop, stopped) = crate::shutdown::channel();
     // Several backends on one etcd share presence, membership and leader roles through it.
     let backend_id = crate::coord::new_backend_id();
     #[cfg(feature = "etcd")]

@@ -61,7 +61,7 @@ pub fn spawn_when_leading(
                 () = crate::shutdown::requested(&mut shutdown) => return,
                 led = leading.wait_for(|leading| *leading) => if led.is_err() { return },
             }
-            let (stop, stopped) = watch::channel(false);
+            let (stop, stopped) = crate::shutdown::channel();
             let manager = spawn(&federation, stopped);
             tokio::select! {
                 () = crate::shutdown::requested(&mut shutdown) => {}
