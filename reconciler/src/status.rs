@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::cli::StatusArgs;
 use crate::ctl::{CtlError, Report};
 use crate::exit::Outcome;
+use crate::state::WatchState;
 use crate::sync::{self, SyncResult};
-use crate::watch::WatchState;
 
 /// How long `--url` may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,20 +10,22 @@
 //! - a remote repository: a poll every `--interval` seconds;
 //! - `POST /webhook` on `--webhook-listen` (see [`crate::webhook`]);
 //! - `--self-heal`: a sync after that many seconds without one, repairing out-of-band edits;
-//! - after a failure, a retry with exponential backoff and jitter (1 s doubling to 60 s).
+//! - after a failure, a retry with exponential backoff and equal jitter (`cairn_api::backoff`:
+//!   a ceiling of 1 s doubling to 60 s, each delay between half the ceiling and the ceiling).
 //!
 //! Ref changes and polls sync only when the commit moved or the last sync failed; the start,
 //! webhooks, self-heal and retries always sync.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use cairn_api::backoff::{Backoff, Jitter};
 
 use crate::cli::WatchArgs;
 use crate::config::EnvSource;
@@ -32,7 +34,9 @@ use crate::exit::Outcome;
 use crate::fetch;
 use crate::gitops;
 use crate::source::{ReadOptions, Source};
+use crate::state::{lock, SharedState, WatchState};
 use crate::sync::{self, SyncCounts, SyncReport, SyncResult};
+use crate::trigger::{Reasons, Trigger, Triggers};
 use crate::webhook;
 
 /// The first retry after a failure waits this long; each further failure doubles it.
@@ -41,199 +45,6 @@ pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A folder that never stops changing still syncs after this many debounce periods.
 const DEBOUNCE_MAX_PERIODS: u32 = 10;
-
-/// The watcher's state, as `GET /status` serves it and `--status-file` holds it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct WatchState {
-    /// What is watched (credentials in URLs redacted).
-    pub source: String,
-    /// Unix seconds the watcher started.
-    pub started_at: u64,
-    /// Unix seconds of the last change to this state.
-    pub updated_at: u64,
-    /// Whether a sync is running now.
-    pub syncing: bool,
-    /// Syncs run since the start.
-    pub syncs: u64,
-    /// Failed syncs since the last successful one.
-    pub consecutive_failures: u32,
-    /// What started the last sync (`start`, `change`, `poll`, `webhook`, `self-heal`,
-    /// `retry`, comma-separated when several coalesced).
-    pub last_trigger: Option<String>,
-    /// The last sync's record.
-    pub last_sync: Option<SyncReport>,
-    /// The commit of the last successful sync (Git sources).
-    pub last_success_commit: Option<String>,
-    /// Unix seconds the last successful sync started.
-    pub last_success_at: Option<u64>,
-    /// Unix seconds of the next retry, while failing.
-    pub next_retry_at: Option<u64>,
-}
-
-impl WatchState {
-    fn new(source: String, now: u64) -> WatchState {
-        WatchState {
-            source,
-            started_at: now,
-            updated_at: now,
-            ..WatchState::default()
-        }
-    }
-
-    /// Whether the last sync (if any) failed.
-    pub fn failing(&self) -> bool {
-        self.last_sync.as_ref().is_some_and(|report| !report.ok())
-    }
-}
-
-/// The state shared by the loop and the HTTP listener.
-pub(crate) type SharedState = Arc<Mutex<WatchState>>;
-
-/// Locks the state; a panic elsewhere while holding it leaves plain data, still usable.
-pub(crate) fn lock(state: &Mutex<WatchState>) -> MutexGuard<'_, WatchState> {
-    state
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// What can start a sync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Trigger {
-    /// The watcher started.
-    Start,
-    /// A ref of the local repository or a file of the folder changed.
-    Change,
-    /// The poll interval of a remote repository passed.
-    Poll,
-    /// A signed webhook arrived.
-    Webhook,
-    /// `--self-heal` seconds passed without a sync.
-    SelfHeal,
-    /// The backoff after a failure passed.
-    Retry,
-}
-
-impl Trigger {
-    const ALL: [Trigger; 6] = [
-        Trigger::Start,
-        Trigger::Change,
-        Trigger::Poll,
-        Trigger::Webhook,
-        Trigger::SelfHeal,
-        Trigger::Retry,
-    ];
-
-    fn bit(self) -> u8 {
-        match self {
-            Trigger::Start => 1,
-            Trigger::Change => 2,
-            Trigger::Poll => 4,
-            Trigger::Webhook => 8,
-            Trigger::SelfHeal => 16,
-            Trigger::Retry => 32,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Trigger::Start => "start",
-            Trigger::Change => "change",
-            Trigger::Poll => "poll",
-            Trigger::Webhook => "webhook",
-            Trigger::SelfHeal => "self-heal",
-            Trigger::Retry => "retry",
-        }
-    }
-
-    /// Whether this syncs even when the commit has not moved.
-    fn forces(self) -> bool {
-        !matches!(self, Trigger::Change | Trigger::Poll)
-    }
-}
-
-/// A set of triggers that coalesced.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Reasons(u8);
-
-impl Reasons {
-    pub(crate) fn of(trigger: Trigger) -> Reasons {
-        Reasons(trigger.bit())
-    }
-
-    fn union(self, other: Reasons) -> Reasons {
-        Reasons(self.0 | other.0)
-    }
-
-    fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    fn contains(self, trigger: Trigger) -> bool {
-        self.0 & trigger.bit() != 0
-    }
-
-    /// Whether the set syncs even when the commit has not moved.
-    fn forced(self) -> bool {
-        Trigger::ALL
-            .iter()
-            .any(|trigger| trigger.forces() && self.contains(*trigger))
-    }
-
-    fn describe(self) -> String {
-        Trigger::ALL
-            .iter()
-            .filter(|trigger| self.contains(**trigger))
-            .map(|trigger| trigger.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-/// Pending triggers: firing sets a flag, so triggers that arrive while the loop is busy
-/// coalesce into one.
-#[derive(Debug, Default)]
-pub(crate) struct Triggers {
-    pending: Mutex<Reasons>,
-    notify: Notify,
-}
-
-impl Triggers {
-    /// Asks for a sync.
-    pub(crate) fn fire(&self, trigger: Trigger) {
-        {
-            let mut pending = self
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            *pending = pending.union(Reasons::of(trigger));
-        }
-        self.notify.notify_one();
-    }
-
-    /// Takes every pending trigger (none when nothing is pending).
-    fn take(&self) -> Reasons {
-        std::mem::take(
-            &mut *self
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-    }
-
-    /// Waits for at least one trigger and takes all pending ones. Cancel-safe: nothing is
-    /// taken unless this returns.
-    pub(crate) async fn next(&self) -> Reasons {
-        loop {
-            let reasons = self.take();
-            if !reasons.is_empty() {
-                return reasons;
-            }
-            // A fire between `take` and here leaves a permit, so this does not miss it.
-            self.notify.notified().await;
-        }
-    }
-}
 
 /// Timing of the loop.
 #[derive(Debug, Clone, Copy)]
@@ -246,28 +57,13 @@ pub(crate) struct Policy {
     pub(crate) self_heal: Option<Duration>,
 }
 
-/// The delay before retry number `failures` (1 for the first): `base` doubling up to `max`,
-/// scaled by 0.75 to 1.25 with `jitter` in `[0, 1)`, never above `max`.
-pub(crate) fn backoff(base: Duration, max: Duration, failures: u32, jitter: f64) -> Duration {
-    let doublings = failures.saturating_sub(1).min(30);
-    let delay = base.saturating_mul(1 << doublings).min(max);
-    delay.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0)).min(max)
-}
-
-/// A number in `[0, 1)`, different on every call (std's randomly keyed hasher).
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_nanos())
-            .unwrap_or(0),
-    );
-    // 53 random bits make an evenly spread f64.
-    #[allow(clippy::cast_precision_loss)]
-    let fraction = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
-    fraction
+impl Policy {
+    /// The retry delays: `backoff_base` doubling up to `backoff_max`, each drawn in the upper
+    /// half below its ceiling (equal jitter: watchers of one backend spread out, and a retry
+    /// never comes at once).
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_base, self.backoff_max, Jitter::Equal)
+    }
 }
 
 /// What the loop drives: the backend sync, and the cheap check of the source's commit.
@@ -373,12 +169,7 @@ fn temporary_path(path: &Path, name: &std::ffi::OsStr) -> PathBuf {
 }
 
 /// Records a finished sync in the state; returns the retry delay when it failed.
-fn record(
-    state: &SharedState,
-    report: &SyncReport,
-    policy: &Policy,
-    jitter: f64,
-) -> Option<Duration> {
+fn record(state: &SharedState, report: &SyncReport, backoff: &mut Backoff) -> Option<Duration> {
     let mut state = lock(state);
     let now = sync::unix_now();
     state.syncing = false;
@@ -389,15 +180,11 @@ fn record(
         state.last_success_commit = report.commit.clone();
         state.last_success_at = Some(report.started_at);
         state.next_retry_at = None;
+        backoff.reset();
         None
     } else {
         state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-        let delay = backoff(
-            policy.backoff_base,
-            policy.backoff_max,
-            state.consecutive_failures,
-            jitter,
-        );
+        let delay = backoff.next_delay();
         state.next_retry_at = Some(now + delay.as_secs_f64().ceil() as u64);
         Some(delay)
     };
@@ -433,6 +220,7 @@ pub(crate) async fn drive<E: Engine>(
     triggers.fire(Trigger::Start);
     let mut retry_at: Option<Instant> = None;
     let mut heal_at: Option<Instant> = None;
+    let mut backoff = policy.backoff();
     loop {
         let reasons = tokio::select! {
             biased;
@@ -484,7 +272,7 @@ pub(crate) async fn drive<E: Engine>(
             }
             report = engine.sync() => report,
         };
-        let retry_in = record(state, &report, policy, jitter());
+        let retry_in = record(state, &report, &mut backoff);
         retry_at = retry_in.map(|delay| Instant::now() + delay);
         heal_at = policy.self_heal.map(|period| Instant::now() + period);
         output.finished(&report, state, retry_in).await;
@@ -613,7 +401,7 @@ pub async fn run(env: &dyn EnvSource, args: &WatchArgs) -> Result<Report, CtlErr
             let mut state = lock(&state);
             state.last_trigger = Some(Trigger::Start.name().to_owned());
         }
-        record(&state, &report, &policy, 0.0);
+        record(&state, &report, &mut policy.backoff());
         // Nothing will retry.
         lock(&state).next_retry_at = None;
         output.finished(&report, &state, None).await;
@@ -1110,59 +898,26 @@ mod tests {
     }
 
     #[test]
-    fn triggers_coalesce_into_one_batch() {
-        let triggers = Triggers::default();
-        assert_eq!(triggers.next().now_or_never(), None, "nothing is pending");
-        for _ in 0..10 {
-            triggers.fire(Trigger::Change);
+    fn retries_back_off_from_one_second_to_a_minute_with_equal_jitter() {
+        let policy = Policy {
+            backoff_base: BACKOFF_BASE,
+            backoff_max: BACKOFF_MAX,
+            self_heal: None,
+        };
+        let mut backoff = policy.backoff();
+        let mut ceilings = Vec::new();
+        for _ in 0..9 {
+            let ceiling = backoff.ceiling();
+            ceilings.push(ceiling.as_secs());
+            let delay = backoff.next_delay();
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "{delay:?} vs {ceiling:?}"
+            );
         }
-        triggers.fire(Trigger::Webhook);
-        let batch = triggers.next().now_or_never().expect("a batch is pending");
-        assert!(batch.contains(Trigger::Change) && batch.contains(Trigger::Webhook));
-        assert!(!batch.contains(Trigger::Poll));
-        assert_eq!(batch.describe(), "change, webhook");
-        // Eleven fires, one batch: the next wait finds nothing (a stale permit is absorbed).
-        assert_eq!(triggers.next().now_or_never(), None);
-    }
-
-    #[test]
-    fn only_changes_and_polls_check_the_commit() {
-        assert!(!Reasons::of(Trigger::Change).forced());
-        assert!(!Reasons::of(Trigger::Poll)
-            .union(Reasons::of(Trigger::Change))
-            .forced());
-        for trigger in [
-            Trigger::Start,
-            Trigger::Webhook,
-            Trigger::SelfHeal,
-            Trigger::Retry,
-        ] {
-            assert!(Reasons::of(trigger).forced(), "{trigger:?}");
-            assert!(Reasons::of(Trigger::Change)
-                .union(Reasons::of(trigger))
-                .forced());
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_bounded_jitter() {
-        let at = |failures, jitter| backoff(BACKOFF_BASE, BACKOFF_MAX, failures, jitter);
-        assert_eq!(at(1, 0.5), Duration::from_secs(1));
-        assert_eq!(at(2, 0.5), Duration::from_secs(2));
-        assert_eq!(at(3, 0.5), Duration::from_secs(4));
-        assert_eq!(at(6, 0.5), Duration::from_secs(32));
-        assert_eq!(at(7, 0.5), Duration::from_secs(60));
-        assert_eq!(at(1000, 0.5), Duration::from_secs(60));
-        assert_eq!(at(1, 0.0), Duration::from_millis(750));
-        assert_eq!(at(2, 0.999_999), Duration::from_secs_f64(2.0 * 1.249_999_5));
-        assert!(at(40, 0.999) <= BACKOFF_MAX);
-        assert_eq!(at(40, 0.0), Duration::from_secs(45));
-        let spread: Vec<f64> = (0..64).map(|_| jitter()).collect();
-        assert!(spread.iter().all(|value| (0.0..1.0).contains(value)));
-        assert!(
-            spread.iter().any(|value| (value - spread[0]).abs() > 1e-9),
-            "jitter must vary"
-        );
+        assert_eq!(ceilings, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        backoff.reset();
+        assert_eq!(backoff.ceiling(), BACKOFF_BASE);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 //!   nothing: a captured delivery cannot be replayed to make the watcher sync again and again.
 //!   [`Deliveries`] remembers them for [`REPLAY_WINDOW`], at most [`MAX_REMEMBERED_DELIVERIES`].
 //!   Without `--webhook-secret-file` the route answers 404.
-//! - `GET /status`: the watcher's state as JSON ([`crate::watch::WatchState`]).
+//! - `GET /status`: the watcher's state as JSON ([`crate::state::WatchState`]).
 //! - `GET /healthz`: `ok`.
 
 use std::collections::{HashSet, VecDeque};
@@ -29,7 +29,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::ctl::CtlError;
-use crate::watch::{self, SharedState, Trigger, Triggers, WatchState};
+use crate::state::{self, SharedState, WatchState};
+use crate::trigger::{Trigger, Triggers};
 
 /// The largest webhook body accepted; GitHub caps its payloads at 25 MB but a push to a
 /// manifests repository is far smaller.
@@ -279,7 +280,7 @@ async fn disabled() -> (StatusCode, &'static str) {
 }
 
 async fn status(State(app): State<Arc<App>>) -> Json<WatchState> {
-    Json(watch::lock(&app.state).clone())
+    Json(state::lock(&app.state).clone())
 }
 
 #[cfg(test)]
@@ -289,7 +290,7 @@ mod tests {
     use futures::FutureExt;
 
     use crate::sync::{SyncCounts, SyncReport, SyncResult};
-    use crate::watch::Reasons;
+    use crate::trigger::Reasons;
 
     fn sign(secret: &[u8], body: &[u8]) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
@@ -392,7 +393,7 @@ mod tests {
         let triggers = Arc::new(Triggers::default());
         let state: SharedState = Arc::default();
         {
-            let mut state = watch::lock(&state);
+            let mut state = state::lock(&state);
             state.source = "repo.git at main".to_owned();
             state.last_sync = Some(SyncReport {
                 source: "repo.git".to_owned(),
