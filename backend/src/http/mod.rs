@@ -65,6 +65,8 @@ pub struct AppState {
 pub struct ApiMetrics {
     /// Requests answered, by status class (1xx..5xx → index 1..5).
     pub responses: [AtomicU64; 6],
+    /// Requests of each resource endpoint, by [`resources::Endpoint::index`].
+    pub endpoint_requests: [AtomicU64; resources::Endpoint::NAMES.len()],
     /// Sum of request latencies, microseconds.
     pub latency_micros_sum: AtomicU64,
     /// Requests under each latency bucket bound (see [`LATENCY_BUCKETS_MS`]).
@@ -374,6 +376,16 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     out.push_str(&format!(
         "cairn_http_request_duration_seconds_count {count}\n"
     ));
+    out.push_str(
+        "# HELP cairn_api_endpoint_requests_total Authenticated requests of each resource endpoint.\n",
+    );
+    out.push_str("# TYPE cairn_api_endpoint_requests_total counter\n");
+    for (idx, name) in resources::Endpoint::NAMES.iter().enumerate() {
+        out.push_str(&format!(
+            "cairn_api_endpoint_requests_total{{endpoint=\"{name}\"}} {}\n",
+            metrics.endpoint_requests[idx].load(Ordering::Relaxed)
+        ));
+    }
     out.push_str("# HELP cairn_events_ingested_total Events stored.\n");
     out.push_str("# TYPE cairn_events_ingested_total counter\n");
     out.push_str(&format!(
@@ -963,6 +975,43 @@ pub(crate) mod tests {
             .call(Method::GET, &format!("{checks}/cpu"), &replicator, None)
             .await;
         assert_eq!(body["metadata"]["created_by"], "cairn:replicator");
+    }
+
+    #[tokio::test]
+    async fn each_endpoint_is_counted_under_its_name() {
+        let alpha = Fixture::new("alpha").await;
+        let admin = alpha.token_from("alpha", "admin", &[GROUP_CLUSTER_ADMINS]);
+        let checks = "/api/core/v2/namespaces/default/checks";
+        let (status, _) = alpha
+            .call(Method::POST, checks, &admin, Some(check("cpu")))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        for _ in 0..2 {
+            let (status, _) = alpha
+                .call(Method::GET, &format!("{checks}/cpu"), &admin, None)
+                .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        // Refused before it is routed: a method the path does not take is not an endpoint.
+        let (status, _) = alpha
+            .call(Method::POST, "/api/core/v2/tessen", &admin, None)
+            .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        let response = metrics_text(State(alpha.state.clone())).await;
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let count = |endpoint: &str| {
+            let series = format!("cairn_api_endpoint_requests_total{{endpoint=\"{endpoint}\"}} ");
+            text.lines()
+                .find_map(|line| line.strip_prefix(series.as_str()))
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+                .to_owned()
+        };
+        assert_eq!(count("create"), "1");
+        assert_eq!(count("get"), "2");
+        assert_eq!(count("put_tessen"), "0");
     }
 
     #[tokio::test]
