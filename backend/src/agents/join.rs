@@ -85,16 +85,8 @@ use rustls::pki_types::pem::PemObject;
 use crate::datadir::DataDir;
 use crate::entity::EntityId;
 use crate::pki::{self, CertifiedKeyPem, PkiError};
+use crate::store::keyspace;
 use crate::store::{Precondition, Revision, Store, StoreError, WatchEvent};
-
-/// Where join tokens live in the store.
-pub const JOIN_TOKEN_PREFIX: &str = "agents/jointokens/";
-
-/// Where certificate records live in the store: `agents/certs/<namespace>/<name>`.
-pub const CERT_RECORD_PREFIX: &str = "agents/certs/";
-
-/// Where revocations live in the store: `agents/revoked/<namespace>/<name>`.
-pub const REVOKED_PREFIX: &str = "agents/revoked/";
 
 /// The RBAC resource of join tokens (cluster-wide).
 pub const JOIN_TOKENS_RESOURCE: &str = "jointokens";
@@ -747,7 +739,7 @@ pub(crate) fn random_string(len: usize, alphabet: &[u8]) -> Result<String, getra
 }
 
 pub(crate) fn token_key(id: &str) -> String {
-    format!("{JOIN_TOKEN_PREFIX}{id}")
+    format!("{}{id}", keyspace::JOIN_TOKENS)
 }
 
 pub(crate) fn decode_record(key: &str, value: &[u8]) -> Result<JoinTokenRecord, ConsumeError> {
@@ -818,7 +810,7 @@ pub async fn consume_join_token(
 /// # Errors
 /// A store failure.
 pub async fn sweep_expired_tokens(store: &dyn Store, now: u64) -> Result<usize, StoreError> {
-    crate::store::sweep::delete_expired(store, JOIN_TOKEN_PREFIX, now, join_token_expired).await
+    crate::store::sweep::delete_expired(store, keyspace::JOIN_TOKENS, now, join_token_expired).await
 }
 
 fn join_token_expired(value: &[u8], now: u64) -> Option<bool> {
@@ -831,7 +823,7 @@ pub fn spawn_token_sweeper(store: Arc<dyn Store>) -> JoinHandle<()> {
     crate::store::sweep::spawn_sweeper(
         store,
         "join tokens",
-        JOIN_TOKEN_PREFIX,
+        keyspace::JOIN_TOKENS,
         TOKEN_SWEEP_INTERVAL,
         join_token_expired,
     )
@@ -892,7 +884,7 @@ impl CertRecord {
 }
 
 fn cert_record_key(namespace: &str, name: &str) -> String {
-    format!("{CERT_RECORD_PREFIX}{namespace}/{name}")
+    format!("{}{namespace}/{name}", keyspace::AGENT_CERTS)
 }
 
 /// The certificate record of an entity and its revision, if any.
@@ -1184,7 +1176,7 @@ impl Revocations {
         store: &dyn Store,
         hook: &RevocationHook,
     ) -> Result<Revision, StoreError> {
-        let page = store.list(REVOKED_PREFIX, None, 0).await?;
+        let page = store.list(keyspace::AGENT_REVOCATIONS, None, 0).await?;
         let mut entries = HashMap::with_capacity(page.entries.len());
         for entry in &page.entries {
             if let Some((id, revocation)) = decode_revocation(&entry.key, &entry.value) {
@@ -1234,7 +1226,7 @@ async fn watch_revocations(
     mut revision: Revision,
 ) {
     loop {
-        let mut stream = match store.watch(REVOKED_PREFIX, revision).await {
+        let mut stream = match store.watch(keyspace::AGENT_REVOCATIONS, revision).await {
             Ok(stream) => stream,
             Err(StoreError::Closed) => return,
             Err(err) => {
@@ -1271,11 +1263,13 @@ async fn watch_revocations(
 }
 
 fn revocation_key(namespace: &str, name: &str) -> String {
-    format!("{REVOKED_PREFIX}{namespace}/{name}")
+    format!("{}{namespace}/{name}", keyspace::AGENT_REVOCATIONS)
 }
 
 fn revocation_id(key: &str) -> Option<EntityId> {
-    let (namespace, name) = key.strip_prefix(REVOKED_PREFIX)?.split_once('/')?;
+    let (namespace, name) = key
+        .strip_prefix(keyspace::AGENT_REVOCATIONS)?
+        .split_once('/')?;
     (!namespace.is_empty() && !name.is_empty() && !name.contains('/'))
         .then(|| EntityId::new(namespace, name))
 }

@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 use cairn_api::Kind;
 
 use crate::auth::rbac::AuthSnapshot;
-use crate::store::resources::{self, Resources, RESOURCE_PREFIX};
+use crate::store::keyspace;
+use crate::store::resources::{self, Resources};
 use crate::store::{Revision, WatchEvent};
 
 /// The kinds the view holds (namespaces too: every namespaced request checks one exists).
@@ -113,7 +114,7 @@ impl AuthCache {
 
 async fn run(cache: Arc<AuthCache>, resources: Resources, mut revision: Revision) {
     loop {
-        let stream = resources.store().watch(RESOURCE_PREFIX, revision).await;
+        let stream = resources.store().watch(keyspace::RESOURCES, revision).await;
         let mut stream = match stream {
             Ok(stream) => stream,
             Err(err) => {
@@ -145,7 +146,7 @@ async fn run(cache: Arc<AuthCache>, resources: Resources, mut revision: Revision
 }
 
 fn auth_kind(key: &str) -> Option<Kind> {
-    let rest = key.strip_prefix(RESOURCE_PREFIX)?;
+    let rest = key.strip_prefix(keyspace::RESOURCES)?;
     let plural = rest.split('/').next()?;
     AUTH_KINDS.into_iter().find(|kind| kind.plural() == plural)
 }
@@ -153,7 +154,7 @@ fn auth_kind(key: &str) -> Option<Kind> {
 /// (namespace, name) of a resource key.
 fn split_key(kind: Kind, key: &str) -> (&str, &str) {
     let rest = key
-        .strip_prefix(RESOURCE_PREFIX)
+        .strip_prefix(keyspace::RESOURCES)
         .and_then(|rest| rest.strip_prefix(kind.plural()))
         .and_then(|rest| rest.strip_prefix('/'))
         .unwrap_or("");

@@ -24,8 +24,9 @@ use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpRespo
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use super::{Coordinator, Presence, Role, Write, LEADERS_PREFIX, MEMBERS_PREFIX, PRESENCE_PREFIX};
+use super::{Coordinator, Presence, Role, Write};
 use crate::entity::EntityId;
+use crate::store::keyspace;
 use crate::store::{EtcdStore, Store, WatchEvent};
 use cairn_api::backoff::{Backoff, Jitter};
 
@@ -87,7 +88,12 @@ impl Etcd {
     }
 
     fn presence_key(&self, id: &EntityId) -> Vec<u8> {
-        self.key(&format!("{PRESENCE_PREFIX}{}/{}", id.namespace, id.name))
+        self.key(&format!(
+            "{}{}/{}",
+            keyspace::COORD_PRESENCE,
+            id.namespace,
+            id.name
+        ))
     }
 
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, Failure> {
@@ -117,7 +123,11 @@ async fn keep_lease(
     // What this backend holds, to write again under a new lease.
     let mut mine: HashMap<EntityId, Presence> = HashMap::new();
     let mut backoff = Backoff::new(Duration::from_millis(250), LEASE_TTL, Jitter::Equal);
-    let member_key = etcd.key(&format!("{MEMBERS_PREFIX}{}", etcd.coordinator.id()));
+    let member_key = etcd.key(&format!(
+        "{}{}",
+        keyspace::COORD_MEMBERS,
+        etcd.coordinator.id()
+    ));
     'grant: loop {
         etcd.lease.store(0, Ordering::SeqCst);
         let granted = async {
@@ -426,7 +436,7 @@ async fn elect(etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
 
 /// Creates the leader key of `role` if absent; whether this backend holds it (under `lease`).
 async fn run_for(etcd: &Etcd, role: Role, lease: i64) -> Result<bool, Failure> {
-    let key = etcd.key(&format!("{LEADERS_PREFIX}{}", role.name()));
+    let key = etcd.key(&format!("{}{}", keyspace::COORD_LEADERS, role.name()));
     let me = etcd.coordinator.id().as_bytes().to_vec();
     let response = etcd
         .txn(
@@ -472,7 +482,7 @@ async fn follow(etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
         Jitter::Equal,
     );
     loop {
-        let page = match etcd.store.list(super::PREFIX, None, 0).await {
+        let page = match etcd.store.list(keyspace::COORD, None, 0).await {
             Ok(page) => page,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot list the cluster's members; retrying");
@@ -491,7 +501,7 @@ async fn follow(etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
             // A backend always counts itself: its member key may still be on its way.
             view.members.insert(etcd.coordinator.id().to_owned());
         });
-        let mut changes = match etcd.store.watch(super::PREFIX, page.revision).await {
+        let mut changes = match etcd.store.watch(keyspace::COORD, page.revision).await {
             Ok(changes) => changes,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot watch the cluster's members; listing again");
@@ -527,13 +537,13 @@ async fn follow(etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
 
 /// The entity of a presence key.
 fn presence_id(key: &str) -> Option<EntityId> {
-    let rest = key.strip_prefix(PRESENCE_PREFIX)?;
+    let rest = key.strip_prefix(keyspace::COORD_PRESENCE)?;
     let (namespace, name) = rest.split_once('/')?;
     Some(EntityId::new(namespace, name))
 }
 
 fn apply_put(view: &mut super::View, key: &str, value: &[u8]) {
-    if let Some(member) = key.strip_prefix(MEMBERS_PREFIX) {
+    if let Some(member) = key.strip_prefix(keyspace::COORD_MEMBERS) {
         view.members.insert(member.to_owned());
     } else if let Some(id) = presence_id(key) {
         match serde_json::from_slice::<Presence>(value) {
@@ -547,7 +557,7 @@ fn apply_put(view: &mut super::View, key: &str, value: &[u8]) {
 }
 
 fn apply_delete(view: &mut super::View, key: &str, me: &str) {
-    if let Some(member) = key.strip_prefix(MEMBERS_PREFIX) {
+    if let Some(member) = key.strip_prefix(keyspace::COORD_MEMBERS) {
         if member != me {
             view.members.remove(member);
         }

@@ -31,15 +31,6 @@ use tokio::sync::{mpsc, watch};
 
 use crate::entity::EntityId;
 
-/// Key prefix of everything coordination keeps in the store.
-pub const PREFIX: &str = "coord/";
-/// Key prefix of the member keys (`coord/members/<backend id>`).
-pub const MEMBERS_PREFIX: &str = "coord/members/";
-/// Key prefix of the presence keys (`coord/presence/<namespace>/<entity>`).
-pub const PRESENCE_PREFIX: &str = "coord/presence/";
-/// Key prefix of the leader keys (`coord/leaders/<role>`).
-pub const LEADERS_PREFIX: &str = "coord/leaders/";
-
 /// How long a deleted presence of a live member is kept in case that member turns out to
 /// have left (see [`Coordinator::take_orphans`]).
 pub const VANISHED_GRACE: Duration = Duration::from_secs(30);

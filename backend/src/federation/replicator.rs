@@ -33,12 +33,12 @@ use cairn_api::{Kind, Spec};
 
 use self::downstream::HttpConnector;
 pub use self::downstream::REPLICATOR_USERNAME;
-use self::status::STATUS_PREFIX;
 pub use self::status::{
     Counts, ErrorNote, ReplicatorState, ReplicatorStatus, ResourceErrorNote, ResyncNote,
 };
 use self::worker::{Shared, WorkerConfig};
 use crate::federation::Federation;
+use crate::store::keyspace;
 use crate::store::resources::{self, Resources};
 use crate::store::{Revision, Store, StoreError, WatchEvent};
 
@@ -197,11 +197,11 @@ async fn load(store: &dyn Store) -> Result<Loaded, StoreError> {
     for entry in &clusters.entries {
         view.apply(&WatchEvent::Put(entry.clone()));
     }
-    let records = store.list(STATUS_PREFIX, None, 0).await?;
+    let records = store.list(keyspace::REPLICATOR_STATUS, None, 0).await?;
     let orphans = records
         .entries
         .iter()
-        .filter_map(|entry| entry.key.strip_prefix(STATUS_PREFIX))
+        .filter_map(|entry| entry.key.strip_prefix(keyspace::REPLICATOR_STATUS))
         .filter(|name| !view.replicators.contains_key(*name))
         .map(str::to_owned)
         .collect();

@@ -18,6 +18,7 @@ use crate::auth::rbac::Verb;
 use crate::clock::unix_now_u64 as unix_now;
 use crate::http::{authenticate, authorize, parse_json, read_body, ApiError, AppState};
 use crate::pki::PkiError;
+use crate::store::keyspace;
 use crate::store::{Precondition, StoreError};
 
 impl From<TokenRequestError> for ApiError {
@@ -148,11 +149,11 @@ pub(crate) async fn list_tokens_handler(
     let page = state
         .resources
         .store()
-        .list(JOIN_TOKEN_PREFIX, None, 0)
+        .list(keyspace::JOIN_TOKENS, None, 0)
         .await?;
     let mut tokens = Vec::with_capacity(page.entries.len());
     for entry in page.entries {
-        let id = entry.key[JOIN_TOKEN_PREFIX.len()..].to_owned();
+        let id = entry.key[keyspace::JOIN_TOKENS.len()..].to_owned();
         let record = match decode_record(&entry.key, &entry.value) {
             Ok(record) => record,
             Err(err) => {

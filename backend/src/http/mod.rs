@@ -28,6 +28,7 @@ pub use self::error::{ApiError, Code, InternalFault};
 use crate::auth::cache::AuthCache;
 use crate::auth::rbac::{self, Caller, Verb};
 use crate::auth::{self, TokenIssuer, TokenOrigin};
+use crate::store::keyspace;
 use crate::store::resources::Resources;
 use crate::store::Precondition;
 
@@ -614,14 +615,11 @@ async fn issue_tokens(state: &AppState, caller: &Caller) -> Result<Json<Value>, 
     })))
 }
 
-/// Where refresh tokens live in the store: `auth/refresh/<sha-256 of the token>`.
-pub const REFRESH_PREFIX: &str = "auth/refresh/";
-
 /// How often expired refresh tokens are removed from the store.
 pub const REFRESH_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 
 fn refresh_key(token: &str) -> String {
-    format!("{REFRESH_PREFIX}{}", auth::token_digest(token))
+    format!("{}{}", keyspace::REFRESH_TOKENS, auth::token_digest(token))
 }
 
 /// Whether a refresh token record has expired at `now`.
@@ -636,7 +634,7 @@ pub fn spawn_refresh_sweeper(store: Arc<dyn crate::store::Store>) -> tokio::task
     crate::store::sweep::spawn_sweeper(
         store,
         "refresh tokens",
-        REFRESH_PREFIX,
+        keyspace::REFRESH_TOKENS,
         REFRESH_SWEEP_INTERVAL,
         refresh_expired,
     )
@@ -1249,7 +1247,7 @@ pub(crate) mod tests {
         }
         store
             .put(
-                &format!("{REFRESH_PREFIX}junk"),
+                &format!("{}junk", keyspace::REFRESH_TOKENS),
                 b"not json".to_vec(),
                 Precondition::Absent,
             )
@@ -1257,7 +1255,7 @@ pub(crate) mod tests {
             .unwrap();
         let removed = crate::store::sweep::delete_expired(
             store.as_ref(),
-            REFRESH_PREFIX,
+            keyspace::REFRESH_TOKENS,
             now,
             refresh_expired,
         )
@@ -1265,7 +1263,7 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(removed, 1);
         let left: Vec<String> = store
-            .list(REFRESH_PREFIX, None, 0)
+            .list(keyspace::REFRESH_TOKENS, None, 0)
             .await
             .unwrap()
             .entries

@@ -14,9 +14,10 @@ use cairn_api::model::Replicator;
 use cairn_api::{Kind, Spec};
 
 use crate::auth::rbac::Verb;
-use crate::federation::replicator::status::{self, STATUS_PREFIX};
+use crate::federation::replicator::status::{self};
 use crate::federation::replicator::ReplicatorStatus;
 use crate::http::{authenticate, authorize, ApiError, AppState};
+use crate::store::keyspace;
 
 /// `GET`: the status of every replicator (`[ReplicatorStatus]`).
 pub(crate) const STATUS_LIST_PATH: &str = "/api/cairn/v1/replicators";
@@ -65,7 +66,7 @@ async fn replicators_list(
             _ => None,
         })
         .collect();
-    let page = store.list(STATUS_PREFIX, None, 0).await?;
+    let page = store.list(keyspace::REPLICATOR_STATUS, None, 0).await?;
     let records: BTreeMap<String, status::Record> = page
         .entries
         .iter()

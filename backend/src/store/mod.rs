@@ -14,6 +14,7 @@ pub mod conformance;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod health;
+pub mod keyspace;
 mod redb;
 pub mod resources;
 pub mod sweep;

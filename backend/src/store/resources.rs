@@ -5,10 +5,8 @@ use std::sync::Arc;
 
 use cairn_api::{Decoded, Kind, Resource};
 
+use super::keyspace;
 use crate::store::{Entry, Precondition, Revision, Store, StoreError};
-
-/// Every resource key starts with this.
-pub const RESOURCE_PREFIX: &str = "res/";
 
 /// A resource as stored, with the revision that last changed it.
 #[derive(Debug, Clone)]
@@ -68,9 +66,9 @@ impl Resources {
     pub fn prefix(kind: Kind, namespace: Option<&str>) -> String {
         match namespace {
             Some(namespace) if kind.is_namespaced() => {
-                format!("{RESOURCE_PREFIX}{}/{namespace}/", kind.plural())
+                format!("{}{}/{namespace}/", keyspace::RESOURCES, kind.plural())
             }
-            _ => format!("{RESOURCE_PREFIX}{}/", kind.plural()),
+            _ => format!("{}{}/", keyspace::RESOURCES, kind.plural()),
         }
     }
 

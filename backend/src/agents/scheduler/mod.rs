@@ -34,7 +34,8 @@ use crate::agents::sessions::{Session, Sessions};
 use crate::agents::watchdog::KEEPALIVE_CHECK;
 use crate::agents::Agents;
 use crate::clock::unix_now;
-use crate::store::resources::{self, Resources, RESOURCE_PREFIX};
+use crate::store::keyspace;
+use crate::store::resources::{self, Resources};
 use crate::store::{Entry, Revision, Store, StoreError, WatchEvent};
 
 /// `created_by` of the events the TTL watchdog raises.
@@ -143,7 +144,7 @@ async fn run(mut scheduler: Scheduler, mut shutdown: watch::Receiver<bool>) {
             }
         };
         let store = Arc::clone(scheduler.state.resources.store());
-        let mut changes = match store.watch(RESOURCE_PREFIX, revision).await {
+        let mut changes = match store.watch(keyspace::RESOURCES, revision).await {
             Ok(changes) => changes,
             Err(err) => {
                 tracing::warn!(error = %err, "scheduler cannot watch the store; reloading");
@@ -468,7 +469,7 @@ enum Watched<'a> {
 }
 
 fn classify(key: &str) -> Option<Watched<'_>> {
-    let (plural, rest) = key.strip_prefix(RESOURCE_PREFIX)?.split_once('/')?;
+    let (plural, rest) = key.strip_prefix(keyspace::RESOURCES)?.split_once('/')?;
     let (namespace, name) = rest.split_once('/')?;
     if plural == Kind::CheckConfig.plural() {
         Some(Watched::Check(namespace, name))

@@ -10,7 +10,8 @@ use cairn_api::model::Replicator;
 use cairn_api::selector::LabelSelector;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
-use crate::store::resources::{Resources, RESOURCE_PREFIX};
+use crate::store::keyspace;
+use crate::store::resources::Resources;
 use crate::store::Revision;
 
 /// The resources one replicator selects on the gateway.
@@ -130,7 +131,7 @@ impl Scope {
     /// that is not one.
     pub(crate) fn split_key<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
         let rest = key
-            .strip_prefix(RESOURCE_PREFIX)?
+            .strip_prefix(keyspace::RESOURCES)?
             .strip_prefix(self.kind.plural())?
             .strip_prefix('/')?;
         let (namespace, name) = if self.kind.is_namespaced() {
@@ -272,7 +273,7 @@ pub(crate) fn key_of(kind: Kind, namespace: &str, name: &str) -> String {
 /// `(namespace, name)` of a store key, guessing the kind from its plural: used only for
 /// undecodable downstream copies, which are keyed from their raw metadata.
 fn key_parts(key: &str) -> Option<(String, String)> {
-    let rest = key.strip_prefix(RESOURCE_PREFIX)?;
+    let rest = key.strip_prefix(keyspace::RESOURCES)?;
     let (plural, rest) = rest.split_once('/')?;
     let kind = Kind::ALL.iter().find(|kind| kind.plural() == plural)?;
     if kind.is_namespaced() {

@@ -12,10 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use cairn_api::model::Replicator;
 
+use crate::store::keyspace;
 use crate::store::{Precondition, Revision, Store, StoreError};
-
-/// Where the records live.
-pub(crate) const STATUS_PREFIX: &str = "federation/replicators/";
 
 /// The most per-resource errors a record keeps (the most recent).
 const RESOURCE_ERRORS_KEPT: usize = 50;
@@ -178,7 +176,7 @@ pub struct ReplicatorStatus {
 
 /// The store key of a replicator's record.
 pub(crate) fn status_key(name: &str) -> String {
-    format!("{STATUS_PREFIX}{name}")
+    format!("{}{name}", keyspace::REPLICATOR_STATUS)
 }
 
 /// Reads a replicator's record; an unreadable one counts as none (it is rewritten).

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::auth::rbac::{Caller, Verb};
 use crate::http::{authorize, forbidden, parse_json, read_body, ApiError, AppState};
+use crate::store::keyspace;
 use crate::store::resources::Resources;
 use crate::store::Precondition;
 
@@ -570,9 +571,6 @@ async fn update_check(
     Ok(())
 }
 
-/// Where the Tessen opt-out is kept.
-const TESSEN_KEY: &str = "config/tessen";
-
 /// Sensu's `TessenConfig`. Cairn sends no telemetry whatever it says; the endpoint exists so
 /// that the "disable Tessen" step of Sensu playbooks succeeds and reads back what it wrote.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -584,7 +582,7 @@ struct TessenConfig {
 /// `GET /api/core/v2/tessen`: `{"opt_out": …}`, false until set (as Sensu).
 pub(super) async fn tessen_get(state: &AppState, caller: &Caller) -> Result<Response, ApiError> {
     authorize(state, caller, Verb::Get, "tessen", None, None)?;
-    let config = match state.resources.store().get(TESSEN_KEY).await? {
+    let config = match state.resources.store().get(keyspace::TESSEN).await? {
         Some(entry) => serde_json::from_slice(&entry.value).map_err(ApiError::internal)?,
         None => TessenConfig::default(),
     };
@@ -605,7 +603,7 @@ pub(super) async fn tessen_put(
     state
         .resources
         .store()
-        .put(TESSEN_KEY, value, Precondition::None)
+        .put(keyspace::TESSEN, value, Precondition::None)
         .await?;
     Ok(StatusCode::CREATED.into_response())
 }
