@@ -2,6 +2,7 @@
 //! watchdog, joining (join tokens, the agent CA, revocations) and the check scheduler.
 
 pub mod connection;
+pub mod enrol;
 pub mod join;
 pub mod scheduler;
 pub mod sessions;
