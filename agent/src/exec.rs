@@ -10,7 +10,8 @@
 //!   once with a status 3 event whose output says the check is still running. Sensu drops such
 //!   a request silently; [`Executor::run`] always returns an event, and an overlapping run means
 //!   the check takes longer than its interval, which the operator should see.
-//! - **Process.** `sh -c <command>` in a process group of its own. The environment is the
+//! - **Process.** `sh -c <command>` in a process group of its own, on the shared runner
+//!   ([`cairn_api::process`], which the backend's pipe handlers use too). The environment is the
 //!   agent's, plus the check's `env_vars` (`KEY=VALUE`; a malformed entry fails the check with
 //!   status 3 naming it), plus the request's secrets (which win). Secrets are only ever put in
 //!   the environment: never in the arguments, never logged. stdin is `/dev/null`, or with
@@ -24,10 +25,11 @@
 //!   output is cut, so a cut never leaves part of a secret behind.
 //! - **Timeout.** `timeout` seconds (0 = none): the whole process group gets `SIGKILL` and the
 //!   result is status 2 (as Sensu) with output `Execution timed out after N seconds` followed
-//!   by what the command wrote until then. When the shell exits but processes it left behind
-//!   keep the output open, their output is read for at most [`OUTPUT_GRACE`] more (never past
-//!   the timeout), then the group is killed and a note added; processes that closed their
-//!   output are left running, as in Sensu.
+//!   by what the command wrote until then. When the shell exits, processes it left behind in
+//!   its group die with it: while they keep the output open, their output is read for at most
+//!   [`OUTPUT_GRACE`] more (never past the timeout), then the group is killed and a note added;
+//!   those that closed their output are killed at once. (Sensu leaves the latter running; a
+//!   check here leaks no process, unless it leaves the group on purpose with `setsid`.)
 //! - **Status.** Exit codes 0, 1 and 2 are the status; any other code, death by a signal, or a
 //!   command that cannot be started is 3 (unknown). The output names the signal or the OS
 //!   error.
@@ -49,23 +51,16 @@
 //! Dropping the future of [`Executor::run`] kills the process group of what is running.
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
-use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_api::agent::{CheckRequest, SecretValue};
 use cairn_api::model::{Check, CheckConfig, Entity, Event, HookConfig, Wire};
+use cairn_api::process::{self, Ended, Finished, RunConfig, RunError, Streams};
 use cairn_api::ObjectMeta;
-use nix::errno::Errno;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::pipe;
-use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -334,60 +329,6 @@ fn valid_env_name(name: &str) -> bool {
     !name.is_empty() && !name.contains(['=', '\0'])
 }
 
-/// Output read so far: the first `keep` bytes, and how many came in all.
-struct Capture {
-    kept: Vec<u8>,
-    keep: usize,
-    total: usize,
-}
-
-// === impl Capture ===
-
-impl Capture {
-    /// Keeps enough past `limit` to see a secret that starts before it and to find a UTF-8
-    /// boundary.
-    fn new(limit: usize, redactor: &Redactor) -> Capture {
-        let keep = limit.saturating_add(redactor.longest().max(4));
-        Capture {
-            kept: Vec::new(),
-            keep,
-            total: 0,
-        }
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        self.total = self.total.saturating_add(bytes.len());
-        let room = self.keep.saturating_sub(self.kept.len());
-        self.kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
-    }
-
-    /// The redacted output cut to `limit` bytes of the command's output, and how many bytes of
-    /// it were dropped.
-    fn finish(&self, limit: usize, redactor: &Redactor) -> (String, usize) {
-        let cut = if self.total > limit {
-            utf8_boundary(&self.kept, limit)
-        } else {
-            self.kept.len()
-        };
-        let (redacted, consumed) = redactor.redact_cut(&self.kept, cut);
-        let output = String::from_utf8_lossy(&redacted).into_owned();
-        (output, self.total.saturating_sub(consumed))
-    }
-}
-
-/// The largest char boundary at or below `limit`, looking at most three bytes back (further
-/// back the bytes are not UTF-8 anyway and the cut stays at `limit`).
-fn utf8_boundary(bytes: &[u8], limit: usize) -> usize {
-    if limit >= bytes.len() {
-        return bytes.len();
-    }
-    let is_continuation = |byte: u8| byte & 0xC0 == 0x80;
-    (limit.saturating_sub(3)..=limit)
-        .rev()
-        .find(|&idx| !is_continuation(bytes[idx]))
-        .unwrap_or(limit)
-}
-
 /// One command to run.
 struct Run<'a> {
     command: &'a str,
@@ -416,27 +357,54 @@ struct Outcome {
     duration: f64,
 }
 
-/// How the shell ended.
-enum Finished {
-    Exited {
-        status: ExitStatus,
-        /// Processes it left behind kept the output open and were killed.
-        leftovers_killed: bool,
-    },
-    TimedOut,
-}
-
+/// Runs the command on the shared runner ([`process::run`]) and maps how it ended to a status.
 async fn execute(run: Run<'_>) -> Outcome {
     let executed = unix_now();
     let started = Instant::now();
-    let mut capture = Capture::new(run.max_output, run.redactor);
-    let finished = spawn_and_wait(&run, &mut capture).await;
-    let (body, truncated) = capture.finish(run.max_output, run.redactor);
-    let (status, code, output) = match finished {
-        Ok(Finished::Exited {
+    let mut command = process::shell(run.command);
+    command.envs(run.env.iter().map(|(key, value)| (key, value)));
+    let config = RunConfig {
+        stdin: run.stdin.map(Arc::from),
+        timeout: (run.timeout_secs > 0).then(|| Duration::from_secs(run.timeout_secs)),
+        max_output: run.max_output,
+        streams: Streams::Combined,
+        grace: OUTPUT_GRACE,
+        redactor: Some(run.redactor),
+    };
+    let (status, code, output, truncated) = match process::run(command, &config).await {
+        Ok(Finished { ended, output, .. }) => {
+            let truncated = output.truncated_bytes;
+            let (status, code, output) = outcome_of(ended, output.text, run.timeout_secs);
+            (status, code, output, truncated)
+        }
+        Err(error) => {
+            let (RunError::PipeFailed(source) | RunError::SpawnFailed(source)) = &error;
+            warn!(%source, "failed to run a command");
+            (
+                STATUS_UNKNOWN,
+                None,
+                format!("failed to run the command: {source}"),
+                0,
+            )
+        }
+    };
+    Outcome {
+        status,
+        code,
+        output,
+        truncated,
+        executed,
+        duration: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// The status, the exit code when the command exited by itself, and the output with notes.
+fn outcome_of(ended: Ended, body: String, timeout_secs: u64) -> (u32, Option<i32>, String) {
+    match ended {
+        Ended::Exited {
             status,
             leftovers_killed,
-        }) => {
+        } => {
             let mut output = body;
             if let Some(signal) = status.signal() {
                 let name =
@@ -456,16 +424,13 @@ async fn execute(run: Run<'_>) -> Outcome {
             };
             (status, code, output)
         }
-        Ok(Finished::TimedOut) => (
+        Ended::TimedOut => (
             STATUS_CRITICAL,
             None,
-            format!(
-                "Execution timed out after {} seconds\n{body}",
-                run.timeout_secs
-            ),
+            format!("Execution timed out after {timeout_secs} seconds\n{body}"),
         ),
-        Err(error) => {
-            warn!(%error, "failed to run a command");
+        Ended::WaitFailed(error) => {
+            warn!(%error, "failed to wait for a command");
             let mut output = format!("failed to run the command: {error}");
             if !body.is_empty() {
                 output.push('\n');
@@ -473,14 +438,6 @@ async fn execute(run: Run<'_>) -> Outcome {
             }
             (STATUS_UNKNOWN, None, output)
         }
-    };
-    Outcome {
-        status,
-        code,
-        output,
-        truncated,
-        executed,
-        duration: started.elapsed().as_secs_f64(),
     }
 }
 
@@ -491,168 +448,6 @@ fn append_note(output: &mut String, note: &str) {
     output.push('<');
     output.push_str(note);
     output.push('>');
-}
-
-/// Runs the command in its own process group, reading its output into `capture`.
-async fn spawn_and_wait(run: &Run<'_>, capture: &mut Capture) -> io::Result<Finished> {
-    let (sender, mut receiver) = pipe::pipe()?;
-    let stdout = sender.into_blocking_fd()?;
-    let stderr = stdout.try_clone()?;
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(run.command)
-        .envs(run.env.iter().map(|(key, value)| (key, value)))
-        .stdin(if run.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0)
-        .kill_on_drop(true);
-    let spawned = command.spawn();
-    // The command holds the parent's copies of the pipe's write end: close them, so that the
-    // output ends when the last process of the group closes it.
-    drop(command);
-    let mut child = spawned?;
-    let mut group = ProcessGroup::of(&child);
-    let deadline =
-        (run.timeout_secs > 0).then(|| Instant::now() + Duration::from_secs(run.timeout_secs));
-
-    let feeding = feed(child.stdin.take(), run.stdin.clone());
-    tokio::pin!(feeding);
-    let reading = read_output(&mut receiver, capture);
-    tokio::pin!(reading);
-    let mut fed = false;
-    let mut read = false;
-    let waited = loop {
-        tokio::select! {
-            status = child.wait() => break Some(status),
-            () = &mut feeding, if !fed => fed = true,
-            () = &mut reading, if !read => read = true,
-            () = sleep_until(deadline) => break None,
-        }
-    };
-    match waited {
-        None => {
-            group.kill();
-            reap(&mut child).await;
-            finish_reading(reading, read, OUTPUT_GRACE).await;
-            Ok(Finished::TimedOut)
-        }
-        Some(Err(error)) => {
-            group.kill();
-            reap(&mut child).await;
-            finish_reading(reading, read, OUTPUT_GRACE).await;
-            Err(error)
-        }
-        Some(Ok(status)) => {
-            // The shell is reaped. Its group id stays reserved as long as a member lives, and a
-            // process still holding the output is almost surely one, so killing the group
-            // below reaches the processes it left behind and nothing else.
-            let grace = deadline.map_or(OUTPUT_GRACE, |deadline| {
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(OUTPUT_GRACE)
-            });
-            if finish_reading(reading.as_mut(), read, grace).await {
-                group.release();
-                Ok(Finished::Exited {
-                    status,
-                    leftovers_killed: false,
-                })
-            } else {
-                group.kill();
-                finish_reading(reading, false, OUTPUT_GRACE).await;
-                Ok(Finished::Exited {
-                    status,
-                    leftovers_killed: true,
-                })
-            }
-        }
-    }
-}
-
-/// Writes the payload and closes stdin; a command that exits without reading is fine.
-async fn feed(stdin: Option<ChildStdin>, payload: Option<Vec<u8>>) {
-    if let (Some(mut stdin), Some(payload)) = (stdin, payload) {
-        if let Err(error) = stdin.write_all(&payload).await {
-            debug!(%error, "command did not read all of its stdin");
-        }
-    }
-}
-
-async fn read_output(receiver: &mut pipe::Receiver, capture: &mut Capture) {
-    let mut buffer = vec![0_u8; 16 * 1024];
-    loop {
-        match receiver.read(&mut buffer).await {
-            Ok(0) => return,
-            Ok(n_read) => capture.push(&buffer[..n_read]),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => {
-                debug!(%error, "failed to read command output");
-                return;
-            }
-        }
-    }
-}
-
-/// Whether the output ended (now or within `limit`).
-async fn finish_reading(reading: impl Future<Output = ()>, done: bool, limit: Duration) -> bool {
-    done || tokio::time::timeout(limit, reading).await.is_ok()
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn reap(child: &mut Child) {
-    if let Err(error) = child.kill().await {
-        debug!(%error, "failed to reap the command");
-    }
-}
-
-/// The process group of a spawned command, killed on drop unless released.
-///
-/// Dropping a run (the caller gave up on [`Executor::run`]) thus kills everything the command
-/// started, not only the shell that `kill_on_drop` covers.
-struct ProcessGroup(Option<Pid>);
-
-// === impl ProcessGroup ===
-
-impl ProcessGroup {
-    /// The child was spawned with `process_group(0)`, so its pid is the group id.
-    fn of(child: &Child) -> ProcessGroup {
-        let pgid = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(Pid::from_raw);
-        ProcessGroup(pgid)
-    }
-
-    fn kill(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            match killpg(pgid, Signal::SIGKILL) {
-                Ok(()) | Err(Errno::ESRCH) => {}
-                Err(errno) => warn!(%errno, "failed to kill a command's process group"),
-            }
-        }
-    }
-
-    fn release(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Whether the `check_hooks` selector matches: against the exit code when the command exited
@@ -830,6 +625,9 @@ fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
+
+    use nix::errno::Errno;
+    use nix::unistd::Pid;
 
     use super::*;
 
@@ -1076,6 +874,23 @@ mod tests {
             "{}",
             check.output
         );
+        for pid in read_pids(&pids) {
+            wait_until(&format!("process {pid} to die"), || is_dead(pid)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn processes_left_behind_with_their_output_closed_die_with_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let command = format!(
+            "sleep 100 > /dev/null 2>&1 & echo $! > {file}; echo done",
+            file = quoted(&pids)
+        );
+        let started = Instant::now();
+        let check = run_command(&command).await;
+        assert!(started.elapsed() < OUTPUT_GRACE, "{:?}", started.elapsed());
+        assert_eq!((check.status, check.output.as_str()), (0, "done\n"));
         for pid in read_pids(&pids) {
             wait_until(&format!("process {pid} to die"), || is_dead(pid)).await;
         }

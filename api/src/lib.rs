@@ -16,6 +16,8 @@ pub mod logging;
 pub mod meta;
 pub mod model;
 pub mod problem;
+#[cfg(feature = "process")]
+pub mod process;
 pub mod redact;
 pub mod resource;
 pub mod selector;

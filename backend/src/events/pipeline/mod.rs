@@ -18,7 +18,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,14 +27,11 @@ use async_trait::async_trait;
 use cairn_api::agent::SecretValue;
 use cairn_api::model::SecretRef;
 use cairn_api::model::{Event, EventFilter, Handler, HandlerSocket, Silenced, Wire};
+use cairn_api::process::{self, Ended, RunConfig, Streams};
 use cairn_api::redact::Redactor;
-use nix::errno::Errno;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use parking_lot::{Mutex, RwLock};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::process::{Child, ChildStdin};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tracing::{debug, info, warn, warn_span, Instrument};
@@ -76,7 +73,8 @@ pub const FILTER_HAS_METRICS: &str = "has_metrics";
 const OUTPUT_LOG_LIMIT: usize = 4 * 1024;
 
 /// How long output is still read after a `pipe` handler exits: a background process that
-/// inherited its stdout can keep the pipe open long after.
+/// inherited its stdout can keep the pipe open long after. Then the handler's process group is
+/// killed (it is killed after every exit, so that no background process outlives a handler).
 const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for the dispatcher after killing what still runs at the end of the
@@ -480,7 +478,7 @@ impl Dispatcher {
                 running_handlers = running.len(),
                 "event pipeline shutdown grace ran out; killing running handlers"
             );
-            // Dropping a run kills its process group (see `ProcessGroup`).
+            // Dropping a run kills its process group (see `cairn_api::process`).
             running.shutdown().await;
         }
         finished.send_replace(true);
@@ -822,8 +820,10 @@ impl Dispatcher {
         }
     }
 
-    /// Runs `sh -c <command>` contained ([`Containment::command`]) in its own process group with
-    /// the payload on stdin; on timeout the whole group is killed. The environment is
+    /// Runs `sh -c <command>` contained ([`Containment::command`]) on the shared runner
+    /// ([`process::run`]) in its own process group with the payload on stdin; on timeout, and
+    /// once the handler exited (so background processes it left die with it), the whole group
+    /// is killed. The environment is
     /// [`HANDLER_PATH`], the handler's `env_vars`, then its secrets (which win, as in Sensu),
     /// nothing of the backend's; the output it logs has the secret values redacted.
     async fn run_pipe(
@@ -846,100 +846,52 @@ impl Dispatcher {
                     .filter(|secret| !secret.value.is_empty())
                     .map(|secret| (secret.name.as_str(), secret.value.as_str())),
             );
-        let mut command = self
+        // The runner sets stdio and the process group; the containment is in the command.
+        let command = self
             .containment
             .command(&handler.command, env)
             .map_err(RunError::Refused)?;
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = command.spawn().map_err(RunError::Spawn)?;
-        let mut group = ProcessGroup::of(&child);
-        let stdin = child.stdin.take();
-        let stdout = child
-            .stdout
-            .take()
-            .map(|stdout| tokio::spawn(read_capped(stdout)));
-        let stderr = child
-            .stderr
-            .take()
-            .map(|stderr| tokio::spawn(read_capped(stderr)));
-
-        let waited =
-            tokio::time::timeout(limit, wait_feeding(&mut child, stdin, Arc::clone(payload))).await;
-        let result = match waited {
-            Ok(Ok(status)) => {
-                // The leader is reaped, so its id may be reused: never signal the group again.
-                group.release();
+        let redactor = Redactor::of_secrets(secrets);
+        let config = RunConfig {
+            stdin: Some(Arc::clone(payload)),
+            timeout: Some(limit),
+            max_output: OUTPUT_LOG_LIMIT,
+            streams: Streams::Separate,
+            grace: OUTPUT_DRAIN_TIMEOUT,
+            redactor: Some(&redactor),
+        };
+        let finished = process::run(command, &config).await.map_err(|error| {
+            let (process::RunError::PipeFailed(source) | process::RunError::SpawnFailed(source)) =
+                error;
+            RunError::Spawn(source)
+        })?;
+        let stderr = finished.stderr.unwrap_or_default();
+        if !finished.output.text.is_empty() || !stderr.text.is_empty() {
+            debug!(
+                stdout = %finished.output.text,
+                stderr = %stderr.text,
+                "handler output"
+            );
+        }
+        match finished.ended {
+            Ended::Exited {
+                status,
+                leftovers_killed,
+            } => {
+                if leftovers_killed {
+                    debug!(
+                        "processes the handler left behind kept its output open and were killed"
+                    );
+                }
                 if status.success() {
                     Ok(())
                 } else {
                     Err(RunError::Exit(status))
                 }
             }
-            Ok(Err(error)) => {
-                group.kill();
-                reap(&mut child).await;
-                Err(RunError::Wait(error))
-            }
-            Err(_elapsed) => {
-                group.kill();
-                reap(&mut child).await;
-                Err(RunError::TimedOut(limit))
-            }
-        };
-        let stdout = collect_output(stdout).await;
-        let stderr = collect_output(stderr).await;
-        if !stdout.is_empty() || !stderr.is_empty() {
-            let redactor = Redactor::of_secrets(secrets);
-            debug!(
-                stdout = %redactor.redact_str(&String::from_utf8_lossy(&stdout)),
-                stderr = %redactor.redact_str(&String::from_utf8_lossy(&stderr)),
-                "handler output"
-            );
+            Ended::TimedOut => Err(RunError::TimedOut(limit)),
+            Ended::WaitFailed(error) => Err(RunError::Wait(error)),
         }
-        result
-    }
-}
-
-/// The process group of a spawned `pipe` handler, killed on drop unless released.
-///
-/// Dropping a handler run (shutdown abort) thus kills everything the handler started, not only
-/// the shell that `kill_on_drop` covers.
-struct ProcessGroup(Option<Pid>);
-
-// === impl ProcessGroup ===
-
-impl ProcessGroup {
-    /// The child was spawned with `process_group(0)`, so its pid is the group id.
-    fn of(child: &Child) -> ProcessGroup {
-        let pgid = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(Pid::from_raw);
-        ProcessGroup(pgid)
-    }
-
-    fn kill(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            match killpg(pgid, Signal::SIGKILL) {
-                Ok(()) | Err(Errno::ESRCH) => {}
-                Err(errno) => warn!(%errno, "failed to kill the handler's process group"),
-            }
-        }
-    }
-
-    fn release(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -1020,66 +972,6 @@ fn parse_env_vars(entries: &[String]) -> (Vec<(&str, &str)>, usize) {
         })
         .collect();
     (pairs, skipped)
-}
-
-/// Waits for the child while writing the payload to its stdin; stops writing once it exits.
-async fn wait_feeding(
-    child: &mut Child,
-    stdin: Option<ChildStdin>,
-    payload: Arc<[u8]>,
-) -> io::Result<ExitStatus> {
-    let feed = async move {
-        if let Some(mut stdin) = stdin {
-            // A handler may exit without reading its stdin; that is not a failure.
-            if let Err(error) = stdin.write_all(&payload).await {
-                debug!(%error, "handler did not read the whole event");
-            }
-        }
-    };
-    tokio::pin!(feed);
-    let mut fed = false;
-    loop {
-        tokio::select! {
-            () = &mut feed, if !fed => fed = true,
-            status = child.wait() => return status,
-        }
-    }
-}
-
-async fn reap(child: &mut Child) {
-    if let Err(error) = child.kill().await {
-        debug!(%error, "failed to reap the handler process");
-    }
-}
-
-/// Reads to the end, keeping the first [`OUTPUT_LOG_LIMIT`] bytes.
-async fn read_capped(mut reader: impl AsyncRead + Unpin) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let mut buffer = [0_u8; 8 * 1024];
-    loop {
-        match reader.read(&mut buffer).await {
-            Ok(0) | Err(_) => return kept,
-            Ok(n_read) => {
-                let room = OUTPUT_LOG_LIMIT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buffer[..n_read.min(room)]);
-            }
-        }
-    }
-}
-
-async fn collect_output(reader: Option<JoinHandle<Vec<u8>>>) -> Vec<u8> {
-    let Some(mut reader) = reader else {
-        return Vec::new();
-    };
-    match tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, &mut reader).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(_)) => Vec::new(),
-        Err(_elapsed) => {
-            // A background process still holds the pipe open.
-            reader.abort();
-            b"<output still open after the handler exited>".to_vec()
-        }
-    }
 }
 
 fn socket_port(socket: Option<&HandlerSocket>) -> Result<(&str, u16), RunError> {
@@ -1965,6 +1857,7 @@ mod tests {
 
     use cairn_api::model::{Check, Entity};
     use cairn_api::ObjectMeta;
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
     use tokio::time::Instant;
 
@@ -2317,6 +2210,50 @@ mod tests {
         }
     }
 
+    /// The pid a handler wrote to `path`.
+    fn written_pid(path: &Path) -> u32 {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_handlers_background_processes_die_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let holding = temp_file(&dir, "holding");
+        let detached = temp_file(&dir, "detached");
+        let resolver = FakeResolver::default()
+            // Holds the handler's stdout open: killed after the drain.
+            .handler(
+                "holding",
+                pipe(format!("sleep 300 & echo $! > '{}'", holding.display())),
+            )
+            // Closed its output: killed as soon as the handler exits.
+            .handler(
+                "detached",
+                pipe(format!(
+                    "sleep 300 > /dev/null 2>&1 & echo $! > '{}'",
+                    detached.display()
+                )),
+            );
+        let pipeline = start(resolver);
+        submit(&pipeline, event(2, &["holding", "detached"]));
+        // Shutdown waits for both handlers to return.
+        pipeline.shutdown().await.unwrap();
+        let stats = pipeline.stats();
+        assert_eq!(stats.handler_runs.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.handler_failures.load(Ordering::Relaxed), 0);
+        for pidfile in [&holding, &detached] {
+            let pid = written_pid(pidfile);
+            wait_until(&format!("the handler's child {pid} to die"), || {
+                is_dead(pid)
+            })
+            .await;
+        }
+    }
+
     #[tokio::test]
     async fn timeout_kills_the_whole_process_group() {
         let dir = tempfile::tempdir().unwrap();
@@ -2336,11 +2273,7 @@ mod tests {
             stats.handler_timeouts.load(Ordering::Relaxed) == 1
         })
         .await;
-        let pid: u32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let pid = written_pid(&pidfile);
         wait_until(&format!("the handler's child {pid} to die"), || {
             is_dead(pid)
         })
