@@ -590,6 +590,23 @@ pub fn status_of(
     }
 }
 
+/// Creates each of `namespaces`, as `admin`.
+///
+/// # Panics
+/// When the backend refuses one.
+pub async fn create_namespaces(admin: &Client, namespaces: &[&str]) {
+    for namespace in namespaces {
+        admin
+            .send(
+                reqwest::Method::PUT,
+                &format!("/api/core/v2/namespaces/{namespace}"),
+                Some(&serde_json::json!({"name": namespace})),
+            )
+            .await
+            .unwrap_or_else(|err| panic!("create namespace {namespace}: {err}"));
+    }
+}
+
 /// Creates the local user `name` with `password` and no groups, as `admin`.
 ///
 /// # Panics

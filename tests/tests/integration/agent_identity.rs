@@ -21,7 +21,7 @@ use cairn_api::agent::{AgentMessage, BackendMessage};
 use cairn_api::client::{Client, ClientError};
 use cairn_api::model::System;
 use cairn_tests::etcd::EtcdCluster;
-use cairn_tests::{Agent, AgentInstall, Backend, BackendOptions, Deadline};
+use cairn_tests::{create_namespaces, Agent, AgentInstall, Backend, BackendOptions, Deadline};
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use rustls::pki_types::pem::PemObject;
@@ -33,19 +33,6 @@ use tokio_tungstenite::tungstenite::Message;
 const CONNECT_WITHIN: Duration = Duration::from_secs(20);
 
 // === the REST API ===
-
-async fn create_namespaces(admin: &Client, namespaces: &[&str]) {
-    for namespace in namespaces {
-        admin
-            .send(
-                Method::PUT,
-                &format!("/api/core/v2/namespaces/{namespace}"),
-                Some(&json!({"name": namespace})),
-            )
-            .await
-            .unwrap_or_else(|err| panic!("create namespace {namespace}: {err}"));
-    }
-}
 
 /// `PUT` a core/v2 resource of `namespace`.
 async fn put(admin: &Client, namespace: &str, plural: &str, name: &str, mut body: Value) {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_api::client::{ClientError, Credentials};
-use cairn_tests::{status_of, Backend, ADMIN_PASSWORD};
+use cairn_tests::{create_namespaces, status_of, Backend, ADMIN_PASSWORD};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -191,16 +191,7 @@ async fn rbac_matrix_and_disabled_users() {
         )
         .await
         .expect("bind viewer");
-    for namespace in ["dev", "prod"] {
-        admin
-            .send(
-                Method::PUT,
-                &format!("/api/core/v2/namespaces/{namespace}"),
-                Some(&json!({"name": namespace})),
-            )
-            .await
-            .expect("namespace");
-    }
+    create_namespaces(&admin, &["dev", "prod"]).await;
     admin
         .send(
             Method::PUT,

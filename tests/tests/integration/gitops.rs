@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,9 @@ use cairn_api::client::{Client, ClientError};
 use cairn_api::Kind;
 use serde_json::{json, Value};
 
-use cairn_tests::{binary, command, Backend, ADMIN_PASSWORD};
+use cairn_tests::{binary, Backend};
+
+use crate::common::{Ctl, Run};
 
 const MANAGED_BY: &str = "cairn.io/managed-by";
 const SOURCE: &str = "cairn.io/source";
@@ -53,89 +55,6 @@ fn write(root: &Path, path: &str, text: &str) {
 
 fn utf8(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
-}
-
-// === cairnctl ===
-
-/// What a finished command printed.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn of(output: Output) -> Run {
-        Run {
-            code: output.status.code().expect("exited normally"),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|err| panic!("stdout is not one JSON document ({err}):\n{self:#?}"))
-    }
-}
-
-/// `cairnctl` with its own configuration, logged in to one backend as the admin.
-struct Ctl {
-    config: tempfile::TempDir,
-}
-
-impl Ctl {
-    fn configure(backend: &Backend) -> Ctl {
-        let ctl = Ctl {
-            config: tempfile::tempdir().expect("tempdir"),
-        };
-        let ca = backend.ca_file();
-        ctl.expect(
-            0,
-            &[
-                "configure",
-                "--url",
-                &backend.url,
-                "--ca-file",
-                utf8(&ca),
-                "--username",
-                "admin",
-                "--password",
-                ADMIN_PASSWORD,
-            ],
-        );
-        ctl
-    }
-
-    fn command(&self) -> Command {
-        let mut command = command("cairnctl");
-        command
-            .env("CAIRN_CONFIG_DIR", self.config.path())
-            .env("NO_COLOR", "1");
-        for variable in [
-            "CAIRN_URL",
-            "CAIRN_CA_FILE",
-            "CAIRN_API_KEY",
-            "CAIRN_NAMESPACE",
-            "CAIRN_GIT_TOKEN",
-            "CAIRN_GIT_SSH_KEY",
-        ] {
-            command.env_remove(variable);
-        }
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        Run::of(self.command().args(args).output().expect("run cairnctl"))
-    }
-
-    /// Runs and checks the exit code.
-    fn expect(&self, code: i32, args: &[&str]) -> Run {
-        let run = self.run(args);
-        assert_eq!(run.code, code, "cairnctl {args:?}:\n{run:#?}");
-        run
-    }
 }
 
 // === the backend's state, read through the REST API ===

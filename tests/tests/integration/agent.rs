@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use cairn_api::agent::{AgentMessage, BackendMessage, Hello, AGENT_PATH, PROTOCOL_VERSION};
 use cairn_api::client::{plain_http_client, Client, ClientError};
 use cairn_tests::Deadline;
-use cairn_tests::{command, Agent, Backend, BackendOptions, ADMIN_PASSWORD};
+use cairn_tests::{command, Agent, Backend, BackendOptions};
 use futures::{SinkExt, StreamExt};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -25,6 +25,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::Ctl;
 
 const NS: &str = "default";
 
@@ -525,55 +527,6 @@ fn common_name(pem: &str) -> String {
     name
 }
 
-// === cairnctl ===
-
-/// `cairnctl` with its own configuration, logged in to one backend as the admin.
-struct Ctl {
-    config: tempfile::TempDir,
-}
-
-impl Ctl {
-    fn configure(backend: &Backend) -> Ctl {
-        let ctl = Ctl {
-            config: tempfile::tempdir().expect("tempdir"),
-        };
-        let ca = backend.ca_file();
-        let output = ctl.run(&[
-            "configure",
-            "--url",
-            &backend.url,
-            "--ca-file",
-            ca.to_str().expect("a UTF-8 path"),
-            "--username",
-            "admin",
-            "--password",
-            ADMIN_PASSWORD,
-        ]);
-        assert!(
-            output.status.success(),
-            "cairnctl configure: {}",
-            stderr(&output)
-        );
-        ctl
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut command = command("cairnctl");
-        command
-            .env("CAIRN_CONFIG_DIR", self.config.path())
-            .env("NO_COLOR", "1");
-        for variable in [
-            "CAIRN_URL",
-            "CAIRN_CA_FILE",
-            "CAIRN_API_KEY",
-            "CAIRN_NAMESPACE",
-        ] {
-            command.env_remove(variable);
-        }
-        command.args(args).output().expect("run cairnctl")
-    }
-}
-
 // === the tests ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1008,7 +961,7 @@ async fn revoked_agent_is_dropped_at_once() {
     }
 
     let ctl = Ctl::configure(&backend);
-    let output = ctl.run(&["agent", "revoke", name]);
+    let output = ctl.output(&["agent", "revoke", name]);
     let revoked = Instant::now();
     assert!(output.status.success(), "revoke: {}", stderr(&output));
     let printed = String::from_utf8_lossy(&output.stdout);
@@ -1202,7 +1155,7 @@ async fn cairnctl_mints_replace_and_pinned_tokens() {
     let name = "cli-01";
     enrol(&backend, &admin, name).await;
     let ctl = Ctl::configure(&backend);
-    let output = ctl.run(&[
+    let output = ctl.output(&[
         "agent",
         "token",
         "create",
@@ -1215,7 +1168,7 @@ async fn cairnctl_mints_replace_and_pinned_tokens() {
     assert!(output.status.success(), "token create: {}", stderr(&output));
     let printed = String::from_utf8_lossy(&output.stdout);
     let token = printed.lines().next().expect("the token").trim().to_owned();
-    let listed = ctl.run(&["agent", "token", "list"]);
+    let listed = ctl.output(&["agent", "token", "list"]);
     let listing = String::from_utf8_lossy(&listed.stdout);
     assert!(listing.contains("linux (pinned)"), "{listing}");
 

@@ -8,16 +8,16 @@
 //! shows its TLS failure; deleting the replicator removes its copies.
 
 use std::future::Future;
-use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use cairn_api::client::Client;
 use cairn_api::meta::LABEL_REPLICATED_FROM;
 use cairn_api::model::CheckConfig;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
-use cairn_tests::{check_replicator, cluster_registration, command, Backend, FederationKeys};
+use cairn_tests::{check_replicator, cluster_registration, Backend, FederationKeys};
 use serde_json::Value;
+
+use crate::common::cairnctl;
 
 /// How long replication may take before a test gives up: far above the resync interval and
 /// the largest backoff (15 s), so that a failure means it did not converge.
@@ -98,27 +98,6 @@ async fn status(gateway: &Client, name: &str) -> Value {
         .get_json(&format!("/api/cairn/v1/replicators/{name}"))
         .await
         .unwrap_or_else(|err| panic!("the status of replicator {name}: {err}"))
-}
-
-/// Runs cairnctl with its config in `config_dir` and returns (exit code, stdout, stderr).
-fn cairnctl(config_dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command("cairnctl")
-        .args(args)
-        .env("CAIRN_CONFIG_DIR", config_dir)
-        .env_remove("CAIRN_URL")
-        .env_remove("CAIRN_API_KEY")
-        .env_remove("CAIRN_CLUSTER")
-        .output()
-        .expect("run cairnctl");
-    (
-        status.code().expect("exited normally"),
-        String::from_utf8(stdout).expect("utf-8"),
-        String::from_utf8(stderr).expect("utf-8"),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,19 +11,17 @@
 //! shows its TLS failure in `cairnctl cluster list`.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use cairn_api::client::{Client, Credentials};
 use cairn_api::meta::LABEL_REPLICATED_FROM;
 use cairn_api::model::Replicator;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
-use cairn_tests::{
-    cluster_registration, command, error_status, AgentInstall, Backend, FederationKeys,
-};
+use cairn_tests::{cluster_registration, error_status, AgentInstall, Backend, FederationKeys};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+
+use crate::common::{cairnctl, configure, manifests, ok};
 
 /// The federation-viewer's demo password (see the manifest's comment).
 const VIEWER_PASSWORD: &str = "view-only-demo";
@@ -35,55 +33,6 @@ const WITHIN: Duration = Duration::from_secs(30);
 
 /// The entity name of alpha's agent.
 const AGENT: &str = "alpha-agent";
-
-fn manifests() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests")
-}
-
-/// Runs cairnctl with its config in `config_dir` and returns (exit code, stdout, stderr).
-fn cairnctl(config_dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command("cairnctl")
-        .args(args)
-        .env("CAIRN_CONFIG_DIR", config_dir)
-        .env_remove("CAIRN_URL")
-        .env_remove("CAIRN_API_KEY")
-        .env_remove("CAIRN_CLUSTER")
-        .output()
-        .expect("run cairnctl");
-    (
-        status.code().expect("exited normally"),
-        String::from_utf8(stdout).expect("utf-8"),
-        String::from_utf8(stderr).expect("utf-8"),
-    )
-}
-
-fn ok(config_dir: &Path, args: &[&str]) -> String {
-    let (code, stdout, stderr) = cairnctl(config_dir, args);
-    assert_eq!(code, 0, "cairnctl {args:?} failed:\n{stdout}\n{stderr}");
-    stdout
-}
-
-fn configure(config_dir: &Path, backend: &Backend, username: &str, password: &str) {
-    let ca_file = backend.ca_file();
-    ok(
-        config_dir,
-        &[
-            "configure",
-            "--url",
-            &backend.url,
-            "--ca-file",
-            ca_file.to_str().expect("utf-8 path"),
-            "--username",
-            username,
-            "--password",
-            password,
-        ],
-    );
-}
 
 async fn post_event(client: &Client, entity: &str) {
     let event = json!({
