@@ -3,29 +3,28 @@
 //! a pipe handler that really runs, and bad input refused with a clear message.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_api::client::{ClientError, Credentials};
-use cairn_tests::{create_namespaces, status_of, Backend, ADMIN_PASSWORD};
+use cairn_tests::{
+    create_namespaces, eventually, status_of, text_matching, Backend, ADMIN_PASSWORD,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 /// Waits for a file to hold `needle`, naming the likely cause on timeout.
 async fn wait_for_file(path: &Path, needle: &str, what: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if text.contains(needle) {
-                return text;
+    eventually(
+        &format!("{what}: {} to hold {needle:?}", path.display()),
+        Duration::from_secs(15),
+        || async {
+            match std::fs::read_to_string(path) {
+                Ok(text) => text_matching(text, |text| text.contains(needle)),
+                Err(err) => Err(err.to_string()),
             }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} never held {needle:?}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,14 +10,15 @@
 //! event stays in alpha; forged tokens are refused; a cluster registered with the wrong CA
 //! shows its TLS failure in `cairnctl cluster list`.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_api::client::{Client, Credentials};
 use cairn_api::meta::LABEL_REPLICATED_FROM;
 use cairn_api::model::Replicator;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
-use cairn_tests::{cluster_registration, error_status, AgentInstall, Backend, FederationKeys};
+use cairn_tests::{
+    cluster_registration, error_status, eventually, AgentInstall, Backend, FederationKeys,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -81,27 +82,6 @@ fn replicator(name: &str, cluster: &str, resource: &str) -> Resource {
             ..Replicator::default()
         }),
     )
-}
-
-/// Polls `probe` every 100 ms until it gives a value; past `limit`, panics naming `what` with
-/// what `probe` saw last.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        let last = match probe().await {
-            Ok(value) => return value,
-            Err(last) => last,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}; last seen: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// `entity/check` of an event in the REST wire form.
