@@ -477,7 +477,7 @@ async fn tokens_refresh_once_and_forged_tokens_are_refused() {
 
     // Forged tokens: alg none, HS256 keyed with the public key, a foreign key, expired. Each is
     // a 401 and nothing else. (Another issuer with our key is another cluster of the
-    // federation sharing it: accepted, see below and tests/federation_view.rs.)
+    // federation sharing it: accepted, see below and federation_view.rs.)
     let public_pem =
         std::fs::read_to_string(backend.data_dir.join("jwt/public.pem")).expect("public key");
     let private_pem =
