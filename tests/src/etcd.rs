@@ -24,7 +24,8 @@ use rcgen::{
 };
 
 use crate::openbao::random_hex;
-use crate::{Deadline, ExternalProgram};
+use crate::wait::Poll;
+use crate::ExternalProgram;
 
 /// How long a starting cluster (or a restarted member) may take to answer a linearizable read.
 const START_LIMIT: Duration = Duration::from_secs(30);
@@ -368,9 +369,9 @@ impl EtcdCluster {
 
     /// See [`EtcdCluster::start_member`].
     async fn restart_member(&mut self, idx: usize) {
-        let deadline = Deadline::new(
-            RESTART_LIMIT,
+        let mut poll = Poll::new(
             format!("etcd member {idx} binding its ports again"),
+            RESTART_LIMIT,
         );
         loop {
             self.spawn(idx);
@@ -379,7 +380,7 @@ impl EtcdCluster {
                 Err(StartFailed::PortTaken { member }) => {
                     eprintln!("etcd member {member}: a port is still taken; retrying");
                     self.kill(idx);
-                    deadline.tick(|| self.describe(member)).await;
+                    poll.tick(&self.describe(member)).await;
                 }
             }
         }
@@ -504,12 +505,12 @@ impl EtcdCluster {
     async fn wait_ready(&mut self, members: &[usize]) -> Result<(), StartFailed> {
         for &idx in members {
             let mut client = self.member_client(idx).await;
-            let deadline = Deadline::new(
-                START_LIMIT,
+            let mut poll = Poll::new(
                 format!(
                     "etcd member {idx} ({}) answering a linearizable read",
                     self.endpoint(idx)
                 ),
+                START_LIMIT,
             );
             loop {
                 self.check_running()?;
@@ -517,7 +518,7 @@ impl EtcdCluster {
                 if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, probe).await {
                     break;
                 }
-                deadline.tick(|| self.describe(idx)).await;
+                poll.tick(&self.describe(idx)).await;
             }
         }
         Ok(())

@@ -8,13 +8,15 @@
 //!
 //! [`openbao`] runs a real OpenBao dev server for the secrets tests; [`etcd`] runs a real etcd
 //! cluster for the etcd store's; [`fake_cluster`] serves scripted downstream clusters for the
-//! federation tests.
+//! federation tests. [`eventually`] and [`eventually_blocking`] are how every test waits for
+//! an outcome that comes asynchronously.
 
 pub mod bench;
 pub mod etcd;
 pub mod fake_cluster;
 pub mod fleet;
 pub mod openbao;
+mod wait;
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
@@ -24,6 +26,8 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use cairn_api::client::{Client, Credentials};
+
+pub use wait::{eventually, eventually_blocking, matching, text_matching};
 
 static BUILD_BINARIES: Once = Once::new();
 
@@ -100,42 +104,6 @@ pub fn command(name: &str) -> Command {
         command.env("CAIRN_LOG", "warn");
     }
     command
-}
-
-/// How often a [`Deadline`] wait polls.
-pub const POLL: Duration = Duration::from_millis(100);
-
-/// A deadline for a wait that polls; past it, the test fails naming what it waited for.
-pub struct Deadline {
-    until: Instant,
-    within: Duration,
-    what: String,
-}
-
-impl Deadline {
-    /// A deadline `within` from now for `what`.
-    pub fn new(within: Duration, what: impl Into<String>) -> Deadline {
-        Deadline {
-            until: Instant::now() + within,
-            within,
-            what: what.into(),
-        }
-    }
-
-    /// Waits one poll interval, or fails the test with `detail()` when the deadline passed.
-    ///
-    /// # Panics
-    /// When the deadline passed.
-    pub async fn tick(&self, detail: impl FnOnce() -> String) {
-        assert!(
-            Instant::now() < self.until,
-            "{} did not happen within {:?}\n{}",
-            self.what,
-            self.within,
-            detail()
-        );
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// A program from outside the workspace that some tests need (etcd, OpenBao's `bao`) and that
@@ -475,28 +443,25 @@ impl Backend {
         self.stop();
         let addr = self.addr().to_owned();
         let agent_addr = self.agent_addr.clone();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match spawn_backend(
-                &self.data_dir,
-                &addr,
-                &agent_addr,
-                &self.options,
-                self.logs.as_ref(),
-            ) {
-                Ok((child, url, agent)) => {
-                    assert_eq!(url, self.url, "the backend came back on another address");
-                    assert_eq!(agent, self.agent_addr, "the agent listener moved");
-                    self.child = child;
-                    return;
-                }
-                Err(printed) if Instant::now() < deadline => {
+        let (child, url, agent) = eventually_blocking(
+            &format!("the backend restarting on {addr}"),
+            Duration::from_secs(20),
+            || {
+                spawn_backend(
+                    &self.data_dir,
+                    &addr,
+                    &agent_addr,
+                    &self.options,
+                    self.logs.as_ref(),
+                )
+                .inspect_err(|printed| {
                     eprintln!("backend restart on {addr} failed ({printed}); retrying");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(printed) => panic!("backend did not restart on {addr}: {printed}"),
-            }
-        }
+                })
+            },
+        );
+        assert_eq!(url, self.url, "the backend came back on another address");
+        assert_eq!(agent, self.agent_addr, "the agent listener moved");
+        self.child = child;
     }
 
     /// The cluster CA file.
@@ -587,6 +552,23 @@ pub fn status_of(
         Ok(response) => (response.status(), String::new()),
         Err(cairn_api::client::ClientError::Status { status, message }) => (status, message),
         Err(err) => panic!("request failed: {err}"),
+    }
+}
+
+/// Creates each of `namespaces`, as `admin`.
+///
+/// # Panics
+/// When the backend refuses one.
+pub async fn create_namespaces(admin: &Client, namespaces: &[&str]) {
+    for namespace in namespaces {
+        admin
+            .send(
+                reqwest::Method::PUT,
+                &format!("/api/core/v2/namespaces/{namespace}"),
+                Some(&serde_json::json!({"name": namespace})),
+            )
+            .await
+            .unwrap_or_else(|err| panic!("create namespace {namespace}: {err}"));
     }
 }
 

@@ -24,6 +24,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Value};
 
+use crate::wait::Poll;
 use crate::ExternalProgram;
 
 /// Set by the test command (`scripts/test`): a test that needs OpenBao fails instead of
@@ -313,16 +314,17 @@ impl OpenBao {
     /// Starts `bao` (on the ports of the previous run, if any), reads its ports back, waits
     /// for health and sets it up.
     async fn spawn(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut poll = Poll::new("OpenBao restarting", Duration::from_secs(20));
         loop {
             match self.spawn_once().await {
                 Ok(()) => break,
-                Err(problem) if self.port != 0 && Instant::now() < deadline => {
+                // A restart retries while the old process's ports are still taken.
+                Err(problem) if self.port != 0 => {
                     eprintln!(
                         "OpenBao restart on {} failed ({problem}); retrying",
                         self.addr()
                     );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    poll.tick(&problem).await;
                 }
                 Err(problem) => panic!("OpenBao did not start: {problem}"),
             }

@@ -21,7 +21,9 @@ use cairn_api::agent::{AgentMessage, BackendMessage};
 use cairn_api::client::{Client, ClientError};
 use cairn_api::model::System;
 use cairn_tests::etcd::EtcdCluster;
-use cairn_tests::{Agent, AgentInstall, Backend, BackendOptions, Deadline};
+use cairn_tests::{
+    create_namespaces, eventually, text_matching, Agent, AgentInstall, Backend, BackendOptions,
+};
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use rustls::pki_types::pem::PemObject;
@@ -33,19 +35,6 @@ use tokio_tungstenite::tungstenite::Message;
 const CONNECT_WITHIN: Duration = Duration::from_secs(20);
 
 // === the REST API ===
-
-async fn create_namespaces(admin: &Client, namespaces: &[&str]) {
-    for namespace in namespaces {
-        admin
-            .send(
-                Method::PUT,
-                &format!("/api/core/v2/namespaces/{namespace}"),
-                Some(&json!({"name": namespace})),
-            )
-            .await
-            .unwrap_or_else(|err| panic!("create namespace {namespace}: {err}"));
-    }
-}
 
 /// `PUT` a core/v2 resource of `namespace`.
 async fn put(admin: &Client, namespace: &str, plural: &str, name: &str, mut body: Value) {
@@ -114,23 +103,27 @@ fn edit_config(install: &AgentInstall, edit: impl FnOnce(&mut AgentConfig)) {
 
 /// Waits until the agent's log contains `text`.
 async fn wait_logged(agent: &Agent, text: &str) {
-    let deadline = Deadline::new(CONNECT_WITHIN, format!("the agent logging {text:?}"));
-    while !agent.log().contains(text) {
-        deadline.tick(|| agent.log()).await;
-    }
+    eventually(
+        &format!("the agent logging {text:?}"),
+        CONNECT_WITHIN,
+        || async { text_matching(agent.log(), |log| log.contains(text)) },
+    )
+    .await;
 }
 
 /// Waits until the agent's entity is registered in `namespace`; returns it.
 async fn wait_entity(admin: &Client, agent: &Agent, namespace: &str, name: &str) -> Value {
-    let deadline = Deadline::new(CONNECT_WITHIN, format!("entity {namespace}/{name}"));
-    loop {
-        if let Some(entity) = get(admin, namespace, "entities", name).await {
-            if entity["entity_class"] == "agent" {
-                return entity;
+    eventually(
+        &format!("entity {namespace}/{name}"),
+        CONNECT_WITHIN,
+        || async {
+            match get(admin, namespace, "entities", name).await {
+                Some(entity) if entity["entity_class"] == "agent" => Ok(entity),
+                _ => Err(agent.log()),
             }
-        }
-        deadline.tick(|| agent.log()).await;
-    }
+        },
+    )
+    .await
 }
 
 /// The serial (lowercase hex) and the URI SANs of a PEM certificate.
@@ -210,18 +203,18 @@ async fn next_answer(ws: &mut Socket) -> BackendMessage {
 /// Says hello until the backend refuses it (another backend's view may take a moment);
 /// returns the reason.
 async fn wait_refused(config: &AgentConfig, agent_addr: &str, what: &str) -> String {
-    let deadline = Deadline::new(Duration::from_secs(10), what.to_owned());
-    loop {
+    eventually(what, Duration::from_secs(10), || async {
         let (mut ws, answer) = say_hello(config, agent_addr).await;
         let _ = ws.close(None).await;
         match answer {
             BackendMessage::Refused { reason, fatal } => {
                 assert!(fatal, "{reason}");
-                return reason;
+                Ok(reason)
             }
-            other => deadline.tick(|| format!("last answer: {other:?}")).await,
+            other => Err(format!("last answer: {other:?}")),
         }
-    }
+    })
+    .await
 }
 
 fn csr_for(install: &AgentInstall) -> String {
@@ -310,13 +303,12 @@ async fn a_dev_certificate_cannot_speak_for_prod() {
     edit_config(&install, |config| "dev".clone_into(&mut config.namespace));
     let agent = install.start();
     wait_entity(&admin, &agent, "dev", "web-01").await;
-    let deadline = Deadline::new(CONNECT_WITHIN, "dev's check result");
-    while get(&admin, "dev", "events", "web-01/hostcheck")
-        .await
-        .is_none()
-    {
-        deadline.tick(|| agent.log()).await;
-    }
+    eventually("dev's check result", CONNECT_WITHIN, || async {
+        get(&admin, "dev", "events", "web-01/hostcheck")
+            .await
+            .ok_or_else(|| agent.log())
+    })
+    .await;
     assert!(get(&admin, "prod", "events", "web-01/hostcheck")
         .await
         .is_none());

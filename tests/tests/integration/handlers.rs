@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cairn_api::client::Client;
-use cairn_tests::{metrics, running_as_root, Backend, BackendOptions, Deadline};
+use cairn_tests::{eventually, metrics, running_as_root, text_matching, Backend, BackendOptions};
 use reqwest::Method;
 use serde_json::json;
 
@@ -50,30 +50,24 @@ async fn fire(admin: &Client, handler: &str) {
 
 /// Waits for the file `path` that a handler writes last (by renaming it into place).
 async fn wait_file(path: &Path, backend: &Backend) -> String {
-    let deadline = Deadline::new(
+    eventually(
+        &format!("the handler writing {}", path.display()),
         HANDLER_WAIT,
-        format!("the handler writing {}", path.display()),
-    );
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            return text;
-        }
-        deadline
-            .tick(|| format!("backend log:\n{}", backend.log()))
-            .await;
-    }
+        || async {
+            std::fs::read_to_string(path).map_err(|_| format!("backend log:\n{}", backend.log()))
+        },
+    )
+    .await
 }
 
 /// Waits until the backend's log has `needle`.
 async fn wait_log(backend: &Backend, needle: &str) -> String {
-    let deadline = Deadline::new(HANDLER_WAIT, format!("the backend logging {needle:?}"));
-    loop {
-        let log = backend.log();
-        if log.contains(needle) {
-            return log;
-        }
-        deadline.tick(|| format!("backend log:\n{log}")).await;
-    }
+    eventually(
+        &format!("the backend logging {needle:?}"),
+        HANDLER_WAIT,
+        || async { text_matching(backend.log(), |log| log.contains(needle)) },
+    )
+    .await
 }
 
 /// A directory any user may write into, for a handler running as another user.

@@ -20,7 +20,7 @@ use cairn_api::model::{Replicator, Role, RoleBinding, RoleRef, Rule, Subject};
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 use cairn_tests::fake_cluster::{read_head, FakeCluster};
 use cairn_tests::{
-    cluster_registration, error_status, Backend, Deadline, FederationKeys, ADMIN_PASSWORD,
+    cluster_registration, error_status, eventually, Backend, FederationKeys, ADMIN_PASSWORD,
 };
 use reqwest::{Method, StatusCode};
 use rustls::pki_types::pem::PemObject;
@@ -520,24 +520,25 @@ async fn issue_13_replicated_user_bindings_bind_the_gateways_users_only() {
         ),
     )
     .await;
-    let deadline = Deadline::new(WITHIN, "the viewer's binding replicated to alpha");
-    loop {
-        let copy = alpha_admin
-            .get_resource(Kind::ClusterRoleBinding, "", "viewer")
-            .await
-            .expect("read alpha");
-        if let Some(copy) = &copy {
-            assert_eq!(
-                copy.metadata
-                    .labels
-                    .get(LABEL_REPLICATED_FROM)
-                    .map(String::as_str),
-                Some("gateway/bindings-to-alpha")
-            );
-            break;
-        }
-        deadline.tick(|| format!("alpha holds {copy:?}")).await;
-    }
+    let copy = eventually(
+        "the viewer's binding replicated to alpha",
+        WITHIN,
+        || async {
+            alpha_admin
+                .get_resource(Kind::ClusterRoleBinding, "", "viewer")
+                .await
+                .expect("read alpha")
+                .ok_or("alpha holds None")
+        },
+    )
+    .await;
+    assert_eq!(
+        copy.metadata
+            .labels
+            .get(LABEL_REPLICATED_FROM)
+            .map(String::as_str),
+        Some("gateway/bindings-to-alpha")
+    );
 
     // The gateway's viewer reads alpha through the proxy, and may do no more.
     let (viewer, _) = gateway.login("viewer", "viewer-password").await;

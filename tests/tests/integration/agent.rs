@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use cairn_api::agent::{AgentMessage, BackendMessage, Hello, AGENT_PATH, PROTOCOL_VERSION};
 use cairn_api::client::{plain_http_client, Client, ClientError};
-use cairn_tests::Deadline;
-use cairn_tests::{command, Agent, Backend, BackendOptions, ADMIN_PASSWORD};
+use cairn_tests::{command, eventually, text_matching, Agent, Backend, BackendOptions};
 use futures::{SinkExt, StreamExt};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -25,6 +24,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::Ctl;
 
 const NS: &str = "default";
 
@@ -275,10 +276,14 @@ async fn healthy(http: &reqwest::Client, agent: &Agent) -> bool {
 
 async fn wait_connected(agent: &Agent) {
     let http = local_http();
-    let deadline = Deadline::new(Duration::from_secs(20), "the agent connecting");
-    while !healthy(&http, agent).await {
-        deadline.tick(|| agent.log()).await;
-    }
+    eventually("the agent connecting", Duration::from_secs(20), || async {
+        if healthy(&http, agent).await {
+            Ok(())
+        } else {
+            Err(agent.log())
+        }
+    })
+    .await;
 }
 
 /// `POST /events` on the agent's local API; returns the status and body.
@@ -302,24 +307,17 @@ async fn wait_event(
     what: &str,
     accept: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Deadline::new(within, what);
     let path = event_path(entity, check);
-    loop {
-        let event = get_opt(client, &path).await;
-        if let Some(event) = &event {
-            if accept(event) {
-                return event.clone();
-            }
+    eventually(what, within, || async {
+        match get_opt(client, &path).await {
+            Some(event) if accept(&event) => Ok(event),
+            event => Err(format!(
+                "last event: {event:#?}\nagent log:\n{}",
+                agent.map(Agent::log).unwrap_or_default()
+            )),
         }
-        deadline
-            .tick(|| {
-                format!(
-                    "last event: {event:#?}\nagent log:\n{}",
-                    agent.map(Agent::log).unwrap_or_default()
-                )
-            })
-            .await;
-    }
+    })
+    .await
 }
 
 /// Gone (`kill(pid, 0)` fails with ESRCH) or a zombie waiting to be reaped.
@@ -525,55 +523,6 @@ fn common_name(pem: &str) -> String {
     name
 }
 
-// === cairnctl ===
-
-/// `cairnctl` with its own configuration, logged in to one backend as the admin.
-struct Ctl {
-    config: tempfile::TempDir,
-}
-
-impl Ctl {
-    fn configure(backend: &Backend) -> Ctl {
-        let ctl = Ctl {
-            config: tempfile::tempdir().expect("tempdir"),
-        };
-        let ca = backend.ca_file();
-        let output = ctl.run(&[
-            "configure",
-            "--url",
-            &backend.url,
-            "--ca-file",
-            ca.to_str().expect("a UTF-8 path"),
-            "--username",
-            "admin",
-            "--password",
-            ADMIN_PASSWORD,
-        ]);
-        assert!(
-            output.status.success(),
-            "cairnctl configure: {}",
-            stderr(&output)
-        );
-        ctl
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut command = command("cairnctl");
-        command
-            .env("CAIRN_CONFIG_DIR", self.config.path())
-            .env("NO_COLOR", "1");
-        for variable in [
-            "CAIRN_URL",
-            "CAIRN_CA_FILE",
-            "CAIRN_API_KEY",
-            "CAIRN_NAMESPACE",
-        ] {
-            command.env_remove(variable);
-        }
-        command.args(args).output().expect("run cairnctl")
-    }
-}
-
 // === the tests ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,13 +572,12 @@ async fn install_run_check_and_timeout() {
 
     // Running: the entity registers itself.
     let agent = start_agent(&install, &[]);
-    let deadline = Deadline::new(Duration::from_secs(20), "the agent's entity");
-    let entity = loop {
-        if let Some(entity) = get_opt(&admin, &entity_path(name)).await {
-            break entity;
-        }
-        deadline.tick(|| agent.log()).await;
-    };
+    let entity = eventually("the agent's entity", Duration::from_secs(20), || async {
+        get_opt(&admin, &entity_path(name))
+            .await
+            .ok_or_else(|| agent.log())
+    })
+    .await;
     assert_eq!(entity["entity_class"], "agent", "{entity:#}");
     assert!(
         entity["system"]["hostname"]
@@ -715,10 +663,17 @@ async fn install_run_check_and_timeout() {
         .delete_resource(cairn_api::Kind::CheckConfig, NS, "slow")
         .await
         .expect("delete the slow check");
-    let deadline = Deadline::new(Duration::from_secs(10), "every `sleep 30` killed");
-    while let Some(alive) = pids_in(&pid_file).into_iter().find(|&pid| !is_dead(pid)) {
-        deadline.tick(|| format!("pid {alive} still runs")).await;
-    }
+    eventually(
+        "every `sleep 30` killed",
+        Duration::from_secs(10),
+        || async {
+            match pids_in(&pid_file).into_iter().find(|&pid| !is_dead(pid)) {
+                Some(alive) => Err(format!("pid {alive} still runs")),
+                None => Ok(()),
+            }
+        },
+    )
+    .await;
 
     // The local API: an event posted on the host is stored for this entity.
     let http = local_http();
@@ -1002,13 +957,15 @@ async fn revoked_agent_is_dropped_at_once() {
     let install = enrol(&backend, &admin, name).await;
     let mut agent = start_agent(&install, &[]);
     wait_connected(&agent).await;
-    let deadline = Deadline::new(Duration::from_secs(10), "the agent's entity");
-    while get_opt(&admin, &entity_path(name)).await.is_none() {
-        deadline.tick(|| agent.log()).await;
-    }
+    eventually("the agent's entity", Duration::from_secs(10), || async {
+        get_opt(&admin, &entity_path(name))
+            .await
+            .ok_or_else(|| agent.log())
+    })
+    .await;
 
     let ctl = Ctl::configure(&backend);
-    let output = ctl.run(&["agent", "revoke", name]);
+    let output = ctl.output(&["agent", "revoke", name]);
     let revoked = Instant::now();
     assert!(output.status.success(), "revoke: {}", stderr(&output));
     let printed = String::from_utf8_lossy(&output.stdout);
@@ -1019,10 +976,18 @@ async fn revoked_agent_is_dropped_at_once() {
 
     // The live session is refused and dropped at once.
     let http = local_http();
-    let deadline = Deadline::new(Duration::from_secs(3), "the revoked session dropped");
-    while healthy(&http, &agent).await || !agent.log().contains("certificate revoked") {
-        deadline.tick(|| agent.log()).await;
-    }
+    eventually(
+        "the revoked session dropped",
+        Duration::from_secs(3),
+        || async {
+            if healthy(&http, &agent).await || !agent.log().contains("certificate revoked") {
+                Err(agent.log())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
     eprintln!("revoked session dropped after {:?}", revoked.elapsed());
 
     // A fresh connection with the same certificate is refused.
@@ -1068,12 +1033,17 @@ async fn backend_restart_no_loss_no_dup() {
         assert_eq!(status, StatusCode::ACCEPTED, "event {n}: {body}");
     }
     // They wait on disk while the backend is down.
-    let deadline = Deadline::new(Duration::from_secs(5), "20 events in the on-disk queue");
-    while install.queued() < 20 {
-        deadline
-            .tick(|| format!("{} queued\n{}", install.queued(), agent.log()))
-            .await;
-    }
+    eventually(
+        "20 events in the on-disk queue",
+        Duration::from_secs(5),
+        || async {
+            match install.queued() {
+                queued if queued < 20 => Err(format!("{queued} queued\n{}", agent.log())),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
 
     let down = Instant::now();
     backend.restart();
@@ -1092,12 +1062,13 @@ async fn backend_restart_no_loss_no_dup() {
         down.elapsed()
     );
     // Every acknowledgement came back: nothing is left to resend.
-    let deadline = Deadline::new(Duration::from_secs(15), "the queue emptied");
-    while install.queued() > 0 {
-        deadline
-            .tick(|| format!("{} queued\n{}", install.queued(), agent.log()))
-            .await;
-    }
+    eventually("the queue emptied", Duration::from_secs(15), || async {
+        match install.queued() {
+            0 => Ok(()),
+            queued => Err(format!("{queued} queued\n{}", agent.log())),
+        }
+    })
+    .await;
     let event = get_opt(&admin, &event_path(name, "queued"))
         .await
         .unwrap_or_else(|| panic!("the queued event vanished; before: {event:#}"));
@@ -1138,21 +1109,25 @@ async fn keepalive_warning_critical_and_resolution() {
         exit.is_some_and(|status| status.success()),
         "SIGTERM: {exit:?}"
     );
-    let deadline = Deadline::new(Duration::from_secs(12), "keepalive warning then critical");
-    let mut warning = None;
-    let event = loop {
-        let event = get_opt(&admin, &event_path(name, "keepalive")).await;
-        let status = event.as_ref().map(|event| event["check"]["status"].clone());
-        if status == Some(json!(1)) && warning.is_none() {
-            warning = Some(stopped.elapsed());
-        }
-        if status == Some(json!(2)) {
-            break event.expect("an event");
-        }
-        deadline
-            .tick(|| format!("last event: {event:#?}\n{}", agent.log()))
-            .await;
-    };
+    // When the warning was first seen; a `Cell` because every probe's future writes it.
+    let warning = std::cell::Cell::new(None);
+    let event = eventually(
+        "keepalive warning then critical",
+        Duration::from_secs(12),
+        || async {
+            let event = get_opt(&admin, &event_path(name, "keepalive")).await;
+            let status = event.as_ref().map(|event| event["check"]["status"].clone());
+            if status == Some(json!(1)) && warning.get().is_none() {
+                warning.set(Some(stopped.elapsed()));
+            }
+            match event {
+                Some(event) if status == Some(json!(2)) => Ok(event),
+                event => Err(format!("last event: {event:#?}\n{}", agent.log())),
+            }
+        },
+    )
+    .await;
+    let warning = warning.get();
     let critical = stopped.elapsed();
     eprintln!("keepalive warning after {warning:?}, critical after {critical:?}");
     let statuses: Vec<u64> = history(&event)
@@ -1202,7 +1177,7 @@ async fn cairnctl_mints_replace_and_pinned_tokens() {
     let name = "cli-01";
     enrol(&backend, &admin, name).await;
     let ctl = Ctl::configure(&backend);
-    let output = ctl.run(&[
+    let output = ctl.output(&[
         "agent",
         "token",
         "create",
@@ -1215,7 +1190,7 @@ async fn cairnctl_mints_replace_and_pinned_tokens() {
     assert!(output.status.success(), "token create: {}", stderr(&output));
     let printed = String::from_utf8_lossy(&output.stdout);
     let token = printed.lines().next().expect("the token").trim().to_owned();
-    let listed = ctl.run(&["agent", "token", "list"]);
+    let listed = ctl.output(&["agent", "token", "list"]);
     let listing = String::from_utf8_lossy(&listed.stdout);
     assert!(listing.contains("linux (pinned)"), "{listing}");
 
@@ -1489,10 +1464,12 @@ async fn keepalive_events_need_no_keepalive_handler_and_run_one_that_exists() {
                 && handler == "keepalive"
         })
     };
-    let deadline = Deadline::new(Duration::from_secs(10), "the pipeline ignoring `keepalive`");
-    while !ignored(&backend.log()) {
-        deadline.tick(|| backend.log()).await;
-    }
+    eventually(
+        "the pipeline ignoring `keepalive`",
+        Duration::from_secs(10),
+        || async { text_matching(backend.log(), ignored) },
+    )
+    .await;
     let warned = |log: &str| {
         lines(log)
             .into_iter()
@@ -1514,16 +1491,17 @@ async fn keepalive_events_need_no_keepalive_handler_and_run_one_that_exists() {
         json!({"type": "pipe", "command": command, "timeout": 10}),
     )
     .await;
-    let deadline = Deadline::new(Duration::from_secs(15), "the keepalive handler running");
-    let handled: Value = loop {
-        if let Some(value) = std::fs::read_to_string(&out)
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok())
-        {
-            break value;
-        }
-        deadline.tick(|| backend.log()).await;
-    };
+    let handled: Value = eventually(
+        "the keepalive handler running",
+        Duration::from_secs(15),
+        || async {
+            std::fs::read_to_string(&out)
+                .ok()
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .ok_or_else(|| backend.log())
+        },
+    )
+    .await;
     assert_eq!(handled["check"]["metadata"]["name"], "keepalive");
     assert_eq!(handled["entity"]["metadata"]["name"], name);
     assert_eq!(warned(&backend.log()), []);

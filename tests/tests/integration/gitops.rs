@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,9 @@ use cairn_api::client::{Client, ClientError};
 use cairn_api::Kind;
 use serde_json::{json, Value};
 
-use cairn_tests::{binary, command, Backend, ADMIN_PASSWORD};
+use cairn_tests::{binary, eventually_blocking, matching, text_matching, Backend};
+
+use crate::common::{Ctl, Run};
 
 const MANAGED_BY: &str = "cairn.io/managed-by";
 const SOURCE: &str = "cairn.io/source";
@@ -53,89 +55,6 @@ fn write(root: &Path, path: &str, text: &str) {
 
 fn utf8(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
-}
-
-// === cairnctl ===
-
-/// What a finished command printed.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn of(output: Output) -> Run {
-        Run {
-            code: output.status.code().expect("exited normally"),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|err| panic!("stdout is not one JSON document ({err}):\n{self:#?}"))
-    }
-}
-
-/// `cairnctl` with its own configuration, logged in to one backend as the admin.
-struct Ctl {
-    config: tempfile::TempDir,
-}
-
-impl Ctl {
-    fn configure(backend: &Backend) -> Ctl {
-        let ctl = Ctl {
-            config: tempfile::tempdir().expect("tempdir"),
-        };
-        let ca = backend.ca_file();
-        ctl.expect(
-            0,
-            &[
-                "configure",
-                "--url",
-                &backend.url,
-                "--ca-file",
-                utf8(&ca),
-                "--username",
-                "admin",
-                "--password",
-                ADMIN_PASSWORD,
-            ],
-        );
-        ctl
-    }
-
-    fn command(&self) -> Command {
-        let mut command = command("cairnctl");
-        command
-            .env("CAIRN_CONFIG_DIR", self.config.path())
-            .env("NO_COLOR", "1");
-        for variable in [
-            "CAIRN_URL",
-            "CAIRN_CA_FILE",
-            "CAIRN_API_KEY",
-            "CAIRN_NAMESPACE",
-            "CAIRN_GIT_TOKEN",
-            "CAIRN_GIT_SSH_KEY",
-        ] {
-            command.env_remove(variable);
-        }
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        Run::of(self.command().args(args).output().expect("run cairnctl"))
-    }
-
-    /// Runs and checks the exit code.
-    fn expect(&self, code: i32, args: &[&str]) -> Run {
-        let run = self.run(args);
-        assert_eq!(run.code, code, "cairnctl {args:?}:\n{run:#?}");
-        run
-    }
 }
 
 // === the backend's state, read through the REST API ===
@@ -234,21 +153,6 @@ fn interval(resource: &Value) -> u64 {
     resource["interval"]
         .as_u64()
         .unwrap_or_else(|| panic!("no interval: {resource:#}"))
-}
-
-/// Polls `probe` every 50 ms until it returns something, or panics after `timeout`.
-fn eventually<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 // === git ===
@@ -1093,17 +997,17 @@ fn watch_follows_pushes() {
     let mut watcher = Watcher::start(&ctl, &args);
 
     // The first sync applies what is there.
-    let first = eventually(SYNC_DEADLINE, "the initial sync", || {
-        api.check("gitops", "first")
+    let first = eventually_blocking("the initial sync", SYNC_DEADLINE, || {
+        api.check("gitops", "first").ok_or("no check gitops/first")
     });
     assert_eq!(managed_by(&first), Some("cairnctl"));
     assert!(source_of(&first).contains(&initial), "{first:#}");
-    eventually(SYNC_DEADLINE, "a sync line on stdout", || {
-        watcher
-            .lines_after(1)
-            .iter()
-            .any(|line| line.contains("applied") || line.contains("in sync"))
-            .then_some(())
+    eventually_blocking("a sync line on stdout", SYNC_DEADLINE, || {
+        matching(watcher.lines_after(1), |lines| {
+            lines
+                .iter()
+                .any(|line| line.contains("applied") || line.contains("in sync"))
+        })
     });
     api.put(
         Kind::CheckConfig,
@@ -1129,18 +1033,17 @@ fn watch_follows_pushes() {
     let pushed = Instant::now();
     let push = repo.push();
     assert_eq!(push.code, 0, "{push:#?}");
-    let second = eventually(SYNC_DEADLINE, "a pushed check to be applied", || {
+    let second = eventually_blocking("a pushed check to be applied", SYNC_DEADLINE, || {
         api.check("gitops", "second")
+            .ok_or("no check gitops/second")
     });
     let latency = pushed.elapsed();
     eprintln!("watch: push -> applied latency {latency:?}");
     assert!(source_of(&second).contains(&commit), "{second:#}");
-    eventually(SYNC_DEADLINE, "the sync's line on stdout", || {
-        watcher
-            .lines_after(lines_before)
-            .iter()
-            .any(|line| line.contains("applied: 1 created"))
-            .then_some(())
+    eventually_blocking("the sync's line on stdout", SYNC_DEADLINE, || {
+        matching(watcher.lines_after(lines_before), |lines| {
+            lines.iter().any(|line| line.contains("applied: 1 created"))
+        })
     });
 
     // An edit is applied.
@@ -1149,15 +1052,17 @@ fn watch_follows_pushes() {
         &check_yaml("first", 45),
     );
     repo.commit_and_push("first every 45 s");
-    eventually(SYNC_DEADLINE, "an edit to be applied", || {
-        (interval(&api.check("gitops", "first")?) == 45).then_some(())
+    eventually_blocking("an edit to be applied", SYNC_DEADLINE, || {
+        matching(api.check("gitops", "first"), |first| {
+            first.as_ref().is_some_and(|first| interval(first) == 45)
+        })
     });
 
     // A deleted file is pruned (1 of 4 managed); the hand-made check stays.
     repo.remove("namespaces/gitops/checks/second.yaml");
     repo.commit_and_push("no second");
-    eventually(SYNC_DEADLINE, "a deleted file to be pruned", || {
-        api.check("gitops", "second").is_none().then_some(())
+    eventually_blocking("a deleted file to be pruned", SYNC_DEADLINE, || {
+        matching(api.check("gitops", "second"), Option::is_none)
     });
     assert_eq!(api.check("gitops", "handmade"), Some(handmade.clone()));
 
@@ -1174,12 +1079,13 @@ fn watch_follows_pushes() {
         &check_yaml("third", 10),
     );
     repo.commit_and_push("broken");
-    let status = eventually(
-        SYNC_DEADLINE,
+    let status = eventually_blocking(
         "the status to report the invalid file",
+        SYNC_DEADLINE,
         || {
-            let status = read_status(&status_file);
-            status.contains("broken.yaml").then_some(status)
+            text_matching(read_status(&status_file), |status| {
+                status.contains("broken.yaml")
+            })
         },
     );
     let state: Value = serde_json::from_str(&status).expect("the status file is JSON");
@@ -1251,12 +1157,17 @@ fn watch_follows_pushes() {
     // Fixed: the held-back changes go through.
     repo.remove(BROKEN_PATH);
     repo.commit_and_push("fixed");
-    eventually(SYNC_DEADLINE, "the fixed commit to be applied", || {
-        let first = api.check("gitops", "first")?;
-        (interval(&first) == 90 && api.check("gitops", "third").is_some()).then_some(())
+    eventually_blocking("the fixed commit to be applied", SYNC_DEADLINE, || {
+        let first = api.check("gitops", "first");
+        let third = api.check("gitops", "third");
+        matching((first, third), |(first, third)| {
+            first.as_ref().is_some_and(|first| interval(first) == 90) && third.is_some()
+        })
     });
-    eventually(SYNC_DEADLINE, "the status to clear the error", || {
-        (!read_status(&status_file).contains("broken.yaml")).then_some(())
+    eventually_blocking("the status to clear the error", SYNC_DEADLINE, || {
+        text_matching(read_status(&status_file), |status| {
+            !status.contains("broken.yaml")
+        })
     });
     let url = format!("http://{}/status", watcher.addr);
     let shown = ctl.run(&["status", "--url", &url]);
@@ -1287,8 +1198,8 @@ fn watch_survives_a_backend_outage() {
     let (args, status_file) = watch_args(&repo, scratch.path());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut watcher = Watcher::start(&ctl, &args);
-    eventually(SYNC_DEADLINE, "the initial sync", || {
-        api.check("gitops", "c")
+    eventually_blocking("the initial sync", SYNC_DEADLINE, || {
+        api.check("gitops", "c").ok_or("no check gitops/c")
     });
     drop(api);
 
@@ -1297,14 +1208,18 @@ fn watch_survives_a_backend_outage() {
     repo.write("namespaces/gitops/checks/d.yaml", &check_yaml("d", 10));
     repo.write("namespaces/gitops/checks/a.yaml", &check_yaml("a", 30));
     let commit = repo.commit_and_push("d, and a every 30 s");
-    eventually(
-        Duration::from_secs(20),
+    eventually_blocking(
         "the status to report the unreachable backend, retried",
+        Duration::from_secs(20),
         || {
-            let state: Value = serde_json::from_str(&read_status(&status_file)).ok()?;
-            (state["last_sync"]["result"] == "backend_unreachable"
-                && state["consecutive_failures"].as_u64()? >= 2)
-                .then_some(())
+            let status = read_status(&status_file);
+            let state: Value = serde_json::from_str(&status).map_err(|_| status)?;
+            matching(state, |state| {
+                state["last_sync"]["result"] == "backend_unreachable"
+                    && state["consecutive_failures"]
+                        .as_u64()
+                        .is_some_and(|failures| failures >= 2)
+            })
         },
     );
     let url = format!("http://{}/status", watcher.addr);
@@ -1320,10 +1235,13 @@ fn watch_survives_a_backend_outage() {
     backend.restart();
     let restarted = Instant::now();
     let api = Api::connect(&backend);
-    let d = eventually(Duration::from_secs(30), "the watcher to catch up", || {
-        let d = api.try_get(Kind::CheckConfig, "gitops", "d").ok()??;
-        let a = api.try_get(Kind::CheckConfig, "gitops", "a").ok()??;
-        (interval(&a) == 30).then_some(d)
+    let d = eventually_blocking("the watcher to catch up", Duration::from_secs(30), || {
+        let d = api.try_get(Kind::CheckConfig, "gitops", "d")?;
+        let a = api.try_get(Kind::CheckConfig, "gitops", "a")?;
+        match (d, a) {
+            (Some(d), Some(a)) if interval(&a) == 30 => Ok(d),
+            other => Err(format!("gitops/d and gitops/a: {other:#?}")),
+        }
     });
     eprintln!(
         "watch: caught up {:?} after the backend came back",
@@ -1337,9 +1255,10 @@ fn watch_survives_a_backend_outage() {
         assert_eq!(managed_by(&check), Some("cairnctl"));
     }
     assert!(api.get(Kind::Namespace, "", "gitops").is_some());
-    eventually(SYNC_DEADLINE, "the status to show a good sync", || {
-        let status = read_status(&status_file);
-        (!status.contains("unreachable")).then_some(())
+    eventually_blocking("the status to show a good sync", SYNC_DEADLINE, || {
+        text_matching(read_status(&status_file), |status| {
+            !status.contains("unreachable")
+        })
     });
     watcher.assert_running();
 }

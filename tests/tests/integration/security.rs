@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use cairn_api::client::Credentials;
-use cairn_tests::{create_user, grant_api_key, status_of, Backend, BackendOptions, Deadline};
+use cairn_tests::{create_user, eventually, grant_api_key, status_of, Backend, BackendOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -227,20 +227,19 @@ async fn metrics_need_a_credential_unless_served_on_their_own_address() {
         .into_iter()
         .find(|path| path.ends_with("stdout.log"))
         .expect("a stdout log");
-    let deadline = Deadline::new(
-        std::time::Duration::from_secs(10),
+    let metrics_url = eventually(
         "the backend to print its metrics address",
-    );
-    let metrics_url = loop {
-        let printed = std::fs::read_to_string(&stdout).unwrap_or_default();
-        if let Some(url) = printed
-            .lines()
-            .find_map(|line| line.strip_prefix("metrics listening on "))
-        {
-            break url.trim().to_owned();
-        }
-        deadline.tick(|| printed.clone()).await;
-    };
+        std::time::Duration::from_secs(10),
+        || async {
+            let printed = std::fs::read_to_string(&stdout).unwrap_or_default();
+            printed
+                .lines()
+                .find_map(|line| line.strip_prefix("metrics listening on "))
+                .map(|url| url.trim().to_owned())
+                .ok_or(printed)
+        },
+    )
+    .await;
     assert!(
         metrics_url.starts_with("http://127.0.0.1:"),
         "{metrics_url}"

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cairn_api::client::Client;
 use cairn_tests::etcd::{self, EtcdCluster, EtcdClusterConfig};
-use cairn_tests::{Backend, BackendOptions, Deadline};
+use cairn_tests::{eventually, Backend, BackendOptions};
 use etcd_client::{Certificate, ConnectOptions, GetOptions, TlsOptions};
 use reqwest::Method;
 use serde_json::json;
@@ -99,16 +99,16 @@ async fn a_killed_member_leaves_a_quorum_and_comes_back_with_the_writes_it_misse
     let mut client = etcd_client::Client::connect(survivors, Some(cluster.connect_options()))
         .await
         .expect("client of members 0 and 2");
-    let deadline = Deadline::new(
-        Duration::from_secs(30),
+    eventually(
         "a write through members 0 and 2 with member 1 down",
-    );
-    loop {
-        match write(&mut client, "harness/b/0", "while 1 was down").await {
-            Ok(()) => break,
-            Err(err) => deadline.tick(|| err).await,
-        }
-    }
+        Duration::from_secs(30),
+        || {
+            // A clone per attempt: the probe's future cannot borrow `client` mutably.
+            let mut client = client.clone();
+            async move { write(&mut client, "harness/b/0", "while 1 was down").await }
+        },
+    )
+    .await;
     for n in 1..10 {
         write(&mut client, &format!("harness/b/{n}"), "while 1 was down")
             .await
@@ -215,7 +215,7 @@ async fn backends_on_one_etcd_cluster_see_each_others_writes() {
         )
         .await
         .expect("create namespace shared through the first backend");
-    let namespace = eventually(&beta, "/api/core/v2/namespaces/shared", &second).await;
+    let namespace = get_eventually(&beta, "/api/core/v2/namespaces/shared", &second).await;
     assert_eq!(namespace["name"], "shared");
 
     let check = json!({
@@ -232,7 +232,7 @@ async fn backends_on_one_etcd_cluster_see_each_others_writes() {
     )
     .await
     .expect("create check disk through the second backend");
-    let stored = eventually(&alpha, "/api/core/v2/namespaces/shared/checks/disk", &first).await;
+    let stored = get_eventually(&alpha, "/api/core/v2/namespaces/shared/checks/disk", &first).await;
     assert_eq!(stored["command"], "check-disk --warn 80");
 
     // The data dir holds no store of its own: everything above is in etcd.
@@ -256,17 +256,16 @@ async fn backends_on_one_etcd_cluster_see_each_others_writes() {
 }
 
 /// GETs `path` through `client` until it answers, for up to [`VISIBLE_WITHIN`].
-async fn eventually(client: &Client, path: &str, backend: &Backend) -> serde_json::Value {
-    let deadline = Deadline::new(VISIBLE_WITHIN, format!("{path} visible at {}", backend.url));
-    loop {
-        match client.get_json(path).await {
-            Ok(value) => return value,
-            Err(err) => {
-                let log = backend.log();
-                deadline
-                    .tick(|| format!("last error: {err}\nthat backend's log:\n{log}"))
-                    .await;
-            }
-        }
-    }
+async fn get_eventually(client: &Client, path: &str, backend: &Backend) -> serde_json::Value {
+    eventually(
+        &format!("{path} visible at {}", backend.url),
+        VISIBLE_WITHIN,
+        || async {
+            client
+                .get_json(path)
+                .await
+                .map_err(|err| format!("last error: {err}\nthat backend's log:\n{}", backend.log()))
+        },
+    )
+    .await
 }

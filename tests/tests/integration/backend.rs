@@ -3,29 +3,28 @@
 //! a pipe handler that really runs, and bad input refused with a clear message.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_api::client::{ClientError, Credentials};
-use cairn_tests::{status_of, Backend, ADMIN_PASSWORD};
+use cairn_tests::{
+    create_namespaces, eventually, status_of, text_matching, Backend, ADMIN_PASSWORD,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 /// Waits for a file to hold `needle`, naming the likely cause on timeout.
 async fn wait_for_file(path: &Path, needle: &str, what: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if text.contains(needle) {
-                return text;
+    eventually(
+        &format!("{what}: {} to hold {needle:?}", path.display()),
+        Duration::from_secs(15),
+        || async {
+            match std::fs::read_to_string(path) {
+                Ok(text) => text_matching(text, |text| text.contains(needle)),
+                Err(err) => Err(err.to_string()),
             }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} never held {needle:?}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,16 +190,7 @@ async fn rbac_matrix_and_disabled_users() {
         )
         .await
         .expect("bind viewer");
-    for namespace in ["dev", "prod"] {
-        admin
-            .send(
-                Method::PUT,
-                &format!("/api/core/v2/namespaces/{namespace}"),
-                Some(&json!({"name": namespace})),
-            )
-            .await
-            .expect("namespace");
-    }
+    create_namespaces(&admin, &["dev", "prod"]).await;
     admin
         .send(
             Method::PUT,
@@ -487,7 +477,7 @@ async fn tokens_refresh_once_and_forged_tokens_are_refused() {
 
     // Forged tokens: alg none, HS256 keyed with the public key, a foreign key, expired. Each is
     // a 401 and nothing else. (Another issuer with our key is another cluster of the
-    // federation sharing it: accepted, see below and tests/federation_view.rs.)
+    // federation sharing it: accepted, see below and federation_view.rs.)
     let public_pem =
         std::fs::read_to_string(backend.data_dir.join("jwt/public.pem")).expect("public key");
     let private_pem =

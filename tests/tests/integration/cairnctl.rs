@@ -1,40 +1,9 @@
 //! `cairnctl` against a real backend process: configure, users, groups, API keys, create -f on
 //! the example manifests, get in every format, delete — as an operator types them.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
-
 use cairn_tests::{command, Backend, ADMIN_PASSWORD};
 
-/// Runs cairnctl with its config in `config_dir` and returns (exit code, stdout, stderr).
-fn cairnctl(config_dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command("cairnctl")
-        .args(args)
-        .env("CAIRN_CONFIG_DIR", config_dir)
-        .env_remove("CAIRN_URL")
-        .env_remove("CAIRN_API_KEY")
-        .output()
-        .expect("run cairnctl");
-    (
-        status.code().expect("exited normally"),
-        String::from_utf8(stdout).expect("utf-8"),
-        String::from_utf8(stderr).expect("utf-8"),
-    )
-}
-
-fn ok(config_dir: &Path, args: &[&str]) -> String {
-    let (code, stdout, stderr) = cairnctl(config_dir, args);
-    assert_eq!(code, 0, "cairnctl {args:?} failed:\n{stdout}\n{stderr}");
-    stdout
-}
-
-fn manifests() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests")
-}
+use crate::common::{cairnctl, configure, manifests, ok};
 
 #[test]
 fn operator_flow_through_cairnctl() {
@@ -67,7 +36,7 @@ fn operator_flow_through_cairnctl() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("401"), "{stderr}");
 
-    configure_admin(&backend, config_dir);
+    configure(config_dir, &backend, "admin", ADMIN_PASSWORD);
     let saved = config_dir.join("cairnctl.json");
     #[cfg(unix)]
     {
@@ -175,25 +144,6 @@ fn operator_flow_through_cairnctl() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
 }
 
-/// Logs cairnctl in to `backend` as the admin, its config in `config_dir`.
-fn configure_admin(backend: &Backend, config_dir: &Path) {
-    let ca_file = backend.ca_file();
-    ok(
-        config_dir,
-        &[
-            "configure",
-            "--url",
-            &backend.url,
-            "--ca-file",
-            ca_file.to_str().expect("utf-8 path"),
-            "--username",
-            "admin",
-            "--password",
-            ADMIN_PASSWORD,
-        ],
-    );
-}
-
 fn parse_json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|err| panic!("not one JSON value ({err}):\n{text}"))
 }
@@ -228,7 +178,7 @@ async fn sensuctl_names_formats_and_tables() {
     let admin: Client = backend.admin().await;
     let config = tempfile::tempdir().expect("tempdir");
     let config_dir = config.path();
-    configure_admin(&backend, config_dir);
+    configure(config_dir, &backend, "admin", ADMIN_PASSWORD);
 
     for (name, command) in [("disk", "df -h"), ("cpu", "uptime")] {
         admin

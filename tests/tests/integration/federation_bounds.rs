@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use cairn_api::client::Client;
 use cairn_api::Kind;
 use cairn_tests::fake_cluster::{read_head, FakeCluster};
-use cairn_tests::{check_replicator, cluster_registration, Backend, Deadline, FederationKeys};
+use cairn_tests::{check_replicator, cluster_registration, eventually, Backend, FederationKeys};
 use serde_json::{json, Value};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -470,28 +470,30 @@ async fn issue_14_a_replicator_to_a_hostile_cluster_records_the_failure_and_back
              8 MiB for one downstream answer",
         ),
     ] {
-        let deadline = Deadline::new(REPORTED_WITHIN, format!("{name} reporting {bound:?}"));
-        let mut status = Value::Null;
-        loop {
-            if let Ok(current) = admin
-                .get_json(&format!("/api/cairn/v1/replicators/{name}"))
-                .await
-            {
-                status = current;
-            }
-            let message = status["last_error"]["message"].as_str().unwrap_or_default();
-            if status["state"] == "backing_off" && message.contains(bound) {
-                break;
-            }
-            deadline
-                .tick(|| {
-                    format!(
-                        "{status:#}\nthe gateway's peak RSS: {} MiB",
-                        peak_rss_kib(gateway.pid()) / 1024
-                    )
-                })
-                .await;
-        }
+        let status = eventually(
+            &format!("{name} reporting {bound:?}"),
+            REPORTED_WITHIN,
+            || async {
+                let observed = match admin
+                    .get_json(&format!("/api/cairn/v1/replicators/{name}"))
+                    .await
+                {
+                    Ok(status) => {
+                        let message = status["last_error"]["message"].as_str().unwrap_or_default();
+                        if status["state"] == "backing_off" && message.contains(bound) {
+                            return Ok(status);
+                        }
+                        format!("{status:#}")
+                    }
+                    Err(err) => err.to_string(),
+                };
+                Err(format!(
+                    "{observed}\nthe gateway's peak RSS: {} MiB",
+                    peak_rss_kib(gateway.pid()) / 1024
+                ))
+            },
+        )
+        .await;
         assert!(status["next_retry_at"].is_u64(), "{status:#}");
     }
 

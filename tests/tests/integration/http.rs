@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_tests::bench::cpu_seconds;
-use cairn_tests::{Backend, BackendOptions, Deadline};
+use cairn_tests::{eventually, Backend, BackendOptions};
 
 /// One curl run: the status it printed (`000` when it got no response) and its exit code.
 fn curl(backend: &Backend, args: &[&str], body_file: &Path, path: &str) -> (String, i32, String) {
@@ -278,22 +278,26 @@ async fn idle_slow_and_excess_connections_are_bounded_in_count_and_time() {
     // At the file-descriptor limit the accept loop backs off: it neither spins nor floods the
     // log, and serves again once the clients leave.
     at_the_fd_limit(&backend, backend.addr(), "api listener: accept failed").await;
-    let deadline = Deadline::new(Duration::from_secs(10), "/health after the flood");
-    loop {
-        let answered = tokio::time::timeout(
-            Duration::from_secs(2),
-            backend.client(cairn_api::client::Credentials::None).send(
-                reqwest::Method::GET,
-                "/health",
-                None,
-            ),
-        )
-        .await;
-        if matches!(answered, Ok(Ok(_))) {
-            break;
-        }
-        deadline.tick(|| format!("{answered:?}")).await;
-    }
+    eventually(
+        "/health after the flood",
+        Duration::from_secs(10),
+        || async {
+            let answered = tokio::time::timeout(
+                Duration::from_secs(2),
+                backend.client(cairn_api::client::Credentials::None).send(
+                    reqwest::Method::GET,
+                    "/health",
+                    None,
+                ),
+            )
+            .await;
+            match answered {
+                Ok(Ok(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
 }
 
 /// Lowers the backend's soft open-files limit to 48, floods `addr` with 100 connections for
@@ -392,14 +396,14 @@ async fn the_agent_listener_is_bounded_in_count_time_and_log() {
 
     at_the_fd_limit(&backend, &addr, "agent listener: accept failed").await;
     // It serves again: a handshake is answered (and refused, having no certificate).
-    let deadline = Deadline::new(
-        Duration::from_secs(10),
+    eventually(
         "the agent listener after the flood",
-    );
-    while tokio::time::timeout(Duration::from_secs(2), refused())
-        .await
-        .is_err()
-    {
-        deadline.tick(|| "no answer".to_owned()).await;
-    }
+        Duration::from_secs(10),
+        || async {
+            tokio::time::timeout(Duration::from_secs(2), refused())
+                .await
+                .map_err(|_| "no answer")
+        },
+    )
+    .await;
 }

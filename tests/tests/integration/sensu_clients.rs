@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use cairn_tests::{Backend, BackendOptions, Deadline};
+use cairn_tests::{eventually, text_matching, Backend, BackendOptions};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -127,10 +127,16 @@ async fn sensu_password_hashes_create_reset_and_change_passwords_and_are_upgrade
     assert_eq!(raw.login_status("alice", "P@ssw0rd?").await, 401);
     assert_eq!(raw.login_status("alice", "P@ssw0rd!").await, 200);
     // The first login replaced the bcrypt hash with argon2, and the password still works.
-    let deadline = Deadline::new(Duration::from_secs(10), "the hash upgrade is logged");
-    while !backend.log().contains("password hash upgraded to argon2") {
-        deadline.tick(|| backend.log()).await;
-    }
+    eventually(
+        "the hash upgrade is logged",
+        Duration::from_secs(10),
+        || async {
+            text_matching(backend.log(), |log| {
+                log.contains("password hash upgraded to argon2")
+            })
+        },
+    )
+    .await;
     assert_eq!(backend.log().matches("password hash upgraded").count(), 1);
     assert_eq!(raw.login_status("alice", "P@ssw0rd!").await, 200);
     assert_eq!(backend.log().matches("password hash upgraded").count(), 1);

@@ -10,20 +10,19 @@
 //! event stays in alpha; forged tokens are refused; a cluster registered with the wrong CA
 //! shows its TLS failure in `cairnctl cluster list`.
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_api::client::{Client, Credentials};
 use cairn_api::meta::LABEL_REPLICATED_FROM;
 use cairn_api::model::Replicator;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 use cairn_tests::{
-    cluster_registration, command, error_status, AgentInstall, Backend, FederationKeys,
+    cluster_registration, error_status, eventually, AgentInstall, Backend, FederationKeys,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+
+use crate::common::{cairnctl, configure, manifests, ok};
 
 /// The federation-viewer's demo password (see the manifest's comment).
 const VIEWER_PASSWORD: &str = "view-only-demo";
@@ -35,55 +34,6 @@ const WITHIN: Duration = Duration::from_secs(30);
 
 /// The entity name of alpha's agent.
 const AGENT: &str = "alpha-agent";
-
-fn manifests() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests")
-}
-
-/// Runs cairnctl with its config in `config_dir` and returns (exit code, stdout, stderr).
-fn cairnctl(config_dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command("cairnctl")
-        .args(args)
-        .env("CAIRN_CONFIG_DIR", config_dir)
-        .env_remove("CAIRN_URL")
-        .env_remove("CAIRN_API_KEY")
-        .env_remove("CAIRN_CLUSTER")
-        .output()
-        .expect("run cairnctl");
-    (
-        status.code().expect("exited normally"),
-        String::from_utf8(stdout).expect("utf-8"),
-        String::from_utf8(stderr).expect("utf-8"),
-    )
-}
-
-fn ok(config_dir: &Path, args: &[&str]) -> String {
-    let (code, stdout, stderr) = cairnctl(config_dir, args);
-    assert_eq!(code, 0, "cairnctl {args:?} failed:\n{stdout}\n{stderr}");
-    stdout
-}
-
-fn configure(config_dir: &Path, backend: &Backend, username: &str, password: &str) {
-    let ca_file = backend.ca_file();
-    ok(
-        config_dir,
-        &[
-            "configure",
-            "--url",
-            &backend.url,
-            "--ca-file",
-            ca_file.to_str().expect("utf-8 path"),
-            "--username",
-            username,
-            "--password",
-            password,
-        ],
-    );
-}
 
 async fn post_event(client: &Client, entity: &str) {
     let event = json!({
@@ -132,27 +82,6 @@ fn replicator(name: &str, cluster: &str, resource: &str) -> Resource {
             ..Replicator::default()
         }),
     )
-}
-
-/// Polls `probe` every 100 ms until it gives a value; past `limit`, panics naming `what` with
-/// what `probe` saw last.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        let last = match probe().await {
-            Ok(value) => return value,
-            Err(last) => last,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}; last seen: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// `entity/check` of an event in the REST wire form.

@@ -19,7 +19,7 @@ use cairn_api::client::Client;
 use cairn_api::model::CheckConfig;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 use cairn_tests::etcd::EtcdCluster;
-use cairn_tests::{fleet, Backend, BackendOptions, Deadline};
+use cairn_tests::{eventually, fleet, Backend, BackendOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -136,15 +136,19 @@ async fn assert_exactly_once(
     // so that everything inside it has had its chance.
     let from = after;
     let to = after + WINDOW_FIRINGS * INTERVAL;
-    let deadline = Deadline::new(
+    eventually(
+        &format!("{what}: results issued after the window [{from}, {to})"),
         Duration::from_secs(u64::try_from(WINDOW_FIRINGS * INTERVAL).unwrap_or(8) + 20),
-        format!("{what}: results issued after the window [{from}, {to})"),
-    );
-    while recorder.latest(fleet) < to + INTERVAL || recorder.latest(round_robin) < to + INTERVAL {
-        deadline
-            .tick(|| format!("latest fleet result issued at {}", recorder.latest(fleet)))
-            .await;
-    }
+        || async {
+            let latest = recorder.latest(fleet);
+            if latest < to + INTERVAL || recorder.latest(round_robin) < to + INTERVAL {
+                Err(format!("latest fleet result issued at {latest}"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
     let fleet_firings = recorder.firings(fleet, from, to);
     assert!(
         i64::try_from(fleet_firings.len()).unwrap_or(0) >= WINDOW_FIRINGS - 1,
@@ -279,18 +283,17 @@ async fn two_backends_share_the_store_split_the_fleet_and_take_over_from_each_ot
         };
         tokio::spawn(sim::run(agent, recorder.clone(), stop));
     }
-    let deadline = Deadline::new(Duration::from_secs(30), "every agent connected");
-    while all.iter().any(|name| recorder.sessions(name) == 0) {
-        deadline
-            .tick(|| {
-                let waiting = all
-                    .iter()
-                    .filter(|name| recorder.sessions(name) == 0)
-                    .count();
-                format!("{waiting} agents not connected")
-            })
-            .await;
-    }
+    eventually("every agent connected", Duration::from_secs(30), || async {
+        match all
+            .iter()
+            .filter(|name| recorder.sessions(name) == 0)
+            .count()
+        {
+            0 => Ok(()),
+            waiting => Err(format!("{waiting} agents not connected")),
+        }
+    })
+    .await;
 
     // Each check exactly once per interval across both backends.
     let chosen = assert_exactly_once(
@@ -323,22 +326,25 @@ async fn two_backends_share_the_store_split_the_fleet_and_take_over_from_each_ot
     stop_lost.send_replace(true);
     alpha.kill();
     let killed_at = unix_now();
-    let deadline = Deadline::new(Duration::from_secs(30), "alpha's agents reconnect to beta");
     let moved: Vec<&String> = on_alpha
         .iter()
         .filter(|name| **name != lost_agent)
         .collect();
-    while moved.iter().any(|name| recorder.sessions(name) < 2) {
-        deadline
-            .tick(|| {
-                let waiting = moved
-                    .iter()
-                    .filter(|name| recorder.sessions(name) < 2)
-                    .count();
-                format!("{waiting} of alpha's agents not reconnected")
-            })
-            .await;
-    }
+    eventually(
+        "alpha's agents reconnect to beta",
+        Duration::from_secs(30),
+        || async {
+            match moved
+                .iter()
+                .filter(|name| recorder.sessions(name) < 2)
+                .count()
+            {
+                0 => Ok(()),
+                waiting => Err(format!("{waiting} of alpha's agents not reconnected")),
+            }
+        },
+    )
+    .await;
     let survivors: Vec<String> = fleet_names
         .iter()
         .filter(|name| **name != lost_agent)
@@ -355,25 +361,23 @@ async fn two_backends_share_the_store_split_the_fleet_and_take_over_from_each_ot
 
     // The keepalive watch of the agent that went away with alpha: beta adopts it once alpha's
     // lease runs out and raises the warning.
-    let deadline = Deadline::new(
+    eventually(
+        &format!("a keepalive warning for {lost_agent} from beta"),
         Duration::from_secs(45),
-        format!("a keepalive warning for {lost_agent} from beta"),
-    );
-    loop {
-        let event = stored_event(&admin_beta, &lost_agent, "keepalive").await;
-        let status = event.as_ref().map(|event| event["check"]["status"].clone());
-        if status == Some(json!(1)) {
-            break;
-        }
-        deadline
-            .tick(|| {
-                format!(
+        || async {
+            let event = stored_event(&admin_beta, &lost_agent, "keepalive").await;
+            let status = event.as_ref().map(|event| event["check"]["status"].clone());
+            if status == Some(json!(1)) {
+                Ok(())
+            } else {
+                Err(format!(
                     "keepalive event status {status:?}; beta's log:\n{}",
                     beta.log()
-                )
-            })
-            .await;
-    }
+                ))
+            }
+        },
+    )
+    .await;
     if alpha_led_replicators {
         assert!(
             beta.log().contains("leading replicators"),
@@ -507,24 +511,37 @@ async fn losing_an_etcd_member_fails_no_write_and_losing_quorum_is_a_503_until_i
     // Under load, one member dies: no write fails.
     let (stop, stopped) = watch::channel(false);
     let outcomes = load(admin.clone(), 8, stopped).await;
+    // A probe: `Ok` once `at_least` writes succeeded, else the outcomes so far.
     let until_ok = |at_least: usize| {
         let outcomes = Arc::clone(&outcomes);
-        move || lock(&outcomes).get(&201).copied().unwrap_or(0) >= at_least
+        move || {
+            let counted = lock(&outcomes).clone();
+            let ok = counted.get(&201).copied().unwrap_or(0) >= at_least;
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(format!("{counted:?}"))
+                }
+            }
+        }
     };
-    let warmed = until_ok(200);
-    let deadline = Deadline::new(Duration::from_secs(20), "the load is running");
-    while !warmed() {
-        deadline.tick(|| format!("{:?}", lock(&outcomes))).await;
-    }
+    eventually(
+        "the load is running",
+        Duration::from_secs(20),
+        until_ok(200),
+    )
+    .await;
     // The leader, the hardest member to lose: a new one must be elected under the load.
     let leader = etcd_leader(&etcd).await;
     etcd.kill(leader);
     let before = lock(&outcomes).get(&201).copied().unwrap_or(0);
-    let more = until_ok(before + 500);
-    let deadline = Deadline::new(Duration::from_secs(30), "writes go on with one member down");
-    while !more() {
-        deadline.tick(|| format!("{:?}", lock(&outcomes))).await;
-    }
+    eventually(
+        "writes go on with one member down",
+        Duration::from_secs(30),
+        until_ok(before + 500),
+    )
+    .await;
     stop.send_replace(true);
     let counted = lock(&outcomes).clone();
     assert_eq!(
@@ -538,10 +555,18 @@ async fn losing_an_etcd_member_fails_no_write_and_losing_quorum_is_a_503_until_i
     // A second member dies: no quorum. The backend stays up, says so, and refuses writes.
     let second = (leader + 1) % 3;
     etcd.kill(second);
-    let deadline = Deadline::new(Duration::from_secs(30), "/health reports the lost quorum");
-    while health(&backend).await != 503 {
-        deadline.tick(|| backend.log()).await;
-    }
+    eventually(
+        "/health reports the lost quorum",
+        Duration::from_secs(30),
+        || async {
+            if health(&backend).await == 503 {
+                Ok(())
+            } else {
+                Err(backend.log())
+            }
+        },
+    )
+    .await;
     let event = json!({
         "entity": {"entity_class": "proxy", "metadata": {"name": "no-quorum"}},
         "check": {"metadata": {"name": "c"}, "status": 0, "output": "x", "interval": 60},
@@ -564,21 +589,26 @@ async fn losing_an_etcd_member_fails_no_write_and_losing_quorum_is_a_503_until_i
     let pid = backend.pid();
     etcd.start_member(leader);
     etcd.start_member(second);
-    let deadline = Deadline::new(Duration::from_secs(40), "the backend recovers by itself");
-    loop {
-        if health(&backend).await == 200
-            && admin
-                .send(
-                    Method::POST,
-                    "/api/core/v2/namespaces/default/events",
-                    Some(&event),
-                )
-                .await
-                .is_ok()
-        {
-            break;
-        }
-        deadline.tick(|| backend.log()).await;
-    }
+    eventually(
+        "the backend recovers by itself",
+        Duration::from_secs(40),
+        || async {
+            if health(&backend).await == 200
+                && admin
+                    .send(
+                        Method::POST,
+                        "/api/core/v2/namespaces/default/events",
+                        Some(&event),
+                    )
+                    .await
+                    .is_ok()
+            {
+                Ok(())
+            } else {
+                Err(backend.log())
+            }
+        },
+    )
+    .await;
     assert_eq!(backend.pid(), pid, "the same backend process recovered");
 }

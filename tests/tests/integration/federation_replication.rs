@@ -7,42 +7,24 @@
 //! replicators` show where each replicator stands; a cluster registered with the wrong CA
 //! shows its TLS failure; deleting the replicator removes its copies.
 
-use std::future::Future;
-use std::path::Path;
-use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_api::client::Client;
 use cairn_api::meta::LABEL_REPLICATED_FROM;
 use cairn_api::model::CheckConfig;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
-use cairn_tests::{check_replicator, cluster_registration, command, Backend, FederationKeys};
+use cairn_tests::{
+    check_replicator, cluster_registration, eventually, matching, Backend, FederationKeys,
+};
 use serde_json::Value;
+
+use crate::common::cairnctl;
 
 /// How long replication may take before a test gives up: far above the resync interval and
 /// the largest backoff (15 s), so that a failure means it did not converge.
 const CONVERGE: Duration = Duration::from_secs(45);
 
 const REPLICATOR: &str = "checks-to-alpha";
-
-/// Polls `probe` every 100 ms until it gives a value; panics naming `what` after `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn check(name: &str, command: &str) -> Resource {
     let mut metadata = ObjectMeta::named("default", name);
@@ -100,27 +82,6 @@ async fn status(gateway: &Client, name: &str) -> Value {
         .unwrap_or_else(|err| panic!("the status of replicator {name}: {err}"))
 }
 
-/// Runs cairnctl with its config in `config_dir` and returns (exit code, stdout, stderr).
-fn cairnctl(config_dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command("cairnctl")
-        .args(args)
-        .env("CAIRN_CONFIG_DIR", config_dir)
-        .env_remove("CAIRN_URL")
-        .env_remove("CAIRN_API_KEY")
-        .env_remove("CAIRN_CLUSTER")
-        .output()
-        .expect("run cairnctl");
-    (
-        status.code().expect("exited normally"),
-        String::from_utf8(stdout).expect("utf-8"),
-        String::from_utf8(stderr).expect("utf-8"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn replication_walk_through() {
     let keys_dir = tempfile::tempdir().expect("tempdir");
@@ -156,7 +117,10 @@ async fn replication_walk_through() {
         .put_resource(&check("disk", "check-disk -w 80"))
         .await
         .expect("create disk on the gateway");
-    let copy = eventually("disk on alpha", CONVERGE, || on_alpha(&alpha_admin, "disk")).await;
+    let copy = eventually("disk on alpha", CONVERGE, || async {
+        on_alpha(&alpha_admin, "disk").await.ok_or("no disk")
+    })
+    .await;
     assert_eq!(command_of(&copy), "check-disk -w 80");
     assert_eq!(
         copy.metadata
@@ -183,6 +147,7 @@ async fn replication_walk_through() {
             .as_array()
             .filter(|errors| !errors.is_empty())
             .cloned()
+            .ok_or(status)
     })
     .await;
     assert_eq!(
@@ -205,9 +170,11 @@ async fn replication_walk_through() {
         .await
         .expect("edit the copy on alpha");
     eventually("the edit reverted", CONVERGE, || async {
-        on_alpha(&alpha_admin, "disk")
-            .await
-            .filter(|copy| command_of(copy) == "check-disk -w 80")
+        let copy = on_alpha(&alpha_admin, "disk").await;
+        matching(copy, |copy| {
+            copy.as_ref()
+                .is_some_and(|copy| command_of(copy) == "check-disk -w 80")
+        })
     })
     .await;
 
@@ -217,9 +184,11 @@ async fn replication_walk_through() {
         .await
         .expect("update disk");
     eventually("the update on alpha", CONVERGE, || async {
-        on_alpha(&alpha_admin, "disk")
-            .await
-            .filter(|copy| command_of(copy) == "check-disk -w 90")
+        let copy = on_alpha(&alpha_admin, "disk").await;
+        matching(copy, |copy| {
+            copy.as_ref()
+                .is_some_and(|copy| command_of(copy) == "check-disk -w 90")
+        })
     })
     .await;
     gateway_admin
@@ -227,7 +196,7 @@ async fn replication_walk_through() {
         .await
         .expect("delete disk");
     eventually("disk deleted on alpha", CONVERGE, || async {
-        on_alpha(&alpha_admin, "disk").await.is_none().then_some(())
+        matching(on_alpha(&alpha_admin, "disk").await, Option::is_none)
     })
     .await;
 
@@ -236,8 +205,8 @@ async fn replication_walk_through() {
         .put_resource(&check("doomed", "x"))
         .await
         .expect("create doomed");
-    eventually("doomed on alpha", CONVERGE, || {
-        on_alpha(&alpha_admin, "doomed")
+    eventually("doomed on alpha", CONVERGE, || async {
+        on_alpha(&alpha_admin, "doomed").await.ok_or("no doomed")
     })
     .await;
     tokio::task::block_in_place(|| alpha.stop());
@@ -252,8 +221,9 @@ async fn replication_walk_through() {
         .await
         .expect("delete doomed");
     let backing_off = eventually("the replicator backing off", CONVERGE, || async {
-        let status = status(&gateway_admin, REPLICATOR).await;
-        (status["state"] == "backing_off").then_some(status)
+        matching(status(&gateway_admin, REPLICATOR).await, |status| {
+            status["state"] == "backing_off"
+        })
     })
     .await;
     assert!(
@@ -263,16 +233,20 @@ async fn replication_walk_through() {
     tokio::task::block_in_place(|| alpha.restart());
     let alpha_admin = alpha.admin().await;
     eventually("alpha caught up", CONVERGE, || async {
-        let copies = copies_on_alpha(&alpha_admin).await?;
-        let all = (0..20).all(|idx| copies.contains(&format!("outage-{idx}")));
-        (all && !copies.contains(&"doomed".to_owned())).then_some(())
+        matching(copies_on_alpha(&alpha_admin).await, |copies| {
+            copies.as_ref().is_some_and(|copies| {
+                let all = (0..20).all(|idx| copies.contains(&format!("outage-{idx}")));
+                all && !copies.contains(&"doomed".to_owned())
+            })
+        })
     })
     .await;
 
     // The status API says where it stands, at both paths.
     let ok = eventually("the replicator ok", CONVERGE, || async {
-        let status = status(&gateway_admin, REPLICATOR).await;
-        (status["state"] == "ok" && status["pending"] == 0).then_some(status)
+        matching(status(&gateway_admin, REPLICATOR).await, |status| {
+            status["state"] == "ok" && status["pending"] == 0
+        })
     })
     .await;
     assert_eq!(ok["cluster"], "alpha");
@@ -316,11 +290,11 @@ async fn replication_walk_through() {
         .await
         .expect("create the replicator to the wrong CA");
     let failing = eventually("the TLS failure in the status", CONVERGE, || async {
-        let status = status(&gateway_admin, "to-wrong-ca").await;
-        status["last_error"]["message"]
-            .as_str()
-            .is_some_and(|message| message.contains("certificate"))
-            .then_some(status)
+        matching(status(&gateway_admin, "to-wrong-ca").await, |status| {
+            status["last_error"]["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("certificate"))
+        })
     })
     .await;
     assert_eq!(failing["state"], "backing_off", "{failing:#}");
@@ -383,19 +357,21 @@ async fn replication_walk_through() {
         .await
         .expect("delete the replicator");
     eventually("the copies removed", CONVERGE, || async {
-        copies_on_alpha(&alpha_admin)
-            .await
-            .filter(|copies| copies.is_empty())
+        matching(copies_on_alpha(&alpha_admin).await, |copies| {
+            copies.as_ref().is_some_and(Vec::is_empty)
+        })
     })
     .await;
     assert!(on_alpha(&alpha_admin, "alpha-local").await.is_some());
     assert!(on_alpha(&alpha_admin, "shadowed").await.is_some());
     eventually("the record gone", CONVERGE, || async {
-        gateway_admin
+        match gateway_admin
             .get_json(&format!("/api/cairn/v1/replicators/{REPLICATOR}"))
             .await
-            .is_err()
-            .then_some(())
+        {
+            Ok(record) => Err(record),
+            Err(_) => Ok(()),
+        }
     })
     .await;
 }

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use cairn_api::client::{Client, ClientError, Credentials};
 use cairn_tests::openbao::{self, random_hex, OpenBao, OpenBaoConfig};
-use cairn_tests::Deadline;
-use cairn_tests::{command, metrics, Agent, Backend, BackendOptions};
+use cairn_tests::{command, eventually, metrics, text_matching, Agent, Backend, BackendOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -190,25 +189,20 @@ async fn wait_event(
     detail: impl Fn() -> String,
     accept: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Deadline::new(within, what);
     let path = format!("/api/core/v2/namespaces/{NS}/events/{entity}/{check}");
-    loop {
-        let event = get_opt(admin, &path).await;
-        if let Some(event) = &event {
-            if accept(event) {
-                return event.clone();
-            }
-        }
-        deadline
-            .tick(|| {
+    eventually(what, within, || async {
+        match get_opt(admin, &path).await {
+            Some(event) if accept(&event) => Ok(event),
+            event => {
                 let check = event.as_ref().map(|event| &event["check"]);
                 let brief = check.map(|check| {
                     json!({"status": check["status"], "output": check["output"], "hooks": check["hooks"]})
                 });
-                format!("last event's check: {brief:#?}\n{}", detail())
-            })
-            .await;
-    }
+                Err(format!("last event's check: {brief:#?}\n{}", detail()))
+            }
+        }
+    })
+    .await
 }
 
 fn output_of(event: &Value) -> &str {
@@ -299,15 +293,13 @@ impl Receiver {
         detail: impl Fn() -> String,
         accept: impl Fn(&str) -> bool,
     ) -> String {
-        let deadline = Deadline::new(within, what);
-        loop {
-            if let Some(body) = self.bodies(path).into_iter().find(|body| accept(body)) {
-                return body;
-            }
-            deadline
-                .tick(|| format!("received: {:#?}\n{}", self.requests(), detail()))
-                .await;
-        }
+        eventually(what, within, || async {
+            self.bodies(path)
+                .into_iter()
+                .find(|body| accept(body))
+                .ok_or_else(|| format!("received: {:#?}\n{}", self.requests(), detail()))
+        })
+        .await
     }
 }
 
@@ -471,16 +463,20 @@ async fn start_agent(install: &Install) -> Agent {
     std::fs::write(&config, lines.join("\n") + "\n").expect("write agent.yaml");
     let agent = Agent::start_with_env(&config, &[("CAIRN_LOG", "debug")]);
     let http = cairn_api::client::plain_http_client(Duration::from_secs(5)).expect("HTTP client");
-    let deadline = Deadline::new(Duration::from_secs(20), "the agent connecting");
     let healthz = format!("http://{}/healthz", agent.local_api);
-    while !http
-        .get(&healthz)
-        .send()
-        .await
-        .is_ok_and(|response| response.status() == StatusCode::OK)
-    {
-        deadline.tick(|| agent.log()).await;
-    }
+    eventually("the agent connecting", Duration::from_secs(20), || async {
+        if http
+            .get(&healthz)
+            .send()
+            .await
+            .is_ok_and(|response| response.status() == StatusCode::OK)
+        {
+            Ok(())
+        } else {
+            Err(agent.log())
+        }
+    })
+    .await;
     agent
 }
 
@@ -846,17 +842,17 @@ async fn vault_certificate_auth_over_tls() {
 
     // The stranger first: its secret fails, a warning names it, the counter goes up.
     post_event(&admin, "db-1", "disk", 2, &["pagerduty-stranger"]).await;
-    let deadline = Deadline::new(
-        Duration::from_secs(20),
+    eventually(
         "a warning naming the secret stranger-routing-key",
-    );
-    while !backend
-        .log()
-        .lines()
-        .any(|line| line.contains("WARN") && line.contains("stranger-routing-key"))
-    {
-        deadline.tick(|| backend.log()).await;
-    }
+        Duration::from_secs(20),
+        || async {
+            text_matching(backend.log(), |log| {
+                log.lines()
+                    .any(|line| line.contains("WARN") && line.contains("stranger-routing-key"))
+            })
+        },
+    )
+    .await;
     let text = metrics(&admin).await;
     assert!(
         metric(&text, "cairn_secret_failures_total") >= 1.0,

@@ -1,0 +1,25 @@
+//! Every end-to-end test of Cairn in one test binary, a module per area, so that the harness
+//! (`cairn_tests`) and the workspace's dependencies link once rather than once per file.
+//! Run one area with `cargo test -p cairn-tests --test integration -- agent::`.
+
+mod agent;
+mod agent_identity;
+mod backend;
+mod binaries;
+mod cairnctl;
+mod cluster;
+mod common;
+mod compat_fields;
+mod etcd_harness;
+mod federation_bounds;
+mod federation_replication;
+mod federation_security;
+mod federation_view;
+mod gitops;
+mod handlers;
+mod http;
+mod logins;
+mod pipeline;
+mod secrets;
+mod security;
+mod sensu_clients;
