@@ -69,7 +69,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -86,6 +85,7 @@ use crate::datadir::DataDir;
 use crate::entity::EntityId;
 use crate::pki::{self, CertifiedKeyPem, PkiError};
 use crate::store::keyspace;
+use crate::store::reflector::{Reflector, View};
 use crate::store::{Precondition, Revision, Store, StoreError, WatchEvent};
 
 /// The RBAC resource of join tokens (cluster-wide).
@@ -1135,7 +1135,15 @@ impl Revocations {
     ) -> Result<(Arc<Revocations>, JoinHandle<()>), StoreError> {
         let view = Revocations::empty();
         let revision = view.reload(store.as_ref(), &hook).await?;
-        let task = tokio::spawn(watch_revocations(Arc::clone(&view), store, hook, revision));
+        let reflector =
+            Reflector::new(store, keyspace::AGENT_REVOCATIONS, "revocations").loaded_at(revision);
+        let reflected = Reflected {
+            view: Arc::clone(&view),
+            hook,
+        };
+        // The view lives as long as the backend: the task is aborted, not asked, at shutdown.
+        let (_, never) = crate::shutdown::channel();
+        let task = tokio::spawn(reflector.run(reflected, never));
         Ok((view, task))
     }
 
@@ -1219,46 +1227,20 @@ impl Revocations {
     }
 }
 
-async fn watch_revocations(
+/// The revocation view as the reflector keeps it.
+struct Reflected {
     view: Arc<Revocations>,
-    store: Arc<dyn Store>,
     hook: RevocationHook,
-    mut revision: Revision,
-) {
-    loop {
-        let mut stream = match store.watch(keyspace::AGENT_REVOCATIONS, revision).await {
-            Ok(stream) => stream,
-            Err(StoreError::Closed) => return,
-            Err(err) => {
-                tracing::error!(error = %err, "revocation view cannot watch the store; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                match view.reload(store.as_ref(), &hook).await {
-                    Ok(reloaded) => revision = reloaded,
-                    Err(err) => tracing::error!(error = %err, "revocation view reload failed"),
-                }
-                continue;
-            }
-        };
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(event) => {
-                    view.apply(&event, &hook);
-                    revision = event.revision();
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "revocation view fell behind; reloading");
-                    break;
-                }
-            }
-        }
-        match view.reload(store.as_ref(), &hook).await {
-            Ok(reloaded) => revision = reloaded,
-            Err(StoreError::Closed) => return,
-            Err(err) => {
-                tracing::error!(error = %err, "revocation view reload failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+}
+
+#[async_trait::async_trait]
+impl View for Reflected {
+    async fn reload(&mut self, store: &dyn Store) -> Result<Revision, StoreError> {
+        self.view.reload(store, &self.hook).await
+    }
+
+    fn apply(&mut self, change: &WatchEvent) {
+        self.view.apply(change, &self.hook);
     }
 }
 

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -17,8 +16,9 @@ use cairn_api::Kind;
 
 use crate::auth::rbac::AuthSnapshot;
 use crate::store::keyspace;
+use crate::store::reflector::{Reflector, View};
 use crate::store::resources::{self, Resources};
-use crate::store::{Revision, WatchEvent};
+use crate::store::{Revision, Store, StoreError, WatchEvent};
 
 /// The kinds the view holds (namespaces too: every namespaced request checks one exists).
 const AUTH_KINDS: [Kind; 7] = [
@@ -56,7 +56,19 @@ impl AuthCache {
             applied,
         });
         let revision = cache.reload(&resources).await?;
-        let task = tokio::spawn(run(Arc::clone(&cache), resources, revision));
+        let reflector = Reflector::new(
+            Arc::clone(resources.store()),
+            keyspace::RESOURCES,
+            "auth view",
+        )
+        .loaded_at(revision);
+        let view = Reflected {
+            cache: Arc::clone(&cache),
+            resources,
+        };
+        // The view lives as long as the backend: the task is aborted, not asked, at shutdown.
+        let (_, never) = crate::shutdown::channel();
+        let task = tokio::spawn(reflector.run(view, never));
         Ok((cache, task))
     }
 
@@ -112,36 +124,26 @@ impl AuthCache {
     }
 }
 
-async fn run(cache: Arc<AuthCache>, resources: Resources, mut revision: Revision) {
-    loop {
-        let stream = resources.store().watch(keyspace::RESOURCES, revision).await;
-        let mut stream = match stream {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::error!(error = %err, "auth view cannot watch the store; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(event) => {
-                    cache.apply(&event);
-                    revision = *cache.applied.borrow();
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "auth view fell behind; reloading");
-                    break;
-                }
-            }
-        }
-        match cache.reload(&resources).await {
-            Ok(reloaded) => revision = reloaded,
-            Err(err) => {
-                tracing::error!(error = %err, "auth view reload failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+/// The auth view as the reflector keeps it.
+struct Reflected {
+    cache: Arc<AuthCache>,
+    resources: Resources,
+}
+
+#[async_trait::async_trait]
+impl View for Reflected {
+    async fn reload(&mut self, _: &dyn Store) -> Result<Revision, StoreError> {
+        self.cache
+            .reload(&self.resources)
+            .await
+            .map_err(|err| match err {
+                resources::ResourceError::Store(err) => err,
+                corrupt => StoreError::Backend(Box::new(corrupt)),
+            })
+    }
+
+    fn apply(&mut self, change: &WatchEvent) {
+        self.cache.apply(change);
     }
 }
 

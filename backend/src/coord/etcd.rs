@@ -21,13 +21,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
-use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{Coordinator, Presence, Role, Write};
 use crate::entity::EntityId;
 use crate::store::keyspace;
-use crate::store::{EtcdStore, Store, WatchEvent};
+use crate::store::reflector::{Reflector, View as ReflectedView};
+use crate::store::{EtcdStore, Revision, Store, StoreError, WatchEvent};
 use cairn_api::backoff::{Backoff, Jitter};
 
 /// The lease's time to live: how long after a backend dies (or loses etcd) its agents are
@@ -475,64 +475,49 @@ async fn run_for(etcd: &Etcd, role: Role, lease: i64) -> Result<bool, Failure> {
 
 // === the view ===
 
-async fn follow(etcd: Etcd, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = Backoff::new(
-        Duration::from_millis(250),
-        Duration::from_secs(5),
-        Jitter::Equal,
-    );
-    loop {
-        let page = match etcd.store.list(keyspace::COORD, None, 0).await {
-            Ok(page) => page,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot list the cluster's members; retrying");
-                if wait_quietly(&mut shutdown, backoff.next_delay()).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        etcd.coordinator.with_view(|view| {
+/// The members and presence of the cluster as the reflector keeps them.
+struct Followed {
+    etcd: Etcd,
+}
+
+#[async_trait::async_trait]
+impl ReflectedView for Followed {
+    async fn reload(&mut self, store: &dyn Store) -> Result<Revision, StoreError> {
+        let page = store.list(keyspace::COORD, None, 0).await?;
+        let me = self.etcd.coordinator.id().to_owned();
+        self.etcd.coordinator.with_view(|view| {
             view.members.clear();
             view.presence.clear();
             for entry in &page.entries {
                 apply_put(view, &entry.key, &entry.value);
             }
             // A backend always counts itself: its member key may still be on its way.
-            view.members.insert(etcd.coordinator.id().to_owned());
+            view.members.insert(me);
         });
-        let mut changes = match etcd.store.watch(keyspace::COORD, page.revision).await {
-            Ok(changes) => changes,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch the cluster's members; listing again");
-                if wait_quietly(&mut shutdown, backoff.next_delay()).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        backoff.reset();
-        loop {
-            tokio::select! {
-                biased;
-                () = crate::shutdown::requested(&mut shutdown) => return,
-                change = changes.next() => match change {
-                    Some(Ok(WatchEvent::Put(entry))) => etcd
-                        .coordinator
-                        .with_view(|view| apply_put(view, &entry.key, &entry.value)),
-                    Some(Ok(WatchEvent::Delete { key, .. })) => {
-                        let me = etcd.coordinator.id().to_owned();
-                        etcd.coordinator.with_view(|view| apply_delete(view, &key, &me));
-                    }
-                    Some(Err(err)) => {
-                        tracing::warn!(error = %err, "the watch of the cluster's members failed; listing again");
-                        break;
-                    }
-                    None => break,
-                },
+        Ok(page.revision)
+    }
+
+    fn apply(&mut self, change: &WatchEvent) {
+        match change {
+            WatchEvent::Put(entry) => self
+                .etcd
+                .coordinator
+                .with_view(|view| apply_put(view, &entry.key, &entry.value)),
+            WatchEvent::Delete { key, .. } => {
+                let me = self.etcd.coordinator.id().to_owned();
+                self.etcd
+                    .coordinator
+                    .with_view(|view| apply_delete(view, key, &me));
             }
         }
     }
+}
+
+async fn follow(etcd: Etcd, shutdown: watch::Receiver<bool>) {
+    let store: Arc<dyn Store> = Arc::new(etcd.store.clone());
+    Reflector::new(store, keyspace::COORD, "cluster members")
+        .run(Followed { etcd }, shutdown)
+        .await;
 }
 
 /// The entity of a presence key.

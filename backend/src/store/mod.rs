@@ -16,6 +16,7 @@ mod etcd;
 mod health;
 pub mod keyspace;
 mod redb;
+pub mod reflector;
 pub mod resources;
 pub mod sweep;
 

@@ -35,6 +35,7 @@ use crate::agents::watchdog::KEEPALIVE_CHECK;
 use crate::agents::Agents;
 use crate::clock::unix_now;
 use crate::store::keyspace;
+use crate::store::reflector::{Reflector, View};
 use crate::store::resources::{self, Resources};
 use crate::store::{Entry, Revision, Store, StoreError, WatchEvent};
 
@@ -56,9 +57,6 @@ const TTL_CONCURRENCY: usize = 32;
 /// `splay_coverage` does the same for proxy requests. An agent keeps its slot from firing to
 /// firing while the fleet does not change, so its results stay one interval apart.
 const FANOUT_PER_SECOND: usize = 2_000;
-
-/// Pause before retrying a failed load or watch.
-const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Counters of the scheduler, for `/metrics`.
 #[derive(Debug, Default)]
@@ -132,28 +130,10 @@ struct Scheduler {
 async fn run(mut scheduler: Scheduler, mut shutdown: watch::Receiver<bool>) {
     let tick = tokio::time::sleep_until(next_second());
     tokio::pin!(tick);
-    'load: loop {
-        let revision = match scheduler.reload(unix_now()).await {
-            Ok(revision) => revision,
-            Err(err) => {
-                tracing::error!(error = %err, "scheduler cannot load checks; retrying");
-                tokio::select! {
-                    () = crate::shutdown::requested(&mut shutdown) => return,
-                    () = tokio::time::sleep(RETRY_DELAY) => continue 'load,
-                }
-            }
-        };
-        let store = Arc::clone(scheduler.state.resources.store());
-        let mut changes = match store.watch(keyspace::RESOURCES, revision).await {
-            Ok(changes) => changes,
-            Err(err) => {
-                tracing::warn!(error = %err, "scheduler cannot watch the store; reloading");
-                tokio::select! {
-                    () = crate::shutdown::requested(&mut shutdown) => return,
-                    () = tokio::time::sleep(RETRY_DELAY) => continue 'load,
-                }
-            }
-        };
+    let store = Arc::clone(scheduler.state.resources.store());
+    let mut reflector = Reflector::new(store, keyspace::RESOURCES, "scheduler");
+    // Loaded outside the select: a tick must not cancel a load half-way.
+    while reflector.sync(&mut scheduler, &mut shutdown).await {
         loop {
             tokio::select! {
                 biased;
@@ -165,16 +145,9 @@ async fn run(mut scheduler: Scheduler, mut shutdown: watch::Receiver<bool>) {
                 Some((prepared, outcome)) = scheduler.resolved.recv() => {
                     scheduler.resolved(prepared, outcome, unix_now());
                 }
-                change = changes.next() => match change {
-                    Some(Ok(change)) => scheduler.apply(&change, unix_now()),
-                    Some(Err(err)) => {
-                        tracing::warn!(error = %err, "scheduler fell behind the store; reloading");
-                        continue 'load;
-                    }
-                    None => {
-                        tracing::debug!("scheduler watch ended; reloading");
-                        continue 'load;
-                    }
+                change = reflector.change() => match change {
+                    Some(change) => scheduler.apply(&change, unix_now()),
+                    None => break,
                 },
             }
         }
@@ -190,6 +163,17 @@ fn next_second() -> tokio::time::Instant {
         Duration::from_secs(1) - Duration::from_nanos(u64::from(since_epoch.subsec_nanos()));
     // A millisecond past the boundary, so that the clock reads the new second when it fires.
     tokio::time::Instant::now() + to_next + Duration::from_millis(1)
+}
+
+#[async_trait::async_trait]
+impl View for Scheduler {
+    async fn reload(&mut self, _: &dyn Store) -> Result<Revision, StoreError> {
+        Scheduler::reload(self, unix_now()).await
+    }
+
+    fn apply(&mut self, change: &WatchEvent) {
+        Scheduler::apply(self, change, unix_now());
+    }
 }
 
 // === impl Scheduler ===
