@@ -40,9 +40,9 @@ use tokio_rustls::TlsAcceptor;
 use cairn_api::client::{Client, Credentials};
 use cairn_api::model::{Event, Namespace};
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
+use cairn_backend::app::DEFAULT_BODY_LIMIT;
 use cairn_backend::app::{self, InitConfig, StartConfig};
 use cairn_backend::datadir::DataDir;
-use cairn_backend::http::DEFAULT_BODY_LIMIT;
 use cairn_backend::store::resources::{self, Resources};
 use cairn_backend::store::{Precondition, RedbStore, Store};
 use cairn_tests::bench::{
@@ -199,13 +199,13 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
             api_limits: cairn_backend::listen::ConnectionLimits::API,
             agent_limits: cairn_backend::listen::ConnectionLimits::AGENT,
             body_limit: DEFAULT_BODY_LIMIT,
-            pipeline: cairn_backend::events::pipeline::PipelineConfig::default(),
-            secrets: cairn_backend::secrets::SecretsConfig::default(),
+            pipeline: cairn_backend::app::PipelineConfig::default(),
+            secrets: cairn_backend::app::SecretsConfig::default(),
             store: cairn_backend::datadir::StoreSettings::Embedded,
             store_connect_timeout: Duration::ZERO,
             store_cache_bytes: cairn_backend::store::DEFAULT_CACHE_BYTES,
             // The bench defines no handlers.
-            handlers: cairn_backend::events::pipeline::contain::ContainConfig::default(),
+            handlers: cairn_backend::app::contain::ContainConfig::default(),
         },
         async move {
             let _ = stopped_ours.await;

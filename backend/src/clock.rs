@@ -7,12 +7,12 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch (0 before it, `i64::MAX` past the year 292 billion).
-pub fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     i64::try_from(unix_now_u64()).unwrap_or(i64::MAX)
 }
 
 /// [`unix_now`] as unsigned seconds, for token claims.
-pub fn unix_now_u64() -> u64 {
+pub(crate) fn unix_now_u64() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())

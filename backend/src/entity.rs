@@ -2,7 +2,7 @@
 
 /// An entity of one namespace, as sessions, presence, revocations and keepalives key it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EntityId {
+pub(crate) struct EntityId {
     /// The namespace (the certificate's `O`).
     pub namespace: String,
     /// The entity name (the certificate's CN).
@@ -11,7 +11,7 @@ pub struct EntityId {
 
 impl EntityId {
     /// The entity `name` of `namespace`.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub(crate) fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
         EntityId {
             namespace: namespace.into(),
             name: name.into(),
@@ -20,6 +20,6 @@ impl EntityId {
 }
 
 /// Whether an entity subscribed to `have` subscribes to any of `wanted`.
-pub fn subscribes_to_any(have: &[String], wanted: &[String]) -> bool {
+pub(crate) fn subscribes_to_any(have: &[String], wanted: &[String]) -> bool {
     wanted.iter().any(|wanted| have.contains(wanted))
 }

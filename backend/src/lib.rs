@@ -6,21 +6,25 @@
 //!
 //! `app` > `http` > {`agents`, `federation`} > {`events`, `auth`} > {`secrets`, `coord`,
 //! `datadir`} > `store` > {`clock`, `shutdown`, `entity`, `pki`, `listen`}.
+//!
+//! Other crates (the binary, the benches, the tests) see `app` (which re-exports what they
+//! configure of the lower layers), `datadir`, `store`, `listen` and Sensu's event rules
+//! (`events::rules`); everything else is `pub(crate)`.
 
-pub mod agents;
+pub(crate) mod agents;
 pub mod app;
-pub mod auth;
-pub mod clock;
-pub mod coord;
+pub(crate) mod auth;
+pub(crate) mod clock;
+pub(crate) mod coord;
 pub mod datadir;
-pub mod entity;
+pub(crate) mod entity;
 pub mod events;
-pub mod federation;
-pub mod http;
+pub(crate) mod federation;
+pub(crate) mod http;
 pub mod listen;
-pub mod pki;
-pub mod secrets;
-pub mod shutdown;
+pub(crate) mod pki;
+pub(crate) mod secrets;
+pub(crate) mod shutdown;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;

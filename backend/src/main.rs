@@ -8,10 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use cairn_backend::app::contain;
+use cairn_backend::app::DEFAULT_BODY_LIMIT;
 use cairn_backend::app::{self, InitConfig, ServerError, StartConfig};
 use cairn_backend::datadir::{self, DataDir, EtcdTlsFiles, StoreEngine, StoreFlags};
-use cairn_backend::events::pipeline::contain;
-use cairn_backend::http::DEFAULT_BODY_LIMIT;
 use cairn_backend::listen::{ConnectionLimits, AGENT_MAX_CONNECTIONS, API_MAX_CONNECTIONS};
 use cairn_backend::store::resources::ResourceError;
 
@@ -171,12 +171,12 @@ struct StartArgs {
     agent_handshake_timeout: u64,
     /// Events that may wait for handlers; beyond it an event is stored but not handled
     /// (counted in `cairn_pipeline_events_dropped_total`).
-    #[arg(long, default_value_t = cairn_backend::events::pipeline::DEFAULT_QUEUE_CAPACITY as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = cairn_backend::app::DEFAULT_QUEUE_CAPACITY as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pipeline_queue_events: u32,
     /// MiB of events (their JSON) the pipeline holds at once, queued or read by running
     /// handlers; beyond it an event is stored but not handled (counted in
     /// `cairn_pipeline_events_dropped_bytes_total`).
-    #[arg(long, default_value_t = (cairn_backend::events::pipeline::DEFAULT_QUEUE_BYTES >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = (cairn_backend::app::DEFAULT_QUEUE_BYTES >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pipeline_queue_mib: u32,
     /// MiB of memory the embedded store may use to cache its file's pages.
     #[arg(long, default_value_t = (cairn_backend::store::DEFAULT_CACHE_BYTES >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..))]
@@ -298,17 +298,17 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
             ..ConnectionLimits::AGENT
         },
         body_limit: args.api_request_limit,
-        pipeline: cairn_backend::events::pipeline::PipelineConfig {
+        pipeline: cairn_backend::app::PipelineConfig {
             queue_capacity: usize::try_from(args.pipeline_queue_events).unwrap_or(usize::MAX),
             queue_bytes: usize::try_from(args.pipeline_queue_mib)
                 .unwrap_or(usize::MAX)
                 .saturating_mul(1024 * 1024),
-            ..cairn_backend::events::pipeline::PipelineConfig::default()
+            ..cairn_backend::app::PipelineConfig::default()
         },
-        secrets: cairn_backend::secrets::SecretsConfig {
+        secrets: cairn_backend::app::SecretsConfig {
             max_ttl: std::time::Duration::from_secs(args.secrets_cache_ttl),
             failure_backoff_max: std::time::Duration::from_secs(args.secrets_retry_max),
-            ..cairn_backend::secrets::SecretsConfig::default()
+            ..cairn_backend::app::SecretsConfig::default()
         },
         store,
         store_connect_timeout: std::time::Duration::from_secs(args.etcd_connect_timeout),

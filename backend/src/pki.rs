@@ -20,10 +20,10 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 /// How long a certificate authority made by [`generate_ca`] is valid: ten years.
-pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+pub(crate) const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
 /// How long a server certificate made by [`issue_server_cert`] is valid: one year.
-pub const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+pub(crate) const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// Names every server certificate carries besides the operator's, so that local clients work.
 const ALWAYS_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -36,13 +36,13 @@ const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 const SERIAL_LEN: usize = 16;
 
 /// `Result` with [`PkiError`] as the default error.
-pub type Result<T, E = PkiError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = PkiError> = std::result::Result<T, E>;
 
 /// A certificate and its private key, both PEM.
 ///
 /// `Debug` leaves the key out, so that the value can sit in structures that get logged.
 #[derive(Clone, PartialEq, Eq)]
-pub struct CertifiedKeyPem {
+pub(crate) struct CertifiedKeyPem {
     /// The certificate, `-----BEGIN CERTIFICATE-----`.
     pub cert_pem: String,
     /// The private key in PKCS#8, `-----BEGIN PRIVATE KEY-----`. Secret.
@@ -54,7 +54,7 @@ pub struct CertifiedKeyPem {
 /// Federated clusters share one pair so that a gateway's tokens are valid downstream.
 /// `Debug` leaves the private key out.
 #[derive(Clone, PartialEq, Eq)]
-pub struct JwtKeyPair {
+pub(crate) struct JwtKeyPair {
     /// The private key in PKCS#8, `-----BEGIN PRIVATE KEY-----`. Secret.
     pub private_pem: String,
     /// The public key as a SubjectPublicKeyInfo, `-----BEGIN PUBLIC KEY-----`.
@@ -154,7 +154,7 @@ impl fmt::Debug for JwtKeyPair {
 /// The key is ECDSA P-256; the certificate has `CA:true` with a path length of 0 (it issues
 /// end-entity certificates only), key usages `keyCertSign` and `cRLSign`, and is valid for
 /// [`CA_VALIDITY`].
-pub fn generate_ca(common_name: &str) -> Result<CertifiedKeyPem> {
+pub(crate) fn generate_ca(common_name: &str) -> Result<CertifiedKeyPem> {
     let key = generate_key()?;
     let mut params = base_params(common_name, CA_VALIDITY)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -181,7 +181,7 @@ pub fn generate_ca(common_name: &str) -> Result<CertifiedKeyPem> {
 ///
 /// [`PkiError::InvalidHostname`] names the first hostname that is neither; the CA errors
 /// when `ca` is unusable.
-pub fn issue_server_cert(
+pub(crate) fn issue_server_cert(
     ca: &CertifiedKeyPem,
     common_name: &str,
     hostnames: &[String],
@@ -211,7 +211,7 @@ pub fn issue_server_cert(
 ///
 /// The subject is exactly `CN=<common_name>`, the extended key usage is `clientAuth`, there
 /// are no subject alternative names, and the certificate is valid for `validity` from now.
-pub fn issue_client_cert(
+pub(crate) fn issue_client_cert(
     ca: &CertifiedKeyPem,
     common_name: &str,
     validity: Duration,
@@ -219,13 +219,14 @@ pub fn issue_client_cert(
     issue_with(ca, client_params(common_name, None, validity)?, common_name)
 }
 
+#[cfg(test)]
 /// Issues the client certificate of the agent `namespace`/`name` with a new key: the same
 /// certificate [`sign_csr`] makes, for tests and tools that need a whole identity at once.
 ///
 /// # Errors
 ///
 /// As [`sign_csr`], without the CSR's.
-pub fn issue_agent_cert(
+pub(crate) fn issue_agent_cert(
     ca: &CertifiedKeyPem,
     namespace: &str,
     name: &str,
@@ -267,7 +268,7 @@ fn issue_with(
 /// [`PkiError::InvalidCsr`] when the CSR is not PEM, its signature does not verify, or it
 /// carries an extension rcgen cannot parse; [`PkiError::SigningFailed`] for a name that cannot
 /// be written into the certificate.
-pub fn sign_csr(
+pub(crate) fn sign_csr(
     ca: &CertifiedKeyPem,
     csr_pem: &str,
     namespace: &str,
@@ -288,14 +289,14 @@ pub fn sign_csr(
 ///
 /// Join tokens carry the CA's fingerprint so that an agent can pin it before it trusts
 /// anything the backend sends.
-pub fn fingerprint_sha256(cert_pem: &str) -> Result<String> {
+pub(crate) fn fingerprint_sha256(cert_pem: &str) -> Result<String> {
     let der =
         CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(PkiError::NoCertificate)?;
     Ok(hex_lower(&Sha256::digest(der.as_ref())))
 }
 
 /// Generates a new ES256 (ECDSA P-256) key pair for signing access tokens.
-pub fn generate_jwt_keypair() -> Result<JwtKeyPair> {
+pub(crate) fn generate_jwt_keypair() -> Result<JwtKeyPair> {
     let key = generate_key()?;
     Ok(JwtKeyPair {
         private_pem: key.serialize_pem(),
@@ -312,7 +313,7 @@ pub fn generate_jwt_keypair() -> Result<JwtKeyPair> {
 ///
 /// [`PkiError::JwtPrivateKeyInvalid`] when the text holds no such key, or a SEC1 key that is
 /// not on P-256.
-pub fn jwt_private_key_pkcs8(private_pem: &str) -> Result<String> {
+pub(crate) fn jwt_private_key_pkcs8(private_pem: &str) -> Result<String> {
     use p256::pkcs8::{EncodePrivateKey, LineEnding};
     use rustls::pki_types::PrivateKeyDer;
 
@@ -337,7 +338,7 @@ pub fn jwt_private_key_pkcs8(private_pem: &str) -> Result<String> {
 ///
 /// [`PkiError::JwtPrivateKeyInvalid`], [`PkiError::JwtPublicKeyInvalid`] or
 /// [`PkiError::JwtKeyMismatch`], in that order of checking.
-pub fn check_jwt_keypair(private_pem: &str, public_pem: &str) -> Result<()> {
+pub(crate) fn check_jwt_keypair(private_pem: &str, public_pem: &str) -> Result<()> {
     // ring checks that the key is on P-256 and that the public point embedded in the PKCS#8
     // document belongs to the private scalar.
     let private_key = KeyPair::from_pkcs8_pem_and_sign_algo(private_pem, &PKCS_ECDSA_P256_SHA256)

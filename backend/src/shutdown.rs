@@ -9,18 +9,18 @@
 use tokio::sync::watch;
 
 /// What every task holds to learn that it must stop.
-pub type Shutdown = watch::Receiver<bool>;
+pub(crate) type Shutdown = watch::Receiver<bool>;
 
 /// What the owner holds to ask every task to stop (`send_replace(true)`).
-pub type ShutdownTrigger = watch::Sender<bool>;
+pub(crate) type ShutdownTrigger = watch::Sender<bool>;
 
 /// A new signal, not requested yet.
-pub fn channel() -> (ShutdownTrigger, Shutdown) {
+pub(crate) fn channel() -> (ShutdownTrigger, Shutdown) {
     watch::channel(false)
 }
 
 /// Resolves once shutdown is requested; never when the sender is dropped without asking.
-pub async fn requested(shutdown: &mut Shutdown) {
+pub(crate) async fn requested(shutdown: &mut Shutdown) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
     }

@@ -89,25 +89,25 @@ use crate::store::resources::{ResourceError, Resources};
 use crate::store::{Precondition, StoreError};
 
 /// How long the agent has to send its hello after the upgrade.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one write to the agent may take before the session is given up.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the backend pings a session.
-pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// A session that sends nothing (not even a pong) for this long is closed.
-pub const IDLE_TIMEOUT: Duration = ConnectionLimits::AGENT.idle_timeout;
+pub(crate) const IDLE_TIMEOUT: Duration = ConnectionLimits::AGENT.idle_timeout;
 /// The entity's `last_seen` in the store is updated at most this often per entity.
-pub const LAST_SEEN_WRITE_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const LAST_SEEN_WRITE_INTERVAL: Duration = Duration::from_secs(60);
 /// How many acknowledged event ids are remembered per entity.
-pub const ACKED_IDS_KEPT: usize = 1024;
+pub(crate) const ACKED_IDS_KEPT: usize = 1024;
 /// The longest event id accepted.
-pub const MAX_EVENT_ID_LEN: usize = 128;
+pub(crate) const MAX_EVENT_ID_LEN: usize = 128;
 /// The fewest seconds between two certificate renewals of one session.
-pub const RENEWAL_MIN_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const RENEWAL_MIN_INTERVAL: Duration = Duration::from_secs(60);
 /// The reason sent to an agent whose certificate is revoked.
-pub const REASON_REVOKED: &str = "certificate revoked";
+pub(crate) const REASON_REVOKED: &str = "certificate revoked";
 /// The reason sent to an agent whose certificate does not name its namespace.
-pub const REASON_REENROL: &str = "the client certificate does not name its namespace (no cairn:agent: URI SAN): it was issued before certificates were bound to a namespace; re-enrol the agent with a new join token (cairn-agent install)";
+pub(crate) const REASON_REENROL: &str = "the client certificate does not name its namespace (no cairn:agent: URI SAN): it was issued before certificates were bound to a namespace; re-enrol the agent with a new join token (cairn-agent install)";
 /// How long connections get to close when the backend stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a close waits for the agent's close frame (so that it reads what was sent last).
@@ -127,7 +127,7 @@ type AgentSocket = WebSocketStream<TlsStream<TcpStream>>;
 /// Memory is bounded per entity (at most [`ACKED_IDS_KEPT`] 8-byte id hashes) and grows with
 /// the number of agent entities that connected since the process started, each of which needed
 /// a certificate.
-pub struct AgentHub {
+pub(crate) struct AgentHub {
     sessions: Arc<Sessions>,
     live: Mutex<HashMap<EntityId, Live>>,
     memory: Mutex<HashMap<EntityId, Memory>>,
@@ -162,7 +162,7 @@ impl std::fmt::Debug for AgentHub {
 
 impl AgentHub {
     /// A hub over the session registry.
-    pub fn new(sessions: Arc<Sessions>) -> Arc<AgentHub> {
+    pub(crate) fn new(sessions: Arc<Sessions>) -> Arc<AgentHub> {
         Arc::new(AgentHub {
             sessions,
             live: Mutex::new(HashMap::new()),
@@ -172,7 +172,7 @@ impl AgentHub {
     }
 
     /// The session registry.
-    pub fn sessions(&self) -> &Arc<Sessions> {
+    pub(crate) fn sessions(&self) -> &Arc<Sessions> {
         &self.sessions
     }
 
@@ -219,7 +219,7 @@ impl AgentHub {
     }
 
     /// Whether an event id of this entity was acknowledged recently.
-    pub fn was_acked(&self, entity: &EntityId, event_id: &str) -> bool {
+    pub(crate) fn was_acked(&self, entity: &EntityId, event_id: &str) -> bool {
         let hash = self.hasher.hash_one(event_id);
         self.memory
             .lock()
@@ -228,7 +228,7 @@ impl AgentHub {
     }
 
     /// Remembers an acknowledged event id (forgetting the oldest beyond [`ACKED_IDS_KEPT`]).
-    pub fn remember_ack(&self, entity: &EntityId, event_id: &str) {
+    pub(crate) fn remember_ack(&self, entity: &EntityId, event_id: &str) {
         let hash = self.hasher.hash_one(event_id);
         let mut memory = self.memory.lock();
         let acked = &mut memory.entry(entity.clone()).or_default().acked;
@@ -256,7 +256,7 @@ impl AgentHub {
     /// Drops the live session of an entity whose certificate a revocation covers: sends it a
     /// fatal [`BackendMessage::Refused`] (its connection task closes the socket) and removes it
     /// from the registry. A session with a certificate issued after the revocation stays.
-    pub fn revoke(&self, id: &EntityId, revocation: &Revocation) {
+    pub(crate) fn revoke(&self, id: &EntityId, revocation: &Revocation) {
         let (connection, stop) = {
             let mut live = self.live.lock();
             let Some(entry) = live.get_mut(id) else {
@@ -298,7 +298,7 @@ impl AgentHub {
 
 /// Who the client certificate says the peer is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerIdentity {
+pub(crate) struct PeerIdentity {
     /// The certificate's CN: the entity name.
     pub name: String,
     /// The namespace its URI SAN names, or why it names none usable (the session is refused
@@ -316,7 +316,7 @@ pub struct PeerIdentity {
 
 impl PeerIdentity {
     /// When the certificate was issued (see [`join::issued_at`]).
-    pub fn issued_at(&self) -> i64 {
+    pub(crate) fn issued_at(&self) -> i64 {
         join::issued_at(self.not_before)
     }
 }
@@ -332,7 +332,7 @@ fn hex_lower(bytes: &[u8]) -> String {
 /// # Errors
 /// A reason when the certificate does not parse or has no single, textual CN; a missing or
 /// inconsistent URI SAN is reported in [`PeerIdentity::namespace`] instead.
-pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, String> {
+pub(crate) fn peer_identity(der: &[u8]) -> Result<PeerIdentity, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|err| format!("the client certificate does not parse: {err}"))?;
     let mut names = cert.subject().iter_common_name();
@@ -408,7 +408,11 @@ fn certificate_namespace(uris: &[&str], name: &str) -> Result<String, String> {
 ///
 /// # Errors
 /// The reason to refuse the session with.
-pub fn check_hello(hello: &Hello, common_name: &str, namespace: &str) -> Result<String, String> {
+pub(crate) fn check_hello(
+    hello: &Hello,
+    common_name: &str,
+    namespace: &str,
+) -> Result<String, String> {
     if hello.protocol != PROTOCOL_VERSION {
         return Err(format!(
             "protocol version {} is not supported; this backend speaks version {PROTOCOL_VERSION}",
@@ -443,7 +447,7 @@ pub fn check_hello(hello: &Hello, common_name: &str, namespace: &str) -> Result<
 ///
 /// # Errors
 /// The reason to refuse the session with, naming the first subscription not allowed.
-pub fn check_pinned(hello: &Hello, pinned: &[String]) -> Result<(), String> {
+pub(crate) fn check_pinned(hello: &Hello, pinned: &[String]) -> Result<(), String> {
     let own = format!("entity:{}", hello.name);
     match hello
         .subscriptions
@@ -472,7 +476,7 @@ fn with_defaults(mut hello: Hello) -> Hello {
 
 /// The entity an agent's hello describes; what an operator set on an existing entity and the
 /// hello does not carry (deregistration handler, redactions, keepalive handlers, user) is kept.
-pub fn agent_entity(
+pub(crate) fn agent_entity(
     namespace: &str,
     hello: &Hello,
     existing: Option<(&ObjectMeta, &Entity)>,
@@ -525,7 +529,7 @@ fn embedded(resource: &Resource) -> Entity {
 ///
 /// # Errors
 /// Why the event is refused.
-pub fn prepare_event(
+pub(crate) fn prepare_event(
     mut event: Event,
     registered: &Entity,
     namespace: &str,
@@ -628,7 +632,7 @@ fn refused(reason: impl Into<String>) -> BackendMessage {
 /// Serves agent connections on `listener` within `limits` ([`crate::listen`]: a connection
 /// cap, handshake and upgrade timeouts, accept back-off) until `stop` turns true, then closes
 /// every session (bounded by a short grace period).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     limits: ConnectionLimits,
     acceptor: TlsAcceptor,

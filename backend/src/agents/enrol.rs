@@ -16,7 +16,7 @@ use crate::store::{Precondition, StoreError};
 
 /// Why a joining request failed; nothing was changed by it.
 #[derive(Debug, thiserror::Error)]
-pub enum EnrolError {
+pub(crate) enum EnrolError {
     /// The join token is refused (401): malformed, of another cluster, unknown, expired or
     /// used up.
     #[error("{0}")]
@@ -59,7 +59,7 @@ impl From<ConsumeError> for EnrolError {
 
 /// A join token just created: the one time its secret is seen.
 #[derive(Debug)]
-pub struct CreatedToken {
+pub(crate) struct CreatedToken {
     /// The token as the operator hands it to an installer (`cairn-join.<id>.<secret>.<ca>`).
     pub token: JoinToken,
     /// Expiry, unix seconds.
@@ -72,7 +72,7 @@ impl Agents {
     ///
     /// # Errors
     /// [`EnrolError::Invalid`] or [`EnrolError::NotFound`] for the request, store failures.
-    pub async fn create_join_token(
+    pub(crate) async fn create_join_token(
         &self,
         request: CreateJoinToken,
         created_by: &str,
@@ -135,7 +135,7 @@ impl Agents {
     ///
     /// # Errors
     /// Store failures.
-    pub async fn list_join_tokens(&self) -> Result<Vec<JoinTokenInfo>, EnrolError> {
+    pub(crate) async fn list_join_tokens(&self) -> Result<Vec<JoinTokenInfo>, EnrolError> {
         let page = self
             .resources
             .store()
@@ -170,7 +170,11 @@ impl Agents {
     ///
     /// # Errors
     /// [`EnrolError::NotFound`] for an unknown id, store failures.
-    pub async fn delete_join_token(&self, id: &str, deleted_by: &str) -> Result<(), EnrolError> {
+    pub(crate) async fn delete_join_token(
+        &self,
+        id: &str,
+        deleted_by: &str,
+    ) -> Result<(), EnrolError> {
         let deleted = if id.contains('/') {
             None
         } else {
@@ -197,7 +201,7 @@ impl Agents {
     /// [`EnrolError::Refused`] for a token problem, [`EnrolError::Invalid`] for a bad name, CSR
     /// or gone namespace, [`EnrolError::Conflict`] for a live certificate or concurrent
     /// bootstraps; nothing is written on any of them.
-    pub async fn bootstrap(
+    pub(crate) async fn bootstrap(
         &self,
         request: BootstrapRequest,
         authority: Option<&str>,
@@ -326,7 +330,7 @@ impl Agents {
     /// # Errors
     /// [`EnrolError::Invalid`] for a bad name, [`EnrolError::NotFound`] for a missing
     /// namespace, store failures.
-    pub async fn revoke(
+    pub(crate) async fn revoke(
         &self,
         namespace: &str,
         name: &str,

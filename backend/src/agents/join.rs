@@ -89,26 +89,26 @@ use crate::store::reflector::{Reflector, View};
 use crate::store::{Precondition, Revision, Store, StoreError, WatchEvent};
 
 /// The RBAC resource of join tokens (cluster-wide).
-pub const JOIN_TOKENS_RESOURCE: &str = "jointokens";
+pub(crate) const JOIN_TOKENS_RESOURCE: &str = "jointokens";
 
 /// The RBAC resource of agent identities, whose revocation is verb `delete` (cluster-wide).
-pub const AGENTS_RESOURCE: &str = "agents";
+pub(crate) const AGENTS_RESOURCE: &str = "agents";
 
 /// How long an agent certificate (from bootstrap or renewal) is valid: 90 days.
-pub const AGENT_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+pub(crate) const AGENT_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 60 * 60);
 
 /// How far [`crate::pki`] sets a certificate's `notBefore` before the moment it signs it
 /// (its clock-skew allowance); a unit test below keeps the two in step.
-pub const PKI_NOT_BEFORE_BACKDATE_SECS: i64 = 5 * 60;
+pub(crate) const PKI_NOT_BEFORE_BACKDATE_SECS: i64 = 5 * 60;
 
 /// A join token's lifetime when the request names none, seconds.
-pub const DEFAULT_TOKEN_TTL_SECS: u64 = 60 * 60;
+pub(crate) const DEFAULT_TOKEN_TTL_SECS: u64 = 60 * 60;
 /// The shortest join token lifetime, seconds.
-pub const MIN_TOKEN_TTL_SECS: u64 = 60;
+pub(crate) const MIN_TOKEN_TTL_SECS: u64 = 60;
 /// The longest join token lifetime, seconds (30 days).
-pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 60 * 60;
+pub(crate) const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 60 * 60;
 /// The most uses one join token may grant.
-pub const MAX_TOKEN_USES: u32 = 10_000;
+pub(crate) const MAX_TOKEN_USES: u32 = 10_000;
 
 /// Length of a token's secret: 48 alphanumeric characters, about 285 bits.
 pub(crate) const SECRET_LEN: usize = 48;
@@ -136,7 +136,7 @@ pub(crate) const REVOCATION_CATCH_UP: Duration = Duration::from_secs(5);
 
 /// The CA material that bootstrap and renewal need, loaded and checked once at start, and the
 /// agent URLs the bootstrap answer names.
-pub struct AgentPki {
+pub(crate) struct AgentPki {
     pub(crate) agent_ca: CertifiedKeyPem,
     pub(crate) ca_pem: String,
     ca_fingerprint: String,
@@ -182,7 +182,7 @@ impl AgentPki {
     ///
     /// # Errors
     /// A missing or unreadable file, or unusable material, named.
-    pub fn load(dir: &DataDir) -> Result<AgentPki, AgentPkiError> {
+    pub(crate) fn load(dir: &DataDir) -> Result<AgentPki, AgentPkiError> {
         let read = |path: std::path::PathBuf| {
             std::fs::read_to_string(&path)
                 .map_err(|source| AgentPkiError::ReadFailed { path, source })
@@ -209,7 +209,11 @@ impl AgentPki {
     }
 
     /// Builds the material from PEM already in memory (tests), with [`AgentUrls::Unknown`].
-    pub fn from_parts(agent_ca: CertifiedKeyPem, ca_pem: String, ca_fingerprint: String) -> Self {
+    pub(crate) fn from_parts(
+        agent_ca: CertifiedKeyPem,
+        ca_pem: String,
+        ca_fingerprint: String,
+    ) -> Self {
         AgentPki {
             agent_ca,
             ca_pem,
@@ -220,17 +224,12 @@ impl AgentPki {
 
     /// The same material, the bootstrap answer naming `agent_urls`.
     #[must_use]
-    pub fn with_agent_urls(self, agent_urls: AgentUrls) -> Self {
+    pub(crate) fn with_agent_urls(self, agent_urls: AgentUrls) -> Self {
         AgentPki { agent_urls, ..self }
     }
 
-    /// Where the bootstrap answer tells agents to connect.
-    pub fn agent_urls(&self) -> &AgentUrls {
-        &self.agent_urls
-    }
-
     /// The SHA-256 fingerprint of the cluster CA, which join tokens carry.
-    pub fn ca_fingerprint(&self) -> &str {
+    pub(crate) fn ca_fingerprint(&self) -> &str {
         &self.ca_fingerprint
     }
 
@@ -240,7 +239,12 @@ impl AgentPki {
     ///
     /// # Errors
     /// [`PkiError::InvalidCsr`] for a bad CSR; other variants are internal faults.
-    pub fn sign(&self, csr_pem: &str, namespace: &str, name: &str) -> Result<Issued, PkiError> {
+    pub(crate) fn sign(
+        &self,
+        csr_pem: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Issued, PkiError> {
         let cert_pem = pki::sign_csr(
             &self.agent_ca,
             csr_pem,
@@ -263,7 +267,7 @@ impl AgentPki {
 
 /// A certificate just signed, with what the agent listener reads from it.
 #[derive(Debug, Clone)]
-pub struct Issued {
+pub(crate) struct Issued {
     /// The certificate, PEM.
     pub cert_pem: String,
     /// Its identity, serial, fingerprint and validity.
@@ -272,7 +276,11 @@ pub struct Issued {
 
 impl Issued {
     /// The certificate record of this certificate, enrolled with token `token_id`.
-    pub fn record(&self, token_id: &str, pinned_subscriptions: Option<Vec<String>>) -> CertRecord {
+    pub(crate) fn record(
+        &self,
+        token_id: &str,
+        pinned_subscriptions: Option<Vec<String>>,
+    ) -> CertRecord {
         CertRecord {
             serial: self.identity.serial.clone(),
             fingerprint: self.identity.fingerprint.clone(),
@@ -285,7 +293,7 @@ impl Issued {
 }
 
 /// A [`PkiError`] with its source, for a message to an agent or an operator.
-pub fn describe_pki_error(err: &PkiError) -> String {
+pub(crate) fn describe_pki_error(err: &PkiError) -> String {
     match std::error::Error::source(err) {
         Some(source) => format!("{err}: {source}"),
         None => err.to_string(),
@@ -317,7 +325,7 @@ const MAX_AUTHORITY_BYTES: usize = 253 + 6;
 /// worst a URL can do is point an agent at an address where its session then fails. Bounded:
 /// at most [`MAX_AGENT_URLS`] URLs of at most [`cairn_api::agent::MAX_AGENT_URL_BYTES`] each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum AgentUrls {
+pub(crate) enum AgentUrls {
     /// Not known (a backend built in tests): the answer names none, and the agent guesses.
     #[default]
     Unknown,
@@ -336,7 +344,7 @@ impl AgentUrls {
     ///
     /// # Errors
     /// A message naming the flag and the URL that is wrong.
-    pub fn check_advertised(urls: &[String]) -> Result<Vec<String>, String> {
+    pub(crate) fn check_advertised(urls: &[String]) -> Result<Vec<String>, String> {
         if urls.len() > MAX_AGENT_URLS {
             return Err(format!(
                 "--agent-advertise-url: at most {MAX_AGENT_URLS} URLs, got {}",
@@ -356,7 +364,7 @@ impl AgentUrls {
     /// asked for): `advertised` when there are any (checked by [`AgentUrls::check_advertised`]);
     /// else `wss://<ip>:<port>` for a listener on one address, and the request's host on the
     /// listener's port for one on every address.
-    pub fn new(advertised: Vec<String>, bound: SocketAddr) -> AgentUrls {
+    pub(crate) fn new(advertised: Vec<String>, bound: SocketAddr) -> AgentUrls {
         if !advertised.is_empty() {
             AgentUrls::Fixed(advertised)
         } else if bound.ip().is_unspecified() {
@@ -368,7 +376,7 @@ impl AgentUrls {
 
     /// The URLs to answer a bootstrap request with that reached `authority` (its `:authority`
     /// or `Host`, `None` when it had neither); empty when they cannot be known.
-    pub fn for_request(&self, authority: Option<&str>) -> Vec<String> {
+    pub(crate) fn for_request(&self, authority: Option<&str>) -> Vec<String> {
         match self {
             AgentUrls::Unknown => Vec::new(),
             AgentUrls::Fixed(urls) => urls.clone(),
@@ -383,7 +391,7 @@ impl AgentUrls {
     }
 
     /// What the start log says of them.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             AgentUrls::Unknown => "none (agents guess)".to_owned(),
             AgentUrls::Fixed(urls) => urls.join(", "),
@@ -482,7 +490,7 @@ fn dns_name(name: &str) -> Option<String> {
 
 /// A join token as stored: never the secret, only its digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JoinTokenRecord {
+pub(crate) struct JoinTokenRecord {
     /// SHA-256 of the secret, lowercase hex.
     pub digest: String,
     /// The namespace the agents join.
@@ -508,7 +516,7 @@ pub struct JoinTokenRecord {
 /// The body of `POST /api/cairn/v1/jointokens`; every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct CreateJoinToken {
+pub(crate) struct CreateJoinToken {
     /// Lifetime in seconds ([`DEFAULT_TOKEN_TTL_SECS`] when absent).
     pub ttl_seconds: Option<u64>,
     /// How many agents may bootstrap with it (1 when absent).
@@ -525,7 +533,7 @@ pub struct CreateJoinToken {
 
 /// A validated [`CreateJoinToken`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinTokenSpec {
+pub(crate) struct JoinTokenSpec {
     /// Lifetime, seconds.
     pub ttl_seconds: u64,
     /// Uses.
@@ -542,7 +550,7 @@ pub struct JoinTokenSpec {
 
 /// How a join token is listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JoinTokenInfo {
+pub(crate) struct JoinTokenInfo {
     /// The token's id (the part after `cairn-join.`).
     pub id: String,
     /// The namespace the agents join.
@@ -567,7 +575,7 @@ pub struct JoinTokenInfo {
 
 /// Why a join token was refused at bootstrap; every variant answers `401`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenRefusal {
+pub(crate) enum TokenRefusal {
     /// The text is not a join token.
     #[error("{0}")]
     Malformed(String),
@@ -592,7 +600,7 @@ pub enum TokenRefusal {
 
 /// Why consuming a join token failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ConsumeError {
+pub(crate) enum ConsumeError {
     /// The token is refused (401).
     #[error(transparent)]
     Refused(#[from] TokenRefusal),
@@ -605,7 +613,7 @@ pub enum ConsumeError {
 }
 
 /// SHA-256 of a token secret, lowercase hex: what the store keeps.
-pub fn secret_digest(secret: &str) -> String {
+pub(crate) fn secret_digest(secret: &str) -> String {
     Sha256::digest(secret.as_bytes())
         .iter()
         .map(|byte| format!("{byte:02x}"))
@@ -613,7 +621,7 @@ pub fn secret_digest(secret: &str) -> String {
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
     if left.len() != right.len() {
         return false;
     }
@@ -629,7 +637,7 @@ pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
 ///
 /// # Errors
 /// The [`TokenRefusal`] to answer with.
-pub fn check_token(
+pub(crate) fn check_token(
     id: &str,
     record: &JoinTokenRecord,
     secret: &str,
@@ -649,7 +657,7 @@ pub fn check_token(
 
 /// Why a join token request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenRequestError {
+pub(crate) enum TokenRequestError {
     /// A field is out of bounds or malformed (the message names it).
     #[error("{0}")]
     Invalid(String),
@@ -662,7 +670,7 @@ pub enum TokenRequestError {
 ///
 /// # Errors
 /// [`TokenRequestError`]: a field out of bounds (named), or a namespace that does not exist.
-pub fn validate_create(
+pub(crate) fn validate_create(
     request: CreateJoinToken,
     namespace_exists: impl Fn(&str) -> bool,
 ) -> Result<JoinTokenSpec, TokenRequestError> {
@@ -751,7 +759,7 @@ pub(crate) fn decode_record(key: &str, value: &[u8]) -> Result<JoinTokenRecord, 
 ///
 /// # Errors
 /// [`ConsumeError::Refused`] for a bad token; store failures.
-pub async fn peek_join_token(
+pub(crate) async fn peek_join_token(
     store: &dyn Store,
     token: &JoinToken,
     now: u64,
@@ -774,7 +782,7 @@ pub async fn peek_join_token(
 /// # Errors
 /// [`ConsumeError::Refused`] for a bad, expired or used-up token (nothing is written);
 /// [`ConsumeError::Contended`] when the token kept changing; store failures.
-pub async fn consume_join_token(
+pub(crate) async fn consume_join_token(
     store: &dyn Store,
     token: &JoinToken,
     now: u64,
@@ -805,11 +813,12 @@ pub async fn consume_join_token(
     Err(ConsumeError::Contended(token.id.clone()))
 }
 
+#[cfg(test)]
 /// Removes join tokens past their grace period; returns how many.
 ///
 /// # Errors
 /// A store failure.
-pub async fn sweep_expired_tokens(store: &dyn Store, now: u64) -> Result<usize, StoreError> {
+pub(crate) async fn sweep_expired_tokens(store: &dyn Store, now: u64) -> Result<usize, StoreError> {
     crate::store::sweep::delete_expired(store, keyspace::JOIN_TOKENS, now, join_token_expired).await
 }
 
@@ -819,7 +828,7 @@ fn join_token_expired(value: &[u8], now: u64) -> Option<bool> {
 }
 
 /// Starts the task that sweeps expired join tokens every hour.
-pub fn spawn_token_sweeper(store: Arc<dyn Store>) -> JoinHandle<()> {
+pub(crate) fn spawn_token_sweeper(store: Arc<dyn Store>) -> JoinHandle<()> {
     crate::store::sweep::spawn_sweeper(
         store,
         "join tokens",
@@ -849,7 +858,7 @@ pub(crate) fn live_certificate_refusal(
 
 /// An entity's current certificate, as stored at `agents/certs/<namespace>/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertRecord {
+pub(crate) struct CertRecord {
     /// The certificate's serial number, lowercase hex.
     pub serial: String,
     /// SHA-256 of its DER, lowercase hex.
@@ -868,14 +877,14 @@ pub struct CertRecord {
 
 impl CertRecord {
     /// Whether the recorded certificate still works at `now`: not expired, not revoked.
-    pub fn is_live(&self, revocation: Option<&Revocation>, now: i64) -> bool {
+    pub(crate) fn is_live(&self, revocation: Option<&Revocation>, now: i64) -> bool {
         self.not_after > now
             && !revocation
                 .is_some_and(|revocation| revocation.refuses(self.issued_at, &self.fingerprint))
     }
 
     /// How a revocation names this certificate.
-    pub fn certificate(&self) -> CertRef {
+    pub(crate) fn certificate(&self) -> CertRef {
         CertRef {
             serial: self.serial.clone(),
             fingerprint: self.fingerprint.clone(),
@@ -891,7 +900,7 @@ fn cert_record_key(namespace: &str, name: &str) -> String {
 ///
 /// # Errors
 /// Store failures, and an unreadable record (as [`StoreError::Backend`]).
-pub async fn load_cert_record(
+pub(crate) async fn load_cert_record(
     store: &dyn Store,
     namespace: &str,
     name: &str,
@@ -911,7 +920,7 @@ pub async fn load_cert_record(
 ///
 /// # Errors
 /// [`StoreError::PreconditionFailed`] when someone else wrote it since it was read.
-pub async fn put_cert_record(
+pub(crate) async fn put_cert_record(
     store: &dyn Store,
     namespace: &str,
     name: &str,
@@ -931,7 +940,7 @@ pub async fn put_cert_record(
 }
 
 /// Puts back the record `written` replaced (or removes it), unless it changed again since.
-pub async fn restore_cert_record(
+pub(crate) async fn restore_cert_record(
     store: &dyn Store,
     namespace: &str,
     name: &str,
@@ -956,7 +965,7 @@ pub async fn restore_cert_record(
 ///
 /// # Errors
 /// Store failures.
-pub async fn load_revocation(
+pub(crate) async fn load_revocation(
     store: &dyn Store,
     namespace: &str,
     name: &str,
@@ -974,7 +983,7 @@ pub async fn load_revocation(
 ///
 /// # Errors
 /// Store failures, or a revocation that kept changing.
-pub async fn merge_revocation(
+pub(crate) async fn merge_revocation(
     store: &dyn Store,
     namespace: &str,
     name: &str,
@@ -1046,7 +1055,7 @@ pub(crate) async fn retire_replaced(
 
 /// A certificate as a revocation names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertRef {
+pub(crate) struct CertRef {
     /// Serial number, lowercase hex.
     pub serial: String,
     /// SHA-256 of the DER, lowercase hex.
@@ -1055,7 +1064,7 @@ pub struct CertRef {
 
 /// A revocation as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Revocation {
+pub(crate) struct Revocation {
     /// Certificates of the entity issued at or before this moment (unix seconds) are refused.
     pub revoked_at: i64,
     /// The user who revoked it.
@@ -1067,7 +1076,7 @@ pub struct Revocation {
 
 impl Revocation {
     /// A revocation at `revoked_at` by `by`, naming no certificate yet.
-    pub fn new(revoked_at: i64, by: &str) -> Revocation {
+    pub(crate) fn new(revoked_at: i64, by: &str) -> Revocation {
         Revocation {
             revoked_at,
             by: by.to_owned(),
@@ -1076,7 +1085,7 @@ impl Revocation {
     }
 
     /// Whether it refuses the certificate issued at `issued_at` with this fingerprint.
-    pub fn refuses(&self, issued_at: i64, fingerprint: &str) -> bool {
+    pub(crate) fn refuses(&self, issued_at: i64, fingerprint: &str) -> bool {
         is_revoked(issued_at, self.revoked_at)
             || self
                 .certificates
@@ -1086,21 +1095,21 @@ impl Revocation {
 }
 
 /// When a certificate was issued, from its `notBefore` (unix seconds).
-pub fn issued_at(not_before: i64) -> i64 {
+pub(crate) fn issued_at(not_before: i64) -> i64 {
     not_before.saturating_add(PKI_NOT_BEFORE_BACKDATE_SECS)
 }
 
 /// Whether a revocation at `revoked_at` refuses a certificate issued at `issued_at`: every
 /// certificate issued in the same second or before is refused.
-pub fn is_revoked(issued_at: i64, revoked_at: i64) -> bool {
+pub(crate) fn is_revoked(issued_at: i64, revoked_at: i64) -> bool {
     issued_at <= revoked_at
 }
 
 /// Called with every revocation the view learns (and all of them again after a reload).
-pub type RevocationHook = Arc<dyn Fn(&EntityId, &Revocation) + Send + Sync>;
+pub(crate) type RevocationHook = Arc<dyn Fn(&EntityId, &Revocation) + Send + Sync>;
 
 /// The revocations in the store, kept in memory by a watch.
-pub struct Revocations {
+pub(crate) struct Revocations {
     entries: RwLock<HashMap<EntityId, Revocation>>,
     applied: watch::Sender<Revision>,
 }
@@ -1116,7 +1125,7 @@ impl std::fmt::Debug for Revocations {
 
 impl Revocations {
     /// A view with no revocation and no watch (tests, tools).
-    pub fn empty() -> Arc<Revocations> {
+    pub(crate) fn empty() -> Arc<Revocations> {
         let (applied, _) = watch::channel(0);
         Arc::new(Revocations {
             entries: RwLock::new(HashMap::new()),
@@ -1129,7 +1138,7 @@ impl Revocations {
     ///
     /// # Errors
     /// When the initial load fails.
-    pub async fn start(
+    pub(crate) async fn start(
         store: Arc<dyn Store>,
         hook: RevocationHook,
     ) -> Result<(Arc<Revocations>, JoinHandle<()>), StoreError> {
@@ -1148,7 +1157,7 @@ impl Revocations {
     }
 
     /// The revocation of an entity, if any.
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Revocation> {
+    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<Revocation> {
         self.entries
             .read()
             .get(&EntityId::new(namespace, name))
@@ -1157,18 +1166,25 @@ impl Revocations {
 
     /// Whether the certificate of this entity issued at `issued_at` with `fingerprint` is
     /// revoked.
-    pub fn revokes(&self, namespace: &str, name: &str, issued_at: i64, fingerprint: &str) -> bool {
+    pub(crate) fn revokes(
+        &self,
+        namespace: &str,
+        name: &str,
+        issued_at: i64,
+        fingerprint: &str,
+    ) -> bool {
         self.get(namespace, name)
             .is_some_and(|revocation| revocation.refuses(issued_at, fingerprint))
     }
 
+    #[cfg(test)]
     /// Adds a revocation by hand (tests; the watch does this in a running backend).
-    pub fn insert(&self, id: EntityId, revocation: Revocation) {
+    pub(crate) fn insert(&self, id: EntityId, revocation: Revocation) {
         self.entries.write().insert(id, revocation);
     }
 
     /// Waits (bounded) until the view includes `revision`.
-    pub async fn wait_for(&self, revision: Revision) {
+    pub(crate) async fn wait_for(&self, revision: Revision) {
         let mut applied = self.applied.subscribe();
         let caught_up = tokio::time::timeout(
             REVOCATION_CATCH_UP,
@@ -1272,7 +1288,7 @@ fn decode_revocation(key: &str, value: &[u8]) -> Option<(EntityId, Revocation)> 
 
 /// Waits until the clock is past a revocation of this entity made in the current second, so
 /// that a certificate signed next is newer than the revocation (at most about a second).
-pub async fn wait_past_revocation(revocations: &Revocations, namespace: &str, name: &str) {
+pub(crate) async fn wait_past_revocation(revocations: &Revocations, namespace: &str, name: &str) {
     if let Some(revocation) = revocations.get(namespace, name) {
         wait_past(revocation.revoked_at).await;
     }

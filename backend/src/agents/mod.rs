@@ -1,12 +1,12 @@
 //! Agents: the mutual-TLS listener and its connections, the sessions they hold, the keepalive
 //! watchdog, joining (join tokens, the agent CA, revocations) and the check scheduler.
 
-pub mod connection;
-pub mod enrol;
-pub mod join;
-pub mod scheduler;
-pub mod sessions;
-pub mod watchdog;
+pub(crate) mod connection;
+pub(crate) mod enrol;
+pub(crate) mod join;
+pub(crate) mod scheduler;
+pub(crate) mod sessions;
+pub(crate) mod watchdog;
 
 use std::sync::Arc;
 
@@ -18,7 +18,7 @@ use crate::store::resources::Resources;
 /// What the agent side of the backend works with: the listener's connections, the scheduler,
 /// the watchdog and joining all take one of these (built once, in `app`).
 #[derive(Clone)]
-pub struct Agents {
+pub(crate) struct Agents {
     /// Typed resources over the store.
     pub resources: Resources,
     /// Users, keys, roles and bindings (an agent's certificate binds it to `system:agent`).

@@ -22,11 +22,11 @@ use crate::entity::EntityId;
 
 /// How many messages may wait for one session's writer before sends fail (a slow agent never
 /// blocks the scheduler).
-pub const SESSION_QUEUE: usize = 256;
+pub(crate) const SESSION_QUEUE: usize = 256;
 
 /// One connected session, as the scheduler sees it.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(crate) struct Session {
     /// Namespace and entity name (the certificate's CN).
     pub id: EntityId,
     /// Subscriptions, `entity:<name>` included.
@@ -42,7 +42,7 @@ pub struct Session {
 
 /// Why a message could not be handed to a session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// The session's queue is full: the agent is not reading.
     #[error("the session of {0} is not keeping up")]
     Full(String),
@@ -56,7 +56,7 @@ impl Session {
     ///
     /// # Errors
     /// [`SendError`] when the queue is full or the session ended.
-    pub fn send(&self, message: BackendMessage) -> Result<(), SendError> {
+    pub(crate) fn send(&self, message: BackendMessage) -> Result<(), SendError> {
         self.sender.try_send(message).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => SendError::Full(self.id.name.clone()),
             mpsc::error::TrySendError::Closed(_) => SendError::Closed(self.id.name.clone()),
@@ -64,14 +64,14 @@ impl Session {
     }
 
     /// Whether the session subscribes to any of `subscriptions`.
-    pub fn subscribes_to_any(&self, subscriptions: &[String]) -> bool {
+    pub(crate) fn subscribes_to_any(&self, subscriptions: &[String]) -> bool {
         crate::entity::subscribes_to_any(&self.subscriptions, subscriptions)
     }
 }
 
 /// The keepalive state of one agent entity.
 #[derive(Debug, Clone)]
-pub struct Keepalive {
+pub(crate) struct Keepalive {
     /// When the last keepalive (or the hello) arrived.
     pub last_seen: Instant,
     /// Seconds between keepalives the agent promised.
@@ -90,7 +90,7 @@ pub struct Keepalive {
 
 /// The registry.
 #[derive(Debug)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     inner: Mutex<Inner>,
     coordinator: Arc<Coordinator>,
 }
@@ -103,13 +103,14 @@ struct Inner {
 }
 
 impl Sessions {
+    #[cfg(test)]
     /// An empty registry of a backend alone on its store.
-    pub fn new() -> Arc<Sessions> {
+    pub(crate) fn new() -> Arc<Sessions> {
         Sessions::with_coordinator(Coordinator::single("local"))
     }
 
     /// An empty registry that announces its entities to `coordinator`.
-    pub fn with_coordinator(coordinator: Arc<Coordinator>) -> Arc<Sessions> {
+    pub(crate) fn with_coordinator(coordinator: Arc<Coordinator>) -> Arc<Sessions> {
         Arc::new(Sessions {
             inner: Mutex::new(Inner::default()),
             coordinator,
@@ -117,7 +118,7 @@ impl Sessions {
     }
 
     /// The coordinator this registry announces to.
-    pub fn coordinator(&self) -> &Arc<Coordinator> {
+    pub(crate) fn coordinator(&self) -> &Arc<Coordinator> {
         &self.coordinator
     }
 
@@ -135,7 +136,7 @@ impl Sessions {
 
     /// Registers a session after its hello; returns it and the receiving end of its queue.
     /// A previous session of the same entity is replaced (its queue closes, so its writer ends).
-    pub fn register(
+    pub(crate) fn register(
         &self,
         namespace: &str,
         hello: &Hello,
@@ -178,7 +179,7 @@ impl Sessions {
     }
 
     /// Removes a session when its connection ends (only if it is still the registered one).
-    pub fn unregister(&self, session: &Session) {
+    pub(crate) fn unregister(&self, session: &Session) {
         let mut inner = self.lock();
         if inner
             .sessions
@@ -201,7 +202,13 @@ impl Sessions {
     /// (see [`Coordinator::take_orphans`]), with the settings its last presence `last` carried,
     /// seen last at `last_seen` with `raised` raised; nothing when this backend already knows
     /// it. Returns whether it was adopted.
-    pub fn adopt(&self, id: &EntityId, last: &Presence, last_seen: Instant, raised: u32) -> bool {
+    pub(crate) fn adopt(
+        &self,
+        id: &EntityId,
+        last: &Presence,
+        last_seen: Instant,
+        raised: u32,
+    ) -> bool {
         let keepalive = Keepalive {
             last_seen,
             interval: last.keepalive_interval,
@@ -225,7 +232,7 @@ impl Sessions {
 
     /// Stops watching the keepalives of the entities another backend holds now (their agent
     /// connected there); returns them.
-    pub fn release_foreign(&self) -> Vec<EntityId> {
+    pub(crate) fn release_foreign(&self) -> Vec<EntityId> {
         let me = self.coordinator.id();
         let mut inner = self.lock();
         let foreign: Vec<EntityId> = inner
@@ -243,14 +250,14 @@ impl Sessions {
     }
 
     /// Records a keepalive.
-    pub fn keepalive(&self, id: &EntityId) {
+    pub(crate) fn keepalive(&self, id: &EntityId) {
         if let Some(state) = self.lock().keepalives.get_mut(id) {
             state.last_seen = Instant::now();
         }
     }
 
     /// Drops the session of an entity at once (revocation); returns whether there was one.
-    pub fn drop_session(&self, id: &EntityId) -> bool {
+    pub(crate) fn drop_session(&self, id: &EntityId) -> bool {
         let mut inner = self.lock();
         inner.keepalives.remove(id);
         let dropped = inner.sessions.remove(id).is_some();
@@ -261,7 +268,7 @@ impl Sessions {
 
     /// The connected sessions in `namespace` that subscribe to any of `subscriptions`, in a
     /// stable order (by entity name).
-    pub fn matching(&self, namespace: &str, subscriptions: &[String]) -> Vec<Session> {
+    pub(crate) fn matching(&self, namespace: &str, subscriptions: &[String]) -> Vec<Session> {
         let mut matching: Vec<Session> = self
             .lock()
             .sessions
@@ -276,22 +283,12 @@ impl Sessions {
     }
 
     /// The session of one entity, if connected.
-    pub fn get(&self, id: &EntityId) -> Option<Session> {
+    pub(crate) fn get(&self, id: &EntityId) -> Option<Session> {
         self.lock().sessions.get(id).cloned()
     }
 
-    /// How many sessions are connected.
-    pub fn len(&self) -> usize {
-        self.lock().sessions.len()
-    }
-
-    /// Whether none is connected.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// A copy of every keepalive state, for the watchdog.
-    pub fn keepalives(&self) -> Vec<(EntityId, Keepalive)> {
+    pub(crate) fn keepalives(&self) -> Vec<(EntityId, Keepalive)> {
         self.lock()
             .keepalives
             .iter()
@@ -300,14 +297,14 @@ impl Sessions {
     }
 
     /// Records the status the watchdog raised for an entity.
-    pub fn set_raised(&self, id: &EntityId, status: u32) {
+    pub(crate) fn set_raised(&self, id: &EntityId, status: u32) {
         if let Some(state) = self.lock().keepalives.get_mut(id) {
             state.raised = status;
         }
     }
 
     /// Forgets an entity's keepalive state (after deregistration).
-    pub fn forget(&self, id: &EntityId) {
+    pub(crate) fn forget(&self, id: &EntityId) {
         self.lock().keepalives.remove(id);
         self.coordinator.withdraw(id);
     }

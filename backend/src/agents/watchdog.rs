@@ -30,10 +30,10 @@ use crate::store::resources::{self, Resources};
 use crate::store::Precondition;
 
 /// The check name of keepalive events.
-pub const KEEPALIVE_CHECK: &str = "keepalive";
+pub(crate) const KEEPALIVE_CHECK: &str = "keepalive";
 
 /// `created_by` of the events the watchdog stores.
-pub const KEEPALIVE_CREATED_BY: &str = "cairn/keepalive";
+pub(crate) const KEEPALIVE_CREATED_BY: &str = "cairn/keepalive";
 
 /// The handler of keepalive events when the entity names none. As Sensu's
 /// `createKeepaliveEvent`: every keepalive event names the entity's `keepalive_handlers`, or
@@ -59,7 +59,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// - Dropping the sender of `shutdown` does not stop the task (abort it, or send `true`).
 /// - Keepalive state lives in the session registry, so an agent that never reconnects after a
 ///   backend restart is not noticed by this backend.
-pub fn spawn(
+pub(crate) fn spawn(
     state: Agents,
     sessions: Arc<Sessions>,
     shutdown: watch::Receiver<bool>,

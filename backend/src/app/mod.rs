@@ -20,6 +20,12 @@ use tokio_rustls::TlsAcceptor;
 use cairn_api::model::{Event, EventFilter, Handler, Silenced};
 use cairn_api::{Kind, Spec};
 
+/// What the binary and the benches configure of the lower layers.
+pub use crate::events::pipeline::contain;
+pub use crate::events::pipeline::{PipelineConfig, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY};
+pub use crate::http::DEFAULT_BODY_LIMIT;
+pub use crate::secrets::SecretsConfig;
+
 use crate::agents::connection::AgentHub;
 use crate::auth::cache::AuthCache;
 use crate::auth::rbac;
@@ -27,7 +33,7 @@ use crate::auth::{self, TokenIssuer};
 use crate::datadir::{self, DataDir, EtcdSettings, InitFiles, StoreSettings};
 use crate::events::ingest::EventSink;
 use crate::events::pipeline::contain::Containment;
-use crate::events::pipeline::{HandlerResolver, Pipeline, PipelineConfig};
+use crate::events::pipeline::{HandlerResolver, Pipeline};
 use crate::http::{self, ApiMetrics, AppState};
 use crate::listen::{self, Activity, BoundedListener, ConnectionLimits, TrackedIo};
 use crate::store::resources::Resources;

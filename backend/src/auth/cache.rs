@@ -35,7 +35,7 @@ const AUTH_KINDS: [Kind; 7] = [
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Users, keys, roles and bindings, as of `applied` revision.
-pub struct AuthCache {
+pub(crate) struct AuthCache {
     snapshot: RwLock<Arc<AuthSnapshot>>,
     applied: watch::Sender<Revision>,
 }
@@ -47,7 +47,7 @@ impl AuthCache {
     ///
     /// # Errors
     /// When the initial load fails.
-    pub async fn start(
+    pub(crate) async fn start(
         resources: Resources,
     ) -> Result<(Arc<AuthCache>, JoinHandle<()>), resources::ResourceError> {
         let (applied, _) = watch::channel(0);
@@ -73,12 +73,12 @@ impl AuthCache {
     }
 
     /// The current view.
-    pub fn snapshot(&self) -> Arc<AuthSnapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<AuthSnapshot> {
         Arc::clone(&self.snapshot.read())
     }
 
     /// Waits until the view includes `revision` (bounded; a slow view is logged, not fatal).
-    pub async fn wait_for(&self, revision: Revision) {
+    pub(crate) async fn wait_for(&self, revision: Revision) {
         let mut applied = self.applied.subscribe();
         let caught_up =
             tokio::time::timeout(CATCH_UP_TIMEOUT, applied.wait_for(|seen| *seen >= revision));

@@ -11,9 +11,9 @@
 //! Refresh tokens are opaque random strings whose SHA-256 is kept in the store, deleted on use,
 //! so each works once; they only ever refresh this cluster's own tokens.
 
-pub mod cache;
-pub mod passwords;
-pub mod rbac;
+pub(crate) mod cache;
+pub(crate) mod passwords;
+pub(crate) mod rbac;
 
 use std::time::Duration;
 
@@ -23,14 +23,14 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 /// How long an access token lives (Sensu: 5 minutes).
-pub const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
+pub(crate) const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
 /// The longest life of a token the gateway mints for a caller's request to another cluster of
 /// the federation (issue 13): long enough for one call, too short to be worth stealing.
-pub const FEDERATED_TOKEN_TTL: Duration = Duration::from_secs(60);
+pub(crate) const FEDERATED_TOKEN_TTL: Duration = Duration::from_secs(60);
 /// How long a refresh token lives (Sensu 6.10+: 12 hours).
-pub const REFRESH_TOKEN_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+pub(crate) const REFRESH_TOKEN_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 /// Group every authenticated user implicitly has.
-pub const GROUP_SYSTEM_USERS: &str = "system:users";
+pub(crate) const GROUP_SYSTEM_USERS: &str = "system:users";
 
 /// Why a credential was refused. Every variant is expected; none is helped by a retry with the
 /// same credential.
@@ -77,7 +77,7 @@ pub enum AuthError {
 
 /// The claims of a Cairn access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
+pub(crate) struct Claims {
     /// The username.
     pub sub: String,
     /// Expiry, unix seconds.
@@ -102,7 +102,7 @@ pub struct Claims {
 /// What a token minted for another cluster of the federation says (see
 /// [`TokenIssuer::issue_for`]).
 #[derive(Debug, Clone, Copy)]
-pub struct Grant<'a> {
+pub(crate) struct Grant<'a> {
     /// The username (`sub`).
     pub subject: &'a str,
     /// The user's groups.
@@ -119,7 +119,7 @@ pub struct Grant<'a> {
 
 /// A freshly issued access token.
 #[derive(Debug, Clone)]
-pub struct AccessToken {
+pub(crate) struct AccessToken {
     /// The JWT.
     pub token: String,
     /// Its expiry, unix seconds.
@@ -128,7 +128,7 @@ pub struct AccessToken {
 
 /// Who issued a verified token, relative to this cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenOrigin {
+pub(crate) enum TokenOrigin {
     /// This cluster issued it: the caller is a local user, looked up live.
     Local,
     /// Another cluster of the federation issued it with the shared key: the caller is
@@ -140,7 +140,7 @@ pub enum TokenOrigin {
 }
 
 /// Signs and verifies access tokens.
-pub struct TokenIssuer {
+pub(crate) struct TokenIssuer {
     encoding: Option<EncodingKey>,
     decoding: DecodingKey,
     validation: Validation,
@@ -212,7 +212,7 @@ impl TokenIssuer {
     ///
     /// # Errors
     /// [`AuthError::KeyInvalid`] when a key is not an EC P-256 key in PEM.
-    pub fn from_pem(
+    pub(crate) fn from_pem(
         private_pem: Option<&str>,
         public_pem: &str,
         issuer: &str,
@@ -241,13 +241,13 @@ impl TokenIssuer {
     }
 
     /// The issuer name written into every token this cluster issues: the cluster's name.
-    pub fn issuer(&self) -> &str {
+    pub(crate) fn issuer(&self) -> &str {
         &self.issuer
     }
 
     /// Whether verified `claims` come from a token this cluster issued or another cluster of
     /// the federation did.
-    pub fn origin(&self, claims: &Claims) -> TokenOrigin {
+    pub(crate) fn origin(&self, claims: &Claims) -> TokenOrigin {
         if claims.iss == self.issuer {
             TokenOrigin::Local
         } else {
@@ -262,7 +262,11 @@ impl TokenIssuer {
     ///
     /// # Errors
     /// [`AuthError::KeyInvalid`] when this issuer has no private key.
-    pub fn issue(&self, username: &str, groups: &[String]) -> Result<AccessToken, AuthError> {
+    pub(crate) fn issue(
+        &self,
+        username: &str,
+        groups: &[String],
+    ) -> Result<AccessToken, AuthError> {
         self.sign(&Grant {
             subject: username,
             groups,
@@ -279,7 +283,7 @@ impl TokenIssuer {
     /// [`AuthError::AudienceIsSelf`] when the audience is this cluster itself (whoever
     /// receives such a token could use it here); [`AuthError::KeyInvalid`] when this issuer
     /// has no private key.
-    pub fn issue_for(&self, grant: &Grant<'_>) -> Result<AccessToken, AuthError> {
+    pub(crate) fn issue_for(&self, grant: &Grant<'_>) -> Result<AccessToken, AuthError> {
         if grant.audience == self.issuer {
             return Err(AuthError::AudienceIsSelf {
                 cluster: self.issuer.clone(),
@@ -316,7 +320,7 @@ impl TokenIssuer {
     /// # Errors
     /// [`AuthError::TokenExpired`], [`AuthError::AudienceMismatch`],
     /// [`AuthError::AudienceMissing`] or [`AuthError::TokenInvalid`].
-    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if let Some(claims) = self.verified.get(token, crate::clock::unix_now_u64()) {
             return Ok(claims);
         }
@@ -331,7 +335,7 @@ impl TokenIssuer {
     ///
     /// # Errors
     /// [`AuthError::TokenInvalid`], or an audience error as [`TokenIssuer::verify`].
-    pub fn verify_ignoring_expiry(&self, token: &str) -> Result<Claims, AuthError> {
+    pub(crate) fn verify_ignoring_expiry(&self, token: &str) -> Result<Claims, AuthError> {
         let mut validation = self.validation.clone();
         validation.validate_exp = false;
         validation.set_required_spec_claims(&["iss", "sub"]);
@@ -372,17 +376,17 @@ impl TokenIssuer {
 /// The most expensive bcrypt hash accepted (`$2b$14$…`, about a second of one core per check):
 /// Sensu writes cost 10 (`sensuctl user hash-password`), and a higher cost set by whoever may
 /// write users would make every login with it a denial of service.
-pub const MAX_BCRYPT_COST: u32 = 14;
+pub(crate) const MAX_BCRYPT_COST: u32 = 14;
 /// The most memory (KiB), passes and lanes an argon2 hash given by a client may ask for; ours
 /// are `m=19456,t=2,p=1`.
-pub const MAX_ARGON2_PARAMS: (u32, u32, u32) = (65_536, 10, 4);
+pub(crate) const MAX_ARGON2_PARAMS: (u32, u32, u32) = (65_536, 10, 4);
 /// The PHC prefix of the hashes [`hash_password`] makes (argon2id with the crate's defaults);
 /// a stored hash without it is replaced at the next successful login ([`needs_rehash`]).
 const CURRENT_HASH_PREFIX: &str = "$argon2id$v=19$m=19456,t=2,p=1$";
 
 /// The schemes of stored password hashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashScheme {
+pub(crate) enum HashScheme {
     /// A PHC argon2 string (`$argon2id$…`): what Cairn makes.
     Argon2,
     /// A bcrypt hash (`$2a$`, `$2b$`, `$2x$`, `$2y$`): what Sensu makes; verified, never made.
@@ -393,7 +397,7 @@ pub enum HashScheme {
 ///
 /// # Errors
 /// [`AuthError::HashFailed`] (an internal fault).
-pub fn hash_password(password: &str) -> Result<String, AuthError> {
+pub(crate) fn hash_password(password: &str) -> Result<String, AuthError> {
     let salt = SaltString::encode_b64(&random_bytes::<16>()).map_err(|_| AuthError::HashFailed)?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -407,7 +411,7 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
 ///
 /// # Errors
 /// A lower-case message naming the problem (never echoing the hash).
-pub fn check_password_hash(hash: &str) -> Result<HashScheme, String> {
+pub(crate) fn check_password_hash(hash: &str) -> Result<HashScheme, String> {
     if hash.starts_with("$argon2") {
         let parsed = PasswordHash::new(hash)
             .map_err(|err| format!("not a valid argon2 PHC string: {err}"))?;
@@ -462,7 +466,7 @@ pub fn check_password_hash(hash: &str) -> Result<HashScheme, String> {
 
 /// Whether `password` matches `hash` (argon2 or bcrypt, see [`check_password_hash`]). A
 /// malformed hash, or one beyond the cost bounds, never matches.
-pub fn verify_password(password: &str, hash: &str) -> bool {
+pub(crate) fn verify_password(password: &str, hash: &str) -> bool {
     match check_password_hash(hash) {
         Ok(HashScheme::Argon2) => PasswordHash::new(hash).is_ok_and(|parsed| {
             Argon2::default()
@@ -476,12 +480,12 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 
 /// Whether a stored hash should be replaced by a fresh [`hash_password`] once its password is
 /// known (a successful login): a bcrypt hash from Sensu, or argon2 with other parameters.
-pub fn needs_rehash(hash: &str) -> bool {
+pub(crate) fn needs_rehash(hash: &str) -> bool {
     !hash.starts_with(CURRENT_HASH_PREFIX)
 }
 
 /// A random URL-safe token of `n_bytes` bytes of entropy, hex encoded.
-pub fn random_token(n_bytes: usize) -> String {
+pub(crate) fn random_token(n_bytes: usize) -> String {
     let mut out = String::with_capacity(n_bytes * 2);
     for _ in 0..n_bytes.div_ceil(16) {
         for byte in random_bytes::<16>() {
@@ -493,12 +497,12 @@ pub fn random_token(n_bytes: usize) -> String {
 }
 
 /// A new random (v4) UUID string, for API keys.
-pub fn new_uuid() -> String {
+pub(crate) fn new_uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
 /// SHA-256 of a refresh token, hex: what the store keeps instead of the token.
-pub fn token_digest(token: &str) -> String {
+pub(crate) fn token_digest(token: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(token.as_bytes());
     digest.iter().map(|byte| format!("{byte:02x}")).collect()

@@ -29,21 +29,21 @@ use tokio::sync::Semaphore;
 use crate::auth::{self, AuthError};
 
 /// The longest a password check waits for a hashing worker.
-pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a failed login is remembered.
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub(crate) const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Failures within the window that cost nothing.
-pub const FREE_FAILURES: u32 = 3;
+pub(crate) const FREE_FAILURES: u32 = 3;
 /// The longest delay before an address's next attempt.
-pub const MAX_DELAY_PER_ADDRESS: Duration = Duration::from_secs(10);
+pub(crate) const MAX_DELAY_PER_ADDRESS: Duration = Duration::from_secs(10);
 /// The longest delay before a user's next attempt (from anywhere).
-pub const MAX_DELAY_PER_USER: Duration = Duration::from_secs(2);
+pub(crate) const MAX_DELAY_PER_USER: Duration = Duration::from_secs(2);
 /// The most addresses, and the most user names, whose failures are remembered.
-pub const MAX_TRACKED: usize = 10_000;
+pub(crate) const MAX_TRACKED: usize = 10_000;
 
 /// Why a password could not be checked.
 #[derive(Debug, thiserror::Error)]
-pub enum PasswordError {
+pub(crate) enum PasswordError {
     /// Every hashing worker stayed busy for [`QUEUE_TIMEOUT`]; retrying later helps.
     #[error("too many password checks in progress; try again")]
     Busy,
@@ -54,7 +54,7 @@ pub enum PasswordError {
 
 /// The password checker shared by `/auth`, `/auth/test` and password changes.
 #[derive(Debug)]
-pub struct Passwords {
+pub(crate) struct Passwords {
     workers: Arc<Semaphore>,
     /// Hands work to the hashing threads; as many places as threads (a permit of `workers`
     /// is taken first, so sending never waits).
@@ -83,7 +83,7 @@ impl Passwords {
     ///
     /// # Errors
     /// When the dummy hash cannot be made (an internal fault).
-    pub fn new() -> Result<Passwords, AuthError> {
+    pub(crate) fn new() -> Result<Passwords, AuthError> {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Passwords::with_workers(cores.saturating_sub(1).max(1))
     }
@@ -92,7 +92,7 @@ impl Passwords {
     ///
     /// # Errors
     /// When the dummy hash cannot be made (an internal fault).
-    pub fn with_workers(n_workers: usize) -> Result<Passwords, AuthError> {
+    pub(crate) fn with_workers(n_workers: usize) -> Result<Passwords, AuthError> {
         let n_workers = n_workers.max(1);
         let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(n_workers);
         let queue = Arc::new(Mutex::new(queue));
@@ -125,7 +125,7 @@ impl Passwords {
     ///
     /// # Errors
     /// [`PasswordError::Busy`] when no worker was free in time.
-    pub async fn check_login(
+    pub(crate) async fn check_login(
         &self,
         address: Option<IpAddr>,
         username: &str,
@@ -155,7 +155,7 @@ impl Passwords {
     ///
     /// # Errors
     /// [`PasswordError::Busy`] when no worker was free in time.
-    pub async fn verify(&self, password: &str, hash: &str) -> Result<bool, PasswordError> {
+    pub(crate) async fn verify(&self, password: &str, hash: &str) -> Result<bool, PasswordError> {
         let (password, hash) = (password.to_owned(), hash.to_owned());
         self.on_worker(move || Ok(auth::verify_password(&password, &hash)))
             .await
@@ -165,7 +165,7 @@ impl Passwords {
     ///
     /// # Errors
     /// [`PasswordError::Busy`], or [`PasswordError::Hash`] for an internal fault.
-    pub async fn hash(&self, password: &str) -> Result<String, PasswordError> {
+    pub(crate) async fn hash(&self, password: &str) -> Result<String, PasswordError> {
         let password = password.to_owned();
         self.on_worker(move || auth::hash_password(&password).map_err(PasswordError::from))
             .await

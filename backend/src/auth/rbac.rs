@@ -15,13 +15,13 @@ use cairn_api::model::{ApiKey, Role, RoleBinding, RoleRef, Rule, Subject, User};
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
 /// The group whose members are bound to `cluster-admin`.
-pub const GROUP_CLUSTER_ADMINS: &str = "cluster-admins";
+pub(crate) const GROUP_CLUSTER_ADMINS: &str = "cluster-admins";
 /// The group Sensu's agents log in with, bound to the `system:agent` ClusterRole.
-pub const GROUP_SYSTEM_AGENTS: &str = "system:agents";
+pub(crate) const GROUP_SYSTEM_AGENTS: &str = "system:agents";
 
 /// An API action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verb {
+pub(crate) enum Verb {
     /// Read one.
     Get,
     /// Read many.
@@ -37,7 +37,7 @@ pub enum Verb {
 /// Who is asking: a local user and their groups (from the live user record), or the subject
 /// and groups of a token another cluster of the federation issued.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
+pub(crate) struct Caller {
     /// Username (a federated caller's token subject).
     pub username: String,
     /// Groups, including the implicit `system:users`.
@@ -52,7 +52,7 @@ pub struct Caller {
 
 /// What is asked for.
 #[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
+pub(crate) struct Request<'a> {
     /// The action.
     pub verb: Verb,
     /// The RBAC resource name (`checks`, `users`, …).
@@ -65,7 +65,7 @@ pub struct Request<'a> {
 
 /// Users, API keys, roles and bindings as of one store revision.
 #[derive(Debug, Default, Clone)]
-pub struct AuthSnapshot {
+pub(crate) struct AuthSnapshot {
     users: HashMap<String, User>,
     api_keys: HashMap<String, ApiKey>,
     cluster_roles: HashMap<String, Role>,
@@ -100,7 +100,7 @@ enum UsersOf {
 impl Caller {
     /// The caller of a token issued by the cluster `issuer` (not this one) for `username` with
     /// `groups`; the implicit `system:users` is added when the token lacks it.
-    pub fn federated(username: &str, groups: &[String], issuer: &str) -> Caller {
+    pub(crate) fn federated(username: &str, groups: &[String], issuer: &str) -> Caller {
         let mut groups = groups.to_vec();
         if !groups
             .iter()
@@ -117,7 +117,7 @@ impl Caller {
 
     /// Whether the caller is the local user `username` (not merely somebody of that name on
     /// another cluster).
-    pub fn is_local_user(&self, username: &str) -> bool {
+    pub(crate) fn is_local_user(&self, username: &str) -> bool {
         self.federated_from.is_none() && self.username == username
     }
 }
@@ -146,7 +146,7 @@ impl fmt::Display for Verb {
 
 impl AuthSnapshot {
     /// Adds or replaces a resource; kinds that do not matter to auth are ignored.
-    pub fn upsert(&mut self, resource: &Resource) {
+    pub(crate) fn upsert(&mut self, resource: &Resource) {
         let name = resource.name().to_owned();
         let namespace = resource.namespace().to_owned();
         match &resource.spec {
@@ -178,7 +178,7 @@ impl AuthSnapshot {
     }
 
     /// Removes a resource by kind, namespace and name.
-    pub fn remove(&mut self, kind: Kind, namespace: &str, name: &str) {
+    pub(crate) fn remove(&mut self, kind: Kind, namespace: &str, name: &str) {
         let key = (namespace.to_owned(), name.to_owned());
         match kind {
             Kind::User => {
@@ -207,13 +207,13 @@ impl AuthSnapshot {
     }
 
     /// Whether a namespace exists.
-    pub fn has_namespace(&self, name: &str) -> bool {
+    pub(crate) fn has_namespace(&self, name: &str) -> bool {
         self.namespaces.contains(name)
     }
 
     /// The existing namespaces where a RoleBinding names `caller`: what Sensu lists at
     /// `GET /namespaces` for a caller who may not list namespaces cluster-wide.
-    pub fn bound_namespaces(&self, caller: &Caller) -> std::collections::BTreeSet<String> {
+    pub(crate) fn bound_namespaces(&self, caller: &Caller) -> std::collections::BTreeSet<String> {
         self.bindings
             .iter()
             .filter(|((namespace, _), held)| {
@@ -224,12 +224,12 @@ impl AuthSnapshot {
     }
 
     /// The live user record.
-    pub fn user(&self, username: &str) -> Option<&User> {
+    pub(crate) fn user(&self, username: &str) -> Option<&User> {
         self.users.get(username)
     }
 
     /// The user an API key acts as, when the key exists.
-    pub fn api_key_user(&self, key: &str) -> Option<&str> {
+    pub(crate) fn api_key_user(&self, key: &str) -> Option<&str> {
         self.api_keys
             .get(key)
             .map(|api_key| api_key.username.as_str())
@@ -237,7 +237,7 @@ impl AuthSnapshot {
 
     /// The caller for an enabled user, with the implicit `system:users` group; `None` when the
     /// user is missing or disabled.
-    pub fn caller(&self, username: &str) -> Option<Caller> {
+    pub(crate) fn caller(&self, username: &str) -> Option<Caller> {
         let user = self.users.get(username).filter(|user| !user.disabled)?;
         let mut groups = user.groups.clone();
         groups.push(crate::auth::GROUP_SYSTEM_USERS.to_owned());
@@ -249,7 +249,7 @@ impl AuthSnapshot {
     }
 
     /// Whether `caller` may do `request`.
-    pub fn authorize(&self, caller: &Caller, request: Request<'_>) -> bool {
+    pub(crate) fn authorize(&self, caller: &Caller, request: Request<'_>) -> bool {
         let namespaced = is_namespaced_resource(request.resource);
         for held in self.cluster_bindings.values() {
             if held.binds(caller) {
@@ -363,7 +363,7 @@ fn is_namespaced_resource(resource: &str) -> bool {
 
 /// Sensu's default cluster roles and their bindings (`cluster-admin`, `system:agent`,
 /// `system:user`), plus the admin user.
-pub fn default_resources(admin_username: &str, admin_password_hash: &str) -> Vec<Resource> {
+pub(crate) fn default_resources(admin_username: &str, admin_password_hash: &str) -> Vec<Resource> {
     let namespaced: Vec<String> = Kind::ALL
         .iter()
         .filter(|kind| kind.is_namespaced())

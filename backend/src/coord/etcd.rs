@@ -32,7 +32,7 @@ use cairn_api::backoff::{Backoff, Jitter};
 
 /// The lease's time to live: how long after a backend dies (or loses etcd) its agents are
 /// orphans and its roles free.
-pub const LEASE_TTL: Duration = Duration::from_secs(10);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// How often the lease is kept alive (a third of its TTL: two keep-alives may be lost).
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(3);
@@ -49,7 +49,7 @@ const CLAIMS_PER_TXN: usize = 64;
 /// Starts coordinating this backend through `store`'s etcd; the tasks run until `shutdown`
 /// holds `true`. The handle is the lease keeper's, which revokes the lease on shutdown: await
 /// it (briefly) before the process exits, so that the other backends take over at once.
-pub fn start(
+pub(crate) fn start(
     store: EtcdStore,
     id: String,
     shutdown: watch::Receiver<bool>,

@@ -20,7 +20,7 @@
 //! leader key per role, created only when absent and bound to the leader's lease.
 
 #[cfg(feature = "etcd")]
-pub mod etcd;
+pub(crate) mod etcd;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -33,11 +33,11 @@ use crate::entity::EntityId;
 
 /// How long a deleted presence of a live member is kept in case that member turns out to
 /// have left (see [`Coordinator::take_orphans`]).
-pub const VANISHED_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const VANISHED_GRACE: Duration = Duration::from_secs(30);
 
 /// A duty that one backend of the cluster runs at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
+pub(crate) enum Role {
     /// Adopting the keepalive watch of orphaned entities, and raising check TTLs.
     Watchdogs,
     /// Running the federation replicators.
@@ -46,10 +46,11 @@ pub enum Role {
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 2] = [Role::Watchdogs, Role::Replicators];
+    #[cfg(any(test, feature = "etcd"))]
+    pub(crate) const ALL: [Role; 2] = [Role::Watchdogs, Role::Replicators];
 
     /// The role's name in its leader key.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Role::Watchdogs => "watchdogs",
             Role::Replicators => "replicators",
@@ -66,7 +67,7 @@ impl Role {
 
 /// Which backend holds an agent entity, as stored at `coord/presence/<namespace>/<entity>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Presence {
+pub(crate) struct Presence {
     /// The id of the backend that holds it.
     pub backend: String,
     /// The entity's subscriptions (`entity:<name>` included).
@@ -86,7 +87,7 @@ pub struct Presence {
 
 impl Presence {
     /// Whether the entity subscribes to any of `subscriptions`.
-    pub fn subscribes_to_any(&self, subscriptions: &[String]) -> bool {
+    pub(crate) fn subscribes_to_any(&self, subscriptions: &[String]) -> bool {
         crate::entity::subscribes_to_any(&self.subscriptions, subscriptions)
     }
 }
@@ -106,7 +107,7 @@ pub(crate) enum Write {
 }
 
 /// This backend's view of the cluster, and its handle to announce what it holds.
-pub struct Coordinator {
+pub(crate) struct Coordinator {
     id: String,
     view: Mutex<View>,
     leaders: [watch::Sender<bool>; 2],
@@ -138,7 +139,7 @@ impl std::fmt::Debug for Coordinator {
 impl Coordinator {
     /// The coordinator of a backend that is alone on its store: it leads every role, and its
     /// presence lives in memory.
-    pub fn single(id: impl Into<String>) -> std::sync::Arc<Coordinator> {
+    pub(crate) fn single(id: impl Into<String>) -> std::sync::Arc<Coordinator> {
         let id = id.into();
         let coordinator = Coordinator::new(id.clone(), None, true);
         coordinator.view.lock().members.insert(id);
@@ -159,22 +160,22 @@ impl Coordinator {
     }
 
     /// This backend's id, unique to the process.
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.id
     }
 
     /// Whether other backends may share the store.
-    pub fn is_distributed(&self) -> bool {
+    pub(crate) fn is_distributed(&self) -> bool {
         self.writes.is_some()
     }
 
     /// Whether this backend leads `role` now.
-    pub fn is_leader(&self, role: Role) -> bool {
+    pub(crate) fn is_leader(&self, role: Role) -> bool {
         *self.leaders[role.index()].borrow()
     }
 
     /// Follows whether this backend leads `role`.
-    pub fn leadership(&self, role: Role) -> watch::Receiver<bool> {
+    pub(crate) fn leadership(&self, role: Role) -> watch::Receiver<bool> {
         self.leaders[role.index()].subscribe()
     }
 
@@ -195,7 +196,7 @@ impl Coordinator {
     }
 
     /// Announces that this backend holds the session of `id` (it just connected here).
-    pub fn claim(&self, id: &EntityId, presence: Presence) {
+    pub(crate) fn claim(&self, id: &EntityId, presence: Presence) {
         self.view
             .lock()
             .presence
@@ -205,7 +206,7 @@ impl Coordinator {
 
     /// Announces a change of an entity this backend holds (its session ended, so it only
     /// watches its keepalives now); nothing when another backend holds it by now.
-    pub fn update(&self, id: &EntityId, presence: Presence) {
+    pub(crate) fn update(&self, id: &EntityId, presence: Presence) {
         {
             let mut view = self.view.lock();
             match view.presence.get(id) {
@@ -217,7 +218,7 @@ impl Coordinator {
     }
 
     /// Takes over the keepalive watch of an orphan (see [`Coordinator::take_orphans`]).
-    pub fn adopt(&self, id: &EntityId, presence: Presence) {
+    pub(crate) fn adopt(&self, id: &EntityId, presence: Presence) {
         self.view
             .lock()
             .presence
@@ -227,7 +228,7 @@ impl Coordinator {
 
     /// Announces that this backend no longer holds `id` (deregistered, revoked); nothing when
     /// another backend holds it.
-    pub fn withdraw(&self, id: &EntityId) {
+    pub(crate) fn withdraw(&self, id: &EntityId) {
         {
             let mut view = self.view.lock();
             match view.presence.get(id) {
@@ -248,7 +249,7 @@ impl Coordinator {
     }
 
     /// The backend that holds `id`, as far as this backend knows.
-    pub fn owner(&self, id: &EntityId) -> Option<String> {
+    pub(crate) fn owner(&self, id: &EntityId) -> Option<String> {
         self.view
             .lock()
             .presence
@@ -258,7 +259,11 @@ impl Coordinator {
 
     /// The connected agents of the whole cluster in `namespace` that subscribe to any of
     /// `subscriptions`, sorted: what a round-robin check chooses from.
-    pub fn connected_matching(&self, namespace: &str, subscriptions: &[String]) -> Vec<EntityId> {
+    pub(crate) fn connected_matching(
+        &self,
+        namespace: &str,
+        subscriptions: &[String],
+    ) -> Vec<EntityId> {
         let mut matching: Vec<EntityId> = self
             .view
             .lock()
@@ -281,7 +286,7 @@ impl Coordinator {
     /// A deleted presence whose backend is still a member is kept for [`VANISHED_GRACE`]
     /// before it is taken as withdrawn on purpose: etcd deletes a lost backend's member key and
     /// presence keys in one revision, but the watch hands them over one at a time.
-    pub fn take_orphans(&self) -> Vec<(EntityId, Presence)> {
+    pub(crate) fn take_orphans(&self) -> Vec<(EntityId, Presence)> {
         let now = Instant::now();
         let mut view = self.view.lock();
         let View {
@@ -313,7 +318,7 @@ impl Coordinator {
 }
 
 /// A fresh backend id: the host name and a random suffix, unique to the process.
-pub fn new_backend_id() -> String {
+pub(crate) fn new_backend_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_owned())

@@ -20,11 +20,11 @@ use cairn_api::model::{Check, Event};
 use crate::store::Revision;
 
 /// How many event keys the cache holds by default (about 0.5 KiB each with a full history).
-pub const DEFAULT_CAPACITY: usize = 100_000;
+pub(crate) const DEFAULT_CAPACITY: usize = 100_000;
 
 /// Check state of the last stored event per event key (`res/events/<ns>/<entity>/<check>`).
 #[derive(Debug)]
-pub struct CheckStateCache {
+pub(crate) struct CheckStateCache {
     entries: Mutex<HashMap<String, (Revision, Check)>>,
     capacity: usize,
     writers: Box<[tokio::sync::Mutex<()>]>,
@@ -36,7 +36,7 @@ const WRITE_STRIPES: usize = 1024;
 
 impl CheckStateCache {
     /// An empty cache holding at most `capacity` keys (at least 1).
-    pub fn new(capacity: usize) -> CheckStateCache {
+    pub(crate) fn new(capacity: usize) -> CheckStateCache {
         CheckStateCache {
             entries: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
@@ -48,7 +48,7 @@ impl CheckStateCache {
 
     /// Waits for the right to read-process-write the event under `key` in this process; held
     /// across the read of the previous event and the guarded write of the new one.
-    pub async fn write_lock(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+    pub(crate) async fn write_lock(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut hasher);
@@ -59,7 +59,7 @@ impl CheckStateCache {
 
     /// The previous event for `key` as [`crate::events::rules::process_event`] needs it, when the cache
     /// holds it at exactly `revision`.
-    pub fn previous(&self, key: &str, revision: Revision) -> Option<Event> {
+    pub(crate) fn previous(&self, key: &str, revision: Revision) -> Option<Event> {
         let entries = self.lock();
         let (cached_revision, check) = entries.get(key)?;
         (*cached_revision == revision).then(|| Event {
@@ -71,7 +71,7 @@ impl CheckStateCache {
     /// Remembers the check state of `event`, stored at `revision` under `key`.
     ///
     /// Keeps the newer revision when two writers race; drops an arbitrary key when full.
-    pub fn remember(&self, key: &str, revision: Revision, event: &Event) {
+    pub(crate) fn remember(&self, key: &str, revision: Revision, event: &Event) {
         let Some(check) = event.check.as_ref() else {
             return;
         };
@@ -99,14 +99,10 @@ impl CheckStateCache {
         entries.insert(key.to_owned(), (revision, state));
     }
 
+    #[cfg(test)]
     /// How many keys the cache holds.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    /// Whether the cache is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Revision, Check)>> {

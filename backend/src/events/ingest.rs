@@ -14,14 +14,14 @@ use crate::store::resources::{ResourceError, Resources};
 use crate::store::{Precondition, StoreError};
 
 /// Receives stored events for the handler pipeline. Must not block.
-pub trait EventSink: Send + Sync {
+pub(crate) trait EventSink: Send + Sync {
     /// Hands over an event; a full queue is the sink's to count and report.
     fn submit(&self, namespace: &str, event: Event);
 }
 
 /// What storing an event needs: the store, the check-state cache and where stored events go.
 #[derive(Clone)]
-pub struct Ingest {
+pub(crate) struct Ingest {
     /// Typed resources over the store.
     pub resources: Resources,
     /// Check state of the last stored event per entity/check, by store revision.
@@ -34,7 +34,7 @@ pub struct Ingest {
 
 /// Why an event was not stored.
 #[derive(Debug, thiserror::Error)]
-pub enum IngestError {
+pub(crate) enum IngestError {
     /// The event itself is wrong (Sensu's rules refuse it): sending it again cannot help.
     #[error("{0}")]
     Invalid(String),
@@ -55,7 +55,7 @@ impl From<StoreError> for IngestError {
 impl IngestError {
     /// Whether sending the same event again is pointless (the event is at fault, not the
     /// backend): an agent drops such an event instead of keeping it for the next session.
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         matches!(self, IngestError::Invalid(_))
     }
 }
@@ -67,7 +67,7 @@ impl Ingest {
     ///
     /// # Errors
     /// [`IngestError`]: an invalid event, repeated concurrent writes, or a store failure.
-    pub async fn ingest(
+    pub(crate) async fn ingest(
         &self,
         namespace: &str,
         event_name: &str,

@@ -23,17 +23,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// request, proxied answer and replicator listing: 256 MiB, four requests at their
 /// [`REQUEST_LIMIT`] (a federated request's rows are held once more while its answer is
 /// written, so the view's worst case is about twice this).
-pub const DOWNSTREAM_BUDGET: usize = 256 * MIB;
+pub(crate) const DOWNSTREAM_BUDGET: usize = 256 * MIB;
 
 /// The most bytes one federated request reads from downstream clusters, over all its pages
 /// and clusters (and the most one replicator listing reads): 64 MiB, about 100,000 events of
 /// a typical 600 bytes. A cluster whose answers would go over it is reported as failed; the
 /// others keep their rows.
-pub const REQUEST_LIMIT: usize = 64 * MIB;
+pub(crate) const REQUEST_LIMIT: usize = 64 * MIB;
 
 /// How long a request waits for room in a full [`DOWNSTREAM_BUDGET`] before the cluster it
 /// reads is reported as failed (5 s: well inside the view's 30-second listing timeout).
-pub const BUDGET_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const BUDGET_WAIT: Duration = Duration::from_secs(5);
 
 /// What one row of a listing costs besides its bytes, charged with them, so that a listing of
 /// tiny rows cannot hold many times its bytes: a row kept as its JSON text
@@ -49,7 +49,7 @@ const KIB: usize = 1024;
 
 /// Which bound a read went over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exceeded {
+pub(crate) enum Exceeded {
     /// One answer is larger than this many bytes ([`super::client::RESPONSE_LIMIT`]).
     Response(usize),
     /// A listing has more pages than this ([`super::client::PAGES_LIMIT`]).
@@ -105,14 +105,14 @@ impl fmt::Display for Size {
 
 /// The gateway's budget of downstream bytes held at once; cheap to clone (one semaphore).
 #[derive(Debug, Clone)]
-pub struct Budget {
+pub(crate) struct Budget {
     kib: Arc<Semaphore>,
     bytes: usize,
 }
 
 impl Budget {
     /// A budget of `bytes` (rounded down to KiB).
-    pub fn new(bytes: usize) -> Budget {
+    pub(crate) fn new(bytes: usize) -> Budget {
         Budget {
             kib: Arc::new(Semaphore::new(bytes / KIB)),
             bytes,

@@ -14,23 +14,23 @@ use serde_json::value::RawValue;
 use super::budget::{Exceeded, Share, MIB, ROW_COST};
 
 /// How long one request to a downstream may take, its answer's body included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest downstream answer the gateway reads: one page of a listing, one proxied answer,
 /// one resource. 8 MiB holds a page of 500 events of 16 KiB each, or of 1,000 resources of
 /// 8 KiB each (a check definition's wire form is 0.3 to 2 KiB); a listing whose page is larger
 /// asks for that page again with half as many items, down to one (a resource is at most the
 /// API's 512 KiB request limit).
-pub const RESPONSE_LIMIT: usize = 8 * MIB;
+pub(crate) const RESPONSE_LIMIT: usize = 8 * MIB;
 
 /// The most pages one listing reads, the pages asked again with fewer items included: 200,
 /// that is 100,000 rows of the federated view's pages of 500, or 200,000 copies of a
 /// replicator's pages of 1,000. A `Sensu-Continue` chain that goes on fails the listing.
-pub const PAGES_LIMIT: usize = 200;
+pub(crate) const PAGES_LIMIT: usize = 200;
 
 /// Why a downstream cluster could not be reached.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClusterError {
+pub(crate) enum ClusterError {
     /// The `Cluster` resource cannot be used (no URL, no or bad CA).
     #[error("cluster {cluster}: {reason}")]
     Config {
@@ -100,7 +100,7 @@ pub(crate) struct Listing<'a> {
 
 /// A client for one downstream cluster.
 #[derive(Clone)]
-pub struct ClusterClient {
+pub(crate) struct ClusterClient {
     name: String,
     urls: Vec<String>,
     http: reqwest::Client,
@@ -121,7 +121,7 @@ impl ClusterClient {
     /// # Errors
     /// [`ClusterError::Config`] when it has no API URL, or its `ca_cert` is missing or holds no
     /// certificate (an `https://` URL is never trusted on any other root).
-    pub fn new(name: &str, cluster: &Cluster) -> Result<ClusterClient, ClusterError> {
+    pub(crate) fn new(name: &str, cluster: &Cluster) -> Result<ClusterClient, ClusterError> {
         let config = |reason: String| ClusterError::Config {
             cluster: name.to_owned(),
             reason,
@@ -154,18 +154,13 @@ impl ClusterClient {
         })
     }
 
-    /// The cluster's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Sends `method path` (path with its query, starting with `/`) with `bearer` as the
     /// `Authorization` header value (`Bearer …` or `Key …`) when given, and a JSON body; tries
     /// each URL in turn until one answers. Any HTTP status is an answer.
     ///
     /// # Errors
     /// [`ClusterError::Unreachable`] when no URL answered.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,

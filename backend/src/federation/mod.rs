@@ -14,13 +14,13 @@ use std::sync::Arc;
 use crate::auth::TokenIssuer;
 use crate::store::resources::Resources;
 
-pub mod budget;
-pub mod client;
-pub mod replicator;
+pub(crate) mod budget;
+pub(crate) mod client;
+pub(crate) mod replicator;
 
 /// What the replicators work with (built once, in `app`).
 #[derive(Clone)]
-pub struct Federation {
+pub(crate) struct Federation {
     /// Typed resources over the store (definitions, copies' sources, status records).
     pub resources: Resources,
     /// Mints the short-lived tokens the replicators present downstream.

@@ -32,10 +32,7 @@ use cairn_api::model::{Cluster, Replicator};
 use cairn_api::{Kind, Spec};
 
 use self::downstream::HttpConnector;
-pub use self::downstream::REPLICATOR_USERNAME;
-pub use self::status::{
-    Counts, ErrorNote, ReplicatorState, ReplicatorStatus, ResourceErrorNote, ResyncNote,
-};
+pub(crate) use self::status::ReplicatorStatus;
 use self::worker::{Shared, WorkerConfig};
 use crate::federation::Federation;
 use crate::store::keyspace;
@@ -49,7 +46,7 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// starts their manager when it becomes the leader, stops it when it no longer is, until
 /// `shutdown` holds `true`. Of the backends sharing a store, one replicates at a time; a new
 /// leader resumes from the revisions the last one persisted.
-pub fn spawn_when_leading(
+pub(crate) fn spawn_when_leading(
     federation: &Federation,
     mut leading: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
@@ -84,7 +81,7 @@ pub fn spawn_when_leading(
 /// # Caveats
 /// Every backend sharing one store would replicate (harmlessly, twice); run it on one (see
 /// [`spawn_when_leading`]).
-pub fn spawn(federation: &Federation, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+pub(crate) fn spawn(federation: &Federation, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     let shared = Arc::new(Shared {
         store: Arc::clone(federation.resources.store()),
         gateway: federation.issuer.issuer().to_owned(),

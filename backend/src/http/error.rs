@@ -12,7 +12,7 @@ const RETRY_AFTER_SECS: u64 = 5;
 
 /// Sensu's action codes, carried in the `code` field of error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
+pub(crate) enum Code {
     /// An internal fault.
     Internal = 0,
     /// The request is invalid.
@@ -34,7 +34,7 @@ pub enum Code {
 
 /// A failed request: status, code and a message that names what is wrong.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
     /// Sensu action code.
@@ -45,13 +45,13 @@ pub struct ApiError {
 
 /// Marks a response as an internal fault so the logging middleware reports it once.
 #[derive(Debug, Clone)]
-pub struct InternalFault(pub String);
+pub(crate) struct InternalFault(pub String);
 
 // === impl ApiError ===
 
 impl ApiError {
     /// 400, invalid argument.
-    pub fn invalid(message: impl Into<String>) -> ApiError {
+    pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             code: Code::InvalidArgument,
@@ -60,7 +60,7 @@ impl ApiError {
     }
 
     /// 404, not found.
-    pub fn not_found(message: impl Into<String>) -> ApiError {
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,
             code: Code::NotFound,
@@ -69,7 +69,7 @@ impl ApiError {
     }
 
     /// 409, already exists or conflicting version.
-    pub fn conflict(message: impl Into<String>) -> ApiError {
+    pub(crate) fn conflict(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::CONFLICT,
             code: Code::AlreadyExists,
@@ -78,7 +78,7 @@ impl ApiError {
     }
 
     /// 412, precondition failed.
-    pub fn precondition(message: impl Into<String>) -> ApiError {
+    pub(crate) fn precondition(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::PRECONDITION_FAILED,
             code: Code::PreconditionFailed,
@@ -87,7 +87,7 @@ impl ApiError {
     }
 
     /// 403, permission denied.
-    pub fn forbidden(message: impl Into<String>) -> ApiError {
+    pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::FORBIDDEN,
             code: Code::PermissionDenied,
@@ -96,7 +96,7 @@ impl ApiError {
     }
 
     /// 401, unauthenticated.
-    pub fn unauthenticated(message: impl Into<String>) -> ApiError {
+    pub(crate) fn unauthenticated(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::UNAUTHORIZED,
             code: Code::Unauthenticated,
@@ -105,7 +105,7 @@ impl ApiError {
     }
 
     /// 413, body over the limit.
-    pub fn too_large(limit: usize) -> ApiError {
+    pub(crate) fn too_large(limit: usize) -> ApiError {
         ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: Code::InvalidArgument,
@@ -115,7 +115,7 @@ impl ApiError {
 
     /// 503 with `Retry-After`: the store is unreachable (`reason` names the store and the
     /// failure, never a credential). Expected during outages; not logged as a fault.
-    pub fn store_unavailable(reason: &str) -> ApiError {
+    pub(crate) fn store_unavailable(reason: &str) -> ApiError {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: Code::DeadlineExceeded,
@@ -124,7 +124,7 @@ impl ApiError {
     }
 
     /// 503: too busy to do this now (every password worker busy); a retry later helps.
-    pub fn busy(message: impl Into<String>) -> ApiError {
+    pub(crate) fn busy(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: Code::DeadlineExceeded,
@@ -133,7 +133,7 @@ impl ApiError {
     }
 
     /// 500 with a generic body; `detail` goes to the log only.
-    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn internal(detail: impl std::fmt::Display) -> ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: Code::Internal,

@@ -24,7 +24,7 @@ use base64::Engine;
 use cairn_api::{Kind, Resource, Spec};
 use serde_json::Value;
 
-pub use self::error::{ApiError, Code, InternalFault};
+pub(crate) use self::error::{ApiError, Code, InternalFault};
 use crate::auth::cache::AuthCache;
 use crate::auth::rbac::{self, Caller, Verb};
 use crate::auth::{self, TokenIssuer, TokenOrigin};
@@ -37,7 +37,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 512 * 1024;
 
 /// Everything a handler needs.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// Typed resources over the store.
     pub resources: Resources,
     /// Users, keys, roles and bindings.
@@ -63,7 +63,7 @@ pub struct AppState {
 
 /// Counters behind `/metrics`.
 #[derive(Debug, Default)]
-pub struct ApiMetrics {
+pub(crate) struct ApiMetrics {
     /// Requests answered, by status class (1xx..5xx → index 1..5).
     pub responses: [AtomicU64; 6],
     /// Requests of each resource endpoint, by [`resources::Endpoint::index`].
@@ -83,14 +83,10 @@ pub struct ApiMetrics {
 }
 
 /// Upper bounds of the request latency histogram, milliseconds.
-pub const LATENCY_BUCKETS_MS: [u64; 8] = [1, 5, 10, 25, 50, 100, 500, 2500];
-
-/// The authenticated caller of a request.
-#[derive(Debug, Clone)]
-pub struct Authenticated(pub Caller);
+pub(crate) const LATENCY_BUCKETS_MS: [u64; 8] = [1, 5, 10, 25, 50, 100, 500, 2500];
 
 /// The router with every route and middleware; tests call it with `oneshot`.
-pub fn app(state: AppState) -> Router {
+pub(crate) fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/version", get(version))
@@ -189,7 +185,7 @@ fn write_refusal(state: &AppState, method: &axum::http::Method) -> Option<ApiErr
 /// # Errors
 /// 401 when the header is missing or the credential is invalid, expired, meant for another
 /// cluster (or none), or belongs to a disabled or deleted local user.
-pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -231,7 +227,7 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Api
 ///
 /// # Errors
 /// 403 when the caller's roles do not allow it.
-pub fn authorize(
+pub(crate) fn authorize(
     state: &AppState,
     caller: &Caller,
     verb: Verb,
@@ -259,7 +255,7 @@ pub fn authorize(
 
 /// The 403 for `caller` refused `verbs` (as text, e.g. `create or update`) on a resource. It
 /// names only what the request named, never whether the resource exists.
-pub fn forbidden(
+pub(crate) fn forbidden(
     caller: &Caller,
     verbs: &str,
     resource: &str,
@@ -327,7 +323,7 @@ async fn version() -> Json<Value> {
 /// The router of `--metrics-listen`: `/metrics` alone, without authentication, for a
 /// Prometheus scraper on an address the operator keeps private (loopback, a management
 /// network). Served over plain HTTP; nothing else of the API is reachable through it.
-pub fn metrics_app(state: AppState) -> Router {
+pub(crate) fn metrics_app(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .with_state(state)
@@ -512,7 +508,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 
 /// The client's address, which the API listener puts into every request's extensions.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub std::net::SocketAddr);
+pub(crate) struct ClientAddr(pub std::net::SocketAddr);
 
 /// Checks HTTP Basic credentials against the user store ([`crate::auth::passwords`]: hashing off the
 /// async workers, failed logins throttled by address and user).
@@ -616,7 +612,8 @@ async fn issue_tokens(state: &AppState, caller: &Caller) -> Result<Json<Value>, 
 }
 
 /// How often expired refresh tokens are removed from the store.
-pub const REFRESH_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+pub(crate) const REFRESH_SWEEP_INTERVAL: std::time::Duration =
+    std::time::Duration::from_secs(60 * 60);
 
 fn refresh_key(token: &str) -> String {
     format!("{}{}", keyspace::REFRESH_TOKENS, auth::token_digest(token))
@@ -630,7 +627,9 @@ fn refresh_expired(value: &[u8], now: u64) -> Option<bool> {
 
 /// Starts the task that removes expired refresh tokens every hour (a token is used at most
 /// once, but one never used stayed in the store forever).
-pub fn spawn_refresh_sweeper(store: Arc<dyn crate::store::Store>) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn_refresh_sweeper(
+    store: Arc<dyn crate::store::Store>,
+) -> tokio::task::JoinHandle<()> {
     crate::store::sweep::spawn_sweeper(
         store,
         "refresh tokens",

@@ -139,7 +139,7 @@ async fn replicators_get(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::federation::replicator::{Counts, ReplicatorState};
+    use crate::federation::replicator::status::{Counts, ReplicatorState};
     use crate::store::Precondition;
 
     fn replicator(name: &str, cluster: &str) -> cairn_api::Resource {

@@ -65,7 +65,7 @@ impl Default for SecretsConfig {
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
-pub struct SecretStats {
+pub(crate) struct SecretStats {
     /// Reads that reached a provider (a Vault KV read, an environment look-up).
     pub provider_reads: AtomicU64,
     /// Resolutions answered from the cache.
@@ -79,7 +79,7 @@ pub struct SecretStats {
 /// Why a secret could not be resolved. Names the secret, never its value.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("secret \"{secret}\" (for {name}){}: {reason}", provider.as_ref().map(|p| format!(" from provider \"{p}\"")).unwrap_or_default())]
-pub struct SecretError {
+pub(crate) struct SecretError {
     /// The environment variable the value was for.
     pub name: String,
     /// The `Secret` resource.
@@ -91,7 +91,7 @@ pub struct SecretError {
 }
 
 /// Resolves secret references.
-pub struct Secrets {
+pub(crate) struct Secrets {
     resources: Resources,
     config: SecretsConfig,
     stats: SecretStats,
@@ -117,7 +117,7 @@ enum Source {
 
 impl Secrets {
     /// A resolver reading `Secret` and provider resources from `resources`.
-    pub fn new(resources: Resources, config: SecretsConfig) -> Arc<Secrets> {
+    pub(crate) fn new(resources: Resources, config: SecretsConfig) -> Arc<Secrets> {
         let backoff = Backoff {
             initial: config.failure_backoff,
             max: config.failure_backoff_max.max(config.failure_backoff),
@@ -142,7 +142,7 @@ impl Secrets {
     /// provider is missing, the environment variable is not set, Vault is unreachable or
     /// refuses, or the path or field is missing. A Vault failure is remembered for a backoff
     /// (see [`SecretsConfig::failure_backoff`]) and its reason says when the next read is.
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         namespace: &str,
         refs: &[SecretRef],
@@ -166,7 +166,7 @@ impl Secrets {
     }
 
     /// Its counters.
-    pub fn stats(&self) -> &SecretStats {
+    pub(crate) fn stats(&self) -> &SecretStats {
         &self.stats
     }
 

@@ -40,7 +40,7 @@ use crate::store::resources::{self, Resources};
 use crate::store::{Entry, Revision, Store, StoreError, WatchEvent};
 
 /// `created_by` of the events the TTL watchdog raises.
-pub const TTL_CREATED_BY: &str = "cairn/ttl";
+pub(crate) const TTL_CREATED_BY: &str = "cairn/ttl";
 
 /// Keys read per store page when the view is (re)loaded.
 const LIST_PAGE: usize = 1000;
@@ -60,7 +60,7 @@ const FANOUT_PER_SECOND: usize = 2_000;
 
 /// Counters of the scheduler, for `/metrics`.
 #[derive(Debug, Default)]
-pub struct SchedulerStats {
+pub(crate) struct SchedulerStats {
     /// Check firings: one per check per scheduled time, whether or not a session matched.
     pub firings: AtomicU64,
     /// Check requests queued for a session.
@@ -84,7 +84,7 @@ pub struct SchedulerStats {
 /// - Every backend running a scheduler raises TTL events for the results it sees, so on a store
 ///   shared by several backends only one should run it (check requests are not affected: each
 ///   backend only sends to its own sessions).
-pub fn spawn(
+pub(crate) fn spawn(
     state: Agents,
     sessions: Arc<Sessions>,
     shutdown: watch::Receiver<bool>,
@@ -1063,7 +1063,7 @@ struct Undeliverable {
 }
 
 /// `created_by` of the events stored for checks that could not be sent.
-pub const UNDELIVERABLE_CREATED_BY: &str = "cairn/scheduler";
+pub(crate) const UNDELIVERABLE_CREATED_BY: &str = "cairn/scheduler";
 
 /// The event stored for `entity` when its check could not be sent: status 3 (unknown), the
 /// reason as output, so the failure is seen (and handled) rather than the check going quiet.

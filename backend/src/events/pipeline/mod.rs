@@ -54,20 +54,20 @@ pub const DEFAULT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Handler runs in flight by default. Each `pipe` run is a process, so this also bounds the
 /// backend's children.
-pub const DEFAULT_MAX_CONCURRENT_HANDLERS: usize = 32;
+pub(crate) const DEFAULT_MAX_CONCURRENT_HANDLERS: usize = 32;
 
 /// Timeout of a handler whose `timeout` is 0; Sensu documents 60 s for `tcp` and `udp`.
-pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long [`Pipeline::shutdown`] lets queued events and running handlers finish by default.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Built-in filter: passes incidents and resolutions ([`rules::is_incident`]).
-pub const FILTER_IS_INCIDENT: &str = "is_incident";
+pub(crate) const FILTER_IS_INCIDENT: &str = "is_incident";
 /// Built-in filter: passes events no silenced entry matches.
-pub const FILTER_NOT_SILENCED: &str = "not_silenced";
+pub(crate) const FILTER_NOT_SILENCED: &str = "not_silenced";
 /// Built-in filter: passes events with metrics ([`rules::has_metrics`]).
-pub const FILTER_HAS_METRICS: &str = "has_metrics";
+pub(crate) const FILTER_HAS_METRICS: &str = "has_metrics";
 
 /// How much of a handler's stdout and of its stderr is kept for the debug log.
 const OUTPUT_LOG_LIMIT: usize = 4 * 1024;
@@ -123,7 +123,7 @@ impl Default for PipelineConfig {
 
 /// Counters for `/metrics`; all only ever grow.
 #[derive(Debug, Default)]
-pub struct PipelineStats {
+pub(crate) struct PipelineStats {
     /// Events accepted into the queue.
     pub queued: AtomicU64,
     /// Events refused because the queue was full (by count).
@@ -145,7 +145,7 @@ pub struct PipelineStats {
 
 /// Why the pipeline refused an event or did not stop cleanly.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PipelineError {
+pub(crate) enum PipelineError {
     /// The queue is full because handlers fall behind. Expected under bursts: the event is not
     /// handled (it is still stored); submitting later events may succeed once the queue drains.
     #[error("the event pipeline queue is full")]
@@ -174,7 +174,7 @@ pub enum PipelineError {
 
 /// Looks up what the pipeline needs by name; the backend implements it over the store.
 #[async_trait]
-pub trait HandlerResolver: Send + Sync {
+pub(crate) trait HandlerResolver: Send + Sync {
     /// The handler `name` in `namespace`, if it exists.
     async fn handler(&self, namespace: &str, name: &str) -> Option<Handler>;
     /// The event filter `name` in `namespace`, if it exists.
@@ -206,7 +206,7 @@ pub trait HandlerResolver: Send + Sync {
 ///
 /// Dropping it without [`Pipeline::shutdown`] also stops the dispatcher once the queue and the
 /// running handlers are done, with no time limit.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     /// `None` once shutdown started.
     sender: RwLock<Option<mpsc::Sender<Job>>>,
     /// Bytes of events held now (queued and being handled), at most `queue_bytes`.
@@ -286,7 +286,7 @@ impl Pipeline {
     /// # Panics
     ///
     /// When called outside a Tokio runtime.
-    pub fn start(
+    pub(crate) fn start(
         config: PipelineConfig,
         containment: Arc<Containment>,
         resolver: Arc<dyn HandlerResolver>,
@@ -324,7 +324,7 @@ impl Pipeline {
     /// [`PipelineStats::dropped_queue_full`]), [`PipelineError::QueueBytes`] when the events
     /// held would pass the limit in bytes (counted in [`PipelineStats::dropped_queue_bytes`]),
     /// [`PipelineError::NotRunning`] after shutdown.
-    pub fn submit(&self, namespace: String, event: Event) -> Result<(), PipelineError> {
+    pub(crate) fn submit(&self, namespace: String, event: Event) -> Result<(), PipelineError> {
         let sender = self.sender.read();
         let Some(sender) = sender.as_ref() else {
             return Err(PipelineError::NotRunning);
@@ -359,7 +359,7 @@ impl Pipeline {
     }
 
     /// The counters, shared with the dispatcher.
-    pub fn stats(&self) -> Arc<PipelineStats> {
+    pub(crate) fn stats(&self) -> Arc<PipelineStats> {
         Arc::clone(&self.stats)
     }
 
@@ -370,7 +370,7 @@ impl Pipeline {
     ///
     /// [`PipelineError::DrainTimedOut`] when the grace period ran out; the remaining queued
     /// events were dropped and the running handlers killed (with their process groups).
-    pub async fn shutdown(&self) -> Result<(), PipelineError> {
+    pub(crate) async fn shutdown(&self) -> Result<(), PipelineError> {
         drop(self.sender.write().take());
         let mut finished = self.finished.clone();
         if tokio::time::timeout(self.shutdown_grace, wait_finished(&mut finished))

@@ -27,7 +27,7 @@ use crate::federation::client::{
 
 /// The identity replicators write as: every cluster of the federation grants its group
 /// (`cluster-admins`) the `cluster-admin` role.
-pub const REPLICATOR_USERNAME: &str = "cairn:replicator";
+pub(crate) const REPLICATOR_USERNAME: &str = "cairn:replicator";
 
 /// How long a replication token lives (Sensu's access token lifetime). Each is meant for its
 /// one downstream (`aud`), so no other cluster accepts it.

@@ -24,7 +24,7 @@ pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// How a replicator is doing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ReplicatorState {
+pub(crate) enum ReplicatorState {
     /// Not started yet (no record).
     #[default]
     Starting,
@@ -44,7 +44,7 @@ pub enum ReplicatorState {
 
 /// An error and when it happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorNote {
+pub(crate) struct ErrorNote {
     /// What failed.
     pub message: String,
     /// When, unix seconds.
@@ -53,7 +53,7 @@ pub struct ErrorNote {
 
 /// An error about one resource.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResourceErrorNote {
+pub(crate) struct ResourceErrorNote {
     /// The gateway's key of the resource (`res/<plural>/<namespace>/<name>`).
     pub resource: String,
     /// What the downstream said.
@@ -65,7 +65,7 @@ pub struct ResourceErrorNote {
 /// Counters since the replicator's record was created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Copies written.
     pub puts: u64,
     /// Copies deleted.
@@ -79,7 +79,7 @@ pub struct Counts {
 /// The last completed full resync.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct ResyncNote {
+pub(crate) struct ResyncNote {
     /// When it ended, unix seconds.
     pub at: u64,
     /// How long it took, milliseconds.
@@ -132,7 +132,7 @@ pub(crate) struct Record {
 
 /// A replicator's status, as `GET /api/cairn/v1/replicators[/{name}]` returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReplicatorStatus {
+pub(crate) struct ReplicatorStatus {
     /// The replicator.
     pub name: String,
     /// The destination cluster.
