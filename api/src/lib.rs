@@ -2,7 +2,9 @@
 //!
 //! The resource model ([`model`], [`Resource`]), the type registry ([`Kind`]), validation
 //! ([`validate`]) and the manifest codec ([`codec`]). The backend, the agent and the reconciler
-//! all depend on this crate and on nothing of each other.
+//! all depend on this crate and on nothing of each other. Without features it does no network
+//! I/O and starts no process; `client` (the REST client), `process` (the process runner) and
+//! `logging` (the tracing subscriber) add what does.
 
 pub mod agent;
 pub mod backoff;
