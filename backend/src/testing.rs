@@ -3,21 +3,21 @@
 use std::future::Future;
 use std::time::Duration;
 
-/// Polls `probe` every 50 ms until it gives a value; panics with `what` after `limit`.
+/// [`cairn_tests::eventually`] (the one polling loop of the tests) for a probe that gives
+/// `None` while it waits.
 pub(crate) async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cairn_tests::eventually(what, limit, || {
+        let probed = probe();
+        async move { probed.await.ok_or("not yet") }
+    })
+    .await
+}
+
+/// Waits until `condition` holds, polling it (see [`eventually`]).
+pub(crate) async fn until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    eventually(what, limit, || std::future::ready(condition().then_some(()))).await;
 }

@@ -2041,15 +2041,8 @@ mod tests {
         pipeline.submit("default".to_owned(), event).unwrap();
     }
 
-    async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !condition() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {WAIT:?} waiting for {what}; is `sh` on PATH?"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    async fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+        crate::testing::until(what, WAIT, condition).await;
     }
 
     /// Waits until `dir` holds `count` events and returns them.
