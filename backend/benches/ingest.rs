@@ -142,7 +142,16 @@ async fn store_counters(client: &Client, side: Side) -> Option<StoreCounters> {
     })
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
+    // The server runs pipe handlers contained: this binary is its own helper (see `contain`),
+    // as the backend's is; without this a probe would start the bench again, and again.
+    let mut args = std::env::args_os().skip(1);
+    if args
+        .next()
+        .is_some_and(|arg| arg == cairn_backend::app::contain::EXEC_ARG)
+    {
+        return cairn_backend::app::contain::exec_main(args);
+    }
     let rounds = env_number("CAIRN_BENCH_ROUNDS", DEFAULT_ROUNDS as u64);
     let rounds = usize::try_from(rounds).expect("CAIRN_BENCH_ROUNDS fits in usize");
     let seconds = env_number("CAIRN_BENCH_SECONDS", DEFAULT_SECONDS);
@@ -157,6 +166,7 @@ fn main() {
         .build()
         .expect("build the tokio runtime");
     runtime.block_on(run(rounds, Duration::from_secs(seconds), &sides));
+    std::process::ExitCode::SUCCESS
 }
 
 fn env_number(name: &str, default: u64) -> u64 {

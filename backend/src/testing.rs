@@ -19,5 +19,19 @@ where
 
 /// Waits until `condition` holds, polling it (see [`eventually`]).
 pub(crate) async fn until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    eventually(what, limit, || std::future::ready(condition().then_some(()))).await;
+    eventually(what, limit, || {
+        std::future::ready(condition().then_some(()))
+    })
+    .await;
+}
+
+/// The blocking twin of [`until`].
+pub(crate) fn until_blocking(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    cairn_tests::eventually_blocking(what, limit, || {
+        if condition() {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    });
 }

@@ -34,11 +34,13 @@ use std::io::Write as _;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use landlock::{
     Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
+use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid, User};
 
 /// The `PATH` of every handler (unless its `env_vars` set another).
@@ -305,6 +307,14 @@ impl fmt::Display for RunAs {
 /// the kernel enforces Landlock and at which ABI; `None` when it does not (or the helper could
 /// not run, which the log says).
 fn probe_landlock(helper: &Path, protected: &[PathBuf]) -> Option<ABI> {
+    probe_landlock_within(helper, protected, PROBE_TIMEOUT)
+}
+
+/// How long the probe may take: a helper that does not answer (a binary that is not its own
+/// helper and runs something else instead) is killed and counts as a failed probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn probe_landlock_within(helper: &Path, protected: &[PathBuf], limit: Duration) -> Option<ABI> {
     let plan = ExecPlan {
         landlock: true,
         probe: true,
@@ -312,11 +322,41 @@ fn probe_landlock(helper: &Path, protected: &[PathBuf]) -> Option<ABI> {
         protected: protected.to_vec(),
         program: vec!["true".into()],
     };
-    let output = std::process::Command::new(helper)
+    let spawned = std::process::Command::new(helper)
         .arg(EXEC_ARG)
         .args(plan.to_args())
         .env_clear()
-        .output();
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let child = match spawned {
+        Ok(child) => child,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot run the handler containment helper");
+            return None;
+        }
+    };
+    let pid = child.id();
+    let (done, waited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // The receiver may be gone after a timeout; nothing is left to tell.
+        let _ = done.send(child.wait_with_output());
+    });
+    let output = match waited.recv_timeout(limit) {
+        Ok(output) => output,
+        Err(_) => {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            tracing::error!(
+                helper = %helper.display(),
+                limit = ?limit,
+                "the handler containment helper did not answer its probe in time (a binary that runs handlers must call contain::exec_main first); killed"
+            );
+            return None;
+        }
+    };
     let reported = match &output {
         Ok(output) if output.status.success() => String::from_utf8_lossy(&output.stdout)
             .trim()
@@ -644,6 +684,35 @@ fn contained_env(vars: impl Iterator<Item = (OsString, OsString)>) -> Vec<(OsStr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_helper_that_never_answers_its_probe_is_killed_in_time() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A binary that is not its own helper: it ignores `contained-exec` and runs on.
+        let helper = dir.path().join("not-a-helper");
+        std::fs::write(&helper, "#!/bin/sh\necho $$ > \"$0.pid\"\nexec sleep 300\n").unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            probe_landlock_within(&helper, &[], Duration::from_millis(500)),
+            None
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let pid: i32 = std::fs::read_to_string(dir.path().join("not-a-helper.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Killed, and reaped by the waiting thread.
+        crate::testing::until_blocking("the helper to die", Duration::from_secs(5), || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+    }
 
     #[test]
     fn exec_plan_round_trips_through_arguments() {
