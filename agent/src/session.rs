@@ -250,27 +250,25 @@ impl Outbox for DiskOutbox {
         &self.queued
     }
 
-    fn read_after(
+    async fn read_after(
         &self,
         cursor: Option<u64>,
         count: usize,
-    ) -> impl Future<Output = Result<Vec<(u64, QueuedEvent)>, SessionError>> + Send {
-        // Checked here, without a blocking task, since mostly nothing is.
+    ) -> Result<Vec<(u64, QueuedEvent)>, SessionError> {
+        // Checked without a blocking task, since mostly nothing is queued.
         let pending = self
             .queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .next_after(cursor)
             .is_some();
-        let queue = self.queue.clone();
-        async move {
-            if !pending {
-                return Ok(Vec::new());
-            }
-            tokio::task::spawn_blocking(move || read_batch(&queue, cursor, count))
-                .await
-                .map_err(|err| SessionError::Protocol(format!("queue task failed: {err}")))
+        if !pending {
+            return Ok(Vec::new());
         }
+        let queue = self.queue.clone();
+        tokio::task::spawn_blocking(move || read_batch(&queue, cursor, count))
+            .await
+            .map_err(|err| SessionError::Protocol(format!("queue task failed: {err}")))
     }
 
     async fn ack(&self, id: String) -> Result<bool, SessionError> {

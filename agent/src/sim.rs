@@ -9,7 +9,6 @@
 //! certificate renewal and no local API. What happens is told to an [`Observer`].
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
@@ -114,11 +113,7 @@ struct Pending {
 
 impl CheckRunner for Sim {
     /// Status 0, [`SIM_OUTPUT`], the check as the request configures it.
-    fn run_check(
-        &self,
-        request: &CheckRequest,
-        entity: &Entity,
-    ) -> impl Future<Output = Event> + Send {
+    async fn run_check(&self, request: &CheckRequest, entity: &Entity) -> Event {
         let now = crate::certs::now_unix();
         let mut check: Check = serde_json::to_value(&request.config)
             .and_then(serde_json::from_value)
@@ -128,14 +123,12 @@ impl CheckRunner for Sim {
         check.duration = Some(0.0);
         check.status = 0;
         check.output = SIM_OUTPUT.to_owned();
-        let check = Some(check);
-        let entity = Some(entity.clone());
-        std::future::ready(Event {
+        Event {
             timestamp: now,
-            entity,
-            check,
+            entity: Some(entity.clone()),
+            check: Some(check),
             ..Event::default()
-        })
+        }
     }
 }
 
@@ -175,11 +168,11 @@ impl Outbox for Sim {
         &self.queued
     }
 
-    fn read_after(
+    async fn read_after(
         &self,
         cursor: Option<u64>,
         count: usize,
-    ) -> impl Future<Output = Result<Vec<(u64, QueuedEvent)>, SessionError>> + Send {
+    ) -> Result<Vec<(u64, QueuedEvent)>, SessionError> {
         let (_, pending) = &mut *self.events.lock().unwrap_or_else(PoisonError::into_inner);
         let start = cursor.map_or(0, |cursor| {
             pending.partition_point(|event| event.seq <= cursor)
@@ -189,7 +182,7 @@ impl Outbox for Sim {
             event.sent = now;
             (event.seq, event.record.clone())
         });
-        std::future::ready(Ok(batch.collect()))
+        Ok(batch.collect())
     }
 
     async fn ack(&self, id: String) -> Result<bool, SessionError> {
