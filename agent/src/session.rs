@@ -5,8 +5,14 @@
 //! [`run`] keeps a session up until shutdown: it tries the backend URLs in order, moves to the
 //! next one whenever a session fails or ends, and waits between attempts with exponential
 //! backoff and full jitter.
+//!
+//! The loop is generic ([`run_with`]) over where checks run ([`CheckRunner`]), where events
+//! wait until acknowledged ([`Outbox`]) and who is told about sessions ([`SessionHooks`]): the
+//! agent runs it with the [`Executor`] and the on-disk [`EventQueue`]; the simulated agents of
+//! [`crate::sim`] run the same loop with in-process checks and an in-memory outbox.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,6 +96,65 @@ pub struct Shared {
     pub health: Arc<AtomicBool>,
 }
 
+/// Runs the checks the backend requests.
+pub trait CheckRunner: Send + Sync + 'static {
+    /// The event of running `request` for `entity`. The session sets `processed_by`, redacts
+    /// the request's secrets and queues it.
+    fn run_check(
+        &self,
+        request: &CheckRequest,
+        entity: &Entity,
+    ) -> impl Future<Output = Event> + Send;
+}
+
+/// Where events wait until the backend acknowledges them, in the order they were queued; each
+/// has a sequence number (increasing) and an id (what the backend acknowledges).
+pub trait Outbox: Send + Sync + 'static {
+    /// Queues a check result; `false` when the agent is stopping and it was not queued.
+    fn push(&self, event: Event) -> impl Future<Output = bool> + Send;
+    /// Notified (`notify_one`) whenever an event was queued.
+    fn queued(&self) -> &Notify;
+    /// Up to `count` queued events after the sequence number `cursor` (from the oldest when
+    /// `None`), oldest first.
+    fn read_after(
+        &self,
+        cursor: Option<u64>,
+        count: usize,
+    ) -> impl Future<Output = Result<Vec<(u64, QueuedEvent)>, SessionError>> + Send;
+    /// Removes the acknowledged event `id`; `false` when it is not queued (any more).
+    fn ack(&self, id: String) -> impl Future<Output = Result<bool, SessionError>> + Send;
+}
+
+/// Told what happens to the sessions; called from the session loop, so it must be quick.
+pub trait SessionHooks: Send + Sync + 'static {
+    /// A session was established (the welcome arrived).
+    fn connected(&self);
+    /// A session or an attempt at one ended, after its welcome when `welcomed`; `Ok(())` is
+    /// shutdown.
+    fn ended(&self, welcomed: bool, outcome: &Result<(), SessionError>);
+    /// The backend refused a message without ending the session, or sent one that does not
+    /// parse (already logged).
+    fn refused(&self, _reason: &str) {}
+}
+
+/// What the session loop works with.
+#[derive(Debug)]
+pub struct Parts<R, Q, H> {
+    /// The configuration: name, backend URLs, key, certificate and CA files, keepalive.
+    pub config: Arc<AgentConfig>,
+    /// Runs the checks.
+    pub runner: Arc<R>,
+    /// Where events wait until acknowledged.
+    pub outbox: Arc<Q>,
+    /// Told when sessions start and end.
+    pub hooks: Arc<H>,
+    /// The host facts of the hello and the entity; `None` collects them at every session.
+    pub system: Option<System>,
+    /// Whether the session renews the certificate: checks its validity every
+    /// [`RENEWAL_CHECK_INTERVAL`], asks for a new one and installs it.
+    pub renewal: bool,
+}
+
 /// Why a session failed or ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -133,9 +198,118 @@ pub enum SessionError {
     Queue(#[from] QueueError),
 }
 
+/// The agent's outbox: check results go through the channel to the queue writer, which
+/// queues them on disk.
+struct DiskOutbox {
+    queue: Arc<Mutex<EventQueue>>,
+    queued: Arc<Notify>,
+    events: mpsc::Sender<Event>,
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// The agent's parts: the executor, the on-disk queue, the health flag; facts collected at
+    /// every session; certificate renewal.
+    fn into_parts(self) -> Parts<Executor, DiskOutbox, AtomicBool> {
+        Parts {
+            config: self.config,
+            runner: self.executor,
+            outbox: Arc::new(DiskOutbox {
+                queue: self.queue,
+                queued: self.queued,
+                events: self.events,
+            }),
+            hooks: self.health,
+            system: None,
+            renewal: true,
+        }
+    }
+}
+
+// === impl Executor ===
+
+impl CheckRunner for Executor {
+    fn run_check(
+        &self,
+        request: &CheckRequest,
+        entity: &Entity,
+    ) -> impl Future<Output = Event> + Send {
+        self.run(request, entity)
+    }
+}
+
+// === impl DiskOutbox ===
+
+impl Outbox for DiskOutbox {
+    async fn push(&self, event: Event) -> bool {
+        self.events.send(event).await.is_ok()
+    }
+
+    fn queued(&self) -> &Notify {
+        &self.queued
+    }
+
+    async fn read_after(
+        &self,
+        cursor: Option<u64>,
+        count: usize,
+    ) -> Result<Vec<(u64, QueuedEvent)>, SessionError> {
+        // Checked without a blocking task, since mostly nothing is queued.
+        let pending = self
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next_after(cursor)
+            .is_some();
+        if !pending {
+            return Ok(Vec::new());
+        }
+        let queue = self.queue.clone();
+        tokio::task::spawn_blocking(move || read_batch(&queue, cursor, count))
+            .await
+            .map_err(|err| SessionError::Protocol(format!("queue task failed: {err}")))
+    }
+
+    async fn ack(&self, id: String) -> Result<bool, SessionError> {
+        let queue = self.queue.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .ack(&id)
+        })
+        .await
+        .map_err(|err| SessionError::Protocol(format!("queue task failed: {err}")))??;
+        Ok(removed)
+    }
+}
+
+// === impl AtomicBool ===
+
+/// The agent's health flag: whether a session is established.
+impl SessionHooks for AtomicBool {
+    fn connected(&self) {
+        self.store(true, Ordering::SeqCst);
+    }
+
+    fn ended(&self, _welcomed: bool, _outcome: &Result<(), SessionError>) {
+        self.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Keeps a session with one of the backends until `shutdown` turns true.
-pub async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
-    let urls = shared.config.backend_urls.clone();
+pub async fn run(shared: Shared, shutdown: watch::Receiver<bool>) {
+    run_with(shared.into_parts(), shutdown).await;
+}
+
+/// [`run`] with other parts: keeps a session with one of `parts.config`'s backends until
+/// `shutdown` turns true.
+pub async fn run_with<R: CheckRunner, Q: Outbox, H: SessionHooks>(
+    parts: Parts<R, Q, H>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let urls = parts.config.backend_urls.clone();
     if urls.is_empty() {
         tracing::error!("no backend URL is configured");
         return;
@@ -149,8 +323,8 @@ pub async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
         let url = &urls[index % urls.len()];
         let started = Instant::now();
         let mut welcomed = false;
-        let outcome = session(&shared, url, &mut shutdown, &mut welcomed).await;
-        shared.health.store(false, Ordering::SeqCst);
+        let outcome = session(&parts, url, &mut shutdown, &mut welcomed).await;
+        parts.hooks.ended(welcomed, &outcome);
         if welcomed && started.elapsed() >= STABLE_SESSION {
             backoff.reset();
         }
@@ -184,13 +358,13 @@ pub async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
 
 /// One session: connect, hello, welcome, then the exchange until it ends. `Ok(())` means
 /// shutdown.
-async fn session(
-    shared: &Shared,
+async fn session<R: CheckRunner, Q: Outbox, H: SessionHooks>(
+    parts: &Parts<R, Q, H>,
     url: &str,
     shutdown: &mut watch::Receiver<bool>,
     welcomed: &mut bool,
 ) -> Result<(), SessionError> {
-    let config = &shared.config;
+    let config = &parts.config;
     tracing::info!(%url, "connecting");
     let ws = tokio::select! {
         connected = tokio::time::timeout(CONNECT_TIMEOUT, connect(config, url)) => connected
@@ -199,9 +373,12 @@ async fn session(
     };
     let (mut sink, mut source) = ws.split();
 
-    let system = tokio::task::spawn_blocking(crate::facts::collect)
-        .await
-        .unwrap_or_default();
+    let system = match &parts.system {
+        Some(system) => system.clone(),
+        None => tokio::task::spawn_blocking(crate::facts::collect)
+            .await
+            .unwrap_or_default(),
+    };
     let entity = entity(config, system.clone());
     send(
         &mut sink,
@@ -221,11 +398,11 @@ async fn session(
         tracing::warn!(registered = %welcome, configured = %config.name, "the backend registered another entity name");
     }
     *welcomed = true;
-    shared.health.store(true, Ordering::SeqCst);
+    parts.hooks.connected();
     tracing::info!(%url, entity = %welcome, "connected");
 
     let mut live = Live {
-        shared,
+        parts,
         entity: Arc::new(entity),
         sink,
         in_flight: HashMap::new(),
@@ -240,8 +417,8 @@ async fn session(
 }
 
 /// The established part of a session.
-struct Live<'a> {
-    shared: &'a Shared,
+struct Live<'a, R, Q, H> {
+    parts: &'a Parts<R, Q, H>,
     entity: Arc<Entity>,
     sink: Sink,
     /// Ids sent in this session and not acknowledged yet, with when they were sent.
@@ -251,21 +428,24 @@ struct Live<'a> {
     renewal_requested: Option<Instant>,
 }
 
-impl Live<'_> {
+// === impl Live ===
+
+impl<R: CheckRunner, Q: Outbox, H: SessionHooks> Live<'_, R, Q, H> {
     async fn exchange(
         &mut self,
         source: &mut Source,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), SessionError> {
-        let config = &self.shared.config;
+        let config = &self.parts.config;
         let interval = Duration::from_secs(u64::from(config.keepalive_interval.max(1)));
         let dead_after = (interval * 3).max(MIN_DEAD_AFTER);
         let mut keepalives = tokio::time::interval_at(Instant::now() + interval, interval);
         keepalives.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renewal_checks = tokio::time::interval(RENEWAL_CHECK_INTERVAL);
         renewal_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let renewal = self.parts.renewal;
         let mut last_heard = Instant::now();
-        let queued = self.shared.queued.clone();
+        let outbox = self.parts.outbox.clone();
 
         loop {
             self.send_events().await?;
@@ -301,8 +481,8 @@ impl Live<'_> {
                     // Answered by the backend's WebSocket layer: proves the backend is there.
                     send_raw(&mut self.sink, Message::Ping(Vec::new().into())).await?;
                 }
-                _ = renewal_checks.tick() => self.maybe_renew().await?,
-                () = queued.notified(), if self.in_flight.len() < EVENT_WINDOW => {}
+                _ = renewal_checks.tick(), if renewal => self.maybe_renew().await?,
+                () = outbox.queued().notified(), if self.in_flight.len() < EVENT_WINDOW => {}
             }
         }
     }
@@ -319,6 +499,10 @@ impl Live<'_> {
                     column = err.column(),
                     "ignoring a message from the backend that does not parse"
                 );
+                self.parts.hooks.refused(&format!(
+                    "a backend message does not parse: {:?}",
+                    err.classify()
+                ));
                 return Ok(());
             }
         };
@@ -326,25 +510,22 @@ impl Live<'_> {
             BackendMessage::CheckRequest(request) => self.run_check(*request),
             BackendMessage::Ack { id } => {
                 self.in_flight.remove(&id);
-                let queue = self.shared.queue.clone();
-                let removed = tokio::task::spawn_blocking(move || {
-                    queue
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .ack(&id)
-                })
-                .await
-                .map_err(|err| SessionError::Protocol(format!("queue task failed: {err}")))??;
-                if !removed {
+                if !self.parts.outbox.ack(id).await? {
                     tracing::debug!("acknowledgement for an event no longer queued");
                 }
             }
-            BackendMessage::Certificate { cert_pem } => self.install_certificate(cert_pem).await,
+            BackendMessage::Certificate { cert_pem } if self.parts.renewal => {
+                self.install_certificate(cert_pem).await;
+            }
+            BackendMessage::Certificate { .. } => {
+                tracing::debug!("ignoring a certificate: this session does not renew");
+            }
             BackendMessage::Refused { reason, fatal } => {
                 if fatal {
                     return Err(SessionError::Refused { reason });
                 }
                 tracing::warn!(%reason, "the backend refused a message");
+                self.parts.hooks.refused(&reason);
             }
             BackendMessage::Welcome { .. } => {
                 tracing::debug!("ignoring a second welcome");
@@ -356,27 +537,26 @@ impl Live<'_> {
     /// Runs a check in its own task; the result is queued. The request's secrets stay in that
     /// task's memory and reach only the command's environment.
     fn run_check(&self, request: CheckRequest) {
-        let executor = self.shared.executor.clone();
-        let events = self.shared.events.clone();
+        let runner = self.parts.runner.clone();
+        let outbox = self.parts.outbox.clone();
         let entity = self.entity.clone();
-        let name = self.shared.config.name.clone();
+        let name = self.parts.config.name.clone();
         let check = request
             .config
             .metadata
             .as_ref()
             .map(|meta| meta.name.clone())
             .unwrap_or_default();
-        tracing::debug!(%check, "check request");
         tokio::spawn(async move {
             let redactor = Redactor::of_request(&request);
-            let mut event = executor.run(&request, &entity).await;
+            let mut event = runner.run_check(&request, &entity).await;
             drop(request);
             if let Some(check) = event.check.as_mut() {
                 check.processed_by.clone_from(&name);
             }
             redact_secrets(&mut event, &redactor);
             drop(redactor);
-            if events.send(event).await.is_err() {
+            if !outbox.push(event).await {
                 tracing::warn!(%check, "the agent is stopping; check result not queued");
             }
         });
@@ -406,22 +586,7 @@ impl Live<'_> {
         if room == 0 {
             return Ok(());
         }
-        let pending = {
-            let queue = self
-                .shared
-                .queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            queue.next_after(self.cursor).is_some()
-        };
-        if !pending {
-            return Ok(());
-        }
-        let queue = self.shared.queue.clone();
-        let cursor = self.cursor;
-        let batch = tokio::task::spawn_blocking(move || read_batch(&queue, cursor, room))
-            .await
-            .map_err(|err| SessionError::Protocol(format!("queue task failed: {err}")))?;
+        let batch = self.parts.outbox.read_after(self.cursor, room).await?;
         for (seq, record) in batch {
             self.cursor = Some(seq);
             self.in_flight.insert(record.id.clone(), Instant::now());
@@ -445,7 +610,7 @@ impl Live<'_> {
         {
             return Ok(());
         }
-        let config = &self.shared.config;
+        let config = &self.parts.config;
         let info = match read_text(&config.cert_file).and_then(|pem| {
             CertInfo::from_pem(&pem).map_err(|err| format!("{}: {err}", config.cert_file.display()))
         }) {
@@ -477,7 +642,7 @@ impl Live<'_> {
 
     /// Checks a renewed certificate and writes it for the next connection.
     async fn install_certificate(&mut self, cert_pem: String) {
-        let config = self.shared.config.clone();
+        let config = self.parts.config.clone();
         let result = tokio::task::spawn_blocking(move || {
             let key = load_key(&config.key_file)?;
             let info = certs::check_issued(&cert_pem, &key, &config.name, certs::now_unix())

@@ -1,53 +1,30 @@
 //! Simulated agents for load tests: many agent sessions in one process.
 //!
-//! [`run`] keeps one simulated agent's session with the backend the way [`crate::session::run`]
-//! does, with the agent's own pieces: the connection is [`crate::session::connect`] (TLS 1.3
-//! with the agent's client certificate, the cluster CA as the only root, the WebSocket with the
-//! agent's frame limits), the hello is [`crate::session::hello`], the event's entity is
-//! [`crate::session::entity`] and the event is completed by [`crate::start::complete`]. Like the
-//! real session it sends a keepalive and a ping every `keepalive_interval`, gives up on a
-//! backend silent for three intervals (at least [`MIN_DEAD_AFTER`]), sends events with a UUID
-//! id and keeps them until acknowledged (sent again on the next session, or after
-//! [`ACK_TIMEOUT`]), and reconnects with the same backoff.
-//!
-//! Two things differ, so that thousands of them fit in one process and the load tool measures
-//! the backend rather than itself:
-//!
-//! - a check request is answered in-process at once with a passing result (status 0, output
-//!   `ok`, the check as the request configures it, `issued` from the request) instead of
-//!   forking the command through [`crate::exec::Executor`];
-//! - unacknowledged events are kept in memory instead of the on-disk queue, and there is no
-//!   certificate renewal and no local API.
-//!
-//! What happens is reported to an [`Observer`], with the timing of every check request.
+//! [`run`] is the agent's own session loop ([`crate::session::run_with`]): the same connection,
+//! hello, keepalives, failover, backoff, event window, acknowledgements and resending. So that
+//! thousands fit in one process and the load tool measures the backend rather than itself, a
+//! check request is answered in-process at once with a passing result ([`SIM_OUTPUT`]) instead
+//! of forking the command, events wait in memory (at most [`SIM_QUEUE_EVENTS`], the oldest
+//! dropped beyond) instead of the on-disk queue, the host facts are given, and there is no
+//! certificate renewal and no local API. What happens is told to an [`Observer`].
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio::time::Instant;
-use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use tokio::sync::{watch, Notify};
 
-use cairn_api::agent::{AgentMessage, BackendMessage, CheckRequest};
+use cairn_api::agent::CheckRequest;
 use cairn_api::model::{Check, Entity, Event, System};
 
 use crate::config::AgentConfig;
-use crate::install::cause_chain;
-use crate::session::{
-    self, SessionError, ACK_TIMEOUT, CLOSE_TIMEOUT, CONNECT_TIMEOUT, EVENT_WINDOW, MIN_DEAD_AFTER,
-    SEND_TIMEOUT, STABLE_SESSION, WELCOME_TIMEOUT,
-};
-
-type Sink = SplitSink<WebSocketStream<TlsStream<TcpStream>>, Message>;
-type Source = SplitStream<WebSocketStream<TlsStream<TcpStream>>>;
+use crate::queue::QueuedEvent;
+use crate::session::{self, CheckRunner, Outbox, Parts, SessionError, SessionHooks};
 
 /// The output of every simulated check.
 pub const SIM_OUTPUT: &str = "ok\n";
+/// How many events a simulated agent keeps until acknowledged; beyond, the oldest are dropped.
+pub const SIM_QUEUE_EVENTS: usize = 1_000;
 
 /// One simulated agent.
 #[derive(Debug, Clone)]
@@ -64,9 +41,9 @@ pub struct SimAgent {
 pub struct CheckTiming {
     /// The request's `issued` (unix seconds, set by the backend's scheduler).
     pub issued: i64,
-    /// When the request arrived.
+    /// When the request's result was queued (at once when it arrived).
     pub received: SystemTime,
-    /// When its event was last sent.
+    /// When its event was last taken to be sent.
     pub sent: SystemTime,
     /// When the acknowledgement arrived (the backend acknowledges after storing).
     pub acked: SystemTime,
@@ -82,325 +59,165 @@ pub trait Observer: Send + Sync {
     fn failed(&self, _name: &str, _reason: &str) {}
     /// An event was acknowledged.
     fn acked(&self, _name: &str, _timing: &CheckTiming) {}
-    /// The backend refused a message (not fatally).
+    /// The backend refused a message (not fatally), or sent one that does not parse.
     fn refused(&self, _name: &str, _reason: &str) {}
+}
+
+/// Keeps a simulated agent's session with one of its backends until `shutdown` turns true.
+pub async fn run(agent: SimAgent, observer: Arc<dyn Observer>, shutdown: watch::Receiver<bool>) {
+    if agent.config.backend_urls.is_empty() {
+        observer.failed(&agent.config.name, "no backend URL is configured");
+        return;
+    }
+    let sim = Arc::new(Sim {
+        name: agent.config.name.clone(),
+        entity: session::entity(&agent.config, agent.system.clone()),
+        observer,
+        events: Mutex::default(),
+        queued: Notify::new(),
+    });
+    let parts = Parts {
+        config: agent.config,
+        runner: sim.clone(),
+        outbox: sim.clone(),
+        hooks: sim,
+        system: Some(agent.system),
+        renewal: false,
+    };
+    session::run_with(parts, shutdown).await;
+}
+
+/// One simulated agent's checks (answered at once), outbox (in memory) and observer.
+struct Sim {
+    name: String,
+    /// Completes the events.
+    entity: Entity,
+    observer: Arc<dyn Observer>,
+    /// The next sequence number, and the events not acknowledged yet, oldest first (at
+    /// most [`SIM_QUEUE_EVENTS`]).
+    events: Mutex<(u64, VecDeque<Pending>)>,
+    queued: Notify,
 }
 
 /// An event waiting for its acknowledgement.
 struct Pending {
-    id: String,
-    event: Event,
+    seq: u64,
+    record: QueuedEvent,
     issued: i64,
     received: SystemTime,
-    /// When it was sent in the current session.
-    sent: Option<(SystemTime, Instant)>,
+    /// When it was last taken to be sent.
+    sent: SystemTime,
 }
 
-/// Keeps a simulated agent's session with one of its backends until `shutdown` turns true.
-pub async fn run(
-    agent: SimAgent,
-    observer: Arc<dyn Observer>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let urls = agent.config.backend_urls.clone();
-    if urls.is_empty() {
-        observer.failed(&agent.config.name, "no backend URL is configured");
-        return;
+// === impl Sim ===
+
+impl CheckRunner for Sim {
+    /// Status 0, [`SIM_OUTPUT`], the check as the request configures it.
+    async fn run_check(&self, request: &CheckRequest, entity: &Entity) -> Event {
+        let now = crate::certs::now_unix();
+        let mut check: Check = serde_json::to_value(&request.config)
+            .and_then(serde_json::from_value)
+            .unwrap_or_default();
+        check.issued = request.issued;
+        check.executed = now;
+        check.duration = Some(0.0);
+        check.status = 0;
+        check.output = SIM_OUTPUT.to_owned();
+        Event {
+            timestamp: now,
+            entity: Some(entity.clone()),
+            check: Some(check),
+            ..Event::default()
+        }
     }
-    let mut backoff = crate::backoff::reconnect();
-    let mut pending = Vec::new();
-    let mut index = 0usize;
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let url = &urls[index % urls.len()];
-        let started = Instant::now();
-        let mut welcomed = false;
-        let outcome = session(
-            &agent,
-            observer.as_ref(),
-            &mut pending,
-            url,
-            &mut shutdown,
-            &mut welcomed,
-        )
-        .await;
-        if welcomed && started.elapsed() >= STABLE_SESSION {
-            backoff.reset();
-        }
-        let delay = match outcome {
-            Ok(()) => {
-                if welcomed {
-                    observer.disconnected(&agent.config.name, "shutdown");
-                }
-                return;
-            }
-            Err(err) => {
-                if welcomed {
-                    observer.disconnected(&agent.config.name, &err.to_string());
-                } else {
-                    observer.failed(&agent.config.name, &err.to_string());
-                }
-                if matches!(err, SessionError::Refused { .. }) {
-                    backoff.slow_delay()
-                } else {
-                    backoff.next_delay()
-                }
-            }
+}
+
+impl Outbox for Sim {
+    /// Completes the event as the agent's queue writer does and queues it with a UUID id.
+    async fn push(&self, event: Event) -> bool {
+        let Some(mut event) = crate::start::complete(event, &self.entity) else {
+            tracing::warn!("dropping an event that does not fit in one message");
+            return true;
         };
-        index = index.wrapping_add(1);
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-async fn session(
-    agent: &SimAgent,
-    observer: &dyn Observer,
-    pending: &mut Vec<Pending>,
-    url: &str,
-    shutdown: &mut watch::Receiver<bool>,
-    welcomed: &mut bool,
-) -> Result<(), SessionError> {
-    let config = &agent.config;
-    let ws = tokio::select! {
-        connected = tokio::time::timeout(CONNECT_TIMEOUT, session::connect(config, url)) => connected
-            .map_err(|_| SessionError::Timeout(format!("connecting to {url} took longer than {CONNECT_TIMEOUT:?}")))??,
-        _ = shutdown.changed() => return Ok(()),
-    };
-    let (mut sink, mut source) = ws.split();
-    let hello = session::hello(config, agent.system.clone());
-    send(&mut sink, &AgentMessage::Hello(Box::new(hello))).await?;
-    tokio::select! {
-        welcome = tokio::time::timeout(WELCOME_TIMEOUT, wait_for_welcome(&mut source)) => {
-            welcome.map_err(|_| SessionError::Timeout(format!("no answer to the hello within {WELCOME_TIMEOUT:?}")))??;
-        }
-        _ = shutdown.changed() => {
-            close(&mut sink, &mut source).await;
-            return Ok(());
-        }
-    }
-    *welcomed = true;
-    observer.connected(&config.name);
-    for event in pending.iter_mut() {
-        event.sent = None;
-    }
-    let entity = session::entity(config, agent.system.clone());
-    let result = exchange(
-        config,
-        &entity,
-        observer,
-        pending,
-        &mut sink,
-        &mut source,
-        shutdown,
-    )
-    .await;
-    if result.is_ok() {
-        close(&mut sink, &mut source).await;
-    }
-    result
-}
-
-async fn exchange(
-    config: &AgentConfig,
-    entity: &Entity,
-    observer: &dyn Observer,
-    pending: &mut Vec<Pending>,
-    sink: &mut Sink,
-    source: &mut Source,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), SessionError> {
-    let interval = Duration::from_secs(u64::from(config.keepalive_interval.max(1)));
-    let dead_after = (interval * 3).max(MIN_DEAD_AFTER);
-    let mut keepalives = tokio::time::interval_at(Instant::now() + interval, interval);
-    keepalives.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    loop {
-        send_events(pending, sink).await?;
-        tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
-            message = source.next() => {
-                last_heard = Instant::now();
-                match message {
-                    Some(Ok(Message::Text(text))) => {
-                        match serde_json::from_str::<BackendMessage>(text.as_str()) {
-                            Ok(BackendMessage::CheckRequest(request)) => {
-                                pending.push(check_result(&request, entity, &config.name));
-                            }
-                            Ok(BackendMessage::Ack { id }) => {
-                                if let Some(position) = pending.iter().position(|event| event.id == id) {
-                                    let event = pending.remove(position);
-                                    let timing = CheckTiming {
-                                        issued: event.issued,
-                                        received: event.received,
-                                        sent: event.sent.map_or(event.received, |(at, _)| at),
-                                        acked: SystemTime::now(),
-                                    };
-                                    observer.acked(&config.name, &timing);
-                                }
-                            }
-                            Ok(BackendMessage::Refused { reason, fatal }) => {
-                                if fatal {
-                                    return Err(SessionError::Refused { reason });
-                                }
-                                observer.refused(&config.name, &reason);
-                            }
-                            Ok(BackendMessage::Certificate { .. } | BackendMessage::Welcome { .. }) => {}
-                            Err(err) => {
-                                observer.refused(&config.name, &format!("a backend message does not parse: {:?}", err.classify()));
-                            }
-                        }
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        return Err(SessionError::Closed {
-                            reason: frame.map(|frame| frame.reason.to_string()).unwrap_or_default(),
-                        })
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(err)) => return Err(SessionError::WebSocket(cause_chain(&err))),
-                    None => return Err(SessionError::Closed { reason: String::new() }),
-                }
+        let id = uuid::Uuid::new_v4().to_string();
+        event.id.clone_from(&id);
+        let issued = event.check.as_ref().map_or(0, |check| check.issued);
+        let (received, record) = (SystemTime::now(), QueuedEvent { id, event });
+        {
+            let (next_seq, pending) =
+                &mut *self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            if pending.len() >= SIM_QUEUE_EVENTS {
+                pending.pop_front();
+                tracing::warn!("simulated event queue full; dropped the oldest event");
             }
-            _ = keepalives.tick() => {
-                if last_heard.elapsed() > dead_after {
-                    return Err(SessionError::Timeout(format!(
-                        "nothing heard from the backend for {} s",
-                        last_heard.elapsed().as_secs()
-                    )));
-                }
-                let overdue = pending
-                    .iter()
-                    .any(|event| event.sent.is_some_and(|(_, at)| at.elapsed() > ACK_TIMEOUT));
-                if overdue {
-                    for event in pending.iter_mut() {
-                        event.sent = None;
-                    }
-                }
-                let sent_at = crate::certs::now_unix();
-                send(sink, &AgentMessage::Keepalive { sent_at }).await?;
-                send_raw(sink, Message::Ping(Vec::new().into())).await?;
-            }
+            let seq = std::mem::replace(next_seq, *next_seq + 1);
+            let sent = received;
+            pending.push_back(Pending {
+                seq,
+                record,
+                issued,
+                received,
+                sent,
+            });
         }
+        self.queued.notify_one();
+        true
     }
-}
 
-/// The in-process result of a check request: status 0, [`SIM_OUTPUT`], the check as the request
-/// configures it, completed as the agent completes events.
-fn check_result(request: &CheckRequest, entity: &Entity, name: &str) -> Pending {
-    let received = SystemTime::now();
-    let now = crate::certs::now_unix();
-    let mut check: Check = serde_json::to_value(&request.config)
-        .and_then(serde_json::from_value)
-        .unwrap_or_default();
-    check.issued = request.issued;
-    check.executed = now;
-    check.duration = Some(0.0);
-    check.status = 0;
-    check.output = SIM_OUTPUT.to_owned();
-    check.processed_by = name.to_owned();
-    let event = Event {
-        timestamp: now,
-        entity: Some(entity.clone()),
-        check: Some(check),
-        ..Event::default()
-    };
-    let mut event = crate::start::complete(event, entity).unwrap_or_default();
-    let id = uuid::Uuid::new_v4().to_string();
-    event.id.clone_from(&id);
-    Pending {
-        id,
-        event,
-        issued: request.issued,
-        received,
-        sent: None,
+    fn queued(&self) -> &Notify {
+        &self.queued
     }
-}
 
-/// Sends the events not sent in this session yet, up to [`EVENT_WINDOW`] in flight.
-async fn send_events(pending: &mut [Pending], sink: &mut Sink) -> Result<(), SessionError> {
-    let in_flight = pending.iter().filter(|event| event.sent.is_some()).count();
-    let room = EVENT_WINDOW.saturating_sub(in_flight);
-    for event in pending
-        .iter_mut()
-        .filter(|event| event.sent.is_none())
-        .take(room)
-    {
-        event.sent = Some((SystemTime::now(), Instant::now()));
-        let message = AgentMessage::Event {
-            id: event.id.clone(),
-            event: Box::new(event.event.clone()),
+    async fn read_after(
+        &self,
+        cursor: Option<u64>,
+        count: usize,
+    ) -> Result<Vec<(u64, QueuedEvent)>, SessionError> {
+        let (_, pending) = &mut *self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = cursor.map_or(0, |cursor| {
+            pending.partition_point(|event| event.seq <= cursor)
+        });
+        let now = SystemTime::now();
+        let batch = pending.iter_mut().skip(start).take(count).map(|event| {
+            event.sent = now;
+            (event.seq, event.record.clone())
+        });
+        Ok(batch.collect())
+    }
+
+    async fn ack(&self, id: String) -> Result<bool, SessionError> {
+        let acked = {
+            let (_, pending) = &mut *self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            let position = pending.iter().position(|event| event.record.id == id);
+            position.and_then(|position| pending.remove(position))
         };
-        send(sink, &message).await?;
-    }
-    Ok(())
-}
-
-async fn wait_for_welcome(source: &mut Source) -> Result<String, SessionError> {
-    loop {
-        match source.next().await {
-            Some(Ok(Message::Text(text))) => {
-                return match serde_json::from_str::<BackendMessage>(text.as_str()) {
-                    Ok(BackendMessage::Welcome { entity }) => Ok(entity),
-                    Ok(BackendMessage::Refused { reason, .. }) => {
-                        Err(SessionError::Refused { reason })
-                    }
-                    Ok(_) => Err(SessionError::Protocol(
-                        "the backend sent a message before its welcome".into(),
-                    )),
-                    Err(err) => Err(SessionError::Protocol(format!(
-                        "the answer to the hello does not parse ({:?})",
-                        err.classify()
-                    ))),
-                };
-            }
-            Some(Ok(Message::Close(frame))) => {
-                return Err(SessionError::Closed {
-                    reason: frame
-                        .map(|frame| frame.reason.to_string())
-                        .unwrap_or_default(),
-                })
-            }
-            Some(Ok(_)) => {}
-            Some(Err(err)) => return Err(SessionError::WebSocket(cause_chain(&err))),
-            None => {
-                return Err(SessionError::Closed {
-                    reason: String::new(),
-                })
-            }
-        }
+        let Some(event) = acked else { return Ok(false) };
+        let timing = CheckTiming {
+            issued: event.issued,
+            received: event.received,
+            sent: event.sent,
+            acked: SystemTime::now(),
+        };
+        self.observer.acked(&self.name, &timing);
+        Ok(true)
     }
 }
 
-async fn close(sink: &mut Sink, source: &mut Source) {
-    let closing = async {
-        if sink.send(Message::Close(None)).await.is_err() {
-            return;
-        }
-        while let Some(Ok(message)) = source.next().await {
-            if message.is_close() {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
-}
+impl SessionHooks for Sim {
+    fn connected(&self) {
+        self.observer.connected(&self.name);
+    }
 
-async fn send(sink: &mut Sink, message: &AgentMessage) -> Result<(), SessionError> {
-    let text = serde_json::to_string(message).expect("agent messages are plain data");
-    send_raw(sink, Message::Text(text.into())).await
-}
+    fn ended(&self, welcomed: bool, outcome: &Result<(), SessionError>) {
+        match outcome {
+            Ok(()) if welcomed => self.observer.disconnected(&self.name, "shutdown"),
+            Ok(()) => {}
+            Err(err) if welcomed => self.observer.disconnected(&self.name, &err.to_string()),
+            Err(err) => self.observer.failed(&self.name, &err.to_string()),
+        }
+    }
 
-async fn send_raw(sink: &mut Sink, message: Message) -> Result<(), SessionError> {
-    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(SessionError::WebSocket(cause_chain(&err))),
-        Err(_) => Err(SessionError::Timeout(format!(
-            "a write to the backend took longer than {SEND_TIMEOUT:?}"
-        ))),
+    fn refused(&self, reason: &str) {
+        self.observer.refused(&self.name, reason);
     }
 }
