@@ -6,6 +6,7 @@ use axum::http::{Method, StatusCode};
 
 use cairn_api::Kind;
 
+use super::crud::Item;
 use crate::http::{ApiError, Code};
 
 /// What a path addresses.
@@ -192,6 +193,25 @@ impl UserAction {
     }
 }
 
+/// One resource as its URL names it (`namespace` is empty for a cluster-wide kind).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ItemPath {
+    pub(crate) kind: Kind,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+}
+
+impl ItemPath {
+    /// The borrowed form the handlers take.
+    pub(super) fn as_item(&self) -> Item<'_> {
+        Item {
+            kind: self.kind,
+            namespace: &self.namespace,
+            name: &self.name,
+        }
+    }
+}
+
 /// One endpoint of the resource URL space: what a method on a [`Target`] does.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Endpoint {
@@ -214,29 +234,13 @@ pub(crate) enum Endpoint {
         name: Option<String>,
     },
     /// `GET` one resource.
-    Get {
-        kind: Kind,
-        namespace: String,
-        name: String,
-    },
+    Get(ItemPath),
     /// `PUT` one resource: creates or replaces it.
-    Replace {
-        kind: Kind,
-        namespace: String,
-        name: String,
-    },
+    Replace(ItemPath),
     /// `PATCH` one resource with a JSON merge patch.
-    Patch {
-        kind: Kind,
-        namespace: String,
-        name: String,
-    },
+    Patch(ItemPath),
     /// `DELETE` one resource.
-    Delete {
-        kind: Kind,
-        namespace: String,
-        name: String,
-    },
+    Delete(ItemPath),
     /// `GET namespaces/{ns}/events/{entity}`.
     ListEntityEvents { namespace: String, entity: String },
     /// `GET [namespaces/{ns}/]silenced/{subscriptions|checks}/{value}`.
@@ -319,26 +323,26 @@ impl Endpoint {
                     namespace,
                     name: Some(name),
                 },
-                Method::GET => Endpoint::Get {
+                Method::GET => Endpoint::Get(ItemPath {
                     kind,
                     namespace,
                     name,
-                },
-                Method::DELETE => Endpoint::Delete {
+                }),
+                Method::DELETE => Endpoint::Delete(ItemPath {
                     kind,
                     namespace,
                     name,
-                },
-                Method::PUT => Endpoint::Replace {
+                }),
+                Method::PUT => Endpoint::Replace(ItemPath {
                     kind,
                     namespace,
                     name,
-                },
-                Method::PATCH if kind != Kind::Event => Endpoint::Patch {
+                }),
+                Method::PATCH if kind != Kind::Event => Endpoint::Patch(ItemPath {
                     kind,
                     namespace,
                     name,
-                },
+                }),
                 _ => return Err(method_not_allowed()),
             },
             Target::EntityEvents { namespace, entity } => match *method {
@@ -408,10 +412,10 @@ impl Endpoint {
             Endpoint::Create { .. } => 1,
             Endpoint::CreateApiKey => 2,
             Endpoint::PutEvent { .. } => 3,
-            Endpoint::Get { .. } => 4,
-            Endpoint::Replace { .. } => 5,
-            Endpoint::Patch { .. } => 6,
-            Endpoint::Delete { .. } => 7,
+            Endpoint::Get(_) => 4,
+            Endpoint::Replace(_) => 5,
+            Endpoint::Patch(_) => 6,
+            Endpoint::Delete(_) => 7,
             Endpoint::ListEntityEvents { .. } => 8,
             Endpoint::ListSilencedBy { .. } => 9,
             Endpoint::AddCheckHooks { .. } => 10,
@@ -439,10 +443,10 @@ impl Endpoint {
         match self {
             Endpoint::List { kind, .. }
             | Endpoint::Create { kind, .. }
-            | Endpoint::Get { kind, .. }
-            | Endpoint::Replace { kind, .. }
-            | Endpoint::Patch { kind, .. }
-            | Endpoint::Delete { kind, .. } => *kind,
+            | Endpoint::Get(ItemPath { kind, .. })
+            | Endpoint::Replace(ItemPath { kind, .. })
+            | Endpoint::Patch(ItemPath { kind, .. })
+            | Endpoint::Delete(ItemPath { kind, .. }) => *kind,
             Endpoint::CreateApiKey => Kind::ApiKey,
             Endpoint::PutEvent { .. } | Endpoint::ListEntityEvents { .. } => Kind::Event,
             Endpoint::ListSilencedBy { .. } => Kind::Silenced,
@@ -573,10 +577,12 @@ mod tests {
 
     #[test]
     fn methods_pick_the_endpoint() {
-        let check = |name: &str| Endpoint::Get {
-            kind: Kind::CheckConfig,
-            namespace: "default".into(),
-            name: name.into(),
+        let check = |name: &str| {
+            Endpoint::Get(ItemPath {
+                kind: Kind::CheckConfig,
+                namespace: "default".into(),
+                name: name.into(),
+            })
         };
         assert_eq!(
             route(Method::GET, "/api/core/v2/namespaces/default/checks/cpu"),

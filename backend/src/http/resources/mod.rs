@@ -24,8 +24,6 @@ mod endpoint;
 mod events;
 mod users;
 
-use crud::Item;
-
 pub(crate) use endpoint::Endpoint;
 
 /// Every `/api/…` request that no fixed route took: parsed into its [`Endpoint`] (404 when the
@@ -77,74 +75,12 @@ async fn run(
         Endpoint::PutEvent { namespace, name } => {
             events::events_put(state, caller, &namespace, name.as_deref(), body).await
         }
-        Endpoint::Get {
-            kind,
-            namespace,
-            name,
-        } => {
-            crud::get(
-                state,
-                caller,
-                Item {
-                    kind,
-                    namespace: &namespace,
-                    name: &name,
-                },
-            )
-            .await
+        Endpoint::Get(path) => crud::get(state, caller, path.as_item()).await,
+        Endpoint::Replace(path) => {
+            crud::replace(state, caller, path.as_item(), headers, body).await
         }
-        Endpoint::Replace {
-            kind,
-            namespace,
-            name,
-        } => {
-            crud::replace(
-                state,
-                caller,
-                Item {
-                    kind,
-                    namespace: &namespace,
-                    name: &name,
-                },
-                headers,
-                body,
-            )
-            .await
-        }
-        Endpoint::Patch {
-            kind,
-            namespace,
-            name,
-        } => {
-            crud::patch(
-                state,
-                caller,
-                Item {
-                    kind,
-                    namespace: &namespace,
-                    name: &name,
-                },
-                headers,
-                body,
-            )
-            .await
-        }
-        Endpoint::Delete {
-            kind,
-            namespace,
-            name,
-        } => {
-            crud::delete(
-                state,
-                caller,
-                Item {
-                    kind,
-                    namespace: &namespace,
-                    name: &name,
-                },
-            )
-            .await
-        }
+        Endpoint::Patch(path) => crud::patch(state, caller, path.as_item(), headers, body).await,
+        Endpoint::Delete(path) => crud::delete(state, caller, path.as_item()).await,
         Endpoint::ListEntityEvents { namespace, entity } => {
             let prefix = format!("{entity}/");
             crud::list_filtered(state, caller, Kind::Event, &namespace, &prefix).await
