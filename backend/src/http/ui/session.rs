@@ -49,6 +49,10 @@ struct CookieData {
     r: String,
     /// The CSRF token of the session's forms.
     c: String,
+    /// When the session ends, Unix seconds: only to tell "expired" from "logged out" when the
+    /// refresh token is gone; the record's end is the one enforced.
+    #[serde(default)]
+    e: u64,
 }
 
 /// A logged-in user's request.
@@ -141,6 +145,7 @@ impl Sessions {
             x: pair.expires_at,
             r: pair.refresh_token,
             c: auth::random_token(32),
+            e: ends_at,
         };
         set_cookie(&data, ends_at)
     }
@@ -154,7 +159,18 @@ impl Sessions {
         state: &AppState,
         headers: &HeaderMap,
     ) -> Result<Session, NoSession> {
-        let mut data = read_cookie(headers).ok_or(NoSession::Missing)?;
+        let data = read_cookie(headers).ok_or(NoSession::Missing)?;
+        let claimed_end = data.e;
+        match self.open_cookie(state, data).await {
+            // Gone at the end the cookie names: expired rather than logged out.
+            Err(NoSession::Missing) if claimed_end > 0 && claimed_end <= crate::clock::unix_now_u64() => {
+                Err(NoSession::Expired)
+            }
+            other => other,
+        }
+    }
+
+    async fn open_cookie(&self, state: &AppState, mut data: CookieData) -> Result<Session, NoSession> {
         let mut set = None;
         let now = crate::clock::unix_now_u64();
         let store = state.resources.store();
@@ -174,7 +190,13 @@ impl Sessions {
             }
             None => None,
         };
-        if ends_at.is_none() || data.x <= now + RENEW_BEFORE {
+        // Renewed near its end, unless the session ends with it anyway; a spent refresh token
+        // (another request renewed the session) finds the pair it was exchanged for.
+        let renew = match ends_at {
+            None => true,
+            Some(ends_at) => data.x <= now + RENEW_BEFORE && data.x < ends_at,
+        };
+        if renew {
             let renewed = tokio::time::timeout(RENEW_WAIT, self.renew(state, &digest, &data))
                 .await
                 .map_err(|_| {
@@ -237,6 +259,7 @@ impl Sessions {
             x: pair.expires_at,
             r: pair.refresh_token,
             c: data.c.clone(),
+            e: record.expires_at,
         };
         rotations.insert(digest.to_owned(), new.clone(), record.expires_at);
         Ok(Some((new, record.expires_at)))
@@ -390,6 +413,7 @@ mod tests {
             x: 5,
             r: "refresh".into(),
             c: "csrf".into(),
+            e: 9,
         };
         let set = set_cookie(&data, crate::clock::unix_now_u64() + 60).unwrap();
         let value = set.to_str().unwrap().split(';').next().unwrap().to_owned();
@@ -408,6 +432,7 @@ mod tests {
             x: 0,
             r: String::new(),
             c: String::new(),
+            e: 0,
         };
         for n in 0..ROTATIONS + 10 {
             rotations.insert(n.to_string(), data.clone(), 0);
