@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    ago, check_form, encode_segment, format_time, open_page, see_other, status_class,
-    status_word, Chrome, Common, Page, REFUSED_FORM,
+    ago, check_form, encode_segment, format_time, open_page, see_other, status_class, status_word,
+    Chrome, Common, Page, REFUSED_FORM,
 };
 use crate::auth::rbac::Verb;
 use crate::http::federation::{federated_rows, Row};
@@ -232,7 +232,10 @@ pub(crate) async fn all_events(
         match decoded {
             Ok(wire) => rows.push(EventRow::from_wire(&item.cluster, wire)),
             Err(err) => {
-                if !problems.iter().any(|problem| *problem.cluster == *item.cluster) {
+                if !problems
+                    .iter()
+                    .any(|problem| *problem.cluster == *item.cluster)
+                {
                     problems.push(ClusterProblem {
                         cluster: item.cluster.to_string(),
                         message: format!("an event is not what it should be: {err}"),
@@ -307,21 +310,17 @@ async fn render_events(
     };
     let namespace = Some(query.namespace.clone()).filter(|ns| !ns.is_empty());
     let only = Some(page.chrome.cluster.as_str()).filter(|name| !name.is_empty());
-    let (mut rows, problems) = match tokio::time::timeout(
-        super::PAGE_TIMEOUT,
-        all_events(&page, namespace, only),
-    )
-    .await
-    {
-        Ok(Ok(found)) => found,
-        Ok(Err(err)) => return page.error(err.status, &err.message),
-        Err(_) => {
-            return page.error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the events could not be read in time",
-            )
-        }
-    };
+    let (mut rows, problems) =
+        match tokio::time::timeout(super::PAGE_TIMEOUT, all_events(&page, namespace, only)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(err)) => return page.error(err.status, &err.message),
+            Err(_) => {
+                return page.error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the events could not be read in time",
+                )
+            }
+        };
     let mut namespaces: Vec<String> = rows.iter().map(|row| row.namespace.clone()).collect();
     namespaces.sort();
     namespaces.dedup();
@@ -342,10 +341,7 @@ async fn render_events(
     let from = (number - 1) * PAGE_ROWS;
     let shown: Vec<EventRow> = rows.into_iter().skip(from).take(PAGE_ROWS).collect();
     let link = |to: usize, rows: bool| {
-        let mut out = format!(
-            "/ui/events{}?page={to}",
-            if rows { "/rows" } else { "" }
-        );
+        let mut out = format!("/ui/events{}?page={to}", if rows { "/rows" } else { "" });
         for (name, value) in [
             ("cluster", page.chrome.cluster.as_str()),
             ("namespace", query.namespace.as_str()),
@@ -551,7 +547,13 @@ async fn event_action(
     State(state): State<AppState>,
     headers: HeaderMap,
     uri: Uri,
-    Path((cluster, namespace, entity, check, action)): Path<(String, String, String, String, String)>,
+    Path((cluster, namespace, entity, check, action)): Path<(
+        String,
+        String,
+        String,
+        String,
+        String,
+    )>,
     form: Result<Form<ActionForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let csrf = form.map(|Form(form)| form.csrf).unwrap_or_default();
@@ -577,13 +579,18 @@ async fn event_action(
     let detail = event_href(&cluster, &namespace, &entity, &check);
     let user = page.session.caller.username.clone();
     let outcome = match action.as_str() {
-        "resolve" => resolve(&api, &cluster, &path, &user).await.map(|()| {
-            format!("{detail}?done=resolved")
-        }),
+        "resolve" => resolve(&api, &cluster, &path, &user)
+            .await
+            .map(|()| format!("{detail}?done=resolved")),
         "delete" => api
             .call(&cluster, Method::DELETE, &path, None)
             .await
-            .map(|_| format!("/ui/events?done=deleted&cluster={}", encode_segment(&cluster))),
+            .map(|_| {
+                format!(
+                    "/ui/events?done=deleted&cluster={}",
+                    encode_segment(&cluster)
+                )
+            }),
         "rerun" => {
             let body = serde_json::json!({
                 "check": check,
@@ -655,7 +662,10 @@ async fn create_silence(
     form: Result<Form<SilenceForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let form = form.map(|Form(form)| form);
-    let csrf = form.as_ref().map(|form| form.csrf.clone()).unwrap_or_default();
+    let csrf = form
+        .as_ref()
+        .map(|form| form.csrf.clone())
+        .unwrap_or_default();
     let cluster = form
         .as_ref()
         .map(|form| form.cluster.clone())
@@ -703,7 +713,11 @@ async fn create_silence(
     }
     let name = format!(
         "{}:{}",
-        if subscription.is_empty() { "*" } else { subscription },
+        if subscription.is_empty() {
+            "*"
+        } else {
+            subscription
+        },
         if check.is_empty() { "*" } else { check }
     );
     let mut spec = serde_json::json!({

@@ -24,7 +24,10 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/ui/clusters", get(clusters_page))
         .route("/ui/entities", get(entities_page))
-        .route("/ui/entities/{cluster}/{namespace}/{name}", get(entity_page))
+        .route(
+            "/ui/entities/{cluster}/{namespace}/{name}",
+            get(entity_page),
+        )
         .route(
             "/ui/entities/{cluster}/{namespace}/{name}/delete",
             post(delete_entity),
@@ -106,7 +109,10 @@ fn text_of(value: &Value) -> String {
         Value::String(text) => text.clone(),
         Value::Array(items) => items
             .iter()
-            .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned))
+            .map(|item| {
+                item.as_str()
+                    .map_or_else(|| item.to_string(), str::to_owned)
+            })
             .collect::<Vec<_>>()
             .join(", "),
         Value::Null => String::new(),
@@ -141,20 +147,24 @@ fn name_cell(resource: &Value) -> Cell {
 
 /// Lists `path` (all namespaces) on every shown cluster as the user: the rows, and the
 /// clusters that failed.
-async fn list_everywhere(page: &Page<'_>, path: &str) -> (Vec<(String, Value)>, Vec<ClusterProblem>) {
+async fn list_everywhere(
+    page: &Page<'_>,
+    path: &str,
+) -> (Vec<(String, Value)>, Vec<ClusterProblem>) {
     let api = page.api();
     let clusters = page.shown_clusters();
     let lists = futures::future::join_all(clusters.iter().map(|cluster| {
         let api = &api;
         async move {
-            let listed = tokio::time::timeout(super::PAGE_TIMEOUT, api.list::<Value>(cluster, path))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(super::api::CallError::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "no answer in time",
-                    ))
-                });
+            let listed =
+                tokio::time::timeout(super::PAGE_TIMEOUT, api.list::<Value>(cluster, path))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(super::api::CallError::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "no answer in time",
+                        ))
+                    });
             (cluster.clone(), listed)
         }
     }))
@@ -210,7 +220,10 @@ async fn clusters_page(
         Err(response) => return response,
     };
     if !page.may(Verb::List, cairn_api::Kind::Cluster.plural(), None) {
-        let message = format!("user {} may not list clusters", page.session.caller.username);
+        let message = format!(
+            "user {} may not list clusters",
+            page.session.caller.username
+        );
         return page.error(StatusCode::FORBIDDEN, &message);
     }
     let healths = cluster_healths(&state);
@@ -258,7 +271,16 @@ async fn clusters_page(
             version: health
                 .version
                 .as_ref()
-                .and_then(|version| version["cairn_backend"].as_str().map(|v| format!("cairn {v}")).or_else(|| version["sensu_backend"].as_str().map(|v| format!("sensu {v}"))))
+                .and_then(|version| {
+                    version["cairn_backend"]
+                        .as_str()
+                        .map(|v| format!("cairn {v}"))
+                        .or_else(|| {
+                            version["sensu_backend"]
+                                .as_str()
+                                .map(|v| format!("sensu {v}"))
+                        })
+                })
                 .unwrap_or_else(|| "-".to_owned()),
             latency: health
                 .latency_ms
@@ -357,7 +379,15 @@ async fn entities_page(
         heading: "Entities".to_owned(),
         intro: "Every entity the clusters shown hold, agents and proxies.".to_owned(),
         table_id: "entities".to_owned(),
-        columns: vec!["Cluster", "Namespace", "Name", "Class", "OS", "Subscriptions", "Last seen"],
+        columns: vec![
+            "Cluster",
+            "Namespace",
+            "Name",
+            "Class",
+            "OS",
+            "Subscriptions",
+            "Last seen",
+        ],
         rows,
         problems,
         empty: "No entities.".to_owned(),
@@ -503,7 +533,10 @@ async fn delete_entity(
         encode_segment(&namespace),
         encode_segment(&name)
     );
-    let back = format!("/ui/entities?cluster={}&done=entity-deleted", encode_segment(&cluster));
+    let back = format!(
+        "/ui/entities?cluster={}&done=entity-deleted",
+        encode_segment(&cluster)
+    );
     delete_action(&state, &headers, &uri, &cluster, &path, &back, form).await
 }
 
@@ -519,7 +552,10 @@ async fn delete_silence(
         encode_segment(&namespace),
         encode_segment(&name)
     );
-    let back = format!("/ui/silences?cluster={}&done=unsilenced", encode_segment(&cluster));
+    let back = format!(
+        "/ui/silences?cluster={}&done=unsilenced",
+        encode_segment(&cluster)
+    );
     delete_action(&state, &headers, &uri, &cluster, &path, &back, form).await
 }
 
@@ -584,10 +620,12 @@ async fn checks_page(
                 Cell::text(namespace_of(check)),
                 name_cell(check),
                 Cell::text(text_of(&check["command"])),
-                Cell::text(match check["cron"].as_str().filter(|cron| !cron.is_empty()) {
-                    Some(cron) => format!("cron {cron}"),
-                    None => format!("{}s", check["interval"].as_u64().unwrap_or(0)),
-                }),
+                Cell::text(
+                    match check["cron"].as_str().filter(|cron| !cron.is_empty()) {
+                        Some(cron) => format!("cron {cron}"),
+                        None => format!("{}s", check["interval"].as_u64().unwrap_or(0)),
+                    },
+                ),
                 Cell::text(text_of(&check["subscriptions"])),
                 Cell::text(text_of(&check["handlers"])),
                 Cell::text(if check["publish"].as_bool().unwrap_or(false) {
@@ -656,7 +694,15 @@ async fn handlers_page(
         heading: "Handlers".to_owned(),
         intro: "Where events go. Those marked Git are managed by a reconciler.".to_owned(),
         table_id: "handlers".to_owned(),
-        columns: vec!["Cluster", "Namespace", "Name", "Type", "Command / target", "Filters", "Timeout"],
+        columns: vec![
+            "Cluster",
+            "Namespace",
+            "Name",
+            "Type",
+            "Command / target",
+            "Filters",
+            "Timeout",
+        ],
         rows,
         problems,
         empty: "No handlers.".to_owned(),
@@ -856,8 +902,15 @@ async fn gitops_page(
                                 counts["failed"].as_u64().unwrap_or(0)
                             )),
                             Cell::text(text_of(&sync["errors"])),
-                            Cell::text(if resources.is_empty() { "-".to_owned() } else { format!("{} resources", sync["resources"].as_array().map_or(0, Vec::len)) })
-                                .title(resources),
+                            Cell::text(if resources.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                format!(
+                                    "{} resources",
+                                    sync["resources"].as_array().map_or(0, Vec::len)
+                                )
+                            })
+                            .title(resources),
                             Cell::text(text_of(&sync["recorded_by"])),
                         ],
                     });
@@ -889,7 +942,16 @@ async fn replicators_page(
     query: Result<Query<Common>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let common = query.map(|q| q.0).unwrap_or_default();
-    let page = match open_page(&state, &headers, &uri, "replicators", "Replicators", &common).await {
+    let page = match open_page(
+        &state,
+        &headers,
+        &uri,
+        "replicators",
+        "Replicators",
+        &common,
+    )
+    .await
+    {
         Ok(page) => page,
         Err(response) => return response,
     };
@@ -943,9 +1005,19 @@ async fn replicators_page(
     let table = TablePage {
         chrome: page.chrome.clone(),
         heading: "Replicators".to_owned(),
-        intro: format!("The replicators of {local}, copying resources one way to the clusters below it."),
+        intro: format!(
+            "The replicators of {local}, copying resources one way to the clusters below it."
+        ),
         table_id: "replicators".to_owned(),
-        columns: vec!["Name", "Cluster", "Resource", "State", "Lag", "Last error", "Updated"],
+        columns: vec![
+            "Name",
+            "Cluster",
+            "Resource",
+            "State",
+            "Lag",
+            "Last error",
+            "Updated",
+        ],
         rows,
         problems: Vec::new(),
         empty: "No replicators.".to_owned(),
