@@ -279,8 +279,7 @@ async fn events_page(
     uri: Uri,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let query = query.map(|q| q.0).unwrap_or_default();
-    render_events(&state, &headers, &uri, query, false).await
+    render_events(&state, &headers, &uri, query.map(|q| q.0), false).await
 }
 
 async fn events_rows(
@@ -289,24 +288,36 @@ async fn events_rows(
     uri: Uri,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let query = query.map(|q| q.0).unwrap_or_default();
-    render_events(&state, &headers, &uri, query, true).await
+    render_events(&state, &headers, &uri, query.map(|q| q.0), true).await
 }
 
 async fn render_events(
     state: &AppState,
     headers: &HeaderMap,
     uri: &Uri,
-    query: EventsQuery,
+    query: Result<EventsQuery, axum::extract::rejection::QueryRejection>,
     rows_only: bool,
 ) -> Response {
-    let common = Common {
-        cluster: query.cluster.clone(),
-        done: query.done.clone(),
+    let started = std::time::Instant::now();
+    let common = match &query {
+        Ok(query) => Common {
+            cluster: query.cluster.clone(),
+            done: query.done.clone(),
+        },
+        Err(_) => Common::default(),
     };
     let page = match open_page(state, headers, uri, "events", "Events", &common).await {
         Ok(page) => page,
         Err(response) => return response,
+    };
+    let query = match query {
+        Ok(query) => query,
+        Err(err) => {
+            return page.error(
+                StatusCode::BAD_REQUEST,
+                &format!("the filters are not understood: {}", err.body_text()),
+            )
+        }
     };
     let namespace = Some(query.namespace.clone()).filter(|ns| !ns.is_empty());
     let only = Some(page.chrome.cluster.as_str()).filter(|name| !name.is_empty());
@@ -365,18 +376,28 @@ async fn render_events(
         refresh: link(number, true),
         problems,
     };
-    if rows_only {
-        return page.render(StatusCode::OK, &body);
-    }
-    let events = EventsPage {
-        chrome: page.chrome.clone(),
-        body,
-        namespace: query.namespace,
-        status: query.status,
-        q: query.q,
-        namespaces,
+    let mut response = if rows_only {
+        page.render(StatusCode::OK, &body)
+    } else {
+        let events = EventsPage {
+            chrome: page.chrome.clone(),
+            body,
+            namespace: query.namespace,
+            status: query.status,
+            q: query.q,
+            namespaces,
+        };
+        page.render(StatusCode::OK, &events)
     };
-    page.render(StatusCode::OK, &events)
+    // How long the server took (session, every cluster's events, filtering, rendering), for
+    // the browser's developer tools and the UI bench.
+    if let Ok(timing) = axum::http::HeaderValue::from_str(&format!(
+        "page;dur={:.1}",
+        started.elapsed().as_secs_f64() * 1000.0
+    )) {
+        response.headers_mut().insert("server-timing", timing);
+    }
+    response
 }
 
 // === one event ===
@@ -453,10 +474,12 @@ async fn event_page(
 ) -> Response {
     let mut common = query.map(|q| q.0).unwrap_or_default();
     common.cluster = cluster.clone();
-    let page = match open_page(&state, &headers, &uri, "events", "Event", &common).await {
+    let mut page = match open_page(&state, &headers, &uri, "events", "Event", &common).await {
         Ok(page) => page,
         Err(response) => return response,
     };
+    // The switcher leads to the list of the cluster chosen.
+    page.chrome.path = "/ui/events".to_owned();
     if page.chrome.cluster != cluster {
         return page.error(
             StatusCode::NOT_FOUND,

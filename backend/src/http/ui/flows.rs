@@ -418,4 +418,37 @@ async fn unknown_pages_and_assets() {
     assert!(page.body.contains("<html"), "{}", page.body);
     let value: Result<Value, _> = serde_json::from_str(&page.body);
     assert!(value.is_err(), "a UI error is a page, never a JSON body");
+    let bad = send(
+        &fixture,
+        Method::GET,
+        "/ui/events?page=first",
+        Some(&cookie),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad.body.contains("the filters are not understood"),
+        "{}",
+        bad.body
+    );
+    assert!(
+        bad.body.contains("page"),
+        "the error names the field: {}",
+        bad.body
+    );
+    let timed = send(
+        &fixture,
+        Method::GET,
+        "/ui/events",
+        Some(&cookie),
+        None,
+        None,
+    )
+    .await;
+    assert!(timed.headers["server-timing"]
+        .to_str()
+        .unwrap()
+        .starts_with("page;dur="));
 }

@@ -448,10 +448,11 @@ async fn entity_page(
             .unwrap_or("")
             .to_owned(),
     };
-    let page = match open_page(&state, &headers, &uri, "entities", "Entity", &common).await {
+    let mut page = match open_page(&state, &headers, &uri, "entities", "Entity", &common).await {
         Ok(page) => page,
         Err(response) => return response,
     };
+    page.chrome.path = "/ui/entities".to_owned();
     if page.chrome.cluster != cluster {
         return page.error(
             StatusCode::NOT_FOUND,
