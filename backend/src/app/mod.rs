@@ -585,7 +585,7 @@ pub async fn start(
         downstream_budget: crate::federation::budget::Budget::new(
             crate::federation::budget::DOWNSTREAM_BUDGET,
         ),
-        ui_sessions: Arc::new(http::UiSessions::new(config.ui_session_ttl)),
+        ui_sessions: Arc::new(http::UiSessions::new(config.ui_session_ttl, &cluster.name)),
     };
     tracing::info!(%api_addr, cluster = %cluster.name, "api listening (https)");
     tracing::info!(%agent_addr, "agent listener listening (mutual tls websocket)");

@@ -894,7 +894,7 @@ pub(crate) mod tests {
             downstream_budget: crate::federation::budget::Budget::new(
                 crate::federation::budget::DOWNSTREAM_BUDGET,
             ),
-            ui_sessions: Arc::new(ui::Sessions::new(ui::DEFAULT_SESSION_TTL)),
+            ui_sessions: Arc::new(ui::Sessions::new(ui::DEFAULT_SESSION_TTL, "cairn-test")),
             agents,
         };
         (state, sink)
