@@ -8,6 +8,7 @@ mod join;
 mod percent;
 mod replicators;
 mod resources;
+mod syncs;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -113,6 +114,7 @@ pub(crate) fn app(state: AppState) -> Router {
             post(join::revoke_handler),
         )
         .merge(replicators::routes())
+        .merge(syncs::routes())
         .merge(federation::routes())
         .fallback(resources::dispatch)
         .layer(middleware::from_fn_with_state(
