@@ -245,6 +245,15 @@ impl Repo {
     }
 }
 
+/// `cairnctl apply --git <repo> --ref main` with `extra` arguments.
+fn applier<'a>(ctl: &'a Ctl, repo: &'a Repo) -> impl Fn(&[&str]) -> Run + 'a {
+    move |extra| {
+        let mut args = vec!["apply", "--git", repo.bare(), "--ref", "main"];
+        args.extend_from_slice(extra);
+        ctl.run(&args)
+    }
+}
+
 // === 1. diff ===
 
 #[test]
@@ -489,11 +498,7 @@ fn apply_from_git_commits_with_prune() {
     let ctl = Ctl::configure(&backend);
     let api = Api::connect(&backend);
     let repo = Repo::new();
-    let apply = |extra: &[&str]| -> Run {
-        let mut args = vec!["apply", "--git", repo.bare(), "--ref", "main"];
-        args.extend_from_slice(extra);
-        ctl.run(&args)
-    };
+    let apply = applier(&ctl, &repo);
     let checks_at = |name: &str| format!("namespaces/gitops/checks/{name}.yaml");
 
     repo.write("cluster/namespace.yaml", &namespace_yaml("gitops"));
@@ -798,11 +803,7 @@ fn apply_records_each_sync_on_the_backend() {
     let ctl = Ctl::configure(&backend);
     let api = Api::connect(&backend);
     let repo = Repo::new();
-    let apply = |extra: &[&str]| -> Run {
-        let mut args = vec!["apply", "--git", repo.bare(), "--ref", "main"];
-        args.extend_from_slice(extra);
-        ctl.run(&args)
-    };
+    let apply = applier(&ctl, &repo);
     repo.write("cluster/namespace.yaml", &namespace_yaml("gitops"));
     for name in ["cpu", "disk"] {
         repo.write(
@@ -836,7 +837,7 @@ fn apply_records_each_sync_on_the_backend() {
             )
         })
         .collect();
-    resources.sort();
+    resources.sort_by_key(|(kind, name, _)| (*kind, *name));
     assert_eq!(
         resources,
         [
