@@ -563,6 +563,7 @@ pub async fn start(
         sink: Arc::new(PipelineSink::new(Arc::clone(&pipeline))),
         stored: Arc::clone(&metrics.events_ingested),
     };
+    let (adhoc, adhoc_queue) = crate::agents::scheduler::adhoc_queue();
     let agents = crate::agents::Agents {
         resources: resources.clone(),
         auth: Arc::clone(&auth_cache),
@@ -571,6 +572,7 @@ pub async fn start(
         agent_pki,
         revocations,
         secrets,
+        adhoc,
     };
     let state = AppState {
         resources,
@@ -605,6 +607,7 @@ pub async fn start(
     let (scheduler_stats, scheduler_task) = crate::agents::scheduler::spawn(
         state.agents.clone(),
         Arc::clone(&state.agents.sessions),
+        adhoc_queue,
         stopped.clone(),
     );
     // Set once, right after creation, so this cannot fail.
