@@ -269,6 +269,39 @@ async fn login_pages_and_forms() {
     assert_eq!(event["check"]["status"], 0);
     assert!(event["check"]["output"].as_str().unwrap().contains("admin"));
 
+    // Re-run: Sensu's ad hoc execution of the check for that entity (the check must exist).
+    let (code, body) = fixture
+        .call(
+            Method::PUT,
+            "/api/core/v2/namespaces/default/checks/disk",
+            &token,
+            Some(json!({"metadata": {"name": "disk", "namespace": "default"}, "command": "true", "interval": 60, "subscriptions": ["linux"]})),
+        )
+        .await;
+    assert!(code.is_success(), "{body}");
+    let rerun = send(
+        &fixture,
+        Method::POST,
+        "/ui/events/gw/default/web1/disk/rerun",
+        Some(&cookie),
+        Some(&format!("csrf={csrf}")),
+        None,
+    )
+    .await;
+    // This fixture runs no scheduler: the API's 503 is shown as a page (the browser tests
+    // re-run a check on a real backend).
+    assert_eq!(
+        rerun.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        rerun.body
+    );
+    assert!(
+        rerun.body.contains("the scheduler is not running"),
+        "{}",
+        rerun.body
+    );
+
     // Logout ends the session for every copy of the cookie, though its access token lives on.
     let out = send(
         &fixture,
