@@ -80,7 +80,8 @@ const CHROMIUM_ARGS: [&str; 10] = [
 #[derive(Clone)]
 pub struct Browser {
     client: Client,
-    driver: Arc<Driver>,
+    /// Held so that the driver lives as long as any clone of the session.
+    _driver: Arc<Driver>,
 }
 
 /// A chromedriver process in a process group of its own, with the profile directory of its one
@@ -151,7 +152,10 @@ impl Browser {
             ))
             .await
             .expect("set the session's timeouts");
-        Browser { client, driver }
+        Browser {
+            client,
+            _driver: driver,
+        }
     }
 
     /// Runs a test body with this browser; when the body panics, saves a screenshot of the page
@@ -350,7 +354,8 @@ impl Browser {
     /// # Panics
     /// When no new page has loaded within [`LOAD_WITHIN`].
     pub async fn wait_for_new_page(&self, what: &str) {
-        let script = "return window.__cairnOldPage === undefined && document.readyState === 'complete';";
+        let script =
+            "return window.__cairnOldPage === undefined && document.readyState === 'complete';";
         eventually(what, LOAD_WITHIN, || async {
             // A script can fail while the old document unloads; that is "not yet".
             match self.client.execute(script, vec![]).await {

@@ -155,86 +155,88 @@ impl ViewerFederation {
     /// # Panics
     /// When a step fails or a copy does not arrive in time.
     pub(crate) async fn start() -> ViewerFederation {
-    let keys_dir = tempfile::tempdir().expect("tempdir");
-    let keys = FederationKeys::generate(keys_dir.path());
-    let gateway = Backend::start_federated("gateway", &keys);
-    let alpha = Backend::start_federated("alpha", &keys);
-    let gateway_admin = gateway.admin().await;
-    let alpha_admin = alpha.admin().await;
+        let keys_dir = tempfile::tempdir().expect("tempdir");
+        let keys = FederationKeys::generate(keys_dir.path());
+        let gateway = Backend::start_federated("gateway", &keys);
+        let alpha = Backend::start_federated("alpha", &keys);
+        let gateway_admin = gateway.admin().await;
+        let alpha_admin = alpha.admin().await;
 
-    // The read-only operator: the manifest's user, role and binding, on the gateway only.
-    let viewer_manifest = manifests().join("cluster/rbac/federation-viewer.yaml");
-    let loaded = cairn_api::codec::load_path(&viewer_manifest);
-    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
-    for resource in loaded.resources.iter().map(|loaded| &loaded.resource) {
-        gateway_admin
-            .put_resource(resource)
-            .await
-            .unwrap_or_else(|err| panic!("put {} on the gateway: {err}", resource.key()));
-    }
-    gateway_admin
-        .put_resource(&cluster_registration("alpha", &alpha.url, &alpha.ca()))
-        .await
-        .expect("register alpha on the gateway");
-    // Alpha gets the role and the binding of the viewer's group from the gateway's replicators
-    // (never the user: there is no such user at alpha).
-    for (name, resource) in [
-        ("clusterroles-to-alpha", "ClusterRole"),
-        ("clusterrolebindings-to-alpha", "ClusterRoleBinding"),
-    ] {
-        gateway_admin
-            .put_resource(&replicator(name, "alpha", resource))
-            .await
-            .unwrap_or_else(|err| panic!("create the replicator {name}: {err}"));
-    }
-    for (kind, replicator_name) in [
-        (Kind::ClusterRole, "clusterroles-to-alpha"),
-        (Kind::ClusterRoleBinding, "clusterrolebindings-to-alpha"),
-    ] {
-        let source = loaded
-            .resources
-            .iter()
-            .map(|loaded| &loaded.resource)
-            .find(|resource| resource.kind() == kind)
-            .unwrap_or_else(|| panic!("the manifest has a {kind}"));
-        let what = format!("the {kind} federation-viewer replicated to alpha");
-        let copy = eventually(&what, REPLICATED_WITHIN, || async {
-            let copy = alpha_admin
-                .get_resource(kind, "", "federation-viewer")
+        // The read-only operator: the manifest's user, role and binding, on the gateway only.
+        let viewer_manifest = manifests().join("cluster/rbac/federation-viewer.yaml");
+        let loaded = cairn_api::codec::load_path(&viewer_manifest);
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        for resource in loaded.resources.iter().map(|loaded| &loaded.resource) {
+            gateway_admin
+                .put_resource(resource)
                 .await
-                .map_err(|err| format!("read alpha: {err}"))?;
-            match copy {
-                Some(copy) if copy.metadata.labels.contains_key(LABEL_REPLICATED_FROM) => Ok(copy),
-                other => {
-                    let status = gateway_admin
-                        .get_json(&format!("/api/cairn/v1/replicators/{replicator_name}"))
-                        .await
-                        .map_or_else(|err| err.to_string(), |status| status.to_string());
-                    Err(format!("{other:?}; replicator status: {status}"))
-                }
-            }
-        })
-        .await;
-        assert_eq!(
-            copy.metadata.labels[LABEL_REPLICATED_FROM],
-            format!("gateway/{replicator_name}")
-        );
-        assert_eq!(copy.spec, source.spec, "{kind} copied as it is");
-        assert_eq!(copy.metadata.created_by, "cairn:replicator");
-    }
-    // Alpha's own roles and bindings of the same names as the gateway's built-in ones are
-    // never written over.
-    for kind in [Kind::ClusterRole, Kind::ClusterRoleBinding] {
-        let own = alpha_admin
-            .get_resource(kind, "", "cluster-admin")
+                .unwrap_or_else(|err| panic!("put {} on the gateway: {err}", resource.key()));
+        }
+        gateway_admin
+            .put_resource(&cluster_registration("alpha", &alpha.url, &alpha.ca()))
             .await
-            .expect("read alpha")
-            .unwrap_or_else(|| panic!("alpha's own {kind} cluster-admin"));
-        assert!(
-            !own.metadata.labels.contains_key(LABEL_REPLICATED_FROM),
-            "alpha's {kind} cluster-admin was overwritten: {own:?}"
-        );
-    }
+            .expect("register alpha on the gateway");
+        // Alpha gets the role and the binding of the viewer's group from the gateway's replicators
+        // (never the user: there is no such user at alpha).
+        for (name, resource) in [
+            ("clusterroles-to-alpha", "ClusterRole"),
+            ("clusterrolebindings-to-alpha", "ClusterRoleBinding"),
+        ] {
+            gateway_admin
+                .put_resource(&replicator(name, "alpha", resource))
+                .await
+                .unwrap_or_else(|err| panic!("create the replicator {name}: {err}"));
+        }
+        for (kind, replicator_name) in [
+            (Kind::ClusterRole, "clusterroles-to-alpha"),
+            (Kind::ClusterRoleBinding, "clusterrolebindings-to-alpha"),
+        ] {
+            let source = loaded
+                .resources
+                .iter()
+                .map(|loaded| &loaded.resource)
+                .find(|resource| resource.kind() == kind)
+                .unwrap_or_else(|| panic!("the manifest has a {kind}"));
+            let what = format!("the {kind} federation-viewer replicated to alpha");
+            let copy = eventually(&what, REPLICATED_WITHIN, || async {
+                let copy = alpha_admin
+                    .get_resource(kind, "", "federation-viewer")
+                    .await
+                    .map_err(|err| format!("read alpha: {err}"))?;
+                match copy {
+                    Some(copy) if copy.metadata.labels.contains_key(LABEL_REPLICATED_FROM) => {
+                        Ok(copy)
+                    }
+                    other => {
+                        let status = gateway_admin
+                            .get_json(&format!("/api/cairn/v1/replicators/{replicator_name}"))
+                            .await
+                            .map_or_else(|err| err.to_string(), |status| status.to_string());
+                        Err(format!("{other:?}; replicator status: {status}"))
+                    }
+                }
+            })
+            .await;
+            assert_eq!(
+                copy.metadata.labels[LABEL_REPLICATED_FROM],
+                format!("gateway/{replicator_name}")
+            );
+            assert_eq!(copy.spec, source.spec, "{kind} copied as it is");
+            assert_eq!(copy.metadata.created_by, "cairn:replicator");
+        }
+        // Alpha's own roles and bindings of the same names as the gateway's built-in ones are
+        // never written over.
+        for kind in [Kind::ClusterRole, Kind::ClusterRoleBinding] {
+            let own = alpha_admin
+                .get_resource(kind, "", "cluster-admin")
+                .await
+                .expect("read alpha")
+                .unwrap_or_else(|| panic!("alpha's own {kind} cluster-admin"));
+            assert!(
+                !own.metadata.labels.contains_key(LABEL_REPLICATED_FROM),
+                "alpha's {kind} cluster-admin was overwritten: {own:?}"
+            );
+        }
         ViewerFederation {
             gateway,
             alpha,

@@ -107,7 +107,10 @@ async fn post_from_page(browser: &Browser, path: &str, fields: Value) -> Posted 
     Posted {
         status: answer["status"].as_u64().unwrap_or(u64::MAX),
         flash: answer["flash"].as_str().unwrap_or_default().to_owned(),
-        flash_class: answer["flash_class"].as_str().unwrap_or_default().to_owned(),
+        flash_class: answer["flash_class"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
     }
 }
 
@@ -146,7 +149,9 @@ async fn silences(client: &Client) -> Vec<Value> {
 /// The event `entity/disk` of `default` at the backend `client` talks to.
 async fn disk_event(client: &Client, entity: &str) -> Value {
     client
-        .get_json(&format!("/api/core/v2/namespaces/default/events/{entity}/disk"))
+        .get_json(&format!(
+            "/api/core/v2/namespaces/default/events/{entity}/disk"
+        ))
         .await
         .unwrap_or_else(|err| panic!("read the event {entity}/disk: {err}"))
 }
@@ -260,7 +265,10 @@ async fn harness_drives_chromium() {
         .rsplit_once(": ")
         .map(|(_, path)| std::path::PathBuf::from(path))
         .expect("a path in the message");
-    assert!(path.ends_with(format!("browser-screenshots/{name}.png")), "{message}");
+    assert!(
+        path.ends_with(format!("browser-screenshots/{name}.png")),
+        "{message}"
+    );
     let png = std::fs::read(&path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
     assert!(png.starts_with(b"\x89PNG"), "{} is no PNG", path.display());
     std::fs::remove_file(&path).expect("remove the deliberate screenshot");
@@ -276,7 +284,8 @@ async fn harness_drives_chromium() {
             browser.goto(&health).await;
             let text = browser.execute(body, vec![]).await;
             assert!(
-                text.as_str().is_some_and(|text| text.contains("ClusterHealth")),
+                text.as_str()
+                    .is_some_and(|text| text.contains("ClusterHealth")),
                 "{text}"
             );
         })
@@ -501,7 +510,11 @@ async fn login_logout_and_csrf() {
             assert_eq!(wrong_password, WRONG_LOGIN);
             assert!(browser.cookie(SESSION_COOKIE).await.is_none());
             log_in(&browser, url, "nobody-by-this-name", "not-the-password").await;
-            assert_eq!(flash(&browser).await, wrong_password, "the same for an unknown user");
+            assert_eq!(
+                flash(&browser).await,
+                wrong_password,
+                "the same for an unknown user"
+            );
             assert!(browser.cookie(SESSION_COOKIE).await.is_none());
 
             // A good login: the cookie and its attributes.
@@ -514,7 +527,8 @@ async fn login_logout_and_csrf() {
                 .expect("the session cookie after the login");
             assert_eq!(cookie.http_only(), Some(true), "{cookie:?}");
             assert_eq!(cookie.secure(), Some(true), "{cookie:?}");
-            assert_eq!(cookie.same_site(), Some(fantoccini::cookies::SameSite::Strict));
+            // fantoccini does not re-export the cookie crate's `SameSite`.
+            assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
             assert_eq!(cookie.path(), Some("/"), "{cookie:?}");
             let session = format!("{SESSION_COOKIE}={}", cookie.value());
             let page = http
@@ -537,7 +551,12 @@ async fn login_logout_and_csrf() {
                 .post(format!("{url}/ui/silences"))
                 .header(reqwest::header::COOKIE, &session)
                 .header(reqwest::header::ORIGIN, "https://evil.example")
-                .form(&[("namespace", "default"), ("subscription", "entity:csrf-host"), ("reason", "csrf"), ("csrf", csrf.as_str())])
+                .form(&[
+                    ("namespace", "default"),
+                    ("subscription", "entity:csrf-host"),
+                    ("reason", "csrf"),
+                    ("csrf", csrf.as_str()),
+                ])
                 .send()
                 .await
                 .expect("POST /ui/silences from a foreign origin");
@@ -654,11 +673,16 @@ async fn pages_fit_desktop_and_phone_widths() {
                 browser.find(r#"tr.event[data-entity="narrow-host"]"#).await;
                 assert_no_horizontal_overflow(&browser, &format!("/ui/events at {width} px")).await;
                 let link = browser
-                    .attr(r#"tr.event[data-entity="narrow-host"] a.event-link"#, "href")
+                    .attr(
+                        r#"tr.event[data-entity="narrow-host"] a.event-link"#,
+                        "href",
+                    )
                     .await
                     .expect("a link to the detail");
                 assert!(link.ends_with("/default/narrow-host/disk"), "{link}");
-                browser.click_and_load(r#"tr.event[data-entity="narrow-host"] a.event-link"#).await;
+                browser
+                    .click_and_load(r#"tr.event[data-entity="narrow-host"] a.event-link"#)
+                    .await;
                 browser.find("pre#output").await;
                 assert_no_horizontal_overflow(&browser, &format!("{link} at {width} px")).await;
             }
@@ -683,7 +707,11 @@ async fn readme_screenshots() {
             "check": {"metadata": {"name": "http"}, "status": status, "output": output, "interval": 60},
         });
         admin
-            .send(reqwest::Method::POST, "/api/core/v2/namespaces/default/events", Some(&event))
+            .send(
+                reqwest::Method::POST,
+                "/api/core/v2/namespaces/default/events",
+                Some(&event),
+            )
             .await
             .unwrap_or_else(|err| panic!("post the event of {entity}: {err}"));
     }
@@ -699,14 +727,21 @@ async fn readme_screenshots() {
             browser.find("table#events tr.event").await;
             assert_eq!(browser.find_all("table#events tr.event").await.len(), 3);
             assert_eq!(
-                browser.text(r#"tr.event[data-entity="web-2"] td.status"#).await,
+                browser
+                    .text(r#"tr.event[data-entity="web-2"] td.status"#)
+                    .await,
                 "CRITICAL"
             );
             if save {
                 browser.screenshot(&docs.join("events.png")).await;
             }
-            browser.click_and_load(r#"tr.event[data-entity="web-2"] a.event-link"#).await;
-            assert!(browser.text("pre#output").await.contains("connection refused"));
+            browser
+                .click_and_load(r#"tr.event[data-entity="web-2"] a.event-link"#)
+                .await;
+            assert!(browser
+                .text("pre#output")
+                .await
+                .contains("connection refused"));
             browser.find("#history").await;
             if save {
                 browser.screenshot(&docs.join("event-detail.png")).await;
