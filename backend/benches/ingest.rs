@@ -216,6 +216,7 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
             store_cache_bytes: cairn_backend::store::DEFAULT_CACHE_BYTES,
             // The bench defines no handlers.
             handlers: cairn_backend::app::contain::ContainConfig::default(),
+            ui_session_ttl: cairn_backend::app::DEFAULT_UI_SESSION_TTL,
         },
         async move {
             let _ = stopped_ours.await;

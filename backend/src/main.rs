@@ -207,6 +207,10 @@ struct StartArgs {
     /// otherwise the backend refuses to run them (each run fails with a logged reason).
     #[arg(long, conflicts_with = "handler_user")]
     allow_root_handlers: bool,
+    /// The longest a web UI session lasts from its login, seconds; then the user logs in again.
+    /// Logging out ends it at once.
+    #[arg(long, default_value_t = cairn_backend::app::DEFAULT_UI_SESSION_TTL.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    ui_session_ttl: u64,
 }
 
 fn main() -> ExitCode {
@@ -319,6 +323,7 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
             handler_user: args.handler_user,
             allow_root_handlers: args.allow_root_handlers,
         },
+        ui_session_ttl: std::time::Duration::from_secs(args.ui_session_ttl),
     };
     let running = app::start(&config, shutdown_signal())
         .await

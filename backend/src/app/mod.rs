@@ -23,7 +23,7 @@ use cairn_api::{Kind, Spec};
 /// What the binary and the benches configure of the lower layers.
 pub use crate::events::pipeline::contain;
 pub use crate::events::pipeline::{PipelineConfig, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_CAPACITY};
-pub use crate::http::DEFAULT_BODY_LIMIT;
+pub use crate::http::{DEFAULT_BODY_LIMIT, DEFAULT_UI_SESSION_TTL};
 pub use crate::secrets::SecretsConfig;
 
 use crate::agents::connection::AgentHub;
@@ -103,6 +103,8 @@ pub struct StartConfig {
     pub store_cache_bytes: usize,
     /// Whose identity pipe handlers run with (`--handler-user`, `--allow-root-handlers`).
     pub handlers: crate::events::pipeline::contain::ContainConfig,
+    /// A web UI session's longest life from its login (`--ui-session-ttl`).
+    pub ui_session_ttl: Duration,
 }
 
 /// The store `init` or `start` opened, from [`open_store`].
@@ -583,6 +585,7 @@ pub async fn start(
         downstream_budget: crate::federation::budget::Budget::new(
             crate::federation::budget::DOWNSTREAM_BUDGET,
         ),
+        ui_sessions: Arc::new(http::UiSessions::new(config.ui_session_ttl)),
     };
     tracing::info!(%api_addr, cluster = %cluster.name, "api listening (https)");
     tracing::info!(%agent_addr, "agent listener listening (mutual tls websocket)");
@@ -955,6 +958,7 @@ mod tests {
                 handler_user: None,
                 allow_root_handlers: true,
             },
+            ui_session_ttl: crate::http::DEFAULT_UI_SESSION_TTL,
         }
     }
 

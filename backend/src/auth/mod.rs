@@ -258,21 +258,37 @@ impl TokenIssuer {
     }
 
     /// Issues an access token of this cluster for its own user `username`, meant for this
-    /// cluster (login and refresh).
+    /// cluster, living [`ACCESS_TOKEN_TTL`] (the unit tests' tokens; login and refresh use
+    /// [`TokenIssuer::issue_lasting`]).
     ///
     /// # Errors
     /// [`AuthError::KeyInvalid`] when this issuer has no private key.
+    #[cfg(test)]
     pub(crate) fn issue(
         &self,
         username: &str,
         groups: &[String],
+    ) -> Result<AccessToken, AuthError> {
+        self.issue_lasting(username, groups, ACCESS_TOKEN_TTL)
+    }
+
+    /// [`TokenIssuer::issue`] with a lifetime of `ttl` instead of [`ACCESS_TOKEN_TTL`]: the web
+    /// UI's tokens, which end no later than the session they belong to.
+    ///
+    /// # Errors
+    /// [`AuthError::KeyInvalid`] when this issuer has no private key.
+    pub(crate) fn issue_lasting(
+        &self,
+        username: &str,
+        groups: &[String],
+        ttl: Duration,
     ) -> Result<AccessToken, AuthError> {
         self.sign(&Grant {
             subject: username,
             groups,
             origin: None,
             audience: &self.issuer,
-            ttl: ACCESS_TOKEN_TTL,
+            ttl,
         })
     }
 

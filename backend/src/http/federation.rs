@@ -101,20 +101,20 @@ pub(crate) fn routes() -> Router<AppState> {
 
 /// One registered cluster's health, as `GET /api/cairn/v1/clusters` returns it.
 #[derive(Debug, Clone, Serialize)]
-struct ClusterHealth {
-    name: String,
-    api_urls: Vec<String>,
-    healthy: bool,
-    version: Option<Value>,
-    error: Option<String>,
-    latency_ms: Option<u64>,
+pub(crate) struct ClusterHealth {
+    pub(crate) name: String,
+    pub(crate) api_urls: Vec<String>,
+    pub(crate) healthy: bool,
+    pub(crate) version: Option<Value>,
+    pub(crate) error: Option<String>,
+    pub(crate) latency_ms: Option<u64>,
 }
 
 /// The federated list's answer.
 #[derive(Debug, Default, Serialize)]
-struct FederatedList {
-    items: Vec<FederatedItem>,
-    errors: Vec<ClusterFailure>,
+pub(crate) struct FederatedList {
+    pub(crate) items: Vec<FederatedItem>,
+    pub(crate) errors: Vec<ClusterFailure>,
     /// The downstream bytes its rows stand for, charged to the gateway's budget until the
     /// answer has been written out (it is dropped with the list).
     #[serde(skip)]
@@ -123,11 +123,11 @@ struct FederatedList {
 
 /// One row of the federated list.
 #[derive(Debug, Serialize)]
-struct FederatedItem {
+pub(crate) struct FederatedItem {
     /// Shared by the cluster's rows.
     #[serde(serialize_with = "serialize_name")]
-    cluster: Arc<str>,
-    resource: Row,
+    pub(crate) cluster: Arc<str>,
+    pub(crate) resource: Row,
 }
 
 fn serialize_name<S: serde::Serializer>(name: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -137,7 +137,7 @@ fn serialize_name<S: serde::Serializer>(name: &Arc<str>, serializer: S) -> Resul
 /// A resource of the federated list in its REST wire form.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-enum Row {
+pub(crate) enum Row {
     /// One of this cluster's.
     Local(Value),
     /// A downstream's, relayed as it came (its JSON text, checked but not parsed into a
@@ -147,11 +147,11 @@ enum Row {
 
 /// A cluster that contributed no rows, and why.
 #[derive(Debug, Serialize)]
-struct ClusterFailure {
-    cluster: String,
+pub(crate) struct ClusterFailure {
+    pub(crate) cluster: String,
     /// The downstream's HTTP status; `None` when it gave no (usable) answer.
-    status: Option<u16>,
-    message: String,
+    pub(crate) status: Option<u16>,
+    pub(crate) message: String,
 }
 
 /// The query of the federated list.
@@ -175,11 +175,16 @@ async fn clusters_list(
         None,
         None,
     )?;
-    let clusters = registered_clusters(&state).await?;
+    Ok(Json(cluster_healths(&state).await?))
+}
+
+/// Every registered cluster's health, probed concurrently, by name (the caller is authorized).
+pub(crate) async fn cluster_healths(state: &AppState) -> Result<Vec<ClusterHealth>, ApiError> {
+    let clusters = registered_clusters(state).await?;
     let probes = clusters
         .into_iter()
-        .map(|(name, cluster)| probe(&state, name, cluster));
-    Ok(Json(futures::future::join_all(probes).await))
+        .map(|(name, cluster)| probe(state, name, cluster));
+    Ok(futures::future::join_all(probes).await)
 }
 
 async fn federation_events(
@@ -344,6 +349,24 @@ async fn federated_list(
     let caller = authenticate(state, headers)?;
     let Query(query) = query.map_err(|err| ApiError::invalid(err.body_text()))?;
     let namespace = query.namespace.filter(|namespace| !namespace.is_empty());
+    federated_rows(state, &caller, kind, namespace, None)
+        .await
+        .map(Json)
+}
+
+/// The rows of `kind` of every cluster (this one's first) as `caller` sees them, in one
+/// namespace or all; with `only`, of that one cluster (this one's name or a registered one).
+/// The federated list of the API and the web UI's lists.
+///
+/// # Errors
+/// 400 for a bad namespace name, 403 when the caller may not list `kind` here, a store failure.
+pub(crate) async fn federated_rows(
+    state: &AppState,
+    caller: &Caller,
+    kind: Kind,
+    namespace: Option<String>,
+    only: Option<&str>,
+) -> Result<FederatedList, ApiError> {
     if let Some(namespace) = &namespace {
         // It goes into downstream paths: only a valid name.
         if let Some(problem) = cairn_api::validate::check_name(Kind::Namespace, namespace) {
@@ -352,13 +375,18 @@ async fn federated_list(
     }
     authorize(
         state,
-        &caller,
+        caller,
         Verb::List,
         kind.plural(),
         namespace.as_deref(),
         None,
     )?;
-    let clusters = registered_clusters(state).await?;
+    let local_name: Arc<str> = Arc::from(state.issuer.issuer());
+    let mut clusters = registered_clusters(state).await?;
+    if let Some(only) = only {
+        clusters.retain(|(name, _)| name == only);
+    }
+    let with_local = only.is_none_or(|only| only == &*local_name);
     let path = match &namespace {
         Some(namespace) => kind.collection_path(namespace),
         None => format!("{}/{}", kind.group_prefix(), kind.plural()),
@@ -367,7 +395,6 @@ async fn federated_list(
     let allowance = state.downstream_budget.allowance(REQUEST_LIMIT);
     let downstream = futures::future::join_all(clusters.into_iter().map(|(name, cluster)| {
         let path = path.as_str();
-        let caller = &caller;
         let allowance = &allowance;
         async move {
             let rows = match tokio::time::timeout(
@@ -390,10 +417,19 @@ async fn federated_list(
         }
     }));
     // The downstreams are asked while the local rows are read.
-    let local = state.resources.list(kind, namespace.as_deref(), None, 0);
+    let local = async {
+        if with_local {
+            state
+                .resources
+                .list(kind, namespace.as_deref(), None, 0)
+                .await
+                .map(|(items, _)| items)
+        } else {
+            Ok(Vec::new())
+        }
+    };
     let (local, downstream) = tokio::join!(local, downstream);
-    let (local, _) = local?;
-    let local_name: Arc<str> = Arc::from(state.issuer.issuer());
+    let local = local?;
     let mut list = FederatedList::default();
     list.items.extend(
         local
@@ -421,7 +457,7 @@ async fn federated_list(
         }
     }
     list.held = Some(allowance);
-    Ok(Json(list))
+    Ok(list)
 }
 
 /// Lists `path` on one cluster as `caller` (a token minted for each page), following

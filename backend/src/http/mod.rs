@@ -8,6 +8,7 @@ mod join;
 mod percent;
 mod replicators;
 mod resources;
+mod ui;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use cairn_api::{Kind, Resource, Spec};
 use serde_json::Value;
 
 pub(crate) use self::error::{ApiError, Code, InternalFault};
+pub(crate) use self::ui::Sessions as UiSessions;
 use crate::auth::cache::AuthCache;
 use crate::auth::rbac::{self, Caller, Verb};
 use crate::auth::{self, TokenIssuer, TokenOrigin};
@@ -34,6 +36,9 @@ use crate::store::Precondition;
 
 /// The default request body limit (Sensu's `api-request-limit`).
 pub const DEFAULT_BODY_LIMIT: usize = 512 * 1024;
+
+/// A web UI session's longest life by default (`--ui-session-ttl`), the refresh token's.
+pub const DEFAULT_UI_SESSION_TTL: std::time::Duration = ui::DEFAULT_SESSION_TTL;
 
 /// Everything a handler needs.
 #[derive(Clone)]
@@ -59,6 +64,8 @@ pub(crate) struct AppState {
     /// The bytes of downstream clusters' answers the gateway may hold at once (the federated
     /// view, the proxy, the replicators).
     pub downstream_budget: crate::federation::budget::Budget,
+    /// The web UI's sessions.
+    pub ui_sessions: Arc<ui::Sessions>,
 }
 
 /// Counters behind `/metrics`.
@@ -114,6 +121,7 @@ pub(crate) fn app(state: AppState) -> Router {
         )
         .merge(replicators::routes())
         .merge(federation::routes())
+        .merge(ui::routes(state.clone()))
         .fallback(resources::dispatch)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -190,9 +198,31 @@ pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Call
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
+    if let Some(token) = header.strip_prefix("Bearer ") {
+        return authenticate_bearer(state, token.trim());
+    }
     let snapshot = state.auth.snapshot();
-    let username = if let Some(token) = header.strip_prefix("Bearer ") {
-        let claims = match state.issuer.verify(token.trim()) {
+    let username = if let Some(key) = header.strip_prefix("Key ") {
+        snapshot
+            .api_key_user(key.trim())
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::unauthenticated("invalid credentials"))?
+    } else {
+        return Err(ApiError::unauthenticated("bad credentials"));
+    };
+    snapshot
+        .caller(&username)
+        .ok_or_else(|| ApiError::unauthenticated("invalid credentials"))
+}
+
+/// Authenticates an access token (the API's `Bearer` header, the web UI's session): see
+/// [`authenticate`].
+///
+/// # Errors
+/// 401 `token expired`, for a token meant for another cluster, or an invalid one.
+pub(crate) fn authenticate_bearer(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    let username = {
+        let claims = match state.issuer.verify(token) {
             Ok(claims) => claims,
             Err(auth::AuthError::TokenExpired) => {
                 return Err(ApiError::unauthenticated("token expired"))
@@ -210,15 +240,10 @@ pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Call
                 return Ok(Caller::federated(&claims.sub, &claims.groups, &issuer))
             }
         }
-    } else if let Some(key) = header.strip_prefix("Key ") {
-        snapshot
-            .api_key_user(key.trim())
-            .map(str::to_owned)
-            .ok_or_else(|| ApiError::unauthenticated("invalid credentials"))?
-    } else {
-        return Err(ApiError::unauthenticated("bad credentials"));
     };
-    snapshot
+    state
+        .auth
+        .snapshot()
         .caller(&username)
         .ok_or_else(|| ApiError::unauthenticated("invalid credentials"))
 }
@@ -530,6 +555,22 @@ async fn basic_caller(
     let (username, password) = decoded
         .split_once(':')
         .ok_or_else(|| ApiError::unauthenticated("bad credentials"))?;
+    let address = client.map(|Extension(ClientAddr(addr))| addr.ip());
+    password_caller(state, username, password, address).await
+}
+
+/// Checks a username and password against the user store, throttled by `address` and user
+/// (the API's Basic credentials and the web UI's login form alike).
+///
+/// # Errors
+/// 401 `bad credentials` for a wrong password, an unknown or a disabled user (the same answer
+/// for each); 503 when the hashing threads stay busy.
+pub(crate) async fn password_caller(
+    state: &AppState,
+    username: &str,
+    password: &str,
+    address: Option<std::net::IpAddr>,
+) -> Result<Caller, ApiError> {
     let snapshot = state.auth.snapshot();
     // An unknown or disabled user is checked against a dummy hash: the same work, the same
     // answer, so the timing says nothing about which users exist.
@@ -537,7 +578,6 @@ async fn basic_caller(
         .user(username)
         .filter(|user| !user.disabled)
         .map(|user| user.password_hash.clone());
-    let address = client.map(|Extension(ClientAddr(addr))| addr.ip());
     if !state
         .passwords
         .check_login(address, username, password, hash.as_deref())
@@ -588,14 +628,52 @@ async fn upgrade_password_hash(state: &AppState, username: &str, password: &str,
 }
 
 async fn issue_tokens(state: &AppState, caller: &Caller) -> Result<Json<Value>, ApiError> {
+    let now = crate::clock::unix_now_u64();
+    let pair = issue_token_pair(
+        state,
+        caller,
+        auth::ACCESS_TOKEN_TTL,
+        now + auth::REFRESH_TOKEN_TTL.as_secs(),
+    )
+    .await?;
+    Ok(Json(serde_json::json!({
+        "access_token": pair.access_token,
+        "expires_at": pair.expires_at,
+        "refresh_token": pair.refresh_token,
+    })))
+}
+
+/// An access token and the single-use refresh token that renews it.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenPair {
+    pub(crate) access_token: String,
+    /// When the access token expires, Unix seconds.
+    pub(crate) expires_at: u64,
+    pub(crate) refresh_token: String,
+}
+
+/// Issues `caller` an access token living `access_ttl` (cut to end by `refresh_expires_at`)
+/// and a refresh token that expires at `refresh_expires_at` (Unix seconds), recorded in the
+/// store by its digest: `/auth`, `/auth/token` and the web UI's sessions.
+///
+/// # Errors
+/// A store failure; an internal fault when this backend cannot sign.
+pub(crate) async fn issue_token_pair(
+    state: &AppState,
+    caller: &Caller,
+    access_ttl: std::time::Duration,
+    refresh_expires_at: u64,
+) -> Result<TokenPair, ApiError> {
+    let left = refresh_expires_at.saturating_sub(crate::clock::unix_now_u64());
+    let access_ttl = access_ttl.min(std::time::Duration::from_secs(left.max(1)));
     let access = state
         .issuer
-        .issue(&caller.username, &caller.groups)
+        .issue_lasting(&caller.username, &caller.groups, access_ttl)
         .map_err(ApiError::internal)?;
     let refresh_token = auth::random_token(32);
     let record = serde_json::json!({
         "username": caller.username,
-        "expires_at": crate::clock::unix_now_u64() + auth::REFRESH_TOKEN_TTL.as_secs(),
+        "expires_at": refresh_expires_at,
     });
     let key = refresh_key(&refresh_token);
     let value = serde_json::to_vec(&record).expect("a JSON value always serializes");
@@ -604,18 +682,19 @@ async fn issue_tokens(state: &AppState, caller: &Caller) -> Result<Json<Value>, 
         .store()
         .put(&key, value, Precondition::Absent)
         .await?;
-    Ok(Json(serde_json::json!({
-        "access_token": access.token,
-        "expires_at": access.expires_at,
-        "refresh_token": refresh_token,
-    })))
+    Ok(TokenPair {
+        access_token: access.token,
+        expires_at: access.expires_at,
+        refresh_token,
+    })
 }
 
 /// How often expired refresh tokens are removed from the store.
 pub(crate) const REFRESH_SWEEP_INTERVAL: std::time::Duration =
     std::time::Duration::from_secs(60 * 60);
 
-fn refresh_key(token: &str) -> String {
+/// The store key of a refresh token's record (by its digest).
+pub(crate) fn refresh_key(token: &str) -> String {
     format!("{}{}", keyspace::REFRESH_TOKENS, auth::token_digest(token))
 }
 
@@ -663,8 +742,31 @@ struct RefreshBody {
     refresh_token: String,
 }
 
-/// Takes a refresh token out of the store, once: a second use finds it gone.
-async fn consume_refresh(state: &AppState, token: &str) -> Result<String, ApiError> {
+/// Takes a refresh token out of the store, once: a second use finds it gone; returns its user.
+///
+/// # Errors
+/// 401 for a refresh token that is unknown, used already or expired; a store failure.
+pub(crate) async fn consume_refresh(state: &AppState, token: &str) -> Result<String, ApiError> {
+    consume_refresh_record(state, token)
+        .await
+        .map(|record| record.username)
+}
+
+/// A refresh token's record: whose it is and when it expires (Unix seconds).
+#[derive(Debug)]
+pub(crate) struct RefreshRecord {
+    pub(crate) username: String,
+    pub(crate) expires_at: u64,
+}
+
+/// [`consume_refresh`], with the record's expiry (a web UI session ends with it).
+///
+/// # Errors
+/// As [`consume_refresh`].
+pub(crate) async fn consume_refresh_record(
+    state: &AppState,
+    token: &str,
+) -> Result<RefreshRecord, ApiError> {
     let store = state.resources.store();
     let key = refresh_key(token);
     let entry = store
@@ -687,10 +789,14 @@ async fn consume_refresh(state: &AppState, token: &str) -> Result<String, ApiErr
     if expires_at < crate::clock::unix_now_u64() {
         return Err(ApiError::unauthenticated("refresh token expired"));
     }
-    record["username"]
+    let username = record["username"]
         .as_str()
         .map(str::to_owned)
-        .ok_or_else(|| ApiError::internal("refresh record without user"))
+        .ok_or_else(|| ApiError::internal("refresh record without user"))?;
+    Ok(RefreshRecord {
+        username,
+        expires_at,
+    })
 }
 
 async fn auth_refresh(
@@ -788,6 +894,7 @@ pub(crate) mod tests {
             downstream_budget: crate::federation::budget::Budget::new(
                 crate::federation::budget::DOWNSTREAM_BUDGET,
             ),
+            ui_sessions: Arc::new(ui::Sessions::new(ui::DEFAULT_SESSION_TTL)),
             agents,
         };
         (state, sink)
