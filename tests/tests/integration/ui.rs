@@ -395,17 +395,23 @@ async fn federation_walk_through() {
             assert_eq!(after["check"], before["check"], "alpha's event is unchanged");
             assert_eq!(silences(&federation.alpha_admin).await, Vec::<Value>::new());
 
-            // The viewer does not exist at alpha: its own UI refuses the login.
-            log_in(
-                &browser,
-                &federation.alpha.url,
-                "federation-viewer",
-                VIEWER_PASSWORD,
-            )
-            .await;
+            // The viewer does not exist at alpha: its own UI refuses the login. (Cookies are
+            // not kept apart by port, so the browser sends the gateway's session cookie to
+            // alpha on 127.0.0.1 too: it opens nothing there.)
+            let alpha = &federation.alpha.url;
+            let gateway_cookie = browser.cookie(SESSION_COOKIE).await.map(|cookie| cookie.value().to_owned());
+            assert!(gateway_cookie.is_some(), "the gateway's session cookie");
+            browser.goto(&format!("{alpha}/ui/events")).await;
+            assert!(browser.path_and_query().await.starts_with("/ui/login"));
+            log_in(&browser, alpha, "federation-viewer", VIEWER_PASSWORD).await;
             assert!(browser.path_and_query().await.starts_with("/ui/login"));
             assert_eq!(flash(&browser).await, WRONG_LOGIN);
-            assert!(browser.cookie(SESSION_COOKIE).await.is_none());
+            let cookie_now = browser.cookie(SESSION_COOKIE).await.map(|cookie| cookie.value().to_owned());
+            // Alpha may clear the cookie it cannot use, but sets none of its own.
+            assert!(
+                cookie_now.is_none() || cookie_now == gateway_cookie,
+                "alpha set a session cookie"
+            );
         })
         .await;
 }
@@ -525,11 +531,26 @@ async fn login_logout_and_csrf() {
                 .cookie(SESSION_COOKIE)
                 .await
                 .expect("the session cookie after the login");
-            assert_eq!(cookie.http_only(), Some(true), "{cookie:?}");
-            assert_eq!(cookie.secure(), Some(true), "{cookie:?}");
-            // fantoccini does not re-export the cookie crate's `SameSite`.
-            assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
-            assert_eq!(cookie.path(), Some("/"), "{cookie:?}");
+            // The attributes only (the value is a session's tokens); fantoccini does not
+            // re-export the cookie crate's `SameSite`, hence its `Debug` form.
+            let attributes = (
+                cookie.http_only(),
+                cookie.secure(),
+                format!("{:?}", cookie.same_site()),
+                cookie.path(),
+                cookie.domain(),
+            );
+            assert_eq!(
+                attributes,
+                (
+                    Some(true),
+                    Some(true),
+                    "Some(Strict)".to_owned(),
+                    Some("/"),
+                    Some("127.0.0.1")
+                ),
+                "HttpOnly, Secure, SameSite=Strict, Path=/ and no Domain (the host's own)"
+            );
             let session = format!("{SESSION_COOKIE}={}", cookie.value());
             let page = http
                 .get(format!("{url}/ui/events"))
@@ -567,7 +588,9 @@ async fn login_logout_and_csrf() {
 
             // Logout: back on the login page, the cookie gone, and the old cookie opens no page.
             submit(&browser, "form#logout").await;
-            assert_eq!(browser.path_and_query().await, "/ui/login");
+            // The contract names the page, not how the flash travels (the UI adds a query).
+            let landed = browser.path_and_query().await;
+            assert!(landed.split('?').next() == Some("/ui/login"), "{landed}");
             assert!(flash(&browser).await.contains("logged out"));
             assert!(browser.cookie(SESSION_COOKIE).await.is_none());
             let replayed = http
@@ -642,14 +665,34 @@ async fn expired_session_goes_back_to_login() {
             log_in(&browser, &backend.url, "admin", ADMIN_PASSWORD).await;
             browser.goto(&format!("{}/ui/events", backend.url)).await;
             assert_eq!(browser.path_and_query().await, "/ui/events");
+            let cookie = browser
+                .cookie(SESSION_COOKIE)
+                .await
+                .expect("the session cookie after the login");
+            let session = format!("{SESSION_COOKIE}={}", cookie.value());
             // The session's life is the backend's clock, which nothing here can advance: wait
             // until the ttl has passed, with a margin for seconds rounded at either end.
             tokio::time::sleep(Duration::from_millis(SHORT_SESSION_SECS * 1000 + 1500)).await;
+            // The server tells the expired session from none when it gets the cookie…
+            let replayed = http_client(backend, [127, 0, 0, 4])
+                .get(format!("{}/ui/events", backend.url))
+                .header(reqwest::header::COOKIE, &session)
+                .send()
+                .await
+                .expect("GET /ui/events with the expired cookie");
+            assert_eq!(replayed.status(), StatusCode::SEE_OTHER);
+            assert_eq!(location(&replayed), "/ui/login?expired=1");
+            // …and so must the browser's next page load.
             browser.goto(&format!("{}/ui/events", backend.url)).await;
             let landed = browser.path_and_query().await;
+            // Only whether the browser still holds it and when it said it would expire (the
+            // value is a session's tokens, which a message never shows).
+            let held = browser.cookie(SESSION_COOKIE).await.is_some();
+            let expires = cookie.expires();
             assert!(
                 landed.starts_with("/ui/login?") && landed.contains("expired=1"),
-                "{landed}"
+                "landed on {landed}, not /ui/login?expired=1; the browser still holds the \
+                 session cookie: {held} (it was set to expire at {expires:?})"
             );
             assert!(flash(&browser).await.contains("your session has expired"));
         })
