@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    ago, check_form, encode_segment, format_time, open_page, see_other, status_class,
-    status_word, Chrome, Common, Page, REFUSED_FORM,
+    ago, check_form, encode_segment, format_time, open_page, see_other, status_class, status_word,
+    Chrome, Common, Page, REFUSED_FORM,
 };
 use crate::auth::rbac::Verb;
 use crate::http::federation::{federated_rows, Row};
@@ -232,7 +232,10 @@ pub(crate) async fn all_events(
         match decoded {
             Ok(wire) => rows.push(EventRow::from_wire(&item.cluster, wire)),
             Err(err) => {
-                if !problems.iter().any(|problem| *problem.cluster == *item.cluster) {
+                if !problems
+                    .iter()
+                    .any(|problem| *problem.cluster == *item.cluster)
+                {
                     problems.push(ClusterProblem {
                         cluster: item.cluster.to_string(),
                         message: format!("an event is not what it should be: {err}"),
@@ -276,8 +279,7 @@ async fn events_page(
     uri: Uri,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let query = query.map(|q| q.0).unwrap_or_default();
-    render_events(&state, &headers, &uri, query, false).await
+    render_events(&state, &headers, &uri, query.map(|q| q.0), false).await
 }
 
 async fn events_rows(
@@ -286,42 +288,50 @@ async fn events_rows(
     uri: Uri,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let query = query.map(|q| q.0).unwrap_or_default();
-    render_events(&state, &headers, &uri, query, true).await
+    render_events(&state, &headers, &uri, query.map(|q| q.0), true).await
 }
 
 async fn render_events(
     state: &AppState,
     headers: &HeaderMap,
     uri: &Uri,
-    query: EventsQuery,
+    query: Result<EventsQuery, axum::extract::rejection::QueryRejection>,
     rows_only: bool,
 ) -> Response {
-    let common = Common {
-        cluster: query.cluster.clone(),
-        done: query.done.clone(),
+    let started = std::time::Instant::now();
+    let common = match &query {
+        Ok(query) => Common {
+            cluster: query.cluster.clone(),
+            done: query.done.clone(),
+        },
+        Err(_) => Common::default(),
     };
     let page = match open_page(state, headers, uri, "events", "Events", &common).await {
         Ok(page) => page,
         Err(response) => return response,
     };
-    let namespace = Some(query.namespace.clone()).filter(|ns| !ns.is_empty());
-    let only = Some(page.chrome.cluster.as_str()).filter(|name| !name.is_empty());
-    let (mut rows, problems) = match tokio::time::timeout(
-        super::PAGE_TIMEOUT,
-        all_events(&page, namespace, only),
-    )
-    .await
-    {
-        Ok(Ok(found)) => found,
-        Ok(Err(err)) => return page.error(err.status, &err.message),
-        Err(_) => {
+    let query = match query {
+        Ok(query) => query,
+        Err(err) => {
             return page.error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the events could not be read in time",
+                StatusCode::BAD_REQUEST,
+                &format!("the filters are not understood: {}", err.body_text()),
             )
         }
     };
+    let namespace = Some(query.namespace.clone()).filter(|ns| !ns.is_empty());
+    let only = Some(page.chrome.cluster.as_str()).filter(|name| !name.is_empty());
+    let (mut rows, problems) =
+        match tokio::time::timeout(super::PAGE_TIMEOUT, all_events(&page, namespace, only)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(err)) => return page.error(err.status, &err.message),
+            Err(_) => {
+                return page.error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the events could not be read in time",
+                )
+            }
+        };
     let mut namespaces: Vec<String> = rows.iter().map(|row| row.namespace.clone()).collect();
     namespaces.sort();
     namespaces.dedup();
@@ -342,10 +352,7 @@ async fn render_events(
     let from = (number - 1) * PAGE_ROWS;
     let shown: Vec<EventRow> = rows.into_iter().skip(from).take(PAGE_ROWS).collect();
     let link = |to: usize, rows: bool| {
-        let mut out = format!(
-            "/ui/events{}?page={to}",
-            if rows { "/rows" } else { "" }
-        );
+        let mut out = format!("/ui/events{}?page={to}", if rows { "/rows" } else { "" });
         for (name, value) in [
             ("cluster", page.chrome.cluster.as_str()),
             ("namespace", query.namespace.as_str()),
@@ -369,18 +376,28 @@ async fn render_events(
         refresh: link(number, true),
         problems,
     };
-    if rows_only {
-        return page.render(StatusCode::OK, &body);
-    }
-    let events = EventsPage {
-        chrome: page.chrome.clone(),
-        body,
-        namespace: query.namespace,
-        status: query.status,
-        q: query.q,
-        namespaces,
+    let mut response = if rows_only {
+        page.render(StatusCode::OK, &body)
+    } else {
+        let events = EventsPage {
+            chrome: page.chrome.clone(),
+            body,
+            namespace: query.namespace,
+            status: query.status,
+            q: query.q,
+            namespaces,
+        };
+        page.render(StatusCode::OK, &events)
     };
-    page.render(StatusCode::OK, &events)
+    // How long the server took (session, every cluster's events, filtering, rendering), for
+    // the browser's developer tools and the UI bench.
+    if let Ok(timing) = axum::http::HeaderValue::from_str(&format!(
+        "page;dur={:.1}",
+        started.elapsed().as_secs_f64() * 1000.0
+    )) {
+        response.headers_mut().insert("server-timing", timing);
+    }
+    response
 }
 
 // === one event ===
@@ -457,10 +474,12 @@ async fn event_page(
 ) -> Response {
     let mut common = query.map(|q| q.0).unwrap_or_default();
     common.cluster = cluster.clone();
-    let page = match open_page(&state, &headers, &uri, "events", "Event", &common).await {
+    let mut page = match open_page(&state, &headers, &uri, "events", "Event", &common).await {
         Ok(page) => page,
         Err(response) => return response,
     };
+    // The switcher leads to the list of the cluster chosen.
+    page.chrome.path = "/ui/events".to_owned();
     if page.chrome.cluster != cluster {
         return page.error(
             StatusCode::NOT_FOUND,
@@ -551,7 +570,13 @@ async fn event_action(
     State(state): State<AppState>,
     headers: HeaderMap,
     uri: Uri,
-    Path((cluster, namespace, entity, check, action)): Path<(String, String, String, String, String)>,
+    Path((cluster, namespace, entity, check, action)): Path<(
+        String,
+        String,
+        String,
+        String,
+        String,
+    )>,
     form: Result<Form<ActionForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let csrf = form.map(|Form(form)| form.csrf).unwrap_or_default();
@@ -577,13 +602,18 @@ async fn event_action(
     let detail = event_href(&cluster, &namespace, &entity, &check);
     let user = page.session.caller.username.clone();
     let outcome = match action.as_str() {
-        "resolve" => resolve(&api, &cluster, &path, &user).await.map(|()| {
-            format!("{detail}?done=resolved")
-        }),
+        "resolve" => resolve(&api, &cluster, &path, &user)
+            .await
+            .map(|()| format!("{detail}?done=resolved")),
         "delete" => api
             .call(&cluster, Method::DELETE, &path, None)
             .await
-            .map(|_| format!("/ui/events?done=deleted&cluster={}", encode_segment(&cluster))),
+            .map(|_| {
+                format!(
+                    "/ui/events?done=deleted&cluster={}",
+                    encode_segment(&cluster)
+                )
+            }),
         "rerun" => {
             let body = serde_json::json!({
                 "check": check,
@@ -655,7 +685,10 @@ async fn create_silence(
     form: Result<Form<SilenceForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let form = form.map(|Form(form)| form);
-    let csrf = form.as_ref().map(|form| form.csrf.clone()).unwrap_or_default();
+    let csrf = form
+        .as_ref()
+        .map(|form| form.csrf.clone())
+        .unwrap_or_default();
     let cluster = form
         .as_ref()
         .map(|form| form.cluster.clone())
@@ -703,7 +736,11 @@ async fn create_silence(
     }
     let name = format!(
         "{}:{}",
-        if subscription.is_empty() { "*" } else { subscription },
+        if subscription.is_empty() {
+            "*"
+        } else {
+            subscription
+        },
         if check.is_empty() { "*" } else { check }
     );
     let mut spec = serde_json::json!({

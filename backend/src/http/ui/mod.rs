@@ -16,6 +16,8 @@
 
 mod api;
 mod events;
+#[cfg(test)]
+mod flows;
 mod pages;
 mod session;
 
@@ -30,8 +32,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
 use serde::Deserialize;
 
-pub(crate) use self::session::{Sessions, DEFAULT_SESSION_TTL};
 use self::session::{NoSession, Session};
+pub(crate) use self::session::{Sessions, DEFAULT_SESSION_TTL};
 use crate::auth::rbac::{self, Caller, Verb};
 use crate::http::{AppState, ClientAddr};
 
@@ -45,6 +47,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .route("/ui/assets/{name}", get(asset))
         .merge(events::routes())
         .merge(pages::routes())
+        .route("/ui/{*rest}", get(not_found).post(not_found))
         .layer(middleware::from_fn_with_state(state, security_headers))
 }
 
@@ -101,6 +104,14 @@ async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Respon
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "no such asset").into_response(),
+    }
+}
+
+/// Any other `/ui/` path: a page saying so (for a user with a session), never the API's JSON.
+async fn not_found(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    match open_page(&state, &headers, &uri, "", "Not found", &Common::default()).await {
+        Ok(page) => page.error(StatusCode::NOT_FOUND, &format!("no page {}", uri.path())),
+        Err(response) => response,
     }
 }
 
@@ -248,7 +259,10 @@ pub(crate) async fn open_page<'a>(
     let session = match state.ui_sessions.open(state, headers).await {
         Ok(session) => session,
         Err(NoSession::Unavailable(err)) => {
-            return Err((err.status, format!("the session could not be checked: {}", err.message))
+            return Err((
+                err.status,
+                format!("the session could not be checked: {}", err.message),
+            )
                 .into_response())
         }
         Err(no) => {
@@ -275,7 +289,7 @@ pub(crate) async fn open_page<'a>(
         }
     };
     let clusters = cluster_names(state).await;
-    let cluster = if clusters.iter().any(|name| *name == common.cluster) {
+    let cluster = if clusters.contains(&common.cluster) {
         common.cluster.clone()
     } else {
         String::new()
@@ -349,7 +363,11 @@ pub(crate) fn render(
         }
         Err(err) => {
             tracing::error!(error = %err, "a web UI page failed to render");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page failed to render").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page failed to render",
+            )
+                .into_response()
         }
     }
 }
@@ -598,7 +616,14 @@ mod tests {
     #[test]
     fn next_stays_in_the_ui() {
         assert_eq!(safe_next("/ui/events?cluster=a"), "/ui/events?cluster=a");
-        for bad in ["https://evil.example/", "//evil.example/ui/", "/ui//evil", "/api/x", "/ui/\\x", "/ui/a b"] {
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/ui/",
+            "/ui//evil",
+            "/api/x",
+            "/ui/\\x",
+            "/ui/a b",
+        ] {
             assert_eq!(safe_next(bad), "", "{bad}");
         }
     }

@@ -24,7 +24,10 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/ui/clusters", get(clusters_page))
         .route("/ui/entities", get(entities_page))
-        .route("/ui/entities/{cluster}/{namespace}/{name}", get(entity_page))
+        .route(
+            "/ui/entities/{cluster}/{namespace}/{name}",
+            get(entity_page),
+        )
         .route(
             "/ui/entities/{cluster}/{namespace}/{name}/delete",
             post(delete_entity),
@@ -106,7 +109,10 @@ fn text_of(value: &Value) -> String {
         Value::String(text) => text.clone(),
         Value::Array(items) => items
             .iter()
-            .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned))
+            .map(|item| {
+                item.as_str()
+                    .map_or_else(|| item.to_string(), str::to_owned)
+            })
             .collect::<Vec<_>>()
             .join(", "),
         Value::Null => String::new(),
@@ -126,7 +132,11 @@ fn name_cell(resource: &Value) -> Cell {
                 .as_str()
                 .or_else(|| meta["labels"]["cairn.io/source"].as_str())
                 .unwrap_or("");
-            Cell::text(name).class("git").title(format!(
+            let cell = match source_link(source) {
+                Some(href) => Cell::link(name, href),
+                None => Cell::text(name),
+            };
+            cell.class("git").title(format!(
                 "managed from Git by {owner}{}: an edit made here is reverted by the next sync",
                 if source.is_empty() {
                     String::new()
@@ -141,20 +151,24 @@ fn name_cell(resource: &Value) -> Cell {
 
 /// Lists `path` (all namespaces) on every shown cluster as the user: the rows, and the
 /// clusters that failed.
-async fn list_everywhere(page: &Page<'_>, path: &str) -> (Vec<(String, Value)>, Vec<ClusterProblem>) {
+async fn list_everywhere(
+    page: &Page<'_>,
+    path: &str,
+) -> (Vec<(String, Value)>, Vec<ClusterProblem>) {
     let api = page.api();
     let clusters = page.shown_clusters();
     let lists = futures::future::join_all(clusters.iter().map(|cluster| {
         let api = &api;
         async move {
-            let listed = tokio::time::timeout(super::PAGE_TIMEOUT, api.list::<Value>(cluster, path))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(super::api::CallError::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "no answer in time",
-                    ))
-                });
+            let listed =
+                tokio::time::timeout(super::PAGE_TIMEOUT, api.list::<Value>(cluster, path))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(super::api::CallError::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "no answer in time",
+                        ))
+                    });
             (cluster.clone(), listed)
         }
     }))
@@ -210,7 +224,10 @@ async fn clusters_page(
         Err(response) => return response,
     };
     if !page.may(Verb::List, cairn_api::Kind::Cluster.plural(), None) {
-        let message = format!("user {} may not list clusters", page.session.caller.username);
+        let message = format!(
+            "user {} may not list clusters",
+            page.session.caller.username
+        );
         return page.error(StatusCode::FORBIDDEN, &message);
     }
     let healths = cluster_healths(&state);
@@ -258,7 +275,16 @@ async fn clusters_page(
             version: health
                 .version
                 .as_ref()
-                .and_then(|version| version["cairn_backend"].as_str().map(|v| format!("cairn {v}")).or_else(|| version["sensu_backend"].as_str().map(|v| format!("sensu {v}"))))
+                .and_then(|version| {
+                    version["cairn_backend"]
+                        .as_str()
+                        .map(|v| format!("cairn {v}"))
+                        .or_else(|| {
+                            version["sensu_backend"]
+                                .as_str()
+                                .map(|v| format!("sensu {v}"))
+                        })
+                })
                 .unwrap_or_else(|| "-".to_owned()),
             latency: health
                 .latency_ms
@@ -291,18 +317,27 @@ async fn entities_page(
         Err(response) => return response,
     };
     let only = Some(page.chrome.cluster.as_str()).filter(|name| !name.is_empty());
-    let list = match federated_rows(
+    let entities = federated_rows(
         &state,
         &page.session.caller,
         cairn_api::Kind::Entity,
         None,
         only,
-    )
-    .await
-    {
+    );
+    // Each entity's keepalive status is its keepalive event's.
+    let events = all_events(&page, None, only);
+    let (list, events) = tokio::join!(entities, events);
+    let list = match list {
         Ok(list) => list,
         Err(err) => return page.error(err.status, &err.message),
     };
+    let keepalives: std::collections::HashMap<(String, String, String), u32> = events
+        .map(|(rows, _)| rows)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|row| row.check == "keepalive")
+        .map(|row| ((row.cluster, row.namespace, row.entity), row.status))
+        .collect();
     let problems = list
         .errors
         .iter()
@@ -342,6 +377,12 @@ async fn entities_page(
                 Cell::text(text_of(&entity["system"]["os"])),
                 Cell::text(text_of(&entity["subscriptions"])),
                 Cell::text(format!("{} {}", format_time(last_seen), ago(last_seen))),
+                match keepalives.get(&(item.cluster.to_string(), namespace.clone(), name.clone())) {
+                    Some(status) => {
+                        Cell::text(super::status_word(*status)).class(super::status_class(*status))
+                    }
+                    None => Cell::text("-").title("no keepalive event (a proxy entity)"),
+                },
             ],
         });
     }
@@ -357,7 +398,15 @@ async fn entities_page(
         heading: "Entities".to_owned(),
         intro: "Every entity the clusters shown hold, agents and proxies.".to_owned(),
         table_id: "entities".to_owned(),
-        columns: vec!["Cluster", "Namespace", "Name", "Class", "OS", "Subscriptions", "Last seen"],
+        columns: vec![
+            "Cluster",
+            "Namespace",
+            "Name",
+            "Class",
+            "OS",
+            "Subscriptions",
+            "Last seen",
+        ],
         rows,
         problems,
         empty: "No entities.".to_owned(),
@@ -399,10 +448,11 @@ async fn entity_page(
             .unwrap_or("")
             .to_owned(),
     };
-    let page = match open_page(&state, &headers, &uri, "entities", "Entity", &common).await {
+    let mut page = match open_page(&state, &headers, &uri, "entities", "Entity", &common).await {
         Ok(page) => page,
         Err(response) => return response,
     };
+    page.chrome.path = "/ui/entities".to_owned();
     if page.chrome.cluster != cluster {
         return page.error(
             StatusCode::NOT_FOUND,
@@ -503,7 +553,10 @@ async fn delete_entity(
         encode_segment(&namespace),
         encode_segment(&name)
     );
-    let back = format!("/ui/entities?cluster={}&done=entity-deleted", encode_segment(&cluster));
+    let back = format!(
+        "/ui/entities?cluster={}&done=entity-deleted",
+        encode_segment(&cluster)
+    );
     delete_action(&state, &headers, &uri, &cluster, &path, &back, form).await
 }
 
@@ -519,7 +572,10 @@ async fn delete_silence(
         encode_segment(&namespace),
         encode_segment(&name)
     );
-    let back = format!("/ui/silences?cluster={}&done=unsilenced", encode_segment(&cluster));
+    let back = format!(
+        "/ui/silences?cluster={}&done=unsilenced",
+        encode_segment(&cluster)
+    );
     delete_action(&state, &headers, &uri, &cluster, &path, &back, form).await
 }
 
@@ -584,10 +640,12 @@ async fn checks_page(
                 Cell::text(namespace_of(check)),
                 name_cell(check),
                 Cell::text(text_of(&check["command"])),
-                Cell::text(match check["cron"].as_str().filter(|cron| !cron.is_empty()) {
-                    Some(cron) => format!("cron {cron}"),
-                    None => format!("{}s", check["interval"].as_u64().unwrap_or(0)),
-                }),
+                Cell::text(
+                    match check["cron"].as_str().filter(|cron| !cron.is_empty()) {
+                        Some(cron) => format!("cron {cron}"),
+                        None => format!("{}s", check["interval"].as_u64().unwrap_or(0)),
+                    },
+                ),
                 Cell::text(text_of(&check["subscriptions"])),
                 Cell::text(text_of(&check["handlers"])),
                 Cell::text(if check["publish"].as_bool().unwrap_or(false) {
@@ -656,7 +714,15 @@ async fn handlers_page(
         heading: "Handlers".to_owned(),
         intro: "Where events go. Those marked Git are managed by a reconciler.".to_owned(),
         table_id: "handlers".to_owned(),
-        columns: vec!["Cluster", "Namespace", "Name", "Type", "Command / target", "Filters", "Timeout"],
+        columns: vec![
+            "Cluster",
+            "Namespace",
+            "Name",
+            "Type",
+            "Command / target",
+            "Filters",
+            "Timeout",
+        ],
         rows,
         problems,
         empty: "No handlers.".to_owned(),
@@ -762,7 +828,7 @@ async fn silences_page(
                 cells: vec![
                     Cell::text(cluster.clone()),
                     Cell::text(namespace),
-                    Cell::text(name),
+                    name_cell(silence),
                     Cell::text(text_of(&silence["subscription"])),
                     Cell::text(text_of(&silence["check"])),
                     Cell::text(expires),
@@ -790,6 +856,113 @@ async fn silences_page(
 
 // === GitOps and replicators ===
 
+/// A link to the file a resource came from, for a `cairn.io/source` of
+/// `<repo>@<commit>:<path>` whose repository is an `https://` URL (GitHub, GitLab, Gitea and
+/// Forgejo all serve `/blob/<commit>/<path>`); nothing for a local or SSH repository.
+pub(crate) fn source_link(source: &str) -> Option<String> {
+    let (repo, rest) = source.rsplit_once('@')?;
+    let (commit, path) = rest.split_once(':')?;
+    let repo = repo.strip_prefix("https://")?;
+    let repo = repo.trim_end_matches('/').trim_end_matches(".git");
+    let path = path.trim_start_matches('/');
+    let commit_ok = !commit.is_empty() && commit.bytes().all(|byte| byte.is_ascii_alphanumeric());
+    let safe = |text: &str| {
+        !text.is_empty()
+            && text
+                .bytes()
+                .all(|byte| byte.is_ascii_graphic() && !matches!(byte, b'"' | b'<' | b'>' | b'\\'))
+    };
+    (commit_ok && safe(repo) && safe(path)).then(|| format!("https://{repo}/blob/{commit}/{path}"))
+}
+
+/// One change a sync made.
+#[derive(Debug, Clone)]
+struct SyncChange {
+    action: String,
+    kind: String,
+    namespace: String,
+    name: String,
+    source: String,
+    href: String,
+}
+
+/// One recorded sync.
+#[derive(Debug, Clone)]
+struct SyncView {
+    cluster: String,
+    finished: String,
+    source: String,
+    commit: String,
+    result: String,
+    class: &'static str,
+    counts: String,
+    errors: Vec<String>,
+    changes: Vec<SyncChange>,
+    more: usize,
+    by: String,
+    dry_run: bool,
+}
+
+#[derive(Template)]
+#[template(path = "gitops.html")]
+struct GitopsPage {
+    chrome: Chrome,
+    syncs: Vec<SyncView>,
+    problems: Vec<ClusterProblem>,
+}
+
+/// The most changes of one sync the page lists.
+const CHANGES_SHOWN: usize = 200;
+
+fn sync_view(cluster: &str, sync: &Value) -> SyncView {
+    let counts = &sync["counts"];
+    let result = text_of(&sync["result"]);
+    let all = sync["resources"].as_array().cloned().unwrap_or_default();
+    let changes = all
+        .iter()
+        .take(CHANGES_SHOWN)
+        .map(|item| {
+            let source = text_of(&item["source"]);
+            SyncChange {
+                action: text_of(&item["action"]),
+                kind: text_of(&item["kind"]),
+                namespace: text_of(&item["namespace"]),
+                name: text_of(&item["name"]),
+                href: source_link(&source).unwrap_or_default(),
+                source,
+            }
+        })
+        .collect();
+    SyncView {
+        cluster: cluster.to_owned(),
+        finished: format_time(sync["finished_at"].as_i64().unwrap_or(0)),
+        source: text_of(&sync["source"]),
+        commit: text_of(&sync["commit"]),
+        class: match result.as_str() {
+            "applied" | "unchanged" => "ok",
+            "partial" => "warning",
+            _ => "critical",
+        },
+        result,
+        counts: format!(
+            "{} created, {} updated, {} deleted, {} unchanged, {} failed",
+            counts["created"].as_u64().unwrap_or(0),
+            counts["updated"].as_u64().unwrap_or(0),
+            counts["deleted"].as_u64().unwrap_or(0),
+            counts["unchanged"].as_u64().unwrap_or(0),
+            counts["failed"].as_u64().unwrap_or(0)
+        ),
+        errors: sync["errors"]
+            .as_array()
+            .map(|errors| errors.iter().map(text_of).collect())
+            .unwrap_or_default(),
+        more: all.len().saturating_sub(CHANGES_SHOWN),
+        changes,
+        by: text_of(&sync["recorded_by"]),
+        dry_run: sync["dry_run"].as_bool().unwrap_or(false),
+    }
+}
+
 async fn gitops_page(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -803,83 +976,35 @@ async fn gitops_page(
     };
     let api = page.api();
     let clusters = page.shown_clusters();
-    let mut rows = Vec::new();
+    let answers = futures::future::join_all(clusters.iter().map(|cluster| {
+        let api = &api;
+        async move {
+            (
+                cluster.clone(),
+                api.get::<Vec<Value>>(cluster, "/api/cairn/v1/gitops/syncs?limit=20")
+                    .await,
+            )
+        }
+    }))
+    .await;
+    let mut syncs = Vec::new();
     let mut problems = Vec::new();
-    for cluster in &clusters {
-        match api
-            .get::<Vec<Value>>(cluster, "/api/cairn/v1/gitops/syncs?limit=20")
-            .await
-        {
-            Ok(syncs) => {
-                for sync in syncs {
-                    let counts = &sync["counts"];
-                    let result = text_of(&sync["result"]);
-                    let resources = sync["resources"]
-                        .as_array()
-                        .map(|items| {
-                            items
-                                .iter()
-                                .take(50)
-                                .map(|item| {
-                                    format!(
-                                        "{} {} {}/{} ← {}",
-                                        text_of(&item["action"]),
-                                        text_of(&item["kind"]),
-                                        text_of(&item["namespace"]),
-                                        text_of(&item["name"]),
-                                        text_of(&item["source"])
-                                    )
-                                })
-                                .collect::<Vec<_>>()
-                                .join("\n")
-                        })
-                        .unwrap_or_default();
-                    rows.push(TableRow {
-                        cluster: cluster.clone(),
-                        delete: String::new(),
-                        cells: vec![
-                            Cell::text(cluster.clone()),
-                            Cell::text(format_time(sync["finished_at"].as_i64().unwrap_or(0))),
-                            Cell::text(text_of(&sync["source"])),
-                            Cell::text(text_of(&sync["commit"])),
-                            Cell::text(result.clone()).class(match result.as_str() {
-                                "applied" | "unchanged" => "ok",
-                                "partial" => "warning",
-                                _ => "critical",
-                            }),
-                            Cell::text(format!(
-                                "+{} ~{} -{} ={} !{}",
-                                counts["created"].as_u64().unwrap_or(0),
-                                counts["updated"].as_u64().unwrap_or(0),
-                                counts["deleted"].as_u64().unwrap_or(0),
-                                counts["unchanged"].as_u64().unwrap_or(0),
-                                counts["failed"].as_u64().unwrap_or(0)
-                            )),
-                            Cell::text(text_of(&sync["errors"])),
-                            Cell::text(if resources.is_empty() { "-".to_owned() } else { format!("{} resources", sync["resources"].as_array().map_or(0, Vec::len)) })
-                                .title(resources),
-                            Cell::text(text_of(&sync["recorded_by"])),
-                        ],
-                    });
-                }
-            }
+    for (cluster, answer) in answers {
+        match answer {
+            Ok(records) => syncs.extend(records.iter().map(|sync| sync_view(&cluster, sync))),
             Err(err) => problems.push(ClusterProblem {
-                cluster: cluster.clone(),
+                cluster,
                 message: err.message,
             }),
         }
     }
-    let table = TablePage {
+    syncs.sort_by(|a, b| b.finished.cmp(&a.finished));
+    let gitops = GitopsPage {
         chrome: page.chrome.clone(),
-        heading: "GitOps".to_owned(),
-        intro: "What the reconciler (cairnctl apply and watch) last applied to each cluster, newest first. Counts: +created ~updated -deleted =unchanged !failed; the resources cell lists each change and the file it came from.".to_owned(),
-        table_id: "syncs".to_owned(),
-        columns: vec!["Cluster", "Finished", "Source", "Commit", "Result", "Counts", "Errors", "Resources", "By"],
-        rows,
+        syncs,
         problems,
-        empty: "No sync recorded yet: cairnctl apply and cairnctl watch record theirs.".to_owned(),
     };
-    page.render(StatusCode::OK, &table)
+    page.render(StatusCode::OK, &gitops)
 }
 
 async fn replicators_page(
@@ -889,7 +1014,16 @@ async fn replicators_page(
     query: Result<Query<Common>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let common = query.map(|q| q.0).unwrap_or_default();
-    let page = match open_page(&state, &headers, &uri, "replicators", "Replicators", &common).await {
+    let page = match open_page(
+        &state,
+        &headers,
+        &uri,
+        "replicators",
+        "Replicators",
+        &common,
+    )
+    .await
+    {
         Ok(page) => page,
         Err(response) => return response,
     };
@@ -943,9 +1077,19 @@ async fn replicators_page(
     let table = TablePage {
         chrome: page.chrome.clone(),
         heading: "Replicators".to_owned(),
-        intro: format!("The replicators of {local}, copying resources one way to the clusters below it."),
+        intro: format!(
+            "The replicators of {local}, copying resources one way to the clusters below it."
+        ),
         table_id: "replicators".to_owned(),
-        columns: vec!["Name", "Cluster", "Resource", "State", "Lag", "Last error", "Updated"],
+        columns: vec![
+            "Name",
+            "Cluster",
+            "Resource",
+            "State",
+            "Lag",
+            "Last error",
+            "Updated",
+        ],
         rows,
         problems: Vec::new(),
         empty: "No replicators.".to_owned(),
@@ -965,6 +1109,24 @@ mod tests {
         assert!(cell.title.contains("checks/cpu.yaml"), "{}", cell.title);
         let plain = serde_json::json!({"metadata": {"name": "cpu"}});
         assert_eq!(name_cell(&plain).class, "");
+    }
+
+    #[test]
+    fn sources_link_to_https_repositories_only() {
+        assert_eq!(
+            source_link("https://github.com/acme/monitoring.git@0a1b2c:checks/cpu.yaml").as_deref(),
+            Some("https://github.com/acme/monitoring/blob/0a1b2c/checks/cpu.yaml")
+        );
+        for local in [
+            "file:///srv/repo@0a1b2c:checks/cpu.yaml",
+            "/srv/repo@0a1b2c:checks/cpu.yaml",
+            "git@github.com:acme/m.git@0a1b2c:x.yaml",
+            "https://github.com/acme/m@not-a-commit!:x.yaml",
+            "https://github.com/acme/m@0a1b2c:\"><script>",
+            "no source",
+        ] {
+            assert_eq!(source_link(local), None, "{local}");
+        }
     }
 
     #[test]

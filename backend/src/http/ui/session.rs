@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::rbac::Caller;
 use crate::auth::{self, ACCESS_TOKEN_TTL};
-use crate::http::{authenticate_bearer, consume_refresh_record, issue_token_pair, ApiError, AppState};
+use crate::http::{
+    authenticate_bearer, consume_refresh_record, issue_token_pair, ApiError, AppState,
+};
 
 /// The session cookie's name.
 pub(crate) const COOKIE: &str = "__Host-cairn-session";
@@ -116,7 +118,8 @@ impl Rotations {
             self.by_digest.remove(&oldest);
         }
         self.order.push_back(digest.clone());
-        self.by_digest.insert(digest, (Instant::now(), data, ends_at));
+        self.by_digest
+            .insert(digest, (Instant::now(), data, ends_at));
     }
 }
 
@@ -163,14 +166,20 @@ impl Sessions {
         let claimed_end = data.e;
         match self.open_cookie(state, data).await {
             // Gone at the end the cookie names: expired rather than logged out.
-            Err(NoSession::Missing) if claimed_end > 0 && claimed_end <= crate::clock::unix_now_u64() => {
+            Err(NoSession::Missing)
+                if claimed_end > 0 && claimed_end <= crate::clock::unix_now_u64() =>
+            {
                 Err(NoSession::Expired)
             }
             other => other,
         }
     }
 
-    async fn open_cookie(&self, state: &AppState, mut data: CookieData) -> Result<Session, NoSession> {
+    async fn open_cookie(
+        &self,
+        state: &AppState,
+        mut data: CookieData,
+    ) -> Result<Session, NoSession> {
         let mut set = None;
         let now = crate::clock::unix_now_u64();
         let store = state.resources.store();
@@ -200,7 +209,9 @@ impl Sessions {
             let renewed = tokio::time::timeout(RENEW_WAIT, self.renew(state, &digest, &data))
                 .await
                 .map_err(|_| {
-                    NoSession::Unavailable(ApiError::busy("the session could not be renewed in time"))
+                    NoSession::Unavailable(ApiError::busy(
+                        "the session could not be renewed in time",
+                    ))
                 })??;
             if let Some((new, ends_at)) = renewed {
                 set = Some(set_cookie(&new, ends_at).map_err(NoSession::Unavailable)?);
@@ -379,7 +390,11 @@ mod tests {
         let host = ("host", "127.0.0.1:8080");
         assert!(same_origin(&headers(&[host]), &uri));
         assert!(same_origin(
-            &headers(&[host, ("origin", "https://127.0.0.1:8080"), ("sec-fetch-site", "same-origin")]),
+            &headers(&[
+                host,
+                ("origin", "https://127.0.0.1:8080"),
+                ("sec-fetch-site", "same-origin")
+            ]),
             &uri
         ));
         // Another port of the same host is the same site, not the same origin.
@@ -418,7 +433,10 @@ mod tests {
         let set = set_cookie(&data, crate::clock::unix_now_u64() + 60).unwrap();
         let value = set.to_str().unwrap().split(';').next().unwrap().to_owned();
         let read = read_cookie(&headers(&[("cookie", &format!("other=1; {value}"))])).unwrap();
-        assert_eq!((read.a.as_str(), read.r.as_str(), read.c.as_str()), ("access", "refresh", "csrf"));
+        assert_eq!(
+            (read.a.as_str(), read.r.as_str(), read.c.as_str()),
+            ("access", "refresh", "csrf")
+        );
         assert!(read_cookie(&headers(&[("cookie", "__Host-cairn-session=!!!")])).is_none());
         assert!(read_cookie(&headers(&[("cookie", "__Host-cairn-session=")])).is_none());
         assert!(read_cookie(&headers(&[])).is_none());
