@@ -34,6 +34,30 @@ const WRONG_LOGIN: &str = "wrong username or password";
 const FORM_REFUSED: &str =
     "the form was refused (cross-site request or stale form); reload the page and try again";
 
+/// Sets the reason of the page's `form#silence` to `arguments[0]` and returns the values of its
+/// fields `cluster`, `namespace`, `subscription` and `check` (null for a missing one).
+const SILENCE_FORM: &str = "
+    const form = document.querySelector('form#silence');
+    form.elements['reason'].value = arguments[0];
+    const value = name => form.elements[name] ? form.elements[name].value : null;
+    return Object.fromEntries(['cluster', 'namespace', 'subscription', 'check']
+        .map(name => [name, value(name)]));";
+
+/// POSTs the form-encoded `arguments[1]` to the path `arguments[0]` with `fetch`, following no
+/// redirect, and returns the status and the `#flash` (text and class) of the answer's page.
+const POST_FROM_PAGE: &str = "
+    const [path, fields] = arguments;
+    const request = {method: 'POST', body: new URLSearchParams(fields), redirect: 'manual'};
+    return fetch(path, request).then(response => response.text().then(text => {
+        const page = new DOMParser().parseFromString(text, 'text/html');
+        const flash = page.querySelector('#flash');
+        return {
+            status: response.status,
+            flash: flash ? flash.textContent.trim() : '',
+            flash_class: flash ? flash.className : '',
+        };
+    }));";
+
 /// The session lifetime of the expiry test's backend (`--ui-session-ttl`), in seconds.
 const SHORT_SESSION_SECS: u64 = 3;
 
@@ -90,19 +114,7 @@ struct Posted {
 /// cookie and its own `Origin`), as a forged form would.
 async fn post_from_page(browser: &Browser, path: &str, fields: Value) -> Posted {
     let answer = browser
-        .execute(
-            "const [path, fields] = arguments;
-             return fetch(path, {method: 'POST', body: new URLSearchParams(fields), redirect: 'manual'})
-               .then(response => response.text().then(text => {
-                 const flash = new DOMParser().parseFromString(text, 'text/html').querySelector('#flash');
-                 return {
-                   status: response.status,
-                   flash: flash ? flash.textContent.trim() : '',
-                   flash_class: flash ? flash.className : '',
-                 };
-               }));",
-            vec![json!(path), fields],
-        )
+        .execute(POST_FROM_PAGE, vec![json!(path), fields])
         .await;
     Posted {
         status: answer["status"].as_u64().unwrap_or(u64::MAX),
@@ -112,6 +124,12 @@ async fn post_from_page(browser: &Browser, path: &str, fields: Value) -> Posted 
             .unwrap_or_default()
             .to_owned(),
     }
+}
+
+/// The value of the session cookie the browser holds for the current page's host, if any.
+async fn session_value(browser: &Browser) -> Option<String> {
+    let cookie = browser.cookie(SESSION_COOKIE).await;
+    cookie.map(|cookie| cookie.value().to_owned())
 }
 
 /// The text of `#flash`, waiting for it.
@@ -200,7 +218,8 @@ async fn serve_page(page: String, headers: &'static str) -> String {
                 let target = head.split_whitespace().nth(1).unwrap_or("/");
                 let body = page.replace("{target}", target);
                 let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n{headers}\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = stream.write_all(answer.as_bytes()).await;
@@ -343,11 +362,26 @@ async fn federation_walk_through() {
 
             // Alpha's event, marked alpha, and the gateway's own.
             browser.goto(&format!("{gateway}/ui/events")).await;
-            let alpha_row = r#"table#events tr.event[data-cluster="alpha"][data-namespace="default"][data-entity="alpha-host"][data-check="disk"]"#;
-            assert_eq!(browser.text(&format!("{alpha_row} td.cluster")).await, "alpha");
-            assert_eq!(browser.text(&format!("{alpha_row} td.status")).await, "WARNING");
-            assert_eq!(browser.attr(alpha_row, "data-status").await.as_deref(), Some("1"));
-            assert_eq!(browser.text(&format!("{alpha_row} td.output")).await, "83% used");
+            let alpha_row = concat!(
+                r#"table#events tr.event[data-cluster="alpha"][data-namespace="default"]"#,
+                r#"[data-entity="alpha-host"][data-check="disk"]"#
+            );
+            assert_eq!(
+                browser.text(&format!("{alpha_row} td.cluster")).await,
+                "alpha"
+            );
+            assert_eq!(
+                browser.text(&format!("{alpha_row} td.status")).await,
+                "WARNING"
+            );
+            assert_eq!(
+                browser.attr(alpha_row, "data-status").await.as_deref(),
+                Some("1")
+            );
+            assert_eq!(
+                browser.text(&format!("{alpha_row} td.output")).await,
+                "83% used"
+            );
             assert!(
                 browser
                     .exists(r#"tr.event[data-cluster="gateway"][data-entity="gateway-host"]"#)
@@ -373,9 +407,12 @@ async fn federation_walk_through() {
 
             // A forged resolve with the page's real CSRF token: refused by alpha's RBAC.
             let csrf = csrf_token(&browser).await;
-            let forged =
-                post_from_page(&browser, &format!("{detail}/resolve"), json!({"csrf": csrf}))
-                    .await;
+            let forged = post_from_page(
+                &browser,
+                &format!("{detail}/resolve"),
+                json!({"csrf": csrf}),
+            )
+            .await;
             assert_eq!(forged.status, 403, "{forged:?}");
             assert!(forged.flash_class.contains("error"), "{forged:?}");
             assert!(
@@ -386,29 +423,34 @@ async fn federation_walk_through() {
             let forged = post_from_page(
                 &browser,
                 "/ui/silences",
-                json!({"cluster": "alpha", "namespace": "default", "subscription": "entity:alpha-host",
-                       "check": "disk", "expire": "", "reason": "forged", "csrf": csrf}),
+                json!({
+                    "cluster": "alpha", "namespace": "default", "subscription": "entity:alpha-host",
+                    "check": "disk", "expire": "", "reason": "forged", "csrf": csrf,
+                }),
             )
             .await;
             assert_eq!(forged.status, 403, "{forged:?}");
             assert!(forged.flash.contains("may not"), "{forged:?}");
             let after = disk_event(&federation.alpha_admin, "alpha-host").await;
             assert_eq!(after["check"]["status"], 1, "{after:#}");
-            assert_eq!(after["check"], before["check"], "alpha's event is unchanged");
+            assert_eq!(
+                after["check"], before["check"],
+                "alpha's event is unchanged"
+            );
             assert_eq!(silences(&federation.alpha_admin).await, Vec::<Value>::new());
 
             // The viewer does not exist at alpha: its own UI refuses the login. (Cookies are
             // not kept apart by port, so the browser sends the gateway's session cookie to
             // alpha on 127.0.0.1 too: it opens nothing there.)
             let alpha = &federation.alpha.url;
-            let gateway_cookie = browser.cookie(SESSION_COOKIE).await.map(|cookie| cookie.value().to_owned());
+            let gateway_cookie = session_value(&browser).await;
             assert!(gateway_cookie.is_some(), "the gateway's session cookie");
             browser.goto(&format!("{alpha}/ui/events")).await;
             assert!(browser.path_and_query().await.starts_with("/ui/login"));
             log_in(&browser, alpha, "federation-viewer", VIEWER_PASSWORD).await;
             assert!(browser.path_and_query().await.starts_with("/ui/login"));
             assert_eq!(flash(&browser).await, WRONG_LOGIN);
-            let cookie_now = browser.cookie(SESSION_COOKIE).await.map(|cookie| cookie.value().to_owned());
+            let cookie_now = session_value(&browser).await;
             // Alpha may clear the cookie it cannot use, but sets none of its own.
             assert!(
                 cookie_now.is_none() || cookie_now == gateway_cookie,
@@ -454,35 +496,44 @@ async fn gateway_admin_acts_on_alpha() {
             // The silence: the detail's form names the event's cluster and namespace; what it
             // holds besides is what alpha gets.
             let form = browser
-                .execute(
-                    "const form = document.querySelector('form#silence');
-                     form.elements['reason'].value = 'disk swap by the gateway admin';
-                     return Object.fromEntries(['cluster', 'namespace', 'subscription', 'check']
-                       .map(name => [name, form.elements[name] ? form.elements[name].value : null]));",
-                    vec![],
-                )
+                .execute(SILENCE_FORM, vec![json!("disk swap by the gateway admin")])
                 .await;
             assert_eq!(form["cluster"], "alpha", "{form}");
             assert_eq!(form["namespace"], "default", "{form}");
             submit(&browser, "form#silence").await;
-            assert!(browser.exists("#flash.ok").await, "{}", browser.source().await);
+            assert!(
+                browser.exists("#flash.ok").await,
+                "{}",
+                browser.source().await
+            );
             assert!(flash(&browser).await.contains("silence created"));
             let silenced = silences(&federation.alpha_admin).await;
             assert_eq!(silenced.len(), 1, "{silenced:#?}");
             assert_eq!(silenced[0]["reason"], "disk swap by the gateway admin");
-            assert_eq!(silenced[0]["check"].as_str().unwrap_or_default(), form["check"].as_str().unwrap_or_default(), "{silenced:#?}");
+            assert_eq!(
+                silenced[0]["check"].as_str().unwrap_or_default(),
+                form["check"].as_str().unwrap_or_default(),
+                "{silenced:#?}"
+            );
             assert_eq!(
                 silenced[0]["subscription"].as_str().unwrap_or_default(),
                 form["subscription"].as_str().unwrap_or_default(),
                 "{silenced:#?}"
             );
             assert_eq!(silenced[0]["metadata"]["created_by"], "gateway-admin");
-            assert_eq!(silences(&federation.gateway_admin).await, Vec::<Value>::new());
+            assert_eq!(
+                silences(&federation.gateway_admin).await,
+                Vec::<Value>::new()
+            );
 
             // The resolution.
             browser.goto(&detail).await;
             submit(&browser, "form#resolve").await;
-            assert!(browser.exists("#flash.ok").await, "{}", browser.source().await);
+            assert!(
+                browser.exists("#flash.ok").await,
+                "{}",
+                browser.source().await
+            );
             assert!(flash(&browser).await.contains("event resolved"));
             let event = disk_event(&federation.alpha_admin, "alpha-host").await;
             assert_eq!(event["check"]["status"], 0, "{event:#}");
@@ -631,7 +682,8 @@ async fn cross_site_form_post_is_refused() {
             assert!(browser.cookie(SESSION_COOKIE).await.is_some());
             browser.goto(&format!("{elsewhere}/")).await;
             // The page submits itself: wait for the UI's answer to load.
-            let landed = eventually("the cross-site post's answer", Duration::from_secs(15), || async {
+            let what = "the cross-site post's answer";
+            let landed = eventually(what, Duration::from_secs(15), || async {
                 let url = browser.current_url().await;
                 let ready = browser.execute("return document.readyState;", vec![]).await;
                 if url.starts_with(&backend.url) && ready == json!("complete") {
@@ -641,11 +693,12 @@ async fn cross_site_form_post_is_refused() {
                 }
             })
             .await;
-            let refused = browser.exists("#flash").await
-                && browser.text("#flash").await == FORM_REFUSED;
+            let refused =
+                browser.exists("#flash").await && browser.text("#flash").await == FORM_REFUSED;
             assert!(
                 refused || landed.starts_with("/ui/login"),
-                "the cross-site post was neither refused nor sent without the session: {landed}\n{}",
+                "the cross-site post was neither refused nor sent without the session: \
+                 {landed}\n{}",
                 browser.source().await
             );
             assert_eq!(silences(&backend.admin().await).await, Vec::<Value>::new());
@@ -664,9 +717,11 @@ async fn expired_session_goes_back_to_login() {
     let backend = &backend;
     browser
         .run("expired_session_goes_back_to_login", |browser| async move {
+            // The landing page is the proof that the session opens pages (no further load
+            // spends the short ttl).
             log_in(&browser, &backend.url, "admin", ADMIN_PASSWORD).await;
-            browser.goto(&format!("{}/ui/events", backend.url)).await;
-            assert_eq!(browser.path_and_query().await, "/ui/events");
+            assert_eq!(browser.path_and_query().await, "/ui/");
+            browser.find("table#events").await;
             let cookie = browser
                 .cookie(SESSION_COOKIE)
                 .await
@@ -749,7 +804,9 @@ async fn readme_screenshots() {
     ] {
         let event = json!({
             "entity": {"entity_class": "proxy", "metadata": {"name": entity}},
-            "check": {"metadata": {"name": "http"}, "status": status, "output": output, "interval": 60},
+            "check": {
+                "metadata": {"name": "http"}, "status": status, "output": output, "interval": 60,
+            },
         });
         admin
             .send(
