@@ -317,6 +317,36 @@ impl Client {
         }
     }
 
+    /// Records one GitOps sync (`POST /api/cairn/v1/gitops/syncs`) and returns it as stored,
+    /// with its `id`, `recorded_at` and `recorded_by`.
+    ///
+    /// # Errors
+    /// As [`Client::send`] (400 naming the field of a record over a bound), or an answer that
+    /// does not decode.
+    pub async fn record_sync(
+        &self,
+        record: &crate::gitops::SyncRecord,
+    ) -> Result<crate::gitops::SyncRecord> {
+        let body = serde_json::to_value(record)
+            .expect("a record of strings, numbers and enums always encodes to JSON");
+        let response = self
+            .send(Method::POST, crate::gitops::SYNCS_PATH, Some(&body))
+            .await?;
+        let url = response.url().to_string();
+        parse_json(&url, response).await
+    }
+
+    /// The newest GitOps sync records, newest first (`GET /api/cairn/v1/gitops/syncs`).
+    ///
+    /// # Errors
+    /// As [`Client::send`], or an answer that does not decode.
+    pub async fn list_syncs(&self, limit: usize) -> Result<Vec<crate::gitops::SyncRecord>> {
+        let path = format!("{}?limit={limit}", crate::gitops::SYNCS_PATH);
+        let response = self.send(Method::GET, &path, None).await?;
+        let url = response.url().to_string();
+        parse_json(&url, response).await
+    }
+
     /// Deletes a resource; `false` when it did not exist.
     ///
     /// # Errors

@@ -11,6 +11,7 @@ pub mod backoff;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod codec;
+pub mod gitops;
 pub mod kind;
 mod locate;
 #[cfg(feature = "logging")]

@@ -376,7 +376,10 @@ fn strip_nulls_value(value: &mut Value) {
 }
 
 /// Turns a serde error into an issue at the field it names, with a message written for people.
-fn serde_issue(prefix: &FieldPath, err: &serde_path_to_error::Error<serde_json::Error>) -> Issue {
+pub(crate) fn serde_issue(
+    prefix: &FieldPath,
+    err: &serde_path_to_error::Error<serde_json::Error>,
+) -> Issue {
     let path = prefix.join(&FieldPath::from_serde(err.path()));
     let message = err.inner().to_string();
     // serde words an unknown field as "unknown field `x`, expected one of `a`, `b`"; say it

@@ -119,7 +119,8 @@ pub async fn apply(env: &dyn EnvSource, args: &ApplyArgs) -> Result<Report, CtlE
     let (client, default_namespace) = ctl::connect(env).await?;
     let (source, read) = source_of(&args.source, &default_namespace);
     let options = options_of(&args.source, Some(&args.prune), args.dry_run);
-    let report = sync::sync(&client, &source, &read, &options).await;
+    // A real apply is recorded on the backend (the web UI's GitOps page); a dry run is not.
+    let report = sync::sync_and_record(&client, &source, &read, &options).await;
     let mut lines = report.lines.clone();
     lines.push(report.summary());
     Ok(Report {

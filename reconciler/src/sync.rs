@@ -4,9 +4,12 @@
 use serde::{Deserialize, Serialize};
 
 use cairn_api::client::Client;
+use cairn_api::gitops::{self, ResourceAction, SyncOutcome, SyncRecord, SyncedResource};
+use cairn_api::meta::ANNOTATION_SOURCE;
+use cairn_api::ResourceKey;
 
 use crate::apply::{self, ApplyOptions};
-use crate::plan::{self, Plan};
+use crate::plan::{self, Action, Plan};
 use crate::source::{ReadOptions, Snapshot, Source, SourceError};
 
 /// `cairn.io/managed-by` when `--owner` is not given.
@@ -214,11 +217,180 @@ pub async fn sync(
     read: &ReadOptions,
     options: &SyncOptions,
 ) -> SyncReport {
+    run(client, source, read, options).await.0
+}
+
+/// [`sync`], then, when it was a real apply (not a dry run) that reached the backend, its
+/// record posted to the backend (`POST /api/cairn/v1/gitops/syncs`, see [`record_of`]):
+/// what `cairnctl apply` and `cairnctl watch` run.
+///
+/// # Caveats
+/// A record the backend does not take is a warning (through `tracing`, on stderr) and never
+/// fails the sync.
+pub async fn sync_and_record(
+    client: &Client,
+    source: &Source,
+    read: &ReadOptions,
+    options: &SyncOptions,
+) -> SyncReport {
+    let (report, changed) = run(client, source, read, options).await;
+    let Some(changed) = changed.filter(|_| !options.dry_run) else {
+        return report;
+    };
+    let Some(record) = record_of(&report, read.subdir.as_deref(), changed, unix_now()) else {
+        return report;
+    };
+    if let Err(err) = client.record_sync(&record).await {
+        tracing::warn!(
+            source = %record.source,
+            commit = record.commit.as_deref().unwrap_or(""),
+            error = %err,
+            "the sync was not recorded on the backend"
+        );
+    }
+    report
+}
+
+/// The record of a sync that reached the backend, `None` for one that did not (the source
+/// unreadable or invalid, the backend unreachable). `changed` lists the resources created,
+/// updated or deleted; the first [`gitops::MAX_RESOURCES`] are kept and an error says how many
+/// were left out; errors and strings are cut to the bounds of [`SyncRecord::check`].
+pub fn record_of(
+    report: &SyncReport,
+    path: Option<&str>,
+    mut changed: Vec<SyncedResource>,
+    finished_at: u64,
+) -> Option<SyncRecord> {
+    let counts = &report.counts;
+    let result = match report.result {
+        SyncResult::Applied => SyncOutcome::Applied,
+        SyncResult::InSync => SyncOutcome::Unchanged,
+        SyncResult::PartlyFailed if counts.created + counts.updated + counts.deleted > 0 => {
+            SyncOutcome::Partial
+        }
+        SyncResult::PartlyFailed => SyncOutcome::Failed,
+        SyncResult::SourceUnreadable | SyncResult::Invalid | SyncResult::BackendUnreachable => {
+            return None
+        }
+    };
+    let mut errors: Vec<String> = report
+        .errors
+        .iter()
+        .map(|error| fit(error, gitops::MAX_ERROR_BYTES))
+        .collect();
+    // Room for the two notes below.
+    if errors.len() > gitops::MAX_ERRORS - 2 {
+        let left_out = errors.len() - (gitops::MAX_ERRORS - 2);
+        errors.truncate(gitops::MAX_ERRORS - 2);
+        errors.push(format!("and {left_out} more errors"));
+    }
+    if changed.len() > gitops::MAX_RESOURCES {
+        errors.push(format!(
+            "{} resources changed; the record lists the first {}",
+            changed.len(),
+            gitops::MAX_RESOURCES
+        ));
+        changed.truncate(gitops::MAX_RESOURCES);
+    }
+    for resource in &mut changed {
+        for text in [
+            &mut resource.kind,
+            &mut resource.namespace,
+            &mut resource.name,
+            &mut resource.source,
+        ] {
+            *text = fit(text, gitops::MAX_STRING_BYTES);
+        }
+    }
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let seconds = |at: u64| i64::try_from(at).unwrap_or(i64::MAX);
+    Some(SyncRecord {
+        id: None,
+        recorded_at: None,
+        recorded_by: None,
+        source: fit(
+            &crate::fetch::redact_url(&report.source),
+            gitops::MAX_STRING_BYTES,
+        ),
+        commit: report
+            .commit
+            .as_deref()
+            .map(|commit| fit(commit, gitops::MAX_STRING_BYTES)),
+        path: path.map(|path| fit(path, gitops::MAX_STRING_BYTES)),
+        result,
+        dry_run: false,
+        counts: gitops::SyncCounts {
+            created: count(counts.created),
+            updated: count(counts.updated),
+            deleted: count(counts.deleted),
+            unchanged: count(counts.unchanged),
+            failed: count(counts.failed),
+        },
+        errors,
+        resources: changed,
+        started_at: seconds(report.started_at),
+        finished_at: seconds(finished_at.max(report.started_at)),
+    })
+}
+
+/// `text` cut to at most `limit` bytes, on a character boundary.
+fn fit(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// The resources of `plan` that applying changed: its creates and updates (and deletes when
+/// pruning), less those that failed, with their `cairn.io/source`.
+fn changed_resources(plan: &Plan, prune: bool, failed: &[ResourceKey]) -> Vec<SyncedResource> {
+    plan.changes
+        .iter()
+        .filter(|change| !failed.contains(&change.key))
+        .filter_map(|change| {
+            let (action, resource) = match change.action {
+                Action::Create => (ResourceAction::Created, change.desired.as_ref()),
+                Action::Update => (ResourceAction::Updated, change.desired.as_ref()),
+                Action::Delete if prune => (ResourceAction::Deleted, change.live.as_ref()),
+                Action::Delete | Action::Unchanged => return None,
+            };
+            let source = resource
+                .and_then(|resource| {
+                    let meta = &resource.metadata;
+                    meta.annotations
+                        .get(ANNOTATION_SOURCE)
+                        .or_else(|| meta.labels.get(ANNOTATION_SOURCE))
+                })
+                .cloned()
+                .unwrap_or_default();
+            Some(SyncedResource {
+                kind: change.key.kind.type_name().to_owned(),
+                namespace: change.key.namespace.clone(),
+                name: change.key.name.clone(),
+                action,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// One sync, and the resources it changed when it reached the backend (`None` when it did
+/// not: the source unreadable or invalid, the backend unreachable).
+async fn run(
+    client: &Client,
+    source: &Source,
+    read: &ReadOptions,
+    options: &SyncOptions,
+) -> (SyncReport, Option<Vec<SyncedResource>>) {
     let started = std::time::Instant::now();
     let started_at = unix_now();
     let (snapshot, plan) = match plan(client, source, read, options).await {
         Ok(planned) => planned,
-        Err(report) => return *report,
+        Err(report) => return (*report, None),
     };
     let counts = plan.counts();
     let mut report = SyncReport {
@@ -234,6 +406,7 @@ pub async fn sync(
         errors: Vec::new(),
         lines: Vec::new(),
     };
+    let mut changed = Vec::new();
     let mut prune = options.prune;
     if prune && !options.force_prune {
         if let Some(refusal) = plan.prune_refusal(options.max_prune_percent) {
@@ -266,6 +439,8 @@ pub async fn sync(
         report.counts.deleted = applied.deleted;
         report.counts.failed = applied.failed.len();
         report.lines = applied.lines;
+        let failed: Vec<ResourceKey> = applied.failed.iter().map(|(key, _)| key.clone()).collect();
+        changed = changed_resources(&plan, prune, &failed);
         report
             .errors
             .extend(applied.failed.into_iter().map(|(_, message)| message));
@@ -278,7 +453,7 @@ pub async fn sync(
         SyncResult::Applied
     };
     report.duration_ms = elapsed_ms(started);
-    report
+    (report, Some(changed))
 }
 
 fn elapsed_ms(started: std::time::Instant) -> u64 {
@@ -291,4 +466,96 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(result: SyncResult, counts: SyncCounts, errors: usize) -> SyncReport {
+        SyncReport {
+            source: "https://user:hunter2@git.example.com/config.git".into(),
+            commit: Some("c0ffee".into()),
+            started_at: 100,
+            duration_ms: 1500,
+            result,
+            counts,
+            errors: (0..errors).map(|n| format!("error {n}")).collect(),
+            lines: Vec::new(),
+        }
+    }
+
+    fn resource(name: &str) -> SyncedResource {
+        SyncedResource {
+            kind: "CheckConfig".into(),
+            namespace: "default".into(),
+            name: name.into(),
+            action: ResourceAction::Created,
+            source: "x".repeat(2000),
+        }
+    }
+
+    #[test]
+    fn records_say_how_the_sync_ended_within_the_bounds() {
+        let applied = SyncCounts {
+            created: 1,
+            ..SyncCounts::default()
+        };
+        let record = record_of(
+            &report(SyncResult::Applied, applied, 0),
+            Some("prod"),
+            vec![resource("cpu")],
+            102,
+        )
+        .unwrap();
+        assert_eq!(record.result, SyncOutcome::Applied);
+        assert_eq!(record.source, "https://git.example.com/config.git");
+        assert_eq!(
+            (
+                record.path.as_deref(),
+                record.started_at,
+                record.finished_at
+            ),
+            (Some("prod"), 100, 102)
+        );
+        assert_eq!(record.resources[0].source.len(), gitops::MAX_STRING_BYTES);
+        record.check().unwrap();
+
+        let outcome = |result, counts| {
+            record_of(&report(result, counts, 1), None, Vec::new(), 101).map(|r| r.result)
+        };
+        assert_eq!(
+            outcome(SyncResult::InSync, SyncCounts::default()),
+            Some(SyncOutcome::Unchanged)
+        );
+        assert_eq!(
+            outcome(SyncResult::PartlyFailed, applied),
+            Some(SyncOutcome::Partial)
+        );
+        assert_eq!(
+            outcome(SyncResult::PartlyFailed, SyncCounts::default()),
+            Some(SyncOutcome::Failed)
+        );
+        assert_eq!(outcome(SyncResult::BackendUnreachable, applied), None);
+        assert_eq!(outcome(SyncResult::Invalid, applied), None);
+
+        let many = (0..gitops::MAX_RESOURCES + 3)
+            .map(|n| resource(&format!("c{n}")))
+            .collect();
+        let record = record_of(
+            &report(SyncResult::PartlyFailed, applied, 500),
+            None,
+            many,
+            101,
+        )
+        .unwrap();
+        record.check().unwrap();
+        assert_eq!(record.resources.len(), gitops::MAX_RESOURCES);
+        assert_eq!(record.errors.len(), gitops::MAX_ERRORS);
+        assert_eq!(record.errors[98], "and 402 more errors");
+        assert_eq!(
+            record.errors[99],
+            "2003 resources changed; the record lists the first 2000"
+        );
+    }
 }

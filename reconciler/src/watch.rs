@@ -316,7 +316,7 @@ impl Engine for Live<'_> {
                 let mut options =
                     gitops::options_of(&self.args.source, Some(&self.args.prune), false);
                 options.progress = false;
-                sync::sync(&client, &source, &read, &options).await
+                sync::sync_and_record(&client, &source, &read, &options).await
             }
             Err(err) => SyncReport {
                 source: describe(&self.source),

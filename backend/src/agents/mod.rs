@@ -33,4 +33,6 @@ pub(crate) struct Agents {
     pub revocations: Arc<join::Revocations>,
     /// Resolves the secrets of checks and hooks (values in memory only, sent over mTLS).
     pub secrets: Arc<Secrets>,
+    /// Queues ad hoc check executions for this backend's scheduler (bounded).
+    pub adhoc: scheduler::Adhoc,
 }

@@ -563,6 +563,7 @@ pub async fn start(
         sink: Arc::new(PipelineSink::new(Arc::clone(&pipeline))),
         stored: Arc::clone(&metrics.events_ingested),
     };
+    let (adhoc, adhoc_queue) = crate::agents::scheduler::adhoc_queue();
     let agents = crate::agents::Agents {
         resources: resources.clone(),
         auth: Arc::clone(&auth_cache),
@@ -571,6 +572,7 @@ pub async fn start(
         agent_pki,
         revocations,
         secrets,
+        adhoc,
     };
     let state = AppState {
         resources,
@@ -585,7 +587,7 @@ pub async fn start(
         downstream_budget: crate::federation::budget::Budget::new(
             crate::federation::budget::DOWNSTREAM_BUDGET,
         ),
-        ui_sessions: Arc::new(http::UiSessions::new(config.ui_session_ttl)),
+        ui_sessions: Arc::new(http::UiSessions::new(config.ui_session_ttl, &cluster.name)),
     };
     tracing::info!(%api_addr, cluster = %cluster.name, "api listening (https)");
     tracing::info!(%agent_addr, "agent listener listening (mutual tls websocket)");
@@ -605,6 +607,7 @@ pub async fn start(
     let (scheduler_stats, scheduler_task) = crate::agents::scheduler::spawn(
         state.agents.clone(),
         Arc::clone(&state.agents.sessions),
+        adhoc_queue,
         stopped.clone(),
     );
     // Set once, right after creation, so this cannot fail.

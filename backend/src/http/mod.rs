@@ -8,6 +8,7 @@ mod join;
 mod percent;
 mod replicators;
 mod resources;
+mod syncs;
 mod ui;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,6 +121,7 @@ pub(crate) fn app(state: AppState) -> Router {
             post(join::revoke_handler),
         )
         .merge(replicators::routes())
+        .merge(syncs::routes())
         .merge(federation::routes())
         .merge(ui::routes(state.clone()))
         .fallback(resources::dispatch)
@@ -894,7 +896,7 @@ pub(crate) mod tests {
             downstream_budget: crate::federation::budget::Budget::new(
                 crate::federation::budget::DOWNSTREAM_BUDGET,
             ),
-            ui_sessions: Arc::new(ui::Sessions::new(ui::DEFAULT_SESSION_TTL)),
+            ui_sessions: Arc::new(ui::Sessions::new(ui::DEFAULT_SESSION_TTL, "cairn-test")),
             agents,
         };
         (state, sink)

@@ -22,6 +22,10 @@ pub const AGENT_REVOCATIONS: &str = "agents/revoked/";
 /// Replicator status and resume revision: `federation/replicators/<name>`.
 pub const REPLICATOR_STATUS: &str = "federation/replicators/";
 
+/// GitOps sync records: `gitops/syncs/<id>`, the id time-ordered; the newest 100 are kept
+/// ([`crate::http`]'s `syncs.rs`).
+pub const GITOPS_SYNCS: &str = "gitops/syncs/";
+
 /// Sensu's Tessen opt-out (one key).
 pub const TESSEN: &str = "config/tessen";
 
@@ -35,13 +39,14 @@ pub const COORD_PRESENCE: &str = "coord/presence/";
 pub const COORD_LEADERS: &str = "coord/leaders/";
 
 /// The top-level parts of the keyspace.
-pub const TOP_LEVEL: [&str; 7] = [
+pub const TOP_LEVEL: [&str; 8] = [
     RESOURCES,
     REFRESH_TOKENS,
     JOIN_TOKENS,
     AGENT_CERTS,
     AGENT_REVOCATIONS,
     REPLICATOR_STATUS,
+    GITOPS_SYNCS,
     COORD,
 ];
 

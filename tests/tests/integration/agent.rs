@@ -1506,3 +1506,76 @@ async fn keepalive_events_need_no_keepalive_handler_and_run_one_that_exists() {
     assert_eq!(handled["entity"]["metadata"]["name"], name);
     assert_eq!(warned(&backend.log()), []);
 }
+
+/// Sensu's ad hoc execution (the web UI's "re-run"): a check on a one-hour interval runs at
+/// once on the subscriptions asked for; a viewer may not ask, and an unknown check is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adhoc_execution_runs_a_check_now() {
+    let backend = Backend::start();
+    let admin = backend.admin().await;
+    let name = "adhoc-01";
+    let install = enrol(&backend, &admin, name).await;
+    let agent = start_agent(&install, &[]);
+    wait_connected(&agent).await;
+    put_check(
+        &admin,
+        "hourly",
+        json!({"command": "echo ran-now", "interval": 3600, "publish": true,
+               "subscriptions": ["linux"]}),
+    )
+    .await;
+    let execute = format!("/api/core/v2/namespaces/{NS}/checks/hourly/execute");
+    let response = admin
+        .send(
+            Method::POST,
+            &execute,
+            Some(
+                &json!({"check": "hourly", "subscriptions": [format!("entity:{name}")],
+                         "reason": "integration test"}),
+            ),
+        )
+        .await
+        .expect("execute the check");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let answer: Value = response.json().await.expect("the answer as JSON");
+    let issued = answer["issued"].as_i64().expect("issued, unix seconds");
+    let event = wait_event(
+        &admin,
+        Some(&agent),
+        (name, "hourly"),
+        Duration::from_secs(15),
+        "the ad hoc result",
+        |event| event["check"]["issued"].as_i64() >= Some(issued - 1),
+    )
+    .await;
+    assert!(
+        event["check"]["output"]
+            .as_str()
+            .is_some_and(|output| output.contains("ran-now")),
+        "{event:#}"
+    );
+
+    cairn_tests::create_user(&admin, "viewer", "viewer-password").await;
+    admin
+        .send(
+            Method::PUT,
+            "/api/core/v2/clusterrolebindings/viewer",
+            Some(&json!({"metadata": {"name": "viewer"},
+                         "role_ref": {"type": "ClusterRole", "name": "view"},
+                         "subjects": [{"type": "User", "name": "viewer"}]})),
+        )
+        .await
+        .expect("bind the viewer");
+    let (viewer, _) = backend.login("viewer", "viewer-password").await;
+    let (status, message) = cairn_tests::status_of(viewer.send(Method::POST, &execute, None).await);
+    assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
+    let unknown = format!("/api/core/v2/namespaces/{NS}/checks/nope/execute");
+    let (status, message) = cairn_tests::status_of(admin.send(Method::POST, &unknown, None).await);
+    assert_eq!(status, StatusCode::NOT_FOUND, "{message}");
+    let (status, message) = cairn_tests::status_of(
+        admin
+            .send(Method::POST, &execute, Some(&json!({"check": "other"})))
+            .await,
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+}

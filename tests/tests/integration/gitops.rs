@@ -12,10 +12,14 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_api::client::{Client, ClientError};
+use cairn_api::gitops::{ResourceAction, SyncOutcome};
 use cairn_api::Kind;
 use serde_json::{json, Value};
 
-use cairn_tests::{binary, eventually_blocking, matching, text_matching, Backend};
+use cairn_tests::{
+    binary, create_user, error_status, eventually_blocking, matching, status_of, text_matching,
+    Backend,
+};
 
 use crate::common::{Ctl, Run};
 
@@ -238,6 +242,15 @@ impl Repo {
     /// Where the bare repository's `main` points.
     fn main(&self) -> String {
         git(&self.bare, &["rev-parse", "main"])
+    }
+}
+
+/// `cairnctl apply --git <repo> --ref main` with `extra` arguments.
+fn applier<'a>(ctl: &'a Ctl, repo: &'a Repo) -> impl Fn(&[&str]) -> Run + 'a {
+    move |extra| {
+        let mut args = vec!["apply", "--git", repo.bare(), "--ref", "main"];
+        args.extend_from_slice(extra);
+        ctl.run(&args)
     }
 }
 
@@ -485,11 +498,7 @@ fn apply_from_git_commits_with_prune() {
     let ctl = Ctl::configure(&backend);
     let api = Api::connect(&backend);
     let repo = Repo::new();
-    let apply = |extra: &[&str]| -> Run {
-        let mut args = vec!["apply", "--git", repo.bare(), "--ref", "main"];
-        args.extend_from_slice(extra);
-        ctl.run(&args)
-    };
+    let apply = applier(&ctl, &repo);
     let checks_at = |name: &str| format!("namespaces/gitops/checks/{name}.yaml");
 
     repo.write("cluster/namespace.yaml", &namespace_yaml("gitops"));
@@ -784,6 +793,153 @@ fn apply_from_git_commits_with_prune() {
     assert_eq!(api.get(Kind::Namespace, "", "gitops"), None);
     assert!(api.get(Kind::Namespace, "", "manual").is_some());
     assert!(api.check("manual", "handmade").is_some());
+}
+
+// === 2b. the record of each apply on the backend ===
+
+#[test]
+fn apply_records_each_sync_on_the_backend() {
+    let backend = Backend::start();
+    let ctl = Ctl::configure(&backend);
+    let api = Api::connect(&backend);
+    let repo = Repo::new();
+    let apply = applier(&ctl, &repo);
+    repo.write("cluster/namespace.yaml", &namespace_yaml("gitops"));
+    for name in ["cpu", "disk"] {
+        repo.write(
+            &format!("namespaces/gitops/checks/{name}.yaml"),
+            &check_yaml(name, 10),
+        );
+    }
+    let first = repo.commit_and_push("first");
+    let run = apply(&[]);
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert!(!run.stderr.contains("not recorded"), "{run:#?}");
+
+    let syncs = |client: &Client| api.runtime.block_on(client.list_syncs(20));
+    let records = syncs(&api.client).expect("list the records");
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let record = &records[0];
+    assert_eq!(record.commit.as_deref(), Some(first.as_str()));
+    assert_eq!(record.source, repo.bare());
+    assert_eq!(record.result, SyncOutcome::Applied);
+    assert_eq!((record.counts.created, record.counts.failed), (3, 0));
+    assert_eq!(record.recorded_by.as_deref(), Some("admin"));
+    assert!(!record.dry_run);
+    let mut resources: Vec<(&str, &str, ResourceAction)> = record
+        .resources
+        .iter()
+        .map(|resource| {
+            (
+                resource.kind.as_str(),
+                resource.name.as_str(),
+                resource.action,
+            )
+        })
+        .collect();
+    resources.sort_by_key(|(kind, name, _)| (*kind, *name));
+    assert_eq!(
+        resources,
+        [
+            ("CheckConfig", "cpu", ResourceAction::Created),
+            ("CheckConfig", "disk", ResourceAction::Created),
+            ("Namespace", "gitops", ResourceAction::Created),
+        ]
+    );
+    for resource in &record.resources {
+        assert!(
+            resource
+                .source
+                .starts_with(&format!("{}@{first}:", repo.bare())),
+            "{resource:?}"
+        );
+    }
+    let id = record.id.clone().expect("an id");
+    let read = api
+        .runtime
+        .block_on(
+            api.client
+                .get_json(&format!("/api/cairn/v1/gitops/syncs/{id}")),
+        )
+        .expect("read the record back");
+    assert_eq!(read["commit"], first.as_str());
+
+    // A dry run is not recorded; an apply that finds nothing to do is, as unchanged.
+    repo.write("namespaces/gitops/checks/cpu.yaml", &check_yaml("cpu", 30));
+    repo.commit_and_push("cpu every 30 s");
+    assert_eq!(apply(&["--dry-run"]).code, 0);
+    assert_eq!(syncs(&api.client).expect("list").len(), 1);
+    assert_eq!(apply(&[]).code, 0);
+    assert_eq!(apply(&[]).code, 0);
+    let records = syncs(&api.client).expect("list");
+    let results: Vec<_> = records.iter().map(|record| record.result).collect();
+    assert_eq!(
+        results,
+        [
+            SyncOutcome::Unchanged,
+            SyncOutcome::Applied,
+            SyncOutcome::Applied
+        ]
+    );
+    assert_eq!(records[1].counts.updated, 1);
+    assert_eq!(records[1].resources[0].action, ResourceAction::Updated);
+
+    // Sensu's `view` reads namespaced resources only, as for clusters and replicators; a role
+    // that names `gitopssyncs` reads the records, and recording takes `create`.
+    let (viewer, reader) = api.runtime.block_on(async {
+        let admin = &api.client;
+        for name in ["viewer", "reader"] {
+            create_user(admin, name, &format!("{name}-password")).await;
+        }
+        let role = json!({"metadata": {"name": "gitops-reader"},
+                          "rules": [{"verbs": ["get", "list"], "resources": ["gitopssyncs"]}]});
+        admin
+            .send(
+                reqwest::Method::PUT,
+                "/api/core/v2/clusterroles/gitops-reader",
+                Some(&role),
+            )
+            .await
+            .expect("the reading role");
+        for (user, role) in [("viewer", "view"), ("reader", "gitops-reader")] {
+            let binding = json!({"metadata": {"name": user},
+                                 "role_ref": {"type": "ClusterRole", "name": role},
+                                 "subjects": [{"type": "User", "name": user}]});
+            admin
+                .send(
+                    reqwest::Method::PUT,
+                    &format!("/api/core/v2/clusterrolebindings/{user}"),
+                    Some(&binding),
+                )
+                .await
+                .expect("bind");
+        }
+        (
+            backend.login("viewer", "viewer-password").await.0,
+            backend.login("reader", "reader-password").await.0,
+        )
+    });
+    assert_eq!(syncs(&reader).expect("a reader lists").len(), 3);
+    assert_eq!(error_status(syncs(&viewer)), reqwest::StatusCode::FORBIDDEN);
+    let mut again = records[0].clone();
+    (again.id, again.recorded_at, again.recorded_by) = (None, None, None);
+    for client in [&reader, &viewer] {
+        let refused = api.runtime.block_on(client.record_sync(&again));
+        assert_eq!(error_status(refused), reqwest::StatusCode::FORBIDDEN);
+    }
+
+    // A bad record: 400 naming the field.
+    let mut bad = serde_json::to_value(&again).expect("a record encodes");
+    bad["counts"]["created"] = json!("three");
+    let refused = api.runtime.block_on(api.client.send(
+        reqwest::Method::POST,
+        "/api/cairn/v1/gitops/syncs",
+        Some(&bad),
+    ));
+    let (status, message) = status_of(refused);
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+    assert!(message.starts_with("counts.created: "), "{message}");
+    assert_eq!(syncs(&api.client).expect("list").len(), 3);
 }
 
 // === 3. watch ===

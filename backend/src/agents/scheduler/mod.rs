@@ -10,6 +10,11 @@
 //! `TtlTracker` for overdue results, so they are tested on a simulated clock. The async loop
 //! around them only reads the clock, the store and the sessions.
 //!
+//! Ad hoc executions (Sensu's `POST …/checks/{check}/execute`) reach the loop through a bounded
+//! queue ([`Adhoc`], [`ADHOC_QUEUE`] requests) and go out through the same firing path as a
+//! scheduled firing (hooks, secrets, slices, failure events), to this backend's sessions; they
+//! leave the check's schedule as it is.
+//!
 //! Interval checks are spread over their interval by a splay: a check fires at the unix times `t`
 //! with `(t - offset) % interval == 0`, where `offset` is a hash of `namespace/name` modulo the
 //! interval, so the spread is the same after a restart and on every backend.
@@ -58,10 +63,83 @@ const TTL_CONCURRENCY: usize = 32;
 /// firing while the fleet does not change, so its results stay one interval apart.
 const FANOUT_PER_SECOND: usize = 2_000;
 
+/// Ad hoc requests waiting for the scheduler's loop at most; a request beyond it is refused
+/// ([`AdhocError::QueueFull`], a 503), never waited for. The loop takes one between ticks, so
+/// the queue only fills when requests come faster than the loop runs.
+pub(crate) const ADHOC_QUEUE: usize = 1_000;
+
+/// An ad hoc execution of one check: its stored configuration, with the subscriptions it goes
+/// to (the check's own unless the request named others).
+#[derive(Debug)]
+pub(crate) struct AdhocRequest {
+    /// The check's namespace.
+    pub namespace: String,
+    /// The check, its metadata in the spec as a check request carries it (see
+    /// [`request_config`]).
+    pub config: CheckConfig,
+    /// Who asked, for the log.
+    pub creator: String,
+    /// Why, for the log (Sensu's `reason`).
+    pub reason: String,
+}
+
+/// The sending side of the ad hoc queue, held by the API (cloned cheaply).
+#[derive(Debug, Clone)]
+pub(crate) struct Adhoc(mpsc::Sender<AdhocRequest>);
+
+/// The receiving side of the ad hoc queue, handed to [`spawn`].
+#[derive(Debug)]
+pub(crate) struct AdhocQueue(mpsc::Receiver<AdhocRequest>);
+
+/// Why an ad hoc request was not queued.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AdhocError {
+    /// [`ADHOC_QUEUE`] requests are already waiting. Expected under a burst; retrying a little
+    /// later helps.
+    #[error("{ADHOC_QUEUE} ad hoc check requests are already waiting; retry later")]
+    QueueFull,
+    /// The scheduler has stopped (shutdown). A retry here does not help.
+    #[error("the scheduler is not running")]
+    Stopped,
+}
+
+/// A new ad hoc queue of [`ADHOC_QUEUE`] requests.
+pub(crate) fn adhoc_queue() -> (Adhoc, AdhocQueue) {
+    let (sender, receiver) = mpsc::channel(ADHOC_QUEUE);
+    (Adhoc(sender), AdhocQueue(receiver))
+}
+
+// === impl Adhoc ===
+
+impl Adhoc {
+    /// Queues `request` for the scheduler's loop without waiting.
+    ///
+    /// # Errors
+    /// [`AdhocError::QueueFull`] when [`ADHOC_QUEUE`] requests wait already,
+    /// [`AdhocError::Stopped`] once the scheduler has stopped.
+    pub(crate) fn request(&self, request: AdhocRequest) -> Result<(), AdhocError> {
+        self.0.try_send(request).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => AdhocError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => AdhocError::Stopped,
+        })
+    }
+}
+
+// === impl AdhocQueue ===
+
+impl AdhocQueue {
+    /// The next waiting request, if any: what the API queued, for its tests.
+    #[cfg(test)]
+    pub(crate) fn try_recv(&mut self) -> Option<AdhocRequest> {
+        self.0.try_recv().ok()
+    }
+}
+
 /// Counters of the scheduler, for `/metrics`.
 #[derive(Debug, Default)]
 pub(crate) struct SchedulerStats {
-    /// Check firings: one per check per scheduled time, whether or not a session matched.
+    /// Check firings: one per check per scheduled time (and per ad hoc request), whether or not
+    /// a session matched.
     pub firings: AtomicU64,
     /// Check requests queued for a session.
     pub requests_sent: AtomicU64,
@@ -87,6 +165,7 @@ pub(crate) struct SchedulerStats {
 pub(crate) fn spawn(
     state: Agents,
     sessions: Arc<Sessions>,
+    adhoc: AdhocQueue,
     shutdown: watch::Receiver<bool>,
 ) -> (Arc<SchedulerStats>, JoinHandle<()>) {
     let stats = Arc::new(SchedulerStats::default());
@@ -105,6 +184,8 @@ pub(crate) fn spawn(
         ttl: TtlTracker::default(),
         resolved,
         resolved_sender,
+        adhoc: adhoc.0,
+        adhoc_firings: 0,
     };
     (stats, tokio::spawn(run(scheduler, shutdown)))
 }
@@ -125,6 +206,10 @@ struct Scheduler {
     /// Firings whose secrets were resolved (or failed to) off the loop, back for dispatch.
     resolved: mpsc::UnboundedReceiver<(Prepared, Result<(), String>)>,
     resolved_sender: mpsc::UnboundedSender<(Prepared, Result<(), String>)>,
+    /// Ad hoc requests from the API (bounded, [`ADHOC_QUEUE`]).
+    adhoc: mpsc::Receiver<AdhocRequest>,
+    /// Ad hoc firings so far: the round-robin turn of the next one.
+    adhoc_firings: u64,
 }
 
 async fn run(mut scheduler: Scheduler, mut shutdown: watch::Receiver<bool>) {
@@ -144,6 +229,9 @@ async fn run(mut scheduler: Scheduler, mut shutdown: watch::Receiver<bool>) {
                 }
                 Some((prepared, outcome)) = scheduler.resolved.recv() => {
                     scheduler.resolved(prepared, outcome, unix_now());
+                }
+                Some(request) = scheduler.adhoc.recv() => {
+                    scheduler.adhoc(request, unix_now());
                 }
                 change = reflector.change() => match change {
                     Some(change) => scheduler.apply(&change, unix_now()),
@@ -341,7 +429,49 @@ impl Scheduler {
 
     async fn tick(&mut self, now: i64) {
         let firings = self.timetable.due(now);
-        for mut prepared in self.dispatcher.fire(&firings, now) {
+        self.fire(&firings, now);
+        // Every backend tracks TTLs; the watchdog leader raises them.
+        if !self
+            .dispatcher
+            .sessions
+            .coordinator()
+            .is_leader(crate::coord::Role::Watchdogs)
+        {
+            return;
+        }
+        self.raise_ttls(now).await;
+    }
+
+    /// Fires one ad hoc request now: the same path as a scheduled firing, the schedule left as
+    /// it is. A round-robin check goes to one of this backend's matching sessions (the request
+    /// reached this backend alone).
+    fn adhoc(&mut self, request: AdhocRequest, now: i64) {
+        let AdhocRequest {
+            namespace,
+            config,
+            creator,
+            reason,
+        } = request;
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|meta| meta.name.clone())
+            .unwrap_or_default();
+        tracing::info!(%namespace, check = %name, %creator, %reason, "ad hoc check execution");
+        let firing = Firing {
+            key: (namespace, name),
+            config: Arc::new(config),
+            at: now,
+            number: self.adhoc_firings,
+            adhoc: true,
+        };
+        self.adhoc_firings += 1;
+        self.fire(&[firing], now);
+    }
+
+    /// Sends `firings` (those whose secrets must be resolved once that is done).
+    fn fire(&mut self, firings: &[Firing], now: i64) {
+        for mut prepared in self.dispatcher.fire(firings, now) {
             // Resolved off the loop: a slow or unreachable provider must not hold up the other
             // checks (its own failures are answered from the secrets cache's backoff).
             let secrets = Arc::clone(&self.state.secrets);
@@ -353,15 +483,10 @@ impl Scheduler {
             });
         }
         spawn_undeliverable_events(&self.state, self.dispatcher.take_undeliverable(), now);
-        // Every backend tracks TTLs; the watchdog leader raises them.
-        if !self
-            .dispatcher
-            .sessions
-            .coordinator()
-            .is_leader(crate::coord::Role::Watchdogs)
-        {
-            return;
-        }
+    }
+
+    /// Raises the TTL events that are due (on the watchdogs leader).
+    async fn raise_ttls(&mut self, now: i64) {
         let timetable = &self.timetable;
         // The ttl of each check, looked up once per tick rather than once per entity.
         let mut check_ttls: HashMap<(&str, &str), Option<i64>> = HashMap::new();
@@ -470,17 +595,23 @@ fn classify(key: &str) -> Option<Watched<'_>> {
 /// A stored check with its metadata put back into the spec (as a check request carries it).
 fn decode_check(entry: &Entry) -> Option<CheckConfig> {
     match resources::decode(entry) {
-        Ok(stored) => match stored.resource.spec {
-            Spec::CheckConfig(mut config) => {
-                config.metadata = Some(stored.resource.metadata);
-                Some(config)
-            }
-            _ => None,
-        },
+        Ok(stored) => request_config(stored.resource),
         Err(err) => {
             tracing::error!(key = %entry.key, error = %err, "unreadable stored check");
             None
         }
+    }
+}
+
+/// A check resource as a check request carries it: its metadata put back into the spec;
+/// `None` for a resource of another kind.
+pub(crate) fn request_config(resource: cairn_api::Resource) -> Option<CheckConfig> {
+    match resource.spec {
+        Spec::CheckConfig(mut config) => {
+            config.metadata = Some(resource.metadata);
+            Some(config)
+        }
+        _ => None,
     }
 }
 
@@ -659,6 +790,9 @@ struct Firing {
     at: i64,
     /// Counts the check's firings; picks the round-robin session.
     number: u64,
+    /// An ad hoc request (not scheduled): a round-robin check picks among this backend's
+    /// sessions, since no other backend fires it.
+    adhoc: bool,
 }
 
 impl Timetable {
@@ -752,6 +886,7 @@ impl Timetable {
                 key,
                 at,
                 number,
+                adhoc: false,
             });
         }
         firings
@@ -846,7 +981,10 @@ impl Dispatcher {
                 tracing::debug!(%namespace, check = %name, "no session subscribes to the check");
                 continue;
             }
-            let chosen = if config.round_robin {
+            let chosen = if config.round_robin && firing.adhoc {
+                let idx = round_robin_index(firing.number, sessions.len());
+                &sessions[idx..=idx]
+            } else if config.round_robin {
                 // Chosen among the connected agents of every backend, so that the firing runs
                 // once cluster-wide; the backend holding the chosen agent sends it.
                 let cluster = self
@@ -1414,6 +1552,8 @@ pub(crate) mod tests {
                 "00".repeat(32),
             )),
             revocations: crate::agents::join::Revocations::empty(),
+            // Its queue is dropped: a test that fires ad hoc requests makes its own.
+            adhoc: adhoc_queue().0,
         };
         (state, sink)
     }
@@ -1659,6 +1799,7 @@ pub(crate) mod tests {
             config: Arc::new(config),
             at: 0,
             number,
+            adhoc: false,
         }
     }
 
@@ -1804,7 +1945,12 @@ pub(crate) mod tests {
         ))
         .await;
         let (stop, shutdown) = watch::channel(false);
-        let (stats, task) = spawn(state.clone(), Arc::clone(&sessions), shutdown);
+        let (stats, task) = spawn(
+            state.clone(),
+            Arc::clone(&sessions),
+            adhoc_queue().1,
+            shutdown,
+        );
 
         let message = tokio::time::timeout(Duration::from_secs(5), web.recv())
             .await
@@ -1912,6 +2058,111 @@ pub(crate) mod tests {
         assert_eq!(stats.firings.load(Ordering::Relaxed), 8);
         assert_eq!(stats.requests_sent.load(Ordering::Relaxed), 10);
         assert_eq!(stats.requests_dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn adhoc_round_robin_firings_rotate_over_this_backends_sessions() {
+        let sessions = Sessions::new();
+        let (_a, mut a) = sessions.register("default", &hello("a", &["linux"]), true);
+        let (_b, mut b) = sessions.register("default", &hello("b", &["linux"]), true);
+        let mut dispatcher = dispatcher(&sessions);
+        let mut round_robin = check(3600, "", &["linux"]);
+        round_robin.round_robin = true;
+        let adhoc = |number| Firing {
+            adhoc: true,
+            ..firing(round_robin.clone(), number)
+        };
+        dispatcher.fire(&[adhoc(0), adhoc(1), adhoc(2)], 50);
+        assert_eq!(drain(&mut a).len(), 2);
+        assert_eq!(drain(&mut b).len(), 1);
+        // Not round robin: every matching session, as a scheduled firing.
+        let everyone = Firing {
+            adhoc: true,
+            ..firing(check(3600, "", &["linux"]), 0)
+        };
+        dispatcher.fire(&[everyone], 51);
+        assert_eq!(drain(&mut a).len(), 1);
+        assert_eq!(drain(&mut b).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn adhoc_requests_fire_at_once_and_leave_the_schedule_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut state, _sink) = test_state(dir.path()).await;
+        let (adhoc, queue) = adhoc_queue();
+        state.adhoc = adhoc.clone();
+        let sessions = Arc::clone(&state.sessions);
+        let (_web, mut web) = sessions.register("default", &hello("web", &["linux"]), true);
+        let (_db, mut db) = sessions.register("default", &hello("db", &["db"]), true);
+        // Never scheduled: not published.
+        let mut config = check(3600, "", &["linux"]);
+        config.publish = false;
+        config.metadata = Some(ObjectMeta::named("default", "backup"));
+        let (stop, shutdown) = watch::channel(false);
+        let (stats, task) = spawn(state.clone(), Arc::clone(&sessions), queue, shutdown);
+
+        let request = |subscriptions: &[&str]| {
+            let mut config = config.clone();
+            if !subscriptions.is_empty() {
+                config.subscriptions = subscriptions.iter().map(|s| (*s).to_owned()).collect();
+            }
+            AdhocRequest {
+                namespace: "default".into(),
+                config,
+                creator: "admin".into(),
+                reason: "test".into(),
+            }
+        };
+        adhoc.request(request(&[])).unwrap();
+        let message = tokio::time::timeout(Duration::from_secs(5), web.recv())
+            .await
+            .expect("the ad hoc request within 5 s")
+            .expect("the session is open");
+        let BackendMessage::CheckRequest(sent) = message else {
+            panic!("expected a check request, got {message:?}");
+        };
+        assert_eq!(
+            sent.config.metadata,
+            Some(ObjectMeta::named("default", "backup"))
+        );
+        adhoc.request(request(&["entity:db"])).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), db.recv())
+            .await
+            .expect("the request to entity:db within 5 s")
+            .expect("the session is open");
+        // Nothing more: an ad hoc request schedules nothing.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(web.try_recv().is_err(), "fired again");
+        assert!(db.try_recv().is_err(), "fired again");
+        assert_eq!(stats.requests_sent.load(Ordering::Relaxed), 2);
+
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the scheduler stops on shutdown")
+            .unwrap();
+        assert!(
+            matches!(adhoc.request(request(&[])), Err(AdhocError::Stopped)),
+            "a stopped scheduler refuses"
+        );
+    }
+
+    #[test]
+    fn a_full_adhoc_queue_refuses_without_waiting() {
+        let (adhoc, _queue) = adhoc_queue();
+        let request = || AdhocRequest {
+            namespace: "default".into(),
+            config: check(60, "", &["linux"]),
+            creator: String::new(),
+            reason: String::new(),
+        };
+        for _ in 0..ADHOC_QUEUE {
+            adhoc.request(request()).unwrap();
+        }
+        assert!(matches!(
+            adhoc.request(request()),
+            Err(AdhocError::QueueFull)
+        ));
     }
 
     #[test]
@@ -2111,7 +2362,12 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let (stop, shutdown) = watch::channel(false);
-        let (stats, task) = spawn(state.clone(), Arc::clone(&sessions), shutdown);
+        let (stats, task) = spawn(
+            state.clone(),
+            Arc::clone(&sessions),
+            adhoc_queue().1,
+            shutdown,
+        );
 
         let message = tokio::time::timeout(Duration::from_secs(5), web.recv())
             .await

@@ -48,6 +48,8 @@ pub(super) enum Target {
         hook_type: String,
         hook: Option<String>,
     },
+    /// `namespaces/{ns}/checks/{check}/execute`: Sensu's ad hoc execution of a check (`POST`).
+    CheckExecute { namespace: String, check: String },
 }
 
 const GROUPS: [(&str, &str); 3] = [
@@ -118,6 +120,15 @@ pub(super) fn parse(path: &str) -> Option<Target> {
                 check: (*check).to_owned(),
                 hook_type: (*hook_type).to_owned(),
                 hook,
+            })
+        }
+        // A check's name holds no `/`, so this is never a check named `<check>/execute`.
+        ["namespaces", namespace, "checks", check, "execute"]
+            if *group == cairn_api::kind::CORE_V2 =>
+        {
+            Some(Target::CheckExecute {
+                namespace: (*namespace).to_owned(),
+                check: (*check).to_owned(),
             })
         }
         ["namespaces", namespace, plural, name @ ..] => {
@@ -262,6 +273,8 @@ pub(crate) enum Endpoint {
         hook_type: String,
         hook: String,
     },
+    /// `POST namespaces/{ns}/checks/{check}/execute`.
+    ExecuteCheck { namespace: String, check: String },
     /// `GET tessen`.
     GetTessen,
     /// `PUT tessen`.
@@ -273,7 +286,7 @@ pub(crate) enum Endpoint {
 impl Endpoint {
     /// Every [`Endpoint::name`], in [`Endpoint::index`] order: the `endpoint` label of
     /// `cairn_api_endpoint_requests_total`, so the metric has at most this many series.
-    pub(crate) const NAMES: [&'static str; 20] = [
+    pub(crate) const NAMES: [&'static str; 21] = [
         "list",
         "create",
         "create_apikey",
@@ -294,6 +307,7 @@ impl Endpoint {
         "add_user_group",
         "remove_user_group",
         "remove_user_groups",
+        "execute_check",
     ];
 
     /// The endpoint a method on `target` asks for: 405 for a method the target does not
@@ -380,6 +394,10 @@ impl Endpoint {
                 },
                 _ => return Err(method_not_allowed()),
             },
+            Target::CheckExecute { namespace, check } => match *method {
+                Method::POST => Endpoint::ExecuteCheck { namespace, check },
+                _ => return Err(method_not_allowed()),
+            },
             Target::Tessen => match *method {
                 Method::GET => Endpoint::GetTessen,
                 Method::PUT => Endpoint::PutTessen,
@@ -430,6 +448,7 @@ impl Endpoint {
                 UserAction::RemoveGroup(_) => 18,
                 UserAction::RemoveAllGroups => 19,
             },
+            Endpoint::ExecuteCheck { .. } => 20,
         }
     }
 
@@ -450,7 +469,9 @@ impl Endpoint {
             Endpoint::CreateApiKey => Kind::ApiKey,
             Endpoint::PutEvent { .. } | Endpoint::ListEntityEvents { .. } => Kind::Event,
             Endpoint::ListSilencedBy { .. } => Kind::Silenced,
-            Endpoint::AddCheckHooks { .. } | Endpoint::RemoveCheckHook { .. } => Kind::CheckConfig,
+            Endpoint::AddCheckHooks { .. }
+            | Endpoint::RemoveCheckHook { .. }
+            | Endpoint::ExecuteCheck { .. } => Kind::CheckConfig,
             // Tessen is a setting, not a kind; it is cluster-wide, as namespaces are.
             Endpoint::GetTessen | Endpoint::PutTessen => Kind::Namespace,
             Endpoint::User { .. } => Kind::User,
@@ -510,6 +531,21 @@ mod tests {
         assert_eq!(
             parse("/api/core/v2/namespaces/default/checks/cpu/hooks/non-zero/extra"),
             None
+        );
+        assert_eq!(
+            parse("/api/core/v2/namespaces/default/checks/cpu/execute"),
+            Some(Target::CheckExecute {
+                namespace: "default".into(),
+                check: "cpu".into(),
+            })
+        );
+        assert_eq!(
+            parse("/api/core/v2/namespaces/default/checks/cpu/execute/now"),
+            Some(Target::Item {
+                kind: Kind::CheckConfig,
+                namespace: "default".into(),
+                name: "cpu/execute/now".into(),
+            })
         );
         assert_eq!(parse("/api/enterprise/secrets/v1/tessen"), None);
         assert_eq!(
@@ -633,6 +669,18 @@ mod tests {
             route(Method::POST, "/api/core/v2/apikeys"),
             Ok(Endpoint::CreateApiKey)
         );
+        let execute = "/api/core/v2/namespaces/default/checks/cpu/execute";
+        assert_eq!(
+            route(Method::POST, execute),
+            Ok(Endpoint::ExecuteCheck {
+                namespace: "default".into(),
+                check: "cpu".into(),
+            })
+        );
+        assert_eq!(
+            route(Method::GET, execute),
+            Err(StatusCode::METHOD_NOT_ALLOWED)
+        );
     }
 
     #[test]
@@ -645,5 +693,11 @@ mod tests {
         };
         assert_eq!(endpoint.name(), "remove_user_groups");
         assert_eq!(Endpoint::GetTessen.name(), "get_tessen");
+        let execute = Endpoint::ExecuteCheck {
+            namespace: "default".into(),
+            check: "cpu".into(),
+        };
+        assert_eq!(execute.name(), "execute_check");
+        assert_eq!(execute.index(), Endpoint::NAMES.len() - 1);
     }
 }

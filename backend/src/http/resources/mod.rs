@@ -1,7 +1,8 @@
 //! Resource routes: Sensu's `/api/core/v2/…` and `/api/enterprise/<group>/<version>/…` paths.
 //! [`endpoint`] turns a request into one [`endpoint::Endpoint`]; [`dispatch`] authenticates,
 //! runs it in a span named after it, and counts it. The handlers: [`crud`] (stored resources),
-//! [`users`] (users, their actions and API keys), [`events`] (events sent to the API).
+//! [`users`] (users, their actions and API keys), [`events`] (events sent to the API),
+//! [`execute`] (ad hoc check executions).
 
 use std::sync::atomic::Ordering;
 
@@ -22,6 +23,7 @@ use crate::store::Precondition;
 mod crud;
 mod endpoint;
 mod events;
+mod execute;
 mod users;
 
 pub(crate) use endpoint::Endpoint;
@@ -101,6 +103,9 @@ async fn run(
             hook_type,
             hook,
         } => crud::check_hooks_remove(state, caller, &namespace, &check, &hook_type, &hook).await,
+        Endpoint::ExecuteCheck { namespace, check } => {
+            execute::checks_execute(state, caller, &namespace, &check, body).await
+        }
         Endpoint::GetTessen => crud::tessen_get(state, caller).await,
         Endpoint::PutTessen => crud::tessen_put(state, caller, body).await,
         Endpoint::User { name, action } => {

@@ -161,7 +161,10 @@ async fn login_pages_and_forms() {
         assert!(set.contains(attribute), "{set}");
     }
     let cookie = ok.cookie().unwrap();
-    assert!(cookie.starts_with("__Host-cairn-session="));
+    assert!(
+        cookie.starts_with("__Host-cairn-session-cairn-test="),
+        "{cookie}"
+    );
 
     let events = send(
         &fixture,

@@ -279,12 +279,9 @@ pub(crate) async fn open_page<'a>(
             } else {
                 Redirect::to(&location).into_response()
             };
-            response.headers_mut().insert(
-                header::SET_COOKIE,
-                HeaderValue::from_static(
-                    "__Host-cairn-session=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
-                ),
-            );
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, state.ui_sessions.clear_cookie());
             return Err(response);
         }
     };

@@ -24,8 +24,12 @@ use crate::http::{
     authenticate_bearer, consume_refresh_record, issue_token_pair, ApiError, AppState,
 };
 
-/// The session cookie's name.
+/// The session cookie's name, before the cluster's name: `__Host-cairn-session-<cluster>`,
+/// so that the UIs of two clusters on one host (cookies ignore ports) keep their own sessions.
 pub(crate) const COOKIE: &str = "__Host-cairn-session";
+/// How long the browser keeps the cookie beyond the session's end, so that the next page says
+/// the session expired instead of showing the login page as if nothing happened.
+const COOKIE_GRACE: u64 = 60 * 60;
 /// A session's longest life by default (`--ui-session-ttl`): the API's refresh token's.
 pub(crate) const DEFAULT_SESSION_TTL: Duration = auth::REFRESH_TOKEN_TTL;
 /// How long a spent refresh token still opens the session it was exchanged for: requests sent
@@ -85,6 +89,8 @@ pub(crate) enum NoSession {
 #[derive(Debug)]
 pub(crate) struct Sessions {
     ttl: Duration,
+    /// The cookie's name (see [`COOKIE`]).
+    cookie: String,
     rotations: tokio::sync::Mutex<Rotations>,
 }
 
@@ -124,10 +130,11 @@ impl Rotations {
 }
 
 impl Sessions {
-    /// Sessions that last at most `ttl` from their login.
-    pub(crate) fn new(ttl: Duration) -> Sessions {
+    /// Sessions of the cluster `cluster` that last at most `ttl` from their login.
+    pub(crate) fn new(ttl: Duration, cluster: &str) -> Sessions {
         Sessions {
             ttl,
+            cookie: format!("{COOKIE}-{cluster}"),
             rotations: tokio::sync::Mutex::new(Rotations::default()),
         }
     }
@@ -150,7 +157,7 @@ impl Sessions {
             c: auth::random_token(32),
             e: ends_at,
         };
-        set_cookie(&data, ends_at)
+        set_cookie(&self.cookie, &data, ends_at)
     }
 
     /// The session of a request, renewed when its access token is near its end.
@@ -162,7 +169,7 @@ impl Sessions {
         state: &AppState,
         headers: &HeaderMap,
     ) -> Result<Session, NoSession> {
-        let data = read_cookie(headers).ok_or(NoSession::Missing)?;
+        let data = read_cookie(&self.cookie, headers).ok_or(NoSession::Missing)?;
         let claimed_end = data.e;
         match self.open_cookie(state, data).await {
             // Gone at the end the cookie names: expired rather than logged out.
@@ -214,7 +221,8 @@ impl Sessions {
                     ))
                 })??;
             if let Some((new, ends_at)) = renewed {
-                set = Some(set_cookie(&new, ends_at).map_err(NoSession::Unavailable)?);
+                set =
+                    Some(set_cookie(&self.cookie, &new, ends_at).map_err(NoSession::Unavailable)?);
                 data = new;
             } else if data.x <= now {
                 return Err(NoSession::Expired);
@@ -279,7 +287,7 @@ impl Sessions {
     /// Ends the request's session (its refresh token taken out of the store) and returns the
     /// `Set-Cookie` value that clears the cookie. A cookie that opens nothing is cleared too.
     pub(crate) async fn end(&self, state: &AppState, headers: &HeaderMap) -> HeaderValue {
-        if let Some(data) = read_cookie(headers) {
+        if let Some(data) = read_cookie(&self.cookie, headers) {
             let digest = auth::token_digest(&data.r);
             let newer = self
                 .rotations
@@ -293,9 +301,16 @@ impl Sessions {
                 }
             }
         }
-        HeaderValue::from_static(
-            "__Host-cairn-session=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
-        )
+        self.clear_cookie()
+    }
+
+    /// The `Set-Cookie` value that removes the session cookie.
+    pub(crate) fn clear_cookie(&self) -> HeaderValue {
+        HeaderValue::from_str(&format!(
+            "{}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
+            self.cookie
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("__Host-cairn-session=; Max-Age=0"))
     }
 }
 
@@ -305,8 +320,8 @@ fn refresh_ends_at(value: &[u8]) -> Option<u64> {
     record["expires_at"].as_u64()
 }
 
-fn read_cookie(headers: &HeaderMap) -> Option<CookieData> {
-    let prefix = format!("{COOKIE}=");
+fn read_cookie(name: &str, headers: &HeaderMap) -> Option<CookieData> {
+    let prefix = format!("{name}=");
     let value = headers
         .get_all(header::COOKIE)
         .iter()
@@ -323,7 +338,7 @@ fn read_cookie(headers: &HeaderMap) -> Option<CookieData> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn set_cookie(data: &CookieData, ends_at: u64) -> Result<HeaderValue, ApiError> {
+fn set_cookie(name: &str, data: &CookieData, ends_at: u64) -> Result<HeaderValue, ApiError> {
     let json = serde_json::to_vec(data).map_err(ApiError::internal)?;
     let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
     if value.len() > COOKIE_LIMIT {
@@ -332,9 +347,9 @@ fn set_cookie(data: &CookieData, ends_at: u64) -> Result<HeaderValue, ApiError> 
             value.len()
         )));
     }
-    let max_age = ends_at.saturating_sub(crate::clock::unix_now_u64());
+    let max_age = ends_at.saturating_sub(crate::clock::unix_now_u64()) + COOKIE_GRACE;
     HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+        "{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
     ))
     .map_err(ApiError::internal)
 }
@@ -430,16 +445,23 @@ mod tests {
             c: "csrf".into(),
             e: 9,
         };
-        let set = set_cookie(&data, crate::clock::unix_now_u64() + 60).unwrap();
+        let name = "__Host-cairn-session-gw";
+        let set = set_cookie(name, &data, crate::clock::unix_now_u64() + 60).unwrap();
         let value = set.to_str().unwrap().split(';').next().unwrap().to_owned();
-        let read = read_cookie(&headers(&[("cookie", &format!("other=1; {value}"))])).unwrap();
+        let read =
+            read_cookie(name, &headers(&[("cookie", &format!("other=1; {value}"))])).unwrap();
         assert_eq!(
             (read.a.as_str(), read.r.as_str(), read.c.as_str()),
             ("access", "refresh", "csrf")
         );
-        assert!(read_cookie(&headers(&[("cookie", "__Host-cairn-session=!!!")])).is_none());
-        assert!(read_cookie(&headers(&[("cookie", "__Host-cairn-session=")])).is_none());
-        assert!(read_cookie(&headers(&[])).is_none());
+        // Another cluster's cookie on the same host is not this one's.
+        let other = value.replacen("-gw=", "-alpha=", 1);
+        assert!(read_cookie(name, &headers(&[("cookie", &other)])).is_none());
+        assert!(
+            read_cookie(name, &headers(&[("cookie", "__Host-cairn-session-gw=!!!")])).is_none()
+        );
+        assert!(read_cookie(name, &headers(&[("cookie", "__Host-cairn-session-gw=")])).is_none());
+        assert!(read_cookie(name, &headers(&[])).is_none());
     }
 
     #[test]
