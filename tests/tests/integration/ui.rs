@@ -24,8 +24,13 @@ use crate::common::{post_event, ViewerFederation, VIEWER_PASSWORD};
 /// Set (to anything) to have [`readme_screenshots`] write `docs/screenshots/*.png`.
 const ENV_UI_SCREENSHOTS: &str = "CAIRN_UI_SCREENSHOTS";
 
-/// The UI's session cookie (a `__Host-` cookie: Secure, Path=/, no Domain).
-const SESSION_COOKIE: &str = "__Host-cairn-session";
+/// The UI's session cookies, `__Host-cairn-session-<cluster>` (`__Host-` cookies: Secure,
+/// Path=/, no Domain). Named for the cluster since browsers share a host's cookies between its
+/// ports: two clusters' UIs on one host would log each other out.
+const SESSION_COOKIE_PREFIX: &str = "__Host-cairn-session-";
+
+/// The cluster name of a backend initialised without `--cluster-name`.
+const DEFAULT_CLUSTER: &str = "cairn";
 
 /// What the login page says for a wrong password and for an unknown user alike.
 const WRONG_LOGIN: &str = "wrong username or password";
@@ -126,10 +131,27 @@ async fn post_from_page(browser: &Browser, path: &str, fields: Value) -> Posted 
     }
 }
 
-/// The value of the session cookie the browser holds for the current page's host, if any.
-async fn session_value(browser: &Browser) -> Option<String> {
-    let cookie = browser.cookie(SESSION_COOKIE).await;
+/// The name of the session cookie of `cluster`'s UI.
+fn session_cookie(cluster: &str) -> String {
+    format!("{SESSION_COOKIE_PREFIX}{cluster}")
+}
+
+/// The value of the session cookie of `cluster` that the browser holds for the current page's
+/// host, if any.
+async fn session_value(browser: &Browser, cluster: &str) -> Option<String> {
+    let cookie = browser.cookie(&session_cookie(cluster)).await;
     cookie.map(|cookie| cookie.value().to_owned())
+}
+
+/// The names of every session cookie, of any cluster, that the browser holds for the current
+/// page's host.
+async fn session_cookies(browser: &Browser) -> Vec<String> {
+    let cookies = browser.cookies().await;
+    cookies
+        .iter()
+        .map(|cookie| cookie.name().to_owned())
+        .filter(|name| name.starts_with(SESSION_COOKIE_PREFIX))
+        .collect()
 }
 
 /// The text of `#flash`, waiting for it.
@@ -441,20 +463,20 @@ async fn federation_walk_through() {
 
             // The viewer does not exist at alpha: its own UI refuses the login. (Cookies are
             // not kept apart by port, so the browser sends the gateway's session cookie to
-            // alpha on 127.0.0.1 too: it opens nothing there.)
+            // alpha on 127.0.0.1 too: it opens nothing there, and alpha leaves it alone.)
             let alpha = &federation.alpha.url;
-            let gateway_cookie = session_value(&browser).await;
+            let gateway_cookie = session_value(&browser, "gateway").await;
             assert!(gateway_cookie.is_some(), "the gateway's session cookie");
             browser.goto(&format!("{alpha}/ui/events")).await;
             assert!(browser.path_and_query().await.starts_with("/ui/login"));
             log_in(&browser, alpha, "federation-viewer", VIEWER_PASSWORD).await;
             assert!(browser.path_and_query().await.starts_with("/ui/login"));
             assert_eq!(flash(&browser).await, WRONG_LOGIN);
-            let cookie_now = session_value(&browser).await;
-            // Alpha may clear the cookie it cannot use, but sets none of its own.
-            assert!(
-                cookie_now.is_none() || cookie_now == gateway_cookie,
-                "alpha set a session cookie"
+            assert_eq!(session_value(&browser, "alpha").await, None);
+            assert_eq!(
+                session_value(&browser, "gateway").await,
+                gateway_cookie,
+                "alpha touched the gateway's session cookie"
             );
         })
         .await;
@@ -567,21 +589,21 @@ async fn login_logout_and_csrf() {
             assert!(browser.exists("#flash.error").await);
             let wrong_password = flash(&browser).await;
             assert_eq!(wrong_password, WRONG_LOGIN);
-            assert!(browser.cookie(SESSION_COOKIE).await.is_none());
+            assert_eq!(session_cookies(&browser).await, Vec::<String>::new());
             log_in(&browser, url, "nobody-by-this-name", "not-the-password").await;
             assert_eq!(
                 flash(&browser).await,
                 wrong_password,
                 "the same for an unknown user"
             );
-            assert!(browser.cookie(SESSION_COOKIE).await.is_none());
+            assert_eq!(session_cookies(&browser).await, Vec::<String>::new());
 
             // A good login: the cookie and its attributes.
             log_in(&browser, url, "admin", ADMIN_PASSWORD).await;
             assert_eq!(browser.path_and_query().await, "/ui/");
             assert_eq!(browser.text("#whoami").await, "admin");
             let cookie = browser
-                .cookie(SESSION_COOKIE)
+                .cookie(&session_cookie(DEFAULT_CLUSTER))
                 .await
                 .expect("the session cookie after the login");
             // The attributes only (the value is a session's tokens); fantoccini does not
@@ -604,7 +626,7 @@ async fn login_logout_and_csrf() {
                 ),
                 "HttpOnly, Secure, SameSite=Strict, Path=/ and no Domain (the host's own)"
             );
-            let session = format!("{SESSION_COOKIE}={}", cookie.value());
+            let session = format!("{}={}", session_cookie(DEFAULT_CLUSTER), cookie.value());
             let page = http
                 .get(format!("{url}/ui/events"))
                 .header(reqwest::header::COOKIE, &session)
@@ -645,7 +667,7 @@ async fn login_logout_and_csrf() {
             let landed = browser.path_and_query().await;
             assert!(landed.split('?').next() == Some("/ui/login"), "{landed}");
             assert!(flash(&browser).await.contains("logged out"));
-            assert!(browser.cookie(SESSION_COOKIE).await.is_none());
+            assert_eq!(session_cookies(&browser).await, Vec::<String>::new());
             let replayed = http
                 .get(format!("{url}/ui/events"))
                 .header(reqwest::header::COOKIE, &session)
@@ -679,7 +701,7 @@ async fn cross_site_form_post_is_refused() {
     browser
         .run("cross_site_form_post_is_refused", |browser| async move {
             log_in(&browser, &backend.url, "admin", ADMIN_PASSWORD).await;
-            assert!(browser.cookie(SESSION_COOKIE).await.is_some());
+            assert!(session_value(&browser, DEFAULT_CLUSTER).await.is_some());
             browser.goto(&format!("{elsewhere}/")).await;
             // The page submits itself: wait for the UI's answer to load.
             let what = "the cross-site post's answer";
@@ -723,10 +745,10 @@ async fn expired_session_goes_back_to_login() {
             assert_eq!(browser.path_and_query().await, "/ui/");
             browser.find("table#events").await;
             let cookie = browser
-                .cookie(SESSION_COOKIE)
+                .cookie(&session_cookie(DEFAULT_CLUSTER))
                 .await
                 .expect("the session cookie after the login");
-            let session = format!("{SESSION_COOKIE}={}", cookie.value());
+            let session = format!("{}={}", session_cookie(DEFAULT_CLUSTER), cookie.value());
             // The session's life is the backend's clock, which nothing here can advance: wait
             // until the ttl has passed, with a margin for seconds rounded at either end.
             tokio::time::sleep(Duration::from_millis(SHORT_SESSION_SECS * 1000 + 1500)).await;
@@ -744,7 +766,7 @@ async fn expired_session_goes_back_to_login() {
             let landed = browser.path_and_query().await;
             // Only whether the browser still holds it and when it said it would expire (the
             // value is a session's tokens, which a message never shows).
-            let held = browser.cookie(SESSION_COOKIE).await.is_some();
+            let held = session_value(&browser, DEFAULT_CLUSTER).await.is_some();
             let expires = cookie.expires();
             assert!(
                 landed.starts_with("/ui/login?") && landed.contains("expired=1"),
