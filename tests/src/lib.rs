@@ -8,10 +8,12 @@
 //!
 //! [`openbao`] runs a real OpenBao dev server for the secrets tests; [`etcd`] runs a real etcd
 //! cluster for the etcd store's; [`fake_cluster`] serves scripted downstream clusters for the
-//! federation tests. [`eventually`] and [`eventually_blocking`] are how every test waits for
-//! an outcome that comes asynchronously.
+//! federation tests; [`browser`] drives Debian's Chromium for the web UI's tests.
+//! [`eventually`] and [`eventually_blocking`] are how every test waits for an outcome that
+//! comes asynchronously.
 
 pub mod bench;
+pub mod browser;
 pub mod etcd;
 pub mod fake_cluster;
 pub mod fleet;

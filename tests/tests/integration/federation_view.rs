@@ -13,19 +13,12 @@
 use std::time::Duration;
 
 use cairn_api::client::{Client, Credentials};
-use cairn_api::meta::LABEL_REPLICATED_FROM;
-use cairn_api::model::Replicator;
-use cairn_api::{Kind, ObjectMeta, Resource, Spec};
-use cairn_tests::{
-    cluster_registration, error_status, eventually, AgentInstall, Backend, FederationKeys,
-};
+use cairn_api::Kind;
+use cairn_tests::{cluster_registration, error_status, eventually, AgentInstall};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{cairnctl, configure, manifests, ok};
-
-/// The federation-viewer's demo password (see the manifest's comment).
-const VIEWER_PASSWORD: &str = "view-only-demo";
+use crate::common::{cairnctl, configure, ok, post_event, ViewerFederation, VIEWER_PASSWORD};
 
 /// How long a wait on replication or on the agent may take: far above a watched change's push
 /// and an agent's enrolment and first 1-second check, so that a failure means it did not
@@ -34,21 +27,6 @@ const WITHIN: Duration = Duration::from_secs(30);
 
 /// The entity name of alpha's agent.
 const AGENT: &str = "alpha-agent";
-
-async fn post_event(client: &Client, entity: &str) {
-    let event = json!({
-        "entity": {"entity_class": "proxy", "metadata": {"name": entity}},
-        "check": {"metadata": {"name": "disk"}, "status": 1, "output": "83% used", "interval": 60},
-    });
-    client
-        .send(
-            Method::POST,
-            "/api/core/v2/namespaces/default/events",
-            Some(&event),
-        )
-        .await
-        .unwrap_or_else(|err| panic!("post the event of {entity}: {err}"));
-}
 
 /// A token for the gateway's cluster-admins signed with a key of nobody's federation, meant
 /// for `audience` so that only the key is wrong.
@@ -68,20 +46,6 @@ fn forged_token(issuer: &str, audience: &str) -> String {
         &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("EC key"),
     )
     .expect("sign")
-}
-
-/// A replicator of the gateway copying every `core/v2` `resource` (cluster-wide) to `cluster`.
-fn replicator(name: &str, cluster: &str, resource: &str) -> Resource {
-    Resource::new(
-        ObjectMeta::named("", name),
-        Spec::Replicator(Replicator {
-            cluster: cluster.to_owned(),
-            api_version: "core/v2".into(),
-            resource: resource.to_owned(),
-            namespace: String::new(),
-            ..Replicator::default()
-        }),
-    )
 }
 
 /// `entity/check` of an event in the REST wire form.
@@ -127,86 +91,13 @@ async fn own_events(client: &Client) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn federated_view_walk_through() {
-    let keys_dir = tempfile::tempdir().expect("tempdir");
-    let keys = FederationKeys::generate(keys_dir.path());
-    let gateway = Backend::start_federated("gateway", &keys);
-    let alpha = Backend::start_federated("alpha", &keys);
-    let gateway_admin = gateway.admin().await;
-    let alpha_admin = alpha.admin().await;
-
-    // The read-only operator: the manifest's user, role and binding, on the gateway only.
-    let viewer_manifest = manifests().join("cluster/rbac/federation-viewer.yaml");
-    let loaded = cairn_api::codec::load_path(&viewer_manifest);
-    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
-    for resource in loaded.resources.iter().map(|loaded| &loaded.resource) {
-        gateway_admin
-            .put_resource(resource)
-            .await
-            .unwrap_or_else(|err| panic!("put {} on the gateway: {err}", resource.key()));
-    }
-    gateway_admin
-        .put_resource(&cluster_registration("alpha", &alpha.url, &alpha.ca()))
-        .await
-        .expect("register alpha on the gateway");
-    // Alpha gets the role and the binding of the viewer's group from the gateway's replicators
-    // (never the user: there is no such user at alpha).
-    for (name, resource) in [
-        ("clusterroles-to-alpha", "ClusterRole"),
-        ("clusterrolebindings-to-alpha", "ClusterRoleBinding"),
-    ] {
-        gateway_admin
-            .put_resource(&replicator(name, "alpha", resource))
-            .await
-            .unwrap_or_else(|err| panic!("create the replicator {name}: {err}"));
-    }
-    for (kind, replicator_name) in [
-        (Kind::ClusterRole, "clusterroles-to-alpha"),
-        (Kind::ClusterRoleBinding, "clusterrolebindings-to-alpha"),
-    ] {
-        let source = loaded
-            .resources
-            .iter()
-            .map(|loaded| &loaded.resource)
-            .find(|resource| resource.kind() == kind)
-            .unwrap_or_else(|| panic!("the manifest has a {kind}"));
-        let what = format!("the {kind} federation-viewer replicated to alpha");
-        let copy = eventually(&what, WITHIN, || async {
-            let copy = alpha_admin
-                .get_resource(kind, "", "federation-viewer")
-                .await
-                .map_err(|err| format!("read alpha: {err}"))?;
-            match copy {
-                Some(copy) if copy.metadata.labels.contains_key(LABEL_REPLICATED_FROM) => Ok(copy),
-                other => {
-                    let status = gateway_admin
-                        .get_json(&format!("/api/cairn/v1/replicators/{replicator_name}"))
-                        .await
-                        .map_or_else(|err| err.to_string(), |status| status.to_string());
-                    Err(format!("{other:?}; replicator status: {status}"))
-                }
-            }
-        })
-        .await;
-        assert_eq!(
-            copy.metadata.labels[LABEL_REPLICATED_FROM],
-            format!("gateway/{replicator_name}")
-        );
-        assert_eq!(copy.spec, source.spec, "{kind} copied as it is");
-        assert_eq!(copy.metadata.created_by, "cairn:replicator");
-    }
-    // Alpha's own roles and bindings of the same names as the gateway's built-in ones are
-    // never written over.
-    for kind in [Kind::ClusterRole, Kind::ClusterRoleBinding] {
-        let own = alpha_admin
-            .get_resource(kind, "", "cluster-admin")
-            .await
-            .expect("read alpha")
-            .unwrap_or_else(|| panic!("alpha's own {kind} cluster-admin"));
-        assert!(
-            !own.metadata.labels.contains_key(LABEL_REPLICATED_FROM),
-            "alpha's {kind} cluster-admin was overwritten: {own:?}"
-        );
-    }
+    let ViewerFederation {
+        gateway,
+        alpha,
+        gateway_admin,
+        alpha_admin,
+        ..
+    } = ViewerFederation::start().await;
     post_event(&gateway_admin, "gateway-host").await;
     post_event(&alpha_admin, "alpha-host").await;
 

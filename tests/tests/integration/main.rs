@@ -23,3 +23,4 @@ mod pipeline;
 mod secrets;
 mod security;
 mod sensu_clients;
+mod ui;
