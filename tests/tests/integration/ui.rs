@@ -817,42 +817,64 @@ async fn pages_fit_desktop_and_phone_widths() {
 /// checked for what the pictures show.
 #[tokio::test(flavor = "multi_thread")]
 async fn readme_screenshots() {
-    let backend = Backend::start();
-    let admin = backend.admin().await;
-    for (entity, status, output) in [
-        ("web-1", 0, "HTTP OK: 200 in 0.012 s"),
-        ("web-2", 2, "HTTP CRITICAL: connection refused"),
-        ("db-1", 1, "disk 83% used on /var"),
-    ] {
-        let event = json!({
-            "entity": {"entity_class": "proxy", "metadata": {"name": entity}},
-            "check": {
-                "metadata": {"name": "http"}, "status": status, "output": output, "interval": 60,
-            },
-        });
-        admin
-            .send(
-                reqwest::Method::POST,
-                "/api/core/v2/namespaces/default/events",
-                Some(&event),
-            )
-            .await
-            .unwrap_or_else(|err| panic!("post the event of {entity}: {err}"));
+    // What the README shows: a gateway and its downstream `alpha`, each with events of its own.
+    let keys_dir = tempfile::tempdir().expect("tempdir");
+    let keys = cairn_tests::FederationKeys::generate(keys_dir.path());
+    let gateway = Backend::start_federated("gateway", &keys);
+    let alpha = Backend::start_federated("alpha", &keys);
+    let gateway_admin = gateway.admin().await;
+    let alpha_admin = alpha.admin().await;
+    gateway_admin
+        .put_resource(&cairn_tests::cluster_registration(
+            "alpha",
+            &alpha.url,
+            &alpha.ca(),
+        ))
+        .await
+        .expect("register alpha on the gateway");
+    let events: [(&Client, &str, &str, &[i64], &str); 8] = [
+        (&gateway_admin, "web-1", "http", &[0, 0, 0], "HTTP OK: 200 in 0.012 s"),
+        (&gateway_admin, "web-2", "http", &[0, 1, 2], "HTTP CRITICAL: connection refused"),
+        (&gateway_admin, "db-1", "disk", &[0, 1], "DISK WARNING: 83% used on /var"),
+        (&gateway_admin, "db-1", "load", &[0], "OK: load average 0.42, 0.38, 0.35"),
+        (&alpha_admin, "edge-1", "http", &[0, 2, 2, 0, 2, 2, 2], "HTTP CRITICAL: 503 Service Unavailable from https://edge-1.alpha/health\nretried 3 times, last attempt 1.204 s"),
+        (&alpha_admin, "edge-2", "http", &[0, 0], "HTTP OK: 200 in 0.020 s"),
+        (&alpha_admin, "cache-1", "memory", &[3], "UNKNOWN: could not read /proc/meminfo"),
+        (&alpha_admin, "cache-1", "disk", &[0, 1], "DISK WARNING: 81% used on /"),
+    ];
+    for (admin, entity, check, statuses, output) in events {
+        for status in statuses {
+            let event = json!({
+                "entity": {"entity_class": "proxy", "metadata": {"name": entity}},
+                "check": {
+                    "metadata": {"name": check}, "status": status, "output": output, "interval": 60,
+                    "command": format!("check-{check} --host {entity}"),
+                },
+            });
+            admin
+                .send(
+                    reqwest::Method::POST,
+                    "/api/core/v2/namespaces/default/events",
+                    Some(&event),
+                )
+                .await
+                .unwrap_or_else(|err| panic!("post the event of {entity}: {err}"));
+        }
     }
     let save = std::env::var_os(ENV_UI_SCREENSHOTS).is_some();
     let docs = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
-    let browser = Browser::start(&[&backend]).await;
-    let backend = &backend;
+    let browser = Browser::start(&[&gateway, &alpha]).await;
+    let gateway = &gateway;
     browser
         .run("readme_screenshots", |browser| async move {
-            browser.set_window_size(1280, 900).await;
-            log_in(&browser, &backend.url, "admin", ADMIN_PASSWORD).await;
-            browser.goto(&format!("{}/ui/events", backend.url)).await;
+            browser.set_window_size(1280, 800).await;
+            log_in(&browser, &gateway.url, "admin", ADMIN_PASSWORD).await;
+            browser.goto(&format!("{}/ui/events", gateway.url)).await;
             browser.find("table#events tr.event").await;
-            assert_eq!(browser.find_all("table#events tr.event").await.len(), 3);
+            assert_eq!(browser.find_all("table#events tr.event").await.len(), 8);
             assert_eq!(
                 browser
-                    .text(r#"tr.event[data-entity="web-2"] td.status"#)
+                    .text(r#"tr.event[data-cluster="alpha"][data-entity="edge-1"] td.status"#)
                     .await,
                 "CRITICAL"
             );
@@ -860,13 +882,13 @@ async fn readme_screenshots() {
                 browser.screenshot(&docs.join("events.png")).await;
             }
             browser
-                .click_and_load(r#"tr.event[data-entity="web-2"] a.event-link"#)
+                .click_and_load(r#"tr.event[data-entity="edge-1"] a.event-link"#)
                 .await;
             assert!(browser
                 .text("pre#output")
                 .await
-                .contains("connection refused"));
-            browser.find("#history").await;
+                .contains("503 Service Unavailable"));
+            assert_eq!(browser.find_all("#history span.h").await.len(), 7);
             if save {
                 browser.screenshot(&docs.join("event-detail.png")).await;
             }
