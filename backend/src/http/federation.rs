@@ -73,6 +73,8 @@ pub(crate) const CLUSTERS_PATH: &str = "/api/cairn/v1/clusters";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long listing one downstream cluster may take in all (every page).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+// A listing's one token outlives the listing.
+const _: () = assert!(FETCH_TIMEOUT.as_secs() < FEDERATED_TOKEN_TTL.as_secs());
 /// Items per page asked of a downstream (fewer for a page over
 /// [`super::client::RESPONSE_LIMIT`]).
 const PAGE_SIZE: usize = 500;
@@ -140,9 +142,24 @@ fn serialize_name<S: serde::Serializer>(name: &Arc<str>, serializer: S) -> Resul
 pub(crate) enum Row {
     /// One of this cluster's.
     Local(Value),
+    /// One of this cluster's as the store holds it (the wrapped document's JSON, not the wire
+    /// form): for the web UI, which reads a few fields of each and skips decoding the resource
+    /// (most of the gateway's time for a list of thousands). Never serialized: only
+    /// [`LocalRows::Stored`] asks for it, and the API never does.
+    #[serde(skip_serializing)]
+    Stored(Vec<u8>),
     /// A downstream's, relayed as it came (its JSON text, checked but not parsed into a
     /// tree: several times smaller).
     Relayed(Box<RawValue>),
+}
+
+/// The form of this cluster's own rows in a federated list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LocalRows {
+    /// The REST wire form ([`Row::Local`]): the API's answer.
+    Wire,
+    /// The stored document ([`Row::Stored`]): the web UI's.
+    Stored,
 }
 
 /// A cluster that contributed no rows, and why.
@@ -349,7 +366,7 @@ async fn federated_list(
     let caller = authenticate(state, headers)?;
     let Query(query) = query.map_err(|err| ApiError::invalid(err.body_text()))?;
     let namespace = query.namespace.filter(|namespace| !namespace.is_empty());
-    federated_rows(state, &caller, kind, namespace, None)
+    federated_rows(state, &caller, kind, namespace, None, LocalRows::Wire)
         .await
         .map(Json)
 }
@@ -366,6 +383,7 @@ pub(crate) async fn federated_rows(
     kind: Kind,
     namespace: Option<String>,
     only: Option<&str>,
+    local_rows: LocalRows,
 ) -> Result<FederatedList, ApiError> {
     if let Some(namespace) = &namespace {
         // It goes into downstream paths: only a valid name.
@@ -418,28 +436,43 @@ pub(crate) async fn federated_rows(
     }));
     // The downstreams are asked while the local rows are read.
     let local = async {
-        if with_local {
-            state
+        if !with_local {
+            return Ok::<Vec<Row>, ApiError>(Vec::new());
+        }
+        match local_rows {
+            LocalRows::Wire => Ok(state
                 .resources
                 .list(kind, namespace.as_deref(), None, 0)
+                .await?
+                .0
+                .into_iter()
+                .filter(|(_, stored)| stored.resource.kind() == kind)
+                .map(|(_, stored)| Row::Local(stored.resource.to_wire()))
+                .collect()),
+            LocalRows::Stored => Ok(state
+                .resources
+                .store()
+                .list(
+                    &crate::store::resources::Resources::prefix(kind, namespace.as_deref()),
+                    None,
+                    0,
+                )
                 .await
-                .map(|(items, _)| items)
-        } else {
-            Ok(Vec::new())
+                .map_err(ApiError::from)?
+                .entries
+                .into_iter()
+                .map(|entry| Row::Stored(entry.value))
+                .collect()),
         }
     };
     let (local, downstream) = tokio::join!(local, downstream);
-    let local = local?;
+    let local: Vec<Row> = local?;
     let mut list = FederatedList::default();
-    list.items.extend(
-        local
-            .into_iter()
-            .filter(|(_, stored)| stored.resource.kind() == kind)
-            .map(|(_, stored)| FederatedItem {
-                cluster: Arc::clone(&local_name),
-                resource: Row::Local(stored.resource.to_wire()),
-            }),
-    );
+    list.items
+        .extend(local.into_iter().map(|resource| FederatedItem {
+            cluster: Arc::clone(&local_name),
+            resource,
+        }));
     for (name, rows) in downstream {
         match rows {
             Ok(rows) => {
@@ -480,6 +513,14 @@ async fn fetch_all(
         message: err.to_string(),
     };
     let client = ClusterClient::new(name, cluster).map_err(failure)?;
+    // One token for every page of this listing (it lives 60 s, the listing at most 30 s), so
+    // the downstream verifies it once and its verified-token cache answers the other pages.
+    let authorization =
+        downstream_authorization(state, caller, name).map_err(|err| ClusterFailure {
+            cluster: name.to_owned(),
+            status: None,
+            message: err.to_string(),
+        })?;
     let mut share = allowance.share();
     let mut rows = Vec::new();
     client
@@ -489,7 +530,7 @@ async fn fetch_all(
                 page_size: PAGE_SIZE,
             },
             &mut share,
-            || downstream_authorization(state, caller, name).map_err(|err| err.to_string()),
+            || Ok(authorization.clone()),
             |page| rows.extend(page),
         )
         .await

@@ -15,7 +15,7 @@ use super::{
     Chrome, Common, Page, REFUSED_FORM,
 };
 use crate::auth::rbac::Verb;
-use crate::http::federation::{federated_rows, Row};
+use crate::http::federation::{federated_rows, LocalRows, Row};
 use crate::http::AppState;
 
 /// Rows per page of the events list.
@@ -69,6 +69,28 @@ struct EventWire {
     timestamp: i64,
     entity: EntityWire,
     check: CheckWire,
+}
+
+/// An event as the store holds it: the wrapped document, the event in its `spec`.
+#[derive(Debug, Deserialize)]
+struct StoredEvent {
+    #[serde(default)]
+    metadata: Option<MetaWire>,
+    spec: EventWire,
+}
+
+impl StoredEvent {
+    /// The event, its check's namespace filled from the document's when the stored form left
+    /// it out.
+    fn into_wire(self) -> EventWire {
+        let mut wire = self.spec;
+        if wire.check.metadata.namespace.is_empty() && wire.entity.metadata.namespace.is_empty() {
+            if let Some(meta) = self.metadata {
+                wire.check.metadata.namespace = meta.namespace;
+            }
+        }
+        wire
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +235,7 @@ pub(crate) async fn all_events(
         cairn_api::Kind::Event,
         namespace,
         only,
+        LocalRows::Stored,
     )
     .await?;
     let mut rows = Vec::with_capacity(list.items.len());
@@ -228,6 +251,9 @@ pub(crate) async fn all_events(
         let decoded = match &item.resource {
             Row::Local(value) => EventWire::deserialize(value).map_err(|err| err.to_string()),
             Row::Relayed(raw) => serde_json::from_str(raw.get()).map_err(|err| err.to_string()),
+            Row::Stored(bytes) => serde_json::from_slice::<StoredEvent>(bytes)
+                .map(StoredEvent::into_wire)
+                .map_err(|err| err.to_string()),
         };
         match decoded {
             Ok(wire) => rows.push(EventRow::from_wire(&item.cluster, wire)),

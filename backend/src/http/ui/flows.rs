@@ -182,6 +182,27 @@ async fn login_pages_and_forms() {
         events.body
     );
     assert!(events.body.contains("DISK CRITICAL"));
+    // Read from the stored document: the namespace, status and time come through.
+    assert!(
+        events.body.contains(r#"data-namespace="default""#),
+        "{}",
+        events.body
+    );
+    assert!(
+        events.body.contains(r#"data-status="2""#),
+        "{}",
+        events.body
+    );
+    assert!(
+        events.body.contains("/ui/events/gw/default/web1/disk"),
+        "{}",
+        events.body
+    );
+    assert!(
+        !events.body.contains("title=\"-\""),
+        "a last-seen time: {}",
+        events.body
+    );
     assert!(
         !events.body.contains("second line"),
         "the list shows the first line only"
@@ -197,7 +218,14 @@ async fn login_pages_and_forms() {
         "cluster=gw&namespace=default&subscription=entity%3Aweb1&check=disk&expire=60&reason=r";
     for (form, origin) in [
         (silence.to_owned(), None),
-        (format!("{silence}&csrf=0{}", &csrf[1..]), None),
+        (
+            format!(
+                "{silence}&csrf={}{}",
+                if csrf.starts_with('0') { '1' } else { '0' },
+                &csrf[1..]
+            ),
+            None,
+        ),
         (
             format!("{silence}&csrf={csrf}"),
             Some("https://cairn.test:9999"),

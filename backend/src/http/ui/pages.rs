@@ -17,7 +17,7 @@ use super::{
     REFUSED_FORM,
 };
 use crate::auth::rbac::Verb;
-use crate::http::federation::{cluster_healths, federated_rows, Row};
+use crate::http::federation::{cluster_healths, federated_rows, LocalRows, Row};
 use crate::http::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -323,6 +323,7 @@ async fn entities_page(
         cairn_api::Kind::Entity,
         None,
         only,
+        LocalRows::Wire,
     );
     // Each entity's keepalive status is its keepalive event's.
     let events = all_events(&page, None, only);
@@ -350,6 +351,8 @@ async fn entities_page(
     for item in &list.items {
         let entity: Value = match &item.resource {
             Row::Local(value) => value.clone(),
+            // Asked for in the wire form.
+            Row::Stored(_) => continue,
             Row::Relayed(raw) => match serde_json::from_str(raw.get()) {
                 Ok(value) => value,
                 Err(_) => continue,
