@@ -13,7 +13,7 @@
 //!   200 bytes as a Nagios-style plugin writes them (a summary line and a perfdata line).
 //! - **The page**: a reqwest client logs in at the gateway's `POST /ui/login` (HTTPS trusting
 //!   the cluster CA only, no `Origin` header, redirects not followed) and keeps the
-//!   `__Host-cairn-session` cookie it is given, taking any renewed one from later answers. It
+//!   `__Host-cairn-session-gateway` cookie it is given, taking any renewed one from later answers. It
 //!   logs in again before each round (untimed), so that no access token nears its end inside
 //!   a round and no measured request renews the session.
 //! - **Measured**, one request at a time on one keep-alive connection per client, each timed
@@ -85,7 +85,8 @@ const WARMUP: usize = 3;
 const PAGE_ROWS: usize = 50;
 /// The filtered page's free text: only `check-disk`'s names and outputs hold it.
 const FILTER_TEXT: &str = "disk";
-const SESSION_COOKIE: &str = "__Host-cairn-session";
+/// The gateway's session cookie (`__Host-cairn-session-<cluster>`).
+const SESSION_COOKIE: &str = "__Host-cairn-session-gateway";
 const GOAL_MS: f64 = 300.0;
 
 /// The check status of the `idx`-th event of a cluster: 70% OK, 15% warning, 10% critical,
