@@ -213,6 +213,24 @@ async fn login_pages_and_forms() {
     assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
     let csrf = events.csrf();
 
+    // Every table has a heading for each of its cells (the entities' keepalive included).
+    let entities = send(
+        &fixture,
+        Method::GET,
+        "/ui/entities",
+        Some(&cookie),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(entities.status, StatusCode::OK);
+    let table = &entities.body[entities.body.find("<table").unwrap()..];
+    let body = &table[table.find("<tbody>").unwrap()..];
+    let first_row = &body[..body.find("</tr>").unwrap()];
+    assert_eq!(table.matches("<th>").count(), 8, "{table}");
+    assert_eq!(first_row.matches("<td").count(), 8, "{first_row}");
+    assert!(table.contains("Keepalive"));
+
     // A form without the token, or from another origin, changes nothing.
     let silence =
         "cluster=gw&namespace=default&subscription=entity%3Aweb1&check=disk&expire=60&reason=r";

@@ -409,6 +409,7 @@ async fn entities_page(
             "OS",
             "Subscriptions",
             "Last seen",
+            "Keepalive",
         ],
         rows,
         problems,
