@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    ago, check_form, encode_segment, format_time, open_page, see_other, status_class, status_word,
-    Chrome, Common, Page, REFUSED_FORM,
+    ago, check_form, encode_segment, format_time, open_page, output_preview, see_other,
+    status_class, status_word, text_of, Chrome, Common, Page, REFUSED_FORM,
 };
 use crate::auth::rbac::Verb;
 use crate::http::federation::{federated_rows, LocalRows, Row};
@@ -20,8 +20,6 @@ use crate::http::AppState;
 
 /// Rows per page of the events list.
 pub(crate) const PAGE_ROWS: usize = 50;
-/// The longest first line of output a list row shows, characters.
-const OUTPUT_PREVIEW: usize = 200;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -132,11 +130,7 @@ pub(crate) struct EventRow {
 
 impl EventRow {
     fn from_wire(cluster: &str, wire: EventWire) -> EventRow {
-        let first = wire.check.output.lines().next().unwrap_or("");
-        let output = match first.char_indices().nth(OUTPUT_PREVIEW) {
-            Some((cut, _)) => format!("{}…", &first[..cut]),
-            None => first.to_owned(),
-        };
+        let output = output_preview(&wire.check.output);
         let namespace = if wire.check.metadata.namespace.is_empty() {
             wire.entity.metadata.namespace
         } else {
@@ -478,19 +472,6 @@ fn event_path(namespace: &str, entity: &str, check: &str) -> String {
     )
 }
 
-fn text_of(value: &Value) -> String {
-    match value {
-        Value::String(text) => text.clone(),
-        Value::Array(items) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(", "),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
 async fn event_page(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -506,12 +487,10 @@ async fn event_page(
     };
     // The switcher leads to the list of the cluster chosen.
     page.chrome.path = "/ui/events".to_owned();
-    if page.chrome.cluster != cluster {
-        return page.error(
-            StatusCode::NOT_FOUND,
-            &format!("cluster {cluster} is not registered"),
-        );
-    }
+    let page = match page.of_cluster(&cluster) {
+        Ok(page) => page,
+        Err(response) => return response,
+    };
     let event: Value = match page
         .api()
         .get(&cluster, &event_path(&namespace, &entity, &check))
@@ -617,12 +596,10 @@ async fn event_action(
     if !check_form(&page, &headers, &uri, &csrf) {
         return page.error(StatusCode::FORBIDDEN, REFUSED_FORM);
     }
-    if page.chrome.cluster != cluster {
-        return page.error(
-            StatusCode::NOT_FOUND,
-            &format!("cluster {cluster} is not registered"),
-        );
-    }
+    let page = match page.of_cluster(&cluster) {
+        Ok(page) => page,
+        Err(response) => return response,
+    };
     let api = page.api();
     let path = event_path(&namespace, &entity, &check);
     let detail = event_href(&cluster, &namespace, &entity, &check);

@@ -202,6 +202,21 @@ impl Page<'_> {
         may(self.state, &self.session.caller, verb, resource, namespace)
     }
 
+    /// This page when it shows `cluster` (this cluster or a registered one), else the 404 page
+    /// that says it is not registered.
+    // The error is the whole answer, returned at once, as `open_page`'s.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn of_cluster(self, cluster: &str) -> Result<Self, Response> {
+        if self.chrome.cluster == cluster {
+            Ok(self)
+        } else {
+            Err(self.error(
+                StatusCode::NOT_FOUND,
+                &format!("cluster {cluster} is not registered"),
+            ))
+        }
+    }
+
     /// The clusters a page of `cluster` (or all, for `""`) shows.
     pub(crate) fn shown_clusters(&self) -> Vec<String> {
         if self.chrome.cluster.is_empty() {
@@ -548,6 +563,37 @@ pub(crate) fn encode_segment(text: &str) -> String {
         }
     }
     out
+}
+
+/// A JSON field as text: a string as it is, a list joined with `, `, nothing for `null`.
+pub(crate) fn text_of(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map_or_else(|| item.to_string(), str::to_owned)
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// The longest first line of output a list row shows, characters.
+const OUTPUT_PREVIEW: usize = 200;
+
+/// What a list row shows of a check's output: its first line, cut at [`OUTPUT_PREVIEW`]
+/// characters with an ellipsis.
+pub(crate) fn output_preview(output: &str) -> String {
+    let first = output.lines().next().unwrap_or("");
+    match first.char_indices().nth(OUTPUT_PREVIEW) {
+        Some((cut, _)) => format!("{}…", &first[..cut]),
+        None => first.to_owned(),
+    }
 }
 
 /// Sensu's word for a check status.

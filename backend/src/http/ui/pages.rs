@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use super::events::{all_events, ClusterProblem, EventRow};
 use super::{
-    ago, check_form, encode_segment, format_time, open_page, see_other, Chrome, Common, Page,
-    REFUSED_FORM,
+    ago, check_form, encode_segment, format_time, open_page, output_preview, see_other, text_of,
+    Chrome, Common, Page, REFUSED_FORM,
 };
 use crate::auth::rbac::Verb;
 use crate::http::federation::{cluster_healths, federated_rows, LocalRows, Row};
@@ -102,22 +102,6 @@ struct TablePage {
     rows: Vec<TableRow>,
     problems: Vec<ClusterProblem>,
     empty: String,
-}
-
-fn text_of(value: &Value) -> String {
-    match value {
-        Value::String(text) => text.clone(),
-        Value::Array(items) => items
-            .iter()
-            .map(|item| {
-                item.as_str()
-                    .map_or_else(|| item.to_string(), str::to_owned)
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
 }
 
 /// The `name` cell of a resource, marked when it is managed from Git: the next sync reverts
@@ -443,26 +427,19 @@ async fn entity_page(
     headers: HeaderMap,
     uri: Uri,
     Path((cluster, namespace, name)): Path<(String, String, String)>,
+    query: Result<Query<Common>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let common = Common {
-        cluster: cluster.clone(),
-        done: uri
-            .query()
-            .and_then(|query| query.strip_prefix("done="))
-            .unwrap_or("")
-            .to_owned(),
-    };
+    let mut common = query.map(|q| q.0).unwrap_or_default();
+    common.cluster = cluster.clone();
     let mut page = match open_page(&state, &headers, &uri, "entities", "Entity", &common).await {
         Ok(page) => page,
         Err(response) => return response,
     };
     page.chrome.path = "/ui/entities".to_owned();
-    if page.chrome.cluster != cluster {
-        return page.error(
-            StatusCode::NOT_FOUND,
-            &format!("cluster {cluster} is not registered"),
-        );
-    }
+    let page = match page.of_cluster(&cluster) {
+        Ok(page) => page,
+        Err(response) => return response,
+    };
     let api = page.api();
     let entity_path = format!(
         "/api/core/v2/namespaces/{}/entities/{}",
@@ -492,13 +469,7 @@ async fn entity_page(
             check: text_of(&event["check"]["metadata"]["name"]),
             status: u32::try_from(event["check"]["status"].as_u64().unwrap_or(3)).unwrap_or(3),
             timestamp: event["timestamp"].as_i64().unwrap_or(0),
-            output: text_of(&event["check"]["output"])
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(200)
-                .collect(),
+            output: output_preview(&text_of(&event["check"]["output"])),
             silenced: event["check"]["is_silenced"].as_bool().unwrap_or(false),
         })
         .collect();
@@ -605,12 +576,10 @@ async fn delete_action(
     if !check_form(&page, headers, uri, &csrf) {
         return page.error(StatusCode::FORBIDDEN, REFUSED_FORM);
     }
-    if page.chrome.cluster != cluster {
-        return page.error(
-            StatusCode::NOT_FOUND,
-            &format!("cluster {cluster} is not registered"),
-        );
-    }
+    let page = match page.of_cluster(cluster) {
+        Ok(page) => page,
+        Err(response) => return response,
+    };
     match page.api().call(cluster, Method::DELETE, path, None).await {
         Ok(_) => {
             tracing::info!(user = %page.session.caller.username, %cluster, %path, "web UI delete");
