@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod client;
 pub mod codec;
 pub mod gitops;
+pub mod inert;
 pub mod kind;
 mod locate;
 #[cfg(feature = "logging")]

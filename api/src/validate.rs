@@ -110,6 +110,12 @@ pub fn validate(resource: &Resource) -> Vec<Issue> {
         Spec::Replicator(replicator) => checker.replicator(replicator),
         Spec::EtcdReplicator(replicator) => checker.etcd_replicator(replicator),
     }
+    for inert in crate::inert::inert_fields(resource) {
+        checker.warning(
+            inert.path,
+            format!("{}: {}", crate::inert::INERT_PREFIX, inert.consequence),
+        );
+    }
     checker.issues
 }
 

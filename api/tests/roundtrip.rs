@@ -1291,15 +1291,23 @@ fn decode(document: Value) -> Result<Resource, String> {
 }
 
 /// Reads `text` back and checks it yields exactly `resources`, in order, with no problem.
+/// A warning of a field Cairn accepts but does not act on ([`cairn_api::inert`]).
+fn is_inert_warning(issue: &cairn_api::Issue) -> bool {
+    !issue.is_error() && issue.message.starts_with(cairn_api::inert::INERT_PREFIX)
+}
+
 fn assert_loads_back(
     format: &str,
     text: &str,
     resources: &[Resource],
 ) -> Result<(), TestCaseError> {
     let manifests = codec::load_str("t.yaml", text);
+    // Fields Cairn stores but does not act on yet are warned about; they are not problems of
+    // the codec.
     let problems: Vec<String> = manifests
         .problems
         .iter()
+        .filter(|problem| !is_inert_warning(&problem.issue))
         .map(|problem| format!("{problem:?}"))
         .collect();
     prop_assert!(
@@ -1338,7 +1346,11 @@ proptest! {
     /// round trips below (which validate and drop invalid resources) test the codec alone.
     #[test]
     fn generated_resources_are_valid(resource in any_resource()) {
-        let issues: Vec<String> = validate(&resource).iter().map(ToString::to_string).collect();
+        let issues: Vec<String> = validate(&resource)
+            .iter()
+            .filter(|issue| !is_inert_warning(issue))
+            .map(ToString::to_string)
+            .collect();
         prop_assert!(issues.is_empty(), "generator produced an invalid {}: {:#?}\n{:#?}", resource.kind(), issues, resource);
     }
 

@@ -210,6 +210,23 @@ pub async fn plan(
     Ok((snapshot, plan))
 }
 
+/// The fields the backend will store but not act on ([`cairn_api::inert`]), one line each
+/// with its file and line, so that a review of `cairnctl diff` shows them too.
+fn inert_warnings(manifests: &cairn_api::codec::Manifests) -> Vec<String> {
+    manifests
+        .problems
+        .iter()
+        .filter(|problem| {
+            !problem.is_error()
+                && problem
+                    .issue
+                    .message
+                    .starts_with(cairn_api::inert::INERT_PREFIX)
+        })
+        .map(ToString::to_string)
+        .collect()
+}
+
 /// One whole sync: [`plan`], the prune guard, then [`apply::apply`] unless a dry run.
 pub async fn sync(
     client: &Client,
@@ -404,7 +421,7 @@ async fn run(
             ..SyncCounts::default()
         },
         errors: Vec::new(),
-        lines: Vec::new(),
+        lines: inert_warnings(&snapshot.manifests),
     };
     let mut changed = Vec::new();
     let mut prune = options.prune;

@@ -195,3 +195,22 @@ fn version_and_help() {
     assert!(run.stdout.contains("lint"), "{}", run.stdout);
     assert_eq!(run.code, 0);
 }
+
+/// A field Cairn stores but does not act on is named with its line, as a warning: the run
+/// still passes, but the operator is told the check will run without its assets.
+#[test]
+fn names_fields_accepted_but_not_acted_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "cpu.yaml",
+        &format!("{GOOD_CHECK}  runtime_assets: [cpu-checks]\n"),
+    );
+    let run = cairnctl(&["lint", "cpu.yaml"], dir.path(), None);
+    assert_lines(
+        &run.stdout,
+        "warning: cpu.yaml:8:3: document 1: spec.runtime_assets: accepted but not acted on: Cairn does not download runtime assets yet; the command runs without them
+1 documents, 1 types, 0 errors",
+    );
+    assert_eq!(run.code, 0);
+}

@@ -18,6 +18,7 @@ mod federation_view;
 mod gitops;
 mod handlers;
 mod http;
+mod inert;
 mod logins;
 mod pipeline;
 mod secrets;

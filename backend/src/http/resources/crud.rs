@@ -13,7 +13,7 @@ use cairn_api::{Kind, Resource, Spec};
 use super::users::{authorize_user, prepare_user};
 use super::{
     decode_body, etag, if_match, key_text, kind_matches, refuse_invalid, require_namespace,
-    response_body, write,
+    response_body, with_inert_warnings, write,
 };
 use crate::auth::rbac::{Caller, Verb};
 use crate::http::{authorize, forbidden, parse_json, read_body, ApiError, AppState};
@@ -173,7 +173,10 @@ pub(super) async fn create(
     require_namespace(state, kind, resource.namespace()).await?;
     prepare_user(state, &mut resource).await?;
     write(state, &resource, Precondition::Absent).await?;
-    Ok(StatusCode::CREATED.into_response())
+    Ok(with_inert_warnings(
+        StatusCode::CREATED.into_response(),
+        &resource,
+    ))
 }
 
 /// One resource as its URL names it (`namespace` is empty for a cluster-wide kind).
@@ -266,7 +269,10 @@ pub(super) async fn replace(
         (None, _) => Precondition::None,
     };
     write(state, &resource, precondition).await?;
-    Ok(StatusCode::CREATED.into_response())
+    Ok(with_inert_warnings(
+        StatusCode::CREATED.into_response(),
+        &resource,
+    ))
 }
 
 /// `PATCH` one resource with a JSON merge patch; answers the merged resource.
@@ -316,7 +322,10 @@ pub(super) async fn patch(
     )?;
     prepare_user(state, &mut resource).await?;
     write(state, &resource, Precondition::Revision(stored.revision)).await?;
-    Ok(Json(response_body(&resource)).into_response())
+    Ok(with_inert_warnings(
+        Json(response_body(&resource)).into_response(),
+        &resource,
+    ))
 }
 
 /// `DELETE` one resource (204); a user is disabled instead, as Sensu does, and a namespace

@@ -221,6 +221,26 @@ pub(super) fn decode_body(
     Ok(resource)
 }
 
+/// Adds a `Warning` header (RFC 9111's form, code 299, as Kubernetes answers) to `response`
+/// for each field of the written `resource` that Cairn stores but does not act on
+/// ([`cairn_api::inert`]), so that API clients see what `cairnctl lint` says. Header values
+/// are the field path and a fixed sentence: nothing of the request is echoed. At most one per
+/// field the resource sets, so the count is bounded by the model.
+pub(super) fn with_inert_warnings(mut response: Response, resource: &Resource) -> Response {
+    for inert in cairn_api::inert::inert_fields(resource) {
+        let text = format!(
+            "299 cairn \"{}: {}: {}\"",
+            inert.path,
+            cairn_api::inert::INERT_PREFIX,
+            inert.consequence
+        );
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
 /// A 400 naming the first error Sensu's rules (and Cairn's) find in `resource`.
 pub(super) fn refuse_invalid(resource: &Resource) -> Result<(), ApiError> {
     match validate(resource)

@@ -1,0 +1,281 @@
+//! The fields Cairn accepts but does not act on yet.
+//!
+//! Everything Sensu's model accepts is stored, but a field that is stored and then ignored
+//! misleads the operator, who believes it works. [`inert_fields`] names each such field that a
+//! resource sets, with what happens instead; [`crate::validate::validate`] reports them as
+//! warnings (so `cairnctl lint`, `diff` and `apply` show them with their line), and the
+//! backend answers a write that sets one with a `Warning` header per field.
+//!
+//! The list is kept here, in one place: when a feature lands, its entry goes. Sensu's legacy
+//! fields (`subdue`, `when`) and server-set ones (`scheduler`) are warned about by `validate`
+//! itself and are not repeated here.
+
+use crate::model::{Asset, CheckConfig, Entity, EventFilter, Handler, HookConfig, Mutator, Spec};
+use crate::problem::FieldPath;
+use crate::resource::Resource;
+
+/// A field a resource sets that Cairn stores but does not act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inert {
+    /// Where it is, from the document's root (`spec.runtime_assets`).
+    pub path: FieldPath,
+    /// What Cairn does instead, for the operator.
+    pub consequence: &'static str,
+}
+
+/// Prefix of every warning [`crate::validate::validate`] makes of an [`Inert`] field.
+pub const INERT_PREFIX: &str = "accepted but not acted on";
+
+const ASSETS_NOT_FETCHED: &str =
+    "Cairn does not download runtime assets yet; the command runs without them";
+const ASSET_NOT_FETCHED: &str =
+    "Cairn does not download assets yet; nothing that names this asset gets it";
+const FILTER_LIBRARIES: &str =
+    "Cairn does not load runtime assets into filters yet; the expressions run without them";
+const PROXY_ENTITY: &str =
+    "Cairn does not run proxy checks yet; results are stored on the agent's own entity";
+const PROXY_REQUESTS: &str =
+    "Cairn does not fan checks out over proxy entities yet; the check runs on its subscribers only";
+const SUBDUES: &str = "Cairn does not subdue checks yet; the check runs in these windows too";
+const CRON_ZONE: &str =
+    "Cairn reads cron schedules in UTC; the time zone prefix is not applied yet";
+const ENTITY_REDACT: &str =
+    "Cairn does not redact entity labels and annotations yet; they are shown as stored";
+const AGENT_SUBSCRIPTIONS: &str = "an agent's subscriptions come from its own configuration; \
+     subscriptions set through the API are not used for scheduling yet";
+
+/// The fields `resource` sets that Cairn does not act on, in field order.
+pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
+    let mut found = Found::default();
+    match &resource.spec {
+        Spec::CheckConfig(check) => found.check(check),
+        Spec::HookConfig(hook) => found.hook(hook),
+        Spec::Handler(handler) => found.handler(handler),
+        Spec::EventFilter(filter) => found.filter(filter),
+        Spec::Mutator(mutator) => found.mutator(mutator),
+        Spec::Asset(asset) => found.asset(asset),
+        Spec::Entity(entity) => found.entity(entity),
+        Spec::Event(event) => {
+            if let Some(entity) = &event.entity {
+                found.entity_at(entity, "entity");
+            }
+        }
+        // Everything these set is acted on.
+        Spec::Namespace(_)
+        | Spec::ClusterRole(_)
+        | Spec::ClusterRoleBinding(_)
+        | Spec::Role(_)
+        | Spec::RoleBinding(_)
+        | Spec::User(_)
+        | Spec::ApiKey(_)
+        | Spec::EnvProvider(_)
+        | Spec::VaultProvider(_)
+        | Spec::Secret(_)
+        | Spec::Pipeline(_)
+        | Spec::Silenced(_)
+        | Spec::Cluster(_)
+        | Spec::Replicator(_)
+        | Spec::EtcdReplicator(_) => {}
+    }
+    found.0
+}
+
+#[derive(Default)]
+struct Found(Vec<Inert>);
+
+// === impl Found ===
+
+impl Found {
+    fn push(&mut self, path: &[&str], consequence: &'static str) {
+        let mut keys = vec!["spec"];
+        keys.extend_from_slice(path);
+        self.0.push(Inert {
+            path: FieldPath::keys(&keys),
+            consequence,
+        });
+    }
+
+    fn check(&mut self, check: &CheckConfig) {
+        if has_zone(&check.cron) {
+            self.push(&["cron"], CRON_ZONE);
+        }
+        if !check.proxy_entity_name.is_empty() {
+            self.push(&["proxy_entity_name"], PROXY_ENTITY);
+        }
+        if check.proxy_requests.is_some() {
+            self.push(&["proxy_requests"], PROXY_REQUESTS);
+        }
+        if !check.runtime_assets.is_empty() {
+            self.push(&["runtime_assets"], ASSETS_NOT_FETCHED);
+        }
+        if !check.subdues.is_empty() {
+            self.push(&["subdues"], SUBDUES);
+        }
+    }
+
+    fn hook(&mut self, hook: &HookConfig) {
+        if !hook.runtime_assets.is_empty() {
+            self.push(&["runtime_assets"], ASSETS_NOT_FETCHED);
+        }
+    }
+
+    fn handler(&mut self, handler: &Handler) {
+        if !handler.runtime_assets.is_empty() {
+            self.push(&["runtime_assets"], ASSETS_NOT_FETCHED);
+        }
+    }
+
+    fn filter(&mut self, filter: &EventFilter) {
+        if !filter.runtime_assets.is_empty() {
+            self.push(&["runtime_assets"], FILTER_LIBRARIES);
+        }
+    }
+
+    fn mutator(&mut self, mutator: &Mutator) {
+        if !mutator.runtime_assets.is_empty() {
+            self.push(&["runtime_assets"], ASSETS_NOT_FETCHED);
+        }
+    }
+
+    fn asset(&mut self, asset: &Asset) {
+        let _ = asset;
+        self.0.push(Inert {
+            path: FieldPath::keys(&["spec"]),
+            consequence: ASSET_NOT_FETCHED,
+        });
+    }
+
+    fn entity(&mut self, entity: &Entity) {
+        if !entity.redact.is_empty() {
+            self.push(&["redact"], ENTITY_REDACT);
+        }
+        if entity.entity_class == "agent" && !entity.subscriptions.is_empty() {
+            self.push(&["subscriptions"], AGENT_SUBSCRIPTIONS);
+        }
+    }
+
+    /// An entity inside an event, at `spec.<at>`: only what the event's entity does (its
+    /// subscriptions are the agent's own, reported by the agent).
+    fn entity_at(&mut self, entity: &Entity, at: &str) {
+        if !entity.redact.is_empty() {
+            self.push(&[at, "redact"], ENTITY_REDACT);
+        }
+    }
+}
+
+/// Whether a cron schedule starts with a `TZ=` or `CRON_TZ=` prefix naming a zone other than
+/// UTC.
+fn has_zone(cron: &str) -> bool {
+    let Some(first) = cron.split_whitespace().next() else {
+        return false;
+    };
+    let zone = first
+        .strip_prefix("CRON_TZ=")
+        .or_else(|| first.strip_prefix("TZ="));
+    zone.is_some_and(|zone| !matches!(zone, "UTC" | "Etc/UTC" | "Z"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn inert_of(yaml: &str) -> Vec<(String, &'static str)> {
+        let manifests = codec::load_str("test.yaml", yaml);
+        assert!(
+            manifests
+                .problems
+                .iter()
+                .all(|problem| !problem.issue.is_error()),
+            "{:?}",
+            manifests.problems
+        );
+        manifests
+            .resources
+            .iter()
+            .flat_map(|located| inert_fields(&located.resource))
+            .map(|inert| (inert.path.to_string(), inert.consequence))
+            .collect()
+    }
+
+    #[test]
+    fn a_check_names_its_inert_fields_in_order() {
+        let found = inert_of(
+            "type: CheckConfig
+api_version: core/v2
+metadata: {name: web, namespace: default}
+spec:
+  command: check-http
+  cron: CRON_TZ=Europe/Paris 0 9 * * *
+  subscriptions: [web]
+  proxy_entity_name: site
+  runtime_assets: [http-checks]
+",
+        );
+        let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["spec.cron", "spec.proxy_entity_name", "spec.runtime_assets"]
+        );
+    }
+
+    #[test]
+    fn a_check_cairn_runs_fully_has_none() {
+        let found = inert_of(
+            "type: CheckConfig
+api_version: core/v2
+metadata: {name: web, namespace: default}
+spec:
+  command: check-http
+  cron: CRON_TZ=UTC 0 9 * * *
+  subscriptions: [web]
+  handlers: [slack]
+  pipelines: [{name: alerts, type: Pipeline, api_version: core/v2}]
+  output_metric_format: graphite_plaintext
+  output_metric_handlers: [influx]
+  check_hooks: [{critical: [ps]}]
+  stdin: true
+  ttl: 120
+",
+        );
+        assert_eq!(found, []);
+    }
+
+    #[test]
+    fn an_asset_is_inert_as_a_whole_and_an_agent_entitys_subscriptions_too() {
+        let found = inert_of(
+            "type: Asset
+api_version: core/v2
+metadata: {name: tools, namespace: default}
+spec:
+  url: https://example.com/tools.tar.gz
+  sha512: 4f8e6e2bd0e2f1e1a1d2ab37bdc6d1e2c55d1a0c05e56e3c6e1cba59e6c54b23e1a9e4d3e5ef93e6b6fc2f1f4d0c6b8e6e1f2a3b4c5d6e7f8091a2b3c4d5e6f7
+---
+type: Entity
+api_version: core/v2
+metadata: {name: web-1, namespace: default}
+spec:
+  entity_class: agent
+  subscriptions: [web]
+  redact: [password]
+---
+type: Entity
+api_version: core/v2
+metadata: {name: router, namespace: default}
+spec:
+  entity_class: proxy
+  subscriptions: [network]
+",
+        );
+        let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(paths, ["spec", "spec.redact", "spec.subscriptions"]);
+    }
+
+    #[test]
+    fn zones_other_than_utc_are_named() {
+        assert!(has_zone("TZ=America/New_York 0 9 * * *"));
+        assert!(!has_zone("TZ=UTC 0 9 * * *"));
+        assert!(!has_zone("0 9 * * *"));
+        assert!(!has_zone(""));
+    }
+}
