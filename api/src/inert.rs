@@ -10,7 +10,7 @@
 //! fields (`subdue`, `when`) and server-set ones (`scheduler`) are warned about by `validate`
 //! itself and are not repeated here.
 
-use crate::model::{Asset, CheckConfig, Entity, EventFilter, Handler, HookConfig, Mutator, Spec};
+use crate::model::{Asset, CheckConfig, Entity, Spec};
 use crate::problem::FieldPath;
 use crate::resource::Resource;
 
@@ -49,10 +49,10 @@ pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
     let mut found = Found::default();
     match &resource.spec {
         Spec::CheckConfig(check) => found.check(check),
-        Spec::HookConfig(hook) => found.hook(hook),
-        Spec::Handler(handler) => found.handler(handler),
-        Spec::EventFilter(filter) => found.filter(filter),
-        Spec::Mutator(mutator) => found.mutator(mutator),
+        Spec::HookConfig(hook) => found.assets(&hook.runtime_assets, ASSETS_NOT_FETCHED),
+        Spec::Handler(handler) => found.assets(&handler.runtime_assets, ASSETS_NOT_FETCHED),
+        Spec::EventFilter(filter) => found.assets(&filter.runtime_assets, FILTER_LIBRARIES),
+        Spec::Mutator(mutator) => found.assets(&mutator.runtime_assets, ASSETS_NOT_FETCHED),
         Spec::Asset(asset) => found.asset(asset),
         Spec::Entity(entity) => found.entity(entity),
         Spec::Event(event) => {
@@ -105,35 +105,16 @@ impl Found {
         if check.proxy_requests.is_some() {
             self.push(&["proxy_requests"], PROXY_REQUESTS);
         }
-        if !check.runtime_assets.is_empty() {
-            self.push(&["runtime_assets"], ASSETS_NOT_FETCHED);
-        }
+        self.assets(&check.runtime_assets, ASSETS_NOT_FETCHED);
         if !check.subdues.is_empty() {
             self.push(&["subdues"], SUBDUES);
         }
     }
 
-    fn hook(&mut self, hook: &HookConfig) {
-        if !hook.runtime_assets.is_empty() {
-            self.push(&["runtime_assets"], ASSETS_NOT_FETCHED);
-        }
-    }
-
-    fn handler(&mut self, handler: &Handler) {
-        if !handler.runtime_assets.is_empty() {
-            self.push(&["runtime_assets"], ASSETS_NOT_FETCHED);
-        }
-    }
-
-    fn filter(&mut self, filter: &EventFilter) {
-        if !filter.runtime_assets.is_empty() {
-            self.push(&["runtime_assets"], FILTER_LIBRARIES);
-        }
-    }
-
-    fn mutator(&mut self, mutator: &Mutator) {
-        if !mutator.runtime_assets.is_empty() {
-            self.push(&["runtime_assets"], ASSETS_NOT_FETCHED);
+    /// A resource's `runtime_assets`, which Cairn does not fetch yet.
+    fn assets(&mut self, assets: &[String], consequence: &'static str) {
+        if !assets.is_empty() {
+            self.push(&["runtime_assets"], consequence);
         }
     }
 

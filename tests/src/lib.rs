@@ -476,6 +476,17 @@ impl Backend {
         std::fs::read_to_string(self.data_dir.join("tls/ca.pem")).expect("read the CA")
     }
 
+    /// A plain HTTPS client of this backend (raw requests, as a Sensu API client sends them):
+    /// trusts only the cluster CA, 30 s per request.
+    pub fn http(&self) -> reqwest::Client {
+        let tls = cairn_api::client::tls_config_trusting(&self.ca()).expect("a TLS config");
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client")
+    }
+
     /// A client of this backend.
     pub fn client(&self, credentials: Credentials) -> Client {
         Client::new(&self.url, &self.ca(), credentials).expect("client")

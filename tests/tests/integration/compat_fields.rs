@@ -16,11 +16,7 @@ struct Api {
 
 impl Api {
     async fn new(backend: &Backend) -> Api {
-        let tls = cairn_api::client::tls_config_trusting(&backend.ca()).expect("a TLS config");
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .build()
-            .expect("an HTTP client");
+        let http = backend.http();
         let (_, token) = backend.login("admin", cairn_tests::ADMIN_PASSWORD).await;
         Api {
             http,

@@ -7,11 +7,7 @@ use reqwest::StatusCode;
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_setting_inert_fields_are_answered_with_a_warning_per_field() {
     let backend = Backend::start();
-    let tls = cairn_api::client::tls_config_trusting(&backend.ca()).expect("a TLS config");
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .build()
-        .expect("an HTTP client");
+    let http = backend.http();
     let (_, token) = backend.login("admin", cairn_tests::ADMIN_PASSWORD).await;
     let put = |name: &str, extra: &str| {
         let body = format!(

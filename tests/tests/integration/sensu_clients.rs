@@ -17,12 +17,7 @@ struct Raw {
 
 impl Raw {
     fn new(backend: &Backend) -> Raw {
-        let tls = cairn_api::client::tls_config_trusting(&backend.ca()).expect("TLS config");
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("an HTTP client");
+        let http = backend.http();
         Raw {
             http,
             url: backend.url.clone(),
