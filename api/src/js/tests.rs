@@ -281,9 +281,7 @@ async fn a_full_queue_is_an_error_at_once() {
     let (first, second, third) = tokio::join!(spin(), spin(), spin());
     let outcomes = [first, second, third];
     assert!(
-        outcomes
-            .iter()
-            .any(|outcome| *outcome == Err(JsError::QueueFull { capacity: 1 })),
+        outcomes.contains(&Err(JsError::QueueFull { capacity: 1 })),
         "{outcomes:?}"
     );
     check(&engine, "event.check.status == 2", Some(true)).await;
