@@ -4,7 +4,8 @@
 //! ([`validate`]) and the manifest codec ([`codec`]). The backend, the agent and the reconciler
 //! all depend on this crate and on nothing of each other. Without features it does no network
 //! I/O and starts no process; `client` (the REST client), `process` (the process runner) and
-//! `logging` (the tracing subscriber) add what does.
+//! `logging` (the tracing subscriber) add what does; `js` adds a sandboxed JavaScript engine
+//! (threads, no I/O).
 
 pub mod agent;
 pub mod backoff;
@@ -13,6 +14,8 @@ pub mod client;
 pub mod codec;
 pub mod gitops;
 pub mod inert;
+#[cfg(feature = "js")]
+pub mod js;
 pub mod kind;
 mod locate;
 #[cfg(feature = "logging")]

@@ -592,6 +592,12 @@ impl Checker {
             if expression.trim().is_empty() {
                 self.error(spec_path("expressions").index(idx), "must not be empty");
             }
+            #[cfg(feature = "js")]
+            if let Err(error) =
+                crate::js::check_syntax(expression, crate::js::SourceKind::Expression)
+            {
+                self.error(spec_path("expressions").index(idx), error);
+            }
         }
         self.names(
             &spec_path("runtime_assets"),
@@ -619,6 +625,12 @@ impl Checker {
             "javascript" => {
                 if mutator.eval.trim().is_empty() {
                     self.error(spec_path("eval"), "a javascript mutator needs eval");
+                }
+                #[cfg(feature = "js")]
+                if let Err(error) =
+                    crate::js::check_syntax(&mutator.eval, crate::js::SourceKind::Script)
+                {
+                    self.error(spec_path("eval"), error);
                 }
                 if !mutator.command.is_empty() {
                     self.error(

@@ -213,4 +213,29 @@ fn names_fields_accepted_but_not_acted_on() {
 1 documents, 1 types, 0 errors",
     );
     assert_eq!(run.code, 0);
+
+#[test]
+fn javascript_that_does_not_parse_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "filters.yaml",
+        "type: EventFilter\napi_version: core/v2\nmetadata:\n  name: office\nspec:\n  action: allow\n  expressions:\n  - hour(event.timestamp) >= 9\n  - event.check.status == = 2\n---\ntype: Mutator\napi_version: core/v2\nmetadata:\n  name: js\nspec:\n  type: javascript\n  eval: 'return JSON.stringify(event'\n",
+    );
+    let run = cairnctl(&["lint", "filters.yaml"], dir.path(), None);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("error: filters.yaml:")
+            && lines[0].contains("spec.expressions[1]: SyntaxError: "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines[1].starts_with("error: filters.yaml:")
+            && lines[1].contains("document 2: spec.eval: SyntaxError: "),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
 }

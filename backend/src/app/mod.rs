@@ -506,6 +506,11 @@ pub async fn start(
     let (auth_cache, auth_task) = AuthCache::start(resources.clone()).await?;
     let secrets = crate::secrets::Secrets::new(resources.clone(), config.secrets.clone());
     containment.log_summary();
+    // Stored filters' JavaScript: two sandboxed QuickJS workers, 100 ms and 32 MiB each.
+    let js =
+        cairn_api::js::Engine::new(cairn_api::js::EngineConfig::default()).map_err(|error| {
+            ServerError::Invalid(format!("failed to start the JavaScript workers: {error}"))
+        })?;
     let (pipeline, pipeline_task) = Pipeline::start(
         config.pipeline.clone(),
         containment,
@@ -513,6 +518,7 @@ pub async fn start(
             resources: resources.clone(),
             secrets: Arc::clone(&secrets),
         }),
+        js,
     );
     let pipeline = Arc::new(pipeline);
     let metrics = Arc::new(ApiMetrics::default());

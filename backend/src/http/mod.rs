@@ -473,6 +473,11 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
                 "Pipe handler runs refused: the backend runs as root without a handler user.",
                 &pipeline.handler_refused,
             ),
+            (
+                "cairn_filter_errors_total",
+                "Filter expressions that failed and were skipped, as in Sensu.",
+                &pipeline.filter_errors,
+            ),
         ];
         for (name, help, value) in counters {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));

@@ -7,11 +7,11 @@
 //! filters and silences are looked up through a [`HandlerResolver`], so this module does not know
 //! the store.
 //!
-//! Stored filters are JavaScript in Sensu. Cairn embeds no JavaScript engine: a small evaluator
-//! (the private `expression` module below) covers the common forms, and a filter it cannot read
-//! never matches.
+//! Stored filters are JavaScript, evaluated in `filter.rs` by the sandboxed engine of
+//! [`cairn_api::js`].
 
 pub mod contain;
+mod filter;
 
 use std::collections::HashSet;
 use std::error::Error as StdError;
@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_api::agent::SecretValue;
+use cairn_api::js::Engine;
 use cairn_api::model::SecretRef;
 use cairn_api::model::{Event, EventFilter, Handler, HandlerSocket, Silenced, Wire};
 use cairn_api::process::{self, Ended, RunConfig, Streams};
@@ -141,6 +142,9 @@ pub(crate) struct PipelineStats {
     /// `--handler-user` or `--allow-root-handlers`. Included in
     /// [`PipelineStats::handler_failures`].
     pub handler_refused: AtomicU64,
+    /// Filter expressions that failed (did not parse, threw, returned neither `true` nor
+    /// `false`, or passed a limit of the JavaScript engine); each is skipped, as in Sensu.
+    pub filter_errors: AtomicU64,
 }
 
 /// Why the pipeline refused an event or did not stop cleanly.
@@ -290,6 +294,7 @@ impl Pipeline {
         config: PipelineConfig,
         containment: Arc<Containment>,
         resolver: Arc<dyn HandlerResolver>,
+        js: Engine,
     ) -> (Pipeline, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let (abort, abort_receiver) = watch::channel(false);
@@ -301,6 +306,7 @@ impl Pipeline {
             slots: Arc::new(Semaphore::new(config.max_concurrent_handlers.max(1))),
             default_timeout: config.default_handler_timeout,
             containment,
+            js,
             warned: WarnOnce::default(),
         });
         let task = tokio::spawn(dispatcher.run(receiver, abort_receiver, finished_sender));
@@ -415,6 +421,8 @@ struct Dispatcher {
     default_timeout: Duration,
     /// How `pipe` handler processes are contained.
     containment: Arc<Containment>,
+    /// Evaluates stored filters' JavaScript.
+    js: Engine,
     warned: WarnOnce,
 }
 
@@ -422,7 +430,8 @@ struct Dispatcher {
 #[derive(Default)]
 struct EventContext {
     silenced: Option<bool>,
-    view: Option<serde_json::Value>,
+    /// The event as filters see it, as JSON ([`filter::event_view`]).
+    view: Option<Arc<[u8]>>,
     json: Option<Arc<[u8]>>,
 }
 
@@ -664,73 +673,6 @@ impl Dispatcher {
         };
         context.silenced = Some(silenced);
         silenced
-    }
-
-    /// Evaluates a stored filter: `allow` passes when every expression matches, `deny` passes
-    /// unless every expression matches. A missing filter or an unknown action drops the event.
-    async fn stored_filter(
-        &self,
-        namespace: &str,
-        filter_name: &str,
-        event: &Event,
-        context: &mut EventContext,
-    ) -> bool {
-        let Some(filter) = self.resolver.filter(namespace, filter_name).await else {
-            if self.warned.first(&["filter", namespace, filter_name]) {
-                warn!(
-                    namespace,
-                    filter = filter_name,
-                    "handler names a filter that does not exist; events are dropped"
-                );
-            }
-            return false;
-        };
-        let view = context
-            .view
-            .get_or_insert_with(|| expression::event_view(event));
-        let mut all_match = true;
-        for (idx, source) in filter.expressions.iter().enumerate() {
-            let matched = match expression::parse(source) {
-                Ok(expression) => expression.matches(view),
-                Err(error) => {
-                    if self
-                        .warned
-                        .first(&["expression", namespace, filter_name, source])
-                    {
-                        warn!(
-                            namespace,
-                            filter = filter_name,
-                            expression = idx,
-                            %error,
-                            "filter expression is not supported; it never matches"
-                        );
-                    }
-                    false
-                }
-            };
-            if !matched {
-                all_match = false;
-                break;
-            }
-        }
-        match filter.action.as_str() {
-            "allow" => all_match,
-            "deny" => !all_match,
-            action => {
-                if self
-                    .warned
-                    .first(&["action", namespace, filter_name, action])
-                {
-                    warn!(
-                        namespace,
-                        filter = filter_name,
-                        action,
-                        "filter has an unknown action; events are dropped"
-                    );
-                }
-                false
-            }
-        }
     }
 
     /// The bytes the handler receives, after its mutator; `None` when the mutator is not one of
@@ -1037,819 +979,6 @@ async fn send_udp(
     }
 }
 
-/// A small evaluator for the common forms of Sensu filter expressions (which are JavaScript).
-///
-/// Supported: `event.<path>` (dots or `["key"]`/`[0]` brackets; the `metadata` fields `name`,
-/// `namespace`, `labels`, `annotations` and `created_by` of the event, its entity and its check
-/// are also reachable directly, as in Sensu), string, number, `true`, `false`, `null` and
-/// `undefined` literals, `==`, `!=`, `===`, `!==`, `<`, `<=`, `>`, `>=`, `&&`, `||`, `!`, unary
-/// `-`, `+ - * / %` and parentheses, with JavaScript's comparison and truthiness rules for
-/// these types. A missing field is `undefined` (no `TypeError`). Function calls, other
-/// identifiers and anything else are parse errors.
-mod expression {
-    use cairn_api::model::Event;
-    use serde_json::{Map, Value as Json};
-
-    /// Longest expression, in tokens; also bounds the recursion of parsing and evaluation.
-    const MAX_TOKENS: usize = 512;
-
-    /// Why an expression is not supported.
-    #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-    pub(super) enum ParseError {
-        /// A character or token the grammar does not allow here.
-        #[error("unexpected {found:?} at byte {offset}")]
-        Unexpected { found: String, offset: usize },
-        /// The expression ended early.
-        #[error("unexpected end of expression")]
-        UnexpectedEnd,
-        /// A string literal without its closing quote.
-        #[error("unterminated string starting at byte {0}")]
-        UnterminatedString(usize),
-        /// An identifier other than `event` and the literals.
-        #[error("unsupported identifier {0:?}; only event fields and literals are supported")]
-        UnsupportedIdentifier(String),
-        /// Too many tokens.
-        #[error("longer than {MAX_TOKENS} tokens")]
-        TooLong,
-    }
-
-    /// A parsed expression.
-    #[derive(Debug, Clone, PartialEq)]
-    pub(super) struct Expression(Expr);
-
-    /// Parses one expression.
-    pub(super) fn parse(source: &str) -> Result<Expression, ParseError> {
-        let tokens = tokenize(source)?;
-        if tokens.is_empty() {
-            return Err(ParseError::UnexpectedEnd);
-        }
-        let mut parser = Parser {
-            tokens,
-            position: 0,
-        };
-        let expr = parser.or()?;
-        match parser.tokens.get(parser.position) {
-            None => Ok(Expression(expr)),
-            Some((token, offset)) => Err(ParseError::Unexpected {
-                found: token.to_string(),
-                offset: *offset,
-            }),
-        }
-    }
-
-    impl Expression {
-        /// Whether the expression is truthy for the event view.
-        pub(super) fn matches(&self, view: &Json) -> bool {
-            self.0.evaluate(view).truthy()
-        }
-    }
-
-    /// The JSON the expressions see: the event as serialised, with the metadata fields lifted
-    /// onto the event, the entity and the check, and the zero values the wire form omits put
-    /// back (so `event.check.occurrences == 0` works as in Sensu).
-    pub(super) fn event_view(event: &Event) -> Json {
-        let mut view = serde_json::to_value(event).unwrap_or(Json::Null);
-        let Some(object) = view.as_object_mut() else {
-            return view;
-        };
-        lift_metadata(object);
-        fill(
-            object,
-            &[("timestamp", Json::from(0)), ("id", Json::from(""))],
-        );
-        if let Some(entity) = object.get_mut("entity").and_then(Json::as_object_mut) {
-            lift_metadata(entity);
-            fill(entity, &[("last_seen", Json::from(0))]);
-        }
-        if let Some(check) = object.get_mut("check").and_then(Json::as_object_mut) {
-            lift_metadata(check);
-            fill(
-                check,
-                &[
-                    ("issued", Json::from(0)),
-                    ("executed", Json::from(0)),
-                    ("occurrences", Json::from(0)),
-                    ("occurrences_watermark", Json::from(0)),
-                    ("last_ok", Json::from(0)),
-                    ("total_state_change", Json::from(0)),
-                    ("output", Json::from("")),
-                    ("state", Json::from("")),
-                    ("is_silenced", Json::from(false)),
-                ],
-            );
-        }
-        view
-    }
-
-    fn lift_metadata(object: &mut Map<String, Json>) {
-        let metadata = object
-            .get("metadata")
-            .and_then(Json::as_object)
-            .cloned()
-            .unwrap_or_default();
-        for key in ["name", "namespace", "created_by"] {
-            let value = metadata.get(key).cloned().unwrap_or_else(|| Json::from(""));
-            object.entry(key).or_insert(value);
-        }
-        for key in ["labels", "annotations"] {
-            let value = metadata
-                .get(key)
-                .cloned()
-                .unwrap_or_else(|| Json::Object(Map::new()));
-            object.entry(key).or_insert(value);
-        }
-    }
-
-    fn fill(object: &mut Map<String, Json>, defaults: &[(&str, Json)]) {
-        for (key, value) in defaults {
-            object
-                .entry(key.to_string())
-                .or_insert_with(|| value.clone());
-        }
-    }
-
-    #[derive(Debug, Clone, PartialEq)]
-    enum Token {
-        Number(f64),
-        Str(String),
-        Ident(String),
-        Punct(&'static str),
-    }
-
-    impl std::fmt::Display for Token {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            match self {
-                Token::Number(number) => write!(f, "{number}"),
-                Token::Str(text) => write!(f, "{text:?}"),
-                Token::Ident(name) => f.write_str(name),
-                Token::Punct(punct) => f.write_str(punct),
-            }
-        }
-    }
-
-    /// Longest first, so `===` wins over `==` and `<=` over `<`.
-    const PUNCTUATION: [&str; 21] = [
-        "===", "!==", "==", "!=", "<=", ">=", "&&", "||", "<", ">", "!", "(", ")", ".", "[", "]",
-        "+", "-", "*", "/", "%",
-    ];
-
-    fn tokenize(source: &str) -> Result<Vec<(Token, usize)>, ParseError> {
-        let mut tokens = Vec::new();
-        let mut chars = source.char_indices().peekable();
-        while let Some(&(offset, c)) = chars.peek() {
-            if tokens.len() > MAX_TOKENS {
-                return Err(ParseError::TooLong);
-            }
-            if c.is_whitespace() {
-                chars.next();
-                continue;
-            }
-            let rest = &source[offset..];
-            let starts_number = c.is_ascii_digit()
-                || (c == '.' && rest[1..].starts_with(|next: char| next.is_ascii_digit()));
-            if starts_number {
-                let len = number_len(rest);
-                let text = &rest[..len];
-                let number = text.parse::<f64>().map_err(|_| ParseError::Unexpected {
-                    found: text.to_owned(),
-                    offset,
-                })?;
-                tokens.push((Token::Number(number), offset));
-                advance(&mut chars, offset + len);
-            } else if c == '"' || c == '\'' {
-                chars.next();
-                let text = string_literal(&mut chars, c, offset)?;
-                tokens.push((Token::Str(text), offset));
-            } else if c.is_ascii_alphabetic() || c == '_' || c == '$' {
-                let len = rest
-                    .find(|next: char| {
-                        !(next.is_ascii_alphanumeric() || next == '_' || next == '$')
-                    })
-                    .unwrap_or(rest.len());
-                tokens.push((Token::Ident(rest[..len].to_owned()), offset));
-                advance(&mut chars, offset + len);
-            } else if let Some(punct) = PUNCTUATION
-                .iter()
-                .copied()
-                .find(|punct| rest.starts_with(punct))
-            {
-                tokens.push((Token::Punct(punct), offset));
-                advance(&mut chars, offset + punct.len());
-            } else {
-                return Err(ParseError::Unexpected {
-                    found: c.to_string(),
-                    offset,
-                });
-            }
-        }
-        Ok(tokens)
-    }
-
-    fn advance(chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>, end: usize) {
-        while chars.peek().is_some_and(|(offset, _)| *offset < end) {
-            chars.next();
-        }
-    }
-
-    /// Length of the decimal number at the start of `text`: digits, fraction, exponent.
-    fn number_len(text: &str) -> usize {
-        let bytes = text.as_bytes();
-        let digits = |mut idx: usize| {
-            while bytes.get(idx).is_some_and(u8::is_ascii_digit) {
-                idx += 1;
-            }
-            idx
-        };
-        let mut end = digits(0);
-        if bytes.get(end) == Some(&b'.') {
-            end = digits(end + 1);
-        }
-        if matches!(bytes.get(end), Some(b'e' | b'E')) {
-            let mut exponent = end + 1;
-            if matches!(bytes.get(exponent), Some(b'+' | b'-')) {
-                exponent += 1;
-            }
-            if bytes.get(exponent).is_some_and(u8::is_ascii_digit) {
-                end = digits(exponent);
-            }
-        }
-        end
-    }
-
-    fn string_literal(
-        chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
-        quote: char,
-        start: usize,
-    ) -> Result<String, ParseError> {
-        let mut text = String::new();
-        while let Some((offset, c)) = chars.next() {
-            match c {
-                _ if c == quote => return Ok(text),
-                '\\' => match chars.next() {
-                    Some((_, 'n')) => text.push('\n'),
-                    Some((_, 't')) => text.push('\t'),
-                    Some((_, 'r')) => text.push('\r'),
-                    Some((_, escaped @ ('\\' | '\'' | '"'))) => text.push(escaped),
-                    Some((_, other)) => {
-                        return Err(ParseError::Unexpected {
-                            found: format!("\\{other}"),
-                            offset,
-                        })
-                    }
-                    None => break,
-                },
-                _ => text.push(c),
-            }
-        }
-        Err(ParseError::UnterminatedString(start))
-    }
-
-    #[derive(Debug, Clone, PartialEq)]
-    enum Expr {
-        Literal(Value),
-        /// `event` followed by property names.
-        Path(Vec<String>),
-        Not(Box<Expr>),
-        Negate(Box<Expr>),
-        And(Box<Expr>, Box<Expr>),
-        Or(Box<Expr>, Box<Expr>),
-        Binary(BinaryOp, Box<Expr>, Box<Expr>),
-    }
-
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum BinaryOp {
-        Equal,
-        NotEqual,
-        StrictEqual,
-        StrictNotEqual,
-        Less,
-        LessEqual,
-        Greater,
-        GreaterEqual,
-        Add,
-        Subtract,
-        Multiply,
-        Divide,
-        Remainder,
-    }
-
-    struct Parser {
-        tokens: Vec<(Token, usize)>,
-        position: usize,
-    }
-
-    impl Parser {
-        fn peek_punct(&self) -> Option<&'static str> {
-            match self.tokens.get(self.position) {
-                Some((Token::Punct(punct), _)) => Some(punct),
-                _ => None,
-            }
-        }
-
-        fn eat(&mut self, punct: &str) -> bool {
-            if self.peek_punct() == Some(punct) {
-                self.position += 1;
-                true
-            } else {
-                false
-            }
-        }
-
-        fn bump(&mut self) -> Result<(Token, usize), ParseError> {
-            let token = self
-                .tokens
-                .get(self.position)
-                .cloned()
-                .ok_or(ParseError::UnexpectedEnd)?;
-            self.position += 1;
-            Ok(token)
-        }
-
-        fn or(&mut self) -> Result<Expr, ParseError> {
-            let mut left = self.and()?;
-            while self.eat("||") {
-                left = Expr::Or(Box::new(left), Box::new(self.and()?));
-            }
-            Ok(left)
-        }
-
-        fn and(&mut self) -> Result<Expr, ParseError> {
-            let mut left = self.equality()?;
-            while self.eat("&&") {
-                left = Expr::And(Box::new(left), Box::new(self.equality()?));
-            }
-            Ok(left)
-        }
-
-        fn binary_level(
-            &mut self,
-            operators: &[(&str, BinaryOp)],
-            next: fn(&mut Parser) -> Result<Expr, ParseError>,
-        ) -> Result<Expr, ParseError> {
-            let mut left = next(self)?;
-            'operators: loop {
-                for (punct, op) in operators {
-                    if self.eat(punct) {
-                        left = Expr::Binary(*op, Box::new(left), Box::new(next(self)?));
-                        continue 'operators;
-                    }
-                }
-                return Ok(left);
-            }
-        }
-
-        fn equality(&mut self) -> Result<Expr, ParseError> {
-            self.binary_level(
-                &[
-                    ("===", BinaryOp::StrictEqual),
-                    ("!==", BinaryOp::StrictNotEqual),
-                    ("==", BinaryOp::Equal),
-                    ("!=", BinaryOp::NotEqual),
-                ],
-                Parser::relational,
-            )
-        }
-
-        fn relational(&mut self) -> Result<Expr, ParseError> {
-            self.binary_level(
-                &[
-                    ("<=", BinaryOp::LessEqual),
-                    (">=", BinaryOp::GreaterEqual),
-                    ("<", BinaryOp::Less),
-                    (">", BinaryOp::Greater),
-                ],
-                Parser::additive,
-            )
-        }
-
-        fn additive(&mut self) -> Result<Expr, ParseError> {
-            self.binary_level(
-                &[("+", BinaryOp::Add), ("-", BinaryOp::Subtract)],
-                Parser::multiplicative,
-            )
-        }
-
-        fn multiplicative(&mut self) -> Result<Expr, ParseError> {
-            self.binary_level(
-                &[
-                    ("*", BinaryOp::Multiply),
-                    ("/", BinaryOp::Divide),
-                    ("%", BinaryOp::Remainder),
-                ],
-                Parser::unary,
-            )
-        }
-
-        fn unary(&mut self) -> Result<Expr, ParseError> {
-            if self.eat("!") {
-                return Ok(Expr::Not(Box::new(self.unary()?)));
-            }
-            if self.eat("-") {
-                return Ok(Expr::Negate(Box::new(self.unary()?)));
-            }
-            self.primary()
-        }
-
-        fn primary(&mut self) -> Result<Expr, ParseError> {
-            let (token, offset) = self.bump()?;
-            match token {
-                Token::Number(number) => Ok(Expr::Literal(Value::Number(number))),
-                Token::Str(text) => Ok(Expr::Literal(Value::Str(text))),
-                Token::Punct("(") => {
-                    let inner = self.or()?;
-                    if self.eat(")") {
-                        Ok(inner)
-                    } else {
-                        Err(self.unexpected())
-                    }
-                }
-                Token::Ident(name) => match name.as_str() {
-                    "true" => Ok(Expr::Literal(Value::Bool(true))),
-                    "false" => Ok(Expr::Literal(Value::Bool(false))),
-                    "null" => Ok(Expr::Literal(Value::Null)),
-                    "undefined" => Ok(Expr::Literal(Value::Undefined)),
-                    "event" => self.path(),
-                    _ => Err(ParseError::UnsupportedIdentifier(name)),
-                },
-                token => Err(ParseError::Unexpected {
-                    found: token.to_string(),
-                    offset,
-                }),
-            }
-        }
-
-        /// The property accesses after `event`.
-        fn path(&mut self) -> Result<Expr, ParseError> {
-            let mut segments = Vec::new();
-            loop {
-                if self.eat(".") {
-                    match self.bump()? {
-                        (Token::Ident(name), _) => segments.push(name),
-                        (token, offset) => {
-                            return Err(ParseError::Unexpected {
-                                found: token.to_string(),
-                                offset,
-                            })
-                        }
-                    }
-                } else if self.eat("[") {
-                    match self.bump()? {
-                        (Token::Str(key), _) => segments.push(key),
-                        (Token::Number(idx), _) => segments.push(Value::Number(idx).to_js_string()),
-                        (token, offset) => {
-                            return Err(ParseError::Unexpected {
-                                found: token.to_string(),
-                                offset,
-                            })
-                        }
-                    }
-                    if !self.eat("]") {
-                        return Err(self.unexpected());
-                    }
-                } else {
-                    return Ok(Expr::Path(segments));
-                }
-            }
-        }
-
-        fn unexpected(&self) -> ParseError {
-            match self.tokens.get(self.position) {
-                Some((token, offset)) => ParseError::Unexpected {
-                    found: token.to_string(),
-                    offset: *offset,
-                },
-                None => ParseError::UnexpectedEnd,
-            }
-        }
-    }
-
-    /// A JavaScript value, as far as the evaluator needs one.
-    #[derive(Debug, Clone, PartialEq)]
-    enum Value {
-        Undefined,
-        Null,
-        Bool(bool),
-        Number(f64),
-        Str(String),
-        /// Objects and arrays: truthy, never equal to anything (JavaScript compares them by
-        /// reference).
-        Object,
-    }
-
-    impl Value {
-        fn from_json(json: &Json) -> Value {
-            match json {
-                Json::Null => Value::Null,
-                Json::Bool(flag) => Value::Bool(*flag),
-                Json::Number(number) => Value::Number(number.as_f64().unwrap_or(f64::NAN)),
-                Json::String(text) => Value::Str(text.clone()),
-                Json::Array(_) | Json::Object(_) => Value::Object,
-            }
-        }
-
-        fn truthy(&self) -> bool {
-            match self {
-                Value::Undefined | Value::Null => false,
-                Value::Bool(flag) => *flag,
-                Value::Number(number) => *number != 0.0 && !number.is_nan(),
-                Value::Str(text) => !text.is_empty(),
-                Value::Object => true,
-            }
-        }
-
-        fn to_number(&self) -> f64 {
-            match self {
-                Value::Undefined | Value::Object => f64::NAN,
-                Value::Null => 0.0,
-                Value::Bool(flag) => f64::from(u8::from(*flag)),
-                Value::Number(number) => *number,
-                Value::Str(text) => {
-                    let text = text.trim();
-                    if text.is_empty() {
-                        0.0
-                    } else {
-                        text.parse().unwrap_or(f64::NAN)
-                    }
-                }
-            }
-        }
-
-        fn to_js_string(&self) -> String {
-            match self {
-                Value::Undefined => "undefined".to_owned(),
-                Value::Null => "null".to_owned(),
-                Value::Bool(flag) => flag.to_string(),
-                Value::Number(number) if number.is_nan() => "NaN".to_owned(),
-                Value::Number(number) if number.is_infinite() => if *number > 0.0 {
-                    "Infinity"
-                } else {
-                    "-Infinity"
-                }
-                .to_owned(),
-                Value::Number(number) => format!("{number}"),
-                Value::Str(text) => text.clone(),
-                Value::Object => "[object Object]".to_owned(),
-            }
-        }
-
-        /// JavaScript's `==` for these types.
-        fn loose_equals(&self, other: &Value) -> bool {
-            use Value::*;
-            match (self, other) {
-                (Undefined | Null, Undefined | Null) => true,
-                (Undefined | Null, _) | (_, Undefined | Null) => false,
-                (Object, _) | (_, Object) => false,
-                (Str(left), Str(right)) => left == right,
-                _ => self.to_number() == other.to_number(),
-            }
-        }
-
-        /// JavaScript's `===`.
-        fn strict_equals(&self, other: &Value) -> bool {
-            use Value::*;
-            match (self, other) {
-                (Undefined, Undefined) | (Null, Null) => true,
-                (Bool(left), Bool(right)) => left == right,
-                (Number(left), Number(right)) => left == right,
-                (Str(left), Str(right)) => left == right,
-                _ => false,
-            }
-        }
-
-        /// JavaScript's `<` family: strings compare as strings, everything else as numbers,
-        /// and anything involving `NaN` is false.
-        fn compare(&self, other: &Value) -> Option<std::cmp::Ordering> {
-            match (self, other) {
-                (Value::Str(left), Value::Str(right)) => Some(left.cmp(right)),
-                _ => self.to_number().partial_cmp(&other.to_number()),
-            }
-        }
-    }
-
-    impl Expr {
-        fn evaluate(&self, view: &Json) -> Value {
-            match self {
-                Expr::Literal(value) => value.clone(),
-                Expr::Path(segments) => {
-                    let mut current = view;
-                    for segment in segments {
-                        let next = match current {
-                            Json::Object(object) => object.get(segment),
-                            Json::Array(items) => {
-                                segment.parse::<usize>().ok().and_then(|idx| items.get(idx))
-                            }
-                            _ => None,
-                        };
-                        match next {
-                            Some(next) => current = next,
-                            None => return Value::Undefined,
-                        }
-                    }
-                    Value::from_json(current)
-                }
-                Expr::Not(inner) => Value::Bool(!inner.evaluate(view).truthy()),
-                Expr::Negate(inner) => Value::Number(-inner.evaluate(view).to_number()),
-                Expr::And(left, right) => {
-                    let left = left.evaluate(view);
-                    if left.truthy() {
-                        right.evaluate(view)
-                    } else {
-                        left
-                    }
-                }
-                Expr::Or(left, right) => {
-                    let left = left.evaluate(view);
-                    if left.truthy() {
-                        left
-                    } else {
-                        right.evaluate(view)
-                    }
-                }
-                Expr::Binary(op, left, right) => {
-                    binary(*op, &left.evaluate(view), &right.evaluate(view))
-                }
-            }
-        }
-    }
-
-    fn binary(op: BinaryOp, left: &Value, right: &Value) -> Value {
-        use std::cmp::Ordering::{Equal, Greater, Less};
-        let ordering = || left.compare(right);
-        match op {
-            BinaryOp::Equal => Value::Bool(left.loose_equals(right)),
-            BinaryOp::NotEqual => Value::Bool(!left.loose_equals(right)),
-            BinaryOp::StrictEqual => Value::Bool(left.strict_equals(right)),
-            BinaryOp::StrictNotEqual => Value::Bool(!left.strict_equals(right)),
-            BinaryOp::Less => Value::Bool(ordering() == Some(Less)),
-            BinaryOp::LessEqual => Value::Bool(matches!(ordering(), Some(Less | Equal))),
-            BinaryOp::Greater => Value::Bool(ordering() == Some(Greater)),
-            BinaryOp::GreaterEqual => Value::Bool(matches!(ordering(), Some(Greater | Equal))),
-            BinaryOp::Add => match (left, right) {
-                (Value::Str(_), _) | (_, Value::Str(_)) => {
-                    Value::Str(left.to_js_string() + &right.to_js_string())
-                }
-                _ => Value::Number(left.to_number() + right.to_number()),
-            },
-            BinaryOp::Subtract => Value::Number(left.to_number() - right.to_number()),
-            BinaryOp::Multiply => Value::Number(left.to_number() * right.to_number()),
-            BinaryOp::Divide => Value::Number(left.to_number() / right.to_number()),
-            BinaryOp::Remainder => Value::Number(left.to_number() % right.to_number()),
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use std::collections::BTreeMap;
-
-        use cairn_api::model::{Check, Entity};
-        use cairn_api::ObjectMeta;
-
-        use super::*;
-
-        fn sample_event() -> Event {
-            let labels = BTreeMap::from([("env".to_owned(), "prod".to_owned())]);
-            Event {
-                entity: Some(Entity {
-                    metadata: Some(ObjectMeta {
-                        labels: labels.clone(),
-                        ..ObjectMeta::named("default", "web-1")
-                    }),
-                    entity_class: "agent".to_owned(),
-                    subscriptions: vec!["linux".to_owned()],
-                    ..Entity::default()
-                }),
-                check: Some(Check {
-                    metadata: Some(ObjectMeta {
-                        labels,
-                        ..ObjectMeta::named("default", "check-http")
-                    }),
-                    status: 2,
-                    occurrences: 3,
-                    interval: 60,
-                    issued: 1_700_000_000,
-                    state: "failing".to_owned(),
-                    output: "CRITICAL: down".to_owned(),
-                    ..Check::default()
-                }),
-                ..Event::default()
-            }
-        }
-
-        /// `expect` is `Some(matched)` or `None` for a parse error.
-        fn check(source: &str, expect: Option<bool>) {
-            let view = event_view(&sample_event());
-            let actual = parse(source)
-                .ok()
-                .map(|expression| expression.matches(&view));
-            assert_eq!(actual, expect, "{source}");
-        }
-
-        #[test]
-        fn comparisons() {
-            check("event.check.status == 2", Some(true));
-            check("event.check.status == 1", Some(false));
-            check("event.check.status != 0", Some(true));
-            check("event.check.status === 2", Some(true));
-            check("event.check.status !== 2", Some(false));
-            check("event.check.status > 1", Some(true));
-            check("event.check.status < 2", Some(false));
-            check("event.check.status >= 2", Some(true));
-            check("event.check.status <= 1.5", Some(false));
-            check("event.check.status == '2'", Some(true));
-            check("event.check.status === '2'", Some(false));
-            check("event.check.occurrences >= 3", Some(true));
-            check("event.check.occurrences_watermark == 0", Some(true));
-            check("event.check.issued > 1600000000", Some(true));
-            check("event.check.interval == 60", Some(true));
-            check("event.check.state == \"failing\"", Some(true));
-            check("event.check.name == 'check-http'", Some(true));
-            check("event.check.metadata.name == 'check-http'", Some(true));
-            check("event.entity.name == 'web-1'", Some(true));
-            check("event.entity.entity_class == 'agent'", Some(true));
-            check("event.entity.labels.env == 'prod'", Some(true));
-            check("event.check.labels['env'] == 'prod'", Some(true));
-            check("event.entity.labels.missing == 'prod'", Some(false));
-            check("event.entity.labels.missing == undefined", Some(true));
-            check("event.entity.labels.missing != 'prod'", Some(true));
-            check("event.entity.subscriptions[0] == 'linux'", Some(true));
-            check("event.check.output == 'CRITICAL: down'", Some(true));
-            check("event.entity.name < 'web-2'", Some(true));
-        }
-
-        #[test]
-        fn logic_and_arithmetic() {
-            check(
-                "event.check.status == 2 && event.entity.entity_class == 'agent'",
-                Some(true),
-            );
-            check(
-                "event.check.status == 1 || event.check.status == 2",
-                Some(true),
-            );
-            check(
-                "event.check.status == 1 || event.check.status == 0",
-                Some(false),
-            );
-            check(
-                "(event.check.status == 1 || event.check.status == 2) && event.check.occurrences > 5",
-                Some(false),
-            );
-            check("!(event.check.status == 0)", Some(true));
-            check("event.check.is_silenced", Some(false));
-            check("!event.check.is_silenced", Some(true));
-            check(
-                "event.check.occurrences == 1 || event.check.occurrences % 3 == 0",
-                Some(true),
-            );
-            check(
-                "event.check.occurrences % (180 / event.check.interval) == 0",
-                Some(true),
-            );
-            check("event.check.status - 2 == 0", Some(true));
-            check("-event.check.status < 0", Some(true));
-            check("event.check.status * 1.5 == 3", Some(true));
-            check("event.check.name + '!' == 'check-http!'", Some(true));
-            check("event.check.status % 0 == 0", Some(false));
-            check("1e3 == 1000", Some(true));
-        }
-
-        #[test]
-        fn unsupported_forms_are_parse_errors() {
-            check("", None);
-            check("event.check.status == = 2", None);
-            check("event.check.status ==", None);
-            check("(event.check.status == 2", None);
-            check("event.check.status == 2)", None);
-            check("event.check.output.indexOf('x') >= 0", None);
-            check("hour(event.timestamp) >= 17", None);
-            check("weekday(event.timestamp) == 0", None);
-            check("event.check.status = 2", None);
-            check("'unterminated", None);
-            check("event.check.status ~ 2", None);
-            check("event.check.status == 2; process.exit()", None);
-            check("event.check.labels['x' + 'y']", None);
-            check("'\\q' == 'q'", None);
-            check(&"(".repeat(10_000), None);
-            check(&"event.check.status == 2 || ".repeat(100), None);
-        }
-
-        #[test]
-        fn parse_errors_say_where() {
-            assert_eq!(
-                parse("event.check.status == = 2"),
-                Err(ParseError::Unexpected {
-                    found: "=".to_owned(),
-                    offset: 22
-                })
-            );
-            assert_eq!(
-                parse("hour(event.timestamp)"),
-                Err(ParseError::UnsupportedIdentifier("hour".to_owned()))
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, HashMap};
@@ -1941,10 +1070,12 @@ mod tests {
     }
 
     fn start_with(config: PipelineConfig, resolver: FakeResolver) -> Pipeline {
+        let js = Engine::new(cairn_api::js::EngineConfig::default()).unwrap();
         Pipeline::start(
             config,
             Arc::new(Containment::uncontained()),
             Arc::new(resolver),
+            js,
         )
         .0
     }
@@ -2504,30 +1635,52 @@ mod tests {
         assert_eq!(runs(&pipeline), 1, "the dev event was denied");
     }
 
+    /// As sensu-go's `legacy.go`: a failing expression is skipped, so an `allow` filter whose
+    /// only expression fails passes the event and such a `deny` filter drops it.
     #[tokio::test]
-    async fn unparseable_expressions_never_match_and_do_not_panic() {
+    async fn failing_expressions_are_skipped_as_in_sensu_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let allowed = out_dir(&dir, "allowed");
         let denied = out_dir(&dir, "denied");
+        let dropped = out_dir(&dir, "dropped");
         let missing = out_dir(&dir, "missing");
         let resolver = FakeResolver::default()
             .filter("broken-allow", "allow", &["event.check.status == = 2"])
-            .filter("broken-deny", "deny", &["hour(event.timestamp) >= 17"])
+            .filter(
+                "broken-deny",
+                "deny",
+                &["event.check.status == 2", "event.check.status"],
+            )
+            .filter(
+                "false-allow",
+                "allow",
+                &["event.nothing.here", "event.check.status == 1"],
+            )
             .handler("allow", filtered(store_in(&allowed), &["broken-allow"]))
             .handler("deny", filtered(store_in(&denied), &["broken-deny"]))
+            .handler("dropped", filtered(store_in(&dropped), &["false-allow"]))
             .handler("missing", filtered(store_in(&missing), &["no-such-filter"]));
         let pipeline = start(resolver);
         for _ in 0..2 {
-            submit(&pipeline, event(2, &["allow", "deny", "missing"]));
+            submit(
+                &pipeline,
+                event(2, &["allow", "deny", "dropped", "missing"]),
+            );
         }
-        wait_for_events(&denied, 2).await;
+        wait_for_events(&allowed, 2).await;
         pipeline.shutdown().await.unwrap();
         assert!(
-            stored(&allowed).is_empty(),
-            "an allow filter that cannot be read drops"
+            stored(&denied).is_empty(),
+            "a deny filter whose failures are skipped"
+        );
+        assert!(
+            stored(&dropped).is_empty(),
+            "the expression after the failure is false"
         );
         assert!(stored(&missing).is_empty(), "a missing filter drops");
         assert_eq!(runs(&pipeline), 2);
+        let errors = pipeline.stats().filter_errors.load(Ordering::Relaxed);
+        assert_eq!(errors, 6, "three failing expressions, two events");
     }
 
     #[tokio::test]
