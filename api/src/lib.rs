@@ -17,6 +17,7 @@ mod locate;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod meta;
+pub mod metrics;
 pub mod model;
 pub mod problem;
 #[cfg(feature = "process")]
@@ -24,6 +25,7 @@ pub mod process;
 pub mod redact;
 pub mod resource;
 pub mod selector;
+pub mod tokens;
 pub mod validate;
 
 pub use kind::Kind;
