@@ -232,16 +232,7 @@ impl<'a> Parser<'a> {
         let mut escaped = false;
         loop {
             if escapes && escaped {
-                match self.current {
-                    b'\\' => self.token.push(b'\\'),
-                    b'n' => self.token.push(b'\n'),
-                    other => {
-                        return Err(Stop::Error(format!(
-                            "invalid escape sequence '\\{}'",
-                            char::from(other)
-                        )))
-                    }
-                }
+                self.push_escaped(false)?;
                 escaped = false;
             } else {
                 match self.current {
@@ -252,6 +243,22 @@ impl<'a> Parser<'a> {
             }
             self.read()?;
         }
+    }
+
+    /// The byte after a backslash: `\\`, `n` and (in label values) `"` are escapes.
+    fn push_escaped(&mut self, quote: bool) -> Result<(), Stop> {
+        match self.current {
+            b'\\' => self.token.push(b'\\'),
+            b'"' if quote => self.token.push(b'"'),
+            b'n' => self.token.push(b'\n'),
+            other => {
+                return Err(Stop::Error(format!(
+                    "invalid escape sequence '\\{}'",
+                    char::from(other)
+                )))
+            }
+        }
+        Ok(())
     }
 
     fn read_token_as_name(
@@ -292,16 +299,7 @@ impl<'a> Parser<'a> {
         loop {
             self.read()?;
             if escaped {
-                match self.current {
-                    b'"' | b'\\' => self.token.push(self.current),
-                    b'n' => self.token.push(b'\n'),
-                    other => {
-                        return Err(Stop::Error(format!(
-                            "invalid escape sequence '\\{}'",
-                            char::from(other)
-                        )))
-                    }
-                }
+                self.push_escaped(true)?;
                 escaped = false;
                 continue;
             }
