@@ -1318,7 +1318,7 @@ mod tests {
             event.metrics,
             Some(serde_json::json!({
                 "handlers": ["influx"],
-                "points": [{"name": "disk.used", "value": 91.0, "timestamp": 1_700_000_000_i64,
+                "points": [{"name": "disk.used", "value": 91, "timestamp": 1_700_000_000_i64,
                             "tags": [{"name": "host", "value": "host-1"}]}],
             }))
         );

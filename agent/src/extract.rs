@@ -180,7 +180,7 @@ mod tests {
         assert_eq!(
             extract(&mut graphite, 5).metrics,
             Some(
-                json!({"points": [{"name": "a", "value": 1.0, "timestamp": 2, "tags": [{"name": "k", "value": "v"}]}]})
+                json!({"points": [{"name": "a", "value": 1, "timestamp": 2, "tags": [{"name": "k", "value": "v"}]}]})
             )
         );
 

@@ -67,12 +67,25 @@ pub const FORMATS: [&str; 5] = [
 pub struct MetricPoint {
     /// Metric name.
     pub name: String,
-    /// Always finite.
+    /// Always finite; written as an integer when it is one (`42`, not `42.0`), as Go writes it.
+    #[serde(serialize_with = "go_number")]
     pub value: f64,
     /// Unix seconds.
     pub timestamp: i64,
     /// `{name, value}` tags, from the output and then the check's `output_metric_tags`.
     pub tags: Vec<MetricTag>,
+}
+
+/// Writes a float as Go's `encoding/json` does for the values that matter: an integral value
+/// (below 2^53, where it is exact) without a fraction.
+fn go_number<S: serde::Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    if value.fract() == 0.0 && value.abs() < EXACT {
+        // In range and integral: the cast is exact.
+        serializer.serialize_i64(*value as i64)
+    } else {
+        serializer.serialize_f64(*value)
+    }
 }
 
 /// What the parsers need besides the output.

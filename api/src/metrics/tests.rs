@@ -329,9 +329,16 @@ fn points_serialise_as_sensu_writes_them() {
         tags: vec![check_tag("k", "v")],
     };
     assert_eq!(
-        serde_json::to_value(&point).unwrap(),
-        serde_json::json!({"name": "a", "value": 1.5, "timestamp": 7, "tags": [{"name": "k", "value": "v"}]})
+        serde_json::to_string(&point).unwrap(),
+        r#"{"name":"a","value":1.5,"timestamp":7,"tags":[{"name":"k","value":"v"}]}"#
     );
+    let whole = MetricPoint {
+        value: 42.0,
+        ..point
+    };
+    assert!(serde_json::to_string(&whole)
+        .unwrap()
+        .contains(r#""value":42,"#));
 }
 
 mod properties {

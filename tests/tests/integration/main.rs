@@ -19,6 +19,7 @@ mod gitops;
 mod handlers;
 mod http;
 mod logins;
+mod metrics;
 mod pipeline;
 mod secrets;
 mod security;
