@@ -20,7 +20,7 @@ pub(crate) struct Extracted {
 }
 
 /// Substitutes the tokens of the check's `output_metric_tags` and `output_metric_thresholds`
-/// (names and tag names and values) with the entity's fields, in place. Sensu substitutes the
+/// (names and tag names and values) with the entity's fields. Sensu substitutes the
 /// whole check configuration before the run and fails the check (status 3, not run) when a
 /// token does not match; the command's tokens are not substituted here.
 ///
@@ -39,13 +39,16 @@ pub(crate) fn substitute_tokens(check: &mut Check, entity: &Entity) -> Result<()
         *text = tokens::substitute_value(text, data).map_err(|error| fail(field(), error))?;
         Ok::<(), String>(())
     };
-    for (idx, tag) in check.output_metric_tags.iter_mut().enumerate() {
+    // On clones, so that a failure leaves the check as configured (as Sensu's does).
+    let mut tags = check.output_metric_tags.clone();
+    let mut thresholds = check.output_metric_thresholds.clone();
+    for (idx, tag) in tags.iter_mut().enumerate() {
         substitute(&mut tag.name, &|| format!("output_metric_tags[{idx}].name"))?;
         substitute(&mut tag.value, &|| {
             format!("output_metric_tags[{idx}].value")
         })?;
     }
-    for (idx, threshold) in check.output_metric_thresholds.iter_mut().enumerate() {
+    for (idx, threshold) in thresholds.iter_mut().enumerate() {
         substitute(&mut threshold.name, &|| {
             format!("output_metric_thresholds[{idx}].name")
         })?;
@@ -58,6 +61,8 @@ pub(crate) fn substitute_tokens(check: &mut Check, entity: &Entity) -> Result<()
             })?;
         }
     }
+    check.output_metric_tags = tags;
+    check.output_metric_thresholds = thresholds;
     Ok(())
 }
 
@@ -226,10 +231,18 @@ mod tests {
         assert_eq!(tagged.output_metric_tags, [tag("host", "web-01")]);
 
         let mut missing = check("graphite_plaintext", "");
-        missing.output_metric_tags = vec![tag("region", "{{ .labels.region }}")];
+        let configured = vec![
+            tag("host", "{{ .name }}"),
+            tag("region", "{{ .labels.region }}"),
+        ];
+        missing.output_metric_tags = configured.clone();
         assert_eq!(
             substitute_tokens(&mut missing, &entity),
-            Err("error while substituting check tokens: output_metric_tags[0].value: unmatched token: .labels.region: map has no entry for key \"labels\"".to_owned())
+            Err("error while substituting check tokens: output_metric_tags[1].value: unmatched token: .labels.region: map has no entry for key \"labels\"".to_owned())
+        );
+        assert_eq!(
+            missing.output_metric_tags, configured,
+            "unchanged on failure"
         );
         entity
             .metadata
@@ -238,6 +251,9 @@ mod tests {
             .labels
             .insert("region".into(), "eu".into());
         substitute_tokens(&mut missing, &entity).unwrap();
-        assert_eq!(missing.output_metric_tags, [tag("region", "eu")]);
+        assert_eq!(
+            missing.output_metric_tags,
+            [tag("host", "web-01"), tag("region", "eu")]
+        );
     }
 }

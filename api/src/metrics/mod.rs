@@ -8,7 +8,7 @@
 //! |----------------------|-----------------|---------------------------------|-----------------------|
 //! | `graphite_plaintext` | `graphite.rs`   | skipped                         | required              |
 //! | `influxdb_line`      | `influx.rs`     | skipped                         | now (s)               |
-//! | `nagios_perfdata`    | `nagios.rs`     | skipped (no `|`: nothing)       | `executed` (s), always|
+//! | `nagios_perfdata`    | `nagios.rs`     | skipped (no perfdata: nothing)  | `executed` (s), always|
 //! | `opentsdb_line`      | `opentsdb.rs`   | skipped                         | required              |
 //! | `prometheus_text`    | `prometheus.rs` | parsing stops (earlier kept)    | now (s)               |
 //!
