@@ -44,9 +44,14 @@
 //!   configuration plus `duration`, `executed`, `issued`, `output` and `status`, Sensu's shape.
 //!   A selected hook the request does not carry yields a status 3 result saying so.
 //! - **Event.** The given entity, the check built from the configuration plus `status`,
-//!   `output`, `issued`, `executed` (start, unix s) and `duration` (s), `timestamp` = now. The id,
-//!   `processed_by` and metrics extraction (`output_metric_format`, `discard_output`) are the
-//!   caller's.
+//!   `output`, `issued`, `executed` (start, unix s) and `duration` (s), `timestamp` = now. The id
+//!   and `processed_by` are the caller's.
+//! - **Metrics** (`extract.rs`, Sensu's order). Before the run, tokens in `output_metric_tags`
+//!   and `output_metric_thresholds` are substituted with the entity's fields (an unmatched one
+//!   fails the check with status 3, not run). After it, the points are extracted from the output
+//!   (`output_metric_format`) into `event.metrics` with `output_metric_handlers`; when the status
+//!   is 0, `output_metric_thresholds` may raise it and annotate the event; then the hooks run
+//!   (for that status), and `discard_output` blanks the output last.
 //!
 //! Dropping the future of [`Executor::run`] kills the process group of what is running.
 
@@ -64,6 +69,8 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, warn};
+
+use crate::extract;
 
 /// Output kept when the check sets no `max_output_size`, bytes.
 pub const DEFAULT_MAX_OUTPUT: usize = 1024 * 1024;
@@ -127,7 +134,7 @@ impl Executor {
     /// documentation).
     pub async fn run(&self, request: &CheckRequest, entity: &Entity) -> Event {
         let config = &request.config;
-        let base = Check::from_config(config, request.issued);
+        let mut base = Check::from_config(config, request.issued);
         let (namespace, name) = config.metadata.as_ref().map_or(("", ""), |meta| {
             (meta.namespace.as_str(), meta.name.as_str())
         });
@@ -155,6 +162,9 @@ impl Executor {
             return refused(entity, base, "the executor is closed".to_owned());
         };
         let redactor = Redactor::of_request(request);
+        if let Err(message) = extract::substitute_tokens(&mut base, entity) {
+            return refused(entity, base, redactor.redact_str(&message));
+        }
         if config.command.trim().is_empty() {
             return refused(entity, base, format!("check {name} has no command"));
         }
@@ -215,12 +225,36 @@ impl Executor {
                     outcome.truncated.to_string(),
                 );
         }
-        let selected = selected_hooks(&config.check_hooks, outcome.status, outcome.code);
+        let extracted = extract::extract(&mut check, unix_now());
+        // Hooks run for the status the thresholds set, as in Sensu; a changed status is matched
+        // as its own exit code.
+        let code = if check.status == outcome.status {
+            outcome.code
+        } else {
+            i32::try_from(check.status).ok()
+        };
+        let selected = selected_hooks(&config.check_hooks, check.status, code);
         if !selected.is_empty() {
             check.hooks =
                 run_hooks(&selected, request, entity, &check, max_output, &redactor).await;
         }
-        event(entity, check)
+        if check.discard_output {
+            check.output.clear();
+        }
+        let mut event = event(entity, check);
+        event.metrics = extracted.metrics;
+        if !extracted.annotations.is_empty() {
+            let namespace = config
+                .metadata
+                .as_ref()
+                .map_or("", |meta| meta.namespace.as_str());
+            event
+                .metadata
+                .get_or_insert_with(|| ObjectMeta::named(namespace, ""))
+                .annotations
+                .extend(extracted.annotations);
+        }
+        event
     }
 }
 
@@ -1245,6 +1279,75 @@ mod tests {
         for pid in read_pids(&pids) {
             wait_until(&format!("process {pid} to die"), || is_dead(pid)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn metrics_thresholds_hooks_and_discarded_output() {
+        let mut metered = config("metered", "printf 'disk.used 91 1700000000\\n'");
+        metered.output_metric_format = "graphite_plaintext".to_owned();
+        metered.output_metric_handlers = vec!["influx".to_owned()];
+        metered.output_metric_tags = vec![cairn_api::model::MetricTag {
+            name: "host".to_owned(),
+            value: "{{ .name }}".to_owned(),
+        }];
+        metered.output_metric_thresholds = vec![cairn_api::model::MetricThreshold {
+            name: "disk.used".to_owned(),
+            thresholds: vec![cairn_api::model::MetricThresholdRule {
+                max: Some(serde_json::json!("90")),
+                status: 2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }];
+        metered.check_hooks = vec![BTreeMap::from([(
+            "critical".to_owned(),
+            vec!["on-critical".to_owned()],
+        )])];
+        metered.discard_output = true;
+        let mut metered_request = request(metered);
+        metered_request.hooks = vec![HookConfig {
+            stdin: true,
+            ..hook("on-critical", "cat")
+        }];
+        let event = executor(1).run(&metered_request, &entity()).await;
+        let check = event.check.as_ref().unwrap();
+        assert_eq!(check.status, 2, "the threshold raised the status");
+        assert_eq!(check.output, "", "discarded after extraction");
+        assert_eq!(check.output_metric_tags[0].value, "host-1");
+        assert_eq!(
+            event.metrics,
+            Some(serde_json::json!({
+                "handlers": ["influx"],
+                "points": [{"name": "disk.used", "value": 91, "timestamp": 1_700_000_000_i64,
+                            "tags": [{"name": "host", "value": "host-1"}]}],
+            }))
+        );
+        let annotations = &event.metadata.as_ref().unwrap().annotations;
+        assert_eq!(
+            annotations["sensu.io/notifications/critical"],
+            "The value of disk.used exceeded the configured threshold (max: 90, actual: 91)."
+        );
+        assert_eq!(
+            hook_names(check),
+            ["on-critical"],
+            "hooks run for the new status"
+        );
+        let seen: serde_json::Value =
+            serde_json::from_str(check.hooks[0]["output"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            seen["check"]["output"], "disk.used 91 1700000000\n",
+            "hooks see the output"
+        );
+
+        let mut unmatched = config("tokens", "echo ran");
+        unmatched.output_metric_format = "graphite_plaintext".to_owned();
+        unmatched.output_metric_tags = vec![cairn_api::model::MetricTag {
+            name: "region".to_owned(),
+            value: "{{ .labels.region }}".to_owned(),
+        }];
+        let check = run(&executor(1), &request(unmatched)).await;
+        assert_eq!(check.status, 3);
+        assert!(check.output.starts_with("error while substituting check tokens: output_metric_tags[0].value: unmatched token"), "{}", check.output);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod certs;
 pub mod config;
 pub mod exec;
+mod extract;
 pub mod facts;
 pub mod fsutil;
 pub mod install;

@@ -21,6 +21,7 @@ mod locate;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod meta;
+pub mod metrics;
 pub mod model;
 pub mod problem;
 #[cfg(feature = "process")]
@@ -28,6 +29,7 @@ pub mod process;
 pub mod redact;
 pub mod resource;
 pub mod selector;
+pub mod tokens;
 pub mod validate;
 
 pub use kind::Kind;

@@ -20,6 +20,7 @@ mod handlers;
 mod http;
 mod inert;
 mod logins;
+mod metrics;
 mod pipeline;
 mod secrets;
 mod security;
