@@ -41,6 +41,15 @@ const CRON_ZONE: &str =
     "Cairn reads cron schedules in UTC; the time zone prefix is not applied yet";
 const ENTITY_REDACT: &str =
     "Cairn does not redact entity labels and annotations yet; they are shown as stored";
+const PIPELINES: &str =
+    "Cairn does not run pipelines yet; the events go to the check's handlers only";
+const PIPELINE: &str = "Cairn does not run pipelines yet; nothing reaches this one's workflows";
+const MUTATOR: &str =
+    "Cairn runs only the built-in mutators yet; a handler naming this one is skipped";
+const CUSTOM_MUTATOR: &str =
+    "Cairn runs only the built-in mutators (json, only_check_output) yet; this handler is skipped";
+const EXPIRE_ON_RESOLVE: &str =
+    "Cairn does not delete silences on resolution yet; the entry stays until it expires";
 const AGENT_SUBSCRIPTIONS: &str = "an agent's subscriptions come from its own configuration; \
      subscriptions set through the API are not used for scheduling yet";
 
@@ -50,14 +59,35 @@ pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
     match &resource.spec {
         Spec::CheckConfig(check) => found.check(check),
         Spec::HookConfig(hook) => found.assets(&hook.runtime_assets, ASSETS_NOT_FETCHED),
-        Spec::Handler(handler) => found.assets(&handler.runtime_assets, ASSETS_NOT_FETCHED),
+        Spec::Handler(handler) => {
+            if !matches!(handler.mutator.as_str(), "" | "json" | "only_check_output") {
+                found.push(&["mutator"], CUSTOM_MUTATOR);
+            }
+            found.assets(&handler.runtime_assets, ASSETS_NOT_FETCHED);
+        }
         Spec::EventFilter(filter) => found.assets(&filter.runtime_assets, FILTER_LIBRARIES),
-        Spec::Mutator(mutator) => found.assets(&mutator.runtime_assets, ASSETS_NOT_FETCHED),
+        Spec::Mutator(_) => found.push(&[], MUTATOR),
+        Spec::Pipeline(_) => found.push(&[], PIPELINE),
+        Spec::Silenced(silenced) => {
+            if silenced.expire_on_resolve {
+                found.push(&["expire_on_resolve"], EXPIRE_ON_RESOLVE);
+            }
+        }
         Spec::Asset(asset) => found.asset(asset),
         Spec::Entity(entity) => found.entity(entity),
         Spec::Event(event) => {
             if let Some(entity) = &event.entity {
                 found.entity_at(entity, "entity");
+            }
+            if event
+                .check
+                .as_ref()
+                .is_some_and(|check| !check.pipelines.is_empty())
+            {
+                found.push(&["check", "pipelines"], PIPELINES);
+            }
+            if !event.pipelines.is_empty() {
+                found.push(&["pipelines"], PIPELINES);
             }
         }
         // Everything these set is acted on.
@@ -71,8 +101,6 @@ pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
         | Spec::EnvProvider(_)
         | Spec::VaultProvider(_)
         | Spec::Secret(_)
-        | Spec::Pipeline(_)
-        | Spec::Silenced(_)
         | Spec::Cluster(_)
         | Spec::Replicator(_)
         | Spec::EtcdReplicator(_) => {}
@@ -89,6 +117,7 @@ impl Found {
     fn push(&mut self, path: &[&str], consequence: &'static str) {
         let mut keys = vec!["spec"];
         keys.extend_from_slice(path);
+        // `&[]` names the whole spec.
         self.0.push(Inert {
             path: FieldPath::keys(&keys),
             consequence,
@@ -98,6 +127,9 @@ impl Found {
     fn check(&mut self, check: &CheckConfig) {
         if has_zone(&check.cron) {
             self.push(&["cron"], CRON_ZONE);
+        }
+        if !check.pipelines.is_empty() {
+            self.push(&["pipelines"], PIPELINES);
         }
         if !check.proxy_entity_name.is_empty() {
             self.push(&["proxy_entity_name"], PROXY_ENTITY);
@@ -120,10 +152,7 @@ impl Found {
 
     fn asset(&mut self, asset: &Asset) {
         let _ = asset;
-        self.0.push(Inert {
-            path: FieldPath::keys(&["spec"]),
-            consequence: ASSET_NOT_FETCHED,
-        });
+        self.push(&[], ASSET_NOT_FETCHED);
     }
 
     fn entity(&mut self, entity: &Entity) {
@@ -191,12 +220,18 @@ spec:
   subscriptions: [web]
   proxy_entity_name: site
   runtime_assets: [http-checks]
+  pipelines: [{name: alerts, type: Pipeline, api_version: core/v2}]
 ",
         );
         let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
         assert_eq!(
             paths,
-            ["spec.cron", "spec.proxy_entity_name", "spec.runtime_assets"]
+            [
+                "spec.cron",
+                "spec.pipelines",
+                "spec.proxy_entity_name",
+                "spec.runtime_assets"
+            ]
         );
     }
 
@@ -211,7 +246,6 @@ spec:
   cron: CRON_TZ=UTC 0 9 * * *
   subscriptions: [web]
   handlers: [slack]
-  pipelines: [{name: alerts, type: Pipeline, api_version: core/v2}]
   output_metric_format: graphite_plaintext
   output_metric_handlers: [influx]
   check_hooks: [{critical: [ps]}]

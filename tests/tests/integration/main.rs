@@ -10,6 +10,7 @@ mod cairnctl;
 mod cluster;
 mod common;
 mod compat_fields;
+mod corpus_pipeline;
 mod etcd_harness;
 mod federation_bounds;
 mod federation_replication;
