@@ -41,13 +41,6 @@ const CRON_ZONE: &str =
     "Cairn reads cron schedules in UTC; the time zone prefix is not applied yet";
 const ENTITY_REDACT: &str =
     "Cairn does not redact entity labels and annotations yet; they are shown as stored";
-const PIPELINES: &str =
-    "Cairn does not run pipelines yet; the events go to the check's handlers only";
-const PIPELINE: &str = "Cairn does not run pipelines yet; nothing reaches this one's workflows";
-const MUTATOR: &str =
-    "Cairn runs only the built-in mutators yet; a handler naming this one is skipped";
-const CUSTOM_MUTATOR: &str =
-    "Cairn runs only the built-in mutators (json, only_check_output) yet; this handler is skipped";
 const EXPIRE_ON_RESOLVE: &str =
     "Cairn does not delete silences on resolution yet; the entry stays until it expires";
 const AGENT_SUBSCRIPTIONS: &str = "an agent's subscriptions come from its own configuration; \
@@ -59,15 +52,9 @@ pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
     match &resource.spec {
         Spec::CheckConfig(check) => found.check(check),
         Spec::HookConfig(hook) => found.assets(&hook.runtime_assets, ASSETS_NOT_FETCHED),
-        Spec::Handler(handler) => {
-            if !matches!(handler.mutator.as_str(), "" | "json" | "only_check_output") {
-                found.push(&["mutator"], CUSTOM_MUTATOR);
-            }
-            found.assets(&handler.runtime_assets, ASSETS_NOT_FETCHED);
-        }
+        Spec::Handler(handler) => found.assets(&handler.runtime_assets, ASSETS_NOT_FETCHED),
         Spec::EventFilter(filter) => found.assets(&filter.runtime_assets, FILTER_LIBRARIES),
-        Spec::Mutator(_) => found.push(&[], MUTATOR),
-        Spec::Pipeline(_) => found.push(&[], PIPELINE),
+        Spec::Mutator(mutator) => found.assets(&mutator.runtime_assets, ASSETS_NOT_FETCHED),
         Spec::Silenced(silenced) => {
             if silenced.expire_on_resolve {
                 found.push(&["expire_on_resolve"], EXPIRE_ON_RESOLVE);
@@ -79,19 +66,10 @@ pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
             if let Some(entity) = &event.entity {
                 found.entity_at(entity, "entity");
             }
-            if event
-                .check
-                .as_ref()
-                .is_some_and(|check| !check.pipelines.is_empty())
-            {
-                found.push(&["check", "pipelines"], PIPELINES);
-            }
-            if !event.pipelines.is_empty() {
-                found.push(&["pipelines"], PIPELINES);
-            }
         }
         // Everything these set is acted on.
-        Spec::Namespace(_)
+        Spec::Pipeline(_)
+        | Spec::Namespace(_)
         | Spec::ClusterRole(_)
         | Spec::ClusterRoleBinding(_)
         | Spec::Role(_)
@@ -127,9 +105,6 @@ impl Found {
     fn check(&mut self, check: &CheckConfig) {
         if has_zone(&check.cron) {
             self.push(&["cron"], CRON_ZONE);
-        }
-        if !check.pipelines.is_empty() {
-            self.push(&["pipelines"], PIPELINES);
         }
         if !check.proxy_entity_name.is_empty() {
             self.push(&["proxy_entity_name"], PROXY_ENTITY);
@@ -226,12 +201,7 @@ spec:
         let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
         assert_eq!(
             paths,
-            [
-                "spec.cron",
-                "spec.pipelines",
-                "spec.proxy_entity_name",
-                "spec.runtime_assets"
-            ]
+            ["spec.cron", "spec.proxy_entity_name", "spec.runtime_assets"]
         );
     }
 
@@ -251,6 +221,7 @@ spec:
   check_hooks: [{critical: [ps]}]
   stdin: true
   ttl: 120
+  pipelines: [{name: alerts, type: Pipeline, api_version: core/v2}]
 ",
         );
         assert_eq!(found, []);

@@ -837,34 +837,59 @@ struct StoreResolver {
     secrets: Arc<crate::secrets::Secrets>,
 }
 
-#[async_trait::async_trait]
-impl HandlerResolver for StoreResolver {
-    async fn handler(&self, namespace: &str, name: &str) -> Option<Handler> {
-        match self.resources.get(Kind::Handler, namespace, name).await {
-            Ok(Some(stored)) => match stored.resource.spec {
-                Spec::Handler(handler) => Some(handler),
-                _ => None,
-            },
+impl StoreResolver {
+    /// The spec of the stored resource, taken by `take`; a store error is logged and counts as
+    /// missing (the pipeline skips what it cannot read).
+    async fn spec<T>(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        take: impl FnOnce(Spec) -> Option<T>,
+    ) -> Option<T> {
+        match self.resources.get(kind, namespace, name).await {
+            Ok(Some(stored)) => take(stored.resource.spec),
             Ok(None) => None,
             Err(err) => {
-                tracing::error!(error = %err, handler = name, "cannot read handler");
+                tracing::error!(error = %err, kind = ?kind, name, "cannot read a resource the pipeline needs");
                 None
             }
         }
     }
+}
+
+#[async_trait::async_trait]
+impl HandlerResolver for StoreResolver {
+    async fn handler(&self, namespace: &str, name: &str) -> Option<Handler> {
+        self.spec(Kind::Handler, namespace, name, |spec| match spec {
+            Spec::Handler(handler) => Some(handler),
+            _ => None,
+        })
+        .await
+    }
 
     async fn filter(&self, namespace: &str, name: &str) -> Option<EventFilter> {
-        match self.resources.get(Kind::EventFilter, namespace, name).await {
-            Ok(Some(stored)) => match stored.resource.spec {
-                Spec::EventFilter(filter) => Some(filter),
-                _ => None,
-            },
-            Ok(None) => None,
-            Err(err) => {
-                tracing::error!(error = %err, filter = name, "cannot read filter");
-                None
-            }
-        }
+        self.spec(Kind::EventFilter, namespace, name, |spec| match spec {
+            Spec::EventFilter(filter) => Some(filter),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn mutator(&self, namespace: &str, name: &str) -> Option<cairn_api::model::Mutator> {
+        self.spec(Kind::Mutator, namespace, name, |spec| match spec {
+            Spec::Mutator(mutator) => Some(mutator),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn pipeline(&self, namespace: &str, name: &str) -> Option<cairn_api::model::Pipeline> {
+        self.spec(Kind::Pipeline, namespace, name, |spec| match spec {
+            Spec::Pipeline(pipeline) => Some(pipeline),
+            _ => None,
+        })
+        .await
     }
 
     async fn secrets(

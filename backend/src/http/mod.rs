@@ -474,6 +474,16 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
                 &pipeline.handler_refused,
             ),
             (
+                "cairn_mutator_runs_total",
+                "Stored mutators run (pipe and javascript).",
+                &pipeline.mutator_runs,
+            ),
+            (
+                "cairn_mutator_failures_total",
+                "Mutators that failed; the handler after each was not run.",
+                &pipeline.mutator_failures,
+            ),
+            (
                 "cairn_filter_errors_total",
                 "Filter expressions that failed and were skipped, as in Sensu.",
                 &pipeline.filter_errors,

@@ -100,7 +100,7 @@ impl Dispatcher {
 
 /// The error as logged: what the engine said, but not a value the expression threw itself
 /// (`throw event.check.output` would put event contents in the log).
-fn loggable(error: &JsError) -> String {
+pub(super) fn loggable(error: &JsError) -> String {
     const ENGINE_ERRORS: [&str; 5] = [
         "TypeError: ",
         "ReferenceError: ",

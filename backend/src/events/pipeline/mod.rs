@@ -12,6 +12,8 @@
 
 pub mod contain;
 mod filter;
+mod mutate;
+mod workflow;
 
 use std::collections::HashSet;
 use std::error::Error as StdError;
@@ -27,7 +29,10 @@ use async_trait::async_trait;
 use cairn_api::agent::SecretValue;
 use cairn_api::js::Engine;
 use cairn_api::model::SecretRef;
-use cairn_api::model::{Event, EventFilter, Handler, HandlerSocket, Silenced, Wire};
+use cairn_api::model::{
+    Event, EventFilter, Handler, HandlerSocket, Mutator, Pipeline as PipelineResource, Silenced,
+    Wire,
+};
 use cairn_api::process::{self, Ended, RunConfig, Streams};
 use cairn_api::redact::Redactor;
 use parking_lot::{Mutex, RwLock};
@@ -40,6 +45,8 @@ use tracing::{debug, info, warn, warn_span, Instrument};
 use crate::clock::unix_now;
 use crate::events::pipeline::contain::{ContainError, Containment, HANDLER_PATH};
 use crate::events::rules;
+use mutate::{MutateError, Payload};
+use workflow::Workflow;
 
 /// Events waiting for the dispatcher by default. An event is a few KiB, so a full queue holds
 /// tens of MiB; at a thousand events a second it absorbs ten seconds of stalled handlers before
@@ -86,11 +93,6 @@ const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// they are logged every time, which only happens with thousands of broken resources.
 const WARN_ONCE_CAPACITY: usize = 4096;
 
-/// Built-in mutator names, as in Sensu: `json` (the default) sends the event as JSON,
-/// `only_check_output` sends `check.output`.
-const MUTATOR_JSON: &str = "json";
-const MUTATOR_ONLY_CHECK_OUTPUT: &str = "only_check_output";
-
 /// Settings of the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineConfig {
@@ -131,6 +133,11 @@ pub(crate) struct PipelineStats {
     pub dropped_queue_full: AtomicU64,
     /// Events refused because the pipeline held its limit in bytes.
     pub dropped_queue_bytes: AtomicU64,
+    /// Stored mutators run (`pipe` and `javascript`; the built-ins are not counted).
+    pub mutator_runs: AtomicU64,
+    /// Mutators that failed (missing, refused, non-zero exit, timeout, a JavaScript error, too
+    /// much output); each stops its workflow before the handler.
+    pub mutator_failures: AtomicU64,
     /// Handler runs started (`pipe`, `tcp` and `udp`), after filtering.
     pub handler_runs: AtomicU64,
     /// Handler runs that failed: spawn errors, non-zero exits, timeouts, send errors, unknown
@@ -183,6 +190,16 @@ pub(crate) trait HandlerResolver: Send + Sync {
     async fn handler(&self, namespace: &str, name: &str) -> Option<Handler>;
     /// The event filter `name` in `namespace`, if it exists.
     async fn filter(&self, namespace: &str, name: &str) -> Option<EventFilter>;
+    /// The mutator `name` in `namespace`, if it exists. The default has none.
+    async fn mutator(&self, namespace: &str, name: &str) -> Option<Mutator> {
+        let _ = (namespace, name);
+        None
+    }
+    /// The `core/v2 Pipeline` `name` in `namespace`, if it exists. The default has none.
+    async fn pipeline(&self, namespace: &str, name: &str) -> Option<PipelineResource> {
+        let _ = (namespace, name);
+        None
+    }
     /// Every silenced entry in `namespace`, with its name.
     async fn silenced(&self, namespace: &str) -> Vec<(String, Silenced)>;
     /// The values of a handler's `secrets` in `namespace`, all or nothing.
@@ -518,47 +535,99 @@ impl Dispatcher {
         } = job;
         // Shared by the handler runs: the event's bytes count until the last one is done.
         let charge = Arc::new(charge);
-        let names = handler_names(&event);
-        if names.is_empty() {
+        let workflows = self.workflows(&namespace, &event).await;
+        if workflows.is_empty() {
             return;
         }
-        let handlers = self.expand(&namespace, &names).await;
         let mut context = EventContext::default();
-        for (name, handler) in handlers {
+        for workflow in workflows {
+            let Workflow {
+                pipeline,
+                filters,
+                mutator,
+                handler_name: name,
+                handler,
+            } = workflow;
             if !self
-                .passes_filters(&namespace, &name, &handler, &event, &mut context)
+                .passes_filters(&namespace, &name, &filters, &event, &mut context)
                 .await
             {
                 continue;
             }
-            let Some(payload) = self.payload(&namespace, &name, &handler, &event, &mut context)
-            else {
-                continue;
+            let payload = match self
+                .plan_payload(&namespace, &mutator, &event, &mut context.json)
+                .await
+            {
+                Ok(payload) => payload,
+                Err(error) => {
+                    self.stats.mutator_failures.fetch_add(1, Ordering::Relaxed);
+                    if self.warned.first(&["mutator", &namespace, &name, &mutator]) {
+                        warn!(
+                            namespace = %namespace,
+                            handler = %name,
+                            mutator = %mutator,
+                            error = %error,
+                            "handler not run: its mutator failed"
+                        );
+                    }
+                    continue;
+                }
             };
             let slot = Arc::clone(&self.slots)
                 .acquire_owned()
                 .await
                 .expect("the handler semaphore is never closed");
-            self.stats.handler_runs.fetch_add(1, Ordering::Relaxed);
             // At WARN, not INFO, so that the handler's identity accompanies its failure warnings
             // even when only warnings are logged.
+            let (pipeline, workflow) = pipeline.unwrap_or_default();
             let span = warn_span!(
                 "handler",
                 namespace = %namespace,
                 name = %name,
                 handler_type = %handler.handler_type,
+                pipeline = %pipeline,
+                workflow = %workflow,
             );
             let dispatcher = Arc::clone(self);
             let namespace = namespace.clone();
             let charge = Arc::clone(&charge);
             running.spawn(
                 async move {
-                    dispatcher.run_handler(&namespace, &handler, payload).await;
+                    if let Some(payload) = dispatcher.finish_payload(&namespace, payload).await {
+                        dispatcher
+                            .stats
+                            .handler_runs
+                            .fetch_add(1, Ordering::Relaxed);
+                        dispatcher.run_handler(&namespace, &handler, payload).await;
+                    }
                     drop(slot);
                     drop(charge);
                 }
                 .instrument(span),
             );
+        }
+    }
+
+    /// The bytes for the handler: a built-in mutator's at once, a stored mutator's once it ran
+    /// (`None` when it failed, logged and counted).
+    async fn finish_payload(&self, namespace: &str, payload: Payload) -> Option<Arc<[u8]>> {
+        match payload {
+            Payload::Ready(bytes) => Some(bytes),
+            Payload::Mutate {
+                name,
+                mutator,
+                event_json,
+            } => match self.mutate(namespace, &mutator, event_json).await {
+                Ok(bytes) => Some(bytes),
+                Err(error) => {
+                    self.stats.mutator_failures.fetch_add(1, Ordering::Relaxed);
+                    if matches!(error, MutateError::Refused(_)) {
+                        self.stats.handler_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    warn!(mutator = %name, error = %ErrorChain(&error), "handler not run: its mutator failed");
+                    None
+                }
+            },
         }
     }
 
@@ -630,11 +699,11 @@ impl Dispatcher {
         &self,
         namespace: &str,
         handler_name: &str,
-        handler: &Handler,
+        filters: &[String],
         event: &Event,
         context: &mut EventContext,
     ) -> bool {
-        for filter_name in &handler.filters {
+        for filter_name in filters {
             let passed = match filter_name.as_str() {
                 FILTER_IS_INCIDENT => rules::is_incident(event),
                 FILTER_HAS_METRICS => rules::has_metrics(event),
@@ -673,50 +742,6 @@ impl Dispatcher {
         };
         context.silenced = Some(silenced);
         silenced
-    }
-
-    /// The bytes the handler receives, after its mutator; `None` when the mutator is not one of
-    /// the built-ins (counted as a failure).
-    fn payload(
-        &self,
-        namespace: &str,
-        handler_name: &str,
-        handler: &Handler,
-        event: &Event,
-        context: &mut EventContext,
-    ) -> Option<Arc<[u8]>> {
-        match handler.mutator.as_str() {
-            "" | MUTATOR_JSON => {
-                let json = context.json.get_or_insert_with(|| {
-                    // Sensu's full form, as its handlers read it (`.check.handlers` even when
-                    // empty). Serialising the model cannot fail: it has string keys and no
-                    // fallible `Serialize` impls.
-                    serde_json::to_vec(&Wire(event))
-                        .expect("an event always serialises to JSON")
-                        .into()
-                });
-                Some(Arc::clone(json))
-            }
-            MUTATOR_ONLY_CHECK_OUTPUT => {
-                let output = event.check.as_ref().map_or("", |check| &check.output);
-                Some(Arc::from(output.as_bytes()))
-            }
-            mutator => {
-                self.stats.handler_failures.fetch_add(1, Ordering::Relaxed);
-                if self
-                    .warned
-                    .first(&["mutator", namespace, handler_name, mutator])
-                {
-                    warn!(
-                        namespace,
-                        handler = handler_name,
-                        mutator,
-                        "handler uses a mutator Cairn does not run yet; the handler is skipped"
-                    );
-                }
-                None
-            }
-        }
     }
 
     async fn run_handler(&self, namespace: &str, handler: &Handler, payload: Arc<[u8]>) {
@@ -775,23 +800,13 @@ impl Dispatcher {
         payload: &Arc<[u8]>,
         limit: Duration,
     ) -> Result<(), RunError> {
-        let (env_vars, skipped) = parse_env_vars(&handler.env_vars);
-        if skipped > 0 {
-            // Only the count: a malformed entry may well be a secret value.
-            warn!(skipped, "ignored env_vars entries that are not KEY=VALUE");
-        }
-        let env = std::iter::once(("PATH", HANDLER_PATH))
-            .chain(env_vars)
-            .chain(
-                secrets
-                    .iter()
-                    .filter(|secret| !secret.value.is_empty())
-                    .map(|secret| (secret.name.as_str(), secret.value.as_str())),
-            );
         // The runner sets stdio and the process group; the containment is in the command.
         let command = self
             .containment
-            .command(&handler.command, env)
+            .command(
+                &handler.command,
+                pipe_environment(&handler.env_vars, secrets),
+            )
             .map_err(RunError::Refused)?;
         let redactor = Redactor::of_secrets(secrets);
         let config = RunConfig {
@@ -900,6 +915,28 @@ fn handler_names(event: &Event) -> Vec<String> {
     names
 }
 
+/// The whole environment of a `pipe` handler or mutator: [`HANDLER_PATH`], its `env_vars`, then
+/// its secrets (which win, as in Sensu), nothing of the backend's. Malformed `env_vars` entries
+/// are skipped with a warning that gives only their count (one may well be a secret value).
+fn pipe_environment<'a>(
+    env_vars: &'a [String],
+    secrets: &'a [SecretValue],
+) -> Vec<(&'a str, &'a str)> {
+    let (env_vars, skipped) = parse_env_vars(env_vars);
+    if skipped > 0 {
+        warn!(skipped, "ignored env_vars entries that are not KEY=VALUE");
+    }
+    std::iter::once(("PATH", HANDLER_PATH))
+        .chain(env_vars)
+        .chain(
+            secrets
+                .iter()
+                .filter(|secret| !secret.value.is_empty())
+                .map(|secret| (secret.name.as_str(), secret.value.as_str())),
+        )
+        .collect()
+}
+
 /// Splits `KEY=VALUE` entries at the first `=`; returns the pairs and how many were skipped.
 fn parse_env_vars(entries: &[String]) -> (Vec<(&str, &str)>, usize) {
     let mut skipped = 0;
@@ -1002,6 +1039,8 @@ mod tests {
         silenced: Vec<(String, Silenced)>,
         /// Secret resource name → value; a missing one fails.
         secrets: HashMap<String, String>,
+        mutators: HashMap<String, Mutator>,
+        pipelines: HashMap<String, PipelineResource>,
     }
 
     #[async_trait]
@@ -1016,6 +1055,14 @@ mod tests {
 
         async fn silenced(&self, _namespace: &str) -> Vec<(String, Silenced)> {
             self.silenced.clone()
+        }
+
+        async fn mutator(&self, _namespace: &str, name: &str) -> Option<Mutator> {
+            self.mutators.get(name).cloned()
+        }
+
+        async fn pipeline(&self, _namespace: &str, name: &str) -> Option<PipelineResource> {
+            self.pipelines.get(name).cloned()
         }
 
         async fn secrets(
@@ -1036,6 +1083,16 @@ mod tests {
     }
 
     impl FakeResolver {
+        fn mutator(mut self, name: &str, mutator: Mutator) -> Self {
+            self.mutators.insert(name.to_owned(), mutator);
+            self
+        }
+
+        fn pipeline(mut self, name: &str, pipeline: PipelineResource) -> Self {
+            self.pipelines.insert(name.to_owned(), pipeline);
+            self
+        }
+
         fn handler(mut self, name: &str, handler: Handler) -> Self {
             self.handlers.insert(name.to_owned(), handler);
             self
@@ -1708,7 +1765,12 @@ mod tests {
         wait_for_events(&out, 1).await;
         pipeline.shutdown().await.unwrap();
         let stats = pipeline.stats();
-        assert_eq!(stats.handler_failures.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.handler_failures.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            stats.mutator_failures.load(Ordering::Relaxed),
+            1,
+            "custom is missing"
+        );
         assert_eq!(stats.handler_timeouts.load(Ordering::Relaxed), 0);
         assert_eq!(stats.handler_runs.load(Ordering::Relaxed), 3);
     }
@@ -1818,5 +1880,250 @@ mod tests {
         assert!(warned.first(&["filter", "default", "a"]));
         assert!(!warned.first(&["filter", "default", "a"]));
         assert!(warned.first(&["filter", "other", "a"]));
+    }
+
+    /// What the handlers writing into `dir` ([`store_in`]) got, as text, sorted.
+    fn raw_outputs(dir: &Path) -> Vec<String> {
+        let mut outputs: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+            .map(|path| std::fs::read_to_string(path).unwrap())
+            .collect();
+        outputs.sort();
+        outputs
+    }
+
+    async fn wait_for_outputs(dir: &Path, count: usize) -> Vec<String> {
+        let mut outputs = Vec::new();
+        wait_until(&format!("{count} outputs in {}", dir.display()), || {
+            outputs = raw_outputs(dir);
+            outputs.len() >= count
+        })
+        .await;
+        outputs
+    }
+
+    fn mutated(handler: Handler, mutator: &str) -> Handler {
+        Handler {
+            mutator: mutator.to_owned(),
+            ..handler
+        }
+    }
+
+    fn pipe_mutator(command: &str) -> Mutator {
+        Mutator {
+            command: command.to_owned(),
+            ..Mutator::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn pipe_mutator_reads_the_event_and_its_stdout_reaches_the_handler() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = out_dir(&dir, "out");
+        let resolver = FakeResolver::default()
+            .mutator(
+                "summary",
+                Mutator {
+                    // The event's JSON on stdin; env_vars and secrets in a minimal environment.
+                    command: "grep -o '\"status\":[0-9]*' | head -n 1 | tr -d '\n'; \
+                              printf ' %s %s %s' \"$GREETING\" \"$TOKEN\" \"${HOME:-nohome}\""
+                        .to_owned(),
+                    env_vars: vec!["GREETING=hi".to_owned()],
+                    secrets: vec![SecretRef {
+                        name: "TOKEN".to_owned(),
+                        secret: "api-token".to_owned(),
+                    }],
+                    ..Mutator::default()
+                },
+            )
+            .handler("file", mutated(store_in(&out), "summary"));
+        let resolver = FakeResolver {
+            secrets: HashMap::from([("api-token".to_owned(), "s3cret".to_owned())]),
+            ..resolver
+        };
+        let pipeline = start(resolver);
+        submit(&pipeline, event(2, &["file"]));
+        let outputs = wait_for_outputs(&out, 1).await;
+        pipeline.shutdown().await.unwrap();
+        assert_eq!(outputs, [r#""status":2 hi s3cret nohome"#]);
+        let stats = pipeline.stats();
+        assert_eq!(stats.mutator_runs.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.mutator_failures.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn javascript_mutator_output_reaches_the_handler() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = out_dir(&dir, "out");
+        let resolver = FakeResolver::default()
+            .mutator(
+                "labelled",
+                Mutator {
+                    mutator_type: "javascript".to_owned(),
+                    eval: "event.check.output = 'mutated ' + event.check.status; \
+                           return JSON.stringify(event.check);"
+                        .to_owned(),
+                    ..Mutator::default()
+                },
+            )
+            .handler("file", mutated(store_in(&out), "labelled"))
+            .handler("plain", mutated(store_in(&out), "only_check_output"));
+        let pipeline = start(resolver);
+        let mut sent = event(1, &["file", "plain"]);
+        sent.check.as_mut().unwrap().output = "original".to_owned();
+        submit(&pipeline, sent);
+        let outputs = wait_for_outputs(&out, 2).await;
+        pipeline.shutdown().await.unwrap();
+        // Sorted: "original" before "{".
+        assert_eq!(
+            outputs[0], "original",
+            "only_check_output sends the output as is"
+        );
+        let check: serde_json::Value = serde_json::from_str(&outputs[1]).unwrap();
+        assert_eq!(check["output"], "mutated 1", "{outputs:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_or_missing_mutator_stops_its_handler_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = out_dir(&dir, "out");
+        let resolver = FakeResolver::default()
+            .mutator("broken", pipe_mutator("echo partial; exit 3"))
+            .mutator(
+                "throws",
+                Mutator {
+                    mutator_type: "javascript".to_owned(),
+                    eval: "throw new Error('no');".to_owned(),
+                    ..Mutator::default()
+                },
+            )
+            .handler("a", mutated(store_in(&out), "broken"))
+            .handler("b", mutated(store_in(&out), "missing"))
+            .handler("c", mutated(store_in(&out), "throws"))
+            .handler("d", store_in(&out));
+        let pipeline = start(resolver);
+        submit(&pipeline, event(2, &["a", "b", "c", "d"]));
+        let outputs = wait_for_outputs(&out, 1).await;
+        pipeline.shutdown().await.unwrap();
+        assert_eq!(outputs.len(), 1, "only the handler without a mutator ran");
+        assert!(handled_event(outputs[0].as_bytes()).is_some());
+        let stats = pipeline.stats();
+        assert_eq!(stats.mutator_failures.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.handler_runs.load(Ordering::Relaxed), 1);
+    }
+
+    fn workflow(
+        name: &str,
+        filters: &[&str],
+        mutator: Option<&str>,
+        handler: &str,
+    ) -> cairn_api::model::PipelineWorkflow {
+        let reference = |name: &str, type_name: &str| cairn_api::model::ResourceReference {
+            name: name.to_owned(),
+            type_name: type_name.to_owned(),
+            api_version: "core/v2".to_owned(),
+        };
+        cairn_api::model::PipelineWorkflow {
+            name: name.to_owned(),
+            filters: filters
+                .iter()
+                .map(|filter| reference(filter, "EventFilter"))
+                .collect(),
+            mutator: mutator.map(|mutator| reference(mutator, "Mutator")),
+            handler: Some(reference(handler, "Handler")),
+        }
+    }
+
+    #[tokio::test]
+    async fn pipeline_workflows_each_filter_mutate_and_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerts = out_dir(&dir, "alerts");
+        let all = out_dir(&dir, "all");
+        let legacy = out_dir(&dir, "legacy");
+        let resolver = FakeResolver::default()
+            .filter(
+                "critical",
+                "allow",
+                &["[2].some(function (s) { return s == event.check.status; })"],
+            )
+            .mutator("upper", pipe_mutator("tr a-z A-Z"))
+            .handler("page", store_in(&alerts))
+            .handler("archive", store_in(&all))
+            .handler("legacy", store_in(&legacy))
+            .pipeline(
+                "incidents",
+                PipelineResource {
+                    metadata: None,
+                    workflows: vec![
+                        workflow("page-critical", &["critical"], None, "page"),
+                        workflow("archive", &[], Some("upper"), "archive"),
+                        // A set is not a workflow's handler: skipped, not expanded.
+                        workflow("skipped", &[], None, "missing"),
+                    ],
+                },
+            );
+        let pipeline = start(resolver);
+        for status in [0, 2] {
+            let mut sent = event(status, &["legacy"]);
+            let check = sent.check.as_mut().unwrap();
+            check.output = format!("status {status}");
+            check.pipelines = vec![cairn_api::model::ResourceReference {
+                name: "incidents".to_owned(),
+                type_name: "Pipeline".to_owned(),
+                api_version: "core/v2".to_owned(),
+            }];
+            submit(&pipeline, sent);
+        }
+        let archived = wait_for_outputs(&all, 2).await;
+        let paged = wait_for_events(&alerts, 1).await;
+        wait_for_outputs(&legacy, 2).await;
+        pipeline.shutdown().await.unwrap();
+        assert_eq!(statuses(&paged), [2], "only the critical event was paged");
+        assert!(
+            archived
+                .iter()
+                .all(|text| text.contains("\"STATUS 0\"") || text.contains("\"STATUS 2\"")),
+            "the archive workflow's mutator ran on both: {archived:?}"
+        );
+        assert_eq!(runs(&pipeline), 5, "legacy 2, page 1, archive 2");
+    }
+
+    #[tokio::test]
+    async fn a_workflow_with_a_filter_cairn_cannot_follow_is_skipped_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = out_dir(&dir, "out");
+        let mut odd = workflow("odd", &[], None, "file");
+        odd.filters.push(cairn_api::model::ResourceReference {
+            name: "elsewhere".to_owned(),
+            type_name: "EventFilter".to_owned(),
+            api_version: "pipeline/v9".to_owned(),
+        });
+        let resolver = FakeResolver::default()
+            .handler("file", store_in(&out))
+            .handler("marker", store_in(&out))
+            .pipeline(
+                "p",
+                PipelineResource {
+                    metadata: None,
+                    workflows: vec![odd, workflow("marker", &[], None, "marker")],
+                },
+            );
+        let pipeline = start(resolver);
+        let mut sent = event(2, &[]);
+        sent.pipelines = vec![cairn_api::model::ResourceReference {
+            name: "p".to_owned(),
+            type_name: String::new(),
+            api_version: String::new(),
+        }];
+        submit(&pipeline, sent);
+        wait_for_outputs(&out, 1).await;
+        pipeline.shutdown().await.unwrap();
+        assert_eq!(
+            runs(&pipeline),
+            1,
+            "the odd workflow did not run without its filter"
+        );
     }
 }
