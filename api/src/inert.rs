@@ -41,8 +41,6 @@ const CRON_ZONE: &str =
     "Cairn reads cron schedules in UTC; the time zone prefix is not applied yet";
 const ENTITY_REDACT: &str =
     "Cairn does not redact entity labels and annotations yet; they are shown as stored";
-const EXPIRE_ON_RESOLVE: &str =
-    "Cairn does not delete silences on resolution yet; the entry stays until it expires";
 const AGENT_SUBSCRIPTIONS: &str = "an agent's subscriptions come from its own configuration; \
      subscriptions set through the API are not used for scheduling yet";
 
@@ -55,11 +53,6 @@ pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
         Spec::Handler(handler) => found.assets(&handler.runtime_assets, ASSETS_NOT_FETCHED),
         Spec::EventFilter(filter) => found.assets(&filter.runtime_assets, FILTER_LIBRARIES),
         Spec::Mutator(mutator) => found.assets(&mutator.runtime_assets, ASSETS_NOT_FETCHED),
-        Spec::Silenced(silenced) => {
-            if silenced.expire_on_resolve {
-                found.push(&["expire_on_resolve"], EXPIRE_ON_RESOLVE);
-            }
-        }
         Spec::Asset(asset) => found.asset(asset),
         Spec::Entity(entity) => found.entity(entity),
         Spec::Event(event) => {
@@ -69,6 +62,7 @@ pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
         }
         // Everything these set is acted on.
         Spec::Pipeline(_)
+        | Spec::Silenced(_)
         | Spec::Namespace(_)
         | Spec::ClusterRole(_)
         | Spec::ClusterRoleBinding(_)

@@ -504,6 +504,8 @@ pub async fn start(
     let store = Arc::clone(&opened.store);
     let resources = Resources::new(Arc::clone(&store));
     let (auth_cache, auth_task) = AuthCache::start(resources.clone()).await?;
+    let (silences, silences_task) =
+        crate::events::silences::Silences::start(resources.clone()).await?;
     let secrets = crate::secrets::Secrets::new(resources.clone(), config.secrets.clone());
     containment.log_summary();
     // Stored filters' JavaScript: two sandboxed QuickJS workers, 100 ms and 32 MiB each.
@@ -517,6 +519,7 @@ pub async fn start(
         Arc::new(StoreResolver {
             resources: resources.clone(),
             secrets: Arc::clone(&secrets),
+            silences: Arc::clone(&silences),
         }),
         js,
     );
@@ -568,7 +571,13 @@ pub async fn start(
         check_states: Arc::new(crate::events::checkstate::CheckStateCache::default()),
         sink: Arc::new(PipelineSink::new(Arc::clone(&pipeline))),
         stored: Arc::clone(&metrics.events_ingested),
+        silences: Arc::clone(&silences),
     };
+    let silence_sweeper = crate::events::silences::spawn_sweeper(
+        Arc::clone(&silences),
+        resources.clone(),
+        stopped.clone(),
+    );
     let (adhoc, adhoc_queue) = crate::agents::scheduler::adhoc_queue();
     let agents = crate::agents::Agents {
         resources: resources.clone(),
@@ -666,10 +675,12 @@ pub async fn start(
             (scheduler_task, "scheduler"),
             (watchdog_task, "keepalive watchdog"),
             (replicator_task, "replicators"),
+            (silence_sweeper, "silence sweeper"),
         ],
         pipeline,
         background: vec![
             (auth_task, "auth view"),
+            (silences_task, "silenced view"),
             (revocation_task, "revocations view"),
             (token_sweeper, "join token sweeper"),
             (refresh_sweeper, "refresh token sweeper"),
@@ -835,6 +846,7 @@ async fn serve_connection(
 struct StoreResolver {
     resources: Resources,
     secrets: Arc<crate::secrets::Secrets>,
+    silences: Arc<crate::events::silences::Silences>,
 }
 
 impl StoreResolver {
@@ -904,23 +916,7 @@ impl HandlerResolver for StoreResolver {
     }
 
     async fn silenced(&self, namespace: &str) -> Vec<(String, Silenced)> {
-        match self
-            .resources
-            .list(Kind::Silenced, Some(namespace), None, 0)
-            .await
-        {
-            Ok((items, _)) => items
-                .into_iter()
-                .filter_map(|(_, stored)| match stored.resource.spec {
-                    Spec::Silenced(silenced) => Some((stored.resource.metadata.name, silenced)),
-                    _ => None,
-                })
-                .collect(),
-            Err(err) => {
-                tracing::error!(error = %err, "cannot read silenced entries");
-                Vec::new()
-            }
-        }
+        self.silences.pairs(namespace)
     }
 }
 

@@ -16,9 +16,9 @@ use cairn_api::Kind;
 
 use crate::auth::rbac::AuthSnapshot;
 use crate::store::keyspace;
-use crate::store::reflector::{Reflector, View};
+use crate::store::reflector::{self, SharedView};
 use crate::store::resources::{self, Resources};
-use crate::store::{Revision, Store, StoreError, WatchEvent};
+use crate::store::{Revision, WatchEvent};
 
 /// The kinds the view holds (namespaces too: every namespaced request checks one exists).
 const AUTH_KINDS: [Kind; 7] = [
@@ -56,19 +56,13 @@ impl AuthCache {
             applied,
         });
         let revision = cache.reload(&resources).await?;
-        let reflector = Reflector::new(
-            Arc::clone(resources.store()),
+        let task = reflector::keep_current(
+            Arc::clone(&cache),
+            resources,
             keyspace::RESOURCES,
             "auth view",
-        )
-        .loaded_at(revision);
-        let view = Reflected {
-            cache: Arc::clone(&cache),
-            resources,
-        };
-        // The view lives as long as the backend: the task is aborted, not asked, at shutdown.
-        let (_, never) = crate::shutdown::channel();
-        let task = tokio::spawn(reflector.run(view, never));
+            revision,
+        );
         Ok((cache, task))
     }
 
@@ -86,7 +80,10 @@ impl AuthCache {
             tracing::warn!(revision, "auth view did not catch up in time");
         }
     }
+}
 
+#[async_trait::async_trait]
+impl SharedView for AuthCache {
     async fn reload(&self, resources: &Resources) -> Result<Revision, resources::ResourceError> {
         let revision = resources.store().revision().await?;
         let mut snapshot = AuthSnapshot::default();
@@ -114,7 +111,7 @@ impl AuthCache {
                     Err(err) => tracing::error!(error = %err, "unreadable auth resource"),
                 },
                 WatchEvent::Delete { .. } => {
-                    let (namespace, name) = split_key(kind, key);
+                    let (namespace, name) = Resources::split_key(kind, key);
                     next.remove(kind, namespace, name);
                 }
             }
@@ -124,45 +121,8 @@ impl AuthCache {
     }
 }
 
-/// The auth view as the reflector keeps it.
-struct Reflected {
-    cache: Arc<AuthCache>,
-    resources: Resources,
-}
-
-#[async_trait::async_trait]
-impl View for Reflected {
-    async fn reload(&mut self, _: &dyn Store) -> Result<Revision, StoreError> {
-        self.cache
-            .reload(&self.resources)
-            .await
-            .map_err(|err| match err {
-                resources::ResourceError::Store(err) => err,
-                corrupt => StoreError::Backend(Box::new(corrupt)),
-            })
-    }
-
-    fn apply(&mut self, change: &WatchEvent) {
-        self.cache.apply(change);
-    }
-}
-
 fn auth_kind(key: &str) -> Option<Kind> {
     let rest = key.strip_prefix(keyspace::RESOURCES)?;
     let plural = rest.split('/').next()?;
     AUTH_KINDS.into_iter().find(|kind| kind.plural() == plural)
-}
-
-/// (namespace, name) of a resource key.
-fn split_key(kind: Kind, key: &str) -> (&str, &str) {
-    let rest = key
-        .strip_prefix(keyspace::RESOURCES)
-        .and_then(|rest| rest.strip_prefix(kind.plural()))
-        .and_then(|rest| rest.strip_prefix('/'))
-        .unwrap_or("");
-    if kind.is_namespaced() {
-        rest.split_once('/').unwrap_or(("", rest))
-    } else {
-        ("", rest)
-    }
 }

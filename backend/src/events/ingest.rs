@@ -1,7 +1,8 @@
 //! Storing an event, from the REST API or an agent session alike: the state machine of
 //! [`crate::events::rules`] applied against the stored event of the same entity/check, a write
-//! guarded by that event's revision, the proxy entity created on first sight, then the
-//! pipeline (an [`EventSink`]).
+//! guarded by that event's revision, marked against the silenced entries
+//! ([`crate::events::silences`]), the proxy entity created on first sight, then the pipeline
+//! (an [`EventSink`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use cairn_api::model::Event;
 use cairn_api::{Kind, ObjectMeta, Resource, Spec};
 
 use crate::events::checkstate::CheckStateCache;
+use crate::events::silences::Silences;
 use crate::store::resources::{ResourceError, Resources};
 use crate::store::{Precondition, StoreError};
 
@@ -30,6 +32,8 @@ pub(crate) struct Ingest {
     pub sink: Arc<dyn EventSink>,
     /// Events stored so far (`cairn_events_ingested_total`).
     pub stored: Arc<AtomicU64>,
+    /// The silenced entries events are marked against.
+    pub silences: Arc<Silences>,
 }
 
 /// Why an event was not stored.
@@ -127,8 +131,12 @@ async fn store_event(
         }
         .expect("the event is kept until the last attempt takes it");
         let now = crate::clock::unix_now();
-        let event = crate::events::rules::process_event(previous.as_ref(), this_attempt, now)
+        let mut event = crate::events::rules::process_event(previous.as_ref(), this_attempt, now)
             .map_err(|err| IngestError::Invalid(err.to_string()))?;
+        state
+            .silences
+            .mark(&state.resources, namespace, &mut event)
+            .await;
         let mut event_meta = ObjectMeta::named(namespace, event_name);
         event_meta.created_by = created_by.to_owned();
         let stored = Resource::new(event_meta, Spec::Event(Box::new(event)));

@@ -154,8 +154,10 @@ pub fn has_metrics(event: &Event) -> bool {
 ///
 /// An entry matches when it is active (its `begin` has come and it has not expired), its check is
 /// the event's check name, empty or `*`, and its subscription is empty, `*`, `entity:<name>` of
-/// the event's entity or one of the entity's subscriptions. Events without a check or entity are
-/// never silenced.
+/// the event's entity, or a subscription of the check that the entity also has (sensu-go's
+/// `Event.IsSilencedBy`); for a proxy entity, whose checks are not scheduled on its own
+/// subscriptions, any of the entity's subscriptions. Events without a check or entity are never
+/// silenced.
 ///
 /// An entry expires at `expire_at` when that is set, else at `begin + expire` when both are
 /// positive; an entry with neither never expires here (the store also deletes expired entries).
@@ -313,17 +315,32 @@ fn matching_entries<'a>(
         .zip(event.entity.as_ref())
         .map(|(check, entity)| {
             let entity_subscription = format!("entity:{}", entity_name(entity));
-            (check_name_of(check), entity, entity_subscription)
+            (check, check_name_of(check), entity, entity_subscription)
         });
     entries.iter().filter(move |(_, silenced)| {
-        let Some((check_name, entity, entity_subscription)) = &target else {
+        let Some((check, check_name, entity, entity_subscription)) = &target else {
             return false;
         };
         is_active(silenced, now)
             && is_wildcard_or(&silenced.check, check_name)
             && (is_wildcard_or(&silenced.subscription, entity_subscription)
-                || entity.subscriptions.contains(&silenced.subscription))
+                || subscribed(check, entity, &silenced.subscription))
     })
+}
+
+/// Whether the event is in `subscription` for silencing: the check's and the entity's, or a proxy
+/// entity's own.
+fn subscribed(check: &Check, entity: &Entity, subscription: &str) -> bool {
+    let entity_has = entity
+        .subscriptions
+        .iter()
+        .any(|theirs| theirs == subscription);
+    entity_has
+        && (entity.entity_class == "proxy"
+            || check
+                .subscriptions
+                .iter()
+                .any(|theirs| theirs == subscription))
 }
 
 fn is_wildcard_or(pattern: &str, value: &str) -> bool {
@@ -331,9 +348,12 @@ fn is_wildcard_or(pattern: &str, value: &str) -> bool {
 }
 
 fn is_active(silenced: &Silenced, now: i64) -> bool {
-    if silenced.begin > now {
-        return false;
-    }
+    silenced.begin <= now && !has_expired(silenced, now)
+}
+
+/// Whether the entry expired by `now`: at `expire_at` when that is set, else at
+/// `begin + expire` when both are positive; an entry with neither never expires.
+pub fn has_expired(silenced: &Silenced, now: i64) -> bool {
     let expires_at = if silenced.expire_at > 0 {
         Some(silenced.expire_at)
     } else if silenced.expire > 0 && silenced.begin > 0 {
@@ -341,7 +361,7 @@ fn is_active(silenced: &Silenced, now: i64) -> bool {
     } else {
         None
     };
-    expires_at.is_none_or(|expires_at| now < expires_at)
+    expires_at.is_some_and(|expires_at| now >= expires_at)
 }
 
 fn entity_name(entity: &Entity) -> &str {
@@ -370,6 +390,7 @@ mod tests {
         Event {
             entity: Some(Entity {
                 metadata: Some(ObjectMeta::named("default", "web-1")),
+                entity_class: "agent".to_owned(),
                 subscriptions: vec!["linux".to_owned(), "web".to_owned()],
                 ..Entity::default()
             }),
@@ -377,6 +398,7 @@ mod tests {
                 metadata: Some(ObjectMeta::named("default", "check-http")),
                 status,
                 interval: 60,
+                subscriptions: vec!["web".to_owned(), "db".to_owned()],
                 ..Check::default()
             }),
             ..Event::default()
@@ -440,7 +462,9 @@ mod tests {
 
     #[test]
     fn fills_ingestion_fields() {
-        let processed = process_event(None, event(0), NOW).unwrap();
+        let mut classless = event(0);
+        classless.entity.as_mut().unwrap().entity_class = String::new();
+        let processed = process_event(None, classless, NOW).unwrap();
         assert_eq!(processed.timestamp, NOW);
         assert!(is_hyphenated_uuid(&processed.id), "id {:?}", processed.id);
         let entity = processed.entity.as_ref().unwrap();
@@ -655,7 +679,10 @@ mod tests {
         };
         check_silenced(silence("web", ""), true);
         check_silenced(silence("web", "*"), true);
+        // The check is also scheduled on db, but the entity is not in it.
         check_silenced(silence("db", ""), false);
+        // The entity is in linux, but the check was not scheduled on it.
+        check_silenced(silence("linux", ""), false);
         check_silenced(silence("", "check-http"), true);
         check_silenced(silence("*", "check-http"), true);
         check_silenced(silence("", "check-disk"), false);
@@ -702,6 +729,12 @@ mod tests {
             is_silenced_by(&processed, &entries, NOW),
             ["web:*", "*:check-http"]
         );
+
+        // A proxy entity is silenced by its own subscriptions.
+        let mut proxy = processed.clone();
+        proxy.entity.as_mut().unwrap().entity_class = "proxy".to_owned();
+        let entries = named(vec![silence("linux", "")]);
+        assert_eq!(is_silenced_by(&proxy, &entries, NOW), ["linux:*"]);
     }
 
     #[test]

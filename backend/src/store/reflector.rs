@@ -17,6 +17,7 @@ use cairn_api::backoff::{Backoff, Jitter};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
+use super::resources::{ResourceError, Resources};
 use super::{Revision, Store, StoreError, WatchEvent};
 use crate::shutdown::{self, Shutdown};
 
@@ -37,6 +38,57 @@ pub trait View: Send {
 
     /// Applies one change the watch saw, in revision order.
     fn apply(&mut self, change: &WatchEvent);
+}
+
+/// A view shared behind an `Arc` (one writer, the reflector's task; many readers) and loaded
+/// from typed resources: the auth view, the silenced entries.
+#[async_trait::async_trait]
+pub trait SharedView: Send + Sync + 'static {
+    /// Loads the view afresh and returns the revision it was read at (see [`View::reload`]).
+    ///
+    /// # Errors
+    /// A store failure or a record that does not decode; the reflector retries.
+    async fn reload(&self, resources: &Resources) -> Result<Revision, ResourceError>;
+
+    /// Applies one change, in revision order.
+    fn apply(&self, change: &WatchEvent);
+}
+
+/// Keeps `view`, loaded at `revision`, current with the keys under `prefix` for as long as the
+/// backend runs: the task is aborted, not asked, at shutdown.
+pub fn keep_current<V: SharedView>(
+    view: Arc<V>,
+    resources: Resources,
+    prefix: impl Into<String>,
+    what: &'static str,
+    revision: Revision,
+) -> tokio::task::JoinHandle<()> {
+    let reflector = Reflector::new(Arc::clone(resources.store()), prefix, what).loaded_at(revision);
+    let (_, never) = crate::shutdown::channel();
+    tokio::spawn(reflector.run(Shared { view, resources }, never))
+}
+
+/// A [`SharedView`] as a [`View`].
+struct Shared<V> {
+    view: Arc<V>,
+    resources: Resources,
+}
+
+#[async_trait::async_trait]
+impl<V: SharedView> View for Shared<V> {
+    async fn reload(&mut self, _: &dyn Store) -> Result<Revision, StoreError> {
+        self.view
+            .reload(&self.resources)
+            .await
+            .map_err(|err| match err {
+                ResourceError::Store(err) => err,
+                corrupt => StoreError::Backend(Box::new(corrupt)),
+            })
+    }
+
+    fn apply(&mut self, change: &WatchEvent) {
+        self.view.apply(change);
+    }
 }
 
 /// Keeps a [`View`] current with one prefix of the store.

@@ -61,6 +61,21 @@ impl Resources {
         format!("{}{name}", Resources::prefix(kind, Some(namespace)))
     }
 
+    /// (namespace, name) of a key of `kind` made by [`Resources::key`] (namespace empty for a
+    /// cluster-wide kind); empty parts for a key of another shape.
+    pub fn split_key(kind: Kind, key: &str) -> (&str, &str) {
+        let rest = key
+            .strip_prefix(keyspace::RESOURCES)
+            .and_then(|rest| rest.strip_prefix(kind.plural()))
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or("");
+        if kind.is_namespaced() {
+            rest.split_once('/').unwrap_or(("", rest))
+        } else {
+            ("", rest)
+        }
+    }
+
     /// The prefix under which resources of `kind` live, in one namespace or (for `None`, or a
     /// cluster-wide kind) all of them.
     pub fn prefix(kind: Kind, namespace: Option<&str>) -> String {

@@ -1535,6 +1535,7 @@ pub(crate) mod tests {
             check_states: Arc::default(),
             sink: Arc::clone(&sink) as Arc<dyn crate::events::ingest::EventSink>,
             stored: Arc::default(),
+            silences: Arc::new(crate::events::silences::Silences::empty()),
         };
         let state = Agents {
             secrets,

@@ -1207,6 +1207,7 @@ mod tests {
                 metadata: Some(ObjectMeta::named("default", "check-http")),
                 status,
                 interval: 60,
+                subscriptions: vec!["web".to_owned()],
                 handlers: handlers.iter().map(|name| name.to_string()).collect(),
                 ..Check::default()
             }),

@@ -375,7 +375,7 @@ pub(super) async fn delete(
         )
         .await?;
     if let Some(revision) = revision {
-        state.auth.wait_for(revision).await;
+        super::wait_for_views(state, kind, revision).await;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

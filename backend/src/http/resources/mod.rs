@@ -300,8 +300,18 @@ pub(super) async fn write(
             }
             other => ApiError::from(other),
         })?;
-    state.auth.wait_for(revision).await;
+    wait_for_views(state, resource.kind(), revision).await;
     Ok(revision)
+}
+
+/// Waits until the in-memory views that hold `kind` include `revision`, so that the write is
+/// in force when the client gets its answer: the auth view (every write: it also marks the
+/// revision applied) and, for a silenced entry, the one events are marked against.
+pub(super) async fn wait_for_views(state: &AppState, kind: Kind, revision: u64) {
+    state.auth.wait_for(revision).await;
+    if kind == Kind::Silenced {
+        state.ingest.silences.wait_for(revision).await;
+    }
 }
 
 pub(super) fn key_text(kind: Kind, namespace: &str, name: &str) -> String {
