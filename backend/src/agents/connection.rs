@@ -804,7 +804,12 @@ async fn run_connection(
         return;
     };
     let registered = match upsert_entity(&state, &namespace, &hello).await {
-        Ok(entity) => entity,
+        Ok((entity, created)) => {
+            if created {
+                submit_registration(&state, &namespace, &entity);
+            }
+            entity
+        }
         Err(EntityFailure::Invalid(reason)) => {
             conn.refuse(&identity.name, &reason).await;
             return;
@@ -875,7 +880,7 @@ async fn upsert_entity(
     state: &Agents,
     namespace: &str,
     hello: &Hello,
-) -> Result<Entity, EntityFailure> {
+) -> Result<(Entity, bool), EntityFailure> {
     const ATTEMPTS: usize = 4;
     for _ in 0..ATTEMPTS {
         let existing = state
@@ -903,7 +908,7 @@ async fn upsert_entity(
             )));
         }
         match state.resources.put(&resource, precondition).await {
-            Ok(_) => return Ok(embedded(&resource)),
+            Ok(_) => return Ok((embedded(&resource), precondition == Precondition::Absent)),
             Err(ResourceError::Store(StoreError::PreconditionFailed { .. })) => {
                 tracing::debug!(namespace, entity = %hello.name, "entity changed while upserting; retrying");
             }
@@ -914,6 +919,35 @@ async fn upsert_entity(
         "entity {namespace}/{} kept changing under {ATTEMPTS} attempts to update it",
         hello.name
     )))
+}
+
+/// The name of the check of a registration event, and of the handler it names.
+pub(crate) const REGISTRATION: &str = "registration";
+
+/// Hands the pipeline Sensu's registration event for an agent entity seen for the first time:
+/// check `registration`, status 1, interval 1, handler `registration` (which need not exist).
+/// Like Sensu's, it is not stored: it only reaches the handlers.
+fn submit_registration(state: &Agents, namespace: &str, entity: &Entity) {
+    if entity.entity_class != "agent" {
+        return;
+    }
+    let now = unix_now();
+    let event = Event {
+        entity: Some(entity.clone()),
+        check: Some(cairn_api::model::Check {
+            metadata: Some(ObjectMeta::named(namespace, REGISTRATION)),
+            interval: 1,
+            status: 1,
+            handlers: vec![REGISTRATION.to_owned()],
+            executed: now,
+            ..cairn_api::model::Check::default()
+        }),
+        ..Event::default()
+    };
+    match crate::events::rules::process_event(None, event, now) {
+        Ok(event) => state.ingest.sink.submit(namespace, event),
+        Err(err) => tracing::warn!(error = %err, "registration event refused"),
+    }
 }
 
 /// The id of the stored latest event at `key`, reading nothing else of it.
@@ -1617,6 +1651,31 @@ mod tests {
         assert_eq!(again_entity.keepalive_handlers, ["pager"]);
         assert_eq!(again_entity.redact, ["secret"]);
         assert_eq!(again_entity.last_seen, 50);
+    }
+
+    #[tokio::test]
+    async fn the_first_connection_of_an_agent_raises_a_registration_event_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, sink) = crate::agents::scheduler::tests::test_state(dir.path()).await;
+        for _ in 0..2 {
+            let Ok((entity, created)) = upsert_entity(&state, "default", &hello("web")).await
+            else {
+                panic!("the entity could not be stored");
+            };
+            if created {
+                submit_registration(&state, "default", &entity);
+            }
+        }
+        let submitted = sink.0.lock();
+        assert_eq!(
+            submitted.len(),
+            1,
+            "the second connection registers nothing"
+        );
+        let check = submitted[0].1.check.as_ref().unwrap();
+        assert_eq!(check.metadata.as_ref().unwrap().name, "registration");
+        assert_eq!(check.handlers, ["registration"]);
+        assert_eq!((check.status, check.interval), (1, 1));
     }
 
     fn registered() -> Entity {
