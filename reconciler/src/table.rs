@@ -49,6 +49,18 @@ pub fn headings(kind: Kind) -> Vec<String> {
     let names: &[&str] = match kind {
         Kind::Event => &["ENTITY", "CHECK", "STATUS", "LAST SEEN", "OUTPUT"],
         Kind::Entity => &["ID", "CLASS", "OS", "SUBSCRIPTIONS", "LAST SEEN"],
+        // sensuctl's `silenced list` columns.
+        Kind::Silenced => &[
+            "NAME",
+            "SUBSCRIPTION",
+            "CHECK",
+            "BEGIN",
+            "EXPIRE",
+            "EXPIRE ON RESOLVE",
+            "CREATOR",
+            "REASON",
+            "NAMESPACE",
+        ],
         _ => &["NAME", "NAMESPACE", "CREATED BY"],
     };
     names.iter().map(|name| (*name).to_owned()).collect()
@@ -96,6 +108,25 @@ pub fn row(kind: Kind, resource: &Resource) -> Vec<String> {
                 .unwrap_or_default(),
             entity.subscriptions.join(","),
             human_timestamp(entity.last_seen),
+        ],
+        Spec::Silenced(silenced) => vec![
+            resource.name().to_owned(),
+            silenced.subscription.clone(),
+            silenced.check.clone(),
+            human_timestamp(silenced.begin),
+            if silenced.expire > 0 {
+                human_timestamp(if silenced.expire_at > 0 {
+                    silenced.expire_at
+                } else {
+                    silenced.begin.saturating_add(silenced.expire)
+                })
+            } else {
+                "never".to_owned()
+            },
+            silenced.expire_on_resolve.to_string(),
+            silenced.creator.clone(),
+            silenced.reason.clone(),
+            resource.namespace().to_owned(),
         ],
         _ => vec![
             resource.name().to_owned(),
