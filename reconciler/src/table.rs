@@ -267,6 +267,37 @@ mod tests {
     }
 
     #[test]
+    fn silenced_entries_have_sensuctl_s_columns() {
+        let entry = |name: &str, expire: i64| {
+            Resource::new(
+                ObjectMeta::named("default", name),
+                Spec::Silenced(cairn_api::model::Silenced {
+                    subscription: "linux".into(),
+                    begin: 1_700_000_000,
+                    expire,
+                    expire_at: if expire > 0 {
+                        1_700_000_000 + expire
+                    } else {
+                        0
+                    },
+                    expire_on_resolve: expire < 0,
+                    creator: "admin".into(),
+                    reason: "maintenance".into(),
+                    ..cairn_api::model::Silenced::default()
+                }),
+            )
+        };
+        assert_eq!(
+            resources(Kind::Silenced, &[entry("linux:*", -1), entry("linux:*", 60)]),
+            [
+                "NAME     SUBSCRIPTION  CHECK  BEGIN                          EXPIRE                         EXPIRE ON RESOLVE  CREATOR  REASON       NAMESPACE",
+                "linux:*  linux                2023-11-14 22:13:20 +0000 UTC  never                          true               admin    maintenance  default",
+                "linux:*  linux                2023-11-14 22:13:20 +0000 UTC  2023-11-14 22:14:20 +0000 UTC  false              admin    maintenance  default",
+            ]
+        );
+    }
+
+    #[test]
     fn events_and_entities_have_the_columns_sensuctl_users_read() {
         let event = Resource::new(
             ObjectMeta::named("default", "web-01/disk"),
