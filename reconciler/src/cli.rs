@@ -58,6 +58,18 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// Act on events, as `sensuctl event` does.
+    Event {
+        /// What to do.
+        #[command(subcommand)]
+        command: EventCommand,
+    },
+    /// Silence checks and subscriptions, as `sensuctl silenced` does.
+    Silenced {
+        /// What to do.
+        #[command(subcommand)]
+        command: SilencedCommand,
+    },
     /// The clusters registered on a federation gateway.
     Cluster {
         /// What to do.
@@ -320,6 +332,215 @@ pub enum TokenCommand {
     },
 }
 
+/// `cairnctl event` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Resolve an event by hand: status 0, output "Resolved manually by cairnctl", now.
+    Resolve {
+        /// The event's entity.
+        entity: String,
+        /// The event's check.
+        check: String,
+        /// Namespace (default: the configured one).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+}
+
+/// `cairnctl silenced` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SilencedCommand {
+    /// Create a silenced entry, named `SUBSCRIPTION:CHECK` (`*` for the one left out).
+    Create(SilencedCreateArgs),
+    /// List silenced entries.
+    List(SilencedListArgs),
+    /// Delete a silenced entry, by name or by --subscription and --check.
+    Delete(SilencedDeleteArgs),
+}
+
+/// Arguments of `cairnctl silenced create`.
+#[derive(Debug, clap::Args)]
+pub struct SilencedCreateArgs {
+    /// The subscription to silence (e.g. `entity:web-01`); at least one of it and --check.
+    #[arg(short, long)]
+    pub subscription: Option<String>,
+    /// The check to silence.
+    #[arg(short, long)]
+    pub check: Option<String>,
+    /// When it starts: RFC 3339 (`2026-12-07T22:00:00Z`) or unix seconds (default: now).
+    #[arg(short, long, value_parser = parse_begin, value_name = "TIME")]
+    pub begin: Option<i64>,
+    /// Seconds until it expires; -1 never.
+    #[arg(short, long, default_value_t = -1, allow_negative_numbers = true,
+          value_parser = parse_expire, value_name = "SECONDS")]
+    pub expire: i64,
+    /// Remove it when the check resolves.
+    #[arg(short = 'x', long)]
+    pub expire_on_resolve: bool,
+    /// Why.
+    #[arg(short, long)]
+    pub reason: Option<String>,
+    /// Namespace (default: the configured one).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+}
+
+/// Arguments of `cairnctl silenced list`.
+#[derive(Debug, clap::Args)]
+pub struct SilencedListArgs {
+    /// Namespace (default: the configured one).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// List the entries of every namespace.
+    #[arg(long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// Only entries of this subscription.
+    #[arg(short, long)]
+    pub subscription: Option<String>,
+    /// Only entries of this check.
+    #[arg(short, long)]
+    pub check: Option<String>,
+    /// Output format (`--format`, as with sensuctl).
+    #[arg(short, long, visible_alias = "format", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `cairnctl silenced delete`.
+#[derive(Debug, clap::Args)]
+pub struct SilencedDeleteArgs {
+    /// The entry's name (`SUBSCRIPTION:CHECK`, e.g. `linux:*`).
+    #[arg(required_unless_present_any = ["subscription", "check"],
+          conflicts_with_all = ["subscription", "check"])]
+    pub name: Option<String>,
+    /// Or the entry's subscription.
+    #[arg(short, long)]
+    pub subscription: Option<String>,
+    /// And/or its check.
+    #[arg(short, long)]
+    pub check: Option<String>,
+    /// Namespace (default: the configured one).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+}
+
+/// Parses `--begin`: unix seconds, or an RFC 3339 time (`2026-12-07T22:00:00Z`,
+/// `2026-12-07T23:00:00+01:00`, fractions of a second ignored), as unix seconds.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn parse_begin(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<i64>() {
+        if seconds < 0 {
+            return Err(format!("invalid begin \"{text}\": a time before 1970"));
+        }
+        return Ok(seconds);
+    }
+    rfc3339_seconds(text).ok_or_else(|| {
+        format!("invalid begin \"{text}\": use RFC 3339 (2026-12-07T22:00:00Z) or unix seconds")
+    })
+}
+
+fn rfc3339_seconds(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        if part.bytes().all(|byte| byte.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
+    };
+    if bytes.len() < 20
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b't' | b' ')
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    let mut rest = &text[19..];
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &fraction[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let zone = rest.get(1..)?;
+            let (zone_hour, zone_minute) = zone.split_once(':')?;
+            if zone_hour.len() != 2 || zone_minute.len() != 2 {
+                return None;
+            }
+            let zone_hour: i64 = zone_hour.parse().ok()?;
+            let zone_minute: i64 = zone_minute.parse().ok()?;
+            if zone_hour > 23 || zone_minute > 59 {
+                return None;
+            }
+            sign * (zone_hour * 3_600 + zone_minute * 60)
+        }
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > month_days[usize::try_from(month - 1).ok()?]
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil.
+    let shifted_year = if month <= 2 { year - 1 } else { year };
+    let era = shifted_year.div_euclid(400);
+    let year_of_era = shifted_year - era * 400;
+    let month_index = (month + 9) % 12;
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second - offset;
+    (seconds >= 0).then_some(seconds)
+}
+
+/// Parses `--expire`: -1 (never) or a positive number of seconds.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn parse_expire(text: &str) -> Result<i64, String> {
+    match text.trim().parse::<i64>() {
+        Ok(-1) => Ok(-1),
+        Ok(seconds) if seconds > 0 => Ok(seconds),
+        _ => Err(format!(
+            "invalid expire \"{text}\": use -1 (never) or a positive number of seconds"
+        )),
+    }
+}
+
 /// Parses a token lifetime: a number of seconds, or numbers with the units `s`, `m`, `h`, `d`
 /// (`90`, `90s`, `30m`, `1h`, `1h30m`, `2d`), as seconds.
 ///
@@ -502,6 +723,116 @@ pub struct StatusArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn begins_parse_as_unix_seconds() {
+        assert_eq!(parse_begin("1700000000"), Ok(1_700_000_000));
+        assert_eq!(parse_begin("2023-11-14T22:13:20Z"), Ok(1_700_000_000));
+        assert_eq!(
+            parse_begin("2023-11-14T23:13:20.5+01:00"),
+            Ok(1_700_000_000)
+        );
+        assert_eq!(parse_begin("2023-11-14T21:13:20-01:00"), Ok(1_700_000_000));
+        assert_eq!(parse_begin("2000-02-29T00:00:00Z"), Ok(951_782_400));
+        assert_eq!(parse_begin("1970-01-01T00:00:00Z"), Ok(0));
+        for bad in [
+            "",
+            "-5",
+            "tomorrow",
+            "2023-11-14",
+            "2023-11-14T22:13:20",
+            "2023-02-29T00:00:00Z",
+            "2023-13-01T00:00:00Z",
+            "2023-11-14T24:00:00Z",
+            "2023-11-14T22:13:20+1:00",
+            "2023-11-14T22:13:20.Z",
+            "1969-12-31T23:59:59Z",
+        ] {
+            let err = parse_begin(bad).unwrap_err();
+            assert!(
+                err.contains("invalid begin") && err.contains("RFC 3339") || err.contains("1970"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn expiries_are_never_or_positive() {
+        assert_eq!(parse_expire("-1"), Ok(-1));
+        assert_eq!(parse_expire("3600"), Ok(3600));
+        for bad in ["0", "-2", "1h", ""] {
+            assert!(
+                parse_expire(bad).unwrap_err().contains("-1 (never)"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn silenced_flags_parse_as_sensuctl_spells_them() {
+        let opts = Opts::try_parse_from([
+            "cairnctl",
+            "silenced",
+            "create",
+            "-s",
+            "linux",
+            "-c",
+            "disk",
+            "-b",
+            "2023-11-14T22:13:20Z",
+            "-e",
+            "-1",
+            "-x",
+            "-r",
+            "maintenance",
+            "-n",
+            "ops",
+        ])
+        .unwrap();
+        let Command::Silenced {
+            command: SilencedCommand::Create(args),
+        } = opts.command
+        else {
+            panic!("not silenced create: {opts:?}");
+        };
+        assert_eq!(args.subscription.as_deref(), Some("linux"));
+        assert_eq!(args.check.as_deref(), Some("disk"));
+        assert_eq!(args.begin, Some(1_700_000_000));
+        assert_eq!(args.expire, -1);
+        assert!(args.expire_on_resolve);
+        assert_eq!(args.reason.as_deref(), Some("maintenance"));
+        assert_eq!(args.namespace.as_deref(), Some("ops"));
+        let defaults =
+            Opts::try_parse_from(["cairnctl", "silenced", "create", "-c", "disk"]).unwrap();
+        let Command::Silenced {
+            command: SilencedCommand::Create(args),
+        } = defaults.command
+        else {
+            panic!("not silenced create");
+        };
+        assert_eq!(
+            (args.begin, args.expire, args.expire_on_resolve),
+            (None, -1, false)
+        );
+        // delete takes a name or the parts, not both, and not neither.
+        assert!(Opts::try_parse_from(["cairnctl", "silenced", "delete", "linux:*"]).is_ok());
+        assert!(Opts::try_parse_from(["cairnctl", "silenced", "delete", "-s", "linux"]).is_ok());
+        assert!(Opts::try_parse_from(["cairnctl", "silenced", "delete"]).is_err());
+        assert!(
+            Opts::try_parse_from(["cairnctl", "silenced", "delete", "a:b", "-c", "b"]).is_err()
+        );
+        assert!(Opts::try_parse_from([
+            "cairnctl",
+            "silenced",
+            "list",
+            "-n",
+            "a",
+            "--all-namespaces"
+        ])
+        .is_err());
+        assert!(Opts::try_parse_from(["cairnctl", "event", "resolve", "web-01", "disk"]).is_ok());
+        assert!(Opts::try_parse_from(["cairnctl", "event", "resolve", "web-01"]).is_err());
+    }
 
     #[test]
     fn ttls_parse_as_seconds() {

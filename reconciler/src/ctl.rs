@@ -38,6 +38,20 @@ pub enum CtlError {
     /// The command line names something that does not exist.
     #[error("{0}")]
     Usage(String),
+    /// What the command acts on does not exist (the message names it and its namespace). A
+    /// retry does not help.
+    #[error("{0}")]
+    NotFound(String),
+    /// The backend refused a step of the command, or could not be reached; `action` says what
+    /// the command was doing. A retry helps only when the backend could not be reached.
+    #[error("cannot {action}")]
+    RequestFailed {
+        /// What the command was doing, e.g. `resolve event web-01/disk in namespace default`.
+        action: String,
+        /// The refusal.
+        #[source]
+        source: ClientError,
+    },
 }
 
 /// What a command prints and how it ends.
@@ -52,7 +66,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn ok(lines: Vec<String>) -> Report {
+    pub(crate) fn ok(lines: Vec<String>) -> Report {
         Report {
             lines,
             errors: Vec::new(),

@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod gitops;
 pub mod lint;
 pub mod plan;
+pub mod silenced;
 pub mod source;
 pub mod state;
 pub mod status;

@@ -49,6 +49,18 @@ pub fn headings(kind: Kind) -> Vec<String> {
     let names: &[&str] = match kind {
         Kind::Event => &["ENTITY", "CHECK", "STATUS", "LAST SEEN", "OUTPUT"],
         Kind::Entity => &["ID", "CLASS", "OS", "SUBSCRIPTIONS", "LAST SEEN"],
+        // sensuctl's `silenced list` columns.
+        Kind::Silenced => &[
+            "NAME",
+            "SUBSCRIPTION",
+            "CHECK",
+            "BEGIN",
+            "EXPIRE",
+            "EXPIRE ON RESOLVE",
+            "CREATOR",
+            "REASON",
+            "NAMESPACE",
+        ],
         _ => &["NAME", "NAMESPACE", "CREATED BY"],
     };
     names.iter().map(|name| (*name).to_owned()).collect()
@@ -96,6 +108,25 @@ pub fn row(kind: Kind, resource: &Resource) -> Vec<String> {
                 .unwrap_or_default(),
             entity.subscriptions.join(","),
             human_timestamp(entity.last_seen),
+        ],
+        Spec::Silenced(silenced) => vec![
+            resource.name().to_owned(),
+            silenced.subscription.clone(),
+            silenced.check.clone(),
+            human_timestamp(silenced.begin),
+            if silenced.expire > 0 {
+                human_timestamp(if silenced.expire_at > 0 {
+                    silenced.expire_at
+                } else {
+                    silenced.begin.saturating_add(silenced.expire)
+                })
+            } else {
+                "never".to_owned()
+            },
+            silenced.expire_on_resolve.to_string(),
+            silenced.creator.clone(),
+            silenced.reason.clone(),
+            resource.namespace().to_owned(),
         ],
         _ => vec![
             resource.name().to_owned(),
@@ -233,6 +264,37 @@ mod tests {
         assert!(cell.ends_with('…'), "{cell}");
         let exact = "é".repeat(OUTPUT_CELL_LIMIT);
         assert_eq!(output_cell(&exact), exact);
+    }
+
+    #[test]
+    fn silenced_entries_have_sensuctl_s_columns() {
+        let entry = |name: &str, expire: i64| {
+            Resource::new(
+                ObjectMeta::named("default", name),
+                Spec::Silenced(cairn_api::model::Silenced {
+                    subscription: "linux".into(),
+                    begin: 1_700_000_000,
+                    expire,
+                    expire_at: if expire > 0 {
+                        1_700_000_000 + expire
+                    } else {
+                        0
+                    },
+                    expire_on_resolve: expire < 0,
+                    creator: "admin".into(),
+                    reason: "maintenance".into(),
+                    ..cairn_api::model::Silenced::default()
+                }),
+            )
+        };
+        assert_eq!(
+            resources(Kind::Silenced, &[entry("linux:*", -1), entry("linux:*", 60)]),
+            [
+                "NAME     SUBSCRIPTION  CHECK  BEGIN                          EXPIRE                         EXPIRE ON RESOLVE  CREATOR  REASON       NAMESPACE",
+                "linux:*  linux                2023-11-14 22:13:20 +0000 UTC  never                          true               admin    maintenance  default",
+                "linux:*  linux                2023-11-14 22:13:20 +0000 UTC  2023-11-14 22:14:20 +0000 UTC  false              admin    maintenance  default",
+            ]
+        );
     }
 
     #[test]

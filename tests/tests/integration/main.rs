@@ -7,6 +7,7 @@ mod agent_identity;
 mod backend;
 mod binaries;
 mod cairnctl;
+mod cairnctl_events;
 mod cluster;
 mod common;
 mod compat_fields;
