@@ -78,9 +78,14 @@ impl Ingest {
         event: Event,
         created_by: &str,
     ) -> Result<(), IngestError> {
-        let event = store_event(self, created_by, namespace, event_name, event).await?;
+        let mut event = store_event(self, created_by, namespace, event_name, event).await?;
         self.stored.fetch_add(1, Ordering::Relaxed);
         ensure_entity(&self.resources, namespace, &event).await?;
+        // Handlers and mutators read the event as Sensu writes it, `metadata.namespace` and
+        // `created_by` included (the stored spec keeps them in the resource's metadata).
+        let mut metadata = ObjectMeta::named(namespace, "");
+        metadata.created_by = created_by.to_owned();
+        event.metadata = Some(metadata);
         self.sink.submit(namespace, event);
         Ok(())
     }

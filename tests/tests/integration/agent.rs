@@ -1507,6 +1507,62 @@ async fn keepalive_events_need_no_keepalive_handler_and_run_one_that_exists() {
     assert_eq!(warned(&backend.log()), []);
 }
 
+/// Sensu's registration event: an agent's first connection runs the `registration` handler
+/// once, with check `registration` at status 1 (a reconnection registering nothing is the
+/// backend's unit test `the_first_connection_of_an_agent_raises_a_registration_event_only`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_connection_runs_the_registration_handler_once() {
+    let backend = Backend::start();
+    let admin = backend.admin().await;
+    let records = tempfile::tempdir().expect("tempdir");
+    let command = format!(
+        "cat > \"$(mktemp -p '{}' 'registration.XXXXXX')\"",
+        records.path().display()
+    );
+    put_resource(
+        &admin,
+        "handlers",
+        "registration",
+        json!({"type": "pipe", "command": command, "timeout": 10}),
+    )
+    .await;
+    let registered = || -> Vec<Value> {
+        std::fs::read_dir(records.path())
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+                    .filter_map(|text| serde_json::from_str(&text).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let name = "reg-01";
+    let install = enrol(&backend, &admin, name).await;
+    let agent = start_agent(&install, &[("keepalive_interval", "1")]);
+    let events: Vec<Value> = eventually(
+        "the registration handler running",
+        Duration::from_secs(20),
+        || async {
+            let events = registered();
+            if events.is_empty() {
+                Err(backend.log())
+            } else {
+                Ok(events)
+            }
+        },
+    )
+    .await;
+    assert_eq!(events[0]["check"]["metadata"]["name"], "registration");
+    assert_eq!(events[0]["check"]["status"], 1);
+    assert_eq!(events[0]["check"]["handlers"], json!(["registration"]));
+    assert_eq!(events[0]["entity"]["metadata"]["name"], name);
+
+    // Its keepalives that follow register nothing more.
+    wait_keepalive(&admin, &agent, name).await;
+    assert_eq!(registered().len(), 1, "keepalives are no registrations");
+}
+
 /// Sensu's ad hoc execution (the web UI's "re-run"): a check on a one-hour interval runs at
 /// once on the subscriptions asked for; a viewer may not ask, and an unknown check is a 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

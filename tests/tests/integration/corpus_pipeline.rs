@@ -63,7 +63,7 @@ async fn apply(admin: &Client, resources: &[Resource]) {
     }
 }
 
-async fn put(admin: &Client, path: &str, body: &Value) {
+pub(super) async fn put(admin: &Client, path: &str, body: &Value) {
     let response = admin
         .send(Method::PUT, path, Some(body))
         .await
@@ -73,7 +73,13 @@ async fn put(admin: &Client, path: &str, body: &Value) {
 
 /// A pipe handler `name` that writes what it gets to a new file `<dir>/<name>.<random>`,
 /// after the filters `filters` and the mutator `mutator`.
-async fn recorder(admin: &Client, dir: &Path, name: &str, filters: &[&str], mutator: &str) {
+pub(super) async fn recorder(
+    admin: &Client,
+    dir: &Path,
+    name: &str,
+    filters: &[&str],
+    mutator: &str,
+) {
     let handler = json!({
         "metadata": {"name": name, "namespace": "default"},
         "type": "pipe",
@@ -91,7 +97,7 @@ async fn recorder(admin: &Client, dir: &Path, name: &str, filters: &[&str], muta
 }
 
 /// Stores the event of `entity`/`check`, with the check fields `check` merged in.
-async fn send(admin: &Client, entity: Value, check: Value) -> Value {
+pub(super) async fn send(admin: &Client, entity: Value, check: Value) -> Value {
     let entity_name = entity["metadata"]["name"]
         .as_str()
         .expect("an entity name")
@@ -117,12 +123,12 @@ async fn send(admin: &Client, entity: Value, check: Value) -> Value {
     event
 }
 
-fn proxy(name: &str, labels: Value) -> Value {
+pub(super) fn proxy(name: &str, labels: Value) -> Value {
     json!({"entity_class": "proxy", "metadata": {"name": name, "labels": labels}})
 }
 
 /// The files handler `name` wrote so far, their text.
-fn recorded(dir: &Path, name: &str) -> Vec<String> {
+pub(super) fn recorded(dir: &Path, name: &str) -> Vec<String> {
     let prefix = format!("{name}.");
     let mut texts: Vec<String> = std::fs::read_dir(dir)
         .expect("read the handlers' folder")
@@ -135,7 +141,12 @@ fn recorded(dir: &Path, name: &str) -> Vec<String> {
 }
 
 /// Waits until handler `name` wrote `count` files, and returns them.
-async fn wait_recorded(backend: &Backend, dir: &Path, name: &str, count: usize) -> Vec<String> {
+pub(super) async fn wait_recorded(
+    backend: &Backend,
+    dir: &Path,
+    name: &str,
+    count: usize,
+) -> Vec<String> {
     eventually(
         &format!("{count} runs of handler {name}"),
         HANDLER_WAIT,
@@ -158,7 +169,7 @@ async fn wait_recorded(backend: &Backend, dir: &Path, name: &str, count: usize) 
 }
 
 /// The JSON events handler `name` got.
-fn events_of(texts: &[String]) -> Vec<Value> {
+pub(super) fn events_of(texts: &[String]) -> Vec<Value> {
     texts
         .iter()
         .map(|text| serde_json::from_str(text).unwrap_or_else(|err| panic!("{text}: {err}")))
@@ -166,7 +177,7 @@ fn events_of(texts: &[String]) -> Vec<Value> {
 }
 
 /// The names of the checks of the events handler `name` got, sorted.
-fn checks_of(texts: &[String]) -> Vec<String> {
+pub(super) fn checks_of(texts: &[String]) -> Vec<String> {
     let mut names: Vec<String> = events_of(texts)
         .iter()
         .map(|event| {
@@ -183,7 +194,7 @@ fn checks_of(texts: &[String]) -> Vec<String> {
 /// Sends one more event to the unfiltered handler `sentinel` and waits for it: the pipeline
 /// takes events in order and decides the filters of each before taking the next, so every
 /// event sent before has been filtered by then.
-async fn settle(admin: &Client, backend: &Backend, dir: &Path, round: usize) {
+pub(super) async fn settle(admin: &Client, backend: &Backend, dir: &Path, round: usize) {
     send(
         admin,
         proxy("sentinel", json!({})),
@@ -264,4 +275,94 @@ async fn corpus_filters_pass_what_their_documentation_says() {
         let texts = wait_recorded(&backend, dir.path(), &handler, passed.len()).await;
         assert_eq!(checks_of(&texts), passed, "events through {filter}");
     }
+}
+
+/// The corpus file `name` of Sensu's documentation, in another section than the filters'.
+fn docs_section_file(section: &str, name: &str) -> Vec<Resource> {
+    corpus(&format!("{section}__{name}"))
+}
+
+/// `mutators.md`: the two JavaScript mutators (`add_org_sec_ops` adds an attribute,
+/// `add_origination_attribute` one built from the event); `pipelines.md`: `incident_alerts`,
+/// whose one workflow runs `is_incident`, `not_silenced` and `state_change_only`
+/// (`filters.md`) then a mutator `add_labels` and a handler `email` (here a recorder, and a
+/// JavaScript `add_labels` of ours, as the docs leave both to the reader).
+#[tokio::test(flavor = "multi_thread")]
+async fn corpus_mutators_and_pipelines_do_what_their_documentation_says() {
+    let backend = Backend::start();
+    let admin = backend.admin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let transform = "observe-transform";
+    let process = "observe-process";
+    for (section, file) in [
+        (transform, "mutators.md__block10.yml"),
+        (transform, "mutators.md__block12.yml"),
+        (process, "pipelines.md__block00.yml"),
+        ("observe-filter", "filters.md__block18.yml"),
+    ] {
+        apply(&admin, &docs_section_file(section, file)).await;
+    }
+    put(
+        &admin,
+        "/api/core/v2/namespaces/default/mutators/add_labels",
+        &json!({
+            "metadata": {"name": "add_labels", "namespace": "default"},
+            "type": "javascript",
+            "eval": "event.check.metadata.labels = {routed: 'incident_alerts'}; return JSON.stringify(event);",
+        }),
+    )
+    .await;
+    recorder(&admin, dir.path(), "sec", &[], "add_org_sec_ops").await;
+    recorder(
+        &admin,
+        dir.path(),
+        "origin",
+        &[],
+        "add_origination_attribute",
+    )
+    .await;
+    recorder(&admin, dir.path(), "email", &[], "").await;
+    recorder(&admin, dir.path(), "sentinel", &[], "").await;
+
+    send(&admin, proxy("host-m", json!({})), json!({"metadata": {"name": "disk"}, "status": 1, "interval": 60, "handlers": ["sec", "origin"]})).await;
+    let sec = events_of(&wait_recorded(&backend, dir.path(), "sec", 1).await);
+    assert_eq!(sec[0]["organization"], "sec_ops", "{}", sec[0]);
+    assert_eq!(
+        sec[0]["check"]["status"], 1,
+        "the rest of the event is kept"
+    );
+    let origin = events_of(&wait_recorded(&backend, dir.path(), "origin", 1).await);
+    assert_eq!(origin[0]["origination"], "defaultdisk", "{}", origin[0]);
+
+    // incident_alerts: OK (not an incident), critical (an incident, first occurrence),
+    // critical again (not a state change), then a new check's warning once silenced.
+    let alerting = |name: &str, status: u64| {
+        json!({"metadata": {"name": name}, "status": status, "interval": 60,
+               "subscriptions": ["web"],
+               "pipelines": [{"name": "incident_alerts", "type": "Pipeline", "api_version": "core/v2"}]})
+    };
+    let web = || json!({"entity_class": "proxy", "subscriptions": ["web"], "metadata": {"name": "web-1"}});
+    for status in [0, 2, 2] {
+        send(&admin, web(), alerting("http", status)).await;
+    }
+    put(
+        &admin,
+        "/api/core/v2/namespaces/default/silenced/web:quiet",
+        &json!({"metadata": {"name": "web:quiet", "namespace": "default"}, "subscription": "web", "check": "quiet"}),
+    )
+    .await;
+    send(&admin, web(), alerting("quiet", 2)).await;
+    settle(&admin, &backend, dir.path(), 1).await;
+    let emails = events_of(&wait_recorded(&backend, dir.path(), "email", 1).await);
+    assert_eq!(
+        emails.len(),
+        1,
+        "only the first critical passed: {emails:?}"
+    );
+    assert_eq!(emails[0]["check"]["metadata"]["name"], "http");
+    assert_eq!(emails[0]["check"]["status"], 2);
+    assert_eq!(
+        emails[0]["check"]["metadata"]["labels"]["routed"], "incident_alerts",
+        "the workflow's mutator ran"
+    );
 }

@@ -28,3 +28,4 @@ mod secrets;
 mod security;
 mod sensu_clients;
 mod ui;
+mod workflows;
