@@ -1,13 +1,16 @@
-//! Event pipeline benchmark (issue 18): what a JavaScript filter costs per event, against the
-//! same handler with no filter, in one run on one backend. (Custom mutators do not run yet;
-//! their case joins this bench when they do.)
+//! Event pipeline benchmark (issue 18): what a JavaScript filter and a mutator cost per event,
+//! against the same handler with no filter, in one run on one backend.
 //!
 //! - **Setup**: one release `cairn-backend` on loopback, an admin API key, and a TCP sink in
 //!   this process (a listener on port 0 that reads each connection to its end and counts it).
 //!   Two `tcp` handlers send to the sink:
 //!   (a) `bare`: no filter (Sensu's `json` mutator, the default);
 //!   (b) `js`: the stored filter `bench-js` (`allow`, two expressions using a regex, a function
-//!   over the check's history and the `hour` built-in; every bench event passes it).
+//!   over the check's history and the `hour` built-in; every bench event passes it);
+//!   (c) `jsmut`: that filter, then the JavaScript mutator `bench-js-mut` (sets the output,
+//!   returns the event as JSON);
+//!   (d) `pipemut`: that filter, then the pipe mutator `bench-pipe-mut` (`cat`: one contained
+//!   process per event).
 //! - **Measured**: `CAIRN_BENCH_ROUNDS` (default 5) rounds; in each, for every handler in turn,
 //!   `CAIRN_BENCH_EVENTS` events (default 2,000) naming it are
 //!   posted through the REST API (16 in flight, distinct entity/check pairs, status 2), and
@@ -54,7 +57,12 @@ struct Case {
     handler: &'static str,
 }
 
-const CASES: [Case; 2] = [Case { handler: "bare" }, Case { handler: "js" }];
+const CASES: [Case; 4] = [
+    Case { handler: "bare" },
+    Case { handler: "js" },
+    Case { handler: "jsmut" },
+    Case { handler: "pipemut" },
+];
 
 /// The sink's count of complete deliveries.
 #[derive(Default)]
@@ -110,12 +118,29 @@ async fn configure(admin: &cairn_api::client::Client, sink_port: u16) {
         json!({"metadata": {"name": "bench-js", "namespace": "default"}, "action": "allow", "expressions": FILTER_EXPRESSIONS}),
     )
     .await;
+    put(
+        admin,
+        &format!("{base}/mutators/bench-js-mut"),
+        json!({"metadata": {"name": "bench-js-mut", "namespace": "default"}, "type": "javascript", "eval": "event.check.output = 'mutated'; return JSON.stringify(event);"}),
+    )
+    .await;
+    put(
+        admin,
+        &format!("{base}/mutators/bench-pipe-mut"),
+        json!({"metadata": {"name": "bench-pipe-mut", "namespace": "default"}, "command": "cat", "timeout": 10}),
+    )
+    .await;
     let socket = json!({"host": "127.0.0.1", "port": sink_port});
-    for (name, filters) in [("bare", json!([])), ("js", json!(["bench-js"]))] {
+    for (name, filters, mutator) in [
+        ("bare", json!([]), ""),
+        ("js", json!(["bench-js"]), ""),
+        ("jsmut", json!(["bench-js"]), "bench-js-mut"),
+        ("pipemut", json!(["bench-js"]), "bench-pipe-mut"),
+    ] {
         put(
             admin,
             &format!("{base}/handlers/{name}"),
-            json!({"metadata": {"name": name, "namespace": "default"}, "type": "tcp", "socket": socket, "timeout": 10, "filters": filters}),
+            json!({"metadata": {"name": name, "namespace": "default"}, "type": "tcp", "socket": socket, "timeout": 10, "filters": filters, "mutator": mutator}),
         )
         .await;
     }
@@ -226,7 +251,7 @@ async fn run() {
             let count = events.max(1);
             let (wall, cpu) = round(backend.pid(), &target, &sink, case.handler, r, count).await;
             println!(
-                "round {r} {:>5}: {count} events, {:8.0} events/s end to end, backend CPU {:6.1} µs/event",
+                "round {r} {:>7}: {count} events, {:8.0} events/s end to end, backend CPU {:6.1} µs/event",
                 case.handler,
                 count as f64 / wall,
                 cpu * 1e6 / count as f64
@@ -242,7 +267,7 @@ async fn run() {
         let rate = median(walls[idx].clone());
         let cpu = median(cpus[idx].clone());
         println!(
-            "  {:>5}: {rate:8.0} events/s ({:.2} of bare), backend CPU {cpu:6.1} µs/event ({:.2} of bare, {:+.1} µs)",
+            "  {:>7}: {rate:8.0} events/s ({:.2} of bare), backend CPU {cpu:6.1} µs/event ({:.2} of bare, {:+.1} µs)",
             case.handler,
             rate / bare_rate,
             cpu / bare_cpu,
