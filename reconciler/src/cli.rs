@@ -345,6 +345,26 @@ pub enum EventCommand {
         #[arg(short, long)]
         namespace: Option<String>,
     },
+    /// Dry-run an event through the pipeline (beyond sensuctl): which filters pass, what the
+    /// mutator makes and what the handler would get. Nothing is stored and no handler runs;
+    /// mutators do run.
+    Test {
+        /// The event, as JSON or YAML (bare or wrapped `{type: Event, spec}`).
+        #[arg(long = "event", value_name = "FILE")]
+        event: PathBuf,
+        /// Try it against this handler only (its filters and mutator).
+        #[arg(long, conflicts_with = "pipeline")]
+        handler: Option<String>,
+        /// Try it against this `core/v2 Pipeline` only.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Namespace (default: the configured one).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// `json` prints the backend's report as it is.
+        #[arg(short, long, visible_alias = "format", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
 }
 
 /// `cairnctl silenced` subcommands.

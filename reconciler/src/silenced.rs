@@ -217,7 +217,134 @@ pub async fn event(env: &dyn EnvSource, command: &EventCommand) -> Result<Report
             check,
             namespace,
         } => resolve(env, entity, check, namespace.as_deref()).await,
+        EventCommand::Test {
+            event,
+            handler,
+            pipeline,
+            namespace,
+            output,
+        } => {
+            test_event(
+                env,
+                event,
+                handler.as_deref(),
+                pipeline.as_deref(),
+                namespace.as_deref(),
+                *output,
+            )
+            .await
+        }
     }
+}
+
+/// `cairnctl event test --event FILE [--handler NAME | --pipeline NAME]`: posts the event to
+/// the backend's dry run and prints its report, a block per workflow.
+async fn test_event(
+    env: &dyn EnvSource,
+    file: &std::path::Path,
+    handler: Option<&str>,
+    pipeline: Option<&str>,
+    namespace: Option<&str>,
+    output: OutputFormat,
+) -> Result<Report, CtlError> {
+    let text = std::fs::read_to_string(file).map_err(|err| CtlError::ReadFailed {
+        path: file.to_owned(),
+        reason: err.to_string(),
+    })?;
+    let mut event: Value = serde_yaml::from_str(&text).map_err(|err| CtlError::ReadFailed {
+        path: file.to_owned(),
+        reason: format!("not JSON or YAML: {err}"),
+    })?;
+    // A wrapped resource (`cairnctl get -o wrapped-json`, `sensuctl dump`): its spec.
+    if event.get("type").is_some() && event.get("spec").is_some() {
+        event = event["spec"].take();
+    }
+    let (client, default_namespace) = connect(env).await?;
+    let namespace = namespace.map(str::to_owned).unwrap_or(default_namespace);
+    check_namespace(&namespace)?;
+    let mut body = serde_json::json!({ "event": event });
+    if let Some(handler) = handler {
+        body["handler"] = Value::from(handler);
+    }
+    if let Some(pipeline) = pipeline {
+        body["pipeline"] = Value::from(pipeline);
+    }
+    let path = format!(
+        "/api/cairn/v1/namespaces/{}/events/test",
+        encode_segment(&namespace)
+    );
+    let failed = |source| CtlError::RequestFailed {
+        action: format!(
+            "test the event of {} in namespace {namespace}",
+            file.display()
+        ),
+        source,
+    };
+    let response = client
+        .send(Method::POST, &path, Some(&body))
+        .await
+        .map_err(failed)?;
+    let report: Value = response.json().await.map_err(|err| {
+        failed(ClientError::UnexpectedResponse {
+            url: path.clone(),
+            reason: err.to_string(),
+        })
+    })?;
+    if matches!(output, OutputFormat::Json | OutputFormat::WrappedJson) {
+        return Ok(Report::ok(vec![
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        ]));
+    }
+    Ok(Report::ok(dry_run_lines(&report)))
+}
+
+/// The dry run's report as text: a block per workflow, its filters, mutator and output.
+pub fn dry_run_lines(report: &Value) -> Vec<String> {
+    let workflows = report.as_array().map(Vec::as_slice).unwrap_or_default();
+    if workflows.is_empty() {
+        return vec!["no workflow: the event names no handler or pipeline that exists".to_owned()];
+    }
+    let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+    let mut lines = Vec::new();
+    for workflow in workflows {
+        let route = match (workflow.get("pipeline"), workflow.get("workflow")) {
+            (Some(pipeline), Some(name)) => {
+                format!("pipeline {}, workflow {}", text(pipeline), text(name))
+            }
+            _ => "the event's handlers".to_owned(),
+        };
+        let passes = workflow["passes"].as_bool().unwrap_or(false);
+        lines.push(format!(
+            "{route}: handler {} ({}): {}",
+            text(&workflow["handler"]),
+            text(&workflow["handler_type"]),
+            if passes { "would run" } else { "filtered out" }
+        ));
+        for filter in workflow["filters"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let verdict = if filter["passed"].as_bool().unwrap_or(false) {
+                "passes"
+            } else {
+                "drops it"
+            };
+            lines.push(format!("  filter {}: {verdict}", text(&filter["name"])));
+        }
+        lines.push(format!("  mutator {}", text(&workflow["mutator"])));
+        if let Some(error) = workflow.get("error") {
+            lines.push(format!("  mutator failed: {}", text(error)));
+        }
+        if let Some(output) = workflow.get("output") {
+            lines.push("  the handler would get:".to_owned());
+            lines.extend(text(output).lines().map(|line| format!("    {line}")));
+            if let Some(cut) = workflow.get("output_cut").and_then(Value::as_u64) {
+                lines.push(format!("    … and {cut} bytes more"));
+            }
+        }
+    }
+    lines
 }
 
 /// `cairnctl event resolve ENTITY CHECK`: reads the event, sets its check's status to 0, its

@@ -595,6 +595,7 @@ pub async fn start(
         issuer,
         ingest,
         agents,
+        pipeline: Some(Arc::clone(&pipeline)),
         metrics,
         body_limit: config.body_limit,
         store_health,

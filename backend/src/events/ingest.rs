@@ -91,6 +91,41 @@ impl Ingest {
     }
 }
 
+impl Ingest {
+    /// The event as [`Ingest::ingest`] would store and hand it on now, without storing it or
+    /// deleting any silence (for dry runs).
+    ///
+    /// # Errors
+    /// [`IngestError::Invalid`] for an event Sensu's rules refuse, store failures.
+    pub(crate) async fn preview(
+        &self,
+        namespace: &str,
+        event_name: &str,
+        event: Event,
+        created_by: &str,
+    ) -> Result<Event, IngestError> {
+        let previous = match self
+            .resources
+            .get(Kind::Event, namespace, event_name)
+            .await?
+        {
+            Some(stored) => match stored.resource.spec {
+                Spec::Event(previous) => Some(*previous),
+                _ => None,
+            },
+            None => None,
+        };
+        let mut event =
+            crate::events::rules::process_event(previous.as_ref(), event, crate::clock::unix_now())
+                .map_err(|err| IngestError::Invalid(err.to_string()))?;
+        self.silences.mark(None, namespace, &mut event).await;
+        let mut metadata = ObjectMeta::named(namespace, "");
+        metadata.created_by = created_by.to_owned();
+        event.metadata = Some(metadata);
+        Ok(event)
+    }
+}
+
 /// How often [`store_event`] recomputes an event whose previous result changed under it.
 const EVENT_WRITE_ATTEMPTS: usize = 8;
 
@@ -140,7 +175,7 @@ async fn store_event(
             .map_err(|err| IngestError::Invalid(err.to_string()))?;
         state
             .silences
-            .mark(&state.resources, namespace, &mut event)
+            .mark(Some(&state.resources), namespace, &mut event)
             .await;
         let mut event_meta = ObjectMeta::named(namespace, event_name);
         event_meta.created_by = created_by.to_owned();

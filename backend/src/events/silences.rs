@@ -216,7 +216,15 @@ impl Silences {
     /// `expire_on_resolve` entries when it is a resolution, then lists the remaining matches in
     /// `check.silenced` and sets `check.is_silenced` when there is one (never clearing a flag the
     /// event came with, as Sensu).
-    pub(crate) async fn mark(&self, resources: &Resources, namespace: &str, event: &mut Event) {
+    ///
+    /// With `resources` `None` (a dry run) nothing is deleted, but the event is marked as if
+    /// the entries were.
+    pub(crate) async fn mark(
+        &self,
+        resources: Option<&Resources>,
+        namespace: &str,
+        event: &mut Event,
+    ) {
         let now = crate::clock::unix_now();
         let entries = self.in_namespace(namespace);
         if entries.is_empty() || event.check.is_none() {
@@ -232,6 +240,9 @@ impl Silences {
                 .iter()
                 .find(|entry| &entry.name == name)
                 .map_or(0, |entry| entry.revision);
+            let Some(resources) = resources else {
+                continue;
+            };
             match resources
                 .delete(
                     Kind::Silenced,
@@ -395,13 +406,17 @@ mod tests {
         assert_eq!(silences.in_namespace("default").len(), 2);
 
         let mut failing = event(2, &[2]);
-        silences.mark(&resources, "default", &mut failing).await;
+        silences
+            .mark(Some(&resources), "default", &mut failing)
+            .await;
         let check = failing.check.unwrap();
         assert!(check.is_silenced);
         assert_eq!(check.silenced, ["web:*"], "the scheduled one has not begun");
 
         let mut resolved = event(0, &[2, 0]);
-        silences.mark(&resources, "default", &mut resolved).await;
+        silences
+            .mark(Some(&resources), "default", &mut resolved)
+            .await;
         let check = resolved.check.unwrap();
         assert!(!check.is_silenced, "the resolution is handled");
         assert!(check.silenced.is_empty());

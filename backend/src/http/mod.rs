@@ -3,6 +3,7 @@
 
 mod drain;
 mod error;
+mod eventtest;
 mod federation;
 mod join;
 mod percent;
@@ -54,6 +55,8 @@ pub(crate) struct AppState {
     pub ingest: crate::events::ingest::Ingest,
     /// The agent side: sessions, joining, the agent CA, revocations, secrets.
     pub agents: crate::agents::Agents,
+    /// The handler pipeline, for dry runs (`None` only in unit tests of other parts).
+    pub pipeline: Option<Arc<crate::events::pipeline::Pipeline>>,
     /// Request counters.
     pub metrics: Arc<ApiMetrics>,
     /// Largest accepted body, bytes.
@@ -121,6 +124,7 @@ pub(crate) fn app(state: AppState) -> Router {
             post(join::revoke_handler),
         )
         .merge(replicators::routes())
+        .merge(eventtest::routes())
         .merge(syncs::routes())
         .merge(federation::routes())
         .merge(ui::routes(state.clone()))
@@ -912,6 +916,7 @@ pub(crate) mod tests {
                 crate::federation::budget::DOWNSTREAM_BUDGET,
             ),
             ui_sessions: Arc::new(ui::Sessions::new(ui::DEFAULT_SESSION_TTL, "cairn-test")),
+            pipeline: None,
             agents,
         };
         (state, sink)

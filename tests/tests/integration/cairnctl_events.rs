@@ -1,5 +1,6 @@
-//! `cairnctl silenced create|list|delete` and `cairnctl event resolve` against a real backend,
-//! as sensuctl users type them, and a user without rights who cannot resolve.
+//! `cairnctl silenced create|list|delete`, `cairnctl event resolve` and `cairnctl event test`
+//! against a real backend, as sensuctl users type them, and a user without rights who cannot
+//! resolve or dry-run.
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -175,10 +176,140 @@ async fn a_user_without_rights_cannot_resolve() {
             && stderr.contains("403"),
         "{stderr}"
     );
+    let event_file = config_dir.join("event.json");
+    std::fs::write(
+        &event_file,
+        r#"{"entity": {"metadata": {"name": "web-01"}}, "check": {"metadata": {"name": "disk"}, "status": 2}}"#,
+    )
+    .expect("write the event");
+    let event_path = event_file.to_string_lossy().into_owned();
+    let (code, _, stderr) = cairnctl(config_dir, &["event", "test", "--event", &event_path]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("403"),
+        "a dry run needs rights too: {stderr}"
+    );
     let stored = admin.get_json(EVENT).await.expect("get event");
     assert_eq!(stored["check"]["status"], 2, "unchanged: {stored:#}");
     let listed = admin.get_json(SILENCED).await.expect("list silenced");
     assert_eq!(listed, json!([]), "nothing created");
+}
+
+/// `cairnctl event test`: a handler with a JavaScript filter and a JavaScript mutator, and a
+/// pipeline; the report names each filter's verdict and what the handler would get, and
+/// nothing is stored or handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_test_shows_filters_mutation_and_payload_without_handling() {
+    let backend = Backend::start();
+    let admin = backend.admin().await;
+    let config = tempfile::tempdir().expect("tempdir");
+    let config_dir = config.path();
+    configure(config_dir, &backend, "admin", ADMIN_PASSWORD);
+    let marker = config_dir.join("handled");
+    let base = "/api/core/v2/namespaces/default";
+    for (path, body) in [
+        (
+            "filters/critical",
+            json!({"action": "allow", "expressions": ["event.check.status == 2"]}),
+        ),
+        (
+            "filters/prod",
+            json!({"action": "allow", "expressions": ["/^prod-/.test(event.entity.metadata.name)"]}),
+        ),
+        (
+            "mutators/shout",
+            json!({"type": "javascript", "eval": "return 'ALERT ' + event.check.metadata.name.toUpperCase();"}),
+        ),
+        (
+            "handlers/page",
+            json!({"type": "pipe", "command": format!("touch '{}'", marker.display()), "filters": ["critical", "prod"], "mutator": "shout"}),
+        ),
+        (
+            "pipelines/all",
+            json!({"workflows": [{"name": "everything", "handler": {"name": "page", "type": "Handler", "api_version": "core/v2"}}]}),
+        ),
+    ] {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let mut body = body;
+        body["metadata"] = json!({"name": name, "namespace": "default"});
+        admin
+            .send(Method::PUT, &format!("{base}/{path}"), Some(&body))
+            .await
+            .unwrap_or_else(|err| panic!("PUT {path}: {err}"));
+    }
+    let event_file = config_dir.join("event.yaml");
+    std::fs::write(
+        &event_file,
+        "type: Event\napi_version: core/v2\nmetadata: {namespace: default}\nspec:\n  entity: {entity_class: proxy, metadata: {name: prod-web}}\n  check: {metadata: {name: disk}, status: 2, interval: 60}\n",
+    )
+    .expect("write the event");
+    let event_path = event_file.to_string_lossy().into_owned();
+
+    let text = ok(
+        config_dir,
+        &["event", "test", "--event", &event_path, "--handler", "page"],
+    );
+    assert!(
+        text.contains("the event's handlers: handler page (pipe): would run"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  filter critical: passes\n  filter prod: passes"),
+        "{text}"
+    );
+    assert!(text.contains("  mutator shout"), "{text}");
+    assert!(text.contains("    ALERT DISK"), "{text}");
+
+    let report: Value = serde_json::from_str(&ok(
+        config_dir,
+        &[
+            "event",
+            "test",
+            "--event",
+            &event_path,
+            "--pipeline",
+            "all",
+            "-o",
+            "json",
+        ],
+    ))
+    .expect("a JSON report");
+    assert_eq!(report[0]["pipeline"], "all");
+    assert_eq!(report[0]["workflow"], "everything");
+    assert_eq!(
+        report[0]["mutator"], "json",
+        "a workflow without a mutator sends JSON"
+    );
+    let payload: Value = serde_json::from_str(report[0]["output"].as_str().unwrap_or_default())
+        .expect("the event's JSON");
+    assert_eq!(
+        payload["check"]["occurrences"], 1,
+        "processed as ingestion would"
+    );
+
+    // An OK event from a host outside prod: both filters drop it, and the report says which.
+    std::fs::write(
+        &event_file,
+        r#"{"entity": {"entity_class": "proxy", "metadata": {"name": "stage-web"}}, "check": {"metadata": {"name": "disk"}, "status": 0, "interval": 60}}"#,
+    )
+    .expect("write the event");
+    let text = ok(
+        config_dir,
+        &["event", "test", "--event", &event_path, "--handler", "page"],
+    );
+    assert!(text.contains("filtered out"), "{text}");
+    assert!(
+        text.contains("filter critical: drops it") && text.contains("filter prod: drops it"),
+        "{text}"
+    );
+
+    // Nothing stored, nothing handled.
+    let stored = admin
+        .get_json(&format!("{base}/events"))
+        .await
+        .expect("list events");
+    assert_eq!(stored, json!([]));
+    assert!(!marker.exists(), "no handler ran");
 }
 
 fn unix_now() -> i64 {

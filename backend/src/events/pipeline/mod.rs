@@ -11,6 +11,7 @@
 //! [`cairn_api::js`].
 
 pub mod contain;
+pub(crate) mod dryrun;
 mod filter;
 mod mutate;
 mod workflow;
@@ -228,6 +229,8 @@ pub(crate) trait HandlerResolver: Send + Sync {
 /// Dropping it without [`Pipeline::shutdown`] also stops the dispatcher once the queue and the
 /// running handlers are done, with no time limit.
 pub(crate) struct Pipeline {
+    /// Shared with the dispatcher task, for dry runs ([`Pipeline::dry_run`]).
+    dispatcher: Arc<Dispatcher>,
     /// `None` once shutdown started.
     sender: RwLock<Option<mpsc::Sender<Job>>>,
     /// Bytes of events held now (queued and being handled), at most `queue_bytes`.
@@ -326,8 +329,10 @@ impl Pipeline {
             js,
             warned: WarnOnce::default(),
         });
-        let task = tokio::spawn(dispatcher.run(receiver, abort_receiver, finished_sender));
+        let task =
+            tokio::spawn(Arc::clone(&dispatcher).run(receiver, abort_receiver, finished_sender));
         let pipeline = Pipeline {
+            dispatcher,
             sender: RwLock::new(Some(sender)),
             held_bytes: Arc::new(AtomicUsize::new(0)),
             queue_bytes: config.queue_bytes,
@@ -704,16 +709,10 @@ impl Dispatcher {
         context: &mut EventContext,
     ) -> bool {
         for filter_name in filters {
-            let passed = match filter_name.as_str() {
-                FILTER_IS_INCIDENT => rules::is_incident(event),
-                FILTER_HAS_METRICS => rules::has_metrics(event),
-                FILTER_NOT_SILENCED => !self.is_silenced(namespace, event, context).await,
-                _ => {
-                    self.stored_filter(namespace, filter_name, event, context)
-                        .await
-                }
-            };
-            if !passed {
+            if !self
+                .passes_filter(namespace, filter_name, event, context)
+                .await
+            {
                 debug!(
                     namespace,
                     handler = handler_name,
@@ -724,6 +723,25 @@ impl Dispatcher {
             }
         }
         true
+    }
+
+    /// Whether the event passes one filter: a built-in or a stored one.
+    async fn passes_filter(
+        &self,
+        namespace: &str,
+        filter_name: &str,
+        event: &Event,
+        context: &mut EventContext,
+    ) -> bool {
+        match filter_name {
+            FILTER_IS_INCIDENT => rules::is_incident(event),
+            FILTER_HAS_METRICS => rules::has_metrics(event),
+            FILTER_NOT_SILENCED => !self.is_silenced(namespace, event, context).await,
+            _ => {
+                self.stored_filter(namespace, filter_name, event, context)
+                    .await
+            }
+        }
     }
 
     async fn is_silenced(

@@ -22,7 +22,53 @@ pub(super) async fn events_put(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(state, body).await?;
-    let body = parse_json(&bytes)?;
+    let (mut event, entity_name, check_name) = decode_event(namespace, name, parse_json(&bytes)?)?;
+    authorize(
+        state,
+        caller,
+        Verb::Create,
+        "events",
+        Some(namespace),
+        Some(&entity_name),
+    )?;
+    require_namespace(state, Kind::Event, namespace).await?;
+    for meta in [
+        event
+            .entity
+            .as_mut()
+            .and_then(|entity| entity.metadata.as_mut()),
+        event
+            .check
+            .as_mut()
+            .and_then(|check| check.metadata.as_mut()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        meta.created_by = caller.username.clone();
+    }
+    let event_name = format!(
+        "{entity_name}/{}",
+        check_name.as_deref().unwrap_or("metrics")
+    );
+    state
+        .ingest
+        .ingest(namespace, &event_name, event, &caller.username)
+        .await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+/// An event as a client sends it, in `namespace` and (when the URI names them) for
+/// `entity/check`: decoded, its entity's and check's names filled from the URI and checked
+/// against it. Returns the event with its entity's and check's names.
+///
+/// # Errors
+/// A 400 naming what is wrong, a 404 for a URI that does not name `entity/check`.
+pub(crate) fn decode_event(
+    namespace: &str,
+    name: Option<&str>,
+    body: serde_json::Value,
+) -> Result<(Event, String, Option<String>), ApiError> {
     let resource = Resource::from_wire(Kind::Event, body)
         .map_err(|issue| ApiError::invalid(issue.to_string()))?;
     let Spec::Event(event) = resource.spec else {
@@ -63,39 +109,7 @@ pub(super) async fn events_put(
         .as_ref()
         .and_then(|check| check.metadata.as_ref())
         .map(|meta| meta.name.clone());
-    authorize(
-        state,
-        caller,
-        Verb::Create,
-        "events",
-        Some(namespace),
-        Some(&entity_name),
-    )?;
-    require_namespace(state, Kind::Event, namespace).await?;
-    for meta in [
-        event
-            .entity
-            .as_mut()
-            .and_then(|entity| entity.metadata.as_mut()),
-        event
-            .check
-            .as_mut()
-            .and_then(|check| check.metadata.as_mut()),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        meta.created_by = caller.username.clone();
-    }
-    let event_name = format!(
-        "{entity_name}/{}",
-        check_name.as_deref().unwrap_or("metrics")
-    );
-    state
-        .ingest
-        .ingest(namespace, &event_name, event, &caller.username)
-        .await?;
-    Ok(StatusCode::CREATED.into_response())
+    Ok((event, entity_name, check_name))
 }
 
 fn fill_name(name: &mut String, from_url: Option<&str>, what: &str) -> Result<(), ApiError> {

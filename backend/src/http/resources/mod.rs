@@ -27,6 +27,7 @@ mod execute;
 mod users;
 
 pub(crate) use endpoint::Endpoint;
+pub(crate) use events::decode_event;
 
 /// Every `/api/…` request that no fixed route took: parsed into its [`Endpoint`] (404 when the
 /// path is none of Sensu's), authenticated, then run in a span named after the endpoint and
@@ -252,7 +253,7 @@ pub(super) fn refuse_invalid(resource: &Resource) -> Result<(), ApiError> {
     }
 }
 
-pub(super) async fn require_namespace(
+pub(crate) async fn require_namespace(
     state: &AppState,
     kind: Kind,
     namespace: &str,
