@@ -82,6 +82,10 @@ pub struct AgentConfig {
     /// Delete the entity when its keepalive goes critical.
     #[serde(default)]
     pub deregister: bool,
+    /// `core/v2 Pipeline`s the keepalive events of this agent run (Sensu's
+    /// `keepalive-pipelines`), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keepalive_pipelines: Vec<String>,
     /// The private key (PEM, PKCS#8).
     #[serde(default = "default_key_file")]
     pub key_file: PathBuf,
@@ -199,6 +203,7 @@ impl AgentConfig {
             keepalive_warning_timeout: default_keepalive_warning_timeout(),
             keepalive_critical_timeout: default_keepalive_critical_timeout(),
             deregister: false,
+            keepalive_pipelines: Vec::new(),
             key_file: default_key_file(),
             cert_file: default_cert_file(),
             ca_file: default_ca_file(),

@@ -918,6 +918,7 @@ pub fn hello(config: &AgentConfig, system: System) -> Hello {
         keepalive_critical_timeout: config.keepalive_critical_timeout,
         deregister: config.deregister,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        keepalive_pipelines: config.keepalive_pipelines.clone(),
     }
 }
 

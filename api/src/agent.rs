@@ -93,6 +93,10 @@ pub struct Hello {
     pub deregister: bool,
     /// The agent's version.
     pub agent_version: String,
+    /// `core/v2 Pipeline`s its keepalive events name (Sensu's `keepalive-pipelines`), besides
+    /// the entity's keepalive handlers. Left out when empty, so older backends take the hello.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keepalive_pipelines: Vec<String>,
 }
 
 /// A check the backend asks an agent to run.

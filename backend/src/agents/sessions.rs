@@ -82,6 +82,8 @@ pub(crate) struct Keepalive {
     pub critical_timeout: u32,
     /// Delete the entity when the keepalive goes critical.
     pub deregister: bool,
+    /// The pipelines its keepalive events name.
+    pub pipelines: Vec<String>,
     /// Whether a session of this entity is connected now.
     pub connected: bool,
     /// The status the watchdog last raised (0 ok, 1 warning, 2 critical).
@@ -131,6 +133,7 @@ impl Sessions {
             keepalive_warning_timeout: keepalive.warning_timeout,
             keepalive_critical_timeout: keepalive.critical_timeout,
             deregister: keepalive.deregister,
+            keepalive_pipelines: keepalive.pipelines.clone(),
         }
     }
 
@@ -166,6 +169,7 @@ impl Sessions {
             warning_timeout: hello.keepalive_warning_timeout,
             critical_timeout: hello.keepalive_critical_timeout,
             deregister: hello.deregister,
+            pipelines: hello.keepalive_pipelines.clone(),
             connected: true,
             raised,
         };
@@ -215,6 +219,7 @@ impl Sessions {
             warning_timeout: last.keepalive_warning_timeout,
             critical_timeout: last.keepalive_critical_timeout,
             deregister: last.deregister,
+            pipelines: last.keepalive_pipelines.clone(),
             connected: false,
             raised,
         };

@@ -379,7 +379,7 @@ async fn execute(
 
 /// The keepalive event of an entity, as Sensu builds it: check `keepalive` with the keepalive
 /// interval, the warning timeout as `timeout` and the critical one as `ttl`, handled by the
-/// entity's keepalive handlers or `keepalive`.
+/// entity's keepalive handlers or `keepalive`, and by the agent's keepalive pipelines.
 fn keepalive_event(
     mut entity: Entity,
     keepalive: &Keepalive,
@@ -412,6 +412,15 @@ fn keepalive_event(
         timeout: i64::try_from(timeouts.warning).unwrap_or(i64::MAX),
         ttl: i64::try_from(timeouts.critical).unwrap_or(i64::MAX),
         handlers,
+        pipelines: keepalive
+            .pipelines
+            .iter()
+            .map(|name| cairn_api::model::ResourceReference {
+                name: name.clone(),
+                type_name: "Pipeline".to_owned(),
+                api_version: "core/v2".to_owned(),
+            })
+            .collect(),
         executed: now,
         issued: now,
         ..Check::default()
@@ -556,6 +565,7 @@ mod tests {
             warning_timeout: warning,
             critical_timeout: critical,
             deregister: false,
+            pipelines: Vec::new(),
             connected: true,
             raised,
         }
@@ -719,6 +729,34 @@ mod tests {
         paged.keepalive_handlers = vec!["pagerduty".into()];
         let event = keepalive_event(paged, &state, 0, String::new(), 1000, 1001);
         assert_eq!(event.check.unwrap().handlers, ["pagerduty"]);
+
+        // The agent's keepalive pipelines (`keepalive_pipelines`) are named too.
+        let piped = Keepalive {
+            pipelines: vec!["keepalive_alerts".into()],
+            ..state
+        };
+        let event = keepalive_event(
+            entity_with_name("web"),
+            &piped,
+            0,
+            String::new(),
+            1000,
+            1001,
+        );
+        let pipelines = event.check.unwrap().pipelines;
+        assert_eq!(pipelines.len(), 1);
+        assert_eq!(
+            (pipelines[0].name.as_str(), pipelines[0].type_name.as_str()),
+            ("keepalive_alerts", "Pipeline")
+        );
+    }
+
+    fn entity_with_name(name: &str) -> Entity {
+        Entity {
+            metadata: Some(ObjectMeta::named("default", name)),
+            entity_class: "agent".into(),
+            ..Entity::default()
+        }
     }
 
     #[test]

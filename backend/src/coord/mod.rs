@@ -83,6 +83,9 @@ pub(crate) struct Presence {
     pub keepalive_critical_timeout: u32,
     /// Whether the entity is deleted when its keepalive reaches its last stage.
     pub deregister: bool,
+    /// The pipelines its keepalive events name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keepalive_pipelines: Vec<String>,
 }
 
 impl Presence {
@@ -346,6 +349,7 @@ mod tests {
             keepalive_warning_timeout: 120,
             keepalive_critical_timeout: 0,
             deregister: false,
+            keepalive_pipelines: Vec::new(),
         }
     }
 
