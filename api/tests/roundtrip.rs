@@ -180,6 +180,18 @@ fn non_blank_text() -> Strat<String> {
         .boxed()
 }
 
+/// A JavaScript expression holding any text (as a JSON string literal, which is one in
+/// JavaScript too), so that filters stay valid however awkward their text.
+fn js_expression() -> Strat<String> {
+    text()
+        .prop_map(|text| format!("event.check.output == {}", json_literal(&text)))
+        .boxed()
+}
+
+fn json_literal(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_default()
+}
+
 /// A resource name valid for every kind's default name rule.
 fn name() -> Strat<String> {
     re("[a-z0-9][a-z0-9._-]{0,30}")
@@ -570,7 +582,7 @@ fn handler() -> Strat<Handler> {
 fn event_filter() -> Strat<EventFilter> {
     (
         select(&["allow", "deny"][..]),
-        vec(non_blank_text(), 1..4),
+        vec(js_expression(), 1..4),
         vec(asset_name(), 0..3),
     )
         .prop_map(|(action, expressions, runtime_assets)| EventFilter {
@@ -590,7 +602,11 @@ fn mutator() -> Strat<Mutator> {
             command,
             String::new()
         )),
-        non_blank_text().prop_map(|eval| ("javascript", String::new(), eval)),
+        text().prop_map(|text| (
+            "javascript",
+            String::new(),
+            format!("return {};", json_literal(&text))
+        )),
     ];
     (
         body,
@@ -1543,7 +1559,7 @@ fn every_awkward_string_survives_yaml_and_json() {
                 metadata.clone(),
                 Spec::EventFilter(EventFilter {
                     action: "allow".to_owned(),
-                    expressions: vec![non_blank.clone()],
+                    expressions: vec![format!("event.check.output == {}", json_literal(awkward))],
                     ..EventFilter::default()
                 }),
             ),
