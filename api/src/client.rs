@@ -454,8 +454,9 @@ async fn parse_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Percent-encodes everything but unreserved characters, for a query value.
-fn percent_encode(text: &str) -> String {
+/// Percent-encodes everything but RFC 3986's unreserved characters, for a query value or one
+/// path segment (a name holding `:`, `*` or `/`).
+pub fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

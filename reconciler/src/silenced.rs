@@ -65,18 +65,9 @@ impl SilencedTarget {
 
 /// Percent-encodes one path segment: everything but RFC 3986's unreserved characters, so that
 /// `linux:*` travels as `linux%3A%2A`. The backend decodes each segment on its own
-/// (`backend/src/http/percent.rs`); `cairn_api::client` has the same encoder for query values,
-/// but private.
+/// (`backend/src/http/percent.rs`). The encoder is `cairn_api::client::percent_encode`.
 pub fn encode_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    cairn_api::client::percent_encode(text)
 }
 
 /// The silenced entry `silenced create` sends.

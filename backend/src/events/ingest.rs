@@ -83,9 +83,7 @@ impl Ingest {
         ensure_entity(&self.resources, namespace, &event).await?;
         // Handlers and mutators read the event as Sensu writes it, `metadata.namespace` and
         // `created_by` included (the stored spec keeps them in the resource's metadata).
-        let mut metadata = ObjectMeta::named(namespace, "");
-        metadata.created_by = created_by.to_owned();
-        event.metadata = Some(metadata);
+        with_namespace(&mut event, namespace, created_by);
         self.sink.submit(namespace, event);
         Ok(())
     }
@@ -119,11 +117,17 @@ impl Ingest {
             crate::events::rules::process_event(previous.as_ref(), event, crate::clock::unix_now())
                 .map_err(|err| IngestError::Invalid(err.to_string()))?;
         self.silences.mark(None, namespace, &mut event).await;
-        let mut metadata = ObjectMeta::named(namespace, "");
-        metadata.created_by = created_by.to_owned();
-        event.metadata = Some(metadata);
+        with_namespace(&mut event, namespace, created_by);
         Ok(event)
     }
+}
+
+/// Sets the event's `metadata.namespace` and `created_by`, keeping what else its metadata
+/// carries (the annotations of metric thresholds, the client's labels).
+fn with_namespace(event: &mut Event, namespace: &str, created_by: &str) {
+    let metadata = event.metadata.get_or_insert_with(ObjectMeta::default);
+    namespace.clone_into(&mut metadata.namespace);
+    created_by.clone_into(&mut metadata.created_by);
 }
 
 /// How often [`store_event`] recomputes an event whose previous result changed under it.
