@@ -165,9 +165,11 @@ impl Executor {
         if let Err(message) = extract::substitute_tokens(&mut base, entity) {
             return refused(entity, base, redactor.redact_str(&message));
         }
-        if config.command.trim().is_empty() {
+        if base.command.trim().is_empty() {
             return refused(entity, base, format!("check {name} has no command"));
         }
+        // The command after token substitution (the event carries it as run, as Sensu's).
+        let command = base.command.clone();
         let env = match check_env(&config.env_vars, &request.secrets) {
             Ok(env) => env,
             Err(message) => return refused(entity, base, redactor.redact_str(&message)),
@@ -195,7 +197,7 @@ impl Executor {
         };
         let max_output = output_limit(config.max_output_size);
         let outcome = execute(Run {
-            command: &config.command,
+            command: &command,
             timeout_secs: u64::try_from(config.timeout).unwrap_or(0),
             env: &env,
             stdin,
@@ -581,6 +583,20 @@ async fn run_hooks(
         } else {
             None
         };
+        let hook_command = match extract::substitute_hook_command(&hook.command, entity) {
+            Ok(command) => command,
+            Err(message) => {
+                results.push(hook_result(
+                    hook,
+                    request.issued,
+                    STATUS_UNKNOWN,
+                    redactor.redact_str(&message),
+                    unix_now(),
+                    0.0,
+                ));
+                continue;
+            }
+        };
         let timeout_secs = match u64::try_from(hook.timeout) {
             Ok(secs) if secs > 0 => secs,
             _ => DEFAULT_HOOK_TIMEOUT.as_secs(),
@@ -604,7 +620,7 @@ async fn run_hooks(
             }
         };
         let outcome = execute(Run {
-            command: &hook.command,
+            command: &hook_command,
             timeout_secs,
             env: &env,
             stdin,
@@ -1348,6 +1364,68 @@ mod tests {
         let check = run(&executor(1), &request(unmatched)).await;
         assert_eq!(check.status, 3);
         assert!(check.output.starts_with("error while substituting check tokens: output_metric_tags[0].value: unmatched token"), "{}", check.output);
+    }
+
+    #[tokio::test]
+    async fn tokens_in_commands_and_hooks_are_substituted_or_fail_the_run() {
+        let mut labelled = entity();
+        labelled
+            .metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .insert("disk".to_owned(), "/var".to_owned());
+        let run_for = |request: CheckRequest, entity: Entity| async move {
+            executor(1).run(&request, &entity).await.check.unwrap()
+        };
+        let mut configured = config(
+            "tokens",
+            "echo {{ .name }} {{ .labels.disk }} {{ .labels.missing | default \"none\" }}; exit 2",
+        );
+        configured.check_hooks = vec![BTreeMap::from([(
+            "critical".to_owned(),
+            vec!["where".to_owned(), "broken".to_owned()],
+        )])];
+        let mut with_hooks = request(configured);
+        with_hooks.hooks = vec![
+            hook("where", "echo hook on {{ .name }}"),
+            hook("broken", "echo {{ .labels.nope }}"),
+        ];
+        let check = run_for(with_hooks, labelled.clone()).await;
+        assert_eq!(check.output, "host-1 /var none\n");
+        assert_eq!(
+            check.command, "echo host-1 /var none; exit 2",
+            "the event carries the command as run"
+        );
+        let outputs: Vec<&str> = check
+            .hooks
+            .iter()
+            .map(|hook| hook["output"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(outputs[0], "hook on host-1\n");
+        assert!(
+            outputs[1]
+                .starts_with("error while substituting hook tokens: command: unmatched token"),
+            "{outputs:?}"
+        );
+
+        // An unmatched token without a default: not run, status 3, naming the token.
+        let marker = tempfile::tempdir().unwrap();
+        let ran = marker.path().join("ran");
+        let unmatched = config(
+            "unmatched",
+            &format!("touch '{}' {{{{ .labels.rack }}}}", ran.display()),
+        );
+        let check = run_for(request(unmatched), labelled).await;
+        assert_eq!(check.status, 3);
+        assert!(
+            check.output.starts_with(
+                "error while substituting check tokens: command: unmatched token: .labels.rack"
+            ),
+            "{}",
+            check.output
+        );
+        assert!(!ran.exists(), "the command did not run");
     }
 
     #[test]

@@ -19,10 +19,10 @@ pub(crate) struct Extracted {
     pub(crate) annotations: BTreeMap<String, String>,
 }
 
-/// Substitutes the tokens of the check's `output_metric_tags` and `output_metric_thresholds`
-/// (names and tag names and values) with the entity's fields. Sensu substitutes the
-/// whole check configuration before the run and fails the check (status 3, not run) when a
-/// token does not match; the command's tokens are not substituted here.
+/// Substitutes the tokens of the check's `command`, `output_metric_tags` and
+/// `output_metric_thresholds` (names and tag names and values) with the entity's fields, as
+/// Sensu substitutes the check configuration before the run; a token that does not match (and
+/// has no `default`) fails the check: status 3, not run.
 ///
 /// # Errors
 /// The output of the failed check: `error while substituting check tokens: <field>: <error>`.
@@ -40,6 +40,8 @@ pub(crate) fn substitute_tokens(check: &mut Check, entity: &Entity) -> Result<()
         Ok::<(), String>(())
     };
     // On clones, so that a failure leaves the check as configured (as Sensu's does).
+    let mut command = check.command.clone();
+    substitute(&mut command, &|| "command".to_owned())?;
     let mut tags = check.output_metric_tags.clone();
     let mut thresholds = check.output_metric_thresholds.clone();
     for (idx, tag) in tags.iter_mut().enumerate() {
@@ -61,9 +63,19 @@ pub(crate) fn substitute_tokens(check: &mut Check, entity: &Entity) -> Result<()
             })?;
         }
     }
+    check.command = command;
     check.output_metric_tags = tags;
     check.output_metric_thresholds = thresholds;
     Ok(())
+}
+
+/// A hook's command with the entity's tokens substituted, as Sensu substitutes hooks.
+///
+/// # Errors
+/// The hook's output: `error while substituting hook tokens: command: <error>`.
+pub(crate) fn substitute_hook_command(command: &str, entity: &Entity) -> Result<String, String> {
+    tokens::substitute(command, entity)
+        .map_err(|error| format!("error while substituting hook tokens: command: {error}"))
 }
 
 /// Extracts the points of the check's output and applies its thresholds (which may change
