@@ -544,24 +544,18 @@ async fn run_hooks(
                 )),
                 ..HookConfig::default()
             };
-            results.push(hook_result(
+            results.push(hook_refused(
                 &missing,
                 request.issued,
-                STATUS_UNKNOWN,
                 format!("hook {name} was not sent with the check request"),
-                unix_now(),
-                0.0,
             ));
             continue;
         };
         if hook.command.trim().is_empty() {
-            results.push(hook_result(
+            results.push(hook_refused(
                 hook,
                 request.issued,
-                STATUS_UNKNOWN,
                 format!("hook {name} has no command"),
-                unix_now(),
-                0.0,
             ));
             continue;
         }
@@ -569,13 +563,10 @@ async fn run_hooks(
             match serde_json::to_vec(&Wire(&StdinPayload { entity, check })) {
                 Ok(json) => Some(json),
                 Err(error) => {
-                    results.push(hook_result(
+                    results.push(hook_refused(
                         hook,
                         request.issued,
-                        STATUS_UNKNOWN,
                         format!("failed to encode the stdin JSON: {error}"),
-                        unix_now(),
-                        0.0,
                     ));
                     continue;
                 }
@@ -586,13 +577,10 @@ async fn run_hooks(
         let hook_command = match extract::substitute_hook_command(&hook.command, entity) {
             Ok(command) => command,
             Err(message) => {
-                results.push(hook_result(
+                results.push(hook_refused(
                     hook,
                     request.issued,
-                    STATUS_UNKNOWN,
                     redactor.redact_str(&message),
-                    unix_now(),
-                    0.0,
                 ));
                 continue;
             }
@@ -608,13 +596,10 @@ async fn run_hooks(
         let env = match check_env(&[], hook_secrets) {
             Ok(env) => env,
             Err(message) => {
-                results.push(hook_result(
+                results.push(hook_refused(
                     hook,
                     request.issued,
-                    STATUS_UNKNOWN,
                     redactor.redact_str(&message),
-                    unix_now(),
-                    0.0,
                 ));
                 continue;
             }
@@ -642,6 +627,11 @@ async fn run_hooks(
 }
 
 /// Sensu's hook result: the hook configuration plus the run's fields.
+/// The result of a hook that did not run: status 3 with `output` saying why.
+fn hook_refused(hook: &HookConfig, issued: i64, output: String) -> serde_json::Value {
+    hook_result(hook, issued, STATUS_UNKNOWN, output, unix_now(), 0.0)
+}
+
 fn hook_result(
     hook: &HookConfig,
     issued: i64,
