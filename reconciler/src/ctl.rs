@@ -237,7 +237,7 @@ async fn get_one(
 }
 
 /// Report lines of a text that ends with a newline, or none for an empty text.
-fn text_lines(text: &str) -> Vec<String> {
+pub(crate) fn text_lines(text: &str) -> Vec<String> {
     let text = text.trim_end();
     if text.is_empty() {
         Vec::new()

@@ -14,7 +14,7 @@ use crate::cli::{
     SilencedListArgs,
 };
 use crate::config::EnvSource;
-use crate::ctl::{connect, CtlError, Report};
+use crate::ctl::{connect, text_lines, CtlError, Report};
 use crate::table;
 
 /// The output `event resolve` writes, as sensuctl writes "Resolved manually by sensuctl".
@@ -418,15 +418,6 @@ fn unix_now() -> i64 {
         .ok()
         .and_then(|elapsed| i64::try_from(elapsed.as_secs()).ok())
         .unwrap_or(0)
-}
-
-fn text_lines(text: &str) -> Vec<String> {
-    let text = text.trim_end();
-    if text.is_empty() {
-        Vec::new()
-    } else {
-        vec![text.to_owned()]
-    }
 }
 
 #[cfg(test)]

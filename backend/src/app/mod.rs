@@ -916,8 +916,8 @@ impl HandlerResolver for StoreResolver {
             .map_err(|err| err.to_string())
     }
 
-    async fn silenced(&self, namespace: &str) -> Vec<(String, Silenced)> {
-        self.silences.pairs(namespace)
+    async fn silenced(&self, namespace: &str) -> Arc<[(String, Silenced)]> {
+        self.silences.in_namespace(namespace)
     }
 }
 

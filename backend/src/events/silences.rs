@@ -41,19 +41,37 @@ pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a writer waits for the view to catch up before answering anyway.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One entry with its name and the store revision it was read at.
-#[derive(Debug, Clone)]
-pub(crate) struct Entry {
-    /// `subscription:check`.
-    pub name: String,
-    /// The entry.
-    pub silenced: Silenced,
-    /// Its store revision, the precondition of its deletion.
-    pub revision: Revision,
+/// The entries of one namespace: `(name, entry)` pairs as [`rules`] takes them, shared with
+/// every event marked against them (no copy per event), and each one's store revision at the
+/// same index (the precondition of its deletion).
+#[derive(Debug, Clone, Default)]
+struct Namespace {
+    pairs: Arc<[(String, Silenced)]>,
+    revisions: Arc<[Revision]>,
+}
+
+impl Namespace {
+    fn of(entries: Vec<(String, Silenced, Revision)>) -> Namespace {
+        let (pairs, revisions): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .map(|(name, silenced, revision)| ((name, silenced), revision))
+            .unzip();
+        Namespace {
+            pairs: Arc::from(pairs),
+            revisions: Arc::from(revisions),
+        }
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (&str, &Silenced, Revision)> {
+        self.pairs
+            .iter()
+            .zip(self.revisions.iter())
+            .map(|((name, silenced), revision)| (name.as_str(), silenced, *revision))
+    }
 }
 
 /// Entries by namespace.
-type Snapshot = HashMap<String, Arc<[Entry]>>;
+type Snapshot = HashMap<String, Namespace>;
 
 /// The silenced entries of every namespace, as of `applied`.
 pub(crate) struct Silences {
@@ -100,21 +118,17 @@ impl Silences {
         }
     }
 
-    /// The entries of `namespace`.
-    pub(crate) fn in_namespace(&self, namespace: &str) -> Arc<[Entry]> {
+    /// The entries of `namespace` as `(name, entry)` pairs, as [`rules`] takes them.
+    pub(crate) fn in_namespace(&self, namespace: &str) -> Arc<[(String, Silenced)]> {
+        self.namespace(namespace).pairs
+    }
+
+    fn namespace(&self, namespace: &str) -> Namespace {
         self.snapshot
             .read()
             .get(namespace)
             .cloned()
-            .unwrap_or_else(|| Arc::from(Vec::new()))
-    }
-
-    /// The entries of `namespace` as `(name, entry)` pairs, as [`rules`] takes them.
-    pub(crate) fn pairs(&self, namespace: &str) -> Vec<(String, Silenced)> {
-        self.in_namespace(namespace)
-            .iter()
-            .map(|entry| (entry.name.clone(), entry.silenced.clone()))
-            .collect()
+            .unwrap_or_default()
     }
 
     /// Waits until the view includes `revision` (bounded; a slow view is logged, not fatal).
@@ -133,7 +147,7 @@ impl SharedView for Silences {
     async fn reload(&self, resources: &Resources) -> Result<Revision, resources::ResourceError> {
         let revision = resources.store().revision().await?;
         let (items, _) = resources.list(Kind::Silenced, None, None, 0).await?;
-        let mut by_namespace: HashMap<String, Vec<Entry>> = HashMap::new();
+        let mut by_namespace: HashMap<String, Vec<(String, Silenced, Revision)>> = HashMap::new();
         let mut count = 0_usize;
         for (_, stored) in items {
             let Spec::Silenced(silenced) = stored.resource.spec else {
@@ -150,15 +164,11 @@ impl SharedView for Silences {
             by_namespace
                 .entry(stored.resource.metadata.namespace.clone())
                 .or_default()
-                .push(Entry {
-                    name: stored.resource.metadata.name,
-                    silenced,
-                    revision: stored.revision,
-                });
+                .push((stored.resource.metadata.name, silenced, stored.revision));
         }
         let snapshot = by_namespace
             .into_iter()
-            .map(|(namespace, entries)| (namespace, Arc::from(entries)))
+            .map(|(namespace, entries)| (namespace, Namespace::of(entries)))
             .collect();
         *self.snapshot.write() = Arc::new(snapshot);
         self.applied.send_replace(revision);
@@ -172,17 +182,25 @@ impl SharedView for Silences {
         };
         let (namespace, name) = Resources::split_key(Kind::Silenced, key);
         let mut next = Snapshot::clone(&self.snapshot.read());
-        let mut entries: Vec<Entry> = next
+        let mut entries: Vec<(String, Silenced, Revision)> = next
             .get(namespace)
-            .map(|entries| entries.to_vec())
+            .map(|current| {
+                current
+                    .entries()
+                    .map(|(name, silenced, revision)| (name.to_owned(), silenced.clone(), revision))
+                    .collect()
+            })
             .unwrap_or_default();
-        entries.retain(|entry| entry.name != name);
+        let before = entries.len();
+        entries.retain(|(held, _, _)| held != name);
+        // An entry replaced in place does not count against the limit.
+        let replaced = before - entries.len();
         if let WatchEvent::Put(entry) = change {
             match resources::decode(entry) {
                 Ok(stored) => {
                     if let Spec::Silenced(silenced) = stored.resource.spec {
-                        let total: usize = next.values().map(|entries| entries.len()).sum();
-                        if total >= MAX_ENTRIES {
+                        let total: usize = next.values().map(|entries| entries.pairs.len()).sum();
+                        if total - replaced >= MAX_ENTRIES {
                             tracing::error!(
                                 limit = MAX_ENTRIES,
                                 namespace,
@@ -190,11 +208,7 @@ impl SharedView for Silences {
                                 "the silenced view is full; this entry is not applied"
                             );
                         } else {
-                            entries.push(Entry {
-                                name: name.to_owned(),
-                                silenced,
-                                revision: entry.mod_revision,
-                            });
+                            entries.push((name.to_owned(), silenced, entry.mod_revision));
                         }
                     }
                 }
@@ -204,7 +218,7 @@ impl SharedView for Silences {
         if entries.is_empty() {
             next.remove(namespace);
         } else {
-            next.insert(namespace.to_owned(), Arc::from(entries));
+            next.insert(namespace.to_owned(), Namespace::of(entries));
         }
         *self.snapshot.write() = Arc::new(next);
         self.applied.send_replace(revision);
@@ -226,20 +240,17 @@ impl Silences {
         event: &mut Event,
     ) {
         let now = crate::clock::unix_now();
-        let entries = self.in_namespace(namespace);
-        if entries.is_empty() || event.check.is_none() {
+        let entries = self.namespace(namespace);
+        if entries.pairs.is_empty() || event.check.is_none() {
             return;
         }
-        let pairs: Vec<(String, Silenced)> = entries
-            .iter()
-            .map(|entry| (entry.name.clone(), entry.silenced.clone()))
-            .collect();
-        let resolved = rules::silenced_to_delete_on_resolve(event, &pairs, now);
+        let pairs = &entries.pairs;
+        let resolved = rules::silenced_to_delete_on_resolve(event, pairs, now);
         for name in &resolved {
             let revision = entries
-                .iter()
-                .find(|entry| &entry.name == name)
-                .map_or(0, |entry| entry.revision);
+                .entries()
+                .find(|(held, _, _)| held == name)
+                .map_or(0, |(_, _, revision)| revision);
             let Some(resources) = resources else {
                 continue;
             };
@@ -265,7 +276,7 @@ impl Silences {
                 ),
             }
         }
-        let mut matched = rules::is_silenced_by(event, &pairs, now);
+        let mut matched = rules::is_silenced_by(event, pairs, now);
         matched.retain(|name| !resolved.contains(name));
         if let Some(check) = event.check.as_mut() {
             if !matched.is_empty() {
@@ -277,32 +288,33 @@ impl Silences {
 
     /// Deletes the entries that expired by `now`; returns how many.
     async fn sweep(&self, resources: &Resources, now: i64) -> usize {
-        let expired: Vec<(String, Entry)> = self
+        let expired: Vec<(String, String, Revision)> = self
             .snapshot
             .read()
             .iter()
             .flat_map(|(namespace, entries)| {
                 entries
-                    .iter()
-                    .filter(|entry| rules::has_expired(&entry.silenced, now))
-                    .map(|entry| (namespace.clone(), entry.clone()))
+                    .entries()
+                    .filter(|(_, silenced, _)| rules::has_expired(silenced, now))
+                    .map(|(name, _, revision)| (namespace.clone(), name.to_owned(), revision))
+                    .collect::<Vec<_>>()
             })
             .collect();
         let mut deleted = 0;
-        for (namespace, entry) in expired {
+        for (namespace, name, revision) in expired {
             match resources
                 .delete(
                     Kind::Silenced,
                     &namespace,
-                    &entry.name,
-                    Precondition::Revision(entry.revision),
+                    &name,
+                    Precondition::Revision(revision),
                 )
                 .await
             {
                 Ok(_) => deleted += 1,
                 Err(resources::ResourceError::Store(StoreError::PreconditionFailed { .. })) => {}
                 Err(err) => {
-                    tracing::warn!(namespace, silenced = %entry.name, error = %err, "cannot delete an expired silence");
+                    tracing::warn!(namespace, silenced = %name, error = %err, "cannot delete an expired silence");
                 }
             }
         }

@@ -201,8 +201,8 @@ pub(crate) trait HandlerResolver: Send + Sync {
         let _ = (namespace, name);
         None
     }
-    /// Every silenced entry in `namespace`, with its name.
-    async fn silenced(&self, namespace: &str) -> Vec<(String, Silenced)>;
+    /// Every silenced entry in `namespace`, with its name (shared, not copied per event).
+    async fn silenced(&self, namespace: &str) -> Arc<[(String, Silenced)]>;
     /// The values of a handler's `secrets` in `namespace`, all or nothing.
     ///
     /// # Errors
@@ -1071,8 +1071,8 @@ mod tests {
             self.filters.get(name).cloned()
         }
 
-        async fn silenced(&self, _namespace: &str) -> Vec<(String, Silenced)> {
-            self.silenced.clone()
+        async fn silenced(&self, _namespace: &str) -> Arc<[(String, Silenced)]> {
+            Arc::from(self.silenced.clone())
         }
 
         async fn mutator(&self, _namespace: &str, name: &str) -> Option<Mutator> {
