@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CheckConfig, Event, HookConfig, System};
+use crate::model::{Asset, CheckConfig, Event, HookConfig, System};
 
 /// The protocol version in [`Hello::protocol`]; the backend refuses others.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -117,6 +117,11 @@ pub struct CheckRequest {
     /// `secrets`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub hook_secrets: BTreeMap<String, Vec<SecretValue>>,
+    /// The `core/v2` `Asset`s named by the check's and its hooks' `runtime_assets`, resolved
+    /// by the backend, each with its `metadata.name`, in the order first named (check first,
+    /// then each hook), without repeats. Left out when empty, so older agents take the request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub assets: Vec<Asset>,
 }
 
 /// One resolved secret: the variable name the check asked for and its value.
