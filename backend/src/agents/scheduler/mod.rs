@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use cairn_api::agent::{BackendMessage, CheckRequest};
-use cairn_api::model::{Check, CheckConfig, Entity, Event, HookConfig};
+use cairn_api::model::{Asset, Check, CheckConfig, Entity, Event, HookConfig};
 use cairn_api::{Kind, ObjectMeta, Spec};
 
 use crate::agents::sessions::{Session, Sessions};
@@ -178,6 +178,7 @@ pub(crate) fn spawn(
             stats: Arc::clone(&stats),
             hooks: HashMap::new(),
             warned_hooks: HashSet::new(),
+            assets: HashMap::new(),
             paced: BTreeMap::new(),
             undeliverable: Vec::new(),
         },
@@ -189,6 +190,9 @@ pub(crate) fn spawn(
     };
     (stats, tokio::spawn(run(scheduler, shutdown)))
 }
+
+/// Resources of one kind by namespace, then name.
+type ByName<T> = HashMap<String, HashMap<String, T>>;
 
 /// `(namespace, name)` of a check or hook.
 type NameKey = (String, String);
@@ -289,22 +293,9 @@ impl Scheduler {
         }
         self.timetable.retain(|key| listed.contains(key));
 
-        let mut hooks: HashMap<String, HashMap<String, HookConfig>> = HashMap::new();
-        let mut pages = Pages::new(&*store, Resources::prefix(Kind::HookConfig, None));
-        while let Some(page) = pages.next().await? {
-            for entry in &page {
-                if let Some(Watched::Hook(namespace, name)) = classify(&entry.key) {
-                    if let Some(hook) = decode_hook(entry) {
-                        hooks
-                            .entry(namespace.to_owned())
-                            .or_default()
-                            .insert(name.to_owned(), hook);
-                    }
-                }
-            }
-        }
-        self.dispatcher.hooks = hooks;
+        self.dispatcher.hooks = load_by_name(&*store, Kind::HookConfig, decode_hook).await?;
         self.dispatcher.warned_hooks.clear();
+        self.dispatcher.assets = load_by_name(&*store, Kind::Asset, decode_asset).await?;
 
         let mut listed = HashSet::new();
         let mut pages = Pages::new(&*store, Resources::prefix(Kind::Event, None));
@@ -347,6 +338,15 @@ impl Scheduler {
                         self.dispatcher.warned_hooks.clear();
                     }
                 }
+                Some(Watched::Asset(namespace, name)) => {
+                    if let Some(asset) = decode_asset(entry) {
+                        self.dispatcher
+                            .assets
+                            .entry(namespace.to_owned())
+                            .or_default()
+                            .insert(name.to_owned(), asset);
+                    }
+                }
                 Some(Watched::Event(namespace, entity, check)) => {
                     let key = (namespace.to_owned(), entity.to_owned(), check.to_owned());
                     self.observe_event(&key, entry, now, false);
@@ -362,6 +362,11 @@ impl Scheduler {
                 Some(Watched::Hook(namespace, name)) => {
                     if let Some(hooks) = self.dispatcher.hooks.get_mut(namespace) {
                         hooks.remove(name);
+                    }
+                }
+                Some(Watched::Asset(namespace, name)) => {
+                    if let Some(assets) = self.dispatcher.assets.get_mut(namespace) {
+                        assets.remove(name);
                     }
                 }
                 Some(Watched::Event(namespace, entity, check)) => {
@@ -573,6 +578,8 @@ enum Watched<'a> {
     Check(&'a str, &'a str),
     /// `res/hooks/<namespace>/<name>`.
     Hook(&'a str, &'a str),
+    /// `res/assets/<namespace>/<name>`.
+    Asset(&'a str, &'a str),
     /// `res/events/<namespace>/<entity>/<check>`.
     Event(&'a str, &'a str, &'a str),
 }
@@ -584,6 +591,8 @@ fn classify(key: &str) -> Option<Watched<'_>> {
         Some(Watched::Check(namespace, name))
     } else if plural == Kind::HookConfig.plural() {
         Some(Watched::Hook(namespace, name))
+    } else if plural == Kind::Asset.plural() {
+        Some(Watched::Asset(namespace, name))
     } else if plural == Kind::Event.plural() {
         let (entity, check) = name.split_once('/')?;
         Some(Watched::Event(namespace, entity, check))
@@ -627,6 +636,52 @@ fn decode_hook(entry: &Entry) -> Option<HookConfig> {
         },
         Err(err) => {
             tracing::error!(key = %entry.key, error = %err, "unreadable stored hook");
+            None
+        }
+    }
+}
+
+/// Every stored resource of `kind` that `decode` takes, by namespace and name.
+async fn load_by_name<T>(
+    store: &dyn Store,
+    kind: Kind,
+    decode: fn(&Entry) -> Option<T>,
+) -> Result<ByName<T>, StoreError> {
+    let prefix = Resources::prefix(kind, None);
+    let mut found: ByName<T> = HashMap::new();
+    let mut pages = Pages::new(store, prefix.clone());
+    while let Some(page) = pages.next().await? {
+        for entry in &page {
+            let Some((namespace, name)) = entry
+                .key
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.split_once('/'))
+            else {
+                continue;
+            };
+            if let Some(resource) = decode(entry) {
+                found
+                    .entry(namespace.to_owned())
+                    .or_default()
+                    .insert(name.to_owned(), resource);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A stored asset with its metadata put back into the spec (as a check request carries it).
+fn decode_asset(entry: &Entry) -> Option<Asset> {
+    match resources::decode(entry) {
+        Ok(stored) => match stored.resource.spec {
+            Spec::Asset(mut asset) => {
+                asset.metadata = Some(stored.resource.metadata);
+                Some(asset)
+            }
+            _ => None,
+        },
+        Err(err) => {
+            tracing::error!(key = %entry.key, error = %err, "unreadable stored asset");
             None
         }
     }
@@ -921,10 +976,12 @@ struct Dispatcher {
     sessions: Arc<Sessions>,
     stats: Arc<SchedulerStats>,
     /// Hooks by namespace and name.
-    hooks: HashMap<String, HashMap<String, HookConfig>>,
+    hooks: ByName<HookConfig>,
     /// `(namespace, check, hook)` already reported missing, so a missing hook is logged once
     /// (until the hooks change) rather than at every firing.
     warned_hooks: HashSet<(String, String, String)>,
+    /// Assets by namespace and name.
+    assets: ByName<Asset>,
     /// Slices of large firings still to send, by the second they are due (see
     /// [`FANOUT_PER_SECOND`]).
     paced: BTreeMap<i64, Vec<Slice>>,
@@ -1006,7 +1063,8 @@ impl Dispatcher {
                 &sessions[..]
             };
             let hooks = hooks_for(&self.hooks, &mut self.warned_hooks, namespace, config);
-            let prepared = Prepared {
+            let assets = assets_for(&self.assets, namespace, config, &hooks);
+            let mut prepared = Prepared {
                 namespace: namespace.clone(),
                 check: name.clone(),
                 request: CheckRequest {
@@ -1017,6 +1075,13 @@ impl Dispatcher {
                 },
                 sessions: chosen.to_vec(),
             };
+            match assets {
+                Ok(assets) => prepared.request.assets = assets,
+                Err(reason) => {
+                    self.undeliverable(prepared, reason);
+                    continue;
+                }
+            }
             tracing::debug!(
                 %namespace,
                 check = %name,
@@ -1279,7 +1344,7 @@ async fn store_undeliverable_event(state: &Agents, item: &Undeliverable, entity:
 
 /// The hooks a check names (in `check_hooks` order, each once); missing ones are skipped.
 fn hooks_for(
-    hooks: &HashMap<String, HashMap<String, HookConfig>>,
+    hooks: &ByName<HookConfig>,
     warned: &mut HashSet<(String, String, String)>,
     namespace: &str,
     config: &CheckConfig,
@@ -1320,6 +1385,55 @@ fn hooks_for(
             },
         )
         .collect()
+}
+
+/// The assets the check's and its hooks' `runtime_assets` name, check first, each once.
+///
+/// # Errors
+/// A named asset that does not exist in the namespace: the check cannot run as written, so it
+/// is not sent, and its agents get a failure event naming the asset.
+fn assets_for(
+    assets: &ByName<Asset>,
+    namespace: &str,
+    config: &CheckConfig,
+    hooks: &[HookConfig],
+) -> Result<Vec<Asset>, String> {
+    let names = config
+        .runtime_assets
+        .iter()
+        .map(|name| (name, None))
+        .chain(hooks.iter().flat_map(|hook| {
+            let hook_name = hook.metadata.as_ref().map(|meta| meta.name.as_str());
+            hook.runtime_assets
+                .iter()
+                .map(move |name| (name, hook_name))
+        }));
+    let in_namespace = assets.get(namespace);
+    let mut found: Vec<Asset> = Vec::new();
+    for (name, hook) in names {
+        let named = |asset: &Asset| {
+            asset
+                .metadata
+                .as_ref()
+                .is_some_and(|meta| meta.name == *name)
+        };
+        if found.iter().any(named) {
+            continue;
+        }
+        match in_namespace.and_then(|assets| assets.get(name)) {
+            Some(asset) => found.push(asset.clone()),
+            None => {
+                let whose = match hook {
+                    Some(hook) => format!("its hook \"{hook}\" names"),
+                    None => "it names".to_owned(),
+                };
+                return Err(format!(
+                    "the check was not run: {whose} the runtime asset \"{name}\", which does not exist in namespace \"{namespace}\""
+                ));
+            }
+        }
+    }
+    Ok(found)
 }
 
 // === impl TtlTracker ===
@@ -1789,6 +1903,7 @@ pub(crate) mod tests {
             stats: Arc::new(SchedulerStats::default()),
             hooks: HashMap::new(),
             warned_hooks: HashSet::new(),
+            assets: HashMap::new(),
             paced: BTreeMap::new(),
             undeliverable: Vec::new(),
         }
@@ -2221,6 +2336,64 @@ pub(crate) mod tests {
         assert_eq!(requests.len(), 2);
         assert_eq!(requests[0].hooks, [hook]);
         assert_eq!(dispatcher.warned_hooks.len(), 1, "warned once");
+    }
+
+    #[test]
+    fn assets_of_the_check_and_its_hooks_are_sent_once_and_a_missing_one_fails_the_check() {
+        let sessions = Sessions::new();
+        let (_a, mut a) = sessions.register("default", &hello("a", &["linux"]), true);
+        let mut dispatcher = dispatcher(&sessions);
+        let asset = |name: &str| Asset {
+            metadata: Some(ObjectMeta::named("default", name)),
+            url: format!("https://assets.example/{name}.tar.gz"),
+            sha512: "ab".repeat(64),
+            ..Asset::default()
+        };
+        for name in ["tools", "hook-tools"] {
+            dispatcher
+                .assets
+                .entry("default".into())
+                .or_default()
+                .insert(name.into(), asset(name));
+        }
+        dispatcher
+            .hooks
+            .entry("default".into())
+            .or_default()
+            .insert(
+                "ps".into(),
+                HookConfig {
+                    metadata: Some(ObjectMeta::named("default", "ps")),
+                    command: "ps".into(),
+                    runtime_assets: vec!["hook-tools".into(), "tools".into()],
+                    ..HookConfig::default()
+                },
+            );
+        let mut config = check(10, "", &["linux"]);
+        config.runtime_assets = vec!["tools".into(), "tools".into()];
+        config.check_hooks = vec![BTreeMap::from([(
+            "critical".to_owned(),
+            vec!["ps".to_owned()],
+        )])];
+        dispatcher.fire(&[firing(config.clone(), 0)], 1);
+        let requests = drain(&mut a);
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].assets, [asset("tools"), asset("hook-tools")]);
+
+        // Another namespace's asset of the same name is not this one.
+        config.runtime_assets = vec!["tools".into(), "gone".into()];
+        dispatcher.fire(&[firing(config, 1)], 2);
+        assert!(drain(&mut a).is_empty(), "not sent");
+        let failed = dispatcher.take_undeliverable();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].entities, ["a"]);
+        assert!(
+            failed[0]
+                .reason
+                .contains(r#"runtime asset "gone", which does not exist in namespace "default""#),
+            "{}",
+            failed[0].reason
+        );
     }
 
     #[test]
