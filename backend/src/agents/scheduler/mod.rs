@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chrono::{TimeZone, Utc};
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
@@ -33,6 +32,7 @@ use tokio::task::JoinHandle;
 
 use cairn_api::agent::{BackendMessage, CheckRequest};
 use cairn_api::model::{Asset, Check, CheckConfig, Entity, Event, HookConfig};
+use cairn_api::schedule::{self, CronSchedule, Subdue};
 use cairn_api::{Kind, ObjectMeta, Spec};
 
 use crate::agents::sessions::{Session, Sessions};
@@ -150,6 +150,8 @@ pub(crate) struct SchedulerStats {
     pub requests_undeliverable: AtomicU64,
     /// Events raised by the TTL watchdog.
     pub ttl_events: AtomicU64,
+    /// Scheduled firings not sent because the check's `subdues` held the time.
+    pub subdued_firings: AtomicU64,
 }
 
 /// Starts the scheduler (with its TTL watchdog); returns its counters and its task.
@@ -433,7 +435,18 @@ impl Scheduler {
     }
 
     async fn tick(&mut self, now: i64) {
-        let firings = self.timetable.due(now);
+        let mut firings = self.timetable.due(now);
+        firings.retain(|firing| {
+            if !firing.subdued {
+                return true;
+            }
+            self.dispatcher
+                .stats
+                .subdued_firings
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(namespace = %firing.key.0, check = %firing.key.1, "check is subdued; not sent");
+            false
+        });
         self.fire(&firings, now);
         // Every backend tracks TTLs; the watchdog leader raises them.
         if !self
@@ -469,6 +482,9 @@ impl Scheduler {
             at: now,
             number: self.adhoc_firings,
             adhoc: true,
+            // An ad hoc request runs in a subdue window too, as Sensu's (only its schedulers
+            // skip subdued checks).
+            subdued: false,
         };
         self.adhoc_firings += 1;
         self.fire(&[firing], now);
@@ -722,8 +738,8 @@ struct ProbeCheck {
 enum Schedule {
     /// At the unix times `t` with `(t - offset) % interval == 0`.
     Interval { interval: i64, offset: i64 },
-    /// At each occurrence of a cron pattern, in UTC.
-    Cron(Box<croner::Cron>),
+    /// At each occurrence of a cron pattern, in its zone.
+    Cron(Box<CronSchedule>),
 }
 
 impl Schedule {
@@ -736,7 +752,7 @@ impl Schedule {
             return Ok(None);
         }
         if !config.cron.trim().is_empty() {
-            let cron = parse_cron(&config.cron)?;
+            let cron = CronSchedule::parse(&config.cron)?;
             return Ok(Some(Schedule::Cron(Box::new(cron))));
         }
         if config.interval > 0 {
@@ -756,7 +772,7 @@ impl Schedule {
                 *interval,
                 *offset,
             )),
-            Schedule::Cron(cron) => next_cron_fire(cron, after),
+            Schedule::Cron(cron) => cron.next_after(after),
         }
     }
 }
@@ -776,36 +792,6 @@ fn splay_offset(namespace: &str, name: &str, interval: i64) -> i64 {
 /// The first `t >= at_or_after` with `(t - offset) % interval == 0`. `interval` must be positive.
 fn next_interval_fire(at_or_after: i64, interval: i64, offset: i64) -> i64 {
     at_or_after + (offset - at_or_after).rem_euclid(interval)
-}
-
-/// The first occurrence of `cron` strictly after `after` (unix seconds, UTC).
-fn next_cron_fire(cron: &croner::Cron, after: i64) -> Option<i64> {
-    let start = Utc.timestamp_opt(after, 0).single()?;
-    cron.find_next_occurrence(&start, false)
-        .ok()
-        .map(|next| next.timestamp())
-}
-
-/// Parses a five-field cron schedule. A `TZ=`/`CRON_TZ=` prefix is accepted and ignored: Cairn
-/// evaluates every schedule in UTC.
-fn parse_cron(cron: &str) -> Result<croner::Cron, String> {
-    let cron = cron.trim();
-    let pattern = match cron.split_once(' ') {
-        Some((zone, rest)) if zone.starts_with("TZ=") || zone.starts_with("CRON_TZ=") => {
-            let zone = zone.split_once('=').map_or("", |(_, zone)| zone);
-            if !matches!(zone, "UTC" | "Etc/UTC" | "GMT" | "Z") {
-                tracing::warn!(
-                    cron,
-                    "time zones are not supported; the schedule runs in UTC"
-                );
-            }
-            rest.trim()
-        }
-        _ => cron,
-    };
-    croner::Cron::new(pattern)
-        .parse()
-        .map_err(|err| format!("invalid cron schedule \"{cron}\": {err}"))
 }
 
 /// Which of `count` sessions (sorted by entity) a round-robin firing goes to.
@@ -830,6 +816,9 @@ struct Timetable {
 struct Scheduled {
     config: Arc<CheckConfig>,
     schedule: Option<Schedule>,
+    /// The check's `subdues`, parsed (validation refused bad ones; an unreadable stored one is
+    /// logged and left out).
+    subdues: Vec<Subdue>,
     generation: u64,
     /// Firings so far (since the last change of timing): a cron check's round-robin turn. An
     /// interval check's turn is its place on the interval grid, the same on every backend.
@@ -848,15 +837,19 @@ struct Firing {
     /// An ad hoc request (not scheduled): a round-robin check picks among this backend's
     /// sessions, since no other backend fires it.
     adhoc: bool,
+    /// One of the check's `subdues` holds the time: the firing is counted but not sent.
+    subdued: bool,
 }
 
 impl Timetable {
     /// Adds or replaces a check. A change to its timing takes effect from `now` on; any other
     /// change (subscriptions, command, ...) at its next firing.
     fn upsert(&mut self, key: NameKey, config: CheckConfig, now: i64) {
+        let subdues = subdues_of(&key, &config);
         if let Some(scheduled) = self.checks.get_mut(&key) {
             if same_timing(&scheduled.config, &config) {
                 scheduled.config = Arc::new(config);
+                scheduled.subdues = subdues;
                 return;
             }
         }
@@ -880,6 +873,7 @@ impl Timetable {
             Scheduled {
                 config: Arc::new(config),
                 schedule,
+                subdues,
                 generation,
                 firings: 0,
             },
@@ -942,6 +936,7 @@ impl Timetable {
                 at,
                 number,
                 adhoc: false,
+                subdued: schedule::subdued(&scheduled.subdues, now),
             });
         }
         firings
@@ -959,6 +954,23 @@ impl Timetable {
                 .is_some_and(|scheduled| scheduled.generation == *generation)
         });
     }
+}
+
+/// A check's parsed `subdues`; an entry that does not parse (stored before validation knew it)
+/// is logged and left out.
+fn subdues_of(key: &NameKey, config: &CheckConfig) -> Vec<Subdue> {
+    config
+        .subdues
+        .iter()
+        .enumerate()
+        .filter_map(|(index, value)| match Subdue::parse(value) {
+            Ok(subdue) => Some(subdue),
+            Err(problem) => {
+                tracing::warn!(namespace = %key.0, check = %key.1, index, %problem, "subdue window ignored");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Whether two versions of a check fire at the same times.
@@ -1841,28 +1853,71 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn cron_next_fire_in_utc() {
+    fn cron_schedules_fire_in_their_zone() {
         // 2024-01-01T00:00:00Z, a Monday.
         let midnight = 1_704_067_200;
-        let every_five = parse_cron("*/5 * * * *").unwrap();
-        assert_eq!(next_cron_fire(&every_five, midnight), Some(midnight + 300));
-        assert_eq!(next_cron_fire(&every_five, midnight - 1), Some(midnight));
+        let next = |cron: &str, after: i64| {
+            let config = check(0, cron, &["linux"]);
+            Schedule::of("default", "c", &config)
+                .unwrap()
+                .unwrap()
+                .next_after(after)
+        };
+        assert_eq!(next("*/5 * * * *", midnight), Some(midnight + 300));
+        assert_eq!(next("*/5 * * * *", midnight - 1), Some(midnight));
         assert_eq!(
-            next_cron_fire(&every_five, midnight + 299),
-            Some(midnight + 300)
+            next("CRON_TZ=UTC 30 2 * * *", midnight),
+            Some(midnight + 9000)
         );
-        let daily = parse_cron("CRON_TZ=UTC 30 2 * * *").unwrap();
         assert_eq!(
-            next_cron_fire(&daily, midnight),
-            Some(midnight + 2 * 3600 + 1800)
-        );
-        let weekly = parse_cron("0 8 * * FRI").unwrap();
-        assert_eq!(
-            next_cron_fire(&weekly, midnight),
+            next("0 8 * * FRI", midnight),
             Some(midnight + 4 * 86_400 + 8 * 3600)
         );
-        assert!(parse_cron("not a schedule").is_err());
-        assert!(parse_cron("61 * * * *").is_err());
+        // 09:00 in Tokyo (UTC+9) is 00:00 UTC; in New York in January (UTC-5), 14:00 UTC.
+        assert_eq!(
+            next("CRON_TZ=Asia/Tokyo 0 9 * * *", midnight),
+            Some(midnight + 86_400)
+        );
+        assert_eq!(
+            next("TZ=America/New_York 0 9 * * *", midnight),
+            Some(midnight + 14 * 3600)
+        );
+        let unknown = Schedule::of(
+            "default",
+            "c",
+            &check(0, "TZ=Nowhere/Else 0 9 * * *", &["linux"]),
+        );
+        assert!(unknown.unwrap_err().contains("not an IANA time zone"));
+    }
+
+    #[test]
+    fn subdued_firings_are_marked_and_the_schedule_goes_on() {
+        // 2024-01-01T00:00:00Z, a Monday; subdued from 00:10 to 00:20 that day only.
+        let midnight = 1_704_067_200;
+        let mut timetable = Timetable::default();
+        let mut config = check(0, "*/5 * * * *", &["linux"]);
+        config.subdues = vec![serde_json::json!({
+            "begin": "2024-01-01T00:10:00Z",
+            "end": "2024-01-01T00:20:00Z",
+        })];
+        timetable.upsert(key("c"), config, midnight - 1);
+        let marked: Vec<(i64, bool)> = (midnight - 1..=midnight + 1800)
+            .flat_map(|now| timetable.due(now))
+            .map(|firing| (firing.at - midnight, firing.subdued))
+            .collect();
+        assert_eq!(
+            marked,
+            [
+                (0, false),
+                (300, false),
+                // The window's ends are not in it, as Sensu's.
+                (600, false),
+                (900, true),
+                (1200, false),
+                (1500, false),
+                (1800, false)
+            ]
+        );
     }
 
     #[test]
@@ -1916,6 +1971,7 @@ pub(crate) mod tests {
             at: 0,
             number,
             adhoc: false,
+            subdued: false,
         }
     }
 
