@@ -82,6 +82,12 @@ pub struct AgentConfig {
     /// Delete the entity when its keepalive goes critical.
     #[serde(default)]
     pub deregister: bool,
+    /// This configuration owns the entity's subscriptions, labels and annotations (Sensu's
+    /// `agent-managed-entity`): they replace the stored ones at every connection and the API
+    /// cannot change them. Off (the default): they are taken from here only when the entity is
+    /// first created, and then managed through the API (`cairnctl entity update`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent_managed_entity: bool,
     /// `core/v2 Pipeline`s the keepalive events of this agent run (Sensu's
     /// `keepalive-pipelines`), by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -203,6 +209,7 @@ impl AgentConfig {
             keepalive_warning_timeout: default_keepalive_warning_timeout(),
             keepalive_critical_timeout: default_keepalive_critical_timeout(),
             deregister: false,
+            agent_managed_entity: false,
             keepalive_pipelines: Vec::new(),
             key_file: default_key_file(),
             cert_file: default_cert_file(),

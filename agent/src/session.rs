@@ -919,6 +919,7 @@ pub fn hello(config: &AgentConfig, system: System) -> Hello {
         deregister: config.deregister,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         keepalive_pipelines: config.keepalive_pipelines.clone(),
+        agent_managed: config.agent_managed_entity,
     }
 }
 

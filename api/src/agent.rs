@@ -97,6 +97,13 @@ pub struct Hello {
     /// the entity's keepalive handlers. Left out when empty, so older backends take the hello.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keepalive_pipelines: Vec<String>,
+    /// The agent manages its entity (Sensu's `agent-managed-entity`): its configuration's
+    /// subscriptions, labels and annotations replace the stored entity's at every connection,
+    /// and the API does not change them. Otherwise (the default, Sensu's backend-managed
+    /// entities) they are taken from the agent only when the entity is created, and then from
+    /// the stored entity, which the API may change. Left out when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub agent_managed: bool,
 }
 
 /// A check the backend asks an agent to run.

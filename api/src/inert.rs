@@ -38,8 +38,6 @@ const PROXY_REQUESTS: &str =
     "Cairn does not fan checks out over proxy entities yet; the check runs on its subscribers only";
 const ENTITY_REDACT: &str =
     "Cairn does not redact entity labels and annotations yet; they are shown as stored";
-const AGENT_SUBSCRIPTIONS: &str = "an agent's subscriptions come from its own configuration; \
-     subscriptions set through the API are not used for scheduling yet";
 
 /// The fields `resource` sets that Cairn does not act on, in field order.
 pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
@@ -119,9 +117,6 @@ impl Found {
         if !entity.redact.is_empty() {
             self.push(&["redact"], ENTITY_REDACT);
         }
-        if entity.entity_class == "agent" && !entity.subscriptions.is_empty() {
-            self.push(&["subscriptions"], AGENT_SUBSCRIPTIONS);
-        }
     }
 
     /// An entity inside an event, at `spec.<at>`: only what the event's entity does (its
@@ -199,7 +194,7 @@ spec:
     }
 
     #[test]
-    fn an_asset_is_inert_as_a_whole_and_an_agent_entitys_subscriptions_too() {
+    fn an_asset_is_inert_as_a_whole_and_an_entitys_redact_too() {
         let found = inert_of(
             "type: Asset
 api_version: core/v2
@@ -225,6 +220,6 @@ spec:
 ",
         );
         let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
-        assert_eq!(paths, ["spec", "spec.redact", "spec.subscriptions"]);
+        assert_eq!(paths, ["spec", "spec.redact"]);
     }
 }

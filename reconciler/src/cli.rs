@@ -58,6 +58,18 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// Run a check at once, as `sensuctl check execute` does.
+    Check {
+        /// What to do.
+        #[command(subcommand)]
+        command: CheckCommand,
+    },
+    /// Change an entity's subscriptions and labels, as `sensuctl entity update` does.
+    Entity {
+        /// What to do.
+        #[command(subcommand)]
+        command: EntityCommand,
+    },
     /// Act on events, as `sensuctl event` does.
     Event {
         /// What to do.
@@ -365,6 +377,56 @@ pub enum EventCommand {
         #[arg(short, long, visible_alias = "format", value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+}
+
+/// `cairnctl check` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CheckCommand {
+    /// Ask the agents of the check's subscriptions (or of --subscriptions) to run it now.
+    Execute {
+        /// The check.
+        name: String,
+        /// Subscriptions to run it on instead of the check's own, comma-separated
+        /// (`entity:NAME` for one agent).
+        #[arg(long, value_delimiter = ',')]
+        subscriptions: Vec<String>,
+        /// Why, for the backend's log.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Namespace (default: the configured one).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+}
+
+/// `cairnctl entity` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EntityCommand {
+    /// Add or remove subscriptions and labels of an entity (the scheduler uses them at once,
+    /// unless the agent manages its entity itself).
+    Update(EntityUpdateArgs),
+}
+
+/// Arguments of `cairnctl entity update`.
+#[derive(Debug, clap::Args)]
+pub struct EntityUpdateArgs {
+    /// The entity.
+    pub name: String,
+    /// A subscription to add (repeat the flag for more).
+    #[arg(long = "add-subscription", value_name = "SUBSCRIPTION")]
+    pub add_subscriptions: Vec<String>,
+    /// A subscription to remove.
+    #[arg(long = "remove-subscription", value_name = "SUBSCRIPTION")]
+    pub remove_subscriptions: Vec<String>,
+    /// A label to set, `KEY=VALUE`.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// A label to remove.
+    #[arg(long = "remove-label", value_name = "KEY")]
+    pub remove_labels: Vec<String>,
+    /// Namespace (default: the configured one).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
 }
 
 /// `cairnctl silenced` subcommands.

@@ -9,6 +9,7 @@ pub mod exit;
 pub mod fetch;
 pub mod gitops;
 pub mod lint;
+pub mod operate;
 pub mod plan;
 pub mod silenced;
 pub mod source;

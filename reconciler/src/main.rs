@@ -9,7 +9,7 @@ use clap::Parser;
 use cairn_reconciler::cli::{Command, Opts};
 use cairn_reconciler::config::{Overlay, ProcessEnv, ENV_CLUSTER};
 use cairn_reconciler::exit::Outcome;
-use cairn_reconciler::{ctl, gitops, lint, silenced, status, watch};
+use cairn_reconciler::{ctl, gitops, lint, operate, silenced, status, watch};
 
 fn main() -> ExitCode {
     let opts = match Opts::try_parse() {
@@ -124,6 +124,8 @@ fn run_online(command: Command, cluster: Option<String>) -> anyhow::Result<ctl::
             Command::ApiKey { command } => ctl::api_key(&env, &command).await,
             Command::Agent { command } => ctl::agent(&env, &command).await,
             Command::Cluster { command } => ctl::cluster(&env, &command).await,
+            Command::Check { command } => operate::check(&env, &command).await,
+            Command::Entity { command } => operate::entity(&env, &command).await,
             Command::Event { command } => silenced::event(&env, &command).await,
             Command::Silenced { command } => silenced::silenced(&env, &command).await,
         }

@@ -403,7 +403,11 @@ async fn resolve(
     Ok(Report::ok(vec!["Resolved".to_owned()]))
 }
 
-fn check_namespace(namespace: &str) -> Result<(), CtlError> {
+/// A namespace name the backend can have, or a usage error naming what is wrong.
+///
+/// # Errors
+/// [`CtlError::Usage`] with Sensu's name rule.
+pub(crate) fn check_namespace(namespace: &str) -> Result<(), CtlError> {
     match cairn_api::validate::check_name(Kind::Namespace, namespace) {
         Some(problem) => Err(CtlError::Usage(format!(
             "namespace {namespace:?}: {problem}"

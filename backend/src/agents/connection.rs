@@ -83,7 +83,7 @@ use crate::agents::join::{self, CertRecord, Revocation};
 use crate::agents::sessions::{Session, Sessions};
 use crate::agents::Agents;
 use crate::clock::unix_now;
-use crate::entity::EntityId;
+use crate::entity::{self, EntityId};
 use crate::listen::{BoundedListener, ConnectionLimits, SharedRepeatedLog, REPEAT_LOG_INTERVAL};
 use crate::store::resources::{ResourceError, Resources};
 use crate::store::{Precondition, StoreError};
@@ -476,6 +476,11 @@ fn with_defaults(mut hello: Hello) -> Hello {
 
 /// The entity an agent's hello describes; what an operator set on an existing entity and the
 /// hello does not carry (deregistration handler, redactions, keepalive handlers, user) is kept.
+///
+/// Who owns subscriptions, labels and annotations (Sensu's rule): the hello when the entity is
+/// new or the agent is agent-managed (which the label [`entity::MANAGED_BY_LABEL`] then
+/// records); otherwise the stored entity, which the API may have changed since (Sensu's
+/// backend-managed entities). `entity:<name>` is always among the subscriptions.
 pub(crate) fn agent_entity(
     namespace: &str,
     hello: &Hello,
@@ -483,8 +488,27 @@ pub(crate) fn agent_entity(
     now: i64,
 ) -> Resource {
     let mut metadata = ObjectMeta::named(namespace, &hello.name);
-    metadata.labels = hello.labels.clone();
-    metadata.annotations = hello.annotations.clone();
+    let stored = existing.filter(|_| !hello.agent_managed);
+    match stored {
+        Some((meta, _)) => {
+            metadata.labels = meta.labels.clone();
+            metadata.annotations = meta.annotations.clone();
+            // An entity the agent managed before is the backend's from now on.
+            if entity::agent_managed(meta) {
+                metadata.labels.remove(entity::MANAGED_BY_LABEL);
+            }
+        }
+        None => {
+            metadata.labels = hello.labels.clone();
+            metadata.annotations = hello.annotations.clone();
+            if hello.agent_managed {
+                metadata.labels.insert(
+                    entity::MANAGED_BY_LABEL.to_owned(),
+                    entity::MANAGED_BY_AGENT.to_owned(),
+                );
+            }
+        }
+    }
     metadata.created_by = existing
         .map(|(meta, _)| meta.created_by.clone())
         .filter(|created_by| !created_by.is_empty())
@@ -494,8 +518,12 @@ pub(crate) fn agent_entity(
         .unwrap_or_default();
     entity.metadata = None;
     entity.entity_class = "agent".to_owned();
-    let mut subscriptions: Vec<String> = Vec::with_capacity(hello.subscriptions.len() + 1);
-    for subscription in &hello.subscriptions {
+    let wanted = match stored {
+        Some((_, entity)) => &entity.subscriptions,
+        None => &hello.subscriptions,
+    };
+    let mut subscriptions: Vec<String> = Vec::with_capacity(wanted.len() + 1);
+    for subscription in wanted {
         if !subscriptions.contains(subscription) {
             subscriptions.push(subscription.clone());
         }
@@ -821,7 +849,13 @@ async fn run_connection(
             return;
         }
     };
-    let (session, queue) = hub.sessions().register(&namespace, &hello, true);
+    // The scheduler sends this session the checks of the stored entity's subscriptions (the
+    // hello's, unless the API changed a backend-managed entity's).
+    let effective = Hello {
+        subscriptions: registered.subscriptions.clone(),
+        ..hello.clone()
+    };
+    let (session, queue) = hub.sessions().register(&namespace, &effective, true);
     let stopped = hub.attach(&session, identity.issued_at(), &identity.fingerprint);
     // The revocation view is updated before it drops sessions; checking it after registering
     // means a revocation arriving meanwhile is seen by one side or the other.
@@ -1651,6 +1685,49 @@ mod tests {
         assert_eq!(again_entity.keepalive_handlers, ["pager"]);
         assert_eq!(again_entity.redact, ["secret"]);
         assert_eq!(again_entity.last_seen, 50);
+    }
+
+    #[test]
+    fn the_api_owns_a_backend_managed_entity_and_the_agent_an_agent_managed_one() {
+        let mut greeting = hello("web");
+        greeting.subscriptions = vec!["linux".into()];
+        greeting.labels = BTreeMap::from([("team".to_owned(), "ops".to_owned())]);
+        // Changed through the API since the entity was created.
+        let mut stored_meta = ObjectMeta::named("default", "web");
+        stored_meta.labels = BTreeMap::from([("tier".to_owned(), "front".to_owned())]);
+        let stored = Entity {
+            entity_class: "agent".into(),
+            subscriptions: vec!["web".into()],
+            ..Entity::default()
+        };
+        let subscriptions = |resource: &Resource| match &resource.spec {
+            Spec::Entity(entity) => entity.subscriptions.clone(),
+            _ => panic!("not an entity"),
+        };
+        let kept = agent_entity("default", &greeting, Some((&stored_meta, &stored)), 50);
+        assert_eq!(subscriptions(&kept), ["web", "entity:web"]);
+        assert_eq!(kept.metadata.labels, stored_meta.labels);
+
+        greeting.agent_managed = true;
+        let replaced = agent_entity("default", &greeting, Some((&stored_meta, &stored)), 50);
+        assert_eq!(subscriptions(&replaced), ["linux", "entity:web"]);
+        assert_eq!(replaced.metadata.labels["team"], "ops");
+        assert!(entity::agent_managed(&replaced.metadata));
+        assert!(!replaced.metadata.labels.contains_key("tier"));
+
+        // Turned off again: the backend owns what the agent last set, without the mark.
+        greeting.agent_managed = false;
+        let Spec::Entity(managed) = &replaced.spec else {
+            panic!("not an entity");
+        };
+        let back = agent_entity(
+            "default",
+            &greeting,
+            Some((&replaced.metadata, managed)),
+            60,
+        );
+        assert!(!entity::agent_managed(&back.metadata));
+        assert_eq!(back.metadata.labels["team"], "ops");
     }
 
     #[tokio::test]

@@ -182,6 +182,33 @@ impl Sessions {
         (session, receiver)
     }
 
+    /// Replaces the subscriptions of the connected session of `id` after its stored entity
+    /// changed (`entity:<name>` is kept whatever the entity says); returns whether they changed.
+    /// Nothing happens when the entity has no session on this backend.
+    pub(crate) fn set_subscriptions(&self, id: &EntityId, mut subscriptions: Vec<String>) -> bool {
+        let implicit = format!("entity:{}", id.name);
+        if !subscriptions.contains(&implicit) {
+            subscriptions.push(implicit);
+        }
+        let mut inner = self.lock();
+        let Some(session) = inner.sessions.get_mut(id) else {
+            return false;
+        };
+        if session.subscriptions == subscriptions {
+            return false;
+        }
+        session.subscriptions.clone_from(&subscriptions);
+        let presence = inner
+            .keepalives
+            .get(id)
+            .map(|state| self.presence(state, subscriptions));
+        drop(inner);
+        if let Some(presence) = presence {
+            self.coordinator.update(id, presence);
+        }
+        true
+    }
+
     /// Removes a session when its connection ends (only if it is still the registered one).
     pub(crate) fn unregister(&self, session: &Session) {
         let mut inner = self.lock();

@@ -26,7 +26,7 @@ use crate::agents::Agents;
 use crate::clock::unix_now;
 use crate::coord::{Presence, Role};
 use crate::entity::EntityId;
-use crate::store::resources::{self, Resources};
+
 use crate::store::Precondition;
 
 /// The check name of keepalive events.
@@ -476,32 +476,7 @@ async fn deregister(state: &Agents, id: &EntityId, now: i64) -> Result<(), Strin
         Ok(None) => None,
         Err(err) => return Err(err.to_string()),
     };
-    let store = state.resources.store();
-    // Entity names hold no `/`, so this prefix is exactly this entity's events.
-    let prefix = format!("{}{name}/", Resources::prefix(Kind::Event, Some(namespace)));
-    let events = store
-        .list(&prefix, None, 0)
-        .await
-        .map_err(|err| err.to_string())?;
-    for entry in events.entries {
-        if store
-            .delete(&entry.key, Precondition::None)
-            .await
-            .map_err(|err| err.to_string())?
-            .is_none()
-        {
-            continue;
-        }
-        let previous = match resources::decode(&entry) {
-            Ok(stored) => match stored.resource.spec {
-                Spec::Event(event) => *event,
-                _ => continue,
-            },
-            Err(err) => {
-                tracing::warn!(key = %entry.key, error = %err, "unreadable event deleted");
-                continue;
-            }
-        };
+    for previous in crate::entity::delete_events(&state.resources, namespace, name).await? {
         if let Some(resolution) = resolution_event(&previous, now) {
             state.ingest.sink.submit(namespace, resolution);
         }

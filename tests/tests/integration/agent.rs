@@ -31,16 +31,16 @@ const NS: &str = "default";
 
 // === the REST API ===
 
-fn entity_path(name: &str) -> String {
+pub(super) fn entity_path(name: &str) -> String {
     format!("/api/core/v2/namespaces/{NS}/entities/{name}")
 }
 
-fn event_path(entity: &str, check: &str) -> String {
+pub(super) fn event_path(entity: &str, check: &str) -> String {
     format!("/api/core/v2/namespaces/{NS}/events/{entity}/{check}")
 }
 
 /// `GET` a document; `None` for a 404.
-async fn get_opt(client: &Client, path: &str) -> Option<Value> {
+pub(super) async fn get_opt(client: &Client, path: &str) -> Option<Value> {
     match client.get_json(path).await {
         Ok(value) => Some(value),
         Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => None,
@@ -56,12 +56,12 @@ async fn assert_no_entity(client: &Client, name: &str) {
     );
 }
 
-async fn put_check(client: &Client, name: &str, spec: Value) {
+pub(super) async fn put_check(client: &Client, name: &str, spec: Value) {
     put_resource(client, "checks", name, spec).await;
 }
 
 /// `PUT`s the core/v2 resource `plural/name` of [`NS`] with `spec` (its metadata added).
-async fn put_resource(client: &Client, plural: &str, name: &str, spec: Value) {
+pub(super) async fn put_resource(client: &Client, plural: &str, name: &str, spec: Value) {
     let mut body = spec;
     body["metadata"] = json!({"name": name, "namespace": NS});
     client
@@ -122,7 +122,7 @@ fn history(event: &Value) -> Vec<(u64, i64)> {
 
 /// An agent installation: its config dir inside a temp dir that also holds what the test
 /// writes beside it.
-struct Install {
+pub(super) struct Install {
     name: String,
     dir: PathBuf,
     unit: PathBuf,
@@ -228,7 +228,7 @@ fn stderr(output: &Output) -> String {
 }
 
 /// Installs `name` with a fresh single-use token granting `linux`.
-async fn enrol(backend: &Backend, admin: &Client, name: &str) -> Install {
+pub(super) async fn enrol(backend: &Backend, admin: &Client, name: &str) -> Install {
     let (token, _) = mint_token(admin, 1, &["linux"]).await;
     let (install, output) = run_install(backend, &token, name);
     assert!(
@@ -255,7 +255,7 @@ fn set_config(config: &Path, settings: &[(&str, &str)]) {
 }
 
 /// Starts the installed agent with its local API on a free port and `settings` applied.
-fn start_agent(install: &Install, settings: &[(&str, &str)]) -> Agent {
+pub(super) fn start_agent(install: &Install, settings: &[(&str, &str)]) -> Agent {
     let mut all = vec![("local_api", "127.0.0.1:0")];
     all.extend_from_slice(settings);
     set_config(&install.config(), &all);
@@ -274,7 +274,7 @@ async fn healthy(http: &reqwest::Client, agent: &Agent) -> bool {
         .is_ok_and(|response| response.status() == StatusCode::OK)
 }
 
-async fn wait_connected(agent: &Agent) {
+pub(super) async fn wait_connected(agent: &Agent) {
     let http = local_http();
     eventually("the agent connecting", Duration::from_secs(20), || async {
         if healthy(&http, agent).await {
@@ -299,7 +299,7 @@ async fn post_local(http: &reqwest::Client, agent: &Agent, event: &Value) -> (St
 }
 
 /// Waits until the event `entity/check` satisfies `accept`, and returns it.
-async fn wait_event(
+pub(super) async fn wait_event(
     client: &Client,
     agent: Option<&Agent>,
     (entity, check): (&str, &str),

@@ -24,6 +24,7 @@ mod inert;
 mod logins;
 mod metrics;
 mod pipeline;
+mod scheduling;
 mod secrets;
 mod security;
 mod sensu_clients;

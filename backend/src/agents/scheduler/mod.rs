@@ -353,6 +353,9 @@ impl Scheduler {
                     let key = (namespace.to_owned(), entity.to_owned(), check.to_owned());
                     self.observe_event(&key, entry, now, false);
                 }
+                Some(Watched::Entity(namespace, name)) => {
+                    self.entity_changed(namespace, name, entry);
+                }
                 None => {}
             },
             WatchEvent::Delete { key, .. } => match classify(key) {
@@ -371,12 +374,42 @@ impl Scheduler {
                         assets.remove(name);
                     }
                 }
+                // A deleted entity's session keeps what it had until it reconnects (and
+                // registers the entity again).
+                Some(Watched::Entity(..)) => {}
                 Some(Watched::Event(namespace, entity, check)) => {
                     self.ttl
                         .remove(&(namespace.to_owned(), entity.to_owned(), check.to_owned()));
                 }
                 None => {}
             },
+        }
+    }
+
+    /// A stored entity changed: a connected agent of it gets the checks of its subscriptions
+    /// from now on (an operator changed a backend-managed entity through the API). Sessions
+    /// registered before read the entity when they connected, so nothing is listed on reload.
+    fn entity_changed(&mut self, namespace: &str, name: &str, entry: &Entry) {
+        let entity = match resources::decode(entry) {
+            Ok(stored) => match stored.resource.spec {
+                Spec::Entity(entity) => entity,
+                _ => return,
+            },
+            Err(err) => {
+                tracing::error!(key = %entry.key, error = %err, "unreadable stored entity");
+                return;
+            }
+        };
+        if entity.entity_class != "agent" {
+            return;
+        }
+        let id = crate::entity::EntityId::new(namespace, name);
+        if self
+            .dispatcher
+            .sessions
+            .set_subscriptions(&id, entity.subscriptions)
+        {
+            tracing::info!(%namespace, entity = %name, "agent subscriptions changed through the API");
         }
     }
 
@@ -596,6 +629,8 @@ enum Watched<'a> {
     Hook(&'a str, &'a str),
     /// `res/assets/<namespace>/<name>`.
     Asset(&'a str, &'a str),
+    /// `res/entities/<namespace>/<name>`.
+    Entity(&'a str, &'a str),
     /// `res/events/<namespace>/<entity>/<check>`.
     Event(&'a str, &'a str, &'a str),
 }
@@ -609,6 +644,8 @@ fn classify(key: &str) -> Option<Watched<'_>> {
         Some(Watched::Hook(namespace, name))
     } else if plural == Kind::Asset.plural() {
         Some(Watched::Asset(namespace, name))
+    } else if plural == Kind::Entity.plural() {
+        Some(Watched::Entity(namespace, name))
     } else if plural == Kind::Event.plural() {
         let (entity, check) = name.split_once('/')?;
         Some(Watched::Event(namespace, entity, check))

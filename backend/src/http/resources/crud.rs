@@ -257,6 +257,7 @@ pub(super) async fn replace(
     let mut resource = decode_body(kind, Some(namespace), Some(name), caller, &bytes)?;
     require_namespace(state, kind, namespace).await?;
     prepare_user(state, &mut resource).await?;
+    keeps_agent_managed(existing.as_ref(), &resource)?;
     let precondition = match (if_match(headers)?, &existing) {
         (Some(wanted), Some(stored)) if wanted != stored.revision => {
             return Err(ApiError::conflict(format!(
@@ -321,11 +322,47 @@ pub(super) async fn patch(
         &merged_bytes,
     )?;
     prepare_user(state, &mut resource).await?;
+    keeps_agent_managed(Some(&stored), &resource)?;
     write(state, &resource, Precondition::Revision(stored.revision)).await?;
     Ok(with_inert_warnings(
         Json(response_body(&resource)).into_response(),
         &resource,
     ))
+}
+
+/// Refuses a write that changes the subscriptions, labels or annotations of an agent-managed
+/// entity (Sensu's `agent-managed-entity`): its agent's configuration owns them and would put
+/// them back at its next connection, so the change would only seem to work.
+///
+/// # Errors
+/// 409 naming the entity and where to change them instead.
+fn keeps_agent_managed(
+    existing: Option<&crate::store::resources::Stored>,
+    resource: &Resource,
+) -> Result<(), ApiError> {
+    let Some(stored) = existing else {
+        return Ok(());
+    };
+    let (Spec::Entity(old), Spec::Entity(new)) = (&stored.resource.spec, &resource.spec) else {
+        return Ok(());
+    };
+    let old_meta = &stored.resource.metadata;
+    if !crate::entity::agent_managed(old_meta) {
+        return Ok(());
+    }
+    let meta = &resource.metadata;
+    if old.subscriptions != new.subscriptions
+        || old_meta.labels != meta.labels
+        || old_meta.annotations != meta.annotations
+    {
+        return Err(ApiError::conflict(format!(
+            "entity {}/{} is managed by its agent (agent_managed_entity in its agent.yaml): its \
+             subscriptions, labels and annotations come from that configuration; change them \
+             there, or turn agent_managed_entity off to manage them through the API",
+            meta.namespace, meta.name
+        )));
+    }
+    Ok(())
 }
 
 /// `DELETE` one resource (204); a user is disabled instead, as Sensu does, and a namespace
@@ -376,6 +413,16 @@ pub(super) async fn delete(
         .await?;
     if let Some(revision) = revision {
         super::wait_for_views(state, kind, revision).await;
+    }
+    if kind == Kind::Entity {
+        // As Sensu: an entity's events go with it.
+        crate::entity::delete_events(&state.resources, namespace, name)
+            .await
+            .map_err(|err| {
+                ApiError::internal(format!(
+                    "entity {namespace}/{name} was deleted, but not all of its events: {err}"
+                ))
+            })?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -619,7 +666,72 @@ pub(super) async fn tessen_put(
 
 #[cfg(test)]
 mod tests {
+    use axum::http::Method;
+
     use super::*;
+    use crate::http::tests::Fixture;
+
+    #[tokio::test]
+    async fn an_agent_managed_entity_refuses_api_changes_and_a_deleted_entity_takes_its_events() {
+        let fixture = Fixture::new("alpha").await;
+        let admin = fixture.token_from("alpha", "admin", &[]);
+        let path = "/api/core/v2/namespaces/default/entities/web-1";
+        let entity = |labels: Value, subscriptions: Value| {
+            serde_json::json!({
+                "metadata": {"name": "web-1", "namespace": "default", "labels": labels},
+                "entity_class": "agent",
+                "subscriptions": subscriptions,
+            })
+        };
+        let managed = serde_json::json!({"sensu.io/managed_by": "sensu-agent"});
+        let (status, body) = fixture
+            .call(
+                Method::PUT,
+                path,
+                &admin,
+                Some(entity(managed.clone(), serde_json::json!(["linux"]))),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = fixture
+            .call(
+                Method::PUT,
+                path,
+                &admin,
+                Some(entity(managed.clone(), serde_json::json!(["linux", "web"]))),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body.to_string().contains("managed by its agent"), "{body}");
+        let (status, _) = fixture
+            .call(
+                Method::PATCH,
+                path,
+                &admin,
+                Some(serde_json::json!({"metadata": {"labels": {"tier": "x"}}})),
+            )
+            .await;
+        assert_ne!(status, StatusCode::OK, "a merge patch is refused too");
+        let (_, stored) = fixture.call(Method::GET, path, &admin, None).await;
+        assert_eq!(
+            stored["subscriptions"],
+            serde_json::json!(["linux"]),
+            "nothing changed"
+        );
+
+        // An event of the entity goes when the entity goes.
+        let event = serde_json::json!({
+            "entity": {"metadata": {"name": "web-1", "namespace": "default"}, "entity_class": "agent"},
+            "check": {"metadata": {"name": "cpu", "namespace": "default"}, "status": 1, "output": "x", "interval": 60},
+        });
+        let events = "/api/core/v2/namespaces/default/events/web-1/cpu";
+        let (status, body) = fixture.call(Method::PUT, events, &admin, Some(event)).await;
+        assert!(status.is_success(), "{status} {body}");
+        let (status, _) = fixture.call(Method::DELETE, path, &admin, None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, _) = fixture.call(Method::GET, events, &admin, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
 
     #[test]
     fn selectors_and_patches() {

@@ -1,0 +1,168 @@
+//! Scheduling with a real backend and a real agent over mutual TLS: a subdued check is not
+//! sent while its window holds (and `cairnctl check execute` still runs it, as Sensu's ad hoc
+//! runs do), `check execute` runs a check at once on the subscriptions it names, a
+//! subscription added through the API (`cairnctl entity update`) gets its check at once, and
+//! deleting the entity deletes its events.
+
+use std::time::Duration;
+
+use cairn_tests::{eventually, metrics, Backend};
+use serde_json::json;
+
+use crate::agent::{
+    enrol, entity_path, event_path, get_opt, put_check, start_agent, wait_connected, wait_event,
+};
+use crate::common::Ctl;
+
+const AGENT: &str = "sched-1";
+
+/// The stored entity has what `entity update` gave it: subscription `web`, label `tier=front`.
+async fn assert_api_changes(admin: &cairn_api::client::Client) {
+    let entity = get_opt(admin, &entity_path(AGENT))
+        .await
+        .expect("the entity");
+    let subscriptions = entity["subscriptions"].as_array();
+    assert!(
+        subscriptions.is_some_and(|subscriptions| subscriptions.contains(&json!("web"))),
+        "{entity:#}"
+    );
+    assert_eq!(entity["metadata"]["labels"]["tier"], "front", "{entity:#}");
+}
+
+/// The value of the counter `name` on `/metrics`.
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subdues_check_execute_and_entity_updates_reach_a_real_agent() {
+    let backend = Backend::start();
+    let admin = backend.admin().await;
+    let ctl = Ctl::configure(&backend);
+    let install = enrol(&backend, &admin, AGENT).await;
+    let agent = start_agent(&install, &[]);
+    wait_connected(&agent).await;
+
+    // A check subdued for this whole century, and a control that runs beside it.
+    let spec = |command: &str, subscriptions: &[&str]| json!({"command": command, "interval": 1, "subscriptions": subscriptions, "publish": true});
+    let mut subdued = spec("echo subdued ran", &["linux"]);
+    subdued["subdues"] = json!([{"begin": "2000-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"}]);
+    put_check(&admin, "subdued", subdued).await;
+    put_check(&admin, "control", spec("echo control ran", &["linux"])).await;
+    wait_event(
+        &admin,
+        Some(&agent),
+        (AGENT, "control"),
+        Duration::from_secs(20),
+        "control runs",
+        |event| {
+            event["check"]["history"]
+                .as_array()
+                .is_some_and(|history| history.len() >= 3)
+        },
+    )
+    .await;
+    assert!(
+        get_opt(&admin, &event_path(AGENT, "subdued"))
+            .await
+            .is_none(),
+        "the subdued check ran"
+    );
+    let skipped = counter(&metrics(&admin).await, "cairn_check_subdued_firings_total");
+    assert!(skipped >= 2, "subdued firings counted: {skipped}");
+
+    // An ad hoc run goes through the window, as Sensu's.
+    ctl.expect(0, &["check", "execute", "subdued", "--reason", "test"]);
+    let event = wait_event(
+        &admin,
+        Some(&agent),
+        (AGENT, "subdued"),
+        Duration::from_secs(10),
+        "the ad hoc run",
+        |_| true,
+    )
+    .await;
+    assert_eq!(
+        event["check"]["output"].as_str().map(str::trim),
+        Some("subdued ran")
+    );
+
+    // `check execute` on the subscriptions it names, not the check's own.
+    put_check(&admin, "adhoc", json!({"command": "echo adhoc ran", "interval": 3600, "subscriptions": ["nobody"], "publish": false})).await;
+    let entity_sub = format!("entity:{AGENT}");
+    let run = ctl.expect(
+        0,
+        &["check", "execute", "adhoc", "--subscriptions", &entity_sub],
+    );
+    assert!(run.stdout.contains("Issued"), "{run:#?}");
+    wait_event(
+        &admin,
+        Some(&agent),
+        (AGENT, "adhoc"),
+        Duration::from_secs(10),
+        "adhoc on entity:",
+        |event| event["check"]["output"].as_str().map(str::trim) == Some("adhoc ran"),
+    )
+    .await;
+    let missing = ctl.expect(1, &["check", "execute", "no-such-check"]);
+    assert!(
+        missing.stderr.contains("404") || missing.stderr.contains("not found"),
+        "{missing:#?}"
+    );
+
+    // A subscription added through the API gets its check at once.
+    put_check(&admin, "web-only", spec("echo web ran", &["web"])).await;
+    assert!(get_opt(&admin, &event_path(AGENT, "web-only"))
+        .await
+        .is_none());
+    let run = ctl.expect(
+        0,
+        &[
+            "entity",
+            "update",
+            AGENT,
+            "--add-subscription",
+            "web",
+            "--label",
+            "tier=front",
+        ],
+    );
+    assert!(run.stdout.contains("added subscription web"), "{run:#?}");
+    wait_event(
+        &admin,
+        Some(&agent),
+        (AGENT, "web-only"),
+        Duration::from_secs(15),
+        "the new subscription's check",
+        |_| true,
+    )
+    .await;
+    assert_api_changes(&admin).await;
+    // The agent reconnecting (its agent.yaml still says only `linux`) leaves the API's changes
+    // alone: a backend-managed entity, as Sensu's.
+    drop(agent);
+    let agent = start_agent(&install, &[]);
+    wait_connected(&agent).await;
+    assert_api_changes(&admin).await;
+
+    // Deleting the entity deletes its events (the agent stopped first, so none come back).
+    drop(agent);
+    ctl.expect(0, &["delete", "entity", AGENT]);
+    eventually(
+        "no events of the entity",
+        Duration::from_secs(5),
+        || async {
+            let events = admin
+                .get_json(&format!("/api/core/v2/namespaces/default/events/{AGENT}"))
+                .await
+                .map_err(|err| err.to_string())?;
+            match events.as_array().map(Vec::len) {
+                Some(0) => Ok(()),
+                _ => Err(format!("events left: {events:#}")),
+            }
+        },
+    )
+    .await;
+}
