@@ -141,10 +141,15 @@ impl Executor {
         if name.is_empty() {
             return refused(entity, base, "the check request names no check".to_owned());
         }
-        let entity_name = entity
-            .metadata
-            .as_ref()
-            .map_or("", |meta| meta.name.as_str());
+        // A proxy check runs once per proxy entity: each is its own run.
+        let entity_name = if request.config.proxy_entity_name.is_empty() {
+            entity
+                .metadata
+                .as_ref()
+                .map_or("", |meta| meta.name.as_str())
+        } else {
+            request.config.proxy_entity_name.as_str()
+        };
         let key = (
             namespace.to_owned(),
             name.to_owned(),

@@ -32,10 +32,6 @@ const ASSET_NOT_FETCHED: &str =
     "Cairn does not download assets yet; nothing that names this asset gets it";
 const FILTER_LIBRARIES: &str =
     "Cairn does not load runtime assets into filters yet; the expressions run without them";
-const PROXY_ENTITY: &str =
-    "Cairn does not run proxy checks yet; results are stored on the agent's own entity";
-const PROXY_REQUESTS: &str =
-    "Cairn does not fan checks out over proxy entities yet; the check runs on its subscribers only";
 const ENTITY_REDACT: &str =
     "Cairn does not redact entity labels and annotations yet; they are shown as stored";
 
@@ -92,12 +88,6 @@ impl Found {
     }
 
     fn check(&mut self, check: &CheckConfig) {
-        if !check.proxy_entity_name.is_empty() {
-            self.push(&["proxy_entity_name"], PROXY_ENTITY);
-        }
-        if check.proxy_requests.is_some() {
-            self.push(&["proxy_requests"], PROXY_REQUESTS);
-        }
         self.assets(&check.runtime_assets, ASSETS_NOT_FETCHED);
     }
 
@@ -167,7 +157,7 @@ spec:
 ",
         );
         let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
-        assert_eq!(paths, ["spec.proxy_entity_name", "spec.runtime_assets"]);
+        assert_eq!(paths, ["spec.runtime_assets"]);
     }
 
     #[test]

@@ -628,6 +628,14 @@ pub(crate) fn prepare_event(
     Ok((format!("{name}/{check_name_part}"), event))
 }
 
+/// Whether an agent's event is a proxy check's result (see [`super::proxy`]).
+fn names_proxy(event: &Event) -> bool {
+    event
+        .check
+        .as_ref()
+        .is_some_and(|check| !check.proxy_entity_name.is_empty())
+}
+
 fn is_uuid(text: &str) -> bool {
     text.len() == 36 && uuid::Uuid::try_parse(text).is_ok()
 }
@@ -1328,8 +1336,15 @@ impl AgentSession {
             tracing::debug!(entity = %entity_id.name, event_id = %id, "duplicate event acknowledged again");
             return vec![BackendMessage::Ack { id }];
         }
-        let (event_name, event) = match prepare_event(event, &self.registered, &self.namespace, &id)
-        {
+        let prepared = match prepare_event(event, &self.registered, &self.namespace, &id) {
+            Ok((name, event)) if names_proxy(&event) => {
+                super::proxy::onto_proxy(&self.state.resources, &self.namespace, self.name(), event)
+                    .await
+                    .map_err(|reason| format!("{name}: {reason}"))
+            }
+            other => other,
+        };
+        let (event_name, event) = match prepared {
             Ok(prepared) => prepared,
             Err(reason) => {
                 tracing::info!(entity = %entity_id.name, event_id = %id, %reason, "agent event refused");

@@ -4,6 +4,7 @@
 pub(crate) mod connection;
 pub(crate) mod enrol;
 pub(crate) mod join;
+pub(crate) mod proxy;
 pub(crate) mod scheduler;
 pub(crate) mod sessions;
 pub(crate) mod watchdog;
@@ -35,4 +36,7 @@ pub(crate) struct Agents {
     pub secrets: Arc<Secrets>,
     /// Queues ad hoc check executions for this backend's scheduler (bounded).
     pub adhoc: scheduler::Adhoc,
+    /// The sandboxed JavaScript engine the pipeline's filters use, shared: proxy checks'
+    /// `entity_attributes` run on it.
+    pub js: cairn_api::js::Engine,
 }

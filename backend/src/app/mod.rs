@@ -521,7 +521,7 @@ pub async fn start(
             secrets: Arc::clone(&secrets),
             silences: Arc::clone(&silences),
         }),
-        js,
+        js.clone(),
     );
     let pipeline = Arc::new(pipeline);
     let metrics = Arc::new(ApiMetrics::default());
@@ -588,6 +588,7 @@ pub async fn start(
         revocations,
         secrets,
         adhoc,
+        js,
     };
     let state = AppState {
         resources,

@@ -262,7 +262,7 @@ pub(super) fn start_agent(install: &Install, settings: &[(&str, &str)]) -> Agent
     Agent::start(&install.config())
 }
 
-fn local_http() -> reqwest::Client {
+pub(super) fn local_http() -> reqwest::Client {
     plain_http_client(Duration::from_secs(5)).expect("a plain HTTP client")
 }
 
@@ -287,7 +287,11 @@ pub(super) async fn wait_connected(agent: &Agent) {
 }
 
 /// `POST /events` on the agent's local API; returns the status and body.
-async fn post_local(http: &reqwest::Client, agent: &Agent, event: &Value) -> (StatusCode, String) {
+pub(super) async fn post_local(
+    http: &reqwest::Client,
+    agent: &Agent,
+    event: &Value,
+) -> (StatusCode, String) {
     let response = http
         .post(format!("http://{}/events", agent.local_api))
         .json(event)

@@ -2,7 +2,8 @@
 //! sent while its window holds (and `cairnctl check execute` still runs it, as Sensu's ad hoc
 //! runs do), `check execute` runs a check at once on the subscriptions it names, a
 //! subscription added through the API (`cairnctl entity update`) gets its check at once, and
-//! deleting the entity deletes its events.
+//! deleting the entity deletes its events; a proxy check fans out over the entities its
+//! `entity_attributes` match, and an agent cannot write proxy results nobody asked for.
 
 use std::time::Duration;
 
@@ -10,9 +11,11 @@ use cairn_tests::{eventually, metrics, Backend};
 use serde_json::json;
 
 use crate::agent::{
-    enrol, entity_path, event_path, get_opt, put_check, start_agent, wait_connected, wait_event,
+    enrol, entity_path, event_path, get_opt, local_http, post_local, put_check, start_agent,
+    wait_connected, wait_event,
 };
 use crate::common::Ctl;
+use reqwest::Method;
 
 const AGENT: &str = "sched-1";
 
@@ -165,4 +168,132 @@ async fn subdues_check_execute_and_entity_updates_reach_a_real_agent() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_check_fans_out_over_twenty_entities_and_forged_proxy_results_are_refused() {
+    let backend = Backend::start();
+    let admin = backend.admin().await;
+    let install = enrol(&backend, &admin, "prober").await;
+    let agent = start_agent(&install, &[]);
+    wait_connected(&agent).await;
+    for index in 0..21 {
+        let kind = if index == 20 { "network" } else { "website" };
+        let name = format!("site-{index}");
+        let body = json!({
+            "entity_class": "proxy",
+            "metadata": {
+                "name": name,
+                "namespace": "default",
+                "labels": {"proxy_type": kind, "url": format!("https://{name}.example")},
+            },
+        });
+        admin
+            .send(
+                Method::PUT,
+                &format!("/api/core/v2/namespaces/default/entities/{name}"),
+                Some(&body),
+            )
+            .await
+            .expect("PUT a proxy entity");
+    }
+    put_check(
+        &admin,
+        "site-http",
+        json!({
+            "command": "echo checking {{ .labels.url }}",
+            "interval": 3600,
+            "subscriptions": ["linux"],
+            "publish": false,
+            "proxy_requests": {
+                "entity_attributes": ["entity.entity_class == 'proxy'", "entity.labels.proxy_type == 'website'"],
+                "splay": false,
+            },
+        }),
+    )
+    .await;
+    let ctl = Ctl::configure(&backend);
+    ctl.expect(0, &["check", "execute", "site-http"]);
+    for index in 0..20 {
+        let entity = format!("site-{index}");
+        let event = wait_event(
+            &admin,
+            Some(&agent),
+            (&entity, "site-http"),
+            Duration::from_secs(30),
+            "a proxy result",
+            |_| true,
+        )
+        .await;
+        assert_eq!(
+            event["check"]["output"].as_str().map(str::trim),
+            Some(format!("checking https://site-{index}.example").as_str()),
+            "{event:#}"
+        );
+        assert_eq!(event["check"]["proxy_entity_name"], entity.as_str());
+        assert_eq!(event["check"]["processed_by"], "prober");
+        assert_eq!(event["entity"]["entity_class"], "proxy");
+    }
+    assert!(
+        get_opt(&admin, &event_path("site-20", "site-http"))
+            .await
+            .is_none(),
+        "the entity the attributes do not match got a request"
+    );
+    assert!(
+        get_opt(&admin, &event_path("prober", "site-http"))
+            .await
+            .is_none(),
+        "a proxy result was stored on the agent's own entity"
+    );
+
+    // The agent cannot write a result onto an entity for a check that does not ask for it,
+    // create an entity no check names, nor write onto an agent's entity (its own).
+    put_check(
+        &admin,
+        "plain",
+        json!({"command": "true", "interval": 3600, "subscriptions": ["linux"], "publish": false}),
+    )
+    .await;
+    let http = local_http();
+    for (check, target) in [
+        ("plain", "site-0"),
+        ("forged", "site-1"),
+        ("site-http", "prober-2"),
+    ] {
+        let forged = json!({"check": {"metadata": {"name": check}, "status": 2, "output": "forged", "proxy_entity_name": target}});
+        let (status, body) = post_local(&http, &agent, &forged).await;
+        assert!(status.is_success(), "{status} {body}");
+    }
+    // A marker sent after them: once it is stored, the forged ones were handled.
+    let marker = json!({"check": {"metadata": {"name": "marker"}, "status": 0, "output": "after"}});
+    post_local(&http, &agent, &marker).await;
+    wait_event(
+        &admin,
+        Some(&agent),
+        ("prober", "marker"),
+        Duration::from_secs(15),
+        "the marker",
+        |_| true,
+    )
+    .await;
+    for (entity, check) in [
+        ("site-0", "plain"),
+        ("site-1", "forged"),
+        ("prober-2", "site-http"),
+    ] {
+        assert!(
+            get_opt(&admin, &event_path(entity, check)).await.is_none(),
+            "a forged proxy result {entity}/{check} was stored"
+        );
+    }
+    assert!(
+        get_opt(&admin, &entity_path("ghost")).await.is_none(),
+        "a forged result created an entity"
+    );
+    assert!(
+        agent.log().contains("does not run on the proxy entity"),
+        "the refusal reaches the agent's log:\n{}",
+        agent.log()
+    );
 }

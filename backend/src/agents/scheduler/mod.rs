@@ -15,6 +15,12 @@
 //! scheduled firing (hooks, secrets, slices, failure events), to this backend's sessions; they
 //! leave the check's schedule as it is.
 //!
+//! A firing of a check with `proxy_requests` is first matched against the entities the loop
+//! holds (see [`super::proxy`]), off the loop on the JavaScript engine, and comes back as one
+//! firing per matching entity (splayed ones wait in the loop until their second). A scheduled
+//! firing that one of the check's `subdues` windows holds is counted and not sent; cron
+//! checks fire in their `CRON_TZ=` zone (`cairn_api::schedule`).
+//!
 //! Interval checks are spread over their interval by a splay: a check fires at the unix times `t`
 //! with `(t - offset) % interval == 0`, where `offset` is a hash of `namespace/name` modulo the
 //! interval, so the spread is the same after a restart and on every backend.
@@ -35,6 +41,7 @@ use cairn_api::model::{Asset, Check, CheckConfig, Entity, Event, HookConfig};
 use cairn_api::schedule::{self, CronSchedule, Subdue};
 use cairn_api::{Kind, ObjectMeta, Spec};
 
+use crate::agents::proxy;
 use crate::agents::sessions::{Session, Sessions};
 use crate::agents::watchdog::KEEPALIVE_CHECK;
 use crate::agents::Agents;
@@ -172,6 +179,7 @@ pub(crate) fn spawn(
 ) -> (Arc<SchedulerStats>, JoinHandle<()>) {
     let stats = Arc::new(SchedulerStats::default());
     let (resolved_sender, resolved) = mpsc::unbounded_channel();
+    let (proxied_sender, proxied) = mpsc::unbounded_channel();
     let scheduler = Scheduler {
         state,
         timetable: Timetable::default(),
@@ -189,6 +197,10 @@ pub(crate) fn spawn(
         resolved_sender,
         adhoc: adhoc.0,
         adhoc_firings: 0,
+        entities: HashMap::new(),
+        proxied,
+        proxied_sender,
+        delayed: BTreeMap::new(),
     };
     (stats, tokio::spawn(run(scheduler, shutdown)))
 }
@@ -216,6 +228,15 @@ struct Scheduler {
     adhoc: mpsc::Receiver<AdhocRequest>,
     /// Ad hoc firings so far: the round-robin turn of the next one.
     adhoc_firings: u64,
+    /// Every stored entity, by namespace and name, for proxy checks' `entity_attributes` (at
+    /// most [`proxy::MAX_PROXY_ENTITIES`]).
+    entities: ByName<Entity>,
+    /// Proxy firings whose entities were matched off the loop, back for dispatch (one message
+    /// per firing of a check with `proxy_requests`).
+    proxied: mpsc::UnboundedReceiver<(Firing, Result<Vec<Entity>, String>)>,
+    proxied_sender: mpsc::UnboundedSender<(Firing, Result<Vec<Entity>, String>)>,
+    /// Splayed proxy requests, by the second they are due.
+    delayed: BTreeMap<i64, Vec<Firing>>,
 }
 
 async fn run(mut scheduler: Scheduler, mut shutdown: watch::Receiver<bool>) {
@@ -238,6 +259,9 @@ async fn run(mut scheduler: Scheduler, mut shutdown: watch::Receiver<bool>) {
                 }
                 Some(request) = scheduler.adhoc.recv() => {
                     scheduler.adhoc(request, unix_now());
+                }
+                Some((firing, matched)) = scheduler.proxied.recv() => {
+                    scheduler.expand_proxy(firing, matched, unix_now());
                 }
                 change = reflector.change() => match change {
                     Some(change) => scheduler.apply(&change, unix_now()),
@@ -298,6 +322,24 @@ impl Scheduler {
         self.dispatcher.hooks = load_by_name(&*store, Kind::HookConfig, decode_hook).await?;
         self.dispatcher.warned_hooks.clear();
         self.dispatcher.assets = load_by_name(&*store, Kind::Asset, decode_asset).await?;
+        self.entities = load_by_name(&*store, Kind::Entity, decode_entity).await?;
+        let held: usize = self.entities.values().map(HashMap::len).sum();
+        if held > proxy::MAX_PROXY_ENTITIES {
+            tracing::warn!(
+                held,
+                limit = proxy::MAX_PROXY_ENTITIES,
+                "more entities than proxy checks match against; the rest are left out"
+            );
+            let mut left = proxy::MAX_PROXY_ENTITIES;
+            for by_name in self.entities.values_mut() {
+                let keep = by_name.len().min(left);
+                left -= keep;
+                let names: Vec<String> = by_name.keys().skip(keep).cloned().collect();
+                for name in names {
+                    by_name.remove(&name);
+                }
+            }
+        }
 
         let mut listed = HashSet::new();
         let mut pages = Pages::new(&*store, Resources::prefix(Kind::Event, None));
@@ -376,7 +418,11 @@ impl Scheduler {
                 }
                 // A deleted entity's session keeps what it had until it reconnects (and
                 // registers the entity again).
-                Some(Watched::Entity(..)) => {}
+                Some(Watched::Entity(namespace, name)) => {
+                    if let Some(by_name) = self.entities.get_mut(namespace) {
+                        by_name.remove(name);
+                    }
+                }
                 Some(Watched::Event(namespace, entity, check)) => {
                     self.ttl
                         .remove(&(namespace.to_owned(), entity.to_owned(), check.to_owned()));
@@ -390,24 +436,26 @@ impl Scheduler {
     /// from now on (an operator changed a backend-managed entity through the API). Sessions
     /// registered before read the entity when they connected, so nothing is listed on reload.
     fn entity_changed(&mut self, namespace: &str, name: &str, entry: &Entry) {
-        let entity = match resources::decode(entry) {
-            Ok(stored) => match stored.resource.spec {
-                Spec::Entity(entity) => entity,
-                _ => return,
-            },
-            Err(err) => {
-                tracing::error!(key = %entry.key, error = %err, "unreadable stored entity");
-                return;
-            }
+        let Some(entity) = decode_entity(entry) else {
+            return;
         };
-        if entity.entity_class != "agent" {
+        let subscriptions = entity.subscriptions.clone();
+        let is_agent = entity.entity_class == "agent";
+        let held: usize = self.entities.values().map(HashMap::len).sum();
+        let by_name = self.entities.entry(namespace.to_owned()).or_default();
+        if by_name.contains_key(name) || held < proxy::MAX_PROXY_ENTITIES {
+            by_name.insert(name.to_owned(), entity);
+        } else {
+            tracing::warn!(%namespace, entity = %name, limit = proxy::MAX_PROXY_ENTITIES, "entity left out of proxy check matching");
+        }
+        if !is_agent {
             return;
         }
         let id = crate::entity::EntityId::new(namespace, name);
         if self
             .dispatcher
             .sessions
-            .set_subscriptions(&id, entity.subscriptions)
+            .set_subscriptions(&id, subscriptions)
         {
             tracing::info!(%namespace, entity = %name, "agent subscriptions changed through the API");
         }
@@ -469,6 +517,12 @@ impl Scheduler {
 
     async fn tick(&mut self, now: i64) {
         let mut firings = self.timetable.due(now);
+        while let Some(entry) = self.delayed.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            firings.extend(entry.remove());
+        }
         firings.retain(|firing| {
             if !firing.subdued {
                 return true;
@@ -525,7 +579,14 @@ impl Scheduler {
 
     /// Sends `firings` (those whose secrets must be resolved once that is done).
     fn fire(&mut self, firings: &[Firing], now: i64) {
-        for mut prepared in self.dispatcher.fire(firings, now) {
+        let (proxies, direct): (Vec<&Firing>, Vec<&Firing>) = firings
+            .iter()
+            .partition(|firing| firing.config.proxy_requests.is_some());
+        for firing in proxies {
+            self.match_proxy_entities(firing);
+        }
+        let direct: Vec<Firing> = direct.into_iter().cloned().collect();
+        for mut prepared in self.dispatcher.fire(&direct, now) {
             // Resolved off the loop: a slow or unreachable provider must not hold up the other
             // checks (its own failures are answered from the secrets cache's backoff).
             let secrets = Arc::clone(&self.state.secrets);
@@ -537,6 +598,94 @@ impl Scheduler {
             });
         }
         spawn_undeliverable_events(&self.state, self.dispatcher.take_undeliverable(), now);
+    }
+
+    /// Matches a proxy check's `entity_attributes` against the entities of its namespace, off
+    /// the loop (on the JavaScript engine); the outcome comes back to
+    /// [`Scheduler::expand_proxy`].
+    fn match_proxy_entities(&mut self, firing: &Firing) {
+        let attributes = firing
+            .config
+            .proxy_requests
+            .as_ref()
+            .map(|requests| requests.entity_attributes.clone())
+            .unwrap_or_default();
+        let candidates: Vec<Entity> = self
+            .entities
+            .get(&firing.key.0)
+            .map(|by_name| by_name.values().cloned().collect())
+            .unwrap_or_default();
+        let js = self.state.js.clone();
+        let back = self.proxied_sender.clone();
+        let firing = firing.clone();
+        tokio::spawn(async move {
+            let mut matched = proxy::matching(&js, &attributes, candidates).await;
+            if let Ok(entities) = &mut matched {
+                entities.sort_by(|a, b| proxy::name_of(a).cmp(proxy::name_of(b)));
+            }
+            // The loop only stops at shutdown, when nothing needs sending any more.
+            let _ = back.send((firing, matched));
+        });
+    }
+
+    /// Fans a proxy firing out over the entities it matched: one request each, at once or
+    /// splayed; an entity whose tokens do not substitute gets a status 3 event instead.
+    fn expand_proxy(&mut self, firing: Firing, matched: Result<Vec<Entity>, String>, now: i64) {
+        let (namespace, check) = &firing.key;
+        let entities = match matched {
+            Ok(entities) => entities,
+            Err(reason) => {
+                tracing::warn!(%namespace, %check, %reason, "proxy check not run");
+                return;
+            }
+        };
+        if entities.is_empty() {
+            tracing::debug!(%namespace, %check, "no entity matches the proxy check's entity_attributes");
+            return;
+        }
+        let requests = firing.config.proxy_requests.clone().unwrap_or_default();
+        let period = if firing.config.interval > 0 {
+            firing.config.interval
+        } else {
+            60
+        };
+        let delays = proxy::splay_delays(
+            entities.len(),
+            requests.splay,
+            requests.splay_coverage,
+            period,
+        );
+        let mut now_firings = Vec::new();
+        for (entity, delay) in entities.iter().zip(delays) {
+            match proxy::for_entity(&firing.config, entity) {
+                Ok(mut config) => {
+                    config.proxy_requests = None;
+                    let one = Firing {
+                        config: Arc::new(config),
+                        ..firing.clone()
+                    };
+                    if delay == 0 {
+                        now_firings.push(one);
+                    } else {
+                        self.delayed
+                            .entry(now.saturating_add(delay))
+                            .or_default()
+                            .push(one);
+                    }
+                }
+                Err(reason) => self.dispatcher.undeliverable.push(Undeliverable {
+                    namespace: namespace.clone(),
+                    config: CheckConfig {
+                        proxy_entity_name: proxy::name_of(entity).to_owned(),
+                        ..CheckConfig::clone(&firing.config)
+                    },
+                    entities: vec![proxy::name_of(entity).to_owned()],
+                    reason,
+                }),
+            }
+        }
+        tracing::debug!(%namespace, %check, entities = entities.len(), "proxy check fanned out");
+        self.fire(&now_firings, now);
     }
 
     /// Raises the TTL events that are due (on the watchdogs leader).
@@ -740,6 +889,23 @@ fn decode_asset(entry: &Entry) -> Option<Asset> {
     }
 }
 
+/// A stored entity with its metadata put back into the spec.
+fn decode_entity(entry: &Entry) -> Option<Entity> {
+    match resources::decode(entry) {
+        Ok(stored) => match stored.resource.spec {
+            Spec::Entity(mut entity) => {
+                entity.metadata = Some(stored.resource.metadata);
+                Some(entity)
+            }
+            _ => None,
+        },
+        Err(err) => {
+            tracing::error!(key = %entry.key, error = %err, "unreadable stored entity");
+            None
+        }
+    }
+}
+
 /// The few fields of a stored event the TTL watchdog reads, decoded without building the
 /// event (results arrive at the ingest rate).
 #[derive(Debug, Default, Deserialize)]
@@ -863,7 +1029,7 @@ struct Scheduled {
 }
 
 /// One check due to fire.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Firing {
     key: NameKey,
     config: Arc<CheckConfig>,
@@ -1718,6 +1884,8 @@ pub(crate) mod tests {
             revocations: crate::agents::join::Revocations::empty(),
             // Its queue is dropped: a test that fires ad hoc requests makes its own.
             adhoc: adhoc_queue().0,
+            js: cairn_api::js::Engine::new(cairn_api::js::EngineConfig::default())
+                .expect("JavaScript workers"),
         };
         (state, sink)
     }

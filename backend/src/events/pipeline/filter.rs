@@ -172,6 +172,19 @@ pub(super) fn event_view(event: &Event) -> Arc<[u8]> {
         .into()
 }
 
+/// An entity as expressions over it see it (a proxy check's `entity_attributes`): its wire
+/// form with `metadata` lifted as in [`event_view`], so `entity.entity_class == 'proxy'` and
+/// `entity.labels.proxy_type == 'website'` work.
+pub(crate) fn entity_view(entity: &cairn_api::model::Entity) -> Arc<[u8]> {
+    let mut view = serde_json::to_value(cairn_api::model::Wire(entity)).unwrap_or(Json::Null);
+    if let Some(object) = view.as_object_mut() {
+        lift_metadata(object);
+    }
+    serde_json::to_vec(&view)
+        .expect("a JSON value always serialises")
+        .into()
+}
+
 fn lift_metadata(object: &mut Map<String, Json>) {
     let metadata = object
         .get("metadata")

@@ -13,6 +13,7 @@
 pub mod contain;
 pub(crate) mod dryrun;
 mod filter;
+pub(crate) use filter::entity_view;
 mod mutate;
 mod workflow;
 
