@@ -919,6 +919,8 @@ pub fn hello(config: &AgentConfig, system: System) -> Hello {
         deregister: config.deregister,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         keepalive_pipelines: config.keepalive_pipelines.clone(),
+        keepalive_handlers: config.keepalive_handlers.clone(),
+        deregistration_handler: config.deregistration_handler.clone(),
     }
 }
 
@@ -936,6 +938,12 @@ pub fn entity(config: &AgentConfig, system: System) -> Entity {
         subscriptions: config.subscriptions.clone(),
         system: Some(system),
         deregister: config.deregister,
+        deregistration: (!config.deregistration_handler.is_empty()).then(|| {
+            cairn_api::model::Deregistration {
+                handler: config.deregistration_handler.clone(),
+            }
+        }),
+        keepalive_handlers: config.keepalive_handlers.clone(),
         sensu_agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         ..Entity::default()
     }
