@@ -27,20 +27,20 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::Ctl;
 
-const NS: &str = "default";
+pub(super) const NS: &str = "default";
 
 // === the REST API ===
 
-fn entity_path(name: &str) -> String {
+pub(super) fn entity_path(name: &str) -> String {
     format!("/api/core/v2/namespaces/{NS}/entities/{name}")
 }
 
-fn event_path(entity: &str, check: &str) -> String {
+pub(super) fn event_path(entity: &str, check: &str) -> String {
     format!("/api/core/v2/namespaces/{NS}/events/{entity}/{check}")
 }
 
 /// `GET` a document; `None` for a 404.
-async fn get_opt(client: &Client, path: &str) -> Option<Value> {
+pub(super) async fn get_opt(client: &Client, path: &str) -> Option<Value> {
     match client.get_json(path).await {
         Ok(value) => Some(value),
         Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => None,
@@ -56,12 +56,12 @@ async fn assert_no_entity(client: &Client, name: &str) {
     );
 }
 
-async fn put_check(client: &Client, name: &str, spec: Value) {
+pub(super) async fn put_check(client: &Client, name: &str, spec: Value) {
     put_resource(client, "checks", name, spec).await;
 }
 
 /// `PUT`s the core/v2 resource `plural/name` of [`NS`] with `spec` (its metadata added).
-async fn put_resource(client: &Client, plural: &str, name: &str, spec: Value) {
+pub(super) async fn put_resource(client: &Client, plural: &str, name: &str, spec: Value) {
     let mut body = spec;
     body["metadata"] = json!({"name": name, "namespace": NS});
     client
@@ -122,15 +122,15 @@ fn history(event: &Value) -> Vec<(u64, i64)> {
 
 /// An agent installation: its config dir inside a temp dir that also holds what the test
 /// writes beside it.
-struct Install {
+pub(super) struct Install {
     name: String,
     dir: PathBuf,
     unit: PathBuf,
-    root: tempfile::TempDir,
+    pub(super) root: tempfile::TempDir,
 }
 
 impl Install {
-    fn config(&self) -> PathBuf {
+    pub(super) fn config(&self) -> PathBuf {
         self.dir.join("agent.yaml")
     }
 
@@ -228,7 +228,7 @@ fn stderr(output: &Output) -> String {
 }
 
 /// Installs `name` with a fresh single-use token granting `linux`.
-async fn enrol(backend: &Backend, admin: &Client, name: &str) -> Install {
+pub(super) async fn enrol(backend: &Backend, admin: &Client, name: &str) -> Install {
     let (token, _) = mint_token(admin, 1, &["linux"]).await;
     let (install, output) = run_install(backend, &token, name);
     assert!(
@@ -240,7 +240,7 @@ async fn enrol(backend: &Backend, admin: &Client, name: &str) -> Install {
 }
 
 /// Sets top-level scalar fields of `agent.yaml` (replacing the line of the field, or appending).
-fn set_config(config: &Path, settings: &[(&str, &str)]) {
+pub(super) fn set_config(config: &Path, settings: &[(&str, &str)]) {
     let text = std::fs::read_to_string(config).expect("read agent.yaml");
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     for (key, value) in settings {
@@ -299,7 +299,7 @@ async fn post_local(http: &reqwest::Client, agent: &Agent, event: &Value) -> (St
 }
 
 /// Waits until the event `entity/check` satisfies `accept`, and returns it.
-async fn wait_event(
+pub(super) async fn wait_event(
     client: &Client,
     agent: Option<&Agent>,
     (entity, check): (&str, &str),
@@ -1226,7 +1226,7 @@ fn port_of(addr: &str) -> u16 {
 
 /// Waits until the agent `name` has an entity and a passing keepalive event in the API: its
 /// mutual-TLS session is up and the watchdog stored its keepalive. Returns the event.
-async fn wait_keepalive(admin: &Client, agent: &Agent, name: &str) -> Value {
+pub(super) async fn wait_keepalive(admin: &Client, agent: &Agent, name: &str) -> Value {
     let event = wait_event(
         admin,
         Some(agent),
