@@ -291,7 +291,9 @@ pub async fn admit_check<'a>(
     let Some(allow_list) = allow_list else {
         return Ok(env_vars);
     };
-    let entry = allow_list.matching(command).ok_or_else(|| not_listed(command))?;
+    let entry = allow_list
+        .matching(command)
+        .ok_or_else(|| not_listed(command))?;
     let env_vars = if entry.enable_env { env_vars } else { &[] };
     verify_program(entry, command, search_path(env_vars)).await?;
     Ok(env_vars)
@@ -306,7 +308,9 @@ pub async fn admit_hook(allow_list: Option<&AllowList>, command: &str) -> Result
     let Some(allow_list) = allow_list else {
         return Ok(());
     };
-    let entry = allow_list.matching(command).ok_or_else(|| not_listed(command))?;
+    let entry = allow_list
+        .matching(command)
+        .ok_or_else(|| not_listed(command))?;
     verify_program(entry, command, search_path(&[])).await
 }
 
@@ -397,9 +401,7 @@ mod tests {
     }
 
     fn error(text: &str, json: bool) -> String {
-        AllowList::parse(text, json)
-            .expect_err(text)
-            .to_string()
+        AllowList::parse(text, json).expect_err(text).to_string()
     }
 
     /// `(command, allowed)` against sensu-go's own cases (`allow_list_test.go`) and more.
@@ -437,7 +439,10 @@ mod tests {
                 ("/usr/lib/nagios/plugins/check_disk -w 10%", true),
                 ("check_disk -w 10%", false),
                 ("/tmp/evil/usr/lib/nagios/plugins/check_disk", false),
-                ("/usr/lib/nagios/plugins/check_disk -w 10% && curl evil", false),
+                (
+                    "/usr/lib/nagios/plugins/check_disk -w 10% && curl evil",
+                    false,
+                ),
             ],
         );
         // A name allows the command as run from PATH, not another path.
@@ -551,9 +556,11 @@ mod tests {
                 .contains("\"probe.sh\" is not found on PATH"),
             "{denied:?}"
         );
-        assert!(admit_check(Some(&yaml("probe.sh", &wrong)), "probe.sh", &path_env)
-            .await
-            .is_err());
+        assert!(
+            admit_check(Some(&yaml("probe.sh", &wrong)), "probe.sh", &path_env)
+                .await
+                .is_err()
+        );
     }
 
     #[test]
@@ -568,7 +575,10 @@ mod tests {
              command without arguments)"
         );
         assert_eq!(
-            error("[{\"exec\": \"a\", \"args\": [\"\"], \"sha512\": \"abc\"}]", true),
+            error(
+                "[{\"exec\": \"a\", \"args\": [\"\"], \"sha512\": \"abc\"}]",
+                true
+            ),
             ": entry 0 (\"a\"): sha512: must be the 128 hexadecimal digits of a SHA-512 \
              (sha512sum FILE)"
         );

@@ -607,7 +607,10 @@ mod tests {
         assert_eq!(config.socket.addr().to_string(), "127.0.0.1:3030");
         assert_eq!(config.allow_list, None);
         assert!(config.keepalive_handlers.is_empty());
-        assert!(!config.to_yaml().contains("socket"), "defaults are left out");
+        assert!(
+            !config.to_yaml().contains("socket"),
+            "defaults are left out"
+        );
 
         let config = parse(&format!(
             "{MINIMAL}keepalive_handlers: [slack, pager]\nderegistration_handler: cleanup\n\

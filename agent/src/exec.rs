@@ -193,7 +193,9 @@ impl Executor {
         .await
         {
             Ok(env_vars) => env_vars,
-            Err(denied) => return refused(entity, base, redactor.redact_str(&denied.check_output())),
+            Err(denied) => {
+                return refused(entity, base, redactor.redact_str(&denied.check_output()))
+            }
         };
         let env = match check_env(env_vars, &request.secrets) {
             Ok(env) => env,

@@ -329,9 +329,9 @@ fn parse_message(bytes: &[u8], origin: &Origin) -> Message {
 /// Sensu's `\s+ping\s+`: `ping` with whitespace (space, tab, CR, LF, FF) on both sides.
 fn is_ping(bytes: &[u8]) -> bool {
     let space = |byte: &u8| matches!(byte, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c');
-    bytes.windows(6).any(|window| {
-        space(&window[0]) && &window[1..5] == b"ping" && space(&window[5])
-    })
+    bytes
+        .windows(6)
+        .any(|window| space(&window[0]) && &window[1..5] == b"ping" && space(&window[5]))
 }
 
 /// Sensu's `translateToEvent`: the 1.x result as a core/v2 event.
@@ -416,7 +416,10 @@ mod tests {
     #[test]
     fn a_1x_result_becomes_an_event() {
         let minimal = event(r#"{"name": "check-mysql-status", "status": 1, "output": "error!"}"#);
-        assert!(minimal.entity.is_none(), "the agent's own entity is set later");
+        assert!(
+            minimal.entity.is_none(),
+            "the agent's own entity is set later"
+        );
         assert!(minimal.timestamp > 0);
         let check = minimal.check.unwrap();
         assert_eq!(check.metadata.unwrap().name, "check-mysql-status");
@@ -432,7 +435,10 @@ mod tests {
         );
         let entity = full.entity.unwrap();
         let meta = entity.metadata.unwrap();
-        assert_eq!((meta.namespace.as_str(), meta.name.as_str()), ("default", "sensu-docs-site"));
+        assert_eq!(
+            (meta.namespace.as_str(), meta.name.as_str()),
+            ("default", "sensu-docs-site")
+        );
         assert_eq!(entity.entity_class, "proxy");
         let check = full.check.unwrap();
         assert_eq!(check.executed, 1_550_013_435);
@@ -461,10 +467,14 @@ mod tests {
             invalid_reason(r#"{"name": "x", "status": 1}"#),
             "a check output must be provided"
         );
-        assert!(invalid_reason(r#"{"name": "x", "output": "o", "status": "bad"}"#)
-            .starts_with("not a check result"));
-        assert!(invalid_reason(r#"{"name": "x", "output": "o", "status": -1}"#)
-            .starts_with("not a check result"));
+        assert!(
+            invalid_reason(r#"{"name": "x", "output": "o", "status": "bad"}"#)
+                .starts_with("not a check result")
+        );
+        assert!(
+            invalid_reason(r#"{"name": "x", "output": "o", "status": -1}"#)
+                .starts_with("not a check result")
+        );
         // The local API's validation: a name the backend refuses is refused here already.
         assert_eq!(
             invalid_reason(r#"{"name": "a/b", "output": "o"}"#),
@@ -545,17 +555,34 @@ mod tests {
         let check = next_event(&mut running.events).await.check.unwrap();
         assert_eq!((check.status, check.output.as_str()), (2, "late"));
         // In pieces, closed by the client.
-        assert_eq!(send_tcp(running.addr, b"{\"name\": \"b\", \"output\": \"o\"}\n", true).await, "ok");
+        assert_eq!(
+            send_tcp(
+                running.addr,
+                b"{\"name\": \"b\", \"output\": \"o\"}\n",
+                true
+            )
+            .await,
+            "ok"
+        );
         next_event(&mut running.events).await;
         assert_eq!(send_tcp(running.addr, b" ping ", false).await, "pong");
-        assert_eq!(send_tcp(running.addr, b"{\"name\": \"\"}", false).await, "invalid");
+        assert_eq!(
+            send_tcp(running.addr, b"{\"name\": \"\"}", false).await,
+            "invalid"
+        );
         assert_eq!(send_tcp(running.addr, b"not json", false).await, "invalid");
         assert_eq!(send_tcp(running.addr, b"{\"name\":", true).await, "invalid");
         // Nothing complete before the read timeout.
         let started = std::time::Instant::now();
-        assert_eq!(send_tcp(running.addr, b"{\"name\":", false).await, "invalid");
+        assert_eq!(
+            send_tcp(running.addr, b"{\"name\":", false).await,
+            "invalid"
+        );
         assert!(started.elapsed() >= TCP_READ_TIMEOUT);
-        assert!(running.events.try_recv().is_err(), "nothing invalid was handed on");
+        assert!(
+            running.events.try_recv().is_err(),
+            "nothing invalid was handed on"
+        );
     }
 
     #[tokio::test]
@@ -570,7 +597,10 @@ mod tests {
             "{}{{\"name\": \"big\", \"output\": \"o\"}}",
             " ".repeat(1024)
         );
-        assert_eq!(send_tcp(running.addr, padded.as_bytes(), false).await, "invalid");
+        assert_eq!(
+            send_tcp(running.addr, padded.as_bytes(), false).await,
+            "invalid"
+        );
         let fits = format!("{}{{\"name\": \"b\", \"output\": \"o\"}}", " ".repeat(900));
         assert_eq!(send_tcp(running.addr, fits.as_bytes(), false).await, "ok");
         next_event(&mut running.events).await;
@@ -618,7 +648,8 @@ mod tests {
         next_event(&mut running.events).await;
         let answer = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
-                let answer = send_tcp(running.addr, br#"{"name": "d", "output": "o"}"#, false).await;
+                let answer =
+                    send_tcp(running.addr, br#"{"name": "d", "output": "o"}"#, false).await;
                 if !answer.is_empty() {
                     return answer;
                 }
@@ -649,12 +680,19 @@ mod tests {
             &b" ping "[..],
             b"not json",
             br#"{"name": "no-output"}"#,
-            format!("{}{{\"name\": \"big\", \"output\": \"o\"}}", " ".repeat(1100)).as_bytes(),
+            format!(
+                "{}{{\"name\": \"big\", \"output\": \"o\"}}",
+                " ".repeat(1100)
+            )
+            .as_bytes(),
         ] {
             client.send_to(bad, running.addr).await.unwrap();
         }
         client
-            .send_to(br#"{"name": "udp-check", "status": 1, "output": "via udp"}"#, running.addr)
+            .send_to(
+                br#"{"name": "udp-check", "status": 1, "output": "via udp"}"#,
+                running.addr,
+            )
             .await
             .unwrap();
         // Only the good one arrives, after the bad ones: the listener carried on.

@@ -1687,7 +1687,10 @@ mod tests {
         let kept = agent_entity("default", &hello("web"), Some((&meta, &existing)), 1);
         assert_eq!(
             handlers(&kept),
-            (vec!["pager".to_owned()], Some("operator-cleanup".to_owned()))
+            (
+                vec!["pager".to_owned()],
+                Some("operator-cleanup".to_owned())
+            )
         );
         // The hello names them: they replace the operator's.
         let mut greeting = hello("web");

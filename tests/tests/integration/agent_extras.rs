@@ -55,7 +55,9 @@ async fn socket_addr(agent: &Agent) -> String {
 /// One TCP exchange with the socket: the message, then the whole answer.
 async fn send_tcp(addr: &str, message: &str) -> String {
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect to the socket");
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .expect("connect to the socket");
         stream
             .write_all(message.as_bytes())
             .await
@@ -79,7 +81,9 @@ fn script(path: &Path, body: &str) {
 }
 
 fn sha512_hex(path: &Path) -> String {
-    hex::encode(Sha512::digest(std::fs::read(path).expect("read the script")))
+    hex::encode(Sha512::digest(
+        std::fs::read(path).expect("read the script"),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +152,10 @@ async fn the_allow_list_runs_what_it_allows_only() {
     let allowed = root.join("allowed.sh");
     script(&allowed, "echo \"allowed greeting=$GREETING\"");
     let tampered = root.join("tampered.sh");
-    script(&tampered, &format!("touch '{}'", root.join("tampered-ran").display()));
+    script(
+        &tampered,
+        &format!("touch '{}'", root.join("tampered-ran").display()),
+    );
     let forbidden_marker = root.join("forbidden-ran");
     let hook_marker = root.join("hook-ran");
     let allow_list = root.join("allow-list.yaml");
@@ -188,7 +195,12 @@ async fn the_allow_list_runs_what_it_allows_only() {
     let mut allowed_check = check(allowed.display().to_string());
     allowed_check["check_hooks"] = json!([{"0": ["not-listed"]}]);
     put_check(&admin, "allowed", allowed_check).await;
-    put_check(&admin, "allowed-env", check(format!("{} --env", allowed.display()))).await;
+    put_check(
+        &admin,
+        "allowed-env",
+        check(format!("{} --env", allowed.display())),
+    )
+    .await;
     put_check(
         &admin,
         "forbidden",
@@ -252,7 +264,10 @@ async fn the_allow_list_runs_what_it_allows_only() {
         "{output}"
     );
     assert!(!forbidden_marker.exists(), "the forbidden check ran");
-    assert!(!root.join("tampered-ran").exists(), "the tampered script ran");
+    assert!(
+        !root.join("tampered-ran").exists(),
+        "the tampered script ran"
+    );
     assert!(!hook_marker.exists(), "the hook not on the list ran");
 }
 
@@ -303,7 +318,13 @@ async fn keepalive_and_deregistration_handlers_come_from_agent_yaml() {
         })
     };
     put_resource(&admin, "handlers", "ka-record", recorder("keepalive.json")).await;
-    put_resource(&admin, "handlers", "dereg-record", recorder("deregistration.json")).await;
+    put_resource(
+        &admin,
+        "handlers",
+        "dereg-record",
+        recorder("deregistration.json"),
+    )
+    .await;
     let install = enrol(&backend, &admin, name).await;
     let mut agent = start_agent(
         &install,
