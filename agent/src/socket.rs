@@ -14,7 +14,8 @@
 //! - **TCP.** One result per connection. The agent reads until the bytes so far are a complete
 //!   JSON value, answers `ok` (handed on) or `invalid` (not JSON, not a check result, refused
 //!   by validation, or the queue full) and closes. A message containing `ping` between
-//!   whitespace (Sensu's `\s+ping\s+`) is answered `pong`. A connection that sends nothing
+//!   whitespace (Sensu's `\s+ping\s+`) is answered `pong`, unless it starts with `{` (Sensu
+//!   takes a result whose output says ` ping ` for a ping and drops it). A connection that sends nothing
 //!   complete within [`TCP_READ_TIMEOUT`] (Sensu's 500 ms for the whole message), or more than
 //!   [`TCP_MESSAGE_LIMIT`] bytes, is answered `invalid`; beyond [`MAX_CONNECTIONS`] at once,
 //!   further connections are closed at once, unanswered.
@@ -305,7 +306,11 @@ async fn serve_udp(
 
 /// What the bytes received so far are.
 fn parse_message(bytes: &[u8], origin: &Origin) -> Message {
-    if is_ping(bytes) {
+    let json_object = bytes
+        .iter()
+        .find(|byte| !byte.is_ascii_whitespace())
+        .is_some_and(|first| *first == b'{');
+    if !json_object && is_ping(bytes) {
         return Message::Ping;
     }
     let value: serde_json::Value = match serde_json::from_slice(bytes) {
@@ -486,6 +491,10 @@ mod tests {
         assert!(invalid_reason("[1]").contains("JSON object"));
         assert!(invalid_reason("{\"name\": x}").starts_with("malformed JSON"));
         assert_eq!(parse("{\"name\": \"x\", "), Message::Incomplete);
+        // A result that says ` ping ` is a result, not a ping.
+        let event = event(r#"{"name": "net", "status": 2, "output": "host ping failed "}"#);
+        assert_eq!(event.check.unwrap().output, "host ping failed ");
+        assert_eq!(parse(" ping "), Message::Ping);
         assert_eq!(parse(""), Message::Incomplete);
     }
 

@@ -1665,7 +1665,7 @@ mod tests {
 
     #[test]
     fn keepalive_and_deregistration_handlers_from_the_hello_win_when_set() {
-        let mut existing = Entity {
+        let existing = Entity {
             keepalive_handlers: vec!["pager".into()],
             deregistration: Some(cairn_api::model::Deregistration {
                 handler: "operator-cleanup".into(),
@@ -1704,7 +1704,6 @@ mod tests {
                 Some("cleanup".to_owned())
             )
         );
-        existing.deregistration = None;
         let fresh = agent_entity("default", &greeting, None, 1);
         assert_eq!(handlers(&fresh).1, Some("cleanup".to_owned()));
         assert!(cairn_api::validate::validate(&fresh)
