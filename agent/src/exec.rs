@@ -52,7 +52,6 @@
 //!   (`output_metric_format`) into `event.metrics` with `output_metric_handlers`; when the status
 //!   is 0, `output_metric_thresholds` may raise it and annotate the event; then the hooks run
 //!   (for that status), and `discard_output` blanks the output last.
-//!
 //! - **Allow list** ([`crate::allowlist`], Sensu's `allow-list`). With one, a check or hook
 //!   command it does not allow is not run (status 3 saying why), and a check gets its
 //!   `env_vars` only when its entry has `enable_env`.

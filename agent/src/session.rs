@@ -1011,6 +1011,8 @@ mod tests {
         let mut config = AgentConfig::new("web-01", vec!["wss://h:8081".into()]);
         config.subscriptions = vec!["linux".into()];
         config.labels.insert("team".into(), "ops".into());
+        config.keepalive_handlers = vec!["slack".into()];
+        config.deregistration_handler = "cleanup".into();
         let system = System {
             hostname: "web-01.example.com".into(),
             ..System::default()
@@ -1020,7 +1022,11 @@ mod tests {
         assert_eq!(hello.name, "web-01");
         assert_eq!(hello.keepalive_interval, 20);
         assert_eq!(hello.subscriptions, ["linux"]);
+        assert_eq!(hello.keepalive_handlers, ["slack"]);
+        assert_eq!(hello.deregistration_handler, "cleanup");
         let entity = entity(&config, system);
+        assert_eq!(entity.keepalive_handlers, ["slack"]);
+        assert_eq!(entity.deregistration.as_ref().unwrap().handler, "cleanup");
         let meta = entity.metadata.unwrap();
         assert_eq!(
             (meta.name.as_str(), meta.namespace.as_str()),
