@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use reqwest::Url;
@@ -41,6 +41,10 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub const DEFAULT_MAX_CONCURRENCY: usize = 16;
 /// The port of the agent listener, used when `install` derives the agent URL from the API URL.
 pub const DEFAULT_AGENT_PORT: u16 = 8081;
+/// The agent socket's default host (Sensu's `socket-host`).
+pub const DEFAULT_SOCKET_HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// The agent socket's default port (Sensu's `socket-port`), TCP and UDP alike.
+pub const DEFAULT_SOCKET_PORT: u16 = 3030;
 
 /// The default configuration file: [`DEFAULT_CONFIG_DIR`]/[`CONFIG_FILE_NAME`].
 pub fn default_config_file() -> PathBuf {
@@ -110,6 +114,75 @@ pub struct AgentConfig {
     /// How many checks may run at once.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
+
+    // --- agent extras (issue 19, item 7): keepalive and deregistration handlers, the agent
+    // socket, the command allow list ---
+    /// Handlers the keepalive events of this agent name (Sensu's `keepalive-handlers`); empty
+    /// keeps what the entity has (`keepalive` when nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keepalive_handlers: Vec<String>,
+    /// The handler the backend runs when it deregisters this agent's entity (Sensu's
+    /// `deregistration-handler`); empty keeps what the entity has.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub deregistration_handler: String,
+    /// The TCP and UDP check-result socket (Sensu's `socket-*` settings).
+    #[serde(default, skip_serializing_if = "SocketSettings::is_default")]
+    pub socket: SocketSettings,
+    /// The command allow list file (Sensu's `allow-list`, YAML or JSON); when set, only the check
+    /// and hook commands it allows run. Unset: every command runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_list: Option<PathBuf>,
+}
+
+/// `socket:` in `agent.yaml`: Sensu's agent TCP/UDP socket for 1.x-style check results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketSettings {
+    /// The address to listen on (Sensu's `socket-host`); loopback unless
+    /// `allow_non_loopback` says otherwise.
+    #[serde(default = "default_socket_host")]
+    pub host: IpAddr,
+    /// The port, TCP and UDP (Sensu's `socket-port`); 0 picks a free one.
+    #[serde(default = "default_socket_port")]
+    pub port: u16,
+    /// No socket at all (Sensu's `disable-sockets`).
+    #[serde(default)]
+    pub disable: bool,
+    /// Allow `host` to be an address other programs than this host's reach: whoever reaches
+    /// the socket can send events as this agent, with no authentication.
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+}
+
+fn default_socket_host() -> IpAddr {
+    DEFAULT_SOCKET_HOST
+}
+fn default_socket_port() -> u16 {
+    DEFAULT_SOCKET_PORT
+}
+
+impl Default for SocketSettings {
+    fn default() -> SocketSettings {
+        SocketSettings {
+            host: DEFAULT_SOCKET_HOST,
+            port: DEFAULT_SOCKET_PORT,
+            disable: false,
+            allow_non_loopback: false,
+        }
+    }
+}
+
+// === impl SocketSettings ===
+
+impl SocketSettings {
+    /// The address to listen on.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    fn is_default(&self) -> bool {
+        *self == SocketSettings::default()
+    }
 }
 
 fn default_namespace() -> String {
@@ -217,6 +290,10 @@ impl AgentConfig {
             queue_dir: default_queue_dir(),
             local_api: default_local_api(),
             max_concurrency: default_max_concurrency(),
+            keepalive_handlers: Vec::new(),
+            deregistration_handler: String::new(),
+            socket: SocketSettings::default(),
+            allow_list: None,
         }
     }
 
@@ -267,6 +344,11 @@ impl AgentConfig {
             &mut config.ca_file,
             &mut config.queue_dir,
         ] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        if let Some(path) = config.allow_list.as_mut() {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
@@ -351,6 +433,34 @@ impl AgentConfig {
         }
         if self.max_concurrency == 0 {
             problem("max_concurrency".into(), "must be at least 1".into());
+        }
+        // --- agent extras (issue 19, item 7) ---
+        for (index, handler) in self.keepalive_handlers.iter().enumerate() {
+            if let Some(message) = check_name(Kind::Handler, handler) {
+                problem(format!("keepalive_handlers[{index}]"), message);
+            }
+        }
+        if !self.deregistration_handler.is_empty() {
+            if let Some(message) = check_name(Kind::Handler, &self.deregistration_handler) {
+                problem("deregistration_handler".into(), message);
+            }
+        }
+        if !self.socket.host.is_loopback() && !self.socket.allow_non_loopback {
+            problem(
+                "socket.host".into(),
+                format!(
+                    "{} is not a loopback address: anyone who reaches it can send events as this \
+                     agent; set socket.allow_non_loopback: true to listen there anyway",
+                    self.socket.host
+                ),
+            );
+        }
+        if self
+            .allow_list
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            problem("allow_list".into(), "must not be empty".into());
         }
         problems
     }
@@ -494,6 +604,57 @@ mod tests {
         assert_eq!(
             error(&format!("{MINIMAL}max_concurrency: 0\n")),
             "max_concurrency: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn agent_extras_parse_and_check() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.socket, SocketSettings::default());
+        assert_eq!(config.socket.addr().to_string(), "127.0.0.1:3030");
+        assert_eq!(config.allow_list, None);
+        assert!(config.keepalive_handlers.is_empty());
+        assert!(
+            !config.to_yaml().contains("socket"),
+            "defaults are left out"
+        );
+
+        let config = parse(&format!(
+            "{MINIMAL}keepalive_handlers: [slack, pager]\nderegistration_handler: cleanup\n\
+             socket: {{port: 0, disable: true}}\nallow_list: allow.yaml\n"
+        ))
+        .unwrap();
+        assert_eq!(config.keepalive_handlers, ["slack", "pager"]);
+        assert_eq!(config.deregistration_handler, "cleanup");
+        assert_eq!(config.socket.port, 0);
+        assert!(config.socket.disable);
+        assert_eq!(
+            config.allow_list.as_deref(),
+            Some(Path::new("/etc/cairn-agent/allow.yaml"))
+        );
+        assert_eq!(parse(&config.to_yaml()).unwrap(), config);
+
+        assert_eq!(
+            error(&format!("{MINIMAL}socket: {{host: 0.0.0.0}}\n")),
+            "socket.host: 0.0.0.0 is not a loopback address: anyone who reaches it can send \
+             events as this agent; set socket.allow_non_loopback: true to listen there anyway"
+        );
+        let open = parse(&format!(
+            "{MINIMAL}socket: {{host: 0.0.0.0, allow_non_loopback: true}}\n"
+        ))
+        .unwrap();
+        assert!(!open.socket.host.is_loopback());
+        let typo = error(&format!("{MINIMAL}socket: {{prot: 1}}\n"));
+        assert!(typo.contains("unknown field `prot`"), "{typo}");
+        let bad_handler = error(&format!("{MINIMAL}keepalive_handlers: [\"a b\"]\n"));
+        assert!(
+            bad_handler.starts_with("keepalive_handlers[0]: "),
+            "{bad_handler}"
+        );
+        let bad_handler = error(&format!("{MINIMAL}deregistration_handler: \"x/y\"\n"));
+        assert!(
+            bad_handler.starts_with("deregistration_handler: "),
+            "{bad_handler}"
         );
     }
 

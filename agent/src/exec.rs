@@ -52,6 +52,9 @@
 //!   (`output_metric_format`) into `event.metrics` with `output_metric_handlers`; when the status
 //!   is 0, `output_metric_thresholds` may raise it and annotate the event; then the hooks run
 //!   (for that status), and `discard_output` blanks the output last.
+//! - **Allow list** ([`crate::allowlist`], Sensu's `allow-list`). With one, a check or hook
+//!   command it does not allow is not run (status 3 saying why), and a check gets its
+//!   `env_vars` only when its entry has `enable_env`.
 //!
 //! Dropping the future of [`Executor::run`] kills the process group of what is running.
 
@@ -70,6 +73,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::allowlist::AllowList;
 use crate::extract;
 
 /// Output kept when the check sets no `max_output_size`, bytes.
@@ -102,6 +106,8 @@ pub struct ExecLimits {
 #[derive(Debug, Clone)]
 pub struct Executor {
     shared: Arc<Shared>,
+    /// The command allow list (`allowlist.rs`); `None` runs every command.
+    allow_list: Option<Arc<AllowList>>,
 }
 
 #[derive(Debug)]
@@ -125,7 +131,14 @@ impl Executor {
                 slots: Semaphore::new(limits.max_concurrency.max(1)),
                 running: Mutex::new(HashSet::new()),
             }),
+            allow_list: None,
         }
+    }
+
+    /// This executor, running only the check and hook commands `allow_list` allows.
+    pub fn with_allow_list(mut self, allow_list: Option<AllowList>) -> Executor {
+        self.allow_list = allow_list.map(Arc::new);
+        self
     }
 
     /// Runs the check (and its hooks) for `entity` and returns the event, with an empty id.
@@ -175,7 +188,20 @@ impl Executor {
         }
         // The command after token substitution (the event carries it as run, as Sensu's).
         let command = base.command.clone();
-        let env = match check_env(&config.env_vars, &request.secrets) {
+        // The allow list (allowlist.rs): a command not on it does not run.
+        let env_vars = match crate::allowlist::admit_check(
+            self.allow_list.as_deref(),
+            &command,
+            &config.env_vars,
+        )
+        .await
+        {
+            Ok(env_vars) => env_vars,
+            Err(denied) => {
+                return refused(entity, base, redactor.redact_str(&denied.check_output()))
+            }
+        };
+        let env = match check_env(env_vars, &request.secrets) {
             Ok(env) => env,
             Err(message) => return refused(entity, base, redactor.redact_str(&message)),
         };
@@ -242,8 +268,16 @@ impl Executor {
         };
         let selected = selected_hooks(&config.check_hooks, check.status, code);
         if !selected.is_empty() {
-            check.hooks =
-                run_hooks(&selected, request, entity, &check, max_output, &redactor).await;
+            check.hooks = run_hooks(
+                &selected,
+                request,
+                entity,
+                &check,
+                max_output,
+                &redactor,
+                self.allow_list.as_deref(),
+            )
+            .await;
         }
         if check.discard_output {
             check.output.clear();
@@ -532,6 +566,7 @@ async fn run_hooks(
     check: &Check,
     max_output: usize,
     redactor: &Redactor,
+    allow_list: Option<&AllowList>,
 ) -> Vec<serde_json::Value> {
     let mut results = Vec::with_capacity(names.len());
     for name in names {
@@ -590,6 +625,14 @@ async fn run_hooks(
                 continue;
             }
         };
+        if let Err(denied) = crate::allowlist::admit_hook(allow_list, &hook_command).await {
+            results.push(hook_refused(
+                hook,
+                request.issued,
+                redactor.redact_str(&denied.hook_output()),
+            ));
+            continue;
+        }
         let timeout_secs = match u64::try_from(hook.timeout) {
             Ok(secs) if secs > 0 => secs,
             _ => DEFAULT_HOOK_TIMEOUT.as_secs(),

@@ -16,7 +16,8 @@
 //! `Content-Type: application/json` (415 otherwise), as Sensu's docs send it, so that an HTML
 //! form (`text/plain`, `application/x-www-form-urlencoded`) cannot post an event.
 //!
-//! Sensu's TCP/UDP check-result socket (port 3030) is not offered.
+//! Sensu's TCP/UDP check-result socket (port 3030) is [`crate::socket`]; its events are checked
+//! here too ([`check_event`]).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -221,6 +222,15 @@ fn parse_event(bytes: &[u8]) -> Result<Event, Refusal> {
     if resource.metadata != ObjectMeta::default() {
         event.metadata = Some(resource.metadata);
     }
+    check_event(event).map_err(Refusal::bad_request)
+}
+
+/// Checks an event from a local program (the local API's or the socket's) as the backend will,
+/// the agent's entity standing in for the one it sets, and sets a missing `timestamp` to now.
+///
+/// # Errors
+/// What is wrong, naming the field (`check.metadata.name: must not be empty`).
+pub(crate) fn check_event(mut event: Event) -> Result<Event, String> {
     // The agent sets the entity, so check the rest with a stand-in.
     let mut probe = event.clone();
     probe.entity = Some(Entity {
@@ -233,11 +243,11 @@ fn parse_event(bytes: &[u8]) -> Result<Event, Refusal> {
         .find(cairn_api::Issue::is_error)
     {
         let path = without_spec(&issue.path);
-        return Err(Refusal::bad_request(if path.is_root() {
+        return Err(if path.is_root() {
             issue.message
         } else {
             format!("{path}: {}", issue.message)
-        }));
+        });
     }
     if event.timestamp == 0 {
         event.timestamp = unix_now();

@@ -920,6 +920,8 @@ pub fn hello(config: &AgentConfig, system: System) -> Hello {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         keepalive_pipelines: config.keepalive_pipelines.clone(),
         agent_managed: config.agent_managed_entity,
+        keepalive_handlers: config.keepalive_handlers.clone(),
+        deregistration_handler: config.deregistration_handler.clone(),
     }
 }
 
@@ -937,6 +939,12 @@ pub fn entity(config: &AgentConfig, system: System) -> Entity {
         subscriptions: config.subscriptions.clone(),
         system: Some(system),
         deregister: config.deregister,
+        deregistration: (!config.deregistration_handler.is_empty()).then(|| {
+            cairn_api::model::Deregistration {
+                handler: config.deregistration_handler.clone(),
+            }
+        }),
+        keepalive_handlers: config.keepalive_handlers.clone(),
         sensu_agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         ..Entity::default()
     }
@@ -1004,6 +1012,8 @@ mod tests {
         let mut config = AgentConfig::new("web-01", vec!["wss://h:8081".into()]);
         config.subscriptions = vec!["linux".into()];
         config.labels.insert("team".into(), "ops".into());
+        config.keepalive_handlers = vec!["slack".into()];
+        config.deregistration_handler = "cleanup".into();
         let system = System {
             hostname: "web-01.example.com".into(),
             ..System::default()
@@ -1013,7 +1023,11 @@ mod tests {
         assert_eq!(hello.name, "web-01");
         assert_eq!(hello.keepalive_interval, 20);
         assert_eq!(hello.subscriptions, ["linux"]);
+        assert_eq!(hello.keepalive_handlers, ["slack"]);
+        assert_eq!(hello.deregistration_handler, "cleanup");
         let entity = entity(&config, system);
+        assert_eq!(entity.keepalive_handlers, ["slack"]);
+        assert_eq!(entity.deregistration.as_ref().unwrap().handler, "cleanup");
         let meta = entity.metadata.unwrap();
         assert_eq!(
             (meta.name.as_str(), meta.namespace.as_str()),

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use cairn_api::agent::{AgentMessage, MAX_MESSAGE_BYTES};
 use cairn_api::model::{Entity, Event};
 
+use crate::allowlist::{AllowList, AllowListError};
 use crate::config::{AgentConfig, ConfigError};
 use crate::exec::{ExecLimits, Executor};
 use crate::queue::{EventQueue, QueueError, QueueLimits};
@@ -50,6 +51,9 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    /// The allow list named in the configuration is unusable.
+    #[error(transparent)]
+    AllowList(#[from] AllowListError),
     /// The local API failed.
     #[error("the local api failed: {0}")]
     LocalApi(io::Error),
@@ -63,7 +67,10 @@ pub enum StartError {
 impl StartError {
     /// Whether the configuration is at fault (exit 64) rather than the environment (exit 1).
     pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Config(_) | StartError::Material(_))
+        matches!(
+            self,
+            StartError::Config(_) | StartError::Material(_) | StartError::AllowList(_)
+        )
     }
 }
 
@@ -78,6 +85,18 @@ pub async fn start(config_path: &Path) -> Result<(), StartError> {
     // Fail now, with the file named, rather than in the session loop.
     session::tls_config(&config)?;
     warn_about_material(&config);
+    let allow_list = config
+        .allow_list
+        .as_deref()
+        .map(AllowList::load)
+        .transpose()?;
+    if let (Some(path), Some(allow_list)) = (&config.allow_list, &allow_list) {
+        tracing::info!(
+            allow_list = %path.display(),
+            entries = allow_list.entries().len(),
+            "only the commands on the allow list run"
+        );
+    }
     let queue = EventQueue::open(&config.queue_dir, QueueLimits::default())?;
     if !queue.is_empty() {
         tracing::info!(
@@ -114,6 +133,7 @@ pub async fn start(config_path: &Path) -> Result<(), StartError> {
         events_tx.clone(),
         health.clone(),
     ));
+    let socket = start_socket(&config, events_tx.clone()).await;
     let fallback_entity = session::entity(&config, crate::facts::collect());
     let writer = tokio::spawn(queue_writer(
         events_rx,
@@ -127,9 +147,12 @@ pub async fn start(config_path: &Path) -> Result<(), StartError> {
         queue,
         queued,
         events: events_tx,
-        executor: Arc::new(Executor::new(ExecLimits {
-            max_concurrency: config.max_concurrency,
-        })),
+        executor: Arc::new(
+            Executor::new(ExecLimits {
+                max_concurrency: config.max_concurrency,
+            })
+            .with_allow_list(allow_list),
+        ),
         health,
     };
     let mut sessions = tokio::spawn(session::run(shared, shutdown_rx));
@@ -152,6 +175,9 @@ pub async fn start(config_path: &Path) -> Result<(), StartError> {
     };
     let _ = shutdown_tx.send(true);
     api.abort();
+    if let Some(socket) = socket {
+        socket.abort();
+    }
     if tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut sessions)
         .await
         .is_err()
@@ -160,6 +186,40 @@ pub async fn start(config_path: &Path) -> Result<(), StartError> {
     }
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, writer).await;
     result
+}
+
+/// Binds and serves the agent socket (`socket:` in agent.yaml) unless it is disabled. As Sensu's,
+/// a socket that cannot listen is logged as an error and the agent runs on without it.
+async fn start_socket(
+    config: &AgentConfig,
+    events: mpsc::Sender<Event>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use crate::socket::{AgentSocket, Origin, SocketLimits};
+    if config.socket.disable {
+        return None;
+    }
+    let addr = config.socket.addr();
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "the agent socket listens on a non-loopback address: whoever reaches it can send \
+             events as this agent, unauthenticated"
+        );
+    }
+    let socket = match AgentSocket::bind(addr, SocketLimits::default()).await {
+        Ok(socket) => socket,
+        Err(err) => {
+            tracing::error!(error = %err, "the agent socket cannot listen; running without it");
+            return None;
+        }
+    };
+    let bound = socket.local_addr().map_or(addr, |bound| bound);
+    tracing::info!(addr = %bound, "agent socket listening (tcp and udp)");
+    let origin = Origin {
+        name: config.name.clone(),
+        namespace: config.namespace.clone(),
+    };
+    Some(tokio::spawn(socket.serve(events, origin)))
 }
 
 /// Logs what will keep the backend from accepting the agent, or what puts the key at risk:

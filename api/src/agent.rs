@@ -104,6 +104,16 @@ pub struct Hello {
     /// the stored entity, which the API may change. Left out when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub agent_managed: bool,
+    /// Handlers its keepalive events name (Sensu's `keepalive-handlers`); the backend sets them
+    /// on the entity, in place of what an operator set there. Left out when empty (the entity
+    /// keeps its own), so older backends take the hello.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keepalive_handlers: Vec<String>,
+    /// The handler the backend runs when it deregisters the entity (Sensu's
+    /// `deregistration-handler`), set as the entity's `deregistration.handler`. Left out when
+    /// empty (the entity keeps its own), so older backends take the hello.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub deregistration_handler: String,
 }
 
 /// A check the backend asks an agent to run.
@@ -361,6 +371,27 @@ impl JoinToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hello_leaves_out_empty_handlers_for_older_backends() {
+        let plain = serde_json::to_value(Hello::default()).unwrap();
+        for field in [
+            "keepalive_pipelines",
+            "keepalive_handlers",
+            "deregistration_handler",
+        ] {
+            assert!(plain.get(field).is_none(), "{field} in {plain}");
+        }
+        let hello = Hello {
+            keepalive_handlers: vec!["slack".into()],
+            deregistration_handler: "cleanup".into(),
+            ..Hello::default()
+        };
+        let json = serde_json::to_value(&hello).unwrap();
+        assert_eq!(json["keepalive_handlers"], serde_json::json!(["slack"]));
+        assert_eq!(json["deregistration_handler"], "cleanup");
+        assert_eq!(serde_json::from_value::<Hello>(json).unwrap(), hello);
+    }
 
     #[test]
     fn join_token_round_trips_and_hides_its_secret() {

@@ -779,6 +779,13 @@ impl Agent {
     /// # Panics
     /// When the agent exits before it reports the address; the message holds its log.
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Agent {
+        // Agents of concurrent tests must not contend for the agent socket's fixed default
+        // port (3030): one that sets no `socket:` gets a free port.
+        let text = std::fs::read_to_string(config).expect("read agent.yaml");
+        if !text.lines().any(|line| line.starts_with("socket:")) {
+            std::fs::write(config, text.trim_end().to_owned() + "\nsocket: {port: 0}\n")
+                .expect("write agent.yaml");
+        }
         let log_file = config.with_file_name("agent.log");
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -536,6 +536,16 @@ pub(crate) fn agent_entity(
     entity.system = Some(hello.system.clone());
     entity.last_seen = now;
     entity.deregister = hello.deregister;
+    // agent.yaml's keepalive_handlers and deregistration_handler (Sensu's agent flags) win
+    // when the agent names them; otherwise what the operator set on the entity stays.
+    if !hello.keepalive_handlers.is_empty() {
+        entity.keepalive_handlers = hello.keepalive_handlers.clone();
+    }
+    if !hello.deregistration_handler.is_empty() {
+        entity.deregistration = Some(cairn_api::model::Deregistration {
+            handler: hello.deregistration_handler.clone(),
+        });
+    }
     entity.sensu_agent_version = hello.agent_version.clone();
     Resource::new(metadata, Spec::Entity(entity))
 }
@@ -1743,6 +1753,54 @@ mod tests {
         );
         assert!(!entity::agent_managed(&back.metadata));
         assert_eq!(back.metadata.labels["team"], "ops");
+    }
+
+    #[test]
+    fn keepalive_and_deregistration_handlers_from_the_hello_win_when_set() {
+        let existing = Entity {
+            keepalive_handlers: vec!["pager".into()],
+            deregistration: Some(cairn_api::model::Deregistration {
+                handler: "operator-cleanup".into(),
+            }),
+            ..Entity::default()
+        };
+        let meta = ObjectMeta::named("default", "web");
+        let handlers = |resource: &Resource| match &resource.spec {
+            Spec::Entity(entity) => (
+                entity.keepalive_handlers.clone(),
+                entity
+                    .deregistration
+                    .as_ref()
+                    .map(|deregistration| deregistration.handler.clone()),
+            ),
+            _ => panic!("not an entity"),
+        };
+        // The hello names none: the operator's stay.
+        let kept = agent_entity("default", &hello("web"), Some((&meta, &existing)), 1);
+        assert_eq!(
+            handlers(&kept),
+            (
+                vec!["pager".to_owned()],
+                Some("operator-cleanup".to_owned())
+            )
+        );
+        // The hello names them: they replace the operator's.
+        let mut greeting = hello("web");
+        greeting.keepalive_handlers = vec!["slack".into(), "pager".into()];
+        greeting.deregistration_handler = "cleanup".into();
+        let set = agent_entity("default", &greeting, Some((&meta, &existing)), 1);
+        assert_eq!(
+            handlers(&set),
+            (
+                vec!["slack".to_owned(), "pager".to_owned()],
+                Some("cleanup".to_owned())
+            )
+        );
+        let fresh = agent_entity("default", &greeting, None, 1);
+        assert_eq!(handlers(&fresh).1, Some("cleanup".to_owned()));
+        assert!(cairn_api::validate::validate(&fresh)
+            .iter()
+            .all(|issue| !issue.is_error()));
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::Ctl;
 
-const NS: &str = "default";
+pub(super) const NS: &str = "default";
 
 // === the REST API ===
 
@@ -126,11 +126,11 @@ pub(super) struct Install {
     name: String,
     dir: PathBuf,
     unit: PathBuf,
-    root: tempfile::TempDir,
+    pub(super) root: tempfile::TempDir,
 }
 
 impl Install {
-    fn config(&self) -> PathBuf {
+    pub(super) fn config(&self) -> PathBuf {
         self.dir.join("agent.yaml")
     }
 
@@ -240,7 +240,7 @@ pub(super) async fn enrol(backend: &Backend, admin: &Client, name: &str) -> Inst
 }
 
 /// Sets top-level scalar fields of `agent.yaml` (replacing the line of the field, or appending).
-fn set_config(config: &Path, settings: &[(&str, &str)]) {
+pub(super) fn set_config(config: &Path, settings: &[(&str, &str)]) {
     let text = std::fs::read_to_string(config).expect("read agent.yaml");
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     for (key, value) in settings {
@@ -1230,7 +1230,7 @@ fn port_of(addr: &str) -> u16 {
 
 /// Waits until the agent `name` has an entity and a passing keepalive event in the API: its
 /// mutual-TLS session is up and the watchdog stored its keepalive. Returns the event.
-async fn wait_keepalive(admin: &Client, agent: &Agent, name: &str) -> Value {
+pub(super) async fn wait_keepalive(admin: &Client, agent: &Agent, name: &str) -> Value {
     let event = wait_event(
         admin,
         Some(agent),

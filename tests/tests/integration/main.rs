@@ -3,6 +3,7 @@
 //! Run one area with `cargo test -p cairn-tests --test integration -- agent::`.
 
 mod agent;
+mod agent_extras;
 mod agent_identity;
 mod backend;
 mod binaries;
