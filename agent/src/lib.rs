@@ -3,9 +3,10 @@
 //!
 //! - [`install`] enrols the host with a join token over TLS pinned by [`pin`];
 //! - [`start`] runs the agent: [`session`] (the WebSocket session, with [`backoff`] between
-//!   attempts), [`queue`] (events on disk until acknowledged), [`exec`] (checks) and
+//!   attempts), [`queue`] (events on disk until acknowledged), [`exec`] (checks, with [`assets`]: their runtime assets) and
 //!   [`localapi`] (events from local scripts).
 
+pub mod assets;
 pub mod backoff;
 pub mod certs;
 pub mod config;
