@@ -36,9 +36,6 @@ const PROXY_ENTITY: &str =
     "Cairn does not run proxy checks yet; results are stored on the agent's own entity";
 const PROXY_REQUESTS: &str =
     "Cairn does not fan checks out over proxy entities yet; the check runs on its subscribers only";
-const SUBDUES: &str = "Cairn does not subdue checks yet; the check runs in these windows too";
-const CRON_ZONE: &str =
-    "Cairn reads cron schedules in UTC; the time zone prefix is not applied yet";
 const ENTITY_REDACT: &str =
     "Cairn does not redact entity labels and annotations yet; they are shown as stored";
 const AGENT_SUBSCRIPTIONS: &str = "an agent's subscriptions come from its own configuration; \
@@ -97,9 +94,6 @@ impl Found {
     }
 
     fn check(&mut self, check: &CheckConfig) {
-        if has_zone(&check.cron) {
-            self.push(&["cron"], CRON_ZONE);
-        }
         if !check.proxy_entity_name.is_empty() {
             self.push(&["proxy_entity_name"], PROXY_ENTITY);
         }
@@ -107,9 +101,6 @@ impl Found {
             self.push(&["proxy_requests"], PROXY_REQUESTS);
         }
         self.assets(&check.runtime_assets, ASSETS_NOT_FETCHED);
-        if !check.subdues.is_empty() {
-            self.push(&["subdues"], SUBDUES);
-        }
     }
 
     /// A resource's `runtime_assets`, which Cairn does not fetch yet.
@@ -140,18 +131,6 @@ impl Found {
             self.push(&[at, "redact"], ENTITY_REDACT);
         }
     }
-}
-
-/// Whether a cron schedule starts with a `TZ=` or `CRON_TZ=` prefix naming a zone other than
-/// UTC.
-fn has_zone(cron: &str) -> bool {
-    let Some(first) = cron.split_whitespace().next() else {
-        return false;
-    };
-    let zone = first
-        .strip_prefix("CRON_TZ=")
-        .or_else(|| first.strip_prefix("TZ="));
-    zone.is_some_and(|zone| !matches!(zone, "UTC" | "Etc/UTC" | "Z"))
 }
 
 #[cfg(test)]
@@ -193,10 +172,7 @@ spec:
 ",
         );
         let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
-        assert_eq!(
-            paths,
-            ["spec.cron", "spec.proxy_entity_name", "spec.runtime_assets"]
-        );
+        assert_eq!(paths, ["spec.proxy_entity_name", "spec.runtime_assets"]);
     }
 
     #[test]
@@ -207,8 +183,9 @@ api_version: core/v2
 metadata: {name: web, namespace: default}
 spec:
   command: check-http
-  cron: CRON_TZ=UTC 0 9 * * *
+  cron: CRON_TZ=Europe/Paris 0 9 * * *
   subscriptions: [web]
+  subdues: [{begin: '2026-01-01T17:00:00+01:00', end: '2026-01-02T08:00:00+01:00', repeat: [weekdays]}]
   handlers: [slack]
   output_metric_format: graphite_plaintext
   output_metric_handlers: [influx]
@@ -249,13 +226,5 @@ spec:
         );
         let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
         assert_eq!(paths, ["spec", "spec.redact", "spec.subscriptions"]);
-    }
-
-    #[test]
-    fn zones_other_than_utc_are_named() {
-        assert!(has_zone("TZ=America/New_York 0 9 * * *"));
-        assert!(!has_zone("TZ=UTC 0 9 * * *"));
-        assert!(!has_zone("0 9 * * *"));
-        assert!(!has_zone(""));
     }
 }

@@ -30,6 +30,7 @@ pub mod problem;
 pub mod process;
 pub mod redact;
 pub mod resource;
+pub mod schedule;
 pub mod selector;
 pub mod tokens;
 pub mod validate;

@@ -355,9 +355,12 @@ impl Checker {
             self.error(at("interval"), format!("must be at most {}", u32::MAX));
         }
         if !check.cron.is_empty() {
-            if let Some(problem) = cron_problem(&check.cron) {
+            if let Err(problem) = crate::schedule::CronSchedule::parse(&check.cron) {
                 self.error(at("cron"), problem);
             }
+        }
+        if let Err((index, problem)) = crate::schedule::parse_subdues(&check.subdues) {
+            self.error(at("subdues").index(index), problem);
         }
         self.non_negative(at("timeout"), check.timeout);
         self.non_negative(at("ttl"), check.ttl);
@@ -1038,7 +1041,6 @@ impl Checker {
     }
 }
 
-/// Checks a five-field cron schedule, with an optional `TZ=`/`CRON_TZ=` prefix.
 /// What is wrong with a federated cluster's API URL: it must be `https://HOST[:PORT][/PATH]`,
 /// since the gateway sends tokens to it; plain `http://` would carry them in clear.
 fn cluster_url_problem(url: &str) -> Option<String> {
@@ -1058,34 +1060,9 @@ fn cluster_url_problem(url: &str) -> Option<String> {
     None
 }
 
-fn cron_problem(cron: &str) -> Option<String> {
-    let schedule = match cron.split_once(' ') {
-        Some((prefix, rest)) if prefix.starts_with("TZ=") || prefix.starts_with("CRON_TZ=") => rest,
-        _ => cron,
-    };
-    let schedule = schedule.trim();
-    let is_macro = schedule.starts_with('@');
-    if !is_macro && schedule.split_whitespace().count() != 5 {
-        return Some(format!("\"{cron}\" is not a five-field cron schedule"));
-    }
-    match croner::Cron::new(schedule).parse() {
-        Ok(_) => None,
-        Err(err) => Some(format!("\"{cron}\" is not a valid cron schedule: {err}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cron_rules() {
-        assert_eq!(cron_problem("*/5 * * * *"), None);
-        assert_eq!(cron_problem("CRON_TZ=Asia/Tokyo 0 8 * * *"), None);
-        assert_eq!(cron_problem("@hourly"), None);
-        assert!(cron_problem("* * *").is_some());
-        assert!(cron_problem("61 * * * *").is_some());
-    }
 
     #[test]
     fn name_rules() {

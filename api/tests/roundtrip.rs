@@ -396,14 +396,33 @@ fn proxy_requests() -> Strat<ProxyRequests> {
         .boxed()
 }
 
-/// A Sensu-style subdue window.
+/// A Sensu 6 subdue window, valid as `cairn_api::schedule` reads it: RFC 3339 times with an
+/// offset, `end` not before `begin`, periods Sensu names.
 fn subdue() -> Strat<Value> {
     (
-        text(),
-        text(),
-        vec(select(&["daily", "weekdays", "monday", "sunday"][..]), 0..3),
+        0..=28i64,
+        0..=23i64,
+        0..=86_400i64,
+        select(&["Z", "+02:00", "-07:00"][..]),
+        vec(
+            select(&["daily", "weekdays", "mondays", "sundays", "monthly"][..]),
+            0..3,
+        ),
     )
-        .prop_map(|(begin, end, repeat)| json!({"begin": begin, "end": end, "repeat": repeat}))
+        .prop_map(|(day, hour, length, offset, repeat)| {
+            let begin_secs = day * 86_400 + hour * 3_600;
+            let stamp = |secs: i64| {
+                let (days, rest) = (secs / 86_400, secs % 86_400);
+                format!(
+                    "2026-01-{:02}T{:02}:{:02}:{:02}{offset}",
+                    days + 1,
+                    rest / 3_600,
+                    rest % 3_600 / 60,
+                    rest % 60
+                )
+            };
+            json!({"begin": stamp(begin_secs), "end": stamp(begin_secs + length), "repeat": repeat})
+        })
         .boxed()
 }
 

@@ -543,6 +543,11 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
                 "Events raised by the check TTL watchdog.",
                 &scheduler.ttl_events,
             ),
+            (
+                "cairn_check_subdued_firings_total",
+                "Scheduled check firings not sent because a subdue window held the time.",
+                &scheduler.subdued_firings,
+            ),
         ]);
     }
     for (name, help, value) in counters {

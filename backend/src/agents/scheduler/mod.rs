@@ -25,14 +25,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chrono::{TimeZone, Utc};
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use cairn_api::agent::{BackendMessage, CheckRequest};
-use cairn_api::model::{Check, CheckConfig, Entity, Event, HookConfig};
+use cairn_api::model::{Asset, Check, CheckConfig, Entity, Event, HookConfig};
+use cairn_api::schedule::{self, CronSchedule, Subdue};
 use cairn_api::{Kind, ObjectMeta, Spec};
 
 use crate::agents::sessions::{Session, Sessions};
@@ -150,6 +150,8 @@ pub(crate) struct SchedulerStats {
     pub requests_undeliverable: AtomicU64,
     /// Events raised by the TTL watchdog.
     pub ttl_events: AtomicU64,
+    /// Scheduled firings not sent because the check's `subdues` held the time.
+    pub subdued_firings: AtomicU64,
 }
 
 /// Starts the scheduler (with its TTL watchdog); returns its counters and its task.
@@ -178,6 +180,7 @@ pub(crate) fn spawn(
             stats: Arc::clone(&stats),
             hooks: HashMap::new(),
             warned_hooks: HashSet::new(),
+            assets: HashMap::new(),
             paced: BTreeMap::new(),
             undeliverable: Vec::new(),
         },
@@ -189,6 +192,9 @@ pub(crate) fn spawn(
     };
     (stats, tokio::spawn(run(scheduler, shutdown)))
 }
+
+/// Resources of one kind by namespace, then name.
+type ByName<T> = HashMap<String, HashMap<String, T>>;
 
 /// `(namespace, name)` of a check or hook.
 type NameKey = (String, String);
@@ -289,22 +295,9 @@ impl Scheduler {
         }
         self.timetable.retain(|key| listed.contains(key));
 
-        let mut hooks: HashMap<String, HashMap<String, HookConfig>> = HashMap::new();
-        let mut pages = Pages::new(&*store, Resources::prefix(Kind::HookConfig, None));
-        while let Some(page) = pages.next().await? {
-            for entry in &page {
-                if let Some(Watched::Hook(namespace, name)) = classify(&entry.key) {
-                    if let Some(hook) = decode_hook(entry) {
-                        hooks
-                            .entry(namespace.to_owned())
-                            .or_default()
-                            .insert(name.to_owned(), hook);
-                    }
-                }
-            }
-        }
-        self.dispatcher.hooks = hooks;
+        self.dispatcher.hooks = load_by_name(&*store, Kind::HookConfig, decode_hook).await?;
         self.dispatcher.warned_hooks.clear();
+        self.dispatcher.assets = load_by_name(&*store, Kind::Asset, decode_asset).await?;
 
         let mut listed = HashSet::new();
         let mut pages = Pages::new(&*store, Resources::prefix(Kind::Event, None));
@@ -347,6 +340,15 @@ impl Scheduler {
                         self.dispatcher.warned_hooks.clear();
                     }
                 }
+                Some(Watched::Asset(namespace, name)) => {
+                    if let Some(asset) = decode_asset(entry) {
+                        self.dispatcher
+                            .assets
+                            .entry(namespace.to_owned())
+                            .or_default()
+                            .insert(name.to_owned(), asset);
+                    }
+                }
                 Some(Watched::Event(namespace, entity, check)) => {
                     let key = (namespace.to_owned(), entity.to_owned(), check.to_owned());
                     self.observe_event(&key, entry, now, false);
@@ -362,6 +364,11 @@ impl Scheduler {
                 Some(Watched::Hook(namespace, name)) => {
                     if let Some(hooks) = self.dispatcher.hooks.get_mut(namespace) {
                         hooks.remove(name);
+                    }
+                }
+                Some(Watched::Asset(namespace, name)) => {
+                    if let Some(assets) = self.dispatcher.assets.get_mut(namespace) {
+                        assets.remove(name);
                     }
                 }
                 Some(Watched::Event(namespace, entity, check)) => {
@@ -428,7 +435,18 @@ impl Scheduler {
     }
 
     async fn tick(&mut self, now: i64) {
-        let firings = self.timetable.due(now);
+        let mut firings = self.timetable.due(now);
+        firings.retain(|firing| {
+            if !firing.subdued {
+                return true;
+            }
+            self.dispatcher
+                .stats
+                .subdued_firings
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(namespace = %firing.key.0, check = %firing.key.1, "check is subdued; not sent");
+            false
+        });
         self.fire(&firings, now);
         // Every backend tracks TTLs; the watchdog leader raises them.
         if !self
@@ -464,6 +482,9 @@ impl Scheduler {
             at: now,
             number: self.adhoc_firings,
             adhoc: true,
+            // An ad hoc request runs in a subdue window too, as Sensu's (only its schedulers
+            // skip subdued checks).
+            subdued: false,
         };
         self.adhoc_firings += 1;
         self.fire(&[firing], now);
@@ -573,6 +594,8 @@ enum Watched<'a> {
     Check(&'a str, &'a str),
     /// `res/hooks/<namespace>/<name>`.
     Hook(&'a str, &'a str),
+    /// `res/assets/<namespace>/<name>`.
+    Asset(&'a str, &'a str),
     /// `res/events/<namespace>/<entity>/<check>`.
     Event(&'a str, &'a str, &'a str),
 }
@@ -584,6 +607,8 @@ fn classify(key: &str) -> Option<Watched<'_>> {
         Some(Watched::Check(namespace, name))
     } else if plural == Kind::HookConfig.plural() {
         Some(Watched::Hook(namespace, name))
+    } else if plural == Kind::Asset.plural() {
+        Some(Watched::Asset(namespace, name))
     } else if plural == Kind::Event.plural() {
         let (entity, check) = name.split_once('/')?;
         Some(Watched::Event(namespace, entity, check))
@@ -632,6 +657,52 @@ fn decode_hook(entry: &Entry) -> Option<HookConfig> {
     }
 }
 
+/// Every stored resource of `kind` that `decode` takes, by namespace and name.
+async fn load_by_name<T>(
+    store: &dyn Store,
+    kind: Kind,
+    decode: fn(&Entry) -> Option<T>,
+) -> Result<ByName<T>, StoreError> {
+    let prefix = Resources::prefix(kind, None);
+    let mut found: ByName<T> = HashMap::new();
+    let mut pages = Pages::new(store, prefix.clone());
+    while let Some(page) = pages.next().await? {
+        for entry in &page {
+            let Some((namespace, name)) = entry
+                .key
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.split_once('/'))
+            else {
+                continue;
+            };
+            if let Some(resource) = decode(entry) {
+                found
+                    .entry(namespace.to_owned())
+                    .or_default()
+                    .insert(name.to_owned(), resource);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A stored asset with its metadata put back into the spec (as a check request carries it).
+fn decode_asset(entry: &Entry) -> Option<Asset> {
+    match resources::decode(entry) {
+        Ok(stored) => match stored.resource.spec {
+            Spec::Asset(mut asset) => {
+                asset.metadata = Some(stored.resource.metadata);
+                Some(asset)
+            }
+            _ => None,
+        },
+        Err(err) => {
+            tracing::error!(key = %entry.key, error = %err, "unreadable stored asset");
+            None
+        }
+    }
+}
+
 /// The few fields of a stored event the TTL watchdog reads, decoded without building the
 /// event (results arrive at the ingest rate).
 #[derive(Debug, Default, Deserialize)]
@@ -667,8 +738,8 @@ struct ProbeCheck {
 enum Schedule {
     /// At the unix times `t` with `(t - offset) % interval == 0`.
     Interval { interval: i64, offset: i64 },
-    /// At each occurrence of a cron pattern, in UTC.
-    Cron(Box<croner::Cron>),
+    /// At each occurrence of a cron pattern, in its zone.
+    Cron(Box<CronSchedule>),
 }
 
 impl Schedule {
@@ -681,7 +752,7 @@ impl Schedule {
             return Ok(None);
         }
         if !config.cron.trim().is_empty() {
-            let cron = parse_cron(&config.cron)?;
+            let cron = CronSchedule::parse(&config.cron)?;
             return Ok(Some(Schedule::Cron(Box::new(cron))));
         }
         if config.interval > 0 {
@@ -701,7 +772,7 @@ impl Schedule {
                 *interval,
                 *offset,
             )),
-            Schedule::Cron(cron) => next_cron_fire(cron, after),
+            Schedule::Cron(cron) => cron.next_after(after),
         }
     }
 }
@@ -721,36 +792,6 @@ fn splay_offset(namespace: &str, name: &str, interval: i64) -> i64 {
 /// The first `t >= at_or_after` with `(t - offset) % interval == 0`. `interval` must be positive.
 fn next_interval_fire(at_or_after: i64, interval: i64, offset: i64) -> i64 {
     at_or_after + (offset - at_or_after).rem_euclid(interval)
-}
-
-/// The first occurrence of `cron` strictly after `after` (unix seconds, UTC).
-fn next_cron_fire(cron: &croner::Cron, after: i64) -> Option<i64> {
-    let start = Utc.timestamp_opt(after, 0).single()?;
-    cron.find_next_occurrence(&start, false)
-        .ok()
-        .map(|next| next.timestamp())
-}
-
-/// Parses a five-field cron schedule. A `TZ=`/`CRON_TZ=` prefix is accepted and ignored: Cairn
-/// evaluates every schedule in UTC.
-fn parse_cron(cron: &str) -> Result<croner::Cron, String> {
-    let cron = cron.trim();
-    let pattern = match cron.split_once(' ') {
-        Some((zone, rest)) if zone.starts_with("TZ=") || zone.starts_with("CRON_TZ=") => {
-            let zone = zone.split_once('=').map_or("", |(_, zone)| zone);
-            if !matches!(zone, "UTC" | "Etc/UTC" | "GMT" | "Z") {
-                tracing::warn!(
-                    cron,
-                    "time zones are not supported; the schedule runs in UTC"
-                );
-            }
-            rest.trim()
-        }
-        _ => cron,
-    };
-    croner::Cron::new(pattern)
-        .parse()
-        .map_err(|err| format!("invalid cron schedule \"{cron}\": {err}"))
 }
 
 /// Which of `count` sessions (sorted by entity) a round-robin firing goes to.
@@ -775,6 +816,9 @@ struct Timetable {
 struct Scheduled {
     config: Arc<CheckConfig>,
     schedule: Option<Schedule>,
+    /// The check's `subdues`, parsed (validation refused bad ones; an unreadable stored one is
+    /// logged and left out).
+    subdues: Vec<Subdue>,
     generation: u64,
     /// Firings so far (since the last change of timing): a cron check's round-robin turn. An
     /// interval check's turn is its place on the interval grid, the same on every backend.
@@ -793,15 +837,19 @@ struct Firing {
     /// An ad hoc request (not scheduled): a round-robin check picks among this backend's
     /// sessions, since no other backend fires it.
     adhoc: bool,
+    /// One of the check's `subdues` holds the time: the firing is counted but not sent.
+    subdued: bool,
 }
 
 impl Timetable {
     /// Adds or replaces a check. A change to its timing takes effect from `now` on; any other
     /// change (subscriptions, command, ...) at its next firing.
     fn upsert(&mut self, key: NameKey, config: CheckConfig, now: i64) {
+        let subdues = subdues_of(&key, &config);
         if let Some(scheduled) = self.checks.get_mut(&key) {
             if same_timing(&scheduled.config, &config) {
                 scheduled.config = Arc::new(config);
+                scheduled.subdues = subdues;
                 return;
             }
         }
@@ -825,6 +873,7 @@ impl Timetable {
             Scheduled {
                 config: Arc::new(config),
                 schedule,
+                subdues,
                 generation,
                 firings: 0,
             },
@@ -887,6 +936,7 @@ impl Timetable {
                 at,
                 number,
                 adhoc: false,
+                subdued: schedule::subdued(&scheduled.subdues, now),
             });
         }
         firings
@@ -906,6 +956,23 @@ impl Timetable {
     }
 }
 
+/// A check's parsed `subdues`; an entry that does not parse (stored before validation knew it)
+/// is logged and left out.
+fn subdues_of(key: &NameKey, config: &CheckConfig) -> Vec<Subdue> {
+    config
+        .subdues
+        .iter()
+        .enumerate()
+        .filter_map(|(index, value)| match Subdue::parse(value) {
+            Ok(subdue) => Some(subdue),
+            Err(problem) => {
+                tracing::warn!(namespace = %key.0, check = %key.1, index, %problem, "subdue window ignored");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Whether two versions of a check fire at the same times.
 fn same_timing(old: &CheckConfig, new: &CheckConfig) -> bool {
     old.publish == new.publish
@@ -921,10 +988,12 @@ struct Dispatcher {
     sessions: Arc<Sessions>,
     stats: Arc<SchedulerStats>,
     /// Hooks by namespace and name.
-    hooks: HashMap<String, HashMap<String, HookConfig>>,
+    hooks: ByName<HookConfig>,
     /// `(namespace, check, hook)` already reported missing, so a missing hook is logged once
     /// (until the hooks change) rather than at every firing.
     warned_hooks: HashSet<(String, String, String)>,
+    /// Assets by namespace and name.
+    assets: ByName<Asset>,
     /// Slices of large firings still to send, by the second they are due (see
     /// [`FANOUT_PER_SECOND`]).
     paced: BTreeMap<i64, Vec<Slice>>,
@@ -1006,7 +1075,8 @@ impl Dispatcher {
                 &sessions[..]
             };
             let hooks = hooks_for(&self.hooks, &mut self.warned_hooks, namespace, config);
-            let prepared = Prepared {
+            let assets = assets_for(&self.assets, namespace, config, &hooks);
+            let mut prepared = Prepared {
                 namespace: namespace.clone(),
                 check: name.clone(),
                 request: CheckRequest {
@@ -1017,6 +1087,13 @@ impl Dispatcher {
                 },
                 sessions: chosen.to_vec(),
             };
+            match assets {
+                Ok(assets) => prepared.request.assets = assets,
+                Err(reason) => {
+                    self.undeliverable(prepared, reason);
+                    continue;
+                }
+            }
             tracing::debug!(
                 %namespace,
                 check = %name,
@@ -1279,7 +1356,7 @@ async fn store_undeliverable_event(state: &Agents, item: &Undeliverable, entity:
 
 /// The hooks a check names (in `check_hooks` order, each once); missing ones are skipped.
 fn hooks_for(
-    hooks: &HashMap<String, HashMap<String, HookConfig>>,
+    hooks: &ByName<HookConfig>,
     warned: &mut HashSet<(String, String, String)>,
     namespace: &str,
     config: &CheckConfig,
@@ -1320,6 +1397,55 @@ fn hooks_for(
             },
         )
         .collect()
+}
+
+/// The assets the check's and its hooks' `runtime_assets` name, check first, each once.
+///
+/// # Errors
+/// A named asset that does not exist in the namespace: the check cannot run as written, so it
+/// is not sent, and its agents get a failure event naming the asset.
+fn assets_for(
+    assets: &ByName<Asset>,
+    namespace: &str,
+    config: &CheckConfig,
+    hooks: &[HookConfig],
+) -> Result<Vec<Asset>, String> {
+    let names = config
+        .runtime_assets
+        .iter()
+        .map(|name| (name, None))
+        .chain(hooks.iter().flat_map(|hook| {
+            let hook_name = hook.metadata.as_ref().map(|meta| meta.name.as_str());
+            hook.runtime_assets
+                .iter()
+                .map(move |name| (name, hook_name))
+        }));
+    let in_namespace = assets.get(namespace);
+    let mut found: Vec<Asset> = Vec::new();
+    for (name, hook) in names {
+        let named = |asset: &Asset| {
+            asset
+                .metadata
+                .as_ref()
+                .is_some_and(|meta| meta.name == *name)
+        };
+        if found.iter().any(named) {
+            continue;
+        }
+        match in_namespace.and_then(|assets| assets.get(name)) {
+            Some(asset) => found.push(asset.clone()),
+            None => {
+                let whose = match hook {
+                    Some(hook) => format!("its hook \"{hook}\" names"),
+                    None => "it names".to_owned(),
+                };
+                return Err(format!(
+                    "the check was not run: {whose} the runtime asset \"{name}\", which does not exist in namespace \"{namespace}\""
+                ));
+            }
+        }
+    }
+    Ok(found)
 }
 
 // === impl TtlTracker ===
@@ -1727,28 +1853,71 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn cron_next_fire_in_utc() {
+    fn cron_schedules_fire_in_their_zone() {
         // 2024-01-01T00:00:00Z, a Monday.
         let midnight = 1_704_067_200;
-        let every_five = parse_cron("*/5 * * * *").unwrap();
-        assert_eq!(next_cron_fire(&every_five, midnight), Some(midnight + 300));
-        assert_eq!(next_cron_fire(&every_five, midnight - 1), Some(midnight));
+        let next = |cron: &str, after: i64| {
+            let config = check(0, cron, &["linux"]);
+            Schedule::of("default", "c", &config)
+                .unwrap()
+                .unwrap()
+                .next_after(after)
+        };
+        assert_eq!(next("*/5 * * * *", midnight), Some(midnight + 300));
+        assert_eq!(next("*/5 * * * *", midnight - 1), Some(midnight));
         assert_eq!(
-            next_cron_fire(&every_five, midnight + 299),
-            Some(midnight + 300)
+            next("CRON_TZ=UTC 30 2 * * *", midnight),
+            Some(midnight + 9000)
         );
-        let daily = parse_cron("CRON_TZ=UTC 30 2 * * *").unwrap();
         assert_eq!(
-            next_cron_fire(&daily, midnight),
-            Some(midnight + 2 * 3600 + 1800)
-        );
-        let weekly = parse_cron("0 8 * * FRI").unwrap();
-        assert_eq!(
-            next_cron_fire(&weekly, midnight),
+            next("0 8 * * FRI", midnight),
             Some(midnight + 4 * 86_400 + 8 * 3600)
         );
-        assert!(parse_cron("not a schedule").is_err());
-        assert!(parse_cron("61 * * * *").is_err());
+        // 09:00 in Tokyo (UTC+9) is 00:00 UTC; in New York in January (UTC-5), 14:00 UTC.
+        assert_eq!(
+            next("CRON_TZ=Asia/Tokyo 0 9 * * *", midnight),
+            Some(midnight + 86_400)
+        );
+        assert_eq!(
+            next("TZ=America/New_York 0 9 * * *", midnight),
+            Some(midnight + 14 * 3600)
+        );
+        let unknown = Schedule::of(
+            "default",
+            "c",
+            &check(0, "TZ=Nowhere/Else 0 9 * * *", &["linux"]),
+        );
+        assert!(unknown.unwrap_err().contains("not an IANA time zone"));
+    }
+
+    #[test]
+    fn subdued_firings_are_marked_and_the_schedule_goes_on() {
+        // 2024-01-01T00:00:00Z, a Monday; subdued from 00:10 to 00:20 that day only.
+        let midnight = 1_704_067_200;
+        let mut timetable = Timetable::default();
+        let mut config = check(0, "*/5 * * * *", &["linux"]);
+        config.subdues = vec![serde_json::json!({
+            "begin": "2024-01-01T00:10:00Z",
+            "end": "2024-01-01T00:20:00Z",
+        })];
+        timetable.upsert(key("c"), config, midnight - 1);
+        let marked: Vec<(i64, bool)> = (midnight - 1..=midnight + 1800)
+            .flat_map(|now| timetable.due(now))
+            .map(|firing| (firing.at - midnight, firing.subdued))
+            .collect();
+        assert_eq!(
+            marked,
+            [
+                (0, false),
+                (300, false),
+                // The window's ends are not in it, as Sensu's.
+                (600, false),
+                (900, true),
+                (1200, false),
+                (1500, false),
+                (1800, false)
+            ]
+        );
     }
 
     #[test]
@@ -1789,6 +1958,7 @@ pub(crate) mod tests {
             stats: Arc::new(SchedulerStats::default()),
             hooks: HashMap::new(),
             warned_hooks: HashSet::new(),
+            assets: HashMap::new(),
             paced: BTreeMap::new(),
             undeliverable: Vec::new(),
         }
@@ -1801,6 +1971,7 @@ pub(crate) mod tests {
             at: 0,
             number,
             adhoc: false,
+            subdued: false,
         }
     }
 
@@ -2221,6 +2392,64 @@ pub(crate) mod tests {
         assert_eq!(requests.len(), 2);
         assert_eq!(requests[0].hooks, [hook]);
         assert_eq!(dispatcher.warned_hooks.len(), 1, "warned once");
+    }
+
+    #[test]
+    fn assets_of_the_check_and_its_hooks_are_sent_once_and_a_missing_one_fails_the_check() {
+        let sessions = Sessions::new();
+        let (_a, mut a) = sessions.register("default", &hello("a", &["linux"]), true);
+        let mut dispatcher = dispatcher(&sessions);
+        let asset = |name: &str| Asset {
+            metadata: Some(ObjectMeta::named("default", name)),
+            url: format!("https://assets.example/{name}.tar.gz"),
+            sha512: "ab".repeat(64),
+            ..Asset::default()
+        };
+        for name in ["tools", "hook-tools"] {
+            dispatcher
+                .assets
+                .entry("default".into())
+                .or_default()
+                .insert(name.into(), asset(name));
+        }
+        dispatcher
+            .hooks
+            .entry("default".into())
+            .or_default()
+            .insert(
+                "ps".into(),
+                HookConfig {
+                    metadata: Some(ObjectMeta::named("default", "ps")),
+                    command: "ps".into(),
+                    runtime_assets: vec!["hook-tools".into(), "tools".into()],
+                    ..HookConfig::default()
+                },
+            );
+        let mut config = check(10, "", &["linux"]);
+        config.runtime_assets = vec!["tools".into(), "tools".into()];
+        config.check_hooks = vec![BTreeMap::from([(
+            "critical".to_owned(),
+            vec!["ps".to_owned()],
+        )])];
+        dispatcher.fire(&[firing(config.clone(), 0)], 1);
+        let requests = drain(&mut a);
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].assets, [asset("tools"), asset("hook-tools")]);
+
+        // Another namespace's asset of the same name is not this one.
+        config.runtime_assets = vec!["tools".into(), "gone".into()];
+        dispatcher.fire(&[firing(config, 1)], 2);
+        assert!(drain(&mut a).is_empty(), "not sent");
+        let failed = dispatcher.take_undeliverable();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].entities, ["a"]);
+        assert!(
+            failed[0]
+                .reason
+                .contains(r#"runtime asset "gone", which does not exist in namespace "default""#),
+            "{}",
+            failed[0].reason
+        );
     }
 
     #[test]
