@@ -84,9 +84,12 @@ impl Assets {
     /// once) among the request's `assets`, chosen for `entity`, downloaded when the cache does
     /// not have them, and the environment they give.
     ///
+    /// An asset none of whose builds' filters match the entity is skipped, as Sensu's agent
+    /// skips it.
+    ///
     /// # Errors
     /// The first asset that is not ready, as a message naming it and the reason (never a
-    /// header value): not in the request, no matching build, an unmatched header token, a
+    /// header value): not in the request, a filter that fails, an unmatched header token, a
     /// refused URL, a failed download, a sha512 mismatch, a refused archive, or a failure
     /// still in its backoff (with when the next try is).
     pub async fn prepare(
@@ -106,7 +109,17 @@ impl Assets {
                 .ok_or_else(|| AssetError::NotProvided {
                     asset: name.clone(),
                 })?;
-            let build = assets::resolve(&self.selector, asset, entity).await?;
+            let build = match assets::resolve(&self.selector, asset, entity).await {
+                Ok(build) => build,
+                // As Sensu's agent: an asset whose filters match no build of this entity is not
+                // installed, and the command runs without it (a check may name one asset per
+                // platform). A filter that fails to evaluate is an error.
+                Err(AssetError::NoMatchingBuild { errors, .. }) if errors.is_empty() => {
+                    tracing::debug!(asset = %name, "no build matches the entity; asset skipped");
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             leases.push(self.cache.fetch(name, &build).await?);
         }
         let env = assets::asset_env(&leases, |name| std::env::var(name).ok());

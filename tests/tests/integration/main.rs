@@ -4,6 +4,7 @@
 
 mod agent;
 mod agent_identity;
+mod assets;
 mod backend;
 mod binaries;
 mod cairnctl;
