@@ -270,6 +270,9 @@ async fn a_packaged_asset_runs_from_path_and_bad_ones_are_refused() {
     )]);
     let other = package(&[("bin/hello-asset", script("echo tampered"))]);
     let hello_sha = sha512_hex(&hello);
+    // What the tampered asset says it is: nothing the server has (had it named hello's sha512,
+    // the cache would rightly serve it hello's tree, content-addressed).
+    let declared = sha512_hex(b"the archive its publisher built");
     let files = HashMap::from([
         ("/hello.tar.gz".to_owned(), hello.clone()),
         ("/tampered.tar.gz".to_owned(), other.clone()),
@@ -279,8 +282,9 @@ async fn a_packaged_asset_runs_from_path_and_bad_ones_are_refused() {
     let admin = backend.admin().await;
     put_asset(&admin, "hello", &server.url("/hello.tar.gz"), &hello_sha).await;
     // The archive served is another one than the sha512 says.
-    put_asset(&admin, "tampered", &server.url("/tampered.tar.gz"), &hello_sha).await;
-    put_asset(&admin, "plain", "http://127.0.0.1:9/plain.tar.gz", &hello_sha).await;
+    put_asset(&admin, "tampered", &server.url("/tampered.tar.gz"), &declared).await;
+    let plain_sha = sha512_hex(b"an archive on a plain http server");
+    put_asset(&admin, "plain", "http://127.0.0.1:9/plain.tar.gz", &plain_sha).await;
     put_check(&admin, "hello", "hello-asset", &["hello"]).await;
     put_check(&admin, "tampered", "hello-asset", &["tampered"]).await;
     put_check(&admin, "plain", "hello-asset", &["plain"]).await;
@@ -317,7 +321,7 @@ async fn a_packaged_asset_runs_from_path_and_bad_ones_are_refused() {
     let output = output_of(&tampered);
     assert!(
         output.starts_with(&format!(
-            "asset tampered: sha512 mismatch: expected {hello_sha}, downloaded {}",
+            "asset tampered: sha512 mismatch: expected {declared}, downloaded {}",
             sha512_hex(&other)
         )),
         "{output}"
@@ -329,9 +333,14 @@ async fn a_packaged_asset_runs_from_path_and_bad_ones_are_refused() {
         status_of(event) == 3
     })
     .await;
-    assert_eq!(
-        output_of(&plain),
-        "asset plain: http://127.0.0.1:9/plain.tar.gz is plain http and assets.allow_http is false"
+    // The first run says it; later ones, in the backoff, say it with when the next try is.
+    let output = output_of(&plain);
+    assert!(
+        output.starts_with(
+            "asset plain: http://127.0.0.1:9/plain.tar.gz is plain http and assets.allow_http is \
+             false"
+        ),
+        "{output}"
     );
 
     // Nothing of the tampered archive was unpacked: the cache holds the good build only.
@@ -402,7 +411,8 @@ struct CorpusCase {
     output: &'static str,
 }
 
-fn corpus_check(file: &str) -> CheckConfig {
+/// The corpus file's check: its name and configuration.
+fn corpus_check(file: &str) -> (String, CheckConfig) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/corpus/sensu")
         .join(file);
@@ -411,7 +421,7 @@ fn corpus_check(file: &str) -> CheckConfig {
         .resources
         .into_iter()
         .find_map(|loaded| match loaded.resource.spec {
-            Spec::CheckConfig(check) => Some(check),
+            Spec::CheckConfig(check) => Some((loaded.resource.metadata.name, check)),
             _ => None,
         })
         .unwrap_or_else(|| panic!("no CheckConfig in {}: {:?}", path.display(), manifests.problems))
@@ -420,21 +430,21 @@ fn corpus_check(file: &str) -> CheckConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_checks_run_with_assets_packaged_from_debian_binaries() {
     let cases = vec![
-        // nixwiz/http-checks: Debian's curl inside the asset, run by the wrapper.
+        // http-checks: Debian's curl inside the asset, run by the wrapper.
         CorpusCase {
-            file: "sensu-http-checks/README.md__block00.yml",
+            file: "sensu-docs/content__sensu-go__6.14__observability-pipeline__observe-entities__monitor-external-resources.md__block00.yml",
             files: vec![
                 ("libexec/curl", Content::Copy("/usr/bin/curl")),
                 (
                     "bin/http-check",
                     script(
-                        "\"$NIXWIZ_HTTP_CHECKS_PLUGIN_PATH/libexec/curl\" --version >/dev/null \
+                        "\"$HTTP_CHECKS_PLUGIN_PATH/libexec/curl\" --version >/dev/null \
                          || exit 2\necho \"http-check OK: $2 (curl from the asset)\"",
                     ),
                 ),
             ],
             status: 0,
-            output: "http-check OK: http://example.com (curl from the asset)",
+            output: "http-check OK: https://sensu.io (curl from the asset)",
         },
         // check-cpu-usage: Debian's cat inside the asset reads /proc/stat.
         CorpusCase {
@@ -510,7 +520,7 @@ async fn corpus_checks_run_with_assets_packaged_from_debian_binaries() {
     let backend = Backend::start();
     let admin = backend.admin().await;
     let name = "corpus-01";
-    for (check, path, sha512) in &checks {
+    for ((check_name, check), path, sha512) in &checks {
         for asset in &check.runtime_assets {
             let mut body = json!({"url": server.url(path), "sha512": sha512});
             // check-nginx's three assets keep their corpus filters (alpine, centos, debian).
@@ -530,7 +540,6 @@ async fn corpus_checks_run_with_assets_packaged_from_debian_binaries() {
         }
         // The corpus check as written (command, runtime_assets, metric format), on the agent's
         // subscription, every 2 s, without the corpus' handlers and hooks (not defined here).
-        let meta = check.metadata.clone().expect("a named check");
         let spec = json!({
             "command": check.command,
             "runtime_assets": check.runtime_assets,
@@ -540,13 +549,12 @@ async fn corpus_checks_run_with_assets_packaged_from_debian_binaries() {
             "timeout": 10,
             "publish": true,
         });
-        put(&admin, "checks", &meta.name, spec).await;
+        put(&admin, "checks", check_name, spec).await;
     }
     let agent = start_agent(&backend, &admin, name, server.ca()).await;
 
-    for ((check, path, sha512), case) in checks.iter().zip(&cases) {
-        let check_name = check.metadata.as_ref().map(|meta| meta.name.clone()).unwrap_or_default();
-        let event = wait_event(&admin, &agent.agent, (name, &check_name), &check_name, |event| {
+    for (((check_name, check), path, sha512), case) in checks.iter().zip(&cases) {
+        let event = wait_event(&admin, &agent.agent, (name, check_name), check_name, |event| {
             event["check"]["status"].is_u64()
         })
         .await;
