@@ -105,7 +105,12 @@ impl Assets {
             }
             let asset = assets
                 .iter()
-                .find(|asset| asset.metadata.as_ref().is_some_and(|meta| &meta.name == name))
+                .find(|asset| {
+                    asset
+                        .metadata
+                        .as_ref()
+                        .is_some_and(|meta| &meta.name == name)
+                })
                 .ok_or_else(|| AssetError::NotProvided {
                     asset: name.clone(),
                 })?;
@@ -135,7 +140,10 @@ pub type SharedAssets = Arc<Assets>;
 impl Prepared {
     /// The assets' folders, in order.
     pub fn paths(&self) -> Vec<PathBuf> {
-        self.leases.iter().map(|lease| lease.path().to_owned()).collect()
+        self.leases
+            .iter()
+            .map(|lease| lease.path().to_owned())
+            .collect()
     }
 }
 
@@ -169,7 +177,10 @@ mod tests {
             ..AssetsConfig::default()
         };
         let problem = Assets::from_config(&config).unwrap_err().to_string();
-        assert!(problem.starts_with("assets.trusted_ca_file: cannot read "), "{problem}");
+        assert!(
+            problem.starts_with("assets.trusted_ca_file: cannot read "),
+            "{problem}"
+        );
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         config.trusted_ca_file = Some(empty);

@@ -437,7 +437,10 @@ impl AgentConfig {
             );
         }
         if assets.max_cache_assets == 0 {
-            problem("assets.max_cache_assets".into(), "must be at least 1".into());
+            problem(
+                "assets.max_cache_assets".into(),
+                "must be at least 1".into(),
+            );
         }
         problems
     }

@@ -188,7 +188,10 @@ impl Executor {
         // The command after token substitution (the event carries it as run, as Sensu's).
         let command = base.command.clone();
         // Leased until the command is done, so the cache keeps them.
-        let prepared = match self.prepare_assets(&config.runtime_assets, request, entity).await {
+        let prepared = match self
+            .prepare_assets(&config.runtime_assets, request, entity)
+            .await
+        {
             Ok(prepared) => prepared,
             Err(message) => return refused(entity, base, redactor.redact_str(&message)),
         };
@@ -261,8 +264,10 @@ impl Executor {
         let selected = selected_hooks(&config.check_hooks, check.status, code);
         if !selected.is_empty() {
             let assets = self.shared.assets.as_deref();
-            check.hooks =
-                run_hooks(&selected, request, entity, &check, max_output, &redactor, assets).await;
+            check.hooks = run_hooks(
+                &selected, request, entity, &check, max_output, &redactor, assets,
+            )
+            .await;
         }
         if check.discard_output {
             check.output.clear();

@@ -78,15 +78,13 @@ pub async fn start(config_path: &Path) -> Result<(), StartError> {
     // Fail now, with the file named, rather than in the session loop.
     session::tls_config(&config)?;
     warn_about_material(&config);
-    let assets = Arc::new(
-        crate::assets::Assets::from_config(&config.assets).map_err(|problem| {
-            ConfigError::Invalid {
-                path: config_path.to_owned(),
-                field: problem.field,
-                message: problem.message,
-            }
-        })?,
-    );
+    let assets = Arc::new(crate::assets::Assets::from_config(&config.assets).map_err(
+        |problem| ConfigError::Invalid {
+            path: config_path.to_owned(),
+            field: problem.field,
+            message: problem.message,
+        },
+    )?);
     let queue = EventQueue::open(&config.queue_dir, QueueLimits::default())?;
     if !queue.is_empty() {
         tracing::info!(

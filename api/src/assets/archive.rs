@@ -171,7 +171,11 @@ fn sniff(head: &[u8]) -> Option<Format> {
     None
 }
 
-fn unpack_tar(reader: impl Read, dest: &Path, limits: UnpackLimits) -> Result<Unpacked, ArchiveError> {
+fn unpack_tar(
+    reader: impl Read,
+    dest: &Path,
+    limits: UnpackLimits,
+) -> Result<Unpacked, ArchiveError> {
     let mut archive = tar::Archive::new(reader);
     let mut written = Unpacked {
         bytes: 0,
@@ -196,7 +200,10 @@ fn unpack_tar(reader: impl Read, dest: &Path, limits: UnpackLimits) -> Result<Un
         let target = dest.join(&relative);
         check_parents(dest, &relative, &shown)?;
         let existing = fs::symlink_metadata(&target).ok();
-        if existing.as_ref().is_some_and(|meta| meta.file_type().is_symlink()) {
+        if existing
+            .as_ref()
+            .is_some_and(|meta| meta.file_type().is_symlink())
+        {
             return Err(ArchiveError::ThroughSymlink(shown));
         }
         let write_error = |source: io::Error| ArchiveError::Write {
@@ -223,7 +230,9 @@ fn unpack_tar(reader: impl Read, dest: &Path, limits: UnpackLimits) -> Result<Un
                     });
                 }
                 if existing.as_ref().is_some_and(|meta| meta.is_dir()) {
-                    return Err(write_error(io::Error::other("a folder of that name exists")));
+                    return Err(write_error(io::Error::other(
+                        "a folder of that name exists",
+                    )));
                 }
                 if existing.is_some() {
                     fs::remove_file(&target).map_err(write_error)?;
@@ -281,8 +290,8 @@ fn unpack_tar(reader: impl Read, dest: &Path, limits: UnpackLimits) -> Result<Un
                 }
                 check_parents(dest, &source, &link_shown)?;
                 let source_path = dest.join(&source);
-                let is_file = fs::symlink_metadata(&source_path)
-                    .is_ok_and(|meta| meta.file_type().is_file());
+                let is_file =
+                    fs::symlink_metadata(&source_path).is_ok_and(|meta| meta.file_type().is_file());
                 if !is_file {
                     return Err(ArchiveError::BadHardLink {
                         path: shown,

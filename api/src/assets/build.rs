@@ -41,10 +41,11 @@ impl BuildSelector {
         if let Some(engine) = self.engine.get() {
             return Ok(engine);
         }
-        let engine = Engine::new(self.config.clone()).map_err(|error| AssetError::FilterEngine {
-            asset: asset.to_owned(),
-            reason: error.to_string(),
-        })?;
+        let engine =
+            Engine::new(self.config.clone()).map_err(|error| AssetError::FilterEngine {
+                asset: asset.to_owned(),
+                reason: error.to_string(),
+            })?;
         // A concurrent caller may have won; its engine is kept and this one stops.
         let _ = self.engine.set(engine);
         Ok(self
@@ -109,13 +110,12 @@ pub async fn resolve(
     }
     let mut headers = Vec::with_capacity(build.headers.len());
     for (header, template) in &build.headers {
-        let value = tokens::substitute(template, entity).map_err(|error| {
-            AssetError::HeaderToken {
+        let value =
+            tokens::substitute(template, entity).map_err(|error| AssetError::HeaderToken {
                 asset: name.to_owned(),
                 header: header.clone(),
                 reason: error.to_string(),
-            }
-        })?;
+            })?;
         headers.push((header.clone(), value));
     }
     Ok(ResolvedBuild {
@@ -127,7 +127,10 @@ pub async fn resolve(
 
 /// The asset's name (`metadata.name`), or `""`.
 pub(super) fn asset_name(asset: &Asset) -> &str {
-    asset.metadata.as_ref().map_or("", |meta| meta.name.as_str())
+    asset
+        .metadata
+        .as_ref()
+        .map_or("", |meta| meta.name.as_str())
 }
 
 /// The builds: the top-level one when it has a URL, then `builds`.

@@ -338,11 +338,13 @@ impl Inner {
 
     /// Downloads, verifies, unpacks and installs one build.
     async fn install(&self, name: &str, build: &ResolvedBuild) -> Result<(), AssetError> {
-        let fetcher = self.fetcher().map_err(|reason| AssetError::DownloadFailed {
-            asset: name.to_owned(),
-            url: build.url.clone(),
-            reason,
-        })?;
+        let fetcher = self
+            .fetcher()
+            .map_err(|reason| AssetError::DownloadFailed {
+                asset: name.to_owned(),
+                url: build.url.clone(),
+                reason,
+            })?;
         let tmp_root = self.config.dir.join(TMP_DIR);
         let io_error = |what: &str| {
             let what = what.to_owned();
@@ -358,7 +360,9 @@ impl Inner {
         let stem = format!("{}-{:016x}", &build.sha512[..16], random_u64());
         let download = tmp_root.join(format!("{stem}.download"));
         let tree = tmp_root.join(&stem);
-        let result = self.install_from(name, build, fetcher, &download, &tree).await;
+        let result = self
+            .install_from(name, build, fetcher, &download, &tree)
+            .await;
         let _ = tokio::fs::remove_file(&download).await;
         if result.is_err() {
             let _ = tokio::fs::remove_dir_all(&tree).await;
@@ -375,7 +379,11 @@ impl Inner {
         tree: &Path,
     ) -> Result<(), AssetError> {
         let downloaded = fetcher.download(name, build, download).await?;
-        debug!(asset = name, bytes = downloaded, "asset downloaded and verified");
+        debug!(
+            asset = name,
+            bytes = downloaded,
+            "asset downloaded and verified"
+        );
         tokio::fs::create_dir(tree)
             .await
             .map_err(|source| AssetError::Io {
@@ -523,7 +531,8 @@ fn evictions(
     incoming_bytes: u64,
     incoming_assets: usize,
 ) -> Result<Vec<String>, String> {
-    let mut bytes: u64 = state.entries.values().map(|entry| entry.bytes).sum::<u64>() + incoming_bytes;
+    let mut bytes: u64 =
+        state.entries.values().map(|entry| entry.bytes).sum::<u64>() + incoming_bytes;
     let mut count = state.entries.len() + incoming_assets;
     if incoming_bytes > config.max_bytes {
         return Err(format!(
@@ -566,7 +575,9 @@ fn scan(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let is_build = name.len() == 128
-            && name.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
+            && name
+                .bytes()
+                .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
         let meta = entry.metadata()?;
         if !is_build || !meta.is_dir() {
             continue;

@@ -137,10 +137,12 @@ impl Fetcher {
         let shown = shown_url(&url);
         let mut headers = reqwest::header::HeaderMap::new();
         for (name, value) in &build.headers {
-            let header_name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| AssetError::InvalidHeader {
-                    asset: asset.to_owned(),
-                    header: name.clone(),
+            let header_name =
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    AssetError::InvalidHeader {
+                        asset: asset.to_owned(),
+                        header: name.clone(),
+                    }
                 })?;
             let mut header_value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
                 AssetError::InvalidHeader {

@@ -233,7 +233,11 @@ pub fn asset_env(
         return Vec::new();
     }
     let mut env = Vec::with_capacity(3 + leases.len());
-    for (variable, folder) in [("PATH", "bin"), ("LD_LIBRARY_PATH", "lib"), ("CPATH", "include")] {
+    for (variable, folder) in [
+        ("PATH", "bin"),
+        ("LD_LIBRARY_PATH", "lib"),
+        ("CPATH", "include"),
+    ] {
         let mut parts: Vec<String> = leases
             .iter()
             .map(|lease| lease.path().join(folder).display().to_string())

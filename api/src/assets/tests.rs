@@ -190,20 +190,30 @@ async fn the_first_build_whose_filters_match_wins() {
             build("https://x/windows", &["entity.system.os == 'windows'"]),
             build(
                 "https://x/linux-arm",
-                &["entity.system.os == 'linux'", "entity.system.arch == 'arm64'"],
+                &[
+                    "entity.system.os == 'linux'",
+                    "entity.system.arch == 'arm64'",
+                ],
             ),
             build(
                 "https://x/linux-amd64",
-                &["entity.system.os == 'linux'", "entity.system.arch == 'amd64'"],
+                &[
+                    "entity.system.os == 'linux'",
+                    "entity.system.arch == 'amd64'",
+                ],
             ),
             build("https://x/any", &[]),
         ],
         ..Asset::default()
     };
     let selector = selector();
-    let chosen = resolve(&selector, &asset, &entity("linux", "amd64")).await.unwrap();
+    let chosen = resolve(&selector, &asset, &entity("linux", "amd64"))
+        .await
+        .unwrap();
     assert_eq!(chosen.url, "https://x/linux-amd64");
-    let chosen = resolve(&selector, &asset, &entity("darwin", "arm64")).await.unwrap();
+    let chosen = resolve(&selector, &asset, &entity("darwin", "arm64"))
+        .await
+        .unwrap();
     assert_eq!(chosen.url, "https://x/any");
 
     // Metadata is lifted as Sensu's embedded ObjectMeta is.
@@ -212,7 +222,9 @@ async fn the_first_build_whose_filters_match_wins() {
         builds: vec![build("https://x/named", &["entity.name == 'host-1'"])],
         ..Asset::default()
     };
-    assert!(resolve(&selector, &named, &entity("linux", "amd64")).await.is_ok());
+    assert!(resolve(&selector, &named, &entity("linux", "amd64"))
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
@@ -224,7 +236,9 @@ async fn no_matching_build_names_the_asset_and_the_engine_starts_only_for_filter
         sha512: "B".repeat(128),
         ..Asset::default()
     };
-    let chosen = resolve(&selector, &plain, &entity("linux", "amd64")).await.unwrap();
+    let chosen = resolve(&selector, &plain, &entity("linux", "amd64"))
+        .await
+        .unwrap();
     assert_eq!(chosen.sha512, "b".repeat(128), "lower-cased");
     assert!(!selector.engine_started());
 
@@ -240,15 +254,23 @@ async fn no_matching_build_names_the_asset_and_the_engine_starts_only_for_filter
         .await
         .unwrap_err();
     let message = error.to_string();
-    assert!(message.starts_with("asset win: no build matches the entity (build 1: "), "{message}");
+    assert!(
+        message.starts_with("asset win: no build matches the entity (build 1: "),
+        "{message}"
+    );
     assert!(selector.engine_started());
 
     let empty = Asset {
         metadata: Some(ObjectMeta::named("default", "empty")),
         ..Asset::default()
     };
-    let error = resolve(&selector, &empty, &entity("linux", "amd64")).await.unwrap_err();
-    assert_eq!(error.to_string(), "asset empty has no build (no url and no builds)");
+    let error = resolve(&selector, &empty, &entity("linux", "amd64"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "asset empty has no build (no url and no builds)"
+    );
 
     let short = Asset {
         metadata: Some(ObjectMeta::named("default", "short")),
@@ -256,8 +278,13 @@ async fn no_matching_build_names_the_asset_and_the_engine_starts_only_for_filter
         sha512: "../../etc".to_owned(),
         ..Asset::default()
     };
-    let error = resolve(&selector, &short, &entity("linux", "amd64")).await.unwrap_err();
-    assert_eq!(error.to_string(), "asset short: sha512 is not 128 hex digits");
+    let error = resolve(&selector, &short, &entity("linux", "amd64"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "asset short: sha512 is not 128 hex digits"
+    );
 }
 
 #[tokio::test]
@@ -269,17 +296,26 @@ async fn header_tokens_are_substituted_and_never_shown() {
         sha512: "c".repeat(128),
         ..Asset::default()
     };
-    asset
-        .headers
-        .insert("Authorization".to_owned(), "Bearer {{ .labels.token }}".to_owned());
-    let chosen = resolve(&selector, &asset, &entity("linux", "amd64")).await.unwrap();
-    assert_eq!(chosen.headers, [("Authorization".to_owned(), "Bearer s3cr3t".to_owned())]);
+    asset.headers.insert(
+        "Authorization".to_owned(),
+        "Bearer {{ .labels.token }}".to_owned(),
+    );
+    let chosen = resolve(&selector, &asset, &entity("linux", "amd64"))
+        .await
+        .unwrap();
+    assert_eq!(
+        chosen.headers,
+        [("Authorization".to_owned(), "Bearer s3cr3t".to_owned())]
+    );
     assert!(!format!("{chosen:?}").contains("s3cr3t"));
 
-    asset
-        .headers
-        .insert("Authorization".to_owned(), "Bearer {{ .labels.missing }}".to_owned());
-    let error = resolve(&selector, &asset, &entity("linux", "amd64")).await.unwrap_err();
+    asset.headers.insert(
+        "Authorization".to_owned(),
+        "Bearer {{ .labels.missing }}".to_owned(),
+    );
+    let error = resolve(&selector, &asset, &entity("linux", "amd64"))
+        .await
+        .unwrap_err();
     let message = error.to_string();
     assert!(
         message.starts_with("asset private: header Authorization: unmatched token"),
@@ -296,12 +332,18 @@ fn the_environment_prepends_each_asset_in_order() {
         cache::tests::lease(&cache, "sensu/check-cpu-usage", "a"),
         cache::tests::lease(&cache, "other", "b"),
     ];
-    let env = asset_env(&leases, |name| (name == "PATH").then(|| "/usr/bin:/bin".to_owned()));
+    let env = asset_env(&leases, |name| {
+        (name == "PATH").then(|| "/usr/bin:/bin".to_owned())
+    });
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let expected = vec![
         (
             "PATH".to_owned(),
-            format!("{}:{}:/usr/bin:/bin", a.join("bin").display(), b.join("bin").display()),
+            format!(
+                "{}:{}:/usr/bin:/bin",
+                a.join("bin").display(),
+                b.join("bin").display()
+            ),
         ),
         (
             "LD_LIBRARY_PATH".to_owned(),
@@ -309,7 +351,11 @@ fn the_environment_prepends_each_asset_in_order() {
         ),
         (
             "CPATH".to_owned(),
-            format!("{}:{}", a.join("include").display(), b.join("include").display()),
+            format!(
+                "{}:{}",
+                a.join("include").display(),
+                b.join("include").display()
+            ),
         ),
         (
             "SENSU_CHECK_CPU_USAGE_PLUGIN_PATH".to_owned(),

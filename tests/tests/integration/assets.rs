@@ -143,10 +143,7 @@ fn sha512_hex(bytes: &[u8]) -> String {
 
 async fn put(admin: &Client, plural: &str, name: &str, mut body: Value) {
     body["metadata"] = json!({"name": name, "namespace": NS});
-    let path = format!(
-        "/api/core/v2/namespaces/{NS}/{plural}/{}",
-        name
-    );
+    let path = format!("/api/core/v2/namespaces/{NS}/{plural}/{}", name);
     let response = admin
         .send(Method::PUT, &path, Some(&body))
         .await
@@ -232,7 +229,10 @@ async fn wait_event(
         };
         match event {
             Some(event) if accept(&event) => Ok(event),
-            event => Err(format!("last event: {event:#?}\nagent log:\n{}", agent.log())),
+            event => Err(format!(
+                "last event: {event:#?}\nagent log:\n{}",
+                agent.log()
+            )),
         }
     })
     .await
@@ -243,7 +243,10 @@ fn status_of(event: &Value) -> u64 {
 }
 
 fn output_of(event: &Value) -> String {
-    event["check"]["output"].as_str().unwrap_or_default().to_owned()
+    event["check"]["output"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The names in a folder, sorted.
@@ -282,9 +285,21 @@ async fn a_packaged_asset_runs_from_path_and_bad_ones_are_refused() {
     let admin = backend.admin().await;
     put_asset(&admin, "hello", &server.url("/hello.tar.gz"), &hello_sha).await;
     // The archive served is another one than the sha512 says.
-    put_asset(&admin, "tampered", &server.url("/tampered.tar.gz"), &declared).await;
+    put_asset(
+        &admin,
+        "tampered",
+        &server.url("/tampered.tar.gz"),
+        &declared,
+    )
+    .await;
     let plain_sha = sha512_hex(b"an archive on a plain http server");
-    put_asset(&admin, "plain", "http://127.0.0.1:9/plain.tar.gz", &plain_sha).await;
+    put_asset(
+        &admin,
+        "plain",
+        "http://127.0.0.1:9/plain.tar.gz",
+        &plain_sha,
+    )
+    .await;
     put_check(&admin, "hello", "hello-asset", &["hello"]).await;
     put_check(&admin, "tampered", "hello-asset", &["tampered"]).await;
     put_check(&admin, "plain", "hello-asset", &["plain"]).await;
@@ -293,9 +308,13 @@ async fn a_packaged_asset_runs_from_path_and_bad_ones_are_refused() {
 
     // The asset's binary is on PATH, and its folder in HELLO_PLUGIN_PATH.
     let tree = agent.cache.join(&hello_sha);
-    let first = wait_event(&admin, &agent.agent, (name, "hello"), "the hello check", |event| {
-        status_of(event) == 0
-    })
+    let first = wait_event(
+        &admin,
+        &agent.agent,
+        (name, "hello"),
+        "the hello check",
+        |event| status_of(event) == 0,
+    )
     .await;
     assert_eq!(
         output_of(&first),
@@ -307,16 +326,24 @@ async fn a_packaged_asset_runs_from_path_and_bad_ones_are_refused() {
     );
     // Runs after the first use the cache: one download.
     let executed = first["check"]["executed"].as_i64().unwrap_or_default();
-    wait_event(&admin, &agent.agent, (name, "hello"), "a second run", |event| {
-        event["check"]["executed"].as_i64().unwrap_or_default() > executed
-    })
+    wait_event(
+        &admin,
+        &agent.agent,
+        (name, "hello"),
+        "a second run",
+        |event| event["check"]["executed"].as_i64().unwrap_or_default() > executed,
+    )
     .await;
     assert_eq!(server.count("/hello.tar.gz"), 1);
 
     // The wrong sha512 is a status 3 naming the asset; the command does not run.
-    let tampered = wait_event(&admin, &agent.agent, (name, "tampered"), "the tampered check", |event| {
-        status_of(event) == 3
-    })
+    let tampered = wait_event(
+        &admin,
+        &agent.agent,
+        (name, "tampered"),
+        "the tampered check",
+        |event| status_of(event) == 3,
+    )
     .await;
     let output = output_of(&tampered);
     assert!(
@@ -329,9 +356,13 @@ async fn a_packaged_asset_runs_from_path_and_bad_ones_are_refused() {
     assert!(!output.contains("tampered\n"), "the command ran: {output}");
 
     // Plain HTTP is refused without `assets.allow_http`, before any connection.
-    let plain = wait_event(&admin, &agent.agent, (name, "plain"), "the plain check", |event| {
-        status_of(event) == 3
-    })
+    let plain = wait_event(
+        &admin,
+        &agent.agent,
+        (name, "plain"),
+        "the plain check",
+        |event| status_of(event) == 3,
+    )
     .await;
     // The first run says it; later ones, in the backoff, say it with when the next try is.
     let output = output_of(&plain);
@@ -344,7 +375,10 @@ async fn a_packaged_asset_runs_from_path_and_bad_ones_are_refused() {
     );
 
     // Nothing of the tampered archive was unpacked: the cache holds the good build only.
-    assert_eq!(names_in(&agent.cache), [".tmp".to_owned(), hello_sha.clone()]);
+    assert_eq!(
+        names_in(&agent.cache),
+        [".tmp".to_owned(), hello_sha.clone()]
+    );
     assert_eq!(names_in(&agent.cache.join(".tmp")), Vec::<String>::new());
 }
 
@@ -360,7 +394,12 @@ async fn fifty_checks_at_once_make_one_download() {
     let mut config = CacheConfig::new(dir.path().join("assets"));
     config.fetch.trusted_ca_pem = Some(server.ca().to_owned());
     let assets = Arc::new(Assets::new(config));
-    let executor = Executor::with_assets(ExecLimits { max_concurrency: 50 }, Some(assets.clone()));
+    let executor = Executor::with_assets(
+        ExecLimits {
+            max_concurrency: 50,
+        },
+        Some(assets.clone()),
+    );
     let asset = Asset {
         metadata: Some(ObjectMeta::named(NS, "shared")),
         url: server.url("/shared.tar.gz"),
@@ -424,7 +463,13 @@ fn corpus_check(file: &str) -> (String, CheckConfig) {
             Spec::CheckConfig(check) => Some((loaded.resource.metadata.name, check)),
             _ => None,
         })
-        .unwrap_or_else(|| panic!("no CheckConfig in {}: {:?}", path.display(), manifests.problems))
+        .unwrap_or_else(|| {
+            panic!(
+                "no CheckConfig in {}: {:?}",
+                path.display(),
+                manifests.problems
+            )
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,24 +599,54 @@ async fn corpus_checks_run_with_assets_packaged_from_debian_binaries() {
     let agent = start_agent(&backend, &admin, name, server.ca()).await;
 
     for (((check_name, check), path, sha512), case) in checks.iter().zip(&cases) {
-        let event = wait_event(&admin, &agent.agent, (name, check_name), check_name, |event| {
-            event["check"]["status"].is_u64()
-        })
+        let event = wait_event(
+            &admin,
+            &agent.agent,
+            (name, check_name),
+            check_name,
+            |event| event["check"]["status"].is_u64(),
+        )
         .await;
         let output = output_of(&event);
         assert_eq!(status_of(&event), case.status, "{check_name}: {output}");
         assert!(output.contains(case.output), "{check_name}: {output}");
-        assert_eq!(event["check"]["command"], json!(check.command), "{check_name}");
-        assert!(agent.cache.join(sha512).join("bin").is_dir(), "{check_name}");
+        assert_eq!(
+            event["check"]["command"],
+            json!(check.command),
+            "{check_name}"
+        );
+        assert!(
+            agent.cache.join(sha512).join("bin").is_dir(),
+            "{check_name}"
+        );
         assert_eq!(server.count(path), 1, "{check_name}: one download");
     }
     for platform in ["alpine", "centos"] {
-        assert_eq!(server.count(&format!("/never-{platform}.tar.gz")), 0, "{platform}");
+        assert_eq!(
+            server.count(&format!("/never-{platform}.tar.gz")),
+            0,
+            "{platform}"
+        );
     }
     // check-nginx's PATH found the Debian asset's curl.
-    let nginx = wait_event(&admin, &agent.agent, (name, "check-nginx"), "check-nginx", |_| true).await;
-    assert!(output_of(&nginx).contains(&agent.cache.display().to_string()), "{nginx:#}");
+    let nginx = wait_event(
+        &admin,
+        &agent.agent,
+        (name, "check-nginx"),
+        "check-nginx",
+        |_| true,
+    )
+    .await;
+    assert!(
+        output_of(&nginx).contains(&agent.cache.display().to_string()),
+        "{nginx:#}"
+    );
     // The ntp check's perfdata became metrics.
     let ntp = wait_event(&admin, &agent.agent, (name, "ntp"), "ntp", |_| true).await;
-    assert!(ntp["metrics"]["points"].as_array().is_some_and(|points| !points.is_empty()), "{ntp:#}");
+    assert!(
+        ntp["metrics"]["points"]
+            .as_array()
+            .is_some_and(|points| !points.is_empty()),
+        "{ntp:#}"
+    );
 }

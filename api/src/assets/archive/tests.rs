@@ -4,7 +4,10 @@ use super::*;
 use crate::assets::tests::{dir, file, gzip, link, tar_bytes, RawEntry};
 
 /// Unpacks `entries` (as a gzip'd tar) into a fresh folder.
-fn unpack_entries(entries: &[RawEntry], limits: UnpackLimits) -> (tempfile::TempDir, Result<Unpacked, ArchiveError>) {
+fn unpack_entries(
+    entries: &[RawEntry],
+    limits: UnpackLimits,
+) -> (tempfile::TempDir, Result<Unpacked, ArchiveError>) {
     let root = tempfile::tempdir().unwrap();
     let archive = root.path().join("archive");
     std::fs::write(&archive, gzip(&tar_bytes(entries))).unwrap();
@@ -35,13 +38,22 @@ fn a_good_archive_unpacks_with_its_links_and_without_setuid() {
     assert_eq!(unpacked.entries, 7);
     assert_eq!(unpacked.bytes, 21);
     let tree = root.path().join("tree");
-    let mode = std::fs::metadata(tree.join("bin/tool")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(tree.join("bin/tool"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o7777, 0o755, "setuid dropped");
-    let mode = std::fs::metadata(tree.join("lib/libfoo.so.1")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(tree.join("lib/libfoo.so.1"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o7777, 0o644, "setgid dropped");
     assert_eq!(std::fs::read(tree.join("lib/libfoo.so")).unwrap(), b"ELF");
     assert_eq!(std::fs::read(tree.join("bin/helper")).unwrap(), b"ELF");
-    assert_eq!(std::fs::read(tree.join("bin/same")).unwrap(), b"#!/bin/sh\necho ok\n");
+    assert_eq!(
+        std::fs::read(tree.join("bin/same")).unwrap(),
+        b"#!/bin/sh\necho ok\n"
+    );
 }
 
 #[test]
@@ -79,7 +91,10 @@ fn a_parent_component_is_refused() {
 fn a_symlink_escaping_the_asset_is_refused() {
     for target in ["../../etc", "/etc", "lib/../../..", "..", ""] {
         let error = refused(&[link("evil", tar::EntryType::Symlink, target)]);
-        assert!(error.starts_with("link \"evil\" points outside the asset"), "{target}: {error}");
+        assert!(
+            error.starts_with("link \"evil\" points outside the asset"),
+            "{target}: {error}"
+        );
     }
     let error = refused(&[link("bin/evil", tar::EntryType::Symlink, "../../x")]);
     assert!(error.contains("points outside"), "{error}");
@@ -93,14 +108,20 @@ fn writing_through_a_symlink_is_refused() {
         link("bin", tar::EntryType::Symlink, "sub"),
         file("bin/tool", b"x", 0o755),
     ]);
-    assert_eq!(error, "entry \"bin/tool\" passes through or replaces a symlink");
+    assert_eq!(
+        error,
+        "entry \"bin/tool\" passes through or replaces a symlink"
+    );
     // Nor may a file replace a link (the write would follow it).
     let error = refused(&[
         file("real", b"x", 0o644),
         link("alias", tar::EntryType::Symlink, "real"),
         file("alias", b"y", 0o644),
     ]);
-    assert_eq!(error, "entry \"alias\" passes through or replaces a symlink");
+    assert_eq!(
+        error,
+        "entry \"alias\" passes through or replaces a symlink"
+    );
     // Nor a link replace a folder that later entries go into.
     let error = refused(&[dir("bin/"), link("bin", tar::EntryType::Symlink, "lib")]);
     assert_eq!(error, "link entry \"bin\" would replace a folder");
@@ -109,18 +130,27 @@ fn writing_through_a_symlink_is_refused() {
 #[test]
 fn a_hard_link_escaping_the_asset_is_refused() {
     let error = refused(&[link("passwd", tar::EntryType::Link, "/etc/passwd")]);
-    assert_eq!(error, "link \"passwd\" points outside the asset (\"/etc/passwd\")");
+    assert_eq!(
+        error,
+        "link \"passwd\" points outside the asset (\"/etc/passwd\")"
+    );
     let error = refused(&[link("passwd", tar::EntryType::Link, "../../etc/passwd")]);
     assert!(error.contains("points outside"), "{error}");
     let error = refused(&[link("ghost", tar::EntryType::Link, "not/in/archive")]);
-    assert!(error.contains("which is not a file of the archive"), "{error}");
+    assert!(
+        error.contains("which is not a file of the archive"),
+        "{error}"
+    );
 }
 
 #[test]
 fn special_entries_are_refused() {
     let mut fifo = file("pipe", b"", 0o644);
     fifo.kind = tar::EntryType::Fifo;
-    assert_eq!(refused(&[fifo]), "entry \"pipe\" is a fifo, which an asset cannot hold");
+    assert_eq!(
+        refused(&[fifo]),
+        "entry \"pipe\" is a fifo, which an asset cannot hold"
+    );
     let mut device = file("dev", b"", 0o644);
     device.kind = tar::EntryType::Block;
     assert!(refused(&[device]).contains("block device"));
@@ -136,7 +166,10 @@ fn too_many_bytes_are_refused() {
         &[file("a", b"123456", 0o644), file("b", b"123456", 0o644)],
         limits,
     );
-    assert_eq!(result.unwrap_err().to_string(), "the archive unpacks to more than 10 bytes");
+    assert_eq!(
+        result.unwrap_err().to_string(),
+        "the archive unpacks to more than 10 bytes"
+    );
 }
 
 #[test]
@@ -145,9 +178,9 @@ fn too_many_entries_are_refused() {
         max_bytes: 1000,
         max_entries: 2,
     };
-    let (_root, result) = unpack_entries(
-        &[dir("a/"), dir("b/"), dir("c/")],
-        limits,
+    let (_root, result) = unpack_entries(&[dir("a/"), dir("b/"), dir("c/")], limits);
+    assert_eq!(
+        result.unwrap_err().to_string(),
+        "the archive has more than 2 entries"
     );
-    assert_eq!(result.unwrap_err().to_string(), "the archive has more than 2 entries");
 }

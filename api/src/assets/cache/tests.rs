@@ -74,7 +74,10 @@ async fn a_build_is_downloaded_unpacked_and_leased() {
     drop(lease);
     cache.fetch("hello", &build).await.unwrap();
     assert_eq!(server.count(), 1);
-    assert_eq!(leftovers(&dir.path().join("assets").join(".tmp")), Vec::<String>::new());
+    assert_eq!(
+        leftovers(&dir.path().join("assets").join(".tmp")),
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test]
@@ -84,9 +87,15 @@ async fn a_digest_mismatch_unpacks_nothing() {
     build.sha512 = sha512_hex(b"something else");
     let cache = AssetCache::new(config(dir.path()));
     let error = cache.fetch("hello", &build).await.unwrap_err();
-    assert!(matches!(error, AssetError::DigestMismatch { .. }), "{error}");
+    assert!(
+        matches!(error, AssetError::DigestMismatch { .. }),
+        "{error}"
+    );
     let message = error.to_string();
-    assert!(message.starts_with("asset hello: sha512 mismatch: expected "), "{message}");
+    assert!(
+        message.starts_with("asset hello: sha512 mismatch: expected "),
+        "{message}"
+    );
     assert_eq!(server.count(), 1);
     let assets = dir.path().join("assets");
     assert_eq!(leftovers(&assets), [".tmp"]);
@@ -111,7 +120,10 @@ async fn concurrent_callers_share_one_download() {
     for _ in 0..50 {
         let (cache, build) = (cache.clone(), build.clone());
         tasks.push(tokio::spawn(async move {
-            cache.fetch("hello", &build).await.map(|lease| lease.path().to_owned())
+            cache
+                .fetch("hello", &build)
+                .await
+                .map(|lease| lease.path().to_owned())
         }));
     }
     for task in tasks {
@@ -161,7 +173,10 @@ async fn plain_http_is_refused_unless_allowed() {
     let error = cache.fetch("hello", &build).await.unwrap_err().to_string();
     assert_eq!(
         error,
-        format!("asset hello: {} is plain http and assets.allow_http is false", server.url)
+        format!(
+            "asset hello: {} is plain http and assets.allow_http is false",
+            server.url
+        )
     );
     assert_eq!(server.count(), 0);
 }
@@ -209,7 +224,10 @@ async fn the_least_recently_used_unleased_build_is_evicted() {
     let _hold_a = cache.fetch("a", &a).await.unwrap();
     let _hold_c = cache.fetch("c", &c).await.unwrap();
     let error = cache.fetch("b", &b).await.unwrap_err().to_string();
-    assert!(error.starts_with("asset b: the cache cannot hold it"), "{error}");
+    assert!(
+        error.starts_with("asset b: the cache cannot hold it"),
+        "{error}"
+    );
     assert!(cache.dir().join(&a.sha512).join("bin/a").is_file());
 }
 
