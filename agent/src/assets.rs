@@ -6,9 +6,6 @@
 //! Idle cost: nothing is read from disk, no HTTP client is built and no JavaScript engine is
 //! started until a first check names an asset (the engine only for an asset with filters).
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use cairn_api::assets::{self, AssetCache, AssetError, AssetLease, BuildSelector, CacheConfig};
 use cairn_api::js::EngineConfig;
 use cairn_api::model::{Asset, Entity};
@@ -32,7 +29,8 @@ pub struct Assets {
 /// The builds a command uses, leased until this is dropped, and the variables they add.
 #[derive(Debug, Default)]
 pub struct Prepared {
-    leases: Vec<AssetLease>,
+    /// Held, not read: the builds stay in the cache until this is dropped.
+    _leases: Vec<AssetLease>,
     /// `PATH`, `LD_LIBRARY_PATH`, `CPATH` and `<NAME>_PLUGIN_PATH`, as Sensu sets them.
     pub env: Vec<(String, String)>,
 }
@@ -128,22 +126,10 @@ impl Assets {
             leases.push(self.cache.fetch(name, &build).await?);
         }
         let env = assets::asset_env(&leases, |name| std::env::var(name).ok());
-        Ok(Prepared { leases, env })
-    }
-}
-
-/// Shared by the executor's clones.
-pub type SharedAssets = Arc<Assets>;
-
-// === impl Prepared ===
-
-impl Prepared {
-    /// The assets' folders, in order.
-    pub fn paths(&self) -> Vec<PathBuf> {
-        self.leases
-            .iter()
-            .map(|lease| lease.path().to_owned())
-            .collect()
+        Ok(Prepared {
+            _leases: leases,
+            env,
+        })
     }
 }
 

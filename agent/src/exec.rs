@@ -188,10 +188,8 @@ impl Executor {
         // The command after token substitution (the event carries it as run, as Sensu's).
         let command = base.command.clone();
         // Leased until the command is done, so the cache keeps them.
-        let prepared = match self
-            .prepare_assets(&config.runtime_assets, request, entity)
-            .await
-        {
+        let assets = self.shared.assets.as_deref();
+        let prepared = match prepare_assets(assets, &config.runtime_assets, request, entity).await {
             Ok(prepared) => prepared,
             Err(message) => return refused(entity, base, redactor.redact_str(&message)),
         };
@@ -263,7 +261,6 @@ impl Executor {
         };
         let selected = selected_hooks(&config.check_hooks, check.status, code);
         if !selected.is_empty() {
-            let assets = self.shared.assets.as_deref();
             check.hooks = run_hooks(
                 &selected, request, entity, &check, max_output, &redactor, assets,
             )
@@ -289,23 +286,10 @@ impl Executor {
     }
 }
 
-// === impl Executor (assets) ===
-
-impl Executor {
-    /// The runtime assets `names` of a check or hook, ready; nothing when it names none.
-    ///
-    /// # Errors
-    /// A message naming the asset and the reason.
-    async fn prepare_assets(
-        &self,
-        names: &[String],
-        request: &CheckRequest,
-        entity: &Entity,
-    ) -> Result<crate::assets::Prepared, String> {
-        prepare_assets(self.shared.assets.as_deref(), names, request, entity).await
-    }
-}
-
+/// The runtime assets `names` of a check or hook, ready; nothing when it names none.
+///
+/// # Errors
+/// A message naming the asset and the reason.
 async fn prepare_assets(
     assets: Option<&Assets>,
     names: &[String],
