@@ -2,7 +2,8 @@
 //! `tar` (scripts and copies of Debian binaries), served by a local HTTPS server under a CA of
 //! its own (the agent's `assets.trusted_ca_file`), scheduled by a real backend and run by a
 //! real agent over mutual TLS: the asset's binary on `PATH`, a wrong sha512 refused with
-//! nothing unpacked, plain HTTP refused, fifty checks at once making one download, and five
+//! nothing unpacked, plain HTTP refused, the cache kept across an agent restart, fifty checks
+//! at once making one download, and five
 //! checks of the shared corpus (their commands and `runtime_assets` as written) against
 //! assets packaged here, since the corpus' Bonsai URLs are not reachable.
 
@@ -192,7 +193,7 @@ async fn join_token(admin: &Client) -> String {
 struct AssetAgent {
     agent: Agent,
     cache: PathBuf,
-    _install: AgentInstall,
+    install: AgentInstall,
 }
 
 async fn start_agent(backend: &Backend, admin: &Client, name: &str, ca: &str) -> AssetAgent {
@@ -207,7 +208,7 @@ async fn start_agent(backend: &Backend, admin: &Client, name: &str, ca: &str) ->
     AssetAgent {
         agent,
         cache: cache.join("assets"),
-        _install: install,
+        install,
     }
 }
 
@@ -380,6 +381,37 @@ async fn a_packaged_asset_runs_from_path_and_bad_ones_are_refused() {
         [".tmp".to_owned(), hello_sha.clone()]
     );
     assert_eq!(names_in(&agent.cache.join(".tmp")), Vec::<String>::new());
+
+    // The cache survives a restart: started again, the agent runs the check from it.
+    let mut agent = agent;
+    assert!(
+        agent.agent.terminate().is_some(),
+        "the agent stops on SIGTERM"
+    );
+    let stopped = unix_now();
+    agent.agent = agent.install.start();
+    let again = wait_event(
+        &admin,
+        &agent.agent,
+        (name, "hello"),
+        "a run after the restart",
+        |event| event["check"]["executed"].as_i64().unwrap_or_default() > stopped,
+    )
+    .await;
+    assert_eq!(status_of(&again), 0, "{again:#}");
+    assert_eq!(
+        server.count("/hello.tar.gz"),
+        1,
+        "no download after the restart"
+    );
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
