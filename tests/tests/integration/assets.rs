@@ -3,9 +3,9 @@
 //! its own (the agent's `assets.trusted_ca_file`), scheduled by a real backend and run by a
 //! real agent over mutual TLS: the asset's binary on `PATH`, a wrong sha512 refused with
 //! nothing unpacked, plain HTTP refused, the cache kept across an agent restart, fifty checks
-//! at once making one download, and five
-//! checks of the shared corpus (their commands and `runtime_assets` as written) against
-//! assets packaged here, since the corpus' Bonsai URLs are not reachable.
+//! at once making one download, and five checks of the shared corpus (their commands and
+//! `runtime_assets` as written) against assets packaged here, since the corpus' Bonsai URLs
+//! are not reachable.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
