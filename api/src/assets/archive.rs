@@ -14,7 +14,8 @@
 //! - a hard link's target must be a regular file the archive already wrote;
 //! - device, fifo and other special entries are refused;
 //! - setuid, setgid and sticky bits are dropped; owners are not restored;
-//! - the bytes written and the number of entries are capped ([`UnpackLimits`]).
+//! - the bytes written and the number of entries are capped ([`UnpackLimits`]), and so is the
+//!   whole decompressed stream (headers and metadata entries included), against gzip bombs.
 //!
 //! A refused archive leaves a partial tree in the destination; the caller unpacks into a
 //! temporary folder and removes it on error.
@@ -176,22 +177,45 @@ fn unpack_tar(
     dest: &Path,
     limits: UnpackLimits,
 ) -> Result<Unpacked, ArchiveError> {
+    // The whole tar stream is capped too, headers and padding included: metadata entries
+    // (PAX, GNU long names) are read into memory by the tar reader, and a gzip stream can
+    // inflate a thousandfold.
+    let stream_cap = limits
+        .max_bytes
+        .saturating_add((limits.max_entries as u64).saturating_mul(STREAM_BYTES_PER_ENTRY))
+        .saturating_add(STREAM_SLACK);
+    let reader = Capped {
+        inner: reader,
+        left: stream_cap,
+    };
     let mut archive = tar::Archive::new(reader);
+    let read_error = |error: io::Error| {
+        if error
+            .get_ref()
+            .is_some_and(|inner| inner.is::<StreamCapExceeded>())
+        {
+            ArchiveError::TooManyBytes {
+                limit: limits.max_bytes,
+            }
+        } else {
+            ArchiveError::Read(error)
+        }
+    };
     let mut written = Unpacked {
         bytes: 0,
         entries: 0,
     };
     // Regular files this archive wrote, for hard links.
     let mut files: HashSet<PathBuf> = HashSet::new();
-    for entry in archive.entries().map_err(ArchiveError::Read)? {
-        let mut entry = entry.map_err(ArchiveError::Read)?;
+    for entry in archive.entries().map_err(read_error)? {
+        let mut entry = entry.map_err(read_error)?;
         written.entries += 1;
         if written.entries > limits.max_entries {
             return Err(ArchiveError::TooManyEntries {
                 limit: limits.max_entries,
             });
         }
-        let raw = entry.path().map_err(ArchiveError::Read)?.into_owned();
+        let raw = entry.path().map_err(read_error)?.into_owned();
         let shown = raw.display().to_string();
         let Some(relative) = clean_path(&raw, &shown)? else {
             // `.` or `./`: the root itself.
@@ -222,7 +246,7 @@ fn unpack_tar(
                     .map_err(write_error)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.header().size().map_err(ArchiveError::Read)?;
+                let size = entry.header().size().map_err(read_error)?;
                 let remaining = limits.max_bytes.saturating_sub(written.bytes);
                 if size > remaining {
                     return Err(ArchiveError::TooManyBytes {
@@ -245,8 +269,8 @@ fn unpack_tar(
                     .map_err(write_error)?;
                 // The header's size bounds what the reader yields; `take` makes the cap hold
                 // whatever the reader does.
-                let copied = io::copy(&mut (&mut entry).take(remaining), &mut file)
-                    .map_err(ArchiveError::Read)?;
+                let copied =
+                    io::copy(&mut (&mut entry).take(remaining), &mut file).map_err(read_error)?;
                 written.bytes += copied;
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode))
                     .map_err(write_error)?;
@@ -255,7 +279,7 @@ fn unpack_tar(
             tar::EntryType::Symlink => {
                 let link = entry
                     .link_name()
-                    .map_err(ArchiveError::Read)?
+                    .map_err(read_error)?
                     .map(|link| link.into_owned())
                     .unwrap_or_default();
                 if existing.as_ref().is_some_and(|meta| meta.is_dir()) {
@@ -270,7 +294,7 @@ fn unpack_tar(
             tar::EntryType::Link => {
                 let link = entry
                     .link_name()
-                    .map_err(ArchiveError::Read)?
+                    .map_err(read_error)?
                     .map(|link| link.into_owned())
                     .unwrap_or_default();
                 let link_shown = link.display().to_string();
@@ -321,6 +345,36 @@ fn unpack_tar(
         }
     }
     Ok(written)
+}
+
+/// Tar stream bytes allowed per entry besides the content: its header, a PAX or GNU header
+/// before it, and padding.
+const STREAM_BYTES_PER_ENTRY: u64 = 4 * 1024;
+/// Tar stream bytes allowed besides: the end-of-archive blocks and a record's padding.
+const STREAM_SLACK: u64 = 1024 * 1024;
+
+/// The error a [`Capped`] reader fails with, found again by type.
+#[derive(Debug, thiserror::Error)]
+#[error("the archive stream is longer than allowed")]
+struct StreamCapExceeded;
+
+/// A reader that fails once more than `left` bytes were read.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        match self.left.checked_sub(read as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(read)
+            }
+            None => Err(io::Error::other(StreamCapExceeded)),
+        }
+    }
 }
 
 fn entry_kind(kind: tar::EntryType) -> String {

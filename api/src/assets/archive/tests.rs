@@ -184,3 +184,19 @@ fn too_many_entries_are_refused() {
         "the archive has more than 2 entries"
     );
 }
+
+#[test]
+fn a_stream_inflating_past_the_cap_is_refused() {
+    // A huge PAX header: no content bytes, but a tar stream far larger than the bounds allow.
+    let mut pax = file("pax", &vec![b'x'; 3 * 1024 * 1024], 0o644);
+    pax.kind = tar::EntryType::XHeader;
+    let limits = UnpackLimits {
+        max_bytes: 1024,
+        max_entries: 10,
+    };
+    let (_root, result) = unpack_entries(&[pax, file("a", b"1", 0o644)], limits);
+    assert_eq!(
+        result.unwrap_err().to_string(),
+        "the archive unpacks to more than 1024 bytes"
+    );
+}
