@@ -287,6 +287,7 @@ pub async fn admit_check<'a>(
     allow_list: Option<&AllowList>,
     command: &str,
     env_vars: &'a [String],
+    assets_path: Option<&str>,
 ) -> Result<&'a [String], Denied> {
     let Some(allow_list) = allow_list else {
         return Ok(env_vars);
@@ -295,7 +296,7 @@ pub async fn admit_check<'a>(
         .matching(command)
         .ok_or_else(|| not_listed(command))?;
     let env_vars = if entry.enable_env { env_vars } else { &[] };
-    verify_program(entry, command, search_path(env_vars)).await?;
+    verify_program(entry, command, search_path(env_vars, assets_path)).await?;
     Ok(env_vars)
 }
 
@@ -304,26 +305,32 @@ pub async fn admit_check<'a>(
 /// # Errors
 ///
 /// [`Denied`], as [`admit_check`].
-pub async fn admit_hook(allow_list: Option<&AllowList>, command: &str) -> Result<(), Denied> {
+pub async fn admit_hook(
+    allow_list: Option<&AllowList>,
+    command: &str,
+    assets_path: Option<&str>,
+) -> Result<(), Denied> {
     let Some(allow_list) = allow_list else {
         return Ok(());
     };
     let entry = allow_list
         .matching(command)
         .ok_or_else(|| not_listed(command))?;
-    verify_program(entry, command, search_path(&[])).await
+    verify_program(entry, command, search_path(&[], assets_path)).await
 }
 
 fn not_listed(command: &str) -> Denied {
     Denied::new(format!("command not on the allow list: {command}"))
 }
 
-/// The `PATH` a command runs with: the last `PATH=` of its `env_vars`, else the agent's.
-fn search_path(env_vars: &[String]) -> Option<String> {
+/// The `PATH` a command runs with: the last `PATH=` of its `env_vars`, else the one its
+/// runtime assets set (their `bin/` first), else the agent's.
+fn search_path(env_vars: &[String], assets_path: Option<&str>) -> Option<String> {
     env_vars
         .iter()
         .rev()
         .find_map(|entry| entry.strip_prefix("PATH=").map(str::to_owned))
+        .or_else(|| assets_path.map(str::to_owned))
         .or_else(|| std::env::var("PATH").ok())
 }
 
@@ -484,27 +491,29 @@ mod tests {
         let allow_list =
             list("- exec: with_env\n  args: [\"\"]\n  enable_env: true\n- exec: without_env\n  args: [\"\"]\n");
         assert_eq!(
-            admit_check(Some(&allow_list), "with_env", &env_vars).await,
+            admit_check(Some(&allow_list), "with_env", &env_vars, None).await,
             Ok(&env_vars[..])
         );
         assert_eq!(
-            admit_check(Some(&allow_list), "without_env", &env_vars).await,
+            admit_check(Some(&allow_list), "without_env", &env_vars, None).await,
             Ok(&[][..])
         );
         // No allow list: everything runs, with its env_vars.
         assert_eq!(
-            admit_check(None, "anything at all", &env_vars).await,
+            admit_check(None, "anything at all", &env_vars, None).await,
             Ok(&env_vars[..])
         );
-        assert_eq!(admit_hook(None, "anything").await, Ok(()));
-        let denied = admit_check(Some(&allow_list), "rm -rf /", &env_vars)
+        assert_eq!(admit_hook(None, "anything", None).await, Ok(()));
+        let denied = admit_check(Some(&allow_list), "rm -rf /", &env_vars, None)
             .await
             .unwrap_err();
         assert_eq!(
             denied.check_output(),
             "check command denied by the agent allow list: command not on the allow list: rm -rf /"
         );
-        let denied = admit_hook(Some(&allow_list), "ps aux").await.unwrap_err();
+        let denied = admit_hook(Some(&allow_list), "ps aux", None)
+            .await
+            .unwrap_err();
         assert_eq!(
             denied.hook_output(),
             "check hook command denied by the agent allow list: command not on the allow list: ps aux"
@@ -529,25 +538,29 @@ mod tests {
         let by_path = program.display().to_string();
         // By path: the file itself; upper-case hex is the same digest.
         let good = yaml(&by_path, &right.to_ascii_uppercase());
-        assert!(admit_check(Some(&good), &format!("{by_path} -v"), &[])
-            .await
-            .is_ok());
-        assert!(admit_hook(Some(&good), &by_path).await.is_ok());
+        assert!(
+            admit_check(Some(&good), &format!("{by_path} -v"), &[], None)
+                .await
+                .is_ok()
+        );
+        assert!(admit_hook(Some(&good), &by_path, None).await.is_ok());
         let bad = yaml(&by_path, &wrong);
-        let denied = admit_check(Some(&bad), &by_path, &[]).await.unwrap_err();
+        let denied = admit_check(Some(&bad), &by_path, &[], None)
+            .await
+            .unwrap_err();
         assert!(
             denied.check_output().contains(&format!(
                 "the sha512 of {by_path} is {right}, not the one the allow list names"
             )),
             "{denied:?}"
         );
-        assert!(admit_hook(Some(&bad), &by_path).await.is_err());
+        assert!(admit_hook(Some(&bad), &by_path, None).await.is_err());
         // By name: looked up on the PATH the command gets.
         let good = yaml("probe.sh", &right);
-        assert!(admit_check(Some(&good), "probe.sh", &path_env)
+        assert!(admit_check(Some(&good), "probe.sh", &path_env, None)
             .await
             .is_ok());
-        let denied = admit_check(Some(&good), "probe.sh", &["PATH=/nonexistent".into()])
+        let denied = admit_check(Some(&good), "probe.sh", &["PATH=/nonexistent".into()], None)
             .await
             .unwrap_err();
         assert!(
@@ -557,7 +570,7 @@ mod tests {
             "{denied:?}"
         );
         assert!(
-            admit_check(Some(&yaml("probe.sh", &wrong)), "probe.sh", &path_env)
+            admit_check(Some(&yaml("probe.sh", &wrong)), "probe.sh", &path_env, None)
                 .await
                 .is_err()
         );

@@ -39,6 +39,15 @@ pub const DEFAULT_LOCAL_API: &str = "127.0.0.1:3031";
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// How many checks may run at once by default.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 16;
+/// The asset cache's folder name (beside the configuration file) when `assets.cache_dir` is
+/// not set.
+pub const CACHE_DIR_NAME: &str = "cache";
+/// The asset cache's bound in bytes of unpacked content by default (1 GiB).
+pub const DEFAULT_MAX_CACHE_BYTES: u64 = cairn_api::assets::DEFAULT_MAX_CACHE_BYTES;
+/// The asset cache's bound in assets by default.
+pub const DEFAULT_MAX_CACHE_ASSETS: usize = cairn_api::assets::DEFAULT_MAX_ASSETS;
+/// The smallest `assets.max_cache_bytes` accepted.
+const MIN_CACHE_BYTES: u64 = 1024 * 1024;
 /// The port of the agent listener, used when `install` derives the agent URL from the API URL.
 pub const DEFAULT_AGENT_PORT: u16 = 8081;
 /// The agent socket's default host (Sensu's `socket-host`).
@@ -132,6 +141,9 @@ pub struct AgentConfig {
     /// and hook commands it allows run. Unset: every command runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_list: Option<PathBuf>,
+    /// Runtime assets: where they are cached and which servers are trusted.
+    #[serde(default, skip_serializing_if = "AssetsConfig::is_default")]
+    pub assets: AssetsConfig,
 }
 
 /// `socket:` in `agent.yaml`: Sensu's agent TCP/UDP socket for 1.x-style check results.
@@ -172,6 +184,40 @@ impl Default for SocketSettings {
     }
 }
 
+/// The `assets:` section: runtime assets of checks and hooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssetsConfig {
+    /// A PEM file of CA certificates trusted for asset URLs besides the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Whether plain `http://` asset URLs are allowed (default false: they are refused).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// The cache's folder (Sensu's `cache-dir`); assets go in its `assets/` folder. Default:
+    /// `cache` beside the configuration file.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Bytes of unpacked assets the cache keeps at most; the least recently used go first.
+    #[serde(default = "default_max_cache_bytes")]
+    pub max_cache_bytes: u64,
+    /// Assets the cache keeps at most.
+    #[serde(default = "default_max_cache_assets")]
+    pub max_cache_assets: usize,
+}
+
+impl Default for AssetsConfig {
+    fn default() -> Self {
+        AssetsConfig {
+            trusted_ca_file: None,
+            allow_http: false,
+            cache_dir: default_cache_dir(),
+            max_cache_bytes: default_max_cache_bytes(),
+            max_cache_assets: default_max_cache_assets(),
+        }
+    }
+}
+
 // === impl SocketSettings ===
 
 impl SocketSettings {
@@ -183,6 +229,24 @@ impl SocketSettings {
     fn is_default(&self) -> bool {
         *self == SocketSettings::default()
     }
+}
+
+// === impl AssetsConfig ===
+
+impl AssetsConfig {
+    fn is_default(&self) -> bool {
+        *self == AssetsConfig::default()
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from(CACHE_DIR_NAME)
+}
+fn default_max_cache_bytes() -> u64 {
+    DEFAULT_MAX_CACHE_BYTES
+}
+fn default_max_cache_assets() -> usize {
+    DEFAULT_MAX_CACHE_ASSETS
 }
 
 fn default_namespace() -> String {
@@ -294,6 +358,7 @@ impl AgentConfig {
             deregistration_handler: String::new(),
             socket: SocketSettings::default(),
             allow_list: None,
+            assets: AssetsConfig::default(),
         }
     }
 
@@ -343,12 +408,18 @@ impl AgentConfig {
             &mut config.cert_file,
             &mut config.ca_file,
             &mut config.queue_dir,
+            &mut config.assets.cache_dir,
         ] {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
         }
         if let Some(path) = config.allow_list.as_mut() {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        if let Some(path) = config.assets.trusted_ca_file.as_mut() {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
@@ -462,6 +533,32 @@ impl AgentConfig {
         {
             problem("allow_list".into(), "must not be empty".into());
         }
+        let assets = &self.assets;
+        if assets
+            .trusted_ca_file
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            problem(
+                "assets.trusted_ca_file".into(),
+                "must not be empty (leave it out to trust the system's roots only)".into(),
+            );
+        }
+        if assets.cache_dir.as_os_str().is_empty() {
+            problem("assets.cache_dir".into(), "must not be empty".into());
+        }
+        if assets.max_cache_bytes < MIN_CACHE_BYTES {
+            problem(
+                "assets.max_cache_bytes".into(),
+                format!("must be at least {MIN_CACHE_BYTES} (1 MiB)"),
+            );
+        }
+        if assets.max_cache_assets == 0 {
+            problem(
+                "assets.max_cache_assets".into(),
+                "must be at least 1".into(),
+            );
+        }
         problems
     }
 
@@ -541,6 +638,41 @@ mod tests {
         assert_eq!(config.key_file, Path::new("/etc/cairn-agent/agent.key"));
         assert_eq!(config.queue_dir, Path::new("/etc/cairn-agent/queue"));
         assert_eq!(config.max_concurrency, DEFAULT_MAX_CONCURRENCY);
+        assert_eq!(config.assets.cache_dir, Path::new("/etc/cairn-agent/cache"));
+        assert!(!config.assets.allow_http);
+        assert_eq!(config.assets.trusted_ca_file, None);
+        assert_eq!(config.assets.max_cache_bytes, 1024 * 1024 * 1024);
+        assert_eq!(config.assets.max_cache_assets, 256);
+    }
+
+    #[test]
+    fn the_assets_section() {
+        let config = parse(&format!(
+            "{MINIMAL}assets:\n  trusted_ca_file: assets-ca.pem\n  allow_http: true\n  \
+             cache_dir: /var/cache/cairn-agent\n  max_cache_bytes: 2097152\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.assets.trusted_ca_file.as_deref(),
+            Some(Path::new("/etc/cairn-agent/assets-ca.pem"))
+        );
+        assert!(config.assets.allow_http);
+        assert_eq!(config.assets.cache_dir, Path::new("/var/cache/cairn-agent"));
+        assert_eq!(config.assets.max_cache_bytes, 2_097_152);
+        assert_eq!(
+            error(&format!("{MINIMAL}assets:\n  max_cache_bytes: 10\n")),
+            "assets.max_cache_bytes: must be at least 1048576 (1 MiB)"
+        );
+        assert_eq!(
+            error(&format!("{MINIMAL}assets:\n  max_cache_assets: 0\n")),
+            "assets.max_cache_assets: must be at least 1"
+        );
+        assert_eq!(
+            error(&format!("{MINIMAL}assets:\n  cache_dir: \"\"\n")),
+            "assets.cache_dir: must not be empty"
+        );
+        let unknown = error(&format!("{MINIMAL}assets:\n  alow_http: true\n"));
+        assert!(unknown.contains("unknown field `alow_http`"), "{unknown}");
     }
 
     #[test]
@@ -550,6 +682,7 @@ mod tests {
         config.cert_file = "/abs/agent.pem".into();
         config.ca_file = "/abs/ca.pem".into();
         config.queue_dir = "/abs/queue".into();
+        config.assets.cache_dir = "/abs/cache".into();
         config.subscriptions = vec!["linux".into()];
         config.labels.insert("team".into(), "ops".into());
         assert_eq!(parse(&config.to_yaml()).unwrap(), config);

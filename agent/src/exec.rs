@@ -43,6 +43,14 @@
 //!   `hook_secrets`, and its output is redacted of every value of the request). Each result goes into `check.hooks` as the hook
 //!   configuration plus `duration`, `executed`, `issued`, `output` and `status`, Sensu's shape.
 //!   A selected hook the request does not carry yields a status 3 result saying so.
+//! - **Runtime assets** (`assets.rs`). Before the command runs, the assets its
+//!   `runtime_assets` name are taken from the request (the backend resolves them), their build
+//!   chosen for the entity, downloaded into the shared cache unless it has them, and leased
+//!   until the command ends; each asset's `bin`, `lib` and `include` are prepended to `PATH`,
+//!   `LD_LIBRARY_PATH` and `CPATH` in `runtime_assets` order, and `<NAME>_PLUGIN_PATH` names
+//!   its folder, as Sensu's agent sets them (then `env_vars` and secrets, which win). An asset
+//!   that is not ready fails the check with status 3 naming it and the reason, and the command
+//!   does not run. A hook's `runtime_assets` work the same way for the hook.
 //! - **Event.** The given entity, the check built from the configuration plus `status`,
 //!   `output`, `issued`, `executed` (start, unix s) and `duration` (s), `timestamp` = now. The id
 //!   and `processed_by` are the caller's.
@@ -74,6 +82,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::allowlist::AllowList;
+use crate::assets::Assets;
 use crate::extract;
 
 /// Output kept when the check sets no `max_output_size`, bytes.
@@ -116,6 +125,8 @@ struct Shared {
     slots: Semaphore,
     /// Checks running or waiting for a slot.
     running: Mutex<HashSet<RunKey>>,
+    /// Runtime assets; `None` refuses every check or hook that names one.
+    assets: Option<Arc<Assets>>,
 }
 
 /// Namespace, check name, entity name.
@@ -126,10 +137,16 @@ type RunKey = (String, String, String);
 impl Executor {
     /// An executor with the given limits.
     pub fn new(limits: ExecLimits) -> Executor {
+        Executor::with_assets(limits, None)
+    }
+
+    /// An executor whose checks and hooks may use runtime assets from `assets`.
+    pub fn with_assets(limits: ExecLimits, assets: Option<Arc<Assets>>) -> Executor {
         Executor {
             shared: Arc::new(Shared {
                 slots: Semaphore::new(limits.max_concurrency.max(1)),
                 running: Mutex::new(HashSet::new()),
+                assets,
             }),
             allow_list: None,
         }
@@ -188,11 +205,19 @@ impl Executor {
         }
         // The command after token substitution (the event carries it as run, as Sensu's).
         let command = base.command.clone();
-        // The allow list (allowlist.rs): a command not on it does not run.
+        // Leased until the command is done, so the cache keeps them.
+        let assets = self.shared.assets.as_deref();
+        let prepared = match prepare_assets(assets, &config.runtime_assets, request, entity).await {
+            Ok(prepared) => prepared,
+            Err(message) => return refused(entity, base, redactor.redact_str(&message)),
+        };
+        // The allow list (allowlist.rs): a command not on it does not run. Its program is
+        // looked up on the PATH the command gets, its assets' `bin/` included.
         let env_vars = match crate::allowlist::admit_check(
             self.allow_list.as_deref(),
             &command,
             &config.env_vars,
+            env_path(&prepared.env),
         )
         .await
         {
@@ -202,7 +227,7 @@ impl Executor {
             }
         };
         let env = match check_env(env_vars, &request.secrets) {
-            Ok(env) => env,
+            Ok(env) => [prepared.env.as_slice(), env.as_slice()].concat(),
             Err(message) => return refused(entity, base, redactor.redact_str(&message)),
         };
         let stdin = if config.stdin {
@@ -258,6 +283,7 @@ impl Executor {
                     outcome.truncated.to_string(),
                 );
         }
+        drop(prepared);
         let extracted = extract::extract(&mut check, unix_now());
         // Hooks run for the status the thresholds set, as in Sensu; a changed status is matched
         // as its own exit code.
@@ -275,7 +301,10 @@ impl Executor {
                 &check,
                 max_output,
                 &redactor,
-                self.allow_list.as_deref(),
+                HookGates {
+                    allow_list: self.allow_list.as_deref(),
+                    assets,
+                },
             )
             .await;
         }
@@ -297,6 +326,40 @@ impl Executor {
         }
         event
     }
+}
+
+/// The `PATH` the runtime assets set (their `bin/` before the agent's), if any: where the
+/// allow list looks a program up.
+fn env_path(env: &[(String, String)]) -> Option<&str> {
+    env.iter()
+        .rev()
+        .find(|(name, _)| name == "PATH")
+        .map(|(_, value)| value.as_str())
+}
+
+/// The runtime assets `names` of a check or hook, ready; nothing when it names none.
+///
+/// # Errors
+/// A message naming the asset and the reason.
+async fn prepare_assets(
+    assets: Option<&Assets>,
+    names: &[String],
+    request: &CheckRequest,
+    entity: &Entity,
+) -> Result<crate::assets::Prepared, String> {
+    if names.is_empty() {
+        return Ok(crate::assets::Prepared::default());
+    }
+    let Some(assets) = assets else {
+        return Err(format!(
+            "runtime assets are not enabled on this agent (asked for {})",
+            names.join(", ")
+        ));
+    };
+    assets
+        .prepare(names, &request.assets, entity)
+        .await
+        .map_err(|error| error.to_string())
 }
 
 /// Marks a check as running until dropped.
@@ -559,6 +622,14 @@ fn selected_hooks(
     selected
 }
 
+/// What decides whether and how a hook runs besides the hook itself: the allow list and the
+/// runtime assets of the executor.
+#[derive(Clone, Copy)]
+struct HookGates<'a> {
+    allow_list: Option<&'a AllowList>,
+    assets: Option<&'a Assets>,
+}
+
 async fn run_hooks(
     names: &[String],
     request: &CheckRequest,
@@ -566,8 +637,9 @@ async fn run_hooks(
     check: &Check,
     max_output: usize,
     redactor: &Redactor,
-    allow_list: Option<&AllowList>,
+    gates: HookGates<'_>,
 ) -> Vec<serde_json::Value> {
+    let HookGates { allow_list, assets } = gates;
     let mut results = Vec::with_capacity(names.len());
     for name in names {
         let hook = request.hooks.iter().find(|hook| {
@@ -625,7 +697,20 @@ async fn run_hooks(
                 continue;
             }
         };
-        if let Err(denied) = crate::allowlist::admit_hook(allow_list, &hook_command).await {
+        let prepared = match prepare_assets(assets, &hook.runtime_assets, request, entity).await {
+            Ok(prepared) => prepared,
+            Err(message) => {
+                results.push(hook_refused(
+                    hook,
+                    request.issued,
+                    redactor.redact_str(&message),
+                ));
+                continue;
+            }
+        };
+        if let Err(denied) =
+            crate::allowlist::admit_hook(allow_list, &hook_command, env_path(&prepared.env)).await
+        {
             results.push(hook_refused(
                 hook,
                 request.issued,
@@ -642,7 +727,7 @@ async fn run_hooks(
             .get(name)
             .map_or(&[][..], Vec::as_slice);
         let env = match check_env(&[], hook_secrets) {
-            Ok(env) => env,
+            Ok(env) => [prepared.env.as_slice(), env.as_slice()].concat(),
             Err(message) => {
                 results.push(hook_refused(
                     hook,
@@ -836,6 +921,62 @@ mod tests {
                     .to_owned()
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_check_naming_assets_fails_without_them() {
+        let mut config = config("probe", "echo ran");
+        config.runtime_assets = vec!["tools".to_owned()];
+        let check = run(&executor(1), &request(config.clone())).await;
+        assert_eq!(check.status, 3);
+        assert_eq!(
+            check.output,
+            "runtime assets are not enabled on this agent (asked for tools)"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let assets = Arc::new(crate::assets::Assets::new(
+            cairn_api::assets::CacheConfig::new(dir.path().join("assets")),
+        ));
+        let with_assets =
+            Executor::with_assets(ExecLimits { max_concurrency: 1 }, Some(assets.clone()));
+        let check = run(&with_assets, &request(config.clone())).await;
+        assert_eq!(check.status, 3);
+        assert_eq!(check.output, "asset tools was not sent with the request");
+
+        let mut plain = request(config);
+        plain.assets = vec![cairn_api::model::Asset {
+            metadata: Some(ObjectMeta::named("default", "tools")),
+            url: "http://127.0.0.1:9/tools.tar.gz".to_owned(),
+            sha512: "e".repeat(128),
+            ..cairn_api::model::Asset::default()
+        }];
+        let check = run(&with_assets, &plain).await;
+        assert_eq!(check.status, 3);
+        assert_eq!(
+            check.output,
+            "asset tools: http://127.0.0.1:9/tools.tar.gz is plain http and assets.allow_http \
+             is false"
+        );
+        assert!(!assets.filter_engine_started());
+
+        // A hook naming an asset the request lacks fails alone; the check's result stands.
+        let mut hooked = super::tests::config("probe", "exit 1");
+        hooked.check_hooks = vec![BTreeMap::from([(
+            "warning".to_owned(),
+            vec!["diag".to_owned()],
+        )])];
+        let mut with_hook = request(hooked);
+        let mut diag = hook("diag", "echo diag");
+        diag.runtime_assets = vec!["missing".to_owned()];
+        with_hook.hooks = vec![diag];
+        let check = run(&with_assets, &with_hook).await;
+        assert_eq!(check.status, 1);
+        assert_eq!(check.hooks[0]["status"], 3);
+        assert_eq!(
+            check.hooks[0]["output"],
+            "asset missing was not sent with the request"
+        );
     }
 
     #[tokio::test]

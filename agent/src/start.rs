@@ -97,6 +97,13 @@ pub async fn start(config_path: &Path) -> Result<(), StartError> {
             "only the commands on the allow list run"
         );
     }
+    let assets = Arc::new(crate::assets::Assets::from_config(&config.assets).map_err(
+        |problem| ConfigError::Invalid {
+            path: config_path.to_owned(),
+            field: problem.field,
+            message: problem.message,
+        },
+    )?);
     let queue = EventQueue::open(&config.queue_dir, QueueLimits::default())?;
     if !queue.is_empty() {
         tracing::info!(
@@ -148,9 +155,12 @@ pub async fn start(config_path: &Path) -> Result<(), StartError> {
         queued,
         events: events_tx,
         executor: Arc::new(
-            Executor::new(ExecLimits {
-                max_concurrency: config.max_concurrency,
-            })
+            Executor::with_assets(
+                ExecLimits {
+                    max_concurrency: config.max_concurrency,
+                },
+                Some(assets),
+            )
             .with_allow_list(allow_list),
         ),
         health,

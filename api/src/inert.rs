@@ -10,7 +10,7 @@
 //! fields (`subdue`, `when`) and server-set ones (`scheduler`) are warned about by `validate`
 //! itself and are not repeated here.
 
-use crate::model::{Asset, CheckConfig, Entity, Spec};
+use crate::model::{Entity, Spec};
 use crate::problem::FieldPath;
 use crate::resource::Resource;
 
@@ -26,10 +26,8 @@ pub struct Inert {
 /// Prefix of every warning [`crate::validate::validate`] makes of an [`Inert`] field.
 pub const INERT_PREFIX: &str = "accepted but not acted on";
 
-const ASSETS_NOT_FETCHED: &str =
-    "Cairn does not download runtime assets yet; the command runs without them";
-const ASSET_NOT_FETCHED: &str =
-    "Cairn does not download assets yet; nothing that names this asset gets it";
+const ASSETS_NOT_FETCHED: &str = "Cairn's backend does not download runtime assets for \
+     handlers and mutators yet (agents do, for checks and hooks); the command runs without them";
 const FILTER_LIBRARIES: &str =
     "Cairn does not load runtime assets into filters yet; the expressions run without them";
 const ENTITY_REDACT: &str =
@@ -39,12 +37,9 @@ const ENTITY_REDACT: &str =
 pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
     let mut found = Found::default();
     match &resource.spec {
-        Spec::CheckConfig(check) => found.check(check),
-        Spec::HookConfig(hook) => found.assets(&hook.runtime_assets, ASSETS_NOT_FETCHED),
         Spec::Handler(handler) => found.assets(&handler.runtime_assets, ASSETS_NOT_FETCHED),
         Spec::EventFilter(filter) => found.assets(&filter.runtime_assets, FILTER_LIBRARIES),
         Spec::Mutator(mutator) => found.assets(&mutator.runtime_assets, ASSETS_NOT_FETCHED),
-        Spec::Asset(asset) => found.asset(asset),
         Spec::Entity(entity) => found.entity(entity),
         Spec::Event(event) => {
             if let Some(entity) = &event.entity {
@@ -53,6 +48,9 @@ pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
         }
         // Everything these set is acted on.
         Spec::Pipeline(_)
+        | Spec::CheckConfig(_)
+        | Spec::HookConfig(_)
+        | Spec::Asset(_)
         | Spec::Silenced(_)
         | Spec::Namespace(_)
         | Spec::ClusterRole(_)
@@ -87,20 +85,11 @@ impl Found {
         });
     }
 
-    fn check(&mut self, check: &CheckConfig) {
-        self.assets(&check.runtime_assets, ASSETS_NOT_FETCHED);
-    }
-
     /// A resource's `runtime_assets`, which Cairn does not fetch yet.
     fn assets(&mut self, assets: &[String], consequence: &'static str) {
         if !assets.is_empty() {
             self.push(&["runtime_assets"], consequence);
         }
-    }
-
-    fn asset(&mut self, asset: &Asset) {
-        let _ = asset;
-        self.push(&[], ASSET_NOT_FETCHED);
     }
 
     fn entity(&mut self, entity: &Entity) {
@@ -142,18 +131,15 @@ mod tests {
     }
 
     #[test]
-    fn a_check_names_its_inert_fields_in_order() {
+    fn a_handler_names_its_runtime_assets() {
         let found = inert_of(
-            "type: CheckConfig
+            "type: Handler
 api_version: core/v2
-metadata: {name: web, namespace: default}
+metadata: {name: slack, namespace: default}
 spec:
-  command: check-http
-  cron: CRON_TZ=Europe/Paris 0 9 * * *
-  subscriptions: [web]
-  proxy_entity_name: site
-  runtime_assets: [http-checks]
-  pipelines: [{name: alerts, type: Pipeline, api_version: core/v2}]
+  type: pipe
+  command: sensu-slack-handler
+  runtime_assets: [sensu-slack-handler]
 ",
         );
         let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
@@ -171,6 +157,8 @@ spec:
   cron: CRON_TZ=Europe/Paris 0 9 * * *
   subscriptions: [web]
   subdues: [{begin: '2026-01-01T17:00:00+01:00', end: '2026-01-02T08:00:00+01:00', repeat: [weekdays]}]
+  proxy_entity_name: site
+  runtime_assets: [http-checks]
   handlers: [slack]
   output_metric_format: graphite_plaintext
   output_metric_handlers: [influx]
@@ -184,7 +172,7 @@ spec:
     }
 
     #[test]
-    fn an_asset_is_inert_as_a_whole_and_an_entitys_redact_too() {
+    fn an_asset_is_acted_on_and_an_entitys_redact_is_not() {
         let found = inert_of(
             "type: Asset
 api_version: core/v2
@@ -210,6 +198,6 @@ spec:
 ",
         );
         let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
-        assert_eq!(paths, ["spec", "spec.redact"]);
+        assert_eq!(paths, ["spec.redact"]);
     }
 }

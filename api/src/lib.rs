@@ -5,9 +5,11 @@
 //! all depend on this crate and on nothing of each other. Without features it does no network
 //! I/O and starts no process; `client` (the REST client), `process` (the process runner) and
 //! `logging` (the tracing subscriber) add what does; `js` adds a sandboxed JavaScript engine
-//! (threads, no I/O).
+//! (threads, no I/O); `assets` adds runtime assets (downloads, archives, a cache on disk).
 
 pub mod agent;
+#[cfg(feature = "assets")]
+pub mod assets;
 pub mod backoff;
 #[cfg(feature = "client")]
 pub mod client;

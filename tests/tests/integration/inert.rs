@@ -9,12 +9,11 @@ async fn writes_setting_inert_fields_are_answered_with_a_warning_per_field() {
     let backend = Backend::start();
     let http = backend.http();
     let (_, token) = backend.login("admin", cairn_tests::ADMIN_PASSWORD).await;
-    let put = |name: &str, extra: &str| {
-        let body = format!(
-            r#"{{"command": "true", "interval": 60, "subscriptions": ["web"], "metadata": {{"name": "{name}", "namespace": "default"}}{extra}}}"#
-        );
+    let put = |plural: &str, name: &str, spec: &str| {
+        let body =
+            format!(r#"{{{spec}, "metadata": {{"name": "{name}", "namespace": "default"}}}}"#);
         http.put(format!(
-            "{}/api/core/v2/namespaces/default/checks/{name}",
+            "{}/api/core/v2/namespaces/default/{plural}/{name}",
             backend.url
         ))
         .bearer_auth(&token)
@@ -22,29 +21,36 @@ async fn writes_setting_inert_fields_are_answered_with_a_warning_per_field() {
         .body(body)
         .send()
     };
+    let warnings = |answer: &reqwest::Response| -> Vec<String> {
+        answer
+            .headers()
+            .get_all(reqwest::header::WARNING)
+            .iter()
+            .map(|value| value.to_str().expect("an ASCII header").to_owned())
+            .collect()
+    };
 
     let answer = put(
-        "with-assets",
-        r#", "runtime_assets": ["http-checks"], "proxy_entity_name": "site""#,
+        "handlers",
+        "slack",
+        r#""type": "pipe", "command": "sensu-slack-handler", "runtime_assets": ["sensu-slack-handler"]"#,
     )
     .await
-    .expect("PUT a check with inert fields");
+    .expect("PUT a handler with an inert field");
     assert_eq!(answer.status(), StatusCode::CREATED);
-    let warnings: Vec<String> = answer
-        .headers()
-        .get_all(reqwest::header::WARNING)
-        .iter()
-        .map(|value| value.to_str().expect("an ASCII header").to_owned())
-        .collect();
     assert_eq!(
-        warnings,
-        [
-            "299 cairn \"spec.proxy_entity_name: accepted but not acted on: Cairn does not run proxy checks yet; results are stored on the agent's own entity\"",
-            "299 cairn \"spec.runtime_assets: accepted but not acted on: Cairn does not download runtime assets yet; the command runs without them\"",
-        ]
+        warnings(&answer),
+        ["299 cairn \"spec.runtime_assets: accepted but not acted on: Cairn's backend does not download runtime assets for handlers and mutators yet (agents do, for checks and hooks); the command runs without them\""]
     );
 
-    let answer = put("plain", "").await.expect("PUT a plain check");
+    // What checks set is all acted on now: assets, proxy checks, subdues, cron zones.
+    let answer = put(
+        "checks",
+        "with-assets",
+        r#""command": "true", "cron": "CRON_TZ=Europe/Paris 0 9 * * *", "subscriptions": ["web"], "runtime_assets": ["http-checks"], "proxy_entity_name": "site", "subdues": [{"begin": "2026-01-01T17:00:00+01:00", "end": "2026-01-02T08:00:00+01:00", "repeat": ["weekdays"]}]"#,
+    )
+    .await
+    .expect("PUT a check");
     assert_eq!(answer.status(), StatusCode::CREATED);
-    assert!(answer.headers().get(reqwest::header::WARNING).is_none());
+    assert!(warnings(&answer).is_empty(), "{:?}", warnings(&answer));
 }

@@ -5,6 +5,7 @@
 mod agent;
 mod agent_extras;
 mod agent_identity;
+mod assets;
 mod backend;
 mod binaries;
 mod cairnctl;
