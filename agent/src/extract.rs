@@ -22,7 +22,8 @@ pub(crate) struct Extracted {
 /// Substitutes the tokens of the check's `command`, `output_metric_tags` and
 /// `output_metric_thresholds` (names and tag names and values) with the entity's fields, as
 /// Sensu substitutes the check configuration before the run; a token that does not match (and
-/// has no `default`) fails the check: status 3, not run.
+/// has no `default`), or that would write a shell metacharacter into the command
+/// ([`tokens::substitute_command`]), fails the check: status 3, not run.
 ///
 /// # Errors
 /// The output of the failed check: `error while substituting check tokens: <field>: <error>`.
@@ -30,7 +31,15 @@ pub(crate) fn substitute_tokens(check: &mut Check, entity: &Entity) -> Result<()
     let fail = |field: String, error: TokenError| {
         format!("error while substituting check tokens: {field}: {error}")
     };
-    let mut data = None;
+    let data = tokens::has_tokens(&check.command).then(|| tokens::entity_data(entity));
+    // On clones, so that a failure leaves the check as configured (as Sensu's does). The
+    // command runs in a shell: its tokens may not write shell metacharacters.
+    let mut command = check.command.clone();
+    if let Some(data) = &data {
+        command = tokens::substitute_command_value(&command, data)
+            .map_err(|error| fail("command".to_owned(), error))?;
+    }
+    let mut data = data;
     let mut substitute = |text: &mut String, field: &dyn Fn() -> String| {
         if !tokens::has_tokens(text) {
             return Ok(());
@@ -39,9 +48,6 @@ pub(crate) fn substitute_tokens(check: &mut Check, entity: &Entity) -> Result<()
         *text = tokens::substitute_value(text, data).map_err(|error| fail(field(), error))?;
         Ok::<(), String>(())
     };
-    // On clones, so that a failure leaves the check as configured (as Sensu's does).
-    let mut command = check.command.clone();
-    substitute(&mut command, &|| "command".to_owned())?;
     let mut tags = check.output_metric_tags.clone();
     let mut thresholds = check.output_metric_thresholds.clone();
     for (idx, tag) in tags.iter_mut().enumerate() {
@@ -69,12 +75,13 @@ pub(crate) fn substitute_tokens(check: &mut Check, entity: &Entity) -> Result<()
     Ok(())
 }
 
-/// A hook's command with the entity's tokens substituted, as Sensu substitutes hooks.
+/// A hook's command with the entity's tokens substituted, as Sensu substitutes hooks (values
+/// holding shell metacharacters refused, as in check commands).
 ///
 /// # Errors
 /// The hook's output: `error while substituting hook tokens: command: <error>`.
 pub(crate) fn substitute_hook_command(command: &str, entity: &Entity) -> Result<String, String> {
-    tokens::substitute(command, entity)
+    tokens::substitute_command(command, entity)
         .map_err(|error| format!("error while substituting hook tokens: command: {error}"))
 }
 

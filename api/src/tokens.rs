@@ -54,7 +54,26 @@ pub enum TokenError {
     /// Evaluation failed, e.g. a field of a string.
     #[error("could not execute the template: {0}")]
     Execute(String),
+    /// A token in a command would write a value holding a shell metacharacter (see
+    /// [`substitute_command`]).
+    #[error(
+        "token {token} holds {found:?}, a shell metacharacter: values substituted into a command \
+         may not hold any of {SHELL_METACHARACTERS:?} or a line break (they could run other commands)"
+    )]
+    ShellMetacharacter {
+        /// The action as written, e.g. `.labels.disk`.
+        token: String,
+        /// The first metacharacter found.
+        found: char,
+    },
 }
+
+/// What a value substituted into a command may not hold, besides line breaks: with them an
+/// entity's label (which whoever may update the entity sets, through the API) could end the
+/// check's command and start another (`; rm -rf ~`), quote its way out, or expand variables.
+/// Spaces, dashes, `=`, `/`, `:`, `,`, `.`, `%`, `*`, `?`, `#` are fine, so labels that carry
+/// several arguments (`-w 80 -c 90`) still work as in Sensu.
+pub const SHELL_METACHARACTERS: &str = ";&|$`()<>\\'\"";
 
 /// Whether `template` contains an action (`{{`); a string without one comes back unchanged.
 pub fn has_tokens(template: &str) -> bool {
@@ -78,6 +97,32 @@ pub fn substitute(template: &str, entity: &Entity) -> Result<String, TokenError>
 /// # Errors
 /// As [`substitute`].
 pub fn substitute_value(template: &str, data: &Value) -> Result<String, TokenError> {
+    substitute_inner(template, data, false)
+}
+
+/// [`substitute`] for a command run by `sh -c` (a check's or hook's `command`): a token whose
+/// value holds a shell metacharacter ([`SHELL_METACHARACTERS`], or a line break) is an error,
+/// so an entity's labels and annotations cannot inject shell syntax into the commands of the
+/// checks it runs. Sensu substitutes them as they are; this is Cairn's stricter rule.
+///
+/// # Errors
+/// As [`substitute`], and [`TokenError::ShellMetacharacter`] naming the token.
+pub fn substitute_command(template: &str, entity: &Entity) -> Result<String, TokenError> {
+    if !has_tokens(template) {
+        return Ok(template.to_owned());
+    }
+    substitute_command_value(template, &entity_data(entity))
+}
+
+/// [`substitute_command`] over prepared data (see [`substitute_value`]).
+///
+/// # Errors
+/// As [`substitute_command`].
+pub fn substitute_command_value(template: &str, data: &Value) -> Result<String, TokenError> {
+    substitute_inner(template, data, true)
+}
+
+fn substitute_inner(template: &str, data: &Value, shell: bool) -> Result<String, TokenError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -103,7 +148,20 @@ pub fn substitute_value(template: &str, data: &Value) -> Result<String, TokenErr
         let action = body.trim();
         if !(action.starts_with("/*") && action.ends_with("*/")) {
             let value = evaluate(action, data)?;
+            let start = out.len();
             write_value(&mut out, &value)?;
+            if shell {
+                let written = &out[start..];
+                if let Some(found) = written
+                    .chars()
+                    .find(|c| SHELL_METACHARACTERS.contains(*c) || matches!(c, '\n' | '\r'))
+                {
+                    return Err(TokenError::ShellMetacharacter {
+                        token: action.to_owned(),
+                        found,
+                    });
+                }
+            }
         }
         rest = next;
     }
@@ -520,6 +578,49 @@ fn write_map(out: &mut String, fields: &Map<String, Value>) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn command_tokens_may_not_write_shell_metacharacters() {
+        let data = serde_json::json!({
+            "name": "web-1",
+            "labels": {"args": "-w 80 -c 90", "evil": "x; rm -rf ~", "sub": "$(id)", "nl": "a\nb"},
+        });
+        assert_eq!(
+            substitute_command_value("check-disk {{ .labels.args }} --host {{ .name }}", &data)
+                .unwrap(),
+            "check-disk -w 80 -c 90 --host web-1"
+        );
+        // The template's own text may use the shell; only substituted values are checked.
+        assert_eq!(
+            substitute_command_value("ps aux | grep {{ .name }}", &data).unwrap(),
+            "ps aux | grep web-1"
+        );
+        for (template, token, found) in [
+            ("echo {{ .labels.evil }}", ".labels.evil", ';'),
+            ("echo {{ .labels.sub }}", ".labels.sub", '$'),
+            ("echo {{ .labels.nl }}", ".labels.nl", '\n'),
+            (
+                "echo {{ .labels.none | default \"a|b\" }}",
+                ".labels.none | default \"a|b\"",
+                '|',
+            ),
+        ] {
+            assert_eq!(
+                substitute_command_value(template, &data),
+                Err(TokenError::ShellMetacharacter {
+                    token: token.to_owned(),
+                    found
+                }),
+                "{template}"
+            );
+        }
+        // Elsewhere (metric tags, asset headers) values are written as they are.
+        assert_eq!(
+            substitute_value("{{ .labels.evil }}", &data).unwrap(),
+            "x; rm -rf ~"
+        );
+    }
+
     use super::*;
     use crate::model::System;
     use crate::ObjectMeta;

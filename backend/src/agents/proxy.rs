@@ -66,7 +66,7 @@ pub(crate) async fn matching(
 pub(crate) fn for_entity(config: &CheckConfig, entity: &Entity) -> Result<CheckConfig, String> {
     let mut config = config.clone();
     config.proxy_entity_name = name_of(entity).to_owned();
-    config.command = cairn_api::tokens::substitute(&config.command, entity)
+    config.command = cairn_api::tokens::substitute_command(&config.command, entity)
         .map_err(|err| format!("error while substituting check tokens: command: {err}"))?;
     Ok(config)
 }

@@ -134,7 +134,7 @@ impl Install {
         self.dir.join("agent.yaml")
     }
 
-    fn file(&self, name: &str) -> PathBuf {
+    pub(super) fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 

@@ -177,15 +177,23 @@ async fn a_proxy_check_fans_out_over_twenty_entities_and_forged_proxy_results_ar
     let install = enrol(&backend, &admin, "prober").await;
     let agent = start_agent(&install, &[]);
     wait_connected(&agent).await;
-    for index in 0..21 {
+    // site-0 … site-19 are web sites; site-20 is not; site-21's url label (set by whoever may
+    // write entities) tries to inject a command.
+    let injected = install.file("injected");
+    for index in 0..22 {
         let kind = if index == 20 { "network" } else { "website" };
         let name = format!("site-{index}");
+        let url = if index == 21 {
+            format!("https://x.example/; touch {}", injected.display())
+        } else {
+            format!("https://{name}.example")
+        };
         let body = json!({
             "entity_class": "proxy",
             "metadata": {
                 "name": name,
                 "namespace": "default",
-                "labels": {"proxy_type": kind, "url": format!("https://{name}.example")},
+                "labels": {"proxy_type": kind, "url": url},
             },
         });
         admin
@@ -240,6 +248,23 @@ async fn a_proxy_check_fans_out_over_twenty_entities_and_forged_proxy_results_ar
             .is_none(),
         "the entity the attributes do not match got a request"
     );
+    let refused = wait_event(
+        &admin,
+        Some(&agent),
+        ("site-21", "site-http"),
+        Duration::from_secs(15),
+        "the injected entity's refusal",
+        |_| true,
+    )
+    .await;
+    assert_eq!(refused["check"]["status"], 3, "{refused:#}");
+    assert!(
+        refused["check"]["output"].as_str().is_some_and(
+            |output| output.contains("token .labels.url holds ';', a shell metacharacter")
+        ),
+        "{refused:#}"
+    );
+    assert!(!injected.exists(), "the injected command ran");
     assert!(
         get_opt(&admin, &event_path("prober", "site-http"))
             .await
