@@ -30,8 +30,8 @@ const ASSETS_NOT_FETCHED: &str = "Cairn's backend does not download runtime asse
      handlers and mutators yet (agents do, for checks and hooks); the command runs without them";
 const FILTER_LIBRARIES: &str =
     "Cairn does not load runtime assets into filters yet; the expressions run without them";
-const ENTITY_REDACT: &str =
-    "Cairn does not redact entity labels and annotations yet; they are shown as stored";
+const ENTITY_REDACT: &str = "Cairn masks these labels and annotations in API answers, but \
+     its event filters and handlers still see their values (Sensu's see REDACTED)";
 
 /// The fields `resource` sets that Cairn does not act on, in field order.
 pub fn inert_fields(resource: &Resource) -> Vec<Inert> {

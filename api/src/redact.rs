@@ -1,7 +1,67 @@
 //! Redaction of secret values from text that leaves a process: check and hook output on the
 //! agent, handler output the backend logs. One implementation for both sides.
+//!
+//! Also an entity's `redact` (Sensu's `GetRedactedEntity`): the values of the labels and
+//! annotations it names (or [`DEFAULT_REDACT_FIELDS`] when it names none) are shown as
+//! [`ENTITY_REDACTED`] wherever the entity leaves the store: API answers (and so the web UI),
+//! and the event the pipeline's filters and handlers see. The store keeps the values (token
+//! substitution uses them).
 
 use crate::agent::{CheckRequest, SecretValue};
+use crate::meta::ObjectMeta;
+
+/// What replaces a redacted label or annotation value (Sensu's `Redacted`).
+pub const ENTITY_REDACTED: &str = "REDACTED";
+
+/// The keys redacted when an entity's `redact` is empty (Sensu's `DefaultRedactFields`).
+pub const DEFAULT_REDACT_FIELDS: [&str; 9] = [
+    "password",
+    "passwd",
+    "pass",
+    "api_key",
+    "api_token",
+    "access_key",
+    "secret_key",
+    "private_key",
+    "secret",
+];
+
+/// Whether `key` is redacted under `redact` (Sensu compares keys exactly).
+fn redacts(redact: &[String], key: &str) -> bool {
+    if redact.is_empty() {
+        DEFAULT_REDACT_FIELDS.contains(&key)
+    } else {
+        redact.iter().any(|field| field == key)
+    }
+}
+
+/// Replaces the values of the labels and annotations of `meta` that `redact` names with
+/// [`ENTITY_REDACTED`].
+pub fn redact_entity_meta(meta: &mut ObjectMeta, redact: &[String]) {
+    for (key, value) in meta.labels.iter_mut().chain(meta.annotations.iter_mut()) {
+        if redacts(redact, key) {
+            ENTITY_REDACTED.clone_into(value);
+        }
+    }
+}
+
+/// For a write of an entity read back from the API: a redacted label or annotation whose
+/// incoming value is [`ENTITY_REDACTED`] keeps its stored value, so `GET` then `PUT` (as
+/// `cairnctl entity update` and `sensuctl edit` do) never overwrites a secret with the mask.
+pub fn keep_redacted_values(incoming: &mut ObjectMeta, stored: &ObjectMeta, redact: &[String]) {
+    for (incoming, stored) in [
+        (&mut incoming.labels, &stored.labels),
+        (&mut incoming.annotations, &stored.annotations),
+    ] {
+        for (key, value) in incoming.iter_mut() {
+            if value == ENTITY_REDACTED && redacts(redact, key) {
+                if let Some(kept) = stored.get(key) {
+                    value.clone_from(kept);
+                }
+            }
+        }
+    }
+}
 
 /// What replaces a secret value.
 pub const REDACTED: &str = "*****";
@@ -137,6 +197,38 @@ fn memchr_contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn entities_redact_their_named_or_default_fields_and_writes_keep_them() {
+        let mut meta = ObjectMeta::named("default", "web-1");
+        meta.labels.insert("password".into(), "hunter2".into());
+        meta.labels.insert("region".into(), "eu".into());
+        meta.annotations.insert("token".into(), "abc".into());
+        let stored = meta.clone();
+        let mut shown = meta.clone();
+        redact_entity_meta(&mut shown, &[]);
+        assert_eq!(shown.labels["password"], ENTITY_REDACTED);
+        assert_eq!(shown.labels["region"], "eu");
+        assert_eq!(shown.annotations["token"], "abc");
+        let mut named = meta.clone();
+        redact_entity_meta(&mut named, &["token".to_owned()]);
+        assert_eq!(
+            named.labels["password"], "hunter2",
+            "a list replaces the defaults"
+        );
+        assert_eq!(named.annotations["token"], ENTITY_REDACTED);
+
+        // Read, changed, written back: the secret stays, a real change goes through.
+        shown.labels.insert("region".into(), "us".into());
+        keep_redacted_values(&mut shown, &stored, &[]);
+        assert_eq!(shown.labels["password"], "hunter2");
+        assert_eq!(shown.labels["region"], "us");
+        let mut replaced = stored.clone();
+        replaced.labels.insert("password".into(), "new".into());
+        keep_redacted_values(&mut replaced, &stored, &[]);
+        assert_eq!(replaced.labels["password"], "new");
+    }
+
     use super::*;
 
     fn secret(name: &str, value: &str) -> SecretValue {

@@ -257,6 +257,7 @@ pub(super) async fn replace(
     let mut resource = decode_body(kind, Some(namespace), Some(name), caller, &bytes)?;
     require_namespace(state, kind, namespace).await?;
     prepare_user(state, &mut resource).await?;
+    keep_redacted(existing.as_ref(), &mut resource);
     keeps_agent_managed(existing.as_ref(), &resource)?;
     let precondition = match (if_match(headers)?, &existing) {
         (Some(wanted), Some(stored)) if wanted != stored.revision => {
@@ -322,12 +323,27 @@ pub(super) async fn patch(
         &merged_bytes,
     )?;
     prepare_user(state, &mut resource).await?;
+    keep_redacted(Some(&stored), &mut resource);
     keeps_agent_managed(Some(&stored), &resource)?;
     write(state, &resource, Precondition::Revision(stored.revision)).await?;
     Ok(with_inert_warnings(
         Json(response_body(&resource)).into_response(),
         &resource,
     ))
+}
+
+/// An entity written back as the API showed it keeps the values its `redact` masks (see
+/// [`cairn_api::redact::keep_redacted_values`]).
+fn keep_redacted(existing: Option<&crate::store::resources::Stored>, resource: &mut Resource) {
+    let (Some(stored), Spec::Entity(entity)) = (existing, &resource.spec) else {
+        return;
+    };
+    let redact = entity.redact.clone();
+    cairn_api::redact::keep_redacted_values(
+        &mut resource.metadata,
+        &stored.resource.metadata,
+        &redact,
+    );
 }
 
 /// Refuses a write that changes the subscriptions, labels or annotations of an agent-managed
@@ -719,6 +735,32 @@ mod tests {
             "nothing changed"
         );
 
+        // A redacted label is shown masked, and writing the masked value back keeps it.
+        let path_db = "/api/core/v2/namespaces/default/entities/db-1";
+        let db = serde_json::json!({
+            "metadata": {"name": "db-1", "namespace": "default", "labels": {"password": "hunter2", "region": "eu"}},
+            "entity_class": "proxy",
+        });
+        let (status, _) = fixture.call(Method::PUT, path_db, &admin, Some(db)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (_, mut shown) = fixture.call(Method::GET, path_db, &admin, None).await;
+        assert_eq!(shown["metadata"]["labels"]["password"], "REDACTED");
+        assert_eq!(shown["metadata"]["labels"]["region"], "eu");
+        shown["metadata"]["labels"]["region"] = serde_json::json!("us");
+        let (status, _) = fixture
+            .call(Method::PUT, path_db, &admin, Some(shown))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let stored = fixture
+            .state
+            .resources
+            .get(Kind::Entity, "default", "db-1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.resource.metadata.labels["password"], "hunter2");
+        assert_eq!(stored.resource.metadata.labels["region"], "us");
+
         // An event of the entity goes when the entity goes.
         let event = serde_json::json!({
             "entity": {"metadata": {"name": "web-1", "namespace": "default"}, "entity_class": "agent"},
@@ -727,6 +769,20 @@ mod tests {
         let events = "/api/core/v2/namespaces/default/events/web-1/cpu";
         let (status, body) = fixture.call(Method::PUT, events, &admin, Some(event)).await;
         assert!(status.is_success(), "{status} {body}");
+        let db_event = serde_json::json!({
+            "entity": {"metadata": {"name": "db-1", "namespace": "default", "labels": {"password": "hunter2"}}, "entity_class": "proxy"},
+            "check": {"metadata": {"name": "cpu", "namespace": "default"}, "status": 0, "output": "x", "interval": 60},
+        });
+        let db_events = "/api/core/v2/namespaces/default/events/db-1/cpu";
+        let (status, _) = fixture
+            .call(Method::PUT, db_events, &admin, Some(db_event))
+            .await;
+        assert!(status.is_success());
+        let (_, shown) = fixture.call(Method::GET, db_events, &admin, None).await;
+        assert_eq!(
+            shown["entity"]["metadata"]["labels"]["password"], "REDACTED",
+            "{shown}"
+        );
         let (status, _) = fixture.call(Method::DELETE, path, &admin, None).await;
         assert_eq!(status, StatusCode::NO_CONTENT);
         let (status, _) = fixture.call(Method::GET, events, &admin, None).await;

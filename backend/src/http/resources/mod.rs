@@ -125,6 +125,18 @@ pub(super) fn response_body(resource: &Resource) -> Value {
             user.password_hash.clear();
         }
         Spec::VaultProvider(vault) => vault.client.token.clear(),
+        // An entity's `redact` (Sensu's GetRedactedEntity): never shown, in the entity or in
+        // the events that embed it.
+        Spec::Entity(entity) => {
+            cairn_api::redact::redact_entity_meta(&mut resource.metadata, &entity.redact);
+        }
+        Spec::Event(event) => {
+            if let Some(entity) = event.entity.as_mut() {
+                if let Some(meta) = entity.metadata.as_mut() {
+                    cairn_api::redact::redact_entity_meta(meta, &entity.redact);
+                }
+            }
+        }
         _ => {}
     }
     resource.to_wire()
