@@ -508,6 +508,22 @@ impl<R: CheckRunner, Q: Outbox, H: SessionHooks> Live<'_, R, Q, H> {
         };
         match message {
             BackendMessage::CheckRequest(request) => self.run_check(*request),
+            BackendMessage::EntityConfig {
+                subscriptions,
+                labels,
+                annotations,
+            } => {
+                // The entity the backend manages: checks started from now on substitute its
+                // tokens, and events carry it.
+                let mut entity = Entity::clone(&self.entity);
+                entity.subscriptions = subscriptions;
+                if let Some(meta) = entity.metadata.as_mut() {
+                    meta.labels = labels;
+                    meta.annotations = annotations;
+                }
+                self.entity = Arc::new(entity);
+                tracing::info!("entity configuration from the backend applied");
+            }
             BackendMessage::Ack { id } => {
                 self.in_flight.remove(&id);
                 if !self.parts.outbox.ack(id).await? {

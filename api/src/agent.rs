@@ -196,6 +196,18 @@ pub enum BackendMessage {
     },
     /// Run this check.
     CheckRequest(Box<CheckRequest>),
+    /// The stored entity's subscriptions, labels and annotations, for an entity the backend
+    /// manages (Sensu's backend-managed entities): sent after the welcome and whenever they
+    /// change through the API; the agent's checks (their tokens) and events use them from then
+    /// on instead of its configuration's.
+    EntityConfig {
+        /// Subscriptions, `entity:<name>` included.
+        subscriptions: Vec<String>,
+        /// Labels.
+        labels: BTreeMap<String, String>,
+        /// Annotations.
+        annotations: BTreeMap<String, String>,
+    },
     /// The event with this id is stored.
     Ack {
         /// The event id.

@@ -19,6 +19,21 @@ pub(crate) fn agent_managed(metadata: &ObjectMeta) -> bool {
     metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_AGENT)
 }
 
+/// The [`BackendMessage::EntityConfig`] of a stored agent entity with `metadata`; `None` for
+/// an agent-managed one (its agent's configuration is what counts).
+///
+/// [`BackendMessage::EntityConfig`]: cairn_api::agent::BackendMessage::EntityConfig
+pub(crate) fn entity_config(
+    metadata: &ObjectMeta,
+    entity: &cairn_api::model::Entity,
+) -> Option<cairn_api::agent::BackendMessage> {
+    (!agent_managed(metadata)).then(|| cairn_api::agent::BackendMessage::EntityConfig {
+        subscriptions: entity.subscriptions.clone(),
+        labels: metadata.labels.clone(),
+        annotations: metadata.annotations.clone(),
+    })
+}
+
 /// Deletes every event of the entity `namespace/name` (as Sensu does when an entity is deleted
 /// or deregisters); returns those deleted, in key order. An unreadable one is deleted and
 /// logged, not returned.

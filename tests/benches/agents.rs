@@ -52,6 +52,9 @@
 //! `CAIRN_BENCH_WINDOW_SECS`, `CAIRN_BENCH_STEPS` (comma-separated), `CAIRN_BENCH_CHECKS`,
 //! `CAIRN_BENCH_SETTLE_SECS` (default 15, between connecting and the window),
 //! `CAIRN_BENCH_BASELINE_ROUNDS` (default 5), `CAIRN_BENCH_SKIP_BASELINE=1`.
+//! `CAIRN_BENCH_IDLE_ONLY=1` measures only the real agent's idle RSS with its socket on and a
+//! runtime asset run once, against the same agent with neither (`CAIRN_BENCH_IDLE_ROUNDS`,
+//! default 3).
 
 #![allow(clippy::print_stdout)]
 
@@ -575,14 +578,17 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Installs and starts a real `cairn-agent`; returns its VmRSS (KiB) and VmHWM after `idle`
-/// with its session up.
+/// Installs and starts a real `cairn-agent` named `name` with `extra` lines appended to its
+/// `agent.yaml`; once its session is up runs `warm` (which may make it run checks), then
+/// returns its VmRSS (KiB) and VmHWM after `idle`.
 fn real_agent_rss(
     runtime: &tokio::runtime::Runtime,
     backend: &Backend,
     client: &cairn_api::client::Client,
     dir: &Path,
     idle: Duration,
+    (name, extra): (&str, &str),
+    warm: &dyn Fn(),
 ) -> (u64, u64) {
     let body = serde_json::json!({"ttl_seconds": 600, "uses": 1, "namespace": "default"});
     let token = runtime.block_on(async {
@@ -597,22 +603,16 @@ fn real_agent_rss(
         let created: serde_json::Value = response.json().await.expect("token JSON");
         created["token"].as_str().expect("a token").to_owned()
     });
-    let config_dir = dir.join("real-agent");
+    let config_dir = dir.join(name);
     let shipped = cairn_tests::shipped_agent_binary();
     let output = Command::new(&shipped)
-        .args([
-            "install",
-            "--backend-url",
-            &backend.url,
-            "--name",
-            "bench-real-agent",
-        ])
+        .args(["install", "--backend-url", &backend.url, "--name", name])
         .arg("--agent-url")
         .arg(format!("wss://{}", backend.agent_addr))
         .arg("--config-dir")
         .arg(&config_dir)
         .arg("--systemd-unit")
-        .arg(dir.join("cairn-agent.service"))
+        .arg(dir.join(format!("{name}.service")))
         .env("CAIRN_JOIN_TOKEN", token)
         .output()
         .expect("run cairn-agent install");
@@ -634,7 +634,7 @@ fn real_agent_rss(
         })
         .collect::<Vec<_>>()
         .join("\n");
-    std::fs::write(&config_file, yaml + "\n").expect("write agent.yaml");
+    std::fs::write(&config_file, yaml + "\n" + extra).expect("write agent.yaml");
     let mut child = Command::new(&shipped)
         .env("CAIRN_LOG", "warn")
         .args(["start", "--config"])
@@ -657,7 +657,7 @@ fn real_agent_rss(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let entity = runtime
-            .block_on(client.get_resource(Kind::Entity, "default", "bench-real-agent"))
+            .block_on(client.get_resource(Kind::Entity, "default", name))
             .expect("get the entity");
         if entity.is_some() {
             break;
@@ -665,6 +665,7 @@ fn real_agent_rss(
         assert!(Instant::now() < deadline, "the real agent did not connect");
         std::thread::sleep(Duration::from_millis(100));
     }
+    warm();
     std::thread::sleep(idle);
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", agent.0.id())).unwrap_or_default();
@@ -672,6 +673,152 @@ fn real_agent_rss(
         status_field(&status, "VmRSS:"),
         status_field(&status, "VmHWM:"),
     )
+}
+
+/// `CAIRN_BENCH_IDLE_ONLY=1`: the real agent's idle RSS with its TCP/UDP socket listening and
+/// a runtime asset downloaded, unpacked and run once (then idle 10 s), against the same agent
+/// with neither in the same run; `rounds` of each, alternating, medians printed.
+fn idle_with_assets_and_sockets(rounds: usize) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let backend = Backend::start();
+    let client = runtime.block_on(backend.admin());
+    let dir = tempfile::tempdir().expect("tempdir");
+    // An asset: bin/hello, packed by tar, served over plain HTTP (allowed for this agent).
+    let tree = dir.path().join("asset");
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    let hello = tree.join("bin/hello");
+    std::fs::write(&hello, "#!/bin/sh\necho hello from the asset\n").expect("write");
+    std::fs::set_permissions(&hello, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let archive = dir.path().join("hello.tar.gz");
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&tree)
+        .arg("bin")
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "tar failed");
+    let bytes = std::fs::read(&archive).expect("read the archive");
+    let sha512 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha512::digest(&bytes))
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let served = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0_u8; 4096];
+            let _ = stream.read(&mut request);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                bytes.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&bytes);
+        }
+    });
+    runtime.block_on(async {
+        let asset = serde_json::json!({"metadata": {"name": "hello", "namespace": "default"}, "url": format!("http://{served}/hello.tar.gz"), "sha512": sha512});
+        client
+            .send(reqwest::Method::PUT, "/api/core/v2/namespaces/default/assets/hello", Some(&asset))
+            .await
+            .expect("PUT the asset");
+    });
+    let mut plain = Vec::new();
+    let mut full = Vec::new();
+    for round in 0..rounds {
+        let name = format!("idle-plain-{round}");
+        plain.push(real_agent_rss(
+            &runtime,
+            &backend,
+            &client,
+            dir.path(),
+            Duration::from_secs(10),
+            (&name, "socket: {disable: true}\n"),
+            &|| {},
+        ));
+        let name = format!("idle-full-{round}");
+        let check = serde_json::json!({
+            "metadata": {"name": format!("asset-{round}"), "namespace": "default"},
+            "command": "hello", "interval": 3600, "publish": false,
+            "subscriptions": [format!("entity:{name}")], "runtime_assets": ["hello"],
+        });
+        let warm = || {
+            runtime.block_on(async {
+                let path = format!("/api/core/v2/namespaces/default/checks/asset-{round}");
+                client
+                    .send(reqwest::Method::PUT, &path, Some(&check))
+                    .await
+                    .expect("PUT the check");
+                client
+                    .send(
+                        reqwest::Method::POST,
+                        &format!("{path}/execute"),
+                        Some(&serde_json::json!({})),
+                    )
+                    .await
+                    .expect("execute the check");
+                let event = format!("/api/core/v2/namespaces/default/events/{name}/asset-{round}");
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if let Ok(event) = client.get_json(&event).await {
+                        let output = event["check"]["output"].as_str().unwrap_or_default();
+                        assert!(
+                            output.contains("hello from the asset"),
+                            "the asset check failed: {event}"
+                        );
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "the asset check did not report");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        };
+        full.push(real_agent_rss(
+            &runtime,
+            &backend,
+            &client,
+            dir.path(),
+            Duration::from_secs(10),
+            (&name, "socket: {port: 0}\nassets: {allow_http: true}\n"),
+            &warm,
+        ));
+    }
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let median_of = |runs: &[(u64, u64)], pick: fn(&(u64, u64)) -> u64| {
+        let mut values: Vec<u64> = runs.iter().map(pick).collect();
+        values.sort_unstable();
+        values[values.len() / 2]
+    };
+    println!("real cairn-agent idle RSS, {rounds} rounds each (VmRSS 10 s after its last check; KiB {plain:?} / {full:?})");
+    let (plain_rss, full_rss) = (
+        median_of(&plain, |run| run.0),
+        median_of(&full, |run| run.0),
+    );
+    let (plain_hwm, full_hwm) = (
+        median_of(&plain, |run| run.1),
+        median_of(&full, |run| run.1),
+    );
+    println!(
+        "  no socket, no asset:           VmRSS {:.2} MiB, peak {:.2} MiB",
+        mib(plain_rss),
+        mib(plain_hwm)
+    );
+    println!(
+        "  socket on, an asset run once:  VmRSS {:.2} MiB, peak {:.2} MiB",
+        mib(full_rss),
+        mib(full_hwm)
+    );
+    println!(
+        "  ratio {:.2} (goal: < 10 MiB with both on)",
+        full_rss as f64 / plain_rss.max(1) as f64
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -704,6 +851,10 @@ struct Step {
 fn main() {
     if let Some(tls_dir) = std::env::var_os(BARE_SERVER_ENV) {
         bare_server(Path::new(&tls_dir));
+        return;
+    }
+    if std::env::var("CAIRN_BENCH_IDLE_ONLY").is_ok_and(|value| value == "1") {
+        idle_with_assets_and_sockets(env_number("CAIRN_BENCH_IDLE_ROUNDS", 3));
         return;
     }
     let max_agents = env_number("CAIRN_BENCH_MAX_AGENTS", GOAL_AGENTS);
@@ -761,6 +912,8 @@ fn main() {
         &client,
         dir.path(),
         Duration::from_secs(10),
+        ("bench-real-agent", "socket: {disable: true}\n"),
+        &|| {},
     );
     println!(
         "real cairn-agent idle 10 s after connecting: VmRSS {:.2} MiB (peak {:.2} MiB)",

@@ -898,6 +898,13 @@ async fn run_connection(
     let welcome = BackendMessage::Welcome {
         entity: identity.name.clone(),
     };
+    // Then, through the session's queue (written after the welcome), the stored entity's
+    // subscriptions, labels and annotations, for a backend-managed entity.
+    if let Some(meta) = registered.metadata.as_ref() {
+        if let Some(config) = entity::entity_config(meta, &registered) {
+            hub.sessions().push_entity_config(&session.id, config);
+        }
+    }
     let reason = match conn.send(&welcome).await {
         Ok(()) => {
             let mut agent = AgentSession {

@@ -102,6 +102,9 @@ struct Inner {
     sessions: HashMap<EntityId, Session>,
     keepalives: HashMap<EntityId, Keepalive>,
     next_connection: u64,
+    /// The entity configuration last sent to each connected session (see
+    /// [`Sessions::push_entity_config`]), so an unchanged one is not sent again.
+    entity_configs: HashMap<EntityId, BackendMessage>,
 }
 
 impl Sessions {
@@ -162,6 +165,7 @@ impl Sessions {
             sender,
         };
         inner.sessions.insert(id.clone(), session.clone());
+        inner.entity_configs.remove(&id);
         let raised = inner.keepalives.get(&id).map_or(0, |state| state.raised);
         let keepalive = Keepalive {
             last_seen: Instant::now(),
@@ -209,6 +213,24 @@ impl Sessions {
         true
     }
 
+    /// Sends `config` (a [`BackendMessage::EntityConfig`]) to the connected session of `id`
+    /// unless it is what that session was sent last; returns whether it was sent. A full
+    /// queue loses it (the next change, or the next connection, sends it again).
+    pub(crate) fn push_entity_config(&self, id: &EntityId, config: BackendMessage) -> bool {
+        let mut inner = self.lock();
+        let Some(session) = inner.sessions.get(id).cloned() else {
+            return false;
+        };
+        if inner.entity_configs.get(id) == Some(&config) {
+            return false;
+        }
+        if session.send(config.clone()).is_err() {
+            return false;
+        }
+        inner.entity_configs.insert(id.clone(), config);
+        true
+    }
+
     /// Removes a session when its connection ends (only if it is still the registered one).
     pub(crate) fn unregister(&self, session: &Session) {
         let mut inner = self.lock();
@@ -218,6 +240,7 @@ impl Sessions {
             .is_some_and(|current| current.connection == session.connection)
         {
             inner.sessions.remove(&session.id);
+            inner.entity_configs.remove(&session.id);
             if let Some(state) = inner.keepalives.get_mut(&session.id) {
                 state.connected = false;
                 let presence = self.presence(state, session.subscriptions.clone());

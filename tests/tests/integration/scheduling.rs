@@ -116,7 +116,14 @@ async fn subdues_check_execute_and_entity_updates_reach_a_real_agent() {
     );
 
     // A subscription added through the API gets its check at once.
-    put_check(&admin, "web-only", spec("echo web ran", &["web"])).await;
+    // Its command's token reads the label set through the API: the agent gets the stored
+    // entity's labels from the backend (a backend-managed entity).
+    put_check(
+        &admin,
+        "web-only",
+        spec("echo web ran on tier {{ .labels.tier }}", &["web"]),
+    )
+    .await;
     assert!(get_opt(&admin, &event_path(AGENT, "web-only"))
         .await
         .is_none());
@@ -133,7 +140,7 @@ async fn subdues_check_execute_and_entity_updates_reach_a_real_agent() {
         ],
     );
     assert!(run.stdout.contains("added subscription web"), "{run:#?}");
-    wait_event(
+    let web = wait_event(
         &admin,
         Some(&agent),
         (AGENT, "web-only"),
@@ -142,6 +149,12 @@ async fn subdues_check_execute_and_entity_updates_reach_a_real_agent() {
         |_| true,
     )
     .await;
+    assert_eq!(
+        web["check"]["output"].as_str().map(str::trim),
+        Some("web ran on tier front"),
+        "{web:#}"
+    );
+    assert_eq!(web["entity"]["metadata"]["labels"]["tier"], "front");
     assert_api_changes(&admin).await;
     // The agent reconnecting (its agent.yaml still says only `linux`) leaves the API's changes
     // alone: a backend-managed entity, as Sensu's.

@@ -440,6 +440,10 @@ impl Scheduler {
             return;
         };
         let subscriptions = entity.subscriptions.clone();
+        let config = entity
+            .metadata
+            .as_ref()
+            .and_then(|meta| crate::entity::entity_config(meta, &entity));
         let is_agent = entity.entity_class == "agent";
         let held: usize = self.entities.values().map(HashMap::len).sum();
         let by_name = self.entities.entry(namespace.to_owned()).or_default();
@@ -452,6 +456,9 @@ impl Scheduler {
             return;
         }
         let id = crate::entity::EntityId::new(namespace, name);
+        if let Some(config) = config {
+            self.dispatcher.sessions.push_entity_config(&id, config);
+        }
         if self
             .dispatcher
             .sessions
@@ -2351,10 +2358,12 @@ pub(crate) mod tests {
         let refused = refused.check.unwrap();
         assert_eq!(refused.status, 3);
         assert!(refused.output.contains("mutual TLS"), "{}", refused.output);
-        assert!(
-            dev.try_recv().is_err(),
-            "secrets went to an unauthenticated session"
-        );
+        while let Ok(message) = dev.try_recv() {
+            assert!(
+                !matches!(message, BackendMessage::CheckRequest(_)),
+                "secrets went to an unauthenticated session: {message:?}"
+            );
+        }
 
         // A check naming a Secret that does not exist is not sent; its entity gets an event
         // naming the secret.
@@ -2756,7 +2765,11 @@ pub(crate) mod tests {
             Some(Watched::Event("default", "web", "cpu"))
         );
         assert_eq!(classify("res/events/default/web"), None);
-        assert_eq!(classify("res/entities/default/web"), None);
+        assert_eq!(
+            classify("res/entities/default/web"),
+            Some(Watched::Entity("default", "web"))
+        );
+        assert_eq!(classify("res/entities/default"), None);
         assert_eq!(classify("other/checks/default/cpu"), None);
         assert_eq!(
             Resources::key(Kind::CheckConfig, "default", "cpu"),
