@@ -679,6 +679,8 @@ fn real_agent_rss(
 /// a runtime asset downloaded, unpacked and run once (then idle 10 s), against the same agent
 /// with neither in the same run; `rounds` of each, alternating, medians printed.
 fn idle_with_assets_and_sockets(rounds: usize) {
+    // Built first: building it may take minutes, longer than the admin's token lives.
+    let _ = cairn_tests::shipped_agent_binary();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
