@@ -7,7 +7,9 @@
 //! - **Payload** (Sensu's socket event format). A JSON object with `name` and `output` (both
 //!   required, non-empty), and optionally `status`, `command`, `subscribers`, `interval`
 //!   (default 1), `issued`, `executed` (default now), `duration`, `handlers` (or `handler`),
-//!   and `source` (or `client`): an entity other than this agent's, sent on as a proxy entity.
+//!   and `source` (or `client`): an entity other than this agent's, sent on as the check's
+//!   `proxy_entity_name`, so the backend stores the result on that proxy entity (which must
+//!   exist, unless a stored check of that name names it).
 //!   Other fields are ignored, as Sensu's. The result becomes a core/v2 event checked as the
 //!   local API checks its events ([`crate::localapi::check_event`]) and goes on the same
 //!   channel; the backend ties it to the agent's entity as it does local API events.
@@ -354,11 +356,12 @@ fn translate(result: LegacyResult, origin: &Origin) -> Result<Event, String> {
         .filter(|source| !source.is_empty())
         .or(result.client)
         .unwrap_or_default();
-    let entity = (!source.is_empty() && source != origin.name).then(|| Entity {
-        metadata: Some(ObjectMeta::named(&origin.namespace, &source)),
-        entity_class: "proxy".to_owned(),
-        ..Entity::default()
-    });
+    // Another entity's result: a proxy check result, stored by the backend on that entity.
+    let proxy_entity_name = if source == origin.name {
+        String::new()
+    } else {
+        source
+    };
     let mut handlers = result.handlers.unwrap_or_default();
     if handlers.is_empty() {
         handlers.extend(result.handler.filter(|handler| !handler.is_empty()));
@@ -368,8 +371,8 @@ fn translate(result: LegacyResult, origin: &Origin) -> Result<Event, String> {
         executed => executed,
     };
     Ok(Event {
-        entity,
         check: Some(Check {
+            proxy_entity_name,
             metadata: Some(ObjectMeta::named("", &name)),
             status: result.status.unwrap_or(0),
             output,
@@ -438,14 +441,9 @@ mod tests {
                 "command": "http-check --url https://sensu.io", "interval": 60,
                 "subscribers": ["web"], "unknown": {"ignored": true}}"#,
         );
-        let entity = full.entity.unwrap();
-        let meta = entity.metadata.unwrap();
-        assert_eq!(
-            (meta.namespace.as_str(), meta.name.as_str()),
-            ("default", "sensu-docs-site")
-        );
-        assert_eq!(entity.entity_class, "proxy");
+        assert!(full.entity.is_none(), "the agent's own, set by the agent");
         let check = full.check.unwrap();
+        assert_eq!(check.proxy_entity_name, "sensu-docs-site");
         assert_eq!(check.executed, 1_550_013_435);
         assert_eq!(check.duration, Some(1.903_135_228));
         assert_eq!(check.handlers, ["slack", "influxdb"]);
@@ -455,11 +453,11 @@ mod tests {
 
         // `client` and `handler`, the older names; the agent's own name is no proxy.
         let legacy = event(r#"{"name": "x", "output": "o", "client": "db", "handler": "mail"}"#);
-        assert_eq!(legacy.entity.unwrap().metadata.unwrap().name, "db");
-        assert_eq!(legacy.check.unwrap().handlers, ["mail"]);
-        assert!(event(r#"{"name": "x", "output": "o", "source": "web-01"}"#)
-            .entity
-            .is_none());
+        let legacy = legacy.check.unwrap();
+        assert_eq!(legacy.proxy_entity_name, "db");
+        assert_eq!(legacy.handlers, ["mail"]);
+        let own = event(r#"{"name": "x", "output": "o", "source": "web-01"}"#);
+        assert!(own.check.unwrap().proxy_entity_name.is_empty());
     }
 
     #[test]

@@ -13,11 +13,11 @@
 //!   [`MAX_PROXY_ENTITIES`] entities are held for matching.
 //! - **Results** (the agent session): an event whose check names `proxy_entity_name` is stored
 //!   on that entity, created as a `proxy` entity when missing, with `processed_by` the agent.
-//!   Who may write what (Cairn's rule, stricter than Sensu's): the stored check of that name
-//!   name this proxy entity (which is then created when missing), or have `proxy_requests` and
-//!   the entity exist already; and the entity must not be an agent entity. So an agent cannot
-//!   write results for a check that does not ask for them, create entities a check does not
-//!   name, nor write onto an agent's entity (its own included).
+//!   Who may write what (Cairn's rule, stricter than Sensu's): the entity must exist, unless the
+//!   stored check of that name names it in `proxy_entity_name` (then it is created), and it must
+//!   not be an agent entity. So an agent (or a local program through its socket's `source`)
+//!   cannot create entities no check names, nor write onto an agent's entity (its own
+//!   included). Sensu creates any entity a result names.
 
 use cairn_api::js::Engine;
 use cairn_api::model::{CheckConfig, Entity, Event};
@@ -124,20 +124,12 @@ pub(crate) async fn onto_proxy(
         .get(Kind::CheckConfig, namespace, &check_name)
         .await
         .map_err(|err| err.to_string())?;
-    // Named by the check itself, or one the check fans out over (then it must exist: the
-    // scheduler only sends requests for stored entities).
-    let (named, fans_out) = match stored_check.map(|stored| stored.resource.spec) {
-        Some(Spec::CheckConfig(config)) => (
-            config.proxy_entity_name == proxy,
-            config.proxy_requests.is_some(),
-        ),
-        _ => (false, false),
-    };
-    if !named && !fans_out {
-        return Err(format!(
-            "check {check_name} does not run on the proxy entity {proxy} (its stored check names no such proxy_entity_name and has no proxy_requests)"
-        ));
-    }
+    // Named by the stored check itself: the entity is created when missing. Otherwise (a
+    // proxy_requests fan-out, a result from the agent socket's `source`) it must exist.
+    let named = matches!(
+        stored_check.map(|stored| stored.resource.spec),
+        Some(Spec::CheckConfig(config)) if config.proxy_entity_name == proxy
+    );
     check.processed_by = agent.to_owned();
     let entity = match resources
         .get(Kind::Entity, namespace, &proxy)
@@ -158,7 +150,7 @@ pub(crate) async fn onto_proxy(
         },
         None if !named => {
             return Err(format!(
-                "there is no entity {proxy}: check {check_name} fans out over stored entities only"
+                "there is no entity {proxy}: a result creates a proxy entity only when the stored check {check_name} names it in proxy_entity_name"
             ));
         }
         None => {

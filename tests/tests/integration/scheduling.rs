@@ -285,8 +285,9 @@ async fn a_proxy_check_fans_out_over_twenty_entities_and_forged_proxy_results_ar
         "a proxy result was stored on the agent's own entity"
     );
 
-    // The agent cannot write a result onto an entity for a check that does not ask for it,
-    // create an entity no check names, nor write onto an agent's entity (its own).
+    // A result for another entity (a local program's, through the agent) lands on an existing
+    // proxy entity, but creates no entity that no stored check names, and never lands on an
+    // agent's entity (the agent's own included).
     put_check(
         &admin,
         "plain",
@@ -295,43 +296,45 @@ async fn a_proxy_check_fans_out_over_twenty_entities_and_forged_proxy_results_ar
     .await;
     let http = local_http();
     for (check, target) in [
+        ("plain", "ghost"),
+        ("forged", "ghost-2"),
+        ("site-http", "prober"),
         ("plain", "site-0"),
-        ("forged", "site-1"),
-        ("site-http", "prober-2"),
     ] {
-        let forged = json!({"check": {"metadata": {"name": check}, "status": 2, "output": "forged", "proxy_entity_name": target}});
+        let forged = json!({"check": {"metadata": {"name": check}, "status": 2, "output": "from elsewhere", "proxy_entity_name": target}});
         let (status, body) = post_local(&http, &agent, &forged).await;
         assert!(status.is_success(), "{status} {body}");
     }
-    // A marker sent after them: once it is stored, the forged ones were handled.
-    let marker = json!({"check": {"metadata": {"name": "marker"}, "status": 0, "output": "after"}});
-    post_local(&http, &agent, &marker).await;
-    wait_event(
+    let landed = wait_event(
         &admin,
         Some(&agent),
-        ("prober", "marker"),
+        ("site-0", "plain"),
         Duration::from_secs(15),
-        "the marker",
+        "the result for an existing proxy entity",
         |_| true,
     )
     .await;
+    assert_eq!(landed["check"]["processed_by"], "prober");
+    // Sent before it, so handled by now.
     for (entity, check) in [
-        ("site-0", "plain"),
-        ("site-1", "forged"),
-        ("prober-2", "site-http"),
+        ("ghost", "plain"),
+        ("ghost-2", "forged"),
+        ("prober", "site-http"),
     ] {
         assert!(
             get_opt(&admin, &event_path(entity, check)).await.is_none(),
-            "a forged proxy result {entity}/{check} was stored"
+            "a proxy result {entity}/{check} was stored"
         );
     }
+    for entity in ["ghost", "ghost-2"] {
+        assert!(
+            get_opt(&admin, &entity_path(entity)).await.is_none(),
+            "a result created the entity {entity}"
+        );
+    }
+    let log = agent.log();
     assert!(
-        get_opt(&admin, &entity_path("ghost")).await.is_none(),
-        "a forged result created an entity"
-    );
-    assert!(
-        agent.log().contains("does not run on the proxy entity"),
-        "the refusal reaches the agent's log:\n{}",
-        agent.log()
+        log.contains("there is no entity ghost") && log.contains("prober is an agent entity"),
+        "the refusals reach the agent's log:\n{log}"
     );
 }
