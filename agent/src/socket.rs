@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_api::model::{Check, Entity, Event};
+use cairn_api::model::{Check, Event};
 use cairn_api::ObjectMeta;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
