@@ -45,6 +45,16 @@ pub fn redact_entity_meta(meta: &mut ObjectMeta, redact: &[String]) {
     }
 }
 
+/// The event's entity with its `redact` applied (see [`redact_entity_meta`]): what Sensu's
+/// pipeline hands its filters, mutators and handlers.
+pub fn redact_event_entity(event: &mut crate::model::Event) {
+    if let Some(entity) = event.entity.as_mut() {
+        if let Some(meta) = entity.metadata.as_mut() {
+            redact_entity_meta(meta, &entity.redact);
+        }
+    }
+}
+
 /// For a write of an entity read back from the API: a redacted label or annotation whose
 /// incoming value is [`ENTITY_REDACTED`] keeps its stored value, so `GET` then `PUT` (as
 /// `cairnctl entity update` and `sensuctl edit` do) never overwrites a secret with the mask.

@@ -130,13 +130,7 @@ pub(super) fn response_body(resource: &Resource) -> Value {
         Spec::Entity(entity) => {
             cairn_api::redact::redact_entity_meta(&mut resource.metadata, &entity.redact);
         }
-        Spec::Event(event) => {
-            if let Some(entity) = event.entity.as_mut() {
-                if let Some(meta) = entity.metadata.as_mut() {
-                    cairn_api::redact::redact_entity_meta(meta, &entity.redact);
-                }
-            }
-        }
+        Spec::Event(event) => cairn_api::redact::redact_event_entity(event),
         _ => {}
     }
     resource.to_wire()
