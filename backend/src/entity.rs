@@ -1,11 +1,7 @@
-//! Which agent entity: a namespace and a name (an agent certificate proves both); who manages
-//! an agent's entity; and the events that go with an entity when it goes.
+//! Which agent entity: a namespace and a name (an agent certificate proves both); and who
+//! manages an agent's entity.
 
-use cairn_api::model::Event;
-use cairn_api::{Kind, ObjectMeta, Spec};
-
-use crate::store::resources::{self, Resources};
-use crate::store::Precondition;
+use cairn_api::ObjectMeta;
 
 /// The label Sensu sets on an entity its agent manages (`agent-managed-entity`).
 pub(crate) const MANAGED_BY_LABEL: &str = "sensu.io/managed_by";
@@ -32,55 +28,6 @@ pub(crate) fn entity_config(
         labels: metadata.labels.clone(),
         annotations: metadata.annotations.clone(),
     })
-}
-
-/// Deletes every event of the entity `namespace/name` (as Sensu does when an entity is deleted
-/// or deregisters); returns those deleted, in key order. An unreadable one is deleted and
-/// logged, not returned.
-///
-/// # Errors
-/// A store failure, as text; the events deleted until then stay deleted.
-pub(crate) async fn delete_events(
-    resources: &Resources,
-    namespace: &str,
-    name: &str,
-) -> Result<Vec<Event>, String> {
-    let store = resources.store();
-    // Entity names hold no `/`, so this prefix is exactly this entity's events.
-    let prefix = format!("{}{name}/", Resources::prefix(Kind::Event, Some(namespace)));
-    let mut deleted = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .list(&prefix, after.as_deref(), 1_000)
-            .await
-            .map_err(|err| err.to_string())?;
-        for entry in &page.entries {
-            if store
-                .delete(&entry.key, Precondition::None)
-                .await
-                .map_err(|err| err.to_string())?
-                .is_none()
-            {
-                continue;
-            }
-            match resources::decode(entry) {
-                Ok(stored) => {
-                    if let Spec::Event(event) = stored.resource.spec {
-                        deleted.push(*event);
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(key = %entry.key, error = %err, "unreadable event deleted");
-                }
-            }
-        }
-        after = page.entries.last().map(|entry| entry.key.clone());
-        if !page.more || after.is_none() {
-            break;
-        }
-    }
-    Ok(deleted)
 }
 
 /// An entity of one namespace, as sessions, presence, revocations and keepalives key it.

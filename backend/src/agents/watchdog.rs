@@ -26,7 +26,7 @@ use crate::agents::Agents;
 use crate::clock::unix_now;
 use crate::coord::{Presence, Role};
 use crate::entity::EntityId;
-
+use crate::store::resources::{self, Resources};
 use crate::store::Precondition;
 
 /// The check name of keepalive events.
@@ -476,7 +476,7 @@ async fn deregister(state: &Agents, id: &EntityId, now: i64) -> Result<(), Strin
         Ok(None) => None,
         Err(err) => return Err(err.to_string()),
     };
-    for previous in crate::entity::delete_events(&state.resources, namespace, name).await? {
+    for previous in delete_events(&state.resources, namespace, name).await? {
         if let Some(resolution) = resolution_event(&previous, now) {
             state.ingest.sink.submit(namespace, resolution);
         }
@@ -523,6 +523,55 @@ fn resolution_event(previous: &Event, now: i64) -> Option<Event> {
     incoming.id.clear();
     incoming.timestamp = 0;
     crate::events::rules::process_event(Some(previous), incoming, now).ok()
+}
+
+/// Deletes every event of the entity `namespace/name` (as Sensu does when an entity is deleted
+/// or deregisters); returns those deleted, in key order. An unreadable one is deleted and
+/// logged, not returned.
+///
+/// # Errors
+/// A store failure, as text; the events deleted until then stay deleted.
+pub(crate) async fn delete_events(
+    resources: &Resources,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<Event>, String> {
+    let store = resources.store();
+    // Entity names hold no `/`, so this prefix is exactly this entity's events.
+    let prefix = format!("{}{name}/", Resources::prefix(Kind::Event, Some(namespace)));
+    let mut deleted = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list(&prefix, after.as_deref(), 1_000)
+            .await
+            .map_err(|err| err.to_string())?;
+        for entry in &page.entries {
+            if store
+                .delete(&entry.key, Precondition::None)
+                .await
+                .map_err(|err| err.to_string())?
+                .is_none()
+            {
+                continue;
+            }
+            match resources::decode(entry) {
+                Ok(stored) => {
+                    if let Spec::Event(event) = stored.resource.spec {
+                        deleted.push(*event);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(key = %entry.key, error = %err, "unreadable event deleted");
+                }
+            }
+        }
+        after = page.entries.last().map(|entry| entry.key.clone());
+        if !page.more || after.is_none() {
+            break;
+        }
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]

@@ -432,7 +432,7 @@ pub(super) async fn delete(
     }
     if kind == Kind::Entity {
         // As Sensu: an entity's events go with it.
-        crate::entity::delete_events(&state.resources, namespace, name)
+        crate::agents::watchdog::delete_events(&state.resources, namespace, name)
             .await
             .map_err(|err| {
                 ApiError::internal(format!(
