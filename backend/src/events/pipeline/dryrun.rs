@@ -103,6 +103,7 @@ impl Pipeline {
         }
         let dispatcher = &self.dispatcher;
         let mut context = EventContext::default();
+        let entity = std::sync::Arc::new(event.entity.clone().unwrap_or_default());
         let mut reports = Vec::new();
         for workflow in dispatcher.workflows(namespace, &event).await {
             let Workflow {
@@ -142,16 +143,17 @@ impl Pipeline {
             };
             if passes {
                 let output = match dispatcher
-                    .plan_payload(namespace, &mutator, &event, &mut context.json)
+                    .plan_payload(namespace, &mutator, &event, &entity, &mut context.json)
                     .await
                 {
                     Ok(Payload::Ready(bytes)) => Ok(bytes),
                     Ok(Payload::Mutate {
                         mutator,
                         event_json,
+                        entity,
                         ..
                     }) => dispatcher
-                        .mutate(namespace, &mutator, event_json)
+                        .mutate(namespace, &mutator, &entity, event_json)
                         .await
                         .map_err(|error| super::ErrorChain(&error).to_string()),
                     Err(error) => Err(error.to_string()),

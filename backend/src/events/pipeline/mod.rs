@@ -9,9 +9,14 @@
 //!
 //! Stored filters are JavaScript, evaluated in `filter.rs` by the sandboxed engine of
 //! [`cairn_api::js`].
+//!
+//! Runtime assets (`assets.rs`): a `pipe` handler's or mutator's `runtime_assets` are fetched
+//! into the shared [`RuntimeAssets`] cache and put on its `PATH`, `LD_LIBRARY_PATH` and
+//! `CPATH`; a filter's give it their `*.js` files as libraries.
 
 pub mod contain;
 pub(crate) mod dryrun;
+mod assets;
 mod filter;
 pub(crate) use filter::entity_view;
 mod mutate;
@@ -29,10 +34,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_api::agent::SecretValue;
+use cairn_api::assets::RuntimeAssets;
 use cairn_api::js::Engine;
 use cairn_api::model::SecretRef;
 use cairn_api::model::{
-    Event, EventFilter, Handler, HandlerSocket, Mutator, Pipeline as PipelineResource, Silenced,
+    Asset, Entity, Event, EventFilter, Handler, HandlerSocket, Mutator, Pipeline as PipelineResource, Silenced,
     Wire,
 };
 use cairn_api::process::{self, Ended, RunConfig, Streams};
@@ -192,6 +198,11 @@ pub(crate) trait HandlerResolver: Send + Sync {
     async fn handler(&self, namespace: &str, name: &str) -> Option<Handler>;
     /// The event filter `name` in `namespace`, if it exists.
     async fn filter(&self, namespace: &str, name: &str) -> Option<EventFilter>;
+    /// The asset `name` in `namespace` with its metadata, if it exists. The default has none.
+    async fn asset(&self, namespace: &str, name: &str) -> Option<Asset> {
+        let _ = (namespace, name);
+        None
+    }
     /// The mutator `name` in `namespace`, if it exists. The default has none.
     async fn mutator(&self, namespace: &str, name: &str) -> Option<Mutator> {
         let _ = (namespace, name);
@@ -316,6 +327,7 @@ impl Pipeline {
         containment: Arc<Containment>,
         resolver: Arc<dyn HandlerResolver>,
         js: Engine,
+        assets: Arc<RuntimeAssets>,
     ) -> (Pipeline, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let (abort, abort_receiver) = watch::channel(false);
@@ -328,6 +340,7 @@ impl Pipeline {
             default_timeout: config.default_handler_timeout,
             containment,
             js,
+            assets,
             warned: WarnOnce::default(),
         });
         let task =
@@ -446,6 +459,8 @@ struct Dispatcher {
     containment: Arc<Containment>,
     /// Evaluates stored filters' JavaScript.
     js: Engine,
+    /// The runtime assets of handlers, mutators and filters.
+    assets: Arc<RuntimeAssets>,
     warned: WarnOnce,
 }
 
@@ -483,6 +498,8 @@ enum RunError {
     UnknownType(String),
     #[error("refused")]
     Refused(#[source] ContainError),
+    #[error("{0}")]
+    Assets(String),
 }
 
 // === impl Dispatcher ===
@@ -546,6 +563,7 @@ impl Dispatcher {
             return;
         }
         let mut context = EventContext::default();
+        let entity = Arc::new(event.entity.clone().unwrap_or_default());
         for workflow in workflows {
             let Workflow {
                 pipeline,
@@ -561,7 +579,7 @@ impl Dispatcher {
                 continue;
             }
             let payload = match self
-                .plan_payload(&namespace, &mutator, &event, &mut context.json)
+                .plan_payload(&namespace, &mutator, &event, &entity, &mut context.json)
                 .await
             {
                 Ok(payload) => payload,
@@ -597,6 +615,7 @@ impl Dispatcher {
             let dispatcher = Arc::clone(self);
             let namespace = namespace.clone();
             let charge = Arc::clone(&charge);
+            let entity = Arc::clone(&entity);
             running.spawn(
                 async move {
                     if let Some(payload) = dispatcher.finish_payload(&namespace, payload).await {
@@ -604,7 +623,9 @@ impl Dispatcher {
                             .stats
                             .handler_runs
                             .fetch_add(1, Ordering::Relaxed);
-                        dispatcher.run_handler(&namespace, &handler, payload).await;
+                        dispatcher
+                            .run_handler(&namespace, &handler, &entity, payload)
+                            .await;
                     }
                     drop(slot);
                     drop(charge);
@@ -623,7 +644,8 @@ impl Dispatcher {
                 name,
                 mutator,
                 event_json,
-            } => match self.mutate(namespace, &mutator, event_json).await {
+                entity,
+            } => match self.mutate(namespace, &mutator, &entity, event_json).await {
                 Ok(bytes) => Some(bytes),
                 Err(error) => {
                     self.stats.mutator_failures.fetch_add(1, Ordering::Relaxed);
@@ -763,7 +785,13 @@ impl Dispatcher {
         silenced
     }
 
-    async fn run_handler(&self, namespace: &str, handler: &Handler, payload: Arc<[u8]>) {
+    async fn run_handler(
+        &self,
+        namespace: &str,
+        handler: &Handler,
+        entity: &Entity,
+        payload: Arc<[u8]>,
+    ) {
         let limit = match u64::try_from(handler.timeout) {
             Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
             _ => self.default_timeout,
@@ -789,7 +817,17 @@ impl Dispatcher {
             Vec::new()
         };
         let outcome = match handler.handler_type.as_str() {
-            "pipe" => self.run_pipe(handler, &secrets, &payload, limit).await,
+            "pipe" => match self
+                .prepare_assets(namespace, &handler.runtime_assets, entity)
+                .await
+            {
+                // Leased until the run is over, so the cache cannot evict the builds it uses.
+                Ok(prepared) => {
+                    self.run_pipe(handler, &secrets, &prepared.env, &payload, limit)
+                        .await
+                }
+                Err(reason) => Err(RunError::Assets(reason)),
+            },
             "tcp" => send_tcp(handler.socket.as_ref(), &payload, limit).await,
             "udp" => send_udp(handler.socket.as_ref(), &payload, limit).await,
             other => Err(RunError::UnknownType(other.to_owned())),
@@ -816,6 +854,7 @@ impl Dispatcher {
         &self,
         handler: &Handler,
         secrets: &[SecretValue],
+        assets_env: &[(String, String)],
         payload: &Arc<[u8]>,
         limit: Duration,
     ) -> Result<(), RunError> {
@@ -824,7 +863,7 @@ impl Dispatcher {
             .containment
             .command(
                 &handler.command,
-                pipe_environment(&handler.env_vars, secrets),
+                pipe_environment(&handler.env_vars, secrets, assets_env),
             )
             .map_err(RunError::Refused)?;
         let redactor = Redactor::of_secrets(secrets);
@@ -934,18 +973,31 @@ fn handler_names(event: &Event) -> Vec<String> {
     names
 }
 
-/// The whole environment of a `pipe` handler or mutator: [`HANDLER_PATH`], its `env_vars`, then
-/// its secrets (which win, as in Sensu), nothing of the backend's. Malformed `env_vars` entries
-/// are skipped with a warning that gives only their count (one may well be a secret value).
+/// The whole environment of a `pipe` handler or mutator: [`HANDLER_PATH`] (with its runtime
+/// assets' `bin` folders in front) and the assets' other variables (`assets_env`, from
+/// [`cairn_api::assets::asset_env`]), its `env_vars`, then its secrets (which win, as in
+/// Sensu), nothing of the backend's. Malformed `env_vars` entries are skipped with a warning
+/// that gives only their count (one may well be a secret value).
 fn pipe_environment<'a>(
     env_vars: &'a [String],
     secrets: &'a [SecretValue],
+    assets_env: &'a [(String, String)],
 ) -> Vec<(&'a str, &'a str)> {
     let (env_vars, skipped) = parse_env_vars(env_vars);
     if skipped > 0 {
         warn!(skipped, "ignored env_vars entries that are not KEY=VALUE");
     }
-    std::iter::once(("PATH", HANDLER_PATH))
+    let path = assets_env
+        .iter()
+        .find(|(key, _)| key == "PATH")
+        .map_or(HANDLER_PATH, |(_, value)| value.as_str());
+    std::iter::once(("PATH", path))
+        .chain(
+            assets_env
+                .iter()
+                .filter(|(key, _)| key != "PATH")
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )
         .chain(env_vars)
         .chain(
             secrets
@@ -1060,6 +1112,9 @@ mod tests {
         secrets: HashMap<String, String>,
         mutators: HashMap<String, Mutator>,
         pipelines: HashMap<String, PipelineResource>,
+        assets: HashMap<String, Asset>,
+        /// The asset cache's folder; `None`: one never created (no test names an asset).
+        cache_dir: Option<PathBuf>,
     }
 
     #[async_trait]
@@ -1070,6 +1125,10 @@ mod tests {
 
         async fn filter(&self, _namespace: &str, name: &str) -> Option<EventFilter> {
             self.filters.get(name).cloned()
+        }
+
+        async fn asset(&self, _namespace: &str, name: &str) -> Option<Asset> {
+            self.assets.get(name).cloned()
         }
 
         async fn silenced(&self, _namespace: &str) -> Arc<[(String, Silenced)]> {
@@ -1147,11 +1206,18 @@ mod tests {
 
     fn start_with(config: PipelineConfig, resolver: FakeResolver) -> Pipeline {
         let js = Engine::new(cairn_api::js::EngineConfig::default()).unwrap();
+        let cache_dir = resolver
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("cairn-pipeline-tests-no-assets"));
+        let mut cache = cairn_api::assets::CacheConfig::new(cache_dir);
+        cache.fetch.allow_http = true;
         Pipeline::start(
             config,
             Arc::new(Containment::uncontained()),
             Arc::new(resolver),
             js,
+            Arc::new(RuntimeAssets::new(cache)),
         )
         .0
     }
