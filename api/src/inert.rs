@@ -17,7 +17,7 @@ use crate::resource::Resource;
 /// A field a resource sets that Cairn stores but does not act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inert {
-    /// Where it is, from the document's root (`spec.runtime_assets`).
+    /// Where it is, from the document's root (`spec.redact`).
     pub path: FieldPath,
     /// What Cairn does instead, for the operator.
     pub consequence: &'static str,
@@ -26,10 +26,6 @@ pub struct Inert {
 /// Prefix of every warning [`crate::validate::validate`] makes of an [`Inert`] field.
 pub const INERT_PREFIX: &str = "accepted but not acted on";
 
-const ASSETS_NOT_FETCHED: &str = "Cairn's backend does not download runtime assets for \
-     handlers and mutators yet (agents do, for checks and hooks); the command runs without them";
-const FILTER_LIBRARIES: &str =
-    "Cairn does not load runtime assets into filters yet; the expressions run without them";
 const ENTITY_REDACT: &str =
     "Cairn does not redact entity labels and annotations yet; they are shown as stored";
 
@@ -37,9 +33,6 @@ const ENTITY_REDACT: &str =
 pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
     let mut found = Found::default();
     match &resource.spec {
-        Spec::Handler(handler) => found.assets(&handler.runtime_assets, ASSETS_NOT_FETCHED),
-        Spec::EventFilter(filter) => found.assets(&filter.runtime_assets, FILTER_LIBRARIES),
-        Spec::Mutator(mutator) => found.assets(&mutator.runtime_assets, ASSETS_NOT_FETCHED),
         Spec::Entity(entity) => found.entity(entity),
         Spec::Event(event) => {
             if let Some(entity) = &event.entity {
@@ -47,7 +40,10 @@ pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
             }
         }
         // Everything these set is acted on.
-        Spec::Pipeline(_)
+        Spec::Handler(_)
+        | Spec::EventFilter(_)
+        | Spec::Mutator(_)
+        | Spec::Pipeline(_)
         | Spec::CheckConfig(_)
         | Spec::HookConfig(_)
         | Spec::Asset(_)
@@ -83,13 +79,6 @@ impl Found {
             path: FieldPath::keys(&keys),
             consequence,
         });
-    }
-
-    /// A resource's `runtime_assets`, which Cairn does not fetch yet.
-    fn assets(&mut self, assets: &[String], consequence: &'static str) {
-        if !assets.is_empty() {
-            self.push(&["runtime_assets"], consequence);
-        }
     }
 
     fn entity(&mut self, entity: &Entity) {
@@ -131,7 +120,7 @@ mod tests {
     }
 
     #[test]
-    fn a_handler_names_its_runtime_assets() {
+    fn handler_mutator_and_filter_assets_are_acted_on() {
         let found = inert_of(
             "type: Handler
 api_version: core/v2
@@ -140,10 +129,24 @@ spec:
   type: pipe
   command: sensu-slack-handler
   runtime_assets: [sensu-slack-handler]
+---
+type: Mutator
+api_version: core/v2
+metadata: {name: shape, namespace: default}
+spec:
+  command: shape
+  runtime_assets: [shapers]
+---
+type: EventFilter
+api_version: core/v2
+metadata: {name: hours, namespace: default}
+spec:
+  action: allow
+  expressions: [is_office_hours(event)]
+  runtime_assets: [office-hours]
 ",
         );
-        let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
-        assert_eq!(paths, ["spec.runtime_assets"]);
+        assert_eq!(found, []);
     }
 
     #[test]

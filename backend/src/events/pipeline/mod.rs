@@ -2212,4 +2212,236 @@ mod tests {
             "the odd workflow did not run without its filter"
         );
     }
+
+    // --- runtime assets ---
+
+    /// A tar.gz of `(path, contents, mode)` files.
+    fn asset_archive(files: &[(&str, &str, u32)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (path, contents, mode) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(contents.len() as u64);
+            header.set_mode(*mode);
+            header.set_entry_type(tar::EntryType::Regular);
+            builder
+                .append_data(&mut header, path, contents.as_bytes())
+                .unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    fn sha512_hex(bytes: &[u8]) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha512::digest(bytes))
+    }
+
+    /// Serves `body` over plain HTTP to every request; returns its URL and the request count.
+    async fn serve_archive(body: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/asset.tar.gz", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0_u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(&body).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        (url, requests)
+    }
+
+    fn asset(name: &str, url: &str, sha512: &str) -> Asset {
+        Asset {
+            metadata: Some(ObjectMeta::named("default", name)),
+            url: url.to_owned(),
+            sha512: sha512.to_owned(),
+            ..Asset::default()
+        }
+    }
+
+    /// The builds unpacked in the cache (its entries but the temporary folder).
+    fn unpacked(cache: &Path) -> Vec<String> {
+        std::fs::read_dir(cache).map_or_else(
+            |_| Vec::new(),
+            |entries| {
+                entries
+                    .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|name| !name.starts_with('.'))
+                    .collect()
+            },
+        )
+    }
+
+    #[test]
+    fn asset_variables_go_before_the_handler_path_and_env_vars_still_win() {
+        let assets_env = vec![
+            ("PATH".to_owned(), format!("/cache/a/bin:{HANDLER_PATH}")),
+            ("LD_LIBRARY_PATH".to_owned(), "/cache/a/lib".to_owned()),
+            ("CPATH".to_owned(), "/cache/a/include".to_owned()),
+            ("TOOLS_PLUGIN_PATH".to_owned(), "/cache/a".to_owned()),
+        ];
+        let env_vars = vec!["CPATH=/mine".to_owned()];
+        let env = pipe_environment(&env_vars, &[], &assets_env);
+        assert_eq!(
+            env,
+            [
+                ("PATH", format!("/cache/a/bin:{HANDLER_PATH}").as_str()),
+                ("LD_LIBRARY_PATH", "/cache/a/lib"),
+                ("CPATH", "/cache/a/include"),
+                ("TOOLS_PLUGIN_PATH", "/cache/a"),
+                ("CPATH", "/mine"),
+            ]
+        );
+        assert_eq!(pipe_environment(&[], &[], &[]), [("PATH", HANDLER_PATH)]);
+    }
+
+    #[tokio::test]
+    async fn handler_and_mutator_run_programs_of_their_assets() {
+        let temp = tempfile::tempdir().unwrap();
+        let out = temp_file(&temp, "handled");
+        let archive = asset_archive(&[
+            (
+                "bin/record",
+                "#!/bin/sh\nprintf '%s\\n' \"$LD_LIBRARY_PATH\" > \"$1.env\"\ncat > \"$1\"\n",
+                0o755,
+            ),
+            ("bin/shout", "#!/bin/sh\nprintf 'mutated:'; cat\n", 0o755),
+        ]);
+        let sha = sha512_hex(&archive);
+        let (url, requests) = serve_archive(archive).await;
+        let cache = temp.path().join("cache");
+        let mut resolver = FakeResolver {
+            cache_dir: Some(cache.clone()),
+            ..FakeResolver::default()
+        };
+        resolver
+            .assets
+            .insert("tools".to_owned(), asset("tools", &url, &sha));
+        let handler = Handler {
+            runtime_assets: vec!["tools".to_owned()],
+            mutator: "shouting".to_owned(),
+            ..pipe(format!("record '{}'", out.display()))
+        };
+        let mutator = Mutator {
+            command: "shout".to_owned(),
+            runtime_assets: vec!["tools".to_owned()],
+            ..Mutator::default()
+        };
+        let pipeline = start(
+            resolver
+                .handler("recorder", handler)
+                .mutator("shouting", mutator),
+        );
+        submit(&pipeline, event(2, &["recorder"]));
+        wait_until("the asset's handler ran", || out.exists()).await;
+        let got = std::fs::read_to_string(&out).unwrap();
+        assert!(got.starts_with("mutated:{"), "{got}");
+        let lib = std::fs::read_to_string(out.with_extension("env")).unwrap();
+        assert!(lib.trim().ends_with("/lib"), "{lib}");
+        assert!(lib.starts_with(&cache.display().to_string()), "{lib}");
+        // One download for the mutator and the handler.
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        assert_eq!(pipeline.stats().handler_failures.load(Ordering::Relaxed), 0);
+        assert_eq!(pipeline.stats().mutator_failures.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_missing_asset_or_a_wrong_sha512_fails_only_that_handler() {
+        let temp = tempfile::tempdir().unwrap();
+        let archive = asset_archive(&[("bin/tool", "#!/bin/sh\ntrue\n", 0o755)]);
+        let (url, requests) = serve_archive(archive).await;
+        let cache = temp.path().join("cache");
+        let mut resolver = FakeResolver {
+            cache_dir: Some(cache.clone()),
+            ..FakeResolver::default()
+        };
+        resolver
+            .assets
+            .insert("wrong".to_owned(), asset("wrong", &url, &"ab".repeat(64)));
+        let ran = temp_file(&temp, "ran");
+        let missing = Handler {
+            runtime_assets: vec!["gone".to_owned()],
+            ..pipe(format!("touch '{}.missing'", ran.display()))
+        };
+        let wrong = Handler {
+            runtime_assets: vec!["wrong".to_owned()],
+            ..pipe(format!("touch '{}.wrong'", ran.display()))
+        };
+        let plain = pipe(format!("touch '{}'", ran.display()));
+        let pipeline = start(
+            resolver
+                .handler("missing", missing)
+                .handler("wrong", wrong)
+                .handler("plain", plain),
+        );
+        submit(&pipeline, event(2, &["missing", "wrong", "plain"]));
+        wait_until("two handlers failed", || {
+            pipeline.stats().handler_failures.load(Ordering::Relaxed) == 2
+        })
+        .await;
+        wait_until("the plain handler ran", || ran.exists()).await;
+        assert!(!ran.with_extension("missing").exists());
+        assert!(!ran.with_extension("wrong").exists());
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        assert_eq!(unpacked(&cache), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_filter_calls_a_function_of_its_assets_javascript() {
+        let temp = tempfile::tempdir().unwrap();
+        let archive = asset_archive(&[
+            (
+                "lib/severity.js",
+                "function is_critical(event) { return event.check.status == 2; }\n",
+                0o644,
+            ),
+            ("README", "not javascript(", 0o644),
+        ]);
+        let sha = sha512_hex(&archive);
+        let (url, _) = serve_archive(archive).await;
+        let mut resolver = FakeResolver {
+            cache_dir: Some(temp.path().join("cache")),
+            ..FakeResolver::default()
+        };
+        resolver
+            .assets
+            .insert("severity".to_owned(), asset("severity", &url, &sha));
+        let out = out_dir(&temp, "out");
+        resolver = resolver
+            .filter("critical", "allow", &["is_critical(event)"])
+            .handler("store", filtered(store_in(&out), &["critical"]));
+        resolver
+            .filters
+            .get_mut("critical")
+            .unwrap()
+            .runtime_assets = vec!["severity".to_owned()];
+        let pipeline = start(resolver);
+        submit(&pipeline, event(1, &["store"]));
+        submit(&pipeline, event(2, &["store"]));
+        let events = wait_for_events(&out, 1).await;
+        assert_eq!(statuses(&events), [2]);
+        assert_eq!(pipeline.stats().filter_errors.load(Ordering::Relaxed), 0);
+        pipeline.shutdown().await.unwrap();
+        assert_eq!(statuses(&stored(&out)), [2]);
+    }
 }
