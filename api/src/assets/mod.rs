@@ -22,10 +22,10 @@ pub use cache::{
     AssetCache, AssetLease, CacheConfig, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX,
     DEFAULT_MAX_ASSETS, DEFAULT_MAX_CACHE_BYTES, DEFAULT_WAIT_TIMEOUT,
 };
-pub use runtime::{read_trusted_ca, Prepared, RuntimeAssets};
 pub use download::{
     FetchConfig, Fetcher, FetcherError, DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_DOWNLOAD_BYTES,
 };
+pub use runtime::{read_trusted_ca, Prepared, RuntimeAssets};
 
 #[cfg(doc)]
 use crate::model::Asset;

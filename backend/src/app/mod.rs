@@ -97,9 +97,10 @@ impl Default for AssetsSettings {
 /// `/var/lib/cairn-assets`), outside it so that contained handlers can read it.
 pub fn default_assets_cache_dir(data_dir: &Path) -> PathBuf {
     let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
-    let name = absolute
-        .file_name()
-        .map_or_else(|| "cairn".into(), |name| name.to_string_lossy().into_owned());
+    let name = absolute.file_name().map_or_else(
+        || "cairn".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
     absolute.with_file_name(format!("{name}-assets"))
 }
 
@@ -500,8 +501,9 @@ fn runtime_assets(config: &StartConfig) -> Result<cairn_api::assets::RuntimeAsse
     std::fs::create_dir_all(&dir)
         .map_err(|error| invalid(format!("cannot create {}: {error}", dir.display())))?;
     if !existed {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(|error| invalid(format!("cannot set the mode of {}: {error}", dir.display())))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(
+            |error| invalid(format!("cannot set the mode of {}: {error}", dir.display())),
+        )?;
     }
     let canonical = std::fs::canonicalize(&dir)
         .map_err(|error| invalid(format!("cannot resolve {}: {error}", dir.display())))?;
@@ -521,8 +523,9 @@ fn runtime_assets(config: &StartConfig) -> Result<cairn_api::assets::RuntimeAsse
     cache.max_bytes = settings.max_cache_bytes;
     cache.fetch.allow_http = settings.allow_http;
     if let Some(path) = &settings.trusted_ca_file {
-        let pem = cairn_api::assets::read_trusted_ca(path)
-            .map_err(|message| ServerError::Invalid(format!("--assets-trusted-ca-file: {message}")))?;
+        let pem = cairn_api::assets::read_trusted_ca(path).map_err(|message| {
+            ServerError::Invalid(format!("--assets-trusted-ca-file: {message}"))
+        })?;
         cache.fetch.trusted_ca_pem = Some(pem);
     }
     Ok(cairn_api::assets::RuntimeAssets::new(cache))

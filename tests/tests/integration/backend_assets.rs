@@ -59,9 +59,7 @@ async fn handlers_mutators_and_filters_run_with_their_assets() {
     );
     let admin = backend.admin().await;
 
-    let asset = |name: &str, url: String, sha512: &str| {
-        json!({"metadata": {"name": name, "namespace": "default"}, "url": url, "sha512": sha512})
-    };
+    let asset = |name: &str, url: String, sha512: &str| json!({"metadata": {"name": name, "namespace": "default"}, "url": url, "sha512": sha512});
     put(
         &admin,
         &namespaced("assets", "tools"),
@@ -132,9 +130,7 @@ async fn handlers_mutators_and_filters_run_with_their_assets() {
     recorder(&admin, &out, "critical-only", &["critical"], "").await;
 
     // A warning first: the filter drops it; the pipeline takes events in order.
-    let check = |name: &str, status: u64, handlers: Value| {
-        json!({"metadata": {"name": name}, "status": status, "output": "x", "handlers": handlers})
-    };
+    let check = |name: &str, status: u64, handlers: Value| json!({"metadata": {"name": name}, "status": status, "output": "x", "handlers": handlers});
     send(
         &admin,
         proxy("web-1", json!({})),

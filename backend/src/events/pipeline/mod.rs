@@ -14,9 +14,9 @@
 //! into the shared [`RuntimeAssets`] cache and put on its `PATH`, `LD_LIBRARY_PATH` and
 //! `CPATH`; a filter's give it their `*.js` files as libraries.
 
+mod assets;
 pub mod contain;
 pub(crate) mod dryrun;
-mod assets;
 mod filter;
 pub(crate) use filter::entity_view;
 mod mutate;
@@ -38,8 +38,8 @@ use cairn_api::assets::RuntimeAssets;
 use cairn_api::js::Engine;
 use cairn_api::model::SecretRef;
 use cairn_api::model::{
-    Asset, Entity, Event, EventFilter, Handler, HandlerSocket, Mutator, Pipeline as PipelineResource, Silenced,
-    Wire,
+    Asset, Entity, Event, EventFilter, Handler, HandlerSocket, Mutator,
+    Pipeline as PipelineResource, Silenced, Wire,
 };
 use cairn_api::process::{self, Ended, RunConfig, Streams};
 use cairn_api::redact::Redactor;
@@ -2430,11 +2430,7 @@ mod tests {
         resolver = resolver
             .filter("critical", "allow", &["is_critical(event)"])
             .handler("store", filtered(store_in(&out), &["critical"]));
-        resolver
-            .filters
-            .get_mut("critical")
-            .unwrap()
-            .runtime_assets = vec!["severity".to_owned()];
+        resolver.filters.get_mut("critical").unwrap().runtime_assets = vec!["severity".to_owned()];
         let pipeline = start(resolver);
         submit(&pipeline, event(1, &["store"]));
         submit(&pipeline, event(2, &["store"]));
