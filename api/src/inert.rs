@@ -1,4 +1,4 @@
-//! The fields Cairn accepts but does not act on yet.
+//! The fields Cairn accepts but does not act on yet: none, since issue 19.
 //!
 //! Everything Sensu's model accepts is stored, but a field that is stored and then ignored
 //! misleads the operator, who believes it works. [`inert_fields`] names each such field that a
@@ -6,11 +6,13 @@
 //! warnings (so `cairnctl lint`, `diff` and `apply` show them with their line), and the
 //! backend answers a write that sets one with a `Warning` header per field.
 //!
-//! The list is kept here, in one place: when a feature lands, its entry goes. Sensu's legacy
-//! fields (`subdue`, `when`) and server-set ones (`scheduler`) are warned about by `validate`
-//! itself and are not repeated here.
+//! The list is kept here, in one place: when a feature lands, its entry goes, and a field
+//! Cairn accepts before it acts on it gets an entry. Since runtime assets, proxy checks,
+//! subdues, cron time zones, backend-managed entities and entity `redact` landed (issue 19),
+//! the list is empty; the mechanism stays. Sensu's legacy fields (`subdue`, `when`) and
+//! server-set ones (`scheduler`) are warned about by `validate` itself and are not repeated
+//! here.
 
-use crate::model::{Entity, Spec};
 use crate::problem::FieldPath;
 use crate::resource::Resource;
 
@@ -26,85 +28,10 @@ pub struct Inert {
 /// Prefix of every warning [`crate::validate::validate`] makes of an [`Inert`] field.
 pub const INERT_PREFIX: &str = "accepted but not acted on";
 
-const ASSETS_NOT_FETCHED: &str = "Cairn's backend does not download runtime assets for \
-     handlers and mutators yet (agents do, for checks and hooks); the command runs without them";
-const FILTER_LIBRARIES: &str =
-    "Cairn does not load runtime assets into filters yet; the expressions run without them";
-const ENTITY_REDACT: &str = "Cairn masks these labels and annotations in API answers, but \
-     its event filters and handlers still see their values (Sensu's see REDACTED)";
-
-/// The fields `resource` sets that Cairn does not act on, in field order.
+/// The fields `resource` sets that Cairn does not act on, in field order: none today.
 pub fn inert_fields(resource: &Resource) -> Vec<Inert> {
-    let mut found = Found::default();
-    match &resource.spec {
-        Spec::Handler(handler) => found.assets(&handler.runtime_assets, ASSETS_NOT_FETCHED),
-        Spec::EventFilter(filter) => found.assets(&filter.runtime_assets, FILTER_LIBRARIES),
-        Spec::Mutator(mutator) => found.assets(&mutator.runtime_assets, ASSETS_NOT_FETCHED),
-        Spec::Entity(entity) => found.entity(entity),
-        Spec::Event(event) => {
-            if let Some(entity) = &event.entity {
-                found.entity_at(entity, "entity");
-            }
-        }
-        // Everything these set is acted on.
-        Spec::Pipeline(_)
-        | Spec::CheckConfig(_)
-        | Spec::HookConfig(_)
-        | Spec::Asset(_)
-        | Spec::Silenced(_)
-        | Spec::Namespace(_)
-        | Spec::ClusterRole(_)
-        | Spec::ClusterRoleBinding(_)
-        | Spec::Role(_)
-        | Spec::RoleBinding(_)
-        | Spec::User(_)
-        | Spec::ApiKey(_)
-        | Spec::EnvProvider(_)
-        | Spec::VaultProvider(_)
-        | Spec::Secret(_)
-        | Spec::Cluster(_)
-        | Spec::Replicator(_)
-        | Spec::EtcdReplicator(_) => {}
-    }
-    found.0
-}
-
-#[derive(Default)]
-struct Found(Vec<Inert>);
-
-// === impl Found ===
-
-impl Found {
-    fn push(&mut self, path: &[&str], consequence: &'static str) {
-        let mut keys = vec!["spec"];
-        keys.extend_from_slice(path);
-        // `&[]` names the whole spec.
-        self.0.push(Inert {
-            path: FieldPath::keys(&keys),
-            consequence,
-        });
-    }
-
-    /// A resource's `runtime_assets`, which Cairn does not fetch yet.
-    fn assets(&mut self, assets: &[String], consequence: &'static str) {
-        if !assets.is_empty() {
-            self.push(&["runtime_assets"], consequence);
-        }
-    }
-
-    fn entity(&mut self, entity: &Entity) {
-        if !entity.redact.is_empty() {
-            self.push(&["redact"], ENTITY_REDACT);
-        }
-    }
-
-    /// An entity inside an event, at `spec.<at>`: only what the event's entity does (its
-    /// subscriptions are the agent's own, reported by the agent).
-    fn entity_at(&mut self, entity: &Entity, at: &str) {
-        if !entity.redact.is_empty() {
-            self.push(&[at, "redact"], ENTITY_REDACT);
-        }
-    }
+    let _ = resource;
+    Vec::new()
 }
 
 #[cfg(test)]
@@ -112,43 +39,10 @@ mod tests {
     use super::*;
     use crate::codec;
 
-    fn inert_of(yaml: &str) -> Vec<(String, &'static str)> {
-        let manifests = codec::load_str("test.yaml", yaml);
-        assert!(
-            manifests
-                .problems
-                .iter()
-                .all(|problem| !problem.issue.is_error()),
-            "{:?}",
-            manifests.problems
-        );
-        manifests
-            .resources
-            .iter()
-            .flat_map(|located| inert_fields(&located.resource))
-            .map(|inert| (inert.path.to_string(), inert.consequence))
-            .collect()
-    }
-
     #[test]
-    fn a_handler_names_its_runtime_assets() {
-        let found = inert_of(
-            "type: Handler
-api_version: core/v2
-metadata: {name: slack, namespace: default}
-spec:
-  type: pipe
-  command: sensu-slack-handler
-  runtime_assets: [sensu-slack-handler]
-",
-        );
-        let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
-        assert_eq!(paths, ["spec.runtime_assets"]);
-    }
-
-    #[test]
-    fn a_check_cairn_runs_fully_has_none() {
-        let found = inert_of(
+    fn what_issue_19_made_work_is_not_named() {
+        let manifests = codec::load_str(
+            "test.yaml",
             "type: CheckConfig
 api_version: core/v2
 metadata: {name: web, namespace: default}
@@ -159,45 +53,29 @@ spec:
   subdues: [{begin: '2026-01-01T17:00:00+01:00', end: '2026-01-02T08:00:00+01:00', repeat: [weekdays]}]
   proxy_entity_name: site
   runtime_assets: [http-checks]
-  handlers: [slack]
-  output_metric_format: graphite_plaintext
-  output_metric_handlers: [influx]
-  check_hooks: [{critical: [ps]}]
-  stdin: true
-  ttl: 120
-  pipelines: [{name: alerts, type: Pipeline, api_version: core/v2}]
-",
-        );
-        assert_eq!(found, []);
-    }
-
-    #[test]
-    fn an_asset_is_acted_on_and_an_entitys_redact_is_not() {
-        let found = inert_of(
-            "type: Asset
+---
+type: Handler
 api_version: core/v2
-metadata: {name: tools, namespace: default}
-spec:
-  url: https://example.com/tools.tar.gz
-  sha512: 4f8e6e2bd0e2f1e1a1d2ab37bdc6d1e2c55d1a0c05e56e3c6e1cba59e6c54b23e1a9e4d3e5ef93e6b6fc2f1f4d0c6b8e6e1f2a3b4c5d6e7f8091a2b3c4d5e6f7
+metadata: {name: slack, namespace: default}
+spec: {type: pipe, command: sensu-slack-handler, runtime_assets: [sensu-slack-handler]}
 ---
 type: Entity
 api_version: core/v2
 metadata: {name: web-1, namespace: default}
-spec:
-  entity_class: agent
-  subscriptions: [web]
-  redact: [password]
----
-type: Entity
-api_version: core/v2
-metadata: {name: router, namespace: default}
-spec:
-  entity_class: proxy
-  subscriptions: [network]
+spec: {entity_class: agent, subscriptions: [web], redact: [password]}
 ",
         );
-        let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
-        assert_eq!(paths, ["spec.redact"]);
+        assert!(
+            manifests
+                .problems
+                .iter()
+                .all(|problem| !problem.issue.is_error()),
+            "{:?}",
+            manifests.problems
+        );
+        assert_eq!(manifests.resources.len(), 3);
+        for located in &manifests.resources {
+            assert_eq!(inert_fields(&located.resource), []);
+        }
     }
 }

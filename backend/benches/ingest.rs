@@ -201,6 +201,7 @@ async fn run(rounds: usize, duration: Duration, sides: &[Side]) {
     let (stop_ours, stopped_ours) = oneshot::channel::<()>();
     let running = app::start(
         &StartConfig {
+            assets: app::AssetsSettings::default(),
             data_dir: data_dir.clone(),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             agent_listen: SocketAddr::from(([127, 0, 0, 1], 0)),

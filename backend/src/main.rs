@@ -207,6 +207,21 @@ struct StartArgs {
     /// otherwise the backend refuses to run them (each run fails with a logged reason).
     #[arg(long, conflicts_with = "handler_user")]
     allow_root_handlers: bool,
+    /// The folder where handlers', mutators' and filters' runtime assets are unpacked (created
+    /// readable by everyone, so that handlers running as --handler-user can run them). Not
+    /// inside the data dir, which contained handlers cannot read. Default: next to the data
+    /// dir, `<data-dir>-assets`.
+    #[arg(long, value_name = "PATH")]
+    assets_cache_dir: Option<PathBuf>,
+    /// A PEM file of CAs trusted for asset downloads besides the system roots.
+    #[arg(long, value_name = "PATH")]
+    assets_trusted_ca_file: Option<PathBuf>,
+    /// Allow `http://` asset URLs (the sha512 is still checked).
+    #[arg(long)]
+    assets_allow_http: bool,
+    /// Bytes of unpacked assets the cache holds at most; the least recently used are evicted.
+    #[arg(long, value_name = "BYTES", default_value_t = cairn_api::assets::DEFAULT_MAX_CACHE_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    assets_max_cache_bytes: u64,
     /// The longest a web UI session lasts from its login, seconds; then the user logs in again.
     /// Logging out ends it at once.
     #[arg(long, default_value_t = cairn_backend::app::DEFAULT_UI_SESSION_TTL.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
@@ -284,6 +299,12 @@ async fn run_start(args: StartArgs) -> Result<(), (u8, anyhow::Error)> {
         .and_then(|recorded| store_flags(args.store).for_start(&dir, recorded))
         .map_err(|err| (EXIT_CONFIG, err.into()))?;
     let config = StartConfig {
+        assets: cairn_backend::app::AssetsSettings {
+            cache_dir: args.assets_cache_dir,
+            trusted_ca_file: args.assets_trusted_ca_file,
+            allow_http: args.assets_allow_http,
+            max_cache_bytes: args.assets_max_cache_bytes,
+        },
         data_dir: args.data_dir,
         api_listen: args.api_listen,
         agent_listen: agent_listen(args.agent_listen, args.api_listen),

@@ -3,7 +3,7 @@
 //! substitute tokens in its headers ([`resolve`]), download it over HTTPS with its sha512
 //! checked as it arrives ([`Fetcher`]), unpack it with every path checked ([`archive`]) into a
 //! content-addressed cache shared by every caller ([`AssetCache`]), and build the environment
-//! a command runs with ([`asset_env`]).
+//! a command runs with ([`asset_env`]); [`RuntimeAssets`] puts these together for a caller.
 //!
 //! Nothing here knows the agent: the caller passes the entity and the names.
 
@@ -11,6 +11,7 @@ pub mod archive;
 mod build;
 mod cache;
 mod download;
+mod runtime;
 
 use std::fmt;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub use cache::{
 pub use download::{
     FetchConfig, Fetcher, FetcherError, DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_DOWNLOAD_BYTES,
 };
+pub use runtime::{read_trusted_ca, Prepared, RuntimeAssets};
 
 #[cfg(doc)]
 use crate::model::Asset;

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,11 +68,49 @@ pub struct InitConfig {
     pub store: StoreSettings,
 }
 
+/// Where and how handlers', mutators' and filters' runtime assets are cached (`--assets-*`).
+#[derive(Debug, Clone)]
+pub struct AssetsSettings {
+    /// The cache's folder (`--assets-cache-dir`); `None`: [`default_assets_cache_dir`]. Never
+    /// inside the data dir, which contained handlers cannot read.
+    pub cache_dir: Option<PathBuf>,
+    /// A PEM file of CAs trusted for downloads besides the system roots.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Whether `http://` asset URLs are allowed.
+    pub allow_http: bool,
+    /// Bytes of unpacked assets held at most; the least recently used are evicted.
+    pub max_cache_bytes: u64,
+}
+
+impl Default for AssetsSettings {
+    fn default() -> Self {
+        AssetsSettings {
+            cache_dir: None,
+            trusted_ca_file: None,
+            allow_http: false,
+            max_cache_bytes: cairn_api::assets::DEFAULT_MAX_CACHE_BYTES,
+        }
+    }
+}
+
+/// The default asset cache: next to the data dir, named after it (`/var/lib/cairn` →
+/// `/var/lib/cairn-assets`), outside it so that contained handlers can read it.
+pub fn default_assets_cache_dir(data_dir: &Path) -> PathBuf {
+    let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    let name = absolute.file_name().map_or_else(
+        || "cairn".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    absolute.with_file_name(format!("{name}-assets"))
+}
+
 /// Settings of `cairn-backend start`.
 #[derive(Debug, Clone)]
 pub struct StartConfig {
     /// An initialised data directory.
     pub data_dir: PathBuf,
+    /// The runtime assets' cache (`--assets-*`).
+    pub assets: AssetsSettings,
     /// Where the HTTPS API listens.
     pub api_listen: SocketAddr,
     /// Where the agent listener (mutual TLS WebSocket) listens.
@@ -445,6 +483,54 @@ impl Running {
     }
 }
 
+/// The runtime assets of handlers, mutators and filters, cached as `config.assets` says. The
+/// cache's folder is created now, readable by everyone (handlers may run as `--handler-user`),
+/// and refused inside a path handlers must not reach; the trusted CA file is read now.
+///
+/// # Errors
+/// [`ServerError::Invalid`] naming the flag.
+fn runtime_assets(config: &StartConfig) -> Result<cairn_api::assets::RuntimeAssets, ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let settings = &config.assets;
+    let dir = settings
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| default_assets_cache_dir(&config.data_dir));
+    let invalid = |message: String| ServerError::Invalid(format!("--assets-cache-dir: {message}"));
+    let existed = dir.is_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|error| invalid(format!("cannot create {}: {error}", dir.display())))?;
+    if !existed {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(
+            |error| invalid(format!("cannot set the mode of {}: {error}", dir.display())),
+        )?;
+    }
+    let canonical = std::fs::canonicalize(&dir)
+        .map_err(|error| invalid(format!("cannot resolve {}: {error}", dir.display())))?;
+    for protected in protected_paths(config) {
+        let Ok(protected) = std::fs::canonicalize(&protected) else {
+            continue;
+        };
+        if canonical.starts_with(&protected) {
+            return Err(invalid(format!(
+                "{} is inside {}, which pipe handlers cannot read; choose a folder outside it",
+                dir.display(),
+                protected.display()
+            )));
+        }
+    }
+    let mut cache = cairn_api::assets::CacheConfig::new(canonical);
+    cache.max_bytes = settings.max_cache_bytes;
+    cache.fetch.allow_http = settings.allow_http;
+    if let Some(path) = &settings.trusted_ca_file {
+        let pem = cairn_api::assets::read_trusted_ca(path).map_err(|message| {
+            ServerError::Invalid(format!("--assets-trusted-ca-file: {message}"))
+        })?;
+        cache.fetch.trusted_ca_pem = Some(pem);
+    }
+    Ok(cairn_api::assets::RuntimeAssets::new(cache))
+}
+
 /// What pipe handlers must not reach: the data dir (keys, embedded store, `store.json`) and the
 /// etcd client TLS files, wherever they are.
 fn protected_paths(config: &StartConfig) -> Vec<PathBuf> {
@@ -508,6 +594,8 @@ pub async fn start(
         crate::events::silences::Silences::start(resources.clone()).await?;
     let secrets = crate::secrets::Secrets::new(resources.clone(), config.secrets.clone());
     containment.log_summary();
+    let assets = Arc::new(runtime_assets(config)?);
+    tracing::info!(cache_dir = %assets.cache().dir().display(), "runtime assets cache");
     // Stored filters' JavaScript: two sandboxed QuickJS workers, 100 ms and 32 MiB each.
     let js =
         cairn_api::js::Engine::new(cairn_api::js::EngineConfig::default()).map_err(|error| {
@@ -522,6 +610,7 @@ pub async fn start(
             silences: Arc::clone(&silences),
         }),
         js.clone(),
+        assets,
     );
     let pipeline = Arc::new(pipeline);
     let metrics = Arc::new(ApiMetrics::default());
@@ -890,6 +979,23 @@ impl HandlerResolver for StoreResolver {
         .await
     }
 
+    async fn asset(&self, namespace: &str, name: &str) -> Option<cairn_api::model::Asset> {
+        match self.resources.get(Kind::Asset, namespace, name).await {
+            Ok(Some(stored)) => match stored.resource.spec {
+                Spec::Asset(mut asset) => {
+                    asset.metadata = Some(stored.resource.metadata);
+                    Some(asset)
+                }
+                _ => None,
+            },
+            Ok(None) => None,
+            Err(err) => {
+                tracing::error!(error = %err, name, "cannot read an asset the pipeline needs");
+                None
+            }
+        }
+    }
+
     async fn mutator(&self, namespace: &str, name: &str) -> Option<cairn_api::model::Mutator> {
         self.spec(Kind::Mutator, namespace, name, |spec| match spec {
             Spec::Mutator(mutator) => Some(mutator),
@@ -973,6 +1079,10 @@ mod tests {
     fn start_config(data_dir: PathBuf, store: StoreSettings, patience: Duration) -> StartConfig {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         StartConfig {
+            assets: AssetsSettings {
+                cache_dir: Some(data_dir.with_file_name("assets")),
+                ..AssetsSettings::default()
+            },
             data_dir,
             api_listen: loopback,
             agent_listen: loopback,

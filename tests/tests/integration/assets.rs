@@ -33,14 +33,14 @@ const WITHIN: Duration = Duration::from_secs(60);
 // === the asset server ===
 
 /// An HTTPS server of asset archives by path, counting the requests of each path.
-struct AssetServer {
+pub(super) struct AssetServer {
     server: FakeCluster,
     requests: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl AssetServer {
     /// Serves `files` (path → bytes), each answer after `delay`; unknown paths get a 404.
-    async fn start(files: HashMap<String, Vec<u8>>, delay: Duration) -> AssetServer {
+    pub(super) async fn start(files: HashMap<String, Vec<u8>>, delay: Duration) -> AssetServer {
         let files = Arc::new(files);
         let requests = Arc::new(Mutex::new(HashMap::new()));
         let counts = Arc::clone(&requests);
@@ -74,16 +74,16 @@ impl AssetServer {
         AssetServer { server, requests }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server.url)
     }
 
-    fn ca(&self) -> &str {
+    pub(super) fn ca(&self) -> &str {
         &self.server.ca
     }
 
     /// Requests of `path` so far.
-    fn count(&self, path: &str) -> usize {
+    pub(super) fn count(&self, path: &str) -> usize {
         self.requests
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -96,7 +96,7 @@ impl AssetServer {
 // === packaging ===
 
 /// What goes into an archive at a path.
-enum Content {
+pub(super) enum Content {
     /// A shell script (mode 0755).
     Script(String),
     /// A copy of a binary of this Debian system (mode 0755).
@@ -104,7 +104,7 @@ enum Content {
 }
 
 /// A gzip'd tar of `files`, made by Debian's `tar` (the format Sensu's assets use).
-fn package(files: &[(&str, Content)]) -> Vec<u8> {
+pub(super) fn package(files: &[(&str, Content)]) -> Vec<u8> {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let tree = dir.path().join("tree");
@@ -132,11 +132,11 @@ fn package(files: &[(&str, Content)]) -> Vec<u8> {
     std::fs::read(&archive).expect("read the archive")
 }
 
-fn script(text: &str) -> Content {
+pub(super) fn script(text: &str) -> Content {
     Content::Script(format!("#!/bin/sh\n{text}\n"))
 }
 
-fn sha512_hex(bytes: &[u8]) -> String {
+pub(super) fn sha512_hex(bytes: &[u8]) -> String {
     hex::encode(Sha512::digest(bytes))
 }
 

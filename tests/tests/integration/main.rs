@@ -7,6 +7,7 @@ mod agent_extras;
 mod agent_identity;
 mod assets;
 mod backend;
+mod backend_assets;
 mod binaries;
 mod cairnctl;
 mod cairnctl_events;

@@ -80,6 +80,8 @@ impl Pipeline {
         mut event: Event,
         target: &Target,
     ) -> Vec<WorkflowReport> {
+        // What the pipeline would see: the entity's `redact` applied, as `submit` does.
+        cairn_api::redact::redact_event_entity(&mut event);
         if let Some(check) = event.check.as_mut() {
             match target {
                 Target::Named => {}
@@ -103,6 +105,7 @@ impl Pipeline {
         }
         let dispatcher = &self.dispatcher;
         let mut context = EventContext::default();
+        let entity = std::sync::Arc::new(event.entity.clone().unwrap_or_default());
         let mut reports = Vec::new();
         for workflow in dispatcher.workflows(namespace, &event).await {
             let Workflow {
@@ -142,16 +145,17 @@ impl Pipeline {
             };
             if passes {
                 let output = match dispatcher
-                    .plan_payload(namespace, &mutator, &event, &mut context.json)
+                    .plan_payload(namespace, &mutator, &event, &entity, &mut context.json)
                     .await
                 {
                     Ok(Payload::Ready(bytes)) => Ok(bytes),
                     Ok(Payload::Mutate {
                         mutator,
                         event_json,
+                        entity,
                         ..
                     }) => dispatcher
-                        .mutate(namespace, &mutator, event_json)
+                        .mutate(namespace, &mutator, &entity, event_json)
                         .await
                         .map_err(|error| super::ErrorChain(&error).to_string()),
                     Err(error) => Err(error.to_string()),

@@ -43,9 +43,25 @@ impl Dispatcher {
             return false;
         };
         let view = Arc::clone(context.view.get_or_insert_with(|| event_view(event)));
-        // The JavaScript of the filter's `runtime_assets` goes here once assets are served;
-        // until then a filter runs without its libraries.
-        let libraries = Vec::new();
+        // The `*.js` files of the filter's `runtime_assets`, loaded before its expressions as
+        // Sensu loads them; a filter whose assets cannot be had fails as a whole.
+        let entity = event.entity.clone().unwrap_or_default();
+        let libraries = match self
+            .filter_libraries(namespace, &filter.runtime_assets, &entity)
+            .await
+        {
+            Ok(libraries) => libraries,
+            Err(reason) => {
+                self.stats.filter_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    namespace,
+                    filter = filter_name,
+                    error = %reason,
+                    "filter not evaluated: its runtime assets are not ready; the event is dropped"
+                );
+                return false;
+            }
+        };
         let (all_match, errors) = match self
             .js
             .filter(filter.expressions.clone(), libraries, view)

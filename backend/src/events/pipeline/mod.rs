@@ -9,7 +9,12 @@
 //!
 //! Stored filters are JavaScript, evaluated in `filter.rs` by the sandboxed engine of
 //! [`cairn_api::js`].
+//!
+//! Runtime assets (`assets.rs`): a `pipe` handler's or mutator's `runtime_assets` are fetched
+//! into the shared [`RuntimeAssets`] cache and put on its `PATH`, `LD_LIBRARY_PATH` and
+//! `CPATH`; a filter's give it their `*.js` files as libraries.
 
+mod assets;
 pub mod contain;
 pub(crate) mod dryrun;
 mod filter;
@@ -29,11 +34,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_api::agent::SecretValue;
+use cairn_api::assets::RuntimeAssets;
 use cairn_api::js::Engine;
 use cairn_api::model::SecretRef;
 use cairn_api::model::{
-    Event, EventFilter, Handler, HandlerSocket, Mutator, Pipeline as PipelineResource, Silenced,
-    Wire,
+    Asset, Entity, Event, EventFilter, Handler, HandlerSocket, Mutator,
+    Pipeline as PipelineResource, Silenced, Wire,
 };
 use cairn_api::process::{self, Ended, RunConfig, Streams};
 use cairn_api::redact::Redactor;
@@ -192,6 +198,11 @@ pub(crate) trait HandlerResolver: Send + Sync {
     async fn handler(&self, namespace: &str, name: &str) -> Option<Handler>;
     /// The event filter `name` in `namespace`, if it exists.
     async fn filter(&self, namespace: &str, name: &str) -> Option<EventFilter>;
+    /// The asset `name` in `namespace` with its metadata, if it exists. The default has none.
+    async fn asset(&self, namespace: &str, name: &str) -> Option<Asset> {
+        let _ = (namespace, name);
+        None
+    }
     /// The mutator `name` in `namespace`, if it exists. The default has none.
     async fn mutator(&self, namespace: &str, name: &str) -> Option<Mutator> {
         let _ = (namespace, name);
@@ -316,6 +327,7 @@ impl Pipeline {
         containment: Arc<Containment>,
         resolver: Arc<dyn HandlerResolver>,
         js: Engine,
+        assets: Arc<RuntimeAssets>,
     ) -> (Pipeline, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let (abort, abort_receiver) = watch::channel(false);
@@ -328,6 +340,7 @@ impl Pipeline {
             default_timeout: config.default_handler_timeout,
             containment,
             js,
+            assets,
             warned: WarnOnce::default(),
         });
         let task =
@@ -353,7 +366,10 @@ impl Pipeline {
     /// [`PipelineStats::dropped_queue_full`]), [`PipelineError::QueueBytes`] when the events
     /// held would pass the limit in bytes (counted in [`PipelineStats::dropped_queue_bytes`]),
     /// [`PipelineError::NotRunning`] after shutdown.
-    pub(crate) fn submit(&self, namespace: String, event: Event) -> Result<(), PipelineError> {
+    pub(crate) fn submit(&self, namespace: String, mut event: Event) -> Result<(), PipelineError> {
+        // The entity's `redact` applies to what filters, mutators and handlers see, as in
+        // Sensu's pipeline (the stored event keeps the values).
+        cairn_api::redact::redact_event_entity(&mut event);
         let sender = self.sender.read();
         let Some(sender) = sender.as_ref() else {
             return Err(PipelineError::NotRunning);
@@ -446,6 +462,8 @@ struct Dispatcher {
     containment: Arc<Containment>,
     /// Evaluates stored filters' JavaScript.
     js: Engine,
+    /// The runtime assets of handlers, mutators and filters.
+    assets: Arc<RuntimeAssets>,
     warned: WarnOnce,
 }
 
@@ -483,6 +501,8 @@ enum RunError {
     UnknownType(String),
     #[error("refused")]
     Refused(#[source] ContainError),
+    #[error("{0}")]
+    Assets(String),
 }
 
 // === impl Dispatcher ===
@@ -546,6 +566,7 @@ impl Dispatcher {
             return;
         }
         let mut context = EventContext::default();
+        let entity = Arc::new(event.entity.clone().unwrap_or_default());
         for workflow in workflows {
             let Workflow {
                 pipeline,
@@ -561,7 +582,7 @@ impl Dispatcher {
                 continue;
             }
             let payload = match self
-                .plan_payload(&namespace, &mutator, &event, &mut context.json)
+                .plan_payload(&namespace, &mutator, &event, &entity, &mut context.json)
                 .await
             {
                 Ok(payload) => payload,
@@ -597,6 +618,7 @@ impl Dispatcher {
             let dispatcher = Arc::clone(self);
             let namespace = namespace.clone();
             let charge = Arc::clone(&charge);
+            let entity = Arc::clone(&entity);
             running.spawn(
                 async move {
                     if let Some(payload) = dispatcher.finish_payload(&namespace, payload).await {
@@ -604,7 +626,9 @@ impl Dispatcher {
                             .stats
                             .handler_runs
                             .fetch_add(1, Ordering::Relaxed);
-                        dispatcher.run_handler(&namespace, &handler, payload).await;
+                        dispatcher
+                            .run_handler(&namespace, &handler, &entity, payload)
+                            .await;
                     }
                     drop(slot);
                     drop(charge);
@@ -623,7 +647,8 @@ impl Dispatcher {
                 name,
                 mutator,
                 event_json,
-            } => match self.mutate(namespace, &mutator, event_json).await {
+                entity,
+            } => match self.mutate(namespace, &mutator, &entity, event_json).await {
                 Ok(bytes) => Some(bytes),
                 Err(error) => {
                     self.stats.mutator_failures.fetch_add(1, Ordering::Relaxed);
@@ -763,7 +788,13 @@ impl Dispatcher {
         silenced
     }
 
-    async fn run_handler(&self, namespace: &str, handler: &Handler, payload: Arc<[u8]>) {
+    async fn run_handler(
+        &self,
+        namespace: &str,
+        handler: &Handler,
+        entity: &Entity,
+        payload: Arc<[u8]>,
+    ) {
         let limit = match u64::try_from(handler.timeout) {
             Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
             _ => self.default_timeout,
@@ -789,7 +820,17 @@ impl Dispatcher {
             Vec::new()
         };
         let outcome = match handler.handler_type.as_str() {
-            "pipe" => self.run_pipe(handler, &secrets, &payload, limit).await,
+            "pipe" => match self
+                .prepare_assets(namespace, &handler.runtime_assets, entity)
+                .await
+            {
+                // Leased until the run is over, so the cache cannot evict the builds it uses.
+                Ok(prepared) => {
+                    self.run_pipe(handler, &secrets, &prepared.env, &payload, limit)
+                        .await
+                }
+                Err(reason) => Err(RunError::Assets(reason)),
+            },
             "tcp" => send_tcp(handler.socket.as_ref(), &payload, limit).await,
             "udp" => send_udp(handler.socket.as_ref(), &payload, limit).await,
             other => Err(RunError::UnknownType(other.to_owned())),
@@ -816,6 +857,7 @@ impl Dispatcher {
         &self,
         handler: &Handler,
         secrets: &[SecretValue],
+        assets_env: &[(String, String)],
         payload: &Arc<[u8]>,
         limit: Duration,
     ) -> Result<(), RunError> {
@@ -824,7 +866,7 @@ impl Dispatcher {
             .containment
             .command(
                 &handler.command,
-                pipe_environment(&handler.env_vars, secrets),
+                pipe_environment(&handler.env_vars, secrets, assets_env),
             )
             .map_err(RunError::Refused)?;
         let redactor = Redactor::of_secrets(secrets);
@@ -934,18 +976,31 @@ fn handler_names(event: &Event) -> Vec<String> {
     names
 }
 
-/// The whole environment of a `pipe` handler or mutator: [`HANDLER_PATH`], its `env_vars`, then
-/// its secrets (which win, as in Sensu), nothing of the backend's. Malformed `env_vars` entries
-/// are skipped with a warning that gives only their count (one may well be a secret value).
+/// The whole environment of a `pipe` handler or mutator: [`HANDLER_PATH`] (with its runtime
+/// assets' `bin` folders in front) and the assets' other variables (`assets_env`, from
+/// [`cairn_api::assets::asset_env`]), its `env_vars`, then its secrets (which win, as in
+/// Sensu), nothing of the backend's. Malformed `env_vars` entries are skipped with a warning
+/// that gives only their count (one may well be a secret value).
 fn pipe_environment<'a>(
     env_vars: &'a [String],
     secrets: &'a [SecretValue],
+    assets_env: &'a [(String, String)],
 ) -> Vec<(&'a str, &'a str)> {
     let (env_vars, skipped) = parse_env_vars(env_vars);
     if skipped > 0 {
         warn!(skipped, "ignored env_vars entries that are not KEY=VALUE");
     }
-    std::iter::once(("PATH", HANDLER_PATH))
+    let path = assets_env
+        .iter()
+        .find(|(key, _)| key == "PATH")
+        .map_or(HANDLER_PATH, |(_, value)| value.as_str());
+    std::iter::once(("PATH", path))
+        .chain(
+            assets_env
+                .iter()
+                .filter(|(key, _)| key != "PATH")
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )
         .chain(env_vars)
         .chain(
             secrets
@@ -1060,6 +1115,9 @@ mod tests {
         secrets: HashMap<String, String>,
         mutators: HashMap<String, Mutator>,
         pipelines: HashMap<String, PipelineResource>,
+        assets: HashMap<String, Asset>,
+        /// The asset cache's folder; `None`: one never created (no test names an asset).
+        cache_dir: Option<PathBuf>,
     }
 
     #[async_trait]
@@ -1070,6 +1128,10 @@ mod tests {
 
         async fn filter(&self, _namespace: &str, name: &str) -> Option<EventFilter> {
             self.filters.get(name).cloned()
+        }
+
+        async fn asset(&self, _namespace: &str, name: &str) -> Option<Asset> {
+            self.assets.get(name).cloned()
         }
 
         async fn silenced(&self, _namespace: &str) -> Arc<[(String, Silenced)]> {
@@ -1147,11 +1209,18 @@ mod tests {
 
     fn start_with(config: PipelineConfig, resolver: FakeResolver) -> Pipeline {
         let js = Engine::new(cairn_api::js::EngineConfig::default()).unwrap();
+        let cache_dir = resolver
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("cairn-pipeline-tests-no-assets"));
+        let mut cache = cairn_api::assets::CacheConfig::new(cache_dir);
+        cache.fetch.allow_http = true;
         Pipeline::start(
             config,
             Arc::new(Containment::uncontained()),
             Arc::new(resolver),
             js,
+            Arc::new(RuntimeAssets::new(cache)),
         )
         .0
     }
@@ -1480,6 +1549,31 @@ mod tests {
         })
         .await;
         assert_eq!(stats.handler_failures.load(Ordering::Relaxed), 1);
+        pipeline.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn handlers_see_the_entity_redacted_as_sensus_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = out_dir(&dir, "events");
+        let pipeline = start(FakeResolver::default().handler("store", store_in(&out)));
+        let mut redacted = event(2, &["store"]);
+        let entity = redacted.entity.get_or_insert_with(Default::default);
+        let meta = entity.metadata.get_or_insert_with(Default::default);
+        meta.labels.insert("password".into(), "hunter2".into());
+        meta.labels.insert("region".into(), "eu".into());
+        submit(&pipeline, redacted);
+        let handled = wait_for_events(&out, 1).await;
+        let labels = &handled[0]
+            .entity
+            .as_ref()
+            .unwrap()
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels;
+        assert_eq!(labels["password"], cairn_api::redact::ENTITY_REDACTED);
+        assert_eq!(labels["region"], "eu");
         pipeline.shutdown().await.unwrap();
     }
 
@@ -2145,5 +2239,233 @@ mod tests {
             1,
             "the odd workflow did not run without its filter"
         );
+    }
+
+    // --- runtime assets ---
+
+    /// A tar.gz of `(path, contents, mode)` files.
+    fn asset_archive(files: &[(&str, &str, u32)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (path, contents, mode) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(contents.len() as u64);
+            header.set_mode(*mode);
+            header.set_entry_type(tar::EntryType::Regular);
+            builder
+                .append_data(&mut header, path, contents.as_bytes())
+                .unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    fn sha512_hex(bytes: &[u8]) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha512::digest(bytes))
+    }
+
+    /// Serves `body` over plain HTTP to every request; returns its URL and the request count.
+    async fn serve_archive(body: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/asset.tar.gz", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0_u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(&body).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        (url, requests)
+    }
+
+    fn asset(name: &str, url: &str, sha512: &str) -> Asset {
+        Asset {
+            metadata: Some(ObjectMeta::named("default", name)),
+            url: url.to_owned(),
+            sha512: sha512.to_owned(),
+            ..Asset::default()
+        }
+    }
+
+    /// The builds unpacked in the cache (its entries but the temporary folder).
+    fn unpacked(cache: &Path) -> Vec<String> {
+        std::fs::read_dir(cache).map_or_else(
+            |_| Vec::new(),
+            |entries| {
+                entries
+                    .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|name| !name.starts_with('.'))
+                    .collect()
+            },
+        )
+    }
+
+    #[test]
+    fn asset_variables_go_before_the_handler_path_and_env_vars_still_win() {
+        let assets_env = vec![
+            ("PATH".to_owned(), format!("/cache/a/bin:{HANDLER_PATH}")),
+            ("LD_LIBRARY_PATH".to_owned(), "/cache/a/lib".to_owned()),
+            ("CPATH".to_owned(), "/cache/a/include".to_owned()),
+            ("TOOLS_PLUGIN_PATH".to_owned(), "/cache/a".to_owned()),
+        ];
+        let env_vars = vec!["CPATH=/mine".to_owned()];
+        let env = pipe_environment(&env_vars, &[], &assets_env);
+        assert_eq!(
+            env,
+            [
+                ("PATH", format!("/cache/a/bin:{HANDLER_PATH}").as_str()),
+                ("LD_LIBRARY_PATH", "/cache/a/lib"),
+                ("CPATH", "/cache/a/include"),
+                ("TOOLS_PLUGIN_PATH", "/cache/a"),
+                ("CPATH", "/mine"),
+            ]
+        );
+        assert_eq!(pipe_environment(&[], &[], &[]), [("PATH", HANDLER_PATH)]);
+    }
+
+    #[tokio::test]
+    async fn handler_and_mutator_run_programs_of_their_assets() {
+        let temp = tempfile::tempdir().unwrap();
+        let out = temp_file(&temp, "handled");
+        let archive = asset_archive(&[
+            (
+                "bin/record",
+                "#!/bin/sh\nprintf '%s\\n' \"$LD_LIBRARY_PATH\" > \"$1.env\"\ncat > \"$1\"\n",
+                0o755,
+            ),
+            ("bin/shout", "#!/bin/sh\nprintf 'mutated:'; cat\n", 0o755),
+        ]);
+        let sha = sha512_hex(&archive);
+        let (url, requests) = serve_archive(archive).await;
+        let cache = temp.path().join("cache");
+        let mut resolver = FakeResolver {
+            cache_dir: Some(cache.clone()),
+            ..FakeResolver::default()
+        };
+        resolver
+            .assets
+            .insert("tools".to_owned(), asset("tools", &url, &sha));
+        let handler = Handler {
+            runtime_assets: vec!["tools".to_owned()],
+            mutator: "shouting".to_owned(),
+            ..pipe(format!("record '{}'", out.display()))
+        };
+        let mutator = Mutator {
+            command: "shout".to_owned(),
+            runtime_assets: vec!["tools".to_owned()],
+            ..Mutator::default()
+        };
+        let pipeline = start(
+            resolver
+                .handler("recorder", handler)
+                .mutator("shouting", mutator),
+        );
+        submit(&pipeline, event(2, &["recorder"]));
+        wait_until("the asset's handler ran", || out.exists()).await;
+        let got = std::fs::read_to_string(&out).unwrap();
+        assert!(got.starts_with("mutated:{"), "{got}");
+        let lib = std::fs::read_to_string(out.with_extension("env")).unwrap();
+        assert!(lib.trim().ends_with("/lib"), "{lib}");
+        assert!(lib.starts_with(&cache.display().to_string()), "{lib}");
+        // One download for the mutator and the handler.
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        assert_eq!(pipeline.stats().handler_failures.load(Ordering::Relaxed), 0);
+        assert_eq!(pipeline.stats().mutator_failures.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_missing_asset_or_a_wrong_sha512_fails_only_that_handler() {
+        let temp = tempfile::tempdir().unwrap();
+        let archive = asset_archive(&[("bin/tool", "#!/bin/sh\ntrue\n", 0o755)]);
+        let (url, requests) = serve_archive(archive).await;
+        let cache = temp.path().join("cache");
+        let mut resolver = FakeResolver {
+            cache_dir: Some(cache.clone()),
+            ..FakeResolver::default()
+        };
+        resolver
+            .assets
+            .insert("wrong".to_owned(), asset("wrong", &url, &"ab".repeat(64)));
+        let ran = temp_file(&temp, "ran");
+        let missing = Handler {
+            runtime_assets: vec!["gone".to_owned()],
+            ..pipe(format!("touch '{}.missing'", ran.display()))
+        };
+        let wrong = Handler {
+            runtime_assets: vec!["wrong".to_owned()],
+            ..pipe(format!("touch '{}.wrong'", ran.display()))
+        };
+        let plain = pipe(format!("touch '{}'", ran.display()));
+        let pipeline = start(
+            resolver
+                .handler("missing", missing)
+                .handler("wrong", wrong)
+                .handler("plain", plain),
+        );
+        submit(&pipeline, event(2, &["missing", "wrong", "plain"]));
+        wait_until("two handlers failed", || {
+            pipeline.stats().handler_failures.load(Ordering::Relaxed) == 2
+        })
+        .await;
+        wait_until("the plain handler ran", || ran.exists()).await;
+        assert!(!ran.with_extension("missing").exists());
+        assert!(!ran.with_extension("wrong").exists());
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        assert_eq!(unpacked(&cache), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_filter_calls_a_function_of_its_assets_javascript() {
+        let temp = tempfile::tempdir().unwrap();
+        let archive = asset_archive(&[
+            (
+                "lib/severity.js",
+                "function is_critical(event) { return event.check.status == 2; }\n",
+                0o644,
+            ),
+            ("README", "not javascript(", 0o644),
+        ]);
+        let sha = sha512_hex(&archive);
+        let (url, _) = serve_archive(archive).await;
+        let mut resolver = FakeResolver {
+            cache_dir: Some(temp.path().join("cache")),
+            ..FakeResolver::default()
+        };
+        resolver
+            .assets
+            .insert("severity".to_owned(), asset("severity", &url, &sha));
+        let out = out_dir(&temp, "out");
+        resolver = resolver
+            .filter("critical", "allow", &["is_critical(event)"])
+            .handler("store", filtered(store_in(&out), &["critical"]));
+        resolver.filters.get_mut("critical").unwrap().runtime_assets = vec!["severity".to_owned()];
+        let pipeline = start(resolver);
+        submit(&pipeline, event(1, &["store"]));
+        submit(&pipeline, event(2, &["store"]));
+        let events = wait_for_events(&out, 1).await;
+        assert_eq!(statuses(&events), [2]);
+        assert_eq!(pipeline.stats().filter_errors.load(Ordering::Relaxed), 0);
+        pipeline.shutdown().await.unwrap();
+        assert_eq!(statuses(&stored(&out)), [2]);
     }
 }

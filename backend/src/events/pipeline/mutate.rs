@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_api::agent::SecretValue;
-use cairn_api::model::{Event, Mutator, Wire};
+use cairn_api::model::{Entity, Event, Mutator, Wire};
 use cairn_api::process::{self, Ended, RunConfig, Streams};
 use cairn_api::redact::Redactor;
 use tracing::debug;
@@ -47,6 +47,8 @@ pub(super) enum Payload {
         name: String,
         mutator: Box<Mutator>,
         event_json: Arc<[u8]>,
+        /// The event's entity, which the mutator's asset builds are chosen for.
+        entity: Arc<Entity>,
     },
 }
 
@@ -61,6 +63,8 @@ pub(super) enum MutateError {
     Secrets(String),
     #[error("refused")]
     Refused(#[source] ContainError),
+    #[error("{0}")]
+    Assets(String),
     #[error("failed to start sh")]
     Spawn(#[source] std::io::Error),
     #[error("failed to wait for the mutator process")]
@@ -97,6 +101,7 @@ impl Dispatcher {
         namespace: &str,
         name: &str,
         event: &Event,
+        entity: &Arc<Entity>,
         json: &mut Option<Arc<[u8]>>,
     ) -> Result<Payload, MutateError> {
         match name {
@@ -117,6 +122,7 @@ impl Dispatcher {
                     name: name.to_owned(),
                     mutator: Box::new(mutator),
                     event_json: Arc::clone(json.get_or_insert_with(|| event_json(event))),
+                    entity: Arc::clone(entity),
                 })
             }
         }
@@ -127,6 +133,7 @@ impl Dispatcher {
         &self,
         namespace: &str,
         mutator: &Mutator,
+        entity: &Entity,
         event_json: Arc<[u8]>,
     ) -> Result<Arc<[u8]>, MutateError> {
         self.stats.mutator_runs.fetch_add(1, Ordering::Relaxed);
@@ -147,7 +154,13 @@ impl Dispatcher {
                         .await
                         .map_err(MutateError::Secrets)?
                 };
-                self.mutate_pipe(mutator, &secrets, event_json, limit).await
+                // Leased until the run is over, so the cache cannot evict the builds it uses.
+                let prepared = self
+                    .prepare_assets(namespace, &mutator.runtime_assets, entity)
+                    .await
+                    .map_err(MutateError::Assets)?;
+                self.mutate_pipe(mutator, &secrets, &prepared.env, event_json, limit)
+                    .await
             }
             "javascript" => {
                 let run =
@@ -173,6 +186,7 @@ impl Dispatcher {
         &self,
         mutator: &Mutator,
         secrets: &[SecretValue],
+        assets_env: &[(String, String)],
         event_json: Arc<[u8]>,
         limit: Duration,
     ) -> Result<Arc<[u8]>, MutateError> {
@@ -180,7 +194,7 @@ impl Dispatcher {
             .containment
             .command(
                 &mutator.command,
-                pipe_environment(&mutator.env_vars, secrets),
+                pipe_environment(&mutator.env_vars, secrets, assets_env),
             )
             .map_err(MutateError::Refused)?;
         let config = RunConfig {
