@@ -185,7 +185,9 @@ async fn next_answer(ws: &mut Socket) -> BackendMessage {
                         serde_json::from_str(text.as_str()).expect("a backend message");
                     if !matches!(
                         message,
-                        BackendMessage::CheckRequest(_) | BackendMessage::Ack { .. }
+                        BackendMessage::CheckRequest(_)
+                            | BackendMessage::Ack { .. }
+                            | BackendMessage::EntityConfig { .. }
                     ) {
                         return message;
                     }
