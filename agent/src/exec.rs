@@ -686,38 +686,6 @@ async fn run_hooks(
         } else {
             None
         };
-        let hook_command = match extract::substitute_hook_command(&hook.command, entity) {
-            Ok(command) => command,
-            Err(message) => {
-                results.push(hook_refused(
-                    hook,
-                    request.issued,
-                    redactor.redact_str(&message),
-                ));
-                continue;
-            }
-        };
-        let prepared = match prepare_assets(assets, &hook.runtime_assets, request, entity).await {
-            Ok(prepared) => prepared,
-            Err(message) => {
-                results.push(hook_refused(
-                    hook,
-                    request.issued,
-                    redactor.redact_str(&message),
-                ));
-                continue;
-            }
-        };
-        if let Err(denied) =
-            crate::allowlist::admit_hook(allow_list, &hook_command, env_path(&prepared.env)).await
-        {
-            results.push(hook_refused(
-                hook,
-                request.issued,
-                redactor.redact_str(&denied.hook_output()),
-            ));
-            continue;
-        }
         let timeout_secs = match u64::try_from(hook.timeout) {
             Ok(secs) if secs > 0 => secs,
             _ => DEFAULT_HOOK_TIMEOUT.as_secs(),
@@ -726,8 +694,20 @@ async fn run_hooks(
             .hook_secrets
             .get(name)
             .map_or(&[][..], Vec::as_slice);
-        let env = match check_env(&[], hook_secrets) {
-            Ok(env) => [prepared.env.as_slice(), env.as_slice()].concat(),
+        // Each way a hook does not run (a token, its assets, the allow list, its secrets) is
+        // one result through `hook_refused`.
+        let ready = async {
+            let command = extract::substitute_hook_command(&hook.command, entity)?;
+            let prepared = prepare_assets(assets, &hook.runtime_assets, request, entity).await?;
+            crate::allowlist::admit_hook(allow_list, &command, env_path(&prepared.env))
+                .await
+                .map_err(|denied| denied.hook_output())?;
+            let env = check_env(&[], hook_secrets)?;
+            let env = [prepared.env.as_slice(), env.as_slice()].concat();
+            Ok::<_, String>((command, prepared, env))
+        };
+        let (hook_command, _prepared, env) = match ready.await {
+            Ok(ready) => ready,
             Err(message) => {
                 results.push(hook_refused(
                     hook,
